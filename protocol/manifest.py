@@ -1,0 +1,176 @@
+"""Capability manifests: what a node offers, signed by that node.
+
+A :class:`Manifest` lists a node's :class:`Capability` entries. It is valid only when
+signed by the node it names (``node_id``); a higher ``version`` replaces a lower one.
+Limits (checked on construction, so a bad manifest can be neither built nor decoded):
+
+======================  ==================================================
+node / capability name  1..128 characters (capability names: ``[A-Za-z0-9_.:-]``)
+description             at most 1,024 characters
+capabilities            at most 32 per manifest, names unique
+tags                    at most 16 per manifest and per capability, 1..64 characters each
+endpoint                at most 256 characters (``host:port`` of the node's TCP port)
+avg_latency_ms          0 .. 86,400,000 (one day)
+cost_per_call_usd       0 .. 1,000,000
+max_concurrent_tasks    1 .. 10,000
+input/output schema     free-form JSON (a JSON Schema), bounded like any value
+======================  ==================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from typing import Annotated, ClassVar
+
+from protocol.errors import LocalProtocolError
+from protocol.identity import Signer, Verifier, public_key_from_node_id
+from protocol.identity import verify as ed25519_verify
+from protocol.messages import Message, MessageType, register
+from protocol.schema import JsonValue, MaxItems, MaxLen, NodeId, Range, Signature, UInt
+from protocol.schema import signing_bytes, wire_struct
+
+MAX_NAME_CHARS = 128
+MAX_DESCRIPTION_CHARS = 1024
+MAX_CAPABILITIES = 32
+MAX_TAGS = 16
+MAX_TAG_CHARS = 64
+MAX_ENDPOINT_CHARS = 256
+MAX_CONCURRENT_TASKS = 10_000
+
+_CAPABILITY_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_UNSIGNED = b"\x00" * 64
+
+Tag = Annotated[str, MaxLen(4 * MAX_TAG_CHARS, 1)]
+Tags = Annotated[tuple[Tag, ...], MaxItems(MAX_TAGS)]
+
+
+def _check_text(what: str, value: str, max_chars: int, *, allow_empty: bool = False) -> None:
+    if not isinstance(value, str):
+        raise LocalProtocolError(f"{what} must be a string")
+    if not allow_empty and not value.strip():
+        raise LocalProtocolError(f"{what} must not be empty")
+    if len(value) > max_chars:
+        raise LocalProtocolError(f"{what} is {len(value)} characters; the limit is {max_chars}")
+
+
+def _check_tags(what: str, tags: tuple[str, ...]) -> None:
+    if not isinstance(tags, tuple):
+        raise LocalProtocolError(f"{what} must be a tuple")
+    if len(tags) > MAX_TAGS:
+        raise LocalProtocolError(f"{what}: {len(tags)} tags; the limit is {MAX_TAGS}")
+    for tag in tags:
+        _check_text(f"{what} tag", tag, MAX_TAG_CHARS)
+
+
+@wire_struct
+class Capability:
+    """One thing a node can do."""
+
+    name: Annotated[str, MaxLen(MAX_NAME_CHARS, 1)]
+    description: Annotated[str, MaxLen(4 * MAX_DESCRIPTION_CHARS)]
+    input_schema: JsonValue = None
+    output_schema: JsonValue = None
+    avg_latency_ms: Annotated[float, Range(0.0, 86_400_000.0)] = 0.0
+    cost_per_call_usd: Annotated[float, Range(0.0, 1_000_000.0)] = 0.0
+    tags: Tags = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _CAPABILITY_NAME.match(self.name):
+            raise LocalProtocolError(
+                f"capability name {self.name!r} must be 1..128 of [A-Za-z0-9_.:-]"
+            )
+        _check_text("description", self.description, MAX_DESCRIPTION_CHARS, allow_empty=True)
+        for what, value, hi in (
+            ("avg_latency_ms", self.avg_latency_ms, 86_400_000.0),
+            ("cost_per_call_usd", self.cost_per_call_usd, 1_000_000.0),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise LocalProtocolError(f"{what} must be a number")
+            if not 0.0 <= value <= hi:  # also refuses NaN
+                raise LocalProtocolError(f"{what} must be in [0, {hi:g}], got {value}")
+            object.__setattr__(self, what, float(value))
+        _check_tags("capability", self.tags)
+
+
+@wire_struct
+class Manifest(Message):
+    """A node's signed list of capabilities. Build with :meth:`create`, check with
+    :meth:`verify`."""
+
+    TAG: ClassVar[MessageType] = MessageType.MANIFEST
+    node_id: NodeId
+    name: Annotated[str, MaxLen(4 * MAX_NAME_CHARS, 1)]
+    endpoint: Annotated[str, MaxLen(MAX_ENDPOINT_CHARS)]
+    max_concurrent_tasks: Annotated[int, Range(1, MAX_CONCURRENT_TASKS)]
+    capabilities: Annotated[tuple[Capability, ...], MaxItems(MAX_CAPABILITIES)]
+    tags: Tags
+    version: UInt
+    signature: Signature = _UNSIGNED
+
+    def __post_init__(self) -> None:
+        public_key_from_node_id(self.node_id)
+        _check_text("manifest name", self.name, MAX_NAME_CHARS)
+        _check_text("endpoint", self.endpoint, MAX_ENDPOINT_CHARS, allow_empty=True)
+        if isinstance(self.max_concurrent_tasks, bool) or not (
+            isinstance(self.max_concurrent_tasks, int)
+            and 1 <= self.max_concurrent_tasks <= MAX_CONCURRENT_TASKS
+        ):
+            raise LocalProtocolError(f"max_concurrent_tasks must be 1..{MAX_CONCURRENT_TASKS}")
+        if not isinstance(self.capabilities, tuple):
+            raise LocalProtocolError("capabilities must be a tuple")
+        if len(self.capabilities) > MAX_CAPABILITIES:
+            raise LocalProtocolError(
+                f"{len(self.capabilities)} capabilities; the limit is {MAX_CAPABILITIES}"
+            )
+        names = [c.name for c in self.capabilities]
+        if len(set(names)) != len(names):
+            raise LocalProtocolError("capability names must be unique within a manifest")
+        _check_tags("manifest", self.tags)
+        if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 0:
+            raise LocalProtocolError("version must be a non-negative integer")
+
+    @classmethod
+    def create(
+        cls,
+        signer: Signer,
+        *,
+        name: str,
+        endpoint: str = "",
+        capabilities: tuple[Capability, ...] | list[Capability] = (),
+        tags: tuple[str, ...] | list[str] = (),
+        max_concurrent_tasks: int = 3,
+        version: int = 1,
+    ) -> Manifest:
+        """Build and sign a manifest for ``signer``'s node."""
+        unsigned = cls(
+            node_id=signer.node_id,
+            name=name,
+            endpoint=endpoint,
+            max_concurrent_tasks=max_concurrent_tasks,
+            capabilities=tuple(capabilities),
+            tags=tuple(tags),
+            version=version,
+        )
+        return unsigned.signed(signer)
+
+    def signed(self, signer: Signer) -> Manifest:
+        """This manifest signed by ``signer``, which must be the node it names."""
+        if signer.node_id != self.node_id:
+            raise LocalProtocolError("a manifest can only be signed by the node it describes")
+        return dataclasses.replace(self, signature=signer.sign(signing_bytes(self)))
+
+    def verify(self, verifier: Verifier = ed25519_verify) -> bool:
+        """True if signed by the node it names."""
+        return verifier(public_key_from_node_id(self.node_id), signing_bytes(self), self.signature)
+
+    def digest(self) -> bytes:
+        """BLAKE2b-256 of the signed content: what a manifest rumor announces."""
+        return hashlib.blake2b(signing_bytes(self), digest_size=32).digest()
+
+    def capability(self, name: str) -> Capability | None:
+        return next((c for c in self.capabilities if c.name == name), None)
+
+
+register(Manifest)

@@ -1,0 +1,326 @@
+"""Every message meshnode sends, one frozen, slotted dataclass each.
+
+Type tags live in :class:`MessageType`. **The enum is append-only**: a tag, once released, is
+never renumbered, reused or removed, and new fields are only ever appended to a message
+(older decoders ignore trailing fields they do not know).
+
+Signed messages carry a ``signature`` field over :func:`protocol.schema.signing_bytes`:
+
+* :class:`Alive` and :class:`Leave` are signed by their subject (only a node can say it is
+  alive at an incarnation, or that it leaves);
+* :class:`Suspect` and :class:`Dead` are signed by their accuser;
+* :class:`LedgerRecord` is signed by its observer; :class:`TaskResult` by its provider.
+
+The envelope around a batch of messages is signed by its sender (see :mod:`protocol.codec`).
+Cores verify the inner signatures themselves with an injected verifier, so an object built
+in memory is checked exactly like one that came off the wire.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, ClassVar
+
+from protocol.schema import (
+    Digest,
+    JsonValue,
+    MaxItems,
+    MaxLen,
+    NodeId,
+    Range,
+    Signature,
+    UInt,
+    wire_struct,
+)
+
+Host = Annotated[str, MaxLen(253, 1)]
+"""A host name or IP literal (DNS names are at most 253 characters)."""
+Port = Annotated[int, Range(0, 65_535)]
+TaskId = Annotated[str, MaxLen(64, 1)]
+TraceId = Annotated[str, MaxLen(64)]
+Reason = Annotated[str, MaxLen(512)]
+CapabilityName = Annotated[str, MaxLen(128, 1)]
+Score = Annotated[float, Range(0.0, 1.0)]
+Seconds = Annotated[float, Range(0.0, 1e12)]
+
+
+class MessageType(enum.IntEnum):
+    """Wire type tags. APPEND-ONLY: never renumber, reuse or delete a tag."""
+
+    PING = 1
+    PING_REQ = 2
+    ACK = 3
+    NACK = 4
+    ALIVE = 5
+    SUSPECT = 6
+    DEAD = 7
+    LEAVE = 8
+    MANIFEST_RUMOR = 9
+    LEDGER_RECORD = 10
+    PUSH_PULL = 11
+    TASK_REQUEST = 12
+    TASK_RESPONSE = 13
+    TASK_RESULT = 14
+    TASK_CANCEL = 15
+    TASK_CONFIRM = 16
+    MANIFEST = 17
+    LEDGER_DIGEST = 18
+
+
+class Message:
+    """Base of all messages; each subclass sets ``TAG``."""
+
+    __slots__ = ()
+    TAG: ClassVar[MessageType]
+
+
+# ---------------------------------------------------------------------------- SWIM probes
+
+
+@wire_struct
+class Ping(Message):
+    """Direct probe. ``target`` guards against a different node now owning the address."""
+
+    TAG: ClassVar[MessageType] = MessageType.PING
+    seq: UInt
+    target: NodeId
+
+
+@wire_struct
+class PingReq(Message):
+    """Ask the receiver to probe ``target`` for us and relay the ack (or a nack)."""
+
+    TAG: ClassVar[MessageType] = MessageType.PING_REQ
+    seq: UInt
+    target: NodeId
+    host: Host
+    port: Port
+
+
+@wire_struct
+class Ack(Message):
+    """Answer to a ping; ``load`` is the sender's tasks in flight (0 when it runs none)."""
+
+    TAG: ClassVar[MessageType] = MessageType.ACK
+    seq: UInt
+    load: Annotated[int, Range(0, 1_000_000)] = 0
+
+
+@wire_struct
+class Nack(Message):
+    """An intermediary could not reach the target of a ping-req in time."""
+
+    TAG: ClassVar[MessageType] = MessageType.NACK
+    seq: UInt
+
+
+# ---------------------------------------------------------------------------- membership
+
+
+@wire_struct
+class Alive(Message):
+    """``node`` is alive at ``incarnation`` and reachable at host:port. Signed by ``node``."""
+
+    TAG: ClassVar[MessageType] = MessageType.ALIVE
+    node: NodeId
+    incarnation: UInt
+    host: Host
+    port: Port
+    signature: Signature
+
+
+@wire_struct
+class Suspect(Message):
+    """``accuser`` suspects ``node`` at ``incarnation``. Signed by ``accuser``."""
+
+    TAG: ClassVar[MessageType] = MessageType.SUSPECT
+    node: NodeId
+    incarnation: UInt
+    accuser: NodeId
+    signature: Signature
+
+
+@wire_struct
+class Dead(Message):
+    """``accuser`` declares ``node`` dead at ``incarnation``. Signed by ``accuser``."""
+
+    TAG: ClassVar[MessageType] = MessageType.DEAD
+    node: NodeId
+    incarnation: UInt
+    accuser: NodeId
+    signature: Signature
+
+
+@wire_struct
+class Leave(Message):
+    """``node`` leaves the mesh gracefully at ``incarnation``. Signed by ``node``."""
+
+    TAG: ClassVar[MessageType] = MessageType.LEAVE
+    node: NodeId
+    incarnation: UInt
+    signature: Signature
+
+
+MemberRumor = Alive | Suspect | Dead | Leave
+"""The signed statements that make up a member's state."""
+
+
+@wire_struct
+class ManifestRumor(Message):
+    """``node`` has manifest ``version`` with ``digest``; fetch it over TCP if newer."""
+
+    TAG: ClassVar[MessageType] = MessageType.MANIFEST_RUMOR
+    node: NodeId
+    version: UInt
+    digest: Digest
+
+
+@wire_struct
+class LedgerRecord(Message):
+    """One signed opinion: ``observer`` rates ``subject`` at ``score`` after ``outcomes``.
+
+    ``seq`` is the observer's own counter, increasing across all its records; ``expires_at``
+    is in seconds on the mesh clock (UNIX time in the runtime, virtual in simulations).
+    """
+
+    TAG: ClassVar[MessageType] = MessageType.LEDGER_RECORD
+    observer: NodeId
+    subject: NodeId
+    score: Score
+    outcomes: UInt
+    seq: UInt
+    expires_at: Seconds
+    signature: Signature
+
+
+@wire_struct
+class LedgerDigest(Message):
+    """Summary of one observer's records for anti-entropy: its top seq and a content hash."""
+
+    TAG: ClassVar[MessageType] = MessageType.LEDGER_DIGEST
+    observer: NodeId
+    max_seq: UInt
+    digest: Digest
+
+
+@wire_struct
+class PushPull(Message):
+    """Anti-entropy state exchange over TCP (both directions use this message).
+
+    ``members`` holds the latest signed statement per member; ``manifests`` one rumor per
+    known manifest; ``ledger`` one digest per observer; ``records`` the ledger records the
+    *other* side is missing (empty on the first leg).
+    """
+
+    TAG: ClassVar[MessageType] = MessageType.PUSH_PULL
+    join: bool
+    members: Annotated[tuple[Alive | Suspect | Dead | Leave, ...], MaxItems(100_000)]
+    manifests: Annotated[tuple[ManifestRumor, ...], MaxItems(100_000)]
+    ledger: Annotated[tuple[LedgerDigest, ...], MaxItems(100_000)]
+    records: Annotated[tuple[LedgerRecord, ...], MaxItems(200_000)] = ()
+
+
+# ---------------------------------------------------------------------------- tasks
+
+
+class TaskStatus(enum.IntEnum):
+    """Provider's answer to a task request. APPEND-ONLY."""
+
+    ACCEPTED = 1
+    REJECTED = 2
+    COUNTERED = 3
+
+
+@wire_struct
+class TaskRequest(Message):
+    """Ask the receiver to run ``capability`` on ``input`` within ``deadline_ms``.
+
+    Deadlines travel as a remaining budget in milliseconds, not a wall-clock instant, so
+    they need no synchronised clocks.
+    """
+
+    TAG: ClassVar[MessageType] = MessageType.TASK_REQUEST
+    task_id: TaskId
+    capability: CapabilityName
+    input: JsonValue
+    deadline_ms: Annotated[int, Range(1, 86_400_000)]
+    budget_usd: Annotated[float, Range(0.0, 1e9)] | None
+    trace_id: TraceId
+
+
+@wire_struct
+class TaskResponse(Message):
+    """``status`` is a :class:`TaskStatus`; a counter names a deadline it can meet."""
+
+    TAG: ClassVar[MessageType] = MessageType.TASK_RESPONSE
+    task_id: TaskId
+    status: Annotated[int, Range(1, 255)]
+    reason: Reason
+    estimated_latency_ms: Annotated[float, Range(0.0, 1e9)] | None
+    counter_deadline_ms: Annotated[int, Range(1, 86_400_000)] | None
+
+
+@wire_struct
+class TaskConfirm(Message):
+    """Requester takes (``accept``) or declines a countered deadline."""
+
+    TAG: ClassVar[MessageType] = MessageType.TASK_CONFIRM
+    task_id: TaskId
+    accept: bool
+
+
+@wire_struct
+class TaskResult(Message):
+    """The outcome of a task, signed by ``provider`` for ``requester``."""
+
+    TAG: ClassVar[MessageType] = MessageType.TASK_RESULT
+    task_id: TaskId
+    requester: NodeId
+    provider: NodeId
+    ok: bool
+    output: JsonValue
+    error: Reason
+    elapsed_ms: Annotated[float, Range(0.0, 1e9)]
+    signature: Signature
+
+
+@wire_struct
+class TaskCancel(Message):
+    """The requester gave up on ``task_id``; the provider stops work on it."""
+
+    TAG: ClassVar[MessageType] = MessageType.TASK_CANCEL
+    task_id: TaskId
+    reason: Reason
+
+
+MESSAGE_CLASSES: dict[int, type[Message]] = {}
+
+
+def register(cls: type[Message]) -> type[Message]:
+    """Add a message class to the decoder's table (tags must be unique)."""
+    if cls.TAG in MESSAGE_CLASSES and MESSAGE_CLASSES[cls.TAG] is not cls:
+        raise RuntimeError(f"duplicate message tag {cls.TAG!r}")
+    MESSAGE_CLASSES[int(cls.TAG)] = cls
+    return cls
+
+
+for _cls in (
+    Ping,
+    PingReq,
+    Ack,
+    Nack,
+    Alive,
+    Suspect,
+    Dead,
+    Leave,
+    ManifestRumor,
+    LedgerRecord,
+    LedgerDigest,
+    PushPull,
+    TaskRequest,
+    TaskResponse,
+    TaskConfirm,
+    TaskResult,
+    TaskCancel,
+):
+    register(_cls)
