@@ -19,7 +19,7 @@ Protocol versions (``MIN_VERSION`` .. ``MAX_VERSION`` accepted):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import msgpack
 
@@ -87,24 +87,25 @@ def message_to_wire(message: Message) -> list[Any]:
 
 def wire_size(message: Message) -> int:
     """Encoded size of one message inside an envelope, in bytes."""
-    return len(msgpack.packb(message_to_wire(message), use_bin_type=True))
+    return len(_packb(message_to_wire(message)))
 
 
 def encode(messages: list[Message] | tuple[Message, ...], signer: Signer) -> bytes:
     """Sign and encode a batch of messages from ``signer``."""
     if len(messages) > MAX_MESSAGES_PER_ENVELOPE:
         raise LocalProtocolError(f"{len(messages)} messages over {MAX_MESSAGES_PER_ENVELOPE}")
-    body = msgpack.packb(
-        [PROTOCOL_VERSION, signer.public_key, [message_to_wire(m) for m in messages]],
-        use_bin_type=True,
-    )
+    body = _packb([PROTOCOL_VERSION, signer.public_key, [message_to_wire(m) for m in messages]])
     return body + _SIG_PREFIX + signer.sign(body)
 
 
 def encode_wire_batch(wire_messages: list[list[Any]], signer: Signer) -> bytes:
     """Like :func:`encode` for messages already converted by :func:`message_to_wire`."""
-    body = msgpack.packb([PROTOCOL_VERSION, signer.public_key, wire_messages], use_bin_type=True)
+    body = _packb([PROTOCOL_VERSION, signer.public_key, wire_messages])
     return body + _SIG_PREFIX + signer.sign(body)
+
+
+def _packb(obj: Any) -> bytes:
+    return cast(bytes, msgpack.packb(obj, use_bin_type=True))
 
 
 def _unpack(data: bytes) -> Any:
@@ -168,7 +169,9 @@ def decode(
     if type(version) is not int:
         raise MalformedMessage("envelope version must be an integer")
     if not MIN_VERSION <= version <= MAX_VERSION:
-        raise UnsupportedVersion(f"protocol version {version} not in [{MIN_VERSION}, {MAX_VERSION}]")
+        raise UnsupportedVersion(
+            f"protocol version {version} not in [{MIN_VERSION}, {MAX_VERSION}]"
+        )
     if type(sender) is not bytes or len(sender) != PUBLIC_KEY_BYTES:
         raise MalformedMessage("envelope sender must be a 32-byte public key")
     if type(batch) is not list:
@@ -196,7 +199,7 @@ def _build(raw: Any) -> Message:
 def pack(message: Message) -> bytes:
     """Encode one message without an envelope (for objects signed on their own, such as a
     manifest served over HTTP)."""
-    return msgpack.packb(message_to_wire(message), use_bin_type=True)
+    return _packb(message_to_wire(message))
 
 
 def unpack(data: bytes, expected: type[M], *, max_bytes: int = MAX_FRAME_BYTES) -> M:

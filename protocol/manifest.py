@@ -22,14 +22,23 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar, cast
 
 from protocol.errors import LocalProtocolError
 from protocol.identity import Signer, Verifier, public_key_from_node_id
 from protocol.identity import verify as ed25519_verify
 from protocol.messages import Message, MessageType, register
-from protocol.schema import JsonValue, MaxItems, MaxLen, NodeId, Range, Signature, UInt
-from protocol.schema import signing_bytes, wire_struct
+from protocol.schema import (
+    JsonValue,
+    MaxItems,
+    MaxLen,
+    NodeId,
+    Range,
+    Signature,
+    UInt,
+    signing_bytes,
+    wire_struct,
+)
 
 MAX_NAME_CHARS = 128
 MAX_DESCRIPTION_CHARS = 1024
@@ -159,7 +168,8 @@ class Manifest(Message):
         """This manifest signed by ``signer``, which must be the node it names."""
         if signer.node_id != self.node_id:
             raise LocalProtocolError("a manifest can only be signed by the node it describes")
-        return dataclasses.replace(self, signature=signer.sign(signing_bytes(self)))
+        signature = signer.sign(signing_bytes(self))
+        return cast(Manifest, dataclasses.replace(cast(Any, self), signature=signature))
 
     def verify(self, verifier: Verifier = ed25519_verify) -> bool:
         """True if signed by the node it names."""

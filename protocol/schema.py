@@ -34,7 +34,17 @@ import math
 import types
 import typing
 from collections.abc import Callable
-from typing import Annotated, Any, ClassVar, TypeVar, Union, get_args, get_origin
+from typing import (
+    Annotated,
+    Any,
+    ClassVar,
+    TypeVar,
+    Union,
+    cast,
+    dataclass_transform,
+    get_args,
+    get_origin,
+)
 
 import msgpack
 
@@ -133,11 +143,12 @@ def _float_codec(rng: Range | None) -> Codec:
             v = float(v)
         elif type(v) is not float:
             raise _Invalid(f"expected float, got {type(v).__name__}")
-        if not math.isfinite(v):
+        f = cast(float, v)
+        if not math.isfinite(f):
             raise _Invalid("float must be finite")
-        if rng is not None and not rng.min <= v <= rng.max:
-            raise _Invalid(f"number {v} outside [{rng.min}, {rng.max}]")
-        return v
+        if rng is not None and not rng.min <= f <= rng.max:
+            raise _Invalid(f"number {f} outside [{rng.min}, {rng.max}]")
+        return f
 
     return check, check
 
@@ -367,7 +378,8 @@ def _compile(cls: type) -> tuple[_Field, ...]:
     if compiled is None:
         hints = typing.get_type_hints(cls, include_extras=True)
         compiled = tuple(
-            _Field(f.name, *_codec_for(hints[f.name], cls)) for f in dataclasses.fields(cls)
+            _Field(f.name, *_codec_for(hints[f.name], cls))
+            for f in dataclasses.fields(cast(Any, cls))
         )
         cls.__wire_compiled__ = compiled  # type: ignore[attr-defined]
     return compiled
@@ -376,10 +388,11 @@ def _compile(cls: type) -> tuple[_Field, ...]:
 T = TypeVar("T")
 
 
+@dataclass_transform(frozen_default=True)
 def wire_struct(cls: type[T]) -> type[T]:
     """Class decorator: make ``cls`` a frozen, slotted dataclass with a wire schema."""
     new = dataclasses.dataclass(frozen=True, slots=True)(cls)
-    new.__wire_fields__ = tuple(f.name for f in dataclasses.fields(new))  # type: ignore[attr-defined]
+    new.__wire_fields__ = tuple(f.name for f in dataclasses.fields(cast(Any, new)))  # type: ignore[attr-defined]
     return new
 
 
@@ -399,7 +412,8 @@ def struct_to_wire(obj: Any, *, skip_signature: bool = False) -> list[Any]:
         try:
             out.append(field.to_wire(getattr(obj, field.name)))
         except _Invalid as exc:
-            raise _Invalid(f"{type(obj).__name__}.{field.name}: {exc}", too_large=exc.too_large)
+            message = f"{type(obj).__name__}.{field.name}: {exc}"
+            raise _Invalid(message, too_large=exc.too_large) from None
     return out
 
 
@@ -413,7 +427,8 @@ def struct_from_wire(cls: type[T], raw: Any, *, offset: int = 0) -> T:
         try:
             values[field.name] = field.from_wire(raw[offset + i])
         except _Invalid as exc:
-            raise _Invalid(f"{cls.__name__}.{field.name}: {exc}", too_large=exc.too_large)
+            message = f"{cls.__name__}.{field.name}: {exc}"
+            raise _Invalid(message, too_large=exc.too_large) from None
     try:
         return cls(**values)
     except (LocalProtocolError, ValueError, TypeError) as exc:
@@ -446,6 +461,4 @@ def signing_bytes(obj: Any) -> bytes:
         body = struct_to_wire(obj, skip_signature=True)
     except _Invalid as exc:
         raise LocalProtocolError(str(exc)) from None
-    return msgpack.packb(
-        [SIGNING_DOMAIN, type(obj).__name__, body], use_bin_type=True, strict_types=False
-    )
+    return cast(bytes, msgpack.packb([SIGNING_DOMAIN, type(obj).__name__, body], use_bin_type=True))

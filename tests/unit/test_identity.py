@@ -1,0 +1,107 @@
+"""Identities: key files, node id text form, signatures."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from protocol import (
+    FastSigner,
+    Identity,
+    KeyFileError,
+    LocalProtocolError,
+    fast_verify,
+    is_node_id,
+    node_id_from_public_key,
+    public_key_from_node_id,
+    short_id,
+    verify,
+)
+
+
+def test_node_id_round_trips_to_public_key() -> None:
+    """The node id is self-certifying: it decodes back to the exact public key."""
+    ident = Identity.generate()
+    assert len(ident.node_id) == 52
+    assert ident.node_id == ident.node_id.lower()
+    assert public_key_from_node_id(ident.node_id) == ident.public_key
+    assert node_id_from_public_key(ident.public_key) == ident.node_id
+    assert short_id(ident.node_id) == ident.node_id[:10]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "abc", "A" * 52, "1" * 52, "a" * 51, "a" * 53, "a" * 51 + "b", None, 12],
+)
+def test_non_node_ids_are_refused(text: object) -> None:
+    """Anything that is not the canonical base32 form of 32 bytes is refused."""
+    assert not is_node_id(text)
+    with pytest.raises(LocalProtocolError):
+        public_key_from_node_id(text)  # type: ignore[arg-type]
+
+
+def test_sign_and_verify() -> None:
+    """A signature verifies only for the same key and the same bytes."""
+    a, b = Identity.generate(), Identity.generate()
+    sig = a.sign(b"hello")
+    assert len(sig) == 64
+    assert verify(a.public_key, b"hello", sig)
+    assert not verify(a.public_key, b"hellp", sig)
+    assert not verify(b.public_key, b"hello", sig)
+    assert not verify(a.public_key, b"hello", sig[:-1] + bytes([sig[-1] ^ 1]))
+    assert not verify(b"short", b"hello", sig)
+    assert not verify(a.public_key, b"hello", b"x")
+
+
+def test_from_seed_is_deterministic() -> None:
+    assert Identity.from_seed(b"\x01" * 32).node_id == Identity.from_seed(b"\x01" * 32).node_id
+    with pytest.raises(LocalProtocolError):
+        Identity.from_seed(b"short")
+
+
+def test_save_writes_0600_and_load_restores(tmp_path: Path) -> None:
+    """The key file is private to its owner and restores the same identity."""
+    path = tmp_path / "sub" / "node.key"
+    ident = Identity.generate()
+    ident.save(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert Identity.load(path).node_id == ident.node_id
+    assert Identity.load_or_create(path).node_id == ident.node_id
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o700 | 0o007])
+def test_load_refuses_key_readable_by_others(tmp_path: Path, mode: int) -> None:
+    """A world- or group-accessible key is refused with a message naming the fix."""
+    path = tmp_path / "node.key"
+    Identity.generate().save(path)
+    os.chmod(path, mode)
+    with pytest.raises(KeyFileError, match="chmod 600"):
+        Identity.load(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"zz", b"00" * 31, b"not hex at all\n"])
+def test_load_refuses_corrupt_key(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "node.key"
+    path.write_bytes(content)
+    os.chmod(path, 0o600)
+    with pytest.raises(KeyFileError):
+        Identity.load(path)
+
+
+def test_load_missing_key(tmp_path: Path) -> None:
+    with pytest.raises(KeyFileError, match="no identity key"):
+        Identity.load(tmp_path / "absent.key")
+
+
+def test_fast_signer_matches_sizes_and_verifies() -> None:
+    """The simulation stand-in keeps Ed25519's sizes and rejects altered data."""
+    s = FastSigner.from_seed(b"x")
+    sig = s.sign(b"data")
+    assert len(sig) == 64
+    assert len(s.public_key) == 32
+    assert fast_verify(s.public_key, b"data", sig)
+    assert not fast_verify(s.public_key, b"datb", sig)
+    assert is_node_id(s.node_id)
