@@ -1,0 +1,97 @@
+"""The ``@capability`` decorator: declare what a node can do, next to the code that does it.
+
+A decorated coroutine method is collected by :class:`~meshnode.MeshNode` when the node is
+constructed; its metadata becomes a :class:`protocol.Capability` in the node's signed
+manifest. ``MeshNode.add_capability(func, name=..., ...)`` does the same for a plain
+coroutine without subclassing. The handler receives the task's input (a JSON-like dict) and
+returns a JSON-like result.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from protocol import Capability
+
+Handler = Callable[..., Awaitable[Any]]
+F = TypeVar("F", bound=Handler)
+
+CAPABILITY_ATTR = "__meshnode_capability__"
+
+
+@dataclass(frozen=True, slots=True)
+class CapabilitySpec:
+    """A capability and the coroutine that serves it."""
+
+    capability: Capability
+    handler: Handler
+
+
+def make_capability(
+    *,
+    name: str,
+    description: str = "",
+    input_schema: dict[str, Any] | None = None,
+    output_schema: dict[str, Any] | None = None,
+    avg_latency_ms: float = 0.0,
+    cost_per_call_usd: float = 0.0,
+    tags: Sequence[str] = (),
+) -> Capability:
+    """Build a validated :class:`protocol.Capability` (raises ``LocalProtocolError``)."""
+    return Capability(
+        name=name,
+        description=description,
+        input_schema=input_schema,
+        output_schema=output_schema,
+        avg_latency_ms=avg_latency_ms,
+        cost_per_call_usd=cost_per_call_usd,
+        tags=tuple(tags),
+    )
+
+
+def capability(
+    *,
+    name: str | None = None,
+    description: str = "",
+    input_schema: dict[str, Any] | None = None,
+    output_schema: dict[str, Any] | None = None,
+    avg_latency_ms: float = 0.0,
+    cost_per_call_usd: float = 0.0,
+    tags: Sequence[str] = (),
+) -> Callable[[F], F]:
+    """Mark a coroutine method of a ``MeshNode`` subclass as a capability.
+
+    ``name`` defaults to the function's name; ``description`` to its docstring's first line.
+    """
+
+    def mark(func: F) -> F:
+        if not inspect.iscoroutinefunction(func):
+            raise TypeError(f"@capability needs an async function, got {func!r}")
+        doc = (inspect.getdoc(func) or "").strip().splitlines()
+        cap = make_capability(
+            name=name or func.__name__,
+            description=description or (doc[0] if doc else ""),
+            input_schema=input_schema,
+            output_schema=output_schema,
+            avg_latency_ms=avg_latency_ms,
+            cost_per_call_usd=cost_per_call_usd,
+            tags=tags,
+        )
+        setattr(func, CAPABILITY_ATTR, cap)
+        return func
+
+    return mark
+
+
+def collect_capabilities(obj: object) -> list[CapabilitySpec]:
+    """Every ``@capability`` method bound on ``obj``, in name order."""
+    found: dict[str, CapabilitySpec] = {}
+    for cls in reversed(type(obj).__mro__):
+        for attr, value in vars(cls).items():
+            cap = getattr(value, CAPABILITY_ATTR, None)
+            if isinstance(cap, Capability):
+                found[cap.name] = CapabilitySpec(cap, getattr(obj, attr))
+    return [found[k] for k in sorted(found)]

@@ -1,0 +1,364 @@
+"""MeshCore: membership, manifests and the reputation ledger of one node, sans-I/O.
+
+Theory of operation
+-------------------
+:class:`MeshCore` is what both shells drive — the asyncio runtime and the simulator. It owns
+a :class:`~meshnode.core.membership.Membership`, a :class:`crdt.ManifestStore` and a
+:class:`crdt.ReputationLedger`, and wires them together:
+
+* **Manifests.** Our own signed manifest is announced by a small
+  :class:`protocol.ManifestRumor` (node, version, digest) piggybacked on SWIM packets. A
+  rumor for a version we would accept produces a :class:`FetchManifest` effect: the shell
+  fetches the full signed manifest over TCP from the rumor's sender or its owner, and hands
+  it back with :meth:`MeshCore.manifest_fetched`. A fetched manifest that verifies and wins
+  is re-announced, so the rumor keeps spreading only while it is news. Fetches for the same
+  node are coalesced, and retried after :data:`FETCH_RETRY_AFTER` if nothing came back.
+* **Departures.** When SWIM declares a member dead or left, its manifest is buried by a
+  tombstone for :attr:`MeshCore.tombstone_ttl` (the dead-member retention time), so stale
+  copies cannot resurrect it; a rejoined node announces a strictly newer version.
+* **Ledger.** Records ride SWIM packets as rumors (keyed by observer and subject, so a newer
+  opinion replaces a queued older one). A record that changes the ledger is re-broadcast.
+* **Anti-entropy.** :meth:`push_pull_request` builds our half of a TCP exchange: the member
+  snapshot, one rumor per manifest, one digest per ledger observer.
+  :meth:`handle_push_pull` answers a peer with the same plus the records the peer lacks;
+  :meth:`finish_push_pull` merges the answer and returns the records the *responder* lacks,
+  which the shell sends in a third leg (:meth:`apply_records`). Record deltas are capped
+  at :data:`MAX_RECORDS_PER_EXCHANGE` per leg; later rounds carry the rest.
+
+Effects reach the shell through :meth:`take_effects`, in order: membership's
+``SendPacket``/``StartPushPull``/``MemberChanged`` pass through, and this layer adds
+:class:`FetchManifest`, :class:`ManifestChanged` and :class:`PersistRecords`.
+Own opinions are emitted as ``PersistRecords(durable=True)`` *before* they are queued for
+gossip: a restarted node must never sign a second record with a sequence number it has
+already used, which its peers would take as equivocation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Iterable, Sequence
+
+from crdt import INITIAL_TRUST, ManifestStore, ReputationLedger, elo_update
+from meshnode.core.config import NodeConfig
+from meshnode.core.effects import (
+    Address,
+    Deliver,
+    Effect,
+    MemberChanged,
+    MemberEvent,
+    SendPacket,
+    StartPushPull,
+)
+from meshnode.core.membership import Member, Membership, MemberState
+from protocol import (
+    LedgerRecord,
+    Manifest,
+    ManifestRumor,
+    PushPull,
+    Signer,
+    Verifier,
+)
+from protocol import verify as ed25519_verify
+
+FETCH_RETRY_AFTER = 5.0
+"""Seconds before a manifest fetch that produced nothing may be asked for again."""
+MAX_RECORDS_PER_EXCHANGE = 20_000
+"""Most ledger records sent in one push-pull leg (about 4 MiB); the rest follow later."""
+LEDGER_PRUNE_INTERVAL = 60.0
+"""Seconds between sweeps that drop expired ledger records and tombstones."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FetchManifest:
+    """Fetch ``node``'s signed manifest (``version`` or newer) over TCP from ``sources``,
+    in order, and pass it to :meth:`MeshCore.manifest_fetched`."""
+
+    node: str
+    version: int
+    sources: tuple[Address, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ManifestChanged:
+    """``node``'s manifest is now ``manifest`` (None: removed, the node left or died)."""
+
+    node: str
+    manifest: Manifest | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PersistRecords:
+    """Ledger records to store; ``durable`` ones must be committed before anything else
+    happens (they are this node's own opinions)."""
+
+    records: tuple[LedgerRecord, ...]
+    durable: bool
+
+
+CoreEffect = Effect | FetchManifest | ManifestChanged | PersistRecords
+
+
+class MeshCore:
+    """One node's replicated state and the rules that keep it converging."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        signer: Signer,
+        *,
+        host: str,
+        port: int,
+        rng: random.Random,
+        verifier: Verifier = ed25519_verify,
+        incarnation: int = 0,
+        now: float = 0.0,
+        max_subjects: int | None = None,
+    ) -> None:
+        self.config = config
+        self.signer = signer
+        self.verifier = verifier
+        self.membership = Membership(
+            config,
+            signer,
+            host=host,
+            port=port,
+            rng=rng,
+            verifier=verifier,
+            incarnation=incarnation,
+            now=now,
+        )
+        self.manifests = ManifestStore(verifier=verifier)
+        ledger_kwargs = {} if max_subjects is None else {"max_subjects": max_subjects}
+        self.ledger = ReputationLedger(verifier=verifier, **ledger_kwargs)
+        self.tombstone_ttl = max(config.dead_member_retention, 3600.0)
+        """Seconds a departed node's manifest stays buried (at least an hour)."""
+        self._effects: list[CoreEffect] = []
+        self._fetching: dict[str, tuple[int, float]] = {}  # node -> (version, asked at)
+        self._next_prune_at = now + LEDGER_PRUNE_INTERVAL
+        self._now = now
+        self.counters: dict[str, int] = {
+            "manifests_applied": 0,
+            "manifests_rejected": 0,
+            "records_applied": 0,
+            "records_rejected": 0,
+            "fetches_started": 0,
+        }
+
+    # ------------------------------------------------------------------ identity
+
+    @property
+    def node_id(self) -> str:
+        return self.membership.node_id
+
+    # ------------------------------------------------------------------ shell interface
+
+    def take_effects(self) -> list[CoreEffect]:
+        """Return and clear everything the shell must do, in order."""
+        self._pump(self._now)
+        effects, self._effects = self._effects, []
+        return effects
+
+    def next_deadline(self) -> float:
+        return min(self.membership.next_deadline(), self._next_prune_at)
+
+    def join(self, seeds: Sequence[Address], now: float) -> int:
+        joined = self.membership.join(seeds, now)
+        self._pump(now)
+        return joined
+
+    def leave(self, now: float) -> None:
+        self.membership.leave(now)
+        self._pump(now)
+
+    def receive(self, sender: str, messages: Sequence[object], addr: Address, now: float) -> None:
+        """One verified envelope from ``sender`` arrived from ``addr``."""
+        self.membership.receive(sender, messages, addr, now)  # type: ignore[arg-type]
+        self._pump(now)
+
+    def tick(self, now: float) -> None:
+        self.membership.tick(now)
+        if now >= self._next_prune_at:
+            self._next_prune_at = now + LEDGER_PRUNE_INTERVAL
+            self.manifests.prune(now)
+            self.ledger.prune(now)
+        self._pump(now)
+
+    # ------------------------------------------------------------------ own state
+
+    def publish_manifest(self, manifest: Manifest, now: float) -> None:
+        """Adopt our own (signed) manifest and announce it."""
+        if manifest.node_id != self.node_id:
+            raise ValueError("publish_manifest takes this node's own manifest")
+        if self.manifests.apply(manifest, now):
+            self._announce(manifest)
+            self._effects.append(ManifestChanged(manifest.node_id, manifest))
+        self._pump(now)
+
+    def record_outcome(self, subject: str, quality: float, now: float) -> LedgerRecord:
+        """Fold one scored task outcome into our opinion of ``subject`` (the observer's ELO
+        rule), sign it, persist it durably, then gossip it."""
+        held = self.ledger.get(self.node_id, subject)
+        old = held.score if held is not None else INITIAL_TRUST
+        outcomes = (held.outcomes if held is not None else 0) + 1
+        record = self.ledger.record_opinion(
+            self.signer, subject, elo_update(old, quality), outcomes, now
+        )
+        self._effects.append(PersistRecords((record,), durable=True))
+        self._broadcast_record(record)
+        return record
+
+    def direct_experience(self) -> dict[str, float]:
+        """Our own current opinion of every peer we have rated."""
+        return {r.subject: r.score for r in self.ledger.records() if r.observer == self.node_id}
+
+    # ------------------------------------------------------------------ manifests
+
+    def manifest_fetched(self, manifest: Manifest, now: float) -> bool:
+        """A fetched manifest arrived; True if it verified and became the node's entry."""
+        pending = self._fetching.get(manifest.node_id)
+        if pending is not None and manifest.version >= pending[0]:
+            del self._fetching[manifest.node_id]
+        member = self.membership.member(manifest.node_id)
+        if member is not None and member.state in (MemberState.DEAD, MemberState.LEFT):
+            return False
+        if not self.manifests.apply(manifest, now):
+            self.counters["manifests_rejected"] += 1
+            return False
+        self.counters["manifests_applied"] += 1
+        self._announce(manifest)
+        self._effects.append(ManifestChanged(manifest.node_id, manifest))
+        return True
+
+    def fetch_failed(self, node: str) -> None:
+        """The shell could not fetch ``node``'s manifest from any source; allow a retry."""
+        self._fetching.pop(node, None)
+
+    def _announce(self, manifest: Manifest) -> None:
+        rumor = ManifestRumor(manifest.node_id, manifest.version, manifest.digest())
+        self.membership.broadcast(rumor, ("manifest", manifest.node_id))
+
+    def _want(self, rumors: Iterable[ManifestRumor], source: Address | None, now: float) -> None:
+        for rumor in self.manifests.missing(rumors, now):
+            if rumor.node == self.node_id:
+                continue
+            member = self.membership.member(rumor.node)
+            if member is None or member.state in (MemberState.DEAD, MemberState.LEFT):
+                continue
+            pending = self._fetching.get(rumor.node)
+            if (
+                pending is not None
+                and pending[0] >= rumor.version
+                and now - pending[1] < FETCH_RETRY_AFTER
+            ):
+                continue
+            self._fetching[rumor.node] = (rumor.version, now)
+            sources = [a for a in (source, member.address) if a is not None]
+            unique = tuple(dict.fromkeys(sources))
+            self.counters["fetches_started"] += 1
+            self._effects.append(FetchManifest(rumor.node, rumor.version, unique))
+
+    # ------------------------------------------------------------------ ledger
+
+    def apply_records(self, records: Iterable[LedgerRecord], now: float) -> int:
+        """Apply received records; re-gossip and persist those that changed the ledger."""
+        changed: list[LedgerRecord] = []
+        for record in records:
+            if self.ledger.apply(record, now):
+                changed.append(record)
+                self._broadcast_record(record)
+            else:
+                self.counters["records_rejected"] += 1
+        if changed:
+            self.counters["records_applied"] += len(changed)
+            self._effects.append(PersistRecords(tuple(changed), durable=False))
+        return len(changed)
+
+    def _broadcast_record(self, record: LedgerRecord) -> None:
+        self.membership.broadcast(record, ("ledger", record.observer, record.subject))
+
+    # ------------------------------------------------------------------ push-pull
+
+    def push_pull_request(self, join: bool) -> PushPull:
+        """Our half of an anti-entropy exchange (first leg)."""
+        return PushPull(
+            join=join,
+            members=self.membership.state_snapshot(),
+            manifests=tuple(self.manifests.rumors()),
+            ledger=tuple(self.ledger.digests()),
+        )
+
+    def handle_push_pull(self, sender: str, request: PushPull, now: float) -> PushPull:
+        """Answer a peer's first leg: merge it, reply with our state and its missing records."""
+        self.membership.merge_state(request.members, now)
+        if request.records:
+            self.apply_records(request.records, now)
+        member = self.membership.member(sender)
+        self._want(request.manifests, member.address if member else None, now)
+        reply = PushPull(
+            join=False,
+            members=self.membership.state_snapshot(),
+            manifests=tuple(self.manifests.rumors()),
+            ledger=tuple(self.ledger.digests()),
+            records=tuple(self.ledger.delta_since(request.ledger, MAX_RECORDS_PER_EXCHANGE)),
+        )
+        self._pump(now)
+        return reply
+
+    def finish_push_pull(
+        self, responder: str, reply: PushPull, addr: Address, now: float
+    ) -> list[LedgerRecord]:
+        """Merge the responder's answer; return the records *it* lacks (third leg)."""
+        self.membership.merge_state(reply.members, now)
+        if reply.records:
+            self.apply_records(reply.records, now)
+        self._want(reply.manifests, addr, now)
+        self._pump(now)
+        return self.ledger.delta_since(reply.ledger, MAX_RECORDS_PER_EXCHANGE)
+
+    # ------------------------------------------------------------------ internals
+
+    def _pump(self, now: float) -> None:
+        """Move membership's effects to ours, handling what belongs to this layer."""
+        self._now = max(self._now, now)
+        for effect in self.membership.take_effects():
+            if isinstance(effect, Deliver):
+                self._deliver(effect, now)
+            elif isinstance(effect, MemberChanged):
+                self._effects.append(effect)
+                gone = effect.kind in (MemberEvent.DEAD, MemberEvent.LEFT)
+                if gone and self.manifests.remove(effect.node_id, now, self.tombstone_ttl):
+                    self._fetching.pop(effect.node_id, None)
+                    self._effects.append(ManifestChanged(effect.node_id, None))
+            else:
+                self._effects.append(effect)
+
+    def _deliver(self, effect: Deliver, now: float) -> None:
+        message = effect.message
+        if isinstance(message, ManifestRumor):
+            self._want((message,), effect.addr, now)
+        elif isinstance(message, LedgerRecord):
+            self.apply_records((message,), now)
+
+    def members(self) -> list[Member]:
+        return self.membership.members()
+
+    def __repr__(self) -> str:
+        m = self.membership
+        return (
+            f"<MeshCore {self.node_id[:10]} alive={m.count(MemberState.ALIVE)} "
+            f"suspect={m.count(MemberState.SUSPECT)} dead={m.count(MemberState.DEAD)} "
+            f"manifests={len(self.manifests)} records={len(self.ledger)} "
+            f"queue={m.queue_depth}>"
+        )
+
+
+__all__ = [
+    "CoreEffect",
+    "FetchManifest",
+    "ManifestChanged",
+    "MeshCore",
+    "PersistRecords",
+    "SendPacket",
+    "StartPushPull",
+]

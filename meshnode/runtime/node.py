@@ -1,0 +1,612 @@
+"""MeshNode: the asyncio shell around :class:`~meshnode.core.mesh.MeshCore`.
+
+Theory of operation
+-------------------
+A node owns one port number for both UDP (SWIM packets) and TCP (aiohttp: push-pull,
+manifest fetches, the HTTP API). It runs inside the caller's event loop — ``start()`` /
+``aclose()`` or ``async with`` — and never calls ``asyncio.run`` itself.
+
+The shell does three things and decides nothing:
+
+1. **Drive the core.** One driver task calls ``core.tick(now)`` whenever
+   ``core.next_deadline()`` passes (or earlier, when a packet moved the deadline), and
+   every UDP datagram is handed to ``core.receive`` as soon as it is decoded.
+2. **Carry out effects** in order: send packets, run push-pull exchanges and manifest
+   fetches as background tasks (bounded by :data:`MAX_CONCURRENT_FETCHES` and
+   :data:`MAX_CONCURRENT_PUSH_PULLS`), persist, and log membership changes.
+3. **Persist** to the data dir, if one is configured: the incarnation at start (restarts
+   come back one above it), own ledger records durably before they are gossiped, and the
+   member table, manifests and received records every :data:`PERSIST_INTERVAL` and on close.
+
+The clock is ``time.time()``: ledger expiries are compared across nodes, so the mesh clock
+is UNIX time.
+
+Close is graceful: a signed ``Leave`` is gossiped for ``leave_propagate_time`` seconds,
+then every task is cancelled and awaited, the HTTP server and sockets are closed, and the
+state is flushed. ``aclose()`` twice is safe; nothing is left running after it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from meshnode.capability import CapabilitySpec, Handler, collect_capabilities, make_capability
+from meshnode.core.config import NodeConfig, format_address
+from meshnode.core.effects import MemberChanged, MemberEvent, SendPacket, StartPushPull
+from meshnode.core.membership import MemberState
+from meshnode.core.mesh import (
+    FetchManifest,
+    ManifestChanged,
+    MeshCore,
+    PersistRecords,
+)
+from meshnode.runtime.api import WIRE_CONTENT_TYPE, build_app
+from meshnode.runtime.store import NodeStore
+from meshnode.runtime.transport import UdpEndpoint
+from protocol import (
+    Envelope,
+    Identity,
+    LedgerRecord,
+    Manifest,
+    PushPull,
+    RemoteProtocolError,
+    Verifier,
+    decode,
+    encode,
+    short_id,
+    unpack,
+)
+from protocol import verify as ed25519_verify
+from protocol.limits import MAX_MESSAGES_PER_ENVELOPE
+
+MAX_CONCURRENT_FETCHES = 8
+"""Manifest fetches in flight at once; more wait their turn."""
+MAX_CONCURRENT_PUSH_PULLS = 4
+"""Push-pull exchanges in flight at once (joins contact every seed in parallel)."""
+PERSIST_INTERVAL = 5.0
+"""Seconds between flushes of learned state (members, manifests, peers' records)."""
+BIND_ATTEMPTS = 8
+"""With ``port=0``: tries to find a port free for both UDP and TCP."""
+
+log = structlog.get_logger("meshnode")
+
+_EVENT_NAMES = {
+    MemberEvent.JOINED: "member_joined",
+    MemberEvent.ALIVE: "member_recovered",
+    MemberEvent.SUSPECT: "member_suspected",
+    MemberEvent.DEAD: "member_died",
+    MemberEvent.LEFT: "member_left",
+    MemberEvent.UPDATED: "member_updated",
+    MemberEvent.FORGOTTEN: "member_forgotten",
+}
+
+
+class MeshNode:
+    """A mesh node living in the caller's event loop.
+
+    Subclass it and mark coroutine methods with :func:`meshnode.capability`, or call
+    :meth:`add_capability`, then ``async with Node(config) as node: ...``.
+    """
+
+    def __init__(
+        self,
+        config: NodeConfig | None = None,
+        *,
+        identity: Identity | None = None,
+        verifier: Verifier = ed25519_verify,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config or NodeConfig()
+        self._identity = identity
+        self.verifier = verifier
+        self._rng = rng or random.Random()
+        self._capabilities: dict[str, CapabilitySpec] = {
+            spec.capability.name: spec for spec in collect_capabilities(self)
+        }
+        self._core: MeshCore | None = None
+        self._store: NodeStore | None = None
+        self._udp: UdpEndpoint | None = None
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._driver: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._fetch_slots = asyncio.Semaphore(MAX_CONCURRENT_FETCHES)
+        self._push_pull_slots = asyncio.Semaphore(MAX_CONCURRENT_PUSH_PULLS)
+        self._state = "new"
+        self._manifest_version = 0
+        self._dirty_members = False
+        self._dirty_manifests: dict[str, Manifest | None] = {}
+        self._pending_records: list[LedgerRecord] = []
+        self.drops: Counter[str] = Counter()
+        self.manifest_listeners: list[Callable[[str, Manifest | None], None]] = []
+        """Called with (node_id, manifest or None) whenever a known manifest changes."""
+        self.member_listeners: list[Callable[[MemberChanged], None]] = []
+        """Called with every membership change."""
+        self._log = log
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def identity(self) -> Identity:
+        if self._identity is None:
+            raise RuntimeError("the node has no identity until start()")
+        return self._identity
+
+    @property
+    def node_id(self) -> str:
+        return self.identity.node_id
+
+    @property
+    def core(self) -> MeshCore:
+        if self._core is None:
+            raise RuntimeError("the node is not started")
+        return self._core
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The ``(host, port)`` other nodes reach us at."""
+        return self.core.membership.address
+
+    @property
+    def url(self) -> str:
+        return f"http://{format_address(self.address)}"
+
+    @property
+    def running(self) -> bool:
+        return self._state == "running"
+
+    # ------------------------------------------------------------------ capabilities
+
+    def add_capability(
+        self,
+        func: Handler,
+        *,
+        name: str,
+        description: str = "",
+        input_schema: dict[str, Any] | None = None,
+        output_schema: dict[str, Any] | None = None,
+        avg_latency_ms: float = 0.0,
+        cost_per_call_usd: float = 0.0,
+        tags: tuple[str, ...] | list[str] = (),
+    ) -> None:
+        """Register a plain coroutine as a capability. After ``start()`` the manifest is
+        re-signed with a higher version and announced."""
+        cap = make_capability(
+            name=name,
+            description=description,
+            input_schema=input_schema,
+            output_schema=output_schema,
+            avg_latency_ms=avg_latency_ms,
+            cost_per_call_usd=cost_per_call_usd,
+            tags=tags,
+        )
+        self._capabilities[name] = CapabilitySpec(cap, func)
+        if self.running:
+            self._publish_manifest()
+
+    def remove_capability(self, name: str) -> None:
+        """Withdraw a capability; the new manifest version spreads by gossip."""
+        if self._capabilities.pop(name, None) is not None and self.running:
+            self._publish_manifest()
+
+    @property
+    def capabilities(self) -> dict[str, CapabilitySpec]:
+        return dict(self._capabilities)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> MeshNode:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Bind, restore state, announce our manifest and join through the seeds."""
+        if self._state != "new":
+            raise RuntimeError(f"start() on a node that is {self._state}")
+        self._state = "starting"
+        try:
+            await self._start()
+        except BaseException:
+            await self._shutdown()
+            self._state = "closed"
+            raise
+        self._state = "running"
+
+    async def _start(self) -> None:
+        cfg = self.config
+        if cfg.data_dir is not None:
+            self._store = NodeStore(Path(cfg.data_dir))
+            if self._identity is None:
+                self._identity = self._store.load_identity()
+        if self._identity is None:
+            self._identity = Identity.generate()
+        self._log = log.bind(node=short_id(self._identity.node_id), name=cfg.name)
+        incarnation = 0
+        if self._store is not None:
+            incarnation = self._store.incarnation() + 1
+            self._store.set_incarnation(incarnation)
+            self._manifest_version = self._store.counter("manifest_version")
+
+        await self._bind()
+        assert self._udp is not None
+        bound_port = self._udp.local_address[1]
+        host = cfg.advertise_host or cfg.host
+        port = cfg.advertise_port or bound_port
+        now = time.time()
+        self._core = MeshCore(
+            cfg,
+            self.identity,
+            host=host,
+            port=port,
+            rng=self._rng,
+            verifier=self.verifier,
+            incarnation=incarnation,
+            now=now,
+        )
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=cfg.tcp_timeout),
+            connector=aiohttp.TCPConnector(limit=64),
+        )
+        seeds = list(cfg.seed_addresses)
+        if self._store is not None:
+            seeds += self._restore(now)
+        self._publish_manifest()
+        self.core.join(seeds, now)
+        self._dispatch()
+        self._driver = asyncio.create_task(self._drive(), name=f"meshnode-driver-{host}:{port}")
+        self._spawn(self._persist_loop())
+        self._log.info(
+            "node_started",
+            node_id=self.node_id,
+            address=format_address((host, port)),
+            incarnation=incarnation,
+            seeds=len(seeds),
+        )
+
+    async def _bind(self) -> None:
+        cfg = self.config
+        last_error: OSError | None = None
+        for _ in range(BIND_ATTEMPTS if cfg.port == 0 else 1):
+            udp = await UdpEndpoint.open(
+                cfg.host, cfg.port, self.identity, self._on_envelope, verifier=self.verifier
+            )
+            port = udp.local_address[1]
+            runner = web.AppRunner(build_app(self), access_log=None, handle_signals=False)
+            await runner.setup()
+            try:
+                await web.TCPSite(runner, cfg.host, port, reuse_address=True).start()
+            except OSError as exc:
+                last_error = exc
+                udp.close()
+                await runner.cleanup()
+                continue
+            self._udp, self._runner = udp, runner
+            return
+        raise OSError(f"could not bind UDP and TCP on {cfg.host}:{cfg.port}: {last_error}")
+
+    def _restore(self, now: float) -> list[tuple[str, int]]:
+        """Load persisted manifests and records; return remembered members as extra seeds."""
+        assert self._store is not None
+        core = self.core
+        for manifest in self._store.load_manifests():
+            if manifest.node_id != self.node_id:
+                core.manifests.apply(manifest, now)
+        core.ledger.apply_many(self._store.load_records(), now)
+        extra: list[tuple[str, int]] = []
+        for rumor in self._store.load_members():
+            member_addr = getattr(rumor, "host", None), getattr(rumor, "port", None)
+            if rumor.node != self.node_id and member_addr[0] is not None:
+                extra.append((str(member_addr[0]), int(member_addr[1] or 0)))
+        return extra
+
+    async def aclose(self) -> None:
+        """Leave gracefully and release everything. Safe to call more than once."""
+        if self._state in ("closing", "closed"):
+            return
+        was_running = self._state == "running"
+        self._state = "closing"
+        try:
+            if was_running and self._core is not None:
+                self._core.leave(time.time())
+                self._dispatch()
+                # Keep the driver gossiping the Leave for a bounded time.
+                await asyncio.sleep(self.config.leave_propagate_time)
+        finally:
+            await self._shutdown()
+            self._state = "closed"
+
+    async def _shutdown(self) -> None:
+        tasks = [t for t in (self._driver, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+        self._driver = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+        if self._store is not None:
+            with contextlib.suppress(Exception):
+                self._flush()
+            self._store.close()
+            self._store = None
+        if self._core is not None:
+            self._log.info("node_closed")
+
+    # ------------------------------------------------------------------ driving the core
+
+    async def _drive(self) -> None:
+        core = self.core
+        while True:
+            core.tick(time.time())
+            self._dispatch()
+            delay = core.next_deadline() - time.time()
+            if delay > 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+
+    def _on_envelope(self, envelope: Envelope, addr: tuple[str, int]) -> None:
+        if self._core is None or self._state not in ("running", "closing", "starting"):
+            return
+        self._core.receive(envelope.sender, envelope.messages, addr, time.time())
+        self._dispatch()
+        self._wake.set()
+
+    def _dispatch(self) -> None:
+        if self._core is None:
+            return
+        for effect in self._core.take_effects():
+            if isinstance(effect, SendPacket):
+                if self._udp is not None:
+                    self._udp.send(effect.addr, effect.messages)
+            elif isinstance(effect, StartPushPull):
+                if self._state == "running":
+                    self._spawn(self._push_pull(effect.addr, effect.join))
+            elif isinstance(effect, FetchManifest):
+                if self._state == "running":
+                    self._spawn(self._fetch_manifest(effect))
+            elif isinstance(effect, ManifestChanged):
+                self._dirty_manifests[effect.node] = effect.manifest
+                for listener in self.manifest_listeners:
+                    listener(effect.node, effect.manifest)
+            elif isinstance(effect, PersistRecords):
+                if effect.durable and self._store is not None:
+                    self._store.save_records(effect.records, durable=True)
+                else:
+                    self._pending_records.extend(effect.records)
+            elif isinstance(effect, MemberChanged):
+                self._on_member_changed(effect)
+
+    def _on_member_changed(self, change: MemberChanged) -> None:
+        self._dirty_members = True
+        member = change.member
+        if change.node_id == self.node_id:
+            if change.kind is MemberEvent.UPDATED and self._store is not None:
+                self._store.set_incarnation(member.incarnation)
+            if change.kind is MemberEvent.UPDATED:
+                self._log.warning("refuted_suspicion", incarnation=member.incarnation)
+        else:
+            self._log.info(
+                _EVENT_NAMES.get(change.kind, "member_changed"),
+                peer=short_id(change.node_id),
+                address=format_address(member.address),
+                incarnation=member.incarnation,
+                state=member.state.name.lower(),
+            )
+        for listener in self.member_listeners:
+            listener(change)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------ TCP exchanges
+
+    def _peer_url(self, addr: tuple[str, int], path: str) -> str:
+        return f"http://{format_address(addr)}{path}"
+
+    async def _post_envelope(self, addr: tuple[str, int], path: str, body: bytes) -> bytes:
+        assert self._session is not None
+        async with self._session.post(
+            self._peer_url(addr, path),
+            data=body,
+            headers={"Content-Type": WIRE_CONTENT_TYPE},
+        ) as resp:
+            resp.raise_for_status()
+            return await resp.read()
+
+    async def _push_pull(self, addr: tuple[str, int], join: bool) -> None:
+        async with self._push_pull_slots:
+            core = self.core
+            request = core.push_pull_request(join)
+            try:
+                data = await self._post_envelope(
+                    addr, "/v1/wire/pushpull", encode([request], self.identity)
+                )
+                envelope = decode(data, verifier=self.verifier)
+                if len(envelope.messages) != 1 or not isinstance(envelope.messages[0], PushPull):
+                    raise RemoteProtocolError("push-pull reply is not one PushPull")
+                missing = core.finish_push_pull(
+                    envelope.sender, envelope.messages[0], addr, time.time()
+                )
+                self._dispatch()
+                for start in range(0, len(missing), MAX_MESSAGES_PER_ENVELOPE):
+                    chunk = missing[start : start + MAX_MESSAGES_PER_ENVELOPE]
+                    await self._post_envelope(
+                        addr, "/v1/wire/records", encode(chunk, self.identity)
+                    )
+            except (aiohttp.ClientError, TimeoutError, OSError, RemoteProtocolError) as exc:
+                self.drops[f"push_pull_{type(exc).__name__}"] += 1
+                self._log.debug("push_pull_failed", peer=format_address(addr), error=str(exc))
+            self._wake.set()
+
+    def handle_push_pull(self, sender: str, request: PushPull) -> PushPull:
+        """Answer a peer's push-pull (called by the HTTP handler)."""
+        reply = self.core.handle_push_pull(sender, request, time.time())
+        self._dispatch()
+        self._wake.set()
+        return reply
+
+    def handle_records(self, records: list[LedgerRecord]) -> int:
+        """Apply the third leg of a push-pull (called by the HTTP handler)."""
+        applied = self.core.apply_records(records, time.time())
+        self._dispatch()
+        return applied
+
+    async def _fetch_manifest(self, effect: FetchManifest) -> None:
+        async with self._fetch_slots:
+            assert self._session is not None
+            for source in effect.sources:
+                try:
+                    async with self._session.get(
+                        self._peer_url(source, f"/v1/wire/manifests/{effect.node}")
+                    ) as resp:
+                        resp.raise_for_status()
+                        manifest = unpack(await resp.read(), Manifest)
+                except (aiohttp.ClientError, TimeoutError, OSError, RemoteProtocolError) as exc:
+                    self.drops[f"fetch_{type(exc).__name__}"] += 1
+                    continue
+                if manifest.node_id != effect.node:
+                    self.drops["fetch_wrong_node"] += 1
+                    continue
+                self.core.manifest_fetched(manifest, time.time())
+                self._dispatch()
+                if manifest.version >= effect.version:
+                    return
+            self.core.fetch_failed(effect.node)
+
+    def count_drop(self, reason: str) -> None:
+        self.drops[reason] += 1
+
+    # ------------------------------------------------------------------ manifest
+
+    def _publish_manifest(self) -> None:
+        self._manifest_version += 1
+        if self._store is not None:
+            self._store.set_counter("manifest_version", self._manifest_version)
+        manifest = Manifest.create(
+            self.identity,
+            name=self.config.name,
+            endpoint=format_address(self.core.membership.address),
+            capabilities=[spec.capability for spec in self._capabilities.values()],
+            max_concurrent_tasks=self.config_max_concurrent_tasks(),
+            version=self._manifest_version,
+        )
+        self.core.publish_manifest(manifest, time.time())
+        self._dispatch()
+
+    def config_max_concurrent_tasks(self) -> int:
+        return int(getattr(self.config, "max_concurrent_tasks", 3))
+
+    # ------------------------------------------------------------------ persistence
+
+    async def _persist_loop(self) -> None:
+        if self._store is None:
+            return
+        while True:
+            await asyncio.sleep(PERSIST_INTERVAL)
+            self._flush()
+
+    def _flush(self) -> None:
+        store = self._store
+        if store is None or self._core is None:
+            return
+        if self._dirty_members:
+            store.save_members(self._core.membership.state_snapshot())
+            self._dirty_members = False
+        for node, manifest in self._dirty_manifests.items():
+            if manifest is None:
+                store.delete_manifest(node)
+            else:
+                store.save_manifest(manifest)
+        self._dirty_manifests.clear()
+        if self._pending_records:
+            store.save_records(self._pending_records)
+            self._pending_records.clear()
+        store.commit()
+
+    # ------------------------------------------------------------------ views
+
+    def health(self) -> dict[str, Any]:
+        core = self.core
+        m = core.membership
+        return {
+            "status": "ok" if self.running else self._state,
+            "node_id": self.node_id,
+            "name": self.config.name,
+            "address": format_address(m.address),
+            "incarnation": m.incarnation,
+            "members": {s.name.lower(): m.count(s) for s in MemberState},
+            "manifests": len(core.manifests),
+            "ledger_records": len(core.ledger),
+            "local_health": m.health,
+            "dropped": dict(sorted((self._udp.dropped if self._udp else Counter()).items())),
+        }
+
+    def members_json(self) -> list[dict[str, Any]]:
+        core = self.core
+        out = []
+        for member in core.members():
+            manifest = core.manifests.get(member.node_id)
+            out.append(
+                {
+                    "node_id": member.node_id,
+                    "name": manifest.name if manifest else None,
+                    "address": format_address(member.address),
+                    "state": member.state.name.lower(),
+                    "incarnation": member.incarnation,
+                }
+            )
+        return out
+
+    def __repr__(self) -> str:
+        if self._core is None:
+            return f"<MeshNode {self.config.name} {self._state}>"
+        m = self._core.membership
+        return (
+            f"<MeshNode {self.config.name} {short_id(self.node_id)} {self._state} "
+            f"alive={m.count(MemberState.ALIVE)} suspect={m.count(MemberState.SUSPECT)} "
+            f"queue={m.queue_depth} tasks={len(self._tasks)}>"
+        )
+
+
+async def wait_for(
+    predicate: Callable[[], bool | Awaitable[bool]], within: float, interval: float = 0.02
+) -> None:
+    """Wait until ``predicate()`` is true, polling every ``interval``; TimeoutError after
+    ``within`` seconds. For tests and scripts that wait on a condition with a deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        result = predicate()
+        if isinstance(result, Awaitable):
+            result = await result
+        if result:
+            return
+        if loop.time() >= deadline:
+            raise TimeoutError(f"condition not met within {within} s")
+        await asyncio.sleep(interval)
