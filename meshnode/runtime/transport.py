@@ -64,8 +64,8 @@ class UdpEndpoint(asyncio.DatagramProtocol):
     # asyncio callbacks ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self._transport = transport
+        # uvloop's UDP transport is not an asyncio.DatagramTransport subclass.
+        self._transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         self.bytes_received += len(data)

@@ -1,0 +1,302 @@
+"""Known capability manifests: one signed last-writer-wins register per node id.
+
+Theory of operation
+-------------------
+Each node id maps to one entry: the node's own signed :class:`protocol.Manifest`, or a
+:class:`Tombstone` left when the node left or was declared dead. Entries are ordered by a
+*rank*, and the store keeps the greatest rank per node id:
+
+* a manifest ranks as ``(version, 0, digest, signature)``: a higher version wins; at an
+  equal version two different manifests (a node that re-signed a version with different
+  content) are settled by the higher digest, the same choice on every replica;
+* a tombstone ranks as ``(version, 1, expires_at)``: it beats every manifest up to and
+  including the version it buried, so a stale copy gossiped late cannot resurrect a dead
+  node, while a strictly newer version — signed by the node itself after it rejoined —
+  beats the tombstone. Two tombstones at one version keep the later expiry.
+
+Taking the maximum of a total order is a join, so :meth:`ManifestStore.merge` is
+commutative, associative and idempotent, and any order or duplication of :meth:`apply`
+calls ends in the same state.
+
+Only valid manifests enter: :meth:`~ManifestStore.apply` checks the signature against the
+node id (ids are self-certifying) with the injected verifier, and only for a manifest that
+would win, so replays and stale versions cost no signature check.
+
+Tombstones expire at ``now + ttl`` (:data:`DEFAULT_TOMBSTONE_TTL`, 24 h) and are dropped by
+:meth:`~ManifestStore.prune`; an expired tombstone no longer blocks anything. The TTL must
+exceed the time a stale manifest can keep circulating (anti-entropy rounds plus the longest
+partition you expect to heal) and bounds how long a dead node's id costs memory. Tombstones
+are local knowledge driven by membership (a node removes a peer when SWIM says it left or
+died) and travel between stores only through :meth:`~ManifestStore.merge`; on the wire,
+manifests are announced by :class:`protocol.ManifestRumor` and fetched when
+:meth:`~ManifestStore.missing` says the announced version would win.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from protocol import (
+    LocalProtocolError,
+    Manifest,
+    ManifestRumor,
+    Verifier,
+    public_key_from_node_id,
+    signing_bytes,
+)
+from protocol import verify as ed25519_verify
+
+DEFAULT_TOMBSTONE_TTL = 24 * 3600.0
+"""How long (seconds) a removed node's tombstone hides its manifest: 24 hours."""
+
+Rank = tuple[int, int, bytes, float]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Tombstone:
+    """``node_id`` was removed at manifest ``version``; the mark lapses at ``expires_at``."""
+
+    node_id: str
+    version: int
+    expires_at: float
+
+    def __post_init__(self) -> None:
+        public_key_from_node_id(self.node_id)
+        if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 0:
+            raise LocalProtocolError(
+                f"version must be a non-negative integer, got {self.version!r}"
+            )
+        if isinstance(self.expires_at, bool) or not isinstance(self.expires_at, int | float):
+            raise LocalProtocolError(f"expires_at must be a number, got {self.expires_at!r}")
+        if not math.isfinite(self.expires_at):
+            raise LocalProtocolError(f"expires_at must be finite, got {self.expires_at!r}")
+        object.__setattr__(self, "expires_at", float(self.expires_at))
+
+    @property
+    def rank(self) -> Rank:
+        return (self.version, 1, b"", self.expires_at)
+
+
+class _Live(NamedTuple):
+    """A verified manifest with its digest (computed once)."""
+
+    manifest: Manifest
+    digest: bytes
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+    @property
+    def rank(self) -> Rank:
+        return (self.manifest.version, 0, self.digest + self.manifest.signature, 0.0)
+
+
+class ManifestStore:
+    """The set of known manifests, merged by version. See the module docstring.
+
+    ``verifier`` checks manifest signatures (``protocol.verify`` by default).
+    """
+
+    __slots__ = ("_entries", "_verifier", "_version")
+
+    def __init__(self, *, verifier: Verifier = ed25519_verify) -> None:
+        self._verifier = verifier
+        self._entries: dict[str, _Live | Tombstone] = {}
+        self._version = 0
+
+    @property
+    def version(self) -> int:
+        """A counter that changes whenever the state changes (for caches and indexes)."""
+        return self._version
+
+    def __len__(self) -> int:
+        """Number of live (not tombstoned) manifests."""
+        return sum(1 for e in self._entries.values() if isinstance(e, _Live))
+
+    def __contains__(self, node_id: object) -> bool:
+        return isinstance(node_id, str) and isinstance(self._entries.get(node_id), _Live)
+
+    def __repr__(self) -> str:
+        live = len(self)
+        return f"<ManifestStore manifests={live} tombstones={len(self._entries) - live}>"
+
+    def __eq__(self, other: object) -> bool:
+        """Equal state: the same manifests (by content) and the same tombstones."""
+        if not isinstance(other, ManifestStore):
+            return NotImplemented
+        return self._fingerprint() == other._fingerprint()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def _fingerprint(self) -> dict[str, tuple[int, bytes] | Tombstone]:
+        return {
+            node: (e.version, e.digest) if isinstance(e, _Live) else e
+            for node, e in self._entries.items()
+        }
+
+    def copy(self) -> ManifestStore:
+        """An independent replica with the same state and verifier."""
+        twin = ManifestStore(verifier=self._verifier)
+        twin._entries = dict(self._entries)
+        return twin
+
+    # ------------------------------------------------------------------ reading
+
+    def get(self, node_id: str) -> Manifest | None:
+        """The live manifest of ``node_id``, or None (unknown or tombstoned)."""
+        entry = self._entries.get(node_id)
+        return entry.manifest if isinstance(entry, _Live) else None
+
+    def manifests(self) -> list[Manifest]:
+        """Every live manifest, sorted by node id."""
+        return [e.manifest for _, e in sorted(self._entries.items()) if isinstance(e, _Live)]
+
+    def tombstones(self) -> list[Tombstone]:
+        """Every tombstone (expired ones too, until :meth:`prune`), sorted by node id."""
+        return [e for _, e in sorted(self._entries.items()) if isinstance(e, Tombstone)]
+
+    def rumors(self) -> list[ManifestRumor]:
+        """One ``ManifestRumor(node, version, digest)`` per live manifest, sorted by node."""
+        return [
+            ManifestRumor(node=node, version=e.version, digest=e.digest)
+            for node, e in sorted(self._entries.items())
+            if isinstance(e, _Live)
+        ]
+
+    def missing(
+        self, rumors: Iterable[ManifestRumor], now: float | None = None
+    ) -> list[ManifestRumor]:
+        """The announced manifests that would win here — what to fetch. One per node (the
+        best announced), sorted by node. With ``now``, expired tombstones block nothing."""
+        best: dict[str, ManifestRumor] = {}
+        for rumor in rumors:
+            if not isinstance(rumor, ManifestRumor):
+                continue
+            entry = self._entries.get(rumor.node)
+            if isinstance(entry, Tombstone) and now is not None and entry.expires_at <= now:
+                entry = None
+            if isinstance(entry, Tombstone) and rumor.version <= entry.version:
+                continue
+            if isinstance(entry, _Live) and (rumor.version, rumor.digest) <= (
+                entry.version,
+                entry.digest,
+            ):
+                continue
+            seen = best.get(rumor.node)
+            if seen is None or (rumor.version, rumor.digest) > (seen.version, seen.digest):
+                best[rumor.node] = rumor
+        return [best[node] for node in sorted(best)]
+
+    # ------------------------------------------------------------------ writing
+
+    def apply(self, manifest: Manifest, now: float) -> bool:
+        """Offer a received manifest; True if it became the node's entry.
+
+        Returns False (state unchanged) for a bad signature, or when what is held ranks at
+        least as high (an older or equal version, or a live tombstone at that version).
+        """
+        if not isinstance(manifest, Manifest):
+            return False
+        node = manifest.node_id
+        entry = self._live_entry(node, now)
+        if isinstance(entry, _Live) and entry.manifest == manifest:
+            return False
+        if entry is not None and entry.rank[0] > manifest.version:
+            return False
+        if isinstance(entry, Tombstone) and entry.version >= manifest.version:
+            return False
+        try:
+            data = signing_bytes(manifest)
+        except LocalProtocolError:
+            return False
+        digest = hashlib.blake2b(data, digest_size=32).digest()
+        candidate = _Live(manifest, digest)
+        if entry is not None and entry.rank >= candidate.rank:
+            return False
+        if not self._verifier(public_key_from_node_id(node), data, manifest.signature):
+            return False
+        self._entries[node] = candidate
+        self._version += 1
+        return True
+
+    def remove(
+        self,
+        node_id: str,
+        now: float,
+        ttl: float = DEFAULT_TOMBSTONE_TTL,
+        *,
+        version: int | None = None,
+    ) -> bool:
+        """Bury ``node_id`` (it left or died) until ``now + ttl``; True if the state changed.
+
+        The tombstone covers ``version`` if given, else the version held (live manifest or
+        earlier tombstone). With neither there is nothing to bury and this returns False.
+        """
+        if not (isinstance(ttl, int | float) and math.isfinite(ttl) and ttl > 0):
+            raise LocalProtocolError(f"ttl must be a positive number of seconds, got {ttl!r}")
+        entry = self._live_entry(node_id, now)
+        if version is None:
+            if entry is None:
+                return False
+            version = entry.manifest.version if isinstance(entry, _Live) else entry.version
+        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+            raise LocalProtocolError(f"version must be a non-negative integer, got {version!r}")
+        return self.add_tombstone(Tombstone(node_id, version, float(now) + float(ttl)), now)
+
+    def add_tombstone(self, tombstone: Tombstone, now: float) -> bool:
+        """Fold in a tombstone (from a peer's store or from persistence); True if it won.
+
+        An expired tombstone (``expires_at <= now``) is ignored.
+        """
+        if not isinstance(tombstone, Tombstone) or not tombstone.expires_at > now:
+            return False
+        entry = self._live_entry(tombstone.node_id, now)
+        if entry is not None and entry.rank >= tombstone.rank:
+            return False
+        self._entries[tombstone.node_id] = tombstone
+        self._version += 1
+        return True
+
+    def prune(self, now: float) -> int:
+        """Drop tombstones with ``expires_at <= now``; return how many went."""
+        stale = [
+            node
+            for node, e in self._entries.items()
+            if isinstance(e, Tombstone) and e.expires_at <= now
+        ]
+        for node in stale:
+            del self._entries[node]
+        if stale:
+            self._version += 1
+        return len(stale)
+
+    def merge(self, other: ManifestStore, now: float) -> bool:
+        """Fold another replica into this one; True if this store changed.
+
+        Manifests that would win are re-verified with this store's verifier; expired
+        tombstones on either side are dropped. ``other`` is not modified.
+        """
+        changed = self.prune(now) > 0
+        for node, entry in sorted(other._entries.items()):
+            if isinstance(entry, Tombstone):
+                changed |= self.add_tombstone(entry, now)
+                continue
+            mine = self._entries.get(node)
+            if mine is not None and mine.rank >= entry.rank:
+                continue
+            changed |= self.apply(entry.manifest, now)
+        return changed
+
+    # ------------------------------------------------------------------ internals
+
+    def _live_entry(self, node_id: str, now: float) -> _Live | Tombstone | None:
+        """The entry for ``node_id``, treating an expired tombstone as absent."""
+        entry = self._entries.get(node_id)
+        if isinstance(entry, Tombstone) and entry.expires_at <= now:
+            return None
+        return entry

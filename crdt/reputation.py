@@ -1,0 +1,675 @@
+"""The reputation ledger: signed opinions, replicated as a state-based CRDT.
+
+Theory of operation
+-------------------
+A record (:class:`protocol.LedgerRecord`) is one observer's signed opinion of one subject:
+a score in [0, 1], the number of outcomes behind it, the observer's own sequence number
+(one counter across all its records) and an expiry on the mesh clock. Node ids are
+self-certifying, so anyone can check a record against its observer's id; nobody can write
+an opinion in someone else's name.
+
+State. For each key (observer, subject) the ledger holds one record: the greatest by
+*rank* ``(seq, digest, signature)``, where ``digest`` is BLAKE2b-256 of
+:func:`protocol.signing_bytes` (``signature`` only breaks the tie between two signatures of
+the same content, which only the observer itself could produce). Each observer keeps at most
+``max_subjects`` (K) records: when a new record would make K + 1, the one with the lowest
+rank — the subject it rated least recently — is evicted. Because the eviction order is the
+merge order, the records held are always the top K, by rank, of the per-key winners among
+every record delivered, whatever the order of delivery: merge is commutative, associative
+and idempotent, and duplicates change nothing. (Expiry is the one input that depends on
+time: a record superseded or evicted before its rival expired stays gone, so two replicas
+are compared, and merged, as of one ``now`` — :meth:`~ReputationLedger.merge` prunes first
+and ignores expired records on either side.)
+
+Rejected by :meth:`ReputationLedger.apply` (it returns False and nothing changes): a
+signature that does not verify against the observer's id (forged, or signed by another key),
+observer == subject, ``expires_at <= now``, a score outside [0, 1] or not finite, any field
+outside its wire schema, and records that lose to what is held (replays of older sequence
+numbers).
+
+Equivocation. An honest observer never signs two different records with the same sequence
+number; two such records are transferable proof that it lied to someone. The ledger
+remembers, per observer, the greatest-ranked record it has verified at each of the last
+``seq_window`` sequence numbers (until they expire), so a conflicting record is caught even
+after the first one was superseded; :meth:`~ReputationLedger.merge` checks the other
+replica's remembered records against ours too (without adopting them). The proof kept per
+observer is canonical — at the lowest equivocating sequence number, the records with the
+lowest and the highest digest — so every replica that saw the same records holds the same
+proof. Proofs are part of the replicated state: they are folded into the observer's
+:class:`protocol.LedgerDigest`, shipped by :meth:`~ReputationLedger.delta_since` as the two
+plain records, recognised again by :meth:`~ReputationLedger.apply_many` (two records, one
+observer, one seq) and re-verified by :meth:`~ReputationLedger.apply_equivocation`. A proof
+never expires: an equivocator's weight in :meth:`~ReputationLedger.trust` is 0 forever. Its
+records are still merged (the higher digest wins, as for everyone), so replicas stay equal.
+At most ``max_proofs`` are kept (the lowest observer ids), which bounds the memory an army
+of equivocating identities can take.
+
+Anti-entropy. :meth:`~ReputationLedger.digests` gives one :class:`protocol.LedgerDigest` per
+observer (its highest held seq and a hash of its record digests, sorted, plus its proof). The
+peer answers with :meth:`~ReputationLedger.delta_since`: every record of every observer whose
+digest differs or is missing. Each side applying the other's delta ends with the same
+records, and proofs spread until the digests agree. Deltas carry held records and proofs
+only, so two conflicting records that are *both* already superseded on the replicas that
+hold them are not compared by anti-entropy (a full :meth:`~ReputationLedger.merge` would);
+the observer still cannot hide an equivocation in its current opinions.
+
+Time. ``now`` is an argument (seconds on the mesh clock). :meth:`~ReputationLedger.prune`
+drops expired records; a record that expired but was not yet pruned takes no part in trust.
+
+Sequence numbers. :meth:`~ReputationLedger.record_opinion` signs the observer's next seq:
+one above the highest this ledger ever accepted from that observer (kept across eviction
+and, for observers that signed through this ledger, across expiry), so a node restarted from
+its persisted ledger continues its counter instead of equivocating with its former self.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import math
+from collections.abc import Iterable, Mapping
+from typing import NamedTuple
+
+from crdt.trust import (
+    TRUST_ALPHA,
+    TRUST_MAX_ITERATIONS,
+    TRUST_TOLERANCE,
+    OpinionGraph,
+    TrustVector,
+    eigentrust,
+)
+from protocol import (
+    LedgerDigest,
+    LedgerRecord,
+    LocalProtocolError,
+    Signer,
+    Verifier,
+    is_node_id,
+    public_key_from_node_id,
+    signing_bytes,
+)
+from protocol import verify as ed25519_verify
+
+DEFAULT_MAX_SUBJECTS = 256
+"""K: most records (subjects) kept per observer. A node that rates more peers than this
+keeps its K most recent opinions. Memory is about 0.5 KB per record, so 10,000 observers at
+the cap hold at most 2.56 M records (~1.3 GB); real observers rate far fewer peers."""
+
+DEFAULT_RECORD_TTL = 7 * 24 * 3600.0
+"""Lifetime of an opinion signed by :meth:`ReputationLedger.record_opinion`: 7 days, in
+seconds. Longer keeps a quiet peer's standing; shorter forgets misbehaviour sooner."""
+
+DEFAULT_SEQ_WINDOW = 1024
+"""Sequence numbers remembered per observer for equivocation detection. Detection is exact
+(independent of delivery order) while an observer has at most this many unexpired records in
+flight; beyond it, conflicts with older sequence numbers are caught on a best-effort basis."""
+
+DEFAULT_MAX_PROOFS = 65_536
+"""Most equivocation proofs kept (two records each, ~1 KB). Beyond it the proofs of the
+highest observer ids are dropped."""
+
+DIGEST_BYTES = 32
+
+_UNSIGNED = b"\x00" * 64
+_PROOF_TAG = b"meshnode-equivocation-v1"
+
+Rank = tuple[int, bytes, bytes]
+
+
+def record_digest(record: LedgerRecord) -> bytes:
+    """BLAKE2b-256 of the record's signed content (everything but the signature)."""
+    return hashlib.blake2b(signing_bytes(record), digest_size=DIGEST_BYTES).digest()
+
+
+@functools.lru_cache(maxsize=65_536)
+def _public_key(node_id: str) -> bytes:
+    return public_key_from_node_id(node_id)
+
+
+class _Held(NamedTuple):
+    """A verified record with its digest (computed once)."""
+
+    seq: int
+    digest: bytes
+    record: LedgerRecord
+
+    @property
+    def rank(self) -> Rank:
+        return (self.seq, self.digest, self.record.signature)
+
+
+class _Proof(NamedTuple):
+    """Two verified records of one observer under one seq; ``low.digest < high.digest``."""
+
+    low: _Held
+    high: _Held
+
+    @property
+    def seq(self) -> int:
+        return self.low.seq
+
+    def join(self, other: _Proof) -> _Proof:
+        """The canonical proof of the two: lowest seq; at equal seq the digest extremes."""
+        if other.seq != self.seq:
+            return self if self.seq < other.seq else other
+        return self.extend(other.low).extend(other.high)
+
+    def extend(self, held: _Held) -> _Proof:
+        """Widen the proof with another record under the same seq (no-op otherwise)."""
+        if held.seq != self.seq:
+            return self
+        return _Proof(
+            min(self.low, held, key=_digest_order), max(self.high, held, key=_digest_order)
+        )
+
+
+def _digest_order(held: _Held) -> tuple[bytes, bytes]:
+    return (held.digest, held.record.signature)
+
+
+def _proof_of(a: _Held, b: _Held) -> _Proof:
+    return _Proof(a, b) if _digest_order(a) < _digest_order(b) else _Proof(b, a)
+
+
+def _check_score(score: object) -> bool:
+    return (
+        isinstance(score, int | float)
+        and not isinstance(score, bool)
+        and math.isfinite(score)
+        and 0.0 <= score <= 1.0
+    )
+
+
+class ReputationLedger:
+    """Signed opinions, merged deterministically. See the module docstring.
+
+    ``verifier`` checks signatures (``protocol.verify`` by default; simulations inject
+    ``protocol.fast_verify``). ``max_subjects`` is K, the most records kept per observer;
+    ``seq_window`` and ``max_proofs`` bound equivocation bookkeeping.
+    """
+
+    __slots__ = (
+        "_count",
+        "_graph",
+        "_graph_version",
+        "_high_water",
+        "_max_proofs",
+        "_max_subjects",
+        "_own",
+        "_proofs",
+        "_seen",
+        "_seq_window",
+        "_subjects",
+        "_verifier",
+        "_version",
+    )
+
+    def __init__(
+        self,
+        *,
+        verifier: Verifier = ed25519_verify,
+        max_subjects: int = DEFAULT_MAX_SUBJECTS,
+        seq_window: int = DEFAULT_SEQ_WINDOW,
+        max_proofs: int = DEFAULT_MAX_PROOFS,
+    ) -> None:
+        for name, value in (
+            ("max_subjects", max_subjects),
+            ("seq_window", seq_window),
+            ("max_proofs", max_proofs),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self._verifier = verifier
+        self._max_subjects = max_subjects
+        self._seq_window = seq_window
+        self._max_proofs = max_proofs
+        self._subjects: dict[str, dict[str, _Held]] = {}
+        self._seen: dict[str, dict[int, _Held]] = {}
+        self._proofs: dict[str, _Proof] = {}
+        self._high_water: dict[str, int] = {}
+        self._own: set[str] = set()
+        self._count = 0
+        self._version = 0
+        self._graph: OpinionGraph | None = None
+        self._graph_version = -1
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def max_subjects(self) -> int:
+        return self._max_subjects
+
+    @property
+    def version(self) -> int:
+        """A counter that changes whenever the replicated state changes (for caches)."""
+        return self._version
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __repr__(self) -> str:
+        return (
+            f"<ReputationLedger observers={len(self._subjects)} records={self._count} "
+            f"equivocators={len(self._proofs)}>"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        """Equal replicated state: the same records (by content) and the same proofs."""
+        if not isinstance(other, ReputationLedger):
+            return NotImplemented
+        return self._fingerprint() == other._fingerprint()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def _fingerprint(self) -> tuple[dict[str, dict[str, bytes]], dict[str, tuple[bytes, bytes]]]:
+        records = {
+            o: {s: held.digest for s, held in subjects.items()}
+            for o, subjects in self._subjects.items()
+        }
+        proofs = {o: (p.low.digest, p.high.digest) for o, p in self._proofs.items()}
+        return records, proofs
+
+    def copy(self) -> ReputationLedger:
+        """An independent replica with the same state and settings."""
+        twin = ReputationLedger(
+            verifier=self._verifier,
+            max_subjects=self._max_subjects,
+            seq_window=self._seq_window,
+            max_proofs=self._max_proofs,
+        )
+        twin._subjects = {o: dict(s) for o, s in self._subjects.items()}
+        twin._seen = {o: dict(s) for o, s in self._seen.items()}
+        twin._proofs = dict(self._proofs)
+        twin._high_water = dict(self._high_water)
+        twin._own = set(self._own)
+        twin._count = self._count
+        return twin
+
+    # ------------------------------------------------------------------ reading
+
+    def records(self) -> list[LedgerRecord]:
+        """Every held record, sorted by (observer, subject)."""
+        return [
+            subjects[s].record
+            for o, subjects in sorted(self._subjects.items())
+            for s in sorted(subjects)
+        ]
+
+    def get(self, observer: str, subject: str) -> LedgerRecord | None:
+        held = self._subjects.get(observer, {}).get(subject)
+        return held.record if held is not None else None
+
+    def observers(self) -> list[str]:
+        """Observers with at least one held record, sorted."""
+        return sorted(self._subjects)
+
+    def equivocators(self) -> list[str]:
+        """Observers with proof of equivocation, sorted."""
+        return sorted(self._proofs)
+
+    def equivocations(self) -> list[tuple[LedgerRecord, LedgerRecord]]:
+        """The proof pairs ``(lower digest, higher digest)``, sorted by observer.
+
+        Each pair is two records signed by one observer under one seq; any replica can
+        re-check it with :meth:`apply_equivocation`.
+        """
+        return [(p.low.record, p.high.record) for _, p in sorted(self._proofs.items())]
+
+    def next_seq(self, observer: str) -> int:
+        """The seq :meth:`record_opinion` will sign for ``observer`` next."""
+        return self._high_water.get(observer, 0) + 1
+
+    # ------------------------------------------------------------------ writing
+
+    def record_opinion(
+        self,
+        identity: Signer,
+        subject_id: str,
+        score: float,
+        outcomes: int,
+        now: float,
+        ttl: float = DEFAULT_RECORD_TTL,
+    ) -> LedgerRecord:
+        """Sign ``identity``'s opinion of ``subject_id`` at its next seq, apply it, return it.
+
+        Raises ``LocalProtocolError`` for a self-rating, a score outside [0, 1], a negative
+        outcome count, a non-positive ``ttl``, or a signer the ledger's verifier rejects.
+        """
+        observer = identity.node_id
+        if subject_id == observer:
+            raise LocalProtocolError("a node cannot rate itself")
+        if not is_node_id(subject_id):
+            raise LocalProtocolError(f"not a node id: {subject_id!r}")
+        if not _check_score(score):
+            raise LocalProtocolError(f"score must be a finite number in [0, 1], got {score!r}")
+        if isinstance(outcomes, bool) or not isinstance(outcomes, int) or outcomes < 0:
+            raise LocalProtocolError(f"outcomes must be a non-negative integer, got {outcomes!r}")
+        if not (isinstance(ttl, int | float) and math.isfinite(ttl) and ttl > 0):
+            raise LocalProtocolError(f"ttl must be a positive number of seconds, got {ttl!r}")
+        unsigned = LedgerRecord(
+            observer=observer,
+            subject=subject_id,
+            score=float(score),
+            outcomes=outcomes,
+            seq=self.next_seq(observer),
+            expires_at=float(now) + float(ttl),
+            signature=_UNSIGNED,
+        )
+        data = signing_bytes(unsigned)  # raises LocalProtocolError for out-of-range fields
+        record = dataclasses.replace(unsigned, signature=identity.sign(data))
+        if not self._verifier(_public_key(observer), data, record.signature):
+            raise LocalProtocolError("the signer's signature does not pass this ledger's verifier")
+        self._own.add(observer)
+        digest = hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
+        self._insert(_Held(record.seq, digest, record))
+        return record
+
+    def apply(self, record: LedgerRecord, now: float) -> bool:
+        """Add one received record; True if the replicated state changed.
+
+        Invalid records (see the module docstring) and records that lose to what is held
+        return False and change nothing.
+        """
+        return self._receive(record, now, admit=True)
+
+    def apply_many(self, records: Iterable[LedgerRecord], now: float) -> int:
+        """Apply a batch (an anti-entropy delta); return how many records changed the state.
+
+        Two records in the batch from one observer under one seq are first offered to
+        :meth:`apply_equivocation` — that is how a proof travels — so the pair proves
+        equivocation even if the records have expired.
+        """
+        batch = [r for r in records if isinstance(r, LedgerRecord)]
+        groups: dict[tuple[str, int], list[LedgerRecord]] = {}
+        for record in batch:
+            groups.setdefault((record.observer, record.seq), []).append(record)
+        changed = 0
+        for key in sorted(k for k, group in groups.items() if len(group) > 1):
+            group = groups[key]
+            for i in range(1, len(group)):
+                if group[i] != group[0] and self.apply_equivocation(group[0], group[i]):
+                    changed += 1
+        for record in batch:
+            if self.apply(record, now):
+                changed += 1
+        return changed
+
+    def apply_equivocation(self, first: LedgerRecord, second: LedgerRecord) -> bool:
+        """Check a proof of equivocation and keep it; True if the state changed.
+
+        Valid when both records are well formed, come from one observer, share one seq,
+        differ in content and both verify. Expiry does not matter: the proof stands forever.
+        """
+        if not (isinstance(first, LedgerRecord) and isinstance(second, LedgerRecord)):
+            return False
+        if first.observer != second.observer or first.seq != second.seq:
+            return False
+        pair: list[_Held] = []
+        for record in (first, second):
+            try:
+                data = signing_bytes(record)
+            except LocalProtocolError:
+                return False
+            if not self._verifier(_public_key(record.observer), data, record.signature):
+                return False
+            digest = hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
+            pair.append(_Held(record.seq, digest, record))
+        if pair[0].digest == pair[1].digest:
+            return False
+        if self._join_proof(_proof_of(pair[0], pair[1])):
+            self._version += 1
+            return True
+        return False
+
+    def merge(self, other: ReputationLedger, now: float) -> bool:
+        """Fold another replica into this one; True if this ledger changed.
+
+        Both sides are taken as of ``now``: expired records on either side take no part.
+        ``other``'s held records and proofs are applied, re-verified with this ledger's
+        verifier; the older records it remembers for equivocation detection are checked
+        against ours for conflicts but never become held records here (they lost on
+        ``other``). ``other`` is not modified.
+        """
+        changed = self.prune(now) > 0
+        for _, proof in sorted(other._proofs.items()):
+            changed |= self.apply_equivocation(proof.low.record, proof.high.record)
+        for _, subjects in sorted(other._subjects.items()):
+            for _, held in sorted(subjects.items()):
+                changed |= self._receive(held.record, now, admit=True)
+        for _, by_seq in sorted(other._seen.items()):
+            for _, held in sorted(by_seq.items()):
+                changed |= self._receive(held.record, now, admit=False)
+        return changed
+
+    def prune(self, now: float) -> int:
+        """Drop records with ``expires_at <= now``; return how many held records went."""
+        dropped = 0
+        for observer in list(self._subjects):
+            subjects = self._subjects[observer]
+            stale = [s for s, held in subjects.items() if held.record.expires_at <= now]
+            for subject in stale:
+                del subjects[subject]
+            dropped += len(stale)
+            if not subjects:
+                del self._subjects[observer]
+        for observer in list(self._seen):
+            by_seq = self._seen[observer]
+            for seq in [q for q, held in by_seq.items() if held.record.expires_at <= now]:
+                del by_seq[seq]
+            if not by_seq:
+                del self._seen[observer]
+        for observer in list(self._high_water):
+            if (
+                observer not in self._own
+                and observer not in self._subjects
+                and observer not in self._seen
+            ):
+                del self._high_water[observer]
+        if dropped:
+            self._count -= dropped
+            self._version += 1
+        return dropped
+
+    # ------------------------------------------------------------------ anti-entropy
+
+    def digests(self) -> list[LedgerDigest]:
+        """One digest per observer with records or a proof, sorted by observer."""
+        out = []
+        for observer in sorted(self._subjects.keys() | self._proofs.keys()):
+            held = list(self._subjects.get(observer, {}).values())
+            proof = self._proofs.get(observer)
+            h = hashlib.blake2b(digest_size=DIGEST_BYTES)
+            for digest in sorted(x.digest for x in held):
+                h.update(digest)
+            if proof is not None:
+                h.update(_PROOF_TAG + proof.low.digest + proof.high.digest)
+            max_seq = max((x.seq for x in held), default=proof.seq if proof else 0)
+            out.append(LedgerDigest(observer=observer, max_seq=max_seq, digest=h.digest()))
+        return out
+
+    def delta_since(
+        self, digests: Iterable[LedgerDigest], limit: int | None = None
+    ) -> list[LedgerRecord]:
+        """What a peer that sent ``digests`` lacks: every record (and both records of the
+        proof) of each observer whose digest differs from or is missing in ``digests``.
+
+        Sorted by observer, then subject, proof records last; at most ``limit`` records
+        (whole observers only, unless one observer alone is over the limit).
+        """
+        theirs: Mapping[str, bytes] = {d.observer: d.digest for d in digests}
+        out: list[LedgerRecord] = []
+        for mine in self.digests():
+            if theirs.get(mine.observer) == mine.digest:
+                continue
+            chunk = [
+                held.record for _, held in sorted(self._subjects.get(mine.observer, {}).items())
+            ]
+            proof = self._proofs.get(mine.observer)
+            if proof is not None:
+                chunk.extend(r for r in (proof.low.record, proof.high.record) if r not in chunk)
+            if limit is not None and out and len(out) + len(chunk) > limit:
+                break
+            out.extend(chunk)
+        return out if limit is None else out[:limit]
+
+    # ------------------------------------------------------------------ trust
+
+    def graph(self) -> OpinionGraph:
+        """The opinion graph of the current state (cached until the state changes)."""
+        if self._graph is None or self._graph_version != self._version:
+            edges = [
+                (observer, subject, held.record.score, held.record.expires_at)
+                for observer, subjects in sorted(self._subjects.items())
+                for subject, held in sorted(subjects.items())
+            ]
+            self._graph = OpinionGraph.build(edges, excluded=self._proofs.keys())
+            self._graph_version = self._version
+        return self._graph
+
+    def trust_vector(
+        self,
+        now: float,
+        pretrusted: Iterable[str],
+        *,
+        alpha: float = TRUST_ALPHA,
+        tolerance: float = TRUST_TOLERANCE,
+        max_iterations: int = TRUST_MAX_ITERATIONS,
+    ) -> TrustVector:
+        """EigenTrust at ``now`` from ``pretrusted`` (see :mod:`crdt.trust`), with diagnostics."""
+        return eigentrust(
+            self.graph(),
+            now,
+            pretrusted,
+            alpha=alpha,
+            tolerance=tolerance,
+            max_iterations=max_iterations,
+        )
+
+    def trust(
+        self,
+        now: float,
+        pretrusted: Iterable[str],
+        *,
+        alpha: float = TRUST_ALPHA,
+        tolerance: float = TRUST_TOLERANCE,
+        max_iterations: int = TRUST_MAX_ITERATIONS,
+    ) -> dict[str, float]:
+        """``{node_id: global trust}``: a distribution (sums to 1) over every node with a
+        live record and every pre-trusted id. Deterministic for a state, ``now`` and set.
+
+        ``pretrusted`` is the caller's own id plus the peers it has direct experience with —
+        never every known id. Equivocators get 0 and their opinions weigh nothing.
+        """
+        return self.trust_vector(
+            now, pretrusted, alpha=alpha, tolerance=tolerance, max_iterations=max_iterations
+        ).as_dict()
+
+    def trust_scores(
+        self,
+        now: float,
+        pretrusted: Iterable[str],
+        *,
+        alpha: float = TRUST_ALPHA,
+    ) -> dict[str, float]:
+        """Trust on a [0, 1] scale for routing: 0.5 is the average trusted node, 0 no trust.
+
+        See :func:`crdt.trust.relative_scores`. The router blends this with its own direct
+        experience of a peer (an :func:`crdt.trust.elo_update` score starting at
+        :data:`crdt.trust.INITIAL_TRUST`); a peer absent from the result has no global trust.
+        """
+        return self.trust_vector(now, pretrusted, alpha=alpha).scores()
+
+    # ------------------------------------------------------------------ internals
+
+    def _receive(self, record: LedgerRecord, now: float, *, admit: bool) -> bool:
+        """Validate, deduplicate, verify, then insert (``admit=False``: history only)."""
+        if not isinstance(record, LedgerRecord):
+            return False
+        observer = record.observer
+        held = self._subjects.get(observer, {}).get(record.subject)
+        if held is not None and held.record == record:
+            return False  # exact duplicate of a held record: no hashing, no signature check
+        known = self._seen.get(observer, {}).get(record.seq)
+        seen_before = known is not None and known.record == record
+        if seen_before and (not admit or (held is not None and held.seq > record.seq)):
+            return False  # seen before, and a newer record holds its key
+        data = self._valid_bytes(record, now)
+        if data is None:
+            return False
+        if not self._verifier(_public_key(observer), data, record.signature):
+            return False
+        digest = hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
+        return self._insert(_Held(record.seq, digest, record), admit=admit)
+
+    @staticmethod
+    def _valid_bytes(record: LedgerRecord, now: float) -> bytes | None:
+        """The signing bytes of a record that passes every rule but the signature."""
+        if record.observer == record.subject or not _check_score(record.score):
+            return None
+        expires_at = record.expires_at
+        if not isinstance(expires_at, int | float) or not expires_at > now:
+            return None
+        try:
+            return signing_bytes(record)
+        except LocalProtocolError:
+            return None
+
+    def _insert(self, held: _Held, *, admit: bool = True) -> bool:
+        """Add a verified record: equivocation check, history, then (if ``admit``) the
+        per-key register."""
+        observer = held.record.observer
+        changed = False
+        by_seq = self._seen.setdefault(observer, {})
+        known = by_seq.get(held.seq)
+        if known is not None and known.digest != held.digest:
+            changed |= self._join_proof(_proof_of(known, held))
+        proof = self._proofs.get(observer)
+        if proof is not None and proof.seq == held.seq:
+            changed |= self._join_proof(proof.extend(held))
+        if known is None or held.rank > known.rank:
+            by_seq[held.seq] = held
+            if len(by_seq) > self._seq_window:
+                del by_seq[min(by_seq)]
+        if held.seq > self._high_water.get(observer, -1):
+            self._high_water[observer] = held.seq
+        if admit:
+            changed |= self._put(held)
+        if changed:
+            self._version += 1
+        return changed
+
+    def _put(self, held: _Held) -> bool:
+        """The per-key register with top-K eviction; True if the held records changed."""
+        observer, subject = held.record.observer, held.record.subject
+        subjects = self._subjects.setdefault(observer, {})
+        current = subjects.get(subject)
+        if current is not None and current.rank >= held.rank:
+            return False
+        subjects[subject] = held
+        if current is not None:
+            return True
+        self._count += 1
+        if len(subjects) > self._max_subjects:
+            victim = min(subjects, key=lambda s: subjects[s].rank)
+            del subjects[victim]
+            self._count -= 1
+            return victim != subject
+        return True
+
+    def _join_proof(self, proof: _Proof) -> bool:
+        """Fold a verified proof into the observer's canonical one; True if it changed."""
+        observer = proof.low.record.observer
+        known = self._seen.get(observer, {}).get(proof.seq)
+        if known is not None:
+            proof = proof.extend(known)
+        current = self._proofs.get(observer)
+        joined = proof if current is None else current.join(proof)
+        if joined == current:
+            return False
+        self._proofs[observer] = joined
+        if len(self._proofs) > self._max_proofs:
+            dropped = max(self._proofs)
+            del self._proofs[dropped]
+            return dropped != observer
+        return True

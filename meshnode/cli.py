@@ -1,0 +1,221 @@
+"""The ``meshnode`` command.
+
+Subcommands: ``run`` (start a node and serve until SIGINT/SIGTERM), ``members`` (ask a
+running node who it knows), ``keygen`` (create a data dir's identity). Commands that print
+data take ``--json``. Exit status: 0 on success, 1 on a runtime error (unreachable node,
+bad response), 2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import importlib.util
+import json
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from meshnode.core.config import NodeConfig, parse_address
+
+PROFILES: dict[str, Callable[..., NodeConfig]] = {
+    "lan": NodeConfig.lan,
+    "wan": NodeConfig.wan,
+    "local": NodeConfig.local,
+}
+HTTP_TIMEOUT = 10.0
+"""Seconds the client subcommands wait for a node's answer."""
+
+
+def _run_async(main: Coroutine[Any, Any, int]) -> int:
+    """Run ``main`` on uvloop when installed, else the default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
+def load_agent_class(spec: str) -> type[Any]:
+    """``module:Class`` or ``path/to/file.py:Class`` → the class (a MeshNode subclass)."""
+    from meshnode.runtime.node import MeshNode
+
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target or not attr:
+        raise ValueError(f"--agent {spec!r}: expected MODULE:CLASS or FILE.py:CLASS")
+    if target.endswith(".py"):
+        path = Path(target).resolve()
+        module_spec = importlib.util.spec_from_file_location(path.stem, path)
+        if module_spec is None or module_spec.loader is None:
+            raise ValueError(f"--agent: cannot load {path}")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[path.stem] = module
+        module_spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(target)
+    cls = getattr(module, attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, MeshNode)):
+        raise ValueError(f"--agent {spec!r}: {attr} is not a MeshNode subclass")
+    return cls
+
+
+def _config_from_args(args: argparse.Namespace) -> NodeConfig:
+    overrides: dict[str, Any] = {
+        "name": args.name,
+        "host": args.host,
+        "port": args.port,
+        "seeds": tuple(args.seed or ()),
+        "data_dir": args.data_dir,
+    }
+    if args.advertise_host:
+        overrides["advertise_host"] = args.advertise_host
+    return PROFILES[args.profile](**overrides)
+
+
+async def _cmd_run(args: argparse.Namespace) -> int:
+    from meshnode.runtime.logging import configure_logging
+    from meshnode.runtime.node import MeshNode
+
+    configure_logging(level=args.log_level, json=True if args.json_logs else None)
+    config = _config_from_args(args)
+    cls = load_agent_class(args.agent) if args.agent else MeshNode
+    node = cls(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await node.start()
+    host, port = node.address
+    print(
+        json.dumps(
+            {
+                "event": "listening",
+                "node_id": node.node_id,
+                "address": f"{host}:{port}",
+                "name": config.name,
+            }
+        ),
+        flush=True,
+    )
+    try:
+        await stop.wait()
+    finally:
+        await node.aclose()
+    return 0
+
+
+async def _get_json(node: str, path: str) -> Any:
+    import aiohttp
+
+    host, port = parse_address(node)
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT)) as session,
+        session.get(f"http://{host}:{port}{path}") as resp,
+    ):
+        resp.raise_for_status()
+        return await resp.json()
+
+
+def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+async def _cmd_members(args: argparse.Namespace) -> int:
+    data = await _get_json(args.node, "/v1/members")
+    members = data["members"]
+    if args.json:
+        print(json.dumps(members, indent=2))
+        return 0
+    rows = [
+        (m["node_id"][:10], m["name"] or "-", m["address"], m["state"], str(m["incarnation"]))
+        for m in members
+    ]
+    print(_table(rows, ("ID", "NAME", "ADDRESS", "STATE", "INC")))
+    return 0
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from protocol import Identity
+
+    path = Path(args.data_dir) / "node.key"
+    if path.exists() and not args.force:
+        identity = Identity.load(path)
+        created = False
+    else:
+        identity = Identity.generate()
+        identity.save(path)
+        created = True
+    if args.json:
+        print(json.dumps({"node_id": identity.node_id, "key_file": str(path), "created": created}))
+    else:
+        print(identity.node_id)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meshnode", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="start a node and serve until SIGINT/SIGTERM")
+    run.add_argument("--port", type=int, default=7946, help="UDP and TCP port (default 7946)")
+    run.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    run.add_argument("--advertise-host", help="address peers use to reach this node")
+    run.add_argument(
+        "--seed",
+        action="append",
+        metavar="HOST:PORT",
+        help="a node to join through (repeatable; any one reachable suffices)",
+    )
+    run.add_argument("--name", default="node", help="human-readable node name")
+    run.add_argument("--data-dir", help="directory for the identity key and SQLite state")
+    run.add_argument(
+        "--profile", choices=sorted(PROFILES), default="lan", help="timing preset (default lan)"
+    )
+    run.add_argument(
+        "--agent",
+        metavar="MODULE:CLASS",
+        help="MeshNode subclass to run (MODULE:CLASS or FILE.py:CLASS)",
+    )
+    run.add_argument("--log-level", default="INFO")
+    run.add_argument("--json-logs", action="store_true", help="JSON logs even on a terminal")
+
+    members = sub.add_parser("members", help="list the members a node knows")
+    members.add_argument("--node", default="127.0.0.1:7946", metavar="HOST:PORT")
+    members.add_argument("--json", action="store_true")
+
+    keygen = sub.add_parser("keygen", help="create (or show) a data dir's identity")
+    keygen.add_argument("--data-dir", required=True)
+    keygen.add_argument("--force", action="store_true", help="replace an existing key")
+    keygen.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run_async(_cmd_run(args))
+        if args.command == "members":
+            return _run_async(_cmd_members(args))
+        if args.command == "keygen":
+            return _cmd_keygen(args)
+    except ValueError as exc:
+        print(f"meshnode: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # the CLI boundary: report, never dump a traceback
+        print(f"meshnode: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

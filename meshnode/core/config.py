@@ -1,0 +1,358 @@
+"""Node configuration: one frozen dataclass, validated on construction, with presets.
+
+Theory of operation
+-------------------
+Every knob a node has lives in :class:`NodeConfig`. It is immutable (change it with
+``dataclasses.replace`` or a preset's keyword overrides) and checked in ``__post_init__``,
+so an invalid configuration fails loudly at construction with a ``ValueError`` that names
+the field, not minutes later inside a timer.
+
+Each field's docstring states its unit, default, the formula it enters and the trade-off
+of moving it. The defaults are the LAN profile, matching hashicorp/memberlist's
+``DefaultLANConfig`` (the reference operators already know); :meth:`NodeConfig.wan` and
+:meth:`NodeConfig.local` derive the other profiles from the same base by
+``dataclasses.replace``, so a field added later gets its LAN default everywhere unless a
+profile overrides it.
+
+Durations are float seconds; sizes are bytes.
+
+Extending: add a field with a default and an attribute docstring, add its checks to
+``__post_init__`` (or a ``_validate_*`` helper), and, if the WAN or local profile needs a
+different value, add it to ``_WAN`` / ``_LOCAL``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+__all__ = ["NodeConfig", "format_address", "parse_address"]
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """Parse ``"host:port"`` (``"[v6]:port"`` for IPv6) into ``(host, port)``.
+
+    Raises ``ValueError`` with the offending text if it is not one.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"address must be a 'host:port' string, got {text!r}")
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"address {text!r} is not 'host:port'")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"address {text!r}: write IPv6 hosts in brackets, '[::1]:7946'")
+    port = int(port_text)
+    if not host or not 1 <= port <= 65_535:
+        raise ValueError(f"address {text!r} needs a host and a port in 1..65535")
+    return host, port
+
+
+def format_address(addr: tuple[str, int]) -> str:
+    """The ``"host:port"`` text of an address (IPv6 hosts in brackets)."""
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """Everything a node needs to know before it starts. Defaults: the LAN profile."""
+
+    # ------------------------------------------------------------------ identity, addresses
+
+    name: str = "node"
+    """Human-readable node name (1–128 characters), default ``"node"``. Shown in logs and
+    manifests; it is *not* the identity (the node id is the public key), so duplicates
+    are allowed, only confusing."""
+
+    host: str = "127.0.0.1"
+    """Bind address for UDP (SWIM) and TCP (HTTP, push-pull), default ``"127.0.0.1"``.
+    Use ``"0.0.0.0"`` or ``"::"`` to listen on every interface; then set
+    :attr:`advertise_host`, since other nodes cannot reach a wildcard address."""
+
+    port: int = 7946
+    """Bind port for both UDP and TCP, default 7946 (memberlist's). 0 lets the operating
+    system pick one (tests); the runtime then advertises the port it got."""
+
+    advertise_host: str | None = None
+    """Address other nodes should use to reach us, default None (= :attr:`host`). Needed
+    behind NAT or when binding a wildcard address. It travels in our signed ``Alive``;
+    changing it on restart is announced with a higher incarnation, so peers update the
+    address instead of seeing a conflict."""
+
+    advertise_port: int | None = None
+    """Port other nodes should use to reach us, default None (= :attr:`port`)."""
+
+    seeds: tuple[str, ...] = ()
+    """``"host:port"`` addresses to join through, default none (start a new mesh). Any one
+    live member is enough; more seeds make joining robust to a seed being down. A list
+    is accepted and stored as a tuple. Our own address in the list is ignored."""
+
+    data_dir: str | None = None
+    """Directory for the identity key and the SQLite state, default None (ephemeral
+    identity, nothing persisted). With a data dir a restarted node keeps its id, its
+    ledger and its incarnation, and refutes its previous life at once."""
+
+    # ------------------------------------------------------------------ failure detection
+
+    probe_interval: float = 1.0
+    """Seconds between two probes of one member each, default 1.0 (LAN). Each period we
+    ping one member from a shuffled round-robin. Lower detects failures sooner but costs
+    bandwidth and CPU on every node (the load is constant per node: one probe per period).
+    Also the time unit of suspicion timeouts. Scaled by the local health multiplier."""
+
+    probe_timeout: float = 0.5
+    """Seconds to wait for a direct ack before asking relays for indirect probes, default
+    0.5 (LAN). Set it near the 99th percentile round-trip time: lower causes needless
+    indirect probes, higher leaves less of the probe period for them. Must be below
+    :attr:`probe_interval`; relays answer a nack after 80 % of it. Scaled by the local
+    health multiplier."""
+
+    indirect_checks: int = 3
+    """Relays asked to ping a target that missed its direct ack (SWIM's ``k``), default 3.
+    More relays make a false suspicion from one bad path less likely at the cost of
+    ``2 × k`` extra packets per failed probe. 0 disables indirect probes."""
+
+    suspicion_mult: int = 4
+    """Suspicion timeout multiplier, default 4 (LAN; 6 WAN). The minimum suspicion timeout
+    is ``suspicion_mult × max(1, log10 n) × probe_interval``, and ``suspicion_mult − 2``
+    independent confirmations bring a suspicion down to it. Higher gives a slow node more
+    time to refute (fewer false positives) but detects real failures later."""
+
+    suspicion_max_timeout_mult: int = 6
+    """Maximum suspicion timeout as a multiple of the minimum, default 6. A suspicion no
+    one else confirms lasts the maximum, so a node that only one peer cannot reach has
+    time to refute; confirmations shrink it toward the minimum. Higher protects isolated
+    slow nodes more; lower bounds worst-case detection time."""
+
+    retransmit_mult: int = 4
+    """Rumor retransmission multiplier, default 4. Each rumor is piggybacked at most
+    ``retransmit_mult × ceil(log10(n + 1))`` times. Higher spreads news more reliably over
+    lossy networks but lets fewer distinct rumors share each packet."""
+
+    gossip_interval: float = 0.2
+    """Seconds between gossip rounds, default 0.2 (LAN; 0.5 WAN). Each round sends
+    packets holding only queued rumors to :attr:`gossip_nodes` random members. Lower
+    spreads news faster for more packets; rounds are skipped while nothing is queued."""
+
+    gossip_nodes: int = 3
+    """Members sent a gossip packet per round, default 3 (LAN; 4 WAN). 0 disables
+    gossip rounds (rumors then only ride on probes, acks and ping-reqs)."""
+
+    gossip_to_the_dead_time: float = 30.0
+    """Seconds a dead member still receives gossip, default 30 (LAN; 60 WAN). A node
+    wrongly declared dead learns it this way and refutes; longer helps it, at the cost of
+    packets sent to members that are really gone."""
+
+    push_pull_interval: float = 30.0
+    """Base seconds between anti-entropy state exchanges over TCP, default 30 (LAN; 60
+    WAN); 0 disables them. Each exchange swaps the full membership (and manifests and
+    ledger digests) with one random member; it heals partitions and repairs lost rumors.
+    The effective interval grows with the cluster past 32 members:
+    ``push_pull_interval × (ceil(log2 n − log2 32) + 1)``, i.e. 2× from 33 to 64 members,
+    3× up to 128, 4× up to 256, so per-node TCP traffic stays roughly flat."""
+
+    awareness_max_multiplier: int = 8
+    """Upper bound of Lifeguard's local health multiplier, default 8. Probe timeouts and
+    intervals are multiplied by ``score + 1`` with the score in ``[0, this − 1]``. Higher
+    lets a struggling node back off further (fewer false accusations from it); 1 disables
+    local health awareness."""
+
+    max_packet_bytes: int = 1400
+    """Largest UDP datagram we send, envelope included, default 1400 — under a 1500-byte
+    Ethernet MTU with room for IP/UDP headers and tunnels, so packets are never
+    fragmented. Piggybacked rumors fill the space left; a rumor that cannot fit in an
+    otherwise empty packet is dropped and counted. Range 512..65507."""
+
+    # ------------------------------------------------------------------ lifecycle, state
+
+    dead_member_retention: float = 600.0
+    """Seconds a dead or left member is remembered before it is forgotten, default 600
+    (10 min; 1800 WAN). While remembered, its signed ``Dead``/``Leave`` blocks stale
+    ``Alive`` rumors from resurrecting it and is handed to peers in push-pull; forgetting
+    bounds the table (and push-pull size) under churn. Longer is safer against
+    resurrection by long-partitioned peers; shorter keeps state small. Must be at least
+    :attr:`gossip_to_the_dead_time`. (memberlist's ``DeadNodeReclaimTime`` plays a
+    similar role.)"""
+
+    join_retry_initial: float = 1.0
+    """Seconds before retrying the seeds when a join learned no member, default 1.0. The
+    delay doubles after each failed attempt up to :attr:`join_retry_max`; retries go on
+    until some member is known."""
+
+    join_retry_max: float = 30.0
+    """Largest delay between join attempts, default 30 s."""
+
+    leave_propagate_time: float = 1.0
+    """Seconds the runtime keeps the node running after a graceful leave so the signed
+    ``Leave`` can spread, default 1.0 (2.0 WAN). Too short and some members will only
+    learn of the departure by failing to probe us (they still end up with "left", as the
+    ``Leave`` keeps spreading, but only after a suspicion)."""
+
+    tcp_timeout: float = 10.0
+    """Seconds allowed for one TCP exchange (push-pull, manifest fetch), default 10 (30
+    WAN). Longer tolerates slow links and large states; shorter frees resources held by
+    dead peers sooner."""
+
+    # ------------------------------------------------------------------ presets
+
+    @classmethod
+    def lan(cls, **overrides: Any) -> NodeConfig:
+        """memberlist's LAN profile (the defaults), with ``overrides`` applied."""
+        return dataclasses.replace(cls(), **overrides)
+
+    @classmethod
+    def wan(cls, **overrides: Any) -> NodeConfig:
+        """memberlist's WAN profile: probe every 5 s with a 3 s timeout, suspicion
+        multiplier 6, gossip every 0.5 s to 4 members, push-pull every 60 s."""
+        return dataclasses.replace(cls(), **{**_WAN, **overrides})
+
+    @classmethod
+    def local(cls, **overrides: Any) -> NodeConfig:
+        """Fast timings for tests and demos on one machine (loopback).
+
+        Probe every 0.2 s (0.1 s timeout), gossip every 0.05 s, push-pull every 2 s. The
+        suspicion multiplier stays at 4 with a maximum of 4× the minimum, so a 10–20
+        node mesh declares a killed node dead within about 1–4 s, while a node stalled
+        by a busy CPU for up to about a second still refutes in time; Lifeguard slows
+        probing down further on a starved machine.
+        """
+        return dataclasses.replace(cls(), **{**_LOCAL, **overrides})
+
+    # ------------------------------------------------------------------ derived values
+
+    @property
+    def advertise_address(self) -> tuple[str, int]:
+        """``(host, port)`` other nodes use to reach us."""
+        host = self.advertise_host if self.advertise_host is not None else self.host
+        port = self.advertise_port if self.advertise_port is not None else self.port
+        return host, port
+
+    @property
+    def seed_addresses(self) -> tuple[tuple[str, int], ...]:
+        """:attr:`seeds` parsed into ``(host, port)`` pairs."""
+        return tuple(parse_address(s) for s in self.seeds)
+
+    # ------------------------------------------------------------------ validation
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seeds, str):
+            raise ValueError("seeds must be a sequence of 'host:port' strings, not one string")
+        if not isinstance(self.seeds, tuple):
+            object.__setattr__(self, "seeds", tuple(self.seeds))
+        self._validate_addresses()
+        self._validate_timing()
+        self._validate_counts()
+
+    def _validate_addresses(self) -> None:
+        if not isinstance(self.name, str) or not 1 <= len(self.name) <= 128:
+            raise ValueError(f"name must be 1 to 128 characters, got {self.name!r}")
+        if not isinstance(self.host, str) or not self.host:
+            raise ValueError(f"host must be a non-empty address, got {self.host!r}")
+        _check_int("port", self.port, 0, 65_535)
+        if self.advertise_host is not None and (
+            not isinstance(self.advertise_host, str) or not self.advertise_host
+        ):
+            raise ValueError(
+                f"advertise_host must be None or an address, got {self.advertise_host!r}"
+            )
+        if self.advertise_port is not None:
+            _check_int("advertise_port", self.advertise_port, 1, 65_535)
+        for seed in self.seeds:
+            try:
+                parse_address(seed)
+            except ValueError as exc:
+                raise ValueError(f"seeds: {exc}") from None
+        if self.data_dir is not None and (not isinstance(self.data_dir, str) or not self.data_dir):
+            raise ValueError(f"data_dir must be None or a path, got {self.data_dir!r}")
+
+    def _validate_timing(self) -> None:
+        for field in (
+            "probe_interval",
+            "probe_timeout",
+            "gossip_interval",
+            "join_retry_initial",
+            "join_retry_max",
+            "tcp_timeout",
+        ):
+            _check_seconds(field, getattr(self, field), positive=True)
+        for field in (
+            "gossip_to_the_dead_time",
+            "push_pull_interval",
+            "dead_member_retention",
+            "leave_propagate_time",
+        ):
+            _check_seconds(field, getattr(self, field), positive=False)
+        if self.probe_timeout >= self.probe_interval:
+            raise ValueError(
+                f"probe_timeout ({self.probe_timeout} s) must be below probe_interval "
+                f"({self.probe_interval} s): the rest of the period is for indirect probes"
+            )
+        if self.join_retry_max < self.join_retry_initial:
+            raise ValueError(
+                f"join_retry_max ({self.join_retry_max} s) must be at least "
+                f"join_retry_initial ({self.join_retry_initial} s)"
+            )
+        if self.dead_member_retention < self.gossip_to_the_dead_time:
+            raise ValueError(
+                f"dead_member_retention ({self.dead_member_retention} s) must be at least "
+                f"gossip_to_the_dead_time ({self.gossip_to_the_dead_time} s)"
+            )
+
+    def _validate_counts(self) -> None:
+        _check_int("indirect_checks", self.indirect_checks, 0, 64)
+        _check_int("suspicion_mult", self.suspicion_mult, 1, 1_000)
+        _check_int("suspicion_max_timeout_mult", self.suspicion_max_timeout_mult, 1, 1_000)
+        _check_int("retransmit_mult", self.retransmit_mult, 1, 1_000)
+        _check_int("gossip_nodes", self.gossip_nodes, 0, 64)
+        _check_int("awareness_max_multiplier", self.awareness_max_multiplier, 1, 1_000)
+        _check_int("max_packet_bytes", self.max_packet_bytes, 512, 65_507)
+
+
+_WAN: dict[str, Any] = {
+    "probe_interval": 5.0,
+    "probe_timeout": 3.0,
+    "suspicion_mult": 6,
+    "push_pull_interval": 60.0,
+    "gossip_interval": 0.5,
+    "gossip_nodes": 4,
+    "gossip_to_the_dead_time": 60.0,
+    "dead_member_retention": 1800.0,
+    "leave_propagate_time": 2.0,
+    "tcp_timeout": 30.0,
+}
+"""Overrides of the LAN base for the WAN profile (memberlist's ``DefaultWANConfig``)."""
+
+_LOCAL: dict[str, Any] = {
+    "probe_interval": 0.2,
+    "probe_timeout": 0.1,
+    "suspicion_mult": 4,
+    "suspicion_max_timeout_mult": 4,
+    "gossip_interval": 0.05,
+    "gossip_to_the_dead_time": 2.0,
+    "push_pull_interval": 2.0,
+    "dead_member_retention": 30.0,
+    "join_retry_initial": 0.1,
+    "join_retry_max": 1.0,
+    "leave_propagate_time": 0.3,
+    "tcp_timeout": 1.0,
+}
+"""Overrides of the LAN base for the fast local/test profile."""
+
+
+def _check_int(field: str, value: object, low: int, high: int) -> None:
+    if type(value) is not int:
+        raise ValueError(f"{field} must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{field} must be in [{low}, {high}], got {value}")
+
+
+def _check_seconds(field: str, value: object, *, positive: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{field} must be a finite number of seconds, got {value!r}")
+    if positive and value <= 0:
+        raise ValueError(f"{field} must be positive, got {value} s")
+    if value < 0:
+        raise ValueError(f"{field} must not be negative, got {value} s")

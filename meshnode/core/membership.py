@@ -1,0 +1,1230 @@
+"""SWIM membership with Lifeguard, as a sans-I/O state machine.
+
+Theory of operation
+-------------------
+:class:`Membership` is one node's view of the mesh. It never touches a socket or a clock:
+the shell feeds it packets (``receive``), time (``tick``, at ``next_deadline()``) and
+anti-entropy states (``merge_state``), and carries out the effects it returns
+(``take_effects``): UDP packets to send, TCP push-pulls to start, events to publish.
+Randomness comes from an injected ``random.Random``, signatures from an injected signer
+and verifier, so a run is reproducible from its seed.
+
+**State.** Each member has a state (alive, suspect, dead, left) at an incarnation, and
+the latest *signed* rumor that justifies it: ``Alive`` and ``Leave`` signed by the member
+itself, ``Suspect`` and ``Dead`` signed by their accuser. Rumors are totally ordered by
+``(incarnation, rank)`` with rank alive < suspect < dead < left, and a rumor is applied
+only if it is strictly greater than the member's current one. That one rule gives every
+precedence SWIM needs: ``Alive(i)`` beats anything at a lower incarnation but never
+resurrects a member suspected, dead or left at ``i``; ``Suspect(i)`` beats ``Alive(j ≤ i)``;
+``Dead(i)`` beats alive and suspect at ``j ≤ i``; ``Leave(i)`` beats everything at
+``j ≤ i`` (a member that left is never turned into a dead one). Because the order is
+total and every replica keeps the maximum, gossip and push-pull converge to the same
+table whatever the delivery order. Only a node raises its own incarnation: when it hears
+a suspect, dead or left rumor about itself at or above its incarnation it refutes with a
+new signed ``Alive`` one higher. Signatures are checked with the injected verifier before
+a rumor changes anything (rumors that would change nothing are dropped unverified, which
+keeps the cost of redundant gossip at a dictionary lookup); forged rumors are dropped and
+counted, and suspect or dead rumors about members we do not know are ignored.
+
+**Failure detection.** Every probe period (``probe_interval`` × local health) we ping
+the next member of a shuffled round-robin list (rebuilt once per pass, new members
+inserted at random positions), skipping ourselves and dead or left members. Without an
+ack within ``probe_timeout`` × health, ``indirect_checks`` random alive members are sent
+a ``PingReq``; each pings the target and relays its ack, or answers a ``Nack`` if none
+came within 80 % of the probe timeout. Without any ack by the end of the period we sign
+a ``Suspect`` about the target. A suspect member gets its ``Suspect`` in the same packet
+as our ping (the buddy system), so it can refute at once in the ack.
+
+**Lifeguard.** The local health score (:mod:`meshnode.core.health`) rises with failed
+probes, missing nacks, refutations and stalls, falls with successful probes, and
+stretches our own probe timing. Suspicion timeouts start at their maximum and shrink
+with independent confirmations (:mod:`meshnode.core.suspicion`); when one expires we
+sign ``Dead``.
+
+**Dissemination.** Every packet we send (ping, ack, ping-req, nack) fills its spare
+bytes with rumors from the transmit-limited queue (:mod:`meshnode.core.broadcast`), and
+every ``gossip_interval`` up to ``gossip_nodes`` random members (alive, suspect, or dead
+for less than ``gossip_to_the_dead_time``) get a packet of rumors only. Packets never
+exceed ``max_packet_bytes``. Non-membership rumors (manifest rumors, ledger records)
+share the same queue through :meth:`Membership.broadcast`, and the ones we receive are
+handed up as :class:`~meshnode.core.effects.Deliver` effects.
+
+**Anti-entropy and bounded state.** Every (size-scaled) ``push_pull_interval`` we ask
+the shell for a TCP state exchange with one random alive member; ``merge_state`` applies
+the remote snapshot with exactly the gossip rules. Dead and left members are forgotten
+``dead_member_retention`` seconds after their last state change.
+
+**Stalls.** The shell is expected to call ``tick`` at ``next_deadline()``. A tick that
+comes more than one probe interval late means this node was not scheduled (CPU
+starvation, a pause, a suspended VM): instead of blaming peers for acks it could not
+process, every timer is shifted by the delay plus one probe timeout, the local health
+score is raised, and the tick returns, so that the packets that queued up meanwhile
+(acks, refutations) are handled before any timer fires.
+
+Costs: member lookup, rumor application and timer handling are O(1) (O(log s) for the
+``s`` pending suspicions); a packet costs O(rumors in it); a probe pass rebuilds the
+round-robin list once, O(n) per n probes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import heapq
+import math
+import random
+from collections.abc import Hashable, Iterator, Sequence
+from typing import Final, TypeVar
+
+from meshnode.core import timing
+from meshnode.core.broadcast import BroadcastQueue
+from meshnode.core.config import NodeConfig
+from meshnode.core.effects import (
+    Address,
+    Deliver,
+    Effect,
+    MemberChanged,
+    MemberEvent,
+    SendPacket,
+    StartPushPull,
+)
+from meshnode.core.health import LocalHealth
+from meshnode.core.suspicion import Suspicion
+from protocol import (
+    ENVELOPE_OVERHEAD,
+    Ack,
+    Alive,
+    Dead,
+    Leave,
+    LocalProtocolError,
+    Message,
+    Nack,
+    Ping,
+    PingReq,
+    Signer,
+    Suspect,
+    Verifier,
+    public_key_from_node_id,
+    short_id,
+    signing_bytes,
+    verify,
+    wire_size,
+)
+
+__all__ = ["Member", "MemberRumor", "MemberState", "Membership"]
+
+MemberRumor = Alive | Suspect | Dead | Leave
+"""The signed statements that make up a member's state."""
+
+_R = TypeVar("_R", Alive, Suspect, Dead, Leave)
+
+MAX_PENDING_RELAYS: Final = 1024
+"""Most indirect probes we run for others at once; further ping-reqs are dropped."""
+
+LOAD_MAX: Final = 1_000_000
+"""Largest load an ack can advertise (the wire limit of ``Ack.load``)."""
+
+_NO_SIGNATURE: Final = bytes(64)
+_SEQ_MOD: Final = 2**64
+_INF: Final = math.inf
+
+# Upper bounds of the encoded size of the probe messages, so a packet's budget for
+# piggybacked rumors needs no encoding: fixarray header, tag, uint64 seq (9 bytes at most),
+# bin8 node id (34), uint32 load (5), str8 host (2 + len), uint16 port (3).
+_PING_BYTES: Final = 1 + 1 + 9 + 34
+_ACK_BYTES: Final = 1 + 1 + 9 + 5
+_NACK_BYTES: Final = 1 + 1 + 9
+_PING_REQ_FIXED_BYTES: Final = 1 + 1 + 9 + 34 + 2 + 3
+
+
+class MemberState(enum.IntEnum):
+    """A member's state. The values order rumors at equal incarnation:
+    alive < suspect < dead < left."""
+
+    ALIVE = 1
+    SUSPECT = 2
+    DEAD = 3
+    LEFT = 4
+
+    @property
+    def label(self) -> str:
+        """Lower-case name, for logs and JSON."""
+        return self.name.lower()
+
+
+_RUMOR_TYPES: Final = frozenset((Alive, Suspect, Dead, Leave))
+_RUMOR_STATE: Final[dict[type[Message], MemberState]] = {
+    Alive: MemberState.ALIVE,
+    Suspect: MemberState.SUSPECT,
+    Dead: MemberState.DEAD,
+    Leave: MemberState.LEFT,
+}
+_LIVE: Final = (MemberState.ALIVE, MemberState.SUSPECT)
+_GONE: Final = (MemberState.DEAD, MemberState.LEFT)
+_EVENT_FOR_STATE: Final = {
+    MemberState.ALIVE: MemberEvent.ALIVE,
+    MemberState.SUSPECT: MemberEvent.SUSPECT,
+    MemberState.DEAD: MemberEvent.DEAD,
+    MemberState.LEFT: MemberEvent.LEFT,
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Member:
+    """An immutable snapshot of one member. A new object is made on every change."""
+
+    node_id: str
+    """The member's node id (its public key)."""
+    host: str
+    """Where to reach it, from its latest ``Alive``."""
+    port: int
+    incarnation: int
+    """The incarnation of its current state."""
+    state: MemberState
+    state_change: float
+    """When we last saw its state change (seconds, the core's clock)."""
+    rumor: MemberRumor
+    """The latest signed rumor that justifies ``state``."""
+    alive: Alive
+    """The latest signed ``Alive`` (the source of the address)."""
+    load: int | None = None
+    """Tasks in flight it advertised in its last ack to us; None until one arrives."""
+    rtt: float | None = None
+    """Round-trip time of our last direct probe it answered, in seconds."""
+
+    @property
+    def address(self) -> Address:
+        """``(host, port)``."""
+        return self.host, self.port
+
+    def __repr__(self) -> str:
+        return (
+            f"<Member {short_id(self.node_id)} {self.state.label}@{self.incarnation} "
+            f"{self.host}:{self.port}>"
+        )
+
+
+class _IndexedSet:
+    """Node ids with O(1) add, remove and uniform random sampling; the order of the items
+    depends only on the sequence of operations, so sampling is reproducible."""
+
+    __slots__ = ("_index", "_items")
+
+    def __init__(self) -> None:
+        self._items: list[str] = []
+        self._index: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, item: str) -> bool:
+        return item in self._index
+
+    def __getitem__(self, i: int) -> str:
+        return self._items[i]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def add(self, item: str) -> None:
+        if item not in self._index:
+            self._index[item] = len(self._items)
+            self._items.append(item)
+
+    def discard(self, item: str) -> None:
+        i = self._index.pop(item, None)
+        if i is None:
+            return
+        last = self._items.pop()
+        if i < len(self._items):
+            self._items[i] = last
+            self._index[last] = i
+
+
+@dataclasses.dataclass(slots=True)
+class _Probe:
+    """Our probe in progress."""
+
+    target: str
+    seq: int
+    sent_at: float
+    timeout_at: float
+    """End of the direct stage: ask relays if no ack by then."""
+    end_at: float
+    """End of the probe period: suspect the target if no ack by then."""
+    helpers: tuple[str, ...] = ()
+    nacks: set[str] = dataclasses.field(default_factory=set)
+    acked: bool = False
+    indirect_sent: bool = False
+
+
+@dataclasses.dataclass(slots=True)
+class _Relay:
+    """An indirect probe we run for someone else."""
+
+    seq: int
+    """The asker's sequence number, to answer with."""
+    requester: Address
+    target: str
+    deadline: float
+    """When to give up and answer a nack."""
+
+
+_COUNTERS: Final = (
+    "packets_received",
+    "packets_sent",
+    "gossip_packets",
+    "rumors_sent",
+    "probes",
+    "probes_failed",
+    "indirect_probes",
+    "ping_reqs_served",
+    "ping_reqs_dropped",
+    "acks_relayed",
+    "acks_unexpected",
+    "nacks_sent",
+    "nacks_received",
+    "pings_wrong_target",
+    "suspicions_raised",
+    "suspicion_confirmations",
+    "members_declared_dead",
+    "suspicions_refuted",
+    "refutations",
+    "rumors_applied",
+    "rumors_invalid",
+    "rumors_stale",
+    "rumors_unknown_subject",
+    "rumors_too_big",
+    "push_pulls",
+    "reconnects",
+    "push_pull_merges",
+    "join_attempts",
+    "members_forgotten",
+    "stalls",
+)
+
+
+class Membership:
+    """One node's SWIM membership. See the module docstring for the protocol."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        signer: Signer,
+        *,
+        host: str,
+        port: int,
+        rng: random.Random,
+        verifier: Verifier = verify,
+        incarnation: int = 0,
+        now: float = 0.0,
+        detect_stalls: bool = True,
+    ) -> None:
+        """Start as an alive member at ``incarnation`` on the clock reading ``now``.
+
+        ``host``/``port`` are the address we advertise. ``detect_stalls=False`` turns off
+        the stall guard (for callers that drive ``tick`` by hand at arbitrary times).
+        """
+        if type(incarnation) is not int or incarnation < 0:
+            raise ValueError(f"incarnation must be a non-negative integer, got {incarnation!r}")
+        if not host or not 0 < port <= 65_535:
+            raise ValueError(f"bad advertised address {host!r}:{port!r}")
+        self._config = config
+        self._signer = signer
+        self._verifier = verifier
+        self._rng = rng
+        self._node_id = signer.node_id
+        self._host = host
+        self._port = port
+        self._health = LocalHealth(config.awareness_max_multiplier)
+        self._queue = BroadcastQueue()
+        self._effects: list[Effect] = []
+        self.counters: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
+        """Monotonic counters by name (a live dict; read, do not write)."""
+
+        self._members: dict[str, Member] = {}
+        self._state_counts: dict[MemberState, int] = dict.fromkeys(MemberState, 0)
+        self._alive = _IndexedSet()  # ALIVE peers (never ourselves)
+        self._suspect = _IndexedSet()  # SUSPECT peers
+        self._dead = _IndexedSet()  # DEAD peers
+        self._recently_dead = _IndexedSet()  # DEAD peers still within gossip_to_the_dead_time
+        self._dead_since: dict[str, float] = {}  # DEAD peers in time order (for the above)
+        self._graveyard: dict[str, float] = {}  # DEAD and LEFT peers in time order
+        self._suspicions: dict[str, Suspicion] = {}
+        self._suspicion_heap: list[tuple[float, int, Suspicion]] = []
+        self._heap_counter = 0
+
+        self._probe_list: list[str] = []
+        self._probe_index = 0
+        self._in_probe_list: set[str] = set()  # membership tests only, never iterated
+        self._probe: _Probe | None = None
+        self._relays: dict[int, _Relay] = {}
+        self._seq = rng.getrandbits(32)
+        self._load = 0
+        self._left = False
+        self._detect_stalls = detect_stalls
+
+        self._join_seeds: tuple[Address, ...] = ()
+        self._join_attempt = 0
+        self._join_at: float | None = None
+
+        # Random phases, so nodes started together do not probe and gossip in lockstep.
+        self._next_probe_at = now + rng.uniform(0.0, config.probe_interval)
+        self._next_gossip_at = now + rng.uniform(0.0, config.gossip_interval)
+        self._next_push_pull_at = (
+            now + rng.uniform(0.0, config.push_pull_interval)
+            if config.push_pull_interval > 0
+            else _INF
+        )
+
+        alive = self._sign(Alive(self._node_id, incarnation, host, port, _NO_SIGNATURE))
+        me = Member(self._node_id, host, port, incarnation, MemberState.ALIVE, now, alive, alive)
+        self._members[self._node_id] = me
+        self._state_counts[MemberState.ALIVE] += 1
+        self._enqueue_rumor(alive)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def config(self) -> NodeConfig:
+        return self._config
+
+    @property
+    def node_id(self) -> str:
+        """Our node id."""
+        return self._node_id
+
+    @property
+    def incarnation(self) -> int:
+        """Our current incarnation (persist it: a restart should pass it + 1)."""
+        return self._members[self._node_id].incarnation
+
+    @property
+    def address(self) -> Address:
+        """The ``(host, port)`` we advertise."""
+        return self._host, self._port
+
+    @property
+    def left(self) -> bool:
+        """True once :meth:`leave` was called."""
+        return self._left
+
+    @property
+    def health(self) -> int:
+        """Lifeguard's local health score (0 is healthy)."""
+        return self._health.score
+
+    @property
+    def queue_depth(self) -> int:
+        """Rumors waiting in the broadcast queue."""
+        return len(self._queue)
+
+    @property
+    def load(self) -> int:
+        """The load we advertise in acks."""
+        return self._load
+
+    def members(self) -> list[Member]:
+        """Every known member, ourselves included, sorted by node id."""
+        return sorted(self._members.values(), key=lambda m: m.node_id)
+
+    def member(self, node_id: str) -> Member | None:
+        """The member with ``node_id`` (ourselves included), or None."""
+        return self._members.get(node_id)
+
+    def alive_count(self) -> int:
+        """Members in state alive, ourselves included (unless we left)."""
+        return self._state_counts[MemberState.ALIVE]
+
+    def count(self, state: MemberState) -> int:
+        """Members in ``state``, ourselves included."""
+        return self._state_counts[state]
+
+    def suspicion(self, node_id: str) -> Suspicion | None:
+        """The running suspicion about ``node_id``, if any."""
+        return self._suspicions.get(node_id)
+
+    def cluster_size(self) -> int:
+        """``n`` of the timing formulas: members alive or suspect, ourselves included."""
+        return (0 if self._left else 1) + len(self._alive) + len(self._suspect)
+
+    def push_pull_interval(self) -> float:
+        """The current anti-entropy period, scaled with the cluster size (0: disabled)."""
+        return timing.push_pull_interval(self._config.push_pull_interval, self.cluster_size())
+
+    def retransmit_limit(self) -> int:
+        """How many times a rumor is sent at the current cluster size."""
+        return timing.retransmit_limit(self._config.retransmit_mult, self.cluster_size())
+
+    # ------------------------------------------------------------------ shell interface
+
+    def take_effects(self) -> list[Effect]:
+        """Return and clear the effects produced since the last call, in order."""
+        effects, self._effects = self._effects, []
+        return effects
+
+    def set_load(self, in_flight: int) -> None:
+        """Set the load (tasks in flight) advertised in our acks."""
+        if in_flight < 0:
+            raise ValueError(f"load must not be negative, got {in_flight}")
+        self._load = min(LOAD_MAX, int(in_flight))
+
+    def join(self, seeds: Sequence[Address], now: float) -> int:
+        """Start a push-pull with every seed (our own address skipped); return how many.
+
+        Until some member is known, the seeds are tried again with exponential backoff
+        (``join_retry_initial`` doubling up to ``join_retry_max``) from :meth:`tick`.
+        """
+        if self._left:
+            return 0
+        targets: list[Address] = []
+        for host, port in seeds:
+            addr = (str(host), int(port))
+            if addr != self.address and addr not in targets:
+                targets.append(addr)
+        self._join_seeds = tuple(targets)
+        self._join_attempt = 0
+        if not targets:
+            self._join_at = None
+            return 0
+        self._contact_seeds()
+        self._join_at = now + timing.join_backoff(
+            0, self._config.join_retry_initial, self._config.join_retry_max
+        )
+        return len(targets)
+
+    def leave(self, now: float) -> None:
+        """Leave gracefully: sign a ``Leave``, mark ourselves left and gossip it at once.
+
+        Probing, push-pull and join retries stop; gossip rounds and answers to pings go on
+        so the ``Leave`` spreads during ``leave_propagate_time``. Idempotent.
+        """
+        if self._left:
+            return
+        me = self._members[self._node_id]
+        rumor = self._sign(Leave(self._node_id, me.incarnation, _NO_SIGNATURE))
+        self._left = True
+        self._probe = None
+        self._next_probe_at = _INF
+        self._next_push_pull_at = _INF
+        self._join_at = None
+        updated = dataclasses.replace(me, state=MemberState.LEFT, rumor=rumor, state_change=now)
+        self._store(me, updated, now)
+        self._event(MemberEvent.LEFT, me.state, updated)
+        self._enqueue_rumor(rumor)
+        self._gossip_round()
+
+    def broadcast(self, message: Message, key: Hashable) -> bool:
+        """Queue a non-membership rumor for piggybacking, replacing any queued rumor with
+        the same ``key``. Returns False (and counts it) if it can never fit in a packet."""
+        return self._enqueue(("app", key), message)
+
+    def state_snapshot(self) -> tuple[MemberRumor, ...]:
+        """The latest signed rumor of every member, ourselves included, for push-pull.
+
+        A suspect member's ``Alive`` comes first, so a peer that does not know it yet
+        learns its address before applying the suspicion.
+        """
+        out: list[MemberRumor] = []
+        for member in self._members.values():
+            if member.state is MemberState.SUSPECT:
+                out.append(member.alive)
+            out.append(member.rumor)
+        return tuple(out)
+
+    def merge_state(self, rumors: Sequence[Message], now: float) -> int:
+        """Apply a remote snapshot with exactly the gossip rules; return how many rumors
+        changed something. Suspect or dead rumors about ourselves become refutations."""
+        self.counters["push_pull_merges"] += 1
+        applied = 0
+        for rumor in rumors:
+            if type(rumor) in _RUMOR_TYPES:
+                applied += self._apply(rumor, now)  # type: ignore[arg-type]
+            else:
+                self.counters["rumors_invalid"] += 1
+        return applied
+
+    def receive(self, sender: str, messages: Sequence[Message], addr: Address, now: float) -> None:
+        """Handle one decoded packet from ``sender`` (the verified envelope sender) that
+        arrived from ``addr``. Membership rumors are applied first, so an ack we send in
+        answer already carries a refutation the packet called for."""
+        counters = self.counters
+        counters["packets_received"] += 1
+        others = False
+        for message in messages:
+            cls = type(message)
+            key = _RECEIVED.get(cls)
+            if key is None:
+                key = _RECEIVED[cls] = f"recv_{cls.__name__.lower()}"
+            counters[key] = counters.get(key, 0) + 1
+            if cls in _RUMOR_TYPES:
+                self._apply(message, now)  # type: ignore[arg-type]
+            else:
+                others = True
+        if not others:
+            return
+        for message in messages:
+            if isinstance(message, Ping):
+                self._on_ping(message, addr)
+            elif isinstance(message, Ack):
+                self._on_ack(sender, message, now)
+            elif isinstance(message, PingReq):
+                self._on_ping_req(message, addr, now)
+            elif isinstance(message, Nack):
+                self._on_nack(sender, message)
+            elif type(message) not in _RUMOR_TYPES:
+                self._effects.append(Deliver(sender, addr, message))
+
+    def next_deadline(self) -> float:
+        """When :meth:`tick` must next be called (``math.inf`` if never)."""
+        deadline = self._failure_deadline()
+        if self._queue and self._config.gossip_nodes > 0 and self._has_gossip_targets():
+            deadline = min(deadline, self._next_gossip_at)
+        deadline = min(deadline, self._next_push_pull_at)
+        if self._join_at is not None:
+            deadline = min(deadline, self._join_at)
+        if self._dead_since:
+            first = next(iter(self._dead_since.values()))
+            deadline = min(deadline, first + self._config.gossip_to_the_dead_time)
+        if self._graveyard:
+            first = next(iter(self._graveyard.values()))
+            deadline = min(deadline, first + self._config.dead_member_retention)
+        return deadline
+
+    def tick(self, now: float) -> None:
+        """Run every timer due at ``now``: probe stages, relay nacks, suspicion expiry,
+        gossip, push-pull, join retries, the gossip-to-the-dead window and pruning."""
+        if self._detect_stalls:
+            lateness = now - self._failure_deadline()
+            if lateness > self._config.probe_interval:
+                self._stalled(lateness + self._config.probe_timeout)
+                return
+        self._expire_relays(now)
+        probe = self._probe
+        if (
+            probe is not None
+            and not probe.acked
+            and not probe.indirect_sent
+            and now >= probe.timeout_at
+        ):
+            self._indirect_probe(probe)
+        if now >= self._next_probe_at:
+            if self._probe is not None:
+                self._finish_probe(self._probe, now)
+            self._start_probe(now)
+        self._expire_suspicions(now)
+        if now >= self._next_gossip_at:
+            if self._queue:
+                self._gossip_round()
+            interval = self._config.gossip_interval
+            missed = math.floor((now - self._next_gossip_at) / interval) + 1
+            self._next_gossip_at += missed * interval
+        if now >= self._next_push_pull_at:
+            self._push_pull()
+            interval = self.push_pull_interval()
+            self._next_push_pull_at = now + interval if interval > 0 else _INF
+        if self._join_at is not None and now >= self._join_at:
+            self._retry_join(now)
+        self._expire_dead_window(now)
+        self._prune(now)
+
+    # ------------------------------------------------------------------ rumors
+
+    def _apply(self, rumor: MemberRumor, now: float, *, trusted: bool = False) -> bool:
+        """Apply one rumor by the ``(incarnation, rank)`` rule; True if it changed state."""
+        node = rumor.node
+        counters = self.counters
+        if node == self._node_id:
+            return self._apply_about_self(rumor, now, trusted)
+        current = self._members.get(node)
+        new_state = _RUMOR_STATE[type(rumor)]
+        if current is None:
+            if new_state is not MemberState.ALIVE:
+                counters["rumors_unknown_subject"] += 1
+                return False
+        else:
+            new_key = (rumor.incarnation, new_state)
+            old_key = (current.incarnation, current.state)
+            if new_key <= old_key:
+                if (
+                    new_key == old_key
+                    and isinstance(rumor, Suspect)
+                    and self._confirm(rumor, trusted)
+                ):
+                    return True
+                counters["rumors_stale"] += 1
+                return False
+        if not trusted and not self._valid(rumor):
+            counters["rumors_invalid"] += 1
+            return False
+        counters["rumors_applied"] += 1
+        self._transition(current, rumor, new_state, now)
+        return True
+
+    def _confirm(self, rumor: Suspect, trusted: bool) -> bool:
+        """A ``Suspect`` at the incarnation of a running suspicion: count the accuser."""
+        suspicion = self._suspicions.get(rumor.node)
+        if (
+            suspicion is None
+            or suspicion.accused_by(rumor.accuser)
+            or suspicion.confirmations >= suspicion.k
+        ):
+            return False
+        if not trusted and not self._valid(rumor):
+            self.counters["rumors_invalid"] += 1
+            return False
+        suspicion.confirm(rumor.accuser)
+        self._push_suspicion(suspicion)
+        self.counters["suspicion_confirmations"] += 1
+        self._enqueue_rumor(rumor)
+        return True
+
+    def _transition(
+        self, current: Member | None, rumor: MemberRumor, state: MemberState, now: float
+    ) -> None:
+        node = rumor.node
+        if current is None:
+            assert isinstance(rumor, Alive)  # only an Alive introduces a member
+            member = Member(
+                node, rumor.host, rumor.port, rumor.incarnation, state, now, rumor, rumor
+            )
+        else:
+            alive = rumor if isinstance(rumor, Alive) else current.alive
+            member = Member(
+                node,
+                alive.host,
+                alive.port,
+                rumor.incarnation,
+                state,
+                current.state_change if current.state is state else now,
+                rumor,
+                alive,
+                current.load,
+                current.rtt,
+            )
+        suspicion = self._suspicions.pop(node, None)
+        if isinstance(rumor, Suspect):
+            self._start_suspicion(node, rumor.incarnation, rumor.accuser, now)
+        elif suspicion is not None and state is MemberState.ALIVE:
+            self.counters["suspicions_refuted"] += 1
+        self._store(current, member, now)
+        if current is None:
+            self._event(MemberEvent.JOINED, None, member)
+        elif current.state is not state:
+            self._event(_EVENT_FOR_STATE[state], current.state, member)
+        elif state is MemberState.ALIVE:
+            self._event(MemberEvent.UPDATED, current.state, member)
+        self._enqueue_rumor(rumor)
+
+    def _apply_about_self(self, rumor: MemberRumor, now: float, trusted: bool) -> bool:
+        """Rumors about ourselves: refute anything that contradicts our current Alive."""
+        if self._left or trusted:
+            return False
+        me = self._members[self._node_id]
+        if isinstance(rumor, Alive):
+            # Only a previous life of ours can have signed it (e.g. before a restart that
+            # lost the incarnation, or on another address): announce a newer one.
+            stale = rumor.incarnation < me.incarnation or (
+                rumor.incarnation == me.incarnation
+                and (rumor.host, rumor.port) == (me.host, me.port)
+            )
+            penalize = False
+        else:
+            stale = rumor.incarnation < me.incarnation
+            penalize = not isinstance(rumor, Leave)
+        if stale:
+            self.counters["rumors_stale"] += 1
+            if not isinstance(rumor, Alive) and ("member", self._node_id) not in self._queue:
+                # Someone still accuses an older incarnation of ours: our refutation was
+                # lost on its way. Announce the current Alive again (the next packet to
+                # the accuser, e.g. the ack to its buddy ping, will carry it).
+                self._enqueue_rumor(me.rumor)
+            return False
+        if not self._valid(rumor):
+            self.counters["rumors_invalid"] += 1
+            return False
+        self._refute(rumor.incarnation, now, penalize=penalize)
+        return True
+
+    def _refute(self, incarnation: int, now: float, *, penalize: bool) -> None:
+        me = self._members[self._node_id]
+        new_incarnation = max(incarnation, me.incarnation) + 1
+        alive = self._sign(
+            Alive(self._node_id, new_incarnation, self._host, self._port, _NO_SIGNATURE)
+        )
+        updated = dataclasses.replace(me, incarnation=new_incarnation, rumor=alive, alive=alive)
+        self._store(me, updated, now)
+        self._event(MemberEvent.UPDATED, me.state, updated)
+        self._enqueue_rumor(alive)
+        self.counters["refutations"] += 1
+        if penalize:
+            self._health.apply(1)
+
+    def _valid(self, rumor: MemberRumor) -> bool:
+        """Check the rumor's signature: subject's key for Alive/Leave, accuser's otherwise."""
+        if isinstance(rumor, Suspect | Dead):
+            if rumor.accuser == rumor.node:
+                return False
+            signer = rumor.accuser
+        else:
+            signer = rumor.node
+        try:
+            key = _public_key(signer)
+            data = signing_bytes(rumor)
+        except LocalProtocolError:
+            return False
+        return self._verifier(key, data, rumor.signature)
+
+    def _sign(self, message: _R) -> _R:
+        return dataclasses.replace(message, signature=self._signer.sign(signing_bytes(message)))
+
+    # ------------------------------------------------------------------ member table
+
+    def _store(self, old: Member | None, new: Member, now: float) -> None:
+        """Put ``new`` in the table and keep every index in step with its state."""
+        node = new.node_id
+        self._members[node] = new
+        old_state = old.state if old is not None else None
+        if old_state is new.state:
+            return
+        if old_state is not None:
+            self._state_counts[old_state] -= 1
+        self._state_counts[new.state] += 1
+        if node == self._node_id:
+            return
+        if old_state is MemberState.ALIVE:
+            self._alive.discard(node)
+        elif old_state is MemberState.SUSPECT:
+            self._suspect.discard(node)
+        elif old_state is MemberState.DEAD:
+            self._dead.discard(node)
+            self._recently_dead.discard(node)
+            self._dead_since.pop(node, None)
+            self._graveyard.pop(node, None)
+        elif old_state is MemberState.LEFT:
+            self._graveyard.pop(node, None)
+        if new.state is MemberState.ALIVE:
+            self._alive.add(node)
+        elif new.state is MemberState.SUSPECT:
+            self._suspect.add(node)
+        elif new.state is MemberState.DEAD:
+            self._dead.add(node)
+            self._recently_dead.add(node)
+            self._dead_since[node] = now
+            self._graveyard[node] = now
+        else:
+            self._graveyard[node] = now
+        if new.state in _LIVE and old_state not in _LIVE:
+            self._add_to_probe_list(node)
+            if self._join_at is not None:
+                self._join_at = None  # we know someone: the join succeeded
+
+    def _event(self, kind: MemberEvent, old: MemberState | None, member: Member) -> None:
+        self._effects.append(MemberChanged(kind, member.node_id, old, member.state, member))
+
+    def _forget(self, node: str) -> None:
+        member = self._members.pop(node)
+        self._state_counts[member.state] -= 1
+        self._alive.discard(node)
+        self._suspect.discard(node)
+        self._dead.discard(node)
+        self._recently_dead.discard(node)
+        self._dead_since.pop(node, None)
+        self._graveyard.pop(node, None)
+        self._queue.discard(("member", node))
+        self.counters["members_forgotten"] += 1
+        self._effects.append(MemberChanged(MemberEvent.FORGOTTEN, node, member.state, None, member))
+
+    def _expire_dead_window(self, now: float) -> None:
+        window = self._config.gossip_to_the_dead_time
+        while self._dead_since:
+            node, since = next(iter(self._dead_since.items()))
+            if since + window > now:
+                break
+            del self._dead_since[node]
+            self._recently_dead.discard(node)
+
+    def _prune(self, now: float) -> None:
+        retention = self._config.dead_member_retention
+        while self._graveyard:
+            node, since = next(iter(self._graveyard.items()))
+            if since + retention > now:
+                break
+            self._forget(node)
+
+    # ------------------------------------------------------------------ suspicion
+
+    def _start_suspicion(self, node: str, incarnation: int, accuser: str, now: float) -> None:
+        config = self._config
+        n = self.cluster_size()
+        low, high = timing.suspicion_bounds(
+            config.suspicion_mult, config.suspicion_max_timeout_mult, n, config.probe_interval
+        )
+        suspicion = Suspicion(
+            node,
+            incarnation,
+            accuser,
+            start=now,
+            k=timing.expected_confirmations(config.suspicion_mult, n),
+            min_timeout=low,
+            max_timeout=high,
+        )
+        self._suspicions[node] = suspicion
+        self._push_suspicion(suspicion)
+
+    def _push_suspicion(self, suspicion: Suspicion) -> None:
+        self._heap_counter += 1
+        heapq.heappush(self._suspicion_heap, (suspicion.deadline, self._heap_counter, suspicion))
+
+    def _suspicion_deadline(self) -> float:
+        heap = self._suspicion_heap
+        while heap:
+            deadline, _, suspicion = heap[0]
+            if (
+                self._suspicions.get(suspicion.node_id) is suspicion
+                and suspicion.deadline == deadline
+            ):
+                return deadline
+            heapq.heappop(heap)  # superseded entry
+        return _INF
+
+    def _expire_suspicions(self, now: float) -> None:
+        while self._suspicion_deadline() <= now:
+            _, _, suspicion = heapq.heappop(self._suspicion_heap)
+            member = self._members.get(suspicion.node_id)
+            if member is None or member.state is not MemberState.SUSPECT:
+                self._suspicions.pop(suspicion.node_id, None)
+                continue
+            dead = self._sign(
+                Dead(member.node_id, member.incarnation, self._node_id, _NO_SIGNATURE)
+            )
+            self.counters["members_declared_dead"] += 1
+            self._apply(dead, now, trusted=True)
+
+    # ------------------------------------------------------------------ probing
+
+    def _failure_deadline(self) -> float:
+        """The earliest failure-detection timer (probe stages, relays, suspicions)."""
+        deadline = min(self._next_probe_at, self._suspicion_deadline())
+        probe = self._probe
+        if probe is not None and not probe.acked and not probe.indirect_sent:
+            deadline = min(deadline, probe.timeout_at)
+        if self._relays:
+            deadline = min(deadline, next(iter(self._relays.values())).deadline)
+        return deadline
+
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) % _SEQ_MOD
+        return self._seq
+
+    def _add_to_probe_list(self, node: str) -> None:
+        """Insert a newly live member at a random position of the rest of this pass."""
+        if node in self._in_probe_list:
+            return
+        probe_list = self._probe_list
+        probe_list.append(node)
+        self._in_probe_list.add(node)
+        j = self._rng.randint(self._probe_index, len(probe_list) - 1)
+        probe_list[j], probe_list[-1] = probe_list[-1], probe_list[j]
+
+    def _next_probe_target(self) -> Member | None:
+        rebuilt = False
+        while True:
+            if self._probe_index >= len(self._probe_list):
+                if rebuilt:
+                    return None
+                rebuilt = True
+                self._probe_list = [*self._alive, *self._suspect]
+                self._rng.shuffle(self._probe_list)
+                self._in_probe_list = set(self._probe_list)
+                self._probe_index = 0
+                continue
+            node = self._probe_list[self._probe_index]
+            self._probe_index += 1
+            self._in_probe_list.discard(node)
+            member = self._members.get(node)
+            if member is not None and member.state in _LIVE:
+                return member
+
+    def _start_probe(self, now: float) -> None:
+        interval = self._health.scale(self._config.probe_interval)
+        self._next_probe_at = now + interval
+        target = self._next_probe_target()
+        if target is None:
+            self._probe = None
+            return
+        seq = self._next_seq()
+        timeout = self._health.scale(self._config.probe_timeout)
+        self._probe = _Probe(target.node_id, seq, now, now + timeout, now + interval)
+        self.counters["probes"] += 1
+        self._send_ping(seq, target.node_id, target.address)
+
+    def _send_ping(self, seq: int, node: str, addr: Address) -> None:
+        """Ping ``node`` at ``addr``; a suspect target also gets its ``Suspect`` (buddy)."""
+        messages: list[Message] = [Ping(seq, node)]
+        size = _PING_BYTES
+        exclude: Hashable | None = None
+        target = self._members.get(node)
+        if target is not None and target.state is MemberState.SUSPECT:
+            messages.append(target.rumor)
+            size += self._rumor_size(target.rumor)
+            exclude = ("member", node)
+        self._send(addr, messages, size, exclude)
+
+    def _indirect_probe(self, probe: _Probe) -> None:
+        probe.indirect_sent = True
+        target = self._members.get(probe.target)
+        k = self._config.indirect_checks
+        if target is None or target.state not in _LIVE or k == 0:
+            return
+        helpers = [n for n in self._sample(self._alive, k + 1) if n != probe.target][:k]
+        probe.helpers = tuple(helpers)
+        request = PingReq(probe.seq, target.node_id, target.host, target.port)
+        size = _PING_REQ_FIXED_BYTES + len(target.host.encode("utf-8"))
+        for node in helpers:
+            helper = self._members[node]
+            self._send(helper.address, [request], size)
+        self.counters["indirect_probes"] += len(helpers)
+
+    def _finish_probe(self, probe: _Probe, now: float) -> None:
+        self._probe = None
+        self._health.apply(
+            timing.probe_health_delta(probe.acked, len(probe.helpers), len(probe.nacks))
+        )
+        if probe.acked:
+            return
+        self.counters["probes_failed"] += 1
+        member = self._members.get(probe.target)
+        if member is None or member.state not in _LIVE or self._left:
+            return
+        if member.state is MemberState.SUSPECT:
+            suspicion = self._suspicions.get(member.node_id)
+            if suspicion is not None and (
+                suspicion.accused_by(self._node_id) or suspicion.confirmations >= suspicion.k
+            ):
+                return  # our accusation would change nothing
+        rumor = self._sign(
+            Suspect(member.node_id, member.incarnation, self._node_id, _NO_SIGNATURE)
+        )
+        if self._apply(rumor, now, trusted=True):
+            self.counters["suspicions_raised"] += 1
+
+    def _on_ping(self, ping: Ping, addr: Address) -> None:
+        if ping.target != self._node_id:
+            self.counters["pings_wrong_target"] += 1
+            return
+        self._send(addr, [Ack(ping.seq, self._load)], _ACK_BYTES)
+
+    def _on_ping_req(self, request: PingReq, addr: Address, now: float) -> None:
+        if request.target == self._node_id:
+            self._send(addr, [Ack(request.seq, self._load)], _ACK_BYTES)
+            return
+        if len(self._relays) >= MAX_PENDING_RELAYS:
+            self.counters["ping_reqs_dropped"] += 1
+            return
+        seq = self._next_seq()
+        deadline = now + timing.nack_timeout(self._config.probe_timeout)
+        self._relays[seq] = _Relay(request.seq, addr, request.target, deadline)
+        self.counters["ping_reqs_served"] += 1
+        self._send_ping(seq, request.target, (request.host, request.port))
+
+    def _on_ack(self, sender: str, ack: Ack, now: float) -> None:
+        relay = self._relays.get(ack.seq)
+        if relay is not None and sender == relay.target:
+            del self._relays[ack.seq]
+            self._send(relay.requester, [Ack(relay.seq, ack.load)], _ACK_BYTES)
+            self.counters["acks_relayed"] += 1
+            return
+        probe = self._probe
+        if (
+            probe is None
+            or probe.seq != ack.seq
+            or probe.acked
+            or (sender != probe.target and sender not in probe.helpers)
+        ):
+            self.counters["acks_unexpected"] += 1
+            return
+        probe.acked = True
+        member = self._members.get(probe.target)
+        if member is not None:
+            rtt = now - probe.sent_at if sender == probe.target else member.rtt
+            self._members[member.node_id] = dataclasses.replace(member, load=ack.load, rtt=rtt)
+
+    def _on_nack(self, sender: str, nack: Nack) -> None:
+        probe = self._probe
+        if probe is not None and probe.seq == nack.seq and sender in probe.helpers:
+            probe.nacks.add(sender)
+            self.counters["nacks_received"] += 1
+
+    def _expire_relays(self, now: float) -> None:
+        relays = self._relays
+        while relays:
+            seq, relay = next(iter(relays.items()))
+            if relay.deadline > now:
+                break
+            del relays[seq]
+            self._send(relay.requester, [Nack(relay.seq)], _NACK_BYTES)
+            self.counters["nacks_sent"] += 1
+
+    # ------------------------------------------------------------------ dissemination
+
+    def _rumor_size(self, rumor: MemberRumor) -> int:
+        queued = self._queue.get(("member", rumor.node))
+        if queued is not None and queued.message is rumor:
+            return queued.size
+        return wire_size(rumor)
+
+    def _enqueue_rumor(self, rumor: MemberRumor) -> None:
+        self._enqueue(("member", rumor.node), rumor)
+
+    def _enqueue(self, key: Hashable, message: Message) -> bool:
+        size = wire_size(message)
+        if ENVELOPE_OVERHEAD + size > self._config.max_packet_bytes:
+            self.counters["rumors_too_big"] += 1
+            return False
+        self._queue.push(key, message, size)
+        return True
+
+    def _send(
+        self,
+        addr: Address,
+        messages: list[Message],
+        size: int,
+        exclude: Hashable | None = None,
+    ) -> None:
+        """Emit one packet: ``messages`` (``size`` bytes at most) plus piggybacked rumors."""
+        budget = self._config.max_packet_bytes - ENVELOPE_OVERHEAD - size
+        if budget > 0 and self._queue:
+            extra = self._queue.take(budget, self.retransmit_limit(), exclude=exclude)
+            self.counters["rumors_sent"] += len(extra)
+            messages.extend(extra)
+        self.counters["packets_sent"] += 1
+        self._effects.append(SendPacket(addr, tuple(messages)))
+
+    def _gossip_round(self) -> None:
+        config = self._config
+        if config.gossip_nodes == 0 or not self._queue:
+            return
+        budget = config.max_packet_bytes - ENVELOPE_OVERHEAD
+        limit = self.retransmit_limit()
+        for node in self._gossip_targets(config.gossip_nodes):
+            rumors = self._queue.take(budget, limit)
+            if not rumors:
+                break
+            self.counters["gossip_packets"] += 1
+            self.counters["packets_sent"] += 1
+            self.counters["rumors_sent"] += len(rumors)
+            self._effects.append(SendPacket(self._members[node].address, tuple(rumors)))
+
+    def _gossip_targets(self, k: int) -> list[str]:
+        """Up to ``k`` distinct random members that are alive, suspect or recently dead."""
+        pools = (self._alive, self._suspect, self._recently_dead)
+        total = sum(len(p) for p in pools)
+        picked: list[str] = []
+        for i in self._rng.sample(range(total), min(k, total)):
+            for pool in pools:
+                if i < len(pool):
+                    picked.append(pool[i])
+                    break
+                i -= len(pool)
+        return picked
+
+    def _has_gossip_targets(self) -> bool:
+        return bool(self._alive or self._suspect or self._recently_dead)
+
+    def _sample(self, pool: _IndexedSet, k: int) -> list[str]:
+        return [pool[i] for i in self._rng.sample(range(len(pool)), min(k, len(pool)))]
+
+    # ------------------------------------------------------------------ anti-entropy, join
+
+    def _push_pull(self) -> None:
+        """Exchange state with a random alive member or, now and then, a dead one.
+
+        Trying a dead member (as Serf's reconnect does) is what heals a partition: each
+        side has declared the other dead and no longer probes it. The chance is
+        ``dead / (alive + 1)`` (capped at 1), so reconnection attempts grow with the
+        number of members lost.
+        """
+        if self._left:
+            return
+        alive, dead = len(self._alive), len(self._dead)
+        if dead and (not alive or self._rng.random() < dead / (alive + 1)):
+            node = self._dead[self._rng.randrange(dead)]
+            self.counters["reconnects"] += 1
+        elif alive:
+            node = self._alive[self._rng.randrange(alive)]
+        else:
+            return
+        self.counters["push_pulls"] += 1
+        self._effects.append(StartPushPull(self._members[node].address, False))
+
+    def _contact_seeds(self) -> None:
+        self.counters["join_attempts"] += 1
+        for addr in self._join_seeds:
+            self._effects.append(StartPushPull(addr, True))
+
+    def _retry_join(self, now: float) -> None:
+        if len(self._members) > 1:
+            self._join_at = None
+            return
+        self._join_attempt += 1
+        self._contact_seeds()
+        self._join_at = now + timing.join_backoff(
+            self._join_attempt, self._config.join_retry_initial, self._config.join_retry_max
+        )
+
+    # ------------------------------------------------------------------ stalls
+
+    def _stalled(self, delay: float) -> None:
+        """We were not scheduled for ``delay`` seconds: push failure detection back."""
+        self.counters["stalls"] += 1
+        self._health.apply(1)
+        probe = self._probe
+        if probe is not None:
+            probe.sent_at += delay
+            probe.timeout_at += delay
+            probe.end_at += delay
+        self._next_probe_at += delay
+        for relay in self._relays.values():
+            relay.deadline += delay
+        for suspicion in self._suspicions.values():
+            suspicion.shift(delay)
+        self._suspicion_heap = []
+        for suspicion in self._suspicions.values():
+            self._push_suspicion(suspicion)
+        self._next_gossip_at += delay
+        self._next_push_pull_at += delay
+        if self._join_at is not None:
+            self._join_at += delay
+
+    # ------------------------------------------------------------------ display
+
+    def __repr__(self) -> str:
+        counts = self._state_counts
+        return (
+            f"<Membership {short_id(self._node_id)}@{self.incarnation}"
+            f"{' left' if self._left else ''} alive={counts[MemberState.ALIVE]} "
+            f"suspect={counts[MemberState.SUSPECT]} dead={counts[MemberState.DEAD]} "
+            f"left={counts[MemberState.LEFT]} queue={len(self._queue)} "
+            f"health={self._health.score}>"
+        )
+
+
+@functools.lru_cache(maxsize=65_536)
+def _public_key(node_id: str) -> bytes:
+    """``public_key_from_node_id``, memoized: every rumor check needs one, and decoding
+    base32 costs more than the rest of applying a rumor."""
+    return public_key_from_node_id(node_id)
+
+
+_RECEIVED: dict[type[Message], str] = {
+    Ping: "recv_ping",
+    PingReq: "recv_ping_req",
+    Ack: "recv_ack",
+    Nack: "recv_nack",
+    Alive: "recv_alive",
+    Suspect: "recv_suspect",
+    Dead: "recv_dead",
+    Leave: "recv_leave",
+}

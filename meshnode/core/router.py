@@ -1,0 +1,358 @@
+"""Routing: rank the capabilities that discovery found for one query.
+
+Theory of operation
+-------------------
+Discovery (the capability index) answers "which capabilities are *about* this?" with
+``(entry, cosine similarity)`` hits. The router answers "which of them should do it?". It
+is a pure function of its inputs: no I/O, no clock, no randomness, and the same inputs
+always give the same list in the same order.
+
+1. Filter. A hit survives when its capability is called ``capability_name`` (if given,
+   exact match), its node's trust is at least ``min_trust``, its price is within
+   ``max_cost_usd``, its advertised latency within ``max_latency_ms``, it carries every
+   requested tag (on the capability or on its node's manifest), and its similarity is at
+   least ``min_similarity``. A name-only query (no description, ``name_only=True``) has no
+   similarity to test: an exact name match scores semantic 1.0.
+2. Score each survivor on four factors in [0, 1] and blend them::
+
+       total = 0.35 × semantic + 0.35 × trust + 0.15 × availability + 0.15 × cost_factor
+
+   * semantic — the cosine similarity (clamped to [0, 1]);
+   * trust — the caller's trust in the node (:data:`DEFAULT_TRUST` if unknown);
+   * availability — ``1 − in_flight / max_concurrent`` from the node's advertised load,
+     clamped to [0, 1]; a node whose circuit breaker is open is kept but scored at exactly
+     :data:`OPEN_CIRCUIT_AVAILABILITY`;
+   * cost_factor — cheaper scores higher: ``1 − cost / max_cost_usd`` within a budget, or
+     ``1 / (1 + cost / REFERENCE_COST_USD)`` without one.
+3. Order by total (highest first), then node id, then capability name, and keep ``top_k``.
+
+A node may appear more than once if several of its capabilities match: the result is a
+list of (node, capability) choices, since the capability is what a task names.
+
+The router only sees the hits it is given. The index returns the nearest ``k`` entries
+before filtering, and trust or price can lift a less similar capability above a more
+similar one, so callers should ask the index for :func:`candidate_pool` entries, not
+``top_k``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
+from typing import Protocol
+
+from protocol.manifest import Capability
+
+__all__ = [
+    "CANDIDATE_POOL_FACTOR",
+    "CANDIDATE_POOL_MIN",
+    "DEFAULT_TOP_K",
+    "DEFAULT_TRUST",
+    "DEFAULT_WEIGHTS",
+    "MAX_TOP_K",
+    "MIN_SIMILARITY",
+    "MIN_TOP_K",
+    "OPEN_CIRCUIT_AVAILABILITY",
+    "REFERENCE_COST_USD",
+    "UNKNOWN_LOAD_AVAILABILITY",
+    "LoadInfo",
+    "RoutableEntry",
+    "RoutingWeights",
+    "ScoredCandidate",
+    "availability",
+    "candidate_pool",
+    "cost_factor",
+    "has_tags",
+    "rank",
+]
+
+# --------------------------------------------------------------------------- constants
+
+MIN_SIMILARITY = 0.3
+"""Default lowest cosine similarity a hit needs to be routable. The same threshold as the
+registry-based reference design, and a sensible one for all-MiniLM-L6-v2: unrelated
+capability texts score about −0.1..0.2 against a query, paraphrases 0.4..0.8 (measured on
+``tests/data/retrieval.json``). The hashing embedder scores paraphrases lower; a caller
+using it may pass a lower ``min_similarity``."""
+
+OPEN_CIRCUIT_AVAILABILITY = 0.3
+"""Availability given to a node whose circuit breaker is open (after repeated failures):
+it stays a candidate of last resort rather than disappearing, and is scored at this value
+whatever its advertised load."""
+
+DEFAULT_TRUST = 0.5
+"""Trust assumed for a node the caller has no trust figure for (the ledger's starting
+point for a stranger)."""
+
+UNKNOWN_LOAD_AVAILABILITY = 1.0
+"""Availability of a node whose load has not been advertised yet: treated as idle, as a
+freshly joined node is."""
+
+REFERENCE_COST_USD = 0.01
+"""Price (USD per call) that scores cost_factor 0.5 when the query sets no budget: the
+factor is ``1 / (1 + cost / REFERENCE_COST_USD)``, 1.0 for a free capability, 0.5 at one
+cent, 0.09 at ten cents."""
+
+MIN_TOP_K = 1
+MAX_TOP_K = 20
+"""Bounds of ``top_k``; anything else is a ValueError."""
+
+DEFAULT_TOP_K = 5
+"""``top_k`` when the caller does not say."""
+
+CANDIDATE_POOL_MIN = 64
+CANDIDATE_POOL_FACTOR = 8
+""":func:`candidate_pool` asks the index for ``max(CANDIDATE_POOL_MIN, CANDIDATE_POOL_FACTOR
+× top_k)`` hits: enough that filters and the non-semantic factors pick from a wide set,
+small enough that an HNSW search stays well under a millisecond."""
+
+_WEIGHT_SUM_TOLERANCE = 1e-9
+
+
+# --------------------------------------------------------------------------- types
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RoutingWeights:
+    """Weights of the four factors; each in [0, 1], summing to 1."""
+
+    semantic: float = 0.35
+    trust: float = 0.35
+    availability: float = 0.15
+    cost: float = 0.15
+
+    def __post_init__(self) -> None:
+        values = (self.semantic, self.trust, self.availability, self.cost)
+        for value in values:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError("routing weights must be numbers")
+            if not 0.0 <= value <= 1.0:  # also refuses NaN
+                raise ValueError(f"routing weights must be in [0, 1], got {value!r}")
+        if abs(math.fsum(values) - 1.0) > _WEIGHT_SUM_TOLERANCE:
+            raise ValueError(f"routing weights must sum to 1, got {math.fsum(values)!r}")
+
+
+DEFAULT_WEIGHTS = RoutingWeights()
+"""0.35 semantic + 0.35 trust + 0.15 availability + 0.15 cost."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LoadInfo:
+    """A node's advertised load: tasks in flight and how many it accepts at once."""
+
+    in_flight: int
+    max_concurrent: int
+
+    @property
+    def availability(self) -> float:
+        return availability(self.in_flight, self.max_concurrent)
+
+
+class RoutableEntry(Protocol):
+    """What the router needs of a hit (``meshnode.discovery.IndexEntry`` has it)."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def capability(self) -> Capability: ...
+
+    @property
+    def node_name(self) -> str: ...
+
+    @property
+    def endpoint(self) -> str: ...
+
+    @property
+    def node_tags(self) -> tuple[str, ...]: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ScoredCandidate:
+    """One routable (node, capability) and its score, broken down by factor."""
+
+    node_id: str
+    node_name: str
+    address: str
+    """The node's ``host:port`` (manifest endpoint)."""
+    capability: Capability
+    similarity: float
+    """The raw similarity the hit came with (1.0 for a name-only match)."""
+    semantic: float
+    trust: float
+    availability: float
+    cost_factor: float
+    total: float
+    circuit_open: bool = False
+
+    @property
+    def capability_name(self) -> str:
+        return self.capability.name
+
+
+# --------------------------------------------------------------------------- factors
+
+
+def _clamp01(value: float) -> float:
+    if math.isnan(value):
+        return 0.0
+    return max(0.0, min(1.0, value))
+
+
+def availability(in_flight: int, max_concurrent: int) -> float:
+    """``1 − in_flight / max_concurrent`` clamped to [0, 1]; 0 if ``max_concurrent`` < 1."""
+    if max_concurrent < 1:
+        return 0.0
+    return _clamp01(1.0 - in_flight / max_concurrent)
+
+
+def cost_factor(cost_usd: float, max_cost_usd: float | None) -> float:
+    """How cheap a call is, in [0, 1]; higher is cheaper.
+
+    With a budget: ``1 − cost / max_cost_usd`` (0 at the budget; a zero budget admits only
+    free capabilities, which score 1). Without one: ``1 / (1 + cost / REFERENCE_COST_USD)``.
+    """
+    cost = max(0.0, cost_usd)
+    if max_cost_usd is not None:
+        if max_cost_usd <= 0.0:
+            return 1.0 if cost == 0.0 else 0.0
+        return _clamp01(1.0 - cost / max_cost_usd)
+    return 1.0 / (1.0 + cost / REFERENCE_COST_USD)
+
+
+def has_tags(
+    required: AbstractSet[str], capability_tags: Iterable[str], node_tags: Iterable[str]
+) -> bool:
+    """True if every required tag is on the capability or on its node's manifest."""
+    if not required:
+        return True
+    return required <= {*capability_tags, *node_tags}
+
+
+def candidate_pool(top_k: int) -> int:
+    """How many hits to ask the index for when the caller wants ``top_k`` results."""
+    _check_top_k(top_k)
+    return max(CANDIDATE_POOL_MIN, CANDIDATE_POOL_FACTOR * top_k)
+
+
+def _check_top_k(top_k: int) -> None:
+    if isinstance(top_k, bool) or not isinstance(top_k, int):
+        raise TypeError(f"top_k must be an integer, got {type(top_k).__name__}")
+    if not MIN_TOP_K <= top_k <= MAX_TOP_K:
+        raise ValueError(f"top_k must be in {MIN_TOP_K}..{MAX_TOP_K}, got {top_k}")
+
+
+def _load_availability(load: LoadInfo | tuple[int, int] | None) -> float:
+    if load is None:
+        return UNKNOWN_LOAD_AVAILABILITY
+    if isinstance(load, LoadInfo):
+        return load.availability
+    in_flight, max_concurrent = load
+    return availability(in_flight, max_concurrent)
+
+
+# --------------------------------------------------------------------------- ranking
+
+
+def rank(
+    hits: Iterable[tuple[RoutableEntry, float]],
+    *,
+    trust: Mapping[str, float],
+    load: Mapping[str, LoadInfo | tuple[int, int]],
+    open_circuits: AbstractSet[str] = frozenset(),
+    min_trust: float = 0.0,
+    max_cost_usd: float | None = None,
+    max_latency_ms: float | None = None,
+    tags: Iterable[str] = (),
+    capability_name: str | None = None,
+    name_only: bool = False,
+    top_k: int = DEFAULT_TOP_K,
+    weights: RoutingWeights = DEFAULT_WEIGHTS,
+    min_similarity: float = MIN_SIMILARITY,
+    default_trust: float = DEFAULT_TRUST,
+) -> list[ScoredCandidate]:
+    """Filter, score and order ``hits``; return the best ``top_k`` (see the module doc).
+
+    ``trust`` and ``load`` are keyed by node id; ``open_circuits`` holds the node ids whose
+    breaker is open. ``name_only`` says the query had no description, only
+    ``capability_name``: the hits' similarities are then ignored and an exact name match
+    scores semantic 1.0. A (node, capability) that appears in several hits is scored once,
+    with its highest similarity.
+    """
+    _check_top_k(top_k)
+    if not isinstance(weights, RoutingWeights):
+        raise TypeError("weights must be a RoutingWeights")
+    if not 0.0 <= min_trust <= 1.0:
+        raise ValueError(f"min_trust must be in [0, 1], got {min_trust!r}")
+    if max_cost_usd is not None and not 0.0 <= max_cost_usd < math.inf:
+        raise ValueError(f"max_cost_usd must be a finite number >= 0, got {max_cost_usd!r}")
+    if max_latency_ms is not None and not 0.0 <= max_latency_ms < math.inf:
+        raise ValueError(f"max_latency_ms must be a finite number >= 0, got {max_latency_ms!r}")
+    if not -1.0 <= min_similarity <= 1.0:
+        raise ValueError(f"min_similarity must be in [-1, 1], got {min_similarity!r}")
+    if name_only and not capability_name:
+        raise ValueError("a name-only query needs a capability_name")
+    if isinstance(tags, str):
+        raise TypeError("tags must be a collection of strings, not one string")
+    required_tags = frozenset(tags)
+
+    best: dict[tuple[str, str], tuple[RoutableEntry, float]] = {}
+    for entry, similarity in hits:
+        cap = entry.capability
+        if capability_name is not None and cap.name != capability_name:
+            continue
+        score = 1.0 if name_only else float(similarity)
+        if math.isnan(score) or score < min_similarity:
+            continue
+        key = (entry.node_id, cap.name)
+        seen = best.get(key)
+        if seen is None or score > seen[1]:
+            best[key] = (entry, score)
+
+    scored: list[ScoredCandidate] = []
+    for (node_id, _name), (entry, similarity) in best.items():
+        cap = entry.capability
+        node_trust = _clamp01(float(trust.get(node_id, default_trust)))
+        if node_trust < min_trust:
+            continue
+        if max_cost_usd is not None and cap.cost_per_call_usd > max_cost_usd:
+            continue
+        if max_latency_ms is not None and cap.avg_latency_ms > max_latency_ms:
+            continue
+        if not has_tags(required_tags, cap.tags, entry.node_tags):
+            continue
+        circuit_open = node_id in open_circuits
+        if circuit_open:
+            node_availability = OPEN_CIRCUIT_AVAILABILITY
+        else:
+            node_availability = _load_availability(load.get(node_id))
+        semantic = _clamp01(similarity)
+        cheapness = cost_factor(cap.cost_per_call_usd, max_cost_usd)
+        total = math.fsum(
+            (
+                weights.semantic * semantic,
+                weights.trust * node_trust,
+                weights.availability * node_availability,
+                weights.cost * cheapness,
+            )
+        )
+        scored.append(
+            ScoredCandidate(
+                node_id=node_id,
+                node_name=entry.node_name,
+                address=entry.endpoint,
+                capability=cap,
+                similarity=similarity,
+                semantic=semantic,
+                trust=node_trust,
+                availability=node_availability,
+                cost_factor=cheapness,
+                total=total,
+                circuit_open=circuit_open,
+            )
+        )
+
+    scored.sort(key=lambda c: (-c.total, c.node_id, c.capability.name))
+    return scored[:top_k]

