@@ -200,17 +200,20 @@ class TrustVector:
     """The result of :func:`eigentrust`: ``values[i]`` is the trust of ``ids[i]``.
 
     ``ids`` (sorted) are every node with a live record as observer or subject, plus the
-    pre-trusted ids. ``iterations`` rounds were run; ``delta`` is the last L1 change.
+    pre-trusted ids. ``iterations`` rounds were run; ``delta`` is the last L1 change (0 when
+    no round ran because no pre-trusted id was usable).
     """
 
     ids: tuple[str, ...]
     values: FloatArray
     iterations: int
     delta: float
+    tolerance: float = TRUST_TOLERANCE
 
     @property
     def converged(self) -> bool:
-        return self.delta < TRUST_TOLERANCE
+        """True if the last round changed the vector by less than ``tolerance`` (L1)."""
+        return self.delta < self.tolerance
 
     def as_dict(self) -> dict[str, float]:
         """``{node_id: trust}`` in sorted id order; the values sum to 1 (or are all 0)."""
@@ -294,7 +297,7 @@ def eigentrust(
             iterations += 1
 
     if not extra and bool(touched.all()):
-        return TrustVector(graph.ids, values, iterations, delta)
+        return TrustVector(graph.ids, values, iterations, delta, tolerance)
     touched = touched.copy()
     touched[pre_index] = True
     if extra:
@@ -303,7 +306,7 @@ def eigentrust(
     else:
         out_index = np.flatnonzero(touched)
     ids = tuple(_name(graph, extra, int(i)) for i in out_index)
-    return TrustVector(ids, values[out_index], iterations, delta)
+    return TrustVector(ids, values[out_index], iterations, delta, tolerance)
 
 
 def _name(graph: OpinionGraph, extra: list[str], i: int) -> str:

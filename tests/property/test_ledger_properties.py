@@ -84,13 +84,13 @@ RING_SIZE = 100
 RING = [Identity.from_seed(b"ring" + i.to_bytes(28, "big")) for i in range(RING_SIZE)]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ring_record(i: int, j: int) -> LedgerRecord:
     """Ring member i rates ring member j at 1.0 (seq j + 1: unique per observer)."""
     return sign(RING[i], RING[j], 1.0, j + 1, NOW + 1_000)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ring_praise(i: int, h: int) -> LedgerRecord:
     """Ring member i rates honest node h at 1.0 (outbound only; nothing points back)."""
     return sign(RING[i], HONEST[h], 1.0, 200 + h, NOW + 1_000)
@@ -312,7 +312,8 @@ def test_equivocation_same_outcome_in_every_order(
     assert_same(first, second, pre)
     assert first.equivocators() == [LIAR.node_id]
     low, high = first.equivocations()[0]
-    assert low.observer == high.observer == LIAR.node_id and low.seq == high.seq
+    assert low.observer == high.observer == LIAR.node_id
+    assert low.seq == high.seq
     for record in conflict:
         held = first.get(record.observer, record.subject)
         contenders = [

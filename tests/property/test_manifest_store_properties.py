@@ -228,7 +228,8 @@ def test_fetching_missing_rumors_catches_up(a: list[Op], b: list[Op]) -> None:
     source, target = build(a), build(b)
     for rumor in target.missing(source.rumors()):
         fetched = source.get(rumor.node)
-        assert fetched is not None and fetched.digest() == rumor.digest
+        assert fetched is not None
+        assert fetched.digest() == rumor.digest
         assert target.apply(fetched, NOW) is True
     assert target.missing(source.rumors()) == []
     for m in source.manifests():

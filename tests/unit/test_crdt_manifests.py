@@ -99,7 +99,9 @@ def test_reading_is_sorted_and_complete() -> None:
     rumors = store.rumors()
     assert [r.node for r in rumors] == ids
     assert all(r.digest == store.get(r.node).digest() for r in rumors)  # type: ignore[union-attr]
-    assert len(store) == 3 and A.node_id in store and "nobody" not in store
+    assert len(store) == 3
+    assert A.node_id in store
+    assert "nobody" not in store
 
 
 # --------------------------------------------------------------------------- tombstones
@@ -227,7 +229,8 @@ def test_fetching_what_is_missing_catches_up() -> None:
     wanted = target.missing(source.rumors())
     for r in wanted:
         fetched = source.get(r.node)
-        assert fetched is not None and target.apply(fetched, NOW)
+        assert fetched is not None
+        assert target.apply(fetched, NOW)
     assert target.missing(source.rumors()) == []
     assert target.get(B.node_id) == manifest(B, 5)
 

@@ -35,4 +35,5 @@ def test_no_io_clock_or_global_randomness(path: Path) -> None:
 @pytest.mark.parametrize("path", MODULES, ids=[p.name for p in MODULES])
 def test_module_opens_with_a_docstring(path: Path) -> None:
     docstring = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))
-    assert docstring is not None and docstring.strip()
+    assert docstring is not None
+    assert docstring.strip()

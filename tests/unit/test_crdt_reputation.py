@@ -119,7 +119,8 @@ def test_higher_seq_wins(
     ledger.apply(sign(A, B, first[0], first[1]), NOW)
     ledger.apply(sign(A, B, second[0], second[1]), NOW)
     record = ledger.get(A.node_id, B.node_id)
-    assert record is not None and record.seq == held_seq
+    assert record is not None
+    assert record.seq == held_seq
     assert len(ledger) == 1
 
 
@@ -169,7 +170,8 @@ def test_stale_conflicting_record_still_proves_equivocation() -> None:
     assert ledger.apply(sign(A, B, 0.1, 5), NOW) is True
     assert ledger.equivocators() == [A.node_id]
     record = ledger.get(A.node_id, B.node_id)
-    assert record is not None and record.seq == 6
+    assert record is not None
+    assert record.seq == 6
 
 
 def test_proof_is_canonical_over_three_way_equivocation() -> None:
@@ -227,7 +229,8 @@ def test_equivocator_has_no_weight_in_trust() -> None:
     clean = ledger_of(sign(B, C, 0.9, 1), sign(C, B, 0.4, 1))
     trust = ledger.trust(NOW, [B.node_id])
     assert trust[A.node_id] == 0.0
-    assert trust[D.node_id] == 0.0 and trust[E.node_id] == 0.0
+    assert trust[D.node_id] == 0.0
+    assert trust[E.node_id] == 0.0
     for node, value in clean.trust(NOW, [B.node_id]).items():
         assert trust[node] == pytest.approx(value, abs=1e-15)
 
@@ -490,6 +493,7 @@ def test_merge_checks_remembered_records_for_conflicts_but_never_adopts_them() -
     assert mine.merge(other, later) is True
     assert mine.equivocators() == [A.node_id]
     held = mine.get(A.node_id, B.node_id)
-    assert held is not None and held.seq == 0
+    assert held is not None
+    assert held.seq == 0
     assert mine.apply(superseded, later) is True
     assert mine.get(A.node_id, B.node_id) == superseded

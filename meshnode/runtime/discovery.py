@@ -1,0 +1,241 @@
+"""Discovery inside a running node: manifests in, ranked candidates out, no network.
+
+Theory of operation
+-------------------
+Every manifest the node learns (by gossip and TCP fetch) is indexed locally: its
+capabilities' texts are embedded and inserted in a :class:`~meshnode.discovery.CapabilityIndex`.
+Embedding never runs on the event loop: changed manifests are queued, and one worker task
+takes the whole queue, embeds the texts in a single batch on a dedicated thread (the
+:class:`~meshnode.discovery.CachedEmbedder` skips texts seen before), and updates the index
+there too. Probes and acks keep flowing while a 1,000-manifest mesh is being indexed.
+A manifest that disappears (its node left or died) is removed at once.
+
+A query embeds its description on the same thread, asks the index for a candidate pool,
+keeps only members SWIM currently holds alive, and ranks the pool with
+:func:`meshnode.core.router.rank` using the node's blended trust view, the load each peer
+advertises in its acks (with its manifest's ``max_concurrent_tasks``), and the breakers
+that are open. This node itself is never a candidate.
+
+The embedder is chosen by ``NodeConfig.embedder``: ``"auto"`` (MiniLM from the
+``semantic`` extra when installed, else the hashing embedder, with one warning),
+``"minilm"`` or ``"hashing"``. Loaded models are shared by every node in a process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from meshnode.core.membership import MemberState
+from meshnode.core.router import LoadInfo, ScoredCandidate, candidate_pool, rank
+from meshnode.discovery.embedder import (
+    CachedEmbedder,
+    Embedder,
+    HashingEmbedder,
+    MiniLMEmbedder,
+    load_default_embedder,
+)
+from meshnode.discovery.index import CapabilityIndex, IndexEntry, entries_from_manifest
+from protocol import Manifest
+
+if TYPE_CHECKING:
+    from meshnode.runtime.node import MeshNode
+
+EMBEDDERS = ("auto", "minilm", "hashing")
+"""Accepted values of ``NodeConfig.embedder``."""
+
+_shared: dict[str, CachedEmbedder] = {}
+_shared_lock = threading.Lock()
+log = structlog.get_logger("meshnode.discovery")
+
+
+def shared_embedder(kind: str) -> CachedEmbedder:
+    """The process-wide embedder of ``kind`` (loaded once; blocking: call off the loop)."""
+    if kind not in EMBEDDERS:
+        raise ValueError(f"embedder must be one of {EMBEDDERS}, got {kind!r}")
+    with _shared_lock:
+        cached = _shared.get(kind)
+        if cached is None:
+            inner: Embedder
+            if kind == "hashing":
+                inner = HashingEmbedder()
+            elif kind == "minilm":
+                inner = MiniLMEmbedder()
+            else:
+                inner = load_default_embedder()
+            cached = _shared[kind] = CachedEmbedder(inner)
+        return cached
+
+
+class DiscoveryService:
+    """The local semantic index of one node and the queries against it."""
+
+    def __init__(self, node: MeshNode) -> None:
+        self.node = node
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="meshnode-embed"
+        )
+        self.embedder: CachedEmbedder | None = None
+        self.index: CapabilityIndex | None = None
+        self._pending: dict[str, Manifest | None] = {}
+        self._changed = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._worker: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.embedder = await loop.run_in_executor(
+            self._executor, shared_embedder, self.node.config.embedder
+        )
+        self.index = CapabilityIndex(self.embedder.model_id, self.embedder.dim)
+        self._ready.set()
+        self._worker = asyncio.create_task(self._work(), name="meshnode-discovery")
+        for manifest in self.node.core.manifests.manifests():
+            self.manifest_changed(manifest.node_id, manifest)
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    # ------------------------------------------------------------------ updates
+
+    def manifest_changed(self, node_id: str, manifest: Manifest | None) -> None:
+        """Queue an index update (called for every ``ManifestChanged``)."""
+        if node_id == self.node.node_id:
+            return
+        self._pending[node_id] = manifest
+        self._idle.clear()
+        self._changed.set()
+
+    async def settled(self) -> None:
+        """Wait until every queued manifest is in the index."""
+        await self._idle.wait()
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            batch, self._pending = self._pending, {}
+            try:
+                await loop.run_in_executor(self._executor, self._apply_batch, batch)
+            except Exception as exc:  # an index failure must not stop gossip
+                log.error("index_update_failed", error=f"{type(exc).__name__}: {exc}")
+            if not self._pending:
+                self._idle.set()
+
+    def _apply_batch(self, batch: dict[str, Manifest | None]) -> None:
+        """Runs on the embedding thread: one embedding call for the whole batch."""
+        assert self.embedder is not None and self.index is not None
+        index = self.index
+        plans: list[tuple[str, list[IndexEntry]]] = []
+        texts: list[str] = []
+        for node_id, manifest in batch.items():
+            if manifest is None:
+                index.remove_node(node_id)
+                continue
+            entries = entries_from_manifest(manifest)
+            plans.append((node_id, entries))
+            texts.extend(e.text for e in entries)
+        vectors = self.embedder.embed(texts) if texts else None
+        row = 0
+        for node_id, entries in plans:
+            if not entries:
+                index.remove_node(node_id)
+                continue
+            assert vectors is not None
+            index.upsert(
+                node_id, entries, vectors[row : row + len(entries)], self.embedder.model_id
+            )
+            row += len(entries)
+
+    # ------------------------------------------------------------------ queries
+
+    async def discover(
+        self,
+        description: str | None = None,
+        *,
+        capability_name: str | None = None,
+        min_trust: float = 0.0,
+        max_cost_usd: float | None = None,
+        max_latency_ms: float | None = None,
+        tags: Iterable[str] = (),
+        top_k: int = 5,
+    ) -> list[ScoredCandidate]:
+        """Rank the known providers for a description and/or an exact capability name."""
+        if not description and not capability_name:
+            raise ValueError("discover needs a description, a capability_name, or both")
+        if isinstance(tags, str):
+            raise TypeError("tags must be a collection of strings, not one string")
+        pool = candidate_pool(top_k)  # validates top_k
+        await self._ready.wait()
+        assert self.embedder is not None and self.index is not None
+        embedder, index = self.embedder, self.index
+        if description:
+            loop = asyncio.get_running_loop()
+            vector = await loop.run_in_executor(self._executor, embedder.embed, [description])
+            hits: Sequence[tuple[IndexEntry, float]] = index.search(
+                vector, pool, embedder.model_id, name=capability_name
+            )
+        else:
+            assert capability_name is not None
+            hits = [(entry, 1.0) for entry in index.by_name(capability_name)]
+        now = time.time()
+        membership = self.node.core.membership
+        alive: list[tuple[IndexEntry, float]] = []
+        load: dict[str, LoadInfo] = {}
+        for entry, similarity in hits:
+            member = membership.member(entry.node_id)
+            if entry.node_id == self.node.node_id or member is None:
+                continue
+            if member.state is not MemberState.ALIVE:
+                continue
+            alive.append((entry, similarity))
+            manifest = self.node.core.manifests.get(entry.node_id)
+            if manifest is not None and member.load is not None:
+                load[entry.node_id] = LoadInfo(member.load, manifest.max_concurrent_tasks)
+        return rank(
+            alive,
+            trust=self.node.trust_view(),
+            load=load,
+            open_circuits=self.node.tasks.breakers.open_nodes(now),
+            min_trust=min_trust,
+            max_cost_usd=max_cost_usd,
+            max_latency_ms=max_latency_ms,
+            tags=tuple(tags),
+            capability_name=capability_name,
+            name_only=not description,
+            top_k=top_k,
+            weights=self.node.config.routing_weights,
+        )
+
+
+def candidate_json(c: ScoredCandidate) -> dict[str, Any]:
+    return {
+        "node_id": c.node_id,
+        "name": c.node_name,
+        "address": c.address,
+        "capability": c.capability.name,
+        "description": c.capability.description,
+        "cost_per_call_usd": c.capability.cost_per_call_usd,
+        "avg_latency_ms": c.capability.avg_latency_ms,
+        "circuit_open": c.circuit_open,
+        "score": {
+            "total": round(c.total, 6),
+            "semantic": round(c.semantic, 6),
+            "trust": round(c.trust, 6),
+            "availability": round(c.availability, 6),
+            "cost_factor": round(c.cost_factor, 6),
+            "similarity": round(c.similarity, 6),
+        },
+    }
