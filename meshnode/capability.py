@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from protocol import Capability
 
@@ -81,7 +81,7 @@ def capability(
             tags=tags,
         )
         setattr(func, CAPABILITY_ATTR, cap)
-        return func
+        return cast(F, func)
 
     return mark
 

@@ -133,9 +133,10 @@ def _int_codec(rng: Range | None) -> Codec:
             if not isinstance(v, int) or isinstance(v, bool):
                 raise _Invalid(f"expected int, got {type(v).__name__}")
             v = int(v)
-        if not lo <= v <= hi:
-            raise _Invalid(f"integer {v} outside [{lo}, {hi}]")
-        return v
+        n = cast(int, v)
+        if not lo <= n <= hi:
+            raise _Invalid(f"integer {n} outside [{lo}, {hi}]")
+        return n
 
     return check, check
 

@@ -498,7 +498,8 @@ class Membership:
         """Leave gracefully: sign a ``Leave``, mark ourselves left and gossip it at once.
 
         Probing, push-pull and join retries stop; gossip rounds and answers to pings go on
-        so the ``Leave`` spreads during ``leave_propagate_time``. Idempotent.
+        so the ``Leave`` spreads during ``leave_propagate_time``. Idempotent. To come back,
+        start a new :class:`Membership` with a higher incarnation.
         """
         if self._left:
             return
@@ -539,11 +540,36 @@ class Membership:
         self.counters["push_pull_merges"] += 1
         applied = 0
         for rumor in rumors:
-            if type(rumor) in _RUMOR_TYPES:
+            if isinstance(rumor, Dead) and self._dead_as_suspicion(rumor, now):
+                applied += 1
+            elif type(rumor) in _RUMOR_TYPES:
                 applied += self._apply(rumor, now)  # type: ignore[arg-type]
             else:
                 self.counters["rumors_invalid"] += 1
         return applied
+
+    def _dead_as_suspicion(self, rumor: Dead, now: float) -> bool:
+        """A pushed ``Dead`` about a member we hold alive becomes our own suspicion.
+
+        After a partition heals, each side's snapshot declares the other side dead. Taking
+        that verbatim would flap live peers to dead until they refute; as memberlist does,
+        we suspect them instead (signed by us), so a live member refutes within the
+        suspicion timeout and a truly dead one is confirmed by its expiry. Returns True if
+        the rumor was handled this way (and so must not be applied as a death).
+        """
+        current = self._members.get(rumor.node)
+        if (
+            rumor.node == self._node_id
+            or current is None
+            or current.state is not MemberState.ALIVE
+            or rumor.incarnation < current.incarnation
+            or not self._valid(rumor)
+        ):
+            return False
+        suspect = self._sign(Suspect(rumor.node, rumor.incarnation, self._node_id, _NO_SIGNATURE))
+        self.counters["dead_downgraded"] = self.counters.get("dead_downgraded", 0) + 1
+        self._apply(suspect, now, trusted=True)
+        return True
 
     def receive(self, sender: str, messages: Sequence[Message], addr: Address, now: float) -> None:
         """Handle one decoded packet from ``sender`` (the verified envelope sender) that

@@ -67,6 +67,8 @@ MAX_RECORDS_PER_EXCHANGE = 20_000
 """Most ledger records sent in one push-pull leg (about 4 MiB); the rest follow later."""
 LEDGER_PRUNE_INTERVAL = 60.0
 """Seconds between sweeps that drop expired ledger records and tombstones."""
+REJOIN_AFTER = 10.0
+"""Seconds a node that knows no live peer waits before contacting its seeds again."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -137,6 +139,8 @@ class MeshCore:
         self._fetching: dict[str, tuple[int, float]] = {}  # node -> (version, asked at)
         self._next_prune_at = now + LEDGER_PRUNE_INTERVAL
         self._now = now
+        self._seeds: tuple[Address, ...] = ()
+        self._alone_since: float | None = None
         self.counters: dict[str, int] = {
             "manifests_applied": 0,
             "manifests_rejected": 0,
@@ -163,6 +167,9 @@ class MeshCore:
         return min(self.membership.next_deadline(), self._next_prune_at)
 
     def join(self, seeds: Sequence[Address], now: float) -> int:
+        """Join through ``seeds``; they are remembered, and contacted again whenever this
+        node finds itself alone (every peer dead or forgotten) for :data:`REJOIN_AFTER`."""
+        self._seeds = tuple(seeds)
         joined = self.membership.join(seeds, now)
         self._pump(now)
         return joined
@@ -178,11 +185,23 @@ class MeshCore:
 
     def tick(self, now: float) -> None:
         self.membership.tick(now)
+        self._rejoin_if_alone(now)
         if now >= self._next_prune_at:
             self._next_prune_at = now + LEDGER_PRUNE_INTERVAL
             self.manifests.prune(now)
             self.ledger.prune(now)
         self._pump(now)
+
+    def _rejoin_if_alone(self, now: float) -> None:
+        membership = self.membership
+        if not self._seeds or membership.left or membership.cluster_size() > 1:
+            self._alone_since = None
+            return
+        if self._alone_since is None:
+            self._alone_since = now
+        elif now - self._alone_since >= REJOIN_AFTER:
+            self._alone_since = now
+            membership.join(self._seeds, now)
 
     # ------------------------------------------------------------------ own state
 
@@ -327,6 +346,8 @@ class MeshCore:
             elif isinstance(effect, MemberChanged):
                 self._effects.append(effect)
                 gone = effect.kind in (MemberEvent.DEAD, MemberEvent.LEFT)
+                if gone and effect.node_id == self.node_id:
+                    continue  # our own leave: peers bury our manifest, we keep it
                 if gone and self.manifests.remove(effect.node_id, now, self.tombstone_ttl):
                     self._fetching.pop(effect.node_id, None)
                     self._effects.append(ManifestChanged(effect.node_id, None))

@@ -277,10 +277,11 @@ class MiniLMEmbedder:
         self._model: Any = SentenceTransformer(str(path), device="cpu", local_files_only=True)
         self._batch_size = batch_size
         self._lock = threading.Lock()
+        dim: int | None
         if hasattr(self._model, "get_embedding_dimension"):
-            dim = int(self._model.get_embedding_dimension())
+            dim = self._model.get_embedding_dimension()
         else:  # sentence-transformers before 5.x
-            dim = int(self._model.get_sentence_embedding_dimension())
+            dim = self._model.get_sentence_embedding_dimension()
         if dim != MINILM_DIM:
             raise ValueError(f"{path} is not all-MiniLM-L6-v2: dimension {dim}")
         self._path = path

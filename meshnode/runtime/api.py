@@ -42,7 +42,6 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from protocol import (
-    MAX_VERSION,
     LedgerRecord,
     Manifest,
     PushPull,
@@ -50,7 +49,6 @@ from protocol import (
     decode,
     encode,
     pack,
-    short_id,
 )
 from protocol.limits import MAX_FRAME_BYTES
 
@@ -187,8 +185,6 @@ def build_app(node: MeshNode) -> web.Application:
         return web.json_response(result.to_json())
 
     app.add_routes(routes)
-    app["node_label"] = short_id(node.identity.node_id)
-    app["protocol_max_version"] = MAX_VERSION
     return app
 
 

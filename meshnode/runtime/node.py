@@ -62,6 +62,7 @@ from protocol import (
     Identity,
     LedgerRecord,
     Manifest,
+    Message,
     PushPull,
     RemoteProtocolError,
     Verifier,
@@ -321,8 +322,12 @@ class MeshNode:
                 cfg.host, cfg.port, self.identity, self._on_envelope, verifier=self.verifier
             )
             port = udp.local_address[1]
-            runner = web.AppRunner(build_app(self), access_log=None, handle_signals=False)
-            await runner.setup()
+            try:
+                runner = web.AppRunner(build_app(self), access_log=None, handle_signals=False)
+                await runner.setup()
+            except BaseException:
+                udp.close()
+                raise
             try:
                 await web.TCPSite(runner, cfg.host, port, reuse_address=True).start()
             except OSError as exc:
@@ -330,6 +335,10 @@ class MeshNode:
                 udp.close()
                 await runner.cleanup()
                 continue
+            except BaseException:
+                udp.close()
+                await runner.cleanup()
+                raise
             self._udp, self._runner = udp, runner
             return
         raise OSError(f"could not bind UDP and TCP on {cfg.host}:{cfg.port}: {last_error}")
@@ -498,7 +507,7 @@ class MeshNode:
                 )
                 self._dispatch()
                 for start in range(0, len(missing), MAX_MESSAGES_PER_ENVELOPE):
-                    chunk = missing[start : start + MAX_MESSAGES_PER_ENVELOPE]
+                    chunk: list[Message] = list(missing[start : start + MAX_MESSAGES_PER_ENVELOPE])
                     await self._post_envelope(
                         addr, "/v1/wire/records", encode(chunk, self.identity)
                     )

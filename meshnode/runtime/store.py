@@ -133,8 +133,9 @@ class NodeStore:
 
     def load_members(self) -> list[MemberRumor]:
         out: list[MemberRumor] = []
+        classes: tuple[type[MemberRumor], ...] = (Alive, Suspect, Dead, Leave)
         for (blob,) in self._db.execute("SELECT rumor FROM members ORDER BY node_id"):
-            for cls in (Alive, Suspect, Dead, Leave):
+            for cls in classes:
                 try:
                     out.append(unpack(blob, cls))
                     break

@@ -1,0 +1,551 @@
+"""The task layer end to end over real sockets: in-process nodes on 127.0.0.1 talking over
+pooled WebSockets, plus ``meshnode run`` subprocesses where a provider must really die.
+
+Each test states its invariant in its docstring. Waits are on conditions with deadlines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from meshnode.core.breaker import BreakerState
+from meshnode.core.negotiation import AttemptOutcome, RejectCode, reject_code
+from meshnode.runtime.node import MeshNode, wait_for
+from meshnode.runtime.tasks import WS_PATH, DelegationError, current_task_deadline
+from protocol import (
+    Identity,
+    TaskRequest,
+    TaskResponse,
+    TaskResult,
+    TaskStatus,
+    decode,
+    encode,
+    public_key_from_node_id,
+    signing_bytes,
+    verify,
+)
+from tests.integration.agents import SLOW_ECHO, TEXT_SCHEMA, Cap, LocalMesh, echo
+from tests.integration.cluster import NodeProcess
+
+AGENTS = Path(__file__).with_name("agents.py")
+
+GRADE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["grade"],
+    "properties": {"grade": {"type": "integer"}},
+}
+
+
+@pytest.fixture
+async def mesh() -> AsyncIterator[LocalMesh]:
+    local = LocalMesh()
+    try:
+        yield local
+    finally:
+        await local.close()
+
+
+def outcomes(attempts: Any) -> list[AttemptOutcome]:
+    return [a.outcome for a in attempts]
+
+
+def result_verifies(result: TaskResult) -> bool:
+    key = public_key_from_node_id(result.provider)
+    return verify(key, signing_bytes(result), result.signature)
+
+
+# --------------------------------------------------------------------------- accept
+
+
+async def test_accepted_task_returns_signed_result(mesh: LocalMesh) -> None:
+    """ACCEPTED → the handler's output comes back signed by the provider, after one attempt;
+    the requester scores it, and its signed opinion of the provider reaches the provider."""
+    calls: list[Any] = []
+
+    async def shout(payload: Any) -> Any:
+        calls.append(payload)
+        return {"text": payload["text"].upper()}
+
+    a = await mesh.node("requester")
+    p = await mesh.node("provider", [Cap("shout", shout, TEXT_SCHEMA, TEXT_SCHEMA)])
+    await mesh.ready()
+
+    result = await a.delegate("shout", {"text": "hi"}, deadline_s=5)
+
+    assert result.output == {"text": "HI"}
+    assert result.provider == p.node_id
+    assert outcomes(result.attempts) == [AttemptOutcome.DELIVERED]
+    assert result.quality == 1.0
+    assert result.result.requester == a.node_id and result_verifies(result.result)
+    assert calls == [{"text": "hi"}]
+    opinion = a.core.ledger.get(a.node_id, p.node_id)
+    assert opinion is not None and opinion.score > 0.5 and opinion.outcomes == 1
+    await wait_for(lambda: p.core.ledger.get(a.node_id, p.node_id) == opinion, 5)
+
+
+# --------------------------------------------------------------------------- reject
+
+
+async def test_rejections_carry_their_reason(mesh: LocalMesh) -> None:
+    """Each admission rule rejects with its own code, visible in DelegationError.attempts;
+    the handler never runs and a refusal is no failure for the breaker or the ledger."""
+    calls: list[Any] = []
+
+    async def priced(payload: Any) -> Any:
+        calls.append(payload)
+        return {"text": payload["text"]}
+
+    a = await mesh.node("requester")
+    p = await mesh.node(
+        "provider",
+        [
+            Cap(
+                "priced",
+                priced,
+                TEXT_SCHEMA,
+                TEXT_SCHEMA,
+                avg_latency_ms=500,
+                cost_per_call_usd=0.01,
+            )
+        ],
+    )
+    await mesh.ready()
+    target = [p.node_id]
+    cases: list[tuple[RejectCode, str, Any, float, float | None]] = [
+        (RejectCode.UNKNOWN_CAPABILITY, "no_such_thing", {"text": "x"}, 5.0, None),
+        (RejectCode.INVALID_INPUT, "priced", {"text": 42}, 5.0, None),
+        # 0.3 s overall: the request asks 200 ms, under the 500 ms the capability needs.
+        (RejectCode.DEADLINE_TOO_SHORT, "priced", {"text": "x"}, 0.3, None),
+        (RejectCode.OVER_BUDGET, "priced", {"text": "x"}, 5.0, 0.001),
+    ]
+    for code, cap, task_input, deadline_s, budget in cases:
+        with pytest.raises(DelegationError) as info:
+            await a.tasks.delegate(
+                cap, task_input, target, deadline_s=deadline_s, max_cost_usd=budget
+            )
+        attempts = info.value.attempts
+        assert outcomes(attempts) == [AttemptOutcome.REJECTED], code
+        assert attempts[0].node == p.node_id
+        assert reject_code(attempts[0].detail) is code, attempts[0].detail
+        assert code.value in info.value.reason
+
+    assert calls == []
+    assert a.tasks.breakers.state(p.node_id, time.time()) is BreakerState.CLOSED
+    assert a.core.ledger.get(a.node_id, p.node_id) is None
+    assert p.tasks.provider.counts["rejected"] == len(cases)
+
+
+# --------------------------------------------------------------------------- counters
+
+
+def _work_cap(calls: list[float]) -> Cap:
+    async def work(payload: Any) -> Any:
+        calls.append(payload["sleep_s"])
+        await asyncio.sleep(payload["sleep_s"])
+        return {"text": "done"}
+
+    return Cap("work", work, None, TEXT_SCHEMA, avg_latency_ms=1000)
+
+
+async def test_counter_within_ratio_is_confirmed(mesh: LocalMesh) -> None:
+    """A busy provider (one slot, taken) counters; a counter within 1.5× the asked deadline
+    and within the overall deadline is confirmed, and the same provider delivers."""
+    calls: list[float] = []
+    a = await mesh.node("requester")
+    p = await mesh.node("provider", [_work_cap(calls)], max_concurrent_tasks=1)
+    await mesh.ready()
+
+    blocker = asyncio.create_task(
+        a.tasks.delegate("work", {"sleep_s": 1.0}, [p.node_id], deadline_s=6, max_cost_usd=None)
+    )
+    await wait_for(lambda: p.tasks.provider.running == 1, 5)
+    # 3 s overall → the request asks 2,000 ms; the slot frees in ~1 s and the task needs
+    # ~1 s more: the counter is about (2 s × 1.25 + 50 ms) = 2,550 ms, within 1.5 × 2,000.
+    result = await a.tasks.delegate(
+        "work", {"sleep_s": 0.2}, [p.node_id], deadline_s=3.0, max_cost_usd=None
+    )
+    first = await blocker
+
+    assert first.provider == p.node_id
+    assert result.provider == p.node_id
+    assert outcomes(result.attempts) == [AttemptOutcome.DELIVERED]
+    attempt = result.attempts[0]
+    assert attempt.deadline_ms == 2000
+    assert attempt.counter_deadline_ms is not None
+    assert attempt.deadline_ms <= attempt.counter_deadline_ms <= 1.5 * attempt.deadline_ms
+    counts = p.tasks.provider.counts
+    assert counts["countered"] == 1 and counts["confirmed"] == 1
+    assert calls == [1.0, 0.2]
+
+
+async def test_counter_beyond_ratio_falls_through(mesh: LocalMesh) -> None:
+    """A counter over 1.5× the asked deadline is declined (the reservation is released, the
+    busy provider never runs the task) and the next candidate delivers in time."""
+    busy_calls: list[float] = []
+    free_calls: list[float] = []
+    a = await mesh.node("requester")
+    busy = await mesh.node("busy", [_work_cap(busy_calls)], max_concurrent_tasks=1)
+    free = await mesh.node("free", [_work_cap(free_calls)])
+    await mesh.ready()
+
+    blocker = asyncio.create_task(
+        a.tasks.delegate("work", {"sleep_s": 1.0}, [busy.node_id], deadline_s=6, max_cost_usd=None)
+    )
+    await wait_for(lambda: busy.tasks.provider.running == 1, 5)
+    # 1.8 s overall → asks 1,200 ms; the counter (~2,550 ms) is over 1.5 × 1,200 = 1,800.
+    started = time.monotonic()
+    result = await a.tasks.delegate(
+        "work", {"sleep_s": 0.0}, [busy.node_id, free.node_id], deadline_s=1.8, max_cost_usd=None
+    )
+    elapsed = time.monotonic() - started
+    await blocker
+
+    assert result.provider == free.node_id
+    assert outcomes(result.attempts) == [AttemptOutcome.DECLINED, AttemptOutcome.DELIVERED]
+    declined = result.attempts[0]
+    assert declined.node == busy.node_id
+    assert declined.counter_deadline_ms is not None
+    assert declined.counter_deadline_ms > 1.5 * declined.deadline_ms  # type: ignore[operator]
+    assert "1.5" in declined.detail
+    assert elapsed < 1.8
+    await wait_for(lambda: busy.tasks.provider.counts["declined"] == 1, 5)
+    assert busy.tasks.provider.reserved == 0
+    assert busy_calls == [1.0] and free_calls == [0.0]
+    assert a.tasks.breakers.state(busy.node_id, time.time()) is BreakerState.CLOSED
+
+
+# --------------------------------------------------------------------------- breakers
+
+
+async def test_breaker_opens_after_three_failures_then_one_probe(mesh: LocalMesh) -> None:
+    """A provider whose output fails its schema: each failure falls back to a good peer;
+    its breaker opens after exactly 3 failures and traffic goes to the others; once the
+    (shortened) recovery time passes exactly one half-open probe reaches it, and that
+    probe's success closes the circuit."""
+    good_calls: dict[str, int] = {"g1": 0, "g2": 0}
+    bad_calls: list[float] = []
+    broken = True
+
+    def good(name: str) -> Any:
+        async def grade(payload: Any) -> Any:
+            good_calls[name] += 1
+            return {"grade": 1}
+
+        return grade
+
+    async def bad_grade(payload: Any) -> Any:
+        bad_calls.append(time.monotonic())
+        if broken:
+            return {"grade": "not a number"}
+        await asyncio.sleep(0.3)  # keep the probe in flight while others are routed
+        return {"grade": 2}
+
+    def cap(handler: Any) -> Cap:
+        return Cap("grade", handler, None, GRADE_SCHEMA)
+
+    a = await mesh.node("requester", breaker_recovery_time=1.0)
+    g1 = await mesh.node("g1", [cap(good("g1"))])
+    g2 = await mesh.node("g2", [cap(good("g2"))])
+    bad = await mesh.node("bad", [cap(bad_grade)])
+    await mesh.ready()
+    order = [bad.node_id, g1.node_id, g2.node_id]
+    breakers = a.tasks.breakers
+
+    for i in range(3):
+        assert breakers.state(bad.node_id, time.time()) is BreakerState.CLOSED
+        result = await a.tasks.delegate("grade", {"n": i}, order, deadline_s=5, max_cost_usd=None)
+        assert result.provider == g1.node_id
+        assert outcomes(result.attempts) == [
+            AttemptOutcome.FAILED_RESULT,
+            AttemptOutcome.DELIVERED,
+        ]
+        assert "schema" in result.attempts[0].detail
+    snapshot = breakers.snapshot(time.time())[bad.node_id]
+    assert snapshot.state is BreakerState.OPEN and snapshot.consecutive_failures == 3
+    assert len(bad_calls) == 3
+
+    # Open: aimed at it first, it is skipped; routed by discovery, it is ranked last.
+    skipped = await a.tasks.delegate("grade", {"n": 3}, order, deadline_s=5, max_cost_usd=None)
+    assert outcomes(skipped.attempts) == [AttemptOutcome.SKIPPED, AttemptOutcome.DELIVERED]
+    hits = await a.discover(capability_name="grade", top_k=5)
+    assert hits[-1].node_id == bad.node_id and hits[-1].circuit_open
+    providers = {(await a.delegate("grade", {"n": i})).provider for i in range(6)}
+    assert providers <= {g1.node_id, g2.node_id}
+    assert len(bad_calls) == 3
+
+    # Half-open after the recovery time: three concurrent tasks, exactly one probe.
+    await wait_for(lambda: breakers.state(bad.node_id, time.time()) is BreakerState.HALF_OPEN, 5)
+    broken = False
+    results = await asyncio.gather(
+        *(
+            a.tasks.delegate("grade", {"n": 10 + i}, order, deadline_s=5, max_cost_usd=None)
+            for i in range(3)
+        )
+    )
+    assert len(bad_calls) == 4
+    assert sorted(r.provider == bad.node_id for r in results) == [False, False, True]
+    assert sum(outcomes(r.attempts)[0] is AttemptOutcome.SKIPPED for r in results) == 2
+    assert breakers.state(bad.node_id, time.time()) is BreakerState.CLOSED
+
+
+# --------------------------------------------------------------------------- failures
+
+
+async def _start_slow_agent(tmp_path: Path, name: str, seed: str) -> NodeProcess:
+    proc = NodeProcess(name, tmp_path / name, [seed], extra=["--agent", f"{AGENTS}:SlowAgent"])
+    return await asyncio.to_thread(proc.start)
+
+
+async def test_provider_death_mid_task_aborts_the_wait(mesh: LocalMesh, tmp_path: Path) -> None:
+    """A provider process SIGKILLed while running a task drops its WebSocket: the requester
+    moves to the next candidate at once and meets its deadline. A provider frozen with
+    SIGSTOP keeps its socket open; SWIM declaring it dead aborts the wait just the same,
+    long before the attempt's own deadline."""
+    a = await mesh.node("requester")
+    backup = await mesh.node(
+        "backup", [Cap(SLOW_ECHO, echo, TEXT_SCHEMA, TEXT_SCHEMA, avg_latency_ms=50)]
+    )
+    killed, frozen = await asyncio.gather(
+        _start_slow_agent(tmp_path, "killed", mesh.seed),
+        _start_slow_agent(tmp_path, "frozen", mesh.seed),
+    )
+    try:
+        mesh.external += [killed.node_id, frozen.node_id]
+        await mesh.ready(30)
+
+        async def run_and_fail(victim: NodeProcess, sig: int, deadline_s: float) -> Any:
+            marker = tmp_path / f"{victim.name}.started"
+            payload = {"text": victim.name, "sleep_s": 60, "marker": str(marker)}
+            task = asyncio.create_task(
+                a.tasks.delegate(
+                    SLOW_ECHO,
+                    payload,
+                    [victim.node_id, backup.node_id],
+                    deadline_s=deadline_s,
+                    max_cost_usd=None,
+                )
+            )
+            await wait_for(marker.exists, 10)
+            failed_at = time.monotonic()
+            victim.signal(sig)
+            result = await task
+            return result, time.monotonic() - failed_at
+
+        # 1. SIGKILL: the connection drops; the attempt would otherwise wait 8 s.
+        result, waited = await run_and_fail(killed, signal.SIGKILL, 12.0)
+        assert result.provider == backup.node_id and result.output == {"text": "killed"}
+        assert outcomes(result.attempts) == [AttemptOutcome.PEER_FAILED, AttemptOutcome.DELIVERED]
+        assert result.attempts[0].node == killed.node_id
+        assert waited < 3.0, waited
+        assert result.elapsed_ms < 12_000
+
+        # 2. SIGSTOP: nothing drops; SWIM suspects, then declares it dead (~2–6 s here).
+        result, waited = await run_and_fail(frozen, signal.SIGSTOP, 30.0)
+        assert result.provider == backup.node_id
+        assert outcomes(result.attempts) == [AttemptOutcome.PEER_FAILED, AttemptOutcome.DELIVERED]
+        assert "dead" in result.attempts[0].detail
+        assert waited < 15.0, waited  # the attempt itself had 20 s
+        now = time.time()
+        assert a.tasks.breakers.snapshot(now)[killed.node_id].consecutive_failures == 1
+        assert a.tasks.breakers.snapshot(now)[frozen.node_id].consecutive_failures == 1
+    finally:
+        for proc in (killed, frozen):
+            if proc.proc is not None and proc.proc.poll() is None:
+                proc.proc.send_signal(signal.SIGKILL)
+                proc.proc.wait(10)
+            proc.stop()
+
+
+async def test_forged_result_is_rejected_and_counted(mesh: LocalMesh) -> None:
+    """A result whose signature does not verify is refused: the attempt fails as forged,
+    the next candidate delivers, and the forger takes a breaker failure and a 0 score."""
+    a = await mesh.node("requester")
+    forger = await mesh.node("forger", [Cap("echo", echo, TEXT_SCHEMA, TEXT_SCHEMA)])
+    honest = await mesh.node("honest", [Cap("echo", echo, TEXT_SCHEMA, TEXT_SCHEMA)])
+    await mesh.ready()
+    complete = forger.tasks.provider.complete
+
+    def tampered(*args: Any, **kwargs: Any) -> TaskResult | None:
+        result = complete(*args, **kwargs)
+        if result is None:
+            return None
+        signature = bytearray(result.signature)
+        signature[0] ^= 0x01
+        return dataclasses.replace(result, signature=bytes(signature))
+
+    forger.tasks.provider.complete = tampered  # type: ignore[method-assign]
+
+    result = await a.tasks.delegate(
+        "echo", {"text": "x"}, [forger.node_id, honest.node_id], deadline_s=5, max_cost_usd=None
+    )
+
+    assert result.provider == honest.node_id
+    assert outcomes(result.attempts) == [AttemptOutcome.FORGED_RESULT, AttemptOutcome.DELIVERED]
+    assert "signature" in result.attempts[0].detail
+    snapshot = a.tasks.breakers.snapshot(time.time())[forger.node_id]
+    assert snapshot.consecutive_failures == 1 and snapshot.total_failures == 1
+    opinion = a.core.ledger.get(a.node_id, forger.node_id)
+    assert opinion is not None and opinion.score < 0.5
+
+
+# --------------------------------------------------------------------------- wire
+
+
+async def test_duplicate_task_id_runs_the_handler_once(mesh: LocalMesh) -> None:
+    """The same signed TaskRequest sent twice (and again after it finished) over a raw
+    WebSocket runs the handler once; every copy gets the same answer and the same signed
+    result."""
+    calls: list[Any] = []
+
+    async def counted(payload: Any) -> Any:
+        calls.append(payload)
+        await asyncio.sleep(0.2)
+        return {"text": payload["text"]}
+
+    p = await mesh.node("provider", [Cap("counted", counted, TEXT_SCHEMA, TEXT_SCHEMA)])
+    client = Identity.generate()
+    request = TaskRequest(
+        task_id=uuid.uuid4().hex,
+        capability="counted",
+        input={"text": "once"},
+        deadline_ms=5000,
+        budget_usd=None,
+        trace_id="dup",
+    )
+    frame = encode([request], client)
+    responses: list[TaskResponse] = []
+    results: list[TaskResult] = []
+
+    async def read_until(ws: aiohttp.ClientWebSocketResponse, n_results: int) -> None:
+        while len(results) < n_results:
+            msg = await ws.receive(timeout=5)
+            assert msg.type is aiohttp.WSMsgType.BINARY, msg
+            envelope = decode(msg.data)
+            assert envelope.sender == p.node_id
+            for message in envelope.messages:
+                if isinstance(message, TaskResponse):
+                    responses.append(message)
+                elif isinstance(message, TaskResult):
+                    results.append(message)
+
+    async with aiohttp.ClientSession() as session, session.ws_connect(p.url + WS_PATH) as ws:
+        await ws.send_bytes(frame)
+        await ws.send_bytes(frame)
+        await read_until(ws, 1)
+        await wait_for(lambda: len(responses) == 2, 5)
+        await ws.send_bytes(frame)  # after the result: the remembered answer
+        await read_until(ws, 2)
+        await ws.close()
+
+    assert calls == [{"text": "once"}]
+    assert [r.status for r in responses] == [TaskStatus.ACCEPTED] * 3
+    assert results[0] == results[1]
+    assert results[0].ok and results[0].output == {"text": "once"}
+    assert results[0].requester == client.node_id and result_verifies(results[0])
+    assert p.tasks.provider.counts["duplicate"] == 2
+
+
+async def test_cancelling_the_caller_cancels_the_handler(mesh: LocalMesh) -> None:
+    """Cancelling a delegate() call sends TaskCancel: the provider's handler is cancelled,
+    its slot freed, and the provider is not blamed for it."""
+    started = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def hang(payload: Any) -> Any:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return {"text": "never"}
+
+    a = await mesh.node("requester")
+    p = await mesh.node("provider", [Cap("hang", hang, TEXT_SCHEMA, TEXT_SCHEMA)])
+    await mesh.ready()
+
+    task = asyncio.create_task(a.delegate("hang", {"text": "x"}, deadline_s=30))
+    await wait_for(started.is_set, 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await wait_for(cancelled.is_set, 2)
+
+    assert p.tasks.provider.running == 0
+    assert p.tasks.provider.counts["cancelled"] == 1
+    assert p.tasks.counters["tasks_served"] == 0
+    assert a.tasks.breakers.state(p.node_id, time.time()) is BreakerState.CLOSED
+    assert a.core.ledger.get(a.node_id, p.node_id) is None
+    assert not a.tasks._delegations
+
+
+async def test_nested_delegation_inherits_the_remaining_deadline(mesh: LocalMesh) -> None:
+    """A handler that delegates further passes on what is left of its own deadline, never
+    the node's default."""
+    holder: list[MeshNode] = []
+
+    async def inner(payload: Any) -> Any:
+        deadline = current_task_deadline()
+        assert deadline is not None
+        return {"left": deadline - time.time()}
+
+    async def outer(payload: Any) -> Any:
+        deadline = current_task_deadline()
+        assert deadline is not None
+        mine = deadline - time.time()
+        nested = await holder[0].delegate("inner", {})
+        return {"mine": mine, "inner": nested.output["left"], "via": nested.provider}
+
+    a = await mesh.node("requester")
+    middle = await mesh.node("middle", [Cap("outer", outer)])
+    holder.append(middle)
+    leaf = await mesh.node("leaf", [Cap("inner", inner)])
+    await mesh.ready()
+
+    result = await a.delegate("outer", {}, deadline_s=3.0)
+
+    out = result.output
+    assert out["via"] == leaf.node_id
+    assert 0 < out["mine"] <= 2.0  # the outer request asked 3 s / 1.5
+    assert 0 < out["inner"] < out["mine"]
+    assert out["inner"] <= out["mine"] / 1.5 + 0.05
+    assert middle.config.default_deadline_s == 30.0
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+async def test_http_delegate_from_loopback(mesh: LocalMesh) -> None:
+    """POST /v1/delegate from 127.0.0.1 runs a delegation and returns its JSON; a task no
+    candidate takes answers 502 with every attempt and its reason."""
+    a = await mesh.node("requester")
+    p = await mesh.node("provider", [Cap("echo", echo, TEXT_SCHEMA, TEXT_SCHEMA)])
+    await mesh.ready()
+
+    async with aiohttp.ClientSession() as session:
+        body = {"capability": "echo", "input": {"text": "over http"}, "deadline_s": 5}
+        async with session.post(a.url + "/v1/delegate", json=body) as resp:
+            assert resp.status == 200
+            ok = await resp.json()
+        bad = {"capability": "echo", "input": {"text": 1}, "deadline_s": 5}
+        async with session.post(a.url + "/v1/delegate", json=bad) as resp:
+            assert resp.status == 502
+            failed = await resp.json()
+        async with session.post(a.url + "/v1/delegate", json={"input": {}}) as resp:
+            assert resp.status == 400
+
+    assert ok["output"] == {"text": "over http"}
+    assert ok["provider"] == p.node_id
+    assert [x["outcome"] for x in ok["attempts"]] == ["delivered"]
+    assert [x["outcome"] for x in failed["attempts"]] == ["rejected"]
+    assert failed["attempts"][0]["detail"].startswith("invalid_input")
