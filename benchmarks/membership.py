@@ -88,8 +88,17 @@ from protocol import short_id  # noqa: E402
 DEFAULT_SIZES = (10, 50)
 QUICK_SIZES = (10,)
 SETTLE_S = 5.0
-"""Seconds between convergence and the idle window (rumor retransmissions die down)."""
+"""Least seconds between convergence and the idle window (rumor retransmissions die
+down); the window then waits until no node is still busy starting up."""
 QUICK_SETTLE_S = 2.0
+SETTLE_MAX_S = 180.0
+"""Most seconds to wait for every node to go quiet before measuring anyway."""
+QUIET_CPU_PCT = 5.0
+"""A node is quiet once it used less than this share of one core over ``QUIET_SAMPLE_S``."""
+QUIET_SAMPLE_S = 2.0
+MEMORY_FLOOR = 3 * 10**9
+"""Bytes of ``MemAvailable`` below which no further node is started (the machine is
+shared; a meshnode process that loads the MiniLM model holds about 0.35 GB)."""
 IDLE_S = 20.0
 """Length of the idle window over which CPU and memory are sampled."""
 QUICK_IDLE_S = 8.0
@@ -333,6 +342,13 @@ def machine_cpu_ticks() -> tuple[int, int]:
     return sum(ticks) - idle, sum(ticks)
 
 
+def mem_available() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -374,6 +390,7 @@ class Cluster:
         self.nodes: list[Node] = []
         self.pump = LogPump()
         self.started_at = time.monotonic()
+        self.seed_uss_mb: float | None = None
         workdir.mkdir(parents=True, exist_ok=True)
 
     # -- to implement per system
@@ -401,6 +418,12 @@ class Cluster:
         name = f"{self.prefix}{index}"
         last = ""
         for attempt in range(1, START_ATTEMPTS + 1):
+            available = mem_available()
+            if available < MEMORY_FLOOR:
+                raise RuntimeError(
+                    f"memory guard: {available / 10**9:.1f} GB available, below "
+                    f"{MEMORY_FLOOR / 10**9:.0f} GB; not starting {name}"
+                )
             self.prepare(index)
             node = self._spawn(name, self.command(index, seed))
             deadline = time.monotonic() + START_TIMEOUT
@@ -446,11 +469,46 @@ class Cluster:
     def start(self) -> dict[str, float]:
         """Start node 0, then the others one by one, each joining through node 0."""
         seed = self.launch(0, None)
+        self.preflight(seed)
         for i in range(1, self.n):
             self.launch(i, seed)
         first, last = self.nodes[0], self.nodes[-1]
         assert first.ready_at is not None and last.ready_at is not None
         return {"last_launched_at": last.launched_at, "last_ready_at": last.ready_at}
+
+    def preflight(self, seed: Node) -> None:
+        """Once the first node has finished starting up, refuse to start N of them if
+        their private memory would not fit in what the machine has available."""
+        self.wait_quiet([seed], SETTLE_MAX_S)
+        _, uss = pss_uss_bytes(seed.proc.pid)
+        needed = uss * (self.n - 1) + MEMORY_FLOOR
+        self.seed_uss_mb = round(uss / MB, 1)
+        if mem_available() < needed:
+            raise RuntimeError(
+                f"memory guard: {self.n} nodes of {uss / MB:.0f} MB private memory each "
+                f"need {needed / 10**9:.1f} GB, {mem_available() / 10**9:.1f} GB available"
+            )
+
+    def wait_quiet(self, nodes: Sequence[Node], limit: float) -> dict[str, Any]:
+        """Until every node in ``nodes`` uses under ``QUIET_CPU_PCT`` (at most ``limit`` s)."""
+        started = time.monotonic()
+        busiest = 0.0
+        while True:
+            self.check_running()
+            pids = [node.proc.pid for node in nodes]
+            before = [cpu_seconds(pid) for pid in pids]
+            t0 = time.monotonic()
+            time.sleep(QUIET_SAMPLE_S)
+            elapsed = time.monotonic() - t0
+            used = [cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
+            busiest = 100.0 * max(used) / elapsed
+            waited = time.monotonic() - started
+            if busiest < QUIET_CPU_PCT or waited >= limit:
+                return {
+                    "quiet_wait_s": round(waited, 1),
+                    "quiet": busiest < QUIET_CPU_PCT,
+                    "busiest_node_pct_at_end": round(busiest, 2),
+                }
 
     def close(self) -> None:
         for node in self.nodes:
@@ -558,6 +616,7 @@ class Cluster:
         self.check_running()
         time.sleep(settle)  # a measurement window, not a synchronisation
         nodes = self.live()
+        quiet = self.wait_quiet(nodes, SETTLE_MAX_S)
         pids = [node.proc.pid for node in nodes]
         busy0, total0 = machine_cpu_ticks()
         cpu0 = [cpu_seconds(pid) for pid in pids]
@@ -582,6 +641,7 @@ class Cluster:
             "uss_mb_per_node": _summary([u / MB for _, u in pss_uss], 1),
             "machine_busy_pct": round(100.0 * (busy1 - busy0) / max(1, total1 - total0), 1),
             "loadavg": loadavg(),
+            "settle": {"minimum_s": settle, **quiet},
         }
 
     def kill_and_detect(self, victim: Node) -> dict[str, Any]:
@@ -775,6 +835,21 @@ MESHNODE_STATES = {"alive": "alive", "suspect": "suspect", "dead": "failed", "le
 """meshnode member states in the normalised vocabulary."""
 
 
+AGENT_SOURCE = '''"""A plain MeshNode whose discovery index uses the {embedder!r} embedder."""
+
+import dataclasses
+
+from meshnode.runtime.node import MeshNode
+
+
+class EmbedderNode(MeshNode):
+    def __init__(self, config, **kwargs):
+        super().__init__(dataclasses.replace(config, embedder={embedder!r}), **kwargs)
+'''
+"""``--agent`` module for ``--embedder hashing``: ``meshnode run`` has no flag for
+``NodeConfig.embedder``, so the choice goes through a MeshNode subclass."""
+
+
 class MeshnodeCluster(Cluster):
     """``meshnode run --profile lan`` processes, queried with ``GET /v1/members``."""
 
@@ -782,9 +857,14 @@ class MeshnodeCluster(Cluster):
     prefix = "m"
     suspect_is_visible = True
 
-    def __init__(self, n: int, workdir: Path, deathsig: list[str]) -> None:
+    def __init__(self, n: int, workdir: Path, deathsig: list[str], embedder: str) -> None:
         super().__init__(n, workdir, deathsig)
         self._names: dict[str, str] = {}
+        self.embedder = embedder
+        self._agent: Path | None = None
+        if embedder != "default":
+            self._agent = workdir / "embedder_agent.py"
+            self._agent.write_text(AGENT_SOURCE.format(embedder=embedder), encoding="utf-8")
 
     def command(self, index: int, seed: Node | None) -> list[str]:
         data_dir = self.workdir / f"{self.prefix}{index}"
@@ -806,6 +886,8 @@ class MeshnodeCluster(Cluster):
             "INFO",
             "--json-logs",
         ]
+        if self._agent is not None:
+            cmd += ["--agent", f"{self._agent}:EmbedderNode"]
         if seed is not None:
             cmd += ["--seed", seed.address]
         return cmd
@@ -889,6 +971,7 @@ def run_scenario(cluster: Cluster, settle: float, idle: float) -> dict[str, Any]
         result["error"] = f"{type(exc).__name__}: {exc}"
         log(f"  error: {result['error']}")
     finally:
+        result["first_node_uss_mb"] = cluster.seed_uss_mb
         result["false_positives"] = cluster.false_positives()
         log(f"  false positives: {result['false_positives']}")
         cluster.close()
@@ -1046,6 +1129,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--skip-serf", action="store_true", help="run meshnode only")
     parser.add_argument("--serf", default=shutil.which("serf"), help="serf binary (default: PATH)")
+    parser.add_argument(
+        "--embedder",
+        choices=("default", "hashing"),
+        default="default",
+        help="meshnode's capability embedder: as configured by default (MiniLM when the "
+        "semantic extra is installed), or the hashing one (no model in memory)",
+    )
     parser.add_argument("--logs", type=Path, help="keep every node's output in this directory")
     args = parser.parse_args(argv)
     sizes: tuple[int, ...] = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
@@ -1069,6 +1159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "settle_s": settle,
             "idle_window_s": idle,
             "meshnode_profile": "lan",
+            "meshnode_embedder": args.embedder,
             "victim": "node N // 2, SIGKILL",
             "units": "seconds, percent of one core, MB = 10^6 bytes",
         },
@@ -1092,7 +1183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         SerfCluster(n, base / f"serf-{n}", deathsig, serf["binary"]), settle, idle
                     )
                 entry["meshnode"] = run_scenario(
-                    MeshnodeCluster(n, base / f"meshnode-{n}", deathsig), settle, idle
+                    MeshnodeCluster(n, base / f"meshnode-{n}", deathsig, args.embedder),
+                    settle,
+                    idle,
                 )
                 entry.update(compare(entry["meshnode"], entry["serf"]))
                 report["results"].append(entry)

@@ -1,8 +1,10 @@
 """The ``meshnode`` command.
 
 Subcommands: ``run`` (start a node and serve until SIGINT/SIGTERM), ``members`` (ask a
-running node who it knows), ``keygen`` (create a data dir's identity). Commands that print
-data take ``--json``. Exit status: 0 on success, 1 on a runtime error (unreachable node,
+running node who it knows), ``discover`` (rank providers for a description), ``delegate``
+(run a task through a node), ``trust`` (a node's trust view and breakers), ``keygen``
+(create a data dir's identity). Commands that print data take ``--json``.
+Exit status: 0 on success, 1 on a runtime error (unreachable node,
 bad response), 2 on bad arguments.
 """
 
@@ -73,6 +75,10 @@ def _config_from_args(args: argparse.Namespace) -> NodeConfig:
     }
     if args.advertise_host:
         overrides["advertise_host"] = args.advertise_host
+    if args.embedder:
+        overrides["embedder"] = args.embedder
+    if args.max_concurrent_tasks:
+        overrides["max_concurrent_tasks"] = args.max_concurrent_tasks
     return PROFILES[args.profile](**overrides)
 
 
@@ -109,14 +115,21 @@ async def _cmd_run(args: argparse.Namespace) -> int:
 
 
 async def _get_json(node: str, path: str) -> Any:
+    return await _request_json("GET", node, path)
+
+
+async def _request_json(
+    method: str, node: str, path: str, body: Any = None, wait_s: float = HTTP_TIMEOUT
+) -> Any:
     import aiohttp
 
     host, port = parse_address(node)
     async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT)) as session,
-        session.get(f"http://{host}:{port}{path}") as resp,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=wait_s)) as session,
+        session.request(method, f"http://{host}:{port}{path}", json=body) as resp,
     ):
-        resp.raise_for_status()
+        if resp.status >= 400 and resp.content_type != "application/json":
+            raise RuntimeError(f"{resp.status}: {(await resp.text()).strip()}")
         return await resp.json()
 
 
@@ -138,6 +151,92 @@ async def _cmd_members(args: argparse.Namespace) -> int:
         for m in members
     ]
     print(_table(rows, ("ID", "NAME", "ADDRESS", "STATE", "INC")))
+    return 0
+
+
+async def _cmd_discover(args: argparse.Namespace) -> int:
+    body = {
+        "description": args.description,
+        "capability_name": args.capability,
+        "min_trust": args.min_trust,
+        "max_cost_usd": args.max_cost,
+        "tags": args.tag or [],
+        "top_k": args.top_k,
+    }
+    data = await _request_json("POST", args.node, "/v1/discover", body)
+    candidates = data["candidates"]
+    if args.json:
+        print(json.dumps(candidates, indent=2))
+        return 0
+    rows = [
+        (
+            c["name"] or "-",
+            c["node_id"][:10],
+            c["capability"],
+            f"{c['score']['total']:.3f}",
+            f"{c['score']['semantic']:.2f}",
+            f"{c['score']['trust']:.2f}",
+            f"{c['score']['availability']:.2f}",
+            f"{c['score']['cost_factor']:.2f}",
+            c["address"],
+        )
+        for c in candidates
+    ]
+    print(
+        _table(
+            rows, ("NAME", "ID", "CAPABILITY", "SCORE", "SEM", "TRUST", "AVAIL", "COST", "ADDRESS")
+        )
+        if rows
+        else "no candidates"
+    )
+    return 0
+
+
+async def _cmd_delegate(args: argparse.Namespace) -> int:
+    try:
+        task_input = json.loads(args.input)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--input is not JSON: {exc}") from None
+    body = {
+        "capability": args.capability,
+        "input": task_input,
+        "description": args.description,
+        "deadline_s": args.deadline,
+        "max_cost_usd": args.max_cost,
+        "min_trust": args.min_trust,
+    }
+    data = await _request_json(
+        "POST", args.node, "/v1/delegate", body, wait_s=args.deadline + HTTP_TIMEOUT
+    )
+    if args.json or "error" in data:
+        print(json.dumps(data, indent=2))
+        return 1 if "error" in data else 0
+    print(json.dumps(data["output"], indent=2))
+    tried = ", ".join(f"{a['node'][:10]}:{a['outcome']}" for a in data["attempts"])
+    print(
+        f"# by {data['provider'][:10]} in {data['elapsed_ms']:.1f} ms, quality "
+        f"{data['quality']:.2f}; attempts: {tried}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+async def _cmd_trust(args: argparse.Namespace) -> int:
+    data = await _get_json(args.node, "/v1/trust")
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    rows = [
+        (
+            p["name"] or "-",
+            p["node_id"][:10],
+            f"{p['trust']:.3f}",
+            "-" if p["direct"] is None else f"{p['direct']:.3f}",
+            p["breaker"],
+        )
+        for p in data["peers"]
+    ]
+    print(_table(rows, ("NAME", "ID", "TRUST", "DIRECT", "BREAKER")) if rows else "no peers")
     return 0
 
 
@@ -183,12 +282,44 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODULE:CLASS",
         help="MeshNode subclass to run (MODULE:CLASS or FILE.py:CLASS)",
     )
+    run.add_argument(
+        "--embedder",
+        choices=("auto", "minilm", "hashing"),
+        help="capability embedder (default auto: MiniLM when installed)",
+    )
+    run.add_argument(
+        "--max-concurrent-tasks", type=int, help="tasks this node runs at once (default 3)"
+    )
     run.add_argument("--log-level", default="INFO")
     run.add_argument("--json-logs", action="store_true", help="JSON logs even on a terminal")
 
     members = sub.add_parser("members", help="list the members a node knows")
     members.add_argument("--node", default="127.0.0.1:7946", metavar="HOST:PORT")
     members.add_argument("--json", action="store_true")
+
+    discover = sub.add_parser("discover", help="rank the providers a node knows for a task")
+    discover.add_argument("description", nargs="?", help="what you need, in plain words")
+    discover.add_argument("--capability", help="exact capability name")
+    discover.add_argument("--node", default="127.0.0.1:7946", metavar="HOST:PORT")
+    discover.add_argument("--min-trust", type=float, default=0.0)
+    discover.add_argument("--max-cost", type=float, help="USD per call")
+    discover.add_argument("--tag", action="append", help="required tag (repeatable)")
+    discover.add_argument("--top-k", type=int, default=5, help="1..20 (default 5)")
+    discover.add_argument("--json", action="store_true")
+
+    delegate = sub.add_parser("delegate", help="run a task through a node (loopback)")
+    delegate.add_argument("capability", nargs="?", help="capability name")
+    delegate.add_argument("--input", default="{}", help="task input as JSON")
+    delegate.add_argument("--description", help="find the capability by description")
+    delegate.add_argument("--node", default="127.0.0.1:7946", metavar="HOST:PORT")
+    delegate.add_argument("--deadline", type=float, default=30.0, help="seconds (default 30)")
+    delegate.add_argument("--max-cost", type=float, help="USD per call")
+    delegate.add_argument("--min-trust", type=float, default=0.0)
+    delegate.add_argument("--json", action="store_true")
+
+    trust = sub.add_parser("trust", help="a node's trust in each peer and its breakers")
+    trust.add_argument("--node", default="127.0.0.1:7946", metavar="HOST:PORT")
+    trust.add_argument("--json", action="store_true")
 
     keygen = sub.add_parser("keygen", help="create (or show) a data dir's identity")
     keygen.add_argument("--data-dir", required=True)
@@ -207,6 +338,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_async(_cmd_members(args))
         if args.command == "keygen":
             return _cmd_keygen(args)
+        if args.command == "discover":
+            if not args.description and not args.capability:
+                raise ValueError("discover needs a description or --capability")
+            return _run_async(_cmd_discover(args))
+        if args.command == "delegate":
+            if not args.capability and not args.description:
+                raise ValueError("delegate needs a capability or --description")
+            return _run_async(_cmd_delegate(args))
+        if args.command == "trust":
+            return _run_async(_cmd_trust(args))
     except ValueError as exc:
         print(f"meshnode: error: {exc}", file=sys.stderr)
         return 2
