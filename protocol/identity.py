@@ -22,6 +22,7 @@ substitute :class:`FastSigner` / :func:`fast_verify` (documented there) for spee
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import os
@@ -60,10 +61,20 @@ class Signer(Protocol):
     def sign(self, data: bytes) -> bytes: ...
 
 
+ID_CACHE_ENTRIES = 65_536
+"""Node id ↔ public key conversions remembered (about 10 MB at most). Every signed
+message names one or two node ids, so the codec converts the same few ids constantly."""
+
+
 def node_id_from_public_key(public_key: bytes) -> str:
     """Return the text node id of a 32-byte public key."""
-    if len(public_key) != PUBLIC_KEY_BYTES:
+    if not isinstance(public_key, bytes | bytearray) or len(public_key) != PUBLIC_KEY_BYTES:
         raise LocalProtocolError(f"public key must be {PUBLIC_KEY_BYTES} bytes")
+    return _encode_id(bytes(public_key))
+
+
+@functools.lru_cache(maxsize=ID_CACHE_ENTRIES)
+def _encode_id(public_key: bytes) -> str:
     return base64.b32encode(public_key).decode("ascii").rstrip("=").lower()
 
 
@@ -71,12 +82,20 @@ def public_key_from_node_id(node_id: str) -> bytes:
     """Return the public key a node id names; raise ``LocalProtocolError`` if it is not one."""
     if not isinstance(node_id, str) or len(node_id) != NODE_ID_CHARS:
         raise LocalProtocolError(f"not a node id: {node_id!r}")
+    raw = _decode_id(node_id)
+    if raw is None:
+        raise LocalProtocolError(f"not a node id: {node_id!r}")
+    return raw
+
+
+@functools.lru_cache(maxsize=ID_CACHE_ENTRIES)
+def _decode_id(node_id: str) -> bytes | None:
     try:
         raw = base64.b32decode(node_id.upper() + "====", casefold=False)
-    except (ValueError, TypeError) as exc:
-        raise LocalProtocolError(f"not a node id: {node_id!r}") from exc
-    if len(raw) != PUBLIC_KEY_BYTES or node_id_from_public_key(raw) != node_id:
-        raise LocalProtocolError(f"not a node id: {node_id!r}")
+    except (ValueError, TypeError):
+        return None
+    if len(raw) != PUBLIC_KEY_BYTES or _encode_id(raw) != node_id:
+        return None
     return raw
 
 

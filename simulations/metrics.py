@@ -155,6 +155,11 @@ class Tracker:
         self.rumor: RumorWatch | None = None
         self.mark()
 
+    def reset_accusations(self) -> None:
+        """Count false suspicions and deaths from now on (the start of a fault phase)."""
+        self.suspicions = Accusations()
+        self.deaths = Accusations()
+
     # ------------------------------------------------------------------ slots
 
     def add_slot(self) -> None:
@@ -170,9 +175,10 @@ class Tracker:
 
     # ------------------------------------------------------------------ phases
 
-    def mark(self) -> None:
-        """Start a phase: convergence times are measured from now."""
-        self.mark_time = self._now()
+    def mark(self, origin: float | None = None) -> None:
+        """Start a phase: convergence is looked for from now on, and its times are
+        reported relative to ``origin`` (default: now)."""
+        self.mark_time = self._now() if origin is None else origin
         self.converged_at = {"membership": None, "manifests": None, "ledger": None, "all": None}
         self._check_converged()
 
@@ -280,9 +286,7 @@ class Tracker:
         self.live[slot] = True
         self.live_count += 1
         self._truth_changed(slot, False, True, None, None)
-        self.max_incarnation[slot] = max(
-            self.max_incarnation[slot], core.membership.incarnation
-        )
+        self.max_incarnation[slot] = max(self.max_incarnation[slot], core.membership.incarnation)
         self._check_converged()
 
     def down(self, node: SimNode) -> None:
@@ -443,8 +447,8 @@ class Tracker:
         self._accused[key] = None
         if not live:
             tally.correct += 1
-        elif accuser >= 0 and self._reachable(accuser, subject) and self._reachable(
-            subject, accuser
+        elif (
+            accuser >= 0 and self._reachable(accuser, subject) and self._reachable(subject, accuser)
         ):
             tally.false += 1
             tally.false_subjects[subject] = tally.false_subjects.get(subject, 0) + 1
@@ -520,9 +524,7 @@ class Tracker:
         for record in effect.records:
             created = self.created.get((record.observer, record.seq))
             if created != record:
-                self._violation(
-                    f"{node.name} accepted a ledger record its observer never signed"
-                )
+                self._violation(f"{node.name} accepted a ledger record its observer never signed")
                 continue
             key = (record.observer, record.subject)
             if live and self.latest.get(key) == record:

@@ -1,0 +1,235 @@
+"""``python -m simulations``: run one seeded scenario, write the JSON report and the plot.
+
+Theory of operation
+-------------------
+The command line maps one-to-one onto :class:`simulations.scenarios.Spec`. The seed is
+printed first (a random one is drawn from the operating system when ``--seed`` is not
+given, and printed all the same); then the run, with a progress bar on stderr; then a
+short summary. A failed safety invariant or liveness check prints what failed and the
+exact command that replays the run, and the exit status is 1 (safety) or 2 (liveness).
+
+Examples::
+
+    python -m simulations --scenario join --nodes 100 --seed 7
+    python -m simulations --scenario rumor --nodes 1000 --seed 1 --loss 0.1 \\
+        --json rumor.json --plot rumor.png
+    python -m simulations --scenario slow-node --nodes 50 --seed 3 --loss 0.05 --duration 120
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from simulations.progress import Progress
+from simulations.report import build_report, command_line, dumps
+from simulations.scenarios import SCENARIOS, Spec, make_config, run_scenario
+
+__all__ = ["main", "parse_args", "spec_from_args"]
+
+
+def _pair(text: str) -> tuple[float, float]:
+    low, sep, high = text.partition(":")
+    try:
+        a = float(low)
+        b = float(high) if sep else a
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN:MAX, got {text!r}") from None
+    if a < 0 or b < a:
+        raise argparse.ArgumentTypeError(f"expected 0 <= MIN <= MAX, got {text!r}")
+    return a, b
+
+
+def _setting(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value: Any = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return key.strip(), value
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m simulations",
+        description="Deterministic discrete-event simulation of a meshnode mesh.",
+    )
+    p.add_argument("--scenario", required=True, choices=SCENARIOS)
+    p.add_argument("--nodes", type=int, default=50, help="mesh size (default 50)")
+    p.add_argument("--seed", type=int, default=None, help="run seed (default: random, printed)")
+    p.add_argument("--loss", type=float, default=0.0, help="datagram loss probability")
+    p.add_argument(
+        "--latency-ms",
+        type=_pair,
+        default=(0.5, 1.0),
+        metavar="MIN:MEAN",
+        help="one-way latency: minimum and mean in ms (default 0.5:1)",
+    )
+    p.add_argument("--duplicate", type=float, default=0.0, help="datagram duplication probability")
+    p.add_argument("--reorder", type=float, default=0.0, help="probability of an extra delay")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of the measured phase")
+    p.add_argument("--profile", choices=("lan", "wan", "local"), default="lan")
+    p.add_argument(
+        "--crypto",
+        choices=("fast", "real"),
+        default="fast",
+        help="fast: protocol.FastSigner (not secure, ~50x cheaper, same sizes; the default); "
+        "real: Ed25519",
+    )
+    p.add_argument("--lifeguard", choices=("on", "off"), default="on")
+    p.add_argument("--wire", action="store_true", help="encode and decode every packet")
+    p.add_argument("--seeds", type=int, default=3, help="seed nodes everyone joins through")
+    p.add_argument("--join-spread", type=float, default=1.0, help="nodes start within this time")
+    p.add_argument("--bootstrap-limit", type=float, default=600.0)
+    p.add_argument("--settle", type=float, default=5.0, help="seconds after bootstrap")
+    p.add_argument("--crash-fraction", type=float, default=0.1)
+    p.add_argument("--partition-s", type=float, default=30.0)
+    p.add_argument("--churn-rate", type=float, default=1.0, help="joins+leaves per second")
+    p.add_argument("--churn-crash", type=float, default=0.0, help="share of departures that crash")
+    p.add_argument("--quiet-s", type=float, default=60.0, help="convergence budget after faults")
+    p.add_argument("--outcome-rate", type=float, default=1.0, help="task outcomes per second")
+    p.add_argument("--pause-s", type=_pair, default=(0.5, 3.0), metavar="MIN:MAX")
+    p.add_argument("--run-s", type=_pair, default=(1.0, 4.0), metavar="MIN:MAX")
+    p.add_argument(
+        "--set",
+        type=_setting,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a NodeConfig field (repeatable)",
+    )
+    p.add_argument("--json", type=str, default=None, help="write the report here ('-': stdout)")
+    p.add_argument("--plot", type=str, default=None, help="write the dissemination plot (PNG)")
+    p.add_argument(
+        "--no-timing",
+        action="store_true",
+        help="leave wall time and events/s out of the JSON (byte-identical reports)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def spec_from_args(args: argparse.Namespace) -> Spec:
+    seed = args.seed
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "big")
+    return Spec(
+        scenario=args.scenario,
+        nodes=args.nodes,
+        seed=seed,
+        loss=args.loss,
+        latency_min_ms=args.latency_ms[0],
+        latency_mean_ms=args.latency_ms[1],
+        duplicate=args.duplicate,
+        reorder=args.reorder,
+        duration=args.duration,
+        profile=args.profile,
+        crypto=args.crypto,
+        lifeguard=args.lifeguard == "on",
+        wire=args.wire,
+        seeds=args.seeds,
+        join_spread=args.join_spread,
+        bootstrap_limit=args.bootstrap_limit,
+        settle=args.settle,
+        crash_fraction=args.crash_fraction,
+        partition_s=args.partition_s,
+        churn_rate=args.churn_rate,
+        churn_crash=args.churn_crash,
+        quiet_s=args.quiet_s,
+        outcome_rate=args.outcome_rate,
+        pause_s=args.pause_s,
+        run_s=args.run_s,
+        overrides=tuple(args.set),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = sys.stderr if args.json == "-" else sys.stdout
+    try:
+        spec = spec_from_args(args)
+        config = make_config(spec)
+    except (ValueError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 64
+    print(f"seed={spec.seed}", file=out, flush=True)
+    out.flush()
+    progress = Progress(enabled=not args.quiet)
+    wall_start = time.perf_counter()
+    outcome = run_scenario(spec, progress)
+    wall = time.perf_counter() - wall_start
+    sys.stderr.flush()
+    report = build_report(spec, config, outcome, wall_s=None if args.no_timing else wall)
+    text = dumps(report)
+    if args.json == "-":
+        sys.stdout.write(text)
+    elif args.json:
+        Path(args.json).write_text(text)
+    if args.plot:
+        if outcome.curve is None:
+            print(f"note: the {spec.scenario} scenario has no dissemination plot", file=out)
+        else:
+            from simulations.plot import plot_dissemination
+
+            plot_dissemination(outcome.curve, args.plot)
+    _summarise(report, out)
+    print(
+        f"{outcome.events:,} events, {outcome.simulated_seconds:.1f} simulated s, "
+        f"{wall:.1f} s wall ({outcome.events / wall if wall > 0 else 0:,.0f} events/s)",
+        file=out,
+    )
+    if outcome.violations or any(not c["passed"] for c in outcome.checks):
+        for violation in outcome.violations:
+            print(f"SAFETY VIOLATION: {violation}", file=out)
+        for check in outcome.checks:
+            if not check["passed"]:
+                print(f"LIVENESS CHECK FAILED: {check['name']}: {check['detail']}", file=out)
+        print(f"replay: {command_line(spec)}", file=out)
+        return 1 if outcome.violations else 2
+    return 0
+
+
+def _summarise(report: dict[str, Any], out: Any) -> None:
+    summary = report["summary"]
+    lines = [f"scenario {report['scenario']}, {report['nodes']} nodes, seed {report['seed']}"]
+    if summary["membership_convergence_s"] is not None:
+        lines.append(f"  membership converged after {summary['membership_convergence_s']} s")
+    if summary["rumor"]:
+        r = summary["rumor"]
+        lines.append(
+            f"  rumor: rounds p50/p99/max {r['rounds']['p50']}/{r['rounds']['p99']}/"
+            f"{r['rounds']['max']} (heard: {r['heard_rounds']['max']} max; "
+            f"analytic {r['analytic_rounds']})"
+        )
+    if summary["failure_detection"]:
+        fd = summary["failure_detection"]
+        lines.append(
+            f"  failure detection: first node p50 {fd['first_node_s']['p50']} s, "
+            f"all nodes max {fd['all_nodes_s']['max']} s"
+        )
+    if summary["reconvergence_after_heal"]:
+        rc = summary["reconvergence_after_heal"]
+        lines.append(
+            f"  reconvergence after heal: membership {rc['membership_s']} s, manifests "
+            f"{rc['manifests_s']} s, ledger {rc['ledger_s']} s (budget {rc['budget_s']} s)"
+        )
+    lines.append(
+        f"  false suspicions {summary['false_suspicions']}, false deaths {summary['false_deaths']}"
+    )
+    traffic = summary["traffic_per_node_per_s"]
+    if traffic.get("gossip"):
+        lines.append(
+            f"  per node per s: gossip {traffic['gossip']['bytes']} B, probe "
+            f"{traffic['probe']['bytes']} B, push-pull {traffic['push_pull']['bytes']} B, "
+            f"fetch {traffic['manifest_fetch']['bytes']} B"
+        )
+    for line in lines:
+        print(line, file=out)

@@ -1,0 +1,794 @@
+"""The simulated cluster: many :class:`~meshnode.core.mesh.MeshCore` objects on one clock.
+
+Theory of operation
+-------------------
+This is the second shell of the sans-I/O cores (the first is ``meshnode/runtime``). It
+decides nothing about the protocol: each simulated host owns one ``MeshCore``, and the
+cluster does for it exactly what the asyncio runtime does for a real node —
+
+1. **Drive the core.** A host has at most one pending tick in the engine, at the core's
+   ``next_deadline()``; after every call into the core (``tick``, ``receive``, a TCP
+   callback) the effects are drained with ``take_effects()`` and the tick is moved earlier
+   if the deadline did. A tick that fires before the deadline (the deadline moved later)
+   only reschedules. A tick that leaves the deadline at or before ``now`` three times in a
+   row is a livelock and a safety violation.
+2. **Carry out effects**, in order. ``SendPacket``: one datagram through the simulated
+   network, sized exactly with the real codec. ``StartPushPull``: a TCP exchange of three
+   legs — ``push_pull_request`` at the initiator, ``handle_push_pull`` at the responder,
+   ``finish_push_pull`` back at the initiator, ``apply_records`` at the responder — each leg
+   delayed by the network and failing under a partition, a crash or the ``tcp_timeout``.
+   ``FetchManifest``: a GET of the manifest from each source in turn (the responder reads
+   its own store, as the runtime's HTTP handler does), then ``manifest_fetched`` or, when
+   every source failed, ``fetch_failed``. As in the runtime, at most
+   :data:`MAX_CONCURRENT_FETCHES` fetches and :data:`MAX_CONCURRENT_PUSH_PULLS` exchanges
+   run at once per host; the others wait their turn. ``MemberChanged``,
+   ``ManifestChanged`` and ``PersistRecords`` go to the :class:`~simulations.metrics.Tracker`
+   and to the host's simulated disk.
+3. **Persist** what the runtime persists, at once (the runtime flushes learned state every
+   few seconds; it is all re-learned after a crash anyway): the last incarnation, the
+   manifest version counter, own ledger records, learned records and manifests.
+
+Hosts fail in three ways. **Crash**: the process is gone, its core is dropped, packets to
+it are lost and TCP connections to it are refused. **Restart**: a new ``MeshCore`` for the
+same identity and address, one incarnation above the last one persisted, with the
+persisted manifests and ledger restored and a new manifest version published, then a join
+through the seeds — what ``MeshNode.start`` does with a data dir. **Pause**: the process
+is stalled (CPU starvation, a stop signal): its tick does not run and everything that
+arrives for it (datagrams, TCP legs) waits in a backlog. On resume the late tick runs
+first — the core sees the stall and shifts its timers — then the backlog, in arrival order.
+A graceful **leave** calls ``leave``, keeps the process running for
+``leave_propagate_time`` so the ``Leave`` spreads, then stops it.
+
+Signatures are real Ed25519 (:class:`protocol.Identity`, :func:`protocol.verify`) or the
+simulation stand-in (:class:`protocol.FastSigner`, :func:`protocol.fast_verify`: same sizes,
+no security, ~50× cheaper). Messages travel as the very objects the sender's core built,
+unless ``wire=True``, which encodes and decodes every datagram and TCP frame with the real
+codec (and signs it), for full fidelity at a higher cost.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import enum
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final
+
+from meshnode.core.config import NodeConfig
+from meshnode.core.effects import Address, MemberChanged, MemberEvent, SendPacket, StartPushPull
+from meshnode.core.mesh import FetchManifest, ManifestChanged, MeshCore, PersistRecords
+from protocol import (
+    Ack,
+    Capability,
+    FastSigner,
+    Identity,
+    LedgerRecord,
+    Manifest,
+    Message,
+    Nack,
+    Ping,
+    PingReq,
+    PushPull,
+    Signer,
+    Verifier,
+    decode,
+    encode,
+    fast_verify,
+    pack,
+    unpack,
+    verify,
+)
+from protocol.limits import MAX_MESSAGES_PER_ENVELOPE
+from simulations.engine import Engine, derive_rng, derive_seed
+from simulations.metrics import Tracker
+from simulations.network import LinkModel, Network, Traffic
+from simulations.sizes import SizeModel
+
+__all__ = [
+    "MAX_CONCURRENT_FETCHES",
+    "MAX_CONCURRENT_PUSH_PULLS",
+    "Cluster",
+    "SimNode",
+    "Status",
+    "Violation",
+]
+
+MAX_CONCURRENT_FETCHES: Final = 8
+"""Manifest fetches in flight per host (the runtime's limit)."""
+MAX_CONCURRENT_PUSH_PULLS: Final = 4
+"""Push-pull exchanges in flight per host (the runtime's limit)."""
+FETCH_REQUEST_BYTES: Final = len("GET /v1/wire/manifests/") + 52
+"""Bytes counted for a manifest fetch request: the request path with a node id."""
+PORT: Final = 7946
+
+_PROBE_TYPES: Final = (Ping, Ack, PingReq, Nack)
+
+CAPABILITY_CATALOG: Final = (
+    ("translate_text", "Translate text between languages, keeping formatting", ("nlp",)),
+    ("summarize", "Summarize a long document into a short abstract", ("nlp",)),
+    ("classify_image", "Label an image with the categories it shows", ("vision",)),
+    ("transcribe_audio", "Turn recorded speech into text with timestamps", ("audio",)),
+    ("extract_entities", "Find people, places and organisations in a text", ("nlp",)),
+    ("answer_question", "Answer a question from a given context passage", ("nlp", "qa")),
+    ("generate_sql", "Write a SQL query for a question about a schema", ("code",)),
+    ("review_code", "Review a patch and point out bugs and risky changes", ("code",)),
+)
+"""Capabilities handed out to simulated nodes (two each), for manifests of a real size."""
+
+
+class Status(enum.Enum):
+    """What a host's process is doing."""
+
+    NEW = "new"
+    """Never started."""
+    RUNNING = "running"
+    PAUSED = "paused"
+    """Stalled: no ticks, arrivals wait in a backlog."""
+    DOWN = "down"
+    """Crashed, or stopped after leaving."""
+
+
+class Violation(Exception):
+    """A safety invariant failed (the message says which, on which node, when)."""
+
+
+@dataclasses.dataclass(eq=False, slots=True)
+class SimNode:
+    """One simulated host: its identity, its current process and its disk."""
+
+    slot: int
+    name: str
+    signer: Signer
+    host: str
+    port: int
+    capabilities: tuple[Capability, ...]
+    core: MeshCore | None = None
+    status: Status = Status.NEW
+    life: int = 0
+    """Processes started so far on this host (restarts count)."""
+    leaving: bool = False
+    tick_at: float = math.inf
+    tick_gen: int = 0
+    stuck_ticks: int = 0
+    backlog: list[tuple[Callable[..., None], tuple[Any, ...]]] = dataclasses.field(
+        default_factory=list
+    )
+    paused_at: float = 0.0
+    # disk
+    incarnation: int = -1
+    manifest_version: int = 0
+    disk_records: dict[tuple[str, str], LedgerRecord] = dataclasses.field(default_factory=dict)
+    disk_manifests: dict[str, Manifest] = dataclasses.field(default_factory=dict)
+    # TCP concurrency
+    fetches: int = 0
+    fetch_queue: collections.deque[FetchManifest] = dataclasses.field(
+        default_factory=collections.deque
+    )
+    push_pulls: int = 0
+    push_pull_queue: collections.deque[StartPushPull] = dataclasses.field(
+        default_factory=collections.deque
+    )
+
+    @property
+    def node_id(self) -> str:
+        return self.signer.node_id
+
+    @property
+    def addr(self) -> Address:
+        return self.host, self.port
+
+    @property
+    def up(self) -> bool:
+        """The process runs (possibly paused)."""
+        return self.status is Status.RUNNING or self.status is Status.PAUSED
+
+    def __repr__(self) -> str:
+        return f"<SimNode {self.name} {self.status.value} life={self.life}>"
+
+
+class Cluster:
+    """Hosts, network and engine of one simulation run."""
+
+    def __init__(
+        self,
+        *,
+        seed: int,
+        config: NodeConfig,
+        link: LinkModel,
+        crypto: str = "fast",
+        wire: bool = False,
+        strict: bool = True,
+    ) -> None:
+        if crypto not in ("fast", "real"):
+            raise ValueError(f"crypto must be 'fast' or 'real', got {crypto!r}")
+        self.seed = seed
+        self.config = config
+        self.crypto = crypto
+        self.wire = wire
+        self.strict = strict
+        """Raise :class:`Violation` at the first failed safety invariant (else record it)."""
+        self.verifier: Verifier = verify if crypto == "real" else fast_verify
+        self.engine = Engine()
+        self.network = Network(link, derive_rng(seed, "network"))
+        self.sizes = SizeModel()
+        self.traffic = Traffic()
+        self.nodes: list[SimNode] = []
+        self.by_addr: dict[Address, int] = {}
+        self.by_id: dict[str, int] = {}
+        self.violations: list[str] = []
+        self.tracker = Tracker(
+            self.nodes, self.by_id, self._clock, self.network.reachable, self.violation
+        )
+        self._workload_rng = derive_rng(seed, "workload")
+
+    def _clock(self) -> float:
+        return self.engine.now
+
+    @property
+    def now(self) -> float:
+        return self.engine.now
+
+    # ------------------------------------------------------------------ invariants
+
+    def violation(self, text: str) -> None:
+        """Record a failed safety invariant (and raise if ``strict``)."""
+        message = f"t={self.engine.now:.6f}: {text}"
+        self.violations.append(message)
+        if self.strict:
+            raise Violation(message)
+
+    # ------------------------------------------------------------------ hosts
+
+    def add_node(self, name: str | None = None) -> SimNode:
+        """A new host with a fresh identity and address (not started)."""
+        slot = self.network.add_host()
+        key = derive_seed(self.seed, "identity", slot).to_bytes(8, "big") * 4
+        signer: Signer = (
+            Identity.from_seed(key) if self.crypto == "real" else (FastSigner.from_seed(key))
+        )
+        host = f"10.{(slot >> 16) & 255}.{(slot >> 8) & 255}.{slot & 255}"
+        first = (slot * 2) % len(CAPABILITY_CATALOG)
+        caps = tuple(
+            Capability(
+                name=cap_name,
+                description=description,
+                avg_latency_ms=float(100 + 10 * (slot % 50)),
+                cost_per_call_usd=0.001 * (1 + slot % 5),
+                tags=tags,
+            )
+            for cap_name, description, tags in (
+                CAPABILITY_CATALOG[first],
+                CAPABILITY_CATALOG[(first + 1) % len(CAPABILITY_CATALOG)],
+            )
+        )
+        node = SimNode(slot, name or f"n{slot}", signer, host, PORT, caps)
+        self.nodes.append(node)
+        self.by_addr[node.addr] = slot
+        self.by_id[node.node_id] = slot
+        self.tracker.add_slot()
+        return node
+
+    def start(self, node: SimNode, seeds: Sequence[SimNode]) -> None:
+        """Start a process on ``node`` (first start or restart) and join through ``seeds``."""
+        if node.up:
+            raise ValueError(f"{node.name} is already running")
+        now = self.engine.now
+        node.life += 1
+        node.incarnation += 1
+        node.leaving = False
+        node.stuck_ticks = 0
+        node.backlog = []
+        node.fetches = node.push_pulls = 0
+        node.fetch_queue.clear()
+        node.push_pull_queue.clear()
+        core = MeshCore(
+            self.config,
+            node.signer,
+            host=node.host,
+            port=node.port,
+            rng=derive_rng(self.seed, "node", node.slot, "life", node.life),
+            verifier=self.verifier,
+            incarnation=node.incarnation,
+            now=now,
+        )
+        # Restore what the runtime restores from its data dir.
+        for manifest in node.disk_manifests.values():
+            if manifest.node_id != node.node_id:
+                core.manifests.apply(manifest, now)
+        if node.disk_records:
+            core.ledger.apply_many(list(node.disk_records.values()), now)
+        node.core = core
+        node.status = Status.RUNNING
+        self.tracker.restarted(node)
+        self.tracker.up(node)
+        self.publish_manifest(node)
+        core.join([s.addr for s in seeds], now)
+        self._dispatch(node)
+
+    def publish_manifest(self, node: SimNode) -> Manifest:
+        """Sign and publish the next version of ``node``'s manifest."""
+        core = node.core
+        if core is None or not node.up:
+            raise ValueError(f"{node.name} is not running")
+        node.manifest_version += 1
+        manifest = Manifest.create(
+            node.signer,
+            name=node.name,
+            endpoint=f"{node.host}:{node.port}",
+            capabilities=node.capabilities,
+            tags=("sim",),
+            version=node.manifest_version,
+        )
+        self.tracker.published_manifest(node, manifest)
+        core.publish_manifest(manifest, self.engine.now)
+        self._dispatch(node)
+        return manifest
+
+    def crash(self, node: SimNode) -> None:
+        """Kill ``node``'s process: no goodbye, its core is gone."""
+        if not node.up:
+            return
+        if not node.leaving:
+            self.tracker.crashed(node)
+        self.tracker.down(node)
+        self._stop(node)
+
+    def _stop(self, node: SimNode) -> None:
+        node.status = Status.DOWN
+        node.core = None
+        node.backlog = []
+        node.tick_gen += 1
+        node.tick_at = math.inf
+        node.fetch_queue.clear()
+        node.push_pull_queue.clear()
+
+    def leave(self, node: SimNode) -> None:
+        """Leave gracefully, keep gossiping for ``leave_propagate_time``, then stop."""
+        if not node.up or node.leaving or node.core is None:
+            return
+        self.tracker.down(node)
+        node.leaving = True
+        node.core.leave(self.engine.now)
+        self._dispatch(node)
+        self.engine.after(self.config.leave_propagate_time, self._stop_left, node, node.life)
+
+    def _stop_left(self, node: SimNode, life: int) -> None:
+        if node.life == life and node.up:
+            self._stop(node)
+
+    def pause(self, node: SimNode) -> None:
+        """Stall ``node``'s process until :meth:`resume`."""
+        if node.status is Status.RUNNING:
+            node.status = Status.PAUSED
+            node.paused_at = self.engine.now
+            node.tick_gen += 1
+            node.tick_at = math.inf
+
+    def resume(self, node: SimNode) -> None:
+        """Let a paused process run again: the late tick first, then the backlog."""
+        if node.status is not Status.PAUSED or node.core is None:
+            return
+        node.status = Status.RUNNING
+        node.core.tick(self.engine.now)
+        self._dispatch(node)
+        backlog, node.backlog = node.backlog, []
+        for callback, args in backlog:
+            if node.status is not Status.RUNNING:
+                node.backlog.append((callback, args))
+                continue
+            callback(*args)
+
+    def record_outcome(self, node: SimNode, subject: SimNode, quality: float) -> LedgerRecord:
+        """``node`` scored a task done by ``subject``: its core signs a new opinion."""
+        core = node.core
+        if core is None or not node.up:
+            raise ValueError(f"{node.name} is not running")
+        record = core.record_outcome(subject.node_id, quality, self.engine.now)
+        self.tracker.record_created(record)
+        self._dispatch(node)
+        return record
+
+    def live_nodes(self) -> list[SimNode]:
+        """Hosts whose process runs (or is paused) and that have not left, by slot."""
+        live = self.tracker.live
+        return [n for n in self.nodes if live[n.slot]]
+
+    # ------------------------------------------------------------------ network faults
+
+    def partition(self, groups: Sequence[Iterable[SimNode]]) -> None:
+        """Symmetric partition into ``groups`` (hosts in none form one more group)."""
+        self.network.partition([[n.slot for n in g] for g in groups])
+
+    def partition_one_way(self, senders: Iterable[SimNode], receivers: Iterable[SimNode]) -> None:
+        """Nothing from ``senders`` reaches ``receivers``; the reverse direction works."""
+        self.network.partition_one_way([n.slot for n in senders], [n.slot for n in receivers])
+
+    def heal(self) -> None:
+        self.network.heal()
+
+    # ------------------------------------------------------------------ running
+
+    def run_until(
+        self,
+        until: float,
+        *,
+        stop: Callable[[], bool] | None = None,
+        on_progress: Callable[[], None] | None = None,
+    ) -> bool:
+        """Run the engine up to virtual time ``until`` (or until ``stop()``)."""
+        return self.engine.run_until(until, stop=stop, on_progress=on_progress)
+
+    # ------------------------------------------------------------------ driving cores
+
+    def _reschedule(self, node: SimNode) -> None:
+        core = node.core
+        if core is None or node.status is not Status.RUNNING:
+            return
+        deadline = core.next_deadline()
+        if deadline < node.tick_at:
+            node.tick_gen += 1
+            node.tick_at = deadline
+            self.engine.at(deadline, self._on_tick, node, node.tick_gen)
+
+    def _on_tick(self, node: SimNode, gen: int) -> None:
+        if gen != node.tick_gen or node.status is not Status.RUNNING:
+            return
+        node.tick_at = math.inf
+        core = node.core
+        assert core is not None
+        now = self.engine.now
+        if core.next_deadline() > now:
+            self._reschedule(node)
+            return
+        core.tick(now)
+        self._dispatch(node)
+        if core.next_deadline() <= now:
+            node.stuck_ticks += 1
+            if node.stuck_ticks >= 3:
+                self.violation(f"{node.name}: tick at {now} makes no progress (livelock)")
+                node.tick_at = now + 1.0  # keep the run going when not strict
+        else:
+            node.stuck_ticks = 0
+
+    def _dispatch(self, node: SimNode) -> None:
+        core = node.core
+        if core is None:
+            return
+        tracker = self.tracker
+        for effect in core.take_effects():
+            kind = type(effect)
+            if kind is SendPacket:
+                self._send(node, effect)  # type: ignore[arg-type]
+            elif kind is MemberChanged:
+                assert isinstance(effect, MemberChanged)
+                tracker.member_changed(node, effect)
+                if (
+                    effect.node_id == node.node_id
+                    and effect.kind is MemberEvent.UPDATED
+                    and effect.member.incarnation > node.incarnation
+                ):
+                    node.incarnation = effect.member.incarnation  # persisted, as the runtime does
+            elif kind is FetchManifest:
+                assert isinstance(effect, FetchManifest)
+                tracker.fetch_started(node, effect)
+                self._start_fetch(node, effect)
+            elif kind is StartPushPull:
+                assert isinstance(effect, StartPushPull)
+                self._start_push_pull(node, effect)
+            elif kind is ManifestChanged:
+                assert isinstance(effect, ManifestChanged)
+                tracker.manifest_changed(node, effect)
+                if effect.manifest is None:
+                    node.disk_manifests.pop(effect.node, None)
+                else:
+                    node.disk_manifests[effect.node] = effect.manifest
+            elif kind is PersistRecords:
+                assert isinstance(effect, PersistRecords)
+                tracker.records_persisted(node, effect)
+                disk = node.disk_records
+                for record in effect.records:
+                    disk[(record.observer, record.subject)] = record
+        self._reschedule(node)
+
+    # ------------------------------------------------------------------ UDP
+
+    def _send(self, node: SimNode, packet: SendPacket) -> None:
+        messages = packet.messages
+        size = self.sizes.packet(messages)
+        limit = self.config.max_packet_bytes
+        if size > limit:
+            self.violation(f"{node.name} sent a {size}-byte datagram (limit {limit})")
+        traffic = self.traffic
+        if messages and type(messages[0]) in _PROBE_TYPES:
+            traffic.probe_packets += 1
+            traffic.probe_messages += len(messages)
+            traffic.probe_bytes += size
+        else:
+            traffic.gossip_packets += 1
+            traffic.gossip_messages += len(messages)
+            traffic.gossip_bytes += size
+        dst = self.by_addr.get(packet.addr)
+        if dst is None:
+            traffic.datagrams_to_nobody += 1
+            return
+        fates = self.network.datagram(node.slot, dst)
+        if not fates:
+            traffic.datagrams_lost += 1
+            return
+        payload: tuple[Message, ...] | bytes = messages
+        if self.wire:
+            payload = encode(messages, node.signer)
+            if len(payload) != size:
+                self.violation(f"size model says {size} bytes, the codec made {len(payload)}")
+        if len(fates) > 1:
+            traffic.datagrams_duplicated += 1
+        now = self.engine.now
+        at = self.engine.at
+        for delay in fates:
+            at(now + delay, self._arrive, dst, node.addr, node.node_id, payload)
+
+    def _arrive(
+        self, slot: int, src: Address, sender: str, payload: tuple[Message, ...] | bytes
+    ) -> None:
+        node = self.nodes[slot]
+        status = node.status
+        if status is not Status.RUNNING:
+            if status is Status.PAUSED:
+                node.backlog.append((self._arrive, (slot, src, sender, payload)))
+            return
+        if isinstance(payload, bytes):
+            envelope = decode(payload, verifier=self.verifier)
+            sender, messages = envelope.sender, envelope.messages
+        else:
+            messages = payload
+        core = node.core
+        assert core is not None
+        core.receive(sender, messages, src, self.engine.now)
+        self._dispatch(node)
+
+    # ------------------------------------------------------------------ TCP: push-pull
+
+    def _connect(self, src: SimNode, addr: Address, timeout: float) -> tuple[int | None, float]:
+        """``(remote slot, seconds until the request has arrived)``, or ``(None, seconds
+        until the failure is noticed)`` when the connection cannot be made."""
+        dst = self.by_addr.get(addr)
+        network = self.network
+        if dst is None or not (
+            network.reachable(src.slot, dst) and network.reachable(dst, src.slot)
+        ):
+            return None, timeout
+        if not self.nodes[dst].up:
+            # The host answers with a reset: one round trip.
+            return None, network.delay(src.slot, dst) + network.delay(dst, src.slot)
+        elapsed = network.tcp_connect(src.slot, dst) + network.tcp_leg(src.slot, dst)
+        if elapsed > timeout:
+            return None, timeout
+        return dst, elapsed
+
+    def _frame(self, messages: Sequence[Message], signer: Signer) -> Sequence[Message]:
+        """In wire mode, messages as the receiver decodes them from a real signed frame."""
+        if not self.wire:
+            return messages
+        return decode(encode(list(messages), signer), verifier=self.verifier).messages
+
+    def _start_push_pull(self, node: SimNode, effect: StartPushPull) -> None:
+        if node.push_pulls >= MAX_CONCURRENT_PUSH_PULLS:
+            node.push_pull_queue.append(effect)
+            return
+        node.push_pulls += 1
+        self._push_pull_begin(node, effect)
+
+    def _push_pull_begin(self, node: SimNode, effect: StartPushPull) -> None:
+        core = node.core
+        assert core is not None
+        now = self.engine.now
+        timeout = self.config.tcp_timeout
+        self.traffic.push_pull_exchanges += 1
+        dst, elapsed = self._connect(node, effect.addr, timeout)
+        if dst is None:
+            self.engine.at(now + elapsed, self._push_pull_failed, node, node.life)
+            return
+        request = core.push_pull_request(effect.join)
+        self._count_push_pull(request)
+        (request,) = self._frame((request,), node.signer)  # type: ignore[assignment]
+        self.engine.at(
+            now + elapsed, self._push_pull_serve, node, node.life, dst, request, now, effect
+        )
+
+    def _count_push_pull(self, message: PushPull) -> None:
+        self.traffic.push_pull_frames += 1
+        self.traffic.push_pull_bytes += self.sizes.frame((message,))
+
+    def _push_pull_serve(
+        self,
+        node: SimNode,
+        life: int,
+        dst: int,
+        request: PushPull,
+        started: float,
+        effect: StartPushPull,
+    ) -> None:
+        remote = self.nodes[dst]
+        now = self.engine.now
+        deadline = started + self.config.tcp_timeout
+        if remote.status is Status.PAUSED:
+            remote.backlog.append(
+                (self._push_pull_serve, (node, life, dst, request, started, effect))
+            )
+            return
+        if remote.core is None or not self.network.reachable(node.slot, dst):
+            self.engine.at(max(now, deadline), self._push_pull_failed, node, life)
+            return
+        reply = remote.core.handle_push_pull(node.node_id, request, now)
+        self._dispatch(remote)
+        self._count_push_pull(reply)
+        (reply,) = self._frame((reply,), remote.signer)  # type: ignore[assignment]
+        arrival = now + self.network.tcp_leg(dst, node.slot)
+        if arrival > deadline or not self.network.reachable(dst, node.slot):
+            self.engine.at(max(now, deadline), self._push_pull_failed, node, life)
+            return
+        self.engine.at(arrival, self._push_pull_finish, node, life, dst, reply, started, effect)
+
+    def _push_pull_finish(
+        self,
+        node: SimNode,
+        life: int,
+        dst: int,
+        reply: PushPull,
+        started: float,
+        effect: StartPushPull,
+    ) -> None:
+        if node.life != life or node.core is None:
+            return
+        if node.status is Status.PAUSED:
+            node.backlog.append((self._push_pull_finish, (node, life, dst, reply, started, effect)))
+            return
+        now = self.engine.now
+        if now > started + self.config.tcp_timeout:
+            self._push_pull_failed(node, life)  # the client gave up while stalled
+            return
+        remote = self.nodes[dst]
+        missing = node.core.finish_push_pull(remote.node_id, reply, effect.addr, now)
+        self._dispatch(node)
+        for start in range(0, len(missing), MAX_MESSAGES_PER_ENVELOPE):
+            chunk = missing[start : start + MAX_MESSAGES_PER_ENVELOPE]
+            self.traffic.push_pull_frames += 1
+            self.traffic.push_pull_bytes += self.sizes.records(chunk)
+            records = self._frame(chunk, node.signer)
+            arrival = now + self.network.tcp_leg(node.slot, dst)
+            self.engine.at(arrival, self._push_pull_records, dst, records)
+        self._push_pull_done(node, life)
+
+    def _push_pull_records(self, dst: int, records: Sequence[LedgerRecord]) -> None:
+        remote = self.nodes[dst]
+        if remote.status is Status.PAUSED:
+            remote.backlog.append((self._push_pull_records, (dst, records)))
+            return
+        if remote.core is None or remote.status is not Status.RUNNING:
+            return
+        remote.core.apply_records(records, self.engine.now)
+        self._dispatch(remote)
+
+    def _push_pull_failed(self, node: SimNode, life: int) -> None:
+        if node.life != life:
+            return
+        self.traffic.push_pull_failures += 1
+        self._push_pull_done(node, life)
+
+    def _push_pull_done(self, node: SimNode, life: int) -> None:
+        if node.life != life or not node.up:
+            return
+        node.push_pulls -= 1
+        if node.push_pull_queue:
+            node.push_pulls += 1
+            self._push_pull_begin(node, node.push_pull_queue.popleft())
+
+    # ------------------------------------------------------------------ TCP: manifest fetch
+
+    def _start_fetch(self, node: SimNode, effect: FetchManifest) -> None:
+        if node.fetches >= MAX_CONCURRENT_FETCHES:
+            node.fetch_queue.append(effect)
+            return
+        node.fetches += 1
+        self._fetch_try(node, node.life, effect, 0)
+
+    def _fetch_try(self, node: SimNode, life: int, effect: FetchManifest, index: int) -> None:
+        if node.life != life or node.core is None:
+            return
+        if node.status is Status.PAUSED:
+            node.backlog.append((self._fetch_try, (node, life, effect, index)))
+            return
+        now = self.engine.now
+        if index >= len(effect.sources):
+            self.traffic.fetch_failures += 1
+            node.core.fetch_failed(effect.node)
+            self._dispatch(node)
+            self._fetch_done(node, life)
+            return
+        timeout = self.config.tcp_timeout
+        dst, elapsed = self._connect(node, effect.sources[index], timeout)
+        if dst is None:
+            self.engine.at(now + elapsed, self._fetch_try, node, life, effect, index + 1)
+            return
+        self.traffic.fetch_requests += 1
+        self.traffic.fetch_bytes += FETCH_REQUEST_BYTES
+        self.engine.at(now + elapsed, self._fetch_serve, node, life, effect, index, dst, now)
+
+    def _fetch_serve(
+        self,
+        node: SimNode,
+        life: int,
+        effect: FetchManifest,
+        index: int,
+        dst: int,
+        started: float,
+    ) -> None:
+        remote = self.nodes[dst]
+        if remote.status is Status.PAUSED:
+            remote.backlog.append((self._fetch_serve, (node, life, effect, index, dst, started)))
+            return
+        now = self.engine.now
+        deadline = started + self.config.tcp_timeout
+        if remote.core is None or not self.network.reachable(node.slot, dst):
+            self.engine.at(max(now, deadline), self._fetch_try, node, life, effect, index + 1)
+            return
+        manifest = remote.core.manifests.get(effect.node)
+        arrival = now + self.network.tcp_leg(dst, node.slot)
+        if arrival > deadline or not self.network.reachable(dst, node.slot):
+            self.engine.at(max(now, deadline), self._fetch_try, node, life, effect, index + 1)
+            return
+        if manifest is None:  # 404: try the next source
+            self.engine.at(arrival, self._fetch_try, node, life, effect, index + 1)
+            return
+        self.traffic.fetch_bytes += self.sizes.manifest(manifest)
+        if self.wire:
+            manifest = unpack(pack(manifest), Manifest)
+        self.engine.at(arrival, self._fetch_arrived, node, life, effect, index, manifest)
+
+    def _fetch_arrived(
+        self, node: SimNode, life: int, effect: FetchManifest, index: int, manifest: Manifest
+    ) -> None:
+        if node.life != life or node.core is None:
+            return
+        if node.status is Status.PAUSED:
+            node.backlog.append((self._fetch_arrived, (node, life, effect, index, manifest)))
+            return
+        node.core.manifest_fetched(manifest, self.engine.now)
+        self._dispatch(node)
+        if manifest.version >= effect.version:
+            self._fetch_done(node, life)
+        else:
+            self._fetch_try(node, life, effect, index + 1)
+
+    def _fetch_done(self, node: SimNode, life: int) -> None:
+        if node.life != life or not node.up:
+            return
+        node.fetches -= 1
+        if node.fetch_queue:
+            node.fetches += 1
+            self._fetch_try(node, life, node.fetch_queue.popleft(), 0)
+
+    # ------------------------------------------------------------------ checks
+
+    def check_final_state(self) -> None:
+        """End-of-run safety checks: no ledger holds proof that an honest node equivocated."""
+        for node in self.live_nodes():
+            assert node.core is not None
+            equivocators = node.core.ledger.equivocators()
+            if equivocators:
+                names = [self.nodes[self.by_id[e]].name for e in equivocators if e in self.by_id]
+                self.violation(f"{node.name} holds equivocation proofs against {names}")
+
+    def random_pair(self) -> tuple[SimNode, SimNode] | None:
+        """Two distinct live, running nodes picked by the workload stream."""
+        running = [n for n in self.live_nodes() if n.status is Status.RUNNING]
+        if len(running) < 2:
+            return None
+        rng = self._workload_rng
+        a, b = rng.sample(range(len(running)), 2)
+        return running[a], running[b]
+
+    @property
+    def workload_rng(self) -> Any:
+        return self._workload_rng
