@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from protocol import (
+    Envelope,
     LedgerRecord,
     Manifest,
     PushPull,
@@ -109,12 +110,7 @@ def build_app(node: MeshNode) -> web.Application:
 
     @routes.post("/v1/wire/pushpull")
     async def wire_pushpull(request: web.Request) -> web.Response:
-        data = await request.read()
-        try:
-            envelope = decode(data, verifier=node.verifier)
-        except RemoteProtocolError as exc:
-            node.count_drop(type(exc).__name__)
-            raise web.HTTPBadRequest(text=f"{type(exc).__name__}: {exc}") from None
+        envelope = await _signed_envelope(request, node)
         if len(envelope.messages) != 1 or not isinstance(envelope.messages[0], PushPull):
             raise web.HTTPBadRequest(text="expected exactly one PushPull message")
         reply = node.handle_push_pull(envelope.sender, envelope.messages[0])
@@ -122,12 +118,7 @@ def build_app(node: MeshNode) -> web.Application:
 
     @routes.post("/v1/wire/records")
     async def wire_records(request: web.Request) -> web.Response:
-        data = await request.read()
-        try:
-            envelope = decode(data, verifier=node.verifier)
-        except RemoteProtocolError as exc:
-            node.count_drop(type(exc).__name__)
-            raise web.HTTPBadRequest(text=f"{type(exc).__name__}: {exc}") from None
+        envelope = await _signed_envelope(request, node)
         records = [m for m in envelope.messages if isinstance(m, LedgerRecord)]
         if len(records) != len(envelope.messages):
             raise web.HTTPBadRequest(text="expected only LedgerRecord messages")
@@ -186,6 +177,15 @@ def build_app(node: MeshNode) -> web.Application:
 
     app.add_routes(routes)
     return app
+
+
+async def _signed_envelope(request: web.Request, node: MeshNode) -> Envelope:
+    """The request body as a verified envelope, or HTTP 400 (and a counted drop)."""
+    try:
+        return decode(await request.read(), verifier=node.verifier)
+    except RemoteProtocolError as exc:
+        node.count_drop(type(exc).__name__)
+        raise web.HTTPBadRequest(text=f"{type(exc).__name__}: {exc}") from None
 
 
 def _authorize(request: web.Request, token: str | None) -> None:
