@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/membership.py [--out membership.json] [--sizes 10,50] [--quick]
-                                    [--kills K] [--embedder default|hashing]
+                                    [--kills K] [--embedder hashing]
                                     [--skip-serf] [--serf PATH] [--logs DIR]
 
 For each cluster size N (10 and 50; ``--quick``: 10 only and a shorter idle window) the
@@ -47,12 +47,12 @@ most 3× serf's; RSS at most 60 MB per node (MB = 10^6 bytes throughout). A goal
 needs serf is ``null`` when serf did not run (``--skip-serf``, or no ``serf`` binary:
 the JSON says which under ``"serf"``).
 
-``--embedder hashing`` runs every meshnode node with ``NodeConfig.embedder = "hashing"``
-(through ``--agent`` and a generated MeshNode subclass, since ``meshnode run`` has no flag
-for it), to measure the membership layer without the MiniLM model that the default
-configuration loads at start when the ``semantic`` extra is installed. Before starting N
+``--embedder hashing`` passes ``--embedder hashing`` to ``meshnode run``, to measure the
+membership layer without the MiniLM model that the default (``auto``) loads at start when
+the ``semantic`` extra is installed. Before starting N
 nodes the script checks that N × the first node's private memory fits in what the machine
-has available, and it starts no node while less than 3 GB is available.
+has available, and it starts no node unless 3 GB would remain once every node started so
+far has grown to the size of the first one.
 
 The JSON goes to stdout or ``--out``; progress goes to stderr. ``--logs DIR`` keeps every
 node's output (otherwise it lives in a temporary directory removed at the end). Each
@@ -107,8 +107,9 @@ QUIET_CPU_PCT = 5.0
 """A node is quiet once it used less than this share of one core over ``QUIET_SAMPLE_S``."""
 QUIET_SAMPLE_S = 2.0
 MEMORY_FLOOR = 3 * 10**9
-"""Bytes of ``MemAvailable`` below which no further node is started (the machine is
-shared; a meshnode process that loads the MiniLM model holds about 0.35 GB)."""
+"""Bytes of ``MemAvailable`` to keep: no node is started unless this much would remain
+once every started node has grown to the first node's size (the machine is shared; a
+meshnode process that loads the MiniLM model holds about 0.36 GB of its own)."""
 IDLE_S = 20.0
 """Length of the idle window over which CPU and memory are sampled."""
 QUICK_IDLE_S = 8.0
@@ -131,7 +132,7 @@ QUERY_TIMEOUT = 5.0
 CHECK_INTERVAL = 0.05
 """Seconds between two evaluations of a wait condition on the logs."""
 START_ATTEMPTS = 3
-"""Launch attempts per serf agent (a port picked free can be taken before serf binds it)."""
+"""Launch attempts per node (a port picked free for serf can be taken before it binds)."""
 
 GOAL_DETECT_RATIO = 1.1
 GOAL_CPU_RATIO = 3.0
@@ -401,9 +402,11 @@ class Cluster:
         self.workdir = workdir
         self.deathsig = deathsig
         self.nodes: list[Node] = []
+        self.failed_starts: list[Node] = []
         self.pump = LogPump()
         self.started_at = time.monotonic()
-        self.seed_uss_mb: float | None = None
+        self.seed_uss: int | None = None
+        """Private memory (bytes) of the first node once it finished starting up."""
         workdir.mkdir(parents=True, exist_ok=True)
 
     # -- to implement per system
@@ -431,12 +434,7 @@ class Cluster:
         name = f"{self.prefix}{index}"
         last = ""
         for attempt in range(1, START_ATTEMPTS + 1):
-            available = mem_available()
-            if available < MEMORY_FLOOR:
-                raise RuntimeError(
-                    f"memory guard: {available / 10**9:.1f} GB available, below "
-                    f"{MEMORY_FLOOR / 10**9:.0f} GB; not starting {name}"
-                )
+            self.check_memory(name)
             self.prepare(index)
             node = self._spawn(name, self.command(index, seed))
             deadline = time.monotonic() + START_TIMEOUT
@@ -449,6 +447,8 @@ class Cluster:
                 return node
             last = f"exit status {node.proc.returncode}"
             log(f"  {name} exited before it was ready ({last}), attempt {attempt}")
+            self.nodes.remove(node)
+            self.failed_starts.append(node)  # its pipes are closed with the others
         raise RuntimeError(f"{self.system} {name} did not start ({last}); see {self.workdir}")
 
     def _spawn(self, name: str, cmd: list[str]) -> Node:
@@ -489,13 +489,28 @@ class Cluster:
         assert first.ready_at is not None and last.ready_at is not None
         return {"last_launched_at": last.launched_at, "last_ready_at": last.ready_at}
 
+    def check_memory(self, name: str) -> None:
+        """Refuse to start ``name`` unless ``MEMORY_FLOOR`` stays available once every
+        running node has grown to the first node's size (nodes load models after start)."""
+        available = mem_available()
+        growth = 0
+        if self.seed_uss is not None:
+            for node in self.live():
+                growth += max(0, self.seed_uss - pss_uss_bytes(node.proc.pid)[1])
+        if available - growth < MEMORY_FLOOR:
+            raise RuntimeError(
+                f"memory guard: {available / 10**9:.1f} GB available, "
+                f"{growth / 10**9:.1f} GB still to be taken by starting nodes; "
+                f"keeping {MEMORY_FLOOR / 10**9:.0f} GB free, so not starting {name}"
+            )
+
     def preflight(self, seed: Node) -> None:
         """Once the first node has finished starting up, refuse to start N of them if
         their private memory would not fit in what the machine has available."""
         self.wait_quiet([seed], SETTLE_MAX_S)
         _, uss = pss_uss_bytes(seed.proc.pid)
         needed = uss * (self.n - 1) + MEMORY_FLOOR
-        self.seed_uss_mb = round(uss / MB, 1)
+        self.seed_uss = uss
         if mem_available() < needed:
             raise RuntimeError(
                 f"memory guard: {self.n} nodes of {uss / MB:.0f} MB private memory each "
@@ -524,16 +539,17 @@ class Cluster:
                 }
 
     def close(self) -> None:
-        for node in self.nodes:
+        every = [*self.nodes, *self.failed_starts]
+        for node in every:
             kill_group(node.proc)
         deadline = time.monotonic() + STOP_TIMEOUT
-        for node in self.nodes:
+        for node in every:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 node.proc.wait(max(0.1, deadline - time.monotonic()))
         with contextlib.suppress(TimeoutError):
             _wait("the log reader", deadline, self.pump.idle)
         self.pump.stop(STOP_TIMEOUT)
-        for node in self.nodes:
+        for node in every:
             for stream in (node.proc.stdout, node.proc.stderr):
                 if stream is not None:
                     with contextlib.suppress(OSError):
@@ -852,21 +868,6 @@ MESHNODE_STATES = {"alive": "alive", "suspect": "suspect", "dead": "failed", "le
 """meshnode member states in the normalised vocabulary."""
 
 
-AGENT_SOURCE = '''"""A plain MeshNode whose discovery index uses the {embedder!r} embedder."""
-
-import dataclasses
-
-from meshnode.runtime.node import MeshNode
-
-
-class EmbedderNode(MeshNode):
-    def __init__(self, config, **kwargs):
-        super().__init__(dataclasses.replace(config, embedder={embedder!r}), **kwargs)
-'''
-"""``--agent`` module for ``--embedder hashing``: ``meshnode run`` has no flag for
-``NodeConfig.embedder``, so the choice goes through a MeshNode subclass."""
-
-
 class MeshnodeCluster(Cluster):
     """``meshnode run --profile lan`` processes, queried with ``GET /v1/members``."""
 
@@ -878,10 +879,6 @@ class MeshnodeCluster(Cluster):
         super().__init__(n, workdir, deathsig)
         self._names: dict[str, str] = {}
         self.embedder = embedder
-        self._agent: Path | None = None
-        if embedder != "default":
-            self._agent = workdir / "embedder_agent.py"
-            self._agent.write_text(AGENT_SOURCE.format(embedder=embedder), encoding="utf-8")
 
     def command(self, index: int, seed: Node | None) -> list[str]:
         data_dir = self.workdir / f"{self.prefix}{index}"
@@ -903,8 +900,8 @@ class MeshnodeCluster(Cluster):
             "INFO",
             "--json-logs",
         ]
-        if self._agent is not None:
-            cmd += ["--agent", f"{self._agent}:EmbedderNode"]
+        if self.embedder != "default":
+            cmd += ["--embedder", self.embedder]
         if seed is not None:
             cmd += ["--seed", seed.address]
         return cmd
@@ -1008,7 +1005,8 @@ def run_scenario(cluster: Cluster, settle: float, idle: float, kills: int) -> di
         result["error"] = f"{type(exc).__name__}: {exc}"
         log(f"  error: {result['error']}")
     finally:
-        result["first_node_uss_mb"] = cluster.seed_uss_mb
+        uss = cluster.seed_uss
+        result["first_node_uss_mb"] = None if uss is None else round(uss / MB, 1)
         result["false_positives"] = cluster.false_positives()
         log(f"  false positives: {result['false_positives']}")
         cluster.close()
@@ -1175,10 +1173,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--serf", default=shutil.which("serf"), help="serf binary (default: PATH)")
     parser.add_argument(
         "--embedder",
-        choices=("default", "hashing"),
+        choices=("default", "auto", "minilm", "hashing"),
         default="default",
-        help="meshnode's capability embedder: as configured by default (MiniLM when the "
-        "semantic extra is installed), or the hashing one (no model in memory)",
+        help="meshnode run --embedder (default: not passed, i.e. auto, MiniLM when the "
+        "semantic extra is installed; hashing: no model in memory)",
     )
     parser.add_argument("--logs", type=Path, help="keep every node's output in this directory")
     args = parser.parse_args(argv)

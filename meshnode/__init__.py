@@ -7,8 +7,13 @@ peer and gossip signed trust opinions into a CRDT reputation ledger.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from meshnode.capability import capability
 from meshnode.core.config import NodeConfig
+
+if TYPE_CHECKING:
+    from meshnode.runtime.node import MeshNode
 
 __version__ = "0.1.0.dev0"
 

@@ -3,7 +3,8 @@
 Subcommands: ``run`` (start a node and serve until SIGINT/SIGTERM), ``members`` (ask a
 running node who it knows), ``discover`` (rank providers for a description), ``delegate``
 (run a task through a node), ``trust`` (a node's trust view and breakers), ``keygen``
-(create a data dir's identity). Commands that print data take ``--json``.
+(create a data dir's identity), ``demo`` (a five-agent research mesh on this machine).
+Commands that print data take ``--json``.
 Exit status: 0 on success, 1 on a runtime error (unreachable node,
 bad response), 2 on bad arguments.
 """
@@ -325,7 +326,66 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--data-dir", required=True)
     keygen.add_argument("--force", action="store_true", help="replace an existing key")
     keygen.add_argument("--json", action="store_true")
+
+    demo = sub.add_parser(
+        "demo",
+        help="run a five-agent research mesh on this machine (loopback only) and print its report",
+    )
+    demo.add_argument("--query", help="the research question (default: a question on the data)")
+    demo.add_argument(
+        "--csv", type=Path, help="a CSV with the demo's columns (default: the bundled one)"
+    )
+    demo.add_argument(
+        "--out",
+        type=Path,
+        default=Path("meshnode-demo-report.md"),
+        help="where to write the report (default ./meshnode-demo-report.md)",
+    )
+    demo_view = demo.add_mutually_exclusive_group()
+    demo_view.add_argument(
+        "--live", dest="live", action="store_true", default=None, help="live view"
+    )
+    demo_view.add_argument(
+        "--no-live", dest="live", action="store_false", help="plain lines, no live view"
+    )
+    demo.add_argument("--json", action="store_true", help="print one JSON document")
+    demo.add_argument("--keep", action="store_true", help="keep the data dirs and logs")
+    demo.add_argument(
+        "--timeout", type=float, default=90.0, help="seconds before giving up (default 90)"
+    )
+    demo.add_argument(
+        "--embedder",
+        choices=("auto", "minilm", "hashing"),
+        default="auto",
+        help="the orchestrator's embedder (default auto: MiniLM when installed)",
+    )
+    demo.add_argument(
+        "--mcp-config", type=Path, help="MCP servers for the web-search agent (JSON file)"
+    )
     return parser
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from meshnode.demo.runner import DEFAULT_QUERY, DemoOptions, run_demo
+
+    if args.timeout <= 0:
+        raise ValueError("--timeout must be positive")
+    options = DemoOptions(
+        query=args.query or DEFAULT_QUERY,
+        csv=args.csv,
+        out=args.out,
+        live=args.live,
+        json=args.json,
+        keep=args.keep,
+        timeout_s=args.timeout,
+        embedder=args.embedder,
+        mcp_config=args.mcp_config,
+    )
+    try:
+        return _run_async(run_demo(options))
+    except KeyboardInterrupt:
+        print("meshnode demo: interrupted; every process was stopped", file=sys.stderr)
+        return 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -348,6 +408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_async(_cmd_delegate(args))
         if args.command == "trust":
             return _run_async(_cmd_trust(args))
+        if args.command == "demo":
+            return _cmd_demo(args)
     except ValueError as exc:
         print(f"meshnode: error: {exc}", file=sys.stderr)
         return 2

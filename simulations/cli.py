@@ -96,8 +96,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--churn-crash", type=float, default=0.0, help="share of departures that crash")
     p.add_argument("--quiet-s", type=float, default=60.0, help="convergence budget after faults")
     p.add_argument("--outcome-rate", type=float, default=1.0, help="task outcomes per second")
-    p.add_argument("--pause-s", type=_pair, default=(0.5, 3.0), metavar="MIN:MAX")
-    p.add_argument("--run-s", type=_pair, default=(1.0, 4.0), metavar="MIN:MAX")
+    p.add_argument(
+        "--pause-s", type=_pair, default=(0.1, 2.0), metavar="MIN:MAX", help="slow-node stalls"
+    )
+    p.add_argument(
+        "--run-s", type=_pair, default=(0.1, 2.0), metavar="MIN:MAX", help="slow-node runs"
+    )
     p.add_argument(
         "--set",
         type=_setting,

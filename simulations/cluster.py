@@ -673,6 +673,9 @@ class Cluster:
     def _push_pull_failed(self, node: SimNode, life: int) -> None:
         if node.life != life:
             return
+        if node.status is Status.PAUSED:
+            node.backlog.append((self._push_pull_failed, (node, life)))
+            return
         self.traffic.push_pull_failures += 1
         self._push_pull_done(node, life)
 

@@ -14,14 +14,25 @@ Definitions (the JSON report uses the same words):
   nodes count as observers, and the expected view of a subject is *alive* if it is live,
   *gone* (dead, left, or forgotten) otherwise.
 * **Membership** has converged when every live observer sees every live subject alive and
-  no other subject alive or suspect. ``mismatch[v]`` counts the subjects ``v`` sees wrongly;
-  it moves with each ``MemberChanged`` (whose old and new states say exactly what changed)
-  and is recomputed for one subject across all observers when the truth about that subject
-  changes (a crash, a leave, a restart: O(N) each, rare).
+  no other subject alive or suspect. Per subject the tracker counts the live observers
+  that see it alive (``alive_views``) and suspect (``suspect_views``), moved by each
+  ``MemberChanged`` (whose old and new states say exactly what changed). Two totals follow:
+  ``views_ok``, the alive views of live subjects, and ``views_bad``, the alive or suspect
+  views of subjects that are not live. Membership has converged when
+  ``views_ok == L (L − 1)`` and ``views_bad == 0`` for ``L`` live nodes. A crash, a leave or
+  a start changes the truth about one subject, which moves its counts from one total to
+  the other in O(1); a node that starts or stops as an *observer* adds or removes the views
+  it holds (O(members it knows)). Nothing is ever O(N) per event, or O(N²) per run beyond
+  what the cores themselves hold.
 * **Manifests** have converged when every live observer holds, for every live subject, the
-  manifest version that subject last published, and nothing for the others. A mirror of
-  the versions each observer holds (one small dict per observer) gives the old value that
-  ``ManifestChanged`` does not carry.
+  manifest version that subject last published, and nothing for the others: per subject,
+  the live observers holding exactly the expected version (``holders_ok``) and holding any
+  other (``holders_bad``). ``manifests_ok`` sums the first over all subjects and
+  ``manifests_orphaned`` the second over subjects that should have no manifest (down or
+  left); manifests have converged when ``manifests_ok == P (L − 1)`` for ``P`` live
+  subjects with a published manifest, and nothing is orphaned. A publication makes every
+  current holder a holder of a stale version in O(1). A mirror of the versions each observer holds
+  (one dict per observer) gives the old value that ``ManifestChanged`` does not carry.
 * The **ledger** has converged when every live node holds the latest record of every
   (observer, subject) key; ``missing[key]`` counts the live nodes that lack it, fed by the
   ``PersistRecords`` effects that report every record a ledger accepted.
@@ -95,6 +106,8 @@ class Accusations:
     """Observer-level transitions into this state about a live, reachable subject."""
     false_subjects: dict[int, int] = dataclasses.field(default_factory=dict)
     """Slot -> number of false accusations of it (insertion order: first accused first)."""
+    false_accusers: dict[int, int] = dataclasses.field(default_factory=dict)
+    """Slot -> number of false accusations it signed (insertion order)."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -128,15 +141,19 @@ class Tracker:
         self.live: list[bool] = []
         self.live_count = 0
         # membership
-        self.mismatch: list[int] = []
-        self.unconverged = 0
-        self.live_views: list[int] = []
+        self.alive_views: list[int] = []
+        self.suspect_views: list[int] = []
+        self.views_ok = 0
+        self.views_bad = 0
         # manifests
         self.expected: list[int | None] = []
+        self.expected_count = 0
         self.published: list[dict[int, bytes]] = []
         self.held: list[dict[int, int]] = []
-        self.m_mismatch: list[int] = []
-        self.m_unconverged = 0
+        self.holders_ok: list[int] = []
+        self.holders_bad: list[int] = []
+        self.manifests_ok = 0
+        self.manifests_orphaned = 0
         # ledger
         self.latest: dict[LedgerKey, LedgerRecord] = {}
         self.created: dict[tuple[str, int], LedgerRecord] = {}
@@ -165,12 +182,13 @@ class Tracker:
     def add_slot(self) -> None:
         """A new host slot exists (not live yet)."""
         self.live.append(False)
-        self.mismatch.append(0)
-        self.live_views.append(0)
+        self.alive_views.append(0)
+        self.suspect_views.append(0)
         self.expected.append(None)
         self.published.append({})
         self.held.append({})
-        self.m_mismatch.append(0)
+        self.holders_ok.append(0)
+        self.holders_bad.append(0)
         self.max_incarnation.append(-1)
 
     # ------------------------------------------------------------------ phases
@@ -183,12 +201,30 @@ class Tracker:
         self._check_converged()
 
     @property
+    def wrong_views(self) -> int:
+        """(observer, subject) pairs of live observers whose view is wrong."""
+        n = self.live_count
+        return n * (n - 1) - self.views_ok + self.views_bad
+
+    @property
+    def wrong_manifests(self) -> int:
+        """(observer, subject) pairs of live observers holding the wrong manifest."""
+        return (
+            self.expected_count * (self.live_count - 1)
+            - self.manifests_ok
+            + self.manifests_orphaned
+        )
+
+    @property
     def membership_converged(self) -> bool:
-        return self.unconverged == 0
+        n = self.live_count
+        return self.views_bad == 0 and self.views_ok == n * (n - 1)
 
     @property
     def manifests_converged(self) -> bool:
-        return self.m_unconverged == 0
+        return self.manifests_orphaned == 0 and self.manifests_ok == self.expected_count * (
+            self.live_count - 1
+        )
 
     @property
     def ledger_converged(self) -> bool:
@@ -197,7 +233,7 @@ class Tracker:
     @property
     def converged(self) -> bool:
         """Membership, manifests and ledger all agree with the truth on every live node."""
-        return self.unconverged == 0 and self.m_unconverged == 0 and self.ledger_missing == 0
+        return self.membership_converged and self.manifests_converged and self.ledger_missing == 0
 
     def since_mark(self, kind: str) -> float | None:
         """Seconds from the mark to the first convergence of ``kind`` after it (None: not
@@ -210,36 +246,44 @@ class Tracker:
         if at["all"] is not None:
             return
         now = self._now()
-        if at["membership"] is None and self.unconverged == 0:
+        membership = self.membership_converged
+        manifests = self.manifests_converged
+        if at["membership"] is None and membership:
             at["membership"] = now
-        if at["manifests"] is None and self.m_unconverged == 0:
+        if at["manifests"] is None and manifests:
             at["manifests"] = now
         if at["ledger"] is None and self.ledger_missing == 0:
             at["ledger"] = now
-        if self.unconverged == 0 and self.m_unconverged == 0 and self.ledger_missing == 0:
+        if membership and manifests and self.ledger_missing == 0:
             at["all"] = now
 
-    def _bump(self, v: int, delta: int) -> None:
-        before = self.mismatch[v]
-        after = before + delta
-        self.mismatch[v] = after
-        if before == 0:
-            self.unconverged += 1
-        elif after == 0:
-            self.unconverged -= 1
-            if self.unconverged == 0:
-                self._check_converged()
+    # ------------------------------------------------------------------ views
 
-    def _bump_m(self, v: int, delta: int) -> None:
-        before = self.m_mismatch[v]
-        after = before + delta
-        self.m_mismatch[v] = after
-        if before == 0:
-            self.m_unconverged += 1
-        elif after == 0:
-            self.m_unconverged -= 1
-            if self.m_unconverged == 0:
-                self._check_converged()
+    def _view(self, subject: int, state: MemberState | None, sign: int) -> None:
+        """Add (sign=1) or remove (sign=-1) one live observer's view of ``subject``."""
+        if state is _ALIVE:
+            self.alive_views[subject] += sign
+            if self.live[subject]:
+                self.views_ok += sign
+            else:
+                self.views_bad += sign
+        elif state is _SUSPECT:
+            self.suspect_views[subject] += sign
+            if not self.live[subject]:
+                self.views_bad += sign
+
+    def _holding(self, subject: int, version: int | None, sign: int) -> None:
+        """Add or remove one live observer's copy of ``subject``'s manifest."""
+        if version is None:
+            return
+        expected = self.expected[subject]
+        if version == expected:
+            self.holders_ok[subject] += sign
+            self.manifests_ok += sign
+        else:
+            self.holders_bad[subject] += sign
+            if expected is None:
+                self.manifests_orphaned += sign
 
     # ------------------------------------------------------------------ truth changes
 
@@ -251,41 +295,29 @@ class Tracker:
         assert core is not None
         if self.live[slot]:
             return
-        nodes = self._nodes
-        live = self.live
-        mismatch = 0
-        m_mismatch = 0
+        # As a subject: views of it held by others count as right from now on.
+        self.views_bad -= self.alive_views[slot] + self.suspect_views[slot]
+        self.views_ok += self.alive_views[slot]
+        self.live[slot] = True
+        self.live_count += 1
+        # As an observer: what it knows (restored state, or only itself).
+        slot_of = self._slot_of
+        for member in core.membership.members():
+            other = slot_of.get(member.node_id)
+            if other is not None and other != slot:
+                self._view(other, member.state, 1)
         held: dict[int, int] = {}
         for manifest in core.manifests.manifests():
-            other = self._slot_of.get(manifest.node_id)
+            other = slot_of.get(manifest.node_id)
             if other is not None and other != slot:
                 held[other] = manifest.version
-        for other in range(len(nodes)):
-            if other == slot:
-                continue
-            member = core.membership.member(nodes[other].node_id)
-            state = member.state if member is not None else None
-            if not _ok(state, live[other]):
-                mismatch += 1
-            if state is _ALIVE or state is _SUSPECT:
-                self.live_views[other] += 1
-            if held.get(other) != self.expected[other]:
-                m_mismatch += 1
+                self._holding(other, manifest.version, 1)
         self.held[slot] = held
-        self.mismatch[slot] = mismatch
-        self.m_mismatch[slot] = m_mismatch
-        if mismatch:
-            self.unconverged += 1
-        if m_mismatch:
-            self.m_unconverged += 1
         ledger = core.ledger
         for key, record in self.latest.items():
             if ledger.get(*key) != record:
                 self.missing[key] += 1
                 self.ledger_missing += 1
-        self.live[slot] = True
-        self.live_count += 1
-        self._truth_changed(slot, False, True, None, None)
         self.max_incarnation[slot] = max(self.max_incarnation[slot], core.membership.incarnation)
         self._check_converged()
 
@@ -296,34 +328,53 @@ class Tracker:
             return
         core = node.core
         assert core is not None
+        slot_of = self._slot_of
         for member in core.membership.members():
-            other = self._slot_of.get(member.node_id)
-            if other is None or other == slot:
-                continue
-            if member.state is _ALIVE or member.state is _SUSPECT:
-                self.live_views[other] -= 1
-                if self.live_views[other] == 0:
+            other = slot_of.get(member.node_id)
+            if other is not None and other != slot:
+                self._view(other, member.state, -1)
+                if (member.state is _ALIVE or member.state is _SUSPECT) and self.alive_views[
+                    other
+                ] + self.suspect_views[other] == 0:
                     self._all_gone(other)
-        if self.mismatch[slot]:
-            self.unconverged -= 1
-        self.mismatch[slot] = 0
-        if self.m_mismatch[slot]:
-            self.m_unconverged -= 1
-        self.m_mismatch[slot] = 0
+        for other, version in self.held[slot].items():
+            self._holding(other, version, -1)
         self.held[slot] = {}
         ledger = core.ledger
         for key, record in self.latest.items():
             if ledger.get(*key) != record:
                 self.missing[key] -= 1
                 self.ledger_missing -= 1
+        # As a subject: views of it are now right only if they say gone.
+        self.views_ok -= self.alive_views[slot]
+        self.views_bad += self.alive_views[slot] + self.suspect_views[slot]
         self.live[slot] = False
         self.live_count -= 1
-        expected = self.expected[slot]
-        self.expected[slot] = None
-        self._truth_changed(slot, True, False, expected, None)
-        if self.live_views[slot] == 0:
+        self._expect(slot, None)
+        if self.alive_views[slot] + self.suspect_views[slot] == 0:
             self._all_gone(slot)
         self._check_converged()
+
+    def _expect(self, slot: int, version: int | None) -> None:
+        """The truth about ``slot``'s manifest is now ``version``."""
+        old = self.expected[slot]
+        if old == version:
+            return
+        # Holders of the old expected version now hold a stale one; a new version was
+        # just signed, so nobody else holds it yet.
+        stale = self.holders_ok[slot]
+        self.holders_ok[slot] = 0
+        self.manifests_ok -= stale
+        if old is None:
+            self.manifests_orphaned -= self.holders_bad[slot]
+        else:
+            self.expected_count -= 1
+        self.holders_bad[slot] += stale
+        if version is None:
+            self.manifests_orphaned += self.holders_bad[slot]
+        else:
+            self.expected_count += 1
+        self.expected[slot] = version
 
     def crashed(self, node: SimNode) -> None:
         """Record a crash, for failure-detection times (call before :meth:`down`)."""
@@ -339,43 +390,9 @@ class Tracker:
         """``node`` (live) published ``manifest``: it is what everyone should hold now."""
         slot = node.slot
         self.published[slot][manifest.version] = manifest.signature
-        old = self.expected[slot]
-        self.expected[slot] = manifest.version
         if self.live[slot]:
-            self._truth_changed(slot, True, True, old, manifest.version)
+            self._expect(slot, manifest.version)
         self._check_converged()
-
-    def _truth_changed(
-        self,
-        subject: int,
-        old_live: bool,
-        new_live: bool,
-        old_expected: int | None,
-        new_expected: int | None,
-    ) -> None:
-        """Recheck every live observer's view of ``subject`` against the new truth. Views
-        did not change, so only this subject's contribution to each count moves."""
-        node_id = self._nodes[subject].node_id
-        live_changed = old_live != new_live
-        manifest_changed = old_expected != new_expected
-        if not (live_changed or manifest_changed):
-            return
-        for v in range(len(self._nodes)):
-            if v == subject or not self.live[v]:
-                continue
-            if live_changed:
-                core = self._nodes[v].core
-                assert core is not None
-                member = core.membership.member(node_id)
-                state = member.state if member is not None else None
-                delta = (not _ok(state, new_live)) - (not _ok(state, old_live))
-                if delta:
-                    self._bump(v, delta)
-            if manifest_changed:
-                held = self.held[v].get(subject)
-                delta = (held != new_expected) - (held != old_expected)
-                if delta:
-                    self._bump_m(v, delta)
 
     # ------------------------------------------------------------------ effects
 
@@ -387,18 +404,18 @@ class Tracker:
             self._violation(f"{node.name} learned of a node id no simulated node has")
             return
         member = effect.member
-        if member.incarnation > self.max_incarnation[subject] and subject != v:
-            self._violation(
-                f"{node.name} holds {self._nodes[subject].name} at incarnation "
-                f"{member.incarnation}, above any it ever announced "
-                f"({self.max_incarnation[subject]})"
-            )
         if subject == v:
             if member.incarnation > self.max_incarnation[v]:
                 self.max_incarnation[v] = member.incarnation
             if effect.new_state is not _ALIVE and not node.leaving:
                 self._violation(f"{node.name} sees itself {effect.new_state}")
             return
+        if member.incarnation > self.max_incarnation[subject]:
+            self._violation(
+                f"{node.name} holds {self._nodes[subject].name} at incarnation "
+                f"{member.incarnation}, above any it ever announced "
+                f"({self.max_incarnation[subject]})"
+            )
         kind = effect.kind
         if kind is _SUSPECT_EVENT or kind is _DEAD_EVENT:
             rumor = member.rumor
@@ -407,17 +424,15 @@ class Tracker:
         if not self.live[v]:
             return
         old, new = effect.old_state, effect.new_state
-        live = self.live[subject]
-        delta = (not _ok(new, live)) - (not _ok(old, live))
-        if delta:
-            self._bump(v, delta)
-        was = old is _ALIVE or old is _SUSPECT
-        now_live = new is _ALIVE or new is _SUSPECT
-        if was != now_live:
-            self.live_views[subject] += 1 if now_live else -1
-            if not now_live and self.live_views[subject] == 0:
+        if old is new:
+            return
+        self._view(subject, old, -1)
+        self._view(subject, new, 1)
+        if not self.live[subject]:
+            if self.alive_views[subject] + self.suspect_views[subject] == 0 and (
+                old is _ALIVE or old is _SUSPECT
+            ):
                 self._all_gone(subject)
-        if not live:
             detection = self._open_detection.get(subject)
             if detection is not None:
                 now = self._now()
@@ -428,6 +443,8 @@ class Tracker:
                         detection.first_suspect = now
                     if detection.first_dead is None:
                         detection.first_dead = now
+        if self.views_bad == 0 and self.converged_at["all"] is None:
+            self._check_converged()
 
     def _accusation(self, observer: int, subject: int, rumor: Suspect | Dead) -> None:
         is_dead = isinstance(rumor, Dead)
@@ -452,6 +469,7 @@ class Tracker:
         ):
             tally.false += 1
             tally.false_subjects[subject] = tally.false_subjects.get(subject, 0) + 1
+            tally.false_accusers[accuser] = tally.false_accusers.get(accuser, 0) + 1
         else:
             tally.partitioned += 1
 
@@ -488,10 +506,10 @@ class Tracker:
             held.pop(subject, None)
         else:
             held[subject] = new
-        expected = self.expected[subject]
-        delta = (new != expected) - (old != expected)
-        if delta:
-            self._bump_m(v, delta)
+        self._holding(subject, old, -1)
+        self._holding(subject, new, 1)
+        if self.manifests_orphaned == 0 and self.converged_at["all"] is None:
+            self._check_converged()
 
     def fetch_started(self, node: SimNode, effect: FetchManifest) -> None:
         """A ``FetchManifest`` effect: ``node`` heard a manifest rumor it wants."""

@@ -27,10 +27,20 @@ left full by the join drain before anything is measured.
   ``churn_rate`` events per second; then a quiet period must bring convergence back.
 * ``rumor`` — one node publishes a new manifest version; the time at which every other
   node first hears the rumor (asks for the manifest) and applies it, in seconds and in
-  gossip rounds, against the push-gossip bound ``log_{f+1} n + ln n / f``.
+  gossip rounds, against the push-gossip bound ``log_{f+1} n + ln n / f``. The outcome
+  workload keeps running (``--outcome-rate 0`` for an idle mesh): on an idle mesh a node
+  whose broadcast queue was empty forwards a fresh rumor at once (its gossip timer lapsed
+  while there was nothing to send), so a rumor crosses an idle mesh at network speed,
+  while a busy mesh forwards it on the gossip cadence.
 * ``slow-node`` — one node stalls again and again (pauses of ``pause_s``, runs of
-  ``run_s``, both uniform) under the configured loss. The run is done twice with the same
-  fault schedule, Lifeguard on and off, and false suspicions and deaths are compared.
+  ``run_s``, both uniform; by default 0.1–2 s each, a process starved about half the time,
+  in stalls both shorter and longer than the probe interval) under the configured loss.
+  The run is done twice with the same fault schedule, Lifeguard on and off, and false
+  suspicions and deaths are compared.
+* ``steady`` — a converged mesh with no faults: after the bootstrap, the run waits until
+  every broadcast queue is empty (the join's rumors have all been sent), then measures the
+  base cost of membership per node over ``duration`` seconds (probes, push-pull, and the
+  gossip of the task-outcome workload, if ``outcome_rate`` is not 0).
 
 Lifeguard *off* is approximated with the configuration the core offers:
 ``awareness_max_multiplier = 1`` (no local health scaling of probe timing) and
@@ -61,7 +71,7 @@ from simulations.progress import Progress
 
 __all__ = ["SCENARIOS", "Outcome", "Spec", "lifeguard_config", "make_config", "run_scenario"]
 
-SCENARIOS = ("join", "crash", "partition-heal", "churn", "rumor", "slow-node")
+SCENARIOS = ("join", "crash", "partition-heal", "churn", "rumor", "slow-node", "steady")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -92,8 +102,8 @@ class Spec:
     churn_crash: float = 0.0
     quiet_s: float = 60.0
     outcome_rate: float = 1.0
-    pause_s: tuple[float, float] = (0.5, 3.0)
-    run_s: tuple[float, float] = (1.0, 4.0)
+    pause_s: tuple[float, float] = (0.1, 2.0)
+    run_s: tuple[float, float] = (0.1, 2.0)
     overrides: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
@@ -194,7 +204,7 @@ class _Run:
         self.faults = derive_rng(spec.seed, "faults")
         self.progress = progress
         if progress is not None:
-            progress.bind(lambda: self.cluster.now, lambda: self.cluster.engine.events)
+            progress.bind(self.cluster)
         self.checks: list[dict[str, Any]] = []
         self.seed_nodes: list[SimNode] = []
         self._outcomes_until = -math.inf
@@ -235,7 +245,7 @@ class _Run:
         cluster = self.cluster
         tracker = cluster.tracker
         self.start_nodes(spec.nodes)
-        cluster.run_until(spec.join_spread)  # every node has started
+        self.run_until(spec.join_spread, "start")  # every node has started
         tracker.mark(origin=0.0)
         self.run_until(spec.bootstrap_limit, "bootstrap", stop=lambda: tracker.converged)
         converged = tracker.converged
@@ -370,6 +380,9 @@ def accusation_dict(tally: Accusations, cluster: Cluster) -> dict[str, Any]:
         "false_by_node": {
             cluster.nodes[slot].name: count for slot, count in tally.false_subjects.items()
         },
+        "false_by_accuser": {
+            cluster.nodes[slot].name: count for slot, count in tally.false_accusers.items()
+        },
     }
 
 
@@ -401,7 +414,7 @@ def run_join(spec: Spec, progress: Progress | None) -> Outcome:
     run.sample_live(samples, 1.0, spec.duration)
     run.outcomes(min(spec.duration, spec.join_spread + 10.0))
     before = cluster.traffic.copy()
-    cluster.run_until(min(spec.join_spread, spec.duration))
+    run.run_until(min(spec.join_spread, spec.duration), "start")
     tracker.mark(origin=0.0)
     run.run_until(spec.duration, "join", stop=lambda: tracker.converged)
     converged = tracker.converged
@@ -410,15 +423,15 @@ def run_join(spec: Spec, progress: Progress | None) -> Outcome:
         converged,
         f"converged at t={cluster.now:.3f}s"
         if converged
-        else f"not converged within {spec.duration}s "
-        f"({tracker.unconverged} nodes with a wrong member table)",
+        else f"not converged within {spec.duration}s ({tracker.wrong_views} wrong member views)",
     )
     results = {
         "membership_convergence_s": _r(tracker.since_mark("membership")),
         "manifests_convergence_s": _r(tracker.since_mark("manifests")),
         "ledger_convergence_s": _r(tracker.since_mark("ledger")),
         "convergence_s": _r(tracker.since_mark("all")),
-        "unconverged_nodes_at_end": tracker.unconverged,
+        "wrong_member_views_at_end": tracker.wrong_views,
+        "wrong_manifest_copies_at_end": tracker.wrong_manifests,
         "traffic": run.traffic_window(before, 0.0, samples),
         **run.accusations(),
     }
@@ -454,7 +467,7 @@ def run_crash(spec: Spec, progress: Progress | None) -> Outcome:
     run.check(
         "membership_converged",
         tracker.membership_converged,
-        f"{tracker.unconverged} live nodes with a wrong member table at the end",
+        f"{tracker.wrong_views} wrong member views at the end",
     )
     results = {
         "bootstrap": boot,
@@ -512,8 +525,8 @@ def run_partition_heal(spec: Spec, progress: Progress | None) -> Outcome:
         "within_budget": tracker.since_mark("all") is not None
         and (tracker.since_mark("all") or 0.0) <= budget,
         "unconverged": {
-            "membership_nodes": tracker.unconverged,
-            "manifest_nodes": tracker.m_unconverged,
+            "wrong_member_views": tracker.wrong_views,
+            "wrong_manifest_copies": tracker.wrong_manifests,
             "ledger_missing_copies": tracker.ledger_missing,
         },
     }
@@ -612,7 +625,6 @@ def run_churn(spec: Spec, progress: Progress | None) -> Outcome:
 
 
 def run_rumor(spec: Spec, progress: Progress | None) -> Outcome:
-    spec = dataclasses.replace(spec, outcome_rate=0.0)
     run = _Run(spec, make_config(spec), progress)
     cluster = run.cluster
     tracker = cluster.tracker
@@ -625,6 +637,7 @@ def run_rumor(spec: Spec, progress: Progress | None) -> Outcome:
     samples: list[int] = []
     run.sample_live(samples, 1.0, start + spec.duration)
     before = cluster.traffic.copy()
+    run.outcomes(start + spec.duration)
     manifest = cluster.publish_manifest(origin)
     watch = tracker.watch_rumor(origin, manifest)
     others = [n.slot for n in cluster.live_nodes() if n is not origin]
@@ -764,10 +777,58 @@ def _slow_node_variant(spec: Spec, on: bool, progress: Progress | None, label: s
         "false_deaths_of_slow_node": slow_false_deaths,
         "false_suspicions_of_others": suspicions.false - slow_false_suspicions,
         "false_deaths_of_others": deaths.false - slow_false_deaths,
+        "false_suspicions_by_slow_node": suspicions.false_accusers.get(slow.slot, 0),
+        "false_deaths_by_slow_node": deaths.false_accusers.get(slow.slot, 0),
         "slow_node_refutations": core.membership.counters["refutations"] - refutations_before,
         "slow_node_stalls_detected": core.membership.counters["stalls"],
         "slow_node_health_at_end": core.membership.health,
         "membership_convergence_after_s": _r(took),
+        "traffic": run.traffic_window(before, start, samples),
+        **run.accusations(),
+    }
+    return run.finish(results)
+
+
+def run_steady(spec: Spec, progress: Progress | None) -> Outcome:
+    run = _Run(spec, make_config(spec), progress)
+    cluster = run.cluster
+    boot = run.bootstrap()
+
+    def queued() -> int:
+        return sum(
+            1 for n in cluster.live_nodes() if n.core is not None and n.core.membership.queue_depth
+        )
+
+    drain_start = cluster.now
+    limit = drain_start + spec.bootstrap_limit
+    while queued() and cluster.now < limit:
+        run.run_until(min(limit, cluster.now + 1.0), "drain")
+    drained = queued() == 0
+    run.check(
+        "queues_drained",
+        drained,
+        f"every broadcast queue empty {cluster.now - drain_start:.1f}s after the bootstrap"
+        if drained
+        else f"{queued()} nodes still had rumors queued after {spec.bootstrap_limit}s",
+    )
+    start = cluster.now
+    end = start + spec.duration
+    samples: list[int] = []
+    run.sample_live(samples, 1.0, end)
+    before = cluster.traffic.copy()
+    cluster.tracker.reset_accusations()
+    run.outcomes(end)
+    run.run_until(end, "steady")
+    results = {
+        "bootstrap": boot,
+        "drain_s": _r(start - drain_start),
+        "queues_drained": drained,
+        "retransmit_limit": timing.retransmit_limit(
+            cluster.config.retransmit_mult, cluster.tracker.live_count
+        ),
+        "push_pull_interval_s": _r(
+            timing.push_pull_interval(cluster.config.push_pull_interval, cluster.tracker.live_count)
+        ),
         "traffic": run.traffic_window(before, start, samples),
         **run.accusations(),
     }
@@ -781,6 +842,7 @@ RUNNERS: dict[str, Callable[[Spec, Progress | None], Outcome]] = {
     "churn": run_churn,
     "rumor": run_rumor,
     "slow-node": run_slow_node,
+    "steady": run_steady,
 }
 
 

@@ -16,7 +16,9 @@ of encoding is what this module saves, without approximating anything:
   message at hand, so the cached value is exact by construction.
 * **Rumors and records** (``Alive``, ``Suspect``, ``Dead``, ``Leave``, ``ManifestRumor``,
   ``LedgerRecord``, ``LedgerDigest``) are immutable and shared by reference between
-  simulated nodes, or equal by value when rebuilt: they are cached by value.
+  simulated nodes, or equal by value when rebuilt: they are cached by identity first (the
+  cache holds a reference, so an identity cannot be reused while it is cached), then by
+  value.
 * **Envelopes** add ``1 + 1 + 34 + array header + 66`` bytes around their messages (a
   fixarray of three, the version, the bin8 public key, the message array, the bin8
   signature). :data:`protocol.ENVELOPE_OVERHEAD` is the upper bound of that (with a
@@ -79,9 +81,10 @@ def envelope_size(message_count: int, payload: int) -> int:
 class SizeModel:
     """Caches of exact encoded sizes. One per simulation (not thread-safe)."""
 
-    __slots__ = ("_by_shape", "_by_value", "_manifests", "_push_pull_base")
+    __slots__ = ("_by_id", "_by_shape", "_by_value", "_manifests", "_push_pull_base")
 
     def __init__(self) -> None:
+        self._by_id: dict[int, tuple[Message, int]] = {}
         self._by_shape: dict[Hashable, int] = {}
         self._by_value: dict[Message, int] = {}
         self._manifests: dict[bytes, int] = {}
@@ -108,11 +111,17 @@ class SizeModel:
                 message.port.bit_length(),
             )
         else:
+            entry = self._by_id.get(id(message))
+            if entry is not None and entry[0] is message:
+                return entry[1]
             cached = self._by_value.get(message)
             if cached is None:
                 if len(self._by_value) >= MAX_CACHED:
                     self._by_value.clear()
                 cached = self._by_value[message] = wire_size(message)
+            if len(self._by_id) >= MAX_CACHED:
+                self._by_id.clear()
+            self._by_id[id(message)] = (message, cached)
             return cached
         size = self._by_shape.get(key)
         if size is None:
@@ -121,8 +130,12 @@ class SizeModel:
 
     def packet(self, messages: Sequence[Message]) -> int:
         """Exact bytes of the signed envelope carrying ``messages`` (one UDP datagram)."""
-        size = self.message
-        return envelope_size(len(messages), sum(size(m) for m in messages))
+        by_id = self._by_id
+        total = 0
+        for m in messages:
+            entry = by_id.get(id(m))
+            total += entry[1] if entry is not None and entry[0] is m else self.message(m)
+        return envelope_size(len(messages), total)
 
     def frame(self, messages: Sequence[Message]) -> int:
         """Exact bytes of a TCP frame (one signed envelope) carrying ``messages``; push-pull

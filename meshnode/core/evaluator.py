@@ -139,12 +139,15 @@ class OutputEvaluator:
         result: TaskResult | None,
         *,
         judge_score: float | None = None,
+        output_checked: bool = False,
     ) -> Evaluation:
         """Score one outcome. ``result`` is None when no verified result arrived.
 
         ``capability`` is the provider's :class:`~protocol.Capability` (for its output
         schema) or just a name. ``judge_score`` is a score the runtime already obtained
-        from an asynchronous judge; it is used where a judge would be.
+        from an asynchronous judge; it is used where a judge would be. ``output_checked``
+        says the output already passed :meth:`contract_violation` for this capability, so
+        the schema is not validated twice.
         """
         if result is None:
             return Evaluation(0.0, Method.NO_RESULT, "no result (timeout or error)")
@@ -153,7 +156,7 @@ class OutputEvaluator:
         name = capability if isinstance(capability, str) else capability.name
         schema = None if isinstance(capability, str) else capability.output_schema
         output = result.output
-        if schema is not None:
+        if schema is not None and not output_checked:
             violations = validate(output, schema)
             if violations:
                 detail = f"output fails its schema: {describe(violations)}"
@@ -175,6 +178,17 @@ class OutputEvaluator:
         if is_empty_output(output):
             return Evaluation(EMPTY_OUTPUT_QUALITY, Method.NON_EMPTY, "empty output")
         return Evaluation(1.0, Method.NON_EMPTY, "non-empty output")
+
+    @staticmethod
+    def contract_violation(capability: Capability | None, output: Any) -> str | None:
+        """Why ``output`` breaks ``capability``'s declared output schema (None if it does
+        not, or there is no schema). The requester refuses such a result and tries the next
+        candidate; :meth:`evaluate` scores it :data:`SCHEMA_FAILURE_QUALITY`."""
+        schema = None if capability is None else capability.output_schema
+        if schema is None:
+            return None
+        violations = validate(output, schema)
+        return f"output fails its schema: {describe(violations)}" if violations else None
 
     @staticmethod
     def _run(method: Method, score: Callable[[], object]) -> Evaluation:

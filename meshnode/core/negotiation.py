@@ -79,10 +79,13 @@ overall deadline is then the binding rule: a provider that cannot finish in the 
 is declined, since confirming it would guarantee a late answer. The requester also moves on
 after REJECTED, no response within :data:`RESPONSE_TIMEOUT_S` (or what is left, if less), no
 result by the accepted deadline, a dropped connection or dead peer, a forged or mismatched
-result, a malformed response, and (unless told otherwise) a signed failed result. When it
-leaves a peer that may still hold the task (a timeout, a malformed response, the overall
-deadline, :meth:`RequesterCore.cancel`) it sends TaskCancel so the provider frees the slot;
-after a dropped connection or a dead peer it sends nothing. Each attempt is recorded with
+result, a malformed response, (unless told otherwise) a signed failed result, and a
+successful result whose output the caller's ``check_output`` refuses (the runtime checks it
+against the capability's declared output schema: an output that breaks its own contract is
+a failed result, not a delivery). When it leaves a peer that may still hold the task (a
+timeout, a malformed response, the overall deadline, :meth:`RequesterCore.cancel`) it sends
+TaskCancel so the provider frees the slot; after a dropped connection or a dead peer it
+sends nothing. Each attempt is recorded with
 its timings and a :class:`~meshnode.core.breaker.TaskVerdict` for the runtime's breaker:
 SUCCESS for a delivered result; FAILURE for silence, timeouts, drops, forged or failed
 results and malformed responses; ABANDONED (no verdict on the peer, but a half-open probe
@@ -752,7 +755,8 @@ class AttemptOutcome(enum.Enum):
     DELIVERED = "delivered"
     """A valid result signed by the peer, ``ok=True``."""
     FAILED_RESULT = "failed_result"
-    """A valid result signed by the peer, ``ok=False``."""
+    """A valid result signed by the peer, ``ok=False`` (or ``ok=True`` with an output that
+    ``check_output`` refused)."""
     REJECTED = "rejected"
     """The peer refused (or its reservation lapsed before our confirm)."""
     DECLINED = "declined"
@@ -869,6 +873,9 @@ class Failed:
 RequesterEffect = SendRequest | SendConfirm | SendCancel | AttemptEnded | Done | Failed
 AllowFn = Callable[[str, float], bool]
 """``allow(node, now)``: may a task go to ``node`` now? (``BreakerBoard.allow`` fits.)"""
+OutputCheck = Callable[[TaskResult], str | None]
+"""``check_output(result)`` for a verified ``ok`` result: None to take it, or why not (the
+attempt then ends as FAILED_RESULT)."""
 
 
 class _Phase(enum.Enum):
@@ -919,6 +926,7 @@ class RequesterCore:
         response_timeout_s: float = RESPONSE_TIMEOUT_S,
         counter_ratio: float = COUNTER_ACCEPT_RATIO,
         retry_failed_results: bool = True,
+        check_output: OutputCheck | None = None,
     ) -> None:
         if not deadline_s > 0:
             raise ValueError("deadline_s must be positive")
@@ -937,6 +945,7 @@ class RequesterCore:
         self.response_timeout_s = response_timeout_s
         self.counter_ratio = counter_ratio
         self.retry_failed_results = retry_failed_results
+        self._check_output = check_output
         self._verifier = verifier
         self._allow = allow
         seen: set[str] = set()
@@ -1068,12 +1077,16 @@ class RequesterCore:
             self._end(AttemptOutcome.FORGED_RESULT, problem, now, effects)
             self._advance(now, effects)
             return effects
-        if result.ok:
+        refused = (
+            None if not result.ok or self._check_output is None else self._check_output(result)
+        )
+        if result.ok and refused is None:
             self._end(AttemptOutcome.DELIVERED, "", now, effects)
             self._finish(Done(result, node, self.attempts, now - self._started_at), effects)
             return effects
         self._last_failed = result
-        self._end(AttemptOutcome.FAILED_RESULT, result.error, now, effects)
+        detail = result.error if refused is None else f"output refused: {refused}"
+        self._end(AttemptOutcome.FAILED_RESULT, detail, now, effects)
         if self.retry_failed_results:
             self._advance(now, effects)
         else:

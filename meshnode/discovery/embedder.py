@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 Discovery compares a query with every known capability by the cosine of their embeddings.
 An :class:`Embedder` turns texts into a ``float32`` matrix with one L2-normalised row per
-text (a text with nothing to embed gives the zero row, which is similar to nothing). Every
+text (the hashing embedder gives a text without words the zero row, similar to nothing). Every
 embedder names its vector space with ``model_id``; vectors from two different spaces are
 never compared (the capability index refuses them).
 

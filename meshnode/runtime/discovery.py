@@ -90,12 +90,20 @@ class DiscoveryService:
         self._worker: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
 
-    async def start(self) -> None:
+    async def load(self) -> None:
+        """Load (or reuse) the embedder off the loop. The node does this before it binds
+        and joins: importing a model holds the GIL for seconds, and a member that cannot
+        answer probes in time would be suspected."""
         loop = asyncio.get_running_loop()
         self.embedder = await loop.run_in_executor(
             self._executor, shared_embedder, self.node.config.embedder
         )
         self.index = CapabilityIndex(self.embedder.model_id, self.embedder.dim)
+
+    def start(self) -> None:
+        """Start indexing: every manifest already known, then each change."""
+        if self.embedder is None:
+            raise RuntimeError("load() the embedder first")
         self._ready.set()
         self._worker = asyncio.create_task(self._work(), name="meshnode-discovery")
         for manifest in self.node.core.manifests.manifests():

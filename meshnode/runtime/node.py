@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import time
 from collections import Counter
@@ -41,6 +42,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from crdt import INITIAL_TRUST, elo_update
 from meshnode.capability import CapabilitySpec, Handler, collect_capabilities, make_capability
 from meshnode.core.config import NodeConfig, format_address
 from meshnode.core.effects import MemberChanged, MemberEvent, SendPacket, StartPushPull
@@ -54,6 +56,7 @@ from meshnode.core.mesh import (
 from meshnode.core.router import ScoredCandidate
 from meshnode.runtime.api import WIRE_CONTENT_TYPE, build_app
 from meshnode.runtime.discovery import DiscoveryService
+from meshnode.runtime.mcp_client import McpClientPool, McpToolResult
 from meshnode.runtime.store import NodeStore
 from meshnode.runtime.tasks import DelegationResult, TaskService
 from meshnode.runtime.transport import UdpEndpoint
@@ -82,6 +85,23 @@ PERSIST_INTERVAL = 5.0
 """Seconds between flushes of learned state (members, manifests, peers' records)."""
 BIND_ATTEMPTS = 8
 """With ``port=0``: tries to find a port free for both UDP and TCP."""
+OPINION_FLUSH_S = 0.25
+"""Longest a scored outcome waits for the signed ledger record that carries it, while other
+delegations of ours to the same peer are still running. Every outcome is folded into this
+node's opinion of the peer at once (in order, by the ELO rule), so routing sees it
+immediately. With nothing else waiting on that peer it is signed at once; during a burst of
+concurrent tasks to one peer, their outcomes are signed, persisted and gossiped together as
+*one* record at most this often. Lower: fresher replicas elsewhere, but up to a signature,
+a durable write and a gossiped record (verified by every node) per task; higher: the
+reverse."""
+TRUST_REFRESH_S = 0.5
+"""Longest the mesh-wide (EigenTrust) part of :meth:`MeshNode.trust_view` is reused while
+only this node's own opinions change the ledger (its direct experience, which they carry,
+is always current in the view). Any other change of the ledger, and any change of the
+pre-trusted set, recomputes at once."""
+TRUST_MAX_AGE_S = 10.0
+"""Longest any trust computation is reused, even with an unchanged ledger (records
+expire with time)."""
 
 log = structlog.get_logger("meshnode")
 
@@ -141,7 +161,19 @@ class MeshNode:
         self._log = log
         self._tasks_service: TaskService | None = None
         self._discovery: DiscoveryService | None = None
-        self._trust_cache: tuple[int, float, dict[str, float]] | None = None
+        self._global_trust: _GlobalTrust | None = None
+        self._direct_cache: tuple[int, dict[str, float]] | None = None
+        self._view_cache: tuple[_GlobalTrust, tuple[int, int], dict[str, float]] | None = None
+        self._unsigned: dict[str, tuple[float, int]] = {}
+        """Own opinions folded since the last signed record: peer -> (score, outcomes)."""
+        self._unsigned_stamp = 0
+        self._own_writes = 0
+        """Ledger version changes caused by this node's own records (see trust_view)."""
+        self._opinion_timer: asyncio.TimerHandle | None = None
+        self.mcp: McpClientPool | None = None
+        """MCP servers :meth:`call_mcp_tool` reaches; None until first use, when it is built
+        from the file ``$MESHNODE_MCP_CONFIG`` names. Assign a pool to configure it in code.
+        The node closes it on shutdown."""
 
     # ------------------------------------------------------------------ properties
 
@@ -272,6 +304,10 @@ class MeshNode:
             self._store.set_incarnation(incarnation)
             self._manifest_version = self._store.counter("manifest_version")
 
+        # Load the embedder before binding and joining: importing a model holds the GIL
+        # for seconds, and a node that cannot answer probes must not be a member yet.
+        self._discovery = DiscoveryService(self)
+        await self._discovery.load()
         await self._bind()
         assert self._udp is not None
         bound_port = self._udp.local_address[1]
@@ -293,16 +329,15 @@ class MeshNode:
             connector=aiohttp.TCPConnector(limit=64),
         )
         self._tasks_service = TaskService(self)
-        self._discovery = DiscoveryService(self)
         self.manifest_listeners.append(self._discovery.manifest_changed)
         self.member_listeners.append(self._on_member_for_tasks)
         seeds = list(cfg.seed_addresses)
         if self._store is not None:
             seeds += self._restore(now)
         self._tasks_service.start()
-        self._spawn(self._discovery.start())
+        self._discovery.start()
         self._publish_manifest()
-        self.core.join(seeds, now)
+        self.core.join(seeds, time.time())
         self._dispatch()
         self._driver = asyncio.create_task(self._drive(), name=f"meshnode-driver-{host}:{port}")
         self._spawn(self._persist_loop())
@@ -366,6 +401,7 @@ class MeshNode:
         self._state = "closing"
         try:
             if was_running and self._core is not None:
+                self._sign_opinions()
                 self._core.leave(time.time())
                 self._dispatch()
                 # Keep the driver gossiping the Leave for a bounded time.
@@ -377,8 +413,12 @@ class MeshNode:
     async def _shutdown(self) -> None:
         if self._tasks_service is not None:
             await self._tasks_service.close()
+        if self._core is not None:
+            self._sign_opinions()  # outcomes of tasks that ended while closing
         if self._discovery is not None:
             await self._discovery.close()
+        if self.mcp is not None:
+            await self.mcp.aclose()
         tasks = [t for t in (self._driver, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
@@ -431,10 +471,10 @@ class MeshNode:
                 if self._udp is not None:
                     self._udp.send(effect.addr, effect.messages)
             elif isinstance(effect, StartPushPull):
-                if self._state == "running":
+                if self._state in ("starting", "running"):
                     self._spawn(self._push_pull(effect.addr, effect.join))
             elif isinstance(effect, FetchManifest):
-                if self._state == "running":
+                if self._state in ("starting", "running"):
                     self._spawn(self._fetch_manifest(effect))
             elif isinstance(effect, ManifestChanged):
                 self._dirty_manifests[effect.node] = effect.manifest
@@ -615,6 +655,8 @@ class MeshNode:
 
         if not capability_name and not description:
             raise ValueError("delegate needs a capability name or a description")
+        if deadline_s is not None and not 0 < deadline_s < float("inf"):
+            raise ValueError(f"deadline_s must be a positive number of seconds, got {deadline_s}")
         candidates = await self.discover(
             description,
             capability_name=capability_name,
@@ -638,41 +680,125 @@ class MeshNode:
         )
 
     def record_outcome(self, subject: str, quality: float) -> None:
-        """Fold a scored outcome into our signed opinion of ``subject`` and gossip it."""
+        """Fold a scored outcome into our opinion of ``subject`` (``new = old + 0.1 ×
+        (quality − old)``); routing uses it at once. The signed ledger record carrying it
+        is persisted and gossiped at once, unless other delegations of ours to ``subject``
+        are still running: then their outcomes share one record, signed when the last of
+        them ends or within :data:`OPINION_FLUSH_S`, whichever is first."""
         if subject == self.node_id:
             return
-        self.core.record_outcome(subject, quality, time.time())
+        tasks = self._tasks_service
+        busy = tasks is not None and tasks.waiting_on(subject) and self._state == "running"
+        if not busy and subject not in self._unsigned:
+            before = self.core.ledger.version
+            self.core.record_outcome(subject, quality, time.time())
+            self._own_writes += self.core.ledger.version - before
+            self._dispatch()
+            return
+        score, outcomes = self.opinion(subject)
+        self._unsigned[subject] = (elo_update(score, quality), outcomes + 1)
+        self._unsigned_stamp += 1
+        if not busy:
+            self._sign_opinions((subject,))
+        elif self._opinion_timer is None:
+            loop = asyncio.get_running_loop()
+            self._opinion_timer = loop.call_later(OPINION_FLUSH_S, self._sign_opinions)
+
+    def opinion(self, subject: str) -> tuple[float, int]:
+        """Our current opinion of ``subject``: (score, outcomes behind it), signed or not."""
+        unsigned = self._unsigned.get(subject)
+        if unsigned is not None:
+            return unsigned
+        held = self.core.ledger.get(self.node_id, subject)
+        return (held.score, held.outcomes) if held is not None else (INITIAL_TRUST, 0)
+
+    def _sign_opinions(self, subjects: tuple[str, ...] | None = None) -> None:
+        """Sign one ledger record per peer with unsigned outcomes (all, or ``subjects``);
+        persist them durably (a restarted node must never reuse a sequence number), then
+        gossip them."""
+        core = self._core
+        if subjects is None:
+            unsigned, self._unsigned = self._unsigned, {}
+        else:
+            unsigned = {s: self._unsigned.pop(s) for s in subjects if s in self._unsigned}
+        if not self._unsigned and self._opinion_timer is not None:
+            self._opinion_timer.cancel()
+            self._opinion_timer = None
+        if not unsigned or core is None:
+            return
+        now = time.time()
+        before = core.ledger.version
+        records = [
+            core.ledger.record_opinion(self.identity, subject, score, outcomes, now)
+            for subject, (score, outcomes) in unsigned.items()
+        ]
+        self._own_writes += core.ledger.version - before
+        if self._store is not None:
+            self._store.save_records(records, durable=True)
+        for record in records:
+            # The key MeshCore gossips ledger records under: a newer opinion of the same
+            # peer replaces an older one still waiting in the queue.
+            core.membership.broadcast(record, ("ledger", record.observer, record.subject))
         self._dispatch()
+
+    def direct_experience(self) -> dict[str, float]:
+        """Our own current opinion of every peer we have rated (signed or not yet)."""
+        version = self.core.ledger.version
+        cached = self._direct_cache
+        if cached is None or cached[0] != version:
+            cached = (version, self.core.direct_experience())
+            self._direct_cache = cached
+        if not self._unsigned:
+            return cached[1]
+        return {**cached[1], **{peer: s for peer, (s, _) in self._unsigned.items()}}
 
     def trust_view(self) -> dict[str, float]:
         """The trust this node routes by, per peer, in [0, 1].
 
-        Mesh-wide EigenTrust, personalised to this node and the peers it has rated itself
-        (never a uniform vector over every known id), blended with its own direct
+        Mesh-wide EigenTrust, personalised to this node and the peers it has good direct
+        experience of (its own opinion at least :data:`~crdt.INITIAL_TRUST`; never a
+        uniform vector over every known id, and never a peer it has seen fail, whose
+        opinions would otherwise be trusted by construction), blended with its own direct
         experience: ``w × direct + (1 − w) × global`` with ``w`` =
-        ``config.direct_trust_weight``. Cached until the ledger changes (or 10 s pass, as
-        records expire with time)."""
-        core = self.core
+        ``config.direct_trust_weight``. Direct experience is always current. The global
+        part is recomputed when the pre-trusted set changes or any record but our own
+        changed the ledger; while only our own opinions change it, at most every
+        :data:`TRUST_REFRESH_S`; and every :data:`TRUST_MAX_AGE_S` regardless, as records
+        expire with time."""
         now = time.time()
-        version = core.ledger.version
-        cached = self._trust_cache
-        if cached is not None and cached[0] == version and now - cached[1] < 10.0:
+        direct = self.direct_experience()
+        pretrusted = frozenset(
+            {self.node_id, *(peer for peer, score in direct.items() if score >= INITIAL_TRUST)}
+        )
+        ledger = self.core.ledger
+        version = ledger.version
+        known = self._global_trust
+        if (
+            known is None
+            or known.pretrusted != pretrusted
+            or now - known.computed_at >= TRUST_MAX_AGE_S
+            or version - known.version != self._own_writes - known.own_writes
+            or (known.version != version and now - known.computed_at >= TRUST_REFRESH_S)
+        ):
+            scores = ledger.trust_scores(now, pretrusted)
+            known = _GlobalTrust(version, self._own_writes, now, pretrusted, scores)
+            self._global_trust = known
+        stamp = (version, self._unsigned_stamp)
+        cached = self._view_cache
+        if cached is not None and cached[0] is known and cached[1] == stamp:
             return cached[2]
-        direct = core.direct_experience()
-        pretrusted = {self.node_id, *direct}
-        global_view = core.ledger.trust_scores(now, pretrusted)
         w = self.config.direct_trust_weight
-        view = dict(global_view)
+        view = dict(known.scores)
         for peer, score in direct.items():
-            view[peer] = w * score + (1 - w) * global_view.get(peer, score)
+            view[peer] = w * score + (1 - w) * known.scores.get(peer, score)
         view.pop(self.node_id, None)
-        self._trust_cache = (version, now, view)
+        self._view_cache = (known, stamp, view)
         return view
 
     def trust_json(self) -> list[dict[str, Any]]:
         now = time.time()
         view = self.trust_view()
-        direct = self.core.direct_experience()
+        direct = self.direct_experience()
         breakers = self.tasks.breakers
         peers = sorted(set(view) | set(direct) | {m.node_id for m in self.core.members()})
         out = []
@@ -690,6 +816,20 @@ class MeshNode:
                 }
             )
         return out
+
+    async def call_mcp_tool(
+        self,
+        server: str,
+        tool: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        timeout_s: float | None = None,
+    ) -> McpToolResult:
+        """Call ``tool`` on the MCP server named ``server`` in :attr:`mcp` (started on first
+        use). Needs the ``mcp`` extra; see :mod:`meshnode.runtime.mcp_client`."""
+        if self.mcp is None:
+            self.mcp = McpClientPool.from_env()
+        return await self.mcp.call_tool(server, tool, arguments, timeout_s=timeout_s)
 
     # ------------------------------------------------------------------ persistence
 
@@ -779,3 +919,16 @@ async def wait_for(
         if loop.time() >= deadline:
             raise TimeoutError(f"condition not met within {within} s")
         await asyncio.sleep(interval)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, eq=False)
+class _GlobalTrust:
+    """One EigenTrust computation: the ledger version (and how many of its changes were
+    our own) and the instant it was made at, from which pre-trusted set, and the routing
+    scores it gave."""
+
+    version: int
+    own_writes: int
+    computed_at: float
+    pretrusted: frozenset[str]
+    scores: dict[str, float]

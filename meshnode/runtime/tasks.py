@@ -2,27 +2,43 @@
 
 Theory of operation
 -------------------
-Every task message travels in a signed ``protocol`` envelope, one per binary WebSocket
-frame, over **one pooled connection per peer pair** (``GET /v1/ws/tasks``). Either side may
-have opened it; once a peer's first envelope arrives the connection is registered under its
-verified node id, and both directions multiplex any number of tasks on it. A connection
-that drops fails every delegation waiting on that peer at once (as does SWIM declaring the
-peer dead), so requesters move on without waiting for a timeout.
+Every task message travels in a signed ``protocol`` envelope over **one pooled connection
+per peer pair** (``GET /v1/ws/tasks``), one envelope per binary WebSocket frame. Either side
+may have opened it; once a peer's first envelope arrives the connection is registered under
+its verified node id, and both directions multiplex any number of tasks on it. A connection
+that drops fails every delegation waiting on that peer at once (unless another live
+connection to the same peer remains), as does SWIM declaring the peer dead, so requesters
+move on without waiting for a timeout.
+
+Batching. Messages are not written one by one: each connection has an outbox and a sender
+task. Everything queued for a connection while the event loop runs one round of ready
+callbacks goes out in one signed envelope (at most ``MAX_MESSAGES_PER_ENVELOPE`` messages
+and ``MAX_FRAME_BYTES``, split otherwise). A provider starts a handler *before* queueing its
+ACCEPTED response, so a handler that finishes at once sends its signed result in the same
+frame; 32 concurrent requests from one requester travel as one frame, and so do their
+answers. That is one signature and one verification per frame instead of per message.
+Messages are converted to wire form when queued, so a value that cannot be encoded raises
+in the caller, not in the sender.
 
 Deciding is done by the sans-I/O cores in :mod:`meshnode.core.negotiation`:
 
 * :class:`~meshnode.core.negotiation.ProviderCore` answers requests (accept, reject with a
   reason, or counter with a deadline it can meet and a reserved slot); this module runs the
-  capability handlers it starts, cancels those past their deadline, and sends back the
-  results it signs.
+  capability handlers it starts, and sends back the results it signs, on the connection
+  the request came in on. One timer, armed at ``ProviderCore.next_deadline()``, enforces
+  deadlines: a handler past its deadline is cancelled and a signed failed result is sent.
 * One :class:`~meshnode.core.negotiation.RequesterCore` per delegation negotiates in rank
-  order; this module carries its messages and wakes it at its deadlines.
+  order; this module carries its messages and wakes it at its deadlines (a future and a
+  timer handle per wait, no task per wait).
 
-After a delegation ends, the requester scores the outcome with the
-:class:`~meshnode.core.evaluator.OutputEvaluator`: the quality drives the local ELO opinion
-of the provider (signed, persisted, gossiped into the ledger through ``MeshCore``) and the
-provider's circuit breaker. Attempts that failed (timeout, dropped connection, forged or
-failed result) score 0 for their provider; rejections and declined counters score nothing.
+A result is taken only if its output satisfies the capability's declared output schema
+(``RequesterCore(check_output=...)``): an output that breaks its own contract is a failed
+attempt, and the next candidate is tried. After a delegation ends, the requester scores the
+outcome with the :class:`~meshnode.core.evaluator.OutputEvaluator`: the quality drives the
+local ELO opinion of the provider (``MeshNode.record_outcome``: folded at once, signed and
+gossiped in batches) and the provider's circuit breaker. Attempts that failed (timeout,
+dropped connection, forged, failed or refused result) score 0 for their provider;
+rejections and declined counters score nothing.
 
 Nested delegations inherit the remaining deadline: a handler runs with a context variable
 holding its task's deadline, and :meth:`TaskService.delegate` never asks for more.
@@ -43,11 +59,13 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from meshnode.capability import CapabilitySpec
 from meshnode.core.breaker import BreakerBoard, TaskVerdict
 from meshnode.core.evaluator import Evaluation, OutputEvaluator
 from meshnode.core.negotiation import (
     Attempt,
     AttemptEnded,
+    AttemptOutcome,
     CancelOutcome,
     Done,
     Failed,
@@ -60,6 +78,8 @@ from meshnode.core.negotiation import (
     StartTask,
 )
 from protocol import (
+    Capability,
+    LocalProtocolError,
     Message,
     RemoteProtocolError,
     TaskCancel,
@@ -67,11 +87,12 @@ from protocol import (
     TaskRequest,
     TaskResponse,
     TaskResult,
+    TaskStatus,
     decode,
-    encode,
     short_id,
 )
-from protocol.limits import MAX_FRAME_BYTES
+from protocol.codec import encode_wire_batch, message_to_wire
+from protocol.limits import MAX_FRAME_BYTES, MAX_MESSAGES_PER_ENVELOPE
 
 if TYPE_CHECKING:
     from meshnode.runtime.node import MeshNode
@@ -81,14 +102,22 @@ WS_HEARTBEAT_S = 10.0
 """WebSocket ping interval; a peer silent for two of them is treated as gone."""
 CONNECT_TIMEOUT_S = 3.0
 """Longest wait to open a task connection to a peer."""
+CLOSE_TIMEOUT_S = 1.0
+"""Longest wait for a peer to acknowledge the close of a task connection on shutdown."""
 COUNTER_RATIO = 1.5
 """A counter-proposed deadline up to this multiple of the asked deadline is accepted."""
+TIMER_SLACK_S = 0.001
+"""Added to every timer so that it fires at or after the deadline it serves (the loop's
+monotonic clock and ``time.time()`` tick differently)."""
 
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "meshnode_task_deadline", default=None
 )
 
 log = structlog.get_logger("meshnode.tasks")
+
+Wire = list[Any]
+"""One message in wire form (``protocol.codec.message_to_wire``)."""
 
 
 class DelegationError(Exception):
@@ -134,24 +163,54 @@ def attempt_json(a: Attempt) -> dict[str, Any]:
     }
 
 
+WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+
+
 class _Channel:
-    """One WebSocket to a peer (client or server side)."""
+    """One WebSocket to a peer (client or server side) with its outbox and sender task."""
 
-    def __init__(self, ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse) -> None:
+    __slots__ = ("alive", "outbox", "peer", "sender", "wake", "ws")
+
+    def __init__(self, ws: WebSocket, peer: str | None = None) -> None:
         self.ws = ws
-        self.peer: str | None = None
+        self.peer = peer
+        self.alive = True
+        """False once the reader saw the connection end (or a send failed)."""
+        self.outbox: list[Wire] = []
+        self.wake = asyncio.Event()
+        self.sender: asyncio.Task[None] | None = None
 
-    async def send(self, messages: Sequence[Message], signer: Any) -> None:
-        await self.ws.send_bytes(encode(list(messages), signer))
+    @property
+    def usable(self) -> bool:
+        return self.alive and not self.ws.closed
+
+    def queue(self, wire: Sequence[Wire]) -> None:
+        """Queue messages (already in wire form) for the next frame."""
+        self.outbox.extend(wire)
+        self.wake.set()
+
+    def __repr__(self) -> str:
+        peer = short_id(self.peer) if self.peer else "?"
+        return f"<_Channel {peer} alive={self.alive} queued={len(self.outbox)}>"
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class _Delegation:
     core: RequesterCore
     capability: str
     task_input: Any
-    wake: asyncio.Event
-    inbox: list[tuple[str, Message]]
+    inbox: list[tuple[str, Message]] = dataclasses.field(default_factory=list)
+    waiter: asyncio.Future[None] | None = None
+
+    def notify(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class TaskService:
@@ -171,38 +230,56 @@ class TaskService:
             recovery_time=cfg.breaker_recovery_time,
         )
         self.evaluator = OutputEvaluator()
+        self._specs: dict[str, CapabilitySpec] = node.capabilities
         self._channels: dict[str, _Channel] = {}
+        self._open: set[_Channel] = set()
         self._connecting: dict[str, asyncio.Lock] = {}
         self._handlers: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._delegations: dict[str, _Delegation] = {}
-        self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
         self._closed = False
         self.counters: dict[str, int] = {
             "delegations_ok": 0,
             "delegations_failed": 0,
             "tasks_served": 0,
+            "frames_sent": 0,
+            "frames_received": 0,
             "frames_dropped": 0,
         }
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        self._spawn(self._provider_clock())
+        self._arm(self.provider.next_deadline())
 
     async def close(self) -> None:
         self._closed = True
         for delegation in self._delegations.values():
-            delegation.wake.set()
+            delegation.notify()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        # Close every connection first (readers still running, so the close handshake can
+        # complete); a reader cancelled first would drop its channel from the pool and
+        # leave its socket open.
+        if self._open:
+            await asyncio.gather(
+                *(_close_ws(c.ws) for c in list(self._open)), return_exceptions=True
+            )
         tasks = [*self._tasks, *self._handlers.values()]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        for channel in list(self._channels.values()):
-            with contextlib.suppress(Exception):
-                await channel.ws.close()
+        self._handlers.clear()
+        for _ in range(3):  # tasks spawned while the first ones wind down, if any
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            tasks = list(self._tasks)
+            if not tasks:
+                break
         self._channels.clear()
+        self._open.clear()
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
@@ -211,12 +288,19 @@ class TaskService:
         return task
 
     def capabilities_changed(self) -> None:
-        caps = {name: spec.capability for name, spec in self.node.capabilities.items()}
-        self.provider.set_capabilities(caps)
+        self._specs = self.node.capabilities
+        self.provider.set_capabilities({n: s.capability for n, s in self._specs.items()})
 
     @property
     def in_flight(self) -> int:
         return self.provider.in_flight + len(self._delegations)
+
+    def waiting_on(self, peer: str) -> bool:
+        """Is one of our delegations negotiating with ``peer`` or waiting for its result?"""
+        return any(d.core.current_node == peer for d in self._delegations.values())
+
+    def _set_load(self) -> None:
+        self.node.core.membership.set_load(self.provider.in_flight + len(self._delegations))
 
     # ------------------------------------------------------------------ connections
 
@@ -224,18 +308,33 @@ class TaskService:
         """Server side of a task connection."""
         ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=WS_HEARTBEAT_S)
         await ws.prepare(request)
-        await self._read(_Channel(ws))
+        channel = self._adopt(ws, None)
+        await self._read(channel)
         return ws
 
-    async def _channel(self, peer: str) -> _Channel:
+    def _adopt(self, ws: WebSocket, peer: str | None) -> _Channel:
+        channel = _Channel(ws, peer)
+        self._open.add(channel)
+        channel.sender = self._spawn(self._send_loop(channel))
+        if peer is not None:
+            self._channels[peer] = channel
+        return channel
+
+    def _live_channel(self, peer: str) -> _Channel | None:
         channel = self._channels.get(peer)
-        if channel is not None and not channel.ws.closed:
+        return channel if channel is not None and channel.usable else None
+
+    async def _channel(self, peer: str) -> _Channel:
+        channel = self._live_channel(peer)
+        if channel is not None:
             return channel
         lock = self._connecting.setdefault(peer, asyncio.Lock())
         async with lock:
-            channel = self._channels.get(peer)
-            if channel is not None and not channel.ws.closed:
+            channel = self._live_channel(peer)
+            if channel is not None:
                 return channel
+            if self._closed:
+                raise ConnectionError("node is closing")
             member = self.node.core.membership.member(peer)
             if member is None:
                 raise ConnectionError(f"unknown peer {short_id(peer)}")
@@ -248,86 +347,130 @@ class TaskService:
                 ),
                 CONNECT_TIMEOUT_S,
             )
-            channel = _Channel(ws)
-            channel.peer = peer
-            self._channels[peer] = channel
+            channel = self._adopt(ws, peer)
             self._spawn(self._read(channel))
             return channel
 
     async def _read(self, channel: _Channel) -> None:
+        self._open.add(channel)
         try:
             async for msg in channel.ws:
-                if msg.type != aiohttp.WSMsgType.BINARY:
+                if msg.type is not aiohttp.WSMsgType.BINARY:
                     continue
+                self.counters["frames_received"] += 1
                 try:
                     envelope = decode(msg.data, verifier=self.node.verifier)
                 except RemoteProtocolError as exc:
                     self.counters["frames_dropped"] += 1
                     self.node.count_drop(f"task_{type(exc).__name__}")
                     continue
+                sender = envelope.sender
                 if channel.peer is None:
-                    channel.peer = envelope.sender
-                    old = self._channels.get(envelope.sender)
-                    if old is None or old.ws.closed:
-                        self._channels[envelope.sender] = channel
-                elif channel.peer != envelope.sender:
+                    channel.peer = sender
+                    if self._live_channel(sender) is None:
+                        self._channels[sender] = channel
+                elif channel.peer != sender:
                     self.counters["frames_dropped"] += 1
                     continue
-                await self._dispatch(envelope.sender, envelope.messages, channel)
+                self._dispatch(sender, envelope.messages, channel)
         finally:
-            peer = channel.peer
-            if peer is not None and self._channels.get(peer) is channel:
+            self._channel_lost(channel, "connection closed")
+
+    def _channel_lost(self, channel: _Channel, reason: str) -> None:
+        if not channel.alive:
+            return
+        channel.alive = False
+        channel.outbox.clear()
+        self._open.discard(channel)
+        if channel.sender is not None:
+            channel.sender.cancel()
+        peer = channel.peer
+        if peer is None:
+            return
+        survivor = next((c for c in self._open if c.peer == peer and c.usable), None)
+        if self._channels.get(peer) is channel:
+            if survivor is None:
                 del self._channels[peer]
-            if peer is not None:
-                self.peer_failed(peer, "connection closed")
+            else:
+                self._channels[peer] = survivor
+        if survivor is None:
+            self.peer_failed(peer, reason)
 
-    async def _send(self, peer: str, messages: Sequence[Message]) -> None:
-        channel = await self._channel(peer)
-        await channel.send(messages, self.node.identity)
-
-    def _send_soon(self, peer: str, messages: Sequence[Message], channel: _Channel | None) -> None:
-        """Send without blocking the reader; on the connection the request came on if any."""
-
-        async def go() -> None:
+    async def _send_loop(self, channel: _Channel) -> None:
+        """Write the outbox: everything queued in one loop round goes in one envelope."""
+        ws, identity = channel.ws, self.node.identity
+        while True:
+            await channel.wake.wait()
+            # Let the tasks made ready in the same round (handlers that finish at once,
+            # other delegations) add their messages to this frame.
+            await asyncio.sleep(0)
+            channel.wake.clear()
+            batch, channel.outbox = channel.outbox, []
             try:
-                if channel is not None and not channel.ws.closed:
-                    await channel.send(messages, self.node.identity)
-                else:
-                    await self._send(peer, messages)
+                for frame in _frames(batch, identity):
+                    await ws.send_bytes(frame)
+                    self.counters["frames_sent"] += 1
+            except (ConnectionError, aiohttp.ClientError, RuntimeError, OSError) as exc:
+                log.debug("task_send_failed", peer=short_id(channel.peer or ""), error=str(exc))
+                self._spawn(_close_ws(ws))
+                self._channel_lost(channel, f"send failed: {exc}")
+                return
+
+    def _reply(self, peer: str, messages: Sequence[Message], prefer: _Channel | None) -> None:
+        """Queue messages to ``peer``: on ``prefer`` (the connection the request came on)
+        while it is usable, else on the pooled connection, else on a new one."""
+        wire = [message_to_wire(m) for m in messages]
+        channel = prefer if prefer is not None and prefer.usable else self._live_channel(peer)
+        if channel is not None:
+            channel.queue(wire)
+            return
+
+        async def connect_and_send() -> None:
+            try:
+                (await self._channel(peer)).queue(wire)
             except (ConnectionError, aiohttp.ClientError, TimeoutError, OSError) as exc:
                 log.debug("task_send_failed", peer=short_id(peer), error=str(exc))
 
-        self._spawn(go())
+        self._spawn(connect_and_send())
 
     # ------------------------------------------------------------------ inbound
 
-    async def _dispatch(self, sender: str, messages: Sequence[Message], channel: _Channel) -> None:
+    def _dispatch(self, sender: str, messages: Sequence[Message], channel: _Channel) -> None:
         now = time.time()
+        provider_touched = False
         for message in messages:
-            if isinstance(message, TaskRequest):
+            if isinstance(message, TaskResponse | TaskResult):
+                delegation = self._delegations.get(message.task_id)
+                if delegation is not None:
+                    delegation.inbox.append((sender, message))
+                    delegation.notify()
+            elif isinstance(message, TaskRequest):
+                provider_touched = True
                 decision = self.provider.on_request(sender, message, now)
+                if decision.start is not None:
+                    # Started first: a handler that finishes at once shares this frame.
+                    self._start_handler(decision.start, channel)
                 out: list[Message] = [decision.response]
                 if decision.result is not None:
                     out.append(decision.result)
-                self._send_soon(sender, out, channel)
-                if decision.start is not None:
-                    self._start_handler(decision.start)
+                self._reply(sender, out, channel)
+                response = decision.response
+                if response.status == TaskStatus.COUNTERED and response.counter_deadline_ms:
+                    hold = min(self.provider.hold_s, response.counter_deadline_ms / 1000.0)
+                    self._arm(now + hold)
             elif isinstance(message, TaskConfirm):
-                response = self.provider.on_confirm(sender, message, now)
-                if response is not None:
-                    self._send_soon(sender, [response], channel)
+                provider_touched = True
+                answer = self.provider.on_confirm(sender, message, now)
+                if answer is not None:
+                    self._reply(sender, [answer], channel)
             elif isinstance(message, TaskCancel):
+                provider_touched = True
                 if self.provider.on_cancel(sender, message, now) is CancelOutcome.STOP_HANDLER:
                     handler = self._handlers.pop((sender, message.task_id), None)
                     if handler is not None:
                         handler.cancel()
-            elif isinstance(message, TaskResponse | TaskResult):
-                delegation = self._delegations.get(message.task_id)
-                if delegation is not None:
-                    delegation.inbox.append((sender, message))
-                    delegation.wake.set()
-        self._start_ready(now)
-        self._wake.set()
+        if provider_touched:
+            self._provider_changed(now)
 
     def peer_failed(self, peer: str, reason: str) -> None:
         """A connection dropped or SWIM declared ``peer`` dead: fail its waits at once."""
@@ -335,7 +478,8 @@ class TaskService:
         for delegation in self._delegations.values():
             if delegation.core.current_node == peer:
                 delegation.inbox.append((peer, _PeerFailed(reason)))
-                delegation.wake.set()
+                delegation.notify()
+        stopped = False
         for (requester, task_id), handler in list(self._handlers.items()):
             if requester == peer:
                 # Nobody is left to receive the result; stop the work.
@@ -344,62 +488,76 @@ class TaskService:
                 ):
                     handler.cancel()
                 self._handlers.pop((requester, task_id), None)
+                stopped = True
+        if stopped:
+            self._provider_changed(now)
 
     # ------------------------------------------------------------------ provider
 
-    def _start_ready(self, now: float) -> None:
+    def _provider_changed(self, now: float) -> None:
+        """After any provider-side event: start what may start, publish the load."""
         for start in self.provider.start_ready(now):
-            self._start_handler(start)
-        self.node.core.membership.set_load(self.in_flight)
+            self._start_handler(start, None)
+        self._set_load()
 
-    def _start_handler(self, start: StartTask) -> None:
+    def _start_handler(self, start: StartTask, channel: _Channel | None) -> None:
         key = (start.requester, start.request.task_id)
-        spec = self.node.capabilities.get(start.request.capability)
-        self._handlers[key] = self._spawn(self._run_handler(start, spec))
+        spec = self._specs.get(start.request.capability)
+        self._handlers[key] = self._spawn(self._run_handler(start, spec, channel))
+        self._arm(start.deadline_at)
 
-    async def _run_handler(self, start: StartTask, spec: Any) -> None:
+    async def _run_handler(
+        self, start: StartTask, spec: CapabilitySpec | None, channel: _Channel | None
+    ) -> None:
         request = start.request
+        key = (start.requester, request.task_id)
         ok, output, error = False, None, ""
         _deadline.set(start.deadline_at)
         try:
             if spec is None:
                 error = "capability withdrawn"
             else:
-                async with asyncio.timeout(max(0.0, start.deadline_at - time.time())):
-                    output = await spec.handler(request.input)
+                output = await spec.handler(request.input)
                 ok = True
-        except TimeoutError:
-            error = "deadline exceeded"
         except asyncio.CancelledError:
-            self._handlers.pop((start.requester, request.task_id), None)
+            # Stopped by a TaskCancel, the deadline timer, a lost requester or shutdown;
+            # whoever stopped it has answered (or nobody is left to answer).
+            self._handlers.pop(key, None)
             raise
         except Exception as exc:  # a handler's own failure is the task's result
             error = f"{type(exc).__name__}: {exc}"
-        finally:
-            pass
-        self._handlers.pop((start.requester, request.task_id), None)
+        self._handlers.pop(key, None)
         now = time.time()
         result = self.provider.complete(request.task_id, ok, output, error, now)
         if result is not None:
             self.counters["tasks_served"] += 1
-            self._send_soon(start.requester, [result], None)
-        self._start_ready(now)
-        self._wake.set()
+            self._reply(start.requester, [result], channel)
+        self._provider_changed(now)
 
-    async def _provider_clock(self) -> None:
-        while True:
-            now = time.time()
-            for event in self.provider.tick(now):
-                handler = self._handlers.pop((event.requester, event.task_id), None)
-                if handler is not None and event.was_running:
-                    handler.cancel()
-                self._send_soon(event.requester, [event.result], None)
-            self._start_ready(now)
-            deadline = self.provider.next_deadline()
-            self._wake.clear()
-            timeout = None if deadline is None else max(0.0, deadline - time.time())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+    def _arm(self, when: float | None) -> None:
+        """Make sure the provider timer fires no later than ``when`` (UNIX time)."""
+        if when is None or self._closed:
+            return
+        if self._timer is not None and self._timer_at is not None and self._timer_at <= when:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, when - time.time()) + TIMER_SLACK_S
+        self._timer_at = when
+        self._timer = loop.call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        now = time.time()
+        for event in self.provider.tick(now):
+            handler = self._handlers.pop((event.requester, event.task_id), None)
+            if handler is not None and event.was_running:
+                handler.cancel()
+            self._reply(event.requester, [event.result], None)
+        self._provider_changed(now)
+        self._arm(self.provider.next_deadline())
 
     # ------------------------------------------------------------------ requester
 
@@ -432,25 +590,27 @@ class TaskService:
             verifier=self.node.verifier,
             deadline_s=deadline_s,
             budget_usd=max_cost_usd,
-            trace_id=trace_id or uuid.uuid4().hex[:16],
-            allow=lambda node, now: self.breakers.allow(node, now),
+            trace_id=trace_id or task_id[:16],
+            allow=self.breakers.allow,
             attempt_deadline_ms=max(1, int(remaining_ms / COUNTER_RATIO)),
             counter_ratio=COUNTER_RATIO,
+            check_output=lambda result: self.evaluator.contract_violation(
+                self._provider_capability(result.provider, capability), result.output
+            ),
         )
-        delegation = _Delegation(core, capability, task_input, asyncio.Event(), [])
+        delegation = _Delegation(core, capability, task_input)
         self._delegations[task_id] = delegation
-        self.node.core.membership.set_load(self.in_flight)
+        self._set_load()
         started = time.time()
         try:
             outcome = await self._negotiate(delegation)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
-                effects = core.cancel(time.time())
-                await asyncio.shield(self._apply(delegation, effects))
+                await asyncio.shield(self._apply(delegation, core.cancel(time.time())))
             raise
         finally:
             self._delegations.pop(task_id, None)
-            self.node.core.membership.set_load(self.in_flight)
+            self._set_load()
         elapsed_ms = (time.time() - started) * 1000
         if isinstance(outcome, Failed):
             self.counters["delegations_failed"] += 1
@@ -470,14 +630,26 @@ class TaskService:
 
     async def _negotiate(self, delegation: _Delegation) -> Done | Failed:
         core = delegation.core
+        loop = asyncio.get_running_loop()
         await self._apply(delegation, core.start(time.time()))
         while core.outcome is None:
-            deadline = core.next_deadline()
-            delegation.wake.clear()
             if not delegation.inbox and not self._closed:
-                timeout = None if deadline is None else max(0.0, deadline - time.time())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(delegation.wake.wait(), timeout)
+                waiter: asyncio.Future[None] = loop.create_future()
+                deadline = core.next_deadline()
+                timer = (
+                    None
+                    if deadline is None
+                    else loop.call_later(
+                        max(0.0, deadline - time.time()) + TIMER_SLACK_S, _wake, waiter
+                    )
+                )
+                delegation.waiter = waiter
+                try:
+                    await waiter
+                finally:
+                    delegation.waiter = None
+                    if timer is not None:
+                        timer.cancel()
             now = time.time()
             effects: list[RequesterEffect] = []
             inbox, delegation.inbox = delegation.inbox, []
@@ -496,22 +668,34 @@ class TaskService:
 
     async def _apply(self, delegation: _Delegation, effects: list[RequesterEffect]) -> None:
         for effect in effects:
-            if isinstance(effect, SendRequest | SendConfirm | SendCancel):
-                message = (
-                    effect.request
-                    if isinstance(effect, SendRequest)
-                    else effect.confirm
-                    if isinstance(effect, SendConfirm)
-                    else effect.cancel
+            if isinstance(effect, SendRequest | SendConfirm):
+                message: Message = (
+                    effect.request if isinstance(effect, SendRequest) else effect.confirm
                 )
                 try:
-                    await self._send(effect.node, [message])
-                except (ConnectionError, aiohttp.ClientError, TimeoutError, OSError) as exc:
-                    if not isinstance(effect, SendCancel):
+                    wire = message_to_wire(message)
+                except LocalProtocolError:
+                    # The caller's input cannot travel: give up before anything was sent
+                    # (handing back a half-open probe), and tell the caller why.
+                    for ended in delegation.core.cancel(time.time(), "input cannot be encoded"):
+                        if isinstance(ended, AttemptEnded):
+                            self._attempt_ended(ended.attempt)
+                    raise
+                channel = self._live_channel(effect.node)
+                if channel is None:
+                    try:
+                        channel = await self._channel(effect.node)
+                    except (ConnectionError, aiohttp.ClientError, TimeoutError, OSError) as exc:
                         delegation.inbox.append(
                             (effect.node, _PeerFailed(str(exc) or "unreachable"))
                         )
-                        delegation.wake.set()
+                        continue
+                channel.queue([wire])
+            elif isinstance(effect, SendCancel):
+                # Only over a live connection: if it dropped, the provider already stopped.
+                channel = self._live_channel(effect.node)
+                if channel is not None:
+                    channel.queue([message_to_wire(effect.cancel)])
             elif isinstance(effect, AttemptEnded):
                 self._attempt_ended(effect.attempt)
 
@@ -524,11 +708,18 @@ class TaskService:
         if verdict is TaskVerdict.FAILURE:
             self.node.record_outcome(attempt.node, 0.0)
 
+    def _provider_capability(self, provider: str, name: str) -> Capability | None:
+        manifest = self.node.core.manifests.get(provider)
+        return manifest.capability(name) if manifest else None
+
     def _score(self, delegation: _Delegation, done: Done) -> Evaluation:
-        manifest = self.node.core.manifests.get(done.provider)
-        cap = manifest.capability(delegation.capability) if manifest else None
+        cap = self._provider_capability(done.provider, delegation.capability)
+        delivered = bool(done.attempts) and done.attempts[-1].outcome is AttemptOutcome.DELIVERED
         evaluation = self.evaluator.evaluate(
-            cap or delegation.capability, delegation.task_input, done.result
+            cap or delegation.capability,
+            delegation.task_input,
+            done.result,
+            output_checked=delivered,  # check_output already passed it
         )
         now = time.time()
         if evaluation.success:
@@ -537,6 +728,33 @@ class TaskService:
             self.breakers.record_failure(done.provider, now)
         self.node.record_outcome(done.provider, evaluation.quality)
         return evaluation
+
+    def __repr__(self) -> str:
+        return (
+            f"<TaskService connections={len(self._open)} delegations={len(self._delegations)} "
+            f"running={self.provider.running} reserved={self.provider.reserved}>"
+        )
+
+
+def _frames(batch: list[Wire], signer: Any) -> list[bytes]:
+    """Signed envelopes carrying ``batch`` in order: as few as the limits allow."""
+    frames: list[bytes] = []
+    step = MAX_MESSAGES_PER_ENVELOPE
+    pending = [batch[i : i + step] for i in range(0, len(batch), step)]
+    while pending:
+        chunk = pending.pop(0)
+        frame = encode_wire_batch(chunk, signer)
+        if len(frame) > MAX_FRAME_BYTES and len(chunk) > 1:
+            half = len(chunk) // 2
+            pending[:0] = [chunk[:half], chunk[half:]]
+            continue
+        frames.append(frame)
+    return frames
+
+
+async def _close_ws(ws: WebSocket) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(ws.close(), CLOSE_TIMEOUT_S)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

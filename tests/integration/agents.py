@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,15 +37,12 @@ class SlowAgent(MeshNode):
 
     If the input names a ``marker`` path, the file is created when the handler starts, so a
     test in another process knows the task is running. Uses the hashing embedder (no model
-    to load) and runs ``MESHNODE_AGENT_MAX_CONCURRENT`` tasks at once (default 3).
+    to load).
     """
 
     def __init__(self, config: NodeConfig | None = None, **kwargs: Any) -> None:
         base = config or NodeConfig.local()
-        slots = int(os.environ.get("MESHNODE_AGENT_MAX_CONCURRENT", base.max_concurrent_tasks))
-        super().__init__(
-            dataclasses.replace(base, embedder="hashing", max_concurrent_tasks=slots), **kwargs
-        )
+        super().__init__(dataclasses.replace(base, embedder="hashing"), **kwargs)
 
     @capability(
         name=SLOW_ECHO,
@@ -58,7 +54,7 @@ class SlowAgent(MeshNode):
     async def slow_echo(self, payload: dict[str, Any]) -> dict[str, Any]:
         marker = payload.get("marker")
         if isinstance(marker, str):
-            Path(marker).touch()
+            await asyncio.to_thread(Path(marker).touch)
         await asyncio.sleep(float(payload.get("sleep_s", 0.0)))
         return {"text": payload["text"]}
 

@@ -69,7 +69,8 @@ def result_verifies(result: TaskResult) -> bool:
 
 async def test_accepted_task_returns_signed_result(mesh: LocalMesh) -> None:
     """ACCEPTED → the handler's output comes back signed by the provider, after one attempt;
-    the requester scores it, and its signed opinion of the provider reaches the provider."""
+    the requester scores it at once, and its signed opinion of the provider reaches the
+    provider."""
     calls: list[Any] = []
 
     async def shout(payload: Any) -> Any:
@@ -88,9 +89,48 @@ async def test_accepted_task_returns_signed_result(mesh: LocalMesh) -> None:
     assert result.quality == 1.0
     assert result.result.requester == a.node_id and result_verifies(result.result)
     assert calls == [{"text": "hi"}]
-    opinion = a.core.ledger.get(a.node_id, p.node_id)
-    assert opinion is not None and opinion.score > 0.5 and opinion.outcomes == 1
-    await wait_for(lambda: p.core.ledger.get(a.node_id, p.node_id) == opinion, 5)
+    score, count = a.opinion(p.node_id)
+    assert score > 0.5 and count == 1
+    assert a.trust_view()[p.node_id] > 0.5
+    await wait_for(lambda: a.core.ledger.get(a.node_id, p.node_id) is not None, 5)
+    signed = a.core.ledger.get(a.node_id, p.node_id)
+    assert signed is not None and (signed.score, signed.outcomes) == (score, count)
+    await wait_for(lambda: p.core.ledger.get(a.node_id, p.node_id) == signed, 5)
+
+
+async def test_concurrent_outcomes_share_signed_records(mesh: LocalMesh) -> None:
+    """Twenty concurrent delegations to one provider all deliver; each outcome counts in the
+    requester's opinion at once, and the signed ledger record that ends up gossiped carries
+    all twenty, although fewer than twenty records were signed."""
+
+    async def slow_echo(payload: Any) -> Any:
+        await asyncio.sleep(0.05)
+        return {"text": payload["text"]}
+
+    a = await mesh.node("requester")
+    p = await mesh.node(
+        "provider", [Cap("echo", slow_echo, TEXT_SCHEMA, TEXT_SCHEMA)], max_concurrent_tasks=32
+    )
+    await mesh.ready()
+    first_seq = a.core.ledger.next_seq(a.node_id)
+
+    results = await asyncio.gather(
+        *(a.delegate("echo", {"text": str(i)}, deadline_s=10) for i in range(20))
+    )
+
+    assert sorted(r.output["text"] for r in results) == sorted(str(i) for i in range(20))
+    assert {r.provider for r in results} == {p.node_id}
+    score, count = a.opinion(p.node_id)
+    assert count == 20 and score > 0.8
+
+    def outcomes_at_provider() -> int:
+        record = p.core.ledger.get(a.node_id, p.node_id)
+        return 0 if record is None else record.outcomes
+
+    await wait_for(lambda: outcomes_at_provider() == 20, 5)
+    signed = a.core.ledger.get(a.node_id, p.node_id)
+    assert signed is not None and (signed.score, signed.outcomes) == (score, count)
+    assert a.core.ledger.next_seq(a.node_id) - first_seq < 20
 
 
 # --------------------------------------------------------------------------- reject
@@ -141,7 +181,7 @@ async def test_rejections_carry_their_reason(mesh: LocalMesh) -> None:
 
     assert calls == []
     assert a.tasks.breakers.state(p.node_id, time.time()) is BreakerState.CLOSED
-    assert a.core.ledger.get(a.node_id, p.node_id) is None
+    assert a.opinion(p.node_id) == (0.5, 0)
     assert p.tasks.provider.counts["rejected"] == len(cases)
 
 
@@ -228,10 +268,10 @@ async def test_counter_beyond_ratio_falls_through(mesh: LocalMesh) -> None:
 
 
 async def test_breaker_opens_after_three_failures_then_one_probe(mesh: LocalMesh) -> None:
-    """A provider whose output fails its schema: each failure falls back to a good peer;
-    its breaker opens after exactly 3 failures and traffic goes to the others; once the
-    (shortened) recovery time passes exactly one half-open probe reaches it, and that
-    probe's success closes the circuit."""
+    """A provider that raises, then returns output failing its schema: each failure falls
+    back to a good peer; its breaker opens after exactly 3 failures and traffic goes to the
+    others; once the (shortened) recovery time passes exactly one half-open probe reaches
+    it, and that probe's success closes the circuit."""
     good_calls: dict[str, int] = {"g1": 0, "g2": 0}
     bad_calls: list[float] = []
     broken = True
@@ -245,6 +285,8 @@ async def test_breaker_opens_after_three_failures_then_one_probe(mesh: LocalMesh
 
     async def bad_grade(payload: Any) -> Any:
         bad_calls.append(time.monotonic())
+        if broken and len(bad_calls) == 1:
+            raise RuntimeError("broken provider")
         if broken:
             return {"grade": "not a number"}
         await asyncio.sleep(0.3)  # keep the probe in flight while others are routed
@@ -269,7 +311,8 @@ async def test_breaker_opens_after_three_failures_then_one_probe(mesh: LocalMesh
             AttemptOutcome.FAILED_RESULT,
             AttemptOutcome.DELIVERED,
         ]
-        assert "schema" in result.attempts[0].detail
+        detail = result.attempts[0].detail
+        assert ("RuntimeError" in detail) if i == 0 else ("output fails its schema" in detail)
     snapshot = breakers.snapshot(time.time())[bad.node_id]
     assert snapshot.state is BreakerState.OPEN and snapshot.consecutive_failures == 3
     assert len(bad_calls) == 3
@@ -282,6 +325,7 @@ async def test_breaker_opens_after_three_failures_then_one_probe(mesh: LocalMesh
     providers = {(await a.delegate("grade", {"n": i})).provider for i in range(6)}
     assert providers <= {g1.node_id, g2.node_id}
     assert len(bad_calls) == 3
+    assert sum(good_calls.values()) == 3 + 1 + 6  # every delegation so far, by the good ones
 
     # Half-open after the recovery time: three concurrent tasks, exactly one probe.
     await wait_for(lambda: breakers.state(bad.node_id, time.time()) is BreakerState.HALF_OPEN, 5)
@@ -394,8 +438,8 @@ async def test_forged_result_is_rejected_and_counted(mesh: LocalMesh) -> None:
     assert "signature" in result.attempts[0].detail
     snapshot = a.tasks.breakers.snapshot(time.time())[forger.node_id]
     assert snapshot.consecutive_failures == 1 and snapshot.total_failures == 1
-    opinion = a.core.ledger.get(a.node_id, forger.node_id)
-    assert opinion is not None and opinion.score < 0.5
+    score, count = a.opinion(forger.node_id)
+    assert score < 0.5 and count == 1
 
 
 # --------------------------------------------------------------------------- wire
@@ -485,8 +529,8 @@ async def test_cancelling_the_caller_cancels_the_handler(mesh: LocalMesh) -> Non
     assert p.tasks.provider.counts["cancelled"] == 1
     assert p.tasks.counters["tasks_served"] == 0
     assert a.tasks.breakers.state(p.node_id, time.time()) is BreakerState.CLOSED
-    assert a.core.ledger.get(a.node_id, p.node_id) is None
-    assert not a.tasks._delegations
+    assert a.opinion(p.node_id) == (0.5, 0)
+    assert a.tasks.in_flight == 0
 
 
 async def test_nested_delegation_inherits_the_remaining_deadline(mesh: LocalMesh) -> None:
@@ -542,6 +586,9 @@ async def test_http_delegate_from_loopback(mesh: LocalMesh) -> None:
             assert resp.status == 502
             failed = await resp.json()
         async with session.post(a.url + "/v1/delegate", json={"input": {}}) as resp:
+            assert resp.status == 400
+        negative = {"capability": "echo", "input": {"text": "x"}, "deadline_s": -1}
+        async with session.post(a.url + "/v1/delegate", json=negative) as resp:
             assert resp.status == 400
 
     assert ok["output"] == {"text": "over http"}

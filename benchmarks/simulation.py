@@ -1,0 +1,485 @@
+"""Simulation benchmarks: scale, dissemination, bandwidth growth, Lifeguard, partition heal.
+
+Usage::
+
+    python benchmarks/simulation.py [--only NAME ...] [--out PATH] [--quick]
+
+Every run is a seeded scenario of :mod:`simulations`, executed in its own child process
+(so that peak memory is measured per run) and reported as JSON: one file per run under
+``benchmarks/results/simulation/`` and a summary with every goal, measured value and
+verdict in ``--out`` (default ``benchmarks/results/simulation.json``). The dissemination
+plots go to ``docs/simulation/``. Progress goes to stderr. Each goal is compared with a
+baseline measured in the same run where one exists: the analytic epidemic bound for
+dissemination, N=100 for bandwidth growth, Lifeguard off for the slow node.
+
+Benchmarks (``--only`` takes these names):
+
+``scale``
+    N=10,000 joining through 3 seeds, 60 simulated seconds, with a wall-clock budget of
+    10 minutes (the goal). If the budget runs out the child stops and reports how far the
+    run got; ``scale-curve`` gives the cost per simulated second and the memory at smaller
+    N for the extrapolation.
+``scale-curve``
+    The same join at N = 100, 300 and 1,000, 60 simulated seconds each.
+``rumor``
+    N=1,000, one manifest update, at 0 % and 10 % datagram loss: rounds to reach every node
+    against ``1.25 × (log4 N + ln N / 3)`` and ``1.5 ×`` that.
+``bandwidth``
+    A converged mesh (``steady`` scenario): UDP bytes per node per second at N = 100, 300
+    and 1,000 with no news, and at N = 100 and 300 with one ledger opinion per second
+    (mesh-wide).
+    Goal: growth by at most 1.2× from N=100 to N=10,000 (extrapolated from the measured
+    points: 10,000 nodes cannot be simulated to a converged state in one process).
+``slow-node``
+    N=100, 5 % loss, one node stalling for 0.1–2 s after runs of 0.1–2 s, for 300 s,
+    Lifeguard on and off; and the same with long stalls (1–12 s, around the minimum
+    suspicion timeout of 8 s at this size).
+    Goal: zero false deaths with Lifeguard on.
+``partition``
+    N=1,000 split 50/50 for 30 s, then healed. Goal: membership, manifests and ledger
+    reconverge within two push-pull intervals.
+``what-if``
+    The join at N=300 twice: as is, and with ``Manifest.digest`` memoized — standing in for
+    the proposed core change (``MeshCore._announce`` reusing the digest that
+    ``ManifestStore.apply`` has just computed) — to measure what that change buys. Only
+    this benchmark patches anything, and only in its own child process.
+
+``--quick`` shrinks every N by 10× (for a smoke test of the script itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a plain checkout
+
+from simulations.epidemic import rounds_bound  # noqa: E402
+from simulations.progress import Progress  # noqa: E402
+from simulations.report import build_report, dumps  # noqa: E402
+from simulations.scenarios import Spec, make_config, run_scenario  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+RUNS = RESULTS / "simulation"
+FIGURES = ROOT / "docs" / "simulation"
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------- child process
+
+
+class WallBudgetExceeded(Exception):
+    """Raised from the progress hook when a run exceeds its wall-clock budget."""
+
+
+class BudgetProgress(Progress):
+    """The CLI's progress bar, plus a wall-clock budget (benchmarks only: a run stopped by
+    it is cut at a point that depends on the machine, so it is not reproducible)."""
+
+    def __init__(self, budget: float | None) -> None:
+        super().__init__(enabled=True)
+        self.budget = budget
+        self.started = time.perf_counter()
+
+    def update(self) -> None:
+        super().update()
+        if self.budget is not None and time.perf_counter() - self.started > self.budget:
+            raise WallBudgetExceeded
+
+
+def child(spec_json: str, budget: float | None, out: Path, patch: bool) -> None:
+    if patch:
+        _cache_manifest_digests()
+    fields = json.loads(spec_json)
+    for key in ("pause_s", "run_s"):
+        if key in fields:
+            fields[key] = tuple(fields[key])
+    fields["overrides"] = tuple(tuple(x) for x in fields.get("overrides", ()))
+    spec = Spec(**fields)
+    progress = BudgetProgress(budget)
+    started = time.perf_counter()
+    result: dict[str, Any] = {"spec": fields}
+    try:
+        outcome = run_scenario(spec, progress)
+    except WallBudgetExceeded:
+        cluster = progress.cluster
+        wall = time.perf_counter() - started
+        assert cluster is not None
+        result.update(
+            {
+                "stopped_by_wall_budget": True,
+                "wall_s": round(wall, 1),
+                "simulated_seconds_reached": round(cluster.now, 3),
+                "events": cluster.engine.events,
+                "events_per_s": round(cluster.engine.events / wall, 1),
+                "live_nodes": cluster.tracker.live_count,
+                "wrong_member_views": cluster.tracker.wrong_views,
+            }
+        )
+    else:
+        wall = time.perf_counter() - started
+        report = build_report(spec, make_config(spec), outcome, wall_s=wall)
+        result.update(
+            {
+                "stopped_by_wall_budget": False,
+                "wall_s": round(wall, 1),
+                "simulated_seconds_reached": outcome.simulated_seconds,
+                "events": outcome.events,
+                "events_per_s": round(outcome.events / wall, 1) if wall > 0 else None,
+                "report": report,
+            }
+        )
+        if outcome.curve is not None:
+            result["curve"] = outcome.curve
+    result["max_rss_mb"] = _peak_rss_mb()
+    out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process. ``ru_maxrss`` survives ``execve`` on Linux
+    (it would report the parent's peak), so read the high-water mark of this image."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _cache_manifest_digests() -> None:
+    """What-if: the proposed core change. ``MeshCore._announce`` recomputes
+    ``Manifest.digest()`` (a full canonical encoding and a hash) for every manifest it has
+    just applied, although ``ManifestStore.apply`` computed the very same digest a moment
+    before. Here the digest is memoized by signature (one content per signature)."""
+    from protocol.manifest import Manifest
+
+    original = Manifest.digest
+    cache: dict[bytes, bytes] = {}
+
+    def digest(self: Manifest) -> bytes:
+        value = cache.get(self.signature)
+        if value is None:
+            value = cache[self.signature] = original(self)
+        return value
+
+    Manifest.digest = digest  # type: ignore[method-assign]
+
+
+# ---------------------------------------------------------------------------- parent
+
+
+def run(
+    name: str, spec: Spec, *, budget: float | None = None, patch: bool = False
+) -> dict[str, Any]:
+    """Run ``spec`` in a child process; return its result dict (also saved to disk)."""
+    RUNS.mkdir(parents=True, exist_ok=True)
+    out = RUNS / f"{name}.json"
+    spec_json = json.dumps(dataclasses.asdict(spec))
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        spec_json,
+        "--child-out",
+        str(out),
+    ]
+    if budget is not None:
+        command += ["--wall-budget", str(budget)]
+    if patch:
+        command.append("--patch-manifest-digest")
+    log(f"== {name}: {spec.scenario} N={spec.nodes} seed={spec.seed} loss={spec.loss}")
+    started = time.perf_counter()
+    completed = subprocess.run(command, cwd=ROOT, check=False)
+    if completed.returncode != 0 or not out.exists():
+        return {
+            "error": f"child exited {completed.returncode}",
+            "wall_s": time.perf_counter() - started,
+        }
+    result: dict[str, Any] = json.loads(out.read_text())
+    log(
+        f"   {name}: wall {result['wall_s']} s, {result['simulated_seconds_reached']} simulated s, "
+        f"{result['events']:,} events, {result['max_rss_mb']} MB"
+    )
+    return result
+
+
+def goal(
+    name: str, target: str, measured: Any, passed: bool | None, **extra: Any
+) -> dict[str, Any]:
+    return {"goal": name, "target": target, "measured": measured, "passed": passed, **extra}
+
+
+def bench_scale(scale: float) -> list[dict[str, Any]]:
+    n = max(10, int(10_000 * scale))
+    result = run("scale-10k", Spec("join", nodes=n, seed=1, duration=60.0), budget=600.0)
+    stopped = result.get("stopped_by_wall_budget", True)
+    passed = not stopped and result.get("wall_s", math.inf) <= 600.0
+    return [
+        goal(
+            f"N={n} for 60 simulated seconds within 10 minutes of wall time",
+            "<= 600 s wall",
+            {
+                "wall_s": result.get("wall_s"),
+                "simulated_seconds_reached": result.get("simulated_seconds_reached"),
+                "events": result.get("events"),
+                "events_per_s": result.get("events_per_s"),
+                "max_rss_mb": result.get("max_rss_mb"),
+                "stopped_by_wall_budget": stopped,
+                "wrong_member_views": result.get("wrong_member_views"),
+            },
+            passed,
+        )
+    ]
+
+
+def bench_scale_curve(scale: float) -> list[dict[str, Any]]:
+    points = []
+    for n in (100, 300, 1000):
+        n = max(10, int(n * scale))
+        result = run(f"scale-curve-{n}", Spec("join", nodes=n, seed=1, duration=60.0))
+        report = result.get("report", {})
+        points.append(
+            {
+                "nodes": n,
+                "wall_s": result.get("wall_s"),
+                "simulated_seconds": result.get("simulated_seconds_reached"),
+                "events": result.get("events"),
+                "events_per_s": result.get("events_per_s"),
+                "max_rss_mb": result.get("max_rss_mb"),
+                "membership_convergence_s": report.get("summary", {}).get(
+                    "membership_convergence_s"
+                ),
+                "convergence_s": report.get("results", {}).get("convergence_s"),
+            }
+        )
+    return [goal("join cost at growing N (for the 10,000-node extrapolation)", "-", points, None)]
+
+
+def bench_rumor(scale: float) -> list[dict[str, Any]]:
+    n = max(10, int(1000 * scale))
+    bound = rounds_bound(n, 3)
+    out = []
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    for loss, factor, label in ((0.0, 1.25, "0"), (0.1, 1.5 * 1.25, "10")):
+        spec = Spec("rumor", nodes=n, seed=1, loss=loss, duration=60.0, settle=5.0)
+        result = run(f"rumor-{n}-loss{label}", spec)
+        report = result.get("report", {})
+        res = report.get("results", {})
+        if "curve" in result:
+            from simulations.plot import plot_dissemination
+
+            plot_dissemination(result["curve"], FIGURES / f"rumor-{n}-loss{label}.png")
+        applied = (res.get("applied_rounds") or {}).get("max")
+        heard = (res.get("heard_rounds") or {}).get("max")
+        limit = factor * bound
+        out.append(
+            goal(
+                f"rumor reaches every one of N={n} nodes at {label} % loss",
+                f"every node hears the rumor within {factor:g} x {bound:.2f} = {limit:.2f} "
+                "gossip rounds",
+                {
+                    "applied_rounds": res.get("applied_rounds"),
+                    "heard_rounds": res.get("heard_rounds"),
+                    "applied_s": res.get("applied_s"),
+                    "informed": res.get("informed"),
+                    "of": res.get("of"),
+                },
+                heard is not None
+                and heard <= limit
+                and (res.get("heard_rounds") or {}).get("count") == res.get("of"),
+                applied_max_rounds=applied,
+                analytic_rounds=round(bound, 3),
+            )
+        )
+    return out
+
+
+def bench_bandwidth(scale: float) -> list[dict[str, Any]]:
+    out = []
+    for rate, sizes in ((0.0, (100, 300, 1000)), (1.0, (100, 300))):
+        points: dict[int, dict[str, Any]] = {}
+        for n in sizes:
+            n = max(10, int(n * scale))
+            spec = Spec("steady", nodes=n, seed=1, duration=60.0, outcome_rate=rate)
+            result = run(f"steady-{n}-outcomes{rate:g}", spec)
+            results = result.get("report", {}).get("results", {})
+            per_node = results.get("traffic", {}).get("per_node_per_s", {})
+            points[n] = {
+                "udp_bytes": per_node.get("udp", {}).get("bytes"),
+                "gossip_only_bytes": per_node.get("gossip", {}).get("bytes"),
+                "probe_bytes": per_node.get("probe", {}).get("bytes"),
+                "push_pull_bytes": per_node.get("push_pull", {}).get("bytes"),
+                "retransmit_limit": results.get("retransmit_limit"),
+                "drain_s": results.get("drain_s"),
+            }
+        ordered = sorted(points)
+        small, large = ordered[0], ordered[-1]
+        a = points[small]["udp_bytes"] or 0.0
+        b = points[large]["udp_bytes"] or 0.0
+        # Extrapolation to 10,000 nodes: probe traffic does not depend on N; the traffic of
+        # rumors per node grows with the retransmit limit, 4 x ceil(log10(n + 1)) = 20.
+        probe = points[large]["probe_bytes"] or 0.0
+        rumor_part = max(0.0, b - probe)
+        limit_large = points[large]["retransmit_limit"] or 1
+        projected = probe + rumor_part * 20 / limit_large
+        out.append(
+            goal(
+                f"UDP bytes per node per second from N={small} to N=10,000, "
+                f"{rate:g} ledger opinions per second mesh-wide",
+                "growth <= 1.2x",
+                {
+                    "points": {str(k): v for k, v in points.items()},
+                    f"measured_ratio_{small}_to_{large}": round(b / a, 3) if a else None,
+                    "projected_10000_bytes": round(projected, 1),
+                    "projected_ratio_to_10000": round(projected / a, 3) if a else None,
+                },
+                bool(a) and projected / a <= 1.2,
+            )
+        )
+    return out
+
+
+def bench_slow_node(scale: float) -> list[dict[str, Any]]:
+    n = max(10, int(100 * scale))
+    keys = (
+        "false_deaths_total",
+        "false_deaths_of_slow_node",
+        "false_suspicions_total",
+        "false_suspicions_of_slow_node",
+        "false_suspicions_of_others",
+        "false_suspicions_by_slow_node",
+        "slow_node_refutations",
+        "slow_node_stalls_detected",
+        "pauses",
+        "paused_s",
+        "longest_pause_s",
+    )
+    out = []
+    for label, pause, run_s in (("", (0.1, 2.0), (0.1, 2.0)), ("-long", (1.0, 12.0), (1.0, 4.0))):
+        spec = Spec(
+            "slow-node", nodes=n, seed=1, loss=0.05, duration=300.0, pause_s=pause, run_s=run_s
+        )
+        result = run(f"slow-node-{n}{label}", spec)
+        res = result.get("report", {}).get("results", {})
+        on = res.get("lifeguard_on", {})
+        off = res.get("lifeguard_off", {})
+        out.append(
+            goal(
+                f"slow node (N={n}, 5 % loss, stalls {pause[0]:g}-{pause[1]:g} s): "
+                "no false deaths with Lifeguard on",
+                "0 false deaths",
+                {
+                    "lifeguard_on": {k: on.get(k) for k in keys},
+                    "lifeguard_off": {k: off.get(k) for k in keys},
+                },
+                on.get("false_deaths_total") == 0,
+            )
+        )
+    return out
+
+
+def bench_partition(scale: float) -> list[dict[str, Any]]:
+    n = max(10, int(1000 * scale))
+    spec = Spec("partition-heal", nodes=n, seed=1, partition_s=30.0, duration=400.0)
+    result = run(f"partition-{n}", spec)
+    rc = result.get("report", {}).get("results", {}).get("reconvergence", {})
+    budget = rc.get("budget_s")
+    return [
+        goal(
+            f"50/50 partition of N={n} heals: everything reconverges",
+            f"<= 2 push-pull intervals = {budget} s",
+            rc,
+            bool(rc.get("within_budget")),
+        )
+    ]
+
+
+def bench_what_if(scale: float) -> list[dict[str, Any]]:
+    n = max(10, int(300 * scale))
+    spec = Spec("join", nodes=n, seed=1, duration=60.0)
+    base = run(f"what-if-{n}-as-is", spec)
+    patched = run(f"what-if-{n}-memoized", spec, patch=True)
+    same = base.get("report", {}).get("results") == patched.get("report", {}).get("results")
+    speedup = (
+        round(base["wall_s"] / patched["wall_s"], 2)
+        if base.get("wall_s") and patched.get("wall_s")
+        else None
+    )
+    return [
+        goal(
+            f"what-if: announce with the digest the store computed (join, N={n})",
+            "-",
+            {
+                "wall_s_as_is": base.get("wall_s"),
+                "wall_s_memoized": patched.get("wall_s"),
+                "speedup": speedup,
+                "identical_results": same,
+            },
+            None,
+        )
+    ]
+
+
+BENCHES = {
+    "scale": bench_scale,
+    "scale-curve": bench_scale_curve,
+    "rumor": bench_rumor,
+    "bandwidth": bench_bandwidth,
+    "slow-node": bench_slow_node,
+    "partition": bench_partition,
+    "what-if": bench_what_if,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", nargs="*", choices=sorted(BENCHES), default=None)
+    parser.add_argument("--out", default=str(RESULTS / "simulation.json"))
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child-out", help=argparse.SUPPRESS)
+    parser.add_argument("--wall-budget", type=float, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--patch-manifest-digest", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.wall_budget, Path(args.child_out), args.patch_manifest_digest)
+        return
+    scale = 0.1 if args.quick else 1.0
+    names = args.only or list(BENCHES)
+    out_path = Path(args.out)
+    summary: dict[str, Any] = {}
+    if out_path.exists():
+        try:
+            summary = json.loads(out_path.read_text()).get("benchmarks", {})
+        except (OSError, ValueError):
+            summary = {}
+    started = time.perf_counter()
+    for name in names:
+        summary[name] = BENCHES[name](scale)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        document = {
+            "python": sys.version.split()[0],
+            "cpus": os.cpu_count(),
+            "quick": args.quick,
+            "benchmarks": summary,
+        }
+        out_path.write_text(dumps(document))
+    log(f"done in {time.perf_counter() - started:.0f} s -> {out_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""MeshNode lifecycle in the caller's event loop.
+
+Invariants: a node joins on its first push-pull with the seed (no retry needed); aclose()
+twice is safe and leaves no task of the node running; a closed node cannot be restarted;
+a failed start (port taken) releases what it had bound; HTTP health reflects the state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import aiohttp
+import pytest
+
+from meshnode import MeshNode, NodeConfig
+from meshnode.runtime.node import wait_for
+
+
+def _config(**kw: object) -> NodeConfig:
+    return NodeConfig.local(port=0, embedder="hashing", **kw)  # type: ignore[arg-type]
+
+
+async def test_join_needs_no_retry_and_close_leaves_nothing() -> None:
+    before = asyncio.all_tasks()
+    seed = MeshNode(_config(name="seed"))
+    await seed.start()
+    node = MeshNode(_config(name="joiner", seeds=(f"127.0.0.1:{seed.address[1]}",)))
+    await node.start()
+    await wait_for(lambda: seed.core.membership.member(node.node_id) is not None, 10)
+    assert node.core.membership.counters["join_attempts"] == 1
+    async with aiohttp.ClientSession() as session, session.get(f"{node.url}/v1/health") as r:
+        health = await r.json()
+    assert health["status"] == "ok"
+    assert health["members"]["alive"] == 2
+    assert "alive=2" in repr(node)
+    await node.aclose()
+    await node.aclose()
+    await seed.aclose()
+    assert not node.running
+    leftover = {t for t in asyncio.all_tasks() - before if t is not asyncio.current_task()}
+    assert leftover == set()
+    with pytest.raises(RuntimeError):
+        await node.start()
+
+
+async def test_failed_start_releases_the_port() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        node = MeshNode(NodeConfig.local(port=port, embedder="hashing"))
+        with pytest.raises(OSError):
+            await node.start()
+    # The UDP socket it had bound was closed: the same port can be bound again.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.bind(("127.0.0.1", port))
