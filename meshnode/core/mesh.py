@@ -220,9 +220,15 @@ class MeshCore:
         held = self.ledger.get(self.node_id, subject)
         old = held.score if held is not None else INITIAL_TRUST
         outcomes = (held.outcomes if held is not None else 0) + 1
-        record = self.ledger.record_opinion(
-            self.signer, subject, elo_update(old, quality), outcomes, now
-        )
+        return self.publish_opinion(subject, elo_update(old, quality), outcomes, now)
+
+    def publish_opinion(
+        self, subject: str, score: float, outcomes: int, now: float
+    ) -> LedgerRecord:
+        """Sign our opinion of ``subject`` at our next sequence number, have it persisted
+        durably (a ``PersistRecords(durable=True)`` effect, carried out before any packet
+        that could carry it), then queue it for gossip."""
+        record = self.ledger.record_opinion(self.signer, subject, score, outcomes, now)
         self._effects.append(PersistRecords((record,), durable=True))
         self._broadcast_record(record)
         return record

@@ -728,17 +728,9 @@ class MeshNode:
             return
         now = time.time()
         before = core.ledger.version
-        records = [
-            core.ledger.record_opinion(self.identity, subject, score, outcomes, now)
-            for subject, (score, outcomes) in unsigned.items()
-        ]
+        for subject, (score, outcomes) in unsigned.items():
+            core.publish_opinion(subject, score, outcomes, now)
         self._own_writes += core.ledger.version - before
-        if self._store is not None:
-            self._store.save_records(records, durable=True)
-        for record in records:
-            # The key MeshCore gossips ledger records under: a newer opinion of the same
-            # peer replaces an older one still waiting in the queue.
-            core.membership.broadcast(record, ("ledger", record.observer, record.subject))
         self._dispatch()
 
     def direct_experience(self) -> dict[str, float]:
