@@ -370,6 +370,7 @@ async def test_provider_death_mid_task_aborts_the_wait(mesh: LocalMesh, tmp_path
         async def run_and_fail(victim: NodeProcess, sig: int, deadline_s: float) -> Any:
             marker = tmp_path / f"{victim.name}.started"
             payload = {"text": victim.name, "sleep_s": 60, "marker": str(marker)}
+            frames_before = a.tasks.counters["frames_received"]
             task = asyncio.create_task(
                 a.tasks.delegate(
                     SLOW_ECHO,
@@ -380,6 +381,9 @@ async def test_provider_death_mid_task_aborts_the_wait(mesh: LocalMesh, tmp_path
                 )
             )
             await wait_for(marker.exists, 10)
+            # The handler runs before its ACCEPTED frame is flushed: wait for the frame, so
+            # the failure hits a task the requester knows is running.
+            await wait_for(lambda: a.tasks.counters["frames_received"] > frames_before, 10)
             failed_at = time.monotonic()
             victim.signal(sig)
             result = await task
