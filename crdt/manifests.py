@@ -262,6 +262,16 @@ class ManifestStore:
         self._version += 1
         return True
 
+    def lift_tombstone(self, node_id: str) -> bool:
+        """Drop ``node_id``'s tombstone (local knowledge only): membership saw the node
+        alive again, so its manifest, even at the buried version, may be fetched and held
+        again. True if there was a tombstone."""
+        if isinstance(self._entries.get(node_id), Tombstone):
+            del self._entries[node_id]
+            self._version += 1
+            return True
+        return False
+
     def prune(self, now: float) -> int:
         """Drop tombstones with ``expires_at <= now``; return how many went."""
         stale = [

@@ -32,7 +32,8 @@ Hosts fail in three ways. **Crash**: the process is gone, its core is dropped, p
 it are lost and TCP connections to it are refused. **Restart**: a new ``MeshCore`` for the
 same identity and address, one incarnation above the last one persisted, with the
 persisted manifests and ledger restored and a new manifest version published, then a join
-through the seeds — what ``MeshNode.start`` does with a data dir. **Pause**: the process
+through the seeds — what ``MeshNode.start`` does with a data dir (which also tries every
+member it remembers as a seed; the simulation uses the seeds only). **Pause**: the process
 is stalled (CPU starvation, a stop signal): its tick does not run and everything that
 arrives for it (datagrams, TCP legs) waits in a backlog. On resume the late tick runs
 first — the core sees the stall and shifts its timers — then the backlog, in arrival order.
@@ -245,7 +246,7 @@ class Cluster:
         slot = self.network.add_host()
         key = derive_seed(self.seed, "identity", slot).to_bytes(8, "big") * 4
         signer: Signer = (
-            Identity.from_seed(key) if self.crypto == "real" else (FastSigner.from_seed(key))
+            Identity.from_seed(key) if self.crypto == "real" else FastSigner.from_seed(key)
         )
         host = f"10.{(slot >> 16) & 255}.{(slot >> 8) & 255}.{slot & 255}"
         first = (slot * 2) % len(CAPABILITY_CATALOG)

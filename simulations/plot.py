@@ -47,7 +47,7 @@ def plot_dissemination(curve: dict[str, Any], path: str | Path) -> None:
         label=f"push-gossip mean field (fanout {curve['fanout']})",
     )
     bound = float(curve["bound_rounds"]) * interval
-    ax.axvline(bound, color="grey", linestyle=":", label="log_{f+1} n + ln n / f rounds")
+    ax.axvline(bound, color="grey", linestyle=":", label=r"$\log_{f+1} n + \ln n / f$ rounds")
     ax.axvline(1.25 * bound, color="red", linestyle=":", label="1.25 × bound (goal)")
     ax.set_xlabel("seconds after publication")
     ax.set_ylabel("fraction of nodes informed")

@@ -361,6 +361,11 @@ def traffic_summary(
                 "exchanges": rate(delta.push_pull_exchanges),
                 "frames": rate(delta.push_pull_frames),
                 "bytes": rate(delta.push_pull_bytes),
+                # Exchanges are rare (every push_pull_interval, minutes at scale), so over a
+                # short window the rate is noisy; the size of one exchange is not.
+                "bytes_per_exchange": _r(delta.push_pull_bytes / delta.push_pull_exchanges, 1)
+                if delta.push_pull_exchanges
+                else None,
             },
             "manifest_fetch": {
                 "requests": rate(delta.fetch_requests),

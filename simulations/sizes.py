@@ -59,8 +59,9 @@ __all__ = ["SizeModel", "array_header_bytes", "envelope_size"]
 _ENVELOPE_FIXED: Final = 1 + 1 + (2 + PUBLIC_KEY_BYTES) + (2 + SIGNATURE_BYTES)
 """fixarray(3) + version (positive fixint) + bin8 public key + bin8 signature."""
 
-MAX_CACHED: Final = 1_000_000
-"""Entries kept in the by-value cache before it is cleared (sizes stay exact either way)."""
+MAX_CACHED: Final = 1 << 17
+"""Entries kept in each cache before it is cleared (sizes stay exact either way). The
+identity cache holds a reference to every message in it, so it is kept small."""
 
 
 def array_header_bytes(length: int) -> int:

@@ -13,9 +13,12 @@ a :class:`~meshnode.core.membership.Membership`, a :class:`crdt.ManifestStore` a
   it back with :meth:`MeshCore.manifest_fetched`. A fetched manifest that verifies and wins
   is re-announced, so the rumor keeps spreading only while it is news. Fetches for the same
   node are coalesced, and retried after :data:`FETCH_RETRY_AFTER` if nothing came back.
-* **Departures.** When SWIM declares a member dead or left, its manifest is buried by a
-  tombstone for :attr:`MeshCore.tombstone_ttl` (the dead-member retention time), so stale
-  copies cannot resurrect it; a rejoined node announces a strictly newer version.
+* **Departures.** A dead or left member keeps its manifest (discovery only ranks members
+  SWIM holds alive), so a member that was falsely declared dead and refuted is routable
+  again at once. When membership *forgets* a member (after the dead-member retention
+  time), its manifest is buried by a tombstone for :attr:`MeshCore.tombstone_ttl`, so
+  stale copies cannot resurrect it; if the member is seen alive again, the local
+  tombstone is lifted and its manifest fetched anew.
 * **Ledger.** Records ride SWIM packets as rumors (keyed by observer and subject, so a newer
   opinion replaces a queued older one). A record that changes the ledger is re-broadcast.
 * **Anti-entropy.** :meth:`push_pull_request` builds our half of a TCP exchange: the member
@@ -351,12 +354,15 @@ class MeshCore:
                 self._deliver(effect, now)
             elif isinstance(effect, MemberChanged):
                 self._effects.append(effect)
-                gone = effect.kind in (MemberEvent.DEAD, MemberEvent.LEFT)
-                if gone and effect.node_id == self.node_id:
-                    continue  # our own leave: peers bury our manifest, we keep it
-                if gone and self.manifests.remove(effect.node_id, now, self.tombstone_ttl):
-                    self._fetching.pop(effect.node_id, None)
-                    self._effects.append(ManifestChanged(effect.node_id, None))
+                node = effect.node_id
+                if node == self.node_id:
+                    continue  # our own leave or refutation: we keep our manifest
+                if effect.kind is MemberEvent.FORGOTTEN:
+                    if self.manifests.remove(node, now, self.tombstone_ttl):
+                        self._fetching.pop(node, None)
+                        self._effects.append(ManifestChanged(node, None))
+                elif effect.kind in (MemberEvent.JOINED, MemberEvent.ALIVE):
+                    self.manifests.lift_tombstone(node)
             else:
                 self._effects.append(effect)
 

@@ -75,7 +75,7 @@ MIN_SIMILARITY = 0.3
 """Default lowest cosine similarity a hit needs to be routable: the registry-based
 reference design's threshold, kept because the measurements below support it. On
 ``tests/data/retrieval.json`` with all-MiniLM-L6-v2, a query and the capability it
-paraphrases score 0.21–0.78 (median 0.45); a query and an unrelated capability median
+paraphrases score 0.21–0.71 (median 0.45); a query and an unrelated capability median
 0.04, 95th percentile 0.21. At 0.3 the right capability survives for 92 % of the queries,
 and a query whose capability is absent returns nothing 56 % of the time (0.2: 100 % and
 12 %; 0.35: 81 % and 76 %): no threshold separates the two cleanly, 0.3 is the balance.

