@@ -31,19 +31,14 @@ Benchmarks (``--only`` takes these names):
     Goal: growth by at most 1.2× from N=100 to N=10,000 (extrapolated from the measured
     points: 10,000 nodes cannot be simulated to a converged state in one process).
 ``slow-node``
-    N=100, 5 % loss, one node stalling for 0.1–2 s after runs of 0.1–2 s, for 300 s,
-    Lifeguard on and off; and the same with long stalls (1–12 s, around the minimum
-    suspicion timeout of 8 s at this size).
+    N=100, 5 % loss, 300 s, Lifeguard on and off on one fault schedule: one node stalling
+    for 0.1–2 s after runs of 0.1–2 s; the same with long stalls (1–12 s, around the
+    minimum suspicion timeout of 8 s at this size); and a node that is slow rather than
+    stalled (everything it receives arrives 1–4 s late while its timers run).
     Goal: zero false deaths with Lifeguard on.
 ``partition``
     N=1,000 split 50/50 for 30 s, then healed. Goal: membership, manifests and ledger
     reconverge within two push-pull intervals.
-``what-if``
-    The join at N=300 twice: as is, and with ``Manifest.digest`` memoized — standing in for
-    the proposed core change (``MeshCore._announce`` reusing the digest that
-    ``ManifestStore.apply`` has just computed) — to measure what that change buys. Only
-    this benchmark patches anything, and only in its own child process.
-
 ``--quick`` shrinks every N by 10× (for a smoke test of the script itself).
 """
 
@@ -100,9 +95,7 @@ class BudgetProgress(Progress):
             raise WallBudgetExceeded
 
 
-def child(spec_json: str, budget: float | None, out: Path, patch: bool) -> None:
-    if patch:
-        _cache_manifest_digests()
+def child(spec_json: str, budget: float | None, out: Path) -> None:
     fields = json.loads(spec_json)
     for key in ("pause_s", "run_s"):
         if key in fields:
@@ -162,31 +155,10 @@ def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def _cache_manifest_digests() -> None:
-    """What-if: the proposed core change. ``MeshCore._announce`` recomputes
-    ``Manifest.digest()`` (a full canonical encoding and a hash) for every manifest it has
-    just applied, although ``ManifestStore.apply`` computed the very same digest a moment
-    before. Here the digest is memoized by signature (one content per signature)."""
-    from protocol.manifest import Manifest
-
-    original = Manifest.digest
-    cache: dict[bytes, bytes] = {}
-
-    def digest(self: Manifest) -> bytes:
-        value = cache.get(self.signature)
-        if value is None:
-            value = cache[self.signature] = original(self)
-        return value
-
-    Manifest.digest = digest  # type: ignore[method-assign]
-
-
 # ---------------------------------------------------------------------------- parent
 
 
-def run(
-    name: str, spec: Spec, *, budget: float | None = None, patch: bool = False
-) -> dict[str, Any]:
+def run(name: str, spec: Spec, *, budget: float | None = None) -> dict[str, Any]:
     """Run ``spec`` in a child process; return its result dict (also saved to disk)."""
     RUNS.mkdir(parents=True, exist_ok=True)
     out = RUNS / f"{name}.json"
@@ -201,8 +173,6 @@ def run(
     ]
     if budget is not None:
         command += ["--wall-budget", str(budget)]
-    if patch:
-        command.append("--patch-manifest-digest")
     log(f"== {name}: {spec.scenario} N={spec.nodes} seed={spec.seed} loss={spec.loss}")
     started = time.perf_counter()
     completed = subprocess.run(command, cwd=ROOT, check=False)
@@ -367,6 +337,8 @@ def bench_slow_node(scale: float) -> list[dict[str, Any]]:
         "false_suspicions_of_slow_node",
         "false_suspicions_of_others",
         "false_suspicions_by_slow_node",
+        "false_deaths_by_slow_node",
+        "slow_node_health_at_end",
         "slow_node_refutations",
         "slow_node_stalls_detected",
         "pauses",
@@ -374,9 +346,21 @@ def bench_slow_node(scale: float) -> list[dict[str, Any]]:
         "longest_pause_s",
     )
     out = []
-    for label, pause, run_s in (("", (0.1, 2.0), (0.1, 2.0)), ("-long", (1.0, 12.0), (1.0, 4.0))):
+    variants = (
+        ("", "pause", (0.1, 2.0), (0.1, 2.0)),
+        ("-long", "pause", (1.0, 12.0), (1.0, 4.0)),
+        ("-lag", "lag", (1.0, 4.0), (0.1, 2.0)),
+    )
+    for label, mode, pause, run_s in variants:
         spec = Spec(
-            "slow-node", nodes=n, seed=1, loss=0.05, duration=300.0, pause_s=pause, run_s=run_s
+            "slow-node",
+            nodes=n,
+            seed=1,
+            loss=0.05,
+            duration=300.0,
+            pause_s=pause,
+            run_s=run_s,
+            slow_mode=mode,
         )
         result = run(f"slow-node-{n}{label}", spec)
         res = result.get("report", {}).get("results", {})
@@ -384,8 +368,13 @@ def bench_slow_node(scale: float) -> list[dict[str, Any]]:
         off = res.get("lifeguard_off", {})
         out.append(
             goal(
-                f"slow node (N={n}, 5 % loss, stalls {pause[0]:g}-{pause[1]:g} s): "
-                "no false deaths with Lifeguard on",
+                f"slow node (N={n}, 5 % loss, "
+                + (
+                    f"stalls of {pause[0]:g}-{pause[1]:g} s"
+                    if mode == "pause"
+                    else f"inbound lag of {pause[0]:g}-{pause[1]:g} s"
+                )
+                + "): no false deaths with Lifeguard on",
                 "0 false deaths",
                 {
                     "lifeguard_on": {k: on.get(k) for k in keys},
@@ -413,34 +402,6 @@ def bench_partition(scale: float) -> list[dict[str, Any]]:
     ]
 
 
-def bench_what_if(scale: float) -> list[dict[str, Any]]:
-    n = max(10, int(300 * scale))
-    spec = Spec("join", nodes=n, seed=1, duration=60.0)
-    base = run(f"what-if-{n}-as-is", spec)
-    patched = run(f"what-if-{n}-memoized", spec, patch=True)
-    same = base.get("report", {}).get("results") == patched.get("report", {}).get("results")
-    speedup = (
-        round(base["cpu_s"] / patched["cpu_s"], 2)
-        if base.get("cpu_s") and patched.get("cpu_s")
-        else None
-    )
-    return [
-        goal(
-            f"what-if: announce with the digest the store computed (join, N={n})",
-            "-",
-            {
-                "wall_s_as_is": base.get("wall_s"),
-                "wall_s_memoized": patched.get("wall_s"),
-                "cpu_s_as_is": base.get("cpu_s"),
-                "cpu_s_memoized": patched.get("cpu_s"),
-                "cpu_speedup": speedup,
-                "identical_results": same,
-            },
-            None,
-        )
-    ]
-
-
 BENCHES = {
     "scale": bench_scale,
     "scale-curve": bench_scale_curve,
@@ -448,7 +409,6 @@ BENCHES = {
     "bandwidth": bench_bandwidth,
     "slow-node": bench_slow_node,
     "partition": bench_partition,
-    "what-if": bench_what_if,
 }
 
 
@@ -460,10 +420,9 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
     parser.add_argument("--wall-budget", type=float, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--patch-manifest-digest", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.wall_budget, Path(args.child_out), args.patch_manifest_digest)
+        child(args.child, args.wall_budget, Path(args.child_out))
         return
     scale = 0.1 if args.quick else 1.0
     names = args.only or list(BENCHES)

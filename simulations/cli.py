@@ -103,6 +103,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--run-s", type=_pair, default=(0.1, 2.0), metavar="MIN:MAX", help="slow-node runs"
     )
     p.add_argument(
+        "--slow-mode",
+        choices=("pause", "lag"),
+        default="pause",
+        help="slow-node: stall the process, or delay what it receives by --pause-s",
+    )
+    p.add_argument(
         "--set",
         type=_setting,
         action="append",
@@ -151,6 +157,7 @@ def spec_from_args(args: argparse.Namespace) -> Spec:
         outcome_rate=args.outcome_rate,
         pause_s=args.pause_s,
         run_s=args.run_s,
+        slow_mode=args.slow_mode,
         overrides=tuple(args.set),
     )
 

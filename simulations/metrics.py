@@ -25,13 +25,14 @@ Definitions (the JSON report uses the same words):
   it holds (O(members it knows)). Nothing is ever O(N) per event, or O(N²) per run beyond
   what the cores themselves hold.
 * **Manifests** have converged when every live observer holds, for every live subject, the
-  manifest version that subject last published, and nothing for the others: per subject,
-  the live observers holding exactly the expected version (``holders_ok``) and holding any
-  other (``holders_bad``). ``manifests_ok`` sums the first over all subjects and
-  ``manifests_orphaned`` the second over subjects that should have no manifest (down or
-  left); manifests have converged when ``manifests_ok == P (L − 1)`` for ``P`` live
-  subjects with a published manifest, and nothing is orphaned. A publication makes every
-  current holder a holder of a stale version in O(1). A mirror of the versions each observer holds
+  manifest version that subject last published: per subject, the live observers holding
+  exactly the expected version (``holders_ok``) and holding any other (``holders_bad``);
+  ``manifests_ok`` sums the first, and manifests have converged when
+  ``manifests_ok == P (L − 1)`` for ``P`` live subjects with a published manifest. Copies
+  held of members that are down or left are not wrong — the core keeps them until
+  membership forgets the member, and discovery only ranks members held alive — and are
+  only counted, as ``manifests_orphaned``. A publication makes every current holder a
+  holder of a stale version in O(1). A mirror of the versions each observer holds
   (one dict per observer) gives the old value that ``ManifestChanged`` does not carry.
 * The **ledger** has converged when every live node holds the latest record of every
   (observer, subject) key; ``missing[key]`` counts the live nodes that lack it, fed by the
@@ -209,11 +210,7 @@ class Tracker:
     @property
     def wrong_manifests(self) -> int:
         """(observer, subject) pairs of live observers holding the wrong manifest."""
-        return (
-            self.expected_count * (self.live_count - 1)
-            - self.manifests_ok
-            + self.manifests_orphaned
-        )
+        return self.expected_count * (self.live_count - 1) - self.manifests_ok
 
     @property
     def membership_converged(self) -> bool:
@@ -222,9 +219,7 @@ class Tracker:
 
     @property
     def manifests_converged(self) -> bool:
-        return self.manifests_orphaned == 0 and self.manifests_ok == self.expected_count * (
-            self.live_count - 1
-        )
+        return self.manifests_ok == self.expected_count * (self.live_count - 1)
 
     @property
     def ledger_converged(self) -> bool:
@@ -508,7 +503,7 @@ class Tracker:
             held[subject] = new
         self._holding(subject, old, -1)
         self._holding(subject, new, 1)
-        if self.manifests_orphaned == 0 and self.converged_at["all"] is None:
+        if self.converged_at["all"] is None and self.manifests_converged:
             self._check_converged()
 
     def fetch_started(self, node: SimNode, effect: FetchManifest) -> None:

@@ -29,6 +29,10 @@ blocks a single direction (``src group → dst group``). Single links can be cut
 Healing clears all of it. Reachability is checked when a datagram is sent and again when a
 TCP leg arrives, so a partition that starts mid-exchange breaks the exchange.
 
+**Slow hosts.** A host can be given extra loss on everything it sends or receives, and
+an *inbound lag*: everything arriving at it is delayed by an extra ``U(low, high)``, as if
+its receive path were congested or its process starved of CPU while its timers still ran.
+
 Every random choice comes from the one ``random.Random`` the network is given, in the
 order the simulation asks, so the fate of every packet is a function of the seed.
 """
@@ -103,6 +107,7 @@ class Network:
         "_cut",
         "_extra_loss",
         "_group",
+        "_inbound_lag",
         "_rng",
         "_tail",
         "model",
@@ -117,6 +122,7 @@ class Network:
         self._blocked: set[tuple[int, int]] = set()  # (src group, dst group); lookups only
         self._cut: set[tuple[int, int]] = set()  # (src slot, dst slot); lookups only
         self._extra_loss: dict[int, float] = {}
+        self._inbound_lag: dict[int, tuple[float, float]] = {}
 
     # ------------------------------------------------------------------ hosts
 
@@ -135,6 +141,16 @@ class Network:
             self._extra_loss[slot] = loss
         else:
             self._extra_loss.pop(slot, None)
+
+    def set_inbound_lag(self, slot: int, low: float, high: float) -> None:
+        """Delay everything that arrives at ``slot`` by an extra ``U(low, high)`` seconds
+        (a host whose receive path is congested or starved); ``high == 0`` removes it."""
+        if not 0.0 <= low <= high:
+            raise ValueError(f"lag needs 0 <= low <= high, got {low}, {high}")
+        if high > 0:
+            self._inbound_lag[slot] = (low, high)
+        else:
+            self._inbound_lag.pop(slot, None)
 
     # ------------------------------------------------------------------ partitions
 
@@ -187,6 +203,10 @@ class Network:
         d = self.model.min_latency + self._access[src] + self._access[dst]
         if self._tail > 0:
             d += rng.expovariate(1.0 / self._tail)
+        if self._inbound_lag:
+            lag = self._inbound_lag.get(dst)
+            if lag is not None:
+                d += rng.uniform(*lag)
         return d
 
     def datagram(self, src: int, dst: int) -> tuple[float, ...]:

@@ -35,7 +35,10 @@ left full by the join drain before anything is measured.
 * ``slow-node`` — one node stalls again and again (pauses of ``pause_s``, runs of
   ``run_s``, both uniform; by default 0.1–2 s each, a process starved about half the time,
   in stalls both shorter and longer than the probe interval) under the configured loss.
-  The run is done twice with the same fault schedule, Lifeguard on and off, and false
+  With ``slow_mode = "lag"`` the node is slow rather than stalled: everything that arrives
+  for it is delayed by ``U(pause_s)`` while its timers keep running, so it sees acks too
+  late and accuses healthy peers — the failure Lifeguard's local health is built for. The
+  run is done twice with the same fault schedule, Lifeguard on and off, and false
   suspicions and deaths are compared.
 * ``steady`` — a converged mesh with no faults: after the bootstrap, the run waits until
   every broadcast queue is empty (the join's rumors have all been sent), then measures the
@@ -104,6 +107,9 @@ class Spec:
     outcome_rate: float = 1.0
     pause_s: tuple[float, float] = (0.1, 2.0)
     run_s: tuple[float, float] = (0.1, 2.0)
+    slow_mode: str = "pause"
+    """slow-node: ``pause`` (stalls of ``pause_s`` between runs of ``run_s``) or ``lag``
+    (everything arriving at the node is delayed by ``U(pause_s)``, its timers run)."""
     overrides: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
@@ -117,6 +123,8 @@ class Spec:
             raise ValueError("duration must be positive")
         if self.profile not in ("lan", "wan", "local"):
             raise ValueError(f"profile must be lan, wan or local, got {self.profile!r}")
+        if self.slow_mode not in ("pause", "lag"):
+            raise ValueError(f"slow_mode must be pause or lag, got {self.slow_mode!r}")
 
 
 def make_config(spec: Spec, *, lifeguard: bool | None = None) -> NodeConfig:
@@ -261,6 +269,9 @@ class _Run:
             "membership_s": _r(tracker.since_mark("membership")),
             "manifests_s": _r(tracker.since_mark("manifests")),
             "converged_s": _r(tracker.since_mark("all")),
+            "wrong_member_views": tracker.wrong_views,
+            "wrong_manifest_copies": tracker.wrong_manifests,
+            "ledger_missing_copies": tracker.ledger_missing,
         }
         if spec.settle > 0:
             self.run_until(cluster.now + spec.settle, "settle")
@@ -683,6 +694,7 @@ def run_rumor(spec: Spec, progress: Progress | None) -> Outcome:
             "loss_10pct": _r(1.5 * 1.25 * bound, 3),
         },
         "traffic": run.traffic_window(before, start, samples),
+        **run.accusations(),
     }
     curve = {
         "n": n,
@@ -733,14 +745,18 @@ def _slow_node_variant(spec: Spec, on: bool, progress: Progress | None, label: s
     slow = candidates[schedule_rng.randrange(len(candidates))]
     start = cluster.now
     end = start + spec.duration
-    t = start + schedule_rng.uniform(*spec.run_s)
     pauses: list[tuple[float, float]] = []
-    while t < end:
-        length = schedule_rng.uniform(*spec.pause_s)
-        pauses.append((t, length))
-        cluster.engine.at(t, cluster.pause, slow)
-        cluster.engine.at(t + length, cluster.resume, slow)
-        t += length + schedule_rng.uniform(*spec.run_s)
+    if spec.slow_mode == "lag":
+        cluster.network.set_inbound_lag(slow.slot, *spec.pause_s)
+        cluster.engine.at(end, cluster.network.set_inbound_lag, slow.slot, 0.0, 0.0)
+    else:
+        t = start + schedule_rng.uniform(*spec.run_s)
+        while t < end:
+            length = schedule_rng.uniform(*spec.pause_s)
+            pauses.append((t, length))
+            cluster.engine.at(t, cluster.pause, slow)
+            cluster.engine.at(t + length, cluster.resume, slow)
+            t += length + schedule_rng.uniform(*spec.run_s)
     samples: list[int] = []
     run.sample_live(samples, 1.0, end)
     before = cluster.traffic.copy()
@@ -773,6 +789,7 @@ def _slow_node_variant(spec: Spec, on: bool, progress: Progress | None, label: s
             "suspicion_max_timeout_mult": cluster.config.suspicion_max_timeout_mult,
         },
         "slow_node": slow.name,
+        "slow_mode": spec.slow_mode,
         "pauses": len(pauses),
         "paused_s": _r(sum(length for _, length in pauses)),
         "longest_pause_s": _r(max((length for _, length in pauses), default=0.0)),
