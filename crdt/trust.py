@@ -50,9 +50,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import numpy as np
-import numpy.typing as npt
+if TYPE_CHECKING:  # numpy is imported when trust is first computed, not with the ledger
+    import numpy as np
+    import numpy.typing as npt
+
+    FloatArray = npt.NDArray[np.float64]
+    IndexArray = npt.NDArray[np.intp]
+    BoolArray = npt.NDArray[np.bool_]
 
 INITIAL_TRUST = 0.5
 """Score of a peer with no history: the starting point of :func:`elo_update`, and the
@@ -74,10 +80,6 @@ TRUST_MAX_ITERATIONS = 150
 """Upper bound on power-iteration rounds. Worst case the error after ``k`` rounds is at most
 ``2 · (1 − α)^k``: 150 rounds at α = 0.15 is below 3e-11. Random opinion graphs converge in
 10–30 rounds because their second eigenvalue is small."""
-
-FloatArray = npt.NDArray[np.float64]
-IndexArray = npt.NDArray[np.intp]
-BoolArray = npt.NDArray[np.bool_]
 
 
 def elo_update(old: float, quality: float, rate: float = ELO_RATE) -> float:
@@ -140,6 +142,8 @@ class OpinionGraph:
         The caller passes edges sorted by (observer, subject) so that every replica builds
         identical arrays; ids in ``excluded`` that have no edge are added as nodes.
         """
+        import numpy as np
+
         excluded_set = set(excluded)
         observers = [e[0] for e in edges]
         subjects = [e[1] for e in edges]
@@ -164,6 +168,8 @@ class OpinionGraph:
         Equivocators' edges (both ways) and zero scores carry no weight; ``dangling`` lists
         the nodes left with no outgoing weight; ``touched`` marks nodes with a live record.
         """
+        import numpy as np
+
         if self._prepared and self._prepared[0].lo <= now < self._prepared[0].hi:
             return self._prepared[0]
         n = len(self.ids)
@@ -230,6 +236,8 @@ def relative_scores(values: FloatArray) -> FloatArray:
     ``N₊`` counts the values above zero, so the average trusted node scores
     :data:`INITIAL_TRUST` (0.5) and nodes with no trust score 0.
     """
+    import numpy as np
+
     values = np.asarray(values, dtype=np.float64)
     positive = int(np.count_nonzero(values > 0.0))
     if positive == 0:
@@ -254,6 +262,8 @@ def eigentrust(
     (``ValueError`` otherwise); ids unknown to the graph are included. If every pre-trusted id
     is an equivocator there is no basis for trust and every value is 0.
     """
+    import numpy as np
+
     if not 0.0 < alpha <= 1.0 or not math.isfinite(alpha):
         raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
     if not tolerance > 0.0:

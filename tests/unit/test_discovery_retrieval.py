@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -182,3 +184,92 @@ def test_load_default_embedder_prefers_minilm() -> None:
     """Where the model is installed, the default embedder is MiniLM."""
     embedder = load_default_embedder()
     assert isinstance(embedder, MiniLMEmbedder)
+
+
+# --------------------------------------------------------------------------- backends
+
+
+@pytest.fixture(scope="module")
+def minilm_torch() -> MiniLMEmbedder:
+    return MiniLMEmbedder(backend="torch")
+
+
+@pytest.mark.semantic
+def test_default_backend_is_onnx(minilm: MiniLMEmbedder) -> None:
+    """With the semantic extra installed, the model runs on ONNX Runtime."""
+    assert minilm.backend == "onnx"
+
+
+@pytest.mark.semantic
+def test_onnx_and_torch_give_the_same_vectors(
+    minilm: MiniLMEmbedder, minilm_torch: MiniLMEmbedder
+) -> None:
+    """Every capability text and query of the set, embedded in batches (with padding) by
+    both backends: the same vectors, so both share one ``model_id``."""
+    data = load_set()
+    texts = [capability_text(c) for c in capabilities()]
+    texts += [q["query"] for q in data["queries"]]
+    texts += ["", "x" * 5_000, "ünïcödé 文字 ✓"]
+    onnx_vectors, torch_vectors = minilm.embed(texts), minilm_torch.embed(texts)
+    cosines = np.sum(onnx_vectors * torch_vectors, axis=1)
+    assert cosines.min() >= 0.9999
+    assert minilm_torch.model_id == minilm.model_id
+    # One text at a time gives what a batch gives.
+    alone = np.stack([minilm.embed([text])[0] for text in texts[:20]])
+    assert np.sum(alone * onnx_vectors[:20], axis=1).min() >= 0.9999
+
+
+@pytest.mark.semantic
+def test_torch_backend_recall(minilm_torch: MiniLMEmbedder) -> None:
+    """The recall goals hold on the torch backend as well."""
+    index = build_index(minilm_torch)
+    queries = load_set()["queries"]
+    found = ranks(minilm_torch, index, [q["query"] for q in queries])
+    assert np.mean([g[0] == q["expected"] for q, g in zip(queries, found, strict=True)]) >= (
+        RECALL_AT_1_GOAL
+    )
+    assert np.mean([q["expected"] in g[:3] for q, g in zip(queries, found, strict=True)]) >= (
+        RECALL_AT_3_GOAL
+    )
+
+
+@pytest.mark.semantic
+def test_onnx_graph_is_cached_and_reused_without_torch(tmp_path: Path) -> None:
+    """The first load exports the graph into the cache directory; a fresh process then
+    loads it from there and never imports torch or sentence-transformers."""
+    first = MiniLMEmbedder(backend="onnx", cache_dir=tmp_path)
+    graphs = list(tmp_path.glob("*.onnx"))
+    assert len(graphs) == 1
+    assert not list(tmp_path.glob(".*.tmp"))
+    expected = first.embed(["render an invoice as a PDF"])[0]
+    script = (
+        "import sys, json\n"
+        "from meshnode.discovery.embedder import MiniLMEmbedder\n"
+        f"e = MiniLMEmbedder(backend='onnx', cache_dir={str(tmp_path)!r})\n"
+        "v = e.embed(['render an invoice as a PDF'])[0]\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules,\n"
+        "  'st': 'sentence_transformers' in sys.modules, 'v': v.tolist()}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["torch"] is False
+    assert result["st"] is False
+    assert float(np.dot(np.asarray(result["v"], dtype=np.float32), expected)) >= 0.9999
+
+
+@pytest.mark.semantic
+def test_a_damaged_cached_graph_is_exported_again(tmp_path: Path) -> None:
+    """A cache file ONNX Runtime cannot load is replaced by a fresh export."""
+    good = MiniLMEmbedder(backend="onnx", cache_dir=tmp_path).embed(["send an email"])[0]
+    (graph,) = tmp_path.glob("*.onnx")
+    graph.write_bytes(b"not an onnx graph")
+    again = MiniLMEmbedder(backend="onnx", cache_dir=tmp_path)
+    assert float(np.dot(again.embed(["send an email"])[0], good)) >= 0.9999
+    assert graph.stat().st_size > 1_000_000
+
+
+def test_unknown_backend_is_refused() -> None:
+    with pytest.raises(ValueError, match="backend"):
+        MiniLMEmbedder(backend="tensorflow")
