@@ -3,7 +3,9 @@
 Routes for operators and tools (JSON):
 
 ====================  =====================================================================
-``GET /v1/health``    liveness, node id, incarnation, member counts
+``GET /v1/health``    liveness, node id, incarnation, member counts, local health, and the
+                      counters of membership (probes, failed probes, suspicions raised,
+                      refutations, rumors dropped…), the mesh core and the task service
 ``GET /v1/members``   every known member: id, name, address, state, incarnation
 ``GET /v1/manifests`` every known manifest, decoded
 ====================  =====================================================================

@@ -866,6 +866,13 @@ class MeshNode:
             "ledger_records": len(core.ledger),
             "local_health": m.health,
             "dropped": dict(sorted((self._udp.dropped if self._udp else Counter()).items())),
+            "counters": {
+                "membership": dict(sorted(m.counters.items())),
+                "mesh": dict(sorted(core.counters.items())),
+                "tasks": dict(
+                    sorted(self._tasks_service.counters.items() if self._tasks_service else ())
+                ),
+            },
         }
 
     def members_json(self) -> list[dict[str, Any]]:

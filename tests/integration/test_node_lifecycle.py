@@ -33,6 +33,11 @@ async def test_join_needs_no_retry_and_close_leaves_nothing() -> None:
         health = await r.json()
     assert health["status"] == "ok"
     assert health["members"]["alive"] == 2
+    counters = health["counters"]
+    assert counters["membership"]["join_attempts"] == 1
+    assert counters["membership"]["push_pull_merges"] >= 1  # the join's push-pull
+    assert set(counters["mesh"]) == set(node.core.counters)
+    assert counters["tasks"]["tasks_served"] == 0
     assert "alive=2" in repr(node)
     await node.aclose()
     await node.aclose()
