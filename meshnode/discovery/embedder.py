@@ -35,6 +35,8 @@ for at most one batch of a bulk build.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import math
@@ -42,7 +44,7 @@ import os
 import re
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -443,6 +445,24 @@ def _export_onnx(path: Path) -> bytes:
     return graph
 
 
+@contextlib.contextmanager
+def _export_lock(cache: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``cache/.export.lock`` (released by the kernel if the
+    holder dies); without a writable cache directory, no lock."""
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        handle = (cache / ".export.lock").open("a")
+    except OSError:
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class _OnnxBackend:
     """The same model as one ONNX graph (encoder, mean pooling, normalisation) run by ONNX
     Runtime, with the model's own fast tokenizer. See :data:`MINILM_BACKEND`."""
@@ -461,20 +481,30 @@ class _OnnxBackend:
         self._batch_size = batch_size
         cache = cache_dir if cache_dir is not None else default_cache_dir()
         cached = cache / _onnx_graph_name(path)
-        self._session: Any = None
-        try:
-            self._session = self._open(cached.read_bytes(), threads)
-        except FileNotFoundError:
-            pass
-        except Exception as exc:  # a damaged or foreign file: export a fresh one
-            _log.warning("minilm_onnx_cache_invalid", path=str(cached), reason=str(exc))
+        self._session: Any = self._load_cached(cached, threads)
         if self._session is None:
-            graph = _export_onnx(path)
-            self._store(cached, graph)
-            self._session = self._open(graph, threads)
+            # One export at a time per cache directory: processes started together (the
+            # demo's agents, a test's nodes) wait for the first one and load its graph.
+            with _export_lock(cache):
+                self._session = self._load_cached(cached, threads)
+                if self._session is None:
+                    graph = _export_onnx(path)
+                    self._store(cached, graph)
+                    self._session = self._open(graph, threads)
         probe = self.encode(["probe"])
         if probe.shape != (1, MINILM_DIM):
             raise ValueError(f"{path} is not all-MiniLM-L6-v2: output shape {probe.shape}")
+
+    @classmethod
+    def _load_cached(cls, cached: Path, threads: int | None) -> Any:
+        """A session on the cached graph, or None when there is none (or it is damaged)."""
+        try:
+            return cls._open(cached.read_bytes(), threads)
+        except FileNotFoundError:
+            return None
+        except Exception as exc:  # a damaged or foreign file: export a fresh one
+            _log.warning("minilm_onnx_cache_invalid", path=str(cached), reason=str(exc))
+            return None
 
     @staticmethod
     def _open(graph: bytes, threads: int | None) -> Any:

@@ -273,3 +273,24 @@ def test_a_damaged_cached_graph_is_exported_again(tmp_path: Path) -> None:
 def test_unknown_backend_is_refused() -> None:
     with pytest.raises(ValueError, match="backend"):
         MiniLMEmbedder(backend="tensorflow")
+
+
+@pytest.mark.semantic
+def test_processes_started_together_export_the_graph_once(tmp_path: Path) -> None:
+    """Three processes loading MiniLM at once on an empty cache: one exports (and imports
+    torch), the others wait for its graph and never import torch."""
+    script = (
+        "import sys\n"
+        "from meshnode.discovery.embedder import MiniLMEmbedder\n"
+        f"e = MiniLMEmbedder(backend='onnx', cache_dir={str(tmp_path)!r})\n"
+        "assert e.embed(['hello']).shape == (1, 384)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    outputs = [proc.communicate(timeout=180)[0].strip().splitlines()[-1] for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs)
+    assert sorted(outputs) == ["False", "False", "True"]
+    assert len(list(tmp_path.glob("*.onnx"))) == 1
