@@ -223,10 +223,16 @@ class _Agent:
         return proc.returncode
 
 
+MACHINE_ENV = ("MESHNODE_CACHE_DIR",)
+"""MESHNODE_* settings that describe the machine rather than one agent: passed on to every
+agent (all of them share the exported MiniLM graph)."""
+
+
 def _env(extra: dict[str, str], *, keep: tuple[str, ...] = ()) -> dict[str, str]:
-    """The parent's environment without MESHNODE_* settings (each agent gets only its own),
-    plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHNODE_") or k in keep}
+    """The parent's environment without MESHNODE_* settings (each agent gets only its own,
+    and those of :data:`MACHINE_ENV`), plus ``extra``."""
+    kept = (*keep, *MACHINE_ENV)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHNODE_") or k in kept}
     env.update({"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     env.update(extra)
     return env
