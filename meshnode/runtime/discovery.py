@@ -34,17 +34,11 @@ import structlog
 
 from meshnode.core.membership import MemberState
 from meshnode.core.router import LoadInfo, ScoredCandidate, candidate_pool, rank
-from meshnode.discovery.embedder import (
-    CachedEmbedder,
-    Embedder,
-    HashingEmbedder,
-    MiniLMEmbedder,
-    load_default_embedder,
-)
-from meshnode.discovery.index import CapabilityIndex, IndexEntry, entries_from_manifest
 from protocol import Manifest
 
 if TYPE_CHECKING:
+    from meshnode.discovery.embedder import CachedEmbedder, Embedder
+    from meshnode.discovery.index import CapabilityIndex, IndexEntry
     from meshnode.runtime.node import MeshNode
 
 EMBEDDERS = ("auto", "minilm", "hashing")
@@ -59,6 +53,13 @@ def shared_embedder(kind: str) -> CachedEmbedder:
     """The process-wide embedder of ``kind`` (loaded once; blocking: call off the loop)."""
     if kind not in EMBEDDERS:
         raise ValueError(f"embedder must be one of {EMBEDDERS}, got {kind!r}")
+    from meshnode.discovery.embedder import (
+        CachedEmbedder,
+        HashingEmbedder,
+        MiniLMEmbedder,
+        load_default_embedder,
+    )
+
     with _shared_lock:
         cached = _shared.get(kind)
         if cached is None:
@@ -89,20 +90,36 @@ class DiscoveryService:
         self._idle.set()
         self._worker: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        self._loaded = False
 
     async def load(self) -> None:
         """Load (or reuse) the embedder off the loop. The node does this before it binds
         and joins: importing a model holds the GIL for seconds, and a member that cannot
-        answer probes in time would be suspected."""
+        answer probes in time would be suspected.
+
+        The hashing embedder is the exception: it loads in milliseconds, so it (and the
+        index, with numpy and hnswlib) is set up on the embedding thread when the first
+        capability arrives or the first query is asked. A node that never indexes
+        anything, such as a membership-only node, never imports them."""
+        self._loaded = True
+        if self.node.config.embedder == "hashing":
+            return
         loop = asyncio.get_running_loop()
-        self.embedder = await loop.run_in_executor(
-            self._executor, shared_embedder, self.node.config.embedder
-        )
-        self.index = CapabilityIndex(self.embedder.model_id, self.embedder.dim)
+        await loop.run_in_executor(self._executor, self._materialize)
+
+    def _materialize(self) -> None:
+        """Create the embedder and the index (on the embedding thread)."""
+        if self.embedder is not None:
+            return
+        from meshnode.discovery.index import CapabilityIndex
+
+        embedder = shared_embedder(self.node.config.embedder)
+        self.index = CapabilityIndex(embedder.model_id, embedder.dim)
+        self.embedder = embedder  # last: ``embedder is not None`` means both are ready
 
     def start(self) -> None:
         """Start indexing: every manifest already known, then each change."""
-        if self.embedder is None:
+        if not self._loaded:
             raise RuntimeError("load() the embedder first")
         self._ready.set()
         self._worker = asyncio.create_task(self._work(), name="meshnode-discovery")
@@ -144,7 +161,13 @@ class DiscoveryService:
 
     def _apply_batch(self, batch: dict[str, Manifest | None]) -> None:
         """Runs on the embedding thread: one embedding call for the whole batch."""
+        if self.embedder is None:
+            if not any(m is not None and m.capabilities for m in batch.values()):
+                return  # nothing indexed yet and nothing to index
+            self._materialize()
         assert self.embedder is not None and self.index is not None
+        from meshnode.discovery.index import entries_from_manifest
+
         index = self.index
         plans: list[tuple[str, list[IndexEntry]]] = []
         texts: list[str] = []
@@ -187,10 +210,12 @@ class DiscoveryService:
             raise TypeError("tags must be a collection of strings, not one string")
         pool = candidate_pool(top_k)  # validates top_k
         await self._ready.wait()
+        loop = asyncio.get_running_loop()
+        if self.embedder is None:
+            await loop.run_in_executor(self._executor, self._materialize)
         assert self.embedder is not None and self.index is not None
         embedder, index = self.embedder, self.index
         if description:
-            loop = asyncio.get_running_loop()
             vector = await loop.run_in_executor(self._executor, embedder.embed, [description])
             hits: Sequence[tuple[IndexEntry, float]] = index.search(
                 vector, pool, embedder.model_id, name=capability_name
