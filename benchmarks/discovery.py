@@ -327,12 +327,21 @@ def log(message: str) -> None:
 
 
 def query_embedding(minilm: Embedder, count: int) -> dict[str, Any]:
+    """Query embedding with the node's MiniLM (ONNX Runtime), with the same weights through
+    sentence-transformers on torch (what the reference registry runs), from the cache, and
+    with the hashing embedder."""
     queries = synth_queries(count, SEED + 1)
     hashing = HashingEmbedder()
     cached = CachedEmbedder(minilm)
     cached.embed(queries[:1])
+    torch_minilm = MiniLMEmbedder(backend="torch")
+    torch_minilm.embed(queries[:1])
     return {
+        "minilm_backend": getattr(minilm, "backend", None),
         "minilm_uncached": percentiles(time_calls(lambda q: minilm.embed([q]), queries)),
+        "minilm_torch_uncached": percentiles(
+            time_calls(lambda q: torch_minilm.embed([q]), queries)
+        ),
         "minilm_cache_hit": percentiles(
             time_calls(lambda q: cached.embed([q]), [queries[0]] * count)
         ),
@@ -674,6 +683,10 @@ class Reference:
             timeout=60,
         ).stdout.strip()
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        # One math thread, as meshnode's embedder uses: on this shared 2-core machine the
+        # reference's default of two threads made a query take ~500 ms whenever another
+        # process was busy, which says nothing about its design.
+        env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
         env.pop("DATABASE_URL", None)  # in-memory store
         env.pop("AGENT_SECRET", None)  # no auth
         tmp = Path(self._stack.enter_context(tempfile.TemporaryDirectory()))
@@ -729,7 +742,8 @@ class Reference:
                 "agents without heartbeat sockets stay routable; POST /discover with "
                 "capability_description and top_k over one keep-alive connection, timed by "
                 "the client. match_in_process: the same TaskRouter.match in a second process, "
-                "timed inside it (no HTTP, no JSON)."
+                "timed inside it (no HTTP, no JSON). Both reference processes run torch with "
+                "one thread (OMP_NUM_THREADS=1), as meshnode does."
             ),
             "capabilities": registered,
             "agents": len(self._manifests),
