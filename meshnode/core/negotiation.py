@@ -82,7 +82,8 @@ result by the accepted deadline, a dropped connection or dead peer, a forged or 
 result, a malformed response, (unless told otherwise) a signed failed result, and a
 successful result whose output the caller's ``check_output`` refuses (the runtime checks it
 against the capability's declared output schema: an output that breaks its own contract is
-a failed result, not a delivery). When it leaves a peer that may still hold the task (a
+a failed result, not a delivery; with retries of failed results turned off, a refused
+output ends the delegation as :class:`Failed`, never as :class:`Done`). When it leaves a peer that may still hold the task (a
 timeout, a malformed response, the overall deadline, :meth:`RequesterCore.cancel`) it sends
 TaskCancel so the provider frees the slot; after a dropped connection or a dead peer it
 sends nothing. Each attempt is recorded with
@@ -1087,10 +1088,13 @@ class RequesterCore:
         self._last_failed = result
         detail = result.error if refused is None else f"output refused: {refused}"
         self._end(AttemptOutcome.FAILED_RESULT, detail, now, effects)
+        elapsed = now - self._started_at
         if self.retry_failed_results:
             self._advance(now, effects)
+        elif refused is not None:  # never report a refused output as done
+            self._finish(Failed(detail, self.attempts, elapsed, last_result=result), effects)
         else:
-            self._finish(Done(result, node, self.attempts, now - self._started_at), effects)
+            self._finish(Done(result, node, self.attempts, elapsed), effects)
         return effects
 
     def _result_problem(self, node: str, result: TaskResult) -> str | None:

@@ -297,6 +297,61 @@ def test_failed_result_retries_or_ends() -> None:
     assert not effects[-1].result.ok
 
 
+def test_refused_output_moves_on_to_the_next_candidate() -> None:
+    """A verified ``ok`` result whose output ``check_output`` refuses is a failed attempt
+    (with the reason), and the next candidate is tried; an accepted one ends the task."""
+    seen: list[str] = []
+
+    def check(res: TaskResult) -> str | None:
+        seen.append(res.provider)
+        return "missing field 'text'" if res.provider == N1 else None
+
+    core = make(check_output=check)
+    core.start(0.0)
+    core.on_response(N1, accepted(), 0.1)
+    effects = core.on_result(N1, result(P1), 0.5)
+    assert ended(effects) == [AttemptOutcome.FAILED_RESULT]
+    [attempt] = [e.attempt for e in effects if isinstance(e, AttemptEnded)]
+    assert attempt.detail == "output refused: missing field 'text'"
+    assert sent_to(effects) == [N2]
+    core.on_response(N2, accepted(), 0.6)
+    effects = core.on_result(N2, result(P2), 0.9)
+    assert ended(effects) == [AttemptOutcome.DELIVERED]
+    done = effects[-1]
+    assert isinstance(done, Done)
+    assert done.provider == N2
+    assert seen == [N1, N2]
+
+
+def test_check_output_sees_only_verified_successes() -> None:
+    """Failed results and forged ones never reach ``check_output``; with retries off a
+    refused output ends the delegation as failed, carrying the refused result."""
+    seen: list[str] = []
+
+    def check(res: TaskResult) -> str | None:
+        seen.append(res.provider)
+        return "wrong shape"
+
+    core = make(check_output=check)
+    core.start(0.0)
+    core.on_response(N1, accepted(), 0.1)
+    core.on_result(N1, result(P1, ok=False), 0.2)  # failed: not checked
+    core.on_response(N2, accepted(), 0.3)
+    core.on_result(N2, result(P3), 0.4)  # signed by someone else: forged, not checked
+    assert seen == []
+
+    once = make(check_output=check, retry_failed_results=False)
+    once.start(0.0)
+    effects = once.on_result(N1, result(P1), 0.5)
+    assert seen == [N1]
+    assert ended(effects) == [AttemptOutcome.FAILED_RESULT]
+    failed = effects[-1]
+    assert isinstance(failed, Failed)
+    assert failed.reason == "output refused: wrong shape"
+    assert failed.last_result is not None
+    assert failed.last_result.ok
+
+
 def test_cancel_sends_task_cancel() -> None:
     """cancel() sends TaskCancel to the current peer, records it, and fails; later inputs
     are ignored."""
