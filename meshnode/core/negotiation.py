@@ -83,10 +83,10 @@ result, a malformed response, (unless told otherwise) a signed failed result, an
 successful result whose output the caller's ``check_output`` refuses (the runtime checks it
 against the capability's declared output schema: an output that breaks its own contract is
 a failed result, not a delivery; with retries of failed results turned off, a refused
-output ends the delegation as :class:`Failed`, never as :class:`Done`). When it leaves a peer that may still hold the task (a
-timeout, a malformed response, the overall deadline, :meth:`RequesterCore.cancel`) it sends
-TaskCancel so the provider frees the slot; after a dropped connection or a dead peer it
-sends nothing. Each attempt is recorded with
+output ends the delegation as :class:`Failed`, never as :class:`Done`). When it leaves a
+peer that may still hold the task (a timeout, a malformed response, the overall deadline,
+:meth:`RequesterCore.cancel`) it sends TaskCancel so the provider frees the slot; after a
+dropped connection or a dead peer it sends nothing. Each attempt is recorded with
 its timings and a :class:`~meshnode.core.breaker.TaskVerdict` for the runtime's breaker:
 SUCCESS for a delivered result; FAILURE for silence, timeouts, drops, forged or failed
 results and malformed responses; ABANDONED (no verdict on the peer, but a half-open probe
