@@ -82,10 +82,11 @@ class Tombstone:
 
 
 class _Live(NamedTuple):
-    """A verified manifest with its digest (computed once)."""
+    """A verified manifest with its digest and rumor (computed once, when applied)."""
 
     manifest: Manifest
     digest: bytes
+    rumor: ManifestRumor
 
     @property
     def version(self) -> int:
@@ -102,12 +103,15 @@ class ManifestStore:
     ``verifier`` checks manifest signatures (``protocol.verify`` by default).
     """
 
-    __slots__ = ("_entries", "_verifier", "_version")
+    __slots__ = ("_entries", "_rumors", "_verifier", "_version")
 
     def __init__(self, *, verifier: Verifier = ed25519_verify) -> None:
         self._verifier = verifier
         self._entries: dict[str, _Live | Tombstone] = {}
         self._version = 0
+        # (version, rumors): the sorted rumors of every live manifest as of ``version``,
+        # so that every anti-entropy exchange does not sort and rebuild them.
+        self._rumors: tuple[int, tuple[ManifestRumor, ...]] | None = None
 
     @property
     def version(self) -> int:
@@ -143,6 +147,8 @@ class ManifestStore:
         """An independent replica with the same state and verifier."""
         twin = ManifestStore(verifier=self._verifier)
         twin._entries = dict(self._entries)
+        if self._rumors is not None and self._rumors[0] == self._version:
+            twin._rumors = (twin._version, self._rumors[1])  # immutable: shared
         return twin
 
     # ------------------------------------------------------------------ reading
@@ -160,13 +166,22 @@ class ManifestStore:
         """Every tombstone (expired ones too, until :meth:`prune`), sorted by node id."""
         return [e for _, e in sorted(self._entries.items()) if isinstance(e, Tombstone)]
 
+    def rumor(self, node_id: str) -> ManifestRumor | None:
+        """The ``ManifestRumor`` announcing the live manifest of ``node_id``, or None."""
+        entry = self._entries.get(node_id)
+        return entry.rumor if isinstance(entry, _Live) else None
+
     def rumors(self) -> list[ManifestRumor]:
-        """One ``ManifestRumor(node, version, digest)`` per live manifest, sorted by node."""
-        return [
-            ManifestRumor(node=node, version=e.version, digest=e.digest)
-            for node, e in sorted(self._entries.items())
-            if isinstance(e, _Live)
-        ]
+        """One ``ManifestRumor(node, version, digest)`` per live manifest, sorted by node.
+
+        Built once per state change (every push-pull sends them all)."""
+        cached = self._rumors
+        if cached is None or cached[0] != self._version:
+            rumors = tuple(
+                e.rumor for _, e in sorted(self._entries.items()) if isinstance(e, _Live)
+            )
+            cached = self._rumors = (self._version, rumors)
+        return list(cached[1])
 
     def missing(
         self, rumors: Iterable[ManifestRumor], now: float | None = None
@@ -174,17 +189,19 @@ class ManifestStore:
         """The announced manifests that would win here — what to fetch. One per node (the
         best announced), sorted by node. With ``now``, expired tombstones block nothing."""
         best: dict[str, ManifestRumor] = {}
+        entries = self._entries
         for rumor in rumors:
             if not isinstance(rumor, ManifestRumor):
                 continue
-            entry = self._entries.get(rumor.node)
-            if isinstance(entry, Tombstone) and now is not None and entry.expires_at <= now:
-                entry = None
-            if isinstance(entry, Tombstone) and rumor.version <= entry.version:
-                continue
-            if isinstance(entry, _Live) and (rumor.version, rumor.digest) <= (
-                entry.version,
-                entry.digest,
+            entry = entries.get(rumor.node)
+            if isinstance(entry, _Live):
+                held = entry.rumor
+                if rumor is held or (rumor.version, rumor.digest) <= (held.version, held.digest):
+                    continue
+            elif (
+                entry is not None
+                and (now is None or entry.expires_at > now)
+                and rumor.version <= entry.version
             ):
                 continue
             seen = best.get(rumor.node)
@@ -215,7 +232,7 @@ class ManifestStore:
         except LocalProtocolError:
             return False
         digest = hashlib.blake2b(data, digest_size=32).digest()
-        candidate = _Live(manifest, digest)
+        candidate = _Live(manifest, digest, ManifestRumor(node, manifest.version, digest))
         if entry is not None and entry.rank >= candidate.rank:
             return False
         if not self._verifier(public_key_from_node_id(node), data, manifest.signature):

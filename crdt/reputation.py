@@ -588,7 +588,7 @@ class ReputationLedger:
             return False
         observer = record.observer
         held = self._subjects.get(observer, {}).get(record.subject)
-        if held is not None and held.record == record:
+        if held is not None and (held.record is record or held.record == record):
             return False  # exact duplicate of a held record: no hashing, no signature check
         known = self._seen.get(observer, {}).get(record.seq)
         seen_before = known is not None and known.record == record

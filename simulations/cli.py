@@ -29,7 +29,7 @@ from typing import Any
 
 from simulations.progress import Progress
 from simulations.report import build_report, command_line, dumps
-from simulations.scenarios import SCENARIOS, Spec, make_config, run_scenario
+from simulations.scenarios import SCENARIOS, STARTS, Spec, make_config, run_scenario
 
 __all__ = ["main", "parse_args", "spec_from_args"]
 
@@ -86,6 +86,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--lifeguard", choices=("on", "off"), default="on")
     p.add_argument("--wire", action="store_true", help="encode and decode every packet")
+    p.add_argument(
+        "--start",
+        choices=STARTS,
+        default="join",
+        help="how the mesh comes up before the measured phase (not for --scenario join): "
+        "join (every node joins through the seeds, then --settle; the default) or "
+        "converged (every node starts knowing every other alive, incarnation 0, with its "
+        "manifest, nothing left to gossip: the steady state, for large N)",
+    )
     p.add_argument("--seeds", type=int, default=3, help="seed nodes everyone joins through")
     p.add_argument("--join-spread", type=float, default=1.0, help="nodes start within this time")
     p.add_argument("--bootstrap-limit", type=float, default=600.0)
@@ -159,6 +168,7 @@ def spec_from_args(args: argparse.Namespace) -> Spec:
         run_s=args.run_s,
         slow_mode=args.slow_mode,
         overrides=tuple(args.set),
+        start=args.start,
     )
 
 

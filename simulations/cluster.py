@@ -28,6 +28,11 @@ cluster does for it exactly what the asyncio runtime does for a real node —
    few seconds; it is all re-learned after a crash anyway): the last incarnation, the
    manifest version counter, own ledger records, learned records and manifests.
 
+A mesh can also be started already converged (:meth:`Cluster.start_converged`): every
+process created as by a start, then handed the steady state a join reaches — every peer
+alive, every manifest held, nothing queued — through ``MeshCore.adopt_converged``, with
+one member table and one set of manifests shared by all hosts.
+
 Hosts fail in three ways. **Crash**: the process is gone, its core is dropped, packets to
 it are lost and TCP connections to it are refused. **Restart**: a new ``MeshCore`` for the
 same identity and address, one incarnation above the last one persisted, with the
@@ -53,11 +58,14 @@ import collections
 import dataclasses
 import enum
 import math
-from collections.abc import Callable, Iterable, Sequence
+import types
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
+from crdt import ManifestStore
 from meshnode.core.config import NodeConfig
 from meshnode.core.effects import Address, MemberChanged, MemberEvent, SendPacket, StartPushPull
+from meshnode.core.membership import Member
 from meshnode.core.mesh import FetchManifest, ManifestChanged, MeshCore, PersistRecords
 from protocol import (
     Ack,
@@ -102,6 +110,7 @@ MAX_CONCURRENT_PUSH_PULLS: Final = 4
 FETCH_REQUEST_BYTES: Final = len("GET /v1/wire/manifests/") + 52
 """Bytes counted for a manifest fetch request: the request path with a node id."""
 PORT: Final = 7946
+_NO_MANIFESTS: Final[Mapping[str, Manifest]] = types.MappingProxyType({})
 
 _PROBE_TYPES: Final = (Ping, Ack, PingReq, Nack)
 
@@ -160,7 +169,12 @@ class SimNode:
     incarnation: int = -1
     manifest_version: int = 0
     disk_records: dict[tuple[str, str], LedgerRecord] = dataclasses.field(default_factory=dict)
-    disk_manifests: dict[str, Manifest] = dataclasses.field(default_factory=dict)
+    disk_manifests: dict[str, Manifest | None] = dataclasses.field(default_factory=dict)
+    """Learned manifests on disk, over ``disk_manifest_base`` (None: deleted from it)."""
+    disk_manifest_base: Mapping[str, Manifest] = dataclasses.field(
+        default_factory=lambda: _NO_MANIFESTS
+    )
+    """Manifests stored at a converged start: one mapping shared by every host."""
     # TCP concurrency
     fetches: int = 0
     fetch_queue: collections.deque[FetchManifest] = dataclasses.field(
@@ -183,6 +197,18 @@ class SimNode:
     def up(self) -> bool:
         """The process runs (possibly paused)."""
         return self.status is Status.RUNNING or self.status is Status.PAUSED
+
+    def stored_manifests(self) -> list[Manifest]:
+        """The manifests on this host's disk."""
+        merged = {**self.disk_manifest_base, **self.disk_manifests}
+        return [m for m in merged.values() if m is not None]
+
+    def store_manifest(self, node: str, manifest: Manifest | None) -> None:
+        """Write (None: delete) ``node``'s manifest on this host's disk."""
+        if manifest is None and node not in self.disk_manifest_base:
+            self.disk_manifests.pop(node, None)
+        else:
+            self.disk_manifests[node] = manifest
 
     def __repr__(self) -> str:
         return f"<SimNode {self.name} {self.status.value} life={self.life}>"
@@ -275,26 +301,9 @@ class Cluster:
         if node.up:
             raise ValueError(f"{node.name} is already running")
         now = self.engine.now
-        node.life += 1
-        node.incarnation += 1
-        node.leaving = False
-        node.stuck_ticks = 0
-        node.backlog = []
-        node.fetches = node.push_pulls = 0
-        node.fetch_queue.clear()
-        node.push_pull_queue.clear()
-        core = MeshCore(
-            self.config,
-            node.signer,
-            host=node.host,
-            port=node.port,
-            rng=derive_rng(self.seed, "node", node.slot, "life", node.life),
-            verifier=self.verifier,
-            incarnation=node.incarnation,
-            now=now,
-        )
+        core = self._new_process(node, now)
         # Restore what the runtime restores from its data dir.
-        for manifest in node.disk_manifests.values():
+        for manifest in node.stored_manifests():
             if manifest.node_id != node.node_id:
                 core.manifests.apply(manifest, now)
         if node.disk_records:
@@ -307,13 +316,69 @@ class Cluster:
         core.join([s.addr for s in seeds], now)
         self._dispatch(node)
 
-    def publish_manifest(self, node: SimNode) -> Manifest:
-        """Sign and publish the next version of ``node``'s manifest."""
-        core = node.core
-        if core is None or not node.up:
-            raise ValueError(f"{node.name} is not running")
+    def _new_process(self, node: SimNode, now: float) -> MeshCore:
+        """A new process (and its core) on ``node``, one incarnation above the last."""
+        node.life += 1
+        node.incarnation += 1
+        node.leaving = False
+        node.stuck_ticks = 0
+        node.backlog = []
+        node.fetches = node.push_pulls = 0
+        node.fetch_queue.clear()
+        node.push_pull_queue.clear()
+        return MeshCore(
+            self.config,
+            node.signer,
+            host=node.host,
+            port=node.port,
+            rng=derive_rng(self.seed, "node", node.slot, "life", node.life),
+            verifier=self.verifier,
+            incarnation=node.incarnation,
+            now=now,
+        )
+
+    def start_converged(self, nodes: Sequence[SimNode], seeds: Sequence[SimNode]) -> None:
+        """Start ``nodes`` (never started, and nobody else running) as a mesh that has
+        already converged: every process knows every other alive at incarnation 0 and
+        holds every manifest (version 1), nothing is left to gossip, and the seeds are
+        remembered for rejoining. Each process is created exactly as :meth:`start`
+        creates it (same random streams), then adopts the converged state with
+        :meth:`MeshCore.adopt_converged` instead of joining.
+
+        The member table and the manifests are built once and shared (``Member`` and
+        ``Manifest`` objects are immutable; each core copies the tables' dicts), so a
+        mesh of N nodes costs O(N²) dictionary slots, not O(N²) objects.
+        """
+        if any(n.status is not Status.NEW for n in nodes) or self.tracker.live_count:
+            raise ValueError("start_converged needs fresh hosts in an empty mesh")
+        now = self.engine.now
+        cores = [self._new_process(node, now) for node in nodes]
+        store = ManifestStore(verifier=self.verifier)
+        manifests: dict[str, Manifest] = {}
+        for node in nodes:
+            manifest = self._next_manifest(node)
+            if not store.apply(manifest, now):
+                raise Violation(f"{node.name}'s own manifest does not verify")
+            manifests[node.node_id] = manifest
+        store.rumors()  # built once here, then shared by every copy of the store
+        members: dict[str, Member] = {}
+        for node, core in zip(nodes, cores, strict=True):
+            member = core.membership.member(node.node_id)
+            assert member is not None
+            members[node.node_id] = member
+        addresses = [s.addr for s in seeds]
+        for node, core in zip(nodes, cores, strict=True):
+            core.adopt_converged(members, store, addresses, now)
+            node.core = core
+            node.status = Status.RUNNING
+            node.disk_manifest_base = manifests
+        self.tracker.up_converged(nodes, [manifests[n.node_id] for n in nodes])
+        for node in nodes:
+            self._dispatch(node)
+
+    def _next_manifest(self, node: SimNode) -> Manifest:
         node.manifest_version += 1
-        manifest = Manifest.create(
+        return Manifest.create(
             node.signer,
             name=node.name,
             endpoint=f"{node.host}:{node.port}",
@@ -321,6 +386,13 @@ class Cluster:
             tags=("sim",),
             version=node.manifest_version,
         )
+
+    def publish_manifest(self, node: SimNode) -> Manifest:
+        """Sign and publish the next version of ``node``'s manifest."""
+        core = node.core
+        if core is None or not node.up:
+            raise ValueError(f"{node.name} is not running")
+        manifest = self._next_manifest(node)
         self.tracker.published_manifest(node, manifest)
         core.publish_manifest(manifest, self.engine.now)
         self._dispatch(node)
@@ -422,15 +494,17 @@ class Cluster:
 
     # ------------------------------------------------------------------ driving cores
 
-    def _reschedule(self, node: SimNode) -> None:
+    def _reschedule(self, node: SimNode) -> float:
+        """Move ``node``'s tick earlier if its core's deadline did; return the deadline."""
         core = node.core
         if core is None or node.status is not Status.RUNNING:
-            return
+            return math.inf
         deadline = core.next_deadline()
         if deadline < node.tick_at:
             node.tick_gen += 1
             node.tick_at = deadline
             self.engine.at(deadline, self._on_tick, node, node.tick_gen)
+        return deadline
 
     def _on_tick(self, node: SimNode, gen: int) -> None:
         if gen != node.tick_gen or node.status is not Status.RUNNING:
@@ -443,8 +517,7 @@ class Cluster:
             self._reschedule(node)
             return
         core.tick(now)
-        self._dispatch(node)
-        if core.next_deadline() <= now:
+        if self._dispatch(node) <= now and node.core is core:
             node.stuck_ticks += 1
             if node.stuck_ticks >= 3:
                 self.violation(f"{node.name}: tick at {now} makes no progress (livelock)")
@@ -452,10 +525,11 @@ class Cluster:
         else:
             node.stuck_ticks = 0
 
-    def _dispatch(self, node: SimNode) -> None:
+    def _dispatch(self, node: SimNode) -> float:
+        """Carry out the effects of ``node``'s core; return its next deadline."""
         core = node.core
         if core is None:
-            return
+            return math.inf
         tracker = self.tracker
         for effect in core.take_effects():
             kind = type(effect)
@@ -480,17 +554,14 @@ class Cluster:
             elif kind is ManifestChanged:
                 assert isinstance(effect, ManifestChanged)
                 tracker.manifest_changed(node, effect)
-                if effect.manifest is None:
-                    node.disk_manifests.pop(effect.node, None)
-                else:
-                    node.disk_manifests[effect.node] = effect.manifest
+                node.store_manifest(effect.node, effect.manifest)
             elif kind is PersistRecords:
                 assert isinstance(effect, PersistRecords)
                 tracker.records_persisted(node, effect)
                 disk = node.disk_records
                 for record in effect.records:
                     disk[(record.observer, record.subject)] = record
-        self._reschedule(node)
+        return self._reschedule(node)
 
     # ------------------------------------------------------------------ UDP
 

@@ -52,7 +52,8 @@ time all three held at once.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+import types
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from meshnode.core.effects import MemberChanged, MemberEvent
@@ -73,6 +74,8 @@ _SUSPECT_EVENT = MemberEvent.SUSPECT
 _DEAD_EVENT = MemberEvent.DEAD
 
 LedgerKey = tuple[str, str]
+
+_NOTHING_HELD: Mapping[int, int] = types.MappingProxyType({})
 
 
 def _ok(state: MemberState | None, live: bool) -> bool:
@@ -150,7 +153,10 @@ class Tracker:
         self.expected: list[int | None] = []
         self.expected_count = 0
         self.published: list[dict[int, bytes]] = []
-        self.held: list[dict[int, int]] = []
+        # Versions each live observer holds: its own dict over a base shared by every
+        # node of a converged start (None in the dict: not held, whatever the base says).
+        self.held: list[dict[int, int | None]] = []
+        self.held_base: list[Mapping[int, int]] = []
         self.holders_ok: list[int] = []
         self.holders_bad: list[int] = []
         self.manifests_ok = 0
@@ -188,6 +194,7 @@ class Tracker:
         self.expected.append(None)
         self.published.append({})
         self.held.append({})
+        self.held_base.append(_NOTHING_HELD)
         self.holders_ok.append(0)
         self.holders_bad.append(0)
         self.max_incarnation.append(-1)
@@ -301,19 +308,49 @@ class Tracker:
             other = slot_of.get(member.node_id)
             if other is not None and other != slot:
                 self._view(other, member.state, 1)
-        held: dict[int, int] = {}
+        held: dict[int, int | None] = {}
         for manifest in core.manifests.manifests():
             other = slot_of.get(manifest.node_id)
             if other is not None and other != slot:
                 held[other] = manifest.version
                 self._holding(other, manifest.version, 1)
         self.held[slot] = held
+        self.held_base[slot] = _NOTHING_HELD
         ledger = core.ledger
         for key, record in self.latest.items():
             if ledger.get(*key) != record:
                 self.missing[key] += 1
                 self.ledger_missing += 1
         self.max_incarnation[slot] = max(self.max_incarnation[slot], core.membership.incarnation)
+        self._check_converged()
+
+    def up_converged(self, nodes: Sequence[SimNode], manifests: Sequence[Manifest]) -> None:
+        """``nodes`` (the whole mesh, none live before) started converged: each sees every
+        other alive and holds every manifest, ``manifests[i]`` being ``nodes[i]``'s own,
+        just published. O(N): the counts are set in bulk, and every observer's copy of
+        the manifest versions is one mapping, shared."""
+        if self.live_count or self.latest:
+            raise ValueError("a converged start needs an empty mesh and an empty ledger")
+        count = len(nodes)
+        base: dict[int, int] = {}
+        for node, manifest in zip(nodes, manifests, strict=True):
+            slot = node.slot
+            if self.live[slot] or self.alive_views[slot] or self.suspect_views[slot]:
+                raise ValueError(f"{node.name} is already known")
+            self.live[slot] = True
+            self.published[slot][manifest.version] = manifest.signature
+            self._expect(slot, manifest.version)
+            self.max_incarnation[slot] = max(self.max_incarnation[slot], 0)
+            base[slot] = manifest.version
+        self.live_count = count
+        for node in nodes:
+            slot = node.slot
+            self.alive_views[slot] = count - 1
+            self.views_ok += count - 1
+            self.holders_ok[slot] = count - 1
+            self.manifests_ok += count - 1
+            self.held[slot] = {}
+            self.held_base[slot] = base
         self._check_converged()
 
     def down(self, node: SimNode) -> None:
@@ -332,9 +369,14 @@ class Tracker:
                     other
                 ] + self.suspect_views[other] == 0:
                     self._all_gone(other)
-        for other, version in self.held[slot].items():
-            self._holding(other, version, -1)
+        held = self.held[slot]
+        for other, version in self.held_base[slot].items():
+            if other != slot and other not in held:
+                self._holding(other, version, -1)
+        for other, held_version in held.items():
+            self._holding(other, held_version, -1)
         self.held[slot] = {}
+        self.held_base[slot] = _NOTHING_HELD
         ledger = core.ledger
         for key, record in self.latest.items():
             if ledger.get(*key) != record:
@@ -495,9 +537,10 @@ class Tracker:
         if not self.live[v]:
             return
         held = self.held[v]
-        old = held.get(subject)
+        base = self.held_base[v]
+        old = held[subject] if subject in held else base.get(subject)
         new = manifest.version if manifest is not None else None
-        if new is None:
+        if new is None and subject not in base:
             held.pop(subject, None)
         else:
             held[subject] = new

@@ -83,6 +83,8 @@ def command_line(spec: Spec) -> str:
         parts.append(f"--pause-s {_num(spec.pause_s[0])}:{_num(spec.pause_s[1])}")
     if spec.run_s != default.run_s:
         parts.append(f"--run-s {_num(spec.run_s[0])}:{_num(spec.run_s[1])}")
+    if spec.start != default.start:
+        parts.append(f"--start {spec.start}")
     if spec.slow_mode != default.slow_mode:
         parts.append(f"--slow-mode {spec.slow_mode}")
     if not spec.lifeguard:

@@ -131,12 +131,7 @@ class SizeModel:
 
     def packet(self, messages: Sequence[Message]) -> int:
         """Exact bytes of the signed envelope carrying ``messages`` (one UDP datagram)."""
-        by_id = self._by_id
-        total = 0
-        for m in messages:
-            entry = by_id.get(id(m))
-            total += entry[1] if entry is not None and entry[0] is m else self.message(m)
-        return envelope_size(len(messages), total)
+        return envelope_size(len(messages), self._sum(messages))
 
     def frame(self, messages: Sequence[Message]) -> int:
         """Exact bytes of a TCP frame (one signed envelope) carrying ``messages``; push-pull
@@ -153,13 +148,22 @@ class SizeModel:
             base = self._push_pull_base[message.join] = wire_size(
                 PushPull(message.join, (), (), (), ())
             )
-        size = self.message
         total = base
         members = message.members
-        total += array_header_bytes(len(members)) - 1 + sum(size(m) for m in members)
+        total += array_header_bytes(len(members)) - 1 + self._sum(members)
         for items in (message.manifests, message.ledger, message.records):
             # Struct-typed items are encoded without their type tag: one byte less each.
-            total += array_header_bytes(len(items)) - 1 + sum(size(m) - 1 for m in items)
+            total += array_header_bytes(len(items)) - 1 + self._sum(items) - len(items)
+        return total
+
+    def _sum(self, messages: Sequence[Message]) -> int:
+        """The sizes of ``messages`` added up (each as a top-level message)."""
+        by_id = self._by_id
+        size = self.message
+        total = 0
+        for m in messages:
+            entry = by_id.get(id(m))
+            total += entry[1] if entry is not None and entry[0] is m else size(m)
         return total
 
     def records(self, records: Sequence[LedgerRecord]) -> int:

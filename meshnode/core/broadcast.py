@@ -120,6 +120,8 @@ class BroadcastQueue:
         smallest = self._smallest
         skipped = 0
         for bucket in self._buckets:
+            if not bucket:
+                continue
             if remaining < smallest or skipped > MAX_SKIPPED_PER_TAKE:
                 break
             for item in reversed(bucket.values()):

@@ -27,8 +27,9 @@ keeps the cost of redundant gossip at a dictionary lookup); forged rumors are dr
 counted, and suspect or dead rumors about members we do not know are ignored.
 
 **Failure detection.** Every probe period (``probe_interval`` × local health) we ping
-the next member of a shuffled round-robin list (rebuilt once per pass, new members
-inserted at random positions), skipping ourselves and dead or left members. Without an
+the next member of a shuffled round-robin list (rebuilt once per pass and shuffled as it
+is consumed, one random draw from the rest of the pass per probe, so new members joining
+the rest land at random positions), skipping ourselves and dead or left members. Without an
 ack within ``probe_timeout`` × health, ``indirect_checks`` random alive members are sent
 a ``PingReq``; each pings the target and relays its ack, or answers a ``Nack`` if none
 came within 80 % of the probe timeout. Without any ack by the end of the period we sign
@@ -62,8 +63,9 @@ score is raised, and the tick returns, so that the packets that queued up meanwh
 (acks, refutations) are handled before any timer fires.
 
 Costs: member lookup, rumor application and timer handling are O(1) (O(log s) for the
-``s`` pending suspicions); a packet costs O(rumors in it); a probe pass rebuilds the
-round-robin list once, O(n) per n probes.
+``s`` pending suspicions); a packet costs O(rumors in it); a probe pass copies the
+round-robin list once, O(n) per n probes, and each probe draws its target in O(1) (no
+O(n) shuffle at the start of a pass).
 """
 
 from __future__ import annotations
@@ -73,8 +75,9 @@ import enum
 import functools
 import heapq
 import math
+import operator
 import random
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from typing import Final, TypeVar
 
 from meshnode.core import timing
@@ -161,6 +164,7 @@ _RUMOR_STATE: Final[dict[type[Message], MemberState]] = {
     Leave: MemberState.LEFT,
 }
 _LIVE: Final = (MemberState.ALIVE, MemberState.SUSPECT)
+_STATE_OF: Final = operator.attrgetter("state")
 _GONE: Final = (MemberState.DEAD, MemberState.LEFT)
 _EVENT_FOR_STATE: Final = {
     MemberState.ALIVE: MemberEvent.ALIVE,
@@ -226,6 +230,11 @@ class _IndexedSet:
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._items)
+
+    def reset(self, items: list[str]) -> None:
+        """Hold exactly ``items`` (distinct), in that order; the list is taken over."""
+        self._items = items
+        self._index = dict(zip(items, range(len(items)), strict=True))
 
     def add(self, item: str) -> None:
         if item not in self._index:
@@ -357,7 +366,9 @@ class Membership:
 
         self._probe_list: list[str] = []
         self._probe_index = 0
-        self._in_probe_list: set[str] = set()  # membership tests only, never iterated
+        # The members in the rest of this pass (lookups only, never iterated); a dict,
+        # because a large one takes less than half the memory of a set.
+        self._in_probe_list: dict[str, None] = {}
         self._probe: _Probe | None = None
         self._relays: dict[int, _Relay] = {}
         self._seq = rng.getrandbits(32)
@@ -521,6 +532,35 @@ class Membership:
         the same ``key``. Returns False (and counts it) if it can never fit in a packet."""
         return self._enqueue(("app", key), message)
 
+    def adopt_converged(self, members: Mapping[str, Member], now: float) -> None:
+        """Start from the steady state of a converged mesh: ``members`` (every peer, alive,
+        keyed by node id; an entry for ourselves is ignored) become our table at once.
+
+        For a fresh instance only (it knows nobody yet): large simulations start this way
+        instead of from a join storm. It is as if every join, rumor and anti-entropy
+        exchange that taught us these members had already happened: nothing is left
+        queued for gossip (our own ``Alive`` included), no event is emitted, and the
+        anti-entropy timer gets a random phase over the interval of the new cluster size,
+        as on a node that has been running for a while. ``Member`` objects are immutable,
+        so many instances may share the same ones. The first probe starts a probing pass
+        over the whole new table.
+        """
+        if self._left or len(self._members) > 1:
+            raise ValueError("adopt_converged needs a fresh membership that knows only itself")
+        if not set(map(_STATE_OF, members.values())) <= {MemberState.ALIVE}:
+            raise ValueError("adopt_converged takes alive members only")
+        me = self._members[self._node_id]
+        table = dict(members)
+        peers = [node for node in table if node != self._node_id]
+        table[self._node_id] = me
+        self._members = table
+        self._state_counts[MemberState.ALIVE] = 1 + len(peers)
+        self._alive.reset(peers)
+        self._queue.clear()
+        interval = self.push_pull_interval()
+        if interval > 0:
+            self._next_push_pull_at = now + self._rng.uniform(0.0, interval)
+
     def state_snapshot(self) -> tuple[MemberRumor, ...]:
         """The latest signed rumor of every member, ourselves included, for push-pull.
 
@@ -605,11 +645,17 @@ class Membership:
     def next_deadline(self) -> float:
         """When :meth:`tick` must next be called (``math.inf`` if never)."""
         deadline = self._failure_deadline()
-        if self._queue and self._config.gossip_nodes > 0 and self._has_gossip_targets():
-            deadline = min(deadline, self._next_gossip_at)
-        deadline = min(deadline, self._next_push_pull_at)
-        if self._join_at is not None:
-            deadline = min(deadline, self._join_at)
+        if (
+            self._next_gossip_at < deadline
+            and self._queue
+            and self._config.gossip_nodes > 0
+            and self._has_gossip_targets()
+        ):
+            deadline = self._next_gossip_at
+        if self._next_push_pull_at < deadline:
+            deadline = self._next_push_pull_at
+        if self._join_at is not None and self._join_at < deadline:
+            deadline = self._join_at
         if self._dead_since:
             first = next(iter(self._dead_since.values()))
             deadline = min(deadline, first + self._config.gossip_to_the_dead_time)
@@ -932,10 +978,17 @@ class Membership:
 
     def _failure_deadline(self) -> float:
         """The earliest failure-detection timer (probe stages, relays, suspicions)."""
-        deadline = min(self._next_probe_at, self._suspicion_deadline())
+        deadline = self._next_probe_at
+        if self._suspicion_heap:
+            deadline = min(deadline, self._suspicion_deadline())
         probe = self._probe
-        if probe is not None and not probe.acked and not probe.indirect_sent:
-            deadline = min(deadline, probe.timeout_at)
+        if (
+            probe is not None
+            and probe.timeout_at < deadline
+            and not probe.acked
+            and not probe.indirect_sent
+        ):
+            deadline = probe.timeout_at
         if self._relays:
             deadline = min(deadline, next(iter(self._relays.values())).deadline)
         return deadline
@@ -945,30 +998,33 @@ class Membership:
         return self._seq
 
     def _add_to_probe_list(self, node: str) -> None:
-        """Insert a newly live member at a random position of the rest of this pass."""
+        """Add a newly live member to the rest of this pass (drawn in random order)."""
         if node in self._in_probe_list:
             return
-        probe_list = self._probe_list
-        probe_list.append(node)
-        self._in_probe_list.add(node)
-        j = self._rng.randint(self._probe_index, len(probe_list) - 1)
-        probe_list[j], probe_list[-1] = probe_list[-1], probe_list[j]
+        self._probe_list.append(node)
+        self._in_probe_list[node] = None
 
     def _next_probe_target(self) -> Member | None:
         rebuilt = False
         while True:
-            if self._probe_index >= len(self._probe_list):
+            probe_list = self._probe_list
+            i = self._probe_index
+            if i >= len(probe_list):
                 if rebuilt:
                     return None
                 rebuilt = True
                 self._probe_list = [*self._alive, *self._suspect]
-                self._rng.shuffle(self._probe_list)
-                self._in_probe_list = set(self._probe_list)
+                self._in_probe_list = dict.fromkeys(self._probe_list)
                 self._probe_index = 0
                 continue
-            node = self._probe_list[self._probe_index]
-            self._probe_index += 1
-            self._in_probe_list.discard(node)
+            # One step of a Fisher-Yates shuffle: the next target is drawn uniformly from
+            # the rest of the pass, which makes each pass a uniformly random order.
+            j = self._rng.randrange(i, len(probe_list))
+            node = probe_list[j]
+            probe_list[j] = probe_list[i]
+            probe_list[i] = node
+            self._probe_index = i + 1
+            self._in_probe_list.pop(node, None)
             member = self._members.get(node)
             if member is not None and member.state in _LIVE:
                 return member
@@ -1145,8 +1201,8 @@ class Membership:
 
     def _gossip_targets(self, k: int) -> list[str]:
         """Up to ``k`` distinct random members that are alive, suspect or recently dead."""
-        pools = (self._alive, self._suspect, self._recently_dead)
-        total = sum(len(p) for p in pools)
+        pools = (self._alive._items, self._suspect._items, self._recently_dead._items)
+        total = len(pools[0]) + len(pools[1]) + len(pools[2])
         picked: list[str] = []
         for i in self._rng.sample(range(total), min(k, total)):
             for pool in pools:
@@ -1157,7 +1213,7 @@ class Membership:
         return picked
 
     def _has_gossip_targets(self) -> bool:
-        return bool(self._alive or self._suspect or self._recently_dead)
+        return bool(self._alive._items or self._suspect._items or self._recently_dead._items)
 
     def _sample(self, pool: _IndexedSet, k: int) -> list[str]:
         return [pool[i] for i in self._rng.sample(range(len(pool)), min(k, len(pool)))]

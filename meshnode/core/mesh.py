@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from crdt import INITIAL_TRUST, ManifestStore, ReputationLedger, elo_update
 from meshnode.core.config import NodeConfig
@@ -177,6 +177,22 @@ class MeshCore:
         self._pump(now)
         return joined
 
+    def adopt_converged(
+        self,
+        members: Mapping[str, Member],
+        manifests: ManifestStore,
+        seeds: Sequence[Address],
+        now: float,
+    ) -> None:
+        """Start from the steady state of a converged mesh instead of joining: every peer
+        in ``members`` alive (see :meth:`Membership.adopt_converged`), a copy of the
+        (verified) ``manifests``, and ``seeds`` remembered as by :meth:`join`, without
+        contacting them. For a fresh core; nothing is announced."""
+        self._seeds = tuple(seeds)
+        self.membership.adopt_converged(members, now)
+        self.manifests = manifests.copy()
+        self._pump(now)
+
     def leave(self, now: float) -> None:
         self.membership.leave(now)
         self._pump(now)
@@ -263,8 +279,10 @@ class MeshCore:
         self._fetching.pop(node, None)
 
     def _announce(self, manifest: Manifest) -> None:
-        rumor = ManifestRumor(manifest.node_id, manifest.version, manifest.digest())
-        self.membership.broadcast(rumor, ("manifest", manifest.node_id))
+        # The store computed the digest when it accepted the manifest: no second hash.
+        rumor = self.manifests.rumor(manifest.node_id)
+        if rumor is not None:
+            self.membership.broadcast(rumor, ("manifest", manifest.node_id))
 
     def _want(self, rumors: Iterable[ManifestRumor], source: Address | None, now: float) -> None:
         for rumor in self.manifests.missing(rumors, now):

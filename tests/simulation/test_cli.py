@@ -87,3 +87,21 @@ def test_bad_arguments_are_refused() -> None:
     result = _cli("--scenario", "join", "--nodes", "0")
     assert result.returncode != 0
     assert "nodes must be at least 1" in result.stderr
+
+
+def test_replay_command_keeps_a_converged_start() -> None:
+    from simulations.report import command_line
+    from simulations.scenarios import Spec
+
+    spec = Spec("steady", nodes=30, seed=4, duration=5.0, start="converged")
+    command = shlex.split(command_line(spec))
+    assert "--start" in command
+    replayed = cli.spec_from_args(cli.parse_args(command[3:]))
+    assert replayed == spec
+    assert "--start" not in command_line(Spec("steady"))
+
+
+def test_a_converged_join_is_refused() -> None:
+    result = _cli("--scenario", "join", "--start", "converged", "--nodes", "5")
+    assert result.returncode == 64
+    assert "cannot start converged" in result.stderr

@@ -69,3 +69,15 @@ def test_timing_is_the_only_difference(tmp_path: Path) -> None:
     first.pop("timing")
     second.pop("timing")
     assert first == second
+
+
+def test_converged_start_gives_byte_identical_json(tmp_path: Path) -> None:
+    """A converged start (shared member tables, bulk tracker counts) is as deterministic
+    as a join."""
+    args = (
+        "--scenario", "crash", "--start", "converged", "--seed", "13", *ARGS, "--no-timing",
+    )  # fmt: skip
+    first = _run(tmp_path, "a", *args, hash_seed="5")
+    second = _run(tmp_path, "b", *args, hash_seed="6")
+    assert first == second
+    assert b'"start": "converged"' in first
