@@ -28,8 +28,8 @@ Benchmarks (``--only`` takes these names):
     steady state at N = 1,000, 3,000 and 10,000 for 10 simulated seconds: cost per
     simulated second and peak memory against N.
 ``rumor``
-    N=1,000, one manifest update, at 0 % and 10 % datagram loss: rounds to reach every node
-    against ``1.25 × (log4 N + ln N / 3)`` and ``1.5 ×`` that.
+    N=1,000 started converged, one manifest update, at 0 % and 10 % datagram loss: rounds
+    to reach every node against ``1.25 × (log4 N + ln N / 3)`` and ``1.5 ×`` that.
 ``bandwidth``
     A converged mesh (``steady`` scenario): UDP bytes per node per second with no news at
     N = 100 and 300 after a join, and at N = 300, 1,000 and 10,000 started converged (a
@@ -44,8 +44,8 @@ Benchmarks (``--only`` takes these names):
     stalled (everything it receives arrives 1–4 s late while its timers run).
     Goal: zero false deaths with Lifeguard on.
 ``partition``
-    N=1,000 split 50/50 for 30 s, then healed. Goal: membership, manifests and ledger
-    reconverge within two push-pull intervals.
+    N=1,000 started converged, split 50/50 for 30 s, then healed. Goal: membership,
+    manifests and ledger reconverge within two push-pull intervals.
 ``--quick`` shrinks every N by 10× (for a smoke test of the script itself). ``--reuse``
 takes a run already finished with the very same spec from ``benchmarks/results/simulation/``
 (e.g. the 10,000-node point of ``bandwidth`` from ``scale``) instead of running it again.
@@ -309,7 +309,9 @@ def bench_rumor(scale: float) -> list[dict[str, Any]]:
     out = []
     FIGURES.mkdir(parents=True, exist_ok=True)
     for loss, factor, label in ((0.0, 1.25, "0"), (0.1, 1.5 * 1.25, "10")):
-        spec = Spec("rumor", nodes=n, seed=1, loss=loss, duration=60.0, settle=5.0)
+        spec = Spec(
+            "rumor", nodes=n, seed=1, loss=loss, duration=60.0, settle=5.0, start="converged"
+        )
         result = run(f"rumor-{n}-loss{label}", spec)
         report = result.get("report", {})
         res = report.get("results", {})
@@ -455,7 +457,9 @@ def bench_slow_node(scale: float) -> list[dict[str, Any]]:
 
 def bench_partition(scale: float) -> list[dict[str, Any]]:
     n = max(10, int(1000 * scale))
-    spec = Spec("partition-heal", nodes=n, seed=1, partition_s=30.0, duration=400.0)
+    spec = Spec(
+        "partition-heal", nodes=n, seed=1, partition_s=30.0, duration=400.0, start="converged"
+    )
     result = run(f"partition-{n}", spec)
     rc = result.get("report", {}).get("results", {}).get("reconvergence", {})
     budget = rc.get("budget_s")

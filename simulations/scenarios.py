@@ -286,16 +286,7 @@ class _Run:
             if converged
             else f"not converged within {spec.bootstrap_limit}s",
         )
-        out = {
-            "start": "join",
-            "converged": converged,
-            "membership_s": _r(tracker.since_mark("membership")),
-            "manifests_s": _r(tracker.since_mark("manifests")),
-            "converged_s": _r(tracker.since_mark("all")),
-            "wrong_member_views": tracker.wrong_views,
-            "wrong_manifest_copies": tracker.wrong_manifests,
-            "ledger_missing_copies": tracker.ledger_missing,
-        }
+        out = self._bootstrap_report("join", converged)
         if spec.settle > 0:
             self.run_until(cluster.now + spec.settle, "settle")
         return out
@@ -317,8 +308,12 @@ class _Run:
             converged,
             "started converged" if converged else "a converged start is not converged",
         )
+        return self._bootstrap_report("converged", converged)
+
+    def _bootstrap_report(self, start: str, converged: bool) -> dict[str, Any]:
+        tracker = self.cluster.tracker
         return {
-            "start": "converged",
+            "start": start,
             "converged": converged,
             "membership_s": _r(tracker.since_mark("membership")),
             "manifests_s": _r(tracker.since_mark("manifests")),
