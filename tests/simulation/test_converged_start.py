@@ -19,7 +19,7 @@ from simulations.cluster import Cluster, SimNode, Status
 from simulations.engine import derive_rng
 from simulations.network import LinkModel
 from simulations.scenarios import Spec, run_scenario
-from tests.simulation.test_tracker import brute_force
+from tests.simulation.test_tracker import brute_force, random_fault
 
 
 def converged_cluster(n: int, seed: int = 5, loss: float = 0.0) -> tuple[Cluster, list[SimNode]]:
@@ -70,24 +70,7 @@ def test_tracker_matches_brute_force_after_a_converged_start() -> None:
     rng = derive_rng(31, "test")
     for step in range(40):
         cluster.run_until(cluster.now + rng.uniform(0.05, 1.5))
-        action = rng.randrange(6)
-        running = [n for n in nodes if n.status is Status.RUNNING and not n.leaving]
-        pick = running[rng.randrange(len(running))]
-        if action == 0 and len(running) > 6:
-            cluster.crash(pick)
-        elif action == 1:
-            down = [n for n in nodes if n.status is Status.DOWN]
-            if down:
-                cluster.start(down[rng.randrange(len(down))], nodes[:3])
-        elif action == 2:
-            cluster.publish_manifest(pick)
-        elif action == 3 and len(running) > 1:
-            other = running[(running.index(pick) + 1) % len(running)]
-            cluster.record_outcome(pick, other, rng.random())
-        elif action == 4:
-            cluster.partition([nodes[: rng.randrange(1, 12)]])
-        elif action == 5:
-            cluster.heal()
+        action = random_fault(cluster, nodes, rng, step, kinds=6)
         tracker = cluster.tracker
         expected = brute_force(cluster)
         assert (tracker.wrong_views, tracker.wrong_manifests, tracker.ledger_missing) == (

@@ -8,6 +8,8 @@ obtained by looking at every (live observer, subject) pair.
 
 from __future__ import annotations
 
+import random
+
 from meshnode.core.config import NodeConfig
 from meshnode.core.membership import MemberState
 from simulations.cluster import Cluster, SimNode, Status
@@ -39,6 +41,37 @@ def brute_force(cluster: Cluster) -> tuple[int, int, int]:
     return wrong_views, wrong_manifests, missing
 
 
+def random_fault(
+    cluster: Cluster, nodes: list[SimNode], rng: random.Random, step: int, kinds: int = 8
+) -> int:
+    """Apply one random action of the first ``kinds`` to ``cluster`` (crash, restart,
+    publish, rate, partition, heal, pause, leave); return its number."""
+    action = rng.randrange(kinds)
+    running = [n for n in nodes if n.status is Status.RUNNING and not n.leaving]
+    pick: SimNode = running[rng.randrange(len(running))] if running else nodes[0]
+    if action == 0 and len(running) > 6:
+        cluster.crash(pick)
+    elif action == 1:
+        down = [n for n in nodes if n.status is Status.DOWN]
+        if down:
+            cluster.start(down[rng.randrange(len(down))], nodes[:3])
+    elif action == 2 and running:
+        cluster.publish_manifest(pick)
+    elif action == 3 and len(running) > 1:
+        other = running[(running.index(pick) + 1) % len(running)]
+        cluster.record_outcome(pick, other, rng.random())
+    elif action == 4:
+        cluster.partition([nodes[: rng.randrange(1, len(nodes))]])
+    elif action == 5:
+        cluster.heal()
+    elif action == 6 and running:
+        cluster.pause(pick)
+        cluster.engine.after(rng.uniform(0.1, 3.0), cluster.resume, pick)
+    elif action == 7 and len(running) > 6 and step % 3 == 0:
+        cluster.leave(pick)
+    return action
+
+
 def test_tracker_matches_brute_force() -> None:
     config = NodeConfig.local()
     cluster = Cluster(seed=21, config=config, link=LinkModel(loss=0.05), strict=True)
@@ -49,29 +82,7 @@ def test_tracker_matches_brute_force() -> None:
     checked = 0
     for step in range(60):
         cluster.run_until(cluster.now + rng.uniform(0.05, 1.5))
-        action = rng.randrange(8)
-        running = [n for n in nodes if n.status is Status.RUNNING and not n.leaving]
-        pick: SimNode = running[rng.randrange(len(running))] if running else nodes[0]
-        if action == 0 and len(running) > 6:
-            cluster.crash(pick)
-        elif action == 1:
-            down = [n for n in nodes if n.status is Status.DOWN]
-            if down:
-                cluster.start(down[rng.randrange(len(down))], nodes[:3])
-        elif action == 2 and running:
-            cluster.publish_manifest(pick)
-        elif action == 3 and len(running) > 1:
-            other = running[(running.index(pick) + 1) % len(running)]
-            cluster.record_outcome(pick, other, rng.random())
-        elif action == 4:
-            cluster.partition([nodes[: rng.randrange(1, 12)]])
-        elif action == 5:
-            cluster.heal()
-        elif action == 6 and running:
-            cluster.pause(pick)
-            cluster.engine.after(rng.uniform(0.1, 3.0), cluster.resume, pick)
-        elif action == 7 and len(running) > 6 and step % 3 == 0:
-            cluster.leave(pick)
+        action = random_fault(cluster, nodes, rng, step)
         tracker = cluster.tracker
         expected = brute_force(cluster)
         assert (tracker.wrong_views, tracker.wrong_manifests, tracker.ledger_missing) == (
