@@ -750,6 +750,8 @@ def run_rumor(spec: Spec, progress: Progress | None) -> Outcome:
         "applied": sorted(applied),
         "mean_field": mean_field_curve(n, fanout, max(12, math.ceil(2 * bound))),
         "bound_rounds": bound,
+        # The goal: 1.25 × the bound without loss, 1.5× that with loss.
+        "goal_factor": 1.25 if spec.loss == 0 else 1.5 * 1.25,
         "title": f"rumor, n={n}, loss={spec.loss:g}, seed={spec.seed}",
     }
     return run.finish(results, curve)
