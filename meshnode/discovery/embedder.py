@@ -498,16 +498,18 @@ class _OnnxBackend:
     @classmethod
     def _load_cached(cls, cached: Path, threads: int | None) -> Any:
         """A session on the cached graph, or None when there is none (or it is damaged)."""
-        try:
-            return cls._open(cached.read_bytes(), threads)
-        except FileNotFoundError:
+        if not cached.is_file():
             return None
+        try:
+            # By path: ONNX Runtime reads the file itself, with no second copy in Python.
+            return cls._open(str(cached), threads)
         except Exception as exc:  # a damaged or foreign file: export a fresh one
             _log.warning("minilm_onnx_cache_invalid", path=str(cached), reason=str(exc))
             return None
 
     @staticmethod
-    def _open(graph: bytes, threads: int | None) -> Any:
+    def _open(graph: bytes | str, threads: int | None) -> Any:
+        """A session on ``graph`` (the serialised graph, or the path of its file)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
