@@ -1165,9 +1165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--kills",
         type=int,
-        choices=range(1, 6),
+        choices=range(1, 10),
         metavar="K",
-        help="nodes killed one after another per run, detection = median (default 3, quick 1)",
+        help="nodes killed one after another per run, detection = median (default 3, quick 1;"
+        " at most N - N // 2 per size)",
     )
     parser.add_argument("--skip-serf", action="store_true", help="run meshnode only")
     parser.add_argument("--serf", default=shutil.which("serf"), help="serf binary (default: PATH)")
