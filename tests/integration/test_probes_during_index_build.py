@@ -46,8 +46,11 @@ async def _noop(payload: Any) -> dict[str, Any]:
     return {}
 
 
-def _with_capabilities(node: MeshNode, first: int, count: int) -> MeshNode:
-    """Give ``node`` ``count`` capabilities whose texts differ from every other node's."""
+def _hashing_node(name: str, seed: str | None, first: int, count: int) -> MeshNode:
+    """A LAN node with the hashing embedder and ``count`` capabilities whose texts differ
+    from every other node's."""
+    seeds = (seed,) if seed is not None else ()
+    node = MeshNode(NodeConfig.lan(name=name, port=0, seeds=seeds, embedder="hashing"))
     for i in range(first, first + count):
         verb = _VERBS[i % len(_VERBS)]
         obj = _OBJECTS[i // len(_VERBS) % len(_OBJECTS)]
@@ -117,32 +120,15 @@ async def meshes() -> AsyncIterator[tuple[MeshNode, list[MeshNode], list[MeshNod
         await a.start()
         started.append(a)
         seed = f"127.0.0.1:{a.address[1]}"
-        small = [
-            _with_capabilities(
-                MeshNode(
-                    NodeConfig.lan(name=f"peer-{i}", port=0, seeds=(seed,), embedder="hashing")
-                ),
-                10_000 + i,
-                1,
-            )
-            for i in range(SMALL_PEERS)
-        ]
+        small = [_hashing_node(f"peer-{i}", seed, 10_000 + i, 1) for i in range(SMALL_PEERS)]
         await _start_all(small)
         started += small
-        first = _with_capabilities(
-            MeshNode(NodeConfig.lan(name="bulk-0", port=0, embedder="hashing")), 0, CAPS_PER_NODE
-        )
+        first = _hashing_node("bulk-0", None, 0, CAPS_PER_NODE)
         await _start_all([first])
         started.append(first)
         bulk_seed = f"127.0.0.1:{first.address[1]}"
         rest = [
-            _with_capabilities(
-                MeshNode(
-                    NodeConfig.lan(name=f"bulk-{i}", port=0, seeds=(bulk_seed,), embedder="hashing")
-                ),
-                i * CAPS_PER_NODE,
-                CAPS_PER_NODE,
-            )
+            _hashing_node(f"bulk-{i}", bulk_seed, i * CAPS_PER_NODE, CAPS_PER_NODE)
             for i in range(1, BULK_NODES)
         ]
         await _start_all(rest)
