@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/membership.py [--out membership.json] [--sizes 10,50] [--quick]
-                                    [--kills K] [--embedder hashing]
+                                    [--kills K] [--joins J] [--embedder hashing]
                                     [--skip-serf] [--serf PATH] [--logs DIR]
 
 For each cluster size N (10 and 50; ``--quick``: 10 only and a shorter idle window) the
@@ -12,11 +12,15 @@ default LAN profile: the memberlist figures in shared/REFERENCE.md) as the basel
 with ``meshnode run --profile lan``, every process on 127.0.0.1:
 
 1. **Join.** Node 0 starts alone; nodes 1..N−1 start one after another, each once the
-   previous one is ready, with node 0 as their seed. ``join_s`` runs from the moment the
-   last node starts its join (meshnode: its ``listening`` line, printed right after the
-   join push-pull is issued; serf: its ``==> Joining cluster`` line) until every node
-   sees every other one alive. ``join_from_launch_s`` counts from the last process's
-   launch instead (interpreter start-up included).
+   previous one is ready, with node 0 as their seed. The last ``--joins`` of them (default
+   9) are measured joins: each starts only once every running node sees every other one
+   alive and ``JOIN_GAP_S`` more have passed, so it joins a quiet cluster. Its join runs
+   from its ready line (meshnode: ``listening``, printed right after the join push-pull is
+   issued; serf: ``==> Joining cluster``) until every earlier node has logged it alive and
+   it has logged every earlier node alive. ``join_s`` is the median of these joins (one
+   join is one epidemic, and its tail is luck); ``join_samples_s`` lists them.
+   ``last_join_s`` and ``join_from_launch_s`` time the last node alone, from its ready
+   line and from its process launch (interpreter start-up included).
 2. **Idle.** After a settle period and once no node uses more than 5 % of a core (a node
    may still be loading its embedding model), CPU time (``/proc/PID/stat``, user +
    system) and memory (``VmRSS``; PSS and USS from ``smaps_rollup``) of every node over
@@ -122,6 +126,13 @@ JOIN_TIMEOUT = 120.0
 DETECT_TIMEOUT = 120.0
 """Seconds from the kill until every survivor must mark the victim failed. The longest
 meshnode suspicion at N = 50 (nobody confirming) is 6 × 4 × log10 50 ≈ 41 s."""
+JOINS = 9
+"""Measured joins per run (the last ones, each into a quiet cluster); ``join_s`` is
+their median. Capped at N − 1."""
+QUICK_JOINS = 3
+JOIN_GAP_S = 1.0
+"""Seconds between a converged cluster and the next measured join: at N = 50 a rumor is
+sent 4 × ceil(log10 51) = 8 times, about three gossip rounds (0.6 s), by both systems."""
 KILLS = 3
 """Nodes killed one after another per run; the detection figure is their median."""
 QUICK_KILLS = 1
@@ -407,6 +418,8 @@ class Cluster:
         self.started_at = time.monotonic()
         self.seed_uss: int | None = None
         """Private memory (bytes) of the first node once it finished starting up."""
+        self.join_samples: list[dict[str, float]] = []
+        """One entry per measured join (:meth:`measured_join`)."""
         workdir.mkdir(parents=True, exist_ok=True)
 
     # -- to implement per system
@@ -479,12 +492,17 @@ class Cluster:
 
         return handle
 
-    def start(self) -> dict[str, float]:
-        """Start node 0, then the others one by one, each joining through node 0."""
+    def start(self, joins: int) -> dict[str, float]:
+        """Start node 0, then the others one by one, each joining through node 0. The
+        last ``joins`` of them are measured joins (:meth:`measured_join`)."""
         seed = self.launch(0, None)
         self.preflight(seed)
+        first_measured = max(1, self.n - joins)
         for i in range(1, self.n):
-            self.launch(i, seed)
+            if i < first_measured:
+                self.launch(i, seed)
+            else:
+                self.join_samples.append(self.measured_join(i, seed))
         first, last = self.nodes[0], self.nodes[-1]
         assert first.ready_at is not None and last.ready_at is not None
         return {"last_launched_at": last.launched_at, "last_ready_at": last.ready_at}
@@ -595,7 +613,46 @@ class Cluster:
 
     # -- phases
 
-    def wait_join(self, start: dict[str, float]) -> dict[str, float]:
+    def measured_join(self, index: int, seed: Node) -> dict[str, float]:
+        """Launch node ``index`` into a quiet cluster and time its join.
+
+        First every running node must see every other one alive (by the logs), then
+        ``JOIN_GAP_S`` pass so the previous join's retransmissions are over. The join
+        lasts from the new node's ready line until every earlier node has logged it alive
+        and it has logged every earlier node alive."""
+        earlier = self.live()
+        _wait(
+            f"{self.system} N={len(earlier)} to converge before a measured join",
+            time.monotonic() + JOIN_TIMEOUT,
+            lambda: self._sees_all(earlier),
+        )
+        time.sleep(JOIN_GAP_S)  # a deliberate gap between samples, not a synchronisation
+        node = self.launch(index, seed)
+        assert node.ready_at is not None
+        _wait(
+            f"{self.system} {node.name} to be seen by all",
+            node.ready_at + JOIN_TIMEOUT,
+            lambda: self._sees_all([*earlier, node]),
+        )
+        seen_at = max(self.log_view(other)[node.key][1] for other in earlier)
+        sees_at = max(since for _, since in self.log_view(node).values())
+        return {
+            "join_s": round(max(seen_at, sees_at) - node.ready_at, 3),
+            "seen_by_all_s": round(seen_at - node.ready_at, 3),
+            "sees_all_s": round(sees_at - node.ready_at, 3),
+        }
+
+    def _sees_all(self, nodes: Sequence[Node]) -> bool:
+        """Whether, by the logs, each of ``nodes`` sees every other one alive."""
+        self.check_running()
+        for node in nodes:
+            view = self.log_view(node)
+            for other in nodes:
+                if other is not node and view.get(other.key, ("",))[0] != "alive":
+                    return False
+        return True
+
+    def wait_join(self, start: dict[str, float]) -> dict[str, Any]:
         """Until every node sees every other one alive, by the logs, then confirmed."""
         nodes = self.live()
         deadline = start["last_ready_at"] + JOIN_TIMEOUT
@@ -619,8 +676,13 @@ class Cluster:
 
         _wait(f"{self.system} N={self.n} to converge", deadline, confirmed)
         confirmed_at = time.monotonic()
+        samples = [sample["join_s"] for sample in self.join_samples]
         return {
-            "join_s": round(converged_at - start["last_ready_at"], 3),
+            "join_s": round(statistics.median(samples), 3) if samples else None,
+            "joins_measured": len(samples),
+            "join_samples_s": samples,
+            "join_samples": self.join_samples,
+            "last_join_s": round(converged_at - start["last_ready_at"], 3),
             "join_confirmed_s": round(confirmed_at - start["last_ready_at"], 3),
             "join_from_launch_s": round(converged_at - start["last_launched_at"], 3),
             "start_all_s": round(start["last_ready_at"] - self.started_at, 3),
@@ -981,13 +1043,15 @@ def summarize_detections(detections: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def run_scenario(cluster: Cluster, settle: float, idle: float, kills: int) -> dict[str, Any]:
+def run_scenario(
+    cluster: Cluster, settle: float, idle: float, kills: int, joins: int
+) -> dict[str, Any]:
     """Join, idle, then ``kills`` times kill and detect — on ``cluster``, which is closed
     on the way out."""
     result: dict[str, Any] = {"n": cluster.n, "error": None}
     try:
         log(f"{cluster.system} N={cluster.n}: starting {cluster.n} nodes")
-        start = cluster.start()
+        start = cluster.start(joins)
         result["join"] = cluster.wait_join(start)
         log(f"  converged: {result['join']}")
         result["idle"] = cluster.measure_idle(settle, idle)
@@ -1170,6 +1234,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="nodes killed one after another per run, detection = median (default 3, quick 1;"
         " at most N - N // 2 per size)",
     )
+    parser.add_argument(
+        "--joins",
+        type=int,
+        choices=range(1, 21),
+        metavar="J",
+        help="measured joins per run, each into a quiet cluster, join = median (default 9,"
+        " quick 3; at most N - 1)",
+    )
     parser.add_argument("--skip-serf", action="store_true", help="run meshnode only")
     parser.add_argument("--serf", default=shutil.which("serf"), help="serf binary (default: PATH)")
     parser.add_argument(
@@ -1184,6 +1256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes: tuple[int, ...] = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
     settle, idle = (QUICK_SETTLE_S, QUICK_IDLE_S) if args.quick else (SETTLE_S, IDLE_S)
     kills: int = args.kills or (QUICK_KILLS if args.quick else KILLS)
+    joins: int = args.joins or (QUICK_JOINS if args.quick else JOINS)
     serf = serf_status(args.serf, args.skip_serf)
     deathsig = _pdeathsig_prefix()
 
@@ -1205,6 +1278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "meshnode_profile": "lan",
             "meshnode_embedder": args.embedder,
             "kills": kills,
+            "joins": joins,
+            "join_gap_s": JOIN_GAP_S,
             "victims": "nodes N // 2, N // 2 + 1, ... one after another, SIGKILL",
             "units": "seconds, percent of one core, MB = 10^6 bytes",
         },
@@ -1229,12 +1304,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         settle,
                         idle,
                         kills,
+                        joins,
                     )
                 entry["meshnode"] = run_scenario(
                     MeshnodeCluster(n, base / f"meshnode-{n}", deathsig, args.embedder),
                     settle,
                     idle,
                     kills,
+                    joins,
                 )
                 entry.update(compare(entry["meshnode"], entry["serf"]))
                 report["results"].append(entry)
