@@ -1,4 +1,5 @@
-"""Join tail: how often one member misses every gossip copy of a join, in the simulator.
+"""Join tail: how often one member misses every gossip copy of a join, and how catch-up
+push-pulls repair it, in the simulator.
 
 Usage::
 
@@ -14,15 +15,19 @@ Why there is a tail at all: a rumor is sent ``limit = retransmit_mult × ceil(lo
 times by every node that holds it, each copy to a random member (memberlist's rule, and
 the one this project's membership follows). A given member then misses all of about
 ``N × limit`` copies with probability about ``exp(−limit)``, so about
-``N × exp(−limit)`` members per join hear of it only later, by push-pull (every
-``push_pull_interval``, 30 s at these sizes) or when the new node happens to probe them.
-N = 50 is the worst case among the sizes here: ``limit`` is still 8, as at N = 10.
-serf's agent has the same rule, and ``benchmarks/membership.py`` has seen one of its joins
-take 32.6 s that way.
+``N × exp(−limit)`` members per join hear of it only later. N = 50 is the worst case
+among the sizes here: ``limit`` is still 8, as at N = 10. serf's agent has the same rule,
+and ``benchmarks/membership.py`` has seen one of its joins take 32.6 s that way.
 
-The JSON has, per size: every join's duration, median, p99 and max, the number of joins
-slower than ``SLOW_S``, and the analytic expectation ``N × exp(−limit)`` next to the
-observed share.
+Every size runs twice on the same seeds: with the LAN profile as it is, where acks carry
+the size of the sender's view and a node that sees bigger views on two probes in a row
+starts a catch-up push-pull (``NodeConfig.catch_up_interval``), and with catch-up off
+(``catch_up_interval=0``, memberlist's behaviour: the straggler waits for the periodic
+push-pull, every ``push_pull_interval``, 30 s or more at these sizes).
+
+The JSON has, per size and variant: every join's duration, median, p99 and max, the
+number of joins slower than ``SLOW_S``, the analytic expectation ``N × exp(−limit)`` next
+to the observed share, and the catch-up push-pulls started mesh-wide.
 """
 
 from __future__ import annotations
@@ -73,11 +78,11 @@ def seen_by_all(cluster: Cluster, new: SimNode) -> bool:
     return True
 
 
-def run_size(n: int, runs: int, joins: int) -> dict[str, Any]:
-    config = NodeConfig.lan()
+def run_size(n: int, runs: int, joins: int, config: NodeConfig) -> dict[str, Any]:
     durations: list[float] = []
     incomplete = 0
     limit = 0
+    catch_ups = 0
     for seed in range(runs):
         cluster = Cluster(
             seed=seed,
@@ -102,6 +107,11 @@ def run_size(n: int, runs: int, joins: int) -> dict[str, Any]:
         core = nodes[1].core
         assert core is not None
         limit = core.membership.retransmit_limit()
+        catch_ups += sum(
+            node.core.membership.counters["catch_up_push_pulls"]
+            for node in nodes
+            if node.core is not None
+        )
     ordered = sorted(durations)
     slow = sum(1 for d in durations if d > SLOW_S)
     return {
@@ -114,6 +124,7 @@ def run_size(n: int, runs: int, joins: int) -> dict[str, Any]:
         "slow_joins": slow,
         "slow_share": round(slow / len(durations), 4),
         "incomplete_after_limit": incomplete,
+        "catch_up_push_pulls": catch_ups,
         "expected_slow_share": round(min(1.0, n * math.exp(-limit)), 4),
         "durations_s": durations,
     }
@@ -139,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "join_tail",
         "settings": {
             "profile": "lan",
+            "catch_up_interval_s": NodeConfig.lan().catch_up_interval,
             "latency_ms": {"min": 0.5, "mean": 1.0},
             "loss": 0.0,
             "runs": runs,
@@ -151,17 +163,25 @@ def main(argv: list[str] | None = None) -> int:
         },
         "sizes": [],
     }
+    variants = {
+        "catch_up": NodeConfig.lan(),
+        "no_catch_up": NodeConfig.lan(catch_up_interval=0.0),
+    }
     for n in sizes:
-        print(f"N={n}: {runs} runs x {joins} joins", file=sys.stderr, flush=True)
-        result = run_size(n, runs, joins)
-        print(
-            f"  median {result['median_s']} s, max {result['max_s']} s, "
-            f"{result['slow_joins']} of {result['joins']} slower than {SLOW_S} s "
-            f"(expected share {result['expected_slow_share']})",
-            file=sys.stderr,
-            flush=True,
-        )
-        report["sizes"].append(result)
+        entry: dict[str, Any] = {"nodes": n}
+        for name, config in variants.items():
+            print(f"N={n}, {name}: {runs} runs x {joins} joins", file=sys.stderr, flush=True)
+            result = run_size(n, runs, joins, config)
+            print(
+                f"  median {result['median_s']} s, max {result['max_s']} s, "
+                f"{result['slow_joins']} of {result['joins']} slower than {SLOW_S} s "
+                f"(expected share {result['expected_slow_share']}), "
+                f"{result['catch_up_push_pulls']} catch-up push-pulls",
+                file=sys.stderr,
+                flush=True,
+            )
+            entry[name] = result
+        report["sizes"].append(entry)
     report["wall_s"] = round(time.perf_counter() - started, 1)
     text = json.dumps(report, indent=1)
     if args.out:

@@ -99,11 +99,14 @@ class PingReq(Message):
 
 @wire_struct
 class Ack(Message):
-    """Answer to a ping; ``load`` is the sender's tasks in flight (0 when it runs none)."""
+    """Answer to a ping; ``load`` is the sender's tasks in flight (0 when it runs none);
+    ``members`` is the size of the sender's view (members alive or suspect, itself
+    included; 0: not reported), so a prober that holds fewer can catch up."""
 
     TAG: ClassVar[MessageType] = MessageType.ACK
     seq: UInt
     load: Annotated[int, Range(0, 1_000_000)] = 0
+    members: Annotated[int, Range(0, 4_294_967_295)] = 0
 
 
 @wire_struct

@@ -156,6 +156,16 @@ class NodeConfig:
     ``push_pull_interval × (ceil(log2 n − log2 32) + 1)``, i.e. 2× from 33 to 64 members,
     3× up to 128, 4× up to 256, so per-node TCP traffic stays roughly flat."""
 
+    catch_up_interval: float = 10.0
+    """Least seconds between two catch-up push-pulls, default 10 (LAN; 30 WAN); 0
+    disables them. Every ack tells how many members (alive or suspect) its sender holds.
+    When the acks of two probes in a row come from members that hold more than this node
+    does, it has missed a rumor that gossip will not repeat (a member misses every copy
+    of a rumor with probability about ``exp(−retransmit limit)``: about 1 in 3,000 per
+    member and rumor below 100 members), and it starts a push-pull with the member just
+    probed instead of waiting for the next periodic one. Lower repairs sooner at the cost
+    of more TCP exchanges while the mesh is changing fast."""
+
     awareness_max_multiplier: int = 8
     """Upper bound of Lifeguard's local health multiplier, default 8. Probe timeouts and
     intervals are multiplied by ``score + 1`` with the score in ``[0, this − 1]``. Higher
@@ -343,6 +353,7 @@ class NodeConfig:
         for field in (
             "gossip_to_the_dead_time",
             "push_pull_interval",
+            "catch_up_interval",
             "dead_member_retention",
             "leave_propagate_time",
         ):
@@ -378,6 +389,7 @@ _WAN: dict[str, Any] = {
     "probe_timeout": 3.0,
     "suspicion_mult": 6,
     "push_pull_interval": 60.0,
+    "catch_up_interval": 30.0,
     "gossip_interval": 0.5,
     "gossip_nodes": 4,
     "gossip_to_the_dead_time": 60.0,
@@ -395,6 +407,7 @@ _LOCAL: dict[str, Any] = {
     "gossip_interval": 0.05,
     "gossip_to_the_dead_time": 2.0,
     "push_pull_interval": 2.0,
+    "catch_up_interval": 1.0,
     "dead_member_retention": 30.0,
     "join_retry_initial": 0.1,
     "join_retry_max": 1.0,

@@ -134,9 +134,10 @@ _INF: Final = math.inf
 
 # Upper bounds of the encoded size of the probe messages, so a packet's budget for
 # piggybacked rumors needs no encoding: fixarray header, tag, uint64 seq (9 bytes at most),
-# bin8 node id (34), uint32 load (5), str8 host (2 + len), uint16 port (3).
+# bin8 node id (34), uint32 load and member count (5 each), str8 host (2 + len), uint16
+# port (3).
 _PING_BYTES: Final = 1 + 1 + 9 + 34
-_ACK_BYTES: Final = 1 + 1 + 9 + 5
+_ACK_BYTES: Final = 1 + 1 + 9 + 5 + 5
 _NACK_BYTES: Final = 1 + 1 + 9
 _PING_REQ_FIXED_BYTES: Final = 1 + 1 + 9 + 34 + 2 + 3
 
@@ -306,6 +307,7 @@ _COUNTERS: Final = (
     "rumors_unknown_subject",
     "rumors_too_big",
     "push_pulls",
+    "catch_up_push_pulls",
     "reconnects",
     "push_pull_merges",
     "join_attempts",
@@ -379,6 +381,10 @@ class Membership:
         self._join_seeds: tuple[Address, ...] = ()
         self._join_attempt = 0
         self._join_at: float | None = None
+        # Catch-up: when the previous probe's ack showed a bigger view than ours, and
+        # when the next catch-up push-pull may start.
+        self._behind_at: float | None = None
+        self._next_catch_up_at = -_INF
 
         # Random phases, so nodes started together do not probe and gossip in lockstep.
         self._next_probe_at = now + rng.uniform(0.0, config.probe_interval)
@@ -1096,11 +1102,14 @@ class Membership:
         if ping.target != self._node_id:
             self.counters["pings_wrong_target"] += 1
             return
-        self._send(addr, [Ack(ping.seq, self._load)], _ACK_BYTES)
+        self._send(addr, [self._ack(ping.seq)], _ACK_BYTES)
+
+    def _ack(self, seq: int) -> Ack:
+        return Ack(seq, self._load, self.cluster_size())
 
     def _on_ping_req(self, request: PingReq, addr: Address, now: float) -> None:
         if request.target == self._node_id:
-            self._send(addr, [Ack(request.seq, self._load)], _ACK_BYTES)
+            self._send(addr, [self._ack(request.seq)], _ACK_BYTES)
             return
         if len(self._relays) >= MAX_PENDING_RELAYS:
             self.counters["ping_reqs_dropped"] += 1
@@ -1115,7 +1124,7 @@ class Membership:
         relay = self._relays.get(ack.seq)
         if relay is not None and sender == relay.target:
             del self._relays[ack.seq]
-            self._send(relay.requester, [Ack(relay.seq, ack.load)], _ACK_BYTES)
+            self._send(relay.requester, [Ack(relay.seq, ack.load, ack.members)], _ACK_BYTES)
             self.counters["acks_relayed"] += 1
             return
         probe = self._probe
@@ -1132,6 +1141,22 @@ class Membership:
         if member is not None:
             rtt = now - probe.sent_at if sender == probe.target else member.rtt
             self._members[member.node_id] = dataclasses.replace(member, load=ack.load, rtt=rtt)
+            self._catch_up(ack.members, member, now)
+
+    def _catch_up(self, theirs: int, member: Member, now: float) -> None:
+        """Push-pull with ``member`` when its view and the previous probed member's were
+        both bigger than ours: we missed a rumor (see ``NodeConfig.catch_up_interval``)."""
+        interval = self._config.catch_up_interval
+        if interval <= 0 or self._left or theirs <= self.cluster_size():
+            self._behind_at = None
+            return
+        if self._behind_at is None or now < self._next_catch_up_at:
+            self._behind_at = now
+            return
+        self._behind_at = None
+        self._next_catch_up_at = now + interval
+        self.counters["catch_up_push_pulls"] += 1
+        self._effects.append(StartPushPull(member.address, False))
 
     def _on_nack(self, sender: str, nack: Nack) -> None:
         probe = self._probe

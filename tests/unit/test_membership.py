@@ -506,7 +506,7 @@ def test_ping_for_another_node_is_not_answered() -> None:
     m.receive(peer(1).node_id, [Ping(6, m.node_id)], ("10.1.1.1", 7946), 0.0)
     (packet,) = [e for e in m.take_effects() if isinstance(e, SendPacket)]
     assert packet.addr == ("10.1.1.1", 7946)
-    assert packet.messages[0] == Ack(6, 0)
+    assert packet.messages[0] == Ack(6, 0, 1)  # a lonely node's view: itself
 
 
 # --------------------------------------------------------------------------- suspicion
@@ -958,6 +958,109 @@ def test_push_pull_merges_two_separate_clusters() -> None:
     )
 
 
+def _answer_next_probe(m: Membership, now: float, members: int) -> tuple[float, list[object]]:
+    """Run ``m`` to its next probe, answer it with an ack reporting a view of ``members``;
+    return the time and the effects that followed the ack."""
+    while True:
+        now = m.next_deadline()
+        m.tick(now)
+        pings = [
+            (e.addr, msg)
+            for e in m.take_effects()
+            if isinstance(e, SendPacket)
+            for msg in e.messages
+            if isinstance(msg, Ping)
+        ]
+        if pings:
+            break
+    addr, ping = pings[0]
+    target = next(p for p in (peer(1), peer(2)) if p.node_id == ping.target)
+    m.receive(target.node_id, [Ack(ping.seq, 0, members)], addr, now)
+    return now, list(m.take_effects())
+
+
+def test_acks_reporting_a_bigger_view_twice_start_a_catch_up_push_pull() -> None:
+    """A node that missed a rumor learns it from acks: two probes in a row answered by
+    members holding more than it does start one push-pull with the member just probed,
+    then no other before ``catch_up_interval``; a view no bigger than ours resets."""
+    m, _ = lonely()
+    for i in (1, 2):
+        m.receive(peer(i).node_id, [alive_of(peer(i))], ("10.1.1.1", 7946), 0.0)
+    m.take_effects()
+    assert m.cluster_size() == 3
+    now, effects = _answer_next_probe(m, 0.0, 5)
+    assert not [e for e in effects if isinstance(e, StartPushPull)]
+    now, effects = _answer_next_probe(m, now, 3)  # as big as ours: evidence reset
+    now, effects = _answer_next_probe(m, now, 5)
+    assert not [e for e in effects if isinstance(e, StartPushPull)]
+    probed_at = now
+    now, effects = _answer_next_probe(m, now, 5)
+    (start,) = [e for e in effects if isinstance(e, StartPushPull)]
+    assert start.join is False
+    assert start.addr in {m.member(p.node_id).address for p in (peer(1), peer(2))}  # type: ignore[union-attr]
+    assert m.counters["catch_up_push_pulls"] == 1
+    assert now - probed_at < LAN.catch_up_interval
+    while now < probed_at + LAN.catch_up_interval:
+        now, effects = _answer_next_probe(m, now, 5)
+        if now < probed_at + LAN.catch_up_interval:
+            assert not [e for e in effects if isinstance(e, StartPushPull)]
+    assert m.counters["catch_up_push_pulls"] <= 2
+    off, _ = lonely(NodeConfig.lan(catch_up_interval=0.0), name="off")
+    for i in (1, 2):
+        off.receive(peer(i).node_id, [alive_of(peer(i))], ("10.1.1.1", 7946), 0.0)
+    now = 0.0
+    for _ in range(4):
+        now, effects = _answer_next_probe(off, now, 5)
+        assert not [e for e in effects if isinstance(e, StartPushPull)]
+
+
+def withhold_alive(net: Network, subject: Node, deaf: Node) -> None:
+    """From now on, strip every ``Alive`` about ``subject`` from packets to ``deaf`` (the
+    rest of each packet still arrives)."""
+    send = net._send
+
+    def strip(node: Node, packet: SendPacket) -> None:
+        if packet.addr == deaf.addr:
+            kept = tuple(
+                m for m in packet.messages if not (isinstance(m, Alive) and m.node == subject.id)
+            )
+            if not kept:
+                return
+            packet = dataclasses.replace(packet, messages=kept)
+        send(node, packet)
+
+    net._send = strip  # type: ignore[method-assign]
+
+
+def test_a_member_that_missed_a_join_catches_up_before_push_pull() -> None:
+    """A member that never receives a copy of a new node's ``Alive`` (every copy to it is
+    stripped from its packets, which still arrive) learns of the node from its probes'
+    acks and a catch-up push-pull, with no periodic push-pull running; with catch-up
+    off it still has not learned of it 10 s later."""
+    for interval in (LAN.catch_up_interval, 0.0):
+        net = Network(config=NodeConfig.lan(catch_up_interval=interval), seed=11)
+        nodes = net.cluster(6)
+        net.run_until_true(all_alive(nodes), timeout=5.0)
+        deaf = nodes[5]
+        newcomer = net.add("new")
+        withhold_alive(net, newcomer, deaf)
+        for node in [*nodes, newcomer]:  # no periodic push-pull during the test
+            node.membership._next_push_pull_at = math.inf
+        net.join(newcomer, nodes[0])
+        net.run_until_true(all_see(nodes[:5], newcomer, MemberState.ALIVE), timeout=3.0)
+        assert deaf.view(newcomer) is None
+        if interval > 0:
+            took = net.run_until_true(all_see([deaf], newcomer, MemberState.ALIVE), timeout=5.0)
+            assert took < 5.0
+            assert deaf.membership.counters["catch_up_push_pulls"] == 1
+            assert [p for p in net.push_pulls if p[1] == deaf.name and not p[3]]
+        else:
+            net.run_for(10.0)
+            assert deaf.view(newcomer) is None
+            assert deaf.membership.counters["catch_up_push_pulls"] == 0
+        assert not any(n.events_about(m, MemberEvent.SUSPECT) for n in nodes for m in nodes)
+
+
 def test_periodic_push_pull_heals_a_partition() -> None:
     """A partition long enough for each side to declare the other dead heals by itself:
     push-pull sometimes targets dead members, refutations follow, all are alive again."""
@@ -1178,7 +1281,7 @@ def test_probe_message_size_bounds() -> None:
     node = peer(1).node_id
     biggest = 2**64 - 1
     assert wire_size(Ping(biggest, node)) <= core._PING_BYTES
-    assert wire_size(Ack(biggest, 1_000_000)) <= core._ACK_BYTES
+    assert wire_size(Ack(biggest, 1_000_000, 2**32 - 1)) <= core._ACK_BYTES
     assert wire_size(Nack(biggest)) <= core._NACK_BYTES
     for host in ("h", "10.0.0.1", "x" * 31, "y" * 32, "z" * 253):
         request = PingReq(biggest, node, host, 65_535)
@@ -1193,7 +1296,7 @@ def test_ping_req_naming_us_and_non_rumors_in_push_pull() -> None:
     m.receive(peer(1).node_id, [PingReq(9, m.node_id, "10.9.9.9", 7946)], src, 0.0)
     (packet,) = [e for e in m.take_effects() if isinstance(e, SendPacket)]
     assert packet.addr == src
-    assert packet.messages[0] == Ack(9, 0)
+    assert packet.messages[0] == Ack(9, 0, 1)
     assert m.merge_state([Ping(1, m.node_id), alive_of(peer(2))], 0.0) == 1  # type: ignore[list-item]
     assert m.counters["rumors_invalid"] == 1
     rumor = ManifestRumor(peer(2).node_id, 3, bytes(32))
