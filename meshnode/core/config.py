@@ -164,7 +164,8 @@ class NodeConfig:
     of a rumor with probability about ``exp(−retransmit limit)``: about 1 in 3,000 per
     member and rumor below 100 members), and it starts a push-pull with the member just
     probed instead of waiting for the next periodic one. Lower repairs sooner at the cost
-    of more TCP exchanges while the mesh is changing fast."""
+    of more TCP exchanges while the mesh is changing fast. The interval also bounds what a
+    member that overstates its view can cause: one push-pull per interval per prober."""
 
     awareness_max_multiplier: int = 8
     """Upper bound of Lifeguard's local health multiplier, default 8. Probe timeouts and
