@@ -55,6 +55,14 @@ the shell for a TCP state exchange with one random alive member; ``merge_state``
 the remote snapshot with exactly the gossip rules. Dead and left members are forgotten
 ``dead_member_retention`` seconds after their last state change.
 
+**Catch-up.** A member misses every copy of a rumor with probability about
+``exp(−retransmit limit)`` (about 1 in 3,000 below 100 members), and would then wait for
+a periodic push-pull. Every ack carries the size of its sender's view (members alive or
+suspect, itself included); when the acks of two probes in a row report views bigger than
+ours, we ask for a push-pull with the member just probed, at most once per
+``catch_up_interval``. Views of equal size are never a reason, so a converged mesh starts
+none.
+
 **Stalls.** The shell is expected to call ``tick`` at ``next_deadline()``. A tick that
 comes more than one probe interval late means this node was not scheduled (CPU
 starvation, a pause, a suspended VM): instead of blaming peers for acks it could not
