@@ -20,6 +20,10 @@ Rules, as in memberlist's ``TransmitLimitedQueue``:
   about a subject is ever in flight.
 * **Size.** A take fills at most the byte budget it is given, using sizes computed once
   at enqueue time; a rumor that does not fit is skipped (a smaller one may still fit).
+* **Caps.** A rumor may carry its own cap on transmissions, below the queue-wide limit:
+  it is dropped after ``min(limit, cap)`` sends. Ledger records use it
+  (:attr:`meshnode.core.config.NodeConfig.ledger_retransmit_cap`), so one opinion costs
+  each node the same number of sends at any cluster size.
 
 A take is ``O(rumors selected + rumors skipped)``; skipping is capped, so a queue flooded
 with rumors never makes one packet expensive. The queue itself does not know the
@@ -32,27 +36,32 @@ from collections.abc import Hashable, Iterator
 
 from protocol import Message
 
-__all__ = ["BroadcastQueue", "QueuedRumor"]
+__all__ = ["NO_CAP", "BroadcastQueue", "QueuedRumor"]
 
 MAX_SKIPPED_PER_TAKE = 8
 """A take gives up after skipping this many rumors too big for the space left."""
+
+NO_CAP = 1 << 30
+"""The cap of a rumor that follows the queue-wide limit only."""
 
 
 class QueuedRumor:
     """One queued rumor and how many times it has been sent."""
 
-    __slots__ = ("key", "message", "size", "transmits")
+    __slots__ = ("cap", "key", "message", "size", "transmits")
 
-    def __init__(self, key: Hashable, message: Message, size: int) -> None:
+    def __init__(self, key: Hashable, message: Message, size: int, cap: int = NO_CAP) -> None:
         self.key = key
         self.message = message
         self.size = size
+        self.cap = cap
         self.transmits = 0
 
     def __repr__(self) -> str:
         return (
             f"<QueuedRumor {type(self.message).__name__} {self.key!r} "
-            f"size={self.size} sent={self.transmits}>"
+            f"size={self.size} sent={self.transmits}"
+            + (f" cap={self.cap}>" if self.cap != NO_CAP else ">")
         )
 
 
@@ -87,11 +96,14 @@ class BroadcastQueue:
         """The queued rumor under ``key``, if any."""
         return self._by_key.get(key)
 
-    def push(self, key: Hashable, message: Message, size: int) -> None:
+    def push(self, key: Hashable, message: Message, size: int, *, cap: int | None = None) -> None:
         """Queue ``message`` (``size`` bytes on the wire) under ``key``, replacing any rumor
-        already queued under the same key; it starts with zero transmissions."""
+        already queued under the same key; it starts with zero transmissions. With ``cap``
+        (at least 1) it is sent at most that many times, even when the limit is higher."""
+        if cap is not None and cap < 1:
+            raise ValueError(f"cap must be at least 1, got {cap}")
         self.discard(key)
-        item = QueuedRumor(key, message, size)
+        item = QueuedRumor(key, message, size, NO_CAP if cap is None else cap)
         self._by_key[key] = item
         self._smallest = min(self._smallest, size)
         if not self._buckets:
@@ -111,7 +123,8 @@ class BroadcastQueue:
         """Pick rumors fitting in ``budget`` bytes and count one transmission for each.
 
         Rumors already sent ``limit`` times (the limit may have dropped since) are removed
-        first. A rumor whose count reaches ``limit`` is removed after this take. The rumor
+        first. A rumor whose count reaches ``limit`` (or its own cap) is removed after this
+        take. The rumor
         under ``exclude`` (already in the packet) is left alone.
         """
         self._expire(limit)
@@ -138,7 +151,7 @@ class BroadcastQueue:
         for item in reversed(selected):
             del self._buckets[item.transmits][item.key]
             item.transmits += 1
-            if item.transmits >= limit:
+            if item.transmits >= limit or item.transmits >= item.cap:
                 del self._by_key[item.key]
                 continue
             if item.transmits == len(self._buckets):

@@ -541,10 +541,12 @@ class Membership:
         self._enqueue_rumor(rumor)
         self._gossip_round()
 
-    def broadcast(self, message: Message, key: Hashable) -> bool:
+    def broadcast(self, message: Message, key: Hashable, *, cap: int | None = None) -> bool:
         """Queue a non-membership rumor for piggybacking, replacing any queued rumor with
-        the same ``key``. Returns False (and counts it) if it can never fit in a packet."""
-        return self._enqueue(("app", key), message)
+        the same ``key``; with ``cap``, it is sent at most that many times even where
+        :meth:`retransmit_limit` is higher. Returns False (and counts it) if it can never
+        fit in a packet."""
+        return self._enqueue(("app", key), message, cap)
 
     def adopt_converged(self, members: Mapping[str, Member], now: float) -> None:
         """Start from the steady state of a converged mesh: ``members`` (every peer, alive,
@@ -1193,12 +1195,12 @@ class Membership:
     def _enqueue_rumor(self, rumor: MemberRumor) -> None:
         self._enqueue(("member", rumor.node), rumor)
 
-    def _enqueue(self, key: Hashable, message: Message) -> bool:
+    def _enqueue(self, key: Hashable, message: Message, cap: int | None = None) -> bool:
         size = wire_size(message)
         if ENVELOPE_OVERHEAD + size > self._config.max_packet_bytes:
             self.counters["rumors_too_big"] += 1
             return False
-        self._queue.push(key, message, size)
+        self._queue.push(key, message, size, cap=cap)
         return True
 
     def _send(

@@ -321,7 +321,8 @@ class MeshCore:
         return len(changed)
 
     def _broadcast_record(self, record: LedgerRecord) -> None:
-        self.membership.broadcast(record, ("ledger", record.observer, record.subject))
+        cap = self.config.ledger_retransmit_cap or None
+        self.membership.broadcast(record, ("ledger", record.observer, record.subject), cap=cap)
 
     # ------------------------------------------------------------------ push-pull
 

@@ -112,3 +112,44 @@ def test_real_crypto_runs() -> None:
     for node in nodes:
         assert node.core is not None
         assert node.core.membership.counters["rumors_invalid"] == 0
+
+
+def _record_sends(cap: int) -> tuple[int, int, bool]:
+    """Rumor sends across a quiet 30-node mesh for one new ledger record, the limit at this
+    size, and whether every ledger then holds the record."""
+    config = dataclasses.replace(LOCAL, ledger_retransmit_cap=cap)
+    cluster = Cluster(seed=3, config=config, link=LinkModel())
+    nodes = [cluster.add_node() for _ in range(30)]
+    for node in nodes:
+        cluster.start(node, nodes[:3])
+    cluster.run_until(10.0, stop=lambda: cluster.tracker.converged)
+    cores = [n.core for n in nodes if n.core is not None]
+
+    # Quiet: every join rumor sent its last copy, so each send from here on is the record.
+    def quiet() -> bool:
+        return all(c.membership.queue_depth == 0 for c in cores)
+
+    cluster.run_until(cluster.now + 30, stop=quiet)
+    assert quiet()
+    before = sum(c.membership.counters["rumors_sent"] for c in cores)
+    record = cluster.record_outcome(nodes[4], nodes[5], 0.8)
+    cluster.run_until(
+        cluster.now + 30,
+        stop=lambda: cluster.tracker.ledger_converged and quiet(),
+    )
+    sends = sum(c.membership.counters["rumors_sent"] for c in cores) - before
+    everywhere = all(c.ledger.get(record.observer, record.subject) == record for c in cores)
+    return sends, cores[0].membership.retransmit_limit(), everywhere
+
+
+def test_ledger_records_are_sent_at_most_cap_times_per_node() -> None:
+    """With a cap below the membership limit each node sends a record at most `cap` times;
+    the members gossip missed still get it (push-pull reconciles the ledger). Without a cap
+    the same record costs up to the limit per node."""
+    capped, limit, everywhere = _record_sends(2)
+    assert limit == 8
+    assert everywhere
+    assert 0 < capped <= 2 * 30
+    uncapped, _, everywhere = _record_sends(0)
+    assert everywhere
+    assert 2 * 30 < uncapped <= limit * 30

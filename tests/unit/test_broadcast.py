@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from meshnode.core.broadcast import MAX_SKIPPED_PER_TAKE, BroadcastQueue
 from protocol import Message, Nack
 
@@ -97,3 +99,22 @@ def test_take_gives_up_after_too_many_skips() -> None:
     assert q.take(100, 4) == []  # "tiny" is the oldest, beyond the skip cap
     assert MAX_SKIPPED_PER_TAKE < 1000
     assert len(q) == 1000
+
+
+def test_a_capped_rumor_stops_at_its_cap_below_the_limit() -> None:
+    """A rumor with a cap is dropped after `cap` sends; an uncapped one goes on to the
+    limit. The cap never raises the limit."""
+    q = BroadcastQueue()
+    q.push("capped", msg(1), 10, cap=2)
+    q.push("free", msg(2), 10)
+    q.push("high", msg(3), 10, cap=50)
+    sent: dict[int, int] = {}
+    for _ in range(10):
+        for message in q.take(100, 5):
+            assert isinstance(message, Nack)
+            sent[message.seq] = sent.get(message.seq, 0) + 1
+    assert sent == {1: 2, 2: 5, 3: 5}
+    assert not q
+    with pytest.raises(ValueError, match="cap must be at least 1"):
+        q.push("bad", msg(4), 10, cap=0)
+    assert "bad" not in q
