@@ -574,11 +574,24 @@ class ReputationLedger:
     ) -> dict[str, float]:
         """Trust on a [0, 1] scale for routing: 0.5 is the average trusted node, 0 no trust.
 
-        See :func:`crdt.trust.relative_scores`. The router blends this with its own direct
-        experience of a peer (an :func:`crdt.trust.elo_update` score starting at
+        See :func:`crdt.trust.relative_scores`. Only peers that someone rated (the subject of
+        a live record whose observer is not an equivocator) are in the result: a peer that
+        only rates others, and so appears in the graph with a trust of 0, is as unknown as
+        a peer the ledger never heard of, and the router gives both its prior. A peer rated
+        badly, or rated only by identities nobody trusts (a ring of fresh ids), stays in the
+        result with its low score. The router blends this with its own direct experience of
+        a peer (an :func:`crdt.trust.elo_update` score starting at
         :data:`crdt.trust.INITIAL_TRUST`); a peer absent from the result has no global trust.
         """
-        return self.trust_vector(now, pretrusted, alpha=alpha).scores()
+        graph = self.graph()
+        rated = graph.prepared(now).rated
+        index = graph.index
+        scores = self.trust_vector(now, pretrusted, alpha=alpha).scores()
+        return {
+            node: score
+            for node, score in scores.items()
+            if (i := index.get(node)) is not None and rated[i]
+        }
 
     # ------------------------------------------------------------------ internals
 

@@ -111,6 +111,7 @@ class _Prepared:
     coefficient: FloatArray
     dangling: IndexArray
     touched: BoolArray
+    rated: BoolArray
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -166,7 +167,8 @@ class OpinionGraph:
         """Live edges at ``now`` with each observer's weights normalised to sum 1.
 
         Equivocators' edges (both ways) and zero scores carry no weight; ``dangling`` lists
-        the nodes left with no outgoing weight; ``touched`` marks nodes with a live record.
+        the nodes left with no outgoing weight; ``touched`` marks nodes with a live record;
+        ``rated`` the subjects of a live record from an observer that is not an equivocator.
         """
         import numpy as np
 
@@ -182,8 +184,12 @@ class OpinionGraph:
         touched[self.observer[live]] = True
         touched[self.subject[live]] = True
         weighted = live & (self.score > 0.0)
+        honest = live
         if self.excluded.any():
             weighted &= ~self.excluded[self.observer] & ~self.excluded[self.subject]
+            honest = live & ~self.excluded[self.observer]
+        rated = np.zeros(n, dtype=np.bool_)
+        rated[self.subject[honest]] = True
         src = self.observer[weighted]
         dst = self.subject[weighted]
         weight = self.score[weighted]
@@ -196,6 +202,7 @@ class OpinionGraph:
             coefficient=weight / row_sum[src],
             dangling=np.flatnonzero(row_sum == 0.0),
             touched=touched,
+            rated=rated,
         )
         self._prepared[:] = [prepared]
         return prepared

@@ -482,6 +482,24 @@ def test_trust_scores_put_the_average_node_at_one_half() -> None:
     )
 
 
+def test_trust_scores_leave_out_peers_nobody_rated() -> None:
+    """A peer that only rates others is as unknown as one never heard of (absent: the
+    router's prior applies); a peer rated badly, or rated only by untrusted ids, is in the
+    result with its low score; a rating that has expired no longer counts."""
+    ledger = ledger_of(
+        sign(A, B, 1.0, 1),
+        sign(A, C, 0.0, 2),
+        sign(D, E, 1.0, 1),  # D: rater only, itself untrusted
+        sign(B, F, 1.0, 1, expires_at=NOW + 10),
+    )
+    scores = ledger.trust_scores(NOW, [A.node_id])
+    assert set(scores) == {B.node_id, C.node_id, E.node_id, F.node_id}
+    assert scores[B.node_id] > 0.0
+    assert scores[C.node_id] == 0.0 and scores[E.node_id] == 0.0
+    later = ledger.trust_scores(NOW + 10, [A.node_id])
+    assert set(later) == {B.node_id, C.node_id, E.node_id}
+
+
 def test_merge_checks_remembered_records_for_conflicts_but_never_adopts_them() -> None:
     """A record the other replica only remembers (it lost there) proves equivocation here,
     yet is not held until it arrives on its own and wins."""
