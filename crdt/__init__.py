@@ -13,6 +13,7 @@ from crdt.reputation import (
     DEFAULT_MAX_SUBJECTS,
     DEFAULT_RECORD_TTL,
     DEFAULT_SEQ_WINDOW,
+    MAX_RECORD_TTL,
     ReputationLedger,
     record_digest,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "DEFAULT_TOMBSTONE_TTL",
     "ELO_RATE",
     "INITIAL_TRUST",
+    "MAX_RECORD_TTL",
     "TRUST_ALPHA",
     "TRUST_MAX_ITERATIONS",
     "TRUST_TOLERANCE",

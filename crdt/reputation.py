@@ -23,7 +23,8 @@ and ignores expired records on either side.)
 
 Rejected by :meth:`ReputationLedger.apply` (it returns False and nothing changes): a
 signature that does not verify against the observer's id (forged, or signed by another key),
-observer == subject, ``expires_at <= now``, a score outside [0, 1] or not finite, any field
+observer == subject, ``expires_at <= now`` or more than :data:`MAX_RECORD_TTL` after
+``now``, a score outside [0, 1] or not finite, any field
 outside its wire schema, and records that lose to what is held (replays of older sequence
 numbers).
 
@@ -99,6 +100,14 @@ the cap hold at most 2.56 M records (~1.3 GB); real observers rate far fewer pee
 DEFAULT_RECORD_TTL = 7 * 24 * 3600.0
 """Lifetime of an opinion signed by :meth:`ReputationLedger.record_opinion`: 7 days, in
 seconds. Longer keeps a quiet peer's standing; shorter forgets misbehaviour sooner."""
+
+MAX_RECORD_TTL = 30 * 24 * 3600.0
+"""Furthest expiry a record may claim, relative to the receiver's clock: 30 days, in
+seconds. A record that claims to live longer is refused, so every record leaves the ledger
+within this time of its last renewal: an identity that stops signing is forgotten, and a
+flood of fresh identities costs memory only for as long as it keeps signing. Clocks that
+disagree by seconds only matter for a record signed within seconds of the limit, which the
+slower clock accepts moments later. Honest records use :data:`DEFAULT_RECORD_TTL`."""
 
 DEFAULT_SEQ_WINDOW = 1024
 """Sequence numbers remembered per observer for equivocation detection. Detection is exact
@@ -334,7 +343,8 @@ class ReputationLedger:
         """Sign ``identity``'s opinion of ``subject_id`` at its next seq, apply it, return it.
 
         Raises ``LocalProtocolError`` for a self-rating, a score outside [0, 1], a negative
-        outcome count, a non-positive ``ttl``, or a signer the ledger's verifier rejects.
+        outcome count, a ``ttl`` not in (0, :data:`MAX_RECORD_TTL`], or a signer the ledger's
+        verifier rejects.
         """
         observer = identity.node_id
         if subject_id == observer:
@@ -345,8 +355,10 @@ class ReputationLedger:
             raise LocalProtocolError(f"score must be a finite number in [0, 1], got {score!r}")
         if isinstance(outcomes, bool) or not isinstance(outcomes, int) or outcomes < 0:
             raise LocalProtocolError(f"outcomes must be a non-negative integer, got {outcomes!r}")
-        if not (isinstance(ttl, int | float) and math.isfinite(ttl) and ttl > 0):
-            raise LocalProtocolError(f"ttl must be a positive number of seconds, got {ttl!r}")
+        if not (isinstance(ttl, int | float) and math.isfinite(ttl) and 0 < ttl <= MAX_RECORD_TTL):
+            raise LocalProtocolError(
+                f"ttl must be a positive number of seconds up to {MAX_RECORD_TTL:.0f}, got {ttl!r}"
+            )
         unsigned = LedgerRecord(
             observer=observer,
             subject=subject_id,
@@ -621,7 +633,7 @@ class ReputationLedger:
         if record.observer == record.subject or not _check_score(record.score):
             return None
         expires_at = record.expires_at
-        if not isinstance(expires_at, int | float) or not expires_at > now:
+        if not isinstance(expires_at, int | float) or not now < expires_at <= now + MAX_RECORD_TTL:
             return None
         try:
             return signing_bytes(record)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from crdt import ReputationLedger, record_digest
+from crdt import MAX_RECORD_TTL, ReputationLedger, record_digest
 from protocol import (
     FastSigner,
     Identity,
@@ -74,6 +74,7 @@ REJECTED: list[tuple[str, Callable[[], object]]] = [
     ("self-rating", lambda: sign(A, A, 1.0, 6)),
     ("expires exactly now", lambda: sign(A, C, 0.5, 6, expires_at=NOW)),
     ("expired", lambda: sign(A, C, 0.5, 6, expires_at=NOW - 1)),
+    ("expires beyond the TTL cap", lambda: sign(A, C, 0.5, 6, expires_at=NOW + MAX_RECORD_TTL + 1)),
     ("score above 1", lambda: dataclasses.replace(BASE, subject=C.node_id, score=1.5)),
     ("score below 0", lambda: dataclasses.replace(BASE, subject=C.node_id, score=-0.1)),
     ("score NaN", lambda: dataclasses.replace(BASE, subject=C.node_id, score=math.nan)),
@@ -350,6 +351,7 @@ def test_record_opinion_counter_survives_eviction_and_expiry() -> None:
         (B.node_id, 0.5, 1, 0.0),
         (B.node_id, 0.5, 1, math.inf),
         (B.node_id, 0.5, 1, 2e12),  # expiry beyond the wire range
+        (B.node_id, 0.5, 1, MAX_RECORD_TTL + 1),
     ],
 )
 def test_record_opinion_rejects_bad_input(
@@ -479,6 +481,19 @@ def test_trust_scores_put_the_average_node_at_one_half() -> None:
     pretrusted = [A.node_id, B.node_id, C.node_id]
     assert ledger.trust_scores(NOW, pretrusted) == pytest.approx(
         dict.fromkeys(sorted(pretrusted), 0.5), abs=1e-9
+    )
+
+
+def test_a_record_at_the_ttl_cap_is_accepted_and_one_past_it_later() -> None:
+    """The cap is relative to the receiver's clock: a record just past it is accepted as
+    soon as the receiver's clock catches up (a signer's clock a little ahead)."""
+    ledger = ReputationLedger()
+    assert ledger.apply(sign(A, B, 0.5, 1, expires_at=NOW + MAX_RECORD_TTL), NOW)
+    ahead = sign(A, C, 0.5, 2, expires_at=NOW + MAX_RECORD_TTL + 5)
+    assert not ledger.apply(ahead, NOW)
+    assert ledger.apply(ahead, NOW + 5)
+    assert ledger.record_opinion(D, B.node_id, 0.5, 1, NOW, ttl=MAX_RECORD_TTL).expires_at == (
+        NOW + MAX_RECORD_TTL
     )
 
 
