@@ -46,7 +46,7 @@ from crdt import INITIAL_TRUST, elo_update
 from meshnode.capability import CapabilitySpec, Handler, collect_capabilities, make_capability
 from meshnode.core.config import NodeConfig, format_address
 from meshnode.core.effects import MemberChanged, MemberEvent, SendPacket, StartPushPull
-from meshnode.core.membership import MemberState
+from meshnode.core.membership import MemberRumor, MemberState
 from meshnode.core.mesh import (
     FetchManifest,
     ManifestChanged,
@@ -150,7 +150,7 @@ class MeshNode:
         self._push_pull_slots = asyncio.Semaphore(MAX_CONCURRENT_PUSH_PULLS)
         self._state = "new"
         self._manifest_version = 0
-        self._dirty_members = False
+        self._dirty_members: set[str] = set()
         self._dirty_manifests: dict[str, Manifest | None] = {}
         self._pending_records: list[LedgerRecord] = []
         self.drops: Counter[str] = Counter()
@@ -437,7 +437,7 @@ class MeshNode:
             self._udp = None
         if self._store is not None:
             with contextlib.suppress(Exception):
-                self._flush()
+                self._flush(full=True)
             self._store.close()
             self._store = None
         if self._core is not None:
@@ -489,7 +489,7 @@ class MeshNode:
                 self._on_member_changed(effect)
 
     def _on_member_changed(self, change: MemberChanged) -> None:
-        self._dirty_members = True
+        self._dirty_members.add(change.node_id)
         member = change.member
         if change.node_id == self.node_id:
             if change.kind is MemberEvent.UPDATED and self._store is not None:
@@ -832,13 +832,27 @@ class MeshNode:
             await asyncio.sleep(PERSIST_INTERVAL)
             self._flush()
 
-    def _flush(self) -> None:
+    def _flush(self, *, full: bool = False) -> None:
+        """Write what changed since the last flush and commit. Members are written one row
+        per member that changed (a flush in a large, busy mesh costs its changes, not its
+        size); ``full`` rewrites the whole table, as on close."""
         store = self._store
         if store is None or self._core is None:
             return
-        if self._dirty_members:
-            store.save_members(self._core.membership.state_snapshot())
-            self._dirty_members = False
+        membership = self._core.membership
+        if full:
+            store.save_members(membership.state_snapshot())
+        elif self._dirty_members:
+            changed: list[MemberRumor] = []
+            gone: list[str] = []
+            for node in self._dirty_members:
+                member = membership.member(node)
+                if member is None:
+                    gone.append(node)
+                else:
+                    changed.append(member.rumor)
+            store.update_members(changed, gone)
+        self._dirty_members.clear()
         for node, manifest in self._dirty_manifests.items():
             if manifest is None:
                 store.delete_manifest(node)

@@ -124,12 +124,20 @@ class NodeStore:
     # ------------------------------------------------------------------ members
 
     def save_members(self, rumors: Iterable[MemberRumor]) -> None:
+        """Make the stored members exactly ``rumors`` (the last one per node wins)."""
         self._begin()
         self._db.execute("DELETE FROM members")
+        self.update_members(rumors)
+
+    def update_members(self, rumors: Iterable[MemberRumor], forget: Iterable[str] = ()) -> None:
+        """Upsert ``rumors`` (the last one per node wins) and delete the nodes in ``forget``:
+        a cost in the number of changes, not in the size of the membership."""
+        self._begin()
         self._db.executemany(
             "INSERT OR REPLACE INTO members(node_id, rumor) VALUES (?, ?)",
             [(r.node, pack(r)) for r in rumors],
         )
+        self._db.executemany("DELETE FROM members WHERE node_id=?", [(n,) for n in forget])
 
     def load_members(self) -> list[MemberRumor]:
         out: list[MemberRumor] = []

@@ -14,6 +14,7 @@ from typing import Any
 from meshnode import MeshNode, NodeConfig, capability
 from meshnode.runtime.node import wait_for
 from meshnode.runtime.store import DB_FILE, NodeStore
+from protocol import Alive, Identity
 
 
 class Echo(MeshNode):
@@ -102,3 +103,68 @@ def test_corrupt_rows_are_skipped(tmp_path: Path) -> None:
     finally:
         reopened.close()
         reopened.close()  # closing twice is safe
+
+
+def _alive(seed: int, incarnation: int) -> Alive:
+    node_id = Identity.from_seed(bytes([seed]) * 32).node_id
+    return Alive(
+        node=node_id,
+        incarnation=incarnation,
+        host="127.0.0.1",
+        port=7000 + seed,
+        signature=b"\x01" * 64,
+    )
+
+
+def test_member_rows_are_updated_one_by_one_or_replaced_whole(tmp_path: Path) -> None:
+    store = NodeStore(tmp_path)
+    try:
+        a, b, c = _alive(1, 1), _alive(2, 1), _alive(3, 1)
+        store.save_members([a, b])
+        store.update_members([_alive(2, 5), c], forget=[a.node])
+        store.commit()
+        assert sorted(store.load_members(), key=lambda r: r.node) == sorted(
+            [_alive(2, 5), c], key=lambda r: r.node
+        )
+        store.save_members([a])
+        assert store.load_members() == [a]
+    finally:
+        store.close()
+
+
+async def test_a_flush_writes_the_members_that_changed(tmp_path: Path) -> None:
+    """Between two flushes only changed members are written: a peer that joins is added and
+    the row of a peer that did not change is left as it was (here, a marker row)."""
+    first = MeshNode(_config("first", None))
+    await first.start()
+    seed = (f"127.0.0.1:{first.address[1]}",)
+    node = MeshNode(_config("keeper", tmp_path / "k", seed))
+    await node.start()
+    second = MeshNode(_config("second", None, seed))
+    try:
+        await wait_for(lambda: node.core.membership.member(first.node_id) is not None, 10)
+        node._flush()
+        stored = NodeStore(tmp_path / "k")
+        try:
+            assert first.node_id in {r.node for r in stored.load_members()}
+            marker = Alive(
+                node=first.node_id,
+                incarnation=999,
+                host="127.0.0.1",
+                port=1,
+                signature=b"\x01" * 64,
+            )
+            stored.update_members([marker])
+            stored.commit()
+            await second.start()
+            await wait_for(lambda: node.core.membership.member(second.node_id) is not None, 10)
+            node._flush()
+            rows = {r.node: r for r in stored.load_members()}
+            assert second.node_id in rows
+            assert rows[first.node_id] == marker
+        finally:
+            stored.close()
+    finally:
+        await second.aclose()
+        await node.aclose()
+        await first.aclose()
