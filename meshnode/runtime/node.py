@@ -835,7 +835,10 @@ class MeshNode:
     def _flush(self, *, full: bool = False) -> None:
         """Write what changed since the last flush and commit. Members are written one row
         per member that changed (a flush in a large, busy mesh costs its changes, not its
-        size); ``full`` rewrites the whole table, as on close."""
+        size); ``full`` rewrites the whole table, as on close. A member is marked changed
+        by its membership events, and the core emits none when a suspect or dead member
+        only gets a newer rumor in the same state: after a crash such a row may hold the
+        older rumor of that state, which the rejoin's push-pull replaces."""
         store = self._store
         if store is None or self._core is None:
             return
