@@ -53,7 +53,10 @@ handed up as :class:`~meshnode.core.effects.Deliver` effects.
 **Anti-entropy and bounded state.** Every (size-scaled) ``push_pull_interval`` we ask
 the shell for a TCP state exchange with one random alive member; ``merge_state`` applies
 the remote snapshot with exactly the gossip rules. Dead and left members are forgotten
-``dead_member_retention`` seconds after their last state change.
+``dead_member_retention`` seconds after their last state change. Now and then the
+exchange goes to a dead member or to a join seed that no live member answers for instead
+(see :meth:`Membership._push_pull`): that is how partitions heal, even one that lasted
+long enough for both sides to forget each other.
 
 **Catch-up.** A member misses every copy of a rumor with probability about
 ``exp(−retransmit limit)`` (about 1 in 3,000 below 100 members), and would then wait for
@@ -317,6 +320,7 @@ _COUNTERS: Final = (
     "push_pulls",
     "catch_up_push_pulls",
     "reconnects",
+    "seed_reconnects",
     "push_pull_merges",
     "join_attempts",
     "members_forgotten",
@@ -1256,25 +1260,44 @@ class Membership:
     # ------------------------------------------------------------------ anti-entropy, join
 
     def _push_pull(self) -> None:
-        """Exchange state with a random alive member or, now and then, a dead one.
+        """Exchange state with a random alive member or, now and then, a lost one.
 
         Trying a dead member (as Serf's reconnect does) is what heals a partition: each
-        side has declared the other dead and no longer probes it. The chance is
-        ``dead / (alive + 1)`` (capped at 1), so reconnection attempts grow with the
-        number of members lost.
+        side has declared the other dead and no longer probes it. A seed we joined through
+        that no live member answers for counts as lost too: once a split outlasts
+        ``dead_member_retention`` both sides have forgotten each other, and the seeds are
+        the only addresses left to find the other side again. The chance is
+        ``lost / (alive + 1)`` (capped at 1), so reconnection attempts grow with the
+        number of members lost; a mesh whose seeds are all alive draws as before.
         """
         if self._left:
             return
         alive, dead = len(self._alive), len(self._dead)
-        if dead and (not alive or self._rng.random() < dead / (alive + 1)):
-            node = self._dead[self._rng.randrange(dead)]
-            self.counters["reconnects"] += 1
+        seeds = self._lost_seeds()
+        lost = dead + len(seeds)
+        if lost and (not alive or self._rng.random() < lost / (alive + 1)):
+            pick = self._rng.randrange(lost)
+            if pick < dead:
+                addr = self._members[self._dead[pick]].address
+                self.counters["reconnects"] += 1
+            else:
+                addr = seeds[pick - dead]
+                self.counters["seed_reconnects"] += 1
         elif alive:
-            node = self._alive[self._rng.randrange(alive)]
+            addr = self._members[self._alive[self._rng.randrange(alive)]].address
         else:
             return
         self.counters["push_pulls"] += 1
-        self._effects.append(StartPushPull(self._members[node].address, False))
+        self._effects.append(StartPushPull(addr, False))
+
+    def _lost_seeds(self) -> list[Address]:
+        """Join seeds at whose address no alive or suspect member is known (one pass over
+        the live members, and only for a node that joined through seeds)."""
+        if not self._join_seeds:
+            return []
+        live = {self._members[n].address for n in self._alive._items}
+        live.update(self._members[n].address for n in self._suspect._items)
+        return [addr for addr in self._join_seeds if addr not in live]
 
     def _contact_seeds(self) -> None:
         self.counters["join_attempts"] += 1

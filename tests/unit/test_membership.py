@@ -1081,6 +1081,28 @@ def test_periodic_push_pull_heals_a_partition() -> None:
     assert sum(n.membership.counters["reconnects"] for n in nodes) >= 1
 
 
+def test_seeds_heal_a_partition_that_outlasted_dead_member_retention() -> None:
+    """Once both sides have forgotten each other, only the join seed is left: a node whose
+    seed no live member answers for push-pulls with it now and then, and the mesh is whole
+    again. Without a lost seed, reconnection draws are as before (none in a whole mesh)."""
+    config = NodeConfig.lan(
+        push_pull_interval=10.0, gossip_to_the_dead_time=20.0, dead_member_retention=30.0
+    )
+    net = Network(config, seed=12)
+    nodes = net.cluster(6)  # everyone joined through nodes[0]
+    net.run_until_true(all_alive(nodes), timeout=3.0)
+    net.run_for(60.0)
+    assert sum(n.membership.counters["seed_reconnects"] for n in nodes) == 0
+    net.partition(nodes[:3], nodes[3:])
+    net.run_until_true(
+        lambda: all(a.view(b) is None for a in nodes[:3] for b in nodes[3:]),
+        timeout=120.0,
+    )
+    net.heal()
+    net.run_until_true(all_alive(nodes), timeout=120.0, step=0.5)
+    assert sum(n.membership.counters["seed_reconnects"] for n in nodes[3:]) >= 1
+
+
 def test_state_snapshot_and_merge_round_trip() -> None:
     """merge_state of a snapshot reproduces the table; a suspect travels with its Alive."""
     m1, _ = lonely(name="one")
