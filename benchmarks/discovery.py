@@ -7,8 +7,10 @@ Usage::
 
 What it measures, in one run on this machine:
 
-* query embedding: one query through MiniLM (uncached and cache hit) and through the
-  hashing embedder;
+* query embedding: one query through MiniLM at its default precision (int8 on a CPU with
+  8-bit dot-product instructions, see ``MINILM_PRECISION``; uncached and cache hit), at
+  fp32 on ONNX Runtime, at fp32 through sentence-transformers on torch, and through the
+  hashing embedder; and the cosine between the default's query vectors and fp32's;
 * per size (100, 1k, 10k and, without ``--quick``, 100k capabilities): index build time,
   index-only search latency (``CapabilityIndex.search``, k = 5), recall@5 of the HNSW
   search against an exact numpy scan (the baseline, timed too), and end-to-end discovery
@@ -20,8 +22,9 @@ What it measures, in one run on this machine:
   scan per query) started as a subprocess on 127.0.0.1 with the same MiniLM weights and
   the same 1,000 capabilities; its ``POST /discover`` is timed over a keep-alive HTTP
   connection, and its ``TaskRouter.match`` in-process as well (a second subprocess, no
-  HTTP), so the two costs can be told apart. The three take turns in blocks of ten
-  queries (ours, the registry, its matcher), so they are timed under the same machine load.
+  HTTP), so the two costs can be told apart. They take turns in blocks of ten queries
+  (ours, ours with fp32 weights when the default is int8, the registry, its matcher), so
+  all are timed under the same machine load. The goal is judged on the default.
 
 The reference runs in its own virtualenv (it pins other versions of FastAPI and friends).
 If ``--refvenv`` (default ``~/.cache/meshnode-bench/refvenv``) has no Python, the script
@@ -326,22 +329,31 @@ def log(message: str) -> None:
 # --------------------------------------------------------------------------- ours
 
 
-def query_embedding(minilm: Embedder, count: int) -> dict[str, Any]:
-    """Query embedding with the node's MiniLM (ONNX Runtime), with the same weights through
+def query_embedding(minilm: MiniLMEmbedder, fp32: MiniLMEmbedder, count: int) -> dict[str, Any]:
+    """Query embedding with the node's MiniLM (ONNX Runtime, at the precision this CPU gets
+    by default), with the float graph on ONNX Runtime, with the same weights through
     sentence-transformers on torch (what the reference registry runs), from the cache, and
-    with the hashing embedder."""
+    with the hashing embedder; and how far the default's query vectors are from the float
+    ones."""
     queries = synth_queries(count, SEED + 1)
     hashing = HashingEmbedder()
     cached = CachedEmbedder(minilm)
     cached.embed(queries[:1])
     torch_minilm = MiniLMEmbedder(backend="torch")
     torch_minilm.embed(queries[:1])
+    cosines = np.sum(minilm.embed(queries) * fp32.embed(queries), axis=1)
     return {
-        "minilm_backend": getattr(minilm, "backend", None),
+        "minilm_backend": minilm.backend,
+        "minilm_precision": minilm.precision,
         "minilm_uncached": percentiles(time_calls(lambda q: minilm.embed([q]), queries)),
+        "minilm_fp32_uncached": percentiles(time_calls(lambda q: fp32.embed([q]), queries)),
         "minilm_torch_uncached": percentiles(
             time_calls(lambda q: torch_minilm.embed([q]), queries)
         ),
+        "query_vector_cosine_with_fp32": {
+            "min": round(float(cosines.min()), 4),
+            "mean": round(float(cosines.mean()), 4),
+        },
         "minilm_cache_hit": percentiles(
             time_calls(lambda q: cached.embed([q]), [queries[0]] * count)
         ),
@@ -393,10 +405,13 @@ def measure_size(
     *,
     ef_sweep: bool,
     reference: Reference | None = None,
+    fp32: Embedder | None = None,
 ) -> dict[str, Any]:
-    """All figures for one corpus size. With ``reference``, each query is also sent to
-    the registry right after ours (and to its in-process matcher), so both sides are timed
-    under the same machine load."""
+    """All figures for one corpus size. With ``reference``, each block of queries is also
+    sent to the registry right after ours (and to its in-process matcher), so both sides
+    are timed under the same machine load; with ``fp32`` as well (an embedder of another
+    vector space than ``embedder``), the same discovery with the float weights takes its
+    turn too, on an index of its own vectors."""
     nodes = node_entries(caps[:size])
     vectors = corpus[:size]
     index, build_s = build(embedder, nodes, vectors)
@@ -417,6 +432,7 @@ def measure_size(
     embed_ms: list[float] = []
     search_rank_ms: list[float] = []
     e2e_ms: list[float] = []
+    fp32_ms: list[float] = []
     ref_http_ms: list[float] = []
     ref_match_ms: list[float] = []
 
@@ -431,15 +447,31 @@ def measure_size(
         search_rank_ms.append((t2 - t1) / 1e6)
         e2e_ms.append((t2 - t0) / 1e6)
 
+    float_side: tuple[Embedder, CapabilityIndex] | None = None
+    if reference is not None and fp32 is not None and fp32.model_id != model_id:
+        float_vectors = fp32.embed([capability_text(c) for c in caps[:size]])
+        float_side = (fp32, build(fp32, nodes, float_vectors)[0])
+
+    def discover_fp32(text: str) -> None:
+        assert float_side is not None
+        float_embedder, float_index = float_side
+        t0 = time.perf_counter_ns()
+        vector = float_embedder.embed([text])[0]
+        hits = float_index.search(vector, pool, float_embedder.model_id)
+        rank(hits, trust=trust, load=load, open_circuits=open_circuits, top_k=TOP_K)
+        fp32_ms.append((time.perf_counter_ns() - t0) / 1e6)
+
     warm = 5  # the warm-up calls are recorded too, and dropped below
     if reference is None:
         time_calls(discover, query_texts, warmup=warm)
     else:
-        # Blocks of queries, each side in turn: all three see the same machine load, and a
-        # side never starts right after another process's math threads were busy (their
+        # Blocks of queries, each side in turn: all of them see the same machine load, and
+        # a side never starts right after another process's math threads were busy (their
         # spinning would be charged to it) except on a block's first query.
         for text in query_texts[:warm]:
             discover(text)
+            if float_side is not None:
+                discover_fp32(text)
             ref_http_ms.append(reference.discover_http(text))
             ref_match_ms.append(reference.match_in_process(text))
         for start in range(0, len(query_texts), REFERENCE_BLOCK):
@@ -447,6 +479,10 @@ def measure_size(
             with quiet_gc():
                 for text in block:
                     discover(text)
+            if float_side is not None:
+                with quiet_gc():
+                    for text in block:
+                        discover_fp32(text)
             ref_http_ms.extend(reference.discover_http(text) for text in block)
             ref_match_ms.extend(reference.match_in_process(text) for text in block)
     result: dict[str, Any] = {
@@ -473,6 +509,12 @@ def measure_size(
             "speedup_median_of_paired_ratios": round(float(np.median(theirs / ours)), 2),
             "block": REFERENCE_BLOCK,
         }
+        if fp32_ms:
+            floats = np.asarray(fp32_ms[warm:])
+            result["end_to_end_fp32"] = percentiles(fp32_ms[warm:])
+            result["reference_paired"]["speedup_fp32_median_of_paired_ratios"] = round(
+                float(np.median(theirs / floats)), 2
+            )
     if ef_sweep:
         sweep = []
         for ef in EF_SWEEP:
@@ -814,6 +856,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     log("loading MiniLM")
     minilm = MiniLMEmbedder()
+    fp32 = minilm if minilm.precision == "fp32" else MiniLMEmbedder(precision="fp32")
     hashing = HashingEmbedder()
     import torch
 
@@ -843,7 +886,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
 
     log("timing query embedding")
-    report["query_embedding"] = query_embedding(minilm, n_queries)
+    report["query_embedding"] = query_embedding(minilm, fp32, n_queries)
 
     caps = synth_capabilities(max(sizes))
     minilm_count = min(max(sizes), MINILM_MAX_CORPUS)
@@ -881,7 +924,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     report["reference"] = reference.info
                     log(f"size {size}: timing ours and the reference side by side")
                     result = measure_size(
-                        size, embedder, caps, corpus, queries, ef_sweep=sweep, reference=reference
+                        size,
+                        embedder,
+                        caps,
+                        corpus,
+                        queries,
+                        ef_sweep=sweep,
+                        reference=reference,
+                        fp32=fp32,
                     )
                     returned = reference.returned[Reference.WARMUP :]
                     report["reference"]["results_per_query_mean"] = round(
@@ -938,6 +988,11 @@ def goals(report: dict[str, Any]) -> dict[str, Any]:
     out["speedup_vs_registry_http_p50_at_1k_repeated_query_cached"] = round(
         paired["discover_http"]["p50"] / cached, 2
     )
+    if "end_to_end_fp32" in at1k:
+        out["speedup_vs_registry_http_p50_at_1k_fp32"] = round(
+            paired["discover_http"]["p50"] / at1k["end_to_end_fp32"]["p50"], 2
+        )
+    out["precision"] = report["query_embedding"]["minilm_precision"]
     out["at_least_3x_faster_than_registry_at_1k"] = paired["discover_http"]["p50"] / ours >= 3.0
     return out
 

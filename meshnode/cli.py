@@ -78,6 +78,8 @@ def _config_from_args(args: argparse.Namespace) -> NodeConfig:
         overrides["advertise_host"] = args.advertise_host
     if args.embedder:
         overrides["embedder"] = args.embedder
+    if args.embedding_precision:
+        overrides["embedding_precision"] = args.embedding_precision
     if args.max_concurrent_tasks:
         overrides["max_concurrent_tasks"] = args.max_concurrent_tasks
     return PROFILES[args.profile](**overrides)
@@ -287,6 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--embedder",
         choices=("auto", "minilm", "hashing"),
         help="capability embedder (default auto: MiniLM when installed)",
+    )
+    run.add_argument(
+        "--embedding-precision",
+        choices=("auto", "fp32", "int8"),
+        help="MiniLM weights (default auto: int8 on CPUs with VNNI, else fp32)",
     )
     run.add_argument(
         "--max-concurrent-tasks", type=int, help="tasks this node runs at once (default 3)"

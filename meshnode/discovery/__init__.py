@@ -10,13 +10,17 @@ from __future__ import annotations
 from meshnode.discovery.embedder import (
     DEFAULT_CACHE_ENTRIES,
     HASHING_DIM,
+    INT8_MATCH_MIN_COSINE,
     MINILM_BATCH_SIZE,
     MINILM_DIM,
+    MINILM_INT8_MODEL_ID,
     MINILM_MODEL_ID,
+    MINILM_PRECISION,
     CachedEmbedder,
     Embedder,
     HashingEmbedder,
     MiniLMEmbedder,
+    int8_dot_product_cpu,
     load_default_embedder,
 )
 from meshnode.discovery.index import (
@@ -32,9 +36,12 @@ from meshnode.discovery.rwlock import RWLock
 __all__ = [
     "DEFAULT_CACHE_ENTRIES",
     "HASHING_DIM",
+    "INT8_MATCH_MIN_COSINE",
     "MINILM_BATCH_SIZE",
     "MINILM_DIM",
+    "MINILM_INT8_MODEL_ID",
     "MINILM_MODEL_ID",
+    "MINILM_PRECISION",
     "CachedEmbedder",
     "CapabilityIndex",
     "Embedder",
@@ -46,5 +53,6 @@ __all__ = [
     "RWLock",
     "capability_text",
     "entries_from_manifest",
+    "int8_dot_product_cpu",
     "load_default_embedder",
 ]

@@ -44,13 +44,14 @@ if TYPE_CHECKING:
 EMBEDDERS = ("auto", "minilm", "hashing")
 """Accepted values of ``NodeConfig.embedder``."""
 
-_shared: dict[str, CachedEmbedder] = {}
+_shared: dict[tuple[str, str], CachedEmbedder] = {}
 _shared_lock = threading.Lock()
 log = structlog.get_logger("meshnode.discovery")
 
 
-def shared_embedder(kind: str) -> CachedEmbedder:
-    """The process-wide embedder of ``kind`` (loaded once; blocking: call off the loop)."""
+def shared_embedder(kind: str, precision: str = "auto") -> CachedEmbedder:
+    """The process-wide embedder of ``kind`` and MiniLM ``precision`` (loaded once;
+    blocking: call off the loop)."""
     if kind not in EMBEDDERS:
         raise ValueError(f"embedder must be one of {EMBEDDERS}, got {kind!r}")
     from meshnode.discovery.embedder import (
@@ -61,16 +62,16 @@ def shared_embedder(kind: str) -> CachedEmbedder:
     )
 
     with _shared_lock:
-        cached = _shared.get(kind)
+        cached = _shared.get((kind, precision))
         if cached is None:
             inner: Embedder
             if kind == "hashing":
                 inner = HashingEmbedder()
             elif kind == "minilm":
-                inner = MiniLMEmbedder()
+                inner = MiniLMEmbedder(precision=precision)
             else:
-                inner = load_default_embedder()
-            cached = _shared[kind] = CachedEmbedder(inner)
+                inner = load_default_embedder(precision=precision)
+            cached = _shared[kind, precision] = CachedEmbedder(inner)
         return cached
 
 
@@ -113,7 +114,8 @@ class DiscoveryService:
             return
         from meshnode.discovery.index import CapabilityIndex
 
-        embedder = shared_embedder(self.node.config.embedder)
+        config = self.node.config
+        embedder = shared_embedder(config.embedder, config.embedding_precision)
         self.index = CapabilityIndex(embedder.model_id, embedder.dim)
         self.embedder = embedder  # last: ``embedder is not None`` means both are ready
 

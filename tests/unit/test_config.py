@@ -119,6 +119,8 @@ def test_advertise_address() -> None:
         ({"leave_propagate_time": -1.0}, "leave_propagate_time"),
         ({"tcp_timeout": 0.0}, "tcp_timeout"),
         ({"data_dir": ""}, "data_dir"),
+        ({"embedder": "word2vec"}, "embedder"),
+        ({"embedding_precision": "fp16"}, "embedding_precision"),
     ],
 )
 def test_invalid_values_are_refused(overrides: dict[str, Any], message: str) -> None:

@@ -18,7 +18,9 @@ import pytest
 
 from meshnode.core.router import candidate_pool, rank
 from meshnode.discovery import (
+    INT8_MATCH_MIN_COSINE,
     MINILM_DIM,
+    MINILM_INT8_MODEL_ID,
     MINILM_MODEL_ID,
     CapabilityIndex,
     Embedder,
@@ -26,6 +28,7 @@ from meshnode.discovery import (
     IndexEntry,
     MiniLMEmbedder,
     capability_text,
+    int8_dot_product_cpu,
     load_default_embedder,
 )
 from protocol.manifest import Capability
@@ -113,15 +116,28 @@ def test_hashing_embedder_finds_capabilities_by_their_name_words() -> None:
 
 @pytest.fixture(scope="module")
 def minilm() -> MiniLMEmbedder:
-    """The real model, loaded once for this module. Not skipped when missing: a failure to
-    load is a failure."""
+    """The real model with its default settings, loaded once for this module. Not skipped
+    when missing: a failure to load is a failure."""
     return MiniLMEmbedder()
+
+
+@pytest.fixture(scope="module")
+def minilm_fp32() -> MiniLMEmbedder:
+    return MiniLMEmbedder(precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def minilm_int8() -> MiniLMEmbedder:
+    return MiniLMEmbedder(precision="int8")
 
 
 @pytest.mark.semantic
 def test_minilm_loads_offline(minilm: MiniLMEmbedder) -> None:
-    """The model loads from the packaged weights with the hub switched off."""
-    assert minilm.model_id == MINILM_MODEL_ID
+    """The model loads from the packaged weights with the hub switched off, at the
+    precision this CPU calls for, and names its vector space after it."""
+    expected = "int8" if int8_dot_product_cpu() else "fp32"
+    assert minilm.precision == expected
+    assert minilm.model_id == (MINILM_INT8_MODEL_ID if expected == "int8" else MINILM_MODEL_ID)
     assert minilm.dim == MINILM_DIM
     assert os.environ["HF_HUB_OFFLINE"] == "1"
     assert os.environ["TRANSFORMERS_OFFLINE"] == "1"
@@ -142,9 +158,15 @@ def test_minilm_vectors(minilm: MiniLMEmbedder) -> None:
 
 
 @pytest.mark.semantic
-def test_minilm_recall_on_paraphrased_queries(minilm: MiniLMEmbedder) -> None:
-    """With MiniLM and the HNSW index, recall@1 >= 0.9 and recall@3 >= 0.97 over every
-    query of the set (the held-out split alone is reported in the failure message)."""
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_minilm_recall_on_paraphrased_queries(
+    precision: str, request: pytest.FixtureRequest
+) -> None:
+    """With MiniLM at either precision and the HNSW index, recall@1 >= 0.9 and recall@3 >=
+    0.97 over every query of the set (the held-out split alone is reported in the failure
+    message)."""
+    minilm: MiniLMEmbedder = request.getfixturevalue(f"minilm_{precision}")
+    assert minilm.precision == precision
     index = build_index(minilm)
     queries = load_set()["queries"]
     found = ranks(minilm, index, [q["query"] for q in queries])
@@ -200,23 +222,44 @@ def test_default_backend_is_onnx(minilm: MiniLMEmbedder) -> None:
     assert minilm.backend == "onnx"
 
 
+def every_text() -> list[str]:
+    """Every capability text and query of the set, and three odd texts."""
+    texts = [capability_text(c) for c in capabilities()]
+    texts += [q["query"] for q in load_set()["queries"]]
+    return [*texts, "", "x" * 5_000, "ünïcödé 文字 ✓"]
+
+
 @pytest.mark.semantic
 def test_onnx_and_torch_give_the_same_vectors(
-    minilm: MiniLMEmbedder, minilm_torch: MiniLMEmbedder
+    minilm_fp32: MiniLMEmbedder, minilm_torch: MiniLMEmbedder
 ) -> None:
-    """Every capability text and query of the set, embedded in batches (with padding) by
-    both backends: the same vectors, so both share one ``model_id``."""
-    data = load_set()
-    texts = [capability_text(c) for c in capabilities()]
-    texts += [q["query"] for q in data["queries"]]
-    texts += ["", "x" * 5_000, "ünïcödé 文字 ✓"]
-    onnx_vectors, torch_vectors = minilm.embed(texts), minilm_torch.embed(texts)
+    """Every text, embedded in batches (with padding) by both backends at fp32: the same
+    vectors, so both share one ``model_id``."""
+    texts = every_text()
+    onnx_vectors, torch_vectors = minilm_fp32.embed(texts), minilm_torch.embed(texts)
     cosines = np.sum(onnx_vectors * torch_vectors, axis=1)
     assert cosines.min() >= 0.9999
-    assert minilm_torch.model_id == minilm.model_id
+    assert minilm_torch.model_id == minilm_fp32.model_id == MINILM_MODEL_ID
     # One text at a time gives what a batch gives.
-    alone = np.stack([minilm.embed([text])[0] for text in texts[:20]])
+    alone = np.stack([minilm_fp32.embed([text])[0] for text in texts[:20]])
     assert np.sum(alone * onnx_vectors[:20], axis=1).min() >= 0.9999
+
+
+@pytest.mark.semantic
+def test_int8_vectors_stay_close_to_fp32_and_do_not_depend_on_the_batch(
+    minilm_fp32: MiniLMEmbedder, minilm_int8: MiniLMEmbedder
+) -> None:
+    """The 8-bit graph moves each vector only a little (measured: 0.98 at worst, 0.994 on
+    average), and a text's vector is the same whether it is embedded alone or in a batch
+    of texts of other lengths (each text gets its own activation scale)."""
+    texts = every_text()
+    int8_vectors = minilm_int8.embed(texts)
+    cosines = np.sum(int8_vectors * minilm_fp32.embed(texts), axis=1)
+    assert cosines.min() >= INT8_MATCH_MIN_COSINE
+    assert cosines.mean() >= 0.99
+    alone = np.stack([minilm_int8.embed([text])[0] for text in texts[::9]])
+    assert np.array_equal(alone, int8_vectors[::9])
+    assert minilm_int8.model_id == MINILM_INT8_MODEL_ID != minilm_fp32.model_id
 
 
 @pytest.mark.semantic
@@ -237,7 +280,7 @@ def test_torch_backend_recall(minilm_torch: MiniLMEmbedder) -> None:
 def test_onnx_graph_is_cached_and_reused_without_torch(tmp_path: Path) -> None:
     """The first load exports the graph into the cache directory; a fresh process then
     loads it from there and never imports torch or sentence-transformers."""
-    first = MiniLMEmbedder(backend="onnx", cache_dir=tmp_path)
+    first = MiniLMEmbedder(backend="onnx", precision="fp32", cache_dir=tmp_path)
     graphs = list(tmp_path.glob("*.onnx"))
     assert len(graphs) == 1
     assert not list(tmp_path.glob(".*.tmp"))
@@ -245,7 +288,7 @@ def test_onnx_graph_is_cached_and_reused_without_torch(tmp_path: Path) -> None:
     script = (
         "import sys, json\n"
         "from meshnode.discovery.embedder import MiniLMEmbedder\n"
-        f"e = MiniLMEmbedder(backend='onnx', cache_dir={str(tmp_path)!r})\n"
+        f"e = MiniLMEmbedder(backend='onnx', precision='fp32', cache_dir={str(tmp_path)!r})\n"
         "v = e.embed(['render an invoice as a PDF'])[0]\n"
         "print(json.dumps({'torch': 'torch' in sys.modules,\n"
         "  'st': 'sentence_transformers' in sys.modules, 'v': v.tolist()}))\n"
@@ -262,10 +305,12 @@ def test_onnx_graph_is_cached_and_reused_without_torch(tmp_path: Path) -> None:
 @pytest.mark.semantic
 def test_a_damaged_cached_graph_is_exported_again(tmp_path: Path) -> None:
     """A cache file ONNX Runtime cannot load is replaced by a fresh export."""
-    good = MiniLMEmbedder(backend="onnx", cache_dir=tmp_path).embed(["send an email"])[0]
+    good = MiniLMEmbedder(backend="onnx", precision="fp32", cache_dir=tmp_path).embed(
+        ["send an email"]
+    )[0]
     (graph,) = tmp_path.glob("*.onnx")
     graph.write_bytes(b"not an onnx graph")
-    again = MiniLMEmbedder(backend="onnx", cache_dir=tmp_path)
+    again = MiniLMEmbedder(backend="onnx", precision="fp32", cache_dir=tmp_path)
     assert float(np.dot(again.embed(["send an email"])[0], good)) >= 0.9999
     assert graph.stat().st_size > 1_000_000
 
@@ -275,6 +320,59 @@ def test_unknown_backend_is_refused() -> None:
         MiniLMEmbedder(backend="tensorflow")
 
 
+def test_unknown_or_impossible_precision_is_refused() -> None:
+    """Refused before any model is loaded (these fail fast even without the model)."""
+    with pytest.raises(ValueError, match="precision"):
+        MiniLMEmbedder(precision="fp16")
+    with pytest.raises(ValueError, match="int8 needs the onnx backend"):
+        MiniLMEmbedder(backend="torch", precision="int8")
+    with pytest.raises(ValueError, match="precision"):
+        load_default_embedder(precision="bf16")
+
+
+def test_int8_dot_product_cpu_reads_the_flags() -> None:
+    """x86 VNNI or AMX-INT8 in a ``flags`` line counts; AVX2 alone, a flag named in another
+    line, or an Arm CPU does not."""
+    assert int8_dot_product_cpu("processor : 0\nflags\t\t: fpu avx2 avx512_vnni sha_ni\n")
+    assert int8_dot_product_cpu("flags : sse avx_vnni\n")
+    assert int8_dot_product_cpu("flags : amx_int8 amx_tile\n")
+    assert not int8_dot_product_cpu("flags : fpu sse2 avx avx2 fma\n")
+    assert not int8_dot_product_cpu("bugs : avx512_vnni\nflags : avx2\n")
+    assert not int8_dot_product_cpu("Features : fp asimd asimddp sve\n")
+    assert not int8_dot_product_cpu("")
+
+
+@pytest.mark.semantic
+def test_int8_graph_is_made_once_cached_and_remade_when_damaged(tmp_path: Path) -> None:
+    """The first int8 load exports the float graph and quantises it, both cached; a fresh
+    process loads the int8 graph from the cache without torch or the quantiser; a damaged
+    int8 file is quantised again from the cached float graph."""
+    first = MiniLMEmbedder(precision="int8", cache_dir=tmp_path)
+    assert first.precision == "int8"
+    (int8_graph,) = tmp_path.glob("*-int8.onnx")
+    assert len(list(tmp_path.glob("*.onnx"))) == 2
+    expected = first.embed(["render an invoice as a PDF"])[0]
+    script = (
+        "import sys, json\n"
+        "from meshnode.discovery.embedder import MiniLMEmbedder\n"
+        f"e = MiniLMEmbedder(precision='int8', cache_dir={str(tmp_path)!r})\n"
+        "v = e.embed(['render an invoice as a PDF'])[0]\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'id': e.model_id,\n"
+        "  'quantiser': 'onnxruntime.quantization' in sys.modules, 'v': v.tolist()}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (result["torch"], result["quantiser"]) == (False, False)
+    assert result["id"] == MINILM_INT8_MODEL_ID
+    assert np.array_equal(np.asarray(result["v"], dtype=np.float32), expected)
+    int8_graph.write_bytes(b"not an onnx graph")
+    again = MiniLMEmbedder(precision="int8", cache_dir=tmp_path)
+    assert np.array_equal(again.embed(["render an invoice as a PDF"])[0], expected)
+    assert int8_graph.stat().st_size > 1_000_000
+
+
 @pytest.mark.semantic
 def test_processes_started_together_export_the_graph_once(tmp_path: Path) -> None:
     """Three processes loading MiniLM at once on an empty cache: one exports (and imports
@@ -282,7 +380,7 @@ def test_processes_started_together_export_the_graph_once(tmp_path: Path) -> Non
     script = (
         "import sys\n"
         "from meshnode.discovery.embedder import MiniLMEmbedder\n"
-        f"e = MiniLMEmbedder(backend='onnx', cache_dir={str(tmp_path)!r})\n"
+        f"e = MiniLMEmbedder(backend='onnx', precision='fp32', cache_dir={str(tmp_path)!r})\n"
         "assert e.embed(['hello']).shape == (1, 384)\n"
         "print('torch' in sys.modules)\n"
     )
