@@ -16,7 +16,10 @@ Two implementations:
   offline mode before they are imported, so loading never tries to reach a model hub. It
   runs on ONNX Runtime (the model, its mean pooling and normalisation exported once from
   torch into one graph, checked against torch, cached on disk) or, where that is not
-  possible, on torch through sentence-transformers; both give the same vectors.
+  possible, on torch through sentence-transformers; both give the same vectors. On a CPU
+  with 8-bit dot-product instructions the ONNX graph's weight matrices are quantised to
+  8 bits by default (:data:`MINILM_PRECISION`): about twice as fast per query, with
+  vectors that are close to the float ones and named as a space of their own.
 * :class:`HashingEmbedder` — deterministic and numpy-only: word unigrams, word bigrams and
   character trigrams, each hashed with BLAKE2b into a signed bucket (the "hashing trick").
   It finds texts that share words, not paraphrases; it is for tests, simulations and
