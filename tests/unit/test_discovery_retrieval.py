@@ -375,14 +375,17 @@ def test_int8_graph_is_made_once_cached_and_remade_when_damaged(tmp_path: Path) 
 
 @pytest.mark.semantic
 def test_processes_started_together_export_the_graph_once(tmp_path: Path) -> None:
-    """Three processes loading MiniLM at once on an empty cache: one exports (and imports
-    torch), the others wait for its graph and never import torch."""
+    """Three processes loading MiniLM (default precision) at once on an empty cache: one
+    exports the float graph (and imports torch), and where int8 is the default one
+    quantises it; the others wait for the cached graphs."""
+    int8 = int8_dot_product_cpu()
     script = (
-        "import sys\n"
+        "import sys, json\n"
         "from meshnode.discovery.embedder import MiniLMEmbedder\n"
-        f"e = MiniLMEmbedder(backend='onnx', precision='fp32', cache_dir={str(tmp_path)!r})\n"
+        f"e = MiniLMEmbedder(backend='onnx', cache_dir={str(tmp_path)!r})\n"
         "assert e.embed(['hello']).shape == (1, 384)\n"
-        "print('torch' in sys.modules)\n"
+        "print(json.dumps([e.precision, 'torch' in sys.modules,\n"
+        "  'onnxruntime.quantization' in sys.modules]))\n"
     )
     procs = [
         subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
@@ -390,5 +393,8 @@ def test_processes_started_together_export_the_graph_once(tmp_path: Path) -> Non
     ]
     outputs = [proc.communicate(timeout=180)[0].strip().splitlines()[-1] for proc in procs]
     assert all(proc.returncode == 0 for proc in procs)
-    assert sorted(outputs) == ["False", "False", "True"]
-    assert len(list(tmp_path.glob("*.onnx"))) == 1
+    results = [json.loads(line) for line in outputs]
+    assert {precision for precision, _, _ in results} == {"int8" if int8 else "fp32"}
+    assert sum(torch for _, torch, _ in results) == 1
+    assert sum(quantiser for _, _, quantiser in results) == int(int8)
+    assert len(list(tmp_path.glob("*.onnx"))) == (2 if int8 else 1)
