@@ -42,7 +42,10 @@ Recorded in both windows:
   from each direct ack (polled every 10 ms; a member is probed at most once a period, so
   no sample is missed), split by target (small peers, bulk nodes);
 * the external prober's round trips to A (and how many got no ack within 500 ms);
-* event-loop lag in A's process: a task sleeping 10 ms, the overshoot of each sleep;
+* event-loop lag in A's process: a task sleeping 10 ms, the overshoot of each sleep; and
+  the same in the bulk process and in the small peers' process
+  (``bulk_process_loop_lag_ms``, ``small_process_loop_lag_ms``), so a late ack from a
+  peer can be told from a slow A;
 * A's membership counters (probes, probes failed, indirect probes, i.e. direct timeouts,
   suspicions raised, stalls) and every ``member_suspected`` event in all three processes.
 
@@ -167,6 +170,21 @@ async def wait_until(predicate: Callable[[], bool], within: float, what: str) ->
         await asyncio.sleep(0.05)
 
 
+async def record_lag(
+    samples: list[tuple[float, float]], then: Callable[[], None] | None = None
+) -> None:
+    """Forever: sleep 10 ms and append (wall clock, ms the sleep overshot), then call
+    ``then``. Every process of the benchmark runs one, so a late ack can be traced to the
+    process whose loop was late."""
+    loop = asyncio.get_running_loop()
+    while True:
+        before = loop.time()
+        await asyncio.sleep(LAG_INTERVAL_S)
+        samples.append((time.time(), round((loop.time() - before - LAG_INTERVAL_S) * 1e3, 3)))
+        if then is not None:
+            then()
+
+
 async def read_command() -> str:
     return (await asyncio.to_thread(sys.stdin.readline)).strip()
 
@@ -193,6 +211,8 @@ async def bulk_main(n_nodes: int, per_node: int) -> None:
     nodes = first + rest
     for node in nodes:
         node.member_listeners.append(record(node.node_id))
+    lag: list[tuple[float, float]] = []
+    lag_task: asyncio.Task[None] | None = None
     try:
         await wait_until(
             lambda: all(
@@ -212,9 +232,10 @@ async def bulk_main(n_nodes: int, per_node: int) -> None:
                 "setup_s": round(time.perf_counter() - started, 2),
             }
         )
+        lag_task = asyncio.create_task(record_lag(lag))
         while (command := await read_command()) not in ("", "stop"):
             if command == "report":
-                emit({"event": "report", "suspicions": suspects})
+                emit({"event": "report", "suspicions": suspects, "lag": lag})
             elif command.startswith("preload "):
                 now = time.time()
                 manifests = [unpack(bytes.fromhex(h), Manifest) for h in command.split()[1:]]
@@ -223,6 +244,9 @@ async def bulk_main(n_nodes: int, per_node: int) -> None:
                         node.core.manifests.apply(manifest, now)
                 emit({"event": "preloaded", "manifests": len(manifests)})
     finally:
+        if lag_task is not None:
+            lag_task.cancel()
+            await asyncio.gather(lag_task, return_exceptions=True)
         await asyncio.gather(*(n.aclose() for n in nodes), return_exceptions=True)
 
 
@@ -302,6 +326,8 @@ async def small_main(seed: str, target_id: str) -> None:
         lambda: Prober(target_id, (host, int(port))), local_addr=("127.0.0.1", 0)
     )
     ping_task: asyncio.Task[None] | None = None
+    lag: list[tuple[float, float]] = []
+    lag_task = asyncio.create_task(record_lag(lag))
     try:
         await wait_until(
             lambda: all(
@@ -321,11 +347,19 @@ async def small_main(seed: str, target_id: str) -> None:
         )
         while (command := await read_command()) not in ("", "stop"):
             if command == "report":
-                emit({"event": "report", "suspicions": suspects, "pings": prober.samples})
+                emit(
+                    {
+                        "event": "report",
+                        "suspicions": suspects,
+                        "pings": prober.samples,
+                        "lag": lag,
+                    }
+                )
     finally:
+        lag_task.cancel()
         if ping_task is not None:
             ping_task.cancel()
-            await asyncio.gather(ping_task, return_exceptions=True)
+        await asyncio.gather(lag_task, *([ping_task] if ping_task else []), return_exceptions=True)
         if prober.transport is not None:
             prober.transport.close()
         await asyncio.gather(*(n.aclose() for n in nodes), return_exceptions=True)
@@ -416,12 +450,7 @@ class Monitor:
                     self.rtts.append((now, node.node_id, member.node_id, member.rtt * 1e3))
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            before = loop.time()
-            await asyncio.sleep(LAG_INTERVAL_S)
-            self.lag.append((time.time(), (loop.time() - before - LAG_INTERVAL_S) * 1e3))
-            self._scan(record=True)
+        await record_lag(self.lag, lambda: self._scan(record=True))
 
 
 def stats(samples: Sequence[float]) -> dict[str, Any]:
@@ -457,7 +486,11 @@ def window_report(
     counters_before: dict[str, int],
     counters_after: dict[str, int],
     roles: dict[str, str],
+    peer_lags: dict[str, Sequence[Sequence[float]]],
 ) -> dict[str, Any]:
+    """One window's figures. ``peer_lags`` maps a process ("bulk", "small") to its loop
+    lag samples (wall clock, ms)."""
+
     def inside(at: float) -> bool:
         return start <= at <= end
 
@@ -474,6 +507,10 @@ def window_report(
         "external_pings_sent": len(window_pings),
         "external_pings_unanswered_within_timeout": len(window_pings) - len(answered),
         "loop_lag_ms": stats([lag for t, lag in monitor.lag if inside(t)]),
+        **{
+            f"{name}_process_loop_lag_ms": stats([lag for t, lag in samples if inside(t)])
+            for name, samples in peer_lags.items()
+        },
         "a_counters": {k: counters_after[k] - counters_before[k] for k in counters_before},
         "suspicions": [
             {
@@ -594,6 +631,7 @@ async def parent_main(args: argparse.Namespace) -> dict[str, Any]:
             key=lambda s: s["at"],
         )
         pings = small_report["pings"]
+        lags = {"bulk": bulk_report["lag"], "small": small_report["lag"]}
         build = window_report(
             build_start,
             build_end,
@@ -605,6 +643,7 @@ async def parent_main(args: argparse.Namespace) -> dict[str, Any]:
             before,
             after_build,
             roles,
+            lags,
         )
         build["index_build_s"] = round(indexed_at - build_start, 3)
         build["vectors_indexed"] = len(index) - SMALL_PEERS
@@ -622,6 +661,7 @@ async def parent_main(args: argparse.Namespace) -> dict[str, Any]:
             base_before,
             base_after,
             roles,
+            lags,
         )
         # Starting 125 nodes at once in one process stalls its loop: the bulk mesh raises
         # (and refutes) suspicions while it forms, long before anything is timed.
