@@ -90,7 +90,13 @@ class NodeConfig:
     seeds: tuple[str, ...] = ()
     """``"host:port"`` addresses to join through, default none (start a new mesh). Any one
     live member is enough; more seeds make joining robust to a seed being down. A list
-    is accepted and stored as a tuple. Our own address in the list is ignored."""
+    is accepted and stored as a tuple. Our own address in the list is ignored. A host
+    name is resolved once, when the node starts (off the event loop, at most
+    ``SEED_RESOLVE_TIMEOUT`` = 5 s per name), into every address it has in the family of
+    the bound socket; members advertise addresses, not names, so this is what lets the
+    node tell a seed it already knows from one it has lost. A name that does not resolve
+    is logged (``seed_unresolved``) and skipped; if no seed resolves and the data dir
+    remembers no member, ``start()`` fails."""
 
     data_dir: str | None = None
     """Directory for the identity key and the SQLite state, default None (ephemeral

@@ -1273,7 +1273,7 @@ class Membership:
         if self._left:
             return
         alive, dead = len(self._alive), len(self._dead)
-        seeds = self._lost_seeds()
+        seeds = self.lost_seeds()
         lost = dead + len(seeds)
         if lost and (not alive or self._rng.random() < lost / (alive + 1)):
             pick = self._rng.randrange(lost)
@@ -1290,7 +1290,12 @@ class Membership:
         self.counters["push_pulls"] += 1
         self._effects.append(StartPushPull(addr, False))
 
-    def _lost_seeds(self) -> list[Address]:
+    @property
+    def join_seeds(self) -> tuple[Address, ...]:
+        """The seeds of the last :meth:`join`, our own address left out."""
+        return self._join_seeds
+
+    def lost_seeds(self) -> list[Address]:
         """Join seeds at whose address no alive or suspect member is known (one pass over
         the live members, and only for a node that joined through seeds)."""
         if not self._join_seeds:

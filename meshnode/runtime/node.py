@@ -31,7 +31,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import random
+import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
@@ -85,6 +87,8 @@ PERSIST_INTERVAL = 5.0
 """Seconds between flushes of learned state (members, manifests, peers' records)."""
 BIND_ATTEMPTS = 8
 """With ``port=0``: tries to find a port free for both UDP and TCP."""
+SEED_RESOLVE_TIMEOUT = 5.0
+"""Seconds allowed to resolve one seed's host name when a node starts."""
 OPINION_FLUSH_S = 0.25
 """Longest a scored outcome waits for the signed ledger record that carries it, while other
 delegations of ours to the same peer are still running. Every outcome is folded into this
@@ -331,9 +335,11 @@ class MeshNode:
         self._tasks_service = TaskService(self)
         self.manifest_listeners.append(self._discovery.manifest_changed)
         self.member_listeners.append(self._on_member_for_tasks)
-        seeds = list(cfg.seed_addresses)
+        seeds = await self._resolve_seeds(cfg.seed_addresses)
         if self._store is not None:
             seeds += self._restore(now)
+        if cfg.seeds and not seeds:
+            raise OSError(f"none of the seeds {', '.join(cfg.seeds)} could be resolved")
         self._tasks_service.start()
         self._discovery.start()
         self._publish_manifest()
@@ -377,6 +383,37 @@ class MeshNode:
             self._udp, self._runner = udp, runner
             return
         raise OSError(f"could not bind UDP and TCP on {cfg.host}:{cfg.port}: {last_error}")
+
+    async def _resolve_seeds(self, seeds: tuple[tuple[str, int], ...]) -> list[tuple[str, int]]:
+        """``seeds`` with every host name replaced by its addresses in the bound socket's
+        family (resolved off the loop; see ``NodeConfig.seeds``). Unresolvable names are
+        logged and left out."""
+        assert self._udp is not None
+        loop = asyncio.get_running_loop()
+        resolved: list[tuple[str, int]] = []
+        for host, port in seeds:
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                pass
+            else:
+                resolved.append((host, port))
+                continue
+            try:
+                infos = await asyncio.wait_for(
+                    loop.getaddrinfo(host, port, family=self._udp.family, type=socket.SOCK_DGRAM),
+                    SEED_RESOLVE_TIMEOUT,
+                )
+            except (OSError, TimeoutError) as exc:
+                self._log.warning(
+                    "seed_unresolved", seed=format_address((host, port)), reason=str(exc)
+                )
+                continue
+            for info in infos:
+                addr = (str(info[4][0]), int(info[4][1]))
+                if addr not in resolved:
+                    resolved.append(addr)
+        return resolved
 
     def _restore(self, now: float) -> list[tuple[str, int]]:
         """Load persisted manifests and records; return remembered members as extra seeds."""

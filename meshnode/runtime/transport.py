@@ -102,6 +102,12 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         host, port = self._transport.get_extra_info("sockname")[:2]
         return str(host), int(port)
 
+    @property
+    def family(self) -> int:
+        """The socket's address family (``socket.AF_INET`` or ``socket.AF_INET6``)."""
+        assert self._transport is not None
+        return int(self._transport.get_extra_info("socket").family)
+
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()

@@ -12,6 +12,7 @@ import socket
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
 from meshnode import MeshNode, NodeConfig
 from meshnode.runtime.node import wait_for
@@ -60,3 +61,34 @@ async def test_failed_start_releases_the_port() -> None:
     # The UDP socket it had bound was closed: the same port can be bound again.
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
         udp.bind(("127.0.0.1", port))
+
+
+async def test_seed_host_names_are_resolved_at_start() -> None:
+    """A seed given as a host name joins through the address members advertise, so the
+    node knows it has found that seed; a name that does not resolve is logged and skipped
+    (``.invalid`` never resolves, RFC 6761)."""
+    seed = MeshNode(_config(name="seed"))
+    await seed.start()
+    port = seed.address[1]
+    names = (f"no-such-seed.invalid:{port}", f"localhost:{port}")
+    node = MeshNode(_config(name="joiner", seeds=names))
+    try:
+        with capture_logs() as logs:
+            await node.start()
+        assert node.core.membership.join_seeds == (("127.0.0.1", port),)
+        await wait_for(lambda: node.core.membership.member(seed.node_id) is not None, 10)
+        assert node.core.membership.lost_seeds() == []
+        unresolved = [e for e in logs if e["event"] == "seed_unresolved"]
+        assert [e["seed"] for e in unresolved] == [f"no-such-seed.invalid:{port}"]
+    finally:
+        await node.aclose()
+        await seed.aclose()
+
+
+async def test_start_fails_when_no_seed_resolves() -> None:
+    """Seeds were given and none resolves: start() fails with the names, and releases what
+    it had bound."""
+    node = MeshNode(_config(seeds=("no-such-seed.invalid:7946", "nor-this.invalid:7946")))
+    with pytest.raises(OSError, match=r"no-such-seed\.invalid:7946, nor-this\.invalid:7946"):
+        await node.start()
+    assert not node.running
