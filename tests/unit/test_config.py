@@ -158,3 +158,17 @@ def test_parse_address_refuses(text: str) -> None:
     """Anything else is a ValueError naming the input."""
     with pytest.raises(ValueError, match="address"):
         parse_address(text)
+
+
+def test_cli_run_passes_the_embedder_settings_to_the_config() -> None:
+    """``meshnode run --embedder/--embedding-precision`` reach ``NodeConfig``; without
+    them the defaults hold; an unknown precision is refused by the parser."""
+    from meshnode.cli import _config_from_args, build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["run", "--embedder", "minilm", "--embedding-precision", "fp32"])
+    config = _config_from_args(args)
+    assert (config.embedder, config.embedding_precision) == ("minilm", "fp32")
+    assert _config_from_args(parser.parse_args(["run"])).embedding_precision == "auto"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["run", "--embedding-precision", "fp16"])
