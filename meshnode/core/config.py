@@ -242,7 +242,7 @@ class NodeConfig:
     """Weights MiniLM runs with, default ``"auto"``: 8-bit weight matrices on a CPU with
     8-bit dot-product instructions (x86 VNNI or AMX), else the float weights; ``"fp32"``
     or ``"int8"`` to choose. On this project's 2-core Xeon, int8 embeds a query in about
-    half the time (3.3-4.5 ms against 6.5-8 ms when the weights have left the caches) and
+    half the time (3.3-4.5 ms against 6.7-8.7 ms when the weights have left the caches) and
     moves each vector a little (cosine 0.98-0.996 with the float one); recall on the
     retrieval test set is the same. Each precision is its own vector space (``model_id``
     ends in ``:int8``). See ``meshnode.discovery.embedder.MINILM_PRECISION``."""
