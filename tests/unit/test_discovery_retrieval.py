@@ -276,6 +276,26 @@ def test_torch_backend_recall(minilm_torch: MiniLMEmbedder) -> None:
     )
 
 
+def embed_in_fresh_process(cache: Path, precision: str) -> dict[str, Any]:
+    """In a new Python process, load MiniLM on ONNX Runtime at ``precision`` from ``cache``
+    and embed one text; return its ``model_id``, its vector ``v``, and which heavy modules
+    the load imported (``torch``, ``st`` for sentence-transformers, ``quantiser``)."""
+    script = (
+        "import sys, json\n"
+        "from meshnode.discovery.embedder import MiniLMEmbedder\n"
+        f"e = MiniLMEmbedder(backend='onnx', precision={precision!r}, cache_dir={str(cache)!r})\n"
+        "v = e.embed(['render an invoice as a PDF'])[0]\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'id': e.model_id,\n"
+        "  'st': 'sentence_transformers' in sys.modules,\n"
+        "  'quantiser': 'onnxruntime.quantization' in sys.modules, 'v': v.tolist()}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
 @pytest.mark.semantic
 def test_onnx_graph_is_cached_and_reused_without_torch(tmp_path: Path) -> None:
     """The first load exports the graph into the cache directory; a fresh process then
@@ -285,18 +305,7 @@ def test_onnx_graph_is_cached_and_reused_without_torch(tmp_path: Path) -> None:
     assert len(graphs) == 1
     assert not list(tmp_path.glob(".*.tmp"))
     expected = first.embed(["render an invoice as a PDF"])[0]
-    script = (
-        "import sys, json\n"
-        "from meshnode.discovery.embedder import MiniLMEmbedder\n"
-        f"e = MiniLMEmbedder(backend='onnx', precision='fp32', cache_dir={str(tmp_path)!r})\n"
-        "v = e.embed(['render an invoice as a PDF'])[0]\n"
-        "print(json.dumps({'torch': 'torch' in sys.modules,\n"
-        "  'st': 'sentence_transformers' in sys.modules, 'v': v.tolist()}))\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
-    )
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = embed_in_fresh_process(tmp_path, "fp32")
     assert result["torch"] is False
     assert result["st"] is False
     assert float(np.dot(np.asarray(result["v"], dtype=np.float32), expected)) >= 0.9999
@@ -352,18 +361,7 @@ def test_int8_graph_is_made_once_cached_and_remade_when_damaged(tmp_path: Path) 
     (int8_graph,) = tmp_path.glob("*-int8.onnx")
     assert len(list(tmp_path.glob("*.onnx"))) == 2
     expected = first.embed(["render an invoice as a PDF"])[0]
-    script = (
-        "import sys, json\n"
-        "from meshnode.discovery.embedder import MiniLMEmbedder\n"
-        f"e = MiniLMEmbedder(precision='int8', cache_dir={str(tmp_path)!r})\n"
-        "v = e.embed(['render an invoice as a PDF'])[0]\n"
-        "print(json.dumps({'torch': 'torch' in sys.modules, 'id': e.model_id,\n"
-        "  'quantiser': 'onnxruntime.quantization' in sys.modules, 'v': v.tolist()}))\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
-    )
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = embed_in_fresh_process(tmp_path, "int8")
     assert (result["torch"], result["quantiser"]) == (False, False)
     assert result["id"] == MINILM_INT8_MODEL_ID
     assert np.array_equal(np.asarray(result["v"], dtype=np.float32), expected)
