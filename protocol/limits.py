@@ -40,3 +40,8 @@ MAX_MESSAGES_PER_ENVELOPE = 1_024
 
 MAX_VALUE_BYTES = 4 * 1024 * 1024
 """Largest free-form value (task input or output), measured as its msgpack encoding."""
+
+MAX_MANIFEST_BYTES = 256 * 1024
+"""Largest signed manifest accepted or published (its bare msgpack encoding), 256 KiB:
+32 capabilities with full descriptions, tags and JSON schemas fit with room to spare.
+A manifest fetch reads at most this many bytes from the peer."""
