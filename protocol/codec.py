@@ -8,8 +8,19 @@ Frame layout (version 1)::
 The signature is a fixed 66-byte suffix, so it is checked against the exact bytes that
 arrived, with no re-encoding. :func:`decode` is the only way untrusted bytes become
 objects, and it raises only :class:`~protocol.errors.RemoteProtocolError` subclasses,
-whatever the input: size first, then msgpack with per-type limits, then structure and
-depth, then the signature, then each message's schema.
+whatever the input. Parse before verify is the attack to avoid, so the order is: size
+first; then the envelope's fixed prefix read straight from the raw bytes (fixarray header,
+version, ``bin8`` header and the 32-byte sender key, see :func:`_read_prefix`); then the
+Ed25519 signature over the raw body; only then msgpack with per-type limits, structure,
+a cheap depth walk over containers only, and each message's schema. A stranger's junk
+therefore costs one bounded prefix check, and a forged frame one signature check (a hash
+over the body), before anything is decoded or allocated.
+
+One set of limits: the encoder refuses, with a :class:`~protocol.errors.LocalProtocolError`
+naming the limit, anything the decoder would refuse (string, bytes, array and map lengths
+of :mod:`protocol.limits`, nesting depth counting the envelope's own three levels, messages
+per envelope, frame size), so an honest node never signs and sends a frame every receiver
+drops.
 
 Protocol versions (``MIN_VERSION`` .. ``MAX_VERSION`` accepted):
 
@@ -19,7 +30,7 @@ Protocol versions (``MIN_VERSION`` .. ``MAX_VERSION`` accepted):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, TypeVar, cast
+from typing import Any, Final, TypeVar, cast
 
 import msgpack
 
@@ -40,6 +51,7 @@ from protocol.identity import (
 )
 from protocol.identity import verify as ed25519_verify
 from protocol.limits import (
+    ENVELOPE_DEPTH,
     MAX_ARRAY_LEN,
     MAX_BIN_BYTES,
     MAX_DEPTH,
@@ -78,11 +90,62 @@ M = TypeVar("M", bound=Message)
 
 
 def message_to_wire(message: Message) -> list[Any]:
-    """``[tag, field, ...]`` for one message; raise ``LocalProtocolError`` if invalid."""
+    """``[tag, field, ...]`` for one message; raise ``LocalProtocolError`` if invalid or if
+    a decoder would refuse it inside an envelope (see :func:`check_encodable`)."""
     try:
-        return [int(message.TAG), *struct_to_wire(message)]
+        wire = [int(message.TAG), *struct_to_wire(message)]
     except _Invalid as exc:
         raise LocalProtocolError(str(exc)) from None
+    check_encodable(wire, depth=ENVELOPE_DEPTH)
+    return wire
+
+
+def check_encodable(obj: Any, *, depth: int = 0) -> None:
+    """Raise ``LocalProtocolError`` naming the limit if :func:`decode` would refuse ``obj``
+    found ``depth`` levels deep (0: the whole body; ``ENVELOPE_DEPTH``: one message).
+
+    Iterative; visits each container once and measures strings by their UTF-8 length.
+    """
+    stack: list[tuple[Any, int]] = [(obj, depth + 1)]
+    while stack:
+        value, level = stack.pop()
+        t = type(value)
+        if t is str:
+            n = len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
+            if n > MAX_STR_BYTES:
+                raise LocalProtocolError(
+                    f"string of {n} bytes over MAX_STR_BYTES ({MAX_STR_BYTES})"
+                )
+        elif t is bytes or t is bytearray:
+            if len(value) > MAX_BIN_BYTES:
+                raise LocalProtocolError(
+                    f"byte string of {len(value)} bytes over MAX_BIN_BYTES ({MAX_BIN_BYTES})"
+                )
+        elif t is list or t is tuple:
+            if level > MAX_DEPTH:
+                raise LocalProtocolError(f"nesting deeper than MAX_DEPTH ({MAX_DEPTH})")
+            if len(value) > MAX_ARRAY_LEN:
+                raise LocalProtocolError(
+                    f"array of {len(value)} items over MAX_ARRAY_LEN ({MAX_ARRAY_LEN})"
+                )
+            stack.extend((v, level + 1) for v in value if type(v) not in _SCALARS)
+        elif t is dict:
+            if level > MAX_DEPTH:
+                raise LocalProtocolError(f"nesting deeper than MAX_DEPTH ({MAX_DEPTH})")
+            if len(value) > MAX_MAP_LEN:
+                raise LocalProtocolError(
+                    f"map of {len(value)} keys over MAX_MAP_LEN ({MAX_MAP_LEN})"
+                )
+            for key, item in value.items():
+                if type(key) is not str:
+                    raise LocalProtocolError("map keys must be strings")
+                stack.append((key, level + 1))
+                if type(item) not in _SCALARS:
+                    stack.append((item, level + 1))
+
+
+_SCALARS: Final = frozenset((int, float, bool, type(None)))
+"""Types that need no limit check on encoding (their msgpack form is at most 9 bytes)."""
 
 
 def wire_size(message: Message) -> int:
@@ -90,17 +153,43 @@ def wire_size(message: Message) -> int:
     return len(_packb(message_to_wire(message)))
 
 
-def encode(messages: list[Message] | tuple[Message, ...], signer: Signer) -> bytes:
-    """Sign and encode a batch of messages from ``signer``."""
-    if len(messages) > MAX_MESSAGES_PER_ENVELOPE:
-        raise LocalProtocolError(f"{len(messages)} messages over {MAX_MESSAGES_PER_ENVELOPE}")
-    body = _packb([PROTOCOL_VERSION, signer.public_key, [message_to_wire(m) for m in messages]])
-    return body + _SIG_PREFIX + signer.sign(body)
+def encode(
+    messages: list[Message] | tuple[Message, ...],
+    signer: Signer,
+    *,
+    max_bytes: int = MAX_FRAME_BYTES,
+) -> bytes:
+    """Sign and encode a batch of messages from ``signer``; raise ``LocalProtocolError``
+    for anything a decoder with the same ``max_bytes`` would refuse."""
+    _check_count(len(messages))
+    return _seal([message_to_wire(m) for m in messages], signer, max_bytes)
 
 
-def encode_wire_batch(wire_messages: list[list[Any]], signer: Signer) -> bytes:
-    """Like :func:`encode` for messages already converted by :func:`message_to_wire`."""
+def encode_wire_batch(
+    wire_messages: list[list[Any]], signer: Signer, *, max_bytes: int = MAX_FRAME_BYTES
+) -> bytes:
+    """Like :func:`encode` for messages already converted by :func:`message_to_wire`
+    (checked again here, since a caller may have built or changed them)."""
+    _check_count(len(wire_messages))
+    for wire in wire_messages:
+        if type(wire) is not list or not wire or type(wire[0]) is not int:
+            raise LocalProtocolError("a wire message is a list starting with its type tag")
+        check_encodable(wire, depth=ENVELOPE_DEPTH)
+    return _seal(wire_messages, signer, max_bytes)
+
+
+def _check_count(count: int) -> None:
+    if count > MAX_MESSAGES_PER_ENVELOPE:
+        raise LocalProtocolError(
+            f"{count} messages over MAX_MESSAGES_PER_ENVELOPE ({MAX_MESSAGES_PER_ENVELOPE})"
+        )
+
+
+def _seal(wire_messages: list[list[Any]], signer: Signer, max_bytes: int) -> bytes:
     body = _packb([PROTOCOL_VERSION, signer.public_key, wire_messages])
+    size = len(body) + _SIG_SUFFIX_BYTES
+    if size > max_bytes:
+        raise LocalProtocolError(f"frame of {size} bytes over its limit of {max_bytes}")
     return body + _SIG_PREFIX + signer.sign(body)
 
 
@@ -130,17 +219,18 @@ def _unpack(data: bytes) -> Any:
 
 
 def _check_depth(obj: Any, limit: int = MAX_DEPTH) -> None:
+    """Refuse nesting deeper than ``limit``. Only containers are pushed on the stack, so
+    the walk costs one type test per item and one stack entry per container; the
+    container count is bounded by the frame size (each takes at least one byte)."""
+    if type(obj) is not list and type(obj) is not dict:
+        return
     stack: list[tuple[Any, int]] = [(obj, 1)]
     while stack:
         value, depth = stack.pop()
-        if type(value) is list:
-            if depth > limit:
-                raise LimitExceeded(f"nesting deeper than {limit}")
-            stack.extend((v, depth + 1) for v in value)
-        elif type(value) is dict:
-            if depth > limit:
-                raise LimitExceeded(f"nesting deeper than {limit}")
-            stack.extend((v, depth + 1) for v in value.values())
+        if depth > limit:
+            raise LimitExceeded(f"nesting deeper than {limit}")
+        items = value if type(value) is list else value.values()
+        stack.extend((v, depth + 1) for v in items if type(v) is list or type(v) is dict)
 
 
 def _check_size(data: bytes, max_bytes: int) -> None:
@@ -162,26 +252,47 @@ def decode(
     if len(data) <= _SIG_SUFFIX_BYTES or data[-_SIG_SUFFIX_BYTES:-SIGNATURE_BYTES] != _SIG_PREFIX:
         raise MalformedMessage("frame does not end with a 64-byte signature")
     body, signature = data[:-_SIG_SUFFIX_BYTES], data[-SIGNATURE_BYTES:]
+    version, sender = _read_prefix(body)
+    if not verifier(sender, body, signature):
+        raise BadSignature("envelope signature does not match its sender")
     raw = _unpack(body)
+    # The prefix was read from these very bytes, so raw[0] and raw[1] are what it said.
     if type(raw) is not list or len(raw) < 3:
         raise MalformedMessage("envelope must be an array [version, sender, messages, ...]")
-    version, sender, batch = raw[0], raw[1], raw[2]
-    if type(version) is not int:
-        raise MalformedMessage("envelope version must be an integer")
-    if not MIN_VERSION <= version <= MAX_VERSION:
-        raise UnsupportedVersion(
-            f"protocol version {version} not in [{MIN_VERSION}, {MAX_VERSION}]"
-        )
-    if type(sender) is not bytes or len(sender) != PUBLIC_KEY_BYTES:
-        raise MalformedMessage("envelope sender must be a 32-byte public key")
+    batch = raw[2]
     if type(batch) is not list:
         raise MalformedMessage("envelope messages must be an array")
     if len(batch) > MAX_MESSAGES_PER_ENVELOPE:
         raise LimitExceeded(f"{len(batch)} messages over {MAX_MESSAGES_PER_ENVELOPE}")
     _check_depth(raw)
-    if not verifier(sender, body, signature):
-        raise BadSignature("envelope signature does not match its sender")
     return Envelope(version, node_id_from_public_key(sender), tuple(_build(m) for m in batch))
+
+
+_FIXARRAY_MIN: Final = 0x93  # fixarray of 3 items: [version, sender, messages]
+_FIXARRAY_MAX: Final = 0x9F  # fixarray of 15: later versions may append envelope fields
+_BIN8_KEY: Final = b"\xc4" + bytes((PUBLIC_KEY_BYTES,))  # bin8 header, length 32
+_INT_MARKERS: Final = frozenset((*range(0xCC, 0xD4), *range(0xE0, 0x100)))
+_PREFIX_BYTES: Final = 2 + len(_BIN8_KEY) + PUBLIC_KEY_BYTES
+
+
+def _read_prefix(body: bytes) -> tuple[int, bytes]:
+    """``(version, sender key)`` read from the fixed layout at the start of ``body``,
+    without decoding anything: a fixarray header (3 to 15 items), the version as a
+    positive fixint, then ``0xc4 0x20`` and the 32-byte key. O(1)."""
+    if len(body) < _PREFIX_BYTES or not _FIXARRAY_MIN <= body[0] <= _FIXARRAY_MAX:
+        raise MalformedMessage("envelope must be an array [version, sender, messages, ...]")
+    version = body[1]
+    if version > 0x7F:
+        if version in _INT_MARKERS:
+            raise UnsupportedVersion(f"protocol version not in [{MIN_VERSION}, {MAX_VERSION}]")
+        raise MalformedMessage("envelope version must be an integer")
+    if not MIN_VERSION <= version <= MAX_VERSION:
+        raise UnsupportedVersion(
+            f"protocol version {version} not in [{MIN_VERSION}, {MAX_VERSION}]"
+        )
+    if body[2:4] != _BIN8_KEY:
+        raise MalformedMessage("envelope sender must be a 32-byte public key")
+    return version, body[4 : 4 + PUBLIC_KEY_BYTES]
 
 
 def _build(raw: Any) -> Message:
@@ -196,10 +307,14 @@ def _build(raw: Any) -> Message:
         raise remote_error(exc) from None
 
 
-def pack(message: Message) -> bytes:
+def pack(message: Message, *, max_bytes: int = MAX_FRAME_BYTES) -> bytes:
     """Encode one message without an envelope (for objects signed on their own, such as a
-    manifest served over HTTP)."""
-    return _packb(message_to_wire(message))
+    manifest served over HTTP); raise ``LocalProtocolError`` for anything :func:`unpack`
+    with the same ``max_bytes`` would refuse."""
+    data = _packb(message_to_wire(message))
+    if len(data) > max_bytes:
+        raise LocalProtocolError(f"message of {len(data)} bytes over its limit of {max_bytes}")
+    return data
 
 
 def unpack(data: bytes, expected: type[M], *, max_bytes: int = MAX_FRAME_BYTES) -> M:

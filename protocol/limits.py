@@ -7,6 +7,9 @@ field's own limit before building a single message object. Because every msgpack
 takes at least one byte, a decoded frame allocates at most a small constant times its
 byte size.
 
+The encoder enforces exactly the same limits (``protocol.codec.check_encodable``), so
+nothing we sign is refused by a peer that runs the same limits.
+
 Changing a limit is a protocol change: peers with a smaller limit will drop what we send.
 """
 
@@ -34,6 +37,10 @@ MAX_MAP_LEN = 4_096
 
 MAX_DEPTH = 32
 """Deepest nesting of arrays and maps in a frame, envelope included."""
+
+ENVELOPE_DEPTH = 2
+"""Levels of nesting the envelope puts around each message (the envelope array and its
+batch array): a message's own nesting may be at most ``MAX_DEPTH - ENVELOPE_DEPTH``."""
 
 MAX_MESSAGES_PER_ENVELOPE = 1_024
 """Most messages in one envelope."""

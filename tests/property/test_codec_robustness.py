@@ -10,10 +10,10 @@ import tracemalloc
 from typing import Any
 
 import msgpack
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol import Envelope, ProtocolError, decode, encode
+from protocol import Envelope, LocalProtocolError, ProtocolError, TaskRequest, decode, encode
 from protocol.limits import MAX_DATAGRAM_BYTES
 from tests.messages_factory import ALICE, one_of_each
 
@@ -137,3 +137,54 @@ def test_datagram_sized_flood_of_small_objects() -> None:
         _decode_or_protocol_error(data, verifier=accept_all, max_bytes=MAX_DATAGRAM_BYTES) is None
     )
     assert _peak_bytes(data) <= 64 * len(data) + 256 * 1024
+
+
+# --------------------------------------------------------------------------- encoder = decoder
+
+_STR_LENGTHS = st.sampled_from([0, 1, 100, 1024 * 1024 - 4, 1024 * 1024, 1024 * 1024 + 1])
+
+
+@st.composite
+def _edge_strings(draw: st.DrawFn) -> str:
+    """Short random text, or ASCII / two-byte strings right around MAX_STR_BYTES."""
+    if draw(st.booleans()):
+        return draw(st.text(max_size=8))
+    n = draw(_STR_LENGTHS)
+    return "é" * (n // 2) if draw(st.booleans()) else "x" * n
+
+
+def _json_values() -> st.SearchStrategy[Any]:
+    scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | _edge_strings()
+    scalars = scalars | st.floats(allow_nan=False, allow_infinity=False)
+    return st.recursive(
+        scalars,
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+        ),
+        max_leaves=40,
+    )
+
+
+@st.composite
+def _deep(draw: st.DrawFn) -> Any:
+    value = draw(_json_values())
+    for _ in range(draw(st.integers(0, 34))):
+        value = [value] if draw(st.booleans()) else {"k": value}
+    return value
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_deep(), st.integers(1, 3))
+def test_whatever_the_encoder_accepts_the_decoder_accepts(value: Any, copies: int) -> None:
+    """encode() either refuses with LocalProtocolError or produces a frame that decode()
+    accepts and that round-trips to the same messages (strings, depth and map sizes at
+    and around every limit).
+
+    On the unfixed code: falsified by a string just over MAX_STR_BYTES (encoded and
+    signed, then refused by the decoder)."""
+    messages = [TaskRequest(f"t{i}", "c", value, 5, None, "") for i in range(copies)]
+    try:
+        frame = encode(messages, ALICE)
+    except LocalProtocolError:
+        return
+    assert decode(frame).messages == tuple(messages)

@@ -31,6 +31,8 @@ from protocol import (
     unpack,
     wire_size,
 )
+from protocol.codec import encode_wire_batch, message_to_wire
+from protocol.limits import MAX_DATAGRAM_BYTES
 from protocol.messages import MESSAGE_CLASSES
 from tests.messages_factory import ALICE, BOB, one_of_each
 
@@ -239,3 +241,163 @@ def test_remote_manifest_over_limits_is_a_remote_error() -> None:
     wire[5] = [wire[5][0], wire[5][0]]  # duplicate capability names
     with pytest.raises(MalformedMessage):
         unpack(msgpack.packb(wire, use_bin_type=True), Manifest)
+
+
+# --------------------------------------------------------------------------- verify first
+
+_HUGE_STRING = "x" * (2 * 1024 * 1024)  # over MAX_STR_BYTES: the decoder refuses it
+
+
+def _task(value: object, task_id: str = "t") -> TaskRequest:
+    return TaskRequest(task_id, "c", value, 5, None, "")
+
+
+def test_signature_is_checked_before_anything_is_decoded() -> None:
+    """A 16 MB frame with a zero signature fails with BadSignature, not with a limit: the
+    signature is checked over the raw body before msgpack sees a byte.
+
+    On the unfixed code: LimitExceeded (msgpack refused the 2 MiB string first, after
+    decoding up to it; a 16 MB body cost ~4.7 s of decoding and depth walking)."""
+    body = msgpack.packb(
+        [1, ALICE.public_key, [[12, "t", "c", [_HUGE_STRING] * 7, 5, None, ""]]],
+        use_bin_type=True,
+    )
+    assert len(body) > 14 * 1024 * 1024
+    calls: list[int] = []
+
+    def counting(key: bytes, data: bytes, signature: bytes) -> bool:
+        calls.append(len(data))
+        return False
+
+    with pytest.raises(BadSignature):
+        decode(body + b"\xc4\x40" + bytes(64), verifier=counting)
+    assert calls == [len(body)]
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        # a valid prefix, then bytes that are not msgpack
+        (b"\x93\x01\xc4\x20" + ALICE.public_key + b"\xc1" * 100, MalformedMessage),
+        # a valid prefix, then a string over MAX_STR_BYTES
+        (
+            msgpack.packb([1, ALICE.public_key, [[12, "t", "c", _HUGE_STRING, 5, None, ""]]]),
+            LimitExceeded,
+        ),
+        # a valid prefix, then a truncated array
+        (b"\x93\x01\xc4\x20" + ALICE.public_key + b"\x9f", MalformedMessage),
+    ],
+)
+def test_valid_signature_over_junk_fails_with_the_right_error(
+    body: bytes, error: type[Exception]
+) -> None:
+    """A good signature gets junk past the first check; decoding then refuses it."""
+    with pytest.raises(error):
+        decode(body + b"\xc4\x40" + ALICE.sign(body))
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        b"\x00" * 40,  # not an array
+        b"\x92\x01\xc4\x20" + bytes(32),  # an array of two
+        b"\xdc\x00\x03\x01\xc4\x20" + bytes(32),  # array16: not the envelope layout
+        b"\x93\xa1\x31\xc4\x20" + bytes(32),  # version is a string
+        b"\x93\x01\xc4\x1f" + bytes(32),  # a 31-byte key
+        b"\x93\x01\xc5\x00\x20" + bytes(32),  # bin16 key header
+    ],
+)
+def test_malformed_prefix_is_refused_without_a_signature_check(prefix: bytes) -> None:
+    """Junk whose fixed prefix is wrong is refused at once: the verifier never runs and
+    msgpack never sees it (a 64 KB junk datagram costs a few byte comparisons)."""
+    calls: list[int] = []
+
+    def counting(key: bytes, data: bytes, signature: bytes) -> bool:
+        calls.append(1)
+        return True
+
+    junk = prefix + bytes(64 * 1024 - len(prefix) - 66) + b"\xc4\x40" + bytes(64)
+    with pytest.raises(MalformedMessage):
+        decode(junk, verifier=counting)
+    assert calls == []
+
+
+def test_version_beyond_a_fixint_is_unsupported() -> None:
+    body = msgpack.packb([300, ALICE.public_key, []], use_bin_type=True)
+    with pytest.raises(UnsupportedVersion):
+        decode(body + b"\xc4\x40" + ALICE.sign(body))
+
+
+def test_depth_walk_is_cheap_on_wide_flat_values() -> None:
+    """A wide value of scalars pushes nothing on the depth walk's stack (only containers
+    are visited); 150,000 integers decode and round-trip."""
+    value = list(range(150_000))
+    frame = encode([_task(value)], ALICE)
+    assert decode(frame).messages[0].input == value  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- one set of limits
+
+
+def _nested(levels: int) -> object:
+    value: object = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("value", "limit"),
+    [
+        ("x" * (1024 * 1024 + 1), "MAX_STR_BYTES"),
+        ("é" * (512 * 1024 + 1), "MAX_STR_BYTES"),
+        ({"k" * (1024 * 1024 + 1): 1}, "MAX_STR_BYTES"),
+        (list(range(200_001)), "MAX_ARRAY_LEN"),
+        # depth: envelope (1), batch (2), message (3), then the value's own levels
+        (_nested(30), "MAX_DEPTH"),
+    ],
+)
+def test_encoder_refuses_what_the_decoder_refuses(value: object, limit: str) -> None:
+    """Values the schema allows (under MAX_VALUE_BYTES, under its own depth bound) but the
+    decoder would refuse are refused when encoding, naming the limit.
+
+    On the unfixed code: every one of these encoded, was signed, and then failed to
+    decode at every receiver."""
+    message = _task(value)
+    for attempt in (
+        lambda: encode([message], ALICE),
+        lambda: message_to_wire(message),
+        lambda: wire_size(message),
+        lambda: pack(message),
+    ):
+        with pytest.raises(LocalProtocolError, match=limit):
+            attempt()
+
+
+def test_deepest_value_the_encoder_accepts_decodes() -> None:
+    frame = encode([_task(_nested(29))], ALICE)
+    assert decode(frame).messages[0].input == _nested(29)  # type: ignore[attr-defined]
+
+
+def test_encode_refuses_too_many_messages_and_too_big_frames() -> None:
+    ping = Ping(1, BOB.node_id)
+    with pytest.raises(LocalProtocolError, match="MAX_MESSAGES_PER_ENVELOPE"):
+        encode([ping] * 1025, ALICE)
+    with pytest.raises(LocalProtocolError, match="MAX_MESSAGES_PER_ENVELOPE"):
+        encode_wire_batch([message_to_wire(ping)] * 1025, ALICE)
+    frame = encode([ping], ALICE)
+    with pytest.raises(LocalProtocolError, match="limit of"):
+        encode([ping], ALICE, max_bytes=len(frame) - 1)
+    assert decode(encode([ping], ALICE, max_bytes=len(frame)), max_bytes=len(frame))
+    big = _task(["y" * 1_000_000] * 4)
+    with pytest.raises(LocalProtocolError, match="limit of"):
+        encode([big], ALICE, max_bytes=MAX_DATAGRAM_BYTES)
+    with pytest.raises(LocalProtocolError, match="limit of"):
+        pack(big, max_bytes=1_000_000)
+
+
+def test_encode_wire_batch_checks_prebuilt_messages() -> None:
+    with pytest.raises(LocalProtocolError, match="MAX_STR_BYTES"):
+        encode_wire_batch([[int(MessageType.NACK), 1, "z" * (1024 * 1024 + 1)]], ALICE)
+    with pytest.raises(LocalProtocolError, match="type tag"):
+        encode_wire_batch([["not a tag"]], ALICE)  # type: ignore[list-item]
