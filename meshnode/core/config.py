@@ -279,6 +279,41 @@ class NodeConfig:
     non-loopback clients, default None: such calls are then refused from anywhere but
     127.0.0.0/8 and ::1."""
 
+    # ------------------------------------------------------------------ membership hardening
+
+    max_members: int = 20_000
+    """Most entries in the member table (alive, suspect, dead and left, ourselves
+    included), default 20,000: 10,000 live members plus as many departed ones kept for
+    :attr:`dead_member_retention`. Once full, known members are kept and new ones are
+    refused (counted as ``members_refused``). Higher: more memory (a few hundred bytes an
+    entry) a flood can make us hold; lower: a big mesh cannot fit."""
+
+    max_unverified_members: int = 10_000
+    """Most members learned second-hand (from gossip or another node's push-pull) held
+    until they answer us, in total, default 10,000 (a joining node of a 10,000-member mesh
+    learns them all from its seed). They are neither probed, relays, gossip or push-pull
+    targets, counted in the cluster size, nor re-gossiped until verified. Once full, new
+    ones are refused (``unverified_refused``); they are still learned when they contact us.
+    Cost: O(1) dictionary work each, no signature check until verification."""
+
+    max_unverified_per_source: int = 4_096
+    """Most unverified members one introducing node may have us hold at once, default
+    4,096, so a single peer cannot fill :attr:`max_unverified_members`. A new node of a
+    bigger mesh learns the rest first-hand: every member pings it to verify it, with its
+    own ``Alive`` in the packet."""
+
+    verify_pings: int = 8
+    """Verification pings sent to unverified members per probe period (the verification
+    lane), default 8, each with our own ``Alive`` and nothing else piggybacked. Bounds the
+    packets a flood of fake members can make us send to ``verify_pings × unverified_tries``
+    per member and ``verify_pings / probe_interval`` per second. Higher: faster joins of
+    nodes nobody introduced directly; lower: less traffic toward addresses nobody vouched
+    for."""
+
+    unverified_tries: int = 3
+    """Verification pings an unverified member gets before it is dropped quietly (never
+    suspected or declared dead), default 3, one probe period apart."""
+
     # ------------------------------------------------------------------ presets
 
     @classmethod
@@ -417,6 +452,16 @@ class NodeConfig:
         _check_int("gossip_nodes", self.gossip_nodes, 0, 64)
         _check_int("awareness_max_multiplier", self.awareness_max_multiplier, 1, 1_000)
         _check_int("max_packet_bytes", self.max_packet_bytes, 512, 65_507)
+        _check_int("max_members", self.max_members, 2, 10_000_000)
+        _check_int("max_unverified_members", self.max_unverified_members, 0, 10_000_000)
+        _check_int(
+            "max_unverified_per_source",
+            self.max_unverified_per_source,
+            0,
+            self.max_unverified_members,
+        )
+        _check_int("verify_pings", self.verify_pings, 0, 1_000)
+        _check_int("unverified_tries", self.unverified_tries, 1, 100)
 
 
 _WAN: dict[str, Any] = {

@@ -15,6 +15,13 @@ The core never performs I/O. Each call (``receive``, ``tick``, ``join``, ``leave
   forgotten; for logs, metrics, the manifest store and the capability index.
 * :class:`Deliver` — a message that arrived piggybacked in a SWIM packet but is not
   membership's business (manifest rumors, ledger records, …), for the layer above.
+* :class:`IdentityConflict` — another process holds our key: an ``Alive`` about us,
+  signed with our key, names an address that is not ours, or our incarnation keeps
+  being pushed up by someone else; for logs and the health report.
+
+The core never emits a :class:`SendPacket` or :class:`StartPushPull` to an address that
+``membership.address_problem`` refuses (defence in depth behind the checks on every
+address read off the wire).
 
 All effects are frozen, slotted dataclasses, so they can be logged, compared in tests
 and handed across threads safely.
@@ -35,6 +42,7 @@ __all__ = [
     "Address",
     "Deliver",
     "Effect",
+    "IdentityConflict",
     "MemberChanged",
     "MemberEvent",
     "SendPacket",
@@ -110,5 +118,15 @@ class Deliver:
     message: Message
 
 
-Effect = SendPacket | StartPushPull | MemberChanged | Deliver
+@dataclasses.dataclass(frozen=True, slots=True)
+class IdentityConflict:
+    """Our node id is alive somewhere else too: ``other_address`` is the address the other
+    holder of our key announces (our own address when it is a refutation war at the same
+    address). Emitted at most once per address per ``IDENTITY_CONFLICT_WINDOW``."""
+
+    node_id: str
+    other_address: Address
+
+
+Effect = SendPacket | StartPushPull | MemberChanged | Deliver | IdentityConflict
 """Everything ``take_effects()`` can return."""

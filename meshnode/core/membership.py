@@ -73,6 +73,54 @@ process, every timer is shifted by the delay plus one probe timeout, the local h
 score is raised, and the tick returns, so that the packets that queued up meanwhile
 (acks, refutations) are handled before any timer fires.
 
+**Addresses.** Every address read off the wire (an ``Alive``'s host and port, a
+``PingReq``'s) must pass :func:`address_problem`: a numeric IP literal of our own socket's
+family (the shell says which, ``ip_version``), port 1–65535, not unspecified, multicast
+or broadcast. Anything else is refused and counted (``addresses_invalid``) before it
+changes anything; and no ``SendPacket`` or ``StartPushPull`` ever leaves for an address
+that fails the check (``sends_refused``), whatever put it there.
+
+**Who may accuse.** A ``Suspect`` or ``Dead`` counts only if its accuser is a current
+member (alive or suspect in our table; our own accusations are trusted) and only at an
+incarnation the accuser could have seen: not above the subject's incarnation we know
+(about ourselves: not above our own). A refutation is one above our incarnation, so it
+always beats every accusation we accept. About ourselves, a validly signed accusation at
+our incarnation is refuted whoever signed it (refuting is always safe, and after a
+partition every accuser is dead in our view), but only a member's costs local health. Incarnations saturate at ``MAX_INCARNATION``
+(the uint64 wire limit) instead of overflowing. A pushed ``Dead`` turned into our own
+suspicion (partition healing) passes the same checks first.
+
+**Second-hand members.** A member we only heard of from someone else (an ``Alive``
+relayed by gossip, or in another node's push-pull snapshot) is *unverified*: it is held
+apart from the member table (not probed, not a relay, gossip or push-pull target, not in
+the cluster size of the timing formulas, not re-gossiped, not in our snapshots, not in
+:meth:`Membership.members`). It becomes a member as soon as it answers us: a signed packet
+from its node id arriving from its advertised address, an ``Alive`` it sends us itself,
+an ack to a verification ping, or a push-pull with it. A separate lane pings unverified
+members, ``verify_pings`` per probe period, oldest first, with only our own ``Alive``
+piggybacked (which verifies *us* at the other end in the same packet); one that has not
+answered ``unverified_tries`` pings is dropped quietly, never suspected or declared dead.
+Holding one costs O(1) dictionary work (its signature is checked only when it is
+verified), bounded by ``max_unverified_per_source`` per introducing node and
+``max_unverified_members`` in all; the whole table is capped at ``max_members``. At a cap,
+known members are kept and new ones refused (counted). Joins still converge: the seed
+learns a joining node first-hand (its own push-pull), and every other member, hearing of
+it second-hand, verifies it with one ping that also introduces itself first-hand.
+
+**Relaying.** A ``PingReq`` is served only for a current member (the requester) and
+only about a current member (the target), at the address *we* know for the target (a
+request naming another address is counted, ``ping_req_address_mismatch``); the answer
+goes to the requester's known address.
+
+**Identity conflicts.** An ``Alive`` about ourselves, signed with our key, at an address
+not ours and an incarnation not below ours means another process holds our key: it is
+counted (``identity_conflicts``) and reported with an
+:class:`~meshnode.core.effects.IdentityConflict` effect (once per address per
+``IDENTITY_CONFLICT_WINDOW``); so is a refutation war, our incarnation pushed up by
+``REFUTATION_WAR_COUNT`` such ``Alive`` within the window. Another member whose address
+changes back to the one it had within ``ADDRESS_FLAP_WINDOW`` is counted
+(``address_flaps``): two processes are publishing under its id.
+
 Costs: member lookup, rumor application and timer handling are O(1) (O(log s) for the
 ``s`` pending suspicions); a packet costs O(rumors in it); a probe pass copies the
 round-robin list once, O(n) per n probes, and each probe draws its target in O(1) (no
@@ -85,11 +133,13 @@ import dataclasses
 import enum
 import functools
 import heapq
+import ipaddress
 import math
 import operator
 import random
+from collections import OrderedDict
 from collections.abc import Hashable, Iterator, Mapping, Sequence
-from typing import Final, TypeVar
+from typing import Final, Literal, TypeVar
 
 from meshnode.core import timing
 from meshnode.core.broadcast import BroadcastQueue
@@ -98,6 +148,7 @@ from meshnode.core.effects import (
     Address,
     Deliver,
     Effect,
+    IdentityConflict,
     MemberChanged,
     MemberEvent,
     SendPacket,
@@ -126,7 +177,14 @@ from protocol import (
     wire_size,
 )
 
-__all__ = ["Member", "MemberRumor", "MemberState", "Membership"]
+__all__ = [
+    "MAX_INCARNATION",
+    "Member",
+    "MemberRumor",
+    "MemberState",
+    "Membership",
+    "address_problem",
+]
 
 MemberRumor = Alive | Suspect | Dead | Leave
 """The signed statements that make up a member's state."""
@@ -138,6 +196,30 @@ MAX_PENDING_RELAYS: Final = 1024
 
 LOAD_MAX: Final = 1_000_000
 """Largest load an ack can advertise (the wire limit of ``Ack.load``)."""
+
+MAX_INCARNATION: Final = 2**64 - 1
+"""Largest incarnation (the uint64 wire limit); incarnation arithmetic saturates here."""
+
+IDENTITY_CONFLICT_WINDOW: Final = 60.0
+"""Seconds over which refutations forced by our own key are counted toward a refutation
+war, and during which one conflicting address is reported once."""
+
+REFUTATION_WAR_COUNT: Final = 3
+"""``Alive`` about ourselves at or above our incarnation (signed with our key) within
+``IDENTITY_CONFLICT_WINDOW`` that make a refutation war. One is a previous life of ours
+(a restart that lost its incarnation); three in a minute is another live process."""
+
+ADDRESS_FLAP_WINDOW: Final = 60.0
+"""Seconds within which a member's address changing back to its previous one counts as
+an address flap (``address_flaps``). An honest move changes the address once; two
+processes sharing a key alternate between two addresses with every refutation."""
+
+MAX_VERIFYING: Final = 4_096
+"""Most verification pings awaiting an ack; the oldest is forgotten beyond this (its
+member simply gets its next try)."""
+
+_ADDRESS_CACHE: Final = 4_096
+"""Host strings whose check result is memoized."""
 
 _NO_SIGNATURE: Final = bytes(64)
 _SEQ_MOD: Final = 2**64
@@ -151,6 +233,35 @@ _PING_BYTES: Final = 1 + 1 + 9 + 34
 _ACK_BYTES: Final = 1 + 1 + 9 + 5 + 5
 _NACK_BYTES: Final = 1 + 1 + 9
 _PING_REQ_FIXED_BYTES: Final = 1 + 1 + 9 + 34 + 2 + 3
+
+
+@functools.lru_cache(maxsize=_ADDRESS_CACHE)
+def _host_problem(host: str, ip_version: int) -> str | None:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return "not a numeric IP address"
+    if ip.version != ip_version:
+        return f"an IPv{ip.version} address on an IPv{ip_version} socket"
+    if ip.is_unspecified:
+        return "the unspecified address"
+    if ip.is_multicast:
+        return "a multicast address"
+    if ip.version == 4 and ip == ipaddress.IPv4Address("255.255.255.255"):
+        return "the broadcast address"
+    return None
+
+
+def address_problem(host: object, port: object, ip_version: int) -> str | None:
+    """Why ``(host, port)`` may not be used as a peer's address on an IPv``ip_version``
+    socket, or None if it may: it must be a numeric IP literal of that version (no host
+    names, so nothing is ever resolved), not unspecified (``0.0.0.0``, ``::``), multicast or
+    broadcast, with a port in 1–65535. Pure; results for a host are memoized."""
+    if type(host) is not str or not host:
+        return "host is not a non-empty string"
+    if type(port) is not int or not 1 <= port <= 65_535:
+        return "port outside 1-65535"
+    return _host_problem(host, ip_version)
 
 
 class MemberState(enum.IntEnum):
@@ -281,6 +392,18 @@ class _Probe:
 
 
 @dataclasses.dataclass(slots=True)
+class _Candidate:
+    """A member learned second-hand, waiting to answer us (see "Second-hand members")."""
+
+    alive: Alive
+    """Its latest ``Alive`` (signature checked only when it is verified)."""
+    source: str
+    """The node whose gossip or snapshot introduced it (counted against its quota)."""
+    tries: int = 0
+    """Verification pings sent so far."""
+
+
+@dataclasses.dataclass(slots=True)
 class _Relay:
     """An indirect probe we run for someone else."""
 
@@ -325,6 +448,22 @@ _COUNTERS: Final = (
     "join_attempts",
     "members_forgotten",
     "stalls",
+    "addresses_invalid",
+    "sends_refused",
+    "accusations_by_outsiders",
+    "accusations_ahead",
+    "unverified_added",
+    "unverified_refused",
+    "unverified_dropped",
+    "members_verified",
+    "members_refused",
+    "verify_pings_sent",
+    "ping_reqs_refused",
+    "ping_req_address_mismatch",
+    "identity_conflicts",
+    "refutation_wars",
+    "address_flaps",
+    "dead_downgraded",
 )
 
 
@@ -343,14 +482,19 @@ class Membership:
         incarnation: int = 0,
         now: float = 0.0,
         detect_stalls: bool = True,
+        ip_version: Literal[4, 6] = 4,
     ) -> None:
         """Start as an alive member at ``incarnation`` on the clock reading ``now``.
 
         ``host``/``port`` are the address we advertise. ``detect_stalls=False`` turns off
         the stall guard (for callers that drive ``tick`` by hand at arbitrary times).
+        ``ip_version`` is the family of the shell's socket (4 or 6): peers' addresses must
+        be IP literals of that family.
         """
-        if type(incarnation) is not int or incarnation < 0:
-            raise ValueError(f"incarnation must be a non-negative integer, got {incarnation!r}")
+        if type(incarnation) is not int or not 0 <= incarnation <= MAX_INCARNATION:
+            raise ValueError(f"incarnation must be an integer in [0, 2**64-1], got {incarnation!r}")
+        if ip_version not in (4, 6):
+            raise ValueError(f"ip_version must be 4 or 6, got {ip_version!r}")
         if not host or not 0 < port <= 65_535:
             raise ValueError(f"bad advertised address {host!r}:{port!r}")
         self._config = config
@@ -389,6 +533,17 @@ class Membership:
         self._load = 0
         self._left = False
         self._detect_stalls = detect_stalls
+        self._ip_version = ip_version
+
+        # Second-hand members waiting to answer us, oldest first (the lane's order).
+        self._candidates: OrderedDict[str, _Candidate] = OrderedDict()
+        self._candidates_by_source: dict[str, int] = {}
+        self._verifying: dict[int, str] = {}  # verification ping seq -> node id
+        # Identity conflicts: when each conflicting address was last reported, and the
+        # times of recent refutations forced by an Alive signed with our key.
+        self._conflicts_reported: dict[Address, float] = {}
+        self._forced_refutations: list[float] = []
+        self._previous_address: dict[str, tuple[Address, float]] = {}
 
         self._join_seeds: tuple[Address, ...] = ()
         self._join_attempt = 0
@@ -474,6 +629,15 @@ class Membership:
         """The running suspicion about ``node_id``, if any."""
         return self._suspicions.get(node_id)
 
+    def unverified(self) -> list[Alive]:
+        """The ``Alive`` of every member learned second-hand that has not answered us yet
+        (not members: see "Second-hand members"), oldest first."""
+        return [candidate.alive for candidate in self._candidates.values()]
+
+    def unverified_count(self) -> int:
+        """How many members learned second-hand wait to answer us."""
+        return len(self._candidates)
+
     def cluster_size(self) -> int:
         """``n`` of the timing formulas: members alive or suspect, ourselves included."""
         return (0 if self._left else 1) + len(self._alive) + len(self._suspect)
@@ -510,6 +674,9 @@ class Membership:
         targets: list[Address] = []
         for host, port in seeds:
             addr = (str(host), int(port))
+            if address_problem(*addr, self._ip_version) is not None:
+                self.counters["addresses_invalid"] += 1
+                continue
             if addr != self.address and addr not in targets:
                 targets.append(addr)
         self._join_seeds = tuple(targets)
@@ -594,18 +761,29 @@ class Membership:
             out.append(member.rumor)
         return tuple(out)
 
-    def merge_state(self, rumors: Sequence[Message], now: float) -> int:
+    def merge_state(
+        self, rumors: Sequence[Message], now: float, *, source: str | None = None
+    ) -> int:
         """Apply a remote snapshot with exactly the gossip rules; return how many rumors
-        changed something. Suspect or dead rumors about ourselves become refutations."""
+        changed something. Suspect or dead rumors about ourselves become refutations.
+
+        ``source`` is the node id of the peer whose snapshot this is (the verified sender
+        of the push-pull): its own ``Alive`` is first-hand and makes it a member at once;
+        every other member it names that we do not know yet is held unverified until it
+        answers us (see "Second-hand members")."""
         self.counters["push_pull_merges"] += 1
         applied = 0
+        origin = source if source is not None else ""
         for rumor in rumors:
             if isinstance(rumor, Dead) and self._dead_as_suspicion(rumor, now):
                 applied += 1
             elif type(rumor) in _RUMOR_TYPES:
-                applied += self._apply(rumor, now)  # type: ignore[arg-type]
+                direct = source is not None and rumor.node == source  # type: ignore[attr-defined]
+                applied += self._apply(rumor, now, source=origin, direct=direct)  # type: ignore[arg-type]
             else:
                 self.counters["rumors_invalid"] += 1
+        if source is not None:
+            self._verify_by_contact(source, now)
         return applied
 
     def _dead_as_suspicion(self, rumor: Dead, now: float) -> bool:
@@ -622,10 +800,11 @@ class Membership:
             rumor.node == self._node_id
             or current is None
             or current.state is not MemberState.ALIVE
-            or rumor.incarnation < current.incarnation
+            or rumor.incarnation != current.incarnation
+            or not self._may_accuse(rumor.accuser)
             or not self._valid(rumor)
         ):
-            return False
+            return False  # _apply then refuses it, or applies it, with the same rules
         suspect = self._sign(Suspect(rumor.node, rumor.incarnation, self._node_id, _NO_SIGNATURE))
         self.counters["dead_downgraded"] = self.counters.get("dead_downgraded", 0) + 1
         self._apply(suspect, now, trusted=True)
@@ -637,6 +816,9 @@ class Membership:
         answer already carries a refutation the packet called for."""
         counters = self.counters
         counters["packets_received"] += 1
+        candidate = self._candidates.get(sender)
+        if candidate is not None and (candidate.alive.host, candidate.alive.port) == addr:
+            self._promote(sender, now)  # a signed packet from its advertised address
         others = False
         for message in messages:
             cls = type(message)
@@ -645,7 +827,12 @@ class Membership:
                 key = _RECEIVED[cls] = f"recv_{cls.__name__.lower()}"
             counters[key] = counters.get(key, 0) + 1
             if cls in _RUMOR_TYPES:
-                self._apply(message, now)  # type: ignore[arg-type]
+                direct = (
+                    cls is Alive
+                    and message.node == sender  # type: ignore[attr-defined]
+                    and (message.host, message.port) == addr  # type: ignore[attr-defined]
+                )
+                self._apply(message, now, source=sender, direct=direct)  # type: ignore[arg-type]
             else:
                 others = True
         if not others:
@@ -656,7 +843,7 @@ class Membership:
             elif isinstance(message, Ack):
                 self._on_ack(sender, message, now)
             elif isinstance(message, PingReq):
-                self._on_ping_req(message, addr, now)
+                self._on_ping_req(sender, message, addr, now)
             elif isinstance(message, Nack):
                 self._on_nack(sender, message)
             elif type(message) not in _RUMOR_TYPES:
@@ -705,6 +892,7 @@ class Membership:
             if self._probe is not None:
                 self._finish_probe(self._probe, now)
             self._start_probe(now)
+            self._verify_round()
         self._expire_suspicions(now)
         if now >= self._next_gossip_at:
             if self._queue:
@@ -723,19 +911,46 @@ class Membership:
 
     # ------------------------------------------------------------------ rumors
 
-    def _apply(self, rumor: MemberRumor, now: float, *, trusted: bool = False) -> bool:
-        """Apply one rumor by the ``(incarnation, rank)`` rule; True if it changed state."""
+    def _apply(
+        self,
+        rumor: MemberRumor,
+        now: float,
+        *,
+        trusted: bool = False,
+        source: str = "",
+        direct: bool = False,
+    ) -> bool:
+        """Apply one rumor by the ``(incarnation, rank)`` rule; True if it changed state.
+
+        ``source`` is the node that passed it to us; ``direct`` says the rumor is the
+        subject's own ``Alive`` straight from the subject (first-hand)."""
         node = rumor.node
         counters = self.counters
         if node == self._node_id:
             return self._apply_about_self(rumor, now, trusted)
+        accusation = type(rumor) is Suspect or type(rumor) is Dead
+        if accusation and not trusted and not self._may_accuse(rumor.accuser):  # type: ignore[union-attr]
+            counters["accusations_by_outsiders"] += 1
+            return False
+        if type(rumor) is Alive and address_problem(rumor.host, rumor.port, self._ip_version):
+            counters["addresses_invalid"] += 1
+            return False
         current = self._members.get(node)
         new_state = _RUMOR_STATE[type(rumor)]
         if current is None:
             if new_state is not MemberState.ALIVE:
                 counters["rumors_unknown_subject"] += 1
                 return False
+            if not trusted and not direct:
+                return self._hold_unverified(rumor, source)  # type: ignore[arg-type]
+            self._candidates_discard(node)
+            if len(self._members) >= self._config.max_members:
+                counters["members_refused"] += 1
+                return False
         else:
+            if accusation and rumor.incarnation > current.incarnation:
+                counters["accusations_ahead"] += 1  # the accuser cannot have seen it
+                return False
             new_key = (rumor.incarnation, new_state)
             old_key = (current.incarnation, current.state)
             if new_key <= old_key:
@@ -772,10 +987,97 @@ class Membership:
         self._enqueue_rumor(rumor)
         return True
 
+    # ------------------------------------------------------------------ second-hand members
+
+    def _hold_unverified(self, rumor: Alive, source: str) -> bool:
+        """Hold a second-hand ``Alive`` about a member we do not know until it answers us
+        (O(1); its signature is checked when it is verified). Never changes the table."""
+        node = rumor.node
+        counters = self.counters
+        candidate = self._candidates.get(node)
+        if candidate is not None:
+            if rumor.incarnation > candidate.alive.incarnation:
+                candidate.alive = rumor
+            else:
+                counters["rumors_stale"] += 1
+            return False
+        config = self._config
+        by_source = self._candidates_by_source
+        if (
+            len(self._candidates) >= config.max_unverified_members
+            or by_source.get(source, 0) >= config.max_unverified_per_source
+            or len(self._members) >= config.max_members
+        ):
+            counters["unverified_refused"] += 1
+            return False
+        self._candidates[node] = _Candidate(rumor, source)
+        by_source[source] = by_source.get(source, 0) + 1
+        counters["unverified_added"] += 1
+        return False
+
+    def _candidates_discard(self, node: str) -> _Candidate | None:
+        candidate = self._candidates.pop(node, None)
+        if candidate is not None:
+            left = self._candidates_by_source[candidate.source] - 1
+            if left:
+                self._candidates_by_source[candidate.source] = left
+            else:
+                del self._candidates_by_source[candidate.source]
+        return candidate
+
+    def _promote(self, node: str, now: float) -> None:
+        """An unverified member answered us: apply its ``Alive`` as a first-hand one."""
+        candidate = self._candidates_discard(node)
+        if candidate is not None and self._apply(candidate.alive, now, direct=True):
+            self.counters["members_verified"] += 1
+
+    def _verify_by_contact(self, node: str, now: float) -> None:
+        if node in self._candidates:
+            self._promote(node, now)
+
+    def _verify_round(self) -> None:
+        """The verification lane: ping up to ``verify_pings`` unverified members, oldest
+        first, each with only our own ``Alive``; drop those out of tries."""
+        config = self._config
+        candidates = self._candidates
+        if self._left or not candidates or config.verify_pings == 0:
+            return
+        me = self._members[self._node_id]
+        sent = 0
+        for _ in range(len(candidates)):
+            if sent >= config.verify_pings:
+                break
+            node, candidate = next(iter(candidates.items()))
+            if candidate.tries >= config.unverified_tries:
+                self._candidates_discard(node)
+                self.counters["unverified_dropped"] += 1
+                continue
+            candidates.move_to_end(node)
+            candidate.tries += 1
+            addr = (candidate.alive.host, candidate.alive.port)
+            if not self._sendable(addr):
+                continue
+            seq = self._next_seq()
+            if len(self._verifying) >= MAX_VERIFYING:
+                del self._verifying[next(iter(self._verifying))]
+            self._verifying[seq] = node
+            sent += 1
+            self.counters["verify_pings_sent"] += 1
+            self.counters["packets_sent"] += 1
+            self._effects.append(SendPacket(addr, (Ping(seq, node), me.alive)))
+
+    # ------------------------------------------------------------------ transitions
+
     def _transition(
         self, current: Member | None, rumor: MemberRumor, state: MemberState, now: float
     ) -> None:
         node = rumor.node
+        if (
+            current is not None
+            and type(rumor) is Alive
+            and (rumor.host, rumor.port) != current.address
+        ):
+            self._address_changed(node, current.address, (rumor.host, rumor.port), now)
         if current is None:
             assert isinstance(rumor, Alive)  # only an Alive introduces a member
             member = Member(
@@ -815,16 +1117,23 @@ class Membership:
             return False
         me = self._members[self._node_id]
         if isinstance(rumor, Alive):
-            # Only a previous life of ours can have signed it (e.g. before a restart that
-            # lost the incarnation, or on another address): announce a newer one.
+            # Only a previous life of ours, or another process holding our key, can have
+            # signed it: announce a newer one (and report the second case).
             stale = rumor.incarnation < me.incarnation or (
                 rumor.incarnation == me.incarnation
                 and (rumor.host, rumor.port) == (me.host, me.port)
             )
             penalize = False
         else:
+            if not isinstance(rumor, Leave) and rumor.incarnation > me.incarnation:
+                # Nobody can have seen an incarnation of ours above the current one.
+                self.counters["accusations_ahead"] += 1
+                return False
             stale = rumor.incarnation < me.incarnation
-            penalize = not isinstance(rumor, Leave)
+            # Any signed accusation at our incarnation is refuted (a refutation is always
+            # safe, and after a partition the accusers are dead in our view), but only a
+            # member's accusation costs us local health.
+            penalize = not isinstance(rumor, Leave) and self._may_accuse(rumor.accuser)
         if stale:
             self.counters["rumors_stale"] += 1
             if not isinstance(rumor, Alive) and ("member", self._node_id) not in self._queue:
@@ -836,12 +1145,42 @@ class Membership:
         if not self._valid(rumor):
             self.counters["rumors_invalid"] += 1
             return False
+        if isinstance(rumor, Alive):
+            self._identity_evidence(rumor, now)
         self._refute(rumor.incarnation, now, penalize=penalize)
         return True
 
+    def _identity_evidence(self, rumor: Alive, now: float) -> None:
+        """An ``Alive`` about us, signed with our key, that we did not send: another
+        address means another process holds our key; several in a short window at our
+        own address mean a refutation war."""
+        window = IDENTITY_CONFLICT_WINDOW
+        forced = [t for t in self._forced_refutations if now - t < window]
+        forced.append(now)
+        self._forced_refutations = forced[-REFUTATION_WAR_COUNT:]
+        other = (rumor.host, rumor.port)
+        if other != self.address:
+            self.counters["identity_conflicts"] += 1
+        elif len(forced) >= REFUTATION_WAR_COUNT:
+            self.counters["refutation_wars"] += 1
+        else:
+            return
+        reported = self._conflicts_reported.get(other)
+        if reported is not None and now - reported < window:
+            return
+        if len(self._conflicts_reported) >= _ADDRESS_CACHE:
+            self._conflicts_reported.clear()
+        self._conflicts_reported[other] = now
+        self._effects.append(IdentityConflict(self._node_id, other))
+
+    def _may_accuse(self, accuser: str) -> bool:
+        """Only a current member (alive or suspect; ourselves while not left) accuses."""
+        member = self._members.get(accuser)
+        return member is not None and member.state in _LIVE
+
     def _refute(self, incarnation: int, now: float, *, penalize: bool) -> None:
         me = self._members[self._node_id]
-        new_incarnation = max(incarnation, me.incarnation) + 1
+        new_incarnation = min(max(incarnation, me.incarnation) + 1, MAX_INCARNATION)
         alive = self._sign(
             Alive(self._node_id, new_incarnation, self._host, self._port, _NO_SIGNATURE)
         )
@@ -912,6 +1251,13 @@ class Membership:
             if self._join_at is not None:
                 self._join_at = None  # we know someone: the join succeeded
 
+    def _address_changed(self, node: str, old: Address, new: Address, now: float) -> None:
+        """Count a member that moves back to its previous address within the window."""
+        previous = self._previous_address.get(node)
+        if previous is not None and previous[0] == new and now - previous[1] <= ADDRESS_FLAP_WINDOW:
+            self.counters["address_flaps"] += 1
+        self._previous_address[node] = (old, now)
+
     def _event(self, kind: MemberEvent, old: MemberState | None, member: Member) -> None:
         self._effects.append(MemberChanged(kind, member.node_id, old, member.state, member))
 
@@ -925,6 +1271,7 @@ class Membership:
         self._dead_since.pop(node, None)
         self._graveyard.pop(node, None)
         self._queue.discard(("member", node))
+        self._previous_address.pop(node, None)
         self.counters["members_forgotten"] += 1
         self._effects.append(MemberChanged(MemberEvent.FORGOTTEN, node, member.state, None, member))
 
@@ -1121,20 +1468,42 @@ class Membership:
     def _ack(self, seq: int) -> Ack:
         return Ack(seq, self._load, self.cluster_size())
 
-    def _on_ping_req(self, request: PingReq, addr: Address, now: float) -> None:
-        if request.target == self._node_id:
-            self._send(addr, [self._ack(request.seq)], _ACK_BYTES)
+    def _on_ping_req(self, sender: str, request: PingReq, addr: Address, now: float) -> None:
+        """Relay only for members, to members, at the target address we know."""
+        counters = self.counters
+        if address_problem(request.host, request.port, self._ip_version) is not None:
+            counters["addresses_invalid"] += 1
             return
+        requester = self._members.get(sender)
+        if sender == self._node_id or requester is None or requester.state not in _LIVE:
+            counters["ping_reqs_refused"] += 1
+            return
+        if request.target == self._node_id:
+            self._send(requester.address, [self._ack(request.seq)], _ACK_BYTES)
+            return
+        target = self._members.get(request.target)
+        if target is None or target.state not in _LIVE:
+            counters["ping_reqs_refused"] += 1
+            return
+        if (request.host, request.port) != target.address:
+            counters["ping_req_address_mismatch"] += 1
         if len(self._relays) >= MAX_PENDING_RELAYS:
-            self.counters["ping_reqs_dropped"] += 1
+            counters["ping_reqs_dropped"] += 1
             return
         seq = self._next_seq()
         deadline = now + timing.nack_timeout(self._config.probe_timeout)
-        self._relays[seq] = _Relay(request.seq, addr, request.target, deadline)
-        self.counters["ping_reqs_served"] += 1
-        self._send_ping(seq, request.target, (request.host, request.port))
+        self._relays[seq] = _Relay(request.seq, requester.address, request.target, deadline)
+        counters["ping_reqs_served"] += 1
+        self._send_ping(seq, request.target, target.address)
 
     def _on_ack(self, sender: str, ack: Ack, now: float) -> None:
+        verifying = self._verifying.pop(ack.seq, None)
+        if verifying is not None:
+            if verifying == sender:
+                self._promote(sender, now)  # ack to a verification ping
+            else:
+                self.counters["acks_unexpected"] += 1
+            return
         relay = self._relays.get(ack.seq)
         if relay is not None and sender == relay.target:
             del self._relays[ack.seq]
@@ -1170,7 +1539,7 @@ class Membership:
         self._behind_at = None
         self._next_catch_up_at = now + interval
         self.counters["catch_up_push_pulls"] += 1
-        self._effects.append(StartPushPull(member.address, False))
+        self._start_push_pull(member.address, False)
 
     def _on_nack(self, sender: str, nack: Nack) -> None:
         probe = self._probe
@@ -1215,6 +1584,8 @@ class Membership:
         exclude: Hashable | None = None,
     ) -> None:
         """Emit one packet: ``messages`` (``size`` bytes at most) plus piggybacked rumors."""
+        if not self._sendable(addr):
+            return
         budget = self._config.max_packet_bytes - ENVELOPE_OVERHEAD - size
         if budget > 0 and self._queue:
             extra = self._queue.take(budget, self.retransmit_limit(), exclude=exclude)
@@ -1230,13 +1601,16 @@ class Membership:
         budget = config.max_packet_bytes - ENVELOPE_OVERHEAD
         limit = self.retransmit_limit()
         for node in self._gossip_targets(config.gossip_nodes):
+            addr = self._members[node].address
+            if not self._sendable(addr):
+                continue
             rumors = self._queue.take(budget, limit)
             if not rumors:
                 break
             self.counters["gossip_packets"] += 1
             self.counters["packets_sent"] += 1
             self.counters["rumors_sent"] += len(rumors)
-            self._effects.append(SendPacket(self._members[node].address, tuple(rumors)))
+            self._effects.append(SendPacket(addr, tuple(rumors)))
 
     def _gossip_targets(self, k: int) -> list[str]:
         """Up to ``k`` distinct random members that are alive, suspect or recently dead."""
@@ -1288,7 +1662,7 @@ class Membership:
         else:
             return
         self.counters["push_pulls"] += 1
-        self._effects.append(StartPushPull(addr, False))
+        self._start_push_pull(addr, False)
 
     @property
     def join_seeds(self) -> tuple[Address, ...]:
@@ -1307,7 +1681,18 @@ class Membership:
     def _contact_seeds(self) -> None:
         self.counters["join_attempts"] += 1
         for addr in self._join_seeds:
-            self._effects.append(StartPushPull(addr, True))
+            self._start_push_pull(addr, True)
+
+    def _start_push_pull(self, addr: Address, join: bool) -> None:
+        if self._sendable(addr):
+            self._effects.append(StartPushPull(addr, join))
+
+    def _sendable(self, addr: Address) -> bool:
+        """Defence in depth: never emit I/O toward an address the wire checks refuse."""
+        if address_problem(addr[0], addr[1], self._ip_version) is None:
+            return True
+        self.counters["sends_refused"] += 1
+        return False
 
     def _retry_join(self, now: float) -> None:
         if len(self._members) > 1:

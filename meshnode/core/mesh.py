@@ -41,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal
 
 from crdt import INITIAL_TRUST, ManifestStore, ReputationLedger, elo_update
 from meshnode.core.config import NodeConfig
@@ -119,6 +120,7 @@ class MeshCore:
         incarnation: int = 0,
         now: float = 0.0,
         max_subjects: int | None = None,
+        ip_version: Literal[4, 6] = 4,
     ) -> None:
         self.config = config
         self.signer = signer
@@ -132,6 +134,7 @@ class MeshCore:
             verifier=verifier,
             incarnation=incarnation,
             now=now,
+            ip_version=ip_version,
         )
         self.manifests = ManifestStore(verifier=verifier)
         ledger_kwargs = {} if max_subjects is None else {"max_subjects": max_subjects}
@@ -140,6 +143,8 @@ class MeshCore:
         """Seconds a departed node's manifest stays buried (at least an hour)."""
         self._effects: list[CoreEffect] = []
         self._fetching: dict[str, tuple[int, float]] = {}  # node -> (version, asked at)
+        # Manifest rumors of nodes membership does not hold yet -> (rumor, from where).
+        self._awaiting_member: dict[str, tuple[ManifestRumor, Address | None]] = {}
         self._next_prune_at = now + LEDGER_PRUNE_INTERVAL
         self._now = now
         self._seeds: tuple[Address, ...] = ()
@@ -289,7 +294,10 @@ class MeshCore:
             if rumor.node == self.node_id:
                 continue
             member = self.membership.member(rumor.node)
-            if member is None or member.state in (MemberState.DEAD, MemberState.LEFT):
+            if member is None:
+                self._await_member(rumor, source)
+                continue
+            if member.state in (MemberState.DEAD, MemberState.LEFT):
                 continue
             pending = self._fetching.get(rumor.node)
             if (
@@ -303,6 +311,17 @@ class MeshCore:
             unique = tuple(dict.fromkeys(sources))
             self.counters["fetches_started"] += 1
             self._effects.append(FetchManifest(rumor.node, rumor.version, unique))
+
+    def _await_member(self, rumor: ManifestRumor, source: Address | None) -> None:
+        """Keep the manifest rumor of a node membership does not hold yet (it may be
+        waiting to be verified), to fetch once it joins; bounded, oldest dropped first."""
+        awaiting = self._awaiting_member
+        awaiting.pop(rumor.node, None)
+        if len(awaiting) >= self.config.max_unverified_members:
+            if not awaiting:
+                return
+            del awaiting[next(iter(awaiting))]
+        awaiting[rumor.node] = (rumor, source)
 
     # ------------------------------------------------------------------ ledger
 
@@ -337,7 +356,7 @@ class MeshCore:
 
     def handle_push_pull(self, sender: str, request: PushPull, now: float) -> PushPull:
         """Answer a peer's first leg: merge it, reply with our state and its missing records."""
-        self.membership.merge_state(request.members, now)
+        self.membership.merge_state(request.members, now, source=sender)
         if request.records:
             self.apply_records(request.records, now)
         member = self.membership.member(sender)
@@ -356,7 +375,7 @@ class MeshCore:
         self, responder: str, reply: PushPull, addr: Address, now: float
     ) -> list[LedgerRecord]:
         """Merge the responder's answer; return the records *it* lacks (third leg)."""
-        self.membership.merge_state(reply.members, now)
+        self.membership.merge_state(reply.members, now, source=responder)
         if reply.records:
             self.apply_records(reply.records, now)
         self._want(reply.manifests, addr, now)
@@ -382,6 +401,9 @@ class MeshCore:
                         self._effects.append(ManifestChanged(node, None))
                 elif effect.kind in (MemberEvent.JOINED, MemberEvent.ALIVE):
                     self.manifests.lift_tombstone(node)
+                    awaited = self._awaiting_member.pop(node, None)
+                    if awaited is not None:
+                        self._want((awaited[0],), awaited[1], now)
             else:
                 self._effects.append(effect)
 

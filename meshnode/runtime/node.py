@@ -327,6 +327,7 @@ class MeshNode:
             verifier=self.verifier,
             incarnation=incarnation,
             now=now,
+            ip_version=6 if self._udp.family == socket.AF_INET6 else 4,
         )
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=cfg.tcp_timeout),
