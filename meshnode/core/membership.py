@@ -86,8 +86,9 @@ incarnation the accuser could have seen: not above the subject's incarnation we 
 (about ourselves: not above our own). A refutation is one above our incarnation, so it
 always beats every accusation we accept. About ourselves, a validly signed accusation at
 our incarnation is refuted whoever signed it (refuting is always safe, and after a
-partition every accuser is dead in our view), but only a member's costs local health. Incarnations saturate at ``MAX_INCARNATION``
-(the uint64 wire limit) instead of overflowing. A pushed ``Dead`` turned into our own
+partition every accuser is dead in our view), but only a member's costs local health.
+Incarnations saturate at ``MAX_INCARNATION`` (the uint64 wire limit) instead of
+overflowing. A pushed ``Dead`` turned into our own
 suspicion (partition healing) passes the same checks first.
 
 **Second-hand members.** A member we only heard of from someone else (an ``Alive``
