@@ -346,7 +346,9 @@ class Network:
             ):
                 return  # the TCP connection fails; the core needs no callback
             remote.membership.merge_state(
-                self._tcp(node, node.membership.state_snapshot(), request.join), self.now
+                self._tcp(node, node.membership.state_snapshot(), request.join),
+                self.now,
+                source=node.id,
             )
             snapshot = remote.membership.state_snapshot()
             self._flush(remote)
@@ -354,7 +356,7 @@ class Network:
 
             def finish() -> None:
                 if not node.crashed and self.nodes.get(src) is node:
-                    node.membership.merge_state(reply, self.now)
+                    node.membership.merge_state(reply, self.now, source=remote.id)
                     self._flush(node)
 
             self._at(self.now + self._delay(), finish)
@@ -404,6 +406,13 @@ def lonely(config: NodeConfig = LAN, name: str = "solo") -> tuple[Membership, Fa
         detect_stalls=False,
     )
     return m, signer
+
+
+def introduce(m: Membership, alives: Sequence[Alive], now: float) -> None:
+    """Feed each ``Alive`` first-hand: sent by its subject from its advertised address
+    (second-hand ones would be held unverified until they answer)."""
+    for alive in alives:
+        m.receive(alive.node, [alive], (alive.host, alive.port), now)
 
 
 def peer(i: int) -> FastSigner:
@@ -536,7 +545,7 @@ def test_confirmations_shrink_the_suspicion() -> None:
     repeated accuser does not count, and when it expires we sign Dead."""
     m, _ = lonely()
     peers = [peer(i) for i in range(10)]
-    m.receive(peers[0].node_id, [alive_of(p) for p in peers], ("10.1.1.1", 7946), 0.0)
+    introduce(m, [alive_of(p) for p in peers], 0.0)
     assert m.cluster_size() == 11
     target = peers[0]
     start = 10.0
@@ -630,7 +639,7 @@ def test_dead_is_not_resurrected_by_an_alive_at_the_same_incarnation() -> None:
     m, _ = lonely()
     y, z = peer(1), peer(2)
     src = ("10.1.1.1", 7946)
-    m.receive(y.node_id, [alive_of(y, 3), alive_of(z)], src, 0.0)
+    introduce(m, [alive_of(y, 3), alive_of(z)], 0.0)
     m.receive(z.node_id, [signed(Dead(y.node_id, 3, z.node_id, NO_SIG), z)], src, 1.0)
     assert m.member(y.node_id).state is MemberState.DEAD  # type: ignore[union-attr]
     m.receive(y.node_id, [alive_of(y, 3)], src, 2.0)
@@ -654,15 +663,17 @@ def test_dead_is_not_resurrected_by_an_alive_at_the_same_incarnation() -> None:
         # (incarnation, kind) pairs applied in order to a member known as Alive(1).
         ((1, "suspect"), (1, "alive"), MemberState.SUSPECT, 1),
         ((1, "suspect"), (2, "alive"), MemberState.ALIVE, 2),
-        ((2, "suspect"), (1, "dead"), MemberState.SUSPECT, 2),
+        ((2, "suspect"), (1, "dead"), MemberState.DEAD, 1),  # Suspect(2): ahead of Alive(1)
         ((1, "dead"), (1, "suspect"), MemberState.DEAD, 1),
         ((1, "dead"), (1, "leave"), MemberState.LEFT, 1),
         ((1, "leave"), (1, "dead"), MemberState.LEFT, 1),
         ((1, "leave"), (2, "alive"), MemberState.ALIVE, 2),
         ((0, "suspect"), (0, "dead"), MemberState.ALIVE, 1),  # both stale
-        ((3, "dead"), (3, "alive"), MemberState.DEAD, 3),
-        ((1, "suspect"), (2, "suspect"), MemberState.SUSPECT, 2),
-        ((1, "dead"), (2, "suspect"), MemberState.SUSPECT, 2),
+        ((3, "dead"), (3, "alive"), MemberState.ALIVE, 3),  # Dead(3) was ahead: refused
+        ((1, "suspect"), (2, "suspect"), MemberState.SUSPECT, 1),  # Suspect(2) is ahead
+        ((1, "dead"), (2, "suspect"), MemberState.DEAD, 1),
+        ((1, "alive"), (1, "dead"), MemberState.DEAD, 1),
+        ((2, "alive"), (2, "suspect"), MemberState.SUSPECT, 2),
     ],
 )
 def test_rumor_precedence_table(
@@ -671,11 +682,12 @@ def test_rumor_precedence_table(
     state_after: MemberState,
     incarnation_after: int,
 ) -> None:
-    """(incarnation, alive < suspect < dead < left): only a strictly greater rumor wins."""
+    """(incarnation, alive < suspect < dead < left): only a strictly greater rumor wins,
+    and an accusation above the incarnation we know is refused (no accuser saw it)."""
     m, _ = lonely()
     y, z = peer(1), peer(2)
     src = ("10.1.1.1", 7946)
-    m.receive(y.node_id, [alive_of(y, 1), alive_of(z)], src, 0.0)
+    introduce(m, [alive_of(y, 1), alive_of(z)], 0.0)
 
     def rumor(inc: int, kind: str) -> Message:
         if kind == "alive":
@@ -698,7 +710,7 @@ def test_forged_rumors_are_dropped_and_counted() -> None:
     m, _ = lonely()
     y, z, mallory = peer(1), peer(2), peer(3)
     src = ("10.1.1.1", 7946)
-    m.receive(y.node_id, [alive_of(y), alive_of(z)], src, 0.0)
+    introduce(m, [alive_of(y), alive_of(z)], 0.0)
     forged = [
         signed(Alive(y.node_id, 9, "6.6.6.6", 1, NO_SIG), mallory),  # not y's key
         signed(Suspect(y.node_id, 0, z.node_id, NO_SIG), mallory),  # not the accuser's key
@@ -739,6 +751,7 @@ def test_suspect_about_unknown_member_is_ignored() -> None:
     """Suspect, Dead and Leave about members we do not know are dropped (no address)."""
     m, _ = lonely()
     y, z = peer(1), peer(2)
+    introduce(m, [alive_of(z)], 0.0)
     m.receive(
         z.node_id, [signed(Suspect(y.node_id, 0, z.node_id, NO_SIG), z)], ("10.1.1.1", 1), 0.0
     )
@@ -986,8 +999,7 @@ def test_acks_reporting_a_bigger_view_twice_start_a_catch_up_push_pull() -> None
     members holding more than it does start one push-pull with the member just probed,
     then no other before ``catch_up_interval``; a view no bigger than ours resets."""
     m, _ = lonely()
-    for i in (1, 2):
-        m.receive(peer(i).node_id, [alive_of(peer(i))], ("10.1.1.1", 7946), 0.0)
+    introduce(m, [alive_of(peer(i)) for i in (1, 2)], 0.0)
     m.take_effects()
     assert m.cluster_size() == 3
     now, effects = _answer_next_probe(m, 0.0, 5)
@@ -1008,8 +1020,7 @@ def test_acks_reporting_a_bigger_view_twice_start_a_catch_up_push_pull() -> None
             assert not [e for e in effects if isinstance(e, StartPushPull)]
     assert m.counters["catch_up_push_pulls"] <= 2
     off, _ = lonely(NodeConfig.lan(catch_up_interval=0.0), name="off")
-    for i in (1, 2):
-        off.receive(peer(i).node_id, [alive_of(peer(i))], ("10.1.1.1", 7946), 0.0)
+    introduce(off, [alive_of(peer(i)) for i in (1, 2)], 0.0)
     now = 0.0
     for _ in range(4):
         now, effects = _answer_next_probe(off, now, 5)
@@ -1104,22 +1115,30 @@ def test_seeds_heal_a_partition_that_outlasted_dead_member_retention() -> None:
 
 
 def test_state_snapshot_and_merge_round_trip() -> None:
-    """merge_state of a snapshot reproduces the table; a suspect travels with its Alive."""
-    m1, _ = lonely(name="one")
+    """merge_state of a snapshot reproduces the table once the members it names answer
+    us; a suspect travels with its Alive. The snapshot's source is a member at once, the
+    others are held unverified until they contact us."""
+    m1, one = lonely(name="one")
     y, z = peer(1), peer(2)
     src = ("10.1.1.1", 7946)
-    m1.receive(y.node_id, [alive_of(y, 2), alive_of(z, 1)], src, 0.0)
+    introduce(m1, [alive_of(y, 2), alive_of(z, 1)], 0.0)
     m1.receive(z.node_id, [signed(Suspect(y.node_id, 2, z.node_id, NO_SIG), z)], src, 1.0)
     snapshot = m1.state_snapshot()
     assert [type(r) for r in snapshot] == [Alive, Alive, Suspect, Alive]
     m2, _ = lonely(name="two")
-    assert m2.merge_state(snapshot, 5.0) == 4
-    for node in (y, z, FastSigner.from_seed(b"one")):
+    assert m2.merge_state(snapshot, 5.0, source=one.node_id) == 1
+    assert m2.member(y.node_id) is None
+    assert {a.node for a in m2.unverified()} == {y.node_id, z.node_id}
+    for node in (y, z):  # any signed packet from its advertised address verifies it
+        m2.receive(node.node_id, [Nack(1)], m1.member(node.node_id).address, 5.5)  # type: ignore[union-attr]
+    assert m2.unverified_count() == 0
+    assert m2.merge_state(snapshot, 6.0, source=one.node_id) == 1  # the suspicion
+    for node in (y, z, one):
         a, b = m1.member(node.node_id), m2.member(node.node_id)
         assert a is not None
         assert b is not None
         assert (a.state, a.incarnation, a.address) == (b.state, b.incarnation, b.address)
-    assert m2.merge_state(snapshot, 6.0) == 0  # idempotent
+    assert m2.merge_state(snapshot, 7.0, source=one.node_id) == 0  # idempotent
 
 
 def test_merge_state_refutes_suspicion_about_ourselves() -> None:
@@ -1317,11 +1336,14 @@ def test_ping_req_naming_us_and_non_rumors_in_push_pull() -> None:
     not membership rumors are counted and skipped; other messages are delivered up."""
     m, _ = lonely()
     src = ("10.1.1.1", 7946)
+    introduce(m, [alive_of(peer(1), host=src[0])], 0.0)
+    m.take_effects()
     m.receive(peer(1).node_id, [PingReq(9, m.node_id, "10.9.9.9", 7946)], src, 0.0)
     (packet,) = [e for e in m.take_effects() if isinstance(e, SendPacket)]
     assert packet.addr == src
-    assert packet.messages[0] == Ack(9, 0, 1)
-    assert m.merge_state([Ping(1, m.node_id), alive_of(peer(2))], 0.0) == 1  # type: ignore[list-item]
+    assert packet.messages[0] == Ack(9, 0, 2)
+    rumors = [Ping(1, m.node_id), alive_of(peer(2))]
+    assert m.merge_state(rumors, 0.0, source=peer(2).node_id) == 1  # type: ignore[arg-type]
     assert m.counters["rumors_invalid"] == 1
     rumor = ManifestRumor(peer(2).node_id, 3, bytes(32))
     m.receive(peer(2).node_id, [rumor], src, 0.0)
