@@ -550,3 +550,29 @@ def test_ipv6_node_refuses_ipv4_members() -> None:
     assert member is not None
     assert member.host == "fd00::1"
     assert m.counters["addresses_invalid"] == 1
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"max_members": 1},
+        {"max_members": 2.5},
+        {"max_unverified_members": -1},
+        {"max_unverified_per_source": 11, "max_unverified_members": 10},
+        {"verify_pings": -1},
+        {"unverified_tries": 0},
+    ],
+)
+def test_hardening_config_is_validated(overrides: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="|".join(overrides)):
+        NodeConfig.lan(**overrides)
+
+
+def test_hardening_defaults_fit_ten_thousand_members() -> None:
+    config = NodeConfig.lan()
+    assert config.max_members >= 2 * 10_000
+    assert config.max_unverified_members >= 10_000
+    assert config.max_unverified_per_source <= config.max_unverified_members
+    assert Membership(
+        config, FastSigner.from_seed(b"x"), host="::1", port=1, rng=random.Random(1), ip_version=6
+    )
