@@ -743,8 +743,11 @@ def _frames(batch: list[Wire], signer: Any) -> list[bytes]:
     pending = [batch[i : i + step] for i in range(0, len(batch), step)]
     while pending:
         chunk = pending.pop(0)
-        frame = encode_wire_batch(chunk, signer)
-        if len(frame) > MAX_FRAME_BYTES and len(chunk) > 1:
+        try:
+            frame = encode_wire_batch(chunk, signer, max_bytes=MAX_FRAME_BYTES)
+        except LocalProtocolError:
+            if len(chunk) == 1:
+                raise  # one message is at most MAX_VALUE_BYTES plus a little: unreachable
             half = len(chunk) // 2
             pending[:0] = [chunk[:half], chunk[half:]]
             continue
