@@ -10,11 +10,22 @@ import tracemalloc
 from typing import Any
 
 import msgpack
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol import Envelope, LocalProtocolError, ProtocolError, TaskRequest, decode, encode
-from protocol.limits import MAX_DATAGRAM_BYTES
+from protocol import (
+    Envelope,
+    LocalProtocolError,
+    MessageType,
+    Nack,
+    ProtocolError,
+    TaskRequest,
+    decode,
+    encode,
+)
+from protocol.codec import encode_wire_batch
+from protocol.limits import MAX_ARRAY_LEN, MAX_DATAGRAM_BYTES, MAX_MAP_LEN
 from tests.messages_factory import ALICE, one_of_each
 
 VALID_FRAMES = [encode([m], ALICE) for m in one_of_each()] + [encode(one_of_each(), ALICE)]
@@ -188,3 +199,61 @@ def test_whatever_the_encoder_accepts_the_decoder_accepts(value: Any, copies: in
     except LocalProtocolError:
         return
     assert decode(frame).messages == tuple(messages)
+
+
+_MIB = 1024 * 1024
+
+
+def _edge_leaves() -> st.SearchStrategy[Any]:
+    """Leaves right at and just over each per-type limit of the decoder."""
+    return st.one_of(
+        st.sampled_from([_MIB - 1, _MIB, _MIB + 1]).map(bytes),
+        st.sampled_from([MAX_ARRAY_LEN, MAX_ARRAY_LEN + 1]).map(lambda n: [0] * n),
+        st.sampled_from([MAX_MAP_LEN, MAX_MAP_LEN + 1]).map(
+            lambda n: {f"k{i}": i for i in range(n)}
+        ),
+        st.integers(-(2**63), 2**64 - 1),
+        st.binary(max_size=8),
+        st.text(max_size=8),
+    )
+
+
+@st.composite
+def _wire_extras(draw: st.DrawFn) -> Any:
+    value = draw(
+        st.recursive(
+            _edge_leaves(),
+            lambda inner: (
+                st.lists(inner, max_size=3)
+                | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+            ),
+            max_leaves=4,
+        )
+    )
+    for _ in range(draw(st.integers(0, 32))):
+        value = [value]
+    return value
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_wire_extras())
+def test_prebuilt_wire_batches_obey_the_decoders_limits(extra: Any) -> None:
+    """Any structure a peer may append to a message (here after a Nack's fields, which a
+    decoder ignores) is refused by encode_wire_batch exactly when decode would refuse it:
+    bytes, array and map lengths and depth at and just over each limit.
+
+    On the unfixed code: falsified by an array of MAX_ARRAY_LEN + 1 items and by nesting
+    deeper than MAX_DEPTH (encoded and signed, then refused by the decoder)."""
+    wire = [int(MessageType.NACK), 7, extra]
+    try:
+        frame = encode_wire_batch([wire], ALICE)
+    except LocalProtocolError:
+        with pytest.raises(ProtocolError):
+            decode(_sign_body([1, ALICE.public_key, [wire]]))
+        return
+    assert decode(frame).messages == (Nack(7),)
+
+
+def _sign_body(body: list[Any]) -> bytes:
+    raw = msgpack.packb(body, use_bin_type=True)
+    return raw + b"\xc4\x40" + ALICE.sign(raw)
