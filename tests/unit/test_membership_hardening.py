@@ -4,7 +4,6 @@ relays and identity conflicts. Each rule is driven through the sans-I/O core by 
 from __future__ import annotations
 
 import random
-import time
 
 import pytest
 
@@ -457,11 +456,12 @@ def test_caps_keep_known_members_and_refuse_new_ones() -> None:
     assert len(m.members()) == 60
     assert m.counters["members_refused"] == 80 - 57
     assert m.member(y.node_id) is not None
-    # 50,000 fakes in one snapshot: bounded, cheap work.
-    started = time.process_time()
+    # 50,000 fakes in one snapshot: refused at the caps, no signature checked.
+    checked.clear()
     m.merge_state([*fakes(50_000, "flood")], 3.0, source=y.node_id)
-    assert time.process_time() - started < 5.0
-    assert m.unverified_count() <= 40
+    assert checked == []
+    assert m.unverified_count() == 40
+    assert len(m.members()) == 60
 
 
 # --------------------------------------------------------------------------- relays
