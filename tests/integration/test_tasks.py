@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import signal
 import time
 import uuid
@@ -19,6 +20,7 @@ import aiohttp
 import pytest
 
 from meshnode.core.breaker import BreakerState
+from meshnode.core.channel import NONCE_BYTES, ChannelCore
 from meshnode.core.negotiation import AttemptOutcome, RejectCode, reject_code
 from meshnode.runtime.node import MeshNode, wait_for
 from meshnode.runtime.tasks import WS_PATH, DelegationError, current_task_deadline
@@ -449,6 +451,26 @@ async def test_forged_result_is_rejected_and_counted(mesh: LocalMesh) -> None:
 # --------------------------------------------------------------------------- wire
 
 
+async def open_raw_channel(
+    ws: aiohttp.ClientWebSocketResponse, me: Identity, server: str
+) -> ChannelCore:
+    """Run the opener's side of the task channel handshake on a raw WebSocket."""
+    core = ChannelCore(me.node_id, os.urandom(NONCE_BYTES), peer=server, handshake_deadline=1e12)
+    await ws.send_bytes(encode(core.start(), me))
+    msg = await ws.receive(timeout=5)
+    assert msg.type is aiohttp.WSMsgType.BINARY, msg
+    envelope = decode(msg.data)
+    got = core.receive(envelope.sender, envelope.messages)
+    assert got.opened == server, got.error
+    await ws.send_bytes(encode(list(got.send), me))
+    return core
+
+
+def framed(core: ChannelCore, messages: list[Any], me: Identity) -> bytes:
+    """One envelope of ``messages`` on an open channel, with its header."""
+    return encode([core.seal(), *messages], me)
+
+
 async def test_duplicate_task_id_runs_the_handler_once(mesh: LocalMesh) -> None:
     """The same signed TaskRequest sent twice (and again after it finished) over a raw
     WebSocket runs the handler once; every copy gets the same answer and the same signed
@@ -470,29 +492,31 @@ async def test_duplicate_task_id_runs_the_handler_once(mesh: LocalMesh) -> None:
         budget_usd=None,
         trace_id="dup",
     )
-    frame = encode([request], client)
     responses: list[TaskResponse] = []
     results: list[TaskResult] = []
 
-    async def read_until(ws: aiohttp.ClientWebSocketResponse, n_results: int) -> None:
-        while len(results) < n_results:
+    async def read_until(ws: aiohttp.ClientWebSocketResponse, core: ChannelCore, n: int) -> None:
+        while len(results) < n:
             msg = await ws.receive(timeout=5)
             assert msg.type is aiohttp.WSMsgType.BINARY, msg
             envelope = decode(msg.data)
             assert envelope.sender == p.node_id
-            for message in envelope.messages:
+            got = core.receive(envelope.sender, envelope.messages)
+            assert got.error is None, got.error
+            for message in got.deliver:
                 if isinstance(message, TaskResponse):
                     responses.append(message)
                 elif isinstance(message, TaskResult):
                     results.append(message)
 
     async with aiohttp.ClientSession() as session, session.ws_connect(p.url + WS_PATH) as ws:
-        await ws.send_bytes(frame)
-        await ws.send_bytes(frame)
-        await read_until(ws, 1)
+        core = await open_raw_channel(ws, client, p.node_id)
+        await ws.send_bytes(framed(core, [request], client))
+        await ws.send_bytes(framed(core, [request], client))
+        await read_until(ws, core, 1)
         await wait_for(lambda: len(responses) == 2, 5)
-        await ws.send_bytes(frame)  # after the result: the remembered answer
-        await read_until(ws, 2)
+        await ws.send_bytes(framed(core, [request], client))  # after the result
+        await read_until(ws, core, 2)
         await ws.close()
 
     assert calls == [{"text": "once"}]
