@@ -624,3 +624,118 @@ async def test_http_delegate_from_loopback(mesh: LocalMesh) -> None:
     assert [x["outcome"] for x in ok["attempts"]] == ["delivered"]
     assert [x["outcome"] for x in failed["attempts"]] == ["rejected"]
     assert failed["attempts"][0]["detail"].startswith("invalid_input")
+
+
+# --------------------------------------------------------------------------- channel caps
+
+
+async def _raw_ws(url: str, session: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
+    return await session.ws_connect(url + WS_PATH)
+
+
+async def _refused(url: str, session: aiohttp.ClientSession) -> bool:
+    try:
+        ws = await _raw_ws(url, session)
+    except aiohttp.WSServerHandshakeError as exc:
+        return exc.status == 503
+    await ws.close()
+    return False
+
+
+async def test_unauthenticated_sockets_are_capped_and_time_out(mesh: LocalMesh) -> None:
+    """Sockets that never say hello: beyond ``task_max_unauthenticated`` they are refused
+    (HTTP 503, counted); the ones let in are closed at ``task_handshake_timeout``; then a
+    real handshake gets through.
+
+    On the unfixed code: all 5 sockets were accepted and none was ever closed.
+    """
+    p = await mesh.node("provider", task_max_unauthenticated=3, task_handshake_timeout=0.5)
+    async with aiohttp.ClientSession() as session:
+        idle = [await _raw_ws(p.url, session) for _ in range(3)]
+        assert [await _refused(p.url, session) for _ in range(2)] == [True, True]
+        for ws in idle:
+            msg = await ws.receive(timeout=5)
+            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), msg
+        await wait_for(lambda: not p.tasks._open, 5)
+        assert p.tasks.counters["handshake_timeouts"] == 3
+        assert p.tasks.counters["connections_refused"] == 2
+        async with session.ws_connect(p.url + WS_PATH) as ws:
+            core = await open_raw_channel(ws, Identity.generate(), p.node_id)
+            assert core.is_open
+
+
+async def test_total_and_per_address_caps_refuse_new_sockets(mesh: LocalMesh) -> None:
+    """``task_max_connections_per_address`` authenticated channels from 127.0.0.1, then the
+    next socket is refused; ``task_max_connections`` likewise."""
+    p = await mesh.node("provider", task_max_connections_per_address=2)
+    q = await mesh.node("other", task_max_connections=2)
+    async with aiohttp.ClientSession() as session:
+        for node in (p, q):
+            held = [await _raw_ws(node.url, session) for _ in range(2)]
+            for ws in held:
+                await open_raw_channel(ws, Identity.generate(), node.node_id)
+            assert await _refused(node.url, session)
+            assert node.tasks.counters["connections_refused"] == 1
+            for ws in held:
+                await ws.close()
+    assert p.drops["task_connection_per_address"] == 1
+    assert q.drops["task_connection_total"] == 1
+
+
+async def test_per_peer_cap_closes_the_extra_channel(mesh: LocalMesh) -> None:
+    """A second channel from the same identity beyond ``task_max_connections_per_peer`` is
+    closed once its handshake names the peer; the first keeps working."""
+    p = await mesh.node("provider", [Cap("echo", echo)], task_max_connections_per_peer=1)
+    me = Identity.generate()
+    request = TaskRequest(uuid.uuid4().hex, "echo", {"text": "hi"}, 5000, None, "")
+    async with aiohttp.ClientSession() as session:
+        first = await _raw_ws(p.url, session)
+        core = await open_raw_channel(first, me, p.node_id)
+        second = await _raw_ws(p.url, session)
+        await open_raw_channel(second, me, p.node_id)
+        msg = await second.receive(timeout=5)
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), msg
+        assert p.tasks.counters["connections_refused"] == 1
+        await first.send_bytes(framed(core, [request], me))
+        msg = await first.receive(timeout=5)
+        envelope = decode(msg.data)
+        got = core.receive(envelope.sender, envelope.messages)
+        assert any(isinstance(m, TaskResponse | TaskResult) for m in got.deliver), got
+        await first.close()
+
+
+@pytest.mark.parametrize("seq_shift", [0, 1])
+async def test_replayed_or_skipped_frame_closes_the_channel(
+    mesh: LocalMesh, seq_shift: int
+) -> None:
+    """On an open channel, a frame sent again (the same bytes: a replay) or one that skips
+    a sequence number is counted as a violation and the channel is closed; only the frame
+    taken reaches the provider (its task is then stopped with the lost channel)."""
+    calls: list[Any] = []
+
+    async def counted(payload: Any) -> Any:
+        calls.append(payload)
+        return {"text": payload["text"]}
+
+    p = await mesh.node("provider", [Cap("counted", counted, TEXT_SCHEMA, TEXT_SCHEMA)])
+    me = Identity.generate()
+    request = TaskRequest(uuid.uuid4().hex, "counted", {"text": "x"}, 5000, None, "")
+    other = TaskRequest(uuid.uuid4().hex, "counted", {"text": "y"}, 5000, None, "")
+    async with aiohttp.ClientSession() as session, session.ws_connect(p.url + WS_PATH) as ws:
+        core = await open_raw_channel(ws, me, p.node_id)
+        frame = framed(core, [request], me)
+        await ws.send_bytes(frame)
+        if seq_shift:
+            core.seal()  # skip one sequence number
+            await ws.send_bytes(framed(core, [other], me))
+        else:
+            await ws.send_bytes(frame)
+        while True:
+            msg = await ws.receive(timeout=5)
+            if msg.type is not aiohttp.WSMsgType.BINARY:
+                break
+    assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), msg
+    assert p.tasks.counters["channel_violations"] == 1
+    assert p.tasks.provider.counts["accepted"] == 1
+    assert p.tasks.provider.counts["duplicate"] == 0
+    assert len(calls) <= 1
