@@ -409,11 +409,20 @@ class TaskService:
 
     def _handshake_timer(self, channel: _Channel) -> None:
         channel.handshake_timer = None
-        if channel.alive and channel.core.expired(time.time()):
-            self.counters["handshake_timeouts"] += 1
-            self.node.count_drop("task_handshake_timeout")
-            self._spawn(_close_ws(channel.ws))
-            self._channel_lost(channel, "handshake timed out")
+        if not channel.alive or channel.core.is_open:
+            return
+        now = time.time()
+        if not channel.core.expired(now):  # the loop's clock ran ahead of time.time()
+            channel.handshake_timer = asyncio.get_running_loop().call_later(
+                channel.core.handshake_deadline - now + TIMER_SLACK_S,
+                self._handshake_timer,
+                channel,
+            )
+            return
+        self.counters["handshake_timeouts"] += 1
+        self.node.count_drop("task_handshake_timeout")
+        self._spawn(_close_ws(channel.ws))
+        self._channel_lost(channel, "handshake timed out")
 
     def _live_channel(self, peer: str) -> _Channel | None:
         channel = self._channels.get(peer)
@@ -491,7 +500,11 @@ class TaskService:
                 )
                 return
             if got.send:
-                await channel.ws.send_bytes(encode(list(got.send), identity))
+                try:
+                    await channel.ws.send_bytes(encode(list(got.send), identity))
+                except (ConnectionError, aiohttp.ClientError, RuntimeError, OSError) as exc:
+                    log.debug("task_handshake_send_failed", error=str(exc))
+                    return
             if got.opened is not None and not self._register(channel, got.opened):
                 return
             if got.deliver and channel.peer is not None:
