@@ -235,7 +235,10 @@ class _Channel:
 
     def __repr__(self) -> str:
         peer = short_id(self.peer) if self.peer else "?"
-        return f"<_Channel {peer} alive={self.alive} queued={len(self.outbox)}>"
+        return (
+            f"<_Channel {peer} {self.core.phase.value} alive={self.alive} "
+            f"queued={len(self.outbox)}>"
+        )
 
 
 @dataclasses.dataclass(slots=True)
@@ -930,7 +933,9 @@ class TaskService:
 
     def __repr__(self) -> str:
         return (
-            f"<TaskService connections={len(self._open)} delegations={len(self._delegations)} "
+            f"<TaskService connections={len(self._open)} "
+            f"handshaking={sum(1 for c in self._open if not c.core.is_open)} "
+            f"delegations={len(self._delegations)} "
             f"running={self.provider.running} reserved={self.provider.reserved}>"
         )
 
