@@ -297,10 +297,17 @@ class NodeConfig:
     one host can hold before it proves any identity; several nodes behind one NAT (or on one
     test machine) share it, so it sits well above the per-peer limit."""
 
-    task_max_unauthenticated: int = 64
-    """Task WebSockets that have not finished their handshake, default 64. A handshake takes
+    task_max_unauthenticated: int = 32
+    """Task WebSockets that have not finished their handshake, default 32. A handshake takes
     one round trip, so even a busy node rarely has more than a few pending; beyond it new
-    connections are refused until pending ones finish or time out."""
+    connections are refused until pending ones finish or time out. Each may buffer one
+    frame of up to ``MAX_FRAME_BYTES`` (16 MiB) before it is judged, so this also bounds
+    what strangers can make the node hold: 32 × 16 MiB = 512 MiB at worst."""
+
+    task_max_unauthenticated_per_address: int = 8
+    """Of those, how many one remote IP address may hold, default 8 (128 MiB of buffers at
+    worst). Keeps one host from taking every handshake slot and locking others out; several
+    nodes behind one address still open their few channels at once."""
 
     task_handshake_timeout: float = 5.0
     """Seconds a task WebSocket has to finish its challenge-response handshake, default 5.
@@ -381,6 +388,12 @@ class NodeConfig:
             "task_max_connections_per_address", self.task_max_connections_per_address, 1, 1_000_000
         )
         _check_int("task_max_unauthenticated", self.task_max_unauthenticated, 1, 1_000_000)
+        _check_int(
+            "task_max_unauthenticated_per_address",
+            self.task_max_unauthenticated_per_address,
+            1,
+            1_000_000,
+        )
         _check_seconds("task_handshake_timeout", self.task_handshake_timeout, positive=True)
         _check_seconds("task_liveness_timeout", self.task_liveness_timeout, positive=True)
         _check_int("task_memory_bytes", self.task_memory_bytes, 0, 2**40)

@@ -15,10 +15,13 @@ and closes the channel. A socket that does not finish the handshake within
 ``task_handshake_timeout`` is closed.
 
 Caps (``NodeConfig``): ``task_max_connections`` open sockets in all,
-``task_max_unauthenticated`` of them still in their handshake and
+``task_max_unauthenticated`` of them still in their handshake (at most
+``task_max_unauthenticated_per_address`` from one address) and
 ``task_max_connections_per_address`` from one remote address (refused with HTTP 503 before
 the upgrade), and ``task_max_connections_per_peer`` authenticated channels per peer id (a
 channel beyond it is closed once the handshake names its peer). Each refusal is counted.
+Before its handshake completes a socket gets one chance: a first envelope that does not
+decode, or is not a valid handshake step, closes it.
 
 A connection that drops fails every delegation waiting on that peer at once (unless
 another live connection to the same peer remains), so requesters move on without waiting
@@ -364,8 +367,13 @@ class TaskService:
         cfg = self.node.config
         if len(self._open) >= cfg.task_max_connections:
             return "total"
-        if sum(1 for c in self._open if not c.core.is_open) >= cfg.task_max_unauthenticated:
+        pending = [c for c in self._open if not c.core.is_open]
+        if len(pending) >= cfg.task_max_unauthenticated:
             return "unauthenticated"
+        if sum(1 for c in pending if c.address == address) >= (
+            cfg.task_max_unauthenticated_per_address
+        ):
+            return "unauthenticated_per_address"
         if sum(1 for c in self._open if c.address == address) >= (
             cfg.task_max_connections_per_address
         ):
@@ -489,6 +497,10 @@ class TaskService:
             except RemoteProtocolError as exc:
                 self.counters["frames_dropped"] += 1
                 self.node.count_drop(f"task_{type(exc).__name__}")
+                if not channel.core.is_open:
+                    # Before the handshake nobody has earned a second try.
+                    self.counters["channel_violations"] += 1
+                    return
                 continue
             got = channel.core.receive(envelope.sender, envelope.messages)
             if got.error is not None:

@@ -26,6 +26,7 @@ from meshnode.runtime.node import MeshNode, wait_for
 from meshnode.runtime.tasks import WS_PATH, DelegationError, current_task_deadline
 from protocol import (
     Identity,
+    TaskCancel,
     TaskRequest,
     TaskResponse,
     TaskResult,
@@ -739,3 +740,30 @@ async def test_replayed_or_skipped_frame_closes_the_channel(
     assert p.tasks.provider.counts["accepted"] == 1
     assert p.tasks.provider.counts["duplicate"] == 0
     assert len(calls) <= 1
+
+
+async def test_one_address_cannot_take_every_handshake_slot(mesh: LocalMesh) -> None:
+    """``task_max_unauthenticated_per_address`` pending sockets from one address, then that
+    address is refused (counted) although the node-wide pending cap is not reached."""
+    p = await mesh.node("provider", task_max_unauthenticated_per_address=2)
+    async with aiohttp.ClientSession() as session:
+        idle = [await _raw_ws(p.url, session) for _ in range(2)]
+        assert await _refused(p.url, session)
+        for ws in idle:
+            await ws.close()
+    assert p.drops["task_connection_unauthenticated_per_address"] == 1
+
+
+@pytest.mark.parametrize("first", [b"\x00garbage", b"stranger"])
+async def test_a_bad_first_frame_closes_the_socket(mesh: LocalMesh, first: bytes) -> None:
+    """Before the handshake a socket gets one chance: a first frame that does not decode,
+    or decodes to anything but a hello, closes it at once (no waiting for the timeout)."""
+    p = await mesh.node("provider", task_handshake_timeout=30.0)
+    stranger = Identity.generate()
+    data = encode([TaskCancel("t", "x")], stranger) if first == b"stranger" else first
+    async with aiohttp.ClientSession() as session, session.ws_connect(p.url + WS_PATH) as ws:
+        await ws.send_bytes(data)
+        msg = await ws.receive(timeout=5)
+    assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), msg
+    assert p.tasks.counters["channel_violations"] == 1
+    assert p.tasks.counters["handshake_timeouts"] == 0
