@@ -84,7 +84,8 @@ Deadlines are enforced: :meth:`ProviderCore.tick` stops every running task past 
 deadline and signs its failed result (and fails a confirmed reservation that could not
 start in time). Answers are remembered per (requester, task id) for
 :data:`REMEMBER_S` after the task ends, at most :data:`REMEMBER_MAX` of them and at most
-``remember_bytes`` (:data:`REMEMBER_BYTES`) of encoded response and result, so a
+``remember_bytes`` (:data:`REMEMBER_BYTES`) of encoded answers (the signed result as
+encoded, the response by a bound on its encoding), so a
 retransmitted request gets the same response and, once finished, the same signed result,
 and the handler runs once. The remembered answer is the current one: a counter that lapsed,
 was declined or cancelled is remembered as REJECTED with that reason. Beyond the byte
@@ -144,7 +145,6 @@ from protocol import (
     public_key_from_node_id,
     signing_bytes,
 )
-from protocol.codec import wire_size
 
 # ----------------------------------------------------------------------------- constants
 
@@ -390,6 +390,8 @@ class ProviderCore:
         self.remember_bytes = remember_bytes
         self.fair_share_window_s = fair_share_window_s
         self._memory_bytes = 0
+        self._held: Counter[str] = Counter()
+        """Requester → its running plus reserved tasks."""
         self._asked: OrderedDict[str, float] = OrderedDict()
         """Requester → last time it asked (a request that passed the checks)."""
         self._running: dict[str, _Task] = {}
@@ -435,8 +437,7 @@ class ProviderCore:
 
     def held_by(self, requester: str) -> int:
         """Slots ``requester`` holds now: its running plus reserved tasks."""
-        tasks = (*self._running.values(), *self._reserved.values())
-        return sum(1 for t in tasks if t.requester == requester)
+        return self._held[requester]
 
     def fair_share(self, requester: str, now: float) -> int:
         """Slots ``requester`` may hold while others compete (see the module docstring)."""
@@ -448,10 +449,7 @@ class ProviderCore:
             if at + self.fair_share_window_s > now:
                 break
             del self._asked[who]
-        names = {requester, *self._asked}
-        names.update(t.requester for t in self._running.values())
-        names.update(t.requester for t in self._reserved.values())
-        return names
+        return {requester, *self._asked, *self._held}
 
     def _note_asked(self, requester: str, now: float) -> None:
         self._asked.pop(requester, None)
@@ -503,7 +501,7 @@ class ProviderCore:
         competitors = self._competitors(requester, now)
         self._note_asked(requester, now)
         share = max(1, self.max_concurrent_tasks // len(competitors))
-        holders = Counter(t.requester for t in (*self._running.values(), *self._reserved.values()))
+        holders = self._held
         held = holders[requester]
         free = self.max_concurrent_tasks - self.in_flight
         if len(competitors) > 1 and held >= share:
@@ -537,6 +535,7 @@ class ProviderCore:
                 confirmed=True,
             )
             self._running[task_id] = task
+            self._held[requester] += 1
             self.counts["accepted"] += 1
             return RequestDecision(response, start=self._start_effect(task, now))
 
@@ -574,6 +573,7 @@ class ProviderCore:
             response=response,
             hold_until=now + self.hold_s,
         )
+        self._held[requester] += 1
         self.counts["countered"] += 1
         return RequestDecision(response)
 
@@ -643,6 +643,7 @@ class ProviderCore:
             if not confirm.accept:
                 if task.started_at is None:
                     del self._reserved[task_id]
+                    self._release(task)
                     self._end(task, _reason(RejectCode.COUNTER_DECLINED, "by requester"), now)
                     self.counts["declined"] += 1
                 return None
@@ -680,12 +681,14 @@ class ProviderCore:
         task = self._running.get(task_id)
         if task is not None and task.requester == requester:
             del self._running[task_id]
+            self._release(task)
             self._end(task, detail, now)
             self.counts["cancelled"] += 1
             return CancelOutcome.STOP_HANDLER
         task = self._reserved.get(task_id)
         if task is not None and task.requester == requester:
             del self._reserved[task_id]
+            self._release(task)
             self._end(task, detail, now)
             self.counts["cancelled"] += 1
             return CancelOutcome.RELEASED
@@ -732,8 +735,9 @@ class ProviderCore:
         task = self._running.pop(task_id, None)
         if task is None:
             return None
-        result = self._sign_result(task, ok, output, error, now)
-        self._remember(task.requester, task.response, result, now)
+        self._release(task)
+        result, size = self._sign_result(task, ok, output, error, now)
+        self._remember(task.requester, task.response, result, now, size)
         self.counts["completed_ok" if result.ok else "completed_failed"] += 1
         return result
 
@@ -745,10 +749,12 @@ class ProviderCore:
         for task_id, task in list(self._running.items()):
             if now >= task.deadline_at:
                 del self._running[task_id]
+                self._release(task)
                 events.append(self._expire(task, now, was_running=True))
         for task_id, task in list(self._reserved.items()):
             if task.confirmed and now >= task.deadline_at:
                 del self._reserved[task_id]
+                self._release(task)
                 events.append(self._expire(task, now, was_running=False))
         return events
 
@@ -756,8 +762,8 @@ class ProviderCore:
         limit = task.response.counter_deadline_ms or task.request.deadline_ms
         where = "running" if was_running else "queued, never started"
         error = _reason(RejectCode.DEADLINE_EXCEEDED, f"{limit} ms passed ({where})")
-        result = self._sign_result(task, False, None, error, now)
-        self._remember(task.requester, task.response, result, now)
+        result, size = self._sign_result(task, False, None, error, now)
+        self._remember(task.requester, task.response, result, now, size)
         self.counts["deadline_exceeded"] += 1
         return DeadlineExceeded(task.requester, task.request.task_id, result, was_running)
 
@@ -767,7 +773,9 @@ class ProviderCore:
 
     def _sign_result(
         self, task: _Task, ok: bool, output: Any, error: str, now: float
-    ) -> TaskResult:
+    ) -> tuple[TaskResult, int]:
+        """The signed result and its encoded size (the signed encoding plus the
+        signature: within a few bytes of its size on the wire, without encoding it twice)."""
         started = task.started_at if task.started_at is not None else task.received_at
         elapsed = min(MAX_ELAPSED_MS, max(0.0, (now - started) * 1000.0))
         unsigned = TaskResult(
@@ -794,7 +802,7 @@ class ProviderCore:
                 signature=unsigned.signature,
             )
             body = signing_bytes(unsigned)
-        return TaskResult(
+        signed = TaskResult(
             task_id=unsigned.task_id,
             requester=unsigned.requester,
             provider=unsigned.provider,
@@ -804,6 +812,7 @@ class ProviderCore:
             elapsed_ms=unsigned.elapsed_ms,
             signature=self._signer.sign(body),
         )
+        return signed, len(body) + len(signed.signature)
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -811,6 +820,7 @@ class ProviderCore:
         for task_id, task in list(self._reserved.items()):
             if task.hold_until is not None and now >= task.hold_until:
                 del self._reserved[task_id]
+                self._release(task)
                 self._end(task, _reason(RejectCode.RESERVATION_EXPIRED, "not confirmed"), now)
                 self.counts["hold_lapsed"] += 1
 
@@ -826,13 +836,20 @@ class ProviderCore:
         self._remember(task.requester, response, None, now)
 
     def _remember(
-        self, requester: str, response: TaskResponse, result: TaskResult | None, now: float
+        self,
+        requester: str,
+        response: TaskResponse,
+        result: TaskResult | None,
+        now: float,
+        result_size: int = 0,
     ) -> None:
+        """Remember the answer to (requester, task id); ``result_size`` is the result's
+        encoded size as :meth:`_sign_result` measured it."""
         if self.remember_max == 0:
             return
         key = (requester, response.task_id)
         self._forget(key)
-        size = wire_size(response) + (wire_size(result) if result is not None else 0)
+        size = _response_bytes(response) + (result_size if result is not None else 0)
         self._memory[key] = _Remembered(response, result, now + self.remember_s, size)
         self._memory_bytes += size
         while len(self._memory) > self.remember_max:
@@ -866,6 +883,14 @@ class ProviderCore:
             self._forget(next(iter(self._memory)))
             self.counts["forgotten"] += 1
 
+    def _release(self, task: _Task) -> None:
+        """``task`` left the running or reserved set: its requester holds one slot less."""
+        held = self._held[task.requester] - 1
+        if held > 0:
+            self._held[task.requester] = held
+        else:
+            del self._held[task.requester]
+
     def _forget(self, key: tuple[str, str]) -> None:
         entry = self._memory.pop(key, None)
         if entry is not None:
@@ -884,6 +909,17 @@ class ProviderCore:
             f"reserved={len(self._reserved)} remembered={len(self._memory)} "
             f"({self._memory_bytes} B)>"
         )
+
+
+RESPONSE_FIXED_BYTES = 32
+"""Upper bound on a TaskResponse's encoded size apart from its two strings (array and
+string headers, tag, status, a float and an int in msgpack)."""
+
+
+def _response_bytes(response: TaskResponse) -> int:
+    """An upper bound on ``response``'s encoded size, without encoding it."""
+    text = len(response.task_id.encode()) + len(response.reason.encode())
+    return RESPONSE_FIXED_BYTES + text
 
 
 def _insort(values: list[float], value: float) -> None:

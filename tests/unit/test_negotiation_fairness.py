@@ -11,9 +11,10 @@ from meshnode.core.negotiation import (
     TOMBSTONE_BYTES,
     ProviderCore,
     RejectCode,
+    _response_bytes,
     reject_code,
 )
-from protocol import Capability, Identity, TaskConfirm, TaskRequest, TaskStatus
+from protocol import Capability, Identity, TaskConfirm, TaskRequest, TaskResponse, TaskStatus
 from protocol.codec import wire_size
 
 PROVIDER = Identity.from_seed(b"\x13" * 32)
@@ -138,6 +139,10 @@ def _simulate(core: ProviderCore, until: float) -> dict[str, int]:
             if who == ALICE and status != TaskStatus.REJECTED:
                 alice_holds.add(task_id)
         core.tick(now)
+        holders = [t for t in (*core._running.values(), *core._reserved.values())]
+        assert {who: core.held_by(who) for who in (FLOODER, ALICE)} == {
+            who: sum(1 for t in holders if t.requester == who) for who in (FLOODER, ALICE)
+        }
     return started
 
 
@@ -222,3 +227,26 @@ def test_tiny_budgets(budget: int, remembered: int) -> None:
 def test_bad_budget_is_refused() -> None:
     with pytest.raises(ValueError, match="remember_bytes"):
         make(1, remember_bytes=-1)
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        TaskResponse("t" * 64, 2, "r" * 512, None, None),
+        TaskResponse("é" * 32, 3, "ü" * 256, 1e9, 86_400_000),
+        TaskResponse("t", 1, "", 0.5, None),
+    ],
+)
+def test_response_size_bound_covers_the_encoding(response: TaskResponse) -> None:
+    """What the byte budget charges for a response is never less than its encoding."""
+    assert _response_bytes(response) >= wire_size(response)
+
+
+def test_result_size_charged_is_close_to_its_encoding() -> None:
+    core = make(1)
+    decision = core.on_request(ALICE, req("t"), 0.0)
+    assert decision.start is not None
+    result = core.complete("t", True, {"text": "y" * 5000}, "", 0.1)
+    assert result is not None
+    charged = core.remembered_bytes - _response_bytes(decision.response)
+    assert abs(charged - wire_size(result)) <= 64
