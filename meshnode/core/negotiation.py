@@ -63,7 +63,9 @@ the queue ahead of it to drain (bounded by the deadlines already promised).
 
 Limits: fairness is per node id. Many identities (a Sybil attack) each get a share;
 bounding how many identities one party controls is the job of admission control into the
-mesh, which this rule does not do.
+mesh, which this rule does not do. A recent ask is owed its share for
+:data:`FAIR_SHARE_WINDOW_S`, so ``k`` identities that each ask once per window can keep up
+to ``k`` free slots away from a requester over its share (never from one under it).
 
 The counter. Each running task is expected to end at ``started + avg_latency``; one already
 past that is assumed to need one more ``avg_latency``; none beyond its deadline, where it is
