@@ -23,6 +23,7 @@ from typing import Annotated, ClassVar
 
 from protocol.schema import (
     Digest,
+    FixedLen,
     JsonValue,
     MaxItems,
     MaxLen,
@@ -65,6 +66,11 @@ class MessageType(enum.IntEnum):
     TASK_CONFIRM = 16
     MANIFEST = 17
     LEDGER_DIGEST = 18
+    CHANNEL_HELLO = 19
+    CHANNEL_AUTH = 20
+    CHANNEL_FRAME = 21
+    CHANNEL_PING = 22
+    CHANNEL_PONG = 23
 
 
 class Message:
@@ -296,6 +302,65 @@ class TaskCancel(Message):
     reason: Reason
 
 
+# ---------------------------------------------------------------------------- task channels
+
+ChannelNonce = Annotated[bytes, FixedLen(32)]
+"""A fresh random value chosen by one side of a task channel for one handshake."""
+ChannelId = Annotated[bytes, FixedLen(16)]
+"""A task channel's id, derived from both handshake nonces."""
+
+
+@wire_struct
+class ChannelHello(Message):
+    """Opens a task channel: the opener's fresh ``nonce`` and the node it means to reach.
+    Alone in its envelope, which the opener signs (a replayed hello binds nothing)."""
+
+    TAG: ClassVar[MessageType] = MessageType.CHANNEL_HELLO
+    nonce: ChannelNonce
+    recipient: NodeId
+
+
+@wire_struct
+class ChannelAuth(Message):
+    """Binds a task channel: ``sender`` (who signs the envelope) answers the other side's
+    fresh ``peer_nonce`` with its own ``nonce``, naming itself and the ``recipient``. The
+    listener sends it in answer to a hello, the opener in answer to the listener's."""
+
+    TAG: ClassVar[MessageType] = MessageType.CHANNEL_AUTH
+    nonce: ChannelNonce
+    peer_nonce: ChannelNonce
+    sender: NodeId
+    recipient: NodeId
+
+
+@wire_struct
+class ChannelFrame(Message):
+    """First message of every envelope on an open task channel: the channel it belongs to,
+    its recipient and its sequence number in that direction (1, 2, 3, ...)."""
+
+    TAG: ClassVar[MessageType] = MessageType.CHANNEL_FRAME
+    channel: ChannelId
+    recipient: NodeId
+    seq: UInt
+
+
+@wire_struct
+class ChannelPing(Message):
+    """Is the other side of this task channel still there? Answered by a ChannelPong with
+    the same ``token``; travels inside a framed envelope."""
+
+    TAG: ClassVar[MessageType] = MessageType.CHANNEL_PING
+    token: UInt
+
+
+@wire_struct
+class ChannelPong(Message):
+    """Answer to a :class:`ChannelPing`."""
+
+    TAG: ClassVar[MessageType] = MessageType.CHANNEL_PONG
+    token: UInt
+
+
 MESSAGE_CLASSES: dict[int, type[Message]] = {}
 
 
@@ -325,5 +390,10 @@ for _cls in (
     TaskConfirm,
     TaskResult,
     TaskCancel,
+    ChannelHello,
+    ChannelAuth,
+    ChannelFrame,
+    ChannelPing,
+    ChannelPong,
 ):
     register(_cls)

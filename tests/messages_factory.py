@@ -26,6 +26,7 @@ from protocol import (
     TaskResult,
     signing_bytes,
 )
+from protocol.messages import ChannelAuth, ChannelFrame, ChannelHello, ChannelPing, ChannelPong
 
 ALICE = Identity.from_seed(b"\x01" * 32)
 BOB = Identity.from_seed(b"\x02" * 32)
@@ -89,4 +90,9 @@ def one_of_each() -> list[Message]:
         result,
         TaskCancel("t-1", "caller cancelled"),
         manifest,
+        ChannelHello(b"\x01" * 32, BOB.node_id),
+        ChannelAuth(b"\x02" * 32, b"\x01" * 32, BOB.node_id, ALICE.node_id),
+        ChannelFrame(b"\x03" * 16, ALICE.node_id, 7),
+        ChannelPing(9),
+        ChannelPong(9),
     ]

@@ -316,6 +316,54 @@ class NodeConfig:
     """Verification pings an unverified member gets before it is dropped quietly (never
     suspected or declared dead), default 3, one probe period apart."""
 
+    # ---------------------------------------- task channels and provider fairness
+
+    task_max_connections: int = 1_024
+    """Open task WebSockets, both directions, default 1,024. A node talks tasks with the
+    peers it delegates to and those that delegate to it, a small part of 10,000 members;
+    each socket costs a file descriptor and some 100 kB of buffers, so this bounds them to
+    about 100 MB. Beyond it new connections are refused (HTTP 503) and counted."""
+
+    task_max_connections_per_peer: int = 4
+    """Authenticated task WebSockets per peer id, default 4. One per pair is the norm; both
+    sides opening at once makes two, and a reconnect may overlap the old one. A channel
+    that would exceed it is closed once the handshake says who it is."""
+
+    task_max_connections_per_address: int = 64
+    """Task WebSockets per remote IP address, authenticated or not, default 64. Bounds what
+    one host can hold before it proves any identity; several nodes behind one NAT (or on one
+    test machine) share it, so it sits well above the per-peer limit."""
+
+    task_max_unauthenticated: int = 32
+    """Task WebSockets that have not finished their handshake, default 32. A handshake takes
+    one round trip, so even a busy node rarely has more than a few pending; beyond it new
+    connections are refused until pending ones finish or time out. Each may buffer one
+    frame of up to ``MAX_FRAME_BYTES`` (16 MiB) before it is judged, so this also bounds
+    what strangers can make the node hold: 32 × 16 MiB = 512 MiB at worst."""
+
+    task_max_unauthenticated_per_address: int = 8
+    """Of those, how many one remote IP address may hold, default 8 (128 MiB of buffers at
+    worst). Keeps one host from taking every handshake slot and locking others out; several
+    nodes behind one address still open their few channels at once."""
+
+    task_handshake_timeout: float = 5.0
+    """Seconds a task WebSocket has to finish its challenge-response handshake, default 5.
+    Longer tolerates slower links; shorter frees slots held by silent sockets sooner
+    (together with :attr:`task_max_unauthenticated` it bounds what idle sockets cost)."""
+
+    task_liveness_timeout: float = 2.0
+    """Seconds a node waits for a ChannelPong on an open task channel after membership
+    declares that peer dead, default 2. The accusation fails the peer's tasks only if the
+    channel stays silent this long; a round trip on a live channel takes milliseconds, so
+    2 s absorbs a busy peer's scheduling delay while still failing over long before a
+    typical task deadline."""
+
+    task_memory_bytes: int = 16 * 1024 * 1024
+    """Bytes (encoded size) of answered task responses and signed results a provider keeps
+    for duplicate requests, default 16 MiB; the oldest go first (a late duplicate then gets
+    ``result_forgotten``). Decoded objects take a few times their encoded size, so this
+    keeps that memory well under 100 MB however large results are."""
+
     # ------------------------------------------------------------------ presets
 
     @classmethod
@@ -368,6 +416,24 @@ class NodeConfig:
         self._validate_timing()
         self._validate_counts()
         self._validate_tasks()
+        self._validate_task_channels()
+
+    def _validate_task_channels(self) -> None:
+        _check_int("task_max_connections", self.task_max_connections, 1, 1_000_000)
+        _check_int("task_max_connections_per_peer", self.task_max_connections_per_peer, 1, 1_000)
+        _check_int(
+            "task_max_connections_per_address", self.task_max_connections_per_address, 1, 1_000_000
+        )
+        _check_int("task_max_unauthenticated", self.task_max_unauthenticated, 1, 1_000_000)
+        _check_int(
+            "task_max_unauthenticated_per_address",
+            self.task_max_unauthenticated_per_address,
+            1,
+            1_000_000,
+        )
+        _check_seconds("task_handshake_timeout", self.task_handshake_timeout, positive=True)
+        _check_seconds("task_liveness_timeout", self.task_liveness_timeout, positive=True)
+        _check_int("task_memory_bytes", self.task_memory_bytes, 0, 2**40)
 
     def _validate_tasks(self) -> None:
         if self.embedder not in ("auto", "minilm", "hashing"):

@@ -39,10 +39,33 @@ Provider decisions (checked in this order, the cheap checks first)
    latency estimate) → REJECTED ``deadline_too_short``;
 6. ``input`` fails the capability's ``input_schema`` (see :mod:`meshnode.core.json_schema`)
    → REJECTED ``invalid_input``;
-7. a slot is free (running + reserved < ``max_concurrent_tasks``) → ACCEPTED with
+7. the requester already holds its fair share while others compete, and the free slots
+   are no more than the others are owed → REJECTED ``fair_share`` (see below);
+8. a slot is free (running + reserved < ``max_concurrent_tasks``) → ACCEPTED with
    ``estimated_latency_ms`` = ``avg_latency_ms``; the runtime starts the handler at once;
-8. the reservation queue is full (:data:`RESERVATION_QUEUE_FACTOR`) → REJECTED ``busy``;
-9. otherwise → COUNTERED with a deadline computed from the queue, and a slot reserved.
+9. the reservation queue is full (:data:`RESERVATION_QUEUE_FACTOR`) and nobody else
+   competes → REJECTED ``busy``;
+10. otherwise → COUNTERED with a deadline computed from the queue, and a slot reserved.
+
+Fair share. One identity must not hold every slot while others wait. A requester
+*competes* while it holds a running or reserved task, or has asked (with a request that
+passed the checks 1–6) within the last :data:`FAIR_SHARE_WINDOW_S`. With ``n`` competing
+requesters (the asking one included) each one's share is
+``max(1, max_concurrent_tasks // n)`` slots, running and reserved together. A requester
+that holds its share or more is refused (``fair_share``), never queued, unless more slots
+are free than the other competitors are owed (the sum of ``share − held`` over them):
+spare capacity nobody is entitled to is still used, and a lone requester may use every
+slot and queue as before. So a flood from one identity cannot grow the queue or take the
+slot a competitor is about to ask for. Only requesters with competitors can pass a full
+queue, and only while under their share (so at most ``max_concurrent_tasks`` beyond
+``max_reservations``). Running tasks are not pre-empted, so a newcomer waits at most for
+the queue ahead of it to drain (bounded by the deadlines already promised).
+
+Limits: fairness is per node id. Many identities (a Sybil attack) each get a share;
+bounding how many identities one party controls is the job of admission control into the
+mesh, which this rule does not do. A recent ask is owed its share for
+:data:`FAIR_SHARE_WINDOW_S`, so ``k`` identities that each ask once per window can keep up
+to ``k`` free slots away from a requester over its share (never from one under it).
 
 The counter. Each running task is expected to end at ``started + avg_latency``; one already
 past that is assumed to need one more ``avg_latency``; none beyond its deadline, where it is
@@ -62,10 +85,16 @@ task that may start now.
 Deadlines are enforced: :meth:`ProviderCore.tick` stops every running task past its
 deadline and signs its failed result (and fails a confirmed reservation that could not
 start in time). Answers are remembered per (requester, task id) for
-:data:`REMEMBER_S` after the task ends, at most :data:`REMEMBER_MAX` of them, so a
+:data:`REMEMBER_S` after the task ends, at most :data:`REMEMBER_MAX` of them and at most
+``remember_bytes`` (:data:`REMEMBER_BYTES`) of encoded answers (the signed result as
+encoded, the response by a bound on its encoding), so a
 retransmitted request gets the same response and, once finished, the same signed result,
 and the handler runs once. The remembered answer is the current one: a counter that lapsed,
-was declined or cancelled is remembered as REJECTED with that reason.
+was declined or cancelled is remembered as REJECTED with that reason. Beyond the byte
+budget the oldest entries are forgotten first; an entry whose result is evicted leaves a
+small tombstone (counted in the budget too), so a duplicate request for it is answered
+REJECTED ``result_forgotten`` and the handler is never run twice. Once the tombstone is
+gone as well, the task id is simply unknown (a new request runs again).
 
 Requester rules
 ~~~~~~~~~~~~~~~
@@ -154,6 +183,26 @@ requests. It outlives any retransmission of a request by far."""
 REMEMBER_MAX = 10_000
 """Most ended tasks remembered; the oldest are forgotten first beyond it."""
 
+REMEMBER_BYTES = 16 * 1024 * 1024
+"""Default budget, in encoded bytes (response + signed result as they travel), for
+remembered answers: 16 MiB. Results may be megabytes each, so a count alone does not bound
+memory; decoded Python objects take a few times their encoded size, so this keeps the
+provider's memory for answers well under 100 MB. Smaller forgets results sooner (a late
+duplicate request then gets ``result_forgotten``)."""
+
+TOMBSTONE_BYTES = 160
+"""Bytes charged to the memory budget for the tombstone of a forgotten result (its key and
+the short rejection that answers it)."""
+
+FAIR_SHARE_WINDOW_S = 10.0
+"""Seconds a requester counts as competing for a provider's slots after its last request
+that passed admission. Longer protects an occasional caller's share for longer; shorter
+gives a lone heavy caller the whole node back sooner."""
+
+FAIR_SHARE_MAX_TRACKED = 4_096
+"""Most requesters whose last request time is tracked for the fair share; the oldest are
+forgotten first (each costs about 150 bytes)."""
+
 DEFAULT_DEADLINE_S = 30.0
 """Overall time a delegation may take, all attempts included, unless the caller says."""
 
@@ -191,6 +240,8 @@ class RejectCode(enum.Enum):
     UNKNOWN_TASK = "unknown_task"
     DEADLINE_EXCEEDED = "deadline_exceeded"
     OUTPUT_INVALID = "output_invalid"
+    FAIR_SHARE = "fair_share"
+    RESULT_FORGOTTEN = "result_forgotten"
 
 
 def reject_code(reason: str) -> RejectCode | None:
@@ -283,6 +334,8 @@ class _Remembered:
     response: TaskResponse
     result: TaskResult | None
     expires_at: float
+    size: int
+    """Bytes charged to the memory budget (encoded response and result)."""
 
 
 class ProviderCore:
@@ -311,11 +364,15 @@ class ProviderCore:
         max_reservations: int | None = None,
         remember_s: float = REMEMBER_S,
         remember_max: int = REMEMBER_MAX,
+        remember_bytes: int = REMEMBER_BYTES,
+        fair_share_window_s: float = FAIR_SHARE_WINDOW_S,
     ) -> None:
         if max_concurrent_tasks < 1:
             raise ValueError("max_concurrent_tasks must be at least 1")
         if not hold_s > 0 or not remember_s >= 0 or remember_max < 0:
             raise ValueError("hold_s must be positive; remember_s and remember_max >= 0")
+        if remember_bytes < 0 or not fair_share_window_s >= 0:
+            raise ValueError("remember_bytes and fair_share_window_s must be >= 0")
         if verifier is not None:
             probe = b"meshnode provider key check"
             key = public_key_from_node_id(signer.node_id)
@@ -332,6 +389,13 @@ class ProviderCore:
         self.hold_s = hold_s
         self.remember_s = remember_s
         self.remember_max = remember_max
+        self.remember_bytes = remember_bytes
+        self.fair_share_window_s = fair_share_window_s
+        self._memory_bytes = 0
+        self._held: Counter[str] = Counter()
+        """Requester → its running plus reserved tasks."""
+        self._asked: OrderedDict[str, float] = OrderedDict()
+        """Requester → last time it asked (a request that passed the checks)."""
         self._running: dict[str, _Task] = {}
         self._reserved: dict[str, _Task] = {}  # insertion order is reservation order
         self._memory: OrderedDict[tuple[str, str], _Remembered] = OrderedDict()
@@ -362,6 +426,38 @@ class ProviderCore:
     @property
     def reserved(self) -> int:
         return len(self._reserved)
+
+    @property
+    def remembered_bytes(self) -> int:
+        """Encoded bytes of the remembered answers (within ``remember_bytes``)."""
+        return self._memory_bytes
+
+    @property
+    def remembered(self) -> int:
+        """Number of remembered answers (tombstones included)."""
+        return len(self._memory)
+
+    def held_by(self, requester: str) -> int:
+        """Slots ``requester`` holds now: its running plus reserved tasks."""
+        return self._held[requester]
+
+    def fair_share(self, requester: str, now: float) -> int:
+        """Slots ``requester`` may hold while others compete (see the module docstring)."""
+        return max(1, self.max_concurrent_tasks // len(self._competitors(requester, now)))
+
+    def _competitors(self, requester: str, now: float) -> set[str]:
+        while self._asked:
+            who, at = next(iter(self._asked.items()))
+            if at + self.fair_share_window_s > now:
+                break
+            del self._asked[who]
+        return {requester, *self._asked, *self._held}
+
+    def _note_asked(self, requester: str, now: float) -> None:
+        self._asked.pop(requester, None)
+        self._asked[requester] = now
+        while len(self._asked) > FAIR_SHARE_MAX_TRACKED:
+            self._asked.popitem(last=False)
 
     def running_tasks(self) -> list[tuple[str, str]]:
         """(requester, task id) of every running task, in start order."""
@@ -404,7 +500,25 @@ class ProviderCore:
             self.counts["rejected"] += 1
             return RequestDecision(response)
 
-        if self.in_flight < self.max_concurrent_tasks:
+        competitors = self._competitors(requester, now)
+        self._note_asked(requester, now)
+        share = max(1, self.max_concurrent_tasks // len(competitors))
+        holders = self._held
+        held = holders[requester]
+        free = self.max_concurrent_tasks - self.in_flight
+        if len(competitors) > 1 and held >= share:
+            owed = sum(max(0, share - holders[c]) for c in competitors if c != requester)
+            if free <= owed:
+                detail = (
+                    f"holds {held} of {self.max_concurrent_tasks} slots; share is {share} "
+                    f"while {len(competitors)} requesters compete"
+                )
+                response = self._rejection(request, RejectCode.FAIR_SHARE, detail)
+                self._remember(requester, response, None, now)
+                self.counts["rejected"] += 1
+                self.counts["fair_share"] += 1
+                return RequestDecision(response)
+        if free > 0:
             response = TaskResponse(
                 task_id=task_id,
                 status=int(TaskStatus.ACCEPTED),
@@ -423,10 +537,11 @@ class ProviderCore:
                 confirmed=True,
             )
             self._running[task_id] = task
+            self._held[requester] += 1
             self.counts["accepted"] += 1
             return RequestDecision(response, start=self._start_effect(task, now))
 
-        if len(self._reserved) >= self.max_reservations:
+        if len(self._reserved) >= self.max_reservations and len(competitors) == 1:
             response = self._rejection(
                 request, RejectCode.BUSY, f"{len(self._reserved)} tasks already queued"
             )
@@ -460,6 +575,7 @@ class ProviderCore:
             response=response,
             hold_until=now + self.hold_s,
         )
+        self._held[requester] += 1
         self.counts["countered"] += 1
         return RequestDecision(response)
 
@@ -529,6 +645,7 @@ class ProviderCore:
             if not confirm.accept:
                 if task.started_at is None:
                     del self._reserved[task_id]
+                    self._release(task)
                     self._end(task, _reason(RejectCode.COUNTER_DECLINED, "by requester"), now)
                     self.counts["declined"] += 1
                 return None
@@ -566,12 +683,14 @@ class ProviderCore:
         task = self._running.get(task_id)
         if task is not None and task.requester == requester:
             del self._running[task_id]
+            self._release(task)
             self._end(task, detail, now)
             self.counts["cancelled"] += 1
             return CancelOutcome.STOP_HANDLER
         task = self._reserved.get(task_id)
         if task is not None and task.requester == requester:
             del self._reserved[task_id]
+            self._release(task)
             self._end(task, detail, now)
             self.counts["cancelled"] += 1
             return CancelOutcome.RELEASED
@@ -618,8 +737,9 @@ class ProviderCore:
         task = self._running.pop(task_id, None)
         if task is None:
             return None
-        result = self._sign_result(task, ok, output, error, now)
-        self._remember(task.requester, task.response, result, now)
+        self._release(task)
+        result, size = self._sign_result(task, ok, output, error, now)
+        self._remember(task.requester, task.response, result, now, size)
         self.counts["completed_ok" if result.ok else "completed_failed"] += 1
         return result
 
@@ -631,10 +751,12 @@ class ProviderCore:
         for task_id, task in list(self._running.items()):
             if now >= task.deadline_at:
                 del self._running[task_id]
+                self._release(task)
                 events.append(self._expire(task, now, was_running=True))
         for task_id, task in list(self._reserved.items()):
             if task.confirmed and now >= task.deadline_at:
                 del self._reserved[task_id]
+                self._release(task)
                 events.append(self._expire(task, now, was_running=False))
         return events
 
@@ -642,8 +764,8 @@ class ProviderCore:
         limit = task.response.counter_deadline_ms or task.request.deadline_ms
         where = "running" if was_running else "queued, never started"
         error = _reason(RejectCode.DEADLINE_EXCEEDED, f"{limit} ms passed ({where})")
-        result = self._sign_result(task, False, None, error, now)
-        self._remember(task.requester, task.response, result, now)
+        result, size = self._sign_result(task, False, None, error, now)
+        self._remember(task.requester, task.response, result, now, size)
         self.counts["deadline_exceeded"] += 1
         return DeadlineExceeded(task.requester, task.request.task_id, result, was_running)
 
@@ -653,7 +775,9 @@ class ProviderCore:
 
     def _sign_result(
         self, task: _Task, ok: bool, output: Any, error: str, now: float
-    ) -> TaskResult:
+    ) -> tuple[TaskResult, int]:
+        """The signed result and its encoded size (the signed encoding plus the
+        signature: within a few bytes of its size on the wire, without encoding it twice)."""
         started = task.started_at if task.started_at is not None else task.received_at
         elapsed = min(MAX_ELAPSED_MS, max(0.0, (now - started) * 1000.0))
         unsigned = TaskResult(
@@ -680,7 +804,7 @@ class ProviderCore:
                 signature=unsigned.signature,
             )
             body = signing_bytes(unsigned)
-        return TaskResult(
+        signed = TaskResult(
             task_id=unsigned.task_id,
             requester=unsigned.requester,
             provider=unsigned.provider,
@@ -690,6 +814,7 @@ class ProviderCore:
             elapsed_ms=unsigned.elapsed_ms,
             signature=self._signer.sign(body),
         )
+        return signed, len(body) + len(signed.signature)
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -697,6 +822,7 @@ class ProviderCore:
         for task_id, task in list(self._reserved.items()):
             if task.hold_until is not None and now >= task.hold_until:
                 del self._reserved[task_id]
+                self._release(task)
                 self._end(task, _reason(RejectCode.RESERVATION_EXPIRED, "not confirmed"), now)
                 self.counts["hold_lapsed"] += 1
 
@@ -712,28 +838,90 @@ class ProviderCore:
         self._remember(task.requester, response, None, now)
 
     def _remember(
-        self, requester: str, response: TaskResponse, result: TaskResult | None, now: float
+        self,
+        requester: str,
+        response: TaskResponse,
+        result: TaskResult | None,
+        now: float,
+        result_size: int = 0,
     ) -> None:
+        """Remember the answer to (requester, task id); ``result_size`` is the result's
+        encoded size as :meth:`_sign_result` measured it."""
         if self.remember_max == 0:
             return
         key = (requester, response.task_id)
-        self._memory.pop(key, None)
-        self._memory[key] = _Remembered(response, result, now + self.remember_s)
+        self._forget(key)
+        size = _response_bytes(response) + (result_size if result is not None else 0)
+        self._memory[key] = _Remembered(response, result, now + self.remember_s, size)
+        self._memory_bytes += size
         while len(self._memory) > self.remember_max:
-            self._memory.popitem(last=False)
+            self._forget(next(iter(self._memory)))
+        self._fit_budget()
+
+    def _fit_budget(self) -> None:
+        """Forget the oldest answers until the remembered bytes fit ``remember_bytes``.
+
+        First the oldest results are replaced, in place, by tombstones (a rejection saying
+        the result is forgotten); if that is not enough, the oldest entries go entirely.
+        """
+        if self._memory_bytes <= self.remember_bytes:
+            return
+        for key, entry in list(self._memory.items()):
+            if self._memory_bytes <= self.remember_bytes:
+                break
+            if entry.result is None:
+                continue
+            tombstone = TaskResponse(
+                task_id=key[1],
+                status=int(TaskStatus.REJECTED),
+                reason=_reason(RejectCode.RESULT_FORGOTTEN, "finished; result no longer held"),
+                estimated_latency_ms=None,
+                counter_deadline_ms=None,
+            )
+            self._memory[key] = _Remembered(tombstone, None, entry.expires_at, TOMBSTONE_BYTES)
+            self._memory_bytes += TOMBSTONE_BYTES - entry.size
+            self.counts["results_forgotten"] += 1
+        while self._memory and self._memory_bytes > self.remember_bytes:
+            self._forget(next(iter(self._memory)))
+            self.counts["forgotten"] += 1
+
+    def _release(self, task: _Task) -> None:
+        """``task`` left the running or reserved set: its requester holds one slot less."""
+        held = self._held[task.requester] - 1
+        if held > 0:
+            self._held[task.requester] = held
+        else:
+            del self._held[task.requester]
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        entry = self._memory.pop(key, None)
+        if entry is not None:
+            self._memory_bytes -= entry.size
 
     def _prune(self, now: float) -> None:
         while self._memory:
             key, entry = next(iter(self._memory.items()))
             if entry.expires_at > now:
                 break
-            del self._memory[key]
+            self._forget(key)
 
     def __repr__(self) -> str:
         return (
             f"<ProviderCore running={len(self._running)}/{self.max_concurrent_tasks} "
-            f"reserved={len(self._reserved)} remembered={len(self._memory)}>"
+            f"reserved={len(self._reserved)} remembered={len(self._memory)} "
+            f"({self._memory_bytes} B)>"
         )
+
+
+RESPONSE_FIXED_BYTES = 32
+"""Upper bound on a TaskResponse's encoded size apart from its two strings (array and
+string headers, tag, status, a float and an int in msgpack)."""
+
+
+def _response_bytes(response: TaskResponse) -> int:
+    """An upper bound on ``response``'s encoded size, without encoding it."""
+    text = len(response.task_id.encode()) + len(response.reason.encode())
+    return RESPONSE_FIXED_BYTES + text
 
 
 def _insort(values: list[float], value: float) -> None:

@@ -547,7 +547,8 @@ class MeshNode:
 
     def _on_member_for_tasks(self, change: MemberChanged) -> None:
         if change.kind in (MemberEvent.DEAD, MemberEvent.LEFT) and self._tasks_service:
-            self._tasks_service.peer_failed(change.node_id, f"member {change.kind.value}")
+            left = change.kind is MemberEvent.LEFT
+            self._tasks_service.member_gone(change.node_id, left=left)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

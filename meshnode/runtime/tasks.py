@@ -4,11 +4,32 @@ Theory of operation
 -------------------
 Every task message travels in a signed ``protocol`` envelope over **one pooled connection
 per peer pair** (``GET /v1/ws/tasks``), one envelope per binary WebSocket frame. Either side
-may have opened it; once a peer's first envelope arrives the connection is registered under
-its verified node id, and both directions multiplex any number of tasks on it. A connection
-that drops fails every delegation waiting on that peer at once (unless another live
-connection to the same peer remains), as does SWIM declaring the peer dead, so requesters
-move on without waiting for a timeout.
+may have opened it. A connection is bound to a peer only by the challenge–response
+handshake of :mod:`meshnode.core.channel` (fresh nonces from both sides, each answered in
+an envelope signed by the other, naming both ids; the opener also checks that the listener
+is the node it meant to reach); only then is it registered under the verified node id, and
+both directions multiplex any number of tasks on it. Every later envelope starts with a
+``ChannelFrame`` naming the channel, the recipient and the next sequence number of its
+direction; a replayed, reordered or redirected envelope is a violation that is counted
+and closes the channel. A socket that does not finish the handshake within
+``task_handshake_timeout`` is closed.
+
+Caps (``NodeConfig``): ``task_max_connections`` open sockets in all,
+``task_max_unauthenticated`` of them still in their handshake (at most
+``task_max_unauthenticated_per_address`` from one address) and
+``task_max_connections_per_address`` from one remote address (refused with HTTP 503 before
+the upgrade), and ``task_max_connections_per_peer`` authenticated channels per peer id (a
+channel beyond it is closed once the handshake names its peer). Each refusal is counted.
+Before its handshake completes a socket gets one chance: a first envelope that does not
+decode, or is not a valid handshake step, closes it.
+
+A connection that drops fails every delegation waiting on that peer at once (unless
+another live connection to the same peer remains), so requesters move on without waiting
+for a timeout. SWIM declaring the peer dead is an accusation that anyone in the mesh may
+make, so it is checked on the channel itself first: if a channel to the peer is open, a
+``ChannelPing`` goes out and the peer's tasks fail only if no ``ChannelPong`` comes back
+within ``task_liveness_timeout`` (the channel is then closed as dead). A peer that left
+(its own signed Leave) fails at once.
 
 Batching. Messages are not written one by one: each connection has an outbox and a sender
 task. Everything queued for a connection while the event loop runs one round of ready
@@ -50,6 +71,8 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import itertools
+import os
 import time
 import uuid
 from collections.abc import Sequence
@@ -61,6 +84,7 @@ from aiohttp import web
 
 from meshnode.capability import CapabilitySpec
 from meshnode.core.breaker import BreakerBoard, TaskVerdict
+from meshnode.core.channel import NONCE_BYTES, ChannelCore
 from meshnode.core.evaluator import Evaluation, OutputEvaluator
 from meshnode.core.negotiation import (
     Attempt,
@@ -91,8 +115,9 @@ from protocol import (
     decode,
     short_id,
 )
-from protocol.codec import encode_wire_batch, message_to_wire
+from protocol.codec import encode, encode_wire_batch, message_to_wire
 from protocol.limits import MAX_FRAME_BYTES, MAX_MESSAGES_PER_ENVELOPE
+from protocol.messages import ChannelPing, ChannelPong
 
 if TYPE_CHECKING:
     from meshnode.runtime.node import MeshNode
@@ -167,22 +192,44 @@ WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 
 
 class _Channel:
-    """One WebSocket to a peer (client or server side) with its outbox and sender task."""
+    """One WebSocket to a peer (client or server side) with its outbox and sender task.
 
-    __slots__ = ("alive", "outbox", "peer", "sender", "wake", "ws")
+    ``peer`` is None until the handshake has verified who is on the other end."""
 
-    def __init__(self, ws: WebSocket, peer: str | None = None) -> None:
+    __slots__ = (
+        "address",
+        "alive",
+        "core",
+        "handshake_timer",
+        "outbox",
+        "peer",
+        "pongs",
+        "probe",
+        "ready",
+        "sender",
+        "wake",
+        "ws",
+    )
+
+    def __init__(self, ws: WebSocket, core: ChannelCore, address: str) -> None:
         self.ws = ws
-        self.peer = peer
+        self.core = core
+        self.address = address
+        self.peer: str | None = None
         self.alive = True
         """False once the reader saw the connection end (or a send failed)."""
         self.outbox: list[Wire] = []
         self.wake = asyncio.Event()
+        self.ready = asyncio.Event()
+        """Set when the handshake completes (or the channel is lost before it does)."""
         self.sender: asyncio.Task[None] | None = None
+        self.handshake_timer: asyncio.TimerHandle | None = None
+        self.pongs: dict[int, asyncio.Future[None]] = {}
+        self.probe: asyncio.Task[None] | None = None
 
     @property
     def usable(self) -> bool:
-        return self.alive and not self.ws.closed
+        return self.alive and not self.ws.closed and self.core.is_open
 
     def queue(self, wire: Sequence[Wire]) -> None:
         """Queue messages (already in wire form) for the next frame."""
@@ -191,7 +238,10 @@ class _Channel:
 
     def __repr__(self) -> str:
         peer = short_id(self.peer) if self.peer else "?"
-        return f"<_Channel {peer} alive={self.alive} queued={len(self.outbox)}>"
+        return (
+            f"<_Channel {peer} {self.core.phase.value} alive={self.alive} "
+            f"queued={len(self.outbox)}>"
+        )
 
 
 @dataclasses.dataclass(slots=True)
@@ -224,6 +274,7 @@ class TaskService:
             {name: spec.capability for name, spec in node.capabilities.items()},
             cfg.max_concurrent_tasks,
             verifier=node.verifier,
+            remember_bytes=cfg.task_memory_bytes,
         )
         self.breakers = BreakerBoard(
             failure_threshold=cfg.breaker_failure_threshold,
@@ -234,6 +285,7 @@ class TaskService:
         self._channels: dict[str, _Channel] = {}
         self._open: set[_Channel] = set()
         self._connecting: dict[str, asyncio.Lock] = {}
+        self._ping_tokens = itertools.count(1)
         self._handlers: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._delegations: dict[str, _Delegation] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -247,6 +299,12 @@ class TaskService:
             "frames_sent": 0,
             "frames_received": 0,
             "frames_dropped": 0,
+            "channels_opened": 0,
+            "channel_violations": 0,
+            "handshake_timeouts": 0,
+            "connections_refused": 0,
+            "dead_refuted_on_channel": 0,
+            "dead_confirmed_on_channel": 0,
         }
 
     # ------------------------------------------------------------------ lifecycle
@@ -304,21 +362,78 @@ class TaskService:
 
     # ------------------------------------------------------------------ connections
 
-    async def handle_ws(self, request: web.Request) -> web.WebSocketResponse:
+    def _refusal(self, address: str) -> str | None:
+        """Why a new connection from ``address`` must be refused, if it must."""
+        cfg = self.node.config
+        if len(self._open) >= cfg.task_max_connections:
+            return "total"
+        pending = [c for c in self._open if not c.core.is_open]
+        if len(pending) >= cfg.task_max_unauthenticated:
+            return "unauthenticated"
+        if sum(1 for c in pending if c.address == address) >= (
+            cfg.task_max_unauthenticated_per_address
+        ):
+            return "unauthenticated_per_address"
+        if sum(1 for c in self._open if c.address == address) >= (
+            cfg.task_max_connections_per_address
+        ):
+            return "per_address"
+        return None
+
+    def _refuse(self, why: str) -> None:
+        self.counters["connections_refused"] += 1
+        self.node.count_drop(f"task_connection_{why}")
+
+    async def handle_ws(self, request: web.Request) -> web.StreamResponse:
         """Server side of a task connection."""
+        address = request.remote or "?"
+        why = self._refusal(address)
+        if why is not None or self._closed:
+            self._refuse(why or "closing")
+            return web.Response(status=503, text=f"task connection refused: {why or 'closing'}")
         ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=WS_HEARTBEAT_S)
-        await ws.prepare(request)
-        channel = self._adopt(ws, None)
-        await self._read(channel)
+        channel = self._adopt(ws, None, address)
+        try:
+            await ws.prepare(request)
+            await self._read(channel)
+        finally:
+            self._channel_lost(channel, "connection closed")
+            await _close_ws(ws)
         return ws
 
-    def _adopt(self, ws: WebSocket, peer: str | None) -> _Channel:
-        channel = _Channel(ws, peer)
+    def _adopt(self, ws: WebSocket, peer: str | None, address: str) -> _Channel:
+        """Track a new socket: a channel in its handshake, with its sender and timer."""
+        timeout = self.node.config.task_handshake_timeout
+        core = ChannelCore(
+            self.node.node_id,
+            os.urandom(NONCE_BYTES),
+            peer=peer,
+            handshake_deadline=time.time() + timeout,
+        )
+        channel = _Channel(ws, core, address)
         self._open.add(channel)
         channel.sender = self._spawn(self._send_loop(channel))
-        if peer is not None:
-            self._channels[peer] = channel
+        channel.handshake_timer = asyncio.get_running_loop().call_later(
+            timeout + TIMER_SLACK_S, self._handshake_timer, channel
+        )
         return channel
+
+    def _handshake_timer(self, channel: _Channel) -> None:
+        channel.handshake_timer = None
+        if not channel.alive or channel.core.is_open:
+            return
+        now = time.time()
+        if not channel.core.expired(now):  # the loop's clock ran ahead of time.time()
+            channel.handshake_timer = asyncio.get_running_loop().call_later(
+                channel.core.handshake_deadline - now + TIMER_SLACK_S,
+                self._handshake_timer,
+                channel,
+            )
+            return
+        self.counters["handshake_timeouts"] += 1
+        self.node.count_drop("task_handshake_timeout")
+        self._spawn(_close_ws(channel.ws))
+        self._channel_lost(channel, "handshake timed out")
 
     def _live_channel(self, peer: str) -> _Channel | None:
         channel = self._channels.get(peer)
@@ -338,6 +453,9 @@ class TaskService:
             member = self.node.core.membership.member(peer)
             if member is None:
                 raise ConnectionError(f"unknown peer {short_id(peer)}")
+            if len(self._open) >= self.node.config.task_max_connections:
+                self._refuse("total")
+                raise ConnectionError("too many task connections open")
             session = self.node.http_session
             ws = await asyncio.wait_for(
                 session.ws_connect(
@@ -347,43 +465,97 @@ class TaskService:
                 ),
                 CONNECT_TIMEOUT_S,
             )
-            channel = self._adopt(ws, peer)
-            self._spawn(self._read(channel))
+            channel = self._adopt(ws, peer, member.address[0])
+            try:
+                await ws.send_bytes(encode(channel.core.start(), self.node.identity))
+            except (ConnectionError, aiohttp.ClientError, RuntimeError, OSError) as exc:
+                self._channel_lost(channel, "handshake send failed")
+                self._spawn(_close_ws(ws))
+                raise ConnectionError(f"handshake with {short_id(peer)} failed: {exc}") from None
+            self._spawn(self._read_client(channel))
+            await channel.ready.wait()  # set on open or loss; the handshake timer bounds it
+            if not channel.usable:
+                raise ConnectionError(f"handshake with {short_id(peer)} failed")
             return channel
 
-    async def _read(self, channel: _Channel) -> None:
-        self._open.add(channel)
+    async def _read_client(self, channel: _Channel) -> None:
         try:
-            async for msg in channel.ws:
-                if msg.type is not aiohttp.WSMsgType.BINARY:
-                    continue
-                self.counters["frames_received"] += 1
-                try:
-                    envelope = decode(msg.data, verifier=self.node.verifier)
-                except RemoteProtocolError as exc:
-                    self.counters["frames_dropped"] += 1
-                    self.node.count_drop(f"task_{type(exc).__name__}")
-                    continue
-                sender = envelope.sender
-                if channel.peer is None:
-                    channel.peer = sender
-                    if self._live_channel(sender) is None:
-                        self._channels[sender] = channel
-                elif channel.peer != sender:
-                    self.counters["frames_dropped"] += 1
-                    continue
-                self._dispatch(sender, envelope.messages, channel)
+            await self._read(channel)
         finally:
             self._channel_lost(channel, "connection closed")
+            await _close_ws(channel.ws)
+
+    async def _read(self, channel: _Channel) -> None:
+        """Read envelopes until the socket ends or the peer breaks the channel's rules."""
+        identity = self.node.identity
+        async for msg in channel.ws:
+            if msg.type is not aiohttp.WSMsgType.BINARY:
+                continue
+            self.counters["frames_received"] += 1
+            try:
+                envelope = decode(msg.data, verifier=self.node.verifier)
+            except RemoteProtocolError as exc:
+                self.counters["frames_dropped"] += 1
+                self.node.count_drop(f"task_{type(exc).__name__}")
+                if not channel.core.is_open:
+                    # Before the handshake nobody has earned a second try.
+                    self.counters["channel_violations"] += 1
+                    return
+                continue
+            got = channel.core.receive(envelope.sender, envelope.messages)
+            if got.error is not None:
+                self.counters["frames_dropped"] += 1
+                self.counters["channel_violations"] += 1
+                self.node.count_drop("task_channel_violation")
+                log.info(
+                    "task_channel_violation",
+                    peer=short_id(envelope.sender),
+                    address=channel.address,
+                    error=got.error,
+                )
+                return
+            if got.send:
+                try:
+                    await channel.ws.send_bytes(encode(list(got.send), identity))
+                except (ConnectionError, aiohttp.ClientError, RuntimeError, OSError) as exc:
+                    log.debug("task_handshake_send_failed", error=str(exc))
+                    return
+            if got.opened is not None and not self._register(channel, got.opened):
+                return
+            if got.deliver and channel.peer is not None:
+                self._dispatch(channel.peer, got.deliver, channel)
+
+    def _register(self, channel: _Channel, peer: str) -> bool:
+        """The handshake verified ``peer``: pool the channel (within the per-peer cap)."""
+        if channel.handshake_timer is not None:
+            channel.handshake_timer.cancel()
+            channel.handshake_timer = None
+        others = sum(1 for c in self._open if c is not channel and c.peer == peer and c.usable)
+        if others >= self.node.config.task_max_connections_per_peer:
+            self._refuse("per_peer")
+            return False
+        channel.peer = peer
+        self.counters["channels_opened"] += 1
+        if self._live_channel(peer) is None:
+            self._channels[peer] = channel
+        channel.ready.set()
+        return True
 
     def _channel_lost(self, channel: _Channel, reason: str) -> None:
         if not channel.alive:
             return
         channel.alive = False
+        channel.ready.set()
         channel.outbox.clear()
         self._open.discard(channel)
+        if channel.handshake_timer is not None:
+            channel.handshake_timer.cancel()
+            channel.handshake_timer = None
         if channel.sender is not None:
             channel.sender.cancel()
+        for pong in channel.pongs.values():
+            if not pong.done():
+                pong.set_exception(ConnectionError("task channel lost"))
         peer = channel.peer
         if peer is None:
             return
@@ -399,7 +571,8 @@ class TaskService:
     async def _send_loop(self, channel: _Channel) -> None:
         """Write the outbox: everything queued in one loop round goes in one envelope."""
         ws, identity = channel.ws, self.node.identity
-        while True:
+        await channel.ready.wait()
+        while channel.usable:
             await channel.wake.wait()
             # Let the tasks made ready in the same round (handlers that finish at once,
             # other delegations) add their messages to this frame.
@@ -407,7 +580,8 @@ class TaskService:
             channel.wake.clear()
             batch, channel.outbox = channel.outbox, []
             try:
-                for frame in _frames(batch, identity):
+                frames = _frames(batch, identity, channel.core)
+                for frame in frames:
                     await ws.send_bytes(frame)
                     self.counters["frames_sent"] += 1
             except (ConnectionError, aiohttp.ClientError, RuntimeError, OSError) as exc:
@@ -439,7 +613,13 @@ class TaskService:
         now = time.time()
         provider_touched = False
         for message in messages:
-            if isinstance(message, TaskResponse | TaskResult):
+            if isinstance(message, ChannelPing):
+                channel.queue([message_to_wire(ChannelPong(message.token))])
+            elif isinstance(message, ChannelPong):
+                pong = channel.pongs.pop(message.token, None)
+                if pong is not None and not pong.done():
+                    pong.set_result(None)
+            elif isinstance(message, TaskResponse | TaskResult):
                 delegation = self._delegations.get(message.task_id)
                 if delegation is not None:
                     delegation.inbox.append((sender, message))
@@ -471,6 +651,40 @@ class TaskService:
                         handler.cancel()
         if provider_touched:
             self._provider_changed(now)
+
+    def member_gone(self, peer: str, *, left: bool) -> None:
+        """Membership says ``peer`` is dead (``left=False``) or left (``left=True``).
+
+        A Leave is signed by the peer itself: its tasks fail at once. A Dead is an
+        accusation: while a channel to the peer is open, the peer's tasks fail only if the
+        channel does not answer a ChannelPing within ``task_liveness_timeout``.
+        """
+        channel = self._live_channel(peer)
+        if left or channel is None:
+            self.peer_failed(peer, "member left" if left else "member dead")
+            return
+        if channel.probe is None or channel.probe.done():
+            channel.probe = self._spawn(self._check_alive(channel, peer))
+
+    async def _check_alive(self, channel: _Channel, peer: str) -> None:
+        token = next(self._ping_tokens)
+        pong: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        channel.pongs[token] = pong
+        channel.queue([message_to_wire(ChannelPing(token))])
+        try:
+            await asyncio.wait_for(pong, self.node.config.task_liveness_timeout)
+        except TimeoutError:
+            if channel.alive:
+                self.counters["dead_confirmed_on_channel"] += 1
+                self._spawn(_close_ws(channel.ws))
+                self._channel_lost(channel, "member dead; silent on its task channel")
+            return
+        except ConnectionError:
+            return  # the channel was lost meanwhile; its tasks have failed with it
+        finally:
+            channel.pongs.pop(token, None)
+        self.counters["dead_refuted_on_channel"] += 1
+        log.info("dead_refuted_on_channel", peer=short_id(peer))
 
     def peer_failed(self, peer: str, reason: str) -> None:
         """A connection dropped or SWIM declared ``peer`` dead: fail its waits at once."""
@@ -731,20 +945,25 @@ class TaskService:
 
     def __repr__(self) -> str:
         return (
-            f"<TaskService connections={len(self._open)} delegations={len(self._delegations)} "
+            f"<TaskService connections={len(self._open)} "
+            f"handshaking={sum(1 for c in self._open if not c.core.is_open)} "
+            f"delegations={len(self._delegations)} "
             f"running={self.provider.running} reserved={self.provider.reserved}>"
         )
 
 
-def _frames(batch: list[Wire], signer: Any) -> list[bytes]:
-    """Signed envelopes carrying ``batch`` in order: as few as the limits allow."""
+def _frames(batch: list[Wire], signer: Any, core: ChannelCore) -> list[bytes]:
+    """Signed envelopes carrying ``batch`` in order: as few as the limits allow, each
+    headed by the channel's next ``ChannelFrame`` (the sequence numbers are consumed)."""
     frames: list[bytes] = []
-    step = MAX_MESSAGES_PER_ENVELOPE
+    step = MAX_MESSAGES_PER_ENVELOPE - 1  # one place for the header
     pending = [batch[i : i + step] for i in range(0, len(batch), step)]
+    first = core.next_send_seq
     while pending:
         chunk = pending.pop(0)
+        header = message_to_wire(core.header(first + len(frames)))
         try:
-            frame = encode_wire_batch(chunk, signer, max_bytes=MAX_FRAME_BYTES)
+            frame = encode_wire_batch([header, *chunk], signer, max_bytes=MAX_FRAME_BYTES)
         except LocalProtocolError:
             if len(chunk) == 1:
                 raise  # one message is at most MAX_VALUE_BYTES plus a little: unreachable
@@ -752,6 +971,7 @@ def _frames(batch: list[Wire], signer: Any) -> list[bytes]:
             pending[:0] = [chunk[:half], chunk[half:]]
             continue
         frames.append(frame)
+    core.advance(len(frames))
     return frames
 
 

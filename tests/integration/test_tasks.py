@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import signal
 import time
 import uuid
@@ -19,11 +20,13 @@ import aiohttp
 import pytest
 
 from meshnode.core.breaker import BreakerState
+from meshnode.core.channel import NONCE_BYTES, ChannelCore
 from meshnode.core.negotiation import AttemptOutcome, RejectCode, reject_code
 from meshnode.runtime.node import MeshNode, wait_for
 from meshnode.runtime.tasks import WS_PATH, DelegationError, current_task_deadline
 from protocol import (
     Identity,
+    TaskCancel,
     TaskRequest,
     TaskResponse,
     TaskResult,
@@ -449,6 +452,26 @@ async def test_forged_result_is_rejected_and_counted(mesh: LocalMesh) -> None:
 # --------------------------------------------------------------------------- wire
 
 
+async def open_raw_channel(
+    ws: aiohttp.ClientWebSocketResponse, me: Identity, server: str
+) -> ChannelCore:
+    """Run the opener's side of the task channel handshake on a raw WebSocket."""
+    core = ChannelCore(me.node_id, os.urandom(NONCE_BYTES), peer=server, handshake_deadline=1e12)
+    await ws.send_bytes(encode(core.start(), me))
+    msg = await ws.receive(timeout=5)
+    assert msg.type is aiohttp.WSMsgType.BINARY, msg
+    envelope = decode(msg.data)
+    got = core.receive(envelope.sender, envelope.messages)
+    assert got.opened == server, got.error
+    await ws.send_bytes(encode(list(got.send), me))
+    return core
+
+
+def framed(core: ChannelCore, messages: list[Any], me: Identity) -> bytes:
+    """One envelope of ``messages`` on an open channel, with its header."""
+    return encode([core.seal(), *messages], me)
+
+
 async def test_duplicate_task_id_runs_the_handler_once(mesh: LocalMesh) -> None:
     """The same signed TaskRequest sent twice (and again after it finished) over a raw
     WebSocket runs the handler once; every copy gets the same answer and the same signed
@@ -470,29 +493,31 @@ async def test_duplicate_task_id_runs_the_handler_once(mesh: LocalMesh) -> None:
         budget_usd=None,
         trace_id="dup",
     )
-    frame = encode([request], client)
     responses: list[TaskResponse] = []
     results: list[TaskResult] = []
 
-    async def read_until(ws: aiohttp.ClientWebSocketResponse, n_results: int) -> None:
-        while len(results) < n_results:
+    async def read_until(ws: aiohttp.ClientWebSocketResponse, core: ChannelCore, n: int) -> None:
+        while len(results) < n:
             msg = await ws.receive(timeout=5)
             assert msg.type is aiohttp.WSMsgType.BINARY, msg
             envelope = decode(msg.data)
             assert envelope.sender == p.node_id
-            for message in envelope.messages:
+            got = core.receive(envelope.sender, envelope.messages)
+            assert got.error is None, got.error
+            for message in got.deliver:
                 if isinstance(message, TaskResponse):
                     responses.append(message)
                 elif isinstance(message, TaskResult):
                     results.append(message)
 
     async with aiohttp.ClientSession() as session, session.ws_connect(p.url + WS_PATH) as ws:
-        await ws.send_bytes(frame)
-        await ws.send_bytes(frame)
-        await read_until(ws, 1)
+        core = await open_raw_channel(ws, client, p.node_id)
+        await ws.send_bytes(framed(core, [request], client))
+        await ws.send_bytes(framed(core, [request], client))
+        await read_until(ws, core, 1)
         await wait_for(lambda: len(responses) == 2, 5)
-        await ws.send_bytes(frame)  # after the result: the remembered answer
-        await read_until(ws, 2)
+        await ws.send_bytes(framed(core, [request], client))  # after the result
+        await read_until(ws, core, 2)
         await ws.close()
 
     assert calls == [{"text": "once"}]
@@ -600,3 +625,145 @@ async def test_http_delegate_from_loopback(mesh: LocalMesh) -> None:
     assert [x["outcome"] for x in ok["attempts"]] == ["delivered"]
     assert [x["outcome"] for x in failed["attempts"]] == ["rejected"]
     assert failed["attempts"][0]["detail"].startswith("invalid_input")
+
+
+# --------------------------------------------------------------------------- channel caps
+
+
+async def _raw_ws(url: str, session: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
+    return await session.ws_connect(url + WS_PATH)
+
+
+async def _refused(url: str, session: aiohttp.ClientSession) -> bool:
+    try:
+        ws = await _raw_ws(url, session)
+    except aiohttp.WSServerHandshakeError as exc:
+        return exc.status == 503
+    await ws.close()
+    return False
+
+
+async def test_unauthenticated_sockets_are_capped_and_time_out(mesh: LocalMesh) -> None:
+    """Sockets that never say hello: beyond ``task_max_unauthenticated`` they are refused
+    (HTTP 503, counted); the ones let in are closed at ``task_handshake_timeout``; then a
+    real handshake gets through.
+
+    On the unfixed code: all 5 sockets were accepted and none was ever closed.
+    """
+    p = await mesh.node("provider", task_max_unauthenticated=3, task_handshake_timeout=0.5)
+    async with aiohttp.ClientSession() as session:
+        idle = [await _raw_ws(p.url, session) for _ in range(3)]
+        assert [await _refused(p.url, session) for _ in range(2)] == [True, True]
+        for ws in idle:
+            msg = await ws.receive(timeout=5)
+            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), msg
+        await wait_for(lambda: not p.tasks._open, 5)
+        assert p.tasks.counters["handshake_timeouts"] == 3
+        assert p.tasks.counters["connections_refused"] == 2
+        async with session.ws_connect(p.url + WS_PATH) as ws:
+            core = await open_raw_channel(ws, Identity.generate(), p.node_id)
+            assert core.is_open
+
+
+async def test_total_and_per_address_caps_refuse_new_sockets(mesh: LocalMesh) -> None:
+    """``task_max_connections_per_address`` authenticated channels from 127.0.0.1, then the
+    next socket is refused; ``task_max_connections`` likewise."""
+    p = await mesh.node("provider", task_max_connections_per_address=2)
+    q = await mesh.node("other", task_max_connections=2)
+    async with aiohttp.ClientSession() as session:
+        for node in (p, q):
+            held = [await _raw_ws(node.url, session) for _ in range(2)]
+            for ws in held:
+                await open_raw_channel(ws, Identity.generate(), node.node_id)
+            assert await _refused(node.url, session)
+            assert node.tasks.counters["connections_refused"] == 1
+            for ws in held:
+                await ws.close()
+    assert p.drops["task_connection_per_address"] == 1
+    assert q.drops["task_connection_total"] == 1
+
+
+async def test_per_peer_cap_closes_the_extra_channel(mesh: LocalMesh) -> None:
+    """A second channel from the same identity beyond ``task_max_connections_per_peer`` is
+    closed once its handshake names the peer; the first keeps working."""
+    p = await mesh.node("provider", [Cap("echo", echo)], task_max_connections_per_peer=1)
+    me = Identity.generate()
+    request = TaskRequest(uuid.uuid4().hex, "echo", {"text": "hi"}, 5000, None, "")
+    async with aiohttp.ClientSession() as session:
+        first = await _raw_ws(p.url, session)
+        core = await open_raw_channel(first, me, p.node_id)
+        second = await _raw_ws(p.url, session)
+        await open_raw_channel(second, me, p.node_id)
+        msg = await second.receive(timeout=5)
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), msg
+        assert p.tasks.counters["connections_refused"] == 1
+        await first.send_bytes(framed(core, [request], me))
+        msg = await first.receive(timeout=5)
+        envelope = decode(msg.data)
+        got = core.receive(envelope.sender, envelope.messages)
+        assert any(isinstance(m, TaskResponse | TaskResult) for m in got.deliver), got
+        await first.close()
+
+
+@pytest.mark.parametrize("seq_shift", [0, 1])
+async def test_replayed_or_skipped_frame_closes_the_channel(
+    mesh: LocalMesh, seq_shift: int
+) -> None:
+    """On an open channel, a frame sent again (the same bytes: a replay) or one that skips
+    a sequence number is counted as a violation and the channel is closed; only the frame
+    taken reaches the provider (its task is then stopped with the lost channel)."""
+    calls: list[Any] = []
+
+    async def counted(payload: Any) -> Any:
+        calls.append(payload)
+        return {"text": payload["text"]}
+
+    p = await mesh.node("provider", [Cap("counted", counted, TEXT_SCHEMA, TEXT_SCHEMA)])
+    me = Identity.generate()
+    request = TaskRequest(uuid.uuid4().hex, "counted", {"text": "x"}, 5000, None, "")
+    other = TaskRequest(uuid.uuid4().hex, "counted", {"text": "y"}, 5000, None, "")
+    async with aiohttp.ClientSession() as session, session.ws_connect(p.url + WS_PATH) as ws:
+        core = await open_raw_channel(ws, me, p.node_id)
+        frame = framed(core, [request], me)
+        await ws.send_bytes(frame)
+        if seq_shift:
+            core.seal()  # skip one sequence number
+            await ws.send_bytes(framed(core, [other], me))
+        else:
+            await ws.send_bytes(frame)
+        while True:
+            msg = await ws.receive(timeout=5)
+            if msg.type is not aiohttp.WSMsgType.BINARY:
+                break
+    assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), msg
+    assert p.tasks.counters["channel_violations"] == 1
+    assert p.tasks.provider.counts["accepted"] == 1
+    assert p.tasks.provider.counts["duplicate"] == 0
+    assert len(calls) <= 1
+
+
+async def test_one_address_cannot_take_every_handshake_slot(mesh: LocalMesh) -> None:
+    """``task_max_unauthenticated_per_address`` pending sockets from one address, then that
+    address is refused (counted) although the node-wide pending cap is not reached."""
+    p = await mesh.node("provider", task_max_unauthenticated_per_address=2)
+    async with aiohttp.ClientSession() as session:
+        idle = [await _raw_ws(p.url, session) for _ in range(2)]
+        assert await _refused(p.url, session)
+        for ws in idle:
+            await ws.close()
+    assert p.drops["task_connection_unauthenticated_per_address"] == 1
+
+
+@pytest.mark.parametrize("first", [b"\x00garbage", b"stranger"])
+async def test_a_bad_first_frame_closes_the_socket(mesh: LocalMesh, first: bytes) -> None:
+    """Before the handshake a socket gets one chance: a first frame that does not decode,
+    or decodes to anything but a hello, closes it at once (no waiting for the timeout)."""
+    p = await mesh.node("provider", task_handshake_timeout=30.0)
+    stranger = Identity.generate()
+    data = encode([TaskCancel("t", "x")], stranger) if first == b"stranger" else first
+    async with aiohttp.ClientSession() as session, session.ws_connect(p.url + WS_PATH) as ws:
+        await ws.send_bytes(data)
+        msg = await ws.receive(timeout=5)
+    assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), msg
+    assert p.tasks.counters["channel_violations"] == 1
+    assert p.tasks.counters["handshake_timeouts"] == 0

@@ -36,6 +36,7 @@ from protocol import (
 PROVIDER = Identity.from_seed(b"\x03" * 32)
 ALICE = Identity.from_seed(b"\x04" * 32).node_id
 BOB = Identity.from_seed(b"\x05" * 32).node_id
+CAROL = Identity.from_seed(b"\x06" * 32).node_id
 
 ECHO = Capability(
     name="echo",
@@ -241,7 +242,7 @@ def test_confirmed_reservation_is_honoured_despite_newcomers() -> None:
     assert ack is not None
     assert ack.status == TaskStatus.ACCEPTED
     assert core.start_ready(0.2) == []  # no slot yet
-    late = core.on_request(ALICE, req("c"), 0.3).response
+    late = core.on_request(CAROL, req("c"), 0.3).response
     assert late.status == TaskStatus.COUNTERED
     assert core.complete("a", True, {"text": "hi"}, "", 1.0) is not None
     started = core.start_ready(1.0)
