@@ -7,7 +7,13 @@ checks go through an injected ``protocol.Verifier``.
 
 from __future__ import annotations
 
-from crdt.manifests import DEFAULT_TOMBSTONE_TTL, ManifestStore, Tombstone
+from crdt.manifests import (
+    DEFAULT_MAX_MANIFEST_BYTES,
+    DEFAULT_MAX_MANIFESTS,
+    DEFAULT_TOMBSTONE_TTL,
+    ManifestStore,
+    Tombstone,
+)
 from crdt.reputation import (
     DEFAULT_MAX_PROOFS,
     DEFAULT_MAX_SUBJECTS,
@@ -31,6 +37,8 @@ from crdt.trust import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_MANIFESTS",
+    "DEFAULT_MAX_MANIFEST_BYTES",
     "DEFAULT_MAX_PROOFS",
     "DEFAULT_MAX_SUBJECTS",
     "DEFAULT_RECORD_TTL",
