@@ -54,6 +54,32 @@ only, so two conflicting records that are *both* already superseded on the repli
 hold them are not compared by anti-entropy (a full :meth:`~ReputationLedger.merge` would);
 the observer still cannot hide an equivocation in its current opinions.
 
+Caps. Besides K per observer, the ledger holds at most ``max_observers`` observers and
+``max_records`` records in total. Which observers deserve the room is the caller's
+knowledge, given as a ``standing`` function (observer id -> :data:`STANDING_UNKNOWN`,
+:data:`STANDING_DEPARTED`, :data:`STANDING_MEMBER`, :data:`STANDING_TRUSTED` or
+:data:`STANDING_OWN`; without one every observer is a member). A record that needs room
+(a new observer, or a new subject of an observer below K) when a cap is full evicts the
+record — or, for the observer cap, every record — of the held observer with the lowest
+standing (ties: the greatest observer id), but only if that standing is strictly lower than
+the newcomer's; otherwise the newcomer is refused and what is held stays. Records of
+observers with :data:`STANDING_OWN`, and of observers that signed through this ledger, are
+never evicted and always admitted (the total may then exceed ``max_records`` by at most K
+per own observer). Refusals and evictions are counted in :attr:`ReputationLedger.counters`.
+The equivocation history is kept only for observers with held records, so it is bounded by
+``max_observers`` x ``seq_window``. The caller tells the ledger that standings changed with
+:meth:`~ReputationLedger.restanding`.
+
+Caps and convergence. For replicas whose state stays within the caps, everything above
+holds exactly: merge is a join. Once a cap is hit the replicated state is no longer a
+function of the set of records delivered: a replica holds every record of the observers of
+higher standing that fits, but among observers of the standing at which the cap cuts it
+keeps those that arrived first; an evicted key forgets its winner, so an older record for
+it may be admitted later. Two replicas at a cap may therefore hold different subsets of the
+lowest-standing observers' records, and different standings (each node judges membership
+itself) make them differ too; merge and anti-entropy still never exceed the caps, and
+records of observers every replica ranks above the cut converge as before.
+
 Time. ``now`` is an argument (seconds on the mesh clock). :meth:`~ReputationLedger.prune`
 drops expired records; a record that expired but was not yet pruned takes no part in trust.
 
@@ -69,7 +95,7 @@ import dataclasses
 import functools
 import hashlib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
 
 from crdt.trust import (
@@ -117,6 +143,27 @@ flight; beyond it, conflicts with older sequence numbers are caught on a best-ef
 DEFAULT_MAX_PROOFS = 65_536
 """Most equivocation proofs kept (two records each, ~1 KB). Beyond it the proofs of the
 highest observer ids are dropped."""
+
+DEFAULT_MAX_OBSERVERS = 16_384
+"""Most observers with held records: room for 10,000 members plus churn (a departed
+member's opinions stay until they expire)."""
+
+DEFAULT_MAX_RECORDS = 262_144
+"""Most records held in total: 10,000 members rating 26 peers each on average, about
+130 MB at ~0.5 KB per record (K per observer alone would allow 4 M at the observer cap)."""
+
+STANDING_UNKNOWN = 0
+"""Standing of an observer the caller does not know (not a member): evicted first."""
+STANDING_DEPARTED = 1
+"""Standing of an observer that left or was declared dead."""
+STANDING_MEMBER = 2
+"""Standing of a live member (alive or suspect): the default without a ``standing``."""
+STANDING_TRUSTED = 3
+"""Standing of an observer the caller trusts or has direct experience of."""
+STANDING_OWN = 4
+"""Standing of the caller itself: its records are never evicted."""
+
+Standing = Callable[[str], int]
 
 DIGEST_BYTES = 32
 
@@ -195,23 +242,31 @@ class ReputationLedger:
 
     ``verifier`` checks signatures (``protocol.verify`` by default; simulations inject
     ``protocol.fast_verify``). ``max_subjects`` is K, the most records kept per observer;
-    ``seq_window`` and ``max_proofs`` bound equivocation bookkeeping.
+    ``seq_window`` and ``max_proofs`` bound equivocation bookkeeping; ``max_observers``
+    and ``max_records`` cap the held records, evicting by ``standing`` (see the module
+    docstring).
     """
 
     __slots__ = (
         "_count",
+        "_epoch",
         "_graph",
         "_graph_version",
         "_high_water",
+        "_max_observers",
         "_max_proofs",
+        "_max_records",
         "_max_subjects",
         "_own",
         "_proofs",
         "_seen",
         "_seq_window",
+        "_standing",
         "_subjects",
         "_verifier",
         "_version",
+        "_victim_cache",
+        "counters",
     )
 
     def __init__(
@@ -221,11 +276,16 @@ class ReputationLedger:
         max_subjects: int = DEFAULT_MAX_SUBJECTS,
         seq_window: int = DEFAULT_SEQ_WINDOW,
         max_proofs: int = DEFAULT_MAX_PROOFS,
+        max_observers: int = DEFAULT_MAX_OBSERVERS,
+        max_records: int = DEFAULT_MAX_RECORDS,
+        standing: Standing | None = None,
     ) -> None:
         for name, value in (
             ("max_subjects", max_subjects),
             ("seq_window", seq_window),
             ("max_proofs", max_proofs),
+            ("max_observers", max_observers),
+            ("max_records", max_records),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -233,6 +293,18 @@ class ReputationLedger:
         self._max_subjects = max_subjects
         self._seq_window = seq_window
         self._max_proofs = max_proofs
+        self._max_observers = max_observers
+        self._max_records = max_records
+        self._standing = standing
+        self._epoch = 0
+        self._victim_cache: tuple[int, int, str | None] | None = None
+        self.counters: dict[str, int] = {
+            "refused_observer_cap": 0,
+            "refused_record_cap": 0,
+            "evicted_records": 0,
+        }
+        """Records refused because a cap was full and no lower-standing observer could
+        make room, and records evicted to make room for higher-standing observers."""
         self._subjects: dict[str, dict[str, _Held]] = {}
         self._seen: dict[str, dict[int, _Held]] = {}
         self._proofs: dict[str, _Proof] = {}
@@ -250,9 +322,22 @@ class ReputationLedger:
         return self._max_subjects
 
     @property
+    def max_observers(self) -> int:
+        return self._max_observers
+
+    @property
+    def max_records(self) -> int:
+        return self._max_records
+
+    @property
     def version(self) -> int:
         """A counter that changes whenever the replicated state changes (for caches)."""
         return self._version
+
+    def restanding(self) -> None:
+        """The ``standing`` function now answers differently for some observer (membership
+        or trust changed): forget the cached eviction candidate."""
+        self._epoch += 1
 
     def __len__(self) -> int:
         return self._count
@@ -286,6 +371,9 @@ class ReputationLedger:
             max_subjects=self._max_subjects,
             seq_window=self._seq_window,
             max_proofs=self._max_proofs,
+            max_observers=self._max_observers,
+            max_records=self._max_records,
+            standing=self._standing,
         )
         twin._subjects = {o: dict(s) for o, s in self._subjects.items()}
         twin._seen = {o: dict(s) for o, s in self._seen.items()}
@@ -622,6 +710,10 @@ class ReputationLedger:
         data = self._valid_bytes(record, now)
         if data is None:
             return False
+        if admit and not self._room_for(observer, record.subject, evict=False):
+            return False  # a cap is full: refused before paying for the signature check
+        if not admit and observer not in self._subjects:
+            return False  # history is kept only for observers with held records
         if not self._verifier(_public_key(observer), data, record.signature):
             return False
         digest = hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
@@ -641,10 +733,12 @@ class ReputationLedger:
             return None
 
     def _insert(self, held: _Held, *, admit: bool = True) -> bool:
-        """Add a verified record: equivocation check, history, then (if ``admit``) the
-        per-key register."""
+        """Add a verified record: room under the caps, equivocation check, history, then
+        (if ``admit``) the per-key register."""
         observer = held.record.observer
         changed = False
+        if admit and not self._room_for(observer, held.record.subject, evict=True):
+            return False
         by_seq = self._seen.setdefault(observer, {})
         known = by_seq.get(held.seq)
         if known is not None and known.digest != held.digest:
@@ -681,6 +775,72 @@ class ReputationLedger:
             self._count -= 1
             return victim != subject
         return True
+
+    def _standing_of(self, observer: str) -> int:
+        if observer in self._own:
+            return STANDING_OWN
+        return STANDING_MEMBER if self._standing is None else self._standing(observer)
+
+    def _room_for(self, observer: str, subject: str, *, evict: bool) -> bool:
+        """Whether a new record of ``observer`` about ``subject`` may be held under the
+        caps; with ``evict``, make the room (evicting lower-standing observers' records)
+        or count the refusal. Without ``evict`` nothing changes."""
+        subjects = self._subjects.get(observer)
+        if subjects is not None and (subject in subjects or len(subjects) >= self._max_subjects):
+            return True  # replaces a key or evicts within the observer: the count stays
+        tier: int | None = None
+        while True:
+            over_observers = subjects is None and len(self._subjects) >= self._max_observers
+            over_records = self._count >= self._max_records
+            if not (over_observers or over_records):
+                return True
+            if tier is None:
+                tier = self._standing_of(observer)
+            victim = self._victim()
+            if victim is None or self._standing_of(victim) >= tier:
+                if tier >= STANDING_OWN:
+                    return True  # our own records are always admitted
+                if evict:
+                    key = "refused_observer_cap" if over_observers else "refused_record_cap"
+                    self.counters[key] += 1
+                return False
+            if not evict:
+                return True
+            self._evict(victim, whole=over_observers)
+            subjects = self._subjects.get(observer)
+
+    def _victim(self) -> str | None:
+        """The held observer to evict first: lowest standing, then greatest id; never an
+        observer of :data:`STANDING_OWN`. Cached until the state or the standings change."""
+        cached = self._victim_cache
+        if cached is not None and cached[0] == self._version and cached[1] == self._epoch:
+            return cached[2]
+        victim: str | None = None
+        best: tuple[int, str] | None = None
+        for observer in self._subjects:
+            tier = self._standing_of(observer)
+            if tier >= STANDING_OWN:
+                continue
+            key = (-tier, observer)
+            if best is None or key > best:
+                best, victim = key, observer
+        self._victim_cache = (self._version, self._epoch, victim)
+        return victim
+
+    def _evict(self, observer: str, *, whole: bool) -> None:
+        """Drop ``observer``'s lowest-ranked record (``whole``: all of its records); its
+        history goes with its last record."""
+        subjects = self._subjects[observer]
+        gone = list(subjects) if whole else [min(subjects, key=lambda s: subjects[s].rank)]
+        for subject in gone:
+            del subjects[subject]
+        self._count -= len(gone)
+        self.counters["evicted_records"] += len(gone)
+        if not subjects:
+            del self._subjects[observer]
+            self._seen.pop(observer, None)
+            self._high_water.pop(observer, None)
+        self._version += 1
 
     def _join_proof(self, proof: _Proof) -> bool:
         """Fold a verified proof into the observer's canonical one; True if it changed."""
