@@ -297,7 +297,7 @@ class ReputationLedger:
         self._max_records = max_records
         self._standing = standing
         self._epoch = 0
-        self._victim_cache: tuple[int, int, str | None] | None = None
+        self._victim_cache: tuple[int, str | None] | None = None
         self.counters: dict[str, int] = {
             "refused_observer_cap": 0,
             "refused_record_cap": 0,
@@ -553,6 +553,7 @@ class ReputationLedger:
             dropped += len(stale)
             if not subjects:
                 del self._subjects[observer]
+                self._observer_gone(observer)
         for observer in list(self._seen):
             by_seq = self._seen[observer]
             for seq in [q for q, held in by_seq.items() if held.record.expires_at <= now]:
@@ -761,7 +762,10 @@ class ReputationLedger:
     def _put(self, held: _Held) -> bool:
         """The per-key register with top-K eviction; True if the held records changed."""
         observer, subject = held.record.observer, held.record.subject
-        subjects = self._subjects.setdefault(observer, {})
+        subjects = self._subjects.get(observer)
+        if subjects is None:
+            subjects = self._subjects[observer] = {}
+            self._observer_added(observer)
         current = subjects.get(subject)
         if current is not None and current.rank >= held.rank:
             return False
@@ -809,23 +813,44 @@ class ReputationLedger:
             self._evict(victim, whole=over_observers)
             subjects = self._subjects.get(observer)
 
+    def _victim_key(self, observer: str) -> tuple[int, str] | None:
+        """Eviction order: the greatest key goes first (lowest standing, then greatest
+        id); None for observers that are never evicted."""
+        tier = self._standing_of(observer)
+        return None if tier >= STANDING_OWN else (-tier, observer)
+
     def _victim(self) -> str | None:
-        """The held observer to evict first: lowest standing, then greatest id; never an
-        observer of :data:`STANDING_OWN`. Cached until the state or the standings change."""
+        """The held observer to evict first (see :meth:`_victim_key`). Found by a scan
+        once per standing epoch and kept up to date as observers come and go."""
         cached = self._victim_cache
-        if cached is not None and cached[0] == self._version and cached[1] == self._epoch:
-            return cached[2]
+        if cached is not None and cached[0] == self._epoch:
+            return cached[1]
         victim: str | None = None
         best: tuple[int, str] | None = None
         for observer in self._subjects:
-            tier = self._standing_of(observer)
-            if tier >= STANDING_OWN:
-                continue
-            key = (-tier, observer)
-            if best is None or key > best:
+            key = self._victim_key(observer)
+            if key is not None and (best is None or key > best):
                 best, victim = key, observer
-        self._victim_cache = (self._version, self._epoch, victim)
+        self._victim_cache = (self._epoch, victim)
         return victim
+
+    def _observer_added(self, observer: str) -> None:
+        """Keep the cached eviction candidate right when a new observer is held."""
+        cached = self._victim_cache
+        if cached is None or cached[0] != self._epoch:
+            return
+        key = self._victim_key(observer)
+        if key is None:
+            return
+        current = cached[1]
+        if current is None or key > (-self._standing_of(current), current):
+            self._victim_cache = (self._epoch, observer)
+
+    def _observer_gone(self, observer: str) -> None:
+        """Forget the cached eviction candidate if it was ``observer``."""
+        cached = self._victim_cache
+        if cached is not None and cached[1] == observer:
+            self._victim_cache = None
 
     def _evict(self, observer: str, *, whole: bool) -> None:
         """Drop ``observer``'s lowest-ranked record (``whole``: all of its records); its
@@ -840,6 +865,7 @@ class ReputationLedger:
             del self._subjects[observer]
             self._seen.pop(observer, None)
             self._high_water.pop(observer, None)
+            self._observer_gone(observer)
         self._version += 1
 
     def _join_proof(self, proof: _Proof) -> bool:
