@@ -787,8 +787,8 @@ class ReputationLedger:
 
     def _room_for(self, observer: str, subject: str, *, evict: bool) -> bool:
         """Whether a new record of ``observer`` about ``subject`` may be held under the
-        caps; with ``evict``, make the room (evicting lower-standing observers' records)
-        or count the refusal. Without ``evict`` nothing changes."""
+        caps, counting a refusal; with ``evict``, make the room (evicting lower-standing
+        observers' records). Without ``evict`` nothing else changes."""
         subjects = self._subjects.get(observer)
         if subjects is not None and (subject in subjects or len(subjects) >= self._max_subjects):
             return True  # replaces a key or evicts within the observer: the count stays
@@ -804,9 +804,8 @@ class ReputationLedger:
             if victim is None or self._standing_of(victim) >= tier:
                 if tier >= STANDING_OWN:
                     return True  # our own records are always admitted
-                if evict:
-                    key = "refused_observer_cap" if over_observers else "refused_record_cap"
-                    self.counters[key] += 1
+                key = "refused_observer_cap" if over_observers else "refused_record_cap"
+                self.counters[key] += 1
                 return False
             if not evict:
                 return True
