@@ -106,6 +106,12 @@ RESTORE_GRACE_INTERVALS = 3
 nodes our membership does not know yet are kept (membership learns the mesh within about
 one); after it the periodic sweep discards them."""
 
+MAX_REFUSED_REMEMBERED = 16_384
+"""Most refused manifest announcements (node, version, digest) remembered so that the same
+manifest is not fetched again, about 150 bytes each; the oldest are forgotten first. A
+manifest refused for its size stays refused; one refused by a full store may be fetched
+again once the store has let a manifest go."""
+
 _HOLDABLE = (MemberState.ALIVE, MemberState.SUSPECT)
 
 COUNTERS: dict[str, str] = {
@@ -119,6 +125,7 @@ COUNTERS: dict[str, str] = {
     "fetches_started": "manifest fetches asked of the shell",
     "fetches_skipped_not_member": "rumors not fetched: the node is not an alive/suspect member",
     "fetches_skipped_cap": "rumors of new nodes not fetched: the manifest store is full",
+    "fetches_skipped_refused": "rumors of a manifest already fetched and refused (size, cap)",
     "records_applied": "ledger records that changed the ledger",
     "records_rejected": "ledger records that did not (invalid, stale, duplicate, refused)",
     "records_refused_unknown_observer": "records whose observer is not in our member table",
@@ -217,6 +224,8 @@ class MeshCore:
         """Seconds a departed node's manifest stays buried (at least an hour)."""
         self._effects: list[CoreEffect] = []
         self._fetching: dict[str, tuple[int, float]] = {}  # node -> (version, asked at)
+        # node -> (version, digest, refused for its size): see MAX_REFUSED_REMEMBERED
+        self._refused: dict[str, tuple[int, bytes, bool]] = {}
         self._next_prune_at = now + LEDGER_PRUNE_INTERVAL
         self._now = now
         self._seeds: tuple[Address, ...] = ()
@@ -326,6 +335,7 @@ class MeshCore:
             ):
                 self.counters["manifests_discarded_not_member"] += 1
                 self._effects.append(ManifestChanged(node, None))
+                self._store_shrank()
 
     def _rejoin_if_alone(self, now: float) -> None:
         membership = self.membership
@@ -383,15 +393,31 @@ class MeshCore:
         if not self._may_hold(manifest.node_id):
             self.counters["manifests_refused_not_member"] += 1
             return False
-        applied = self.manifests.apply(manifest, now)
+        store = self.manifests
+        before = dict(store.counters)
+        applied = store.apply(manifest, now)
         self._sync_counters()
         if not applied:
             self.counters["manifests_rejected"] += 1
+            if store.counters != before:  # refused by size or cap, not stale or forged
+                too_large = store.counters["refused_too_large"] != before["refused_too_large"]
+                self._remember_refused(manifest, too_large)
             return False
         self.counters["manifests_applied"] += 1
         self._announce(manifest)
         self._effects.append(ManifestChanged(manifest.node_id, manifest))
         return True
+
+    def _remember_refused(self, manifest: Manifest, too_large: bool) -> None:
+        node = manifest.node_id
+        self._refused.pop(node, None)
+        self._refused[node] = (manifest.version, manifest.digest(), too_large)
+        if len(self._refused) > MAX_REFUSED_REMEMBERED:
+            del self._refused[next(iter(self._refused))]
+
+    def _store_shrank(self) -> None:
+        """A manifest left the store: nodes refused for want of room get another chance."""
+        self._refused = {n: r for n, r in self._refused.items() if r[2]}
 
     def fetch_failed(self, node: str) -> None:
         """The shell could not fetch ``node``'s manifest from any source; allow a retry."""
@@ -420,6 +446,10 @@ class MeshCore:
                 continue
             if not self._may_hold(rumor.node):
                 self.counters["fetches_skipped_not_member"] += 1
+                continue
+            refused = self._refused.get(rumor.node)
+            if refused is not None and refused[:2] == (rumor.version, rumor.digest):
+                self.counters["fetches_skipped_refused"] += 1
                 continue
             if rumor.node not in self.manifests and self._store_full():
                 self.counters["fetches_skipped_cap"] += 1
@@ -546,6 +576,7 @@ class MeshCore:
                     if self.manifests.remove(node, now, self.tombstone_ttl):
                         self._fetching.pop(node, None)
                         self._effects.append(ManifestChanged(node, None))
+                        self._store_shrank()
                 elif effect.kind in (MemberEvent.JOINED, MemberEvent.ALIVE):
                     self.manifests.lift_tombstone(node)
             else:

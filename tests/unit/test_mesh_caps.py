@@ -32,6 +32,7 @@ from meshnode.core.mesh import (
     MeshCore,
 )
 from protocol import (
+    Alive,
     Capability,
     FastSigner,
     Leave,
@@ -279,3 +280,41 @@ def test_every_counter_is_documented() -> None:
     mesh = core()
     assert set(mesh.counters) == set(COUNTERS)
     assert all(isinstance(text, str) and text for text in COUNTERS.values())
+
+
+def test_a_refused_manifest_is_not_fetched_again() -> None:
+    """Re-announcing a manifest that was fetched and refused starts no second download: a
+    200-byte rumor must not buy the sender a 256 KiB transfer each time. Refusals for want
+    of room are forgotten when the store lets a manifest go; refusals for size are not."""
+    config = NodeConfig.local(max_manifests=2)
+    mesh = core(config, members=5)
+    assert mesh.manifest_fetched(manifest(1), NOW)
+    big = oversized(2)
+    assert not mesh.manifest_fetched(big, NOW)
+    mesh.take_effects()
+    big_rumor = ManifestRumor(IDS[2], big.version, big.digest())
+    mesh.receive(IDS[1], [big_rumor], ADDR, NOW)  # the store has room: only the memo stops it
+    assert fetches(mesh) == []
+    assert mesh.counters["fetches_skipped_refused"] == 1
+    # The store fills; node 3's manifest (fetched before it filled) is refused.
+    assert mesh.manifest_fetched(manifest(4), NOW)
+    assert not mesh.manifest_fetched(manifest(3), NOW)
+    assert mesh.counters["manifests_refused_count_cap"] == 1
+    # Node 1 leaves and is forgotten: its manifest goes, room is free again.
+    leave(mesh, 1)
+    t = NOW
+    while IDS[1] in mesh.manifests and t < NOW + 2 * config.dead_member_retention:
+        t += config.probe_interval
+        mesh.tick(t)
+        mesh.take_effects()
+    assert IDS[1] not in mesh.manifests
+    # No one answered our probes meanwhile: nodes 2 to 4 refute, alive again.
+    for i in (2, 3, 4):
+        alive = Alive(IDS[i], 10, f"10.0.0.{i + 1}", 7946, b"\x00" * 64)
+        signed = dataclasses.replace(alive, signature=SIGNERS[i].sign(signing_bytes(alive)))
+        mesh.membership.merge_state([signed], t)
+    mesh.take_effects()
+    assert mesh._may_hold(IDS[2]) and mesh._may_hold(IDS[3])
+    mesh.receive(IDS[4], [rumor(3), big_rumor], ADDR, t)
+    assert fetches(mesh) == [IDS[3]]
+    assert mesh.counters["fetches_skipped_refused"] == 2
