@@ -285,7 +285,9 @@ def test_every_counter_is_documented() -> None:
 def test_a_refused_manifest_is_not_fetched_again() -> None:
     """Re-announcing a manifest that was fetched and refused starts no second download: a
     200-byte rumor must not buy the sender a 256 KiB transfer each time. Refusals for want
-    of room are forgotten when the store lets a manifest go; refusals for size are not."""
+    of room are forgotten when the store lets a manifest go; refusals for size are not.
+
+    Without the memory of refusals, the oversized manifest's rumor started a second fetch."""
     config = NodeConfig.local(max_manifests=2)
     mesh = core(config, members=5)
     assert mesh.manifest_fetched(manifest(1), NOW)
