@@ -13,9 +13,9 @@ a :class:`~meshnode.core.membership.Membership`, a :class:`crdt.ManifestStore` a
   it back with :meth:`MeshCore.manifest_fetched`. A fetched manifest that verifies and wins
   is re-announced, so the rumor keeps spreading only while it is news. Fetches for the same
   node are coalesced, and retried after :data:`FETCH_RETRY_AFTER` if nothing came back.
-* **Departures.** A dead or left member keeps its manifest (discovery only ranks members
-  SWIM holds alive), so a member that was falsely declared dead and refuted is routable
-  again at once. When membership *forgets* a member (after the dead-member retention
+* **Departures.** A dead or left member keeps its manifest while the store has room
+  (discovery only ranks members SWIM holds alive), so a member that was falsely declared
+  dead and refuted is routable again at once. When membership *forgets* a member (after the dead-member retention
   time), its manifest is buried by a tombstone for :attr:`MeshCore.tombstone_ttl`, so
   stale copies cannot resurrect it; if the member is seen alive again, the local
   tombstone is lifted and its manifest fetched anew.
@@ -33,8 +33,10 @@ a :class:`~meshnode.core.membership.Membership`, a :class:`crdt.ManifestStore` a
   rumor about anyone else starts no fetch, and a fetched manifest of anyone else is
   refused. The store also refuses manifests over ``protocol.limits.MAX_MANIFEST_BYTES``
   and holds at most ``NodeConfig.max_manifests`` manifests and
-  ``NodeConfig.max_manifest_bytes`` bytes, keeping what it holds when full (no fetch is
-  started for a new node while the count cap is full). Ledger records are accepted only
+  ``NodeConfig.max_manifest_bytes`` bytes. When it is full, the manifests of nodes that are
+  no longer alive or suspect (dead, left, unknown) are let go first; then the manifests of
+  the members it holds stay and new nodes are refused (no fetch is started for them, and a
+  manifest refused once is not fetched again: :data:`MAX_REFUSED_REMEMBERED`). Ledger records are accepted only
   from observers in our member table (any state) and from ourselves; the ledger holds at
   most ``NodeConfig.max_ledger_observers`` observers and ``NodeConfig.max_ledger_records``
   records and, when full, evicts by standing (:meth:`MeshCore._standing`: unknown <
@@ -92,6 +94,7 @@ from protocol import (
     Verifier,
 )
 from protocol import verify as ed25519_verify
+from protocol.limits import MAX_MANIFEST_BYTES
 
 FETCH_RETRY_AFTER = 5.0
 """Seconds before a manifest fetch that produced nothing may be asked for again."""
@@ -122,6 +125,7 @@ COUNTERS: dict[str, str] = {
     "manifests_refused_count_cap": "manifests refused because max_manifests were held",
     "manifests_refused_bytes_cap": "manifests refused because max_manifest_bytes were held",
     "manifests_discarded_not_member": "restored manifests of nodes membership never learned",
+    "manifests_evicted_departed": "manifests of dead, left or unknown nodes let go for room",
     "fetches_started": "manifest fetches asked of the shell",
     "fetches_skipped_not_member": "rumors not fetched: the node is not an alive/suspect member",
     "fetches_skipped_cap": "rumors of new nodes not fetched: the manifest store is full",
@@ -226,6 +230,8 @@ class MeshCore:
         self._fetching: dict[str, tuple[int, float]] = {}  # node -> (version, asked at)
         # node -> (version, digest, refused for its size): see MAX_REFUSED_REMEMBERED
         self._refused: dict[str, tuple[int, bytes, bool]] = {}
+        self._member_epoch = 0  # changes with every membership event
+        self._room_epoch = -1  # the member epoch of the last _make_room sweep
         self._next_prune_at = now + LEDGER_PRUNE_INTERVAL
         self._now = now
         self._seeds: tuple[Address, ...] = ()
@@ -394,6 +400,8 @@ class MeshCore:
             self.counters["manifests_refused_not_member"] += 1
             return False
         store = self.manifests
+        if manifest.node_id not in store:
+            self._store_full(MAX_MANIFEST_BYTES)  # lets departed nodes' manifests go if full
         before = dict(store.counters)
         applied = store.apply(manifest, now)
         self._sync_counters()
@@ -435,10 +443,29 @@ class MeshCore:
         member = self.membership.member(node)
         return member is not None and member.state in _HOLDABLE
 
-    def _store_full(self) -> bool:
-        """Whether the manifest store would refuse any node it does not hold yet."""
+    def _store_full(self, room: int = 0) -> bool:
+        """Whether the manifest store has no room for a new node (with ``room``: for a
+        manifest of up to that many bytes). A full store first lets go of the manifests of
+        nodes we may no longer hold (:meth:`_make_room`)."""
         store = self.manifests
-        return len(store) >= store.max_manifests or store.total_bytes >= store.max_bytes
+        if len(store) < store.max_manifests and store.total_bytes + room < store.max_bytes:
+            return False
+        self._make_room()
+        return len(store) >= store.max_manifests or store.total_bytes + room >= store.max_bytes
+
+    def _make_room(self) -> None:
+        """Discard the manifests of nodes that are no longer alive or suspect members
+        (a dead or left member keeps its manifest only while there is room). Runs at most
+        once per change of membership."""
+        if self._room_epoch == self._member_epoch:
+            return
+        self._room_epoch = self._member_epoch
+        for manifest in self.manifests.manifests():
+            node = manifest.node_id
+            if node != self.node_id and not self._may_hold(node) and self.manifests.discard(node):
+                self.counters["manifests_evicted_departed"] += 1
+                self._effects.append(ManifestChanged(node, None))
+                self._store_shrank()
 
     def _want(self, rumors: Iterable[ManifestRumor], source: Address | None, now: float) -> None:
         for rumor in self.manifests.missing(rumors, now):
@@ -569,6 +596,7 @@ class MeshCore:
             elif isinstance(effect, MemberChanged):
                 self._effects.append(effect)
                 self.ledger.restanding()
+                self._member_epoch += 1
                 node = effect.node_id
                 if node == self.node_id:
                     continue  # our own leave or refutation: we keep our manifest

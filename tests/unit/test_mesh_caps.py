@@ -320,3 +320,20 @@ def test_a_refused_manifest_is_not_fetched_again() -> None:
     mesh.receive(IDS[4], [rumor(3), big_rumor], ADDR, t)
     assert fetches(mesh) == [IDS[3]]
     assert mesh.counters["fetches_skipped_refused"] == 2
+
+
+def test_full_store_lets_departed_members_manifests_go_for_live_ones() -> None:
+    """A dead or left member keeps its manifest only while there is room: when the store
+    is full, a live member's manifest takes the place of a departed member's (counted),
+    never of a live member's."""
+    mesh = core(NodeConfig.lan(max_manifests=2), members=5)
+    assert mesh.manifest_fetched(manifest(1), NOW)
+    assert mesh.manifest_fetched(manifest(2), NOW)
+    assert not mesh.manifest_fetched(manifest(3), NOW)  # both holders alive: refused
+    leave(mesh, 2)
+    assert IDS[2] in mesh.manifests  # kept while there is no pressure
+    mesh.receive(IDS[1], [rumor(4)], ADDR, NOW)  # a fetch starts: room can be made
+    assert fetches(mesh) == [IDS[4]]
+    assert mesh.manifest_fetched(manifest(4), NOW)
+    assert sorted(m.node_id for m in mesh.manifests.manifests()) == sorted([IDS[1], IDS[4]])
+    assert mesh.counters["manifests_evicted_departed"] == 1
