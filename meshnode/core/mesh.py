@@ -15,8 +15,8 @@ a :class:`~meshnode.core.membership.Membership`, a :class:`crdt.ManifestStore` a
   node are coalesced, and retried after :data:`FETCH_RETRY_AFTER` if nothing came back.
 * **Departures.** A dead or left member keeps its manifest while the store has room
   (discovery only ranks members SWIM holds alive), so a member that was falsely declared
-  dead and refuted is routable again at once. When membership *forgets* a member (after the dead-member retention
-  time), its manifest is buried by a tombstone for :attr:`MeshCore.tombstone_ttl`, so
+  dead and refuted is routable again at once. When membership *forgets* a member (after
+  the dead-member retention time), its manifest is buried by a tombstone for :attr:`MeshCore.tombstone_ttl`, so
   stale copies cannot resurrect it; if the member is seen alive again, the local
   tombstone is lifted and its manifest fetched anew.
 * **Ledger.** Records ride SWIM packets as rumors (keyed by observer and subject, so a newer
@@ -27,7 +27,6 @@ a :class:`~meshnode.core.membership.Membership`, a :class:`crdt.ManifestStore` a
   :meth:`finish_push_pull` merges the answer and returns the records the *responder* lacks,
   which the shell sends in a third leg (:meth:`apply_records`). Record deltas are capped
   at :data:`MAX_RECORDS_PER_EXCHANGE` per leg; later rounds carry the rest.
-
 * **Caps** (who may make us hold what). Manifests are held only for members that are alive
   or suspect in our table (:meth:`MeshCore._may_hold`, the one place that decides it): a
   rumor about anyone else starts no fetch, and a fetched manifest of anyone else is
@@ -36,10 +35,10 @@ a :class:`~meshnode.core.membership.Membership`, a :class:`crdt.ManifestStore` a
   ``NodeConfig.max_manifest_bytes`` bytes. When it is full, the manifests of nodes that are
   no longer alive or suspect (dead, left, unknown) are let go first; then the manifests of
   the members it holds stay and new nodes are refused (no fetch is started for them, and a
-  manifest refused once is not fetched again: :data:`MAX_REFUSED_REMEMBERED`). Ledger records are accepted only
-  from observers in our member table (any state) and from ourselves; the ledger holds at
-  most ``NodeConfig.max_ledger_observers`` observers and ``NodeConfig.max_ledger_records``
-  records and, when full, evicts by standing (:meth:`MeshCore._standing`: unknown <
+  manifest refused once is not fetched again: :data:`MAX_REFUSED_REMEMBERED`). Ledger
+  records are accepted only from observers in our member table (any state) and from
+  ourselves; the ledger holds at most ``NodeConfig.max_ledger_observers`` observers and
+  ``NodeConfig.max_ledger_records`` records and, when full, evicts by standing (:meth:`MeshCore._standing`: unknown <
   departed < live member < rated by us < ourselves). Every refusal is counted in
   :attr:`MeshCore.counters`.
 * **Restore** (:meth:`MeshCore.restore`, before membership knows anyone): persisted records
