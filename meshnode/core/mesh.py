@@ -16,9 +16,9 @@ a :class:`~meshnode.core.membership.Membership`, a :class:`crdt.ManifestStore` a
 * **Departures.** A dead or left member keeps its manifest while the store has room
   (discovery only ranks members SWIM holds alive), so a member that was falsely declared
   dead and refuted is routable again at once. When membership *forgets* a member (after
-  the dead-member retention time), its manifest is buried by a tombstone for :attr:`MeshCore.tombstone_ttl`, so
-  stale copies cannot resurrect it; if the member is seen alive again, the local
-  tombstone is lifted and its manifest fetched anew.
+  the dead-member retention time), its manifest is buried by a tombstone for
+  :attr:`MeshCore.tombstone_ttl`, so stale copies cannot resurrect it; if the member is
+  seen alive again, the local tombstone is lifted and its manifest fetched anew.
 * **Ledger.** Records ride SWIM packets as rumors (keyed by observer and subject, so a newer
   opinion replaces a queued older one). A record that changes the ledger is re-broadcast.
 * **Anti-entropy.** :meth:`push_pull_request` builds our half of a TCP exchange: the member
@@ -38,9 +38,9 @@ a :class:`~meshnode.core.membership.Membership`, a :class:`crdt.ManifestStore` a
   manifest refused once is not fetched again: :data:`MAX_REFUSED_REMEMBERED`). Ledger
   records are accepted only from observers in our member table (any state) and from
   ourselves; the ledger holds at most ``NodeConfig.max_ledger_observers`` observers and
-  ``NodeConfig.max_ledger_records`` records and, when full, evicts by standing (:meth:`MeshCore._standing`: unknown <
-  departed < live member < rated by us < ourselves). Every refusal is counted in
-  :attr:`MeshCore.counters`.
+  ``NodeConfig.max_ledger_records`` records and, when full, evicts by standing
+  (:meth:`MeshCore._standing`: unknown < departed < live member < rated by us <
+  ourselves). Every refusal is counted in :attr:`MeshCore.counters`.
 * **Restore** (:meth:`MeshCore.restore`, before membership knows anyone): persisted records
   are kept if their observer is this node or was in the persisted member table (restored
   records of observers the mesh no longer knows then have the lowest standing and are the
