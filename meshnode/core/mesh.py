@@ -589,6 +589,7 @@ class MeshCore:
     def _pump(self, now: float) -> None:
         """Move membership's effects to ours, handling what belongs to this layer."""
         self._now = max(self._now, now)
+        self._sync_counters()
         for effect in self.membership.take_effects():
             if isinstance(effect, Deliver):
                 self._deliver(effect, now)
