@@ -15,6 +15,7 @@ from crdt.manifests import (
     Tombstone,
 )
 from crdt.reputation import (
+    DEFAULT_MAX_HISTORY,
     DEFAULT_MAX_OBSERVERS,
     DEFAULT_MAX_PROOFS,
     DEFAULT_MAX_RECORDS,
@@ -45,6 +46,7 @@ from crdt.trust import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_HISTORY",
     "DEFAULT_MAX_MANIFESTS",
     "DEFAULT_MAX_MANIFEST_BYTES",
     "DEFAULT_MAX_OBSERVERS",

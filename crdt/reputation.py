@@ -66,9 +66,9 @@ the newcomer's; otherwise the newcomer is refused and what is held stays. Record
 observers with :data:`STANDING_OWN`, and of observers that signed through this ledger, are
 never evicted and always admitted (the total may then exceed ``max_records`` by at most K
 per own observer). Refusals and evictions are counted in :attr:`ReputationLedger.counters`.
-The equivocation history is kept only for observers with held records, so it is bounded by
-``max_observers`` x ``seq_window``. The caller tells the ledger that standings changed with
-:meth:`~ReputationLedger.restanding`.
+The equivocation history is kept only for observers with held records, at most
+``seq_window`` per observer and ``max_history`` in total. The caller tells the ledger that
+standings changed with :meth:`~ReputationLedger.restanding`.
 
 Caps and convergence. For replicas whose state stays within the caps, everything above
 holds exactly: merge is a join. Once a cap is hit the replicated state is no longer a
@@ -151,6 +151,12 @@ member's opinions stay until they expire)."""
 DEFAULT_MAX_RECORDS = 262_144
 """Most records held in total: 10,000 members rating 26 peers each on average, about
 130 MB at ~0.5 KB per record (K per observer alone would allow 4 M at the observer cap)."""
+
+DEFAULT_MAX_HISTORY = 262_144
+"""Most records remembered for equivocation detection in total (held records count too;
+``seq_window`` per observer alone would allow 16 M at the observer cap). Beyond it the
+oldest sequence numbers of the observer with the longest history are forgotten first, so
+detection of old conflicts becomes best-effort for the busiest observers."""
 
 STANDING_UNKNOWN = 0
 """Standing of an observer the caller does not know (not a member): evicted first."""
@@ -253,6 +259,8 @@ class ReputationLedger:
         "_graph",
         "_graph_version",
         "_high_water",
+        "_history",
+        "_max_history",
         "_max_observers",
         "_max_proofs",
         "_max_records",
@@ -279,6 +287,7 @@ class ReputationLedger:
         max_observers: int = DEFAULT_MAX_OBSERVERS,
         max_records: int = DEFAULT_MAX_RECORDS,
         standing: Standing | None = None,
+        max_history: int = DEFAULT_MAX_HISTORY,
     ) -> None:
         for name, value in (
             ("max_subjects", max_subjects),
@@ -286,6 +295,7 @@ class ReputationLedger:
             ("max_proofs", max_proofs),
             ("max_observers", max_observers),
             ("max_records", max_records),
+            ("max_history", max_history),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -295,6 +305,8 @@ class ReputationLedger:
         self._max_proofs = max_proofs
         self._max_observers = max_observers
         self._max_records = max_records
+        self._max_history = max_history
+        self._history = 0  # entries in _seen
         self._standing = standing
         self._epoch = 0
         self._victim_cache: tuple[int, str | None] | None = None
@@ -374,9 +386,11 @@ class ReputationLedger:
             max_observers=self._max_observers,
             max_records=self._max_records,
             standing=self._standing,
+            max_history=self._max_history,
         )
         twin._subjects = {o: dict(s) for o, s in self._subjects.items()}
         twin._seen = {o: dict(s) for o, s in self._seen.items()}
+        twin._history = self._history
         twin._proofs = dict(self._proofs)
         twin._high_water = dict(self._high_water)
         twin._own = set(self._own)
@@ -558,6 +572,7 @@ class ReputationLedger:
             by_seq = self._seen[observer]
             for seq in [q for q, held in by_seq.items() if held.record.expires_at <= now]:
                 del by_seq[seq]
+                self._history -= 1
             if not by_seq:
                 del self._seen[observer]
         for observer in list(self._high_water):
@@ -749,8 +764,13 @@ class ReputationLedger:
             changed |= self._join_proof(proof.extend(held))
         if known is None or held.rank > known.rank:
             by_seq[held.seq] = held
-            if len(by_seq) > self._seq_window:
-                del by_seq[min(by_seq)]
+            if known is None:
+                self._history += 1
+                if len(by_seq) > self._seq_window:
+                    del by_seq[min(by_seq)]
+                    self._history -= 1
+                if self._history > self._max_history:
+                    self._trim_history(observer)
         if held.seq > self._high_water.get(observer, -1):
             self._high_water[observer] = held.seq
         if admit:
@@ -862,10 +882,23 @@ class ReputationLedger:
         self.counters["evicted_records"] += len(gone)
         if not subjects:
             del self._subjects[observer]
-            self._seen.pop(observer, None)
+            self._history -= len(self._seen.pop(observer, {}))
             self._high_water.pop(observer, None)
             self._observer_gone(observer)
         self._version += 1
+
+    def _trim_history(self, observer: str) -> None:
+        """Forget one remembered record: the lowest seq of ``observer`` if its history is
+        over its fair share, else of the observer with the longest history."""
+        seen = self._seen
+        share = max(1, self._max_history // len(seen))
+        if len(seen[observer]) <= share:
+            observer = max(seen, key=lambda o: (len(seen[o]), o))
+        by_seq = seen[observer]
+        del by_seq[min(by_seq)]
+        self._history -= 1
+        if not by_seq:
+            del seen[observer]
 
     def _join_proof(self, proof: _Proof) -> bool:
         """Fold a verified proof into the observer's canonical one; True if it changed."""

@@ -322,3 +322,20 @@ def test_store_totals_follow_tombstones_discards_and_copies() -> None:
     twin = store.copy(max_manifests=2)
     assert twin == store and twin.max_manifests == 2 and twin.total_bytes == store.total_bytes
     assert not twin.apply(manifest(5), NOW)
+
+
+def test_equivocation_history_is_bounded_in_total() -> None:
+    """A member that signs a fresh seq for the same subject again and again makes us
+    remember each superseded record for equivocation checks; the total is capped, the
+    busiest observer is trimmed first, and the history count matches what is held."""
+    book = ReputationLedger(verifier=fast_verify, max_history=50, seq_window=1024)
+    assert book.apply(record(1, 5), NOW)
+    assert book.apply(record(2, 5), NOW)
+    for seq in range(1, 200):
+        assert book.apply(record(0, 5, seq=seq, score=(seq % 10) / 10), NOW)
+    remembered = sum(len(by_seq) for by_seq in book._seen.values())
+    assert remembered == book._history <= 50
+    assert IDS[1] in book._seen and IDS[2] in book._seen  # quiet observers keep theirs
+    assert book.get(IDS[0], IDS[5]).seq == 199  # type: ignore[union-attr]
+    book.prune(LATER)
+    assert book._history == 0 and book._seen == {}
