@@ -337,3 +337,15 @@ def test_full_store_lets_departed_members_manifests_go_for_live_ones() -> None:
     assert mesh.manifest_fetched(manifest(4), NOW)
     assert sorted(m.node_id for m in mesh.manifests.manifests()) == sorted([IDS[1], IDS[4]])
     assert mesh.counters["manifests_evicted_departed"] == 1
+
+
+def test_restored_records_of_observers_never_seen_again_are_evicted_first() -> None:
+    """A restored observer that membership does not know has the lowest standing: under
+    pressure a live member's record takes its place, never the reverse."""
+    mesh = core(NodeConfig.lan(max_ledger_records=2), members=3)
+    mesh.restore([], [record(8, 1), record(9, 1)], [IDS[8], IDS[9]], NOW)
+    assert len(mesh.ledger) == 2
+    assert mesh.apply_records([record(1, 2)], NOW) == 1
+    assert mesh.apply_records([record(2, 1)], NOW) == 1
+    assert {r.observer for r in mesh.ledger.records()} == {IDS[1], IDS[2]}
+    assert mesh.counters["records_evicted"] == 2
