@@ -270,9 +270,10 @@ def announce(udp: socket.socket, port: int, victim: str, identity: Identity, m: 
 
 def test_manifest_flood_and_oversized_manifest_stay_bounded(tmp_path: Path) -> None:
     """On the unfixed code: the 270 KiB manifest was held (its name showed in
-    ``/v1/members``), then the victim held 497 of the 500 Sybil manifests (114 MiB; three
-    datagrams were lost) and its RSS grew by 131 MB. Here the oversized one is refused, the
-    victim holds 278 Sybil manifests (64 MiB) and refuses the rest (counted), RSS +78 MB."""
+    ``/v1/members``), and the victim ended holding 497 of the attacker's manifests (the
+    oversized one and 496 of the 500 Sybils'; 114 MiB) with RSS +131 MB. Here the oversized
+    one is refused, the victim holds 278 Sybil manifests (64 MiB) and refuses the rest
+    (counted), RSS +78 MB."""
     big_id = Identity.generate()
     big = sybil_manifest(big_id, 9, check=False)
     assert len(pack(big)) > MAX_MANIFEST_BYTES
