@@ -7,14 +7,29 @@ checks go through an injected ``protocol.Verifier``.
 
 from __future__ import annotations
 
-from crdt.manifests import DEFAULT_TOMBSTONE_TTL, ManifestStore, Tombstone
+from crdt.manifests import (
+    DEFAULT_MAX_MANIFEST_BYTES,
+    DEFAULT_MAX_MANIFESTS,
+    DEFAULT_TOMBSTONE_TTL,
+    ManifestStore,
+    Tombstone,
+)
 from crdt.reputation import (
+    DEFAULT_MAX_HISTORY,
+    DEFAULT_MAX_OBSERVERS,
     DEFAULT_MAX_PROOFS,
+    DEFAULT_MAX_RECORDS,
     DEFAULT_MAX_SUBJECTS,
     DEFAULT_RECORD_TTL,
     DEFAULT_SEQ_WINDOW,
     MAX_RECORD_TTL,
+    STANDING_DEPARTED,
+    STANDING_MEMBER,
+    STANDING_OWN,
+    STANDING_TRUSTED,
+    STANDING_UNKNOWN,
     ReputationLedger,
+    Standing,
     record_digest,
 )
 from crdt.trust import (
@@ -31,7 +46,12 @@ from crdt.trust import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_HISTORY",
+    "DEFAULT_MAX_MANIFESTS",
+    "DEFAULT_MAX_MANIFEST_BYTES",
+    "DEFAULT_MAX_OBSERVERS",
     "DEFAULT_MAX_PROOFS",
+    "DEFAULT_MAX_RECORDS",
     "DEFAULT_MAX_SUBJECTS",
     "DEFAULT_RECORD_TTL",
     "DEFAULT_SEQ_WINDOW",
@@ -39,12 +59,18 @@ __all__ = [
     "ELO_RATE",
     "INITIAL_TRUST",
     "MAX_RECORD_TTL",
+    "STANDING_DEPARTED",
+    "STANDING_MEMBER",
+    "STANDING_OWN",
+    "STANDING_TRUSTED",
+    "STANDING_UNKNOWN",
     "TRUST_ALPHA",
     "TRUST_MAX_ITERATIONS",
     "TRUST_TOLERANCE",
     "ManifestStore",
     "OpinionGraph",
     "ReputationLedger",
+    "Standing",
     "Tombstone",
     "TrustVector",
     "eigentrust",

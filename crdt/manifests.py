@@ -30,6 +30,23 @@ are local knowledge driven by membership (a node removes a peer when SWIM says i
 died) and travel between stores only through :meth:`~ManifestStore.merge`; on the wire,
 manifests are announced by :class:`protocol.ManifestRumor` and fetched when
 :meth:`~ManifestStore.missing` says the announced version would win.
+
+Bounds. A manifest whose encoding (:meth:`protocol.Manifest.wire_bytes`) is over
+:data:`protocol.limits.MAX_MANIFEST_BYTES` never enters. The store holds at most
+``max_manifests`` live manifests whose encodings add up to at most ``max_bytes``. When a
+manifest would break either cap it is refused and what is held stays: the nodes whose
+manifests we already hold keep them (a held node's newer version is refused only if its
+growth alone breaks the byte cap), and the refusal is counted in :attr:`ManifestStore.counters`.
+The caller's own manifest is applied with ``own=True`` and is never refused by a cap (so
+the total may exceed ``max_bytes`` by at most one manifest). Which nodes a store holds
+(members of the mesh only) is the caller's decision; the store only bounds the amount.
+
+Caps and convergence: the join above is exact for replicas whose state stays within the
+caps. Replicas that hit a cap hold different subsets: each keeps the manifests it accepted
+first and refuses the rest, so two replicas that received manifests of different nodes in a
+different order may hold different node sets (for nodes held on both, the versions still
+converge). Capacity freed by tombstones (departed nodes) lets refused nodes in again when
+their manifest is announced anew.
 """
 
 from __future__ import annotations
@@ -49,9 +66,19 @@ from protocol import (
     signing_bytes,
 )
 from protocol import verify as ed25519_verify
+from protocol.limits import MAX_MANIFEST_BYTES
 
 DEFAULT_TOMBSTONE_TTL = 24 * 3600.0
 """How long (seconds) a removed node's tombstone hides its manifest: 24 hours."""
+
+DEFAULT_MAX_MANIFESTS = 16_384
+"""Most live manifests a store holds by default: room for 10,000 members plus churn (a
+departed member keeps its manifest until membership forgets it)."""
+
+DEFAULT_MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+"""Most bytes (sum of :meth:`protocol.Manifest.wire_bytes`) of live manifests a store holds
+by default: 64 MiB, 6.7 KiB on average for 10,000 members (a typical manifest with a few
+capabilities and schemas is 0.5-3 KiB); 256 manifests at the 256 KiB limit fill it."""
 
 Rank = tuple[int, int, bytes, float]
 
@@ -82,11 +109,12 @@ class Tombstone:
 
 
 class _Live(NamedTuple):
-    """A verified manifest with its digest and rumor (computed once, when applied)."""
+    """A verified manifest with its digest, rumor and encoded size (computed once)."""
 
     manifest: Manifest
     digest: bytes
     rumor: ManifestRumor
+    size: int
 
     @property
     def version(self) -> int:
@@ -101,13 +129,44 @@ class ManifestStore:
     """The set of known manifests, merged by version. See the module docstring.
 
     ``verifier`` checks manifest signatures (``protocol.verify`` by default).
+    ``max_manifests`` and ``max_bytes`` cap the live manifests held (see the module
+    docstring); :attr:`counters` counts what the caps refused.
     """
 
-    __slots__ = ("_entries", "_rumors", "_verifier", "_version")
+    __slots__ = (
+        "_bytes",
+        "_entries",
+        "_live",
+        "_max_bytes",
+        "_max_manifests",
+        "_rumors",
+        "_verifier",
+        "_version",
+        "counters",
+    )
 
-    def __init__(self, *, verifier: Verifier = ed25519_verify) -> None:
+    def __init__(
+        self,
+        *,
+        verifier: Verifier = ed25519_verify,
+        max_manifests: int = DEFAULT_MAX_MANIFESTS,
+        max_bytes: int = DEFAULT_MAX_MANIFEST_BYTES,
+    ) -> None:
+        for name, value in (("max_manifests", max_manifests), ("max_bytes", max_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self._verifier = verifier
+        self._max_manifests = max_manifests
+        self._max_bytes = max_bytes
         self._entries: dict[str, _Live | Tombstone] = {}
+        self._live = 0
+        self._bytes = 0
+        self.counters: dict[str, int] = {
+            "refused_too_large": 0,
+            "refused_count_cap": 0,
+            "refused_bytes_cap": 0,
+        }
+        """Manifests refused: over MAX_MANIFEST_BYTES, or over either cap of the store."""
         self._version = 0
         # (version, rumors): the sorted rumors of every live manifest as of ``version``,
         # so that every anti-entropy exchange does not sort and rebuild them.
@@ -120,7 +179,20 @@ class ManifestStore:
 
     def __len__(self) -> int:
         """Number of live (not tombstoned) manifests."""
-        return sum(1 for e in self._entries.values() if isinstance(e, _Live))
+        return self._live
+
+    @property
+    def total_bytes(self) -> int:
+        """Sum of the encoded sizes of the live manifests held."""
+        return self._bytes
+
+    @property
+    def max_manifests(self) -> int:
+        return self._max_manifests
+
+    @property
+    def max_bytes(self) -> int:
+        return self._max_bytes
 
     def __contains__(self, node_id: object) -> bool:
         return isinstance(node_id, str) and isinstance(self._entries.get(node_id), _Live)
@@ -143,10 +215,20 @@ class ManifestStore:
             for node, e in self._entries.items()
         }
 
-    def copy(self) -> ManifestStore:
-        """An independent replica with the same state and verifier."""
-        twin = ManifestStore(verifier=self._verifier)
+    def copy(
+        self, *, max_manifests: int | None = None, max_bytes: int | None = None
+    ) -> ManifestStore:
+        """An independent replica with the same state, verifier and caps (or the caps
+        given: the state is copied as is even if it exceeds them; the caps bind what is
+        applied afterwards)."""
+        twin = ManifestStore(
+            verifier=self._verifier,
+            max_manifests=self._max_manifests if max_manifests is None else max_manifests,
+            max_bytes=self._max_bytes if max_bytes is None else max_bytes,
+        )
         twin._entries = dict(self._entries)
+        twin._live = self._live
+        twin._bytes = self._bytes
         if self._rumors is not None and self._rumors[0] == self._version:
             twin._rumors = (twin._version, self._rumors[1])  # immutable: shared
         return twin
@@ -211,11 +293,14 @@ class ManifestStore:
 
     # ------------------------------------------------------------------ writing
 
-    def apply(self, manifest: Manifest, now: float) -> bool:
+    def apply(self, manifest: Manifest, now: float, *, own: bool = False) -> bool:
         """Offer a received manifest; True if it became the node's entry.
 
-        Returns False (state unchanged) for a bad signature, or when what is held ranks at
-        least as high (an older or equal version, or a live tombstone at that version).
+        Returns False (state unchanged) for a bad signature, when what is held ranks at
+        least as high (an older or equal version, or a live tombstone at that version), for
+        a manifest over :data:`~protocol.limits.MAX_MANIFEST_BYTES`, and when holding it
+        would exceed ``max_manifests`` or ``max_bytes`` (not checked with ``own=True``, the
+        caller's own manifest). Refusals by size or cap are counted in :attr:`counters`.
         """
         if not isinstance(manifest, Manifest):
             return False
@@ -232,14 +317,47 @@ class ManifestStore:
         except LocalProtocolError:
             return False
         digest = hashlib.blake2b(data, digest_size=32).digest()
-        candidate = _Live(manifest, digest, ManifestRumor(node, manifest.version, digest))
+        size = manifest.wire_bytes()
+        candidate = _Live(manifest, digest, ManifestRumor(node, manifest.version, digest), size)
         if entry is not None and entry.rank >= candidate.rank:
+            return False
+        if size > MAX_MANIFEST_BYTES:
+            self.counters["refused_too_large"] += 1
+            return False
+        held = entry if isinstance(entry, _Live) else None
+        if not own and not self._fits(held, size):
             return False
         if not self._verifier(public_key_from_node_id(node), data, manifest.signature):
             return False
-        self._entries[node] = candidate
-        self._version += 1
+        self._set(node, candidate)
         return True
+
+    def _fits(self, held: _Live | None, size: int) -> bool:
+        """Whether replacing ``held`` (None: a new node) by ``size`` bytes stays within the
+        caps; counts the refusal if not."""
+        if held is None and self._live >= self._max_manifests:
+            self.counters["refused_count_cap"] += 1
+            return False
+        growth = size - (held.size if held is not None else 0)
+        if growth > 0 and self._bytes + growth > self._max_bytes:
+            self.counters["refused_bytes_cap"] += 1
+            return False
+        return True
+
+    def _set(self, node: str, entry: _Live | Tombstone | None) -> None:
+        """Replace ``node``'s entry (None: drop it), keeping the count and byte totals."""
+        old = self._entries.get(node)
+        if isinstance(old, _Live):
+            self._live -= 1
+            self._bytes -= old.size
+        if entry is None:
+            self._entries.pop(node, None)
+        else:
+            self._entries[node] = entry
+            if isinstance(entry, _Live):
+                self._live += 1
+                self._bytes += entry.size
+        self._version += 1
 
     def remove(
         self,
@@ -275,8 +393,7 @@ class ManifestStore:
         entry = self._live_entry(tombstone.node_id, now)
         if entry is not None and entry.rank >= tombstone.rank:
             return False
-        self._entries[tombstone.node_id] = tombstone
-        self._version += 1
+        self._set(tombstone.node_id, tombstone)
         return True
 
     def lift_tombstone(self, node_id: str) -> bool:
@@ -284,8 +401,16 @@ class ManifestStore:
         alive again, so its manifest, even at the buried version, may be fetched and held
         again. True if there was a tombstone."""
         if isinstance(self._entries.get(node_id), Tombstone):
-            del self._entries[node_id]
-            self._version += 1
+            self._set(node_id, None)
+            return True
+        return False
+
+    def discard(self, node_id: str) -> bool:
+        """Drop ``node_id``'s live manifest without a tombstone (local knowledge only: the
+        node is not one we hold manifests for; it may be fetched again if it becomes one).
+        True if there was one."""
+        if isinstance(self._entries.get(node_id), _Live):
+            self._set(node_id, None)
             return True
         return False
 

@@ -54,6 +54,32 @@ only, so two conflicting records that are *both* already superseded on the repli
 hold them are not compared by anti-entropy (a full :meth:`~ReputationLedger.merge` would);
 the observer still cannot hide an equivocation in its current opinions.
 
+Caps. Besides K per observer, the ledger holds at most ``max_observers`` observers and
+``max_records`` records in total. Which observers deserve the room is the caller's
+knowledge, given as a ``standing`` function (observer id -> :data:`STANDING_UNKNOWN`,
+:data:`STANDING_DEPARTED`, :data:`STANDING_MEMBER`, :data:`STANDING_TRUSTED` or
+:data:`STANDING_OWN`; without one every observer is a member). A record that needs room
+(a new observer, or a new subject of an observer below K) when a cap is full evicts the
+record — or, for the observer cap, every record — of the held observer with the lowest
+standing (ties: the greatest observer id), but only if that standing is strictly lower than
+the newcomer's; otherwise the newcomer is refused and what is held stays. Records of
+observers with :data:`STANDING_OWN`, and of observers that signed through this ledger, are
+never evicted and always admitted (the total may then exceed ``max_records`` by at most K
+per own observer). Refusals and evictions are counted in :attr:`ReputationLedger.counters`.
+The equivocation history is kept only for observers with held records, at most
+``seq_window`` per observer and ``max_history`` in total. The caller tells the ledger that
+standings changed with :meth:`~ReputationLedger.restanding`.
+
+Caps and convergence. For replicas whose state stays within the caps, everything above
+holds exactly: merge is a join. Once a cap is hit the replicated state is no longer a
+function of the set of records delivered: a replica holds every record of the observers of
+higher standing that fits, but among observers of the standing at which the cap cuts it
+keeps those that arrived first; an evicted key forgets its winner, so an older record for
+it may be admitted later. Two replicas at a cap may therefore hold different subsets of the
+lowest-standing observers' records, and different standings (each node judges membership
+itself) make them differ too; merge and anti-entropy still never exceed the caps, and
+records of observers every replica ranks above the cut converge as before.
+
 Time. ``now`` is an argument (seconds on the mesh clock). :meth:`~ReputationLedger.prune`
 drops expired records; a record that expired but was not yet pruned takes no part in trust.
 
@@ -69,7 +95,7 @@ import dataclasses
 import functools
 import hashlib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
 
 from crdt.trust import (
@@ -117,6 +143,33 @@ flight; beyond it, conflicts with older sequence numbers are caught on a best-ef
 DEFAULT_MAX_PROOFS = 65_536
 """Most equivocation proofs kept (two records each, ~1 KB). Beyond it the proofs of the
 highest observer ids are dropped."""
+
+DEFAULT_MAX_OBSERVERS = 16_384
+"""Most observers with held records: room for 10,000 members plus churn (a departed
+member's opinions stay until they expire)."""
+
+DEFAULT_MAX_RECORDS = 262_144
+"""Most records held in total: 10,000 members rating 26 peers each on average, about
+130 MB at ~0.5 KB per record (K per observer alone would allow 4 M at the observer cap)."""
+
+DEFAULT_MAX_HISTORY = 262_144
+"""Most records remembered for equivocation detection in total (held records count too;
+``seq_window`` per observer alone would allow 16 M at the observer cap). Beyond it the
+oldest sequence numbers of the observer with the longest history are forgotten first, so
+detection of old conflicts becomes best-effort for the busiest observers."""
+
+STANDING_UNKNOWN = 0
+"""Standing of an observer the caller does not know (not a member): evicted first."""
+STANDING_DEPARTED = 1
+"""Standing of an observer that left or was declared dead."""
+STANDING_MEMBER = 2
+"""Standing of a live member (alive or suspect): the default without a ``standing``."""
+STANDING_TRUSTED = 3
+"""Standing of an observer the caller trusts or has direct experience of."""
+STANDING_OWN = 4
+"""Standing of the caller itself: its records are never evicted."""
+
+Standing = Callable[[str], int]
 
 DIGEST_BYTES = 32
 
@@ -195,23 +248,33 @@ class ReputationLedger:
 
     ``verifier`` checks signatures (``protocol.verify`` by default; simulations inject
     ``protocol.fast_verify``). ``max_subjects`` is K, the most records kept per observer;
-    ``seq_window`` and ``max_proofs`` bound equivocation bookkeeping.
+    ``seq_window`` and ``max_proofs`` bound equivocation bookkeeping; ``max_observers``
+    and ``max_records`` cap the held records, evicting by ``standing`` (see the module
+    docstring).
     """
 
     __slots__ = (
         "_count",
+        "_epoch",
         "_graph",
         "_graph_version",
         "_high_water",
+        "_history",
+        "_max_history",
+        "_max_observers",
         "_max_proofs",
+        "_max_records",
         "_max_subjects",
         "_own",
         "_proofs",
         "_seen",
         "_seq_window",
+        "_standing",
         "_subjects",
         "_verifier",
         "_version",
+        "_victim_cache",
+        "counters",
     )
 
     def __init__(
@@ -221,11 +284,18 @@ class ReputationLedger:
         max_subjects: int = DEFAULT_MAX_SUBJECTS,
         seq_window: int = DEFAULT_SEQ_WINDOW,
         max_proofs: int = DEFAULT_MAX_PROOFS,
+        max_observers: int = DEFAULT_MAX_OBSERVERS,
+        max_records: int = DEFAULT_MAX_RECORDS,
+        standing: Standing | None = None,
+        max_history: int = DEFAULT_MAX_HISTORY,
     ) -> None:
         for name, value in (
             ("max_subjects", max_subjects),
             ("seq_window", seq_window),
             ("max_proofs", max_proofs),
+            ("max_observers", max_observers),
+            ("max_records", max_records),
+            ("max_history", max_history),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -233,6 +303,20 @@ class ReputationLedger:
         self._max_subjects = max_subjects
         self._seq_window = seq_window
         self._max_proofs = max_proofs
+        self._max_observers = max_observers
+        self._max_records = max_records
+        self._max_history = max_history
+        self._history = 0  # entries in _seen
+        self._standing = standing
+        self._epoch = 0
+        self._victim_cache: tuple[int, str | None] | None = None
+        self.counters: dict[str, int] = {
+            "refused_observer_cap": 0,
+            "refused_record_cap": 0,
+            "evicted_records": 0,
+        }
+        """Records refused because a cap was full and no lower-standing observer could
+        make room, and records evicted to make room for higher-standing observers."""
         self._subjects: dict[str, dict[str, _Held]] = {}
         self._seen: dict[str, dict[int, _Held]] = {}
         self._proofs: dict[str, _Proof] = {}
@@ -250,9 +334,22 @@ class ReputationLedger:
         return self._max_subjects
 
     @property
+    def max_observers(self) -> int:
+        return self._max_observers
+
+    @property
+    def max_records(self) -> int:
+        return self._max_records
+
+    @property
     def version(self) -> int:
         """A counter that changes whenever the replicated state changes (for caches)."""
         return self._version
+
+    def restanding(self) -> None:
+        """The ``standing`` function now answers differently for some observer (membership
+        or trust changed): forget the cached eviction candidate."""
+        self._epoch += 1
 
     def __len__(self) -> int:
         return self._count
@@ -286,9 +383,14 @@ class ReputationLedger:
             max_subjects=self._max_subjects,
             seq_window=self._seq_window,
             max_proofs=self._max_proofs,
+            max_observers=self._max_observers,
+            max_records=self._max_records,
+            standing=self._standing,
+            max_history=self._max_history,
         )
         twin._subjects = {o: dict(s) for o, s in self._subjects.items()}
         twin._seen = {o: dict(s) for o, s in self._seen.items()}
+        twin._history = self._history
         twin._proofs = dict(self._proofs)
         twin._high_water = dict(self._high_water)
         twin._own = set(self._own)
@@ -465,10 +567,12 @@ class ReputationLedger:
             dropped += len(stale)
             if not subjects:
                 del self._subjects[observer]
+                self._observer_gone(observer)
         for observer in list(self._seen):
             by_seq = self._seen[observer]
             for seq in [q for q, held in by_seq.items() if held.record.expires_at <= now]:
                 del by_seq[seq]
+                self._history -= 1
             if not by_seq:
                 del self._seen[observer]
         for observer in list(self._high_water):
@@ -622,6 +726,10 @@ class ReputationLedger:
         data = self._valid_bytes(record, now)
         if data is None:
             return False
+        if admit and not self._room_for(observer, record.subject, evict=False):
+            return False  # a cap is full: refused before paying for the signature check
+        if not admit and observer not in self._subjects:
+            return False  # history is kept only for observers with held records
         if not self._verifier(_public_key(observer), data, record.signature):
             return False
         digest = hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
@@ -641,10 +749,12 @@ class ReputationLedger:
             return None
 
     def _insert(self, held: _Held, *, admit: bool = True) -> bool:
-        """Add a verified record: equivocation check, history, then (if ``admit``) the
-        per-key register."""
+        """Add a verified record: room under the caps, equivocation check, history, then
+        (if ``admit``) the per-key register."""
         observer = held.record.observer
         changed = False
+        if admit and not self._room_for(observer, held.record.subject, evict=True):
+            return False
         by_seq = self._seen.setdefault(observer, {})
         known = by_seq.get(held.seq)
         if known is not None and known.digest != held.digest:
@@ -654,8 +764,13 @@ class ReputationLedger:
             changed |= self._join_proof(proof.extend(held))
         if known is None or held.rank > known.rank:
             by_seq[held.seq] = held
-            if len(by_seq) > self._seq_window:
-                del by_seq[min(by_seq)]
+            if known is None:
+                self._history += 1
+                if len(by_seq) > self._seq_window:
+                    del by_seq[min(by_seq)]
+                    self._history -= 1
+                if self._history > self._max_history:
+                    self._trim_history(observer)
         if held.seq > self._high_water.get(observer, -1):
             self._high_water[observer] = held.seq
         if admit:
@@ -667,7 +782,10 @@ class ReputationLedger:
     def _put(self, held: _Held) -> bool:
         """The per-key register with top-K eviction; True if the held records changed."""
         observer, subject = held.record.observer, held.record.subject
-        subjects = self._subjects.setdefault(observer, {})
+        subjects = self._subjects.get(observer)
+        if subjects is None:
+            subjects = self._subjects[observer] = {}
+            self._observer_added(observer)
         current = subjects.get(subject)
         if current is not None and current.rank >= held.rank:
             return False
@@ -681,6 +799,106 @@ class ReputationLedger:
             self._count -= 1
             return victim != subject
         return True
+
+    def _standing_of(self, observer: str) -> int:
+        if observer in self._own:
+            return STANDING_OWN
+        return STANDING_MEMBER if self._standing is None else self._standing(observer)
+
+    def _room_for(self, observer: str, subject: str, *, evict: bool) -> bool:
+        """Whether a new record of ``observer`` about ``subject`` may be held under the
+        caps, counting a refusal; with ``evict``, make the room (evicting lower-standing
+        observers' records). Without ``evict`` nothing else changes."""
+        subjects = self._subjects.get(observer)
+        if subjects is not None and (subject in subjects or len(subjects) >= self._max_subjects):
+            return True  # replaces a key or evicts within the observer: the count stays
+        tier: int | None = None
+        while True:
+            over_observers = subjects is None and len(self._subjects) >= self._max_observers
+            over_records = self._count >= self._max_records
+            if not (over_observers or over_records):
+                return True
+            if tier is None:
+                tier = self._standing_of(observer)
+            victim = self._victim()
+            if victim is None or self._standing_of(victim) >= tier:
+                if tier >= STANDING_OWN:
+                    return True  # our own records are always admitted
+                key = "refused_observer_cap" if over_observers else "refused_record_cap"
+                self.counters[key] += 1
+                return False
+            if not evict:
+                return True
+            self._evict(victim, whole=over_observers)
+            subjects = self._subjects.get(observer)
+
+    def _victim_key(self, observer: str) -> tuple[int, str] | None:
+        """Eviction order: the greatest key goes first (lowest standing, then greatest
+        id); None for observers that are never evicted."""
+        tier = self._standing_of(observer)
+        return None if tier >= STANDING_OWN else (-tier, observer)
+
+    def _victim(self) -> str | None:
+        """The held observer to evict first (see :meth:`_victim_key`). Found by a scan
+        once per standing epoch and kept up to date as observers come and go."""
+        cached = self._victim_cache
+        if cached is not None and cached[0] == self._epoch:
+            return cached[1]
+        victim: str | None = None
+        best: tuple[int, str] | None = None
+        for observer in self._subjects:
+            key = self._victim_key(observer)
+            if key is not None and (best is None or key > best):
+                best, victim = key, observer
+        self._victim_cache = (self._epoch, victim)
+        return victim
+
+    def _observer_added(self, observer: str) -> None:
+        """Keep the cached eviction candidate right when a new observer is held."""
+        cached = self._victim_cache
+        if cached is None or cached[0] != self._epoch:
+            return
+        key = self._victim_key(observer)
+        if key is None:
+            return
+        current = cached[1]
+        if current is None or key > (-self._standing_of(current), current):
+            self._victim_cache = (self._epoch, observer)
+
+    def _observer_gone(self, observer: str) -> None:
+        """Forget the cached eviction candidate if it was ``observer``."""
+        cached = self._victim_cache
+        if cached is not None and cached[1] == observer:
+            self._victim_cache = None
+
+    def _evict(self, observer: str, *, whole: bool) -> None:
+        """Drop ``observer``'s lowest-ranked record (``whole``: all of its records); its
+        history goes with its last record."""
+        subjects = self._subjects[observer]
+        gone = list(subjects) if whole else [min(subjects, key=lambda s: subjects[s].rank)]
+        for subject in gone:
+            del subjects[subject]
+        self._count -= len(gone)
+        self.counters["evicted_records"] += len(gone)
+        if not subjects:
+            del self._subjects[observer]
+            self._history -= len(self._seen.pop(observer, {}))
+            self._high_water.pop(observer, None)
+            self._observer_gone(observer)
+        self._version += 1
+
+    def _trim_history(self, observer: str) -> None:
+        """Forget one remembered record: the lowest seq of ``observer`` if its history is
+        over its fair share, else of the observer with the longest history."""
+        seen = self._seen
+        share = max(1, self._max_history // len(seen))
+        if len(seen[observer]) <= share:
+            observer = max(seen, key=lambda o: (len(seen[o]), o))
+        by_seq = seen[observer]
+        del by_seq[min(by_seq)]
+        self._history -= 1
+        if not by_seq:
+            del seen[observer]
 
     def _join_proof(self, proof: _Proof) -> bool:
         """Fold a verified proof into the observer's canonical one; True if it changed."""

@@ -13,8 +13,15 @@ endpoint                at most 256 characters (``host:port`` of the node's TCP 
 avg_latency_ms          0 .. 86,400,000 (one day)
 cost_per_call_usd       0 .. 1,000,000
 max_concurrent_tasks    1 .. 10,000
-input/output schema     free-form JSON (a JSON Schema), bounded like any value
+input/output schema     free-form JSON (a JSON Schema), at most 32 KiB each (msgpack)
+whole signed manifest   at most :data:`protocol.limits.MAX_MANIFEST_BYTES` (256 KiB, msgpack)
 ======================  ==================================================
+
+The schema limit is checked on construction (a decoded manifest with a larger schema is
+refused by the decoder). The whole-manifest limit needs the signed encoding, so it is
+checked by :meth:`Manifest.create` and :meth:`Manifest.signed` (our own manifest: a local
+error) and by whoever stores a received manifest (:class:`crdt.ManifestStore`), with
+:meth:`Manifest.wire_bytes`.
 """
 
 from __future__ import annotations
@@ -24,9 +31,13 @@ import hashlib
 import re
 from typing import Annotated, Any, ClassVar, cast
 
+import msgpack
+
+from protocol.codec import pack
 from protocol.errors import LocalProtocolError
 from protocol.identity import Signer, Verifier, public_key_from_node_id
 from protocol.identity import verify as ed25519_verify
+from protocol.limits import MAX_MANIFEST_BYTES
 from protocol.messages import Message, MessageType, register
 from protocol.schema import (
     JsonValue,
@@ -47,6 +58,11 @@ MAX_TAGS = 16
 MAX_TAG_CHARS = 64
 MAX_ENDPOINT_CHARS = 256
 MAX_CONCURRENT_TASKS = 10_000
+MAX_SCHEMA_BYTES = 32 * 1024
+"""Largest ``input_schema`` or ``output_schema`` of one capability, measured as its msgpack
+encoding: 32 KiB. Real JSON Schemas for a tool are a few hundred bytes to a few KiB; the
+limit keeps one capability from taking most of the manifest's
+:data:`~protocol.limits.MAX_MANIFEST_BYTES`, which still bounds the sum."""
 
 _CAPABILITY_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _UNSIGNED = b"\x00" * 64
@@ -101,6 +117,23 @@ class Capability:
                 raise LocalProtocolError(f"{what} must be in [0, {hi:g}], got {value}")
             object.__setattr__(self, what, float(value))
         _check_tags("capability", self.tags)
+        for what, schema in (
+            ("input_schema", self.input_schema),
+            ("output_schema", self.output_schema),
+        ):
+            _check_schema(what, schema)
+
+
+def _check_schema(what: str, schema: object) -> None:
+    """Refuse a schema whose msgpack encoding is over :data:`MAX_SCHEMA_BYTES`."""
+    if schema is None:
+        return
+    try:
+        size = len(msgpack.packb(schema, use_bin_type=True))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise LocalProtocolError(f"{what} cannot be encoded: {exc}") from None
+    if size > MAX_SCHEMA_BYTES:
+        raise LocalProtocolError(f"{what} is {size} bytes; the limit is {MAX_SCHEMA_BYTES}")
 
 
 @wire_struct
@@ -152,7 +185,11 @@ class Manifest(Message):
         max_concurrent_tasks: int = 3,
         version: int = 1,
     ) -> Manifest:
-        """Build and sign a manifest for ``signer``'s node."""
+        """Build and sign a manifest for ``signer``'s node.
+
+        Raises ``LocalProtocolError`` for any field over its limit, including a signed
+        manifest over :data:`~protocol.limits.MAX_MANIFEST_BYTES`.
+        """
         unsigned = cls(
             node_id=signer.node_id,
             name=name,
@@ -169,7 +206,18 @@ class Manifest(Message):
         if signer.node_id != self.node_id:
             raise LocalProtocolError("a manifest can only be signed by the node it describes")
         signature = signer.sign(signing_bytes(self))
-        return cast(Manifest, dataclasses.replace(cast(Any, self), signature=signature))
+        signed = cast(Manifest, dataclasses.replace(cast(Any, self), signature=signature))
+        size = signed.wire_bytes()
+        if size > MAX_MANIFEST_BYTES:
+            raise LocalProtocolError(
+                f"the signed manifest is {size} bytes; the limit is {MAX_MANIFEST_BYTES}"
+            )
+        return signed
+
+    def wire_bytes(self) -> int:
+        """Size of this manifest's bare msgpack encoding (what a fetch transfers and what
+        :data:`~protocol.limits.MAX_MANIFEST_BYTES` bounds), in bytes."""
+        return len(pack(self))
 
     def verify(self, verifier: Verifier = ed25519_verify) -> bool:
         """True if signed by the node it names."""

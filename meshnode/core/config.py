@@ -364,6 +364,36 @@ class NodeConfig:
     ``result_forgotten``). Decoded objects take a few times their encoded size, so this
     keeps that memory well under 100 MB however large results are."""
 
+    # ------------------------------------------------------------------ replicated state caps
+    # (manifests and the reputation ledger; see crdt.manifests and crdt.reputation)
+
+    max_manifests: int = 16_384
+    """Most capability manifests held, default 16,384: 10,000 members plus churn (a
+    departed member keeps its manifest until it is forgotten). Manifests are held only for
+    alive or suspect members; at the cap, held manifests stay and new nodes' manifests are
+    refused (and not fetched). Memory: a few KiB per typical manifest, see
+    :attr:`max_manifest_bytes`."""
+
+    max_manifest_bytes: int = 64 * 1024 * 1024
+    """Most bytes of manifests held (sum of their msgpack encodings), default 64 MiB: an
+    average of 6.7 KiB for 10,000 members, while one manifest may take up to
+    ``protocol.limits.MAX_MANIFEST_BYTES`` (256 KiB). Raising it lets more members publish
+    large schemas; lowering it bounds what members with large manifests can make each node
+    hold (RSS grows by about 2-4x the encoded bytes, counting the discovery index)."""
+
+    max_ledger_observers: int = 16_384
+    """Most ledger observers (nodes whose signed opinions we hold), default 16,384: every
+    member of a 10,000-node mesh plus churn. Only records of observers in our member table
+    (any state) or of this node are accepted; at the cap, a newcomer evicts the observer of
+    lowest standing (unknown < departed < live member < trusted or rated by us) if it ranks
+    strictly higher, else it is refused. Our own records are never evicted."""
+
+    max_ledger_records: int = 262_144
+    """Most ledger records held in total, default 262,144 (about 130 MB at ~0.5 KB each):
+    10,000 members rating 26 peers each on average; each observer also holds at most
+    ``crdt.DEFAULT_MAX_SUBJECTS`` (256) records. Same eviction rule as
+    :attr:`max_ledger_observers`. Trust computations cost time linear in this figure."""
+
     # ------------------------------------------------------------------ presets
 
     @classmethod
@@ -417,6 +447,7 @@ class NodeConfig:
         self._validate_counts()
         self._validate_tasks()
         self._validate_task_channels()
+        self._validate_state_caps()
 
     def _validate_task_channels(self) -> None:
         _check_int("task_max_connections", self.task_max_connections, 1, 1_000_000)
@@ -434,6 +465,12 @@ class NodeConfig:
         _check_seconds("task_handshake_timeout", self.task_handshake_timeout, positive=True)
         _check_seconds("task_liveness_timeout", self.task_liveness_timeout, positive=True)
         _check_int("task_memory_bytes", self.task_memory_bytes, 0, 2**40)
+
+    def _validate_state_caps(self) -> None:
+        _check_int("max_manifests", self.max_manifests, 1, 10_000_000)
+        _check_int("max_manifest_bytes", self.max_manifest_bytes, 256 * 1024, 2**40)
+        _check_int("max_ledger_observers", self.max_ledger_observers, 1, 10_000_000)
+        _check_int("max_ledger_records", self.max_ledger_records, 1, 100_000_000)
 
     def _validate_tasks(self) -> None:
         if self.embedder not in ("auto", "minilm", "hashing"):

@@ -13,12 +13,12 @@ a :class:`~meshnode.core.membership.Membership`, a :class:`crdt.ManifestStore` a
   it back with :meth:`MeshCore.manifest_fetched`. A fetched manifest that verifies and wins
   is re-announced, so the rumor keeps spreading only while it is news. Fetches for the same
   node are coalesced, and retried after :data:`FETCH_RETRY_AFTER` if nothing came back.
-* **Departures.** A dead or left member keeps its manifest (discovery only ranks members
-  SWIM holds alive), so a member that was falsely declared dead and refuted is routable
-  again at once. When membership *forgets* a member (after the dead-member retention
-  time), its manifest is buried by a tombstone for :attr:`MeshCore.tombstone_ttl`, so
-  stale copies cannot resurrect it; if the member is seen alive again, the local
-  tombstone is lifted and its manifest fetched anew.
+* **Departures.** A dead or left member keeps its manifest while the store has room
+  (discovery only ranks members SWIM holds alive), so a member that was falsely declared
+  dead and refuted is routable again at once. When membership *forgets* a member (after
+  the dead-member retention time), its manifest is buried by a tombstone for
+  :attr:`MeshCore.tombstone_ttl`, so stale copies cannot resurrect it; if the member is
+  seen alive again, the local tombstone is lifted and its manifest fetched anew.
 * **Ledger.** Records ride SWIM packets as rumors (keyed by observer and subject, so a newer
   opinion replaces a queued older one). A record that changes the ledger is re-broadcast.
 * **Anti-entropy.** :meth:`push_pull_request` builds our half of a TCP exchange: the member
@@ -27,6 +27,26 @@ a :class:`~meshnode.core.membership.Membership`, a :class:`crdt.ManifestStore` a
   :meth:`finish_push_pull` merges the answer and returns the records the *responder* lacks,
   which the shell sends in a third leg (:meth:`apply_records`). Record deltas are capped
   at :data:`MAX_RECORDS_PER_EXCHANGE` per leg; later rounds carry the rest.
+* **Caps** (who may make us hold what). Manifests are held only for members that are alive
+  or suspect in our table (:meth:`MeshCore._may_hold`, the one place that decides it): a
+  rumor about anyone else starts no fetch, and a fetched manifest of anyone else is
+  refused. The store also refuses manifests over ``protocol.limits.MAX_MANIFEST_BYTES``
+  and holds at most ``NodeConfig.max_manifests`` manifests and
+  ``NodeConfig.max_manifest_bytes`` bytes. When it is full, the manifests of nodes that are
+  no longer alive or suspect (dead, left, unknown) are let go first; then the manifests of
+  the members it holds stay and new nodes are refused (no fetch is started for them, and a
+  manifest refused once is not fetched again: :data:`MAX_REFUSED_REMEMBERED`). Ledger
+  records are accepted only from observers in our member table (any state) and from
+  ourselves; the ledger holds at most ``NodeConfig.max_ledger_observers`` observers and
+  ``NodeConfig.max_ledger_records`` records and, when full, evicts by standing
+  (:meth:`MeshCore._standing`: unknown < departed < live member < rated by us <
+  ourselves). Every refusal is counted in :attr:`MeshCore.counters`.
+* **Restore** (:meth:`MeshCore.restore`, before membership knows anyone): persisted records
+  are kept if their observer is this node or was in the persisted member table (restored
+  records of observers the mesh no longer knows then have the lowest standing and are the
+  first evicted under pressure; they leave by expiry otherwise); persisted manifests of
+  those nodes are kept for :data:`RESTORE_GRACE_INTERVALS` push-pull intervals, after
+  which the periodic sweep discards the manifests of nodes our membership does not know.
 
 Effects reach the shell through :meth:`take_effects`, in order: membership's
 ``SendPacket``/``StartPushPull``/``MemberChanged`` pass through, and this layer adds
@@ -43,7 +63,17 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
-from crdt import INITIAL_TRUST, ManifestStore, ReputationLedger, elo_update
+from crdt import (
+    INITIAL_TRUST,
+    STANDING_DEPARTED,
+    STANDING_MEMBER,
+    STANDING_OWN,
+    STANDING_TRUSTED,
+    STANDING_UNKNOWN,
+    ManifestStore,
+    ReputationLedger,
+    elo_update,
+)
 from meshnode.core.config import NodeConfig
 from meshnode.core.effects import (
     Address,
@@ -64,6 +94,7 @@ from protocol import (
     Verifier,
 )
 from protocol import verify as ed25519_verify
+from protocol.limits import MAX_MANIFEST_BYTES
 
 FETCH_RETRY_AFTER = 5.0
 """Seconds before a manifest fetch that produced nothing may be asked for again."""
@@ -73,6 +104,52 @@ LEDGER_PRUNE_INTERVAL = 60.0
 """Seconds between sweeps that drop expired ledger records and tombstones."""
 REJOIN_AFTER = 10.0
 """Seconds a node that knows no live peer waits before contacting its seeds again."""
+RESTORE_GRACE_INTERVALS = 3
+"""Push-pull intervals after :meth:`MeshCore.restore` during which restored manifests of
+nodes our membership does not know yet are kept (membership learns the mesh within about
+one); after it the periodic sweep discards them."""
+
+MAX_REFUSED_REMEMBERED = 16_384
+"""Most refused manifest announcements (node, version, digest) remembered so that the same
+manifest is not fetched again, about 150 bytes each; the oldest are forgotten first. A
+manifest refused for its size stays refused; one refused by a full store may be fetched
+again once the store has let a manifest go."""
+
+_HOLDABLE = (MemberState.ALIVE, MemberState.SUSPECT)
+
+COUNTERS: dict[str, str] = {
+    "manifests_applied": "fetched manifests that became a node's entry",
+    "manifests_rejected": "fetched manifests refused (stale, bad signature, too large, cap)",
+    "manifests_refused_not_member": "fetched manifests of nodes that are not alive/suspect members",
+    "manifests_refused_too_large": "manifests over protocol.limits.MAX_MANIFEST_BYTES",
+    "manifests_refused_count_cap": "manifests refused because max_manifests were held",
+    "manifests_refused_bytes_cap": "manifests refused because max_manifest_bytes were held",
+    "manifests_discarded_not_member": "restored manifests of nodes membership never learned",
+    "manifests_evicted_departed": "manifests of dead, left or unknown nodes let go for room",
+    "fetches_started": "manifest fetches asked of the shell",
+    "fetches_skipped_not_member": "rumors not fetched: the node is not an alive/suspect member",
+    "fetches_skipped_cap": "rumors of new nodes not fetched: the manifest store is full",
+    "fetches_skipped_refused": "rumors of a manifest already fetched and refused (size, cap)",
+    "records_applied": "ledger records that changed the ledger",
+    "records_rejected": "ledger records that did not (invalid, stale, duplicate, refused)",
+    "records_refused_unknown_observer": "records whose observer is not in our member table",
+    "records_refused_observer_cap": "records refused: max_ledger_observers held, none lower",
+    "records_refused_record_cap": "records refused: max_ledger_records held, none lower",
+    "records_evicted": "held records evicted for records of higher-standing observers",
+}
+"""Every counter of :attr:`MeshCore.counters`, with what it counts (``/v1/health`` shows
+them under ``counters.mesh``)."""
+
+_STORE_COUNTERS = (
+    ("manifests_refused_too_large", "refused_too_large"),
+    ("manifests_refused_count_cap", "refused_count_cap"),
+    ("manifests_refused_bytes_cap", "refused_bytes_cap"),
+)
+_LEDGER_COUNTERS = (
+    ("records_refused_observer_cap", "refused_observer_cap"),
+    ("records_refused_record_cap", "refused_record_cap"),
+    ("records_evicted", "evicted_records"),
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -136,26 +213,36 @@ class MeshCore:
             now=now,
             ip_version=ip_version,
         )
-        self.manifests = ManifestStore(verifier=verifier)
+        self.manifests = ManifestStore(
+            verifier=verifier,
+            max_manifests=config.max_manifests,
+            max_bytes=config.max_manifest_bytes,
+        )
         ledger_kwargs = {} if max_subjects is None else {"max_subjects": max_subjects}
-        self.ledger = ReputationLedger(verifier=verifier, **ledger_kwargs)
+        self.ledger = ReputationLedger(
+            verifier=verifier,
+            max_observers=config.max_ledger_observers,
+            max_records=config.max_ledger_records,
+            standing=self._standing,
+            **ledger_kwargs,
+        )
         self.tombstone_ttl = max(config.dead_member_retention, 3600.0)
         """Seconds a departed node's manifest stays buried (at least an hour)."""
         self._effects: list[CoreEffect] = []
         self._fetching: dict[str, tuple[int, float]] = {}  # node -> (version, asked at)
         # Manifest rumors of nodes membership does not hold yet -> (rumor, from where).
         self._awaiting_member: dict[str, tuple[ManifestRumor, Address | None]] = {}
+        # node -> (version, digest, refused for its size): see MAX_REFUSED_REMEMBERED
+        self._refused: dict[str, tuple[int, bytes, bool]] = {}
+        self._member_epoch = 0  # changes with every membership event
+        self._room_epoch = -1  # the member epoch of the last _make_room sweep
         self._next_prune_at = now + LEDGER_PRUNE_INTERVAL
         self._now = now
         self._seeds: tuple[Address, ...] = ()
         self._alone_since: float | None = None
-        self.counters: dict[str, int] = {
-            "manifests_applied": 0,
-            "manifests_rejected": 0,
-            "records_applied": 0,
-            "records_rejected": 0,
-            "fetches_started": 0,
-        }
+        self._restore_until: float | None = None
+        self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        """Named event counts, see :data:`COUNTERS`."""
 
     # ------------------------------------------------------------------ identity
 
@@ -195,8 +282,34 @@ class MeshCore:
         contacting them. For a fresh core; nothing is announced."""
         self._seeds = tuple(seeds)
         self.membership.adopt_converged(members, now)
-        self.manifests = manifests.copy()
+        self.manifests = manifests.copy(
+            max_manifests=self.config.max_manifests, max_bytes=self.config.max_manifest_bytes
+        )
         self._pump(now)
+
+    def restore(
+        self,
+        manifests: Iterable[Manifest],
+        records: Iterable[LedgerRecord],
+        members: Iterable[str],
+        now: float,
+    ) -> None:
+        """Load persisted state before membership knows anyone (see the module docstring).
+
+        ``members`` are the node ids of the persisted member table. Records are kept if
+        their observer is this node or one of ``members``; manifests of ``members`` (not
+        our own) are kept, within the caps, and discarded after the restore grace if
+        membership has not learned their node by then.
+        """
+        remembered = set(members)
+        remembered.add(self.node_id)
+        for manifest in manifests:
+            if manifest.node_id != self.node_id and manifest.node_id in remembered:
+                self.manifests.apply(manifest, now)
+        kept = [r for r in records if r.observer in remembered]
+        self.ledger.apply_many(kept, now)
+        self._restore_until = now + RESTORE_GRACE_INTERVALS * self.config.push_pull_interval
+        self._sync_counters()
 
     def leave(self, now: float) -> None:
         self.membership.leave(now)
@@ -214,7 +327,25 @@ class MeshCore:
             self._next_prune_at = now + LEDGER_PRUNE_INTERVAL
             self.manifests.prune(now)
             self.ledger.prune(now)
+            self._sweep_restored(now)
         self._pump(now)
+
+    def _sweep_restored(self, now: float) -> None:
+        """Once the restore grace is over, discard manifests of nodes membership does not
+        know (restored ones whose node never came back)."""
+        if self._restore_until is None or now < self._restore_until:
+            return
+        self._restore_until = None
+        for manifest in self.manifests.manifests():
+            node = manifest.node_id
+            if (
+                node != self.node_id
+                and self.membership.member(node) is None
+                and self.manifests.discard(node)
+            ):
+                self.counters["manifests_discarded_not_member"] += 1
+                self._effects.append(ManifestChanged(node, None))
+                self._store_shrank()
 
     def _rejoin_if_alone(self, now: float) -> None:
         membership = self.membership
@@ -233,7 +364,7 @@ class MeshCore:
         """Adopt our own (signed) manifest and announce it."""
         if manifest.node_id != self.node_id:
             raise ValueError("publish_manifest takes this node's own manifest")
-        if self.manifests.apply(manifest, now):
+        if self.manifests.apply(manifest, now, own=True):
             self._announce(manifest)
             self._effects.append(ManifestChanged(manifest.node_id, manifest))
         self._pump(now)
@@ -253,6 +384,7 @@ class MeshCore:
         durably (a ``PersistRecords(durable=True)`` effect, carried out before any packet
         that could carry it), then queue it for gossip."""
         record = self.ledger.record_opinion(self.signer, subject, score, outcomes, now)
+        self.ledger.restanding()  # the subject now has our direct experience
         self._effects.append(PersistRecords((record,), durable=True))
         self._broadcast_record(record)
         return record
@@ -268,16 +400,36 @@ class MeshCore:
         pending = self._fetching.get(manifest.node_id)
         if pending is not None and manifest.version >= pending[0]:
             del self._fetching[manifest.node_id]
-        member = self.membership.member(manifest.node_id)
-        if member is not None and member.state in (MemberState.DEAD, MemberState.LEFT):
+        if not self._may_hold(manifest.node_id):
+            self.counters["manifests_refused_not_member"] += 1
             return False
-        if not self.manifests.apply(manifest, now):
+        store = self.manifests
+        if manifest.node_id not in store:
+            self._store_full(MAX_MANIFEST_BYTES)  # lets departed nodes' manifests go if full
+        before = dict(store.counters)
+        applied = store.apply(manifest, now)
+        self._sync_counters()
+        if not applied:
             self.counters["manifests_rejected"] += 1
+            if store.counters != before:  # refused by size or cap, not stale or forged
+                too_large = store.counters["refused_too_large"] != before["refused_too_large"]
+                self._remember_refused(manifest, too_large)
             return False
         self.counters["manifests_applied"] += 1
         self._announce(manifest)
         self._effects.append(ManifestChanged(manifest.node_id, manifest))
         return True
+
+    def _remember_refused(self, manifest: Manifest, too_large: bool) -> None:
+        node = manifest.node_id
+        self._refused.pop(node, None)
+        self._refused[node] = (manifest.version, manifest.digest(), too_large)
+        if len(self._refused) > MAX_REFUSED_REMEMBERED:
+            del self._refused[next(iter(self._refused))]
+
+    def _store_shrank(self) -> None:
+        """A manifest left the store: nodes refused for want of room get another chance."""
+        self._refused = {n: r for n, r in self._refused.items() if r[2]}
 
     def fetch_failed(self, node: str) -> None:
         """The shell could not fetch ``node``'s manifest from any source; allow a retry."""
@@ -289,16 +441,55 @@ class MeshCore:
         if rumor is not None:
             self.membership.broadcast(rumor, ("manifest", manifest.node_id))
 
+    def _may_hold(self, node: str) -> bool:
+        """Whether we hold (and fetch) ``node``'s manifest: ``node`` is a member that is
+        alive or suspect in our table. The one place that decides it."""
+        member = self.membership.member(node)
+        return member is not None and member.state in _HOLDABLE
+
+    def _store_full(self, room: int = 0) -> bool:
+        """Whether the manifest store has no room for a new node (with ``room``: for a
+        manifest of up to that many bytes). A full store first lets go of the manifests of
+        nodes we may no longer hold (:meth:`_make_room`)."""
+        store = self.manifests
+        if len(store) < store.max_manifests and store.total_bytes + room < store.max_bytes:
+            return False
+        self._make_room()
+        return len(store) >= store.max_manifests or store.total_bytes + room >= store.max_bytes
+
+    def _make_room(self) -> None:
+        """Discard the manifests of nodes that are no longer alive or suspect members
+        (a dead or left member keeps its manifest only while there is room). Runs at most
+        once per change of membership."""
+        if self._room_epoch == self._member_epoch:
+            return
+        self._room_epoch = self._member_epoch
+        for manifest in self.manifests.manifests():
+            node = manifest.node_id
+            if node != self.node_id and not self._may_hold(node) and self.manifests.discard(node):
+                self.counters["manifests_evicted_departed"] += 1
+                self._effects.append(ManifestChanged(node, None))
+                self._store_shrank()
+
     def _want(self, rumors: Iterable[ManifestRumor], source: Address | None, now: float) -> None:
         for rumor in self.manifests.missing(rumors, now):
             if rumor.node == self.node_id:
                 continue
-            member = self.membership.member(rumor.node)
-            if member is None:
+            if self.membership.member(rumor.node) is None:
                 self._await_member(rumor, source)
                 continue
-            if member.state in (MemberState.DEAD, MemberState.LEFT):
+            if not self._may_hold(rumor.node):
+                self.counters["fetches_skipped_not_member"] += 1
                 continue
+            refused = self._refused.get(rumor.node)
+            if refused is not None and refused[:2] == (rumor.version, rumor.digest):
+                self.counters["fetches_skipped_refused"] += 1
+                continue
+            if rumor.node not in self.manifests and self._store_full():
+                self.counters["fetches_skipped_cap"] += 1
+                continue
+            member = self.membership.member(rumor.node)
+            assert member is not None
             pending = self._fetching.get(rumor.node)
             if (
                 pending is not None
@@ -329,15 +520,45 @@ class MeshCore:
         """Apply received records; re-gossip and persist those that changed the ledger."""
         changed: list[LedgerRecord] = []
         for record in records:
-            if self.ledger.apply(record, now):
+            if not self._may_write(record):
+                self.counters["records_refused_unknown_observer"] += 1
+                self.counters["records_rejected"] += 1
+            elif self.ledger.apply(record, now):
                 changed.append(record)
                 self._broadcast_record(record)
             else:
                 self.counters["records_rejected"] += 1
+        self._sync_counters()
         if changed:
             self.counters["records_applied"] += len(changed)
             self._effects.append(PersistRecords(tuple(changed), durable=False))
         return len(changed)
+
+    def _may_write(self, record: object) -> bool:
+        """Whether a received record's observer may have it kept here: this node, or a
+        node in our member table in any state (a departed member's opinions stay valid)."""
+        if not isinstance(record, LedgerRecord):
+            return False
+        observer = record.observer
+        return observer == self.node_id or self.membership.member(observer) is not None
+
+    def _standing(self, observer: str) -> int:
+        """How much ``observer``'s records deserve room when a ledger cap is full."""
+        if observer == self.node_id:
+            return STANDING_OWN
+        if self.ledger.get(self.node_id, observer) is not None:
+            return STANDING_TRUSTED  # we rated it: direct experience
+        member = self.membership.member(observer)
+        if member is None:
+            return STANDING_UNKNOWN
+        return STANDING_MEMBER if member.state in _HOLDABLE else STANDING_DEPARTED
+
+    def _sync_counters(self) -> None:
+        """Copy the refusal counts kept by the store and the ledger into :attr:`counters`."""
+        for name, key in _STORE_COUNTERS:
+            self.counters[name] = self.manifests.counters[key]
+        for name, key in _LEDGER_COUNTERS:
+            self.counters[name] = self.ledger.counters[key]
 
     def _broadcast_record(self, record: LedgerRecord) -> None:
         cap = self.config.ledger_retransmit_cap or None
@@ -387,11 +608,14 @@ class MeshCore:
     def _pump(self, now: float) -> None:
         """Move membership's effects to ours, handling what belongs to this layer."""
         self._now = max(self._now, now)
+        self._sync_counters()
         for effect in self.membership.take_effects():
             if isinstance(effect, Deliver):
                 self._deliver(effect, now)
             elif isinstance(effect, MemberChanged):
                 self._effects.append(effect)
+                self.ledger.restanding()
+                self._member_epoch += 1
                 node = effect.node_id
                 if node == self.node_id:
                     continue  # our own leave or refutation: we keep our manifest
@@ -399,6 +623,7 @@ class MeshCore:
                     if self.manifests.remove(node, now, self.tombstone_ttl):
                         self._fetching.pop(node, None)
                         self._effects.append(ManifestChanged(node, None))
+                        self._store_shrank()
                 elif effect.kind in (MemberEvent.JOINED, MemberEvent.ALIVE):
                     self.manifests.lift_tombstone(node)
                     awaited = self._awaiting_member.pop(node, None)

@@ -419,13 +419,12 @@ class MeshNode:
     def _restore(self, now: float) -> list[tuple[str, int]]:
         """Load persisted manifests and records; return remembered members as extra seeds."""
         assert self._store is not None
-        core = self.core
-        for manifest in self._store.load_manifests():
-            if manifest.node_id != self.node_id:
-                core.manifests.apply(manifest, now)
-        core.ledger.apply_many(self._store.load_records(), now)
+        members = self._store.load_members()
+        self.core.restore(
+            self._store.load_manifests(), self._store.load_records(), [m.node for m in members], now
+        )
         extra: list[tuple[str, int]] = []
-        for rumor in self._store.load_members():
+        for rumor in members:
             member_addr = getattr(rumor, "host", None), getattr(rumor, "port", None)
             if rumor.node != self.node_id and member_addr[0] is not None:
                 extra.append((str(member_addr[0]), int(member_addr[1] or 0)))

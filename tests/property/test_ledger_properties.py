@@ -2,6 +2,13 @@
 
 Records are signed once, at import, from a small pool of deterministic identities (Ed25519
 key generation and signing per example would dominate the run); strategies sample them.
+
+The merge laws are checked on ledgers whose observer and record caps are exactly the most
+the pool can fill (six observers, K records of five subjects each) and whose standing
+function ranks observers unequally: within the caps neither changes anything. What a cap
+does once it is hit is stated by the properties at the end: counts stay bounded in any
+order, and the records of the observers of highest standing, when they fit, are the same
+whatever the order; lower-standing observers' records may differ between replicas.
 """
 
 from __future__ import annotations
@@ -15,7 +22,14 @@ from collections.abc import Iterable, Sequence
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crdt import ReputationLedger, record_digest
+from crdt import (
+    STANDING_DEPARTED,
+    STANDING_MEMBER,
+    STANDING_TRUSTED,
+    STANDING_UNKNOWN,
+    ReputationLedger,
+    record_digest,
+)
 from protocol import Identity, LedgerRecord, signing_bytes
 
 NOW = 10_000.0
@@ -102,8 +116,28 @@ pretrusted = st.lists(st.sampled_from(HONEST_IDS), min_size=1, max_size=3, uniqu
 SETTINGS = settings(max_examples=200, deadline=None)
 
 
-def build(records: Iterable[LedgerRecord], k: int = 256) -> ReputationLedger:
-    ledger = ReputationLedger(max_subjects=k)
+TIERS = (STANDING_UNKNOWN, STANDING_DEPARTED, STANDING_MEMBER, STANDING_TRUSTED)
+
+
+def by_id(node: str) -> int:
+    """A fixed, unequal standing per id (within the caps it must not matter)."""
+    return TIERS[ord(node[-1]) % len(TIERS)]
+
+
+def build(
+    records: Iterable[LedgerRecord], k: int = 256, *, capped: bool = True
+) -> ReputationLedger:
+    """A ledger fed ``records``; ``capped``: caps exactly at the most the pool can fill."""
+    if capped:
+        subjects = min(k, len(IDS) - 1)
+        ledger = ReputationLedger(
+            max_subjects=k,
+            max_observers=len(IDS),
+            max_records=len(IDS) * subjects,
+            standing=by_id,
+        )
+    else:
+        ledger = ReputationLedger(max_subjects=k)
     for record in records:
         ledger.apply(record, NOW)
     return ledger
@@ -369,7 +403,7 @@ def test_sybil_ring_gains_no_trust(
 ) -> None:
     """A ring of fresh identities rating each other 1.0, with no inbound rating from an
     honest node, ends with total trust 0 and leaves the honest ranking unchanged."""
-    base = build(honest)
+    base = build(honest, capped=False)
     ring = base.copy()
     for i in range(size):
         for step in range(1, degree + 1):
@@ -413,3 +447,64 @@ def test_digest_delta_exchange_converges(
     assert one == two
     assert one.records() == union.records()
     assert set(one.equivocators()) <= set(union.equivocators())
+
+
+# --------------------------------------------------------------------------- caps
+
+
+caps = st.tuples(st.integers(1, len(IDS)), st.integers(1, 30))
+standings = st.lists(st.sampled_from(TIERS), min_size=len(IDS), max_size=len(IDS))
+
+
+def capped(
+    records: Iterable[LedgerRecord], cap: tuple[int, int], tiers: list[int], k: int = 256
+) -> ReputationLedger:
+    table = {i.node_id: t for i, t in zip(IDS, tiers, strict=True)}
+    ledger = ReputationLedger(
+        max_subjects=k, max_observers=cap[0], max_records=cap[1], standing=table.__getitem__
+    )
+    for record in records:
+        ledger.apply(record, NOW)
+    return ledger
+
+
+@SETTINGS
+@given(st.data(), deliveries, deliveries, caps, standings, bounds)
+def test_counts_stay_within_the_caps_in_any_order_and_merge(
+    data: st.DataObject,
+    a: list[LedgerRecord],
+    b: list[LedgerRecord],
+    cap: tuple[int, int],
+    tiers: list[int],
+    k: int,
+) -> None:
+    """Whatever arrives, in whatever order, and after merging two capped replicas: at most
+    ``max_observers`` observers, ``max_records`` records and K records per observer."""
+    one = capped(data.draw(st.permutations(a)), cap, tiers, k)
+    two = capped(b, cap, tiers, k)
+    for ledger in (one, two, merged(one, two), merged(two, one)):
+        assert len(ledger.observers()) <= cap[0]
+        assert len(ledger) == len(ledger.records()) <= cap[1]
+        per: dict[str, int] = {}
+        for record in ledger.records():
+            per[record.observer] = per.get(record.observer, 0) + 1
+        assert all(n <= k for n in per.values())
+
+
+@SETTINGS
+@given(st.data(), deliveries, caps, standings)
+def test_top_standing_records_that_fit_are_the_same_in_any_order(
+    data: st.DataObject, a: list[LedgerRecord], cap: tuple[int, int], tiers: list[int]
+) -> None:
+    """The cap cuts from the bottom: if the highest-standing observers' winning records
+    fit under both caps, every order of delivery holds exactly those records for them
+    (only lower-standing observers' records depend on the order)."""
+    top = max(tiers)
+    top_ids = {i.node_id for i, t in zip(IDS, tiers, strict=True) if t == top}
+    reference = build(a, capped=False)
+    expected = [r for r in reference.records() if r.observer in top_ids]
+    if len({r.observer for r in expected}) > cap[0] or len(expected) > cap[1]:
+        return
+    for order in (a, data.draw(st.permutations(a))):
+        ledger = capped(order, cap, tiers)
+        assert [r for r in ledger.records() if r.observer in top_ids] == expected

@@ -2,6 +2,12 @@
 
 Manifests are signed once, at import, from a small pool of deterministic identities; the
 strategies sample them, and tombstones, as operations delivered in any order.
+
+The merge laws are checked on stores capped at exactly what the pool can fill (one
+manifest per identity, the largest of them): within the caps they change nothing. Once a
+cap is hit, a store keeps the nodes that arrived first, so replicas may hold different node
+sets; the last properties state what stays true (bounds, first come first kept, versions
+of held nodes still converge).
 """
 
 from __future__ import annotations
@@ -64,8 +70,11 @@ def deliver(store: ManifestStore, op: Op, now: float = NOW) -> bool:
     return store.apply(op, now)
 
 
+LARGEST = max(m.wire_bytes() for m in MANIFESTS)
+
+
 def build(items: Iterable[Op], now: float = NOW) -> ManifestStore:
-    store = ManifestStore()
+    store = ManifestStore(max_manifests=len(IDS), max_bytes=len(IDS) * LARGEST)
     for op in items:
         deliver(store, op, now)
     return store
@@ -236,3 +245,48 @@ def test_fetching_missing_rumors_catches_up(a: list[Op], b: list[Op]) -> None:
         ours = target.get(m.node_id)
         if ours is not None:
             assert (ours.version, ours.digest()) >= (m.version, m.digest())
+
+
+# --------------------------------------------------------------------------- caps
+
+
+@SETTINGS
+@given(manifest_ops, st.integers(1, len(IDS)), st.integers(1, len(IDS)))
+def test_full_store_keeps_the_first_nodes_and_stays_bounded(
+    a: list[Manifest], count: int, room: int
+) -> None:
+    """With room for ``count`` manifests and ``room`` of the largest ones' bytes, the store
+    never exceeds either cap, and the nodes it holds are the first to arrive that fit
+    (a held node is never displaced by a new one)."""
+    max_bytes = room * LARGEST
+    store = ManifestStore(max_manifests=count, max_bytes=max_bytes)
+    first: list[str] = []
+    for m in a:
+        held = set(store.rumors())
+        store.apply(m, NOW)
+        assert len(store) <= count and store.total_bytes <= max_bytes
+        assert {r.node for r in held} <= {r.node for r in store.rumors()}
+        if m.node_id not in first and m.node_id in store:
+            first.append(m.node_id)
+    assert sorted(first) == [m.node_id for m in store.manifests()]
+    assert len(first) <= min(count, len({m.node_id for m in a}))
+
+
+@SETTINGS
+@given(manifest_ops, manifest_ops, st.integers(1, len(IDS)))
+def test_capped_replicas_converge_on_the_nodes_they_both_hold(
+    a: list[Manifest], b: list[Manifest], count: int
+) -> None:
+    """Replicas that hit the count cap may hold different nodes, but after merging both
+    ways every node held on both sides has the same (winning) manifest."""
+    one = ManifestStore(max_manifests=count)
+    two = ManifestStore(max_manifests=count)
+    for m in a:
+        one.apply(m, NOW)
+    for m in b:
+        two.apply(m, NOW)
+    one.merge(two.copy(), NOW)
+    two.merge(one.copy(), NOW)
+    assert len(one) <= count and len(two) <= count
+    for node in {m.node_id for m in one.manifests()} & {m.node_id for m in two.manifests()}:
+        assert one.get(node) == two.get(node) == winner([*a, *b], node)
