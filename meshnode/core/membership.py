@@ -990,6 +990,11 @@ class Membership:
 
     # ------------------------------------------------------------------ second-hand members
 
+    def is_unverified(self, node_id: str) -> bool:
+        """True while ``node_id`` is a member heard of second-hand that has not answered us
+        yet (held apart from the table, see the module docstring)."""
+        return node_id in self._candidates
+
     def _hold_unverified(self, rumor: Alive, source: str) -> bool:
         """Hold a second-hand ``Alive`` about a member we do not know until it answers us
         (O(1); its signature is checked when it is verified). Never changes the table."""

@@ -109,6 +109,13 @@ RESTORE_GRACE_INTERVALS = 3
 nodes our membership does not know yet are kept (membership learns the mesh within about
 one); after it the periodic sweep discards them."""
 
+MAX_RECORDS_AWAITING = 4_096
+"""Most ledger records held back because their observer is a member we heard of second-hand
+and have not verified yet (see :meth:`Membership.is_unverified`); they are applied when it
+becomes a member, and the oldest are dropped first. Without it, an opinion gossiped by a
+node we are still verifying would be lost until the next push-pull; records of identities
+nobody vouched for are never held."""
+
 MAX_REFUSED_REMEMBERED = 16_384
 """Most refused manifest announcements (node, version, digest) remembered so that the same
 manifest is not fetched again, about 150 bytes each; the oldest are forgotten first. A
@@ -127,6 +134,7 @@ COUNTERS: dict[str, str] = {
     "manifests_discarded_not_member": "restored manifests of nodes membership never learned",
     "manifests_evicted_departed": "manifests of dead, left or unknown nodes let go for room",
     "fetches_started": "manifest fetches asked of the shell",
+    "records_awaiting_member": "ledger records held until their (unverified) observer answers us",
     "fetches_skipped_not_member": "rumors not fetched: the node is not an alive/suspect member",
     "fetches_skipped_cap": "rumors of new nodes not fetched: the manifest store is full",
     "fetches_skipped_refused": "rumors of a manifest already fetched and refused (size, cap)",
@@ -232,6 +240,9 @@ class MeshCore:
         self._fetching: dict[str, tuple[int, float]] = {}  # node -> (version, asked at)
         # Manifest rumors of nodes membership does not hold yet -> (rumor, from where).
         self._awaiting_member: dict[str, tuple[ManifestRumor, Address | None]] = {}
+        # Records of unverified observers: observer -> subject -> record (bounded).
+        self._records_awaiting: dict[str, dict[str, LedgerRecord]] = {}
+        self._records_awaiting_count = 0
         # node -> (version, digest, refused for its size): see MAX_REFUSED_REMEMBERED
         self._refused: dict[str, tuple[int, bytes, bool]] = {}
         self._member_epoch = 0  # changes with every membership event
@@ -476,6 +487,8 @@ class MeshCore:
             if rumor.node == self.node_id:
                 continue
             if self.membership.member(rumor.node) is None:
+                # Not (yet) a verified member: kept to fetch once it is one.
+                self.counters["fetches_skipped_not_member"] += 1
                 self._await_member(rumor, source)
                 continue
             if not self._may_hold(rumor.node):
@@ -521,6 +534,8 @@ class MeshCore:
         changed: list[LedgerRecord] = []
         for record in records:
             if not self._may_write(record):
+                if self._await_observer(record):
+                    continue
                 self.counters["records_refused_unknown_observer"] += 1
                 self.counters["records_rejected"] += 1
             elif self.ledger.apply(record, now):
@@ -533,6 +548,25 @@ class MeshCore:
             self.counters["records_applied"] += len(changed)
             self._effects.append(PersistRecords(tuple(changed), durable=False))
         return len(changed)
+
+    def _await_observer(self, record: object) -> bool:
+        """Hold ``record`` back if its observer is a member being verified (bounded by
+        :data:`MAX_RECORDS_AWAITING`, oldest observer's records dropped first)."""
+        if not isinstance(record, LedgerRecord) or not self.membership.is_unverified(
+            record.observer
+        ):
+            return False
+        held = self._records_awaiting.setdefault(record.observer, {})
+        if record.subject not in held:
+            while self._records_awaiting_count >= MAX_RECORDS_AWAITING:
+                oldest = next(iter(self._records_awaiting))
+                self._records_awaiting_count -= len(self._records_awaiting.pop(oldest))
+                if oldest == record.observer:
+                    held = self._records_awaiting.setdefault(record.observer, {})
+            self._records_awaiting_count += 1
+        held[record.subject] = record
+        self.counters["records_awaiting_member"] += 1
+        return True
 
     def _may_write(self, record: object) -> bool:
         """Whether a received record's observer may have it kept here: this node, or a
@@ -629,6 +663,10 @@ class MeshCore:
                     awaited = self._awaiting_member.pop(node, None)
                     if awaited is not None:
                         self._want((awaited[0],), awaited[1], now)
+                    records = self._records_awaiting.pop(node, None)
+                    if records:
+                        self._records_awaiting_count -= len(records)
+                        self.apply_records(records.values(), now)
             else:
                 self._effects.append(effect)
 
