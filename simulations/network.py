@@ -260,9 +260,9 @@ class Traffic:
     piggybacked rumors; ``gossip``: UDP packets of rumors only; ``push_pull``: TCP frames
     of anti-entropy exchanges (all three legs); ``fetch``: manifest fetches over TCP
     (request line and response body); ``attack``: what Byzantine nodes send beside their
-    cores (see :mod:`simulations.byzantine`), counted apart from the honest channels. Bytes are payload bytes: the signed envelope for UDP
-    and push-pull, the request path and packed manifest for fetches; IP, UDP, TCP and HTTP
-    headers are not counted.
+    cores (see :mod:`simulations.byzantine`), counted apart from the honest channels.
+    Bytes are payload bytes: the signed envelope for UDP and push-pull, the request path
+    and packed manifest for fetches; IP, UDP, TCP and HTTP headers are not counted.
     """
 
     probe_packets: int = 0
