@@ -23,8 +23,8 @@ seconds between :attr:`AttackPlan.start` and :attr:`AttackPlan.stop`. Four attac
     few honest nodes, and every one made so far in a push-pull to one honest node.
 ``ledger-flood``
     Records from fresh observer keys (each key signs one opinion of an honest node), and
-    the attacker's own records about many subjects (fresh ids), at sequence numbers above
-    anything its core signs (:data:`OWN_FLOOD_SEQ_BASE`, so there is no equivocation),
+    the attacker's own records about many subjects (fresh ids), signed through its own
+    ledger so that their sequence numbers never clash with its core's (no equivocation),
     by gossip and in the records of a push-pull.
 ``replay``
     Everything honest the attacker's process received (its tap on the cluster) is kept:
@@ -90,6 +90,7 @@ __all__ = [
     "Judge",
     "member_bound",
     "record_bound",
+    "run_attack",
 ]
 
 ATTACKS: Final = ("accuse", "fake-members", "ledger-flood", "replay")
@@ -99,9 +100,6 @@ UINT64_MAX: Final = 2**64 - 1
 INCARNATION_OFFSETS: Final = (0, 1, 1000, None)
 """Incarnations a forged accusation names, relative to what the attacker holds for the
 victim (None: ``2**64 - 1``, the largest the wire allows)."""
-OWN_FLOOD_SEQ_BASE: Final = 1_000_000_000
-"""First sequence number of the attacker's own flood records: far above what its core will
-ever sign in a run, so the two never share a seq (no equivocation proof)."""
 RECORD_TTL: Final = 3600.0
 """Seconds until a forged record expires: long enough to outlive any simulated run."""
 CAPTURE_PACKETS: Final = 256
@@ -222,7 +220,8 @@ class Attacker:
         self.rng: random.Random = derive_rng(cluster.seed, "byzantine", node.slot)
         self.fakes: list[Alive] = []
         self.flood: list[LedgerRecord] = []
-        self.own_seq = OWN_FLOOD_SEQ_BASE
+        self.strangers = 0
+        """Fresh subjects of its own flood records so far."""
         self.packets: collections.deque[tuple[str, tuple[Message, ...] | bytes]] = (
             collections.deque(maxlen=CAPTURE_PACKETS)
         )
@@ -394,21 +393,21 @@ class Attacker:
             start = self.rng.randrange(len(self.flood))
             batch = (self.flood[start:] + self.flood[:start])[: plan.records_per_burst]
         own: list[LedgerRecord] = []
+        core = self.node.core
+        assert core is not None
         for _ in range(plan.records_per_burst):
-            self.own_seq += 1
-            stranger = fresh_signer(self.cluster, self.node.slot, "subject", self.own_seq)
+            self.strangers += 1
+            stranger = fresh_signer(self.cluster, self.node.slot, "subject", self.strangers)
+            # Signed through its own ledger: the seq comes from the counter its core uses,
+            # so the flood never equivocates (that would be a different attack).
             own.append(
-                _sign(
+                core.ledger.record_opinion(
                     self.node.signer,
-                    LedgerRecord(
-                        self.node.node_id,
-                        stranger.node_id,
-                        round(self.rng.random(), 3),
-                        1,
-                        self.own_seq,
-                        now + RECORD_TTL,
-                        _PLACEHOLDER,
-                    ),
+                    stranger.node_id,
+                    round(self.rng.random(), 3),
+                    1,
+                    now,
+                    RECORD_TTL,
                 )
             )
         self._gossip(honest, [*batch, *own])
@@ -613,3 +612,83 @@ class Judge:
             "peak_manifests": self.peaks.manifests,
             "examples": list(self.examples),
         }
+
+
+CONVERGENCE_CHECK_EVERY: Final = 0.5
+"""Virtual seconds between two convergence checks after the attack stops."""
+
+
+def run_attack(
+    cluster: Cluster,
+    byzantine: Sequence[SimNode],
+    plans: Sequence[AttackPlan],
+    quiet_s: float,
+    assumptions: Assumptions = ASSUMPTIONS,
+) -> dict[str, Any]:
+    """Turn ``byzantine`` (running members of a converged mesh) against the others, one
+    plan each, run until every plan has stopped, then up to ``quiet_s`` more seconds until
+    the honest nodes have converged; return the figures (JSON-ready)."""
+    if len(plans) != len(byzantine):
+        raise ValueError("one plan per Byzantine node")
+    slots = [n.slot for n in byzantine]
+    real = len(cluster.live_nodes())
+    honest_count = real - len(byzantine)
+    judge = Judge(cluster, slots, assumptions)
+    attackers = [
+        Attacker(cluster, node, plan, slots) for node, plan in zip(byzantine, plans, strict=True)
+    ]
+    stop = max((p.stop for p in plans), default=cluster.now)
+    before = cluster.traffic.copy()
+    violations_before = len(cluster.violations)
+    judge.sample_every(stop + quiet_s)
+    cluster.run_until(stop)
+    judge.sample()
+    converged_at: float | None = None
+    deadline = stop + quiet_s
+    while True:
+        if judge.honest_converged():
+            converged_at = cluster.now
+            break
+        if cluster.now >= deadline:
+            break
+        cluster.run_until(min(deadline, cluster.now + CONVERGENCE_CHECK_EVERY))
+    judge.sample()
+    traffic = cluster.traffic.minus(before)
+    sent: collections.Counter[str] = collections.Counter()
+    for attacker in attackers:
+        sent.update(attacker.sent)
+    new_violations = cluster.violations[violations_before:]
+    bounds = {
+        "members": member_bound(real, len(byzantine), assumptions),
+        "records": record_bound(honest_count, real, len(byzantine), assumptions),
+    }
+    return {
+        "byzantine_nodes": [n.name for n in byzantine],
+        "honest_nodes": honest_count,
+        "attacks": sorted({a for p in plans for a in p.attacks}),
+        "attack_stopped_at_s": round(stop, 6),
+        "honest_converged": converged_at is not None,
+        "honest_convergence_after_stop_s": None
+        if converged_at is None
+        else round(converged_at - stop, 6),
+        "convergence_budget_s": quiet_s,
+        "bounds": bounds,
+        "within_bounds": {
+            "members": judge.peaks.counted_members <= bounds["members"]
+            and judge.peaks.members <= bounds["members"],
+            "records": judge.peaks.records <= bounds["records"],
+        },
+        **judge.report(),
+        "core_errors": cluster.core_errors,
+        "violations": len(new_violations),
+        "first_violations": new_violations[:5],
+        "foreign_member_events": cluster.tracker.foreign_member_events,
+        "foreign_records_accepted": cluster.tracker.foreign_records,
+        "attack_sent": dict(sorted(sent.items())),
+        "attack_traffic": {
+            "packets": traffic.attack_packets,
+            "bytes": traffic.attack_bytes,
+            "push_pulls": traffic.attack_push_pulls,
+            "push_pull_bytes": traffic.attack_push_pull_bytes,
+        },
+    }
