@@ -39,10 +39,12 @@ from ``derive_seed(seed, "byzantine", slot, kind, i)``; honest targets are liste
 nothing iterates over a set. The same run seed gives the same attack, packet for packet.
 
 Judging from outside: :class:`Judge` listens to every ``MemberChanged`` effect (the
-tracker's listener hook) and classifies it against the simulator's truth — an honest
-observer moving an honest subject to ``DEAD`` while the subject's process is live and the
-two reach each other is a **false death**, whoever signed the accusation; holding an
-honest subject at an incarnation it never announced is an **inflated incarnation**. It
+tracker's listener hook) and classifies it against the simulator's truth — a ``Dead``
+signed by an honest node about an honest node whose process is live and which the accuser
+reaches both ways, adopted by an honest observer, is a **false death** (the honest mesh
+declared a healthy member dead; the Byzantine accusations honest nodes believed are
+counted apart, as *dead views*); holding an honest subject at an incarnation it never
+announced is an **inflated incarnation**. It
 samples, every :data:`SAMPLE_EVERY` seconds, the member, record and manifest counts of
 every honest node (the peaks are the figures), and decides when the honest nodes have
 converged again (:meth:`Judge.honest_converged`).
@@ -458,10 +460,17 @@ class Judge:
         self.byzantine = frozenset(byzantine)
         self.assumptions = assumptions
         self.false_deaths = 0
-        """Honest observers moving a live, reachable honest subject to DEAD."""
-        self.false_deaths_signed_by_byzantine = 0
+        """Distinct ``Dead`` rumors (subject, incarnation) signed by an honest node about a
+        live honest subject it could reach both ways, adopted by an honest observer: the
+        honest mesh declared a healthy member dead."""
+        self.dead_views = 0
+        """Honest observers moving a live, reachable honest subject to DEAD, whoever
+        signed the rumor (the Byzantine accusations they believed included)."""
+        self.dead_views_signed_by_byzantine = 0
         self.false_leaves = 0
         self.false_suspicions = 0
+        """Honest observers moving a live, reachable honest subject to SUSPECT."""
+        self._deaths_seen: dict[tuple[int, int], None] = {}
         self.inflated_incarnations = 0
         """Honest observers holding an honest subject above any incarnation it announced."""
         self.examples: list[str] = []
@@ -498,16 +507,23 @@ class Judge:
             return
         state = effect.new_state
         if state is MemberState.DEAD:
-            self.false_deaths += 1
-            rumor = member.rumor
-            accuser = getattr(rumor, "accuser", None)
+            self.dead_views += 1
+            accuser = getattr(member.rumor, "accuser", None)
             slot = cluster.by_id.get(accuser) if isinstance(accuser, str) else None
-            if slot is not None and slot in self.byzantine:
-                self.false_deaths_signed_by_byzantine += 1
+            if slot is None or slot in self.byzantine:
+                self.dead_views_signed_by_byzantine += 1
+                return
+            key = (subject, member.incarnation)
+            if key in self._deaths_seen or not (
+                reachable(slot, subject) and reachable(subject, slot)
+            ):
+                return
+            self._deaths_seen[key] = None
+            self.false_deaths += 1
             self._example(
-                f"t={cluster.now:.3f} {node.name} declared {cluster.nodes[subject].name} dead "
-                f"at incarnation {member.incarnation} (accuser "
-                f"{cluster.nodes[slot].name if slot is not None else accuser})"
+                f"t={cluster.now:.3f} honest {cluster.nodes[slot].name} declared "
+                f"{cluster.nodes[subject].name} dead at incarnation {member.incarnation} "
+                f"(first adopted by {node.name})"
             )
         elif state is MemberState.LEFT:
             self.false_leaves += 1
@@ -601,7 +617,8 @@ class Judge:
     def report(self) -> dict[str, Any]:
         return {
             "false_deaths_of_honest": self.false_deaths,
-            "false_deaths_signed_by_byzantine": self.false_deaths_signed_by_byzantine,
+            "dead_views_of_honest": self.dead_views,
+            "dead_views_signed_by_byzantine": self.dead_views_signed_by_byzantine,
             "false_leaves_of_honest": self.false_leaves,
             "false_suspicions_of_honest": self.false_suspicions,
             "inflated_incarnations": self.inflated_incarnations,

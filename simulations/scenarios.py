@@ -48,9 +48,10 @@ left full by the join drain before anything is measured.
   turn hostile for ``duration`` seconds: members with real keys that keep running their
   cores and, beside them, forge accusations, flood fake members and ledger records, and
   replay honest packets (``attacks``; see :mod:`simulations.byzantine`). Judged from
-  outside: false deaths of honest nodes declared by honest nodes, the peak member and
-  record counts of honest nodes against the bounds named after the caps, and the time
-  for the honest nodes to converge again once the attack stops (budget ``quiet_s``).
+  outside: honest nodes declared dead by honest nodes while alive and reachable, the peak
+  member and record counts of honest nodes against the bounds named after the caps, and
+  the time for the honest nodes to converge again once the attack stops (budget
+  ``quiet_s``).
 
 Lifeguard *off* is approximated with the configuration the core offers:
 ``awareness_max_multiplier = 1`` (no local health scaling of probe timing) and
@@ -974,8 +975,8 @@ def run_byzantine(spec: Spec, progress: Progress | None) -> Outcome:
     run.check(
         "no_false_deaths_of_honest_nodes",
         figures["false_deaths_of_honest"] == 0,
-        f"{figures['false_deaths_of_honest']} times an honest node declared a live, "
-        "reachable honest node dead",
+        f"{figures['false_deaths_of_honest']} live, reachable honest nodes declared dead by "
+        f"honest nodes ({figures['dead_views_of_honest']} dead views held by honest nodes)",
     )
     run.check(
         "honest_members_bounded",

@@ -5,9 +5,10 @@ keys that run their cores and, beside them, forge accusations, flood fake member
 ledger records, and replay honest packets; see :mod:`simulations.byzantine`), under up to
 5 % datagram loss,
 
-* no honest node ever declares a live, reachable honest node dead (judged from outside
-  the nodes, against the simulator's truth, whoever signed the accusation), nor holds it at
-  an incarnation it never announced, and no core raises on what it receives;
+* no honest node is ever declared dead by an honest node while it is alive and reachable
+  (judged from outside the nodes, against the simulator's truth: a ``Dead`` signed by an
+  honest accuser and adopted by an honest observer), no honest node holds another at an
+  incarnation it never announced, and no honest core raises on what it receives;
 * every honest node holds at most :func:`~simulations.byzantine.member_bound` members and
   :func:`~simulations.byzantine.record_bound` ledger records (the bounds are named after
   the caps in :class:`~simulations.byzantine.Assumptions`);
@@ -109,8 +110,9 @@ def problems(figures: dict[str, Any]) -> list[str]:
     found = []
     if figures["false_deaths_of_honest"]:
         found.append(
-            f"{figures['false_deaths_of_honest']} false deaths of honest nodes "
-            f"({figures['false_deaths_signed_by_byzantine']} signed by Byzantine nodes)"
+            f"{figures['false_deaths_of_honest']} false deaths of honest nodes declared by "
+            f"honest nodes ({figures['dead_views_of_honest']} dead views, "
+            f"{figures['dead_views_signed_by_byzantine']} of them from Byzantine rumors)"
         )
     if figures["inflated_incarnations"]:
         found.append(f"{figures['inflated_incarnations']} inflated incarnations")
