@@ -30,6 +30,8 @@ and gets :data:`ATTACK_LEAD_S` seconds' head start):
    every surviving process has logged ``member_died`` for it (their INFO logs, read as
    they arrive). Repeated for each plain node but one (``--quick``: one kill); the median
    is reported.
+   A kill that some survivor has not logged within :data:`DETECT_TIMEOUT_S` counts as
+   that long (``detect_censored``; the median and its ratio are then lower bounds).
 3. **Victim memory**: the victim's RSS sampled every :data:`RSS_EVERY_S` seconds from the
    moment the phase's measurements start; growth = peak − the first sample.
 
@@ -284,10 +286,11 @@ class Node:
             cmd += ["--seed", seed]
         self.log_path = logs / f"{name}.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        """Everything the process prints, copied by the reader thread."""
         self.proc = subprocess.Popen(
             cmd,
             stdout=subprocess.PIPE,
-            stderr=self._log,
+            stderr=subprocess.STDOUT,  # the JSON log goes to stderr, ``listening`` to stdout
             text=True,
             cwd=ROOT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -525,8 +528,12 @@ def run_phase_once(
                 detections.append(max(n.died[sid] for n in survivors) - killed_at)
             except RuntimeError as exc:
                 misses.append(str(exc))
+                detections.append(DETECT_TIMEOUT_S)  # censored: at least this long
         result["detect_s"] = [round(d, 3) for d in detections]
         result["detect_median_s"] = round(statistics.median(detections), 3) if detections else None
+        # Kills some survivor did not log within DETECT_TIMEOUT_S (counted as that long:
+        # the median is then a lower bound).
+        result["detect_censored"] = len(misses)
         result["detect_misses"] = misses
         result["victim_members"] = len(victim.members())
         result["victim_cpu_s"] = round(cpu_s(victim.pid), 2)
@@ -545,10 +552,12 @@ def goals(base: dict[str, Any], attacked: dict[str, Any]) -> dict[str, Any]:
         return round(a / b, 3) if a is not None and b else None
 
     detection = ratio(attacked.get("detect_median_s"), base.get("detect_median_s"))
+    censored = bool(attacked.get("detect_censored"))
     throughput = ratio(attacked["throughput"]["per_second"], base["throughput"]["per_second"])
     growth = attacked["victim_rss"]["growth_mb"]
     return {
         "detection_ratio": detection,
+        "detection_ratio_is_lower_bound": censored,
         "throughput_ratio": throughput,
         "victim_rss_growth_mb": growth,
         "detection_within_1_5x": None if detection is None else detection <= GOAL_DETECTION_RATIO,
