@@ -14,9 +14,10 @@ profile, hashing embedder, no data dir):
   phase: every :data:`PUSH_PULL_EVERY_S` seconds a push-pull (``POST /v1/wire/pushpull``,
   one signed ``PushPull``) carrying ``--fakes`` self-signed ``Alive`` rumors of fresh
   identities (made once, pushed again and again; they claim addresses in 127.1.0.0/16
-  where nothing listens), and a ledger flood of ``--records-per-s`` records per second,
-  each signed by a fresh key, half sent as third push-pull legs (``POST /v1/wire/records``)
-  and half as UDP datagrams of gossip.
+  where nothing listens), and a ledger flood of up to ``--records-per-s`` records per
+  second (as fast as the victim accepts them), each signed by a fresh key, half sent as
+  third push-pull legs (``POST /v1/wire/records``) and half as UDP datagrams of gossip.
+  The two floods run in separate threads of the attacker.
 
 In each phase: the victim (seed), a provider (``meshnode run --agent
 benchmarks/delegation.py:BenchProvider``) and plain nodes start; a requester ``MeshNode``
@@ -190,7 +191,10 @@ def _datagrams(messages: Sequence[Message], identity: Identity) -> Iterator[byte
 
 
 def attacker_main(victim: str, victim_id: str, fakes: int, records_per_s: int) -> int:
-    """The attacker process: flood ``victim`` until SIGTERM, then print its counters."""
+    """The attacker process: flood ``victim`` until SIGTERM, then print its counters.
+
+    The fake-member push-pulls and the ledger flood run in two threads, each on its own
+    schedule, so that a slow answer to one does not slow the other."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     me = Identity.generate()
@@ -202,57 +206,82 @@ def attacker_main(victim: str, victim_id: str, fakes: int, records_per_s: int) -
         host = f"127.1.{(i >> 8) & 255}.{i & 255}"
         members.append(_sign(fake, Alive(fake.node_id, 0, host, 9, _PLACEHOLDER)))
     push_pull = encode([PushPull(join=False, members=tuple(members), manifests=(), ledger=())], me)
-    counters = {
-        "fake_members": fakes,
-        "push_pulls": 0,
-        "push_pull_bytes": 0,
-        "push_pull_statuses": {},
-        "records": 0,
-        "record_frames": 0,
-        "record_datagrams": 0,
-        "record_statuses": {},
-    }
-    statuses: dict[str, dict[int, int]] = {"push_pull": {}, "records": {}}
     host, port = split(victim)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    began = time.monotonic()
+
+    def push_pulls() -> dict[str, Any]:
+        out: dict[str, Any] = {"sent": 0, "bytes": 0, "statuses": {}, "slowest_s": 0.0}
+        while not stop.is_set():
+            started = time.monotonic()
+            status = str(_post(victim, "/v1/wire/pushpull", push_pull))
+            out["slowest_s"] = round(max(out["slowest_s"], time.monotonic() - started), 3)
+            out["statuses"][status] = out["statuses"].get(status, 0) + 1
+            out["sent"] += 1
+            out["bytes"] += len(push_pull)
+            stop.wait(max(0.0, started + PUSH_PULL_EVERY_S - time.monotonic()))
+        return out
+
+    def records() -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "sent": 0,
+            "frames": 0,
+            "datagrams": 0,
+            "statuses": {},
+            "slowest_batch_s": 0.0,
+        }
+        per_batch = max(1, round(records_per_s * RECORD_BATCH_EVERY_S))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            while not stop.is_set():
+                started = time.monotonic()
+                expires = time.time() + 3600.0
+                batch = []
+                for _ in range(per_batch):
+                    observer = Identity.generate()
+                    score = round(rng.random(), 3)
+                    record = LedgerRecord(
+                        observer.node_id, victim_id, score, 1, 1, expires, _PLACEHOLDER
+                    )
+                    batch.append(_sign(observer, record))
+                half = len(batch) // 2
+                for first in range(0, half, MAX_MESSAGES_PER_ENVELOPE):
+                    chunk = batch[first : min(half, first + MAX_MESSAGES_PER_ENVELOPE)]
+                    status = str(_post(victim, "/v1/wire/records", encode(chunk, me)))
+                    out["statuses"][status] = out["statuses"].get(status, 0) + 1
+                    out["frames"] += 1
+                for datagram in _datagrams(batch[half:], me):
+                    with contextlib.suppress(OSError):
+                        sock.sendto(datagram, (host, port))
+                    out["datagrams"] += 1
+                out["sent"] += len(batch)
+                took = time.monotonic() - started
+                out["slowest_batch_s"] = round(max(out["slowest_batch_s"], took), 3)
+                stop.wait(max(0.0, RECORD_BATCH_EVERY_S - took))
+        return out
+
+    results: dict[str, dict[str, Any]] = {}
+
+    def run(name: str, body: Any) -> None:
+        results[name] = body()
+
+    threads = [
+        threading.Thread(target=run, args=("push_pulls", push_pulls)),
+        threading.Thread(target=run, args=("records", records)),
+    ]
     print(json.dumps({"event": "ready", "push_pull_bytes": len(push_pull)}), flush=True)
-    per_batch = max(1, round(records_per_s * RECORD_BATCH_EVERY_S))
-    next_push = time.monotonic()
-    next_batch = time.monotonic()
+    for thread in threads:
+        thread.start()
     while not stop.is_set():
-        now = time.monotonic()
-        if now >= next_push:
-            status = _post(victim, "/v1/wire/pushpull", push_pull)
-            statuses["push_pull"][status] = statuses["push_pull"].get(status, 0) + 1
-            counters["push_pulls"] += 1
-            counters["push_pull_bytes"] += len(push_pull)
-            next_push = now + PUSH_PULL_EVERY_S
-        if now >= next_batch:
-            expires = time.time() + 3600.0
-            batch = []
-            for _ in range(per_batch):
-                observer = Identity.generate()
-                record = LedgerRecord(
-                    observer.node_id, victim_id, round(rng.random(), 3), 1, 1, expires, _PLACEHOLDER
-                )
-                batch.append(_sign(observer, record))
-            half = len(batch) // 2
-            for start in range(0, half, MAX_MESSAGES_PER_ENVELOPE):
-                chunk = batch[start : min(half, start + MAX_MESSAGES_PER_ENVELOPE)]
-                status = _post(victim, "/v1/wire/records", encode(chunk, me))
-                statuses["records"][status] = statuses["records"].get(status, 0) + 1
-                counters["record_frames"] += 1
-            for datagram in _datagrams(batch[half:], me):
-                with contextlib.suppress(OSError):
-                    sock.sendto(datagram, (host, port))
-                counters["record_datagrams"] += 1
-            counters["records"] += len(batch)
-            next_batch = now + RECORD_BATCH_EVERY_S
-        stop.wait(max(0.0, min(next_push, next_batch) - time.monotonic()))
-    counters["push_pull_statuses"] = {str(k): v for k, v in statuses["push_pull"].items()}
-    counters["record_statuses"] = {str(k): v for k, v in statuses["records"].items()}
-    counters["cpu_s"] = round(time.process_time(), 3)
-    print(json.dumps({"event": "done", **counters}), flush=True)
+        stop.wait(1.0)
+    for thread in threads:
+        thread.join(HTTP_TIMEOUT_S + 5)
+    report = {
+        "event": "done",
+        "fake_members": fakes,
+        **results,
+        "cpu_s": round(time.process_time(), 3),
+        "elapsed_s": round(time.monotonic() - began, 3),
+    }
+    print(json.dumps(report), flush=True)
     return 0
 
 

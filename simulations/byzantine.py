@@ -79,6 +79,7 @@ from protocol import (
     signing_bytes,
 )
 from protocol.limits import MAX_MESSAGES_PER_ENVELOPE
+from simulations.cluster import Status
 from simulations.engine import derive_rng, derive_seed
 
 if TYPE_CHECKING:
@@ -268,8 +269,6 @@ class Attacker:
     # ------------------------------------------------------------------ bursts
 
     def _honest(self) -> list[SimNode]:
-        from simulations.cluster import Status
-
         return [
             n
             for n in self.cluster.nodes

@@ -83,12 +83,12 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         for attacks in case["attacks"][: len(hostile)]
     ]
     for restart in case.get("restarts", ()):
-        honest = [n for n in candidates if n not in hostile]
-        victim = honest[restart % len(honest)]
-        cluster.crash(victim)
-        cluster.run_until(cluster.now + 3.0)
-        cluster.start(victim, nodes[:3])
-        cluster.run_until(cluster.now + 3.0)
+        # An honest node crashes and restarts during the attack: the replayer has heard
+        # its previous life, whose rumors are then older than its current incarnation.
+        others = [n for n in candidates if n not in hostile]
+        victim = others[restart % len(others)]
+        cluster.engine.at(start + 1.0, cluster.crash, victim)
+        cluster.engine.at(start + 4.0, cluster.start, victim, nodes[:3])
     honest = [n for n in nodes if n not in hostile]
     for offset, pick in case["work"]:
         cluster.engine.at(start + offset, _outcome, cluster, honest, pick)
