@@ -32,11 +32,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from meshnode.core.config import NodeConfig
 from simulations.byzantine import ATTACKS, AttackPlan, run_attack
+from simulations.cli import parse_args
 from simulations.cluster import Cluster, SimNode, Status
 from simulations.engine import derive_rng
 from simulations.network import LinkModel
@@ -294,3 +296,27 @@ def test_byzantine_scenario_reports_its_figures() -> None:
         "honest_records_bounded",
         "honest_converged_after_attack",
     ]
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+def test_bad_parameters_are_refused() -> None:
+    """Bad attack parameters are refused with a clear error, before anything runs."""
+    table: list[tuple[Any, str]] = [
+        (lambda: Spec("byzantine", byzantine=1.0), "fraction"),
+        (lambda: Spec("byzantine", byzantine=-0.1), "fraction"),
+        (lambda: Spec("byzantine", attacks=("flood-everything",)), "unknown attacks"),
+        (lambda: Spec("byzantine", fake_members=-1), "must not be negative"),
+        (lambda: AttackPlan(attacks=("nope",)), "unknown attacks"),
+        (lambda: AttackPlan(interval=0.0), "interval"),
+        (lambda: AttackPlan(start=5.0, stop=1.0), "stop"),
+        (lambda: AttackPlan(fake_members=-5), "must not be negative"),
+    ]
+    for make, message in table:
+        with pytest.raises(ValueError, match=message):
+            make()
+    with pytest.raises(SystemExit):
+        parse_args(["--scenario", "byzantine", "--attacks", "accuse,nope"])
+    args = parse_args(["--scenario", "byzantine", "--attacks", "none"])
+    assert args.attacks == ()
