@@ -59,7 +59,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from crdt.reputation import DEFAULT_MAX_SUBJECTS
@@ -640,10 +640,12 @@ def run_attack(
     plans: Sequence[AttackPlan],
     quiet_s: float,
     assumptions: Assumptions = ASSUMPTIONS,
+    on_progress: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Turn ``byzantine`` (running members of a converged mesh) against the others, one
     plan each, run until every plan has stopped, then up to ``quiet_s`` more seconds until
-    the honest nodes have converged; return the figures (JSON-ready)."""
+    the honest nodes have converged; return the figures (JSON-ready). ``on_progress`` is
+    handed to the engine (for progress bars)."""
     if len(plans) != len(byzantine):
         raise ValueError("one plan per Byzantine node")
     slots = [n.slot for n in byzantine]
@@ -657,7 +659,7 @@ def run_attack(
     before = cluster.traffic.copy()
     violations_before = len(cluster.violations)
     judge.sample_every(stop + quiet_s)
-    cluster.run_until(stop)
+    cluster.run_until(stop, on_progress=on_progress)
     judge.sample()
     converged_at: float | None = None
     deadline = stop + quiet_s
@@ -667,7 +669,9 @@ def run_attack(
             break
         if cluster.now >= deadline:
             break
-        cluster.run_until(min(deadline, cluster.now + CONVERGENCE_CHECK_EVERY))
+        cluster.run_until(
+            min(deadline, cluster.now + CONVERGENCE_CHECK_EVERY), on_progress=on_progress
+        )
     judge.sample()
     traffic = cluster.traffic.minus(before)
     sent: collections.Counter[str] = collections.Counter()

@@ -45,6 +45,15 @@ first — the core sees the stall and shifts its timers — then the backlog, in
 A graceful **leave** calls ``leave``, keeps the process running for
 ``leave_propagate_time`` so the ``Leave`` spreads, then stops it.
 
+Byzantine hosts (:mod:`simulations.byzantine`) run a real core like any other, and also
+write to their "socket" beside it: :meth:`Cluster.inject_datagram` sends a datagram from a
+host's address with any envelope sender (a replay keeps the original one), and
+:meth:`Cluster.inject_push_pull` opens an exchange with a crafted first leg; the network
+treats both like any traffic, and they are counted apart (``Traffic.attack_*``). A tap
+(:attr:`Cluster.taps`) shows a host everything its process receives. A core that raises
+while handling input is a safety violation (:meth:`Cluster.core_failed`): the runtime
+would drop that input, so the run goes on.
+
 Signatures are real Ed25519 (:class:`protocol.Identity`, :func:`protocol.verify`) or the
 simulation stand-in (:class:`protocol.FastSigner`, :func:`protocol.fast_verify`: same sizes,
 no security, ~50× cheaper). Messages travel as the very objects the sender's core built,

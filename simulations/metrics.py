@@ -44,6 +44,11 @@ Definitions (the JSON report uses the same words):
 * **Failure detection**: for every crash, the time until the first live node suspects and
   declares the node dead, and until no live node sees it alive or suspect any more.
 
+In runs with Byzantine members (``foreign_ok``), identities no simulated host has (fake
+members, fresh observer keys) are counted (``foreign_member_events``, ``foreign_records``)
+instead of being violations; listeners (``listeners``) see every ``MemberChanged`` effect,
+for judges that classify views from outside.
+
 Convergence instants are recorded relative to a *mark* (the start of a phase, such as the
 heal of a partition): the first time after the mark that each kind converged, and the first
 time all three held at once.

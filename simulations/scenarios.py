@@ -969,7 +969,13 @@ def run_byzantine(spec: Spec, progress: Progress | None) -> Outcome:
     run.outcomes(end)
     if progress is not None:
         progress.phase("attack", cluster.now, end + spec.quiet_s)
-    figures = run_attack(cluster, hostile, plans, spec.quiet_s)
+    figures = run_attack(
+        cluster,
+        hostile,
+        plans,
+        spec.quiet_s,
+        on_progress=progress.update if progress is not None else None,
+    )
     if progress is not None:
         progress.finish()
     run.check(
