@@ -555,8 +555,12 @@ def run_phase_once(
                     f"every survivor to log {target.name} dead",
                 )
                 detections.append(max(n.died[sid] for n in survivors) - killed_at)
-            except RuntimeError as exc:
-                misses.append(str(exc))
+            except RuntimeError:
+                heard = sum(1 for n in survivors if sid in n.died)
+                misses.append(
+                    f"{target.name}: {heard} of {len(survivors)} survivors logged it dead "
+                    f"within {DETECT_TIMEOUT_S:.0f} s"
+                )
                 detections.append(DETECT_TIMEOUT_S)  # censored: at least this long
         result["detect_s"] = [round(d, 3) for d in detections]
         result["detect_median_s"] = round(statistics.median(detections), 3) if detections else None
