@@ -14,6 +14,8 @@ Examples::
     python -m simulations --scenario rumor --nodes 1000 --seed 1 --loss 0.1 \\
         --json rumor.json --plot rumor.png
     python -m simulations --scenario slow-node --nodes 50 --seed 3 --loss 0.05 --duration 120
+    python -m simulations --scenario byzantine --byzantine 0.1 --nodes 20 --profile local \\
+        --duration 20 --json byzantine.json
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from simulations.byzantine import ATTACKS
 from simulations.progress import Progress
 from simulations.report import build_report, command_line, dumps
 from simulations.scenarios import SCENARIOS, STARTS, Spec, make_config, run_scenario
@@ -44,6 +47,16 @@ def _pair(text: str) -> tuple[float, float]:
     if a < 0 or b < a:
         raise argparse.ArgumentTypeError(f"expected 0 <= MIN <= MAX, got {text!r}")
     return a, b
+
+
+def _attacks(text: str) -> tuple[str, ...]:
+    if text == "none":
+        return ()
+    names = tuple(a.strip() for a in text.split(",") if a.strip())
+    unknown = [a for a in names if a not in ATTACKS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown attacks {unknown}; pick from {ATTACKS}")
+    return names
 
 
 def _setting(text: str) -> tuple[str, Any]:
@@ -118,6 +131,33 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="slow-node: stall the process, or delay what it receives by --pause-s",
     )
     p.add_argument(
+        "--byzantine",
+        type=float,
+        default=0.1,
+        metavar="FRACTION",
+        help="byzantine: fraction of the nodes that turn hostile (default 0.1)",
+    )
+    p.add_argument(
+        "--attacks",
+        type=_attacks,
+        default=ATTACKS,
+        metavar="A,B",
+        help=f"byzantine: attacks, comma-separated, from {','.join(ATTACKS)} "
+        "('none': only members with real keys; default all)",
+    )
+    p.add_argument(
+        "--fake-members",
+        type=int,
+        default=2000,
+        help="byzantine: fresh identities each hostile node invents (default 2000)",
+    )
+    p.add_argument(
+        "--flood-records",
+        type=int,
+        default=2000,
+        help="byzantine: records from fresh keys each hostile node signs (default 2000)",
+    )
+    p.add_argument(
         "--set",
         type=_setting,
         action="append",
@@ -169,6 +209,10 @@ def spec_from_args(args: argparse.Namespace) -> Spec:
         slow_mode=args.slow_mode,
         overrides=tuple(args.set),
         start=args.start,
+        byzantine=args.byzantine,
+        attacks=args.attacks,
+        fake_members=args.fake_members,
+        flood_records=args.flood_records,
     )
 
 
@@ -245,6 +289,15 @@ def _summarise(report: dict[str, Any], out: Any) -> None:
     lines.append(
         f"  false suspicions {summary['false_suspicions']}, false deaths {summary['false_deaths']}"
     )
+    if report["scenario"] == "byzantine":
+        r = report["results"]
+        lines.append(
+            f"  byzantine {r['byzantine_nodes']}: honest false deaths "
+            f"{r['false_deaths_of_honest']}, peak members {r['peak_members']} (bound "
+            f"{r['bounds']['members']}), peak records {r['peak_records']} (bound "
+            f"{r['bounds']['records']}), honest convergence after the attack "
+            f"{r['honest_convergence_after_stop_s']} s (budget {r['convergence_budget_s']} s)"
+        )
     traffic = summary["traffic_per_node_per_s"]
     if traffic.get("gossip"):
         lines.append(

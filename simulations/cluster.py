@@ -45,6 +45,15 @@ first — the core sees the stall and shifts its timers — then the backlog, in
 A graceful **leave** calls ``leave``, keeps the process running for
 ``leave_propagate_time`` so the ``Leave`` spreads, then stops it.
 
+Byzantine hosts (:mod:`simulations.byzantine`) run a real core like any other, and also
+write to their "socket" beside it: :meth:`Cluster.inject_datagram` sends a datagram from a
+host's address with any envelope sender (a replay keeps the original one), and
+:meth:`Cluster.inject_push_pull` opens an exchange with a crafted first leg; the network
+treats both like any traffic, and they are counted apart (``Traffic.attack_*``). A tap
+(:attr:`Cluster.taps`) shows a host everything its process receives. A core that raises
+while handling input is a safety violation (:meth:`Cluster.core_failed`): the runtime
+would drop that input, so the run goes on.
+
 Signatures are real Ed25519 (:class:`protocol.Identity`, :func:`protocol.verify`) or the
 simulation stand-in (:class:`protocol.FastSigner`, :func:`protocol.fast_verify`: same sizes,
 no security, ~50× cheaper). Messages travel as the very objects the sender's core built,
@@ -248,6 +257,12 @@ class Cluster:
             self.nodes, self.by_id, self._clock, self.network.reachable, self.violation
         )
         self._workload_rng = derive_rng(seed, "workload")
+        self.taps: dict[int, Callable[[str, tuple[Message, ...] | bytes], None]] = {}
+        """Slot -> callback seeing every datagram that host's process receives (sender id,
+        payload as delivered), before its core does: how a Byzantine node records honest
+        packets to replay them."""
+        self.core_errors = 0
+        """Exceptions raised by a core while handling input (each is also a violation)."""
 
     def _clock(self) -> float:
         return self.engine.now
@@ -257,6 +272,12 @@ class Cluster:
         return self.engine.now
 
     # ------------------------------------------------------------------ invariants
+
+    def core_failed(self, node: SimNode, where: str, exc: Exception) -> None:
+        """A core raised while handling input: a safety violation (the runtime would drop
+        the input and log it); the run goes on with whatever state the core was left in."""
+        self.core_errors += 1
+        self.violation(f"{node.name}: core raised {type(exc).__name__} in {where}: {exc}")
 
     def violation(self, text: str) -> None:
         """Record a failed safety invariant (and raise if ``strict``)."""
@@ -516,7 +537,10 @@ class Cluster:
         if core.next_deadline() > now:
             self._reschedule(node)
             return
-        core.tick(now)
+        try:
+            core.tick(now)
+        except Exception as exc:
+            self.core_failed(node, "tick", exc)
         if self._dispatch(node) <= now and node.core is core:
             node.stuck_ticks += 1
             if node.stuck_ticks >= 3:
@@ -609,6 +633,9 @@ class Cluster:
             if status is Status.PAUSED:
                 node.backlog.append((self._arrive, (slot, src, sender, payload)))
             return
+        tap = self.taps.get(slot)
+        if tap is not None:
+            tap(sender, payload)
         if isinstance(payload, bytes):
             envelope = decode(payload, verifier=self.verifier)
             sender, messages = envelope.sender, envelope.messages
@@ -616,7 +643,10 @@ class Cluster:
             messages = payload
         core = node.core
         assert core is not None
-        core.receive(sender, messages, src, self.engine.now)
+        try:
+            core.receive(sender, messages, src, self.engine.now)
+        except Exception as exc:
+            self.core_failed(node, "receive", exc)
         self._dispatch(node)
 
     # ------------------------------------------------------------------ TCP: push-pull
@@ -692,7 +722,13 @@ class Cluster:
         if remote.core is None or not self.network.reachable(node.slot, dst):
             self.engine.at(max(now, deadline), self._push_pull_failed, node, life)
             return
-        reply = remote.core.handle_push_pull(node.node_id, request, now)
+        try:
+            reply = remote.core.handle_push_pull(node.node_id, request, now)
+        except Exception as exc:
+            self.core_failed(remote, "handle_push_pull", exc)
+            self._dispatch(remote)
+            self.engine.at(max(now, deadline), self._push_pull_failed, node, life)
+            return
         self._dispatch(remote)
         self._count_push_pull(reply)
         (reply,) = self._frame((reply,), remote.signer)  # type: ignore[assignment]
@@ -721,7 +757,11 @@ class Cluster:
             self._push_pull_failed(node, life)  # the client gave up while stalled
             return
         remote = self.nodes[dst]
-        missing = node.core.finish_push_pull(remote.node_id, reply, effect.addr, now)
+        try:
+            missing = node.core.finish_push_pull(remote.node_id, reply, effect.addr, now)
+        except Exception as exc:
+            self.core_failed(node, "finish_push_pull", exc)
+            missing = []
         self._dispatch(node)
         for start in range(0, len(missing), MAX_MESSAGES_PER_ENVELOPE):
             chunk = missing[start : start + MAX_MESSAGES_PER_ENVELOPE]
@@ -739,7 +779,10 @@ class Cluster:
             return
         if remote.core is None or remote.status is not Status.RUNNING:
             return
-        remote.core.apply_records(records, self.engine.now)
+        try:
+            remote.core.apply_records(records, self.engine.now)
+        except Exception as exc:
+            self.core_failed(remote, "apply_records", exc)
         self._dispatch(remote)
 
     def _push_pull_failed(self, node: SimNode, life: int) -> None:
@@ -843,6 +886,82 @@ class Cluster:
         if node.fetch_queue:
             node.fetches += 1
             self._fetch_try(node, life, node.fetch_queue.popleft(), 0)
+
+    # ------------------------------------------------------------------ injection
+
+    def inject_datagram(
+        self,
+        src: SimNode,
+        dst: SimNode,
+        messages: Sequence[Message] | bytes,
+        sender: str | None = None,
+    ) -> None:
+        """Send one datagram from ``src``'s address to ``dst`` beside ``src``'s core: as a
+        Byzantine process writing to its socket. ``sender`` is the envelope's sender
+        (default ``src``'s own id); ``messages`` are encoded and signed by ``src`` in wire
+        mode, or are already the bytes of an envelope (a replay, sent as captured). The
+        network treats it like any datagram (loss, delay, partitions); no size limit is
+        checked (the attacker chose it)."""
+        traffic = self.traffic
+        traffic.attack_packets += 1
+        payload: tuple[Message, ...] | bytes
+        if isinstance(messages, bytes):
+            payload = messages
+            traffic.attack_bytes += len(messages)
+        else:
+            payload = tuple(messages)
+            traffic.attack_bytes += self.sizes.packet(payload)
+            if self.wire:
+                payload = encode(list(payload), src.signer)
+        fates = self.network.datagram(src.slot, dst.slot)
+        if not fates:
+            traffic.datagrams_lost += 1
+            return
+        now = self.engine.now
+        who = src.node_id if sender is None else sender
+        for delay in fates:
+            self.engine.at(now + delay, self._arrive, dst.slot, src.addr, who, payload)
+
+    def inject_push_pull(
+        self,
+        src: SimNode,
+        dst: SimNode,
+        request: PushPull,
+        on_reply: Callable[[PushPull], None] | None = None,
+    ) -> None:
+        """Open a push-pull exchange from ``src`` to ``dst`` with a crafted first leg
+        (``request``, which may carry records), beside ``src``'s core. The responder
+        handles it exactly as an honest exchange (``handle_push_pull``); its reply goes to
+        ``on_reply`` (the attacker may keep it to replay), never to ``src``'s core."""
+        self.traffic.attack_push_pulls += 1
+        self.traffic.attack_push_pull_bytes += self.sizes.frame((request,))
+        dst_slot, elapsed = self._connect(src, dst.addr, self.config.tcp_timeout)
+        if dst_slot is None:
+            return
+        (request,) = self._frame((request,), src.signer)  # type: ignore[assignment]
+        self.engine.at(self.engine.now + elapsed, self._injected_serve, src, dst, request, on_reply)
+
+    def _injected_serve(
+        self,
+        src: SimNode,
+        dst: SimNode,
+        request: PushPull,
+        on_reply: Callable[[PushPull], None] | None,
+    ) -> None:
+        if dst.status is Status.PAUSED:
+            dst.backlog.append((self._injected_serve, (src, dst, request, on_reply)))
+            return
+        if dst.core is None or dst.status is not Status.RUNNING:
+            return
+        try:
+            reply = dst.core.handle_push_pull(src.node_id, request, self.engine.now)
+        except Exception as exc:
+            self.core_failed(dst, "handle_push_pull", exc)
+            self._dispatch(dst)
+            return
+        self._dispatch(dst)
+        if on_reply is not None:
+            on_reply(reply)
 
     # ------------------------------------------------------------------ checks
 

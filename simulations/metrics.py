@@ -44,6 +44,11 @@ Definitions (the JSON report uses the same words):
 * **Failure detection**: for every crash, the time until the first live node suspects and
   declares the node dead, and until no live node sees it alive or suspect any more.
 
+In runs with Byzantine members (``foreign_ok``), identities no simulated host has (fake
+members, fresh observer keys) are counted (``foreign_member_events``, ``foreign_records``)
+instead of being violations; listeners (``listeners``) see every ``MemberChanged`` effect,
+for judges that classify views from outside.
+
 Convergence instants are recorded relative to a *mark* (the start of a phase, such as the
 heal of a partition): the first time after the mark that each kind converged, and the first
 time all three held at once.
@@ -177,6 +182,16 @@ class Tracker:
         self.mark_time = 0.0
         self.converged_at: dict[str, float | None] = {}
         self.rumor: RumorWatch | None = None
+        # Byzantine runs (see simulations.byzantine)
+        self.foreign_ok = False
+        """Identities no simulated node has (fake members, fresh observer keys) may appear:
+        count them instead of calling them a violation."""
+        self.foreign_member_events = 0
+        """``MemberChanged`` effects about identities no simulated node has."""
+        self.foreign_records = 0
+        """Ledger records accepted that no simulated core signed (forged floods)."""
+        self.listeners: list[Callable[[SimNode, MemberChanged], None]] = []
+        """Called with every ``MemberChanged`` effect, before it is counted."""
         self.mark()
 
     def reset_accusations(self) -> None:
@@ -436,9 +451,14 @@ class Tracker:
     def member_changed(self, node: SimNode, effect: MemberChanged) -> None:
         """A ``MemberChanged`` effect of ``node``'s core."""
         v = node.slot
+        for listener in self.listeners:
+            listener(node, effect)
         subject = self._slot_of.get(effect.node_id)
         if subject is None:
-            self._violation(f"{node.name} learned of a node id no simulated node has")
+            if self.foreign_ok:
+                self.foreign_member_events += 1
+            else:
+                self._violation(f"{node.name} learned of a node id no simulated node has")
             return
         member = effect.member
         if subject == v:
@@ -580,7 +600,12 @@ class Tracker:
         for record in effect.records:
             created = self.created.get((record.observer, record.seq))
             if created != record:
-                self._violation(f"{node.name} accepted a ledger record its observer never signed")
+                if self.foreign_ok:
+                    self.foreign_records += 1
+                else:
+                    self._violation(
+                        f"{node.name} accepted a ledger record its observer never signed"
+                    )
                 continue
             key = (record.observer, record.subject)
             if live and self.latest.get(key) == record:

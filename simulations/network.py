@@ -259,9 +259,10 @@ class Traffic:
     ``probe``: UDP packets carrying a probe message (ping, ack, ping-req, nack) and their
     piggybacked rumors; ``gossip``: UDP packets of rumors only; ``push_pull``: TCP frames
     of anti-entropy exchanges (all three legs); ``fetch``: manifest fetches over TCP
-    (request line and response body). Bytes are payload bytes: the signed envelope for UDP
-    and push-pull, the request path and packed manifest for fetches; IP, UDP, TCP and HTTP
-    headers are not counted.
+    (request line and response body); ``attack``: what Byzantine nodes send beside their
+    cores (see :mod:`simulations.byzantine`), counted apart from the honest channels.
+    Bytes are payload bytes: the signed envelope for UDP and push-pull, the request path
+    and packed manifest for fetches; IP, UDP, TCP and HTTP headers are not counted.
     """
 
     probe_packets: int = 0
@@ -280,6 +281,12 @@ class Traffic:
     datagrams_lost: int = 0
     datagrams_duplicated: int = 0
     datagrams_to_nobody: int = 0
+    attack_packets: int = 0
+    """Datagrams injected by Byzantine nodes outside their cores (floods, replays)."""
+    attack_bytes: int = 0
+    attack_push_pulls: int = 0
+    """Push-pull exchanges opened by Byzantine nodes outside their cores."""
+    attack_push_pull_bytes: int = 0
 
     def copy(self) -> Traffic:
         return dataclasses.replace(self)

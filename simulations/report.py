@@ -53,6 +53,9 @@ _FLAG_FOR: dict[str, str] = {
     "churn_crash": "--churn-crash",
     "quiet_s": "--quiet-s",
     "outcome_rate": "--outcome-rate",
+    "byzantine": "--byzantine",
+    "fake_members": "--fake-members",
+    "flood_records": "--flood-records",
 }
 
 
@@ -85,6 +88,8 @@ def command_line(spec: Spec) -> str:
         parts.append(f"--run-s {_num(spec.run_s[0])}:{_num(spec.run_s[1])}")
     if spec.start != default.start:
         parts.append(f"--start {spec.start}")
+    if spec.attacks != default.attacks:
+        parts.append(f"--attacks {','.join(spec.attacks) or 'none'}")
     if spec.slow_mode != default.slow_mode:
         parts.append(f"--slow-mode {spec.slow_mode}")
     if not spec.lifeguard:

@@ -44,6 +44,14 @@ left full by the join drain before anything is measured.
   every broadcast queue is empty (the join's rumors have all been sent), then measures the
   base cost of membership per node over ``duration`` seconds (probes, push-pull, and the
   gossip of the task-outcome workload, if ``outcome_rate`` is not 0).
+* ``byzantine`` — after the bootstrap, ``byzantine`` (a fraction) of the non-seed nodes
+  turn hostile for ``duration`` seconds: members with real keys that keep running their
+  cores and, beside them, forge accusations, flood fake members and ledger records, and
+  replay honest packets (``attacks``; see :mod:`simulations.byzantine`). Judged from
+  outside: honest nodes declared dead by honest nodes while alive and reachable, the peak
+  member and record counts of honest nodes against the bounds named after the caps, and
+  the time for the honest nodes to converge again once the attack stops (budget
+  ``quiet_s``).
 
 Lifeguard *off* is approximated with the configuration the core offers:
 ``awareness_max_multiplier = 1`` (no local health scaling of probe timing) and
@@ -66,6 +74,7 @@ from typing import Any
 
 from meshnode.core import timing
 from meshnode.core.config import NodeConfig
+from simulations.byzantine import ATTACKS, AttackPlan, run_attack
 from simulations.cluster import Cluster, SimNode, Status
 from simulations.engine import derive_rng
 from simulations.epidemic import mean_field_curve, rounds_bound
@@ -83,7 +92,16 @@ __all__ = [
     "run_scenario",
 ]
 
-SCENARIOS = ("join", "crash", "partition-heal", "churn", "rumor", "slow-node", "steady")
+SCENARIOS = (
+    "join",
+    "crash",
+    "partition-heal",
+    "churn",
+    "rumor",
+    "slow-node",
+    "steady",
+    "byzantine",
+)
 STARTS = ("join", "converged")
 
 
@@ -126,6 +144,15 @@ class Spec:
     (every node joins through the seeds; the bootstrap preamble) or ``converged`` (every
     node starts already knowing every other alive, with its manifest: the steady state,
     for meshes too large to simulate a join storm of)."""
+    byzantine: float = 0.1
+    """byzantine: the fraction of nodes that turn hostile (at least one when above 0;
+    never a seed node)."""
+    attacks: tuple[str, ...] = ATTACKS
+    """byzantine: what the hostile nodes do (see :data:`simulations.byzantine.ATTACKS`)."""
+    fake_members: int = 2000
+    """byzantine: fresh identities each hostile node invents (fake-members)."""
+    flood_records: int = 2000
+    """byzantine: records from fresh keys each hostile node signs (ledger-flood)."""
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -142,6 +169,13 @@ class Spec:
             raise ValueError(f"slow_mode must be pause or lag, got {self.slow_mode!r}")
         if self.start not in STARTS:
             raise ValueError(f"start must be join or converged, got {self.start!r}")
+        if not 0.0 <= self.byzantine < 1.0:
+            raise ValueError(f"byzantine must be a fraction in [0, 1), got {self.byzantine}")
+        unknown = [a for a in self.attacks if a not in ATTACKS]
+        if unknown:
+            raise ValueError(f"unknown attacks {unknown}; pick from {ATTACKS}")
+        if self.fake_members < 0 or self.flood_records < 0:
+            raise ValueError("fake_members and flood_records must not be negative")
         if self.start == "converged" and self.scenario == "join":
             raise ValueError("the join scenario measures the join: it cannot start converged")
 
@@ -905,6 +939,81 @@ def run_steady(spec: Spec, progress: Progress | None) -> Outcome:
     return run.finish(results)
 
 
+def run_byzantine(spec: Spec, progress: Progress | None) -> Outcome:
+    run = _Run(spec, make_config(spec), progress)
+    cluster = run.cluster
+    boot = run.bootstrap()
+    candidates = [n for n in cluster.live_nodes() if n not in run.seed_nodes]
+    count = 0 if spec.byzantine <= 0 else max(1, round(spec.byzantine * spec.nodes))
+    count = min(count, len(candidates))
+    hostile = sorted(run.faults.sample(candidates, count), key=lambda n: n.slot)
+    start = cluster.now
+    end = start + spec.duration
+    rate = max(1, spec.fake_members // 10)
+    plans = [
+        AttackPlan(
+            attacks=spec.attacks,
+            start=start,
+            stop=end,
+            fakes_per_burst=rate,
+            fake_members=spec.fake_members,
+            records_per_burst=max(1, spec.flood_records // 10),
+            flood_records=spec.flood_records,
+        )
+        for _ in hostile
+    ]
+    samples: list[int] = []
+    run.sample_live(samples, 1.0, end)
+    before = cluster.traffic.copy()
+    cluster.tracker.reset_accusations()
+    run.outcomes(end)
+    if progress is not None:
+        progress.phase("attack", cluster.now, end + spec.quiet_s)
+    figures = run_attack(
+        cluster,
+        hostile,
+        plans,
+        spec.quiet_s,
+        on_progress=progress.update if progress is not None else None,
+    )
+    if progress is not None:
+        progress.finish()
+    run.check(
+        "no_false_deaths_of_honest_nodes",
+        figures["false_deaths_of_honest"] == 0,
+        f"{figures['false_deaths_of_honest']} live, reachable honest nodes declared dead by "
+        f"honest nodes ({figures['dead_views_of_honest']} dead views held by honest nodes)",
+    )
+    run.check(
+        "honest_members_bounded",
+        figures["within_bounds"]["members"],
+        f"peak {figures['peak_members']} members held by an honest node "
+        f"(bound {figures['bounds']['members']})",
+    )
+    run.check(
+        "honest_records_bounded",
+        figures["within_bounds"]["records"],
+        f"peak {figures['peak_records']} records held by an honest node "
+        f"(bound {figures['bounds']['records']})",
+    )
+    took = figures["honest_convergence_after_stop_s"]
+    run.check(
+        "honest_converged_after_attack",
+        figures["honest_converged"],
+        f"honest nodes converged {took}s after the attack stopped"
+        if took is not None
+        else f"honest nodes not converged {spec.quiet_s}s after the attack stopped",
+    )
+    results = {
+        "bootstrap": boot,
+        "byzantine_fraction": spec.byzantine,
+        **figures,
+        "traffic": run.traffic_window(before, start, samples),
+        **run.accusations(),
+    }
+    return run.finish(results)
+
+
 RUNNERS: dict[str, Callable[[Spec, Progress | None], Outcome]] = {
     "join": run_join,
     "crash": run_crash,
@@ -913,6 +1022,7 @@ RUNNERS: dict[str, Callable[[Spec, Progress | None], Outcome]] = {
     "rumor": run_rumor,
     "slow-node": run_slow_node,
     "steady": run_steady,
+    "byzantine": run_byzantine,
 }
 
 
