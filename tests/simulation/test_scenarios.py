@@ -21,7 +21,7 @@ SMALL = {
 }
 
 
-@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s != "byzantine"])
+@pytest.mark.parametrize("scenario", SCENARIOS)
 def test_scenario_runs_clean(scenario: str) -> None:
     """No safety invariant fails; bootstrap converges; the scenario's own liveness checks
     pass (manifest reconvergence after a heal is excluded: see
