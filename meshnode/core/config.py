@@ -279,6 +279,51 @@ class NodeConfig:
     non-loopback clients, default None: such calls are then refused from anywhere but
     127.0.0.0/8 and ::1."""
 
+    # ------------------------------------------------------------------ runtime hardening
+    # (HTTP server connections, request caps, rate limits, text limits)
+
+    http_header_timeout: float = 10.0
+    """Seconds a new TCP connection may take to deliver the headers of its first request,
+    default 10. A connection that sends nothing (or dribbles) is closed when it passes.
+    Longer tolerates very slow links; shorter frees the descriptors of half-open floods
+    sooner (each holds one until then)."""
+
+    http_keepalive_timeout: float = 15.0
+    """Seconds an idle HTTP keep-alive connection is kept open between requests, default
+    15. Peers reuse connections for push-pull legs and manifest fetches within seconds;
+    longer saves reconnects, shorter frees descriptors held by idle clients."""
+
+    max_connections_per_address: int = 64
+    """Most TCP connections open at once from one remote IP address, default 64; more are
+    closed at once (and counted). One peer needs a push-pull, up to 8 manifest fetches and
+    its task WebSockets; several nodes behind one NAT share the quota. Higher: more nodes
+    behind one address; lower: a single host can hold fewer of our descriptors."""
+
+    max_connections_total: int = 4_096
+    """Most inbound TCP connections open at once, task WebSockets included, default 4096;
+    more are closed at once (and counted). At start the runtime raises the process's
+    ``RLIMIT_NOFILE`` soft limit to its hard limit and, if this value does not fit below it
+    with a reserve for the node's own outgoing connections and files, lowers the effective
+    limit to ``soft − reserve`` (see ``meshnode.runtime.transport``). 10,000 members
+    exchange state every 30 s each: about 330 short exchanges a second across the mesh,
+    a handful at a time per node."""
+
+    api_rate_per_s: float = 5.0
+    """Sustained requests per second one non-loopback address may make to the HTTP routes
+    that cost CPU (``POST /v1/discover``, ``POST /v1/delegate``), default 5: a token bucket
+    refilled at this rate, holding :attr:`api_rate_burst` tokens. Loopback callers are not
+    limited. Excess requests get HTTP 429 with ``Retry-After``."""
+
+    api_rate_burst: int = 20
+    """Tokens a remote address's bucket holds (requests it may make back to back), default
+    20."""
+
+    max_query_chars: int = 2_000
+    """Longest text this node embeds for a query (``discover``'s description, in Python or
+    over HTTP), default 2000 characters; longer is refused with a clear error. Embedding
+    costs CPU in proportion to the text; capability descriptions are at most a few hundred
+    characters, so a longer query adds cost, not precision."""
+
     # ------------------------------------------------------------------ presets
 
     @classmethod
@@ -331,6 +376,27 @@ class NodeConfig:
         self._validate_timing()
         self._validate_counts()
         self._validate_tasks()
+        self._validate_runtime()
+
+    def _validate_runtime(self) -> None:
+        _check_seconds("http_header_timeout", self.http_header_timeout, positive=True)
+        _check_seconds("http_keepalive_timeout", self.http_keepalive_timeout, positive=True)
+        _check_int("max_connections_per_address", self.max_connections_per_address, 1, 1 << 20)
+        _check_int("max_connections_total", self.max_connections_total, 1, 1 << 20)
+        if self.max_connections_per_address > self.max_connections_total:
+            raise ValueError(
+                f"max_connections_per_address ({self.max_connections_per_address}) must not "
+                f"exceed max_connections_total ({self.max_connections_total})"
+            )
+        rate = self.api_rate_per_s
+        if (
+            isinstance(rate, bool)
+            or not isinstance(rate, int | float)
+            or not (math.isfinite(rate) and rate > 0)
+        ):
+            raise ValueError(f"api_rate_per_s must be a positive number, got {rate!r}")
+        _check_int("api_rate_burst", self.api_rate_burst, 1, 1_000_000)
+        _check_int("max_query_chars", self.max_query_chars, 1, 1_000_000)
 
     def _validate_tasks(self) -> None:
         if self.embedder not in ("auto", "minilm", "hashing"):

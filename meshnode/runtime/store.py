@@ -92,6 +92,15 @@ class NodeStore:
         if self._db.in_transaction:
             self._db.execute("COMMIT")
 
+    def rollback(self) -> None:
+        """Abandon the open transaction after a failed write (best effort: SQLite may
+        already have rolled it back)."""
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                log.warning("store_rollback_failed", error=str(exc))
+
     def _begin(self) -> None:
         if not self._db.in_transaction:
             self._db.execute("BEGIN")
