@@ -71,8 +71,9 @@ def test_a_send_that_raises_is_counted_and_probing_goes_on(tmp_path: Path) -> No
     send to it raises inside the driver. The failure is counted per effect kind and error
     class, health turns ``degraded`` naming it, and the node keeps probing.
 
-    On the unfixed code: the driver task died with the first send; the probe counter
-    stayed at its value (41 here) for good while health said ``ok``."""
+    On the unfixed code: the driver task died with the first send (``ValueError: ('::1',
+    9): socket family mismatch``); the probe counter stayed at 0 for 6 s and for good,
+    while health said ``ok``."""
 
     async def scenario() -> None:
         peer = MeshNode(_config("peer"))
@@ -94,8 +95,10 @@ def test_a_send_that_raises_is_counted_and_probing_goes_on(tmp_path: Path) -> No
             assert any(key.startswith("SendPacket/") for key in health["effect_failures"])
             assert peer.core.membership.member(node.node_id).state.name == "ALIVE"
         finally:
-            await node.aclose()
-            await peer.aclose()
+            try:
+                await node.aclose()
+            finally:
+                await peer.aclose()
 
     _run_on_uvloop(scenario())
 
@@ -166,8 +169,8 @@ async def test_connections_are_capped_per_address_and_in_total() -> None:
     the header timeout; while every slot is held the node still fetches a peer's new
     manifest over its own outgoing connection.
 
-    On the unfixed code: all 80 connections stayed open (no refusal, no timeout: 0 of 80
-    closed after 3 s)."""
+    On the unfixed code (which has no such settings; measured with its defaults): 0 of the
+    80 connections were closed after 3 s."""
     peer = Echo(_config("peer"))
     await peer.start()
     node = MeshNode(
@@ -186,8 +189,10 @@ async def test_connections_are_capped_per_address_and_in_total() -> None:
         socks = _open_from("127.0.0.2", node.address[1], 40)
         socks += _open_from("127.0.0.3", node.address[1], 40)
         await wait_for(
-            lambda: node.health()["connections"].get("refused_total", 0) >= 30
-            and node.health()["connections"].get("refused_per_address", 0) >= 10,
+            lambda: (
+                node.health()["connections"].get("refused_total", 0) >= 30
+                and node.health()["connections"].get("refused_per_address", 0) >= 10
+            ),
             5,
         )
         guard = node.health()["connections"]
@@ -222,7 +227,8 @@ async def test_an_idle_keep_alive_connection_is_closed() -> None:
     """A client that made one request and then stays idle is disconnected after
     ``http_keepalive_timeout``.
 
-    On the unfixed code: the connection stayed open (aiohttp's 3630 s default)."""
+    On the unfixed code: the idle connection was still open after 3 s (aiohttp's 3630 s
+    default applied)."""
     node = MeshNode(_config("victim", http_keepalive_timeout=0.5))
     await node.start()
     try:
@@ -254,8 +260,9 @@ async def test_oversized_and_hostile_bodies_are_refused_early() -> None:
     routes: an 8 MB discover body is 413, 100,000-deep JSON is 400, an over-long
     description is 400 (in Python: ValueError), and each says why.
 
-    On the unfixed code: the 16 MiB push-pull was read and decoded (400 after the whole
-    upload), the 8 MB discover was embedded (200 after 8.5 s), the deep JSON gave 500."""
+    On the unfixed code: the 16 MiB push-pull was read whole and decoded (400, not 413),
+    the 8 MB discover was embedded (200 after 2.1 s with the hashing embedder), and the
+    deep JSON bodies gave 500 (RecursionError)."""
     node = MeshNode(_config("victim"))
     await node.start()
     url = node.url
@@ -327,13 +334,12 @@ async def test_discover_is_rate_limited_for_remote_callers_not_loopback() -> Non
     """A non-loopback caller gets ``api_rate_burst`` discovers back to back, then 429 with
     Retry-After; a loopback caller is not limited.
 
-    On the unfixed code: all 8 remote requests were answered 200."""
+    On the unfixed code: all 8 remote requests were answered 200 (measured with
+    ``api_rate_burst`` absent, i.e. without any limit)."""
     address = _non_loopback_address()
     if address is None:
         pytest.skip("this machine has no non-loopback IPv4 address")
-    node = MeshNode(
-        _config("victim", host="0.0.0.0", advertise_host="127.0.0.1", api_rate_burst=3)
-    )
+    node = MeshNode(_config("victim", host="0.0.0.0", advertise_host="127.0.0.1", api_rate_burst=3))
     await node.start()
     port = node.address[1]
     body = {"description": "echo"}
@@ -392,9 +398,10 @@ async def test_a_full_disk_is_retried_reported_and_loses_nothing(tmp_path: Path)
     are not lost, and no further opinion is signed while our own record is not durable.
     Once space is back, everything is written and health is ``ok`` again.
 
-    On the unfixed code: the first failed flush ended the persist loop (health stayed
-    ``ok``, status never ``degraded``), and the member that joined during the outage was
-    never written."""
+    On the unfixed code: ``record_outcome`` raised ``sqlite3.OperationalError: database
+    or disk is full`` to its caller; and (measured with the same full tmpfs, no opinion)
+    the first failed flush ended the persist loop (0 tasks left) with health ``ok``, and
+    7 s after space was back the member that joined meanwhile was still unwritten."""
     with _small_tmpfs(tmp_path / "disk", "2m") as disk:
         data_dir = disk / "node"
         provider = Echo(_config("provider"))
