@@ -109,8 +109,8 @@ def test_a_half_open_flood_is_shed_and_released(tmp_path: Path) -> None:
     (10 s) has passed its descriptor count is back near its baseline while the attacker
     still holds every socket.
 
-    On the unfixed code: the victim's descriptor count stayed about 3,000 above its
-    baseline (3,003 more 20 s after the flood)."""
+    On the unfixed code: the victim's descriptors went from 24 to 1,123 during the flood
+    and were 1,259 after 25 s more (none released)."""
     with cluster(tmp_path, 2) as nodes:
         victim, peer = nodes
         wait_until(lambda: _sees_alive(victim, peer.node_id), 15, "the cluster formed")
@@ -126,8 +126,7 @@ def test_a_half_open_flood_is_shed_and_released(tmp_path: Path) -> None:
                 with contextlib.suppress(BlockingIOError):
                     sock.connect((host, port))
                 socks.append(sock)
-            health = _health(victim)
-            assert health["connections"]["refused_per_address"] > 2_000
+            _health(victim)
             joiner = NodeProcess("joiner", tmp_path / "joiner", [victim.address]).start()
             wait_until(
                 lambda: _sees_alive(victim, joiner.node_id) and _sees_alive(joiner, victim.node_id),
@@ -139,7 +138,9 @@ def test_a_half_open_flood_is_shed_and_released(tmp_path: Path) -> None:
                 25,
                 f"the victim's descriptors back near {baseline}",
             )
-            assert _health(victim)["connections"]["header_timeouts"] >= 1
+            connections = _health(victim)["connections"]
+            assert connections["refused_per_address"] > 2_000
+            assert connections["header_timeouts"] >= 1
         finally:
             for sock in socks:
                 sock.close()
@@ -155,8 +156,8 @@ def test_a_16mb_zero_signature_pushpull_does_not_stall_the_victim(tmp_path: Path
     declared and chunked. Every one is refused (413, or cut off), the victim answers
     every health check meanwhile, and no peer ever sees it other than alive.
 
-    On the unfixed code: each frame cost the victim's loop about 5 s; its peers marked it
-    suspect within the first seconds of the attack."""
+    On the unfixed code: the frames were read and decoded on the victim's loop; a health
+    check during the attack timed out (3 s)."""
     attacker = Attacker()
     frame = _zero_signature_frame(attacker, 16 * 1024 * 1024)
     assert len(frame) >= 16_000_000
@@ -192,8 +193,8 @@ def test_big_and_deep_json_bodies_are_refused_at_once(tmp_path: Path) -> None:
     """An 8 MB ``/v1/discover`` body is refused with 413, a 3,000-character description
     with 400, and JSON nested 100,000 deep with 400 (never 500); the node stays healthy.
 
-    On the unfixed code: the 8 MB body was embedded and answered 200, and the deep JSON
-    gave HTTP 500."""
+    On the unfixed code: the 8 MB body was embedded and answered 200 (and, measured
+    separately, the deep JSON gave HTTP 500)."""
     with cluster(tmp_path, 1) as nodes:
         (victim,) = nodes
         status, _ = http_json(victim.address, "/v1/discover", {"description": "x" * 8_000_000})
@@ -223,25 +224,22 @@ def test_a_refused_send_leaves_the_driver_probing(tmp_path: Path) -> None:
     failure, and reports ``degraded`` with the reason in health.
 
     On the unfixed code: the driver died at the first send; the victim's probe counter
-    stopped for good while health still said ``ok``."""
+    did not move in 10 s."""
     attacker = Attacker()
     with cluster(tmp_path, 2) as nodes:
         victim, peer = nodes
         wait_until(lambda: _sees_alive(victim, peer.node_id), 15, "the cluster formed")
         alive: Alive = attacker.alive("::1", 9)
         udp_send(victim.address, encode([alive], attacker.identity))
-        wait_until(
-            lambda: any(k.startswith("SendPacket/") for k in _health(victim)["effect_failures"]),
-            10,
-            "the refused send was counted",
-        )
+        wait_until(lambda: attacker.node_id in victim.members(), 10, "the stranger became a member")
         probes = _health(victim)["counters"]["membership"]["probes"]
         wait_until(
-            lambda: _health(victim)["counters"]["membership"]["probes"] >= probes + 5,
+            lambda: _health(victim)["counters"]["membership"]["probes"] >= probes + 10,
             10,
             "the victim kept probing",
         )
         health = _health(victim)
+        assert any(k.startswith("SendPacket/") for k in health["effect_failures"])
         assert health["status"] == "degraded"
         assert any("SendPacket" in r for r in health["reasons"])
         assert _sees_alive(peer, victim.node_id)
@@ -263,8 +261,8 @@ def test_a_second_process_on_a_data_dir_fails_and_changes_nothing(tmp_path: Path
     one line naming the running process; a third node keeps seeing the first node's
     capability.
 
-    On the unfixed code: the second process started under the same node id (it printed
-    its listening line) and published an empty manifest."""
+    On the unfixed code: the second process started under the same node id and was still
+    running 30 s later."""
     owner = NodeProcess("owner", tmp_path / "owner", [], extra=["--agent", AGENT]).start()
     third: NodeProcess | None = None
     try:
@@ -335,7 +333,8 @@ def test_a_planted_temp_key_symlink_is_not_followed(tmp_path: Path) -> None:
     user's choosing. The node starts, the target is unchanged, and ``node.key`` is a
     regular 0600 file holding the key the node runs under.
 
-    On the unfixed code: the key was written through the symlink into the target file."""
+    On the unfixed code: the key (64 hex digits) was written through the symlink into
+    the target file."""
     data_dir = tmp_path / "node"
     data_dir.mkdir(mode=0o700)
     target = tmp_path / "target"
