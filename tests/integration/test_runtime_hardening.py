@@ -32,8 +32,10 @@ from typing import Any
 import aiohttp
 import pytest
 import uvloop
+from aiohttp import web
 
 from meshnode import MeshNode, NodeConfig, capability
+from meshnode.core.mesh import FetchManifest
 from meshnode.runtime.node import wait_for
 from meshnode.runtime.store import DB_FILE, NodeStore
 from protocol import Alive, Identity, encode, signing_bytes
@@ -493,3 +495,67 @@ async def test_a_second_node_on_the_same_data_dir_fails_at_once(tmp_path: Path) 
         assert third.node_id == first.node_id
     finally:
         await third.aclose()
+
+
+# ---------------------------------------------------------------------------- item 2, client
+
+
+class _Firehose:
+    """A hostile peer's HTTP server: answers every request with ``size`` bytes of zeros,
+    streamed (no Content-Length), and counts how many bytes it got to send."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.sent = 0
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            await request.read()
+            resp = web.StreamResponse()
+            resp.enable_chunked_encoding()
+            await resp.prepare(request)
+            block = b"\x00" * (256 * 1024)
+            with contextlib.suppress(ConnectionError, OSError):
+                while self.sent < self.size:
+                    await resp.write(block)
+                    self.sent += len(block)
+                await resp.write_eof()
+            return resp
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handler)
+        self.runner = web.AppRunner(app, handle_signals=False)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def close(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+async def test_a_peer_cannot_make_us_read_an_endless_reply() -> None:
+    """A hostile peer answers a push-pull and a manifest fetch with 256 MiB streamed
+    bodies. The node stops reading past its caps (16 MiB for a push-pull reply,
+    ``MAX_MANIFEST_BYTES`` for a manifest), aborts the connection and counts it.
+
+    On the unfixed code: the push-pull reply was read whole (268,435,456 bytes in memory)
+    before the frame was refused as too large; no drop was counted for the size."""
+    firehose = _Firehose(256 * 1024 * 1024)
+    await firehose.start()
+    node = MeshNode(_config("victim", tcp_timeout=20.0))
+    await node.start()
+    try:
+        await node._push_pull(("127.0.0.1", firehose.port), False)
+        assert node.drops["push_pull_BodyTooLarge"] == 1
+        assert firehose.sent < 48 * 1024 * 1024
+        firehose.sent = 0
+        await node._fetch_manifest(FetchManifest("x" * 52, 1, (("127.0.0.1", firehose.port),)))
+        assert node.drops["fetch_BodyTooLarge"] == 1
+        assert firehose.sent < 24 * 1024 * 1024
+    finally:
+        await node.aclose()
+        await firehose.close()
