@@ -18,6 +18,24 @@ The shell does three things and decides nothing:
    come back one above it), own ledger records durably before they are gossiped, and the
    member table, manifests and received records every :data:`PERSIST_INTERVAL` and on close.
 
+Failures are contained, counted and visible, never fatal to a loop:
+
+* every effect is carried out on its own: one that raises is counted in
+  :attr:`MeshNode.effect_failures` by (effect kind, error class) and the rest still run;
+* the driver task is supervised: if it dies it is logged, counted and restarted with a
+  backoff (:data:`DRIVER_RESTART_INITIAL` … :data:`DRIVER_RESTART_MAX`);
+* a failed flush (full disk, I/O error) keeps everything it did not write and is retried
+  with a backoff (:data:`PERSIST_RETRY_INITIAL` … :data:`PERSIST_RETRY_MAX`); a failed
+  durable write of our own records is retried the same way, and until it succeeds no
+  further opinion is signed (see :meth:`MeshNode._sign_opinions`);
+* ``/v1/health`` says ``"degraded"`` (HTTP 200, with ``reasons``) for any of these, and
+  for an identity conflict the core reports (:meth:`MeshNode.degraded_reasons`).
+
+Replies read from peers are capped (:data:`MAX_PUSH_PULL_REPLY_BYTES`,
+``protocol.limits.MAX_MANIFEST_BYTES``, :data:`MAX_RECORDS_REPLY_BYTES`): past the cap the
+connection is aborted and the drop counted. Frames over :data:`DECODE_INLINE_MAX_BYTES` are
+decoded in a thread so the loop keeps answering probes.
+
 The clock is ``time.time()``: ledger expiries are compared across nodes, so the mesh clock
 is UNIX time.
 

@@ -181,3 +181,25 @@ async def test_read_capped(
 def test_runtime_config_fields_are_validated(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
         NodeConfig(**{field: value})
+
+
+def test_the_descriptor_soft_limit_is_raised_to_the_hard_limit() -> None:
+    """In a process started with a low soft ``RLIMIT_NOFILE``, the runtime raises it to
+    the hard limit (a real child process; the limit is per process)."""
+    import resource
+    import subprocess
+    import sys
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = min(256, hard)
+    code = (
+        "import resource\n"
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({low}, {hard}))\n"
+        "from meshnode.runtime.transport import raise_nofile_limit\n"
+        "print(*raise_nofile_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
+    expected = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    assert [int(x) for x in out] == [expected, hard, expected]
