@@ -249,7 +249,7 @@ def build_app(node: MeshNode) -> web.Application:
         from meshnode.runtime.discovery import candidate_json
 
         rate_limit(request)
-        body = await _json_body(request, MAX_DISCOVER_BODY_BYTES)
+        body = await _json_body(request, node, MAX_DISCOVER_BODY_BYTES)
         try:
             candidates = await node.discover(
                 _opt_str(body, "description"),
@@ -274,7 +274,7 @@ def build_app(node: MeshNode) -> web.Application:
 
         _authorize(request, node.config.api_token)
         rate_limit(request)
-        body = await _json_body(request, MAX_DELEGATE_BODY_BYTES)
+        body = await _json_body(request, node, MAX_DELEGATE_BODY_BYTES)
         try:
             result = await node.delegate(
                 _opt_str(body, "capability"),
@@ -307,14 +307,20 @@ async def _read_envelope(request: web.Request, node: MeshNode, cap: int) -> Enve
 
 
 async def _read_body(request: web.Request, node: MeshNode, cap: int) -> bytes:
-    """The body, at most ``cap`` bytes; HTTP 413 (and a counted drop) beyond."""
+    """The body, at most ``cap`` bytes within ``NodeConfig.tcp_timeout`` seconds; HTTP 413
+    beyond the cap, 408 past the time (a slow sender cannot hold a body slot), both
+    counted."""
     try:
-        return await read_capped(request.content, cap, request.content_length)
+        async with asyncio.timeout(node.config.tcp_timeout):
+            return await read_capped(request.content, cap, request.content_length)
     except BodyTooLarge:
         node.count_drop("http_body_too_large")
         raise web.HTTPRequestEntityTooLarge(
             max_size=cap, actual_size=request.content_length or cap + 1
         ) from None
+    except TimeoutError:
+        node.count_drop("http_body_too_slow")
+        raise web.HTTPRequestTimeout(text="request body too slow") from None
 
 
 def _is_loopback(remote: str | None) -> bool:
@@ -334,16 +340,10 @@ def _authorize(request: web.Request, token: str | None) -> None:
     raise web.HTTPForbidden(text="delegation is open to loopback callers or with the api token")
 
 
-async def _json_body(request: web.Request, cap: int) -> dict[str, Any]:
+async def _json_body(request: web.Request, node: MeshNode, cap: int) -> dict[str, Any]:
     """The body as a JSON object of at most ``cap`` bytes (else 413) nested at most
     :data:`MAX_JSON_DEPTH` deep (else 400)."""
-    declared = request.content_length
-    if declared is not None and declared > cap:
-        raise web.HTTPRequestEntityTooLarge(max_size=cap, actual_size=declared)
-    try:
-        raw = await read_capped(request.content, cap, declared)
-    except BodyTooLarge:
-        raise web.HTTPRequestEntityTooLarge(max_size=cap, actual_size=cap + 1) from None
+    raw = await _read_body(request, node, cap)
     try:
         body = json.loads(raw)
     except RecursionError:

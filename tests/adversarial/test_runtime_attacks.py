@@ -16,6 +16,7 @@ import contextlib
 import http.client
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -259,7 +260,7 @@ def _has_capability(observer: NodeProcess, node_id: str, name: str) -> bool:
 def test_a_second_process_on_a_data_dir_fails_and_changes_nothing(tmp_path: Path) -> None:
     """A second ``meshnode run`` on a running node's data dir exits non-zero at once with
     one line naming the running process; a third node keeps seeing the first node's
-    capability.
+    capability. The lock goes with its process: after a SIGKILL the dir starts again.
 
     On the unfixed code: the second process started under the same node id and was still
     running 30 s later."""
@@ -305,6 +306,14 @@ def test_a_second_process_on_a_data_dir_fails_and_changes_nothing(tmp_path: Path
         while time.monotonic() < until:
             assert _has_capability(third, owner.node_id, "uppercase_text")
             time.sleep(0.25)
+        # The lock dies with its process: after a SIGKILL the dir can be used again.
+        owner.signal(signal.SIGKILL)
+        owner.wait()
+        again = NodeProcess("owner", tmp_path / "owner", [], extra=["--agent", AGENT]).start()
+        try:
+            assert again.node_id == owner.node_id
+        finally:
+            again.stop()
     finally:
         if third is not None:
             third.stop()

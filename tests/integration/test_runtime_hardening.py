@@ -559,3 +559,27 @@ async def test_a_peer_cannot_make_us_read_an_endless_reply() -> None:
     finally:
         await node.aclose()
         await firehose.close()
+
+
+async def test_a_slow_body_is_cut_off() -> None:
+    """A peer that declares a 1 MB push-pull body and then trickles it is answered 408
+    after ``tcp_timeout`` (it cannot hold one of the few large-body slots), and counted.
+
+    On the unfixed code: no answer came within 5 s (the read waited for the rest)."""
+    node = MeshNode(_config("victim", tcp_timeout=1.0))
+    await node.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", node.address[1])
+        writer.write(
+            b"POST /v1/wire/pushpull HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/x-meshnode\r\nContent-Length: 1000000\r\n\r\n"
+            + b"\x00"
+            * 100
+        )
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 5)
+        assert b" 408 " in status_line
+        assert node.drops["http_body_too_slow"] == 1
+        writer.close()
+    finally:
+        await node.aclose()
