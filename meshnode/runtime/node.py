@@ -228,6 +228,7 @@ class MeshNode:
         self.effect_failures: Counter[tuple[str, str]] = Counter()
         """Failures of carried-out effects, by (effect kind, error class)."""
         self._effect_failed_at: float | None = None
+        self._effect_last_failed: dict[tuple[str, str], float] = {}
         self._failure_logged: dict[tuple[str, str], float] = {}
         self.driver_restarts = 0
         self._driver_died_at: float | None = None
@@ -645,6 +646,7 @@ class MeshNode:
         self.effect_failures[key] += 1
         now = time.monotonic()
         self._effect_failed_at = now
+        self._effect_last_failed[key] = now
         last = self._failure_logged.get(key)
         if last is None or now - last >= FAILURE_LOG_INTERVAL_S:
             self._failure_logged[key] = now
@@ -1206,8 +1208,7 @@ class MeshNode:
             recent = [
                 f"{kind} {error} x{count}"
                 for (kind, error), count in sorted(self.effect_failures.items())
-                if now - self._failure_logged.get((kind, error), -DEGRADED_WINDOW_S)
-                < DEGRADED_WINDOW_S
+                if now - self._effect_last_failed[(kind, error)] < DEGRADED_WINDOW_S
             ]
             reasons.append("effects failing: " + ", ".join(recent))
         if self._persist_error is not None:
