@@ -293,11 +293,14 @@ class NodeConfig:
     15. Peers reuse connections for push-pull legs and manifest fetches within seconds;
     longer saves reconnects, shorter frees descriptors held by idle clients."""
 
-    max_connections_per_address: int = 64
-    """Most TCP connections open at once from one remote IP address, default 64; more are
-    closed at once (and counted). One peer needs a push-pull, up to 8 manifest fetches and
-    its task WebSockets; several nodes behind one NAT share the quota. Higher: more nodes
-    behind one address; lower: a single host can hold fewer of our descriptors."""
+    max_connections_per_address: int = 256
+    """Most TCP connections open at once from one remote IP address, default 256; more are
+    closed at once (and counted). One peer needs up to 4 push-pulls, 8 manifest fetches
+    and its task WebSockets at once, and keeps idle connections for reuse; several nodes
+    behind one address (a NAT, or a test mesh on one machine joining through one seed)
+    share the quota, so it allows about 20 busy nodes per address. Higher: more nodes
+    behind one address; lower: one host can hold fewer of our descriptors (the total,
+    :attr:`max_connections_total`, bounds them all)."""
 
     max_connections_total: int = 4_096
     """Most inbound TCP connections open at once, task WebSockets included, default 4096;
