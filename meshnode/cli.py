@@ -421,7 +421,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"meshnode: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # the CLI boundary: report, never dump a traceback
-        print(f"meshnode: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        from meshnode.runtime.store import DataDirInUse
+
+        if isinstance(exc, DataDirInUse):  # another process runs this node: name it
+            print(f"meshnode: error: {exc}", file=sys.stderr)
+        else:
+            print(f"meshnode: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     parser.error(f"unknown command {args.command}")
     return 2

@@ -22,6 +22,7 @@ substitute :class:`FastSigner` / :func:`fast_verify` (documented there) for spee
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -164,18 +165,37 @@ class Identity:
         return self._signing_key.sign(data).signature
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the key to ``path`` with mode 0600, atomically (write, fsync, rename)."""
+        """Write the key to ``path`` with mode 0600, atomically and durably.
+
+        The key goes to ``<path>.tmp``, created with ``O_CREAT | O_EXCL | O_NOFOLLOW``
+        (a stale temp file, or a symlink planted in its place, is unlinked first and never
+        followed), is fsynced, renamed over ``path``, and the directory is fsynced so the
+        rename survives a crash."""
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = target.with_name(target.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # unlink removes a symlink itself, never its target
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, bytes(self._signing_key).hex().encode("ascii") + b"\n")
-            os.fsync(fd)
+            try:
+                os.fchmod(fd, 0o600)
+                data = bytes(self._signing_key).hex().encode("ascii") + b"\n"
+                while data:
+                    data = data[os.write(fd, data) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
         finally:
-            os.close(fd)
-        os.replace(tmp, target)
+            os.close(dir_fd)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Identity:

@@ -394,6 +394,54 @@ class NodeConfig:
     ``crdt.DEFAULT_MAX_SUBJECTS`` (256) records. Same eviction rule as
     :attr:`max_ledger_observers`. Trust computations cost time linear in this figure."""
 
+    # ------------------------------------------------------------------ runtime hardening
+    # (HTTP server connections, request caps, rate limits, text limits)
+
+    http_header_timeout: float = 10.0
+    """Seconds a new TCP connection may take to deliver the headers of its first request,
+    default 10. A connection that sends nothing (or dribbles) is closed when it passes.
+    Longer tolerates very slow links; shorter frees the descriptors of half-open floods
+    sooner (each holds one until then)."""
+
+    http_keepalive_timeout: float = 15.0
+    """Seconds an idle HTTP keep-alive connection is kept open between requests, default
+    15. Peers reuse connections for push-pull legs and manifest fetches within seconds;
+    longer saves reconnects, shorter frees descriptors held by idle clients."""
+
+    max_connections_per_address: int = 256
+    """Most TCP connections open at once from one remote IP address, default 256; more are
+    closed at once (and counted). One peer needs up to 4 push-pulls, 8 manifest fetches
+    and its task WebSockets at once, and keeps idle connections for reuse; several nodes
+    behind one address (a NAT, or a test mesh on one machine joining through one seed)
+    share the quota, so it allows about 20 busy nodes per address. Higher: more nodes
+    behind one address; lower: one host can hold fewer of our descriptors (the total,
+    :attr:`max_connections_total`, bounds them all)."""
+
+    max_connections_total: int = 4_096
+    """Most inbound TCP connections open at once, task WebSockets included, default 4096;
+    more are closed at once (and counted). At start the runtime raises the process's
+    ``RLIMIT_NOFILE`` soft limit to its hard limit and, if this value does not fit below it
+    with a reserve for the node's own outgoing connections and files, lowers the effective
+    limit to ``soft − reserve`` (see ``meshnode.runtime.transport``). 10,000 members
+    exchange state every 30 s each: about 330 short exchanges a second across the mesh,
+    a handful at a time per node."""
+
+    api_rate_per_s: float = 5.0
+    """Sustained requests per second one non-loopback address may make to the HTTP routes
+    that cost CPU (``POST /v1/discover``, ``POST /v1/delegate``), default 5: a token bucket
+    refilled at this rate, holding :attr:`api_rate_burst` tokens. Loopback callers are not
+    limited. Excess requests get HTTP 429 with ``Retry-After``."""
+
+    api_rate_burst: int = 20
+    """Tokens a remote address's bucket holds (requests it may make back to back), default
+    20."""
+
+    max_query_chars: int = 2_000
+    """Longest text this node embeds for a query (``discover``'s description, in Python or
+    over HTTP), default 2000 characters; longer is refused with a clear error. Embedding
+    costs CPU in proportion to the text; capability descriptions are at most a few hundred
+    characters, so a longer query adds cost, not precision."""
+
     # ------------------------------------------------------------------ presets
 
     @classmethod
@@ -448,6 +496,7 @@ class NodeConfig:
         self._validate_tasks()
         self._validate_task_channels()
         self._validate_state_caps()
+        self._validate_runtime()
 
     def _validate_task_channels(self) -> None:
         _check_int("task_max_connections", self.task_max_connections, 1, 1_000_000)
@@ -471,6 +520,26 @@ class NodeConfig:
         _check_int("max_manifest_bytes", self.max_manifest_bytes, 256 * 1024, 2**40)
         _check_int("max_ledger_observers", self.max_ledger_observers, 1, 10_000_000)
         _check_int("max_ledger_records", self.max_ledger_records, 1, 100_000_000)
+
+    def _validate_runtime(self) -> None:
+        _check_seconds("http_header_timeout", self.http_header_timeout, positive=True)
+        _check_seconds("http_keepalive_timeout", self.http_keepalive_timeout, positive=True)
+        _check_int("max_connections_per_address", self.max_connections_per_address, 1, 1 << 20)
+        _check_int("max_connections_total", self.max_connections_total, 1, 1 << 20)
+        if self.max_connections_per_address > self.max_connections_total:
+            raise ValueError(
+                f"max_connections_per_address ({self.max_connections_per_address}) must not "
+                f"exceed max_connections_total ({self.max_connections_total})"
+            )
+        rate = self.api_rate_per_s
+        if (
+            isinstance(rate, bool)
+            or not isinstance(rate, int | float)
+            or not (math.isfinite(rate) and rate > 0)
+        ):
+            raise ValueError(f"api_rate_per_s must be a positive number, got {rate!r}")
+        _check_int("api_rate_burst", self.api_rate_burst, 1, 1_000_000)
+        _check_int("max_query_chars", self.max_query_chars, 1, 1_000_000)
 
     def _validate_tasks(self) -> None:
         if self.embedder not in ("auto", "minilm", "hashing"):

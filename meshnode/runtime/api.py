@@ -3,8 +3,12 @@
 Routes for operators and tools (JSON):
 
 ====================  =====================================================================
-``GET /v1/health``    liveness, node id, incarnation, member counts, local health, and the
-                      counters of membership (probes, failed probes, suspicions raised,
+``GET /v1/health``    ``status`` (``ok``, or ``degraded`` with ``reasons``: a driver
+                      restart or failing effects within a minute, failing writes, own
+                      records not yet durable, an identity conflict; always HTTP 200),
+                      node id, incarnation, member counts, local health, drops, effect
+                      failures, inbound connection counts and limits, and the counters
+                      of membership (probes, failed probes, suspicions raised,
                       refutations, rumors dropped…), the mesh core and the task service
 ``GET /v1/members``   every known member: id, name, address, state, incarnation
 ``GET /v1/manifests`` every known manifest, decoded
@@ -28,7 +32,19 @@ Routes between peers (signed msgpack envelopes, ``application/x-meshnode``):
 ==========================================  =================================================
 
 Peer routes verify the envelope signature and drop anything ``protocol.decode`` refuses with
-HTTP 400 (the body says why). They only apply signed data through the same rules as
+HTTP 400 (the body says why). Every body is read with a hard cap per route
+(:data:`MAX_PUSH_PULL_REQUEST_BYTES`, :data:`MAX_RECORDS_REQUEST_BYTES`,
+:data:`MAX_DISCOVER_BODY_BYTES`, :data:`MAX_DELEGATE_BODY_BYTES`): a declared
+Content-Length over it is refused with HTTP 413 before a byte is read, and a body that
+grows past it is cut off with 413. Frames over a small threshold are decoded in a thread
+(see ``MeshNode.decode_frame``), at most :data:`PEER_BODY_SLOTS` at a time (more get 503),
+so the event loop keeps answering probes. JSON bodies must be objects nested at most
+:data:`MAX_JSON_DEPTH` deep (else HTTP 400).
+
+``POST /v1/discover`` and ``POST /v1/delegate`` cost CPU (embedding a query, running a
+task): callers from anywhere but loopback are rate-limited per remote address by a token
+bucket (``NodeConfig.api_rate_per_s`` refill, ``api_rate_burst`` capacity); an empty
+bucket gets HTTP 429 with ``Retry-After``. They only apply signed data through the same rules as
 gossip. ``POST /v1/delegate`` spends money and trust on the caller's behalf, so it is open
 only to loopback clients unless ``NodeConfig.api_token`` is set and presented as
 ``Authorization: Bearer <token>``.
@@ -36,29 +52,87 @@ only to loopback clients unless ``NodeConfig.api_token`` is set and presented as
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
+import json
 import math
+import time
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from meshnode.runtime.transport import BodyTooLarge, read_capped
 from protocol import (
     Envelope,
     LedgerRecord,
     Manifest,
     PushPull,
     RemoteProtocolError,
-    decode,
     encode,
     pack,
 )
-from protocol.limits import MAX_FRAME_BYTES
+from protocol.limits import MAX_DEPTH, MAX_MESSAGES_PER_ENVELOPE, MAX_VALUE_BYTES
 
 if TYPE_CHECKING:
     from meshnode.runtime.node import MeshNode
 
 WIRE_CONTENT_TYPE = "application/x-meshnode"
+
+MAX_PUSH_PULL_REQUEST_BYTES = 8 * 1024 * 1024
+"""Largest ``POST /v1/wire/pushpull`` body, 8 MiB. The request leg carries the sender's
+members, manifest rumors and ledger digests but no records: about 3 MiB at 10,000
+members, so this leaves room for growth while refusing the 16 MiB frames the codec would
+otherwise take."""
+MAX_RECORDS_REQUEST_BYTES = 1024 * 1024
+"""Largest ``POST /v1/wire/records`` body, 1 MiB: at most
+``protocol.limits.MAX_MESSAGES_PER_ENVELOPE`` ledger records of a few hundred bytes."""
+MAX_DISCOVER_BODY_BYTES = 64 * 1024
+"""Largest ``POST /v1/discover`` JSON body, 64 KiB (a query is at most
+``NodeConfig.max_query_chars`` characters plus a few filters)."""
+MAX_DELEGATE_BODY_BYTES = MAX_VALUE_BYTES + 64 * 1024
+"""Largest ``POST /v1/delegate`` JSON body: a task input (at most
+``protocol.limits.MAX_VALUE_BYTES`` once packed) plus the request's other fields."""
+MAX_JSON_DEPTH = MAX_DEPTH
+"""Deepest nesting of arrays and objects accepted in a JSON body (the wire format's own
+ceiling: a deeper task input could never be sent anyway)."""
+PEER_BODY_SLOTS = 4
+"""Peer requests with a body over ``node.DECODE_INLINE_MAX_BYTES`` (or of unknown length)
+being read and decoded at once; more get HTTP 503 at once. Bounds the memory and thread
+time a burst of large frames can take (honest push-pulls arrive a few per minute)."""
+MAX_RATE_BUCKETS = 10_000
+"""Remote addresses whose token buckets are remembered; the least recently seen is
+forgotten first (it comes back with a full bucket)."""
+RETRY_AFTER_S = 1
+"""``Retry-After`` seconds sent with HTTP 429 and 503."""
+
+assert MAX_RECORDS_REQUEST_BYTES >= MAX_MESSAGES_PER_ENVELOPE * 512
+
+
+class RateLimiter:
+    """Token buckets per remote address: ``burst`` tokens, refilled at ``rate`` per
+    second; a request takes one. At most :data:`MAX_RATE_BUCKETS` addresses are tracked."""
+
+    def __init__(self, rate: float, burst: int, max_buckets: int = MAX_RATE_BUCKETS) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_buckets = max_buckets
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self.refused = 0
+
+    def allow(self, key: str, now: float) -> bool:
+        tokens, stamp = self._buckets.pop(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - stamp) * self.rate)
+        allowed = tokens >= 1.0
+        if allowed:
+            tokens -= 1.0
+        else:
+            self.refused += 1
+        self._buckets[key] = (tokens, now)
+        while len(self._buckets) > self.max_buckets:
+            self._buckets.popitem(last=False)
+        return allowed
 
 
 def manifest_json(manifest: Manifest) -> dict[str, Any]:
@@ -86,8 +160,48 @@ def manifest_json(manifest: Manifest) -> dict[str, Any]:
 
 def build_app(node: MeshNode) -> web.Application:
     """The aiohttp application serving ``node``."""
-    app = web.Application(client_max_size=MAX_FRAME_BYTES)
+    app = web.Application(
+        client_max_size=max(
+            MAX_PUSH_PULL_REQUEST_BYTES,
+            MAX_RECORDS_REQUEST_BYTES,
+            MAX_DISCOVER_BODY_BYTES,
+            MAX_DELEGATE_BODY_BYTES,
+        )
+    )
     routes = web.RouteTableDef()
+    limiter = RateLimiter(node.config.api_rate_per_s, node.config.api_rate_burst)
+    body_slots = asyncio.Semaphore(PEER_BODY_SLOTS)
+
+    def rate_limit(request: web.Request) -> None:
+        if _is_loopback(request.remote):
+            return
+        if not limiter.allow(request.remote or "?", time.monotonic()):
+            node.count_drop("api_rate_limited")
+            raise web.HTTPTooManyRequests(
+                text="too many requests from this address; slow down",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+
+    async def signed_envelope(request: web.Request, cap: int) -> Envelope:
+        """The body as a verified envelope: 413 over ``cap``, 400 if refused by
+        ``protocol.decode`` (counted), 503 when too many large bodies are in flight."""
+        from meshnode.runtime.node import DECODE_INLINE_MAX_BYTES
+
+        declared = request.content_length
+        if declared is not None and declared > cap:
+            node.count_drop("http_body_too_large")
+            raise web.HTTPRequestEntityTooLarge(max_size=cap, actual_size=declared)
+        small = declared is not None and declared <= DECODE_INLINE_MAX_BYTES
+        if small:
+            return await _read_envelope(request, node, cap)
+        if body_slots.locked():
+            node.count_drop("http_body_slots_full")
+            raise web.HTTPServiceUnavailable(
+                text="too many large requests in flight",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        async with body_slots:
+            return await _read_envelope(request, node, cap)
 
     @routes.get("/v1/health")
     async def health(request: web.Request) -> web.Response:
@@ -112,7 +226,7 @@ def build_app(node: MeshNode) -> web.Application:
 
     @routes.post("/v1/wire/pushpull")
     async def wire_pushpull(request: web.Request) -> web.Response:
-        envelope = await _signed_envelope(request, node)
+        envelope = await signed_envelope(request, MAX_PUSH_PULL_REQUEST_BYTES)
         if len(envelope.messages) != 1 or not isinstance(envelope.messages[0], PushPull):
             raise web.HTTPBadRequest(text="expected exactly one PushPull message")
         reply = node.handle_push_pull(envelope.sender, envelope.messages[0])
@@ -120,7 +234,7 @@ def build_app(node: MeshNode) -> web.Application:
 
     @routes.post("/v1/wire/records")
     async def wire_records(request: web.Request) -> web.Response:
-        envelope = await _signed_envelope(request, node)
+        envelope = await signed_envelope(request, MAX_RECORDS_REQUEST_BYTES)
         records = [m for m in envelope.messages if isinstance(m, LedgerRecord)]
         if len(records) != len(envelope.messages):
             raise web.HTTPBadRequest(text="expected only LedgerRecord messages")
@@ -134,7 +248,8 @@ def build_app(node: MeshNode) -> web.Application:
     async def discover(request: web.Request) -> web.Response:
         from meshnode.runtime.discovery import candidate_json
 
-        body = await _json_body(request)
+        rate_limit(request)
+        body = await _json_body(request, node, MAX_DISCOVER_BODY_BYTES)
         try:
             candidates = await node.discover(
                 _opt_str(body, "description"),
@@ -158,7 +273,8 @@ def build_app(node: MeshNode) -> web.Application:
         from meshnode.runtime.tasks import DelegationError, attempt_json
 
         _authorize(request, node.config.api_token)
-        body = await _json_body(request)
+        rate_limit(request)
+        body = await _json_body(request, node, MAX_DELEGATE_BODY_BYTES)
         try:
             result = await node.delegate(
                 _opt_str(body, "capability"),
@@ -181,37 +297,88 @@ def build_app(node: MeshNode) -> web.Application:
     return app
 
 
-async def _signed_envelope(request: web.Request, node: MeshNode) -> Envelope:
-    """The request body as a verified envelope, or HTTP 400 (and a counted drop)."""
+async def _read_envelope(request: web.Request, node: MeshNode, cap: int) -> Envelope:
+    body = await _read_body(request, node, cap)
     try:
-        return decode(await request.read(), verifier=node.verifier)
+        return await node.decode_frame(body)
     except RemoteProtocolError as exc:
         node.count_drop(type(exc).__name__)
         raise web.HTTPBadRequest(text=f"{type(exc).__name__}: {exc}") from None
 
 
+async def _read_body(request: web.Request, node: MeshNode, cap: int) -> bytes:
+    """The body, at most ``cap`` bytes within ``NodeConfig.tcp_timeout`` seconds; HTTP 413
+    beyond the cap, 408 past the time (a slow sender cannot hold a body slot), both
+    counted."""
+    try:
+        async with asyncio.timeout(node.config.tcp_timeout):
+            return await read_capped(request.content, cap, request.content_length)
+    except BodyTooLarge:
+        node.count_drop("http_body_too_large")
+        raise web.HTTPRequestEntityTooLarge(
+            max_size=cap, actual_size=request.content_length or cap + 1
+        ) from None
+    except TimeoutError:
+        node.count_drop("http_body_too_slow")
+        raise web.HTTPRequestTimeout(text="request body too slow") from None
+
+
+def _is_loopback(remote: str | None) -> bool:
+    try:
+        return ipaddress.ip_address((remote or "").split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
 def _authorize(request: web.Request, token: str | None) -> None:
     """Loopback callers pass; others need ``Authorization: Bearer <api_token>``."""
-    peer = request.remote or ""
-    try:
-        if ipaddress.ip_address(peer.split("%")[0]).is_loopback:
-            return
-    except ValueError:
-        pass
+    if _is_loopback(request.remote):
+        return
     given = request.headers.get("Authorization", "")
     if token is not None and hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
         return
     raise web.HTTPForbidden(text="delegation is open to loopback callers or with the api token")
 
 
-async def _json_body(request: web.Request) -> dict[str, Any]:
+async def _json_body(request: web.Request, node: MeshNode, cap: int) -> dict[str, Any]:
+    """The body as a JSON object of at most ``cap`` bytes (else 413) nested at most
+    :data:`MAX_JSON_DEPTH` deep (else 400)."""
+    raw = await _read_body(request, node, cap)
     try:
-        body = await request.json()
+        body = json.loads(raw)
+    except RecursionError:
+        raise web.HTTPBadRequest(
+            text=f"JSON body is nested deeper than {MAX_JSON_DEPTH} levels"
+        ) from None
     except ValueError:
         raise web.HTTPBadRequest(text="body must be a JSON object") from None
     if not isinstance(body, dict):
         raise web.HTTPBadRequest(text="body must be a JSON object")
+    if json_depth(body) > MAX_JSON_DEPTH:
+        raise web.HTTPBadRequest(text=f"JSON body is nested deeper than {MAX_JSON_DEPTH} levels")
     return body
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of a decoded JSON value (a scalar is 0, ``[]`` is 1), computed
+    without recursion so that any depth is measured safely."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        depth += 1
+        if depth > deepest:
+            deepest = depth
+            if deepest > MAX_JSON_DEPTH:
+                return deepest
+        stack.extend((child, depth) for child in children)
+    return deepest
 
 
 def _opt_str(body: dict[str, Any], key: str) -> str | None:

@@ -35,6 +35,7 @@ import structlog
 from meshnode.core.membership import MemberState
 from meshnode.core.router import LoadInfo, ScoredCandidate, candidate_pool, rank
 from protocol import Manifest
+from protocol.manifest import MAX_NAME_CHARS, MAX_TAG_CHARS
 
 if TYPE_CHECKING:
     from meshnode.discovery.embedder import CachedEmbedder, Embedder
@@ -43,6 +44,10 @@ if TYPE_CHECKING:
 
 EMBEDDERS = ("auto", "minilm", "hashing")
 """Accepted values of ``NodeConfig.embedder``."""
+
+MAX_QUERY_TAGS = 16
+"""Most tags a query may filter on (a manifest carries at most
+``protocol.manifest.MAX_TAGS``, so more can never match better)."""
 
 _shared: dict[tuple[str, str], CachedEmbedder] = {}
 _shared_lock = threading.Lock()
@@ -210,6 +215,8 @@ class DiscoveryService:
             raise ValueError("discover needs a description, a capability_name, or both")
         if isinstance(tags, str):
             raise TypeError("tags must be a collection of strings, not one string")
+        tags = tuple(tags)
+        check_query(description, capability_name, tags, max_chars=self.node.config.max_query_chars)
         pool = candidate_pool(top_k)  # validates top_k
         await self._ready.wait()
         loop = asyncio.get_running_loop()
@@ -281,3 +288,27 @@ def candidate_json(c: ScoredCandidate) -> dict[str, Any]:
             "similarity": round(c.similarity, 6),
         },
     }
+
+
+def check_query(
+    description: str | None,
+    capability_name: str | None,
+    tags: Iterable[str],
+    *,
+    max_chars: int,
+) -> None:
+    """Refuse, with a ``ValueError`` naming the limit, a query whose texts are longer than
+    anything a manifest can hold or than ``max_chars`` (``NodeConfig.max_query_chars``)
+    for the description this node embeds."""
+    if description is not None and len(description) > max_chars:
+        raise ValueError(f"description is {len(description)} characters; the limit is {max_chars}")
+    if capability_name is not None and len(capability_name) > MAX_NAME_CHARS:
+        raise ValueError(
+            f"capability_name is {len(capability_name)} characters; the limit is {MAX_NAME_CHARS}"
+        )
+    tag_list = list(tags)
+    if len(tag_list) > MAX_QUERY_TAGS:
+        raise ValueError(f"{len(tag_list)} tags; the limit is {MAX_QUERY_TAGS}")
+    for tag in tag_list:
+        if len(tag) > MAX_TAG_CHARS:
+            raise ValueError(f"tag of {len(tag)} characters; the limit is {MAX_TAG_CHARS}")

@@ -18,6 +18,24 @@ The shell does three things and decides nothing:
    come back one above it), own ledger records durably before they are gossiped, and the
    member table, manifests and received records every :data:`PERSIST_INTERVAL` and on close.
 
+Failures are contained, counted and visible, never fatal to a loop:
+
+* every effect is carried out on its own: one that raises is counted in
+  :attr:`MeshNode.effect_failures` by (effect kind, error class) and the rest still run;
+* the driver task is supervised: if it dies it is logged, counted and restarted with a
+  backoff (:data:`DRIVER_RESTART_INITIAL` … :data:`DRIVER_RESTART_MAX`);
+* a failed flush (full disk, I/O error) keeps everything it did not write and is retried
+  with a backoff (:data:`PERSIST_RETRY_INITIAL` … :data:`PERSIST_RETRY_MAX`); a failed
+  durable write of our own records is retried the same way, and until it succeeds no
+  further opinion is signed (see :meth:`MeshNode._sign_opinions`);
+* ``/v1/health`` says ``"degraded"`` (HTTP 200, with ``reasons``) for any of these, and
+  for an identity conflict the core reports (:meth:`MeshNode.degraded_reasons`).
+
+Replies read from peers are capped (:data:`MAX_PUSH_PULL_REPLY_BYTES`,
+``protocol.limits.MAX_MANIFEST_BYTES``, :data:`MAX_RECORDS_REPLY_BYTES`): past the cap the
+connection is aborted and the drop counted. Frames over :data:`DECODE_INLINE_MAX_BYTES` are
+decoded in a thread so the loop keeps answering probes.
+
 The clock is ``time.time()``: ledger expiries are compared across nodes, so the mesh clock
 is UNIX time.
 
@@ -29,11 +47,14 @@ state is flushed. ``aclose()`` twice is safe; nothing is left running after it r
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import ipaddress
 import random
 import socket
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
@@ -47,8 +68,14 @@ from aiohttp import web
 from crdt import INITIAL_TRUST, elo_update
 from meshnode.capability import CapabilitySpec, Handler, collect_capabilities, make_capability
 from meshnode.core.config import NodeConfig, format_address
-from meshnode.core.effects import MemberChanged, MemberEvent, SendPacket, StartPushPull
-from meshnode.core.membership import MemberRumor, MemberState
+from meshnode.core.effects import (
+    IdentityConflict,
+    MemberChanged,
+    MemberEvent,
+    SendPacket,
+    StartPushPull,
+)
+from meshnode.core.membership import IDENTITY_CONFLICT_WINDOW, MemberRumor, MemberState
 from meshnode.core.mesh import (
     FetchManifest,
     ManifestChanged,
@@ -61,7 +88,15 @@ from meshnode.runtime.discovery import DiscoveryService
 from meshnode.runtime.mcp_client import McpClientPool, McpToolResult
 from meshnode.runtime.store import NodeStore
 from meshnode.runtime.tasks import DelegationResult, TaskService
-from meshnode.runtime.transport import UdpEndpoint
+from meshnode.runtime.transport import (
+    BodyTooLarge,
+    ConnectionGuard,
+    GuardedSite,
+    UdpEndpoint,
+    effective_connection_limit,
+    raise_nofile_limit,
+    read_capped,
+)
 from protocol import (
     Envelope,
     Identity,
@@ -77,7 +112,7 @@ from protocol import (
     unpack,
 )
 from protocol import verify as ed25519_verify
-from protocol.limits import MAX_MESSAGES_PER_ENVELOPE
+from protocol.limits import MAX_FRAME_BYTES, MAX_MANIFEST_BYTES, MAX_MESSAGES_PER_ENVELOPE
 
 MAX_CONCURRENT_FETCHES = 8
 """Manifest fetches in flight at once; more wait their turn."""
@@ -98,6 +133,40 @@ concurrent tasks to one peer, their outcomes are signed, persisted and gossiped 
 *one* record at most this often. Lower: fresher replicas elsewhere, but up to a signature,
 a durable write and a gossiped record (verified by every node) per task; higher: the
 reverse."""
+PERSIST_RETRY_INITIAL = 0.5
+"""Seconds before the first retry of a failed flush (full disk, I/O error); each further
+failure doubles the wait up to :data:`PERSIST_RETRY_MAX`. Nothing unwritten is dropped
+meanwhile: the changed members, manifests and records stay marked until a flush commits."""
+PERSIST_RETRY_MAX = 30.0
+"""Longest wait between retries of a failing flush, seconds."""
+DRIVER_RESTART_INITIAL = 0.05
+"""Seconds before the driver task is restarted after it died; doubles with each restart
+in a row, up to :data:`DRIVER_RESTART_MAX`, and resets once it has run for
+:data:`DEGRADED_WINDOW_S`."""
+DRIVER_RESTART_MAX = 5.0
+"""Longest wait before restarting a driver that keeps dying, seconds."""
+IDENTITY_CONFLICT_REPORT_S = 2 * IDENTITY_CONFLICT_WINDOW
+"""Seconds an identity conflict keeps ``/v1/health`` degraded after the core last reported
+it (the core reports an ongoing one at most once per ``IDENTITY_CONFLICT_WINDOW``, so a
+conflict that goes on keeps the node degraded without a gap)."""
+DEGRADED_WINDOW_S = 60.0
+"""``/v1/health`` says ``degraded`` while the driver restarted or an effect failed within
+this many seconds (persistence failures count for as long as they last)."""
+FAILURE_LOG_INTERVAL_S = 60.0
+"""A failing effect is logged at most once per (effect kind, error class) per this many
+seconds; every failure is counted."""
+MAX_PUSH_PULL_REPLY_BYTES = MAX_FRAME_BYTES
+"""Longest push-pull reply read from a peer, bytes (16 MiB): the reply carries the peer's
+whole state and the ledger records we lack. The read stops and the connection is aborted
+as soon as more arrives."""
+MAX_RECORDS_REPLY_BYTES = 64 * 1024
+"""Longest answer read to a ``/v1/wire/records`` post (a small JSON object), bytes."""
+DECODE_INLINE_MAX_BYTES = 64 * 1024
+"""Frames up to this size are decoded on the event loop (well under a millisecond);
+larger ones in :attr:`MeshNode._decoder`, a one-thread pool, so that the loop keeps
+answering probes while a multi-megabyte frame is checked."""
+READ_CHUNK_BYTES = 64 * 1024
+"""Bytes read at a time from a peer's HTTP body when its size is capped."""
 TRUST_REFRESH_S = 0.5
 """Longest the mesh-wide (EigenTrust) part of :meth:`MeshNode.trust_view` is reused while
 only this node's own opinions change the ledger (its direct experience, which they carry,
@@ -156,8 +225,28 @@ class MeshNode:
         self._manifest_version = 0
         self._dirty_members: set[str] = set()
         self._dirty_manifests: dict[str, Manifest | None] = {}
-        self._pending_records: list[LedgerRecord] = []
+        self._pending_records: dict[tuple[str, str], LedgerRecord] = {}
+        """Peers' records not yet written, by (observer, subject): bounded by the ledger."""
+        self._durable_pending: dict[tuple[str, str], LedgerRecord] = {}
+        """Own records whose durable write failed; while any is here no further opinion
+        is signed (outcomes stay in :attr:`_unsigned`), see :meth:`_sign_opinions`."""
+        self._pending_incarnation: int | None = None
+        self._persist_error: tuple[float, str] | None = None
+        """(wall time of the first failure in a row, last error) while writes fail."""
+        self._persist_wake = asyncio.Event()
         self.drops: Counter[str] = Counter()
+        self.effect_failures: Counter[tuple[str, str]] = Counter()
+        """Failures of carried-out effects, by (effect kind, error class)."""
+        self._effect_failed_at: float | None = None
+        self._effect_last_failed: dict[tuple[str, str], float] = {}
+        self._failure_logged: dict[tuple[str, str], float] = {}
+        self.driver_restarts = 0
+        self._driver_died_at: float | None = None
+        self._identity_conflict: tuple[float, tuple[str, int]] | None = None
+        """When (monotonic) the core last reported our id at another address, and where."""
+        self._driver_error = ""
+        self._guard: ConnectionGuard | None = None
+        self._decoder: concurrent.futures.ThreadPoolExecutor | None = None
         self.manifest_listeners: list[Callable[[str, Manifest | None], None]] = []
         """Called with (node_id, manifest or None) whenever a known manifest changes."""
         self.member_listeners: list[Callable[[MemberChanged], None]] = []
@@ -329,6 +418,9 @@ class MeshNode:
             now=now,
             ip_version=6 if self._udp.family == socket.AF_INET6 else 4,
         )
+        self._decoder = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="meshnode-decode"
+        )
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=cfg.tcp_timeout),
             connector=aiohttp.TCPConnector(limit=64),
@@ -346,7 +438,9 @@ class MeshNode:
         self._publish_manifest()
         self.core.join(seeds, time.time())
         self._dispatch()
-        self._driver = asyncio.create_task(self._drive(), name=f"meshnode-driver-{host}:{port}")
+        self._driver = asyncio.create_task(
+            self._supervise_driver(), name=f"meshnode-driver-{host}:{port}"
+        )
         self._spawn(self._persist_loop())
         self._log.info(
             "node_started",
@@ -358,6 +452,20 @@ class MeshNode:
 
     async def _bind(self) -> None:
         cfg = self.config
+        soft, _ = raise_nofile_limit()
+        total = effective_connection_limit(cfg.max_connections_total, soft)
+        if total < cfg.max_connections_total:
+            self._log.warning(
+                "connection_limit_lowered",
+                configured=cfg.max_connections_total,
+                effective=total,
+                nofile_soft_limit=soft,
+            )
+        self._guard = ConnectionGuard(
+            per_address=min(cfg.max_connections_per_address, total),
+            total=total,
+            header_timeout=cfg.http_header_timeout,
+        )
         last_error: OSError | None = None
         for _ in range(BIND_ATTEMPTS if cfg.port == 0 else 1):
             udp = await UdpEndpoint.open(
@@ -365,13 +473,19 @@ class MeshNode:
             )
             port = udp.local_address[1]
             try:
-                runner = web.AppRunner(build_app(self), access_log=None, handle_signals=False)
+                runner = web.AppRunner(
+                    build_app(self),
+                    access_log=None,
+                    handle_signals=False,
+                    keepalive_timeout=cfg.http_keepalive_timeout,
+                )
                 await runner.setup()
             except BaseException:
                 udp.close()
                 raise
+            assert self._guard is not None
             try:
-                await web.TCPSite(runner, cfg.host, port, reuse_address=True).start()
+                await GuardedSite(runner, cfg.host, port, self._guard).start()
             except OSError as exc:
                 last_error = exc
                 udp.close()
@@ -472,9 +586,14 @@ class MeshNode:
         if self._udp is not None:
             self._udp.close()
             self._udp = None
+        if self._decoder is not None:
+            self._decoder.shutdown(wait=False, cancel_futures=True)
+            self._decoder = None
         if self._store is not None:
-            with contextlib.suppress(Exception):
+            try:
                 self._flush(full=True)
+            except Exception as exc:  # a closing node reports what it could not write
+                self._log.error("persist_failed_on_close", error=f"{type(exc).__name__}: {exc}")
             self._store.close()
             self._store = None
         if self._core is not None:
@@ -482,10 +601,40 @@ class MeshNode:
 
     # ------------------------------------------------------------------ driving the core
 
+    async def _supervise_driver(self) -> None:
+        """Run :meth:`_drive`; if it ever dies, log it, count a restart and start it again
+        after a backoff (:data:`DRIVER_RESTART_INITIAL` doubling to
+        :data:`DRIVER_RESTART_MAX`). Cancellation (close) ends it."""
+        delay = DRIVER_RESTART_INITIAL
+        while True:
+            started = time.monotonic()
+            try:
+                await self._drive()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.driver_restarts += 1
+                self._driver_died_at = time.monotonic()
+                self._driver_error = f"{type(exc).__name__}: {exc}"
+                if time.monotonic() - started >= DEGRADED_WINDOW_S:
+                    delay = DRIVER_RESTART_INITIAL
+                self._log.error(
+                    "driver_restarted",
+                    error=self._driver_error,
+                    restarts=self.driver_restarts,
+                    backoff_s=delay,
+                    exc_info=exc,
+                )
+                await asyncio.sleep(delay)
+                delay = min(DRIVER_RESTART_MAX, delay * 2)
+
+    def _tick(self, now: float) -> None:
+        self.core.tick(now)
+
     async def _drive(self) -> None:
         core = self.core
         while True:
-            core.tick(time.time())
+            self._tick(time.time())
             self._dispatch()
             delay = core.next_deadline() - time.time()
             if delay > 0:
@@ -496,41 +645,99 @@ class MeshNode:
     def _on_envelope(self, envelope: Envelope, addr: tuple[str, int]) -> None:
         if self._core is None or self._state not in ("running", "closing", "starting"):
             return
-        self._core.receive(envelope.sender, envelope.messages, addr, time.time())
+        try:
+            self._core.receive(envelope.sender, envelope.messages, addr, time.time())
+        except Exception as exc:
+            self._effect_failed("receive", exc)
         self._dispatch()
         self._wake.set()
 
+    def _effect_failed(self, kind: str, exc: BaseException) -> None:
+        """Count (and at most every :data:`FAILURE_LOG_INTERVAL_S`, log) one failure."""
+        key = (kind, type(exc).__name__)
+        self.effect_failures[key] += 1
+        now = time.monotonic()
+        self._effect_failed_at = now
+        self._effect_last_failed[key] = now
+        last = self._failure_logged.get(key)
+        if last is None or now - last >= FAILURE_LOG_INTERVAL_S:
+            self._failure_logged[key] = now
+            self._log.error(
+                "effect_failed",
+                effect=kind,
+                error=f"{type(exc).__name__}: {exc}",
+                count=self.effect_failures[key],
+            )
+
     def _dispatch(self) -> None:
+        """Carry out the core's effects in order. Each is contained: one that raises is
+        counted (:attr:`effect_failures`) and the rest still run."""
         if self._core is None:
             return
         for effect in self._core.take_effects():
-            if isinstance(effect, SendPacket):
-                if self._udp is not None:
-                    self._udp.send(effect.addr, effect.messages)
-            elif isinstance(effect, StartPushPull):
-                if self._state in ("starting", "running"):
-                    self._spawn(self._push_pull(effect.addr, effect.join))
-            elif isinstance(effect, FetchManifest):
-                if self._state in ("starting", "running"):
-                    self._spawn(self._fetch_manifest(effect))
-            elif isinstance(effect, ManifestChanged):
-                self._dirty_manifests[effect.node] = effect.manifest
-                for listener in self.manifest_listeners:
+            try:
+                self._carry_out(effect)
+            except Exception as exc:
+                self._effect_failed(type(effect).__name__, exc)
+
+    def _carry_out(self, effect: object) -> None:
+        if isinstance(effect, SendPacket):
+            if self._udp is not None:
+                self._udp.send(effect.addr, effect.messages)
+        elif isinstance(effect, StartPushPull):
+            if self._state in ("starting", "running"):
+                self._spawn(self._push_pull(effect.addr, effect.join))
+        elif isinstance(effect, FetchManifest):
+            if self._state in ("starting", "running"):
+                self._spawn(self._fetch_manifest(effect))
+        elif isinstance(effect, ManifestChanged):
+            self._dirty_manifests[effect.node] = effect.manifest
+            for listener in self.manifest_listeners:
+                try:
                     listener(effect.node, effect.manifest)
-            elif isinstance(effect, PersistRecords):
-                if effect.durable and self._store is not None:
-                    self._store.save_records(effect.records, durable=True)
-                else:
-                    self._pending_records.extend(effect.records)
-            elif isinstance(effect, MemberChanged):
-                self._on_member_changed(effect)
+                except Exception as exc:
+                    self._effect_failed("manifest_listener", exc)
+        elif isinstance(effect, PersistRecords):
+            if effect.durable and self._store is not None:
+                self._persist_own(effect.records)
+            else:
+                for record in effect.records:
+                    self._pending_records[(record.observer, record.subject)] = record
+        elif isinstance(effect, MemberChanged):
+            self._on_member_changed(effect)
+        elif isinstance(effect, IdentityConflict):
+            self._identity_conflict = (time.monotonic(), effect.other_address)
+            self._log.error(
+                "identity_conflict",
+                other_address=format_address(effect.other_address),
+                hint="another process announces this node's id: is a copy of its data dir "
+                "or key running elsewhere?",
+            )
+
+    def _persist_own(self, records: tuple[LedgerRecord, ...]) -> None:
+        """Commit own records at once. If the disk refuses, keep them for the persist
+        loop (which retries with backoff), report it in health, and sign no further
+        opinion until they are durable (see :meth:`_sign_opinions`)."""
+        assert self._store is not None
+        try:
+            self._store.save_records(records, durable=True)
+        except (sqlite3.Error, OSError) as exc:
+            self._store.rollback()
+            for record in records:
+                self._durable_pending[(record.observer, record.subject)] = record
+            self._persist_failed(exc)
 
     def _on_member_changed(self, change: MemberChanged) -> None:
         self._dirty_members.add(change.node_id)
         member = change.member
         if change.node_id == self.node_id:
             if change.kind is MemberEvent.UPDATED and self._store is not None:
-                self._store.set_incarnation(member.incarnation)
+                try:
+                    self._store.set_incarnation(member.incarnation)
+                except (sqlite3.Error, OSError) as exc:
+                    self._store.rollback()
+                    self._pending_incarnation = member.incarnation
+                    self._persist_failed(exc)
             if change.kind is MemberEvent.UPDATED:
                 self._log.warning("refuted_suspicion", incarnation=member.incarnation)
         else:
@@ -542,7 +749,10 @@ class MeshNode:
                 state=member.state.name.lower(),
             )
         for listener in self.member_listeners:
-            listener(change)
+            try:
+                listener(change)
+            except Exception as exc:
+                self._effect_failed("member_listener", exc)
 
     def _on_member_for_tasks(self, change: MemberChanged) -> None:
         if change.kind in (MemberEvent.DEAD, MemberEvent.LEFT) and self._tasks_service:
@@ -559,7 +769,12 @@ class MeshNode:
     def _peer_url(self, addr: tuple[str, int], path: str) -> str:
         return f"http://{format_address(addr)}{path}"
 
-    async def _post_envelope(self, addr: tuple[str, int], path: str, body: bytes) -> bytes:
+    async def _post_envelope(
+        self, addr: tuple[str, int], path: str, body: bytes, cap: int
+    ) -> bytes:
+        """POST ``body`` and return the reply, read with a hard cap of ``cap`` bytes: a
+        longer reply aborts the connection and raises
+        :class:`~meshnode.runtime.transport.BodyTooLarge`."""
         assert self._session is not None
         async with self._session.post(
             self._peer_url(addr, path),
@@ -567,7 +782,21 @@ class MeshNode:
             headers={"Content-Type": WIRE_CONTENT_TYPE},
         ) as resp:
             resp.raise_for_status()
-            return await resp.read()
+            try:
+                return await read_capped(resp.content, cap, resp.content_length, READ_CHUNK_BYTES)
+            except BodyTooLarge:
+                resp.close()
+                raise
+
+    async def decode_frame(self, data: bytes) -> Envelope:
+        """``protocol.decode`` of a TCP frame: on the loop when small, in the decoder
+        thread above :data:`DECODE_INLINE_MAX_BYTES` so the loop keeps serving probes."""
+        if len(data) <= DECODE_INLINE_MAX_BYTES or self._decoder is None:
+            return decode(data, verifier=self.verifier)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._decoder, functools.partial(decode, data, verifier=self.verifier)
+        )
 
     async def _push_pull(self, addr: tuple[str, int], join: bool) -> None:
         async with self._push_pull_slots:
@@ -575,9 +804,12 @@ class MeshNode:
             request = core.push_pull_request(join)
             try:
                 data = await self._post_envelope(
-                    addr, "/v1/wire/pushpull", encode([request], self.identity)
+                    addr,
+                    "/v1/wire/pushpull",
+                    encode([request], self.identity),
+                    MAX_PUSH_PULL_REPLY_BYTES,
                 )
-                envelope = decode(data, verifier=self.verifier)
+                envelope = await self.decode_frame(data)
                 if len(envelope.messages) != 1 or not isinstance(envelope.messages[0], PushPull):
                     raise RemoteProtocolError("push-pull reply is not one PushPull")
                 missing = core.finish_push_pull(
@@ -587,7 +819,10 @@ class MeshNode:
                 for start in range(0, len(missing), MAX_MESSAGES_PER_ENVELOPE):
                     chunk: list[Message] = list(missing[start : start + MAX_MESSAGES_PER_ENVELOPE])
                     await self._post_envelope(
-                        addr, "/v1/wire/records", encode(chunk, self.identity)
+                        addr,
+                        "/v1/wire/records",
+                        encode(chunk, self.identity),
+                        MAX_RECORDS_REPLY_BYTES,
                     )
             except (aiohttp.ClientError, TimeoutError, OSError, RemoteProtocolError) as exc:
                 self.drops[f"push_pull_{type(exc).__name__}"] += 1
@@ -616,7 +851,17 @@ class MeshNode:
                         self._peer_url(source, f"/v1/wire/manifests/{effect.node}")
                     ) as resp:
                         resp.raise_for_status()
-                        manifest = unpack(await resp.read(), Manifest)
+                        try:
+                            raw = await read_capped(
+                                resp.content,
+                                MAX_MANIFEST_BYTES,
+                                resp.content_length,
+                                READ_CHUNK_BYTES,
+                            )
+                        except BodyTooLarge:
+                            resp.close()
+                            raise
+                    manifest = unpack(raw, Manifest)
                 except (aiohttp.ClientError, TimeoutError, OSError, RemoteProtocolError) as exc:
                     self.drops[f"fetch_{type(exc).__name__}"] += 1
                     continue
@@ -727,7 +972,7 @@ class MeshNode:
             return
         tasks = self._tasks_service
         busy = tasks is not None and tasks.waiting_on(subject) and self._state == "running"
-        if not busy and subject not in self._unsigned:
+        if not busy and subject not in self._unsigned and not self._durable_pending:
             before = self.core.ledger.version
             self.core.record_outcome(subject, quality, time.time())
             self._own_writes += self.core.ledger.version - before
@@ -753,8 +998,22 @@ class MeshNode:
     def _sign_opinions(self, subjects: tuple[str, ...] | None = None) -> None:
         """Sign one ledger record per peer with unsigned outcomes (all, or ``subjects``);
         persist them durably (a restarted node must never reuse a sequence number), then
-        gossip them."""
+        gossip them.
+
+        While an earlier own record could not be made durable (the disk refuses writes),
+        nothing is signed: the outcomes stay folded into the unsigned opinions (routing
+        uses them), and are signed once the persist loop has written the held record. A
+        record is gossiped only after its durable write was attempted (the core orders
+        it so); the one whose write failed is already queued for gossip and is retried
+        until durable, and no later sequence number is used before then, so a crash can
+        at worst re-use that one record's sequence number after a restart, never a later
+        one."""
         core = self._core
+        if self._durable_pending and self._store is not None:
+            if subjects is None and self._opinion_timer is not None:
+                self._opinion_timer.cancel()
+                self._opinion_timer = None
+            return
         if subjects is None:
             unsigned, self._unsigned = self._unsigned, {}
         else:
@@ -864,11 +1123,41 @@ class MeshNode:
     # ------------------------------------------------------------------ persistence
 
     async def _persist_loop(self) -> None:
+        """Flush every :data:`PERSIST_INTERVAL`. A failed flush (full disk, I/O error)
+        keeps everything it did not write and is retried after
+        :data:`PERSIST_RETRY_INITIAL`, doubling to :data:`PERSIST_RETRY_MAX`; a failed
+        durable write of our own records wakes it at once. It never stops."""
         if self._store is None:
             return
+        delay = PERSIST_INTERVAL
         while True:
-            await asyncio.sleep(PERSIST_INTERVAL)
-            self._flush()
+            self._persist_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._persist_wake.wait(), delay)
+            try:
+                self._flush()
+            except Exception as exc:
+                self._persist_failed(exc)
+                retry = PERSIST_RETRY_INITIAL if delay >= PERSIST_INTERVAL else delay * 2
+                delay = min(PERSIST_RETRY_MAX, retry)
+            else:
+                delay = PERSIST_INTERVAL
+
+    def _persist_failed(self, exc: BaseException) -> None:
+        """Record a failed write for health and the log (one line when failures start)."""
+        error = f"{type(exc).__name__}: {exc}"
+        self.drops[f"persist_{type(exc).__name__}"] += 1
+        if self._persist_error is None:
+            self._persist_error = (time.time(), error)
+            self._log.error(
+                "persist_failed",
+                error=error,
+                unwritten_members=len(self._dirty_members),
+                unwritten_records=len(self._pending_records) + len(self._durable_pending),
+            )
+            self._persist_wake.set()
+        else:
+            self._persist_error = (self._persist_error[0], error)
 
     def _flush(self, *, full: bool = False) -> None:
         """Write what changed since the last flush and commit. Members are written one row
@@ -881,37 +1170,94 @@ class MeshNode:
         if store is None or self._core is None:
             return
         membership = self._core.membership
-        if full:
-            store.save_members(membership.state_snapshot())
-        elif self._dirty_members:
-            changed: list[MemberRumor] = []
-            gone: list[str] = []
-            for node in self._dirty_members:
-                member = membership.member(node)
-                if member is None:
-                    gone.append(node)
+        try:
+            if self._pending_incarnation is not None:
+                store.set_incarnation(self._pending_incarnation)
+                self._pending_incarnation = None
+            if full:
+                store.save_members(membership.state_snapshot())
+            elif self._dirty_members:
+                changed: list[MemberRumor] = []
+                gone: list[str] = []
+                for node in self._dirty_members:
+                    member = membership.member(node)
+                    if member is None:
+                        gone.append(node)
+                    else:
+                        changed.append(member.rumor)
+                store.update_members(changed, gone)
+            for node, manifest in self._dirty_manifests.items():
+                if manifest is None:
+                    store.delete_manifest(node)
                 else:
-                    changed.append(member.rumor)
-            store.update_members(changed, gone)
+                    store.save_manifest(manifest)
+            records = [*self._durable_pending.values(), *self._pending_records.values()]
+            if records:
+                store.save_records(records)
+            store.commit()
+        except BaseException:
+            store.rollback()
+            raise
+        # Nothing awaits above: what was marked is exactly what was just committed.
         self._dirty_members.clear()
-        for node, manifest in self._dirty_manifests.items():
-            if manifest is None:
-                store.delete_manifest(node)
-            else:
-                store.save_manifest(manifest)
         self._dirty_manifests.clear()
-        if self._pending_records:
-            store.save_records(self._pending_records)
-            self._pending_records.clear()
-        store.commit()
+        self._pending_records.clear()
+        held = bool(self._durable_pending)
+        self._durable_pending.clear()
+        if self._persist_error is not None:
+            since, error = self._persist_error
+            self._log.info("persist_recovered", failing_since=since, last_error=error)
+            self._persist_error = None
+        if held and self._state == "running":
+            self._sign_opinions()
 
     # ------------------------------------------------------------------ views
+
+    def degraded_reasons(self) -> list[str]:
+        """Why this node is not fully working, for ``/v1/health`` (empty when it is): a
+        driver restart or a failed effect within :data:`DEGRADED_WINDOW_S`, failing
+        writes to the data dir, own records not yet durable, or an identity conflict the
+        core reported within :data:`IDENTITY_CONFLICT_REPORT_S`."""
+        reasons: list[str] = []
+        now = time.monotonic()
+        if self._driver_died_at is not None and now - self._driver_died_at < DEGRADED_WINDOW_S:
+            reasons.append(
+                f"driver restarted {self.driver_restarts} time(s), last "
+                f"{now - self._driver_died_at:.0f} s ago: {self._driver_error}"
+            )
+        if self._effect_failed_at is not None and now - self._effect_failed_at < DEGRADED_WINDOW_S:
+            recent = [
+                f"{kind} {error} x{count}"
+                for (kind, error), count in sorted(self.effect_failures.items())
+                if now - self._effect_last_failed[(kind, error)] < DEGRADED_WINDOW_S
+            ]
+            reasons.append("effects failing: " + ", ".join(recent))
+        if self._persist_error is not None:
+            since, error = self._persist_error
+            reasons.append(f"persistence failing for {time.time() - since:.0f} s: {error}")
+        if self._durable_pending:
+            reasons.append(
+                f"{len(self._durable_pending)} own ledger record(s) not yet durable; "
+                "new opinions are held back"
+            )
+        conflict = self._identity_conflict
+        if conflict is not None and now - conflict[0] < IDENTITY_CONFLICT_REPORT_S:
+            reasons.append(
+                f"identity conflict: another process announces this node's id at "
+                f"{format_address(conflict[1])} ({now - conflict[0]:.0f} s ago)"
+            )
+        return reasons
 
     def health(self) -> dict[str, Any]:
         core = self.core
         m = core.membership
+        reasons = self.degraded_reasons()
+        status = self._state
+        if self.running:
+            status = "degraded" if reasons else "ok"
         return {
-            "status": "ok" if self.running else self._state,
+            "status": status,
+            "reasons": reasons,
             "node_id": self.node_id,
             "name": self.config.name,
             "address": format_address(m.address),
@@ -921,6 +1267,13 @@ class MeshNode:
             "ledger_records": len(core.ledger),
             "local_health": m.health,
             "dropped": dict(sorted((self._udp.dropped if self._udp else Counter()).items())),
+            "drops": dict(sorted(self.drops.items())),
+            "driver_restarts": self.driver_restarts,
+            "effect_failures": {
+                f"{kind}/{error}": count
+                for (kind, error), count in sorted(self.effect_failures.items())
+            },
+            "connections": self._guard.snapshot() if self._guard is not None else {},
             "counters": {
                 "membership": dict(sorted(m.counters.items())),
                 "mesh": dict(sorted(core.counters.items())),

@@ -13,6 +13,16 @@ Objects are stored in their wire form (``protocol.pack``) and decoded with ``pro
 on load, so a corrupt row is skipped with a warning rather than trusted: the cores verify the
 signatures again when the state is restored.
 
+One process per data dir: :class:`NodeStore` takes an exclusive lock on ``meshnode.lock``
+(``filelock``, an ``flock`` the kernel releases when the process dies) before it opens
+anything else, and writes its pid to ``meshnode.pid``. A second process — or a second node
+in the same process — fails at once with :class:`DataDirInUse` naming the holder: two
+processes under one node id would contradict each other mesh-wide.
+
+Permissions: the data dir is made 0700 when this user owns it (a wider mode is narrowed, and
+logged), and the SQLite file, its ``-wal`` and ``-shm`` companions, the lock and pid files
+are created 0600 (existing ones are narrowed to 0600).
+
 Durability: the database runs in WAL mode with ``synchronous=FULL``. Writes that must never
 be lost — the incarnation before it is announced, this node's own ledger records before they
 are gossiped (re-using a sequence number after a crash would be equivocation) — are committed
@@ -22,11 +32,15 @@ at once with :meth:`NodeStore.commit`. Everything learned from peers is written 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TypeVar
 
+import filelock
 import structlog
 
 from protocol import (
@@ -36,6 +50,7 @@ from protocol import (
     Leave,
     LedgerRecord,
     Manifest,
+    MeshError,
     Message,
     RemoteProtocolError,
     Suspect,
@@ -45,6 +60,14 @@ from protocol import (
 
 KEY_FILE = "node.key"
 DB_FILE = "meshnode.sqlite3"
+DB_COMPANIONS = ("-wal", "-shm")
+"""Files SQLite keeps beside :data:`DB_FILE` in WAL mode."""
+LOCK_FILE = "meshnode.lock"
+"""The data dir's lock: held (``flock``) by the one process using the dir."""
+PID_FILE = "meshnode.pid"
+"""The pid of the process holding :data:`LOCK_FILE`, for the error a second one gets."""
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_DIR_MODE = 0o700
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -62,22 +85,42 @@ M = TypeVar("M", bound=Message)
 MemberRumor = Alive | Suspect | Dead | Leave
 
 
+class DataDirInUse(MeshError):
+    """Another process (or another node of this one) holds the data dir."""
+
+
 class NodeStore:
-    """Identity key and SQLite state in one data dir. Not thread-safe: one owner."""
+    """Identity key and SQLite state in one data dir. Not thread-safe: one owner.
+
+    Raises :class:`DataDirInUse` at once if another process holds the dir."""
 
     def __init__(self, data_dir: str | Path) -> None:
         self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._db = sqlite3.connect(self.data_dir / DB_FILE, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        self._db.execute("BEGIN")
-        self._db.execute(
-            "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
-            (SCHEMA_VERSION,),
-        )
-        self.commit()
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+        _narrow_dir(self.data_dir)
+        self._lock = _lock_data_dir(self.data_dir)
+        try:
+            db_path = self.data_dir / DB_FILE
+            _private_file(db_path)
+            self._db = sqlite3.connect(db_path, isolation_level=None)
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.executescript(_SCHEMA)
+                self._db.execute("BEGIN")
+                self._db.execute(
+                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                    (SCHEMA_VERSION,),
+                )
+                self.commit()
+                for suffix in DB_COMPANIONS:
+                    _narrow_file(self.data_dir / (DB_FILE + suffix))
+            except BaseException:
+                self._db.close()
+                raise
+        except BaseException:
+            _unlock_data_dir(self.data_dir, self._lock)
+            raise
 
     # ------------------------------------------------------------------ identity
 
@@ -91,6 +134,15 @@ class NodeStore:
         """Make every write so far durable."""
         if self._db.in_transaction:
             self._db.execute("COMMIT")
+
+    def rollback(self) -> None:
+        """Abandon the open transaction after a failed write (best effort: SQLite may
+        already have rolled it back)."""
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                log.warning("store_rollback_failed", error=str(exc))
 
     def _begin(self) -> None:
         if not self._db.in_transaction:
@@ -204,9 +256,101 @@ class NodeStore:
         return out
 
     def close(self) -> None:
-        """Commit and close; safe to call twice."""
+        """Commit, close and release the data dir's lock; safe to call twice."""
         try:
-            self.commit()
+            try:
+                self.commit()
+            except sqlite3.OperationalError as exc:  # e.g. a full disk: state is kept
+                log.error("store_commit_failed_on_close", error=str(exc))
+                self.rollback()
             self._db.close()
         except sqlite3.ProgrammingError:
             pass
+        if self._lock.is_locked:
+            _unlock_data_dir(self.data_dir, self._lock)
+
+
+# ---------------------------------------------------------------------------- data dir
+
+
+def _lock_data_dir(data_dir: Path) -> filelock.BaseFileLock:
+    """Take the data dir's lock at once and record our pid, or raise DataDirInUse."""
+    lock = filelock.FileLock(
+        data_dir / LOCK_FILE, timeout=0, mode=PRIVATE_FILE_MODE, thread_local=False
+    )
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        holder = _read_pid(data_dir / PID_FILE)
+        who = f"process {holder}" if holder is not None else "another process"
+        raise DataDirInUse(f"data dir {data_dir} is in use by {who}") from None
+    try:
+        _write_private(data_dir / PID_FILE, f"{os.getpid()}\n".encode())
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _unlock_data_dir(data_dir: Path, lock: filelock.BaseFileLock) -> None:
+    with contextlib.suppress(OSError):
+        if _read_pid(data_dir / PID_FILE) == os.getpid():
+            (data_dir / PID_FILE).unlink()
+    lock.release(force=True)
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        text = os.read(fd, 32).decode("ascii", "replace").strip()
+    finally:
+        os.close(fd)
+    return int(text) if text.isdigit() else None
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` (0600), never through a symlink planted there."""
+    with contextlib.suppress(FileNotFoundError):
+        if path.is_symlink():
+            path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, PRIVATE_FILE_MODE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE_MODE)
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _narrow_dir(path: Path) -> None:
+    """Make the data dir 0700 if we own it and it is open to others (logged)."""
+    st = path.stat()
+    mode = stat.S_IMODE(st.st_mode)
+    if not mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return
+    if st.st_uid == os.geteuid():
+        os.chmod(path, PRIVATE_DIR_MODE)
+        log.warning("data_dir_mode_narrowed", path=str(path), was=f"{mode:o}", now="700")
+    else:
+        log.warning("data_dir_open_to_others", path=str(path), mode=f"{mode:o}", owner=st.st_uid)
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` 0600 if missing (not through a symlink), else narrow it to 0600."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_FILE_MODE)
+    except FileExistsError:
+        _narrow_file(path)
+        return
+    os.close(fd)
+
+
+def _narrow_file(path: Path) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) & 0o077 and st.st_uid == os.geteuid():
+        os.chmod(path, PRIVATE_FILE_MODE)

@@ -144,26 +144,25 @@ async def test_a_flush_writes_the_members_that_changed(tmp_path: Path) -> None:
     try:
         await wait_for(lambda: node.core.membership.member(first.node_id) is not None, 10)
         node._flush()
-        stored = NodeStore(tmp_path / "k")
-        try:
-            assert first.node_id in {r.node for r in stored.load_members()}
-            marker = Alive(
-                node=first.node_id,
-                incarnation=999,
-                host="127.0.0.1",
-                port=1,
-                signature=b"\x01" * 64,
-            )
-            stored.update_members([marker])
-            stored.commit()
-            await second.start()
-            await wait_for(lambda: node.core.membership.member(second.node_id) is not None, 10)
-            node._flush()
-            rows = {r.node: r for r in stored.load_members()}
-            assert second.node_id in rows
-            assert rows[first.node_id] == marker
-        finally:
-            stored.close()
+        # The running node holds the data dir's lock: read its rows through its own store.
+        stored = node._store
+        assert stored is not None
+        assert first.node_id in {r.node for r in stored.load_members()}
+        marker = Alive(
+            node=first.node_id,
+            incarnation=999,
+            host="127.0.0.1",
+            port=1,
+            signature=b"\x01" * 64,
+        )
+        stored.update_members([marker])
+        stored.commit()
+        await second.start()
+        await wait_for(lambda: node.core.membership.member(second.node_id) is not None, 10)
+        node._flush()
+        rows = {r.node: r for r in stored.load_members()}
+        assert second.node_id in rows
+        assert rows[first.node_id] == marker
     finally:
         await second.aclose()
         await node.aclose()

@@ -105,3 +105,40 @@ def test_fast_signer_matches_sizes_and_verifies() -> None:
     assert fast_verify(s.public_key, b"data", sig)
     assert not fast_verify(s.public_key, b"datb", sig)
     assert is_node_id(s.node_id)
+
+
+def test_save_never_follows_a_planted_temp_symlink(tmp_path: Path) -> None:
+    """A symlink planted at ``node.key.tmp`` is removed, not followed: the file it points
+    at is untouched, and the key is a regular 0600 file that loads back.
+
+    On the unfixed code: the key (65 bytes of hex) was written into the symlink's target
+    and ``node.key`` became that symlink."""
+    victim = tmp_path / "elsewhere" / "precious"
+    victim.parent.mkdir()
+    victim.write_bytes(b"do not touch\n")
+    key = tmp_path / "data" / "node.key"
+    key.parent.mkdir()
+    (key.parent / "node.key.tmp").symlink_to(victim)
+    identity = Identity.generate()
+    identity.save(key)
+    assert victim.read_bytes() == b"do not touch\n"
+    assert not key.is_symlink()
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert not (key.parent / "node.key.tmp").exists()
+    assert not (key.parent / "node.key.tmp").is_symlink()
+    assert Identity.load(key).node_id == identity.node_id
+
+
+@pytest.mark.parametrize("stale_mode", [0o600, 0o644, 0o400])
+def test_save_replaces_a_stale_temp_file(tmp_path: Path, stale_mode: int) -> None:
+    """A temp file left by an interrupted save (any mode) is replaced, and the key is
+    0600 whatever the stale file's mode was."""
+    key = tmp_path / "node.key"
+    stale = tmp_path / "node.key.tmp"
+    stale.write_bytes(b"half a key")
+    os.chmod(stale, stale_mode)
+    identity = Identity.generate()
+    identity.save(key)
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert not stale.exists()
+    assert Identity.load(key).node_id == identity.node_id
