@@ -35,10 +35,11 @@ import uvloop
 from aiohttp import web
 
 from meshnode import MeshNode, NodeConfig, capability
+from meshnode.core.effects import SendPacket
 from meshnode.core.mesh import FetchManifest
 from meshnode.runtime.node import wait_for
 from meshnode.runtime.store import DB_FILE, NodeStore
-from protocol import Alive, Identity, encode, signing_bytes
+from protocol import Alive, Identity, Ping, signing_bytes
 
 
 class Echo(MeshNode):
@@ -69,13 +70,16 @@ def _run_on_uvloop(coro: Any) -> Any:
 
 
 def test_a_send_that_raises_is_counted_and_probing_goes_on(tmp_path: Path) -> None:
-    """A member announcing an IPv6 address to a node bound on IPv4: under uvloop the UDP
-    send to it raises inside the driver. The failure is counted per effect kind and error
-    class, health turns ``degraded`` naming it, and the node keeps probing.
+    """A send the socket refuses (an IPv6 address on a node bound on IPv4: under uvloop the
+    UDP send raises inside the driver). The core refuses such addresses off the wire, so the
+    packet is put in the core's effect list directly, a stand-in for any effect that fails.
+    The failure is counted per effect kind and error class, health turns ``degraded``
+    naming it, and the node keeps probing.
 
-    On the unfixed code: the driver task died with the first send (``ValueError: ('::1',
-    9): socket family mismatch``); the probe counter stayed at 0 for 6 s and for good,
-    while health said ``ok``."""
+    On the unfixed code (with a stranger's ``Alive`` at ``::1``, which it accepted): the
+    driver task died with the first send (``ValueError: ('::1', 9): socket family
+    mismatch``); the probe counter stayed at 0 for 6 s and for good, while health said
+    ``ok``."""
 
     async def scenario() -> None:
         peer = MeshNode(_config("peer"))
@@ -83,11 +87,10 @@ def test_a_send_that_raises_is_counted_and_probing_goes_on(tmp_path: Path) -> No
         node = MeshNode(_config("victim", _seed(peer)))
         await node.start()
         try:
-            stranger = Identity.generate()
-            frame = encode([_signed_alive(stranger, "::1", 9)], stranger)
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                sock.sendto(frame, ("127.0.0.1", node.address[1]))
-            await wait_for(lambda: node.core.membership.member(stranger.node_id) is not None, 5)
+            await wait_for(lambda: node.core.membership.member(peer.node_id) is not None, 5)
+            bad = SendPacket(("::1", 9), (Ping(1, peer.node_id),))
+            node.core._effects.append(bad)
+            node._dispatch()
             await wait_for(lambda: any(k == "SendPacket" for k, _ in node.effect_failures), 10)
             probes = node.core.membership.counters["probes"]
             await wait_for(lambda: node.core.membership.counters["probes"] >= probes + 5, 10)
