@@ -134,6 +134,7 @@ COUNTERS: dict[str, str] = {
     "manifests_discarded_not_member": "restored manifests of nodes membership never learned",
     "manifests_evicted_departed": "manifests of dead, left or unknown nodes let go for room",
     "fetches_started": "manifest fetches asked of the shell",
+    "records_pruned": "ledger records dropped because they expired",
     "records_awaiting_member": "ledger records held until their (unverified) observer answers us",
     "fetches_skipped_not_member": "rumors not fetched: the node is not an alive/suspect member",
     "fetches_skipped_cap": "rumors of new nodes not fetched: the manifest store is full",
@@ -337,7 +338,7 @@ class MeshCore:
         if now >= self._next_prune_at:
             self._next_prune_at = now + LEDGER_PRUNE_INTERVAL
             self.manifests.prune(now)
-            self.ledger.prune(now)
+            self.counters["records_pruned"] += self.ledger.prune(now)
             self._sweep_restored(now)
         self._pump(now)
 

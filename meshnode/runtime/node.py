@@ -52,6 +52,7 @@ import contextlib
 import dataclasses
 import functools
 import ipaddress
+import math
 import random
 import socket
 import sqlite3
@@ -145,6 +146,10 @@ in a row, up to :data:`DRIVER_RESTART_MAX`, and resets once it has run for
 :data:`DEGRADED_WINDOW_S`."""
 DRIVER_RESTART_MAX = 5.0
 """Longest wait before restarting a driver that keeps dying, seconds."""
+LEDGER_COMPACT_INTERVAL_S = 60.0
+"""Least time between two compactions of the stored ledger: when the ledger dropped records
+since the last one (evicted at a cap, or expired), a flush deletes their rows, so the SQLite
+file stays as bounded as the ledger in memory. A compaction reads every stored key once."""
 IDENTITY_CONFLICT_REPORT_S = 2 * IDENTITY_CONFLICT_WINDOW
 """Seconds an identity conflict keeps ``/v1/health`` degraded after the core last reported
 it (the core reports an ongoing one at most once per ``IDENTITY_CONFLICT_WINDOW``, so a
@@ -243,6 +248,8 @@ class MeshNode:
         self.driver_restarts = 0
         self._driver_died_at: float | None = None
         self._identity_conflict: tuple[float, tuple[str, int]] | None = None
+        self._ledger_dropped_seen = 0
+        self._compacted_at = -math.inf
         """When (monotonic) the core last reported our id at another address, and where."""
         self._driver_error = ""
         self._guard: ConnectionGuard | None = None
@@ -1194,6 +1201,7 @@ class MeshNode:
             records = [*self._durable_pending.values(), *self._pending_records.values()]
             if records:
                 store.save_records(records)
+            compacted = self._compact_ledger(store, full)
             store.commit()
         except BaseException:
             store.rollback()
@@ -1202,6 +1210,9 @@ class MeshNode:
         self._dirty_members.clear()
         self._dirty_manifests.clear()
         self._pending_records.clear()
+        if compacted is not None:
+            self._ledger_dropped_seen = compacted
+            self._compacted_at = time.monotonic()
         held = bool(self._durable_pending)
         self._durable_pending.clear()
         if self._persist_error is not None:
@@ -1210,6 +1221,20 @@ class MeshNode:
             self._persist_error = None
         if held and self._state == "running":
             self._sign_opinions()
+
+    def _compact_ledger(self, store: NodeStore, force: bool) -> int | None:
+        """Delete the stored records the ledger no longer holds, if it dropped any since the
+        last compaction and :data:`LEDGER_COMPACT_INTERVAL_S` passed (``force``: on close);
+        return the drop count it caught up with, or None if it did not run."""
+        core = self.core
+        dropped = core.counters["records_evicted"] + core.counters["records_pruned"]
+        if dropped == self._ledger_dropped_seen or (
+            not force and time.monotonic() - self._compacted_at < LEDGER_COMPACT_INTERVAL_S
+        ):
+            return None
+        held = {(r.observer, r.subject) for r in core.ledger.records()}
+        store.delete_records(store.record_keys() - held)
+        return dropped
 
     # ------------------------------------------------------------------ views
 

@@ -241,6 +241,17 @@ class NodeStore:
         self._db.execute("DELETE FROM ledger")
         self.save_records(records)
 
+    def record_keys(self) -> set[tuple[str, str]]:
+        """The (observer, subject) of every stored ledger record."""
+        return {
+            (str(o), str(s)) for o, s in self._db.execute("SELECT observer, subject FROM ledger")
+        }
+
+    def delete_records(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Delete the stored records with these (observer, subject) keys."""
+        self._begin()
+        self._db.executemany("DELETE FROM ledger WHERE observer=? AND subject=?", list(keys))
+
     def load_records(self) -> list[LedgerRecord]:
         return self._load("SELECT record FROM ledger ORDER BY observer, subject", LedgerRecord)
 

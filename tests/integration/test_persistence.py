@@ -167,3 +167,41 @@ async def test_a_flush_writes_the_members_that_changed(tmp_path: Path) -> None:
         await second.aclose()
         await node.aclose()
         await first.aclose()
+
+
+async def test_records_the_ledger_drops_are_deleted_from_the_data_dir(tmp_path: Path) -> None:
+    """The stored ledger is as bounded as the one in memory: records the ledger evicts at
+    its cap are deleted from SQLite by a later flush. Without the compaction every record
+    ever applied stayed in the file (here 3 rows for a ledger of 2), so a flood by members
+    grew the data dir without bound."""
+    config = NodeConfig.local(
+        name="victim",
+        port=0,
+        embedder="hashing",
+        data_dir=str(tmp_path / "v"),
+        max_ledger_records=2,
+    )
+    victim = MeshNode(config)
+    await victim.start()
+    seed = (f"127.0.0.1:{victim.address[1]}",)
+    others = [MeshNode(_config(f"n{i}", None, seed)) for i in range(3)]
+    try:
+        for other in others:
+            await other.start()
+        ids = [o.node_id for o in others]
+        await wait_for(lambda: all(victim.core.membership.member(i) for i in ids), 10)
+        others[0].record_outcome(ids[1], 1.0)
+        others[1].record_outcome(ids[2], 1.0)
+        await wait_for(lambda: len(victim.core.ledger) == 2, 10)
+        store = victim._store
+        assert store is not None
+        await wait_for(lambda: len(store.record_keys()) == 2, 15)
+        victim.record_outcome(ids[0], 1.0)  # our own record evicts a member's at the cap
+        assert len(victim.core.ledger) == 2
+        assert victim.core.counters["records_evicted"] == 1
+        held = {(r.observer, r.subject) for r in victim.core.ledger.records()}
+        await wait_for(lambda: store.record_keys() == held, 15)
+    finally:
+        for other in others:
+            await other.aclose()
+        await victim.aclose()
