@@ -48,7 +48,13 @@ every ``gossip_interval`` up to ``gossip_nodes`` random members (alive, suspect,
 for less than ``gossip_to_the_dead_time``) get a packet of rumors only. Packets never
 exceed ``max_packet_bytes``. Non-membership rumors (manifest rumors, ledger records)
 share the same queue through :meth:`Membership.broadcast`, and the ones we receive are
-handed up as :class:`~meshnode.core.effects.Deliver` effects.
+handed up as :class:`~meshnode.core.effects.Deliver` effects. The queue fills a packet by
+priority lanes, as memberlist sends its own broadcasts before the delegate's: our own
+``Alive`` (a refutation) first, then the other membership rumors (at most one per
+member), then application rumors with the space left. Without the lanes, a flood of
+fresh application rumors (a Byzantine member pushing thousands of ledger records, each
+re-gossiped by every honest node) kept the newest-first bucket full, and a victim's
+refutation went out once or never before the suspicions it answered expired.
 
 **Anti-entropy and bounded state.** Every (size-scaled) ``push_pull_interval`` we ask
 the shell for a TCP state exchange with one random alive member; ``merge_state`` applies
@@ -143,7 +149,7 @@ from collections.abc import Hashable, Iterator, Mapping, Sequence
 from typing import Final, Literal, TypeVar
 
 from meshnode.core import timing
-from meshnode.core.broadcast import BroadcastQueue
+from meshnode.core.broadcast import LANE_APP, LANE_MEMBERS, LANE_OWN, BroadcastQueue
 from meshnode.core.config import NodeConfig
 from meshnode.core.effects import (
     Address,
@@ -1572,14 +1578,19 @@ class Membership:
         return wire_size(rumor)
 
     def _enqueue_rumor(self, rumor: MemberRumor) -> None:
-        self._enqueue(("member", rumor.node), rumor)
+        """Queue a membership rumor: ours (a refutation) ahead of everything, the others
+        ahead of application rumors (see "Dissemination")."""
+        lane = LANE_OWN if rumor.node == self._node_id else LANE_MEMBERS
+        self._enqueue(("member", rumor.node), rumor, lane=lane)
 
-    def _enqueue(self, key: Hashable, message: Message, cap: int | None = None) -> bool:
+    def _enqueue(
+        self, key: Hashable, message: Message, cap: int | None = None, *, lane: int = LANE_APP
+    ) -> bool:
         size = wire_size(message)
         if ENVELOPE_OVERHEAD + size > self._config.max_packet_bytes:
             self.counters["rumors_too_big"] += 1
             return False
-        self._queue.push(key, message, size, cap=cap)
+        self._queue.push(key, message, size, cap=cap, lane=lane)
         return True
 
     def _send(
