@@ -94,8 +94,13 @@ always beats every accusation we accept. About ourselves, a validly signed accus
 our incarnation is refuted whoever signed it (refuting is always safe, and after a
 partition every accuser is dead in our view), but only a member's costs local health.
 Incarnations saturate at ``MAX_INCARNATION`` (the uint64 wire limit) instead of
-overflowing. A pushed ``Dead`` turned into our own
-suspicion (partition healing) passes the same checks first.
+overflowing. A ``Dead`` signed by someone else about a member we hold alive (by gossip or
+in a push-pull snapshot) becomes our own suspicion, after the same checks: one member's
+word never takes a live member out of our probe and gossip lists at once (a Byzantine
+member could otherwise make every honest node drop its victims until they refute), the
+victim gets the suspicion time to refute, and a really dead member is declared dead
+when that suspicion expires or when a second ``Dead`` arrives while we suspect it (as
+memberlist already does for push-pull merges).
 
 **Second-hand members.** A member we only heard of from someone else (an ``Alive``
 relayed by gossip, or in another node's push-pull snapshot) is *unverified*: it is held
@@ -794,13 +799,18 @@ class Membership:
         return applied
 
     def _dead_as_suspicion(self, rumor: Dead, now: float) -> bool:
-        """A pushed ``Dead`` about a member we hold alive becomes our own suspicion.
+        """A ``Dead`` signed by someone else about a member we hold alive becomes our own
+        suspicion, whether it was pushed or gossiped.
 
         After a partition heals, each side's snapshot declares the other side dead. Taking
-        that verbatim would flap live peers to dead until they refute; as memberlist does,
-        we suspect them instead (signed by us), so a live member refutes within the
-        suspicion timeout and a truly dead one is confirmed by its expiry. Returns True if
-        the rumor was handled this way (and so must not be applied as a death).
+        that verbatim would flap live peers to dead until they refute; as memberlist does
+        for push-pull merges, we suspect them instead (signed by us), so a live member
+        refutes within the suspicion timeout and a truly dead one is confirmed by its
+        expiry (or by another ``Dead`` arriving while we suspect it). Gossip gets the same
+        rule: a Byzantine member's ``Dead`` at its victim's current incarnation would
+        otherwise take the victim out of our probe and gossip lists at once, and we would
+        relay that ``Dead`` to others. Returns True if the rumor was handled this way (and
+        so must not be applied as a death).
         """
         current = self._members.get(rumor.node)
         if (
@@ -813,7 +823,7 @@ class Membership:
         ):
             return False  # _apply then refuses it, or applies it, with the same rules
         suspect = self._sign(Suspect(rumor.node, rumor.incarnation, self._node_id, _NO_SIGNATURE))
-        self.counters["dead_downgraded"] = self.counters.get("dead_downgraded", 0) + 1
+        self.counters["dead_downgraded"] += 1
         self._apply(suspect, now, trusted=True)
         return True
 
@@ -833,6 +843,8 @@ class Membership:
             if key is None:
                 key = _RECEIVED[cls] = f"recv_{cls.__name__.lower()}"
             counters[key] = counters.get(key, 0) + 1
+            if cls is Dead and self._dead_as_suspicion(message, now):  # type: ignore[arg-type]
+                continue  # someone else's Dead about a member we hold alive: suspect it
             if cls in _RUMOR_TYPES:
                 direct = (
                     cls is Alive
