@@ -25,6 +25,15 @@ Rules, as in memberlist's ``TransmitLimitedQueue``:
   (:attr:`meshnode.core.config.NodeConfig.ledger_retransmit_cap`), so one opinion costs
   each node the same number of sends at any cluster size.
 
+* **Lanes.** A rumor is pushed into a priority lane (0 first): a take fills the packet
+  from lane 0, then from lane 1 with the space left, and so on; the rules above order the
+  rumors inside a lane. The membership core puts its own ``Alive`` (a refutation) in
+  :data:`LANE_OWN`, other membership rumors in :data:`LANE_MEMBERS` and application rumors
+  (manifests, ledger records) in :data:`LANE_APP`, as memberlist sends its own broadcasts
+  before asking the delegate for user ones. Membership rumors are at most one per member,
+  so a flood of application rumors, which has no such bound, can no longer push a
+  refutation out of every packet until the suspicion it answers expires.
+
 A take is ``O(rumors selected + rumors skipped)``; skipping is capped, so a queue flooded
 with rumors never makes one packet expensive. The queue itself does not know the
 packet format: the caller passes the bytes left in its packet.
@@ -36,7 +45,15 @@ from collections.abc import Hashable, Iterator
 
 from protocol import Message
 
-__all__ = ["NO_CAP", "BroadcastQueue", "QueuedRumor"]
+__all__ = [
+    "LANES",
+    "LANE_APP",
+    "LANE_MEMBERS",
+    "LANE_OWN",
+    "NO_CAP",
+    "BroadcastQueue",
+    "QueuedRumor",
+]
 
 MAX_SKIPPED_PER_TAKE = 8
 """A take gives up after skipping this many rumors too big for the space left."""
@@ -44,39 +61,54 @@ MAX_SKIPPED_PER_TAKE = 8
 NO_CAP = 1 << 30
 """The cap of a rumor that follows the queue-wide limit only."""
 
+LANE_OWN = 0
+"""Lane of a node's own ``Alive`` or ``Leave`` (a refutation must never wait)."""
+LANE_MEMBERS = 1
+"""Lane of the other membership rumors (at most one queued per member)."""
+LANE_APP = 2
+"""Lane of application rumors (manifests, ledger records): the space membership left."""
+LANES = 3
+"""Number of lanes."""
+
 
 class QueuedRumor:
     """One queued rumor and how many times it has been sent."""
 
-    __slots__ = ("cap", "key", "message", "size", "transmits")
+    __slots__ = ("cap", "key", "lane", "message", "size", "transmits")
 
-    def __init__(self, key: Hashable, message: Message, size: int, cap: int = NO_CAP) -> None:
+    def __init__(
+        self, key: Hashable, message: Message, size: int, cap: int = NO_CAP, lane: int = 0
+    ) -> None:
         self.key = key
         self.message = message
         self.size = size
         self.cap = cap
+        self.lane = lane
         self.transmits = 0
 
     def __repr__(self) -> str:
         return (
             f"<QueuedRumor {type(self.message).__name__} {self.key!r} "
-            f"size={self.size} sent={self.transmits}"
+            f"size={self.size} sent={self.transmits} lane={self.lane}"
             + (f" cap={self.cap}>" if self.cap != NO_CAP else ">")
         )
 
 
 class BroadcastQueue:
-    """Rumors keyed by subject, bucketed by transmit count."""
+    """Rumors keyed by subject, in priority lanes, bucketed by transmit count."""
 
-    __slots__ = ("_buckets", "_by_key", "_smallest")
+    __slots__ = ("_by_key", "_lanes", "_smallest")
 
-    def __init__(self) -> None:
+    def __init__(self, lanes: int = LANES) -> None:
+        if lanes < 1:
+            raise ValueError(f"lanes must be at least 1, got {lanes}")
         self._by_key: dict[Hashable, QueuedRumor] = {}
         # A lower bound of every queued size: a take stops once less space than this is
         # left. It never grows (exact tracking would cost more than it saves).
         self._smallest = 1 << 30
-        # _buckets[t] holds the rumors sent t times, in insertion order (oldest first).
-        self._buckets: list[dict[Hashable, QueuedRumor]] = []
+        # _lanes[l][t] holds the rumors of lane l sent t times, in insertion order (oldest
+        # first).
+        self._lanes: list[list[dict[Hashable, QueuedRumor]]] = [[] for _ in range(lanes)]
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -89,92 +121,110 @@ class BroadcastQueue:
 
     def __iter__(self) -> Iterator[QueuedRumor]:
         """Queued rumors in the order a take would consider them (ignoring sizes)."""
-        for bucket in self._buckets:
-            yield from reversed(bucket.values())
+        for buckets in self._lanes:
+            for bucket in buckets:
+                yield from reversed(bucket.values())
 
     def get(self, key: Hashable) -> QueuedRumor | None:
         """The queued rumor under ``key``, if any."""
         return self._by_key.get(key)
 
-    def push(self, key: Hashable, message: Message, size: int, *, cap: int | None = None) -> None:
-        """Queue ``message`` (``size`` bytes on the wire) under ``key``, replacing any rumor
-        already queued under the same key; it starts with zero transmissions. With ``cap``
-        (at least 1) it is sent at most that many times, even when the limit is higher."""
+    def push(
+        self,
+        key: Hashable,
+        message: Message,
+        size: int,
+        *,
+        cap: int | None = None,
+        lane: int = 0,
+    ) -> None:
+        """Queue ``message`` (``size`` bytes on the wire) under ``key`` in ``lane``,
+        replacing any rumor already queued under the same key; it starts with zero
+        transmissions. With ``cap`` (at least 1) it is sent at most that many times, even
+        when the limit is higher."""
         if cap is not None and cap < 1:
             raise ValueError(f"cap must be at least 1, got {cap}")
+        if not 0 <= lane < len(self._lanes):
+            raise ValueError(f"lane must be in [0, {len(self._lanes)}), got {lane}")
         self.discard(key)
-        item = QueuedRumor(key, message, size, NO_CAP if cap is None else cap)
+        item = QueuedRumor(key, message, size, NO_CAP if cap is None else cap, lane)
         self._by_key[key] = item
         self._smallest = min(self._smallest, size)
-        if not self._buckets:
-            self._buckets.append({})
-        self._buckets[0][key] = item
+        buckets = self._lanes[lane]
+        if not buckets:
+            buckets.append({})
+        buckets[0][key] = item
 
     def discard(self, key: Hashable) -> bool:
         """Remove the rumor under ``key``; True if there was one."""
         item = self._by_key.pop(key, None)
         if item is None:
             return False
-        del self._buckets[item.transmits][key]
-        self._trim()
+        buckets = self._lanes[item.lane]
+        del buckets[item.transmits][key]
+        self._trim(buckets)
         return True
 
     def take(self, budget: int, limit: int, *, exclude: Hashable | None = None) -> list[Message]:
         """Pick rumors fitting in ``budget`` bytes and count one transmission for each.
 
-        Rumors already sent ``limit`` times (the limit may have dropped since) are removed
-        first. A rumor whose count reaches ``limit`` (or its own cap) is removed after this
-        take. The rumor
-        under ``exclude`` (already in the packet) is left alone.
+        Lanes are filled in order (lane 0 first). Rumors already sent ``limit`` times (the
+        limit may have dropped since) are removed first. A rumor whose count reaches
+        ``limit`` (or its own cap) is removed after this take. The rumor under ``exclude``
+        (already in the packet) is left alone.
         """
-        self._expire(limit)
         selected: list[QueuedRumor] = []
         remaining = budget
         smallest = self._smallest
         skipped = 0
-        for bucket in self._buckets:
-            if not bucket:
-                continue
-            if remaining < smallest or skipped > MAX_SKIPPED_PER_TAKE:
-                break
-            for item in reversed(bucket.values()):
-                if item.size <= remaining and item.key != exclude:
-                    selected.append(item)
-                    remaining -= item.size
-                    if remaining < smallest:
-                        break
-                else:
-                    skipped += 1
-                    if skipped > MAX_SKIPPED_PER_TAKE:
-                        break
-        # Move the oldest first, so rumors taken together keep their relative order.
-        for item in reversed(selected):
-            del self._buckets[item.transmits][item.key]
-            item.transmits += 1
-            if item.transmits >= limit or item.transmits >= item.cap:
-                del self._by_key[item.key]
-                continue
-            if item.transmits == len(self._buckets):
-                self._buckets.append({})
-            self._buckets[item.transmits][item.key] = item
-        self._trim()
+        for buckets in self._lanes:
+            self._expire(buckets, limit)
+            lane_start = len(selected)
+            for bucket in buckets:
+                if not bucket:
+                    continue
+                if remaining < smallest or skipped > MAX_SKIPPED_PER_TAKE:
+                    break
+                for item in reversed(bucket.values()):
+                    if item.size <= remaining and item.key != exclude:
+                        selected.append(item)
+                        remaining -= item.size
+                        if remaining < smallest:
+                            break
+                    else:
+                        skipped += 1
+                        if skipped > MAX_SKIPPED_PER_TAKE:
+                            break
+            # Move the oldest first, so rumors taken together keep their relative order.
+            for item in reversed(selected[lane_start:]):
+                del buckets[item.transmits][item.key]
+                item.transmits += 1
+                if item.transmits >= limit or item.transmits >= item.cap:
+                    del self._by_key[item.key]
+                    continue
+                if item.transmits == len(buckets):
+                    buckets.append({})
+                buckets[item.transmits][item.key] = item
+            self._trim(buckets)
         return [item.message for item in selected]
 
     def clear(self) -> None:
         """Drop every queued rumor."""
         self._by_key.clear()
-        self._buckets.clear()
+        for buckets in self._lanes:
+            buckets.clear()
         self._smallest = 1 << 30
 
-    def _expire(self, limit: int) -> None:
-        while len(self._buckets) > max(0, limit):
-            for key in self._buckets.pop():
+    def _expire(self, buckets: list[dict[Hashable, QueuedRumor]], limit: int) -> None:
+        while len(buckets) > max(0, limit):
+            for key in buckets.pop():
                 del self._by_key[key]
 
-    def _trim(self) -> None:
-        while self._buckets and not self._buckets[-1]:
-            self._buckets.pop()
+    @staticmethod
+    def _trim(buckets: list[dict[Hashable, QueuedRumor]]) -> None:
+        while buckets and not buckets[-1]:
+            buckets.pop()
 
     def __repr__(self) -> str:
-        depths = [len(b) for b in self._buckets]
-        return f"<BroadcastQueue {len(self._by_key)} rumors by transmits {depths}>"
+        depths = [[len(b) for b in buckets] for buckets in self._lanes]
+        return f"<BroadcastQueue {len(self._by_key)} rumors by lane and transmits {depths}>"

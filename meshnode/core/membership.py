@@ -48,7 +48,13 @@ every ``gossip_interval`` up to ``gossip_nodes`` random members (alive, suspect,
 for less than ``gossip_to_the_dead_time``) get a packet of rumors only. Packets never
 exceed ``max_packet_bytes``. Non-membership rumors (manifest rumors, ledger records)
 share the same queue through :meth:`Membership.broadcast`, and the ones we receive are
-handed up as :class:`~meshnode.core.effects.Deliver` effects.
+handed up as :class:`~meshnode.core.effects.Deliver` effects. The queue fills a packet by
+priority lanes, as memberlist sends its own broadcasts before the delegate's: our own
+``Alive`` (a refutation) first, then the other membership rumors (at most one per
+member), then application rumors with the space left. Without the lanes, a flood of
+fresh application rumors (a Byzantine member pushing thousands of ledger records, each
+re-gossiped by every honest node) kept the newest-first bucket full, and a victim's
+refutation went out once or never before the suspicions it answered expired.
 
 **Anti-entropy and bounded state.** Every (size-scaled) ``push_pull_interval`` we ask
 the shell for a TCP state exchange with one random alive member; ``merge_state`` applies
@@ -88,8 +94,13 @@ always beats every accusation we accept. About ourselves, a validly signed accus
 our incarnation is refuted whoever signed it (refuting is always safe, and after a
 partition every accuser is dead in our view), but only a member's costs local health.
 Incarnations saturate at ``MAX_INCARNATION`` (the uint64 wire limit) instead of
-overflowing. A pushed ``Dead`` turned into our own
-suspicion (partition healing) passes the same checks first.
+overflowing. A ``Dead`` signed by someone else about a member we hold alive (by gossip or
+in a push-pull snapshot) becomes our own suspicion, after the same checks: one member's
+word never takes a live member out of our probe and gossip lists at once (a Byzantine
+member could otherwise make every honest node drop its victims until they refute), the
+victim gets the suspicion time to refute, and a really dead member is declared dead
+when that suspicion expires or when a second ``Dead`` arrives while we suspect it (as
+memberlist already does for push-pull merges).
 
 **Second-hand members.** A member we only heard of from someone else (an ``Alive``
 relayed by gossip, or in another node's push-pull snapshot) is *unverified*: it is held
@@ -143,7 +154,7 @@ from collections.abc import Hashable, Iterator, Mapping, Sequence
 from typing import Final, Literal, TypeVar
 
 from meshnode.core import timing
-from meshnode.core.broadcast import BroadcastQueue
+from meshnode.core.broadcast import LANE_APP, LANE_MEMBERS, LANE_OWN, BroadcastQueue
 from meshnode.core.config import NodeConfig
 from meshnode.core.effects import (
     Address,
@@ -788,13 +799,18 @@ class Membership:
         return applied
 
     def _dead_as_suspicion(self, rumor: Dead, now: float) -> bool:
-        """A pushed ``Dead`` about a member we hold alive becomes our own suspicion.
+        """A ``Dead`` signed by someone else about a member we hold alive becomes our own
+        suspicion, whether it was pushed or gossiped.
 
         After a partition heals, each side's snapshot declares the other side dead. Taking
-        that verbatim would flap live peers to dead until they refute; as memberlist does,
-        we suspect them instead (signed by us), so a live member refutes within the
-        suspicion timeout and a truly dead one is confirmed by its expiry. Returns True if
-        the rumor was handled this way (and so must not be applied as a death).
+        that verbatim would flap live peers to dead until they refute; as memberlist does
+        for push-pull merges, we suspect them instead (signed by us), so a live member
+        refutes within the suspicion timeout and a truly dead one is confirmed by its
+        expiry (or by another ``Dead`` arriving while we suspect it). Gossip gets the same
+        rule: a Byzantine member's ``Dead`` at its victim's current incarnation would
+        otherwise take the victim out of our probe and gossip lists at once, and we would
+        relay that ``Dead`` to others. Returns True if the rumor was handled this way (and
+        so must not be applied as a death).
         """
         current = self._members.get(rumor.node)
         if (
@@ -807,7 +823,7 @@ class Membership:
         ):
             return False  # _apply then refuses it, or applies it, with the same rules
         suspect = self._sign(Suspect(rumor.node, rumor.incarnation, self._node_id, _NO_SIGNATURE))
-        self.counters["dead_downgraded"] = self.counters.get("dead_downgraded", 0) + 1
+        self.counters["dead_downgraded"] += 1
         self._apply(suspect, now, trusted=True)
         return True
 
@@ -827,6 +843,8 @@ class Membership:
             if key is None:
                 key = _RECEIVED[cls] = f"recv_{cls.__name__.lower()}"
             counters[key] = counters.get(key, 0) + 1
+            if cls is Dead and self._dead_as_suspicion(message, now):  # type: ignore[arg-type]
+                continue  # someone else's Dead about a member we hold alive: suspect it
             if cls in _RUMOR_TYPES:
                 direct = (
                     cls is Alive
@@ -1572,14 +1590,19 @@ class Membership:
         return wire_size(rumor)
 
     def _enqueue_rumor(self, rumor: MemberRumor) -> None:
-        self._enqueue(("member", rumor.node), rumor)
+        """Queue a membership rumor: ours (a refutation) ahead of everything, the others
+        ahead of application rumors (see "Dissemination")."""
+        lane = LANE_OWN if rumor.node == self._node_id else LANE_MEMBERS
+        self._enqueue(("member", rumor.node), rumor, lane=lane)
 
-    def _enqueue(self, key: Hashable, message: Message, cap: int | None = None) -> bool:
+    def _enqueue(
+        self, key: Hashable, message: Message, cap: int | None = None, *, lane: int = LANE_APP
+    ) -> bool:
         size = wire_size(message)
         if ENVELOPE_OVERHEAD + size > self._config.max_packet_bytes:
             self.counters["rumors_too_big"] += 1
             return False
-        self._queue.push(key, message, size, cap=cap)
+        self._queue.push(key, message, size, cap=cap, lane=lane)
         return True
 
     def _send(

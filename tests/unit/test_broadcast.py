@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from meshnode.core.broadcast import MAX_SKIPPED_PER_TAKE, BroadcastQueue
+from meshnode.core.broadcast import (
+    LANE_APP,
+    LANE_MEMBERS,
+    LANE_OWN,
+    LANES,
+    MAX_SKIPPED_PER_TAKE,
+    BroadcastQueue,
+)
 from protocol import Message, Nack
 
 
@@ -118,3 +125,34 @@ def test_a_capped_rumor_stops_at_its_cap_below_the_limit() -> None:
     with pytest.raises(ValueError, match="cap must be at least 1"):
         q.push("bad", msg(4), 10, cap=0)
     assert "bad" not in q
+
+
+def test_lanes_are_filled_in_order_whatever_the_transmit_counts() -> None:
+    """A take fills the packet from lane 0, then lane 1, then lane 2: a rumor of an earlier
+    lane goes first even after it was sent more often than fresh rumors of a later one."""
+    q = BroadcastQueue()
+    q.push("own", msg(1), 10, lane=LANE_OWN)
+    q.push("member", msg(2), 10, lane=LANE_MEMBERS)
+    assert q.take(20, 8) == [msg(1), msg(2)]
+    for i in range(10):  # a flood of fresh application rumors, never sent
+        q.push(("app", i), msg(100 + i), 10, lane=LANE_APP)
+    assert q.take(40, 8) == [msg(1), msg(2), msg(109), msg(108)]
+    assert [(r.key, r.lane, r.transmits) for r in q][:2] == [
+        ("own", LANE_OWN, 2),
+        ("member", LANE_MEMBERS, 2),
+    ]
+    # Limits apply per rumor in every lane: the earlier lanes run out, the app lane follows.
+    for _ in range(6):
+        q.take(20, 8)
+    assert "own" not in q and "member" not in q
+    assert q.take(20, 8) == [msg(107), msg(106)]
+
+
+def test_a_bad_lane_is_refused() -> None:
+    q = BroadcastQueue()
+    for lane in (-1, LANES):
+        with pytest.raises(ValueError, match="lane"):
+            q.push("x", msg(1), 10, lane=lane)
+    assert len(q) == 0
+    with pytest.raises(ValueError, match="lanes"):
+        BroadcastQueue(lanes=0)

@@ -640,7 +640,10 @@ def test_dead_is_not_resurrected_by_an_alive_at_the_same_incarnation() -> None:
     y, z = peer(1), peer(2)
     src = ("10.1.1.1", 7946)
     introduce(m, [alive_of(y, 3), alive_of(z)], 0.0)
-    m.receive(z.node_id, [signed(Dead(y.node_id, 3, z.node_id, NO_SIG), z)], src, 1.0)
+    # A Dead about a member held alive first becomes our own suspicion; a second copy,
+    # arriving while we suspect it, is applied.
+    dead = signed(Dead(y.node_id, 3, z.node_id, NO_SIG), z)
+    m.receive(z.node_id, [dead, dead], src, 1.0)
     assert m.member(y.node_id).state is MemberState.DEAD  # type: ignore[union-attr]
     m.receive(y.node_id, [alive_of(y, 3)], src, 2.0)
     assert m.member(y.node_id).state is MemberState.DEAD  # type: ignore[union-attr]
@@ -654,7 +657,7 @@ def test_dead_is_not_resurrected_by_an_alive_at_the_same_incarnation() -> None:
     kinds = [
         e.kind for e in m.take_effects() if isinstance(e, MemberChanged) and e.node_id == y.node_id
     ]
-    assert kinds == [MemberEvent.JOINED, MemberEvent.DEAD, MemberEvent.ALIVE]
+    assert kinds == [MemberEvent.JOINED, MemberEvent.SUSPECT, MemberEvent.DEAD, MemberEvent.ALIVE]
 
 
 @pytest.mark.parametrize(
@@ -698,8 +701,15 @@ def test_rumor_precedence_table(
             return signed(Dead(y.node_id, inc, z.node_id, NO_SIG), z)
         return signed(Leave(y.node_id, inc, NO_SIG), y)
 
-    m.receive(z.node_id, [rumor(*first)], src, 1.0)
-    m.receive(z.node_id, [rumor(*second)], src, 2.0)
+    def deliver(inc: int, kind: str, now: float) -> None:
+        # A Dead about a member held alive first becomes our own suspicion (see
+        # test_a_gossiped_dead_about_a_live_member_becomes_our_suspicion); a second copy,
+        # arriving while we suspect it, is ranked like any rumor.
+        copies = 2 if kind == "dead" else 1
+        m.receive(z.node_id, [rumor(inc, kind)] * copies, src, now)
+
+    deliver(*first, 1.0)
+    deliver(*second, 2.0)
     member = m.member(y.node_id)
     assert member is not None
     assert (member.state, member.incarnation) == (state_after, incarnation_after)
