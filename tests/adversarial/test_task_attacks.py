@@ -165,9 +165,9 @@ async def test_replayed_envelope_does_not_hijack_the_task_channel(tmp_path: Path
 
 
 async def test_forged_dead_does_not_abort_a_live_task(tmp_path: Path) -> None:
-    """M, a real member, signs ``Dead(B)`` and sends it to A by UDP while A waits on a
-    4-second task at B. A checks B on their task channel (B answers), so the task
-    completes and A's trust in B does not drop.
+    """M, a real member, signs ``Dead(B)`` and sends it to A by UDP (twice, so that A holds B
+    dead, not only suspect) while A waits on a 4-second task at B. A checks B on their task
+    channel (B answers), so the task completes and A's trust in B does not drop.
 
     On the unfixed code: A failed the attempt about 0.1 s after the Dead arrived
     (HTTP 502, ``all 1 candidates tried; last: peer_failed: member dead``), a failure
@@ -200,7 +200,9 @@ async def test_forged_dead_does_not_abort_a_live_task(tmp_path: Path) -> None:
         incarnation = a.members()[b.node_id]["incarnation"]
         forged = Dead(b.node_id, incarnation, m.node_id, bytes(64))
         forged = Attacker(m_key).sign(forged)
-        udp_send(a.address, Attacker(m_key).envelope([forged]))
+        # Twice in one datagram: a gossiped Dead about a member A holds alive only makes
+        # A suspect it; the second, arriving while A suspects B, declares B dead at A.
+        udp_send(a.address, Attacker(m_key).envelope([forged, forged]))
         status, body = await job
         after = trust_of(a, b)
         refuted = task_counter(a, "dead_refuted_on_channel")

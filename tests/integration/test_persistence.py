@@ -199,8 +199,15 @@ async def test_records_the_ledger_drops_are_deleted_from_the_data_dir(tmp_path: 
         victim.record_outcome(ids[0], 1.0)  # our own record evicts a member's at the cap
         assert len(victim.core.ledger) == 2
         assert victim.core.counters["records_evicted"] == 1
-        held = {(r.observer, r.subject) for r in victim.core.ledger.records()}
-        await wait_for(lambda: store.record_keys() == held, 15)
+
+        def stored_as_held() -> bool:
+            # A gossiped copy of an evicted record may come back and win its place again
+            # (its observer now ranks higher: we rated it); the store follows either way.
+            held = {(r.observer, r.subject) for r in victim.core.ledger.records()}
+            return store.record_keys() == held
+
+        await wait_for(stored_as_held, 15)
+        assert len(store.record_keys()) == 2
     finally:
         for other in others:
             await other.aclose()
