@@ -291,26 +291,33 @@ def start_provider() -> tuple[subprocess.Popen[str], str, str]:
     raise RuntimeError("the meshnode provider did not start")
 
 
+async def wait_until_discoverable(node: MeshNode, provider_id: str) -> None:
+    """Wait (30 s at most per step) until ``node`` holds the provider's manifest and its
+    index answers :data:`CAPABILITY` with it."""
+    from meshnode.runtime.node import wait_for
+
+    await wait_for(lambda: node.core.manifests.get(provider_id) is not None, 30)
+    await node.discovery.settled()
+    await wait_for(
+        lambda: (
+            any(c.node_id == provider_id for c in node.discovery.index.by_name(CAPABILITY))
+            if node.discovery.index is not None
+            else False
+        ),
+        30,
+    )
+
+
 async def measure_meshnode_async(
     plan: Plan, provider_id: str, address: str, provider_pid: int
 ) -> dict[str, Any]:
-    from meshnode.runtime.node import wait_for
 
     def cpu() -> dict[str, float]:
         return {"requester": time.process_time(), "provider": process_cpu_s(provider_pid)}
 
     config = NodeConfig.local(name="bench-requester", port=0, seeds=(address,), embedder="hashing")
     async with MeshNode(config) as node:
-        await wait_for(lambda: node.core.manifests.get(provider_id) is not None, 30)
-        await node.discovery.settled()
-        await wait_for(
-            lambda: (
-                any(c.node_id == provider_id for c in node.discovery.index.by_name(CAPABILITY))
-                if node.discovery.index is not None
-                else False
-            ),
-            30,
-        )
+        await wait_until_discoverable(node, provider_id)
 
         async def delegate(i: int) -> object:
             result = await node.delegate(CAPABILITY, {"text": f"t{i}"}, deadline_s=10)

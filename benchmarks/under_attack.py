@@ -478,22 +478,12 @@ def wait_until(predicate: Any, timeout: float, what: str) -> None:
 
 
 async def _throughput(plan: Plan, seed: str, provider_id: str) -> dict[str, Any]:
-    from benchmarks.delegation import run_phase
+    from benchmarks.delegation import run_phase, wait_until_discoverable
     from meshnode import MeshNode, NodeConfig
-    from meshnode.runtime.node import wait_for
 
     config = NodeConfig.local(name="requester", port=0, seeds=(seed,), embedder="hashing")
     async with MeshNode(config) as node:
-        await wait_for(lambda: node.core.manifests.get(provider_id) is not None, 30)
-        await node.discovery.settled()
-        await wait_for(
-            lambda: (
-                any(c.node_id == provider_id for c in node.discovery.index.by_name(CAPABILITY))
-                if node.discovery.index is not None
-                else False
-            ),
-            30,
-        )
+        await wait_until_discoverable(node, provider_id)
 
         async def delegate(i: int) -> object:
             result = await node.delegate(CAPABILITY, {"text": f"t{i}"}, deadline_s=10)
