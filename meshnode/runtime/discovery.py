@@ -38,7 +38,7 @@ from protocol import Manifest
 from protocol.manifest import MAX_NAME_CHARS, MAX_TAG_CHARS
 
 if TYPE_CHECKING:
-    from meshnode.discovery.embedder import CachedEmbedder, Embedder
+    from meshnode.discovery import CachedEmbedder, Embedder
     from meshnode.discovery.index import CapabilityIndex, IndexEntry
     from meshnode.runtime.node import MeshNode
 
@@ -59,7 +59,7 @@ def shared_embedder(kind: str, precision: str = "auto") -> CachedEmbedder:
     blocking: call off the loop)."""
     if kind not in EMBEDDERS:
         raise ValueError(f"embedder must be one of {EMBEDDERS}, got {kind!r}")
-    from meshnode.discovery.embedder import (
+    from meshnode.discovery import (
         CachedEmbedder,
         HashingEmbedder,
         MiniLMEmbedder,

@@ -1,23 +1,29 @@
-"""Embedders without the model: the hashing embedder, the LRU cache and the fallback."""
+"""Embedders without the model: the hashing embedder, the LRU cache, the fallback and the
+cross-process lock of the graph cache."""
 
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
-from meshnode.discovery import embedder as embedder_module
-from meshnode.discovery.embedder import (
+from meshnode.discovery import (
     HASHING_DIM,
     CachedEmbedder,
     Embedder,
     HashingEmbedder,
     load_default_embedder,
 )
+from meshnode.discovery import minilm as minilm_module
+from meshnode.discovery.graph_cache import export_lock
+from meshnode.errors import ExportLockTimeout, MeshError
 
 WAIT_S = 30.0
 
@@ -201,7 +207,7 @@ def test_fallback_when_the_model_cannot_load(monkeypatch: pytest.MonkeyPatch) ->
     def broken(*args: object, **kwargs: object) -> None:
         raise ModuleNotFoundError("No module named 'sentence_transformers'")
 
-    monkeypatch.setattr(embedder_module, "MiniLMEmbedder", broken)
+    monkeypatch.setattr(minilm_module, "MiniLMEmbedder", broken)
     with capture_logs() as logs:
         embedder = load_default_embedder()
     assert isinstance(embedder, HashingEmbedder)
@@ -211,3 +217,74 @@ def test_fallback_when_the_model_cannot_load(monkeypatch: pytest.MonkeyPatch) ->
     assert log["log_level"] == "warning"
     assert "sentence_transformers" in log["reason"]
     assert log["fallback"] == embedder.model_id
+
+
+# --------------------------------------------------------------------------- export lock
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from meshnode.discovery.graph_cache import export_lock
+cache, log, hold = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
+with export_lock(cache):
+    with log.open("a") as out:
+        out.write(f"in {time.monotonic()}\\n")
+    print("locked", flush=True)
+    time.sleep(hold)
+    with log.open("a") as out:
+        out.write(f"out {time.monotonic()}\\n")
+"""
+
+
+def hold_lock(cache: Path, log: Path, hold_s: float) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(cache), str(log), str(hold_s)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_export_lock_excludes_other_processes(tmp_path: Path) -> None:
+    """Two processes taking the export lock at once hold it one after the other: their
+    intervals inside the lock never overlap (the lock is cross-process, not per thread)."""
+    log = tmp_path / "log"
+    procs = [hold_lock(tmp_path / "cache", log, 0.5) for _ in range(2)]
+    for proc in procs:
+        proc.communicate(timeout=WAIT_S)
+        assert proc.returncode == 0
+    events = [line.split() for line in log.read_text().splitlines()]
+    assert [kind for kind, _ in events] == ["in", "out", "in", "out"]
+    assert float(events[1][1]) <= float(events[2][1])
+
+
+def test_export_lock_gives_up_with_a_clear_error(tmp_path: Path) -> None:
+    """While another process holds the lock, a waiter gives up after its timeout with an
+    ExportLockTimeout (a MeshError and a TimeoutError) naming the cache; once the holder
+    dies, the lock is free at once."""
+    cache = tmp_path / "cache"
+    holder = hold_lock(cache, tmp_path / "log", 120.0)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ExportLockTimeout, match="seems stuck") as caught:  # noqa: SIM117
+            with export_lock(cache, timeout=0.2):
+                pytest.fail("took a lock another process holds")
+        assert isinstance(caught.value, MeshError)
+        assert isinstance(caught.value, TimeoutError)
+        assert str(cache) in str(caught.value)
+    finally:
+        holder.kill()
+        holder.communicate(timeout=WAIT_S)
+    with export_lock(cache, timeout=WAIT_S):
+        pass
+
+
+def test_export_lock_without_a_writable_cache_is_no_lock(tmp_path: Path) -> None:
+    """A cache directory that cannot be created (a file is in the way) means no cache to
+    share and no lock: the block still runs."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    ran = False
+    with export_lock(blocker / "cache", timeout=0.1):
+        ran = True
+    assert ran

@@ -282,7 +282,7 @@ def embed_in_fresh_process(cache: Path, precision: str) -> dict[str, Any]:
     the load imported (``torch``, ``st`` for sentence-transformers, ``quantiser``)."""
     script = (
         "import sys, json\n"
-        "from meshnode.discovery.embedder import MiniLMEmbedder\n"
+        "from meshnode.discovery import MiniLMEmbedder\n"
         f"e = MiniLMEmbedder(backend='onnx', precision={precision!r}, cache_dir={str(cache)!r})\n"
         "v = e.embed(['render an invoice as a PDF'])[0]\n"
         "print(json.dumps({'torch': 'torch' in sys.modules, 'id': e.model_id,\n"
@@ -379,7 +379,7 @@ def test_processes_started_together_export_the_graph_once(tmp_path: Path) -> Non
     int8 = int8_dot_product_cpu()
     script = (
         "import sys, json\n"
-        "from meshnode.discovery.embedder import MiniLMEmbedder\n"
+        "from meshnode.discovery import MiniLMEmbedder\n"
         f"e = MiniLMEmbedder(backend='onnx', cache_dir={str(tmp_path)!r})\n"
         "assert e.embed(['hello']).shape == (1, 384)\n"
         "print(json.dumps([e.precision, 'torch' in sys.modules,\n"

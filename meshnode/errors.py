@@ -1,0 +1,71 @@
+"""Every error meshnode raises for a caller to catch, under one root: :class:`MeshError`.
+
+Errors are grouped by what the caller does about them:
+
+* bad local input — :class:`ConfigError` (an invalid ``NodeConfig``),
+  :class:`~protocol.errors.LocalProtocolError` (something that cannot be encoded: a
+  capability or manifest over its limits); both are also ``ValueError``;
+* the node's own environment — :class:`DataDirInUse` (another process runs this node),
+  :class:`KeyFileError` (the identity key is missing, corrupt, a symlink or readable by
+  others), :class:`ExportLockTimeout` (another process's model export seems stuck);
+* delegation failed — :class:`DelegationError` (no provider took the task, or every
+  attempt failed or timed out);
+* a peer broke the protocol — :class:`~protocol.errors.RemoteProtocolError` and its
+  subclasses (shells drop such input and count it; a caller meets them only when decoding
+  bytes itself).
+
+The root lives in :mod:`protocol.errors`, the lowest layer, so that the wire format's errors
+share it without the protocol importing anything above it; this module re-exports it.
+Foreign exceptions are translated into these once, at the boundary where they happen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from protocol.errors import (
+    LocalProtocolError,
+    MeshError,
+    ProtocolError,
+    RemoteProtocolError,
+)
+
+__all__ = [
+    "ConfigError",
+    "DataDirInUse",
+    "DelegationError",
+    "ExportLockTimeout",
+    "KeyFileError",
+    "LocalProtocolError",
+    "MeshError",
+    "ProtocolError",
+    "RemoteProtocolError",
+]
+
+
+class ConfigError(MeshError, ValueError):
+    """A configuration value is invalid (raised by ``NodeConfig`` validation). A
+    ``ValueError`` too, for callers that catch that."""
+
+
+class DataDirInUse(MeshError):
+    """Another process (or another node of this one) holds the data dir."""
+
+
+class KeyFileError(MeshError):
+    """An identity key file is missing, corrupt, a symlink, or accessible by other users."""
+
+
+class ExportLockTimeout(MeshError, TimeoutError):
+    """Waited too long for another process to export the embedding model's graph."""
+
+
+class DelegationError(MeshError):
+    """No candidate completed the task. ``reason`` says why; ``attempts`` says who was
+    tried and what happened (``meshnode.runtime.tasks.Attempt`` records, in order)."""
+
+    def __init__(self, reason: str, attempts: Sequence[Any] = ()) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.attempts = tuple(attempts)
