@@ -245,7 +245,7 @@ class NodeConfig:
     half the time (3.3-4.5 ms against 6.7-8.7 ms when the weights have left the caches) and
     moves each vector a little (cosine 0.98-0.996 with the float one); recall on the
     retrieval test set is the same. Each precision is its own vector space (``model_id``
-    ends in ``:int8``). See ``meshnode.discovery.embedder.MINILM_PRECISION``."""
+    ends in ``:int8``). See ``meshnode.discovery.MINILM_PRECISION``."""
 
     routing_weights: RoutingWeights = dataclasses.field(default_factory=RoutingWeights)
     """Weights of the router's four factors (semantic, trust, availability, cost), default

@@ -35,7 +35,6 @@ from meshnode.discovery.minilm import (
 )
 from meshnode.discovery.model import MINILM_DIM, MINILM_INT8_MODEL_ID, MINILM_MODEL_ID
 from meshnode.discovery.quantize import INT8_MATCH_MIN_COSINE, int8_dot_product_cpu
-from meshnode.discovery.rwlock import RWLock
 
 __all__ = [
     "DEFAULT_CACHE_ENTRIES",
@@ -54,7 +53,6 @@ __all__ = [
     "IndexFullError",
     "MiniLMEmbedder",
     "ModelMismatchError",
-    "RWLock",
     "capability_text",
     "entries_from_manifest",
     "int8_dot_product_cpu",

@@ -1,5 +1,5 @@
 """The capability index: upsert/replace/remove, growth, slot reuse, k clamping, model-id
-checks, name lookup, the exact fallback, the reader/writer lock and concurrent use."""
+checks, name lookup, the exact fallback, the index lock and concurrent use."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from meshnode.discovery import (
     IndexEntry,
     IndexFullError,
     ModelMismatchError,
-    RWLock,
     capability_text,
     entries_from_manifest,
 )
@@ -384,49 +383,34 @@ def test_text_round_trip_with_hashing_embedder() -> None:
 # --------------------------------------------------------------------------- concurrency
 
 
-def test_rwlock_readers_share_writers_exclude() -> None:
-    """Two readers hold the lock together; a writer waits for both, and readers that
-    arrive while a writer waits queue behind it."""
-    lock = RWLock()
-    both_reading = threading.Barrier(3, timeout=WAIT_S)
-    release_readers = threading.Event()
-    order: list[str] = []
-    order_lock = threading.Lock()
+def test_searches_and_updates_wait_for_the_index_lock() -> None:
+    """Every search and every update takes the index's one lock: while it is held (as an
+    upsert in progress holds it), neither a search nor an upsert gets through, and both
+    finish once it is released, the search seeing the index as a whole."""
+    index = new_index()
+    put(index, "n1", {"a": 0})
+    done: dict[str, object] = {}
 
-    def reader(name: str) -> None:
-        with lock.read():
-            both_reading.wait()
-            assert release_readers.wait(WAIT_S)
-            with order_lock:
-                order.append(name)
+    def search() -> None:
+        done["search"] = keys(index.search(unit(0), 5, MODEL))
 
-    def writer() -> None:
-        with lock.write(), order_lock:
-            order.append("writer")
+    def upsert() -> None:
+        put(index, "n2", {"b": 1})
+        done["upsert"] = True
 
-    def late_reader() -> None:
-        with lock.read(), order_lock:
-            order.append("late")
-
-    readers = [threading.Thread(target=reader, args=(f"r{i}",)) for i in range(2)]
-    for t in readers:
-        t.start()
-    both_reading.wait()  # both readers are inside at once
-    w = threading.Thread(target=writer)
-    w.start()
-    deadline = threading.Event()
-    for _ in range(1000):  # wait (bounded) until the writer is queued
-        if lock._writers_waiting:
-            break
-        deadline.wait(0.005)
-    assert lock._writers_waiting == 1
-    late = threading.Thread(target=late_reader)
-    late.start()
-    release_readers.set()
-    for t in [*readers, w, late]:
+    workers = [threading.Thread(target=search), threading.Thread(target=upsert)]
+    with index._lock:
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join(0.2)  # bounded: they must still be waiting for the lock
+        assert done == {}
+        assert all(t.is_alive() for t in workers)
+    for t in workers:
         t.join(WAIT_S)
         assert not t.is_alive()
-    assert order[2:] == ["writer", "late"]
+    assert done["upsert"] is True
+    assert done["search"] in ([("n1", "a")], [("n1", "a"), ("n2", "b")])
 
 
 def test_concurrent_readers_and_a_writer() -> None:
