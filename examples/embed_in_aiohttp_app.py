@@ -25,9 +25,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from meshnode import MeshNode, NodeConfig, capability
-from meshnode.runtime.discovery import candidate_json
-from meshnode.runtime.tasks import DelegationError
+from meshnode import DelegationError, MeshNode, NodeConfig, candidate_json, capability
 
 NODE: web.AppKey[MeshNode] = web.AppKey("mesh_node")
 SEEDS: web.AppKey[list[str]] = web.AppKey("mesh_seeds")
@@ -74,8 +72,7 @@ class Shouter(MeshNode):
 
 
 async def check() -> int:
-    from meshnode.runtime.logging import configure_logging
-    from meshnode.runtime.node import wait_for
+    from meshnode import configure_logging, wait_for
 
     configure_logging(level="WARNING")
     async with Shouter(NodeConfig.local(name="shouter", port=0)) as peer:

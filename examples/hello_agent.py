@@ -32,8 +32,7 @@ async def serve(port: int, seeds: list[str]) -> None:
 
 
 async def check() -> int:
-    from meshnode.runtime.logging import configure_logging
-    from meshnode.runtime.node import wait_for
+    from meshnode import configure_logging, wait_for
 
     configure_logging(level="WARNING")
     # Loopback timings, any free port, and the hashing embedder: this check looks the

@@ -88,8 +88,7 @@ class Translator(MeshNode):
 
 
 async def main() -> int:
-    from meshnode.runtime.logging import configure_logging
-    from meshnode.runtime.node import wait_for
+    from meshnode import configure_logging, wait_for
 
     configure_logging(level="WARNING")
     async with Translator(NodeConfig.local(name="translator", port=0)) as translator:

@@ -60,8 +60,7 @@ TEXT = (
 
 
 async def main() -> int:
-    from meshnode.runtime.logging import configure_logging
-    from meshnode.runtime.node import wait_for
+    from meshnode import configure_logging, wait_for
 
     configure_logging(level="WARNING")
     async with WordCounter(NodeConfig.local(name="counter", port=0)) as counter:

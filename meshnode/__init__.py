@@ -3,28 +3,123 @@
 Nodes join through any seed address, learn the membership by SWIM gossip, spread signed
 capability manifests, discover peers from a local semantic index, negotiate tasks peer to
 peer and gossip signed trust opinions into a CRDT reputation ledger.
+
+Everything a user touches is importable from here (``from meshnode import ...``); the
+modules under ``meshnode`` are the implementation and may move. Every error meshnode raises
+for a caller to catch subclasses :class:`MeshError` (see :mod:`meshnode.errors`).
+
+``import meshnode`` stays light: the asyncio runtime (and aiohttp with it) is imported only
+when one of its names (``MeshNode``, ``DelegationResult``, ...) is first asked for.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING
 
-from meshnode.capability import capability
-from meshnode.core.config import NodeConfig
+from meshnode.capability import CapabilitySpec, capability
+from meshnode.core.config import NodeConfig, format_address, parse_address
+from meshnode.core.effects import MemberChanged, MemberEvent
+from meshnode.core.evaluator import SUCCESS_THRESHOLD
+from meshnode.core.membership import Member, MemberState
+from meshnode.core.negotiation import Attempt, AttemptOutcome
+from meshnode.core.router import RoutingWeights, ScoredCandidate
+from meshnode.errors import (
+    ConfigError,
+    DataDirInUse,
+    DelegationError,
+    ExportLockTimeout,
+    KeyFileError,
+    LocalProtocolError,
+    MeshError,
+    ProtocolError,
+    RemoteProtocolError,
+)
+from protocol import Capability, short_id
 
 if TYPE_CHECKING:
-    from meshnode.runtime.node import MeshNode
+    from meshnode.runtime.discovery import candidate_json
+    from meshnode.runtime.logging import configure_logging
+    from meshnode.runtime.mcp_client import CONFIG_ENV as MCP_CONFIG_ENV
+    from meshnode.runtime.mcp_client import (
+        McpCallError,
+        McpClientPool,
+        McpConfigError,
+        McpError,
+        McpUnavailable,
+    )
+    from meshnode.runtime.node import MeshNode, wait_for
+    from meshnode.runtime.tasks import DelegationResult
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["MeshNode", "NodeConfig", "__version__", "capability"]
+_LAZY: dict[str, tuple[str, str]] = {
+    "MeshNode": ("meshnode.runtime.node", "MeshNode"),
+    "wait_for": ("meshnode.runtime.node", "wait_for"),
+    "DelegationResult": ("meshnode.runtime.tasks", "DelegationResult"),
+    "candidate_json": ("meshnode.runtime.discovery", "candidate_json"),
+    "configure_logging": ("meshnode.runtime.logging", "configure_logging"),
+    "McpClientPool": ("meshnode.runtime.mcp_client", "McpClientPool"),
+    "McpError": ("meshnode.runtime.mcp_client", "McpError"),
+    "McpUnavailable": ("meshnode.runtime.mcp_client", "McpUnavailable"),
+    "McpConfigError": ("meshnode.runtime.mcp_client", "McpConfigError"),
+    "McpCallError": ("meshnode.runtime.mcp_client", "McpCallError"),
+    "MCP_CONFIG_ENV": ("meshnode.runtime.mcp_client", "CONFIG_ENV"),
+}
+"""Public names that live in the asyncio runtime: loaded on first use, so that the pure
+layers (config, capability declarations, member and candidate types, errors) import
+without aiohttp."""
+
+__all__ = [
+    "MCP_CONFIG_ENV",
+    "SUCCESS_THRESHOLD",
+    "Attempt",
+    "AttemptOutcome",
+    "Capability",
+    "CapabilitySpec",
+    "ConfigError",
+    "DataDirInUse",
+    "DelegationError",
+    "DelegationResult",
+    "ExportLockTimeout",
+    "KeyFileError",
+    "LocalProtocolError",
+    "McpCallError",
+    "McpClientPool",
+    "McpConfigError",
+    "McpError",
+    "McpUnavailable",
+    "Member",
+    "MemberChanged",
+    "MemberEvent",
+    "MemberState",
+    "MeshError",
+    "MeshNode",
+    "NodeConfig",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "RoutingWeights",
+    "ScoredCandidate",
+    "__version__",
+    "candidate_json",
+    "capability",
+    "configure_logging",
+    "format_address",
+    "parse_address",
+    "short_id",
+    "wait_for",
+]
 
 
 def __getattr__(name: str) -> object:
-    # The runtime pulls in aiohttp; load it only when MeshNode is asked for, so the pure
-    # layers stay importable on their own.
-    if name == "MeshNode":
-        from meshnode.runtime.node import MeshNode
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'meshnode' has no attribute {name!r}")
+    module, attribute = target
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value  # later look-ups skip this function
+    return value
 
-        return MeshNode
-    raise AttributeError(name)
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -421,7 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"meshnode: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # the CLI boundary: report, never dump a traceback
-        from meshnode.runtime.store import DataDirInUse
+        from meshnode.errors import DataDirInUse
 
         if isinstance(exc, DataDirInUse):  # another process runs this node: name it
             print(f"meshnode: error: {exc}", file=sys.stderr)

@@ -4,8 +4,8 @@ Theory of operation
 -------------------
 Every knob a node has lives in :class:`NodeConfig`. It is immutable (change it with
 ``dataclasses.replace`` or a preset's keyword overrides) and checked in ``__post_init__``,
-so an invalid configuration fails loudly at construction with a ``ValueError`` that names
-the field, not minutes later inside a timer.
+so an invalid configuration fails loudly at construction with a ``ConfigError`` (also a
+``ValueError``) that names the field, not minutes later inside a timer.
 
 Each field's docstring states its unit, default, the formula it enters and the trade-off
 of moving it. The defaults are the LAN profile, matching hashicorp/memberlist's
@@ -28,6 +28,7 @@ import math
 from typing import Any
 
 from meshnode.core.router import RoutingWeights
+from meshnode.errors import ConfigError
 
 __all__ = ["NodeConfig", "format_address", "parse_address"]
 
@@ -486,6 +487,14 @@ class NodeConfig:
     # ------------------------------------------------------------------ validation
 
     def __post_init__(self) -> None:
+        try:
+            self._validate()
+        except ConfigError:
+            raise
+        except ValueError as exc:  # every check raises ValueError; callers get ConfigError
+            raise ConfigError(str(exc)) from None
+
+    def _validate(self) -> None:
         if isinstance(self.seeds, str):
             raise ValueError("seeds must be a sequence of 'host:port' strings, not one string")
         if not isinstance(self.seeds, tuple):

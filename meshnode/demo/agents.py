@@ -32,11 +32,8 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar
 
-from meshnode.capability import capability
-from meshnode.core.config import NodeConfig
+from meshnode import McpClientPool, McpError, MeshNode, NodeConfig, capability
 from meshnode.demo import guards, sandbox, search, stats, writer
-from meshnode.runtime.mcp_client import McpClientPool, McpError
-from meshnode.runtime.node import MeshNode
 
 __all__ = [
     "DATA_ROOT_ENV",

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from protocol import MeshError
+from meshnode import MeshError
 
 __all__ = [
     "CONNECT_TIMEOUT_S",

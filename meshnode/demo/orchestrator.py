@@ -44,17 +44,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from meshnode.capability import capability
-from meshnode.core.config import NodeConfig, format_address
-from meshnode.core.effects import MemberChanged, MemberEvent
-from meshnode.core.membership import MemberState
-from meshnode.core.router import ScoredCandidate
+from meshnode import (
+    DelegationError,
+    DelegationResult,
+    MemberChanged,
+    MemberEvent,
+    MemberState,
+    MeshNode,
+    NodeConfig,
+    ScoredCandidate,
+    capability,
+    format_address,
+    short_id,
+    wait_for,
+)
 from meshnode.demo import guards, stats
 from meshnode.demo.agents import DATA_ROOT_ENV, DEMO_DATA_DIR
 from meshnode.demo.writer import cited_ids
-from meshnode.runtime.node import MeshNode, wait_for
-from meshnode.runtime.tasks import DelegationError, DelegationResult
-from protocol import short_id
 
 __all__ = [
     "JOB_ENV",

@@ -40,11 +40,10 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from meshnode.core.evaluator import SUCCESS_THRESHOLD
+from meshnode import MCP_CONFIG_ENV, SUCCESS_THRESHOLD
 from meshnode.demo.agents import DATA_ROOT_ENV, DEMO_DATA_DIR
 from meshnode.demo.live import DemoState, NodeView, TaskView, View, make_view
 from meshnode.demo.orchestrator import JOB_ENV
-from meshnode.runtime.mcp_client import CONFIG_ENV
 
 __all__ = ["DEFAULT_QUERY", "AgentSpec", "DemoOptions", "run_demo"]
 
@@ -354,7 +353,7 @@ class _Demo:
         if role == "orchestrator":
             return _env({JOB_ENV: str(agent.dir / "job.json")})
         if role == "web-search agent" and self.options.mcp_config is not None:
-            return _env({CONFIG_ENV: str(self.options.mcp_config.resolve())})
+            return _env({MCP_CONFIG_ENV: str(self.options.mcp_config.resolve())})
         if role == "writer agent":
             return _env({}, keep=("MESHNODE_LLM_URL", "MESHNODE_LLM_KEY", "MESHNODE_LLM_MODEL"))
         return _env({})

@@ -43,6 +43,7 @@ from typing import TypeVar
 import filelock
 import structlog
 
+from meshnode.errors import DataDirInUse
 from protocol import (
     Alive,
     Dead,
@@ -50,7 +51,6 @@ from protocol import (
     Leave,
     LedgerRecord,
     Manifest,
-    MeshError,
     Message,
     RemoteProtocolError,
     Suspect,
@@ -83,10 +83,6 @@ CREATE TABLE IF NOT EXISTS ledger (
 log = structlog.get_logger("meshnode.store")
 M = TypeVar("M", bound=Message)
 MemberRumor = Alive | Suspect | Dead | Leave
-
-
-class DataDirInUse(MeshError):
-    """Another process (or another node of this one) holds the data dir."""
 
 
 class NodeStore:

@@ -101,6 +101,7 @@ from meshnode.core.negotiation import (
     SendRequest,
     StartTask,
 )
+from meshnode.errors import DelegationError as DelegationError  # public home: meshnode
 from protocol import (
     Capability,
     LocalProtocolError,
@@ -143,15 +144,6 @@ log = structlog.get_logger("meshnode.tasks")
 
 Wire = list[Any]
 """One message in wire form (``protocol.codec.message_to_wire``)."""
-
-
-class DelegationError(Exception):
-    """No candidate completed the task. ``attempts`` says who was tried and what happened."""
-
-    def __init__(self, reason: str, attempts: Sequence[Attempt] = ()) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.attempts = tuple(attempts)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
