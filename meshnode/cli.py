@@ -244,15 +244,16 @@ async def _cmd_trust(args: argparse.Namespace) -> int:
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
+    from meshnode.runtime.store import KEY_FILE, load_identity, save_identity
     from protocol import Identity
 
-    path = Path(args.data_dir) / "node.key"
+    path = Path(args.data_dir) / KEY_FILE
     if path.exists() and not args.force:
-        identity = Identity.load(path)
+        identity = load_identity(path)
         created = False
     else:
         identity = Identity.generate()
-        identity.save(path)
+        save_identity(path, identity)
         created = True
     if args.json:
         print(json.dumps({"node_id": identity.node_id, "key_file": str(path), "created": created}))

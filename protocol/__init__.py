@@ -16,7 +16,6 @@ from protocol.codec import (
 )
 from protocol.errors import (
     BadSignature,
-    KeyFileError,
     LimitExceeded,
     LocalProtocolError,
     MalformedMessage,
@@ -76,7 +75,6 @@ __all__ = [
     "Envelope",
     "FastSigner",
     "Identity",
-    "KeyFileError",
     "Leave",
     "LedgerDigest",
     "LedgerRecord",

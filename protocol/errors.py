@@ -10,6 +10,9 @@ There is one root, :class:`MeshError`. Protocol errors split the way h11 splits 
 
 Foreign exceptions (msgpack's, PyNaCl's, UnicodeDecodeError) are translated into these once,
 at the boundary where they happen, and never leak upward.
+
+The errors of the layers above (a data dir in use, an unreadable key file, a failed
+delegation, an invalid config) live in ``meshnode.errors`` under the same root.
 """
 
 from __future__ import annotations
@@ -49,7 +52,3 @@ class UnsupportedVersion(RemoteProtocolError):
 
 class BadSignature(RemoteProtocolError):
     """A signature does not verify against the key of the node it claims to come from."""
-
-
-class KeyFileError(MeshError):
-    """An identity key file is missing, corrupt or readable by other users."""

@@ -11,8 +11,9 @@ from it and check that node's signatures, with no key distribution and no regist
 On the wire node ids travel as the raw 32 bytes; :func:`node_id_from_public_key` and
 :func:`public_key_from_node_id` convert at the codec boundary.
 
-Key files hold the 32-byte seed, hex encoded, and are written with mode 0600. Loading a key
-file that other users can read is refused with :class:`~protocol.errors.KeyFileError`.
+This module is pure: an identity goes to and from its 32-byte seed (:meth:`Identity.to_seed`,
+:meth:`Identity.from_seed`); reading and writing key files is the runtime's job
+(``meshnode.runtime.store``: mode 0600, written atomically, never through a symlink).
 
 The sans-I/O cores never import PyNaCl directly: they take a :class:`Signer` (anything with
 ``node_id``, ``public_key`` and ``sign``) and a :data:`Verifier` callable, so the simulator can
@@ -22,25 +23,23 @@ substitute :class:`FastSigner` / :func:`fast_verify` (documented there) for spee
 from __future__ import annotations
 
 import base64
-import contextlib
 import functools
 import hashlib
 import hmac
-import os
-import stat
 from collections.abc import Callable
-from pathlib import Path
 from typing import Protocol
 
 import nacl.exceptions
 import nacl.signing
 
-from protocol.errors import KeyFileError, LocalProtocolError
+from protocol.errors import LocalProtocolError
 
 PUBLIC_KEY_BYTES = 32
 """Length of an Ed25519 public key, and so of a node id on the wire."""
 SIGNATURE_BYTES = 64
 """Length of an Ed25519 signature."""
+SEED_BYTES = 32
+"""Length of an Ed25519 private seed (what a key file holds)."""
 NODE_ID_CHARS = 52
 """Length of the text form of a node id (base32 of 32 bytes, unpadded)."""
 SHORT_ID_CHARS = 10
@@ -147,10 +146,11 @@ class Identity:
 
     @classmethod
     def from_seed(cls, seed: bytes) -> Identity:
-        """A deterministic identity from a 32-byte seed (tests and simulations)."""
-        if len(seed) != 32:
+        """The identity of a 32-byte seed (a key file's content, or a fixed seed in tests
+        and simulations)."""
+        if not isinstance(seed, bytes | bytearray) or len(seed) != SEED_BYTES:
             raise LocalProtocolError("an Ed25519 seed is 32 bytes")
-        return cls(nacl.signing.SigningKey(seed))
+        return cls(nacl.signing.SigningKey(bytes(seed)))
 
     @property
     def node_id(self) -> str:
@@ -164,73 +164,10 @@ class Identity:
         """The 64-byte detached signature of ``data``."""
         return self._signing_key.sign(data).signature
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the key to ``path`` with mode 0600, atomically and durably.
-
-        The key goes to ``<path>.tmp``, created with ``O_CREAT | O_EXCL | O_NOFOLLOW``
-        (a stale temp file, or a symlink planted in its place, is unlinked first and never
-        followed), is fsynced, renamed over ``path``, and the directory is fsynced so the
-        rename survives a crash."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = target.with_name(target.name + ".tmp")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)  # unlink removes a symlink itself, never its target
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            try:
-                os.fchmod(fd, 0o600)
-                data = bytes(self._signing_key).hex().encode("ascii") + b"\n"
-                while data:
-                    data = data[os.write(fd, data) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Identity:
-        """Read a key written by :meth:`save`.
-
-        Raises :class:`KeyFileError` if the file is missing, corrupt, or readable or
-        writable by group or others (fix with ``chmod 600``).
-        """
-        source = Path(path)
-        try:
-            st = source.stat()
-        except FileNotFoundError as exc:
-            raise KeyFileError(f"no identity key at {source}") from exc
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise KeyFileError(
-                f"identity key {source} is accessible by other users "
-                f"(mode {stat.S_IMODE(st.st_mode):o}); run: chmod 600 {source}"
-            )
-        text = source.read_text(encoding="ascii", errors="replace").strip()
-        try:
-            seed = bytes.fromhex(text)
-        except ValueError as exc:
-            raise KeyFileError(f"identity key {source} is not hex") from exc
-        if len(seed) != 32:
-            raise KeyFileError(f"identity key {source} does not hold a 32-byte seed")
-        return cls(nacl.signing.SigningKey(seed))
-
-    @classmethod
-    def load_or_create(cls, path: str | os.PathLike[str]) -> Identity:
-        """Load the key at ``path``, or generate and save one if there is none."""
-        if Path(path).exists():
-            return cls.load(path)
-        identity = cls.generate()
-        identity.save(path)
-        return identity
+    def to_seed(self) -> bytes:
+        """The 32-byte private seed, for the key file (:meth:`from_seed` reads it back).
+        Secret: whoever holds it is this node."""
+        return bytes(self._signing_key)
 
     def __repr__(self) -> str:
         return f"<Identity {short_id(self._node_id)}>"

@@ -2,7 +2,9 @@
 
 Theory of operation
 -------------------
-A data dir holds ``node.key`` (the Ed25519 seed, mode 0600) and ``meshnode.sqlite3`` with:
+A data dir holds ``node.key`` (the Ed25519 seed, mode 0600: :func:`save_identity`,
+:func:`load_identity`, :func:`load_or_create_identity`, the only code that touches key
+files) and ``meshnode.sqlite3`` with:
 
 * ``meta``: this node's last incarnation (so a restart comes back *above* it);
 * ``members``: the latest signed rumor per known member (for a warm rejoin);
@@ -43,7 +45,7 @@ from typing import TypeVar
 import filelock
 import structlog
 
-from meshnode.errors import DataDirInUse
+from meshnode.errors import DataDirInUse, KeyFileError
 from protocol import (
     Alive,
     Dead,
@@ -57,8 +59,13 @@ from protocol import (
     pack,
     unpack,
 )
+from protocol.identity import SEED_BYTES
 
 KEY_FILE = "node.key"
+"""The identity key's file in the data dir: the hex of the 32-byte seed and a newline."""
+MAX_KEY_FILE_BYTES = 4_096
+"""Largest key file read (one is 65 bytes): a larger file is refused as not a key, and a
+hostile one costs no more than this to reject."""
 DB_FILE = "meshnode.sqlite3"
 DB_COMPANIONS = ("-wal", "-shm")
 """Files SQLite keeps beside :data:`DB_FILE` in WAL mode."""
@@ -122,7 +129,7 @@ class NodeStore:
 
     def load_identity(self) -> Identity:
         """The node's key, created on first use."""
-        return Identity.load_or_create(self.data_dir / KEY_FILE)
+        return load_or_create_identity(self.data_dir / KEY_FILE)
 
     # ------------------------------------------------------------------ transactions
 
@@ -275,6 +282,99 @@ class NodeStore:
             pass
         if self._lock.is_locked:
             _unlock_data_dir(self.data_dir, self._lock)
+
+
+# ---------------------------------------------------------------------------- key file
+
+
+def save_identity(path: str | os.PathLike[str], identity: Identity) -> None:
+    """Write ``identity``'s key to ``path`` with mode 0600, atomically and durably.
+
+    The key goes to ``<path>.tmp``, created with ``O_CREAT | O_EXCL | O_NOFOLLOW`` (a stale
+    temp file, or a symlink planted in its place, is unlinked first and never followed),
+    is fsynced, renamed over ``path`` (a rename replaces a symlink at ``path`` itself, never
+    its target), and the directory is fsynced so the rename survives a crash. A missing
+    parent directory is created 0700."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+    tmp = target.with_name(target.name + ".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # unlink removes a symlink itself, never its target
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_FILE_MODE)
+    try:
+        try:
+            os.fchmod(fd, PRIVATE_FILE_MODE)
+            data = identity.to_seed().hex().encode("ascii") + b"\n"
+            while data:
+                data = data[os.write(fd, data) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_identity(path: str | os.PathLike[str]) -> Identity:
+    """Read a key written by :func:`save_identity`.
+
+    Raises :class:`~meshnode.errors.KeyFileError` if the file is missing, is a symlink or
+    not a regular file, is readable or writable by group or others (fix with ``chmod
+    600``), is larger than :data:`MAX_KEY_FILE_BYTES`, or does not hold a hex 32-byte
+    seed. The checks are made on the opened file (``fstat``), so the file cannot be
+    swapped between the check and the read."""
+    source = Path(path)
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError as exc:
+        raise KeyFileError(f"no identity key at {source}") from exc
+    except OSError as exc:
+        if os.path.islink(source):  # O_NOFOLLOW refuses a symlink with ELOOP
+            raise KeyFileError(
+                f"identity key {source} is a symlink; a key file must be a regular file "
+                f"(replace the link with the file it points to)"
+            ) from None
+        raise KeyFileError(f"cannot open identity key {source}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(f"identity key {source} is not a regular file")
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise KeyFileError(
+                f"identity key {source} is accessible by other users "
+                f"(mode {stat.S_IMODE(st.st_mode):o}); run: chmod 600 {source}"
+            )
+        raw = os.read(fd, MAX_KEY_FILE_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_KEY_FILE_BYTES:
+        raise KeyFileError(f"identity key {source} is larger than {MAX_KEY_FILE_BYTES} bytes")
+    text = raw.decode("ascii", errors="replace").strip()
+    try:
+        seed = bytes.fromhex(text)
+    except ValueError:
+        raise KeyFileError(f"identity key {source} is not hex") from None
+    if len(seed) != SEED_BYTES:
+        raise KeyFileError(f"identity key {source} does not hold a {SEED_BYTES}-byte seed")
+    return Identity.from_seed(seed)
+
+
+def load_or_create_identity(path: str | os.PathLike[str]) -> Identity:
+    """Load the key at ``path``, or generate and save one if nothing is there. Anything at
+    ``path`` (a dangling symlink included) is loaded, and refused if it is not a valid key:
+    a node never silently replaces a key it cannot read with a new identity."""
+    if os.path.lexists(path):
+        return load_identity(path)
+    identity = Identity.generate()
+    save_identity(path, identity)
+    return identity
 
 
 # ---------------------------------------------------------------------------- data dir

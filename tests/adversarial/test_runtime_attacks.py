@@ -328,9 +328,9 @@ def test_a_planted_temp_key_symlink_is_not_followed(tmp_path: Path) -> None:
         key = data_dir / "node.key"
         assert not key.is_symlink()
         assert key.stat().st_mode & 0o777 == 0o600
-        from protocol import Identity
+        from meshnode.runtime.store import load_identity
 
-        assert Identity.load(key).node_id == node.node_id
+        assert load_identity(key).node_id == node.node_id
     finally:
         node.stop()
 

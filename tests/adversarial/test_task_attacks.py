@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from meshnode.runtime.store import save_identity
 from protocol import Dead, Identity, PushPull, TaskRequest, TaskResponse, TaskResult, decode
 from protocol.errors import RemoteProtocolError
 from tests.adversarial.attack import (
@@ -59,7 +60,7 @@ def start(
     data = base / name
     data.mkdir(parents=True, exist_ok=True)
     if identity is not None:
-        identity.save(data / "node.key")
+        save_identity(data / "node.key", identity)
     proc = NodeProcess(name, data, seeds, extra=extra or [])
     running.append(proc)
     return proc.start()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from meshnode.runtime.store import load_identity
 from protocol import Alive, Identity, encode, signing_bytes
 from tests.integration.cluster import NodeProcess, cluster, wait_until
 
@@ -103,7 +104,7 @@ def test_ten_process_lifecycle(tmp_path: Path) -> None:
         )
         frame[-1] ^= 0xFF
         _udp_send(target.address, bytes(frame))
-        key = Identity.load(restarted.data_dir / "node.key")
+        key = load_identity(restarted.data_dir / "node.key")
         stale = Alive(key.node_id, old_incarnation, "127.0.0.1", 9, b"\0" * 64)
         stale = dataclasses.replace(stale, signature=key.sign(signing_bytes(stale)))
         _udp_send(target.address, encode([stale], key))
