@@ -98,14 +98,12 @@ def export_lock(cache: Path, timeout: float = EXPORT_LOCK_TIMEOUT_S) -> Iterator
     :class:`~meshnode.errors.ExportLockTimeout`. Without a writable cache directory, no
     lock (there is no cache to share either)."""
     path = cache / EXPORT_LOCK_FILE
+    held: filelock.BaseFileLock | None = None
     try:
         cache.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        yield
-        return
-    lock = filelock.FileLock(path, timeout=timeout, thread_local=False)
-    try:
+        lock = filelock.FileLock(path, timeout=timeout, thread_local=False)
         lock.acquire()
+        held = lock
     except filelock.Timeout:
         raise ExportLockTimeout(
             f"waited {timeout:g} s for another process to finish exporting the MiniLM "
@@ -114,12 +112,11 @@ def export_lock(cache: Path, timeout: float = EXPORT_LOCK_TIMEOUT_S) -> Iterator
         ) from None
     except OSError as exc:  # an unwritable cache directory: nothing to share, no lock
         _log.info("minilm_export_unlocked", path=str(path), reason=str(exc))
-        yield
-        return
     try:
         yield
     finally:
-        lock.release()
+        if held is not None:
+            held.release()
 
 
 def load_cached(cached: Path, threads: int | None) -> Any:
