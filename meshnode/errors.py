@@ -8,6 +8,9 @@ Errors are grouped by what the caller does about them:
 * the node's own environment — :class:`DataDirInUse` (another process runs this node),
   :class:`KeyFileError` (the identity key is missing, corrupt, a symlink or readable by
   others), :class:`ExportLockTimeout` (another process's model export seems stuck);
+* the capability index refused a call — :class:`ModelMismatchError` (vectors of another
+  embedder; also a ``ValueError``), :class:`IndexFullError` (past its ceiling; also a
+  ``RuntimeError``);
 * delegation failed — :class:`DelegationError` (no provider took the task, or every
   attempt failed or timed out);
 * a peer broke the protocol — :class:`~protocol.errors.RemoteProtocolError` and its
@@ -36,9 +39,11 @@ __all__ = [
     "DataDirInUse",
     "DelegationError",
     "ExportLockTimeout",
+    "IndexFullError",
     "KeyFileError",
     "LocalProtocolError",
     "MeshError",
+    "ModelMismatchError",
     "ProtocolError",
     "RemoteProtocolError",
 ]
@@ -59,6 +64,14 @@ class KeyFileError(MeshError):
 
 class ExportLockTimeout(MeshError, TimeoutError):
     """Waited too long for another process to export the embedding model's graph."""
+
+
+class ModelMismatchError(MeshError, ValueError):
+    """Vectors from one embedder were offered to an index built for another."""
+
+
+class IndexFullError(MeshError, RuntimeError):
+    """An upsert would take the index past its ``max_entries``."""
 
 
 class DelegationError(MeshError):

@@ -52,6 +52,7 @@ from typing import Any
 import hnswlib
 import numpy as np
 
+from meshnode.errors import IndexFullError, ModelMismatchError
 from protocol.manifest import MAX_CAPABILITIES, Capability, Manifest
 
 __all__ = [
@@ -95,14 +96,6 @@ DEFAULT_INITIAL_CAPACITY = 1_024
 MAX_INDEX_ENTRIES = 1_000_000
 """Hard ceiling on live entries (about 2 GB of vectors and graph at 384 dimensions). A
 10,000-node mesh of full manifests (32 capabilities each) is 320,000 entries."""
-
-
-class ModelMismatchError(ValueError):
-    """Vectors from one embedder were offered to an index built for another."""
-
-
-class IndexFullError(RuntimeError):
-    """An upsert would take the index past its ``max_entries``."""
 
 
 def capability_text(capability: Capability) -> str:
