@@ -13,6 +13,8 @@ Errors are grouped by what the caller does about them:
   ``RuntimeError``);
 * delegation failed — :class:`DelegationError` (no provider took the task, or every
   attempt failed or timed out);
+* an MCP server failed — ``McpError`` and its subclasses, defined beside the MCP client
+  (``meshnode.runtime.mcp_client``) and exported from ``meshnode`` on first use;
 * a peer broke the protocol — :class:`~protocol.errors.RemoteProtocolError` and its
   subclasses (shells drop such input and count it; a caller meets them only when decoding
   bytes itself).
