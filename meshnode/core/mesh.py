@@ -58,7 +58,6 @@ already used, which its peers would take as equivocation.
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
@@ -77,10 +76,13 @@ from crdt import (
 from meshnode.core.config import NodeConfig
 from meshnode.core.effects import (
     Address,
+    CoreEffect,
     Deliver,
-    Effect,
+    FetchManifest,
+    ManifestChanged,
     MemberChanged,
     MemberEvent,
+    PersistRecords,
     SendPacket,
     StartPushPull,
 )
@@ -159,36 +161,6 @@ _LEDGER_COUNTERS = (
     ("records_refused_record_cap", "refused_record_cap"),
     ("records_evicted", "evicted_records"),
 )
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class FetchManifest:
-    """Fetch ``node``'s signed manifest (``version`` or newer) over TCP from ``sources``,
-    in order, and pass it to :meth:`MeshCore.manifest_fetched`."""
-
-    node: str
-    version: int
-    sources: tuple[Address, ...]
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ManifestChanged:
-    """``node``'s manifest is now ``manifest`` (None: removed, the node left or died)."""
-
-    node: str
-    manifest: Manifest | None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class PersistRecords:
-    """Ledger records to store; ``durable`` ones must be committed before anything else
-    happens (they are this node's own opinions)."""
-
-    records: tuple[LedgerRecord, ...]
-    durable: bool
-
-
-CoreEffect = Effect | FetchManifest | ManifestChanged | PersistRecords
 
 
 class MeshCore:
