@@ -124,7 +124,22 @@ manifest is not fetched again, about 150 bytes each; the oldest are forgotten fi
 manifest refused for its size stays refused; one refused by a full store may be fetched
 again once the store has let a manifest go."""
 
+MAX_CONCURRENT_FETCHES = 8
+"""Manifest fetches a node runs at once; more wait their turn (both shells apply it)."""
+MAX_CONCURRENT_PUSH_PULLS = 4
+"""Push-pull exchanges a node runs at once (joins contact every seed in parallel); more
+wait their turn (both shells apply it)."""
+
 _HOLDABLE = (MemberState.ALIVE, MemberState.SUSPECT)
+
+
+def fetch_sources(rumor_source: Address | None, owner: Address | None) -> tuple[Address, ...]:
+    """Where to fetch a manifest from, in order: the peer that told us about it (it just
+    showed it holds that version, and spreads the load of a new version over everyone who
+    has it), then the manifest's owner (always holds its newest version); each once."""
+    sources = [a for a in (rumor_source, owner) if a is not None]
+    return tuple(dict.fromkeys(sources))
+
 
 COUNTERS: dict[str, str] = {
     "manifests_applied": "fetched manifests that became a node's entry",
@@ -484,10 +499,9 @@ class MeshCore:
             ):
                 continue
             self._fetching[rumor.node] = (rumor.version, now)
-            sources = [a for a in (source, member.address) if a is not None]
-            unique = tuple(dict.fromkeys(sources))
             self.counters["fetches_started"] += 1
-            self._effects.append(FetchManifest(rumor.node, rumor.version, unique))
+            sources = fetch_sources(source, member.address)
+            self._effects.append(FetchManifest(rumor.node, rumor.version, sources))
 
     def _await_member(self, rumor: ManifestRumor, source: Address | None) -> None:
         """Keep the manifest rumor of a node membership does not hold yet (it may be
@@ -664,6 +678,8 @@ class MeshCore:
 
 
 __all__ = [
+    "MAX_CONCURRENT_FETCHES",
+    "MAX_CONCURRENT_PUSH_PULLS",
     "CoreEffect",
     "FetchManifest",
     "ManifestChanged",
@@ -671,4 +687,5 @@ __all__ = [
     "PersistRecords",
     "SendPacket",
     "StartPushPull",
+    "fetch_sources",
 ]
