@@ -442,16 +442,6 @@ class NodeConfig:
     costs CPU in proportion to the text; capability descriptions are at most a few hundred
     characters, so a longer query adds cost, not precision."""
 
-    # ---------------------------------------- node core: delegation policy (NodeCore)
-
-    max_delegations_in_flight: int = 4_096
-    """Delegations this node runs at once as a requester, default 4,096. Each holds a
-    RequesterCore (a few hundred bytes plus its input) and at most one live attempt with
-    one peer; beyond the cap a new delegation fails at once with ``too many delegations in
-    flight`` instead of queueing without bound. Ten thousand members each serving
-    ``max_concurrent_tasks`` tasks rarely need more than a few hundred from one node;
-    higher only helps a node that fans out enormous bursts, at the cost of memory."""
-
     # ------------------------------------------------------------------ presets
 
     @classmethod
@@ -646,7 +636,6 @@ class NodeConfig:
         )
         _check_int("verify_pings", self.verify_pings, 0, 1_000)
         _check_int("unverified_tries", self.unverified_tries, 1, 100)
-        _check_int("max_delegations_in_flight", self.max_delegations_in_flight, 1, 10_000_000)
 
 
 _WAN: dict[str, Any] = {

@@ -17,7 +17,7 @@ Both shells — the asyncio runtime (:mod:`meshnode.runtime`) and the simulator
 * the delegation policy (:mod:`meshnode.core.delegation`: rank order, deadline
   inheritance, attempt deadline and counter ratio, outcome → breaker → opinion), restore
   after a restart (:meth:`NodeCore.restore`), and the cap on delegations in flight
-  (``NodeConfig.max_delegations_in_flight``; the provider's slots are
+  (:data:`MAX_DELEGATIONS_IN_FLIGHT`; the provider's slots are
   ``NodeConfig.max_concurrent_tasks``).
 
 One calling convention. Inputs are method calls that take ``now`` (seconds; the runtime
@@ -110,12 +110,20 @@ from protocol import (
 from protocol import verify as ed25519_verify
 from protocol.codec import message_to_wire
 
-__all__ = ["TASK_COUNTERS", "NodeCore"]
+__all__ = ["MAX_DELEGATIONS_IN_FLIGHT", "TASK_COUNTERS", "NodeCore"]
+
+MAX_DELEGATIONS_IN_FLIGHT = 4_096
+"""Default for the delegations one node runs at once as a requester (``NodeCore``'s
+``max_delegations`` argument). Each holds a RequesterCore (a few hundred bytes plus its
+input) and at most one live attempt; beyond the cap a new delegation fails at once with
+``too many delegations in flight`` instead of piling up without bound. Ten thousand members
+each serving ``max_concurrent_tasks`` tasks rarely need more than a few hundred from one
+node; higher only helps a node that fans out enormous bursts, at the cost of memory."""
 
 TASK_COUNTERS: dict[str, str] = {
     "delegations_ok": "delegations that ended with a verified, delivered result",
     "delegations_failed": "delegations that ended without one",
-    "delegations_refused_cap": "delegations refused: max_delegations_in_flight were running",
+    "delegations_refused_cap": "delegations refused: max_delegations were in flight",
     "tasks_served": "signed results this node sent as a provider",
 }
 """Every counter of :attr:`NodeCore.task_counters`, with what it counts."""
@@ -148,8 +156,13 @@ class NodeCore:
         ip_version: Literal[4, 6] = 4,
         capabilities: Mapping[str, Capability] | None = None,
         evaluator: OutputEvaluator | None = None,
+        max_delegations: int = MAX_DELEGATIONS_IN_FLIGHT,
     ) -> None:
+        if max_delegations < 1:
+            raise ValueError(f"max_delegations must be at least 1, got {max_delegations}")
         self.config = config
+        self.max_delegations = max_delegations
+        """Most delegations in flight at once (see :data:`MAX_DELEGATIONS_IN_FLIGHT`)."""
         self.signer = signer
         self.verifier = verifier
         self._rng = rng
@@ -561,7 +574,7 @@ class NodeCore:
             reason = "node is closing"
         elif deadline_s <= 0:
             reason = "no time left for this delegation"
-        elif len(self._delegations) >= self.config.max_delegations_in_flight:
+        elif len(self._delegations) >= self.max_delegations:
             self.task_counters["delegations_refused_cap"] += 1
             reason = "too many delegations in flight"
         if reason is not None:
