@@ -250,6 +250,11 @@ class NodeCore:
         """Is one of our delegations negotiating with ``peer`` or waiting for its result?"""
         return any(d.core.current_node == peer for d in self._delegations.values())
 
+    def attempt_node(self, task_id: str) -> str | None:
+        """The peer delegation ``task_id`` is trying now (None if none, or not in flight)."""
+        d = self._delegations.get(task_id)
+        return None if d is None else d.core.current_node
+
     def delegation_deadline(self, task_id: str) -> float | None:
         """The overall deadline of delegation ``task_id`` (None if it is not in flight)."""
         d = self._delegations.get(task_id)

@@ -257,7 +257,7 @@ class DiscoveryService:
             alive,
             trust=self.node.trust_view(),
             load=load,
-            open_circuits=self.node.tasks.breakers.open_nodes(now),
+            open_circuits=self.node.core.breakers.open_nodes(now),
             min_trust=min_trust,
             max_cost_usd=max_cost_usd,
             max_latency_ms=max_latency_ms,
