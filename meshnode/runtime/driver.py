@@ -156,8 +156,11 @@ class Driver:
         persistence: Persistence | None,
         manifest_listeners: list[Callable[[str, Manifest | None], None]],
         member_listeners: list[Callable[[MemberChanged], None]],
+        tick: Callable[[float], None] | None = None,
     ) -> None:
         self.core = core
+        self.tick: Callable[[float], None] = tick or core.tick
+        """What the drive loop calls when the deadline passes (``core.tick`` by default)."""
         self._signer = signer
         self._verifier = verifier
         self._udp = udp
@@ -217,9 +220,6 @@ class Driver:
                 )
                 await asyncio.sleep(delay)
                 delay = min(DRIVER_RESTART_MAX, delay * 2)
-
-    def tick(self, now: float) -> None:
-        self.core.tick(now)
 
     async def _drive(self) -> None:
         core = self.core

@@ -356,6 +356,7 @@ class MeshNode:
             persistence=self._persistence,
             manifest_listeners=self.manifest_listeners,
             member_listeners=self.member_listeners,
+            tick=self._tick,
         )
         self._driver = driver
         self._tasks_service = TaskService(
@@ -537,6 +538,10 @@ class MeshNode:
         ):
             return
         self._driver.on_envelope(envelope, addr)
+
+    def _tick(self, now: float) -> None:
+        """The driver's tick: ``core.tick(now)``."""
+        self.core.tick(now)
 
     def _dispatch(self) -> None:
         """Carry out the core's pending effects now (the driver does it after each input)."""
