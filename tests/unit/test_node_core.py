@@ -6,6 +6,7 @@ The cores are driven with a virtual clock and real Ed25519 signers
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -33,6 +34,7 @@ from meshnode.core.effects import (
     SendTask,
 )
 from meshnode.core.evaluator import Evaluation, Method
+from meshnode.core.member import Member, MemberState
 from meshnode.core.mesh import fetch_sources
 from meshnode.core.node import NodeCore
 from meshnode.core.router import ScoredCandidate
@@ -593,7 +595,6 @@ def _member_event(core: NodeCore, peer: Any, kind: str) -> None:
     """Hand the core the ``MemberChanged`` its membership emits when ``peer`` is declared
     dead or leaves (membership's own rules for that are tested in test_membership.py)."""
     from meshnode.core.effects import MemberChanged, MemberEvent
-    from meshnode.core.member import Member, MemberState
 
     alive = Alive(peer.node_id, 0, "127.0.0.1", 7999, b"\0" * 64)
     member = Member(peer.node_id, "127.0.0.1", 7999, 0, MemberState.ALIVE, 0.0, alive, alive)
@@ -680,3 +681,38 @@ def test_restore_keeps_known_state_and_returns_remembered_members_as_seeds() -> 
     assert seeds == [("127.0.0.1", 7001)]
     held = {(r.observer, r.subject) for r in restored.ledger.records()}
     assert held == {(a.node_id, b.node_id), (b.node_id, a.node_id)}
+
+
+# ============================================================================ routing
+
+
+@dataclass(frozen=True)
+class _Entry:
+    node_id: str
+    capability: Capability
+    node_name: str = "n"
+    endpoint: str = "127.0.0.1:1"
+    node_tags: tuple[str, ...] = ()
+
+
+def test_route_ranks_only_alive_members_with_their_load_and_breakers() -> None:
+    """Candidates are indexed capabilities of members membership holds alive (never this
+    node, never a stranger); a busier member ranks lower, an open circuit lowest."""
+    world, a, (idle, busy, tripped) = _world(lambda x: x, lambda x: x, lambda x: x)
+    members = {}
+    for host, load in ((idle, 0), (busy, 2), (tripped, 0)):
+        alive = Alive(host.node_id, 0, "127.0.0.1", 7100, b"\0" * 64)
+        members[host.node_id] = Member(
+            host.node_id, "127.0.0.1", 7100, 0, MemberState.ALIVE, 0.0, alive, alive, load=load
+        )
+    a.core.mesh.membership.adopt_converged(members, world.now)
+    for _ in range(world.config.breaker_failure_threshold):
+        a.core.breakers.record_failure(tripped.node_id, world.now)
+    stranger = identity(9).node_id
+    hits = [
+        (_Entry(node, ECHO), 0.9)
+        for node in (tripped.node_id, busy.node_id, stranger, a.node_id, idle.node_id)
+    ]
+    ranked = a.core.route(hits, world.now, capability_name="echo", top_k=10)
+    assert [c.node_id for c in ranked] == [idle.node_id, busy.node_id, tripped.node_id]
+    assert ranked[-1].circuit_open and ranked[1].availability == pytest.approx(1 / 3)
