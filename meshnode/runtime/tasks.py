@@ -23,13 +23,13 @@ channel beyond it is closed once the handshake names its peer). Each refusal is 
 Before its handshake completes a socket gets one chance: a first envelope that does not
 decode, or is not a valid handshake step, closes it.
 
-A connection that drops fails every delegation waiting on that peer at once (unless
-another live connection to the same peer remains), so requesters move on without waiting
-for a timeout. SWIM declaring the peer dead is an accusation that anyone in the mesh may
-make, so it is checked on the channel itself first: if a channel to the peer is open, a
-``ChannelPing`` goes out and the peer's tasks fail only if no ``ChannelPong`` comes back
-within ``task_liveness_timeout`` (the channel is then closed as dead). A peer that left
-(its own signed Leave) fails at once.
+A connection that drops is reported to the core (``peer_failed``) unless another live
+connection to the same peer remains, so requesters move on without waiting for a timeout.
+SWIM declaring the peer dead is an accusation that anyone in the mesh may make, so the
+core asks for it to be checked on the channel itself (``CheckPeer``): if a channel to the
+peer is open, a ``ChannelPing`` goes out and the peer is reported failed only if no
+``ChannelPong`` comes back within ``task_liveness_timeout`` (the channel is then closed as
+dead). A peer that left (its own signed Leave) fails at once: the core decides that alone.
 
 Batching. Messages are not written one by one: each connection has an outbox and a sender
 task. Everything queued for a connection while the event loop runs one round of ready
@@ -38,8 +38,8 @@ and ``MAX_FRAME_BYTES``, split otherwise). A provider starts a handler *before* 
 ACCEPTED response, so a handler that finishes at once sends its signed result in the same
 frame; 32 concurrent requests from one requester travel as one frame, and so do their
 answers. That is one signature and one verification per frame instead of per message.
-Messages are converted to wire form when queued, so a value that cannot be encoded raises
-in the caller, not in the sender.
+Messages are converted to wire form when queued (the core has already refused a task input
+that cannot be encoded, and turns an output that cannot into a failed result).
 
 Deciding is done by the node's :class:`~meshnode.core.node.NodeCore`; this service
 decides nothing. It hands the core every task message a verified peer sent
@@ -76,7 +76,12 @@ from aiohttp import web
 
 from meshnode.capability import CapabilitySpec
 from meshnode.core.breaker import BreakerBoard
-from meshnode.core.channel import NONCE_BYTES, ChannelCore
+from meshnode.core.channel import (
+    NONCE_BYTES,
+    ChannelCore,
+    connection_refusal,
+    per_peer_refused,
+)
 from meshnode.core.config import NodeConfig, format_address
 from meshnode.core.delegation import COUNTER_RATIO as COUNTER_RATIO  # its old home
 from meshnode.core.effects import (
@@ -344,22 +349,16 @@ class TaskService:
     # ------------------------------------------------------------------ connections
 
     def _refusal(self, address: str) -> str | None:
-        """Why a new connection from ``address`` must be refused, if it must."""
-        cfg = self.config
-        if len(self._open) >= cfg.task_max_connections:
-            return "total"
+        """Why a new connection from ``address`` must be refused, if it must (the core's
+        rule, :func:`meshnode.core.channel.connection_refusal`, on our counts)."""
         pending = [c for c in self._open if not c.core.is_open]
-        if len(pending) >= cfg.task_max_unauthenticated:
-            return "unauthenticated"
-        if sum(1 for c in pending if c.address == address) >= (
-            cfg.task_max_unauthenticated_per_address
-        ):
-            return "unauthenticated_per_address"
-        if sum(1 for c in self._open if c.address == address) >= (
-            cfg.task_max_connections_per_address
-        ):
-            return "per_address"
-        return None
+        return connection_refusal(
+            self.config,
+            open_total=len(self._open),
+            handshaking=len(pending),
+            handshaking_from_address=sum(1 for c in pending if c.address == address),
+            open_from_address=sum(1 for c in self._open if c.address == address),
+        )
 
     def _refuse(self, why: str) -> None:
         self._counters["connections_refused"] += 1
@@ -510,7 +509,7 @@ class TaskService:
             channel.handshake_timer.cancel()
             channel.handshake_timer = None
         others = sum(1 for c in self._open if c is not channel and c.peer == peer and c.usable)
-        if others >= self.config.task_max_connections_per_peer:
+        if per_peer_refused(self.config, others):
             self._refuse("per_peer")
             return False
         channel.peer = peer
