@@ -35,7 +35,13 @@ is due. Inputs:
   message a verified peer sent on its channel), ``handler_done``, ``peer_failed``,
   ``send_failed``, ``set_capabilities``, ``close_tasks``;
 * trust: ``record_outcome``, ``sign_opinions``, ``durable_failed``, ``durable_written``;
-  queries ``trust_view(now)``, ``direct_experience()``, ``opinion(peer)``.
+  queries ``trust_view(now)``, ``direct_experience()``, ``opinion(peer)``;
+* routing: ``route(hits, now, ...)`` ranks what the capability index found.
+
+Queries the shells use: ``next_deadline()`` (everything), ``task_deadline()`` (the task
+side alone), ``waiting_on(peer)``, ``attempt_node(task_id)``, ``in_flight``,
+``durable_pending``, and the parts themselves (``membership``, ``manifests``, ``ledger``,
+``provider``, ``breakers``, ``evaluator``, ``trust``) for reading.
 
 The node-level effects are :class:`~meshnode.core.effects.SendTask`,
 :class:`~meshnode.core.effects.RunHandler`, :class:`~meshnode.core.effects.StopHandler`,
