@@ -19,21 +19,23 @@ from typing import TYPE_CHECKING
 
 from meshnode.capability import CapabilitySpec, capability
 from meshnode.core.config import NodeConfig, format_address, parse_address
-from meshnode.core.effects import MemberChanged, MemberEvent
+from meshnode.core.effects import Attempt, AttemptOutcome, MemberChanged, MemberEvent
 from meshnode.core.evaluator import SUCCESS_THRESHOLD
-from meshnode.core.membership import Member, MemberState
-from meshnode.core.negotiation import Attempt, AttemptOutcome
+from meshnode.core.member import Member, MemberState
 from meshnode.core.router import RoutingWeights, ScoredCandidate
 from meshnode.errors import (
+    BindError,
     ConfigError,
     DataDirInUse,
     DelegationError,
     ExportLockTimeout,
     IndexFullError,
+    InvalidRequest,
     KeyFileError,
     LocalProtocolError,
     MeshError,
     ModelMismatchError,
+    NodeNotRunning,
     ProtocolError,
     RemoteProtocolError,
 )
@@ -50,13 +52,14 @@ if TYPE_CHECKING:
         McpError,
         McpUnavailable,
     )
-    from meshnode.runtime.node import MeshNode, wait_for
+    from meshnode.runtime.node import Lifecycle, MeshNode, wait_for
     from meshnode.runtime.tasks import DelegationResult
 
 __version__ = "0.1.0.dev0"
 
 _LAZY: dict[str, tuple[str, str]] = {
     "MeshNode": ("meshnode.runtime.node", "MeshNode"),
+    "Lifecycle": ("meshnode.runtime.node", "Lifecycle"),
     "wait_for": ("meshnode.runtime.node", "wait_for"),
     "DelegationResult": ("meshnode.runtime.tasks", "DelegationResult"),
     "candidate_json": ("meshnode.runtime.discovery", "candidate_json"),
@@ -77,6 +80,7 @@ __all__ = [
     "SUCCESS_THRESHOLD",
     "Attempt",
     "AttemptOutcome",
+    "BindError",
     "Capability",
     "CapabilitySpec",
     "ConfigError",
@@ -85,7 +89,9 @@ __all__ = [
     "DelegationResult",
     "ExportLockTimeout",
     "IndexFullError",
+    "InvalidRequest",
     "KeyFileError",
+    "Lifecycle",
     "LocalProtocolError",
     "McpCallError",
     "McpClientPool",
@@ -100,6 +106,7 @@ __all__ = [
     "MeshNode",
     "ModelMismatchError",
     "NodeConfig",
+    "NodeNotRunning",
     "ProtocolError",
     "RemoteProtocolError",
     "RoutingWeights",

@@ -5,7 +5,11 @@ Errors are grouped by what the caller does about them:
 * bad local input — :class:`ConfigError` (an invalid ``NodeConfig``),
   :class:`~protocol.errors.LocalProtocolError` (something that cannot be encoded: a
   capability or manifest over its limits); both are also ``ValueError``;
-* the node's own environment — :class:`DataDirInUse` (another process runs this node),
+* a call the node cannot take — :class:`InvalidRequest` (bad arguments to ``discover`` or
+  ``delegate``; also a ``ValueError``), :class:`NodeNotRunning` (the node is not started,
+  or was started twice; also a ``RuntimeError``);
+* the node's own environment — :class:`BindError` (the port cannot be bound or no seed
+  resolves; also an ``OSError``), :class:`DataDirInUse` (another process runs this node),
   :class:`KeyFileError` (the identity key is missing, corrupt, a symlink or readable by
   others), :class:`ExportLockTimeout` (another process's model export seems stuck);
 * the capability index refused a call — :class:`ModelMismatchError` (vectors of another
@@ -37,15 +41,18 @@ from protocol.errors import (
 )
 
 __all__ = [
+    "BindError",
     "ConfigError",
     "DataDirInUse",
     "DelegationError",
     "ExportLockTimeout",
     "IndexFullError",
+    "InvalidRequest",
     "KeyFileError",
     "LocalProtocolError",
     "MeshError",
     "ModelMismatchError",
+    "NodeNotRunning",
     "ProtocolError",
     "RemoteProtocolError",
 ]
@@ -54,6 +61,20 @@ __all__ = [
 class ConfigError(MeshError, ValueError):
     """A configuration value is invalid (raised by ``NodeConfig`` validation). A
     ``ValueError`` too, for callers that catch that."""
+
+
+class InvalidRequest(MeshError, ValueError):
+    """A call's arguments are invalid (an empty query, a description over its length limit, a
+    deadline that is not a positive number...). Nothing was changed or sent."""
+
+
+class NodeNotRunning(MeshError, RuntimeError):
+    """The call needs a running node: it was not started yet, is closing, or ``start()`` was
+    called on a node that already started."""
+
+
+class BindError(MeshError, OSError):
+    """The node could not bind its UDP and TCP port, or none of its seeds resolves."""
 
 
 class DataDirInUse(MeshError):

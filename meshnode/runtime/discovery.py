@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from meshnode.core.router import ScoredCandidate, candidate_pool
+from meshnode.errors import InvalidRequest, NodeNotRunning
 from protocol import Manifest
 from protocol.manifest import MAX_NAME_CHARS, MAX_TAG_CHARS
 
@@ -129,7 +130,7 @@ class DiscoveryService:
     def start(self) -> None:
         """Start indexing: every manifest already known, then each change."""
         if not self._loaded:
-            raise RuntimeError("load() the embedder first")
+            raise NodeNotRunning("load() the embedder first")
         self._ready.set()
         self._worker = asyncio.create_task(self._work(), name="meshnode-discovery")
         for manifest in self._core().manifests.manifests():
@@ -214,7 +215,7 @@ class DiscoveryService:
     ) -> list[ScoredCandidate]:
         """Rank the known providers for a description and/or an exact capability name."""
         if not description and not capability_name:
-            raise ValueError("discover needs a description, a capability_name, or both")
+            raise InvalidRequest("discover needs a description, a capability_name, or both")
         if isinstance(tags, str):
             raise TypeError("tags must be a collection of strings, not one string")
         tags = tuple(tags)
@@ -286,14 +287,16 @@ def check_query(
     anything a manifest can hold or than ``max_chars`` (``NodeConfig.max_query_chars``)
     for the description this node embeds."""
     if description is not None and len(description) > max_chars:
-        raise ValueError(f"description is {len(description)} characters; the limit is {max_chars}")
+        raise InvalidRequest(
+            f"description is {len(description)} characters; the limit is {max_chars}"
+        )
     if capability_name is not None and len(capability_name) > MAX_NAME_CHARS:
-        raise ValueError(
+        raise InvalidRequest(
             f"capability_name is {len(capability_name)} characters; the limit is {MAX_NAME_CHARS}"
         )
     tag_list = list(tags)
     if len(tag_list) > MAX_QUERY_TAGS:
-        raise ValueError(f"{len(tag_list)} tags; the limit is {MAX_QUERY_TAGS}")
+        raise InvalidRequest(f"{len(tag_list)} tags; the limit is {MAX_QUERY_TAGS}")
     for tag in tag_list:
         if len(tag) > MAX_TAG_CHARS:
-            raise ValueError(f"tag of {len(tag)} characters; the limit is {MAX_TAG_CHARS}")
+            raise InvalidRequest(f"tag of {len(tag)} characters; the limit is {MAX_TAG_CHARS}")

@@ -52,6 +52,7 @@ from meshnode.core.effects import MemberChanged
 from meshnode.core.member import MemberState
 from meshnode.core.node import NodeCore
 from meshnode.core.router import ScoredCandidate
+from meshnode.errors import BindError, InvalidRequest, NodeNotRunning
 from meshnode.runtime.api import build_app
 from meshnode.runtime.discovery import DiscoveryService
 from meshnode.runtime.driver import DECODE_INLINE_MAX_BYTES, Driver
@@ -155,7 +156,7 @@ class MeshNode:
     @property
     def identity(self) -> Identity:
         if self._identity is None:
-            raise RuntimeError("the node has no identity until start()")
+            raise NodeNotRunning("the node has no identity until start()")
         return self._identity
 
     @property
@@ -165,7 +166,7 @@ class MeshNode:
     @property
     def core(self) -> NodeCore:
         if self._core is None:
-            raise RuntimeError("the node is not started")
+            raise NodeNotRunning("the node is not started")
         return self._core
 
     @property
@@ -184,7 +185,7 @@ class MeshNode:
     @property
     def tasks(self) -> TaskService:
         if self._tasks_service is None:
-            raise RuntimeError("the node is not started")
+            raise NodeNotRunning("the node is not started")
         return self._tasks_service
 
     @property
@@ -194,13 +195,13 @@ class MeshNode:
     @property
     def discovery(self) -> DiscoveryService:
         if self._discovery is None:
-            raise RuntimeError("the node is not started")
+            raise NodeNotRunning("the node is not started")
         return self._discovery
 
     @property
     def http_session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            raise RuntimeError("the node is not started")
+            raise NodeNotRunning("the node is not started")
         return self._session
 
     @property
@@ -283,7 +284,7 @@ class MeshNode:
     async def start(self) -> None:
         """Bind, restore state, announce our manifest and join through the seeds."""
         if self.lifecycle is not Lifecycle.CREATED:
-            raise RuntimeError(f"start() on a node that is {self.lifecycle.value}")
+            raise NodeNotRunning(f"start() on a node that is {self.lifecycle.value}")
         self.lifecycle = Lifecycle.STARTING
         try:
             await self._start()
@@ -378,7 +379,7 @@ class MeshNode:
                 self._store.load_manifests(), self._store.load_records(), members, now
             )
         if cfg.seeds and not seeds:
-            raise OSError(f"none of the seeds {', '.join(cfg.seeds)} could be resolved")
+            raise BindError(f"none of the seeds {', '.join(cfg.seeds)} could be resolved")
         self._tasks_service.start()
         self._discovery.start()
         self._publish_manifest()
@@ -444,7 +445,7 @@ class MeshNode:
                 raise
             self._udp, self._runner = udp, runner
             return
-        raise OSError(f"could not bind UDP and TCP on {cfg.host}:{cfg.port}: {last_error}")
+        raise BindError(f"could not bind UDP and TCP on {cfg.host}:{cfg.port}: {last_error}")
 
     async def _resolve_seeds(self, seeds: tuple[tuple[str, int], ...]) -> list[tuple[str, int]]:
         """``seeds`` with every host name replaced by its addresses in the bound socket's
@@ -564,7 +565,7 @@ class MeshNode:
     async def decode_frame(self, data: bytes) -> Envelope:
         """``protocol.decode`` of a TCP frame, off the loop when it is large."""
         if self._driver is None:
-            raise RuntimeError("the node is not started")
+            raise NodeNotRunning("the node is not started")
         return await self._driver.decode_frame(data)
 
     def handle_push_pull(self, sender: str, request: PushPull) -> PushPull:
@@ -641,9 +642,11 @@ class MeshNode:
         gossip the signed opinion. Raises :class:`~meshnode.runtime.tasks.DelegationError`
         when no candidate delivers."""
         if not capability_name and not description:
-            raise ValueError("delegate needs a capability name or a description")
+            raise InvalidRequest("delegate needs a capability name or a description")
         if deadline_s is not None and not 0 < deadline_s < float("inf"):
-            raise ValueError(f"deadline_s must be a positive number of seconds, got {deadline_s}")
+            raise InvalidRequest(
+                f"deadline_s must be a positive number of seconds, got {deadline_s}"
+            )
         candidates = await self.discover(
             description,
             capability_name=capability_name,

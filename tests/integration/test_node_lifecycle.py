@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from meshnode import MeshNode, NodeConfig
+from meshnode import BindError, InvalidRequest, MeshNode, NodeConfig, NodeNotRunning
 from meshnode.runtime.node import wait_for
 
 
@@ -46,7 +46,7 @@ async def test_join_needs_no_retry_and_close_leaves_nothing() -> None:
     assert not node.running
     leftover = {t for t in asyncio.all_tasks() - before if t is not asyncio.current_task()}
     assert leftover == set()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(NodeNotRunning):
         await node.start()
 
 
@@ -56,7 +56,7 @@ async def test_failed_start_releases_the_port() -> None:
         blocker.listen()
         port = blocker.getsockname()[1]
         node = MeshNode(NodeConfig.local(port=port, embedder="hashing"))
-        with pytest.raises(OSError):
+        with pytest.raises(BindError):
             await node.start()
     # The UDP socket it had bound was closed: the same port can be bound again.
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
@@ -89,6 +89,26 @@ async def test_start_fails_when_no_seed_resolves() -> None:
     """Seeds were given and none resolves: start() fails with the names, and releases what
     it had bound."""
     node = MeshNode(_config(seeds=("no-such-seed.invalid:7946", "nor-this.invalid:7946")))
-    with pytest.raises(OSError, match=r"no-such-seed\.invalid:7946, nor-this\.invalid:7946"):
+    with pytest.raises(BindError, match=r"no-such-seed\.invalid:7946, nor-this\.invalid:7946"):
         await node.start()
     assert not node.running
+
+
+async def test_bad_calls_raise_the_public_errors() -> None:
+    """What a caller gets wrong is a MeshError of its own kind (and the builtin it used to
+    be, for callers that catch that); nothing was sent."""
+    node = MeshNode(_config())
+    with pytest.raises(NodeNotRunning):
+        node.trust_view()
+    await node.start()
+    try:
+        with pytest.raises(InvalidRequest, match="capability name or a description"):
+            await node.delegate(None, {})
+        with pytest.raises(InvalidRequest, match="positive number"):
+            await node.delegate("echo", {}, deadline_s=-1)
+        with pytest.raises(ValueError, match="limit"):
+            await node.discover("x" * (node.config.max_query_chars + 1))
+        counters = node.tasks.counters
+        assert counters["delegations_ok"] == counters["delegations_failed"] == 0
+    finally:
+        await node.aclose()
