@@ -167,6 +167,11 @@ def _closed_by_peer(sock: socket.socket) -> bool:
         return True
 
 
+HELD_HEADER_TIMEOUT_S = 8.0
+"""The header timeout of the connection-cap test: the held connections must outlive the
+counting, then be closed by it."""
+
+
 async def test_connections_are_capped_per_address_and_in_total() -> None:
     """With 30 per address and 40 in total: 30 connections from one address are held,
     the next ones from it are closed at once (``refused_per_address``), a second address
@@ -184,7 +189,9 @@ async def test_connections_are_capped_per_address_and_in_total() -> None:
             _seed(peer),
             max_connections_per_address=30,
             max_connections_total=40,
-            http_header_timeout=1.5,
+            # Long enough that no held connection times out before the counts are read,
+            # on a loaded machine too (1.5 s did, once).
+            http_header_timeout=HELD_HEADER_TIMEOUT_S,
         )
     )
     await node.start()
@@ -214,7 +221,10 @@ async def test_connections_are_capped_per_address_and_in_total() -> None:
             10,
         )
         # Silent connections are closed after the header timeout.
-        await wait_for(lambda: node.health()["connections"].get("header_timeouts", 0) >= 30, 5)
+        await wait_for(
+            lambda: node.health()["connections"].get("header_timeouts", 0) >= 30,
+            HELD_HEADER_TIMEOUT_S + 5,
+        )
         assert node.health()["connections"]["open"] <= 5  # the peer's own exchanges at most
         await wait_for(lambda: all(_closed_by_peer(s) for s in socks), 5)
     finally:
