@@ -7,7 +7,8 @@ Both shells — the asyncio runtime (:mod:`meshnode.runtime`) and the simulator
 
 * the :class:`~meshnode.core.mesh.MeshCore` (membership, manifests, the reputation ledger),
   whose calls it passes through unchanged (``receive``, ``tick``, ``join``, ``leave``,
-  ``publish_manifest``, ``manifest_fetched``, ``fetch_failed``, the push-pull legs, …);
+  ``publish_manifest``, ``fetch_answered``, the push-pull legs, …), including the caps on
+  fetches and push-pulls running at once;
 * the trust view and opinion batching (:class:`~meshnode.core.trust.TrustPolicy`);
 * the :class:`~meshnode.core.provider.ProviderCore` (admission, slots, reservations,
   signed results) and one :class:`~meshnode.core.requester.RequesterCore` per delegation,
@@ -29,8 +30,13 @@ and carries out in order; :meth:`NodeCore.next_deadline` says when :meth:`NodeCo
 is due. Inputs:
 
 * membership and state: ``receive``, ``tick``, ``join``, ``leave``, ``adopt_converged``,
-  ``restore``, ``publish_manifest``, ``manifest_fetched``, ``fetch_failed``,
-  ``apply_records``, ``push_pull_request``, ``handle_push_pull``, ``finish_push_pull``;
+  ``restore``, ``publish_manifest``, ``apply_records``, ``push_pull_request``,
+  ``handle_push_pull``, ``finish_push_pull``;
+* exchange slots: ``fetch_answered`` (one source of a ``FetchManifest`` answered: it says
+  which source to try next, or that the fetch is over), ``fetch_abandoned``,
+  ``push_pull_done`` — fetches and push-pulls are emitted only within the caps
+  (:data:`~meshnode.core.mesh.MAX_CONCURRENT_FETCHES`,
+  :data:`~meshnode.core.mesh.MAX_CONCURRENT_PUSH_PULLS`) and queued otherwise;
 * tasks: ``start_delegation``, ``cancel_delegation``, ``task_message`` (every task
   message a verified peer sent on its channel), ``handler_done``, ``peer_failed``,
   ``send_failed``, ``set_capabilities``, ``close_tasks``;
@@ -82,6 +88,7 @@ from meshnode.core.effects import (
     DelegationFinished,
     Done,
     Failed,
+    FetchManifest,
     MemberChanged,
     MemberEvent,
     NodeEffect,
@@ -97,7 +104,7 @@ from meshnode.core.effects import (
 from meshnode.core.evaluator import Evaluation, OutputEvaluator
 from meshnode.core.member import Member, MemberRumor, MemberState
 from meshnode.core.membership import Membership
-from meshnode.core.mesh import MeshCore
+from meshnode.core.mesh import FetchStep, MeshCore
 from meshnode.core.provider import CancelOutcome, ProviderCore
 from meshnode.core.requester import RequesterCore
 from meshnode.core.router import (
@@ -388,8 +395,28 @@ class NodeCore:
         self._collect(now)
         return applied
 
-    def fetch_failed(self, node: str) -> None:
-        self.mesh.fetch_failed(node)
+    def fetch_answered(
+        self, fetch: FetchManifest, source: Address, manifest: Manifest | None, now: float
+    ) -> FetchStep:
+        """One source of ``fetch`` answered (see :meth:`MeshCore.fetch_answered`): the
+        step says which source to try next, or that the fetch is over."""
+        self._advance_clock(now)
+        step = self.mesh.fetch_answered(fetch, source, manifest, now)
+        self._collect(now)
+        return step
+
+    def fetch_abandoned(self, fetch: FetchManifest, now: float) -> None:
+        """The shell gave ``fetch`` up before it was over; its slot is free."""
+        self._advance_clock(now)
+        self.mesh.fetch_abandoned(fetch)
+        self._collect(now)
+
+    def push_pull_done(self, now: float) -> None:
+        """A push-pull exchange the shell started ended (whatever its outcome), or will
+        not run: its slot is free for the next one waiting."""
+        self._advance_clock(now)
+        self.mesh.push_pull_done()
+        self._collect(now)
 
     def apply_records(self, records: Iterable[LedgerRecord], now: float) -> int:
         self._advance_clock(now)
