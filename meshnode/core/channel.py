@@ -40,7 +40,8 @@ decided here too, from counts the shell keeps: ``NodeConfig.task_max_connections
 sockets in all, ``task_max_unauthenticated`` still in their handshake (at most
 ``task_max_unauthenticated_per_address`` from one address), ``task_max_connections_per_address``
 from one remote address, and ``task_max_connections_per_peer`` authenticated channels
-per peer id.
+per peer id. The same total cap bounds the sockets this node opens itself
+(:func:`outbound_refused`).
 
 Nothing here reads a clock or touches a socket: nonces come in from the caller (the
 runtime draws them from the operating system's random source), and every decision comes
@@ -306,3 +307,11 @@ def per_peer_refused(config: NodeConfig, others: int) -> bool:
     """Whether a channel whose handshake just named a peer that already has ``others``
     usable channels must be closed (``task_max_connections_per_peer``)."""
     return others >= config.task_max_connections_per_peer
+
+
+def outbound_refused(config: NodeConfig, open_total: int) -> bool:
+    """Whether this node may not open one more task socket to a peer, with ``open_total``
+    sockets open now (inbound and outbound alike): ``task_max_connections`` is one cap on
+    every socket, so a node that must answer many peers cannot be made to exhaust its
+    file descriptors by opening channels itself."""
+    return open_total >= config.task_max_connections

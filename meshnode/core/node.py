@@ -39,7 +39,8 @@ is due. Inputs:
   :data:`~meshnode.core.mesh.MAX_CONCURRENT_PUSH_PULLS`) and queued otherwise;
 * tasks: ``start_delegation``, ``cancel_delegation``, ``task_message`` (every task
   message a verified peer sent on its channel), ``handler_done``, ``peer_failed``,
-  ``send_failed``, ``set_capabilities``, ``close_tasks``;
+  ``send_failed``, ``set_capabilities``, ``close_tasks``, and the liveness check's
+  ``peer_answered`` and ``check_unsent``;
 * trust: ``record_outcome``, ``sign_opinions``, ``durable_failed``, ``durable_written``;
   queries ``trust_view(now)``, ``direct_experience()``, ``opinion(peer)``;
 * routing: ``route(hits, now, ...)`` ranks what the capability index found.
@@ -51,7 +52,7 @@ side alone), ``waiting_on(peer)``, ``attempt_node(task_id)``, ``in_flight``,
 
 The node-level effects are :class:`~meshnode.core.effects.SendTask`,
 :class:`~meshnode.core.effects.RunHandler`, :class:`~meshnode.core.effects.StopHandler`,
-:class:`~meshnode.core.effects.CheckPeer` and
+:class:`~meshnode.core.effects.CheckPeer`, :class:`~meshnode.core.effects.CloseChannels` and
 :class:`~meshnode.core.effects.DelegationFinished`; the mesh's effects pass through.
 Capability handlers run in the shell: the core emits ``RunHandler`` and gets
 ``handler_done`` back. A delegation always ends with exactly one ``DelegationFinished``,
@@ -59,8 +60,12 @@ even when it cannot start (no time left, the node is closing, too many in flight
 
 Peers that go away. A ``Leave`` is signed by the peer itself, so the tasks with it fail at
 once. A ``Dead`` is an accusation anyone may make: while a task with the peer is live, the
-core emits ``CheckPeer`` and the shell checks the task channel, reporting
-``peer_failed`` only if the peer does not answer there.
+core emits ``CheckPeer(peer, token)`` (one check at a time per peer) and the shell pings
+the peer's task channel with that token. Only a ``ChannelPong`` with the same token, from
+the peer on its authenticated channel, within ``NodeConfig.task_liveness_timeout``, counts
+as alive (``peer_answered``); when the deadline passes first, the core emits
+``CloseChannels`` and fails the peer's tasks; with no channel open (``check_unsent``) they
+fail at once. The shell only sends the ping and reports what came back.
 """
 
 from __future__ import annotations
@@ -85,6 +90,7 @@ from meshnode.core.effects import (
     AttemptEnded,
     AttemptOutcome,
     CheckPeer,
+    CloseChannels,
     DelegationFinished,
     Done,
     Failed,
@@ -147,6 +153,9 @@ TASK_COUNTERS: dict[str, str] = {
     "delegations_failed": "delegations that ended without one",
     "delegations_refused_cap": "delegations refused: max_delegations were in flight",
     "tasks_served": "signed results this node sent as a provider",
+    "dead_refuted_on_channel": "peers declared dead that answered on their task channel",
+    "dead_confirmed_on_channel": "peers declared dead, silent on their task channel",
+    "dead_without_channel": "peers declared dead with no task channel open to check",
 }
 """Every counter of :attr:`NodeCore.task_counters`, with what it counts."""
 
@@ -221,6 +230,9 @@ class NodeCore:
         self._now = now
         self._closing = False
         self._load: int | None = None
+        # Liveness checks of peers declared dead: peer -> (ping token, answer deadline).
+        self._checks: dict[str, tuple[int, float]] = {}
+        self._next_token = 1
         self.task_counters: dict[str, int] = dict.fromkeys(TASK_COUNTERS, 0)
         """Named task event counts, see :data:`TASK_COUNTERS`."""
 
@@ -308,6 +320,10 @@ class NodeCore:
         flush = self.trust.flush_at
         if flush is not None and (deadline is None or flush < deadline):
             deadline = flush
+        if self._checks:
+            check = min(at for _, at in self._checks.values())
+            if deadline is None or check < deadline:
+                deadline = check
         return deadline
 
     def tick(self, now: float) -> None:
@@ -326,6 +342,8 @@ class NodeCore:
                 if delegation is not None:
                     self._apply(task_id, delegation, delegation.core.tick(now), now)
         self.trust.tick(now)
+        if self._checks:
+            self._expire_checks(now)
         self._collect(now)
 
     # ------------------------------------------------------------------ mesh pass-through
@@ -670,6 +688,7 @@ class NodeCore:
         delegation waiting on it moves on, and its running tasks here are stopped (nobody
         is left to receive their results)."""
         self._advance_clock(now)
+        self._checks.pop(peer, None)
         for task_id in [t for t, d in self._delegations.items() if d.core.current_node == peer]:
             delegation = self._delegations.get(task_id)
             if delegation is not None:
@@ -703,12 +722,59 @@ class NodeCore:
         ones fail at once; outcomes not signed yet are signed."""
         self._advance_clock(now)
         self._closing = True
+        self._checks.clear()
         for task_id in list(self._delegations):
             delegation = self._delegations.get(task_id)
             if delegation is not None:
                 self._apply(task_id, delegation, delegation.core.cancel(now, "node closing"), now)
         self.trust.sign(now)
         self._collect(now)
+
+    # ------------------------------------------------------------------ liveness checks
+
+    def _check(self, peer: str, now: float) -> None:
+        """``peer`` was declared dead while tasks with it are live: ask the shell to ping
+        its task channel (once while a check is pending)."""
+        if peer in self._checks or self._closing:
+            return
+        token = self._next_token
+        self._next_token += 1
+        self._checks[peer] = (token, now + self.config.task_liveness_timeout)
+        self._effects.append(CheckPeer(peer, token))
+
+    def peer_answered(self, peer: str, token: int, now: float) -> bool:
+        """A ``ChannelPong(token)`` came from ``peer`` on its (authenticated) task channel.
+        It refutes the death only if it answers the pending check's ping before its
+        deadline; any other pong is ignored (returns False)."""
+        self._advance_clock(now)
+        pending = self._checks.get(peer)
+        if pending is None or pending[0] != token or now > pending[1]:
+            return False
+        del self._checks[peer]
+        self.task_counters["dead_refuted_on_channel"] += 1
+        return True
+
+    def check_unsent(self, peer: str, now: float) -> None:
+        """The shell has no task channel open to ``peer`` to ping: nothing can refute the
+        death, so its tasks fail now."""
+        self._advance_clock(now)
+        if self._checks.pop(peer, None) is not None:
+            self.task_counters["dead_without_channel"] += 1
+            self.peer_failed(peer, "member dead", now)
+        self._collect(now)
+
+    @property
+    def checks(self) -> dict[str, float]:
+        """Peers whose liveness check is pending, with its deadline."""
+        return {peer: at for peer, (_, at) in self._checks.items()}
+
+    def _expire_checks(self, now: float) -> None:
+        for peer in [p for p, (_, at) in self._checks.items() if now >= at]:
+            del self._checks[peer]
+            self.task_counters["dead_confirmed_on_channel"] += 1
+            reason = "member dead; silent on its task channel"
+            self._effects.append(CloseChannels(peer, reason))
+            self.peer_failed(peer, reason, now)
 
     def route(
         self,
@@ -861,7 +927,7 @@ class NodeCore:
                 if effect.kind is MemberEvent.LEFT:
                     self.peer_failed(effect.node_id, "member left", now)
                 elif effect.kind is MemberEvent.DEAD and self._has_tasks_with(effect.node_id):
-                    self._effects.append(CheckPeer(effect.node_id))
+                    self._check(effect.node_id, now)
 
     def _has_tasks_with(self, peer: str) -> bool:
         if self.waiting_on(peer):

@@ -48,6 +48,7 @@ import structlog
 from meshnode.core.config import format_address
 from meshnode.core.effects import (
     CheckPeer,
+    CloseChannels,
     DelegationFinished,
     FetchManifest,
     IdentityConflict,
@@ -138,7 +139,7 @@ _EVENT_NAMES = {
     MemberEvent.FORGOTTEN: "member_forgotten",
 }
 
-_TASK_EFFECTS = (SendTask, RunHandler, StopHandler, CheckPeer, DelegationFinished)
+_TASK_EFFECTS = (SendTask, RunHandler, StopHandler, CheckPeer, CloseChannels, DelegationFinished)
 
 
 class Driver:
