@@ -315,3 +315,19 @@ def outbound_refused(config: NodeConfig, open_total: int) -> bool:
     every socket, so a node that must answer many peers cannot be made to exhaust its
     file descriptors by opening channels itself."""
     return open_total >= config.task_max_connections
+
+
+def tcp_connection_refusal(
+    *, open_total: int, open_from_address: int, total: int, per_address: int
+) -> str | None:
+    """Why a new inbound TCP connection (any route: HTTP API, peer exchanges, task
+    sockets before their upgrade) must be refused (None: admit it), given the connections
+    open now in all and from its remote address, and the limits (``total``: the smaller of
+    ``NodeConfig.max_connections_total`` and what the file-descriptor limit allows;
+    ``per_address``: ``NodeConfig.max_connections_per_address``). Reasons: ``total``,
+    ``per_address``."""
+    if open_total >= total:
+        return "total"
+    if open_from_address >= per_address:
+        return "per_address"
+    return None

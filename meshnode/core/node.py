@@ -138,7 +138,32 @@ from protocol import (
 from protocol import verify as ed25519_verify
 from protocol.codec import message_to_wire
 
-__all__ = ["MAX_DELEGATIONS_IN_FLIGHT", "TASK_COUNTERS", "NodeCore"]
+__all__ = [
+    "DELEGATION_TOP_K",
+    "MAX_DELEGATIONS_IN_FLIGHT",
+    "TASK_COUNTERS",
+    "NodeCore",
+    "deadline_problem",
+]
+
+DELEGATION_TOP_K = 20
+"""Most ranked candidates a delegation is offered to, in order (the runtime asks routing
+for this many). Each failed attempt costs at most its attempt deadline, so twenty covers
+any realistic run of refusals within a deadline; more only lengthens the tail of a
+delegation nobody can serve."""
+
+
+def deadline_problem(deadline_s: object) -> str | None:
+    """Why ``deadline_s`` is not a usable delegation deadline (None: it is): it must be a
+    positive, finite number of seconds (not a bool)."""
+    if (
+        isinstance(deadline_s, bool)
+        or not isinstance(deadline_s, int | float)
+        or not 0 < deadline_s < math.inf
+    ):
+        return f"deadline_s must be a positive number of seconds, got {deadline_s}"
+    return None
+
 
 MAX_DELEGATIONS_IN_FLIGHT = 4_096
 """Default for the delegations one node runs at once as a requester (``NodeCore``'s
@@ -618,8 +643,9 @@ class NodeCore:
         changes then."""
         if deadline_s is None:
             deadline_s = self.config.default_deadline_s
-        if isinstance(deadline_s, bool) or not 0 < deadline_s < math.inf:
-            raise ValueError(f"deadline_s must be a positive number of seconds, got {deadline_s}")
+        problem = deadline_problem(deadline_s)
+        if problem is not None:
+            raise ValueError(problem)
         if task_id is None:
             task_id = self._new_task_id()
         elif task_id in self._delegations:

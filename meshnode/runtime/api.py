@@ -48,6 +48,11 @@ bucket gets HTTP 429 with ``Retry-After``. They only apply signed data through t
 gossip. ``POST /v1/delegate`` spends money and trust on the caller's behalf, so it is open
 only to loopback clients unless ``NodeConfig.api_token`` is set and presented as
 ``Authorization: Bearer <token>``.
+
+What stays here, and why: the body caps, the JSON depth, the peer body slots and the
+rate limiter bound raw HTTP input at the boundary, before anything is decoded or reaches
+the core (the limiter is a sans-I/O token bucket given ``time.monotonic()``; only loopback
+is exempt, a property of the socket).
 """
 
 from __future__ import annotations

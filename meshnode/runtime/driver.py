@@ -29,6 +29,11 @@ Replies read from peers are capped (:data:`MAX_PUSH_PULL_REPLY_BYTES`,
 ``protocol.limits.MAX_MANIFEST_BYTES``, :data:`MAX_RECORDS_REPLY_BYTES`): past the cap the
 connection is aborted and the drop counted. Frames over :data:`DECODE_INLINE_MAX_BYTES` are
 decoded in a one-thread pool so the loop keeps answering probes.
+
+What stays here, and why (every protocol decision is the core's): the restart backoff
+and the failure-log interval supervise this asyncio task and its logs; the reply caps and
+the inline-decode threshold bound raw bytes read from a socket before anything is decoded;
+the push-pull reply's shape (one ``PushPull``) is checked as it is decoded, at the boundary.
 """
 
 from __future__ import annotations

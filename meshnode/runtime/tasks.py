@@ -60,6 +60,12 @@ Timers are the driver's: one, at ``NodeCore.next_deadline()``.
 Nested delegations inherit the remaining deadline: a handler runs with a context variable
 holding its task's deadline, and :meth:`TaskService.delegate` passes it to the core, which
 never asks for more.
+
+What stays here, and why: ``WS_HEARTBEAT_S``, ``CONNECT_TIMEOUT_S``, ``CLOSE_TIMEOUT_S``
+and ``TIMER_SLACK_S`` are socket options and timer slack; which open channel carries a
+message (the one its request came in on, else the pooled one) is a transport choice; the
+handshake deadline is armed here but judged by :meth:`ChannelCore.expired`, and every cap
+on sockets is a :mod:`meshnode.core.channel` rule.
 """
 
 from __future__ import annotations
@@ -698,7 +704,7 @@ class TaskService:
         task_input: Any,
         candidates: Sequence[str],
         *,
-        deadline_s: float,
+        deadline_s: float | None,
         max_cost_usd: float | None,
         trace_id: str = "",
     ) -> DelegationResult:
