@@ -2,7 +2,9 @@
 
 Theory of operation
 -------------------
-:class:`MeshCore` is what both shells drive — the asyncio runtime and the simulator. It owns
+:class:`MeshCore` is the replicated-state part of :class:`~meshnode.core.node.NodeCore`, the
+one object per node that both shells (the asyncio runtime and the simulator) drive; the
+node core passes its inputs and effects through unchanged. It owns
 a :class:`~meshnode.core.membership.Membership`, a :class:`crdt.ManifestStore` and a
 :class:`crdt.ReputationLedger`, and wires them together:
 
@@ -10,7 +12,7 @@ a :class:`~meshnode.core.membership.Membership`, a :class:`crdt.ManifestStore` a
   :class:`protocol.ManifestRumor` (node, version, digest) piggybacked on SWIM packets. A
   rumor for a version we would accept produces a :class:`FetchManifest` effect: the shell
   fetches the full signed manifest over TCP from the rumor's sender or its owner, and hands
-  it back with :meth:`MeshCore.manifest_fetched`. A fetched manifest that verifies and wins
+  each answer back with :meth:`MeshCore.fetch_answered`. A fetched manifest that verifies and wins
   is re-announced, so the rumor keeps spreading only while it is news. Fetches for the same
   node are coalesced, and retried after :data:`FETCH_RETRY_AFTER` if nothing came back.
   The shell reports each source's answer with :meth:`MeshCore.fetch_answered`, which says

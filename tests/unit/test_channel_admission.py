@@ -56,7 +56,9 @@ def test_per_peer_cap(others: int, refused: bool) -> None:
     assert per_peer_refused(CONFIG, others) is refused
 
 
-@pytest.mark.parametrize(("open_total", "refused"), [(0, False), (9, False), (10, True), (11, True)])
+@pytest.mark.parametrize(
+    ("open_total", "refused"), [(0, False), (9, False), (10, True), (11, True)]
+)
 def test_outbound_cap(open_total: int, refused: bool) -> None:
     """A node opens no task socket of its own once ``task_max_connections`` are open."""
     assert outbound_refused(CONFIG, open_total) is refused
