@@ -761,7 +761,7 @@ class NodeCore:
     def _check(self, peer: str, now: float) -> None:
         """``peer`` was declared dead while tasks with it are live: ask the shell to ping
         its task channel (once while a check is pending)."""
-        if peer in self._checks or self._closing:
+        if peer in self._checks:
             return
         token = self._next_token
         self._next_token += 1

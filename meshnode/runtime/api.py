@@ -7,7 +7,8 @@ Routes for operators and tools (JSON):
                       restart or failing effects within a minute, failing writes, own
                       records not yet durable, an identity conflict; always HTTP 200),
                       node id, incarnation, member counts, local health, drops, effect
-                      failures, inbound connection counts and limits, and the counters
+                      failures, inbound connection counts and limits, fetches and
+                      push-pulls running and waiting (``exchanges``), and the counters
                       of membership (probes, failed probes, suspicions raised,
                       refutations, rumors dropped…), the mesh core and the task service
 ``GET /v1/members``   every known member: id, name, address, state, incarnation

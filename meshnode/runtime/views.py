@@ -98,6 +98,7 @@ def health(node: MeshNode) -> dict[str, Any]:
             for (kind, error), count in sorted(node.effect_failures.items())
         },
         "connections": guard.snapshot() if guard is not None else {},
+        "exchanges": core.mesh.exchanges,
         "counters": {
             "membership": dict(sorted(m.counters.items())),
             "mesh": dict(sorted(core.counters.items())),

@@ -686,7 +686,7 @@ def test_with_no_channel_to_ping_the_peer_fails_at_once() -> None:
     assert a.core.checks == {}
 
 
-def test_one_check_at_a_time_per_peer_and_none_after_close() -> None:
+def test_one_check_at_a_time_per_peer_and_close_ends_them() -> None:
     world, a, p, _, first = _dead_with_task()
     _member_event(a.core, p, "dead")
     assert _checks(a.core.take_effects()) == []  # the pending check covers it
