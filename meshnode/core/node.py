@@ -316,6 +316,14 @@ class NodeCore:
         d = self._delegations.get(task_id)
         return None if d is None else d.core.current_node
 
+    def send_still_due(self, send: SendTask) -> bool:
+        """Whether ``send`` should still go out once the shell has a channel (opening one
+        takes time): a request or confirm of a delegation that is no longer trying
+        ``send.node`` is stale and must not reach that peer; anything else is due."""
+        if isinstance(send.message, TaskRequest | TaskConfirm):
+            return self.attempt_node(send.task_id) == send.node
+        return True
+
     def delegation_deadline(self, task_id: str) -> float | None:
         """The overall deadline of delegation ``task_id`` (None if it is not in flight)."""
         d = self._delegations.get(task_id)

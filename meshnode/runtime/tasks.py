@@ -114,8 +114,6 @@ from protocol import (
     Message,
     RemoteProtocolError,
     Signer,
-    TaskConfirm,
-    TaskRequest,
     TaskResult,
     Verifier,
     decode,
@@ -642,9 +640,7 @@ class TaskService:
             self.core.send_failed(node, effect.task_id, str(exc) or "unreachable", time.time())
             self._poke()
             return
-        if isinstance(effect.message, TaskRequest | TaskConfirm) and (
-            self.core.attempt_node(effect.task_id) != node
-        ):
+        if not self.core.send_still_due(effect):
             return  # the delegation moved on while we connected
         channel.queue([wire])
 

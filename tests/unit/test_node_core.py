@@ -795,3 +795,24 @@ def test_route_ranks_only_alive_members_with_their_load_and_breakers() -> None:
     ranked = a.core.route(hits, world.now, capability_name="echo", top_k=10)
     assert [c.node_id for c in ranked] == [idle.node_id, busy.node_id, tripped.node_id]
     assert ranked[-1].circuit_open and ranked[1].availability == pytest.approx(1 / 3)
+
+
+def test_a_request_held_up_while_connecting_is_sent_only_if_still_due() -> None:
+    """Opening a channel takes time: a request to P that the delegation gave up on
+    meanwhile (it moved on to Q) is stale and must not reach P; the request to Q, and a
+    provider's answers, are due."""
+    world, a, (p, q) = _world(lambda x: x, lambda x: x)
+    world.dropped.add(p.node_id)
+    task_id = _delegate(world, a, [p, q], deadline_s=30)
+    to_p = next(e for e in a.effects if isinstance(e, SendTask) and e.node == p.node_id)
+    assert a.core.send_still_due(to_p)
+    a.core.send_failed(p.node_id, task_id, "unreachable", world.now)
+    effects = a.core.take_effects()
+    to_q = next(e for e in effects if isinstance(e, SendTask) and e.node == q.node_id)
+    assert not a.core.send_still_due(to_p)
+    assert a.core.send_still_due(to_q)
+    world.dropped.clear()
+    world._carry_out(a, effects)
+    world.settle()
+    answers = [e for e in q.effects if isinstance(e, SendTask)]
+    assert answers and all(a.core.send_still_due(e) for e in answers)
