@@ -46,7 +46,9 @@ is due. Inputs:
 * routing: ``route(hits, now, ...)`` ranks what the capability index found.
 
 Queries the shells use: ``next_deadline()`` (everything), ``task_deadline()`` (the task
-side alone), ``waiting_on(peer)``, ``attempt_node(task_id)``, ``in_flight``,
+side alone), ``waiting_on(peer)``, ``attempt_node(task_id)``, ``send_still_due(send)``,
+``checks`` (pending liveness checks), ``mesh.exchanges`` (fetch and push-pull slots),
+``in_flight``,
 ``durable_pending``, and the parts themselves (``membership``, ``manifests``, ``ledger``,
 ``provider``, ``breakers``, ``evaluator``, ``trust``) for reading.
 
