@@ -143,7 +143,12 @@ def test_a_full_fetch_queue_drops_the_new_fetch_and_lets_it_be_asked_again(
     assert hear(core, rumor(12), rumor(13)) == []
     assert core.mesh.exchanges["fetches_queued"] == 1
     assert core.counters["fetches_skipped_queue_full"] == 1
-    assert IDS[13] not in core.mesh._fetching  # the next rumor of it asks again
+    core.fetch_abandoned(FetchManifest(IDS[2], 1, (owner(2),)), NOW)  # node 12 starts
+    (started,) = fetches(core)
+    assert started.node == IDS[12]
+    assert hear(core, rumor(13)) == []  # the next rumor of it asks again: it waits now
+    core.fetch_abandoned(started, NOW)
+    assert [f.node for f in fetches(core)] == [IDS[13]]
 
 
 # ============================================================================ fetch steps
