@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-Thousands of :class:`meshnode.core.mesh.MeshCore` objects run in one process on a virtual
+Thousands of :class:`meshnode.core.node.NodeCore` objects run in one process on a virtual
 clock, connected by a simulated network. Nothing in this package decides anything about the
 protocol: it drives the very cores the asyncio runtime drives, carries out their effects
 (datagrams, TCP exchanges, manifest fetches) through the network model, and compares every

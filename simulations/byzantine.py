@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 A Byzantine node is an ordinary simulated host (:class:`~simulations.cluster.SimNode`): it
-joins with its own key through the seeds and runs a real ``MeshCore``, so the honest nodes
+joins with its own key through the seeds and runs a real ``NodeCore``, so the honest nodes
 admit it as a member, probe it and gossip with it, exactly as they would a compromised
 member of a real mesh. Beside its core, an :class:`Attacker` writes to the same "socket"
 (:meth:`Cluster.inject_datagram`, :meth:`Cluster.inject_push_pull`): signed traffic built

@@ -17,12 +17,12 @@ cluster does for it exactly what the asyncio runtime does for a real node —
    legs — ``push_pull_request`` at the initiator, ``handle_push_pull`` at the responder,
    ``finish_push_pull`` back at the initiator, ``apply_records`` at the responder — each leg
    delayed by the network and failing under a partition, a crash or the ``tcp_timeout``.
-   ``FetchManifest``: a GET of the manifest from each source in turn (the responder reads
-   its own store, as the runtime's HTTP handler does), then ``manifest_fetched`` or, when
-   every source failed, ``fetch_failed``. As in the runtime, at most
+   ``FetchManifest``: a GET of the manifest from a source (the responder reads its own
+   store, as the runtime's HTTP handler does), its answer handed to ``fetch_answered``,
+   which names the next source to try or ends the fetch. The core emits at most
    :data:`MAX_CONCURRENT_FETCHES` fetches and :data:`MAX_CONCURRENT_PUSH_PULLS` exchanges
-   (the core's caps, :mod:`meshnode.core.mesh`) run at once per host; the others wait
-   their turn. ``MemberChanged``,
+   at once (:mod:`meshnode.core.mesh`) and queues the rest; the cluster reports the end
+   of each exchange (``push_pull_done``) and keeps no queue of its own. ``MemberChanged``,
    ``ManifestChanged`` and ``PersistRecords`` go to the :class:`~simulations.metrics.Tracker`
    and to the host's simulated disk.
 3. **Persist** what the runtime persists, at once (the runtime flushes learned state every
@@ -64,7 +64,6 @@ codec (and signs it), for full fidelity at a higher cost.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import enum
 import math
@@ -191,15 +190,6 @@ class SimNode:
         default_factory=lambda: _NO_MANIFESTS
     )
     """Manifests stored at a converged start: one mapping shared by every host."""
-    # TCP concurrency
-    fetches: int = 0
-    fetch_queue: collections.deque[FetchManifest] = dataclasses.field(
-        default_factory=collections.deque
-    )
-    push_pulls: int = 0
-    push_pull_queue: collections.deque[StartPushPull] = dataclasses.field(
-        default_factory=collections.deque
-    )
 
     @property
     def node_id(self) -> str:
@@ -351,9 +341,6 @@ class Cluster:
         node.leaving = False
         node.stuck_ticks = 0
         node.backlog = []
-        node.fetches = node.push_pulls = 0
-        node.fetch_queue.clear()
-        node.push_pull_queue.clear()
         return NodeCore(
             self.config,
             node.signer,
@@ -442,8 +429,6 @@ class Cluster:
         node.backlog = []
         node.tick_gen += 1
         node.tick_at = math.inf
-        node.fetch_queue.clear()
-        node.push_pull_queue.clear()
 
     def leave(self, node: SimNode) -> None:
         """Leave gracefully, keep gossiping for ``leave_propagate_time``, then stop."""
@@ -584,10 +569,10 @@ class Cluster:
             elif kind is FetchManifest:
                 assert isinstance(effect, FetchManifest)
                 tracker.fetch_started(node, effect)
-                self._start_fetch(node, effect)
+                self._fetch_try(node, node.life, effect, effect.sources[0])
             elif kind is StartPushPull:
                 assert isinstance(effect, StartPushPull)
-                self._start_push_pull(node, effect)
+                self._push_pull_begin(node, effect)
             elif kind is ManifestChanged:
                 assert isinstance(effect, ManifestChanged)
                 tracker.manifest_changed(node, effect)
@@ -686,13 +671,6 @@ class Cluster:
         if not self.wire:
             return messages
         return decode(encode(list(messages), signer), verifier=self.verifier).messages
-
-    def _start_push_pull(self, node: SimNode, effect: StartPushPull) -> None:
-        if node.push_pulls >= MAX_CONCURRENT_PUSH_PULLS:
-            node.push_pull_queue.append(effect)
-            return
-        node.push_pulls += 1
-        self._push_pull_begin(node, effect)
 
     def _push_pull_begin(self, node: SimNode, effect: StartPushPull) -> None:
         core = node.core
@@ -808,97 +786,96 @@ class Cluster:
         self._push_pull_done(node, life)
 
     def _push_pull_done(self, node: SimNode, life: int) -> None:
-        if node.life != life or not node.up:
+        """The exchange ended: its slot goes back to the core, which may start the next."""
+        core = node.core
+        if node.life != life or core is None or not node.up:
             return
-        node.push_pulls -= 1
-        if node.push_pull_queue:
-            node.push_pulls += 1
-            self._push_pull_begin(node, node.push_pull_queue.popleft())
+        try:
+            core.push_pull_done(self.engine.now)
+        except Exception as exc:
+            self.core_failed(node, "push_pull_done", exc)
+        self._dispatch(node)
 
     # ------------------------------------------------------------------ TCP: manifest fetch
 
-    def _start_fetch(self, node: SimNode, effect: FetchManifest) -> None:
-        if node.fetches >= MAX_CONCURRENT_FETCHES:
-            node.fetch_queue.append(effect)
-            return
-        node.fetches += 1
-        self._fetch_try(node, node.life, effect, 0)
-
-    def _fetch_try(self, node: SimNode, life: int, effect: FetchManifest, index: int) -> None:
+    def _fetch_try(self, node: SimNode, life: int, effect: FetchManifest, source: Address) -> None:
         if node.life != life or node.core is None:
             return
         if node.status is Status.PAUSED:
-            node.backlog.append((self._fetch_try, (node, life, effect, index)))
+            node.backlog.append((self._fetch_try, (node, life, effect, source)))
             return
         now = self.engine.now
-        if index >= len(effect.sources):
-            self.traffic.fetch_failures += 1
-            node.core.fetch_failed(effect.node)
-            self._dispatch(node)
-            self._fetch_done(node, life)
-            return
         timeout = self.config.tcp_timeout
-        dst, elapsed = self._connect(node, effect.sources[index], timeout)
+        dst, elapsed = self._connect(node, source, timeout)
         if dst is None:
-            self.engine.at(now + elapsed, self._fetch_try, node, life, effect, index + 1)
+            self.engine.at(now + elapsed, self._fetch_answered, node, life, effect, source, None)
             return
         self.traffic.fetch_requests += 1
         self.traffic.fetch_bytes += FETCH_REQUEST_BYTES
-        self.engine.at(now + elapsed, self._fetch_serve, node, life, effect, index, dst, now)
+        self.engine.at(now + elapsed, self._fetch_serve, node, life, effect, source, dst, now)
 
     def _fetch_serve(
         self,
         node: SimNode,
         life: int,
         effect: FetchManifest,
-        index: int,
+        source: Address,
         dst: int,
         started: float,
     ) -> None:
         remote = self.nodes[dst]
         if remote.status is Status.PAUSED:
-            remote.backlog.append((self._fetch_serve, (node, life, effect, index, dst, started)))
+            remote.backlog.append((self._fetch_serve, (node, life, effect, source, dst, started)))
             return
         now = self.engine.now
         deadline = started + self.config.tcp_timeout
+        answered = self._fetch_answered
         if remote.core is None or not self.network.reachable(node.slot, dst):
-            self.engine.at(max(now, deadline), self._fetch_try, node, life, effect, index + 1)
+            self.engine.at(max(now, deadline), answered, node, life, effect, source, None)
             return
         manifest = remote.core.manifests.get(effect.node)
         arrival = now + self.network.tcp_leg(dst, node.slot)
         if arrival > deadline or not self.network.reachable(dst, node.slot):
-            self.engine.at(max(now, deadline), self._fetch_try, node, life, effect, index + 1)
+            self.engine.at(max(now, deadline), answered, node, life, effect, source, None)
             return
-        if manifest is None:  # 404: try the next source
-            self.engine.at(arrival, self._fetch_try, node, life, effect, index + 1)
+        if manifest is None:  # 404
+            self.engine.at(arrival, answered, node, life, effect, source, None)
             return
         self.traffic.fetch_bytes += self.sizes.manifest(manifest)
         if self.wire:
             manifest = unpack(pack(manifest), Manifest)
-        self.engine.at(arrival, self._fetch_arrived, node, life, effect, index, manifest)
+        self.engine.at(arrival, answered, node, life, effect, source, manifest)
 
-    def _fetch_arrived(
-        self, node: SimNode, life: int, effect: FetchManifest, index: int, manifest: Manifest
+    def _fetch_answered(
+        self,
+        node: SimNode,
+        life: int,
+        effect: FetchManifest,
+        source: Address,
+        manifest: Manifest | None,
     ) -> None:
-        if node.life != life or node.core is None:
+        """Hand one source's answer to the core; it says which source is next, if any."""
+        core = node.core
+        if node.life != life or core is None:
             return
         if node.status is Status.PAUSED:
-            node.backlog.append((self._fetch_arrived, (node, life, effect, index, manifest)))
+            node.backlog.append((self._fetch_answered, (node, life, effect, source, manifest)))
             return
-        node.core.manifest_fetched(manifest, self.engine.now)
-        self._dispatch(node)
-        if manifest.version >= effect.version:
-            self._fetch_done(node, life)
-        else:
-            self._fetch_try(node, life, effect, index + 1)
-
-    def _fetch_done(self, node: SimNode, life: int) -> None:
-        if node.life != life or not node.up:
+        try:
+            step = core.fetch_answered(effect, source, manifest, self.engine.now)
+        except Exception as exc:
+            self.core_failed(node, "fetch_answered", exc)
+            core.fetch_abandoned(effect, self.engine.now)
+            self._dispatch(node)
             return
-        node.fetches -= 1
-        if node.fetch_queue:
-            node.fetches += 1
-            self._fetch_try(node, life, node.fetch_queue.popleft(), 0)
+        if step.source is None:
+            if step.failed:
+                self.traffic.fetch_failures += 1
+            self._dispatch(node)
+            return
+        if manifest is not None:
+            self._dispatch(node)
+        self._fetch_try(node, life, effect, step.source)
 
     # ------------------------------------------------------------------ injection
 

@@ -40,7 +40,10 @@ decided here too, from counts the shell keeps: ``NodeConfig.task_max_connections
 sockets in all, ``task_max_unauthenticated`` still in their handshake (at most
 ``task_max_unauthenticated_per_address`` from one address), ``task_max_connections_per_address``
 from one remote address, and ``task_max_connections_per_peer`` authenticated channels
-per peer id.
+per peer id. The same total cap bounds the sockets this node opens itself
+(:func:`outbound_refused`); every inbound TCP connection is admitted by
+:func:`tcp_connection_refusal`, and callers of the costly API routes by a per-address
+token bucket (:class:`RateLimiter`).
 
 Nothing here reads a clock or touches a socket: nonces come in from the caller (the
 runtime draws them from the operating system's random source), and every decision comes
@@ -51,7 +54,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -65,6 +68,10 @@ CHANNEL_ID_BYTES = 16
 """Length of a channel id (a BLAKE2b digest of both nonces): 128 bits."""
 
 _CHANNEL_ID_DOMAIN = b"meshnode-task-channel-v1"
+
+MAX_RATE_BUCKETS = 10_000
+"""Remote addresses whose token buckets are remembered; the least recently seen is
+forgotten first (it comes back with a full bucket)."""
 
 
 def channel_id(opener_nonce: bytes, listener_nonce: bytes) -> bytes:
@@ -306,3 +313,52 @@ def per_peer_refused(config: NodeConfig, others: int) -> bool:
     """Whether a channel whose handshake just named a peer that already has ``others``
     usable channels must be closed (``task_max_connections_per_peer``)."""
     return others >= config.task_max_connections_per_peer
+
+
+def outbound_refused(config: NodeConfig, open_total: int) -> bool:
+    """Whether this node may not open one more task socket to a peer, with ``open_total``
+    sockets open now (inbound and outbound alike): ``task_max_connections`` is one cap on
+    every socket, so a node that must answer many peers cannot be made to exhaust its
+    file descriptors by opening channels itself."""
+    return open_total >= config.task_max_connections
+
+
+def tcp_connection_refusal(
+    *, open_total: int, open_from_address: int, total: int, per_address: int
+) -> str | None:
+    """Why a new inbound TCP connection (any route: HTTP API, peer exchanges, task
+    sockets before their upgrade) must be refused (None: admit it), given the connections
+    open now in all and from its remote address, and the limits (``total``: the smaller of
+    ``NodeConfig.max_connections_total`` and what the file-descriptor limit allows;
+    ``per_address``: ``NodeConfig.max_connections_per_address``). Reasons: ``total``,
+    ``per_address``."""
+    if open_total >= total:
+        return "total"
+    if open_from_address >= per_address:
+        return "per_address"
+    return None
+
+
+class RateLimiter:
+    """Token buckets per remote address: ``burst`` tokens, refilled at ``rate`` per
+    second; a request takes one. At most :data:`MAX_RATE_BUCKETS` addresses are tracked."""
+
+    def __init__(self, rate: float, burst: int, max_buckets: int = MAX_RATE_BUCKETS) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_buckets = max_buckets
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self.refused = 0
+
+    def allow(self, key: str, now: float) -> bool:
+        tokens, stamp = self._buckets.pop(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - stamp) * self.rate)
+        allowed = tokens >= 1.0
+        if allowed:
+            tokens -= 1.0
+        else:
+            self.refused += 1
+        self._buckets[key] = (tokens, now)
+        while len(self._buckets) > self.max_buckets:
+            self._buckets.popitem(last=False)
+        return allowed

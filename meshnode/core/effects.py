@@ -45,8 +45,9 @@ Node (:class:`~meshnode.core.node.NodeCore`, which turns the two above into thes
   it (hand it to the handler so nested delegations inherit it).
 * :class:`StopHandler` — stop that handler now; its answer (if any) was already sent.
 * :class:`CheckPeer` — membership declared ``node`` dead while tasks with it are live:
-  check its task channel (a ping) and call ``peer_failed`` if it does not answer (or no
-  channel is open).
+  ping its task channel with ``token`` and report the pongs (``peer_answered``), or that
+  no channel is open (``check_unsent``); the core fails the peer if no answer counts.
+* :class:`CloseChannels` — close the task channels to ``node`` (it failed its check).
 * :class:`DelegationFinished` — a delegation ended: ``outcome`` is :class:`Done` (with its
   ``evaluation``) or :class:`Failed`.
 
@@ -80,6 +81,7 @@ __all__ = [
     "AttemptEnded",
     "AttemptOutcome",
     "CheckPeer",
+    "CloseChannels",
     "CoreEffect",
     "DeadlineExceeded",
     "DelegationFinished",
@@ -390,11 +392,22 @@ class StopHandler:
 @dataclass(frozen=True, slots=True)
 class CheckPeer:
     """Membership declared ``node`` dead (an accusation anyone may make) while tasks
-    with it are live: check the task channel and call ``NodeCore.peer_failed`` only if
-    it does not answer within ``NodeConfig.task_liveness_timeout`` (at once if no channel
-    is open)."""
+    with it are live: send a ``ChannelPing(token)`` on its task channel and hand every
+    ``ChannelPong`` it sends back to ``NodeCore.peer_answered``; if no channel is open,
+    call ``NodeCore.check_unsent``. The core decides the rest (what answer counts, the
+    timeout, when the peer has failed)."""
 
     node: str
+    token: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CloseChannels:
+    """Close every task channel to ``node`` without reporting it back: the core already
+    holds the peer failed (it did not answer a liveness check)."""
+
+    node: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,5 +421,13 @@ class DelegationFinished:
     evaluation: Evaluation | None
 
 
-NodeEffect = CoreEffect | SendTask | RunHandler | StopHandler | CheckPeer | DelegationFinished
+NodeEffect = (
+    CoreEffect
+    | SendTask
+    | RunHandler
+    | StopHandler
+    | CheckPeer
+    | CloseChannels
+    | DelegationFinished
+)
 """Everything ``NodeCore.take_effects()`` can return."""

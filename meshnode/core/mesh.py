@@ -2,7 +2,9 @@
 
 Theory of operation
 -------------------
-:class:`MeshCore` is what both shells drive — the asyncio runtime and the simulator. It owns
+:class:`MeshCore` is the replicated-state part of :class:`~meshnode.core.node.NodeCore`, the
+one object per node that both shells (the asyncio runtime and the simulator) drive; the
+node core passes its inputs and effects through unchanged. It owns
 a :class:`~meshnode.core.membership.Membership`, a :class:`crdt.ManifestStore` and a
 :class:`crdt.ReputationLedger`, and wires them together:
 
@@ -10,9 +12,20 @@ a :class:`~meshnode.core.membership.Membership`, a :class:`crdt.ManifestStore` a
   :class:`protocol.ManifestRumor` (node, version, digest) piggybacked on SWIM packets. A
   rumor for a version we would accept produces a :class:`FetchManifest` effect: the shell
   fetches the full signed manifest over TCP from the rumor's sender or its owner, and hands
-  it back with :meth:`MeshCore.manifest_fetched`. A fetched manifest that verifies and wins
+  each answer back with :meth:`MeshCore.fetch_answered`. A fetched manifest that verifies and wins
   is re-announced, so the rumor keeps spreading only while it is news. Fetches for the same
   node are coalesced, and retried after :data:`FETCH_RETRY_AFTER` if nothing came back.
+  The shell reports each source's answer with :meth:`MeshCore.fetch_answered`, which says
+  whether to try the next source: the fetch stops once the store holds the version asked
+  for (a copy that does not verify does not count: the owner is asked next) or the
+  manifest was refused for a reason no other source changes.
+* **Exchange slots.** At most :data:`MAX_CONCURRENT_FETCHES` fetches and
+  :data:`MAX_CONCURRENT_PUSH_PULLS` push-pull exchanges run at once: a
+  :class:`FetchManifest` or :class:`StartPushPull` is emitted only while a slot is free,
+  and waits in a bounded queue otherwise (:data:`MAX_FETCHES_QUEUED`,
+  :data:`MAX_PUSH_PULLS_QUEUED`; one entry per node or address), to be emitted when
+  :meth:`MeshCore.fetch_answered` ends a fetch, :meth:`MeshCore.fetch_abandoned` gives one
+  up, or :meth:`MeshCore.push_pull_done` ends an exchange. The shells keep no semaphore.
 * **Departures.** A dead or left member keeps its manifest while the store has room
   (discovery only ranks members SWIM holds alive), so a member that was falsely declared
   dead and refuted is routable again at once. When membership *forgets* a member (after
@@ -58,7 +71,9 @@ already used, which its peers would take as equivocation.
 
 from __future__ import annotations
 
+import dataclasses
 import random
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
@@ -125,10 +140,26 @@ manifest refused for its size stays refused; one refused by a full store may be 
 again once the store has let a manifest go."""
 
 MAX_CONCURRENT_FETCHES = 8
-"""Manifest fetches a node runs at once; more wait their turn (both shells apply it)."""
+"""Manifest fetches a node runs at once: the core emits a :class:`FetchManifest` only while
+fewer are running (each ends with :meth:`MeshCore.fetch_answered` returning None, or
+:meth:`MeshCore.fetch_abandoned`); more wait in a queue, in the order they were wanted. Each
+holds one TCP connection and up to ``MAX_MANIFEST_BYTES`` of reply; eight drain a join's
+burst of rumors in a few round trips without opening a socket per member."""
 MAX_CONCURRENT_PUSH_PULLS = 4
-"""Push-pull exchanges a node runs at once (joins contact every seed in parallel); more
-wait their turn (both shells apply it)."""
+"""Push-pull exchanges a node runs at once (joins contact every seed in parallel): the core
+emits a :class:`StartPushPull` only while fewer are running (each ends with
+:meth:`MeshCore.push_pull_done`); more wait their turn. Each may move up to 16 MiB."""
+MAX_FETCHES_QUEUED = 16_384
+"""Most manifest fetches waiting for a slot. A node is queued at most once (a newer version
+wanted meanwhile raises the queued one), so this is room for every member of a
+10,000-member mesh and more; beyond it a wanted fetch is not queued (counted in
+``fetches_skipped_queue_full``) and is asked for again by the next rumor."""
+MAX_PUSH_PULLS_QUEUED = 1_024
+"""Most push-pull exchanges waiting for a slot (one address is queued once; a join flag
+raised meanwhile is kept). Exchanges come from the push-pull timer, joins (one per seed)
+and rejoins, so this only fills with an absurd seed list; beyond it an exchange is not
+queued (counted in ``push_pulls_skipped_queue_full``): anti-entropy runs again next
+interval."""
 
 _HOLDABLE = (MemberState.ALIVE, MemberState.SUSPECT)
 
@@ -141,6 +172,16 @@ def fetch_sources(rumor_source: Address | None, owner: Address | None) -> tuple[
     return tuple(dict.fromkeys(sources))
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class FetchStep:
+    """What the shell does after a source of a :class:`FetchManifest` answered (see
+    :meth:`MeshCore.fetch_answered`): try ``source`` next, or (None) stop — the fetch is
+    over and its slot is free; ``failed`` says it ended without the version asked for."""
+
+    source: Address | None
+    failed: bool = False
+
+
 COUNTERS: dict[str, str] = {
     "manifests_applied": "fetched manifests that became a node's entry",
     "manifests_rejected": "fetched manifests refused (stale, bad signature, too large, cap)",
@@ -150,7 +191,13 @@ COUNTERS: dict[str, str] = {
     "manifests_refused_bytes_cap": "manifests refused because max_manifest_bytes were held",
     "manifests_discarded_not_member": "restored manifests of nodes membership never learned",
     "manifests_evicted_departed": "manifests of dead, left or unknown nodes let go for room",
-    "fetches_started": "manifest fetches asked of the shell",
+    "fetches_started": "manifest fetches wanted (asked of the shell at once or queued)",
+    "fetches_queued": "wanted fetches that waited for a slot (MAX_CONCURRENT_FETCHES running)",
+    "fetches_skipped_queue_full": "wanted fetches dropped: MAX_FETCHES_QUEUED were waiting",
+    "fetches_failed": "fetches that ended without the version asked for from any source",
+    "fetch_answers_wrong_node": "fetched manifests that belong to another node than asked",
+    "push_pulls_queued": "push-pull exchanges that waited for a slot",
+    "push_pulls_skipped_queue_full": "exchanges dropped: MAX_PUSH_PULLS_QUEUED were waiting",
     "records_pruned": "ledger records dropped because they expired",
     "records_awaiting_member": "ledger records held until their (unverified) observer answers us",
     "fetches_skipped_not_member": "rumors not fetched: the node is not an alive/suspect member",
@@ -226,6 +273,11 @@ class MeshCore:
         """Seconds a departed node's manifest stays buried (at least an hour)."""
         self._effects: list[CoreEffect] = []
         self._fetching: dict[str, tuple[int, float]] = {}  # node -> (version, asked at)
+        # Exchanges the shell runs now, and those waiting for a slot (oldest first).
+        self._fetches_running = 0
+        self._fetch_queue: OrderedDict[str, FetchManifest] = OrderedDict()
+        self._push_pulls_running = 0
+        self._push_pull_queue: OrderedDict[Address, StartPushPull] = OrderedDict()
         # Manifest rumors of nodes membership does not hold yet -> (rumor, from where).
         self._awaiting_member: dict[str, tuple[ManifestRumor, Address | None]] = {}
         # Records of unverified observers: observer -> subject -> record (bounded).
@@ -395,13 +447,30 @@ class MeshCore:
     # ------------------------------------------------------------------ manifests
 
     def manifest_fetched(self, manifest: Manifest, now: float) -> bool:
-        """A fetched manifest arrived; True if it verified and became the node's entry."""
-        pending = self._fetching.get(manifest.node_id)
-        if pending is not None and manifest.version >= pending[0]:
-            del self._fetching[manifest.node_id]
+        """A fetched manifest arrived; True if it verified and became the node's entry.
+        (Shells report fetches with :meth:`fetch_answered`, which calls this.)"""
+        return self._apply_fetched(manifest, now) == "applied"
+
+    def _apply_fetched(self, manifest: Manifest, now: float) -> str:
+        """Apply a fetched manifest: ``applied``; ``refused`` (not a member we may hold,
+        too large, no room: asking another source changes nothing); ``rejected`` (stale,
+        or it does not verify: another source may hold the real one)."""
+        node = manifest.node_id
+        pending = self._fetching.get(node)
+        outcome = self._judge_fetched(manifest, now)
+        held = self.manifests.get(node)
+        if (
+            pending is not None
+            and manifest.version >= pending[0]
+            and (outcome != "rejected" or (held is not None and held.version >= pending[0]))
+        ):
+            del self._fetching[node]  # a forged copy does not end the wait for the real one
+        return outcome
+
+    def _judge_fetched(self, manifest: Manifest, now: float) -> str:
         if not self._may_hold(manifest.node_id):
             self.counters["manifests_refused_not_member"] += 1
-            return False
+            return "refused"
         store = self.manifests
         if manifest.node_id not in store:
             self._store_full(MAX_MANIFEST_BYTES)  # lets departed nodes' manifests go if full
@@ -413,11 +482,121 @@ class MeshCore:
             if store.counters != before:  # refused by size or cap, not stale or forged
                 too_large = store.counters["refused_too_large"] != before["refused_too_large"]
                 self._remember_refused(manifest, too_large)
-            return False
+                return "refused"
+            return "rejected"
         self.counters["manifests_applied"] += 1
         self._announce(manifest)
         self._effects.append(ManifestChanged(manifest.node_id, manifest))
-        return True
+        return "applied"
+
+    # ------------------------------------------------------------------ exchange slots
+
+    def fetch_answered(
+        self, fetch: FetchManifest, source: Address, manifest: Manifest | None, now: float
+    ) -> FetchStep:
+        """``source`` of ``fetch`` answered with ``manifest`` (None: it could not be
+        reached, failed, or sent something that does not decode). The manifest is applied
+        (:meth:`manifest_fetched`); the fetch is over once the store holds the version
+        asked for or newer, or the manifest was refused for a reason no other source can
+        change (not a member, too large, no room). Otherwise the next source in
+        ``fetch.sources`` is tried; when none is left the fetch failed and the node may be
+        asked for again. A manifest of another node than asked counts as no answer."""
+        node = fetch.node
+        outcome = None
+        if manifest is not None:
+            if manifest.node_id != node:
+                self.counters["fetch_answers_wrong_node"] += 1
+            else:
+                outcome = self._apply_fetched(manifest, now)
+        held = self.manifests.get(node)
+        if outcome == "refused" or (held is not None and held.version >= fetch.version):
+            self._fetch_ended()
+            return FetchStep(None)
+        try:
+            index = fetch.sources.index(source)
+        except ValueError:
+            index = len(fetch.sources)  # not one of ours: nothing after it
+        if index + 1 < len(fetch.sources):
+            return FetchStep(fetch.sources[index + 1])
+        self.counters["fetches_failed"] += 1
+        self._fetching.pop(node, None)
+        self._fetch_ended()
+        return FetchStep(None, failed=True)
+
+    def fetch_abandoned(self, fetch: FetchManifest) -> None:
+        """The shell stopped ``fetch`` before it was over (it is closing, or its task
+        failed): the slot is free and the node may be asked for again."""
+        self._fetching.pop(fetch.node, None)
+        self._fetch_ended()
+
+    def push_pull_done(self) -> None:
+        """One exchange started by a :class:`StartPushPull` ended, whatever its outcome
+        (or the shell will not run it): its slot is free for the next one waiting."""
+        if self._push_pulls_running > 0:
+            self._push_pulls_running -= 1
+        if self._push_pull_queue:
+            _, effect = self._push_pull_queue.popitem(last=False)
+            self._push_pulls_running += 1
+            self._effects.append(effect)
+
+    @property
+    def exchanges(self) -> dict[str, int]:
+        """Fetches and push-pulls running and waiting (for health and tests)."""
+        return {
+            "fetches_running": self._fetches_running,
+            "fetches_queued": len(self._fetch_queue),
+            "push_pulls_running": self._push_pulls_running,
+            "push_pulls_queued": len(self._push_pull_queue),
+        }
+
+    def _fetch_ended(self) -> None:
+        if self._fetches_running > 0:
+            self._fetches_running -= 1
+        if self._fetch_queue:
+            _, fetch = self._fetch_queue.popitem(last=False)
+            self._fetches_running += 1
+            self._effects.append(fetch)
+
+    def _start_fetch(self, fetch: FetchManifest) -> None:
+        """Emit ``fetch`` if a slot is free, else queue it (once per node)."""
+        if not fetch.sources:  # nobody to ask (cannot happen: the owner is a member)
+            self.counters["fetches_failed"] += 1
+            self._fetching.pop(fetch.node, None)
+            return
+        queue = self._fetch_queue
+        if self._fetches_running < MAX_CONCURRENT_FETCHES and not queue:
+            self._fetches_running += 1
+            self._effects.append(fetch)
+            return
+        queued = queue.get(fetch.node)
+        if queued is not None:
+            if fetch.version > queued.version:
+                queue[fetch.node] = fetch  # keeps its place in the queue
+            return
+        if len(queue) >= MAX_FETCHES_QUEUED:
+            self.counters["fetches_skipped_queue_full"] += 1
+            self._fetching.pop(fetch.node, None)
+            return
+        self.counters["fetches_queued"] += 1
+        queue[fetch.node] = fetch
+
+    def _start_push_pull(self, effect: StartPushPull) -> None:
+        """Emit ``effect`` if a slot is free, else queue it (once per address)."""
+        queue = self._push_pull_queue
+        if self._push_pulls_running < MAX_CONCURRENT_PUSH_PULLS and not queue:
+            self._push_pulls_running += 1
+            self._effects.append(effect)
+            return
+        queued = queue.get(effect.addr)
+        if queued is not None:
+            if effect.join and not queued.join:
+                queue[effect.addr] = effect
+            return
+        if len(queue) >= MAX_PUSH_PULLS_QUEUED:
+            self.counters["push_pulls_skipped_queue_full"] += 1
+            return
+        self.counters["push_pulls_queued"] += 1
+        queue[effect.addr] = effect
 
     def _remember_refused(self, manifest: Manifest, too_large: bool) -> None:
         node = manifest.node_id
@@ -429,10 +608,6 @@ class MeshCore:
     def _store_shrank(self) -> None:
         """A manifest left the store: nodes refused for want of room get another chance."""
         self._refused = {n: r for n, r in self._refused.items() if r[2]}
-
-    def fetch_failed(self, node: str) -> None:
-        """The shell could not fetch ``node``'s manifest from any source; allow a retry."""
-        self._fetching.pop(node, None)
 
     def _announce(self, manifest: Manifest) -> None:
         # The store computed the digest when it accepted the manifest: no second hash.
@@ -501,7 +676,7 @@ class MeshCore:
             self._fetching[rumor.node] = (rumor.version, now)
             self.counters["fetches_started"] += 1
             sources = fetch_sources(source, member.address)
-            self._effects.append(FetchManifest(rumor.node, rumor.version, sources))
+            self._start_fetch(FetchManifest(rumor.node, rumor.version, sources))
 
     def _await_member(self, rumor: ManifestRumor, source: Address | None) -> None:
         """Keep the manifest rumor of a node membership does not hold yet (it may be
@@ -654,6 +829,8 @@ class MeshCore:
                     if records:
                         self._records_awaiting_count -= len(records)
                         self.apply_records(records.values(), now)
+            elif isinstance(effect, StartPushPull):
+                self._start_push_pull(effect)
             else:
                 self._effects.append(effect)
 
@@ -680,8 +857,11 @@ class MeshCore:
 __all__ = [
     "MAX_CONCURRENT_FETCHES",
     "MAX_CONCURRENT_PUSH_PULLS",
+    "MAX_FETCHES_QUEUED",
+    "MAX_PUSH_PULLS_QUEUED",
     "CoreEffect",
     "FetchManifest",
+    "FetchStep",
     "ManifestChanged",
     "MeshCore",
     "PersistRecords",

@@ -7,7 +7,8 @@ Both shells — the asyncio runtime (:mod:`meshnode.runtime`) and the simulator
 
 * the :class:`~meshnode.core.mesh.MeshCore` (membership, manifests, the reputation ledger),
   whose calls it passes through unchanged (``receive``, ``tick``, ``join``, ``leave``,
-  ``publish_manifest``, ``manifest_fetched``, ``fetch_failed``, the push-pull legs, …);
+  ``publish_manifest``, ``fetch_answered``, the push-pull legs, …), including the caps on
+  fetches and push-pulls running at once;
 * the trust view and opinion batching (:class:`~meshnode.core.trust.TrustPolicy`);
 * the :class:`~meshnode.core.provider.ProviderCore` (admission, slots, reservations,
   signed results) and one :class:`~meshnode.core.requester.RequesterCore` per delegation,
@@ -29,23 +30,31 @@ and carries out in order; :meth:`NodeCore.next_deadline` says when :meth:`NodeCo
 is due. Inputs:
 
 * membership and state: ``receive``, ``tick``, ``join``, ``leave``, ``adopt_converged``,
-  ``restore``, ``publish_manifest``, ``manifest_fetched``, ``fetch_failed``,
-  ``apply_records``, ``push_pull_request``, ``handle_push_pull``, ``finish_push_pull``;
+  ``restore``, ``publish_manifest``, ``apply_records``, ``push_pull_request``,
+  ``handle_push_pull``, ``finish_push_pull``;
+* exchange slots: ``fetch_answered`` (one source of a ``FetchManifest`` answered: it says
+  which source to try next, or that the fetch is over), ``fetch_abandoned``,
+  ``push_pull_done`` — fetches and push-pulls are emitted only within the caps
+  (:data:`~meshnode.core.mesh.MAX_CONCURRENT_FETCHES`,
+  :data:`~meshnode.core.mesh.MAX_CONCURRENT_PUSH_PULLS`) and queued otherwise;
 * tasks: ``start_delegation``, ``cancel_delegation``, ``task_message`` (every task
   message a verified peer sent on its channel), ``handler_done``, ``peer_failed``,
-  ``send_failed``, ``set_capabilities``, ``close_tasks``;
+  ``send_failed``, ``set_capabilities``, ``close_tasks``, and the liveness check's
+  ``peer_answered`` and ``check_unsent``;
 * trust: ``record_outcome``, ``sign_opinions``, ``durable_failed``, ``durable_written``;
   queries ``trust_view(now)``, ``direct_experience()``, ``opinion(peer)``;
 * routing: ``route(hits, now, ...)`` ranks what the capability index found.
 
 Queries the shells use: ``next_deadline()`` (everything), ``task_deadline()`` (the task
-side alone), ``waiting_on(peer)``, ``attempt_node(task_id)``, ``in_flight``,
+side alone), ``waiting_on(peer)``, ``attempt_node(task_id)``, ``send_still_due(send)``,
+``checks`` (pending liveness checks), ``mesh.exchanges`` (fetch and push-pull slots),
+``in_flight``,
 ``durable_pending``, and the parts themselves (``membership``, ``manifests``, ``ledger``,
 ``provider``, ``breakers``, ``evaluator``, ``trust``) for reading.
 
 The node-level effects are :class:`~meshnode.core.effects.SendTask`,
 :class:`~meshnode.core.effects.RunHandler`, :class:`~meshnode.core.effects.StopHandler`,
-:class:`~meshnode.core.effects.CheckPeer` and
+:class:`~meshnode.core.effects.CheckPeer`, :class:`~meshnode.core.effects.CloseChannels` and
 :class:`~meshnode.core.effects.DelegationFinished`; the mesh's effects pass through.
 Capability handlers run in the shell: the core emits ``RunHandler`` and gets
 ``handler_done`` back. A delegation always ends with exactly one ``DelegationFinished``,
@@ -53,8 +62,12 @@ even when it cannot start (no time left, the node is closing, too many in flight
 
 Peers that go away. A ``Leave`` is signed by the peer itself, so the tasks with it fail at
 once. A ``Dead`` is an accusation anyone may make: while a task with the peer is live, the
-core emits ``CheckPeer`` and the shell checks the task channel, reporting
-``peer_failed`` only if the peer does not answer there.
+core emits ``CheckPeer(peer, token)`` (one check at a time per peer) and the shell pings
+the peer's task channel with that token. Only a ``ChannelPong`` with the same token, from
+the peer on its authenticated channel, within ``NodeConfig.task_liveness_timeout``, counts
+as alive (``peer_answered``); when the deadline passes first, the core emits
+``CloseChannels`` and fails the peer's tasks; with no channel open (``check_unsent``) they
+fail at once. The shell only sends the ping and reports what came back.
 """
 
 from __future__ import annotations
@@ -79,9 +92,11 @@ from meshnode.core.effects import (
     AttemptEnded,
     AttemptOutcome,
     CheckPeer,
+    CloseChannels,
     DelegationFinished,
     Done,
     Failed,
+    FetchManifest,
     MemberChanged,
     MemberEvent,
     NodeEffect,
@@ -97,7 +112,7 @@ from meshnode.core.effects import (
 from meshnode.core.evaluator import Evaluation, OutputEvaluator
 from meshnode.core.member import Member, MemberRumor, MemberState
 from meshnode.core.membership import Membership
-from meshnode.core.mesh import MeshCore
+from meshnode.core.mesh import FetchStep, MeshCore
 from meshnode.core.provider import CancelOutcome, ProviderCore
 from meshnode.core.requester import RequesterCore
 from meshnode.core.router import (
@@ -125,7 +140,32 @@ from protocol import (
 from protocol import verify as ed25519_verify
 from protocol.codec import message_to_wire
 
-__all__ = ["MAX_DELEGATIONS_IN_FLIGHT", "TASK_COUNTERS", "NodeCore"]
+__all__ = [
+    "DELEGATION_TOP_K",
+    "MAX_DELEGATIONS_IN_FLIGHT",
+    "TASK_COUNTERS",
+    "NodeCore",
+    "deadline_problem",
+]
+
+DELEGATION_TOP_K = 20
+"""Most ranked candidates a delegation is offered to, in order (the runtime asks routing
+for this many). Each failed attempt costs at most its attempt deadline, so twenty covers
+any realistic run of refusals within a deadline; more only lengthens the tail of a
+delegation nobody can serve."""
+
+
+def deadline_problem(deadline_s: object) -> str | None:
+    """Why ``deadline_s`` is not a usable delegation deadline (None: it is): it must be a
+    positive, finite number of seconds (not a bool)."""
+    if (
+        isinstance(deadline_s, bool)
+        or not isinstance(deadline_s, int | float)
+        or not 0 < deadline_s < math.inf
+    ):
+        return f"deadline_s must be a positive number of seconds, got {deadline_s}"
+    return None
+
 
 MAX_DELEGATIONS_IN_FLIGHT = 4_096
 """Default for the delegations one node runs at once as a requester (``NodeCore``'s
@@ -140,6 +180,9 @@ TASK_COUNTERS: dict[str, str] = {
     "delegations_failed": "delegations that ended without one",
     "delegations_refused_cap": "delegations refused: max_delegations were in flight",
     "tasks_served": "signed results this node sent as a provider",
+    "dead_refuted_on_channel": "peers declared dead that answered on their task channel",
+    "dead_confirmed_on_channel": "peers declared dead, silent on their task channel",
+    "dead_without_channel": "peers declared dead with no task channel open to check",
 }
 """Every counter of :attr:`NodeCore.task_counters`, with what it counts."""
 
@@ -214,6 +257,9 @@ class NodeCore:
         self._now = now
         self._closing = False
         self._load: int | None = None
+        # Liveness checks of peers declared dead: peer -> (ping token, answer deadline).
+        self._checks: dict[str, tuple[int, float]] = {}
+        self._next_token = 1
         self.task_counters: dict[str, int] = dict.fromkeys(TASK_COUNTERS, 0)
         """Named task event counts, see :data:`TASK_COUNTERS`."""
 
@@ -272,6 +318,14 @@ class NodeCore:
         d = self._delegations.get(task_id)
         return None if d is None else d.core.current_node
 
+    def send_still_due(self, send: SendTask) -> bool:
+        """Whether ``send`` should still go out once the shell has a channel (opening one
+        takes time): a request or confirm of a delegation that is no longer trying
+        ``send.node`` is stale and must not reach that peer; anything else is due."""
+        if isinstance(send.message, TaskRequest | TaskConfirm):
+            return self.attempt_node(send.task_id) == send.node
+        return True
+
     def delegation_deadline(self, task_id: str) -> float | None:
         """The overall deadline of delegation ``task_id`` (None if it is not in flight)."""
         d = self._delegations.get(task_id)
@@ -301,6 +355,10 @@ class NodeCore:
         flush = self.trust.flush_at
         if flush is not None and (deadline is None or flush < deadline):
             deadline = flush
+        if self._checks:
+            check = min(at for _, at in self._checks.values())
+            if deadline is None or check < deadline:
+                deadline = check
         return deadline
 
     def tick(self, now: float) -> None:
@@ -319,6 +377,8 @@ class NodeCore:
                 if delegation is not None:
                     self._apply(task_id, delegation, delegation.core.tick(now), now)
         self.trust.tick(now)
+        if self._checks:
+            self._expire_checks(now)
         self._collect(now)
 
     # ------------------------------------------------------------------ mesh pass-through
@@ -388,8 +448,28 @@ class NodeCore:
         self._collect(now)
         return applied
 
-    def fetch_failed(self, node: str) -> None:
-        self.mesh.fetch_failed(node)
+    def fetch_answered(
+        self, fetch: FetchManifest, source: Address, manifest: Manifest | None, now: float
+    ) -> FetchStep:
+        """One source of ``fetch`` answered (see :meth:`MeshCore.fetch_answered`): the
+        step says which source to try next, or that the fetch is over."""
+        self._advance_clock(now)
+        step = self.mesh.fetch_answered(fetch, source, manifest, now)
+        self._collect(now)
+        return step
+
+    def fetch_abandoned(self, fetch: FetchManifest, now: float) -> None:
+        """The shell gave ``fetch`` up before it was over; its slot is free."""
+        self._advance_clock(now)
+        self.mesh.fetch_abandoned(fetch)
+        self._collect(now)
+
+    def push_pull_done(self, now: float) -> None:
+        """A push-pull exchange the shell started ended (whatever its outcome), or will
+        not run: its slot is free for the next one waiting."""
+        self._advance_clock(now)
+        self.mesh.push_pull_done()
+        self._collect(now)
 
     def apply_records(self, records: Iterable[LedgerRecord], now: float) -> int:
         self._advance_clock(now)
@@ -573,8 +653,9 @@ class NodeCore:
         changes then."""
         if deadline_s is None:
             deadline_s = self.config.default_deadline_s
-        if isinstance(deadline_s, bool) or not 0 < deadline_s < math.inf:
-            raise ValueError(f"deadline_s must be a positive number of seconds, got {deadline_s}")
+        problem = deadline_problem(deadline_s)
+        if problem is not None:
+            raise ValueError(problem)
         if task_id is None:
             task_id = self._new_task_id()
         elif task_id in self._delegations:
@@ -643,6 +724,7 @@ class NodeCore:
         delegation waiting on it moves on, and its running tasks here are stopped (nobody
         is left to receive their results)."""
         self._advance_clock(now)
+        self._checks.pop(peer, None)
         for task_id in [t for t, d in self._delegations.items() if d.core.current_node == peer]:
             delegation = self._delegations.get(task_id)
             if delegation is not None:
@@ -676,12 +758,59 @@ class NodeCore:
         ones fail at once; outcomes not signed yet are signed."""
         self._advance_clock(now)
         self._closing = True
+        self._checks.clear()
         for task_id in list(self._delegations):
             delegation = self._delegations.get(task_id)
             if delegation is not None:
                 self._apply(task_id, delegation, delegation.core.cancel(now, "node closing"), now)
         self.trust.sign(now)
         self._collect(now)
+
+    # ------------------------------------------------------------------ liveness checks
+
+    def _check(self, peer: str, now: float) -> None:
+        """``peer`` was declared dead while tasks with it are live: ask the shell to ping
+        its task channel (once while a check is pending)."""
+        if peer in self._checks:
+            return
+        token = self._next_token
+        self._next_token += 1
+        self._checks[peer] = (token, now + self.config.task_liveness_timeout)
+        self._effects.append(CheckPeer(peer, token))
+
+    def peer_answered(self, peer: str, token: int, now: float) -> bool:
+        """A ``ChannelPong(token)`` came from ``peer`` on its (authenticated) task channel.
+        It refutes the death only if it answers the pending check's ping before its
+        deadline; any other pong is ignored (returns False)."""
+        self._advance_clock(now)
+        pending = self._checks.get(peer)
+        if pending is None or pending[0] != token or now > pending[1]:
+            return False
+        del self._checks[peer]
+        self.task_counters["dead_refuted_on_channel"] += 1
+        return True
+
+    def check_unsent(self, peer: str, now: float) -> None:
+        """The shell has no task channel open to ``peer`` to ping: nothing can refute the
+        death, so its tasks fail now."""
+        self._advance_clock(now)
+        if self._checks.pop(peer, None) is not None:
+            self.task_counters["dead_without_channel"] += 1
+            self.peer_failed(peer, "member dead", now)
+        self._collect(now)
+
+    @property
+    def checks(self) -> dict[str, float]:
+        """Peers whose liveness check is pending, with its deadline."""
+        return {peer: at for peer, (_, at) in self._checks.items()}
+
+    def _expire_checks(self, now: float) -> None:
+        for peer in [p for p, (_, at) in self._checks.items() if now >= at]:
+            del self._checks[peer]
+            self.task_counters["dead_confirmed_on_channel"] += 1
+            reason = "member dead; silent on its task channel"
+            self._effects.append(CloseChannels(peer, reason))
+            self.peer_failed(peer, reason, now)
 
     def route(
         self,
@@ -834,7 +963,7 @@ class NodeCore:
                 if effect.kind is MemberEvent.LEFT:
                     self.peer_failed(effect.node_id, "member left", now)
                 elif effect.kind is MemberEvent.DEAD and self._has_tasks_with(effect.node_id):
-                    self._effects.append(CheckPeer(effect.node_id))
+                    self._check(effect.node_id, now)
 
     def _has_tasks_with(self, peer: str) -> bool:
         if self.waiting_on(peer):

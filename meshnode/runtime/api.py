@@ -7,7 +7,8 @@ Routes for operators and tools (JSON):
                       restart or failing effects within a minute, failing writes, own
                       records not yet durable, an identity conflict; always HTTP 200),
                       node id, incarnation, member counts, local health, drops, effect
-                      failures, inbound connection counts and limits, and the counters
+                      failures, inbound connection counts and limits, fetches and
+                      push-pulls running and waiting (``exchanges``), and the counters
                       of membership (probes, failed probes, suspicions raised,
                       refutations, rumors dropped…), the mesh core and the task service
 ``GET /v1/members``   every known member: id, name, address, state, incarnation
@@ -48,6 +49,11 @@ bucket gets HTTP 429 with ``Retry-After``. They only apply signed data through t
 gossip. ``POST /v1/delegate`` spends money and trust on the caller's behalf, so it is open
 only to loopback clients unless ``NodeConfig.api_token`` is set and presented as
 ``Authorization: Bearer <token>``.
+
+What stays here, and why: the body caps, the JSON depth, the peer body slots and the
+loopback exemption bound raw HTTP input at the boundary, before anything is decoded or
+reaches the core; the token bucket itself is the core's
+(:class:`meshnode.core.channel.RateLimiter`, given ``time.monotonic()``).
 """
 
 from __future__ import annotations
@@ -58,11 +64,12 @@ import ipaddress
 import json
 import math
 import time
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from meshnode.core.channel import MAX_RATE_BUCKETS as MAX_RATE_BUCKETS  # its old home
+from meshnode.core.channel import RateLimiter as RateLimiter  # its old home
 from meshnode.runtime.transport import BodyTooLarge, read_capped
 from protocol import (
     Envelope,
@@ -101,38 +108,10 @@ PEER_BODY_SLOTS = 4
 """Peer requests with a body over ``node.DECODE_INLINE_MAX_BYTES`` (or of unknown length)
 being read and decoded at once; more get HTTP 503 at once. Bounds the memory and thread
 time a burst of large frames can take (honest push-pulls arrive a few per minute)."""
-MAX_RATE_BUCKETS = 10_000
-"""Remote addresses whose token buckets are remembered; the least recently seen is
-forgotten first (it comes back with a full bucket)."""
 RETRY_AFTER_S = 1
 """``Retry-After`` seconds sent with HTTP 429 and 503."""
 
 assert MAX_RECORDS_REQUEST_BYTES >= MAX_MESSAGES_PER_ENVELOPE * 512
-
-
-class RateLimiter:
-    """Token buckets per remote address: ``burst`` tokens, refilled at ``rate`` per
-    second; a request takes one. At most :data:`MAX_RATE_BUCKETS` addresses are tracked."""
-
-    def __init__(self, rate: float, burst: int, max_buckets: int = MAX_RATE_BUCKETS) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.max_buckets = max_buckets
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-        self.refused = 0
-
-    def allow(self, key: str, now: float) -> bool:
-        tokens, stamp = self._buckets.pop(key, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - stamp) * self.rate)
-        allowed = tokens >= 1.0
-        if allowed:
-            tokens -= 1.0
-        else:
-            self.refused += 1
-        self._buckets[key] = (tokens, now)
-        while len(self._buckets) > self.max_buckets:
-            self._buckets.popitem(last=False)
-        return allowed
 
 
 def manifest_json(manifest: Manifest) -> dict[str, Any]:

@@ -19,6 +19,10 @@ that are open. This node itself is never a candidate.
 The embedder is chosen by ``NodeConfig.embedder``: ``"auto"`` (MiniLM from the
 ``semantic`` extra when installed, else the hashing embedder, with one warning),
 ``"minilm"`` or ``"hashing"``. Loaded models are shared by every node in a process.
+
+What stays here, and why: the query's size limits validate API input at the boundary; the
+pool size comes from :func:`meshnode.core.router.candidate_pool` and the ranking from
+``NodeCore.route``; which embedder runs, and on which thread, is a resource choice.
 """
 
 from __future__ import annotations

@@ -10,9 +10,12 @@ The driver decides nothing. It does three things:
    passes, or earlier when an input moved the deadline (:meth:`Driver.poke`). The task
    service and the HTTP handlers feed their inputs the same way and then poke.
 2. **Carry out effects** in order (:meth:`Driver.dispatch`): packets go out on the UDP
-   socket; push-pull exchanges and manifest fetches run as background tasks, bounded by
-   the core's caps (:data:`~meshnode.core.mesh.MAX_CONCURRENT_PUSH_PULLS`,
-   :data:`~meshnode.core.mesh.MAX_CONCURRENT_FETCHES`); records, members and manifests go
+   socket; push-pull exchanges and manifest fetches run as background tasks (the core
+   emits them only within its caps, :data:`~meshnode.core.mesh.MAX_CONCURRENT_PUSH_PULLS`
+   and :data:`~meshnode.core.mesh.MAX_CONCURRENT_FETCHES`, so the driver keeps no
+   semaphore: it reports each exchange's end with ``push_pull_done``, and each fetched
+   answer with ``fetch_answered``, which names the next source or ends the fetch);
+   records, members and manifests go
    to :class:`~meshnode.runtime.persistence.Persistence`; task effects go to the
    :class:`~meshnode.runtime.tasks.TaskService`; membership changes are logged and handed
    to listeners.
@@ -26,6 +29,11 @@ Replies read from peers are capped (:data:`MAX_PUSH_PULL_REPLY_BYTES`,
 ``protocol.limits.MAX_MANIFEST_BYTES``, :data:`MAX_RECORDS_REPLY_BYTES`): past the cap the
 connection is aborted and the drop counted. Frames over :data:`DECODE_INLINE_MAX_BYTES` are
 decoded in a one-thread pool so the loop keeps answering probes.
+
+What stays here, and why (every protocol decision is the core's): the restart backoff
+and the failure-log interval supervise this asyncio task and its logs; the reply caps and
+the inline-decode threshold bound raw bytes read from a socket before anything is decoded;
+the push-pull reply's shape (one ``PushPull``) is checked as it is decoded, at the boundary.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ import structlog
 from meshnode.core.config import format_address
 from meshnode.core.effects import (
     CheckPeer,
+    CloseChannels,
     DelegationFinished,
     FetchManifest,
     IdentityConflict,
@@ -59,7 +68,6 @@ from meshnode.core.effects import (
     StopHandler,
 )
 from meshnode.core.membership import IDENTITY_CONFLICT_WINDOW
-from meshnode.core.mesh import MAX_CONCURRENT_FETCHES, MAX_CONCURRENT_PUSH_PULLS
 from meshnode.core.node import NodeCore
 from meshnode.runtime.api import WIRE_CONTENT_TYPE
 from meshnode.runtime.transport import BodyTooLarge, UdpEndpoint, read_capped
@@ -136,7 +144,7 @@ _EVENT_NAMES = {
     MemberEvent.FORGOTTEN: "member_forgotten",
 }
 
-_TASK_EFFECTS = (SendTask, RunHandler, StopHandler, CheckPeer, DelegationFinished)
+_TASK_EFFECTS = (SendTask, RunHandler, StopHandler, CheckPeer, CloseChannels, DelegationFinished)
 
 
 class Driver:
@@ -174,8 +182,6 @@ class Driver:
         self._manifest_listeners = manifest_listeners
         self._member_listeners = member_listeners
         self._wake = asyncio.Event()
-        self._fetch_slots = asyncio.Semaphore(MAX_CONCURRENT_FETCHES)
-        self._push_pull_slots = asyncio.Semaphore(MAX_CONCURRENT_PUSH_PULLS)
         self._background: set[asyncio.Task[Any]] = set()
         self._decoder: concurrent.futures.ThreadPoolExecutor | None = (
             concurrent.futures.ThreadPoolExecutor(
@@ -248,13 +254,15 @@ class Driver:
     # ------------------------------------------------------------------ effects
 
     def dispatch(self) -> None:
-        """Carry out the core's effects in order. Each is contained: one that raises is
-        counted (:attr:`effect_failures`) and the rest still run."""
-        for effect in self.core.take_effects():
-            try:
-                self._carry_out(effect)
-            except Exception as exc:
-                self.effect_failed(type(effect).__name__, exc)
+        """Carry out the core's effects in order, until it has none left (carrying one out
+        may feed the core). Each is contained: one that raises is counted
+        (:attr:`effect_failures`) and the rest still run."""
+        while effects := self.core.take_effects():
+            for effect in effects:
+                try:
+                    self._carry_out(effect)
+                except Exception as exc:
+                    self.effect_failed(type(effect).__name__, exc)
 
     def _carry_out(self, effect: object) -> None:
         if isinstance(effect, SendPacket):
@@ -267,9 +275,13 @@ class Driver:
         elif isinstance(effect, StartPushPull):
             if self._accepting():
                 self.spawn(self.push_pull(effect.addr, effect.join))
+            else:  # closing: the exchange will not run, its slot goes back
+                self.core.push_pull_done(time.time())
         elif isinstance(effect, FetchManifest):
             if self._accepting():
                 self.spawn(self.fetch_manifest(effect))
+            else:
+                self.core.fetch_abandoned(effect, time.time())
         elif isinstance(effect, ManifestChanged):
             if self.persistence is not None:
                 self.persistence.manifest_changed(effect.node, effect.manifest)
@@ -389,66 +401,73 @@ class Driver:
                 raise
 
     async def push_pull(self, addr: tuple[str, int], join: bool) -> None:
-        """Run one anti-entropy exchange with ``addr`` (three legs)."""
-        async with self._push_pull_slots:
-            core = self.core
+        """Run one anti-entropy exchange with ``addr`` (three legs); however it ends, tell
+        the core (``push_pull_done``), which may then start the next one waiting."""
+        core = self.core
+        try:
             request = core.push_pull_request(join)
-            try:
-                data = await self._post_envelope(
+            data = await self._post_envelope(
+                addr,
+                "/v1/wire/pushpull",
+                encode([request], self._signer),
+                MAX_PUSH_PULL_REPLY_BYTES,
+            )
+            envelope = await self.decode_frame(data)
+            if len(envelope.messages) != 1 or not isinstance(envelope.messages[0], PushPull):
+                raise RemoteProtocolError("push-pull reply is not one PushPull")
+            reply = envelope.messages[0]
+            missing = core.finish_push_pull(envelope.sender, reply, addr, time.time())
+            self.dispatch()
+            for start in range(0, len(missing), MAX_MESSAGES_PER_ENVELOPE):
+                chunk: list[Message] = list(missing[start : start + MAX_MESSAGES_PER_ENVELOPE])
+                await self._post_envelope(
                     addr,
-                    "/v1/wire/pushpull",
-                    encode([request], self._signer),
-                    MAX_PUSH_PULL_REPLY_BYTES,
+                    "/v1/wire/records",
+                    encode(chunk, self._signer),
+                    MAX_RECORDS_REPLY_BYTES,
                 )
-                envelope = await self.decode_frame(data)
-                if len(envelope.messages) != 1 or not isinstance(envelope.messages[0], PushPull):
-                    raise RemoteProtocolError("push-pull reply is not one PushPull")
-                missing = core.finish_push_pull(
-                    envelope.sender, envelope.messages[0], addr, time.time()
-                )
-                self.dispatch()
-                for start in range(0, len(missing), MAX_MESSAGES_PER_ENVELOPE):
-                    chunk: list[Message] = list(missing[start : start + MAX_MESSAGES_PER_ENVELOPE])
-                    await self._post_envelope(
-                        addr,
-                        "/v1/wire/records",
-                        encode(chunk, self._signer),
-                        MAX_RECORDS_REPLY_BYTES,
-                    )
-            except (aiohttp.ClientError, TimeoutError, OSError, RemoteProtocolError) as exc:
-                self.drops[f"push_pull_{type(exc).__name__}"] += 1
-                self._log.debug("push_pull_failed", peer=format_address(addr), error=str(exc))
+        except (aiohttp.ClientError, TimeoutError, OSError, RemoteProtocolError) as exc:
+            self.drops[f"push_pull_{type(exc).__name__}"] += 1
+            self._log.debug("push_pull_failed", peer=format_address(addr), error=str(exc))
+        finally:
+            core.push_pull_done(time.time())
             self._wake.set()
+        self.dispatch()
 
     async def fetch_manifest(self, effect: FetchManifest) -> None:
-        """Fetch a manifest from the effect's sources in the order the core gave, until one
-        delivers the version asked for; tell the core if none did."""
-        async with self._fetch_slots:
-            for source in effect.sources:
-                try:
-                    async with self._client().get(
-                        f"http://{format_address(source)}/v1/wire/manifests/{effect.node}"
-                    ) as resp:
-                        resp.raise_for_status()
-                        try:
-                            raw = await read_capped(
-                                resp.content,
-                                MAX_MANIFEST_BYTES,
-                                resp.content_length,
-                                READ_CHUNK_BYTES,
-                            )
-                        except BodyTooLarge:
-                            resp.close()
-                            raise
-                    manifest = unpack(raw, Manifest)
-                except (aiohttp.ClientError, TimeoutError, OSError, RemoteProtocolError) as exc:
-                    self.drops[f"fetch_{type(exc).__name__}"] += 1
-                    continue
-                if manifest.node_id != effect.node:
-                    self.drops["fetch_wrong_node"] += 1
-                    continue
-                self.core.manifest_fetched(manifest, time.time())
+        """Fetch a manifest: ask the effect's sources one at a time, handing each answer
+        to the core, which says which source to try next or that the fetch is over. If
+        this task ends otherwise (cancelled, a bug), the core is told it was abandoned."""
+        over = False
+        try:
+            source: tuple[str, int] | None = effect.sources[0] if effect.sources else None
+            while source is not None:
+                manifest = await self._get_manifest(source, effect.node)
+                step = self.core.fetch_answered(effect, source, manifest, time.time())
+                over = step.source is None
+                source = step.source
                 self.dispatch()
-                if manifest.version >= effect.version:
-                    return
-            self.core.fetch_failed(effect.node)
+        finally:
+            if not over:
+                self.core.fetch_abandoned(effect, time.time())
+                self._wake.set()
+
+    async def _get_manifest(self, source: tuple[str, int], node: str) -> Manifest | None:
+        """GET ``node``'s manifest from ``source``, read with a hard cap; None if it could
+        not be had (the reason is counted in :attr:`drops`)."""
+        try:
+            async with self._client().get(
+                f"http://{format_address(source)}/v1/wire/manifests/{node}"
+            ) as resp:
+                resp.raise_for_status()
+                try:
+                    raw = await read_capped(
+                        resp.content, MAX_MANIFEST_BYTES, resp.content_length, READ_CHUNK_BYTES
+                    )
+                except BodyTooLarge:
+                    resp.close()
+                    raise
+            return unpack(raw, Manifest)
+        except (aiohttp.ClientError, TimeoutError, OSError, RemoteProtocolError) as exc:
+            self.drops[f"fetch_{type(exc).__name__}"] += 1
+            return None

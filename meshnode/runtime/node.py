@@ -26,6 +26,11 @@ Close is graceful: outcomes not yet signed are signed, a signed ``Leave`` is gos
 ``leave_propagate_time`` seconds, then every task is cancelled and awaited, the HTTP server
 and sockets are closed, and the state is flushed. ``aclose()`` twice is safe; nothing is
 left running after it returns.
+
+What stays here, and why: ``BIND_ATTEMPTS`` and ``SEED_RESOLVE_TIMEOUT`` are socket and
+resolver matters, the advertised address is configuration, and the lifecycle gates which
+inputs reach the core. The delegation deadline's rule (``deadline_problem``), its default
+and the number of candidates offered (``DELEGATION_TOP_K``) are the core's.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ from meshnode.core.config import NodeConfig, format_address
 from meshnode.core.delegation import rank_candidates
 from meshnode.core.effects import MemberChanged
 from meshnode.core.member import MemberState
-from meshnode.core.node import NodeCore
+from meshnode.core.node import DELEGATION_TOP_K, NodeCore, deadline_problem
 from meshnode.core.router import ScoredCandidate
 from meshnode.errors import BindError, InvalidRequest, NodeNotRunning
 from meshnode.runtime.api import build_app
@@ -643,16 +648,15 @@ class MeshNode:
         when no candidate delivers."""
         if not capability_name and not description:
             raise InvalidRequest("delegate needs a capability name or a description")
-        if deadline_s is not None and not 0 < deadline_s < float("inf"):
-            raise InvalidRequest(
-                f"deadline_s must be a positive number of seconds, got {deadline_s}"
-            )
+        problem = None if deadline_s is None else deadline_problem(deadline_s)
+        if problem is not None:
+            raise InvalidRequest(problem)
         candidates = await self.discover(
             description,
             capability_name=capability_name,
             min_trust=min_trust,
             max_cost_usd=max_cost_usd,
-            top_k=20,
+            top_k=DELEGATION_TOP_K,
         )
         ranked = rank_candidates(candidates, capability_name)
         if ranked is None:
@@ -664,7 +668,7 @@ class MeshNode:
             capability,
             task_input,
             ordered,
-            deadline_s=deadline_s if deadline_s is not None else self.config.default_deadline_s,
+            deadline_s=deadline_s,  # None: the core's default
             max_cost_usd=max_cost_usd,
             trace_id=trace_id,
         )

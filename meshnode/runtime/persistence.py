@@ -19,6 +19,10 @@ stops. Once a flush commits, a held own record is durable: the core is told
 (``NodeCore.durable_written``) and signs what waited. The stored ledger is compacted
 (rows of records the ledger dropped are deleted) at most every
 :data:`LEDGER_COMPACT_INTERVAL_S`.
+
+What stays here, and why: the flush interval, the retry backoff and the compaction
+interval schedule disk writes (what must be durable before what is the core's rule, told
+by ``PersistRecords(durable=True)``).
 """
 
 from __future__ import annotations

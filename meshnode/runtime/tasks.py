@@ -26,10 +26,14 @@ decode, or is not a valid handshake step, closes it.
 A connection that drops is reported to the core (``peer_failed``) unless another live
 connection to the same peer remains, so requesters move on without waiting for a timeout.
 SWIM declaring the peer dead is an accusation that anyone in the mesh may make, so the
-core asks for it to be checked on the channel itself (``CheckPeer``): if a channel to the
-peer is open, a ``ChannelPing`` goes out and the peer is reported failed only if no
-``ChannelPong`` comes back within ``task_liveness_timeout`` (the channel is then closed as
-dead). A peer that left (its own signed Leave) fails at once: the core decides that alone.
+core asks for it to be checked on the channel itself (``CheckPeer(node, token)``): this
+service sends ``ChannelPing(token)`` on the peer's channel (or reports ``check_unsent``
+when none is open) and hands every ``ChannelPong`` the peer sends to the core
+(``peer_answered``). The core alone decides what answer counts, the timeout
+(``task_liveness_timeout``) and when the peer has failed; it then emits ``CloseChannels``
+and the channels are closed without being reported again. A peer that left (its own
+signed Leave) fails at once: the core decides that alone. The cap on sockets this node
+opens itself is the core's too (:func:`meshnode.core.channel.outbound_refused`).
 
 Batching. Messages are not written one by one: each connection has an outbox and a sender
 task. Everything queued for a connection while the event loop runs one round of ready
@@ -49,12 +53,19 @@ decides nothing. It hands the core every task message a verified peer sent
 pooled channel, else on a new one; ``send_failed`` if none can be opened), ``RunHandler``
 (the capability's coroutine, in a task of its own, with the task's deadline in a context
 variable), ``StopHandler`` (cancel it), ``CheckPeer`` (a ``ChannelPing`` on the peer's
-channel, see above) and ``DelegationFinished`` (resolves the caller of :meth:`delegate`).
+channel, see above), ``CloseChannels`` and ``DelegationFinished`` (resolves the caller of
+:meth:`delegate`).
 Timers are the driver's: one, at ``NodeCore.next_deadline()``.
 
 Nested delegations inherit the remaining deadline: a handler runs with a context variable
 holding its task's deadline, and :meth:`TaskService.delegate` passes it to the core, which
 never asks for more.
+
+What stays here, and why: ``WS_HEARTBEAT_S``, ``CONNECT_TIMEOUT_S``, ``CLOSE_TIMEOUT_S``
+and ``TIMER_SLACK_S`` are socket options and timer slack; which open channel carries a
+message (the one its request came in on, else the pooled one) is a transport choice; the
+handshake deadline is armed here but judged by :meth:`ChannelCore.expired`, and every cap
+on sockets is a :mod:`meshnode.core.channel` rule.
 """
 
 from __future__ import annotations
@@ -63,7 +74,6 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
-import itertools
 import os
 import time
 import uuid
@@ -80,6 +90,7 @@ from meshnode.core.channel import (
     NONCE_BYTES,
     ChannelCore,
     connection_refusal,
+    outbound_refused,
     per_peer_refused,
 )
 from meshnode.core.config import NodeConfig, format_address
@@ -87,6 +98,7 @@ from meshnode.core.delegation import COUNTER_RATIO as COUNTER_RATIO  # its old h
 from meshnode.core.effects import (
     Attempt,
     CheckPeer,
+    CloseChannels,
     DelegationFinished,
     Done,
     RunHandler,
@@ -102,8 +114,6 @@ from protocol import (
     Message,
     RemoteProtocolError,
     Signer,
-    TaskConfirm,
-    TaskRequest,
     TaskResult,
     Verifier,
     decode,
@@ -183,8 +193,6 @@ class _Channel:
         "handshake_timer",
         "outbox",
         "peer",
-        "pongs",
-        "probe",
         "ready",
         "sender",
         "wake",
@@ -204,8 +212,6 @@ class _Channel:
         """Set when the handshake completes (or the channel is lost before it does)."""
         self.sender: asyncio.Task[None] | None = None
         self.handshake_timer: asyncio.TimerHandle | None = None
-        self.pongs: dict[int, asyncio.Future[None]] = {}
-        self.probe: asyncio.Task[None] | None = None
 
     @property
     def usable(self) -> bool:
@@ -251,7 +257,6 @@ class TaskService:
         self._channels: dict[str, _Channel] = {}
         self._open: set[_Channel] = set()
         self._connecting: dict[str, asyncio.Lock] = {}
-        self._ping_tokens = itertools.count(1)
         self._handlers: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._origin: dict[tuple[str, str], _Channel] = {}
         """(requester, task id) -> the channel its request came in on, while it runs."""
@@ -268,8 +273,6 @@ class TaskService:
             "channel_violations": 0,
             "handshake_timeouts": 0,
             "connections_refused": 0,
-            "dead_refuted_on_channel": 0,
-            "dead_confirmed_on_channel": 0,
         }
 
     # ------------------------------------------------------------------ views
@@ -425,7 +428,7 @@ class TaskService:
             member = self.core.membership.member(peer)
             if member is None:
                 raise ConnectionError(f"unknown peer {short_id(peer)}")
-            if len(self._open) >= self.config.task_max_connections:
+            if outbound_refused(self.config, len(self._open)):
                 self._refuse("total")
                 raise ConnectionError("too many task connections open")
             ws = await asyncio.wait_for(
@@ -511,7 +514,9 @@ class TaskService:
         channel.ready.set()
         return True
 
-    def _channel_lost(self, channel: _Channel, reason: str) -> None:
+    def _channel_lost(self, channel: _Channel, reason: str, *, report: bool = True) -> None:
+        """Forget a channel that ended; tell the core (``peer_failed``) when it was the
+        peer's last usable one, unless ``report`` is False (the core closed it)."""
         if not channel.alive:
             return
         channel.alive = False
@@ -523,9 +528,6 @@ class TaskService:
             channel.handshake_timer = None
         if channel.sender is not None:
             channel.sender.cancel()
-        for pong in channel.pongs.values():
-            if not pong.done():
-                pong.set_exception(ConnectionError("task channel lost"))
         peer = channel.peer
         if peer is None:
             return
@@ -535,7 +537,7 @@ class TaskService:
                 del self._channels[peer]
             else:
                 self._channels[peer] = survivor
-        if survivor is None and not self._closed:
+        if survivor is None and report and not self._closed:
             self.core.peer_failed(peer, reason, time.time())
             self._poke()
 
@@ -573,9 +575,8 @@ class TaskService:
                 if isinstance(message, ChannelPing):
                     channel.queue([message_to_wire(ChannelPong(message.token))])
                 elif isinstance(message, ChannelPong):
-                    pong = channel.pongs.pop(message.token, None)
-                    if pong is not None and not pong.done():
-                        pong.set_result(None)
+                    if core.peer_answered(sender, message.token, now):
+                        log.info("dead_refuted_on_channel", peer=short_id(sender))
                 else:
                     core.task_message(sender, message, now)
             self._poke()  # replies leave while the channel is still the preferred one
@@ -597,7 +598,11 @@ class TaskService:
             if handler is not None:
                 handler.cancel()
         elif isinstance(effect, CheckPeer):
-            self._check_peer(effect.node)
+            self._check_peer(effect)
+        elif isinstance(effect, CloseChannels):
+            for channel in [c for c in self._open if c.peer == effect.node]:
+                self._spawn(_close_ws(channel.ws))
+                self._channel_lost(channel, effect.reason, report=False)
         elif isinstance(effect, DelegationFinished):
             waiter = self._waiting.pop(effect.task_id, None)
             if waiter is not None and not waiter.done():
@@ -635,43 +640,19 @@ class TaskService:
             self.core.send_failed(node, effect.task_id, str(exc) or "unreachable", time.time())
             self._poke()
             return
-        if isinstance(effect.message, TaskRequest | TaskConfirm) and (
-            self.core.attempt_node(effect.task_id) != node
-        ):
+        if not self.core.send_still_due(effect):
             return  # the delegation moved on while we connected
         channel.queue([wire])
 
-    def _check_peer(self, peer: str) -> None:
-        """Membership says ``peer`` is dead while tasks with it are live: fail them only if
-        its task channel does not answer a ChannelPing within ``task_liveness_timeout``
-        (at once when no channel is open)."""
-        channel = self._live_channel(peer)
+    def _check_peer(self, check: CheckPeer) -> None:
+        """Ping ``check.node``'s task channel with the core's token (the pong goes back to
+        the core in :meth:`_dispatch`); tell the core if no channel is open."""
+        channel = self._live_channel(check.node)
         if channel is None:
-            self.core.peer_failed(peer, "member dead", time.time())
+            self.core.check_unsent(check.node, time.time())
             self._poke()
             return
-        if channel.probe is None or channel.probe.done():
-            channel.probe = self._spawn(self._check_alive(channel, peer))
-
-    async def _check_alive(self, channel: _Channel, peer: str) -> None:
-        token = next(self._ping_tokens)
-        pong: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        channel.pongs[token] = pong
-        channel.queue([message_to_wire(ChannelPing(token))])
-        try:
-            await asyncio.wait_for(pong, self.config.task_liveness_timeout)
-        except TimeoutError:
-            if channel.alive:
-                self._counters["dead_confirmed_on_channel"] += 1
-                self._spawn(_close_ws(channel.ws))
-                self._channel_lost(channel, "member dead; silent on its task channel")
-            return
-        except ConnectionError:
-            return  # the channel was lost meanwhile; its tasks have failed with it
-        finally:
-            channel.pongs.pop(token, None)
-        self._counters["dead_refuted_on_channel"] += 1
-        log.info("dead_refuted_on_channel", peer=short_id(peer))
+        channel.queue([message_to_wire(ChannelPing(check.token))])
 
     def peer_failed(self, peer: str, reason: str) -> None:
         """A connection dropped or ``peer`` is confirmed gone: fail its waits at once."""
@@ -719,7 +700,7 @@ class TaskService:
         task_input: Any,
         candidates: Sequence[str],
         *,
-        deadline_s: float,
+        deadline_s: float | None,
         max_cost_usd: float | None,
         trace_id: str = "",
     ) -> DelegationResult:

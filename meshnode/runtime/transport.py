@@ -10,12 +10,18 @@ and non-blocking). Outgoing messages are encoded and signed here, so the cores o
 deal in message objects.
 
 The TCP side (aiohttp) is served through :class:`GuardedSite`: every inbound connection is
-admitted by a :class:`ConnectionGuard` (a limit per remote address and in total, excess
-closed at once and counted) and must deliver its first request's headers within
+admitted by a :class:`ConnectionGuard`, which keeps the counts and applies the core's rule
+(:func:`meshnode.core.channel.tcp_connection_refusal`: a limit per remote address and in
+total, excess closed at once and counted) and must deliver its first request's headers within
 ``NodeConfig.http_header_timeout``; idle keep-alive connections close after
 ``NodeConfig.http_keepalive_timeout``. The total limit is kept below the process's
 descriptor limit (raised to its hard limit at start) so that the node's own outgoing
 connections keep working while a flood holds every inbound slot.
+
+What stays here, and why: :func:`effective_connection_limit` sizes the total limit from
+the process's descriptor limit (an operating-system resource, read at bind); the header
+timeout is a socket deadline armed on the transport; the datagram size check is the
+decoder's bound on raw bytes, before anything reaches a core.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import cast
 
 from aiohttp import StreamReader, web
 
+from meshnode.core.channel import tcp_connection_refusal
 from protocol import (
     Envelope,
     LimitExceeded,
@@ -221,10 +228,14 @@ class ConnectionGuard:
 
     def admit(self, host: str) -> str | None:
         """Reserve a slot for a connection from ``host``; the reason if it is refused."""
-        if self.open >= self.total:
-            return "total"
-        if self.open_by_address[host] >= self.per_address:
-            return "per_address"
+        why = tcp_connection_refusal(
+            open_total=self.open,
+            open_from_address=self.open_by_address[host],
+            total=self.total,
+            per_address=self.per_address,
+        )
+        if why is not None:
+            return why
         self.open += 1
         self.open_by_address[host] += 1
         self.counters["accepted"] += 1

@@ -8,6 +8,10 @@ is ``degraded`` (HTTP 200 still): a driver restart or a failed effect within
 :data:`~meshnode.runtime.driver.DEGRADED_WINDOW_S`, failing writes to the data dir, own
 records not yet durable, or an identity conflict the core reported within
 :data:`~meshnode.runtime.driver.IDENTITY_CONFLICT_REPORT_S`.
+
+What stays here, and why: the degraded rule judges the shell's own health (its driver
+task, its effects, its disk), which no core sees; every protocol state shown is read from
+the core.
 """
 
 from __future__ import annotations
@@ -94,6 +98,7 @@ def health(node: MeshNode) -> dict[str, Any]:
             for (kind, error), count in sorted(node.effect_failures.items())
         },
         "connections": guard.snapshot() if guard is not None else {},
+        "exchanges": core.mesh.exchanges,
         "counters": {
             "membership": dict(sorted(m.counters.items())),
             "mesh": dict(sorted(core.counters.items())),

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from meshnode import MeshNode, NodeConfig
+from meshnode.core.mesh import MAX_CONCURRENT_FETCHES
 from meshnode.runtime.node import Lifecycle, wait_for
 from meshnode.runtime.tasks import DelegationError
 
@@ -83,3 +84,40 @@ async def test_one_timer_serves_provider_and_requester_deadlines() -> None:
     finally:
         await requester.aclose()
         await provider.aclose()
+
+
+async def test_every_fetch_and_push_pull_slot_comes_back() -> None:
+    """Twelve nodes, each with a capability, join through one seed: every node fetches
+    eleven manifests over real TCP, more than ``MAX_CONCURRENT_FETCHES``. All manifests
+    reach every node, and then no fetch is running or waiting anywhere and no push-pull
+    waits: each exchange the driver ran gave its slot back to the core."""
+
+    async def echo(payload: Any) -> Any:
+        return payload
+
+    nodes: list[MeshNode] = []
+    try:
+        for i in range(12):
+            seeds = [f"127.0.0.1:{nodes[0].address[1]}"] if nodes else []
+            node = MeshNode(_config(name=f"n{i}", seeds=seeds))
+            node.add_capability(echo, name=f"echo{i}", description="echo")
+            await node.start()
+            nodes.append(node)
+
+        def settled() -> bool:
+            for node in nodes:
+                if len(node.core.manifests) != len(nodes):
+                    return False
+                slots = node.health()["exchanges"]
+                if slots["fetches_running"] or slots["fetches_queued"]:
+                    return False
+                if slots["push_pulls_queued"]:
+                    return False
+            return True
+
+        await wait_for(settled, 30)
+        # Every node ran more fetches than there are slots: one slot never given back
+        # would have left manifests unfetched.
+        assert all(n.core.counters["fetches_started"] > MAX_CONCURRENT_FETCHES for n in nodes)
+    finally:
+        await asyncio.gather(*(n.aclose() for n in nodes))

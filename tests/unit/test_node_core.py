@@ -26,6 +26,7 @@ from meshnode.core.effects import (
     Attempt,
     AttemptOutcome,
     CheckPeer,
+    CloseChannels,
     DelegationFinished,
     Done,
     Failed,
@@ -620,6 +621,84 @@ def test_a_leave_fails_tasks_at_once_a_death_is_checked_first(
     assert (a.core.attempt_node(task_id) != p.node_id) is failed_at_once
 
 
+def _checks(effects: list[Any]) -> list[CheckPeer]:
+    return [e for e in effects if isinstance(e, CheckPeer)]
+
+
+def _dead_with_task() -> tuple[World, Host, Host, str, CheckPeer]:
+    """Requester A waits on P's result (P never answers), then P is declared dead."""
+    world, a, (p, q) = _world(lambda x: SILENT, lambda x: {"ok": 1})
+    task_id = _delegate(world, a, [p, q], deadline_s=30)
+    world.settle(world.now + 0.01)
+    a.core.tick(world.now)  # the core's clock is the world's when the Dead arrives
+    world.drain(a)
+    _member_event(a.core, p, "dead")
+    (check,) = _checks(a.core.take_effects())
+    return world, a, p, task_id, check
+
+
+@pytest.mark.parametrize(
+    ("answer", "after_s", "refuted"),
+    [
+        ("right_token", 0.1, True),
+        ("right_token_at_the_deadline", None, True),
+        ("wrong_token", 0.1, False),
+        ("other_peer", 0.1, False),
+        ("right_token_too_late", None, False),
+        ("silence", None, False),
+    ],
+)
+def test_what_counts_as_alive_on_the_task_channel(
+    answer: str, after_s: float | None, refuted: bool
+) -> None:
+    """Only a pong from the accused peer, with the token of the check's ping, no later
+    than ``task_liveness_timeout`` after the Dead, refutes it. Otherwise, once the
+    deadline passes, the core closes the peer's channels and the delegation moves on."""
+    world, a, p, task_id, check = _dead_with_task()
+    timeout = world.config.task_liveness_timeout
+    assert a.core.checks == {p.node_id: world.now + timeout}
+    assert a.core.task_deadline() is not None
+    assert a.core.task_deadline() <= world.now + timeout  # type: ignore[operator]
+    at = world.now + (timeout if after_s is None else after_s)
+    if answer == "right_token_too_late":
+        a.core.tick(at + 0.001)
+        at += 0.001
+    sender = world.hosts[2].node_id if answer == "other_peer" else p.node_id
+    token = check.token + 1 if answer == "wrong_token" else check.token
+    if answer != "silence":
+        assert a.core.peer_answered(sender, token, at) is refuted
+    world.now = at
+    world.settle(at + timeout + 1)
+    effects = a.effects + a.core.take_effects()
+    closed = [e for e in effects if isinstance(e, CloseChannels)]
+    assert (a.core.attempt_node(task_id) == p.node_id) is refuted
+    assert a.core.task_counters["dead_refuted_on_channel"] == int(refuted)
+    assert a.core.task_counters["dead_confirmed_on_channel"] == int(not refuted)
+    assert [c.node for c in closed] == ([] if refuted else [p.node_id])
+    assert a.core.checks == {}
+
+
+def test_with_no_channel_to_ping_the_peer_fails_at_once() -> None:
+    world, a, p, task_id, _ = _dead_with_task()
+    a.core.check_unsent(p.node_id, world.now)
+    assert a.core.attempt_node(task_id) != p.node_id
+    assert a.core.task_counters["dead_without_channel"] == 1
+    assert a.core.checks == {}
+
+
+def test_one_check_at_a_time_per_peer_and_close_ends_them() -> None:
+    world, a, p, _, first = _dead_with_task()
+    _member_event(a.core, p, "dead")
+    assert _checks(a.core.take_effects()) == []  # the pending check covers it
+    assert a.core.peer_answered(p.node_id, first.token, world.now)
+    _member_event(a.core, p, "dead")
+    (second,) = _checks(a.core.take_effects())
+    assert second.token != first.token  # an old pong cannot answer a new check
+    assert not a.core.peer_answered(p.node_id, first.token, world.now)
+    a.core.close_tasks(world.now)
+    assert a.core.checks == {}
+
+
 def test_a_departure_with_no_task_emits_nothing() -> None:
     _, a, (p,) = _world(lambda x: x)
     for kind in ("dead", "left"):
@@ -716,3 +795,24 @@ def test_route_ranks_only_alive_members_with_their_load_and_breakers() -> None:
     ranked = a.core.route(hits, world.now, capability_name="echo", top_k=10)
     assert [c.node_id for c in ranked] == [idle.node_id, busy.node_id, tripped.node_id]
     assert ranked[-1].circuit_open and ranked[1].availability == pytest.approx(1 / 3)
+
+
+def test_a_request_held_up_while_connecting_is_sent_only_if_still_due() -> None:
+    """Opening a channel takes time: a request to P that the delegation gave up on
+    meanwhile (it moved on to Q) is stale and must not reach P; the request to Q, and a
+    provider's answers, are due."""
+    world, a, (p, q) = _world(lambda x: x, lambda x: x)
+    world.dropped.add(p.node_id)
+    task_id = _delegate(world, a, [p, q], deadline_s=30)
+    to_p = next(e for e in a.effects if isinstance(e, SendTask) and e.node == p.node_id)
+    assert a.core.send_still_due(to_p)
+    a.core.send_failed(p.node_id, task_id, "unreachable", world.now)
+    effects = a.core.take_effects()
+    to_q = next(e for e in effects if isinstance(e, SendTask) and e.node == q.node_id)
+    assert not a.core.send_still_due(to_p)
+    assert a.core.send_still_due(to_q)
+    world.dropped.clear()
+    world._carry_out(a, effects)
+    world.settle()
+    answers = [e for e in q.effects if isinstance(e, SendTask)]
+    assert answers and all(a.core.send_still_due(e) for e in answers)
