@@ -7,13 +7,18 @@ The ledger is a directed, weighted opinion graph: observer ``i`` rates subject `
 opinions and restarts at the *pre-trusted* set ``P`` (EigenTrust, Kamvar et al. 2003, in its
 personalised form)::
 
-    C[i, j] = s_ij / Σ_k s_ik                    (each observer's opinions sum to 1)
+    w_ij    = max(s_ij − ½, 0)                   (only opinions above the prior count)
+    C[i, j] = w_ij / Σ_k w_ik                    (each observer's weights sum to 1)
     p       = uniform over P
     t₀      = p
     t_{k+1} = (1 − α) · (Cᵀ t_k + d_k · p) + α · p
 
-``d_k`` is the trust held by *dangling* nodes — nodes with no live, positive opinion of
-anyone — which is handed back to ``p`` instead of leaking away. Iteration stops when the
+``s_ij`` is an :func:`elo_update` score that starts at the prior ``½``
+(:data:`INITIAL_TRUST`) and falls with failures, so only its distance above the prior is a
+vote of confidence (EigenTrust's ``max(sat − unsat, 0)``): an observer whose one
+delegation to a peer failed holds 0.45 of it, and that must not lend the peer trust.
+``d_k`` is the trust held by *dangling* nodes — nodes with no live opinion above the prior
+of anyone — which is handed back to ``p`` instead of leaking away. Iteration stops when the
 L1 change is below :data:`TRUST_TOLERANCE` or after :data:`TRUST_MAX_ITERATIONS` rounds. The
 vector is a probability distribution: it sums to 1 (up to rounding).
 
@@ -166,7 +171,9 @@ class OpinionGraph:
     def prepared(self, now: float) -> _Prepared:
         """Live edges at ``now`` with each observer's weights normalised to sum 1.
 
-        Equivocators' edges (both ways) and zero scores carry no weight; ``dangling`` lists
+        An edge weighs its score's distance above :data:`INITIAL_TRUST` (the prior): an
+        opinion at or below the prior — a peer that failed us, or one we only tried — passes
+        no trust on. Equivocators' edges (both ways) carry no weight; ``dangling`` lists
         the nodes left with no outgoing weight; ``touched`` marks nodes with a live record;
         ``rated`` the subjects of a live record from an observer that is not an equivocator.
         """
@@ -183,7 +190,8 @@ class OpinionGraph:
         touched = np.zeros(n, dtype=np.bool_)
         touched[self.observer[live]] = True
         touched[self.subject[live]] = True
-        weighted = live & (self.score > 0.0)
+        weight_of = np.maximum(self.score - INITIAL_TRUST, 0.0)
+        weighted = live & (weight_of > 0.0)
         honest = live
         if self.excluded.any():
             weighted &= ~self.excluded[self.observer] & ~self.excluded[self.subject]
@@ -192,7 +200,7 @@ class OpinionGraph:
         rated[self.subject[honest]] = True
         src = self.observer[weighted]
         dst = self.subject[weighted]
-        weight = self.score[weighted]
+        weight = weight_of[weighted]
         row_sum = np.bincount(src, weights=weight, minlength=n)
         prepared = _Prepared(
             lo=lo,

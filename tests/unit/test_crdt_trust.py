@@ -118,9 +118,24 @@ def test_two_node_chain_matches_closed_form() -> None:
 
 
 def test_scores_are_normalised_per_observer() -> None:
-    """a rates b at 0.9 and c at 0.3: b receives three times c's share."""
-    got = eigentrust(graph(("a", "b", 0.9), ("a", "c", 0.3)), 0.0, ["a"]).as_dict()
-    assert got["b"] == pytest.approx(3 * got["c"], rel=1e-9)
+    """a rates b at 0.9 and c at 0.7: weights are the distances above the 0.5 prior (0.4
+    and 0.2), so b receives twice c's share."""
+    got = eigentrust(graph(("a", "b", 0.9), ("a", "c", 0.7)), 0.0, ["a"]).as_dict()
+    assert got["b"] == pytest.approx(2 * got["c"], rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("opinion", "trusted"),
+    [(0.0, False), (0.45, False), (0.5, False), (0.5001, True), (0.9, True)],
+)
+def test_only_opinions_above_the_prior_pass_trust_on(opinion: float, trusted: bool) -> None:
+    """An observer whose delegation failed holds 0.45 of the provider (one ELO step down
+    from the 0.5 prior). That is no vote of confidence: the provider gets no trust from it.
+    When every edge weighed its raw score, such a provider got a share of the observer's
+    trust and outranked the unrated prior (found by the simulated economy: a failing
+    provider ranked above honest ones)."""
+    got = eigentrust(graph(("a", "b", opinion), ("a", "c", 0.9)), 0.0, ["a"]).as_dict()
+    assert (got["b"] > 0) is trusted
 
 
 def test_sybil_ring_without_inbound_trust_gets_exactly_zero() -> None:
