@@ -986,3 +986,137 @@ class Cluster:
     @property
     def workload_rng(self) -> Any:
         return self._workload_rng
+
+    # ------------------------------------------------------------------ task channels
+
+    def task_send(
+        self,
+        src: SimNode,
+        dst_id: str,
+        messages: tuple[Message, ...],
+        on_arrive: Callable[[SimNode, str, tuple[Message, ...]], None],
+        on_broken: Callable[[SimNode, str], None],
+    ) -> bool:
+        """Send ``messages`` from ``src`` to node ``dst_id`` over a task channel: a
+        reliable, ordered stream (a pooled WebSocket in the runtime) with the network's
+        latency and TCP retransmission. They arrive together at ``on_arrive(dst, sender,
+        messages)``, never before anything ``src`` sent earlier to the same process.
+
+        The channel breaks as a TCP connection does: when the destination is unknown,
+        unreachable or down (``on_broken(src, dst_id)`` after a reset's round trip or the
+        ``tcp_timeout``), or when it crashes or is partitioned away while the messages are
+        on their way (they are lost, and ``src`` hears of it one leg later). A paused
+        destination receives them when it resumes. Returns False when the channel is
+        already known to be broken at sending."""
+        now = self.engine.now
+        slot = self.by_id.get(dst_id)
+        timeout = self.config.tcp_timeout
+        if slot is None:
+            self.engine.at(now + timeout, self._task_broken, src, src.life, dst_id, on_broken)
+            return False
+        dst = self.nodes[slot]
+        network = self.network
+        key = (src.slot, src.life, slot, dst.life)
+        if not (network.reachable(src.slot, slot) and network.reachable(slot, src.slot)):
+            self._task_channels.pop(key, None)
+            self.engine.at(now + timeout, self._task_broken, src, src.life, dst_id, on_broken)
+            return False
+        if not dst.up:
+            self._task_channels.pop(key, None)
+            rtt = network.delay(src.slot, slot) + network.delay(slot, src.slot)
+            self.engine.at(now + rtt, self._task_broken, src, src.life, dst_id, on_broken)
+            return False
+        last = self._task_channels.get(key)
+        delay = network.tcp_leg(src.slot, slot)
+        if last is None:  # a new connection: its handshake first
+            delay += network.tcp_connect(src.slot, slot)
+        arrival = max(now + delay, last if last is not None else 0.0)
+        if not math.isfinite(arrival) or arrival - now > timeout:
+            self._task_channels.pop(key, None)
+            self.engine.at(now + timeout, self._task_broken, src, src.life, dst_id, on_broken)
+            return False
+        self._task_channels[key] = arrival
+        self.engine.at(
+            arrival,
+            self._task_arrive,
+            src,
+            src.life,
+            dst,
+            dst.life,
+            messages,
+            on_arrive,
+            on_broken,
+        )
+        return True
+
+    @property
+    def _task_channels(self) -> dict[tuple[int, int, int, int], float]:
+        """(src slot, src life, dst slot, dst life) -> arrival time of the last message
+        sent on that channel (messages never overtake one another)."""
+        channels: dict[tuple[int, int, int, int], float] | None = getattr(
+            self, "_task_channel_table", None
+        )
+        if channels is None:
+            channels = {}
+            self._task_channel_table = channels
+        return channels
+
+    def _task_arrive(
+        self,
+        src: SimNode,
+        src_life: int,
+        dst: SimNode,
+        dst_life: int,
+        messages: tuple[Message, ...],
+        on_arrive: Callable[[SimNode, str, tuple[Message, ...]], None],
+        on_broken: Callable[[SimNode, str], None],
+    ) -> None:
+        if dst.status is Status.PAUSED and dst.life == dst_life:
+            dst.backlog.append(
+                (
+                    self._task_arrive,
+                    (src, src_life, dst, dst_life, messages, on_arrive, on_broken),
+                )
+            )
+            return
+        if dst.life != dst_life or not dst.up or not self.network.reachable(src.slot, dst.slot):
+            self._task_channels.pop((src.slot, src_life, dst.slot, dst_life), None)
+            back = self.network.delay(dst.slot, src.slot)
+            self.engine.at(
+                self.engine.now + back, self._task_broken, src, src_life, dst.node_id, on_broken
+            )
+            return
+        on_arrive(dst, src.node_id, messages)
+
+    def _task_broken(
+        self,
+        src: SimNode,
+        life: int,
+        dst_id: str,
+        on_broken: Callable[[SimNode, str], None],
+    ) -> None:
+        if src.life != life or not src.up:
+            return
+        if src.status is Status.PAUSED:
+            src.backlog.append((self._task_broken, (src, life, dst_id, on_broken)))
+            return
+        on_broken(src, dst_id)
+
+    def publish_opinion(
+        self, node: SimNode, subject: SimNode, score: float, outcomes: int
+    ) -> LedgerRecord:
+        """``node``'s core signs ``score`` as its opinion of ``subject`` outright (as a
+        member may: the ledger holds what each observer says, whatever its reasons) and
+        gossips it."""
+        core = node.core
+        if core is None or not node.up:
+            raise ValueError(f"{node.name} is not running")
+        record = core.publish_opinion(subject.node_id, score, outcomes, self.engine.now)
+        self.tracker.record_created(record)
+        self._dispatch(node)
+        return record
+
+    def dispatch(self, node: SimNode) -> None:
+        """Carry out whatever ``node``'s core has queued after a call made from outside the
+        cluster (a shell component driving the same core, such as the task layer)."""
+        self._dispatch(node)

@@ -56,6 +56,11 @@ _FLAG_FOR: dict[str, str] = {
     "byzantine": "--byzantine",
     "fake_members": "--fake-members",
     "flood_records": "--flood-records",
+    "delegations": "--delegations",
+    "delegation_rate": "--delegation-rate",
+    "bad_share": "--bad-share",
+    "sybil": "--sybil",
+    "bad_input": "--bad-input",
 }
 
 
