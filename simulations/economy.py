@@ -49,10 +49,12 @@ experience.
 ``k × requesters`` delegations have started (with Poisson arrivals, requesters are at
 round ``k`` on average). At every round the judge asks a sample of the honest requesters
 (:data:`CONVERGENCE_SAMPLE`) for their ranking of every capability, exactly as they would
-rank to delegate; a requester *ranks honest above bad* when the first ``min(TOP_K, H)``
-candidates of every ranking are honest (``H``: honest candidates it knows for the
-capability) — no always-bad provider (``slow``, ``lying``, ``silent``, ``sybil``) is tried
-before an honest one could be. *Trust convergence* is the first round at which 95 % of the
+rank to delegate. A requester *ranks honest above bad* when, for every capability, its
+first choice is honest and every honest provider its trust view gives any trust (an
+unrated one has the router's prior, 0.5) ranks above every always-bad provider (``slow``,
+``lying``, ``silent``, ``sybil``). Honest providers at zero trust in its view are left out:
+no evidence reaches the requester about them through its own trust graph, and the router
+then orders them with the bad ones by load and node id. *Trust convergence* is the first round at which 95 % of the
 sampled requesters do. Also: the share of requests sent to bad providers per round, breaker
 openings and flaps (a circuit that opens again after it had closed), the Sybil ring's
 total trust in the requesters' views, tasks completed, deadline misses, and what bad
@@ -951,17 +953,26 @@ class Economy:
     ) -> bool:
         for capability in CAPABILITY_NAMES:
             ranked = requester.rank(capability, now, trust)
-            honest = sum(1 for node in ranked if self.kind_of(node) == "honest")
-            known_honest = self._known_honest(requester, capability)
-            prefix = ranked[: min(TOP_K, known_honest)]
-            if honest < len(prefix) or any(self.kind_of(n) in ALWAYS_BAD for n in prefix):
+            known = self._known_honest(requester, capability)
+            if known and self.kind_of(ranked[0]) != "honest":
+                return False
+            first_bad = next(
+                (i for i, n in enumerate(ranked) if self.kind_of(n) in ALWAYS_BAD), None
+            )
+            if first_bad is None:
+                continue
+            trusted = [n for n in known if trust.get(n, DEFAULT_TRUST) > 0.0]
+            ahead = set(ranked[:first_bad])
+            if any(n not in ahead for n in trusted):
                 return False
         return True
 
-    def _known_honest(self, requester: EconomyNode, capability: str) -> int:
+    def _known_honest(self, requester: EconomyNode, capability: str) -> list[str]:
+        """The honest providers of ``capability`` that ``requester`` could rank: alive
+        members whose manifest it holds."""
         core = requester.sim.core
         assert core is not None
-        count = 0
+        known: list[str] = []
         for provider in self.offering[capability]:
             if provider == requester.node_id or self.kind_of(provider) != "honest":
                 continue
@@ -971,8 +982,8 @@ class Economy:
                 and member.state is MemberState.ALIVE
                 and core.manifests.get(provider) is not None
             ):
-                count += 1
-        return count
+                known.append(provider)
+        return known
 
     def ranks_honest_first(self, requester: EconomyNode) -> bool:
         """Whether ``requester`` now ranks every known honest provider of every capability
@@ -1017,8 +1028,9 @@ class Economy:
             "trust_convergence": {
                 "round": self.convergence_round,
                 "seconds": None if self.convergence_time is None else round(self.convergence_time, 6),
-                "criterion": f"{CONVERGENCE_SHARE:.0%} of the judged requesters rank the first "
-                f"min({TOP_K}, honest) candidates of every capability honest",
+                "criterion": f"{CONVERGENCE_SHARE:.0%} of the judged requesters rank, for "
+                "every capability, an honest provider first and every honest provider with "
+                "trust above 0 in their view above every always-bad provider",
             },
             "share_to_bad": {
                 "all": round(bad_total / requests_total, 6) if requests_total else None,
