@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from simulations.byzantine import ATTACKS
+from simulations.economy import BAD_KINDS
 from simulations.progress import Progress
 from simulations.report import build_report, command_line, dumps
 from simulations.scenarios import SCENARIOS, STARTS, Spec, make_config, run_scenario
@@ -56,6 +57,14 @@ def _attacks(text: str) -> tuple[str, ...]:
     unknown = [a for a in names if a not in ATTACKS]
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown attacks {unknown}; pick from {ATTACKS}")
+    return names
+
+
+def _bad_kinds(text: str) -> tuple[str, ...]:
+    names = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = [k for k in names if k not in BAD_KINDS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown kinds {unknown}; pick from {BAD_KINDS}")
     return names
 
 
@@ -187,6 +196,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="economy: share of requesters sending input that breaks the schema (default 0)",
     )
     p.add_argument(
+        "--bad-kinds",
+        type=_bad_kinds,
+        default=BAD_KINDS,
+        metavar="A,B",
+        help=f"economy: kinds of the bad providers, in turn, from {','.join(BAD_KINDS)} "
+        "(default all)",
+    )
+    p.add_argument(
         "--set",
         type=_setting,
         action="append",
@@ -247,6 +264,7 @@ def spec_from_args(args: argparse.Namespace) -> Spec:
         bad_share=args.bad_share,
         sybil=args.sybil,
         bad_input=args.bad_input,
+        bad_kinds=args.bad_kinds,
     )
 
 

@@ -121,6 +121,7 @@ __all__ = [
     "EconomyRun",
     "expected_answer",
     "run_economy",
+    "simulate",
 ]
 
 # ----------------------------------------------------------------------------- constants
@@ -1098,6 +1099,11 @@ def run_economy(spec: Spec, progress: Progress | None) -> Outcome:
     """The ``economy`` scenario: bootstrap, then the delegation workload until
     ``spec.delegations`` have started and every one has ended; judged as the module
     docstring says."""
+    return simulate(spec, progress)[0]
+
+
+def simulate(spec: Spec, progress: Progress | None = None) -> tuple[Outcome, Economy]:
+    """:func:`run_economy`, also handing back the economy (its nodes, for tests)."""
     run = EconomyRun(spec, make_config(spec), progress)
     cluster = run.cluster
     boot = run.bootstrap()
@@ -1107,6 +1113,7 @@ def run_economy(spec: Spec, progress: Progress | None) -> Outcome:
         bad_share=spec.bad_share,
         sybil=spec.sybil,
         bad_input=spec.bad_input,
+        bad_kinds=spec.bad_kinds,
     )
     economy = Economy(cluster, cluster.live_nodes(), run.seed_nodes, plan)
     economy.start()
@@ -1146,7 +1153,7 @@ def run_economy(spec: Spec, progress: Progress | None) -> Outcome:
         "convergence_round": converged,
         "title": f"economy: {spec.nodes} nodes, seed {spec.seed}",
     }
-    return run.finish(results, curve)
+    return run.finish(results, curve), economy
 
 
 class EconomyRun(_Run):

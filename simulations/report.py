@@ -95,6 +95,8 @@ def command_line(spec: Spec) -> str:
         parts.append(f"--start {spec.start}")
     if spec.attacks != default.attacks:
         parts.append(f"--attacks {','.join(spec.attacks) or 'none'}")
+    if spec.bad_kinds != default.bad_kinds:
+        parts.append(f"--bad-kinds {','.join(spec.bad_kinds)}")
     if spec.slow_mode != default.slow_mode:
         parts.append(f"--slow-mode {spec.slow_mode}")
     if not spec.lifeguard:

@@ -165,6 +165,8 @@ class Spec:
     garbage)."""
     bad_input: float = 0.0
     """economy: share of the requesters whose every input breaks the input schema."""
+    bad_kinds: tuple[str, ...] = ("flaky", "slow", "lying", "silent")
+    """economy: the kinds handed out to the bad providers, in turn."""
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -194,6 +196,9 @@ class Spec:
             raise ValueError(f"delegation_rate must be positive, got {self.delegation_rate}")
         if not 0.0 <= self.bad_share < 1.0 or not 0.0 <= self.bad_input < 1.0:
             raise ValueError("bad_share and bad_input must be fractions in [0, 1)")
+        bad_kinds = ("flaky", "slow", "lying", "silent")
+        if not self.bad_kinds or any(k not in bad_kinds for k in self.bad_kinds):
+            raise ValueError(f"bad_kinds must be some of {bad_kinds}, got {self.bad_kinds}")
         if self.start == "converged" and self.scenario == "join":
             raise ValueError("the join scenario measures the join: it cannot start converged")
 
