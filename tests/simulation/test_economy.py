@@ -16,10 +16,11 @@ The last two do not hold on this tree's trust model, and are marked as expected 
 (strict: they must fail, and will be reported the day they pass): a provider that fails its
 only task keeps its requester's opinion at 0.45 (one ELO step down from the 0.5 prior), and
 EigenTrust normalises each observer's positive opinions, so that edge carries nearly as
-much trust as a 0.95 opinion of a good provider. A failing provider (and, through the
-Sybils' 1.0 opinions of one another, its whole ring) thereby holds positive trust, ranks
-above honest providers the requester knows less well, and keeps getting tasks. Each test's
-docstring gives the figures it saw.
+much trust as a 0.95 opinion of a good provider; the requester's own view blends the same
+0.45 in as direct experience. A failing provider (and, through the Sybils' 1.0 opinions of
+one another, its whole ring) thereby holds positive trust, ranks above honest providers the
+requester knows less well, and keeps getting tasks. Each test's docstring gives the figures
+it saw.
 
 Examples are 8 to 30 nodes and a few hundred delegations, a few seconds of wall time each;
 :data:`EXAMPLES` (``SIM_PROPERTY_EXAMPLES``) bounds the properties, and shrinking is off so
@@ -323,8 +324,11 @@ def test_honest_providers_end_ranked_above_always_failing_ones(case: dict[str, A
     view above every always-failing provider.
 
     On this tree's trust model the first example fails: 8 nodes, seed 0, one slow
-    provider; 2 of the 7 honest requesters still rank it above an honest provider, with
-    trust 0.19 against 0.04 (its opinions after its failures are 0.45 and 0.405).
+    provider: all 7 honest requesters still rank it above an honest provider (5 of them
+    tried it once; each holds it at 0.45). With EigenTrust's edges weighted
+    ``max(0, 2s − 1)`` instead of ``s`` (an experiment, not this tree), 3 of 7 still do:
+    the blend ``0.5 × direct + 0.5 × global`` puts a provider that failed the only task it
+    was given at 0.225, above honest providers known through one peer's 0.55 (0.105).
     """
     outcome, eco = _property_run(case)
     behind = [
@@ -349,7 +353,9 @@ def test_a_sybil_ring_gets_no_tasks_once_trust_has_formed(case: dict[str, Any]) 
     gets no request at all from round ``FORMED_ROUND`` on.
 
     On this tree's trust model the first example fails: 8 nodes, seed 0, a ring of 2
-    gets 11 of the 81 requests sent after round 8.
+    gets 23 of the 97 requests sent after round 8 (the ring's trust in the requesters'
+    views sums to 1.07 at the end). With EigenTrust's edges weighted ``max(0, 2s − 1)``
+    (an experiment, not this tree) it still gets 2 of 76 (ring trust 0.07).
     """
     sybils = max(2, case["nodes"] // 5)
     outcome, eco = _property_run({**case, "bad_share": 0.0}, sybil=sybils)
