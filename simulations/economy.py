@@ -1134,12 +1134,14 @@ def simulate(spec: Spec, progress: Progress | None = None) -> tuple[Outcome, Eco
         if converged is not None
         else f"not within {economy.round} rounds",
     )
-    lowered = results["bad_input"]["opinions_below_initial"]
+    bad_input = results["bad_input"]
     run.check(
-        "bad_input_does_not_lower_trust",
-        lowered == 0,
-        f"{lowered} opinions below {INITIAL_TRUST} recorded by delegations with invalid input "
-        f"({results['bad_input']['honest_providers_lowered']} of honest providers)",
+        "bad_input_does_not_lower_honest_trust",
+        bad_input["honest_providers_lowered"] == 0,
+        f"{bad_input['honest_providers_lowered']} opinions of honest providers below "
+        f"{INITIAL_TRUST} came from delegations with invalid input (of "
+        f"{bad_input['opinions_below_initial']} below it in all: a silent provider fails "
+        "any request, valid or not)",
     )
     run.check(
         "all_delegations_ended",

@@ -1,4 +1,4 @@
-"""The dissemination plot: fraction of nodes informed over time, against the epidemic.
+"""Plots: rumor dissemination against the epidemic, and the economy's routing over rounds.
 
 Theory of operation
 -------------------
@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_dissemination"]
+__all__ = ["plot_dissemination", "plot_economy"]
 
 
 def plot_dissemination(curve: dict[str, Any], path: str | Path) -> None:
@@ -59,6 +59,50 @@ def plot_dissemination(curve: dict[str, Any], path: str | Path) -> None:
     ax.set_title(str(curve.get("title", "rumor dissemination")))
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(str(path))
+    plt.close(fig)
+
+
+def plot_economy(curve: dict[str, Any], path: str | Path) -> None:
+    """Write the economy figure to ``path``: per round (one delegation per requester), the
+    share of requests sent to bad providers (all bad kinds, and the always-bad ones), with
+    the share of judged requesters whose ranking puts honest providers first, and the round
+    at which trust converged (if it did)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = [s for s in curve["series"] if s["requests"]]
+    rounds = [s["round"] for s in series]
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+    ax.step(rounds, [s["share_bad"] for s in series], where="post", label="to bad providers")
+    ax.step(
+        rounds,
+        [s["share_always_bad"] for s in series],
+        where="post",
+        linestyle="--",
+        label="to always-bad providers (slow, lying, silent, Sybil)",
+    )
+    judged = [s for s in curve["series"]]
+    ax.plot(
+        [s["round"] for s in judged],
+        [s["ranking_converged_share"] for s in judged],
+        color="grey",
+        marker="o",
+        markersize=3,
+        label="requesters ranking honest first",
+    )
+    converged = curve.get("convergence_round")
+    if converged is not None:
+        ax.axvline(converged, color="green", linestyle=":", label=f"trust converged (round {converged})")
+    ax.set_xlabel("round (one delegation per requester)")
+    ax.set_ylabel("share")
+    ax.set_ylim(0.0, 1.02)
+    ax.set_title(str(curve.get("title", "economy")))
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(str(path))
     plt.close(fig)
