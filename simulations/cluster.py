@@ -1,9 +1,9 @@
-"""The simulated cluster: many :class:`~meshnode.core.mesh.MeshCore` objects on one clock.
+"""The simulated cluster: many :class:`~meshnode.core.node.NodeCore` objects on one clock.
 
 Theory of operation
 -------------------
 This is the second shell of the sans-I/O cores (the first is ``meshnode/runtime``). It
-decides nothing about the protocol: each simulated host owns one ``MeshCore``, and the
+decides nothing about the protocol: each simulated host owns one ``NodeCore``, and the
 cluster does for it exactly what the asyncio runtime does for a real node —
 
 1. **Drive the core.** A host has at most one pending tick in the engine, at the core's
@@ -21,7 +21,8 @@ cluster does for it exactly what the asyncio runtime does for a real node —
    its own store, as the runtime's HTTP handler does), then ``manifest_fetched`` or, when
    every source failed, ``fetch_failed``. As in the runtime, at most
    :data:`MAX_CONCURRENT_FETCHES` fetches and :data:`MAX_CONCURRENT_PUSH_PULLS` exchanges
-   run at once per host; the others wait their turn. ``MemberChanged``,
+   (the core's caps, :mod:`meshnode.core.mesh`) run at once per host; the others wait
+   their turn. ``MemberChanged``,
    ``ManifestChanged`` and ``PersistRecords`` go to the :class:`~simulations.metrics.Tracker`
    and to the host's simulated disk.
 3. **Persist** what the runtime persists, at once (the runtime flushes learned state every
@@ -30,11 +31,11 @@ cluster does for it exactly what the asyncio runtime does for a real node —
 
 A mesh can also be started already converged (:meth:`Cluster.start_converged`): every
 process created as by a start, then handed the steady state a join reaches — every peer
-alive, every manifest held, nothing queued — through ``MeshCore.adopt_converged``, with
+alive, every manifest held, nothing queued — through ``NodeCore.adopt_converged``, with
 one member table and one set of manifests shared by all hosts.
 
 Hosts fail in three ways. **Crash**: the process is gone, its core is dropped, packets to
-it are lost and TCP connections to it are refused. **Restart**: a new ``MeshCore`` for the
+it are lost and TCP connections to it are refused. **Restart**: a new ``NodeCore`` for the
 same identity and address, one incarnation above the last one persisted, with the
 persisted manifests and ledger restored and a new manifest version published, then a join
 through the seeds — what ``MeshNode.start`` does with a data dir (which also tries every
@@ -73,9 +74,19 @@ from typing import Any, Final
 
 from crdt import ManifestStore
 from meshnode.core.config import NodeConfig
-from meshnode.core.effects import Address, MemberChanged, MemberEvent, SendPacket, StartPushPull
-from meshnode.core.membership import Member
-from meshnode.core.mesh import FetchManifest, ManifestChanged, MeshCore, PersistRecords
+from meshnode.core.effects import (
+    Address,
+    FetchManifest,
+    ManifestChanged,
+    MemberChanged,
+    MemberEvent,
+    PersistRecords,
+    SendPacket,
+    StartPushPull,
+)
+from meshnode.core.member import Member
+from meshnode.core.mesh import MAX_CONCURRENT_FETCHES, MAX_CONCURRENT_PUSH_PULLS
+from meshnode.core.node import NodeCore
 from protocol import (
     Ack,
     Capability,
@@ -112,10 +123,6 @@ __all__ = [
     "Violation",
 ]
 
-MAX_CONCURRENT_FETCHES: Final = 8
-"""Manifest fetches in flight per host (the runtime's limit)."""
-MAX_CONCURRENT_PUSH_PULLS: Final = 4
-"""Push-pull exchanges in flight per host (the runtime's limit)."""
 FETCH_REQUEST_BYTES: Final = len("GET /v1/wire/manifests/") + 52
 """Bytes counted for a manifest fetch request: the request path with a node id."""
 PORT: Final = 7946
@@ -162,7 +169,7 @@ class SimNode:
     host: str
     port: int
     capabilities: tuple[Capability, ...]
-    core: MeshCore | None = None
+    core: NodeCore | None = None
     status: Status = Status.NEW
     life: int = 0
     """Processes started so far on this host (restarts count)."""
@@ -337,7 +344,7 @@ class Cluster:
         core.join([s.addr for s in seeds], now)
         self._dispatch(node)
 
-    def _new_process(self, node: SimNode, now: float) -> MeshCore:
+    def _new_process(self, node: SimNode, now: float) -> NodeCore:
         """A new process (and its core) on ``node``, one incarnation above the last."""
         node.life += 1
         node.incarnation += 1
@@ -347,7 +354,7 @@ class Cluster:
         node.fetches = node.push_pulls = 0
         node.fetch_queue.clear()
         node.push_pull_queue.clear()
-        return MeshCore(
+        return NodeCore(
             self.config,
             node.signer,
             host=node.host,
@@ -356,6 +363,7 @@ class Cluster:
             verifier=self.verifier,
             incarnation=node.incarnation,
             now=now,
+            capabilities={c.name: c for c in node.capabilities},
         )
 
     def start_converged(self, nodes: Sequence[SimNode], seeds: Sequence[SimNode]) -> None:
@@ -364,7 +372,7 @@ class Cluster:
         holds every manifest (version 1), nothing is left to gossip, and the seeds are
         remembered for rejoining. Each process is created exactly as :meth:`start`
         creates it (same random streams), then adopts the converged state with
-        :meth:`MeshCore.adopt_converged` instead of joining.
+        :meth:`NodeCore.adopt_converged` instead of joining.
 
         The member table and the manifests are built once and shared (``Member`` and
         ``Manifest`` objects are immutable; each core copies the tables' dicts), so a
@@ -478,7 +486,12 @@ class Cluster:
         core = node.core
         if core is None or not node.up:
             raise ValueError(f"{node.name} is not running")
+        if subject is node:
+            raise ValueError(f"{node.name} cannot rate itself")
         record = core.record_outcome(subject.node_id, quality, self.engine.now)
+        # Nothing of ours is waiting on ``subject`` and every durable write succeeds here,
+        # so the core signs the opinion at once.
+        assert record is not None
         self.tracker.record_created(record)
         self._dispatch(node)
         return record

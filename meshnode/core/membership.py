@@ -142,7 +142,6 @@ O(n) shuffle at the start of a pass).
 from __future__ import annotations
 
 import dataclasses
-import enum
 import functools
 import heapq
 import ipaddress
@@ -167,6 +166,7 @@ from meshnode.core.effects import (
     StartPushPull,
 )
 from meshnode.core.health import LocalHealth
+from meshnode.core.member import Member, MemberRumor, MemberState
 from meshnode.core.suspicion import Suspicion
 from protocol import (
     ENVELOPE_OVERHEAD,
@@ -197,9 +197,6 @@ __all__ = [
     "Membership",
     "address_problem",
 ]
-
-MemberRumor = Alive | Suspect | Dead | Leave
-"""The signed statements that make up a member's state."""
 
 _R = TypeVar("_R", Alive, Suspect, Dead, Leave)
 
@@ -276,21 +273,6 @@ def address_problem(host: object, port: object, ip_version: int) -> str | None:
     return _host_problem(host, ip_version)
 
 
-class MemberState(enum.IntEnum):
-    """A member's state. The values order rumors at equal incarnation:
-    alive < suspect < dead < left."""
-
-    ALIVE = 1
-    SUSPECT = 2
-    DEAD = 3
-    LEFT = 4
-
-    @property
-    def label(self) -> str:
-        """Lower-case name, for logs and JSON."""
-        return self.name.lower()
-
-
 _RUMOR_TYPES: Final = frozenset((Alive, Suspect, Dead, Leave))
 _RUMOR_STATE: Final[dict[type[Message], MemberState]] = {
     Alive: MemberState.ALIVE,
@@ -307,41 +289,6 @@ _EVENT_FOR_STATE: Final = {
     MemberState.DEAD: MemberEvent.DEAD,
     MemberState.LEFT: MemberEvent.LEFT,
 }
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Member:
-    """An immutable snapshot of one member. A new object is made on every change."""
-
-    node_id: str
-    """The member's node id (its public key)."""
-    host: str
-    """Where to reach it, from its latest ``Alive``."""
-    port: int
-    incarnation: int
-    """The incarnation of its current state."""
-    state: MemberState
-    state_change: float
-    """When we last saw its state change (seconds, the core's clock)."""
-    rumor: MemberRumor
-    """The latest signed rumor that justifies ``state``."""
-    alive: Alive
-    """The latest signed ``Alive`` (the source of the address)."""
-    load: int | None = None
-    """Tasks in flight it advertised in its last ack to us; None until one arrives."""
-    rtt: float | None = None
-    """Round-trip time of our last direct probe it answered, in seconds."""
-
-    @property
-    def address(self) -> Address:
-        """``(host, port)``."""
-        return self.host, self.port
-
-    def __repr__(self) -> str:
-        return (
-            f"<Member {short_id(self.node_id)} {self.state.label}@{self.incarnation} "
-            f"{self.host}:{self.port}>"
-        )
 
 
 class _IndexedSet:

@@ -58,7 +58,6 @@ already used, which its peers would take as equivocation.
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
@@ -77,10 +76,13 @@ from crdt import (
 from meshnode.core.config import NodeConfig
 from meshnode.core.effects import (
     Address,
+    CoreEffect,
     Deliver,
-    Effect,
+    FetchManifest,
+    ManifestChanged,
     MemberChanged,
     MemberEvent,
+    PersistRecords,
     SendPacket,
     StartPushPull,
 )
@@ -122,7 +124,22 @@ manifest is not fetched again, about 150 bytes each; the oldest are forgotten fi
 manifest refused for its size stays refused; one refused by a full store may be fetched
 again once the store has let a manifest go."""
 
+MAX_CONCURRENT_FETCHES = 8
+"""Manifest fetches a node runs at once; more wait their turn (both shells apply it)."""
+MAX_CONCURRENT_PUSH_PULLS = 4
+"""Push-pull exchanges a node runs at once (joins contact every seed in parallel); more
+wait their turn (both shells apply it)."""
+
 _HOLDABLE = (MemberState.ALIVE, MemberState.SUSPECT)
+
+
+def fetch_sources(rumor_source: Address | None, owner: Address | None) -> tuple[Address, ...]:
+    """Where to fetch a manifest from, in order: the peer that told us about it (it just
+    showed it holds that version, and spreads the load of a new version over everyone who
+    has it), then the manifest's owner (always holds its newest version); each once."""
+    sources = [a for a in (rumor_source, owner) if a is not None]
+    return tuple(dict.fromkeys(sources))
+
 
 COUNTERS: dict[str, str] = {
     "manifests_applied": "fetched manifests that became a node's entry",
@@ -159,36 +176,6 @@ _LEDGER_COUNTERS = (
     ("records_refused_record_cap", "refused_record_cap"),
     ("records_evicted", "evicted_records"),
 )
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class FetchManifest:
-    """Fetch ``node``'s signed manifest (``version`` or newer) over TCP from ``sources``,
-    in order, and pass it to :meth:`MeshCore.manifest_fetched`."""
-
-    node: str
-    version: int
-    sources: tuple[Address, ...]
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ManifestChanged:
-    """``node``'s manifest is now ``manifest`` (None: removed, the node left or died)."""
-
-    node: str
-    manifest: Manifest | None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class PersistRecords:
-    """Ledger records to store; ``durable`` ones must be committed before anything else
-    happens (they are this node's own opinions)."""
-
-    records: tuple[LedgerRecord, ...]
-    durable: bool
-
-
-CoreEffect = Effect | FetchManifest | ManifestChanged | PersistRecords
 
 
 class MeshCore:
@@ -512,10 +499,9 @@ class MeshCore:
             ):
                 continue
             self._fetching[rumor.node] = (rumor.version, now)
-            sources = [a for a in (source, member.address) if a is not None]
-            unique = tuple(dict.fromkeys(sources))
             self.counters["fetches_started"] += 1
-            self._effects.append(FetchManifest(rumor.node, rumor.version, unique))
+            sources = fetch_sources(source, member.address)
+            self._effects.append(FetchManifest(rumor.node, rumor.version, sources))
 
     def _await_member(self, rumor: ManifestRumor, source: Address | None) -> None:
         """Keep the manifest rumor of a node membership does not hold yet (it may be
@@ -692,6 +678,8 @@ class MeshCore:
 
 
 __all__ = [
+    "MAX_CONCURRENT_FETCHES",
+    "MAX_CONCURRENT_PUSH_PULLS",
     "CoreEffect",
     "FetchManifest",
     "ManifestChanged",
@@ -699,4 +687,5 @@ __all__ = [
     "PersistRecords",
     "SendPacket",
     "StartPushPull",
+    "fetch_sources",
 ]

@@ -1,0 +1,108 @@
+"""The delegation policy of a node: rank order, deadlines, and what an outcome means.
+
+Theory of operation
+-------------------
+Small pure functions that :class:`~meshnode.core.node.NodeCore` applies to every
+delegation, each tested against a table of cases:
+
+* **Rank order** (:func:`rank_candidates`): the candidates discovery ranked, in its order,
+  restricted to the capability the task names (the first candidate's capability when the
+  caller gave only a description). The circuit-breaker filter is applied per attempt by the
+  :class:`~meshnode.core.requester.RequesterCore` (``allow=BreakerBoard.allow``): a peer
+  whose circuit is open is skipped, a half-open one gets its single probe.
+* **Deadline inheritance** (:func:`inherit_deadline`): a delegation made while serving a
+  task never asks for more than what is left of that task's deadline; the shell passes
+  that deadline in as a number (UNIX time), the core decides.
+* **Attempt deadline** (:func:`attempt_deadline_ms`): each request asks for at most
+  ``1 / COUNTER_RATIO`` of the whole deadline, so a counter up to :data:`COUNTER_RATIO`
+  times it still fits, and a fallback candidate keeps some time.
+* **Outcome mapping** (:func:`attempt_consequence`, :func:`result_consequence`): what an
+  ended attempt or a delivered result does to the peer's circuit breaker and to our
+  opinion of it. Failures (silence, timeouts, drops, forged or failed results, malformed
+  responses) trip the breaker and score 0; refusals, declined counters, our own deadline
+  and cancellation are ABANDONED (the breaker hands back a half-open probe) and score
+  nothing; a delivered result is scored by the evaluator, and its quality decides both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+from meshnode.core.breaker import TaskVerdict
+from meshnode.core.effects import Attempt
+from meshnode.core.evaluator import Evaluation
+from meshnode.core.router import ScoredCandidate
+
+__all__ = [
+    "COUNTER_RATIO",
+    "Consequence",
+    "attempt_consequence",
+    "attempt_deadline_ms",
+    "inherit_deadline",
+    "rank_candidates",
+    "result_consequence",
+]
+
+COUNTER_RATIO = 1.5
+"""A counter-proposed deadline up to this multiple of the asked deadline is accepted; each
+attempt asks for ``1 / COUNTER_RATIO`` of the whole deadline."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Consequence:
+    """What one outcome does: ``verdict`` for the peer's breaker (None: nothing) and
+    ``quality`` folded into our opinion of the peer (None: nothing)."""
+
+    verdict: TaskVerdict | None
+    quality: float | None
+
+
+def rank_candidates(
+    candidates: Sequence[ScoredCandidate], capability_name: str | None
+) -> tuple[str, list[str]] | None:
+    """``(capability, node ids in rank order)`` for a delegation of ``capability_name``
+    (or, if None, of the best-ranked candidate's capability); None when nothing fits."""
+    if not candidates:
+        return None
+    capability = capability_name or candidates[0].capability.name
+    ordered = [c.node_id for c in candidates if c.capability.name == capability]
+    if not ordered:
+        return None
+    return capability, ordered
+
+
+def inherit_deadline(deadline_s: float, inherited_deadline: float | None, now: float) -> float:
+    """Seconds this delegation may take: ``deadline_s``, or less if the task being served
+    must end at ``inherited_deadline`` (UNIX time) sooner. Zero or less: no time left."""
+    if inherited_deadline is None:
+        return deadline_s
+    return min(deadline_s, max(0.0, inherited_deadline - now))
+
+
+def attempt_deadline_ms(deadline_s: float) -> int:
+    """The most one attempt asks for, in whole ms (at least 1)."""
+    remaining_ms = int(deadline_s * 1000)
+    return max(1, int(remaining_ms / COUNTER_RATIO))
+
+
+def attempt_consequence(attempt: Attempt) -> Consequence:
+    """What an ended attempt does to its peer's breaker and our opinion of the peer. A
+    delivered attempt does nothing here: the evaluator scores it (see
+    :func:`result_consequence`)."""
+    verdict = attempt.verdict
+    if verdict is None or verdict is TaskVerdict.SUCCESS:
+        return Consequence(None, None)
+    if verdict is TaskVerdict.FAILURE:
+        return Consequence(TaskVerdict.FAILURE, 0.0)
+    return Consequence(TaskVerdict.ABANDONED, None)
+
+
+def result_consequence(evaluation: Evaluation) -> Consequence:
+    """What a delivered, scored result does: a success (quality at or above
+    ``SUCCESS_THRESHOLD``) closes the breaker, anything less counts as a failure; the
+    quality is folded into our opinion either way."""
+    verdict = TaskVerdict.SUCCESS if evaluation.success else TaskVerdict.FAILURE
+    quality = evaluation.quality if math.isfinite(evaluation.quality) else 0.0
+    return Consequence(verdict, quality)

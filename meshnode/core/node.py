@@ -1,0 +1,772 @@
+"""NodeCore: one sans-I/O object per node that decides everything the node does.
+
+Theory of operation
+-------------------
+Both shells — the asyncio runtime (:mod:`meshnode.runtime`) and the simulator
+(:mod:`simulations`) — drive exactly one :class:`NodeCore` per node. It owns:
+
+* the :class:`~meshnode.core.mesh.MeshCore` (membership, manifests, the reputation ledger),
+  whose calls it passes through unchanged (``receive``, ``tick``, ``join``, ``leave``,
+  ``publish_manifest``, ``manifest_fetched``, ``fetch_failed``, the push-pull legs, …);
+* the trust view and opinion batching (:class:`~meshnode.core.trust.TrustPolicy`);
+* the :class:`~meshnode.core.provider.ProviderCore` (admission, slots, reservations,
+  signed results) and one :class:`~meshnode.core.requester.RequesterCore` per delegation,
+  keyed by task id;
+* the :class:`~meshnode.core.breaker.BreakerBoard` and the
+  :class:`~meshnode.core.evaluator.OutputEvaluator`;
+* the delegation policy (:mod:`meshnode.core.delegation`: rank order, deadline
+  inheritance, attempt deadline and counter ratio, outcome → breaker → opinion), restore
+  after a restart (:meth:`NodeCore.restore`), and the cap on delegations in flight
+  (:data:`MAX_DELEGATIONS_IN_FLIGHT`; the provider's slots are
+  ``NodeConfig.max_concurrent_tasks``).
+
+One calling convention. Inputs are method calls that take ``now`` (seconds; the runtime
+passes UNIX time, the simulator its virtual clock); each appends effects
+(:mod:`meshnode.core.effects`) that the shell drains with :meth:`NodeCore.take_effects`
+and carries out in order; :meth:`NodeCore.next_deadline` says when :meth:`NodeCore.tick`
+is due. Inputs:
+
+* membership and state: ``receive``, ``tick``, ``join``, ``leave``, ``adopt_converged``,
+  ``restore``, ``publish_manifest``, ``manifest_fetched``, ``fetch_failed``,
+  ``apply_records``, ``push_pull_request``, ``handle_push_pull``, ``finish_push_pull``;
+* tasks: ``start_delegation``, ``cancel_delegation``, ``task_message`` (every task
+  message a verified peer sent on its channel), ``handler_done``, ``peer_failed``,
+  ``send_failed``, ``set_capabilities``, ``close_tasks``;
+* trust: ``record_outcome``, ``sign_opinions``, ``durable_failed``, ``durable_written``;
+  queries ``trust_view(now)``, ``direct_experience()``, ``opinion(peer)``.
+
+The node-level effects are :class:`~meshnode.core.effects.SendTask`,
+:class:`~meshnode.core.effects.RunHandler`, :class:`~meshnode.core.effects.StopHandler`,
+:class:`~meshnode.core.effects.CheckPeer` and
+:class:`~meshnode.core.effects.DelegationFinished`; the mesh's effects pass through.
+Capability handlers run in the shell: the core emits ``RunHandler`` and gets
+``handler_done`` back. A delegation always ends with exactly one ``DelegationFinished``,
+even when it cannot start (no time left, the node is closing, too many in flight).
+
+Peers that go away. A ``Leave`` is signed by the peer itself, so the tasks with it fail at
+once. A ``Dead`` is an accusation anyone may make: while a task with the peer is live, the
+core emits ``CheckPeer`` and the shell checks the task channel, reporting
+``peer_failed`` only if the peer does not answer there.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+from crdt import ManifestStore, ReputationLedger
+from meshnode.core.breaker import BreakerBoard, TaskVerdict
+from meshnode.core.config import NodeConfig
+from meshnode.core.delegation import (
+    COUNTER_RATIO,
+    attempt_consequence,
+    attempt_deadline_ms,
+    inherit_deadline,
+    result_consequence,
+)
+from meshnode.core.effects import (
+    Address,
+    AttemptEnded,
+    AttemptOutcome,
+    CheckPeer,
+    DelegationFinished,
+    Done,
+    Failed,
+    MemberChanged,
+    MemberEvent,
+    NodeEffect,
+    RequesterEffect,
+    RunHandler,
+    SendCancel,
+    SendConfirm,
+    SendRequest,
+    SendTask,
+    StartTask,
+    StopHandler,
+)
+from meshnode.core.evaluator import Evaluation, OutputEvaluator
+from meshnode.core.member import Member, MemberRumor
+from meshnode.core.membership import Membership
+from meshnode.core.mesh import MeshCore
+from meshnode.core.provider import CancelOutcome, ProviderCore
+from meshnode.core.requester import RequesterCore
+from meshnode.core.trust import TrustPolicy
+from protocol import (
+    Capability,
+    LedgerRecord,
+    Manifest,
+    Message,
+    PushPull,
+    Signer,
+    TaskCancel,
+    TaskConfirm,
+    TaskRequest,
+    TaskResponse,
+    TaskResult,
+    Verifier,
+)
+from protocol import verify as ed25519_verify
+from protocol.codec import message_to_wire
+
+__all__ = ["MAX_DELEGATIONS_IN_FLIGHT", "TASK_COUNTERS", "NodeCore"]
+
+MAX_DELEGATIONS_IN_FLIGHT = 4_096
+"""Default for the delegations one node runs at once as a requester (``NodeCore``'s
+``max_delegations`` argument). Each holds a RequesterCore (a few hundred bytes plus its
+input) and at most one live attempt; beyond the cap a new delegation fails at once with
+``too many delegations in flight`` instead of piling up without bound. Ten thousand members
+each serving ``max_concurrent_tasks`` tasks rarely need more than a few hundred from one
+node; higher only helps a node that fans out enormous bursts, at the cost of memory."""
+
+TASK_COUNTERS: dict[str, str] = {
+    "delegations_ok": "delegations that ended with a verified, delivered result",
+    "delegations_failed": "delegations that ended without one",
+    "delegations_refused_cap": "delegations refused: max_delegations were in flight",
+    "tasks_served": "signed results this node sent as a provider",
+}
+"""Every counter of :attr:`NodeCore.task_counters`, with what it counts."""
+
+
+class _Delegation:
+    __slots__ = ("capability", "core", "task_input")
+
+    def __init__(self, core: RequesterCore, capability: str, task_input: Any) -> None:
+        self.core = core
+        self.capability = capability
+        self.task_input = task_input
+
+
+class NodeCore:
+    """Everything one node decides, sans I/O (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        signer: Signer,
+        *,
+        host: str,
+        port: int,
+        rng: random.Random,
+        verifier: Verifier = ed25519_verify,
+        incarnation: int = 0,
+        now: float = 0.0,
+        max_subjects: int | None = None,
+        ip_version: Literal[4, 6] = 4,
+        capabilities: Mapping[str, Capability] | None = None,
+        evaluator: OutputEvaluator | None = None,
+        max_delegations: int = MAX_DELEGATIONS_IN_FLIGHT,
+    ) -> None:
+        if max_delegations < 1:
+            raise ValueError(f"max_delegations must be at least 1, got {max_delegations}")
+        self.config = config
+        self.max_delegations = max_delegations
+        """Most delegations in flight at once (see :data:`MAX_DELEGATIONS_IN_FLIGHT`)."""
+        self.signer = signer
+        self.verifier = verifier
+        self._rng = rng
+        self._task_rng: random.Random | None = None
+        self.mesh = MeshCore(
+            config,
+            signer,
+            host=host,
+            port=port,
+            rng=rng,
+            verifier=verifier,
+            incarnation=incarnation,
+            now=now,
+            max_subjects=max_subjects,
+            ip_version=ip_version,
+        )
+        self.trust = TrustPolicy(self.mesh, config.direct_trust_weight)
+        self.provider = ProviderCore(
+            signer,
+            dict(capabilities or {}),
+            config.max_concurrent_tasks,
+            verifier=verifier,
+            remember_bytes=config.task_memory_bytes,
+        )
+        self.breakers = BreakerBoard(
+            failure_threshold=config.breaker_failure_threshold,
+            recovery_time=config.breaker_recovery_time,
+        )
+        self.evaluator = evaluator or OutputEvaluator()
+        self._delegations: dict[str, _Delegation] = {}
+        self._effects: list[NodeEffect] = []
+        self._now = now
+        self._closing = False
+        self._load: int | None = None
+        self.task_counters: dict[str, int] = dict.fromkeys(TASK_COUNTERS, 0)
+        """Named task event counts, see :data:`TASK_COUNTERS`."""
+
+    # ------------------------------------------------------------------ identity and state
+
+    @property
+    def node_id(self) -> str:
+        return self.mesh.node_id
+
+    @property
+    def membership(self) -> Membership:
+        """Read it; drive the core."""
+        return self.mesh.membership
+
+    @property
+    def manifests(self) -> ManifestStore:
+        return self.mesh.manifests
+
+    @property
+    def ledger(self) -> ReputationLedger:
+        return self.mesh.ledger
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """The mesh's counters (see :data:`meshnode.core.mesh.COUNTERS`)."""
+        return self.mesh.counters
+
+    @property
+    def tombstone_ttl(self) -> float:
+        return self.mesh.tombstone_ttl
+
+    @property
+    def closing(self) -> bool:
+        """True once :meth:`close_tasks` or :meth:`leave` was called."""
+        return self._closing
+
+    @property
+    def delegations(self) -> int:
+        """Delegations in flight."""
+        return len(self._delegations)
+
+    @property
+    def in_flight(self) -> int:
+        """Provider tasks (running and reserved) plus delegations in flight."""
+        return self.provider.in_flight + len(self._delegations)
+
+    def members(self) -> list[Member]:
+        return self.mesh.members()
+
+    def waiting_on(self, peer: str) -> bool:
+        """Is one of our delegations negotiating with ``peer`` or waiting for its result?"""
+        return any(d.core.current_node == peer for d in self._delegations.values())
+
+    def delegation_deadline(self, task_id: str) -> float | None:
+        """The overall deadline of delegation ``task_id`` (None if it is not in flight)."""
+        d = self._delegations.get(task_id)
+        return None if d is None else d.core.deadline_at
+
+    # ------------------------------------------------------------------ shell interface
+
+    def take_effects(self) -> list[NodeEffect]:
+        """Return and clear everything the shell must do, in order."""
+        self._collect(self._now)
+        effects, self._effects = self._effects, []
+        return effects
+
+    def next_deadline(self) -> float:
+        """When :meth:`tick` is due next (the earliest timer of every part)."""
+        deadline = self.mesh.next_deadline()
+        tasks = self.task_deadline()
+        return deadline if tasks is None or deadline <= tasks else tasks
+
+    def task_deadline(self) -> float | None:
+        """The earliest timer of the task side alone (provider deadlines and holds, each
+        delegation's timeouts, the opinion flush); None when none is armed."""
+        deadline = self.provider.next_deadline()
+        for d in self._delegations.values():
+            due = d.core.next_deadline()
+            if due is not None and (deadline is None or due < deadline):
+                deadline = due
+        flush = self.trust.flush_at
+        if flush is not None and (deadline is None or flush < deadline):
+            deadline = flush
+        return deadline
+
+    def tick(self, now: float) -> None:
+        """Fire every timer that is due: membership and the mesh, provider deadlines and
+        reservation holds, each delegation's timeouts, and the opinion flush."""
+        self._advance_clock(now)
+        self.mesh.tick(now)
+        self._collect(now)
+        due = self.provider.next_deadline()
+        if due is not None and now >= due:
+            self._provider_tick(now)
+        for task_id in [t for t, d in self._delegations.items() if _due(d.core, now)]:
+            delegation = self._delegations.get(task_id)
+            if delegation is not None:
+                self._apply(task_id, delegation, delegation.core.tick(now), now)
+        self.trust.tick(now)
+        self._collect(now)
+
+    # ------------------------------------------------------------------ mesh pass-through
+
+    def receive(self, sender: str, messages: Sequence[object], addr: Address, now: float) -> None:
+        """One verified envelope from ``sender`` arrived from ``addr`` (UDP)."""
+        self._advance_clock(now)
+        self.mesh.receive(sender, messages, addr, now)
+        self._collect(now)
+
+    def join(self, seeds: Sequence[Address], now: float) -> int:
+        self._advance_clock(now)
+        joined = self.mesh.join(seeds, now)
+        self._collect(now)
+        return joined
+
+    def adopt_converged(
+        self,
+        members: Mapping[str, Member],
+        manifests: ManifestStore,
+        seeds: Sequence[Address],
+        now: float,
+    ) -> None:
+        self._advance_clock(now)
+        self.mesh.adopt_converged(members, manifests, seeds, now)
+        self._collect(now)
+
+    def restore(
+        self,
+        manifests: Iterable[Manifest],
+        records: Iterable[LedgerRecord],
+        members: Iterable[MemberRumor],
+        now: float,
+    ) -> list[Address]:
+        """Load persisted state before membership knows anyone; return the addresses of
+        the remembered members (not ourselves) to contact besides the seeds.
+
+        Which records and manifests are kept is decided by :meth:`MeshCore.restore`: those
+        of this node and of the persisted members."""
+        self._advance_clock(now)
+        rumors = list(members)
+        self.mesh.restore(manifests, records, [r.node for r in rumors], now)
+        extra: list[Address] = []
+        for rumor in rumors:
+            host, port = getattr(rumor, "host", None), getattr(rumor, "port", None)
+            if rumor.node != self.node_id and host is not None:
+                extra.append((str(host), int(port or 0)))
+        self._collect(now)
+        return extra
+
+    def leave(self, now: float) -> None:
+        """Leave the mesh gracefully; outcomes not signed yet are signed first."""
+        self._advance_clock(now)
+        self._closing = True
+        self.trust.sign(now)
+        self.mesh.leave(now)
+        self._collect(now)
+
+    def publish_manifest(self, manifest: Manifest, now: float) -> None:
+        self._advance_clock(now)
+        self.mesh.publish_manifest(manifest, now)
+        self._collect(now)
+
+    def manifest_fetched(self, manifest: Manifest, now: float) -> bool:
+        self._advance_clock(now)
+        applied = self.mesh.manifest_fetched(manifest, now)
+        self._collect(now)
+        return applied
+
+    def fetch_failed(self, node: str) -> None:
+        self.mesh.fetch_failed(node)
+
+    def apply_records(self, records: Iterable[LedgerRecord], now: float) -> int:
+        self._advance_clock(now)
+        applied = self.mesh.apply_records(records, now)
+        self._collect(now)
+        return applied
+
+    def push_pull_request(self, join: bool) -> PushPull:
+        return self.mesh.push_pull_request(join)
+
+    def handle_push_pull(self, sender: str, request: PushPull, now: float) -> PushPull:
+        self._advance_clock(now)
+        reply = self.mesh.handle_push_pull(sender, request, now)
+        self._collect(now)
+        return reply
+
+    def finish_push_pull(
+        self, responder: str, reply: PushPull, addr: Address, now: float
+    ) -> list[LedgerRecord]:
+        self._advance_clock(now)
+        missing = self.mesh.finish_push_pull(responder, reply, addr, now)
+        self._collect(now)
+        return missing
+
+    # ------------------------------------------------------------------ trust
+
+    def record_outcome(self, subject: str, quality: float, now: float) -> LedgerRecord | None:
+        """Fold one scored outcome into our opinion of ``subject`` (see
+        :class:`~meshnode.core.trust.TrustPolicy`); returns the record signed for it alone,
+        if it was signed at once. Our own id is ignored (a node never grades itself)."""
+        self._advance_clock(now)
+        busy = self.waiting_on(subject) and not self._closing
+        record = self.trust.record_outcome(subject, quality, now, busy=busy)
+        self._collect(now)
+        return record
+
+    def sign_opinions(self, now: float) -> None:
+        """Sign every unsigned opinion now (unless an own record is not durable yet)."""
+        self._advance_clock(now)
+        self.trust.sign(now)
+        self._collect(now)
+
+    def durable_failed(self, records: Iterable[LedgerRecord]) -> None:
+        """The shell could not commit ``records`` of a ``PersistRecords(durable=True)``:
+        no further opinion is signed until :meth:`durable_written`."""
+        self.trust.durable_failed(records)
+
+    def durable_written(self, now: float) -> None:
+        """The records of :attr:`durable_pending` are committed: sign what waited."""
+        self._advance_clock(now)
+        self.trust.durable_written(now, sign=not self._closing)
+        self._collect(now)
+
+    @property
+    def durable_pending(self) -> tuple[LedgerRecord, ...]:
+        """Own records whose durable write failed; the shell retries them."""
+        return self.trust.durable_pending
+
+    def opinion(self, subject: str) -> tuple[float, int]:
+        return self.trust.opinion(subject)
+
+    def direct_experience(self) -> dict[str, float]:
+        return self.trust.direct_experience()
+
+    def trust_view(self, now: float) -> dict[str, float]:
+        return self.trust.view(now)
+
+    # ------------------------------------------------------------------ tasks: provider
+
+    def set_capabilities(self, capabilities: Mapping[str, Capability]) -> None:
+        """What this node serves from now on (tasks already admitted keep running)."""
+        self.provider.set_capabilities(capabilities)
+
+    def task_message(self, sender: str, message: Message, now: float) -> None:
+        """A task message from ``sender`` (the verified peer of the channel it came on).
+        Requests, confirms and cancels go to the provider; responses and results to the
+        delegation they name; anything else is ignored."""
+        self._advance_clock(now)
+        if isinstance(message, TaskResponse | TaskResult):
+            delegation = self._delegations.get(message.task_id)
+            if delegation is not None:
+                core = delegation.core
+                if isinstance(message, TaskResponse):
+                    effects = core.on_response(sender, message, now)
+                else:
+                    effects = core.on_result(sender, message, now)
+                self._apply(message.task_id, delegation, effects, now)
+        elif isinstance(message, TaskRequest):
+            decision = self.provider.on_request(sender, message, now)
+            if decision.start is not None:
+                # First, so that a handler that finishes at once shares the reply's frame.
+                self._run(decision.start)
+            self._send(sender, message.task_id, decision.response)
+            if decision.result is not None:
+                self._send(sender, message.task_id, decision.result)
+            self._provider_changed(now)
+        elif isinstance(message, TaskConfirm):
+            answer = self.provider.on_confirm(sender, message, now)
+            if answer is not None:
+                self._send(sender, message.task_id, answer)
+            self._provider_changed(now)
+        elif isinstance(message, TaskCancel):
+            if self.provider.on_cancel(sender, message, now) is CancelOutcome.STOP_HANDLER:
+                self._effects.append(StopHandler(sender, message.task_id))
+            self._provider_changed(now)
+        self._collect(now)
+
+    def handler_done(
+        self,
+        requester: str,
+        task_id: str,
+        now: float,
+        *,
+        output: Any = None,
+        error: str | None = None,
+    ) -> None:
+        """The handler of ``requester``'s task ended: with ``output``, or failed with
+        ``error``. The signed result is sent unless the task already ended (cancelled, or
+        its deadline passed and the core answered)."""
+        self._advance_clock(now)
+        ok = error is None
+        result = self.provider.complete(task_id, ok, output, error or "", now)
+        if result is not None:
+            self.task_counters["tasks_served"] += 1
+            self._send(requester, task_id, result)
+        self._provider_changed(now)
+        self._collect(now)
+
+    def _provider_tick(self, now: float) -> None:
+        for event in self.provider.tick(now):
+            if event.was_running:
+                self._effects.append(StopHandler(event.requester, event.task_id))
+            self._send(event.requester, event.task_id, event.result)
+        self._provider_changed(now)
+
+    def _provider_changed(self, now: float) -> None:
+        """After any provider-side event: start what may start, publish the load."""
+        for start in self.provider.start_ready(now):
+            self._run(start)
+        self._set_load()
+
+    def _run(self, start: StartTask) -> None:
+        request = start.request
+        self._effects.append(
+            RunHandler(
+                start.requester,
+                request.task_id,
+                request.capability,
+                request.input,
+                start.deadline_at,
+            )
+        )
+
+    # ------------------------------------------------------------------ tasks: requester
+
+    def start_delegation(
+        self,
+        capability: str,
+        task_input: Any,
+        candidates: Sequence[str],
+        now: float,
+        *,
+        deadline_s: float | None = None,
+        inherited_deadline: float | None = None,
+        max_cost_usd: float | None = None,
+        trace_id: str = "",
+        task_id: str | None = None,
+    ) -> str:
+        """Start a delegation of ``capability`` to ``candidates`` (node ids, in rank order;
+        see :func:`meshnode.core.delegation.rank_candidates`); returns its task id. It ends
+        with one :class:`~meshnode.core.effects.DelegationFinished`, possibly at once.
+
+        ``deadline_s`` (default ``NodeConfig.default_deadline_s``) is the whole time it may
+        take; ``inherited_deadline`` (UNIX time) is the deadline of the task being served,
+        if any, and this delegation never asks for more than is left of it. ``task_id``
+        defaults to 128 random bits from a stream derived from the core's ``rng`` (the
+        runtime passes its own, from the operating system).
+
+        Raises ``ValueError`` for a deadline that is not a positive number, and
+        ``protocol.LocalProtocolError`` for an input that cannot be encoded; nothing
+        changes then."""
+        if deadline_s is None:
+            deadline_s = self.config.default_deadline_s
+        if isinstance(deadline_s, bool) or not 0 < deadline_s < math.inf:
+            raise ValueError(f"deadline_s must be a positive number of seconds, got {deadline_s}")
+        if task_id is None:
+            task_id = self._new_task_id()
+        elif task_id in self._delegations:
+            raise ValueError(f"delegation {task_id} is already in flight")
+        # The input must travel: refuse it before anything is asked of any peer.
+        message_to_wire(
+            TaskRequest(
+                task_id=task_id,
+                capability=capability,
+                input=task_input,
+                deadline_ms=1,
+                budget_usd=max_cost_usd,
+                trace_id=trace_id or task_id[:16],
+            )
+        )
+        self._advance_clock(now)
+        deadline_s = inherit_deadline(deadline_s, inherited_deadline, now)
+        reason = None
+        if self._closing:
+            reason = "node is closing"
+        elif deadline_s <= 0:
+            reason = "no time left for this delegation"
+        elif len(self._delegations) >= self.max_delegations:
+            self.task_counters["delegations_refused_cap"] += 1
+            reason = "too many delegations in flight"
+        if reason is not None:
+            self._finish(task_id, capability, Failed(reason, (), 0.0), None)
+            self._collect(now)
+            return task_id
+        core = RequesterCore(
+            self.node_id,
+            capability,
+            task_input,
+            list(candidates),
+            task_id=task_id,
+            verifier=self.verifier,
+            deadline_s=deadline_s,
+            budget_usd=max_cost_usd,
+            trace_id=trace_id or task_id[:16],
+            allow=self.breakers.allow,
+            attempt_deadline_ms=attempt_deadline_ms(deadline_s),
+            counter_ratio=COUNTER_RATIO,
+            check_output=lambda result: self.evaluator.contract_violation(
+                self.provider_capability(result.provider, capability), result.output
+            ),
+        )
+        delegation = _Delegation(core, capability, task_input)
+        self._delegations[task_id] = delegation
+        self._apply(task_id, delegation, core.start(now), now)
+        self._set_load()
+        self._collect(now)
+        return task_id
+
+    def cancel_delegation(
+        self, task_id: str, now: float, reason: str = "cancelled by caller"
+    ) -> None:
+        """The caller gave up on delegation ``task_id`` (nothing happens if it ended)."""
+        self._advance_clock(now)
+        delegation = self._delegations.get(task_id)
+        if delegation is not None:
+            self._apply(task_id, delegation, delegation.core.cancel(now, reason), now)
+        self._collect(now)
+
+    def peer_failed(self, peer: str, reason: str, now: float) -> None:
+        """The task channel to ``peer`` dropped, or the peer is confirmed gone: every
+        delegation waiting on it moves on, and its running tasks here are stopped (nobody
+        is left to receive their results)."""
+        self._advance_clock(now)
+        for task_id in [t for t, d in self._delegations.items() if d.core.current_node == peer]:
+            delegation = self._delegations.get(task_id)
+            if delegation is not None:
+                effects = delegation.core.on_peer_failed(peer, reason, now)
+                self._apply(task_id, delegation, effects, now)
+        stopped = False
+        for requester, task_id in self.provider.running_tasks():
+            if requester != peer:
+                continue
+            outcome = self.provider.on_cancel(peer, TaskCancel(task_id, reason), now)
+            if outcome is CancelOutcome.STOP_HANDLER:
+                self._effects.append(StopHandler(peer, task_id))
+            stopped = True
+        if stopped:
+            self._provider_changed(now)
+        self._collect(now)
+
+    def send_failed(self, node: str, task_id: str, reason: str, now: float) -> None:
+        """A :class:`~meshnode.core.effects.SendTask` to ``node`` could not be sent (no
+        channel could be opened). Our delegation ``task_id`` moves on if it was waiting on
+        ``node``; a provider's answer that cannot be sent is simply lost (the requester's
+        timeouts cover it)."""
+        self._advance_clock(now)
+        delegation = self._delegations.get(task_id)
+        if delegation is not None and delegation.core.current_node == node:
+            self._apply(task_id, delegation, delegation.core.on_peer_failed(node, reason, now), now)
+        self._collect(now)
+
+    def close_tasks(self, now: float) -> None:
+        """The node is closing: every delegation is cancelled (``node closing``) and new
+        ones fail at once; outcomes not signed yet are signed."""
+        self._advance_clock(now)
+        self._closing = True
+        for task_id in list(self._delegations):
+            delegation = self._delegations.get(task_id)
+            if delegation is not None:
+                self._apply(task_id, delegation, delegation.core.cancel(now, "node closing"), now)
+        self.trust.sign(now)
+        self._collect(now)
+
+    def provider_capability(self, provider: str, name: str) -> Capability | None:
+        """``provider``'s capability ``name`` from the manifest we hold, if any."""
+        manifest = self.mesh.manifests.get(provider)
+        return manifest.capability(name) if manifest else None
+
+    # ------------------------------------------------------------------ internals
+
+    def _new_task_id(self) -> str:
+        if self._task_rng is None:
+            # Derived on first use, so that a node that never delegates draws nothing extra
+            # from the stream membership uses.
+            self._task_rng = random.Random(self._rng.getrandbits(64))
+        while True:
+            task_id = f"{self._task_rng.getrandbits(128):032x}"
+            if task_id not in self._delegations:
+                return task_id
+
+    def _apply(
+        self, task_id: str, delegation: _Delegation, effects: list[RequesterEffect], now: float
+    ) -> None:
+        """Turn one requester core's effects into node effects and consequences."""
+        for effect in effects:
+            if isinstance(effect, SendRequest):
+                self._send(effect.node, task_id, effect.request)
+            elif isinstance(effect, SendConfirm):
+                self._send(effect.node, task_id, effect.confirm)
+            elif isinstance(effect, SendCancel):
+                self._send(effect.node, task_id, effect.cancel)
+            elif isinstance(effect, AttemptEnded):
+                consequence = attempt_consequence(effect.attempt)
+                if consequence.verdict is not None:
+                    self.breakers.record(effect.attempt.node, consequence.verdict, now)
+                if consequence.quality is not None:
+                    self.record_outcome(effect.attempt.node, consequence.quality, now)
+            elif isinstance(effect, Done | Failed):
+                self._delegations.pop(task_id, None)
+                self._set_load()
+                evaluation = (
+                    self._score(delegation, effect, now) if isinstance(effect, Done) else None
+                )
+                self._finish(task_id, delegation.capability, effect, evaluation)
+
+    def _score(self, delegation: _Delegation, done: Done, now: float) -> Evaluation:
+        cap = self.provider_capability(done.provider, delegation.capability)
+        delivered = bool(done.attempts) and done.attempts[-1].outcome is AttemptOutcome.DELIVERED
+        evaluation = self.evaluator.evaluate(
+            cap or delegation.capability,
+            delegation.task_input,
+            done.result,
+            output_checked=delivered,  # check_output already passed it
+        )
+        consequence = result_consequence(evaluation)
+        if consequence.verdict is TaskVerdict.SUCCESS:
+            self.breakers.record_success(done.provider, now)
+        else:
+            self.breakers.record_failure(done.provider, now)
+        assert consequence.quality is not None
+        self.record_outcome(done.provider, consequence.quality, now)
+        return evaluation
+
+    def _finish(
+        self,
+        task_id: str,
+        capability: str,
+        outcome: Done | Failed,
+        evaluation: Evaluation | None,
+    ) -> None:
+        ok = isinstance(outcome, Done)
+        self.task_counters["delegations_ok" if ok else "delegations_failed"] += 1
+        self._effects.append(DelegationFinished(task_id, capability, outcome, evaluation))
+
+    def _send(self, node: str, task_id: str, message: Message) -> None:
+        self._effects.append(SendTask(node, task_id, message))
+
+    def _set_load(self) -> None:
+        load = self.provider.in_flight + len(self._delegations)
+        if load != self._load:
+            self._load = load
+            self.mesh.membership.set_load(load)
+
+    def _advance_clock(self, now: float) -> None:
+        if now > self._now:
+            self._now = now
+
+    def _collect(self, now: float) -> None:
+        """Move the mesh's effects to ours, in order, reacting to departures of peers we
+        have live tasks with."""
+        for effect in self.mesh.take_effects():
+            self._effects.append(effect)
+            if isinstance(effect, MemberChanged) and effect.node_id != self.node_id:
+                if effect.kind is MemberEvent.LEFT:
+                    self.peer_failed(effect.node_id, "member left", now)
+                elif effect.kind is MemberEvent.DEAD and self._has_tasks_with(effect.node_id):
+                    self._effects.append(CheckPeer(effect.node_id))
+
+    def _has_tasks_with(self, peer: str) -> bool:
+        if self.waiting_on(peer):
+            return True
+        return any(requester == peer for requester, _ in self.provider.running_tasks())
+
+    def __repr__(self) -> str:
+        return (
+            f"<NodeCore {self.mesh!r} delegations={len(self._delegations)} "
+            f"provider={self.provider!r}>"
+        )
+
+
+def _due(core: RequesterCore, now: float) -> bool:
+    deadline = core.next_deadline()
+    return deadline is not None and now >= deadline
