@@ -270,6 +270,13 @@ class Cluster:
         packets to replay them."""
         self.core_errors = 0
         """Exceptions raised by a core while handling input (each is also a violation)."""
+        self.task_shell: Callable[[SimNode, list[object]], None] | None = None
+        """Carries out a host's task effects (``SendTask``, ``RunHandler``, ``StopHandler``,
+        ``CheckPeer``, ``DelegationFinished``), in order, after each drain of its core;
+        None: they are dropped (a mesh with no task workload)."""
+        self._task_channels: dict[tuple[int, int, int, int], float] = {}
+        """(src slot, src life, dst slot, dst life) -> arrival time of the last message sent
+        on that task channel (messages never overtake one another)."""
 
     def _clock(self) -> float:
         return self.engine.now
@@ -568,6 +575,7 @@ class Cluster:
         if core is None:
             return math.inf
         tracker = self.tracker
+        task_effects: list[object] = []
         for effect in core.take_effects():
             kind = type(effect)
             if kind is SendPacket:
@@ -594,10 +602,18 @@ class Cluster:
                 node.store_manifest(effect.node, effect.manifest)
             elif kind is PersistRecords:
                 assert isinstance(effect, PersistRecords)
+                if effect.durable:  # own opinions, some signed by the core on its own
+                    for record in effect.records:
+                        if tracker.created.get((record.observer, record.seq)) != record:
+                            tracker.record_created(record)
                 tracker.records_persisted(node, effect)
                 disk = node.disk_records
                 for record in effect.records:
                     disk[(record.observer, record.subject)] = record
+            elif self.task_shell is not None:
+                task_effects.append(effect)
+        if task_effects and self.task_shell is not None:
+            self.task_shell(node, task_effects)
         return self._reschedule(node)
 
     # ------------------------------------------------------------------ UDP
@@ -1062,18 +1078,6 @@ class Cluster:
         )
         return True
 
-    @property
-    def _task_channels(self) -> dict[tuple[int, int, int, int], float]:
-        """(src slot, src life, dst slot, dst life) -> arrival time of the last message
-        sent on that channel (messages never overtake one another)."""
-        channels: dict[tuple[int, int, int, int], float] | None = getattr(
-            self, "_task_channel_table", None
-        )
-        if channels is None:
-            channels = {}
-            self._task_channel_table = channels
-        return channels
-
     def _task_arrive(
         self,
         src: SimNode,
@@ -1118,13 +1122,13 @@ class Cluster:
     def publish_opinion(
         self, node: SimNode, subject: SimNode, score: float, outcomes: int
     ) -> LedgerRecord:
-        """``node``'s core signs ``score`` as its opinion of ``subject`` outright (as a
-        member may: the ledger holds what each observer says, whatever its reasons) and
-        gossips it."""
+        """``node`` signs ``score`` as its opinion of ``subject`` outright, beside the
+        trust policy of its core (as any member may: the ledger holds what each observer
+        says, whatever its reasons), and its mesh gossips it."""
         core = node.core
         if core is None or not node.up:
             raise ValueError(f"{node.name} is not running")
-        record = core.publish_opinion(subject.node_id, score, outcomes, self.engine.now)
+        record = core.mesh.publish_opinion(subject.node_id, score, outcomes, self.engine.now)
         self.tracker.record_created(record)
         self._dispatch(node)
         return record

@@ -2,17 +2,19 @@
 
 Theory of operation
 -------------------
-The ``economy`` scenario runs the whole task side of every node on the virtual clock, next
-to its membership core, and measures whether trust steers work away from bad providers.
+The ``economy`` scenario runs the whole node on the virtual clock — membership, ledger,
+trust, provider, delegations — and measures whether trust steers work away from bad
+providers.
 
-**Nodes.** Every simulated host runs its ``MeshCore`` (membership, manifests, ledger) as in
-every scenario, and beside it the task side of a node, in :class:`EconomyNode`: a
-``ProviderCore`` that answers task requests, one ``RequesterCore`` per delegation, a
-``BreakerBoard`` and an ``OutputEvaluator``. :class:`EconomyNode` is the one place that
-wires these cores together the way the runtime's task service does (rank, negotiate,
-score, breaker, opinion), so that it can become one ``NodeCore`` per node without touching
-the rest of this module. Task messages travel over :meth:`Cluster.task_send`, a reliable
-ordered stream with the network's latency that a crash or a partition breaks.
+**Nodes.** Every simulated host runs one :class:`~meshnode.core.node.NodeCore`, the object
+the runtime drives. The cluster carries its mesh effects (datagrams, push-pull, fetches,
+persistence); :class:`EconomyNode` is the task side of the shell and carries the rest:
+``SendTask`` over :meth:`Cluster.task_send` (a reliable ordered stream with the network's
+latency, which a crash or a partition breaks, reported back as ``peer_failed``),
+``RunHandler`` as a simulated handler of the node's kind (answered with ``handler_done``),
+``StopHandler``, ``CheckPeer`` (the peer fails if its process cannot answer within
+``task_liveness_timeout``) and ``DelegationFinished`` (to the judge). Every decision —
+admission, fallback, scoring, breakers, opinion batching, the trust view — is the core's.
 
 **Providers.** Every node offers two of the :data:`CAPABILITIES` (by slot), each with an
 input and an output schema, and behaves as its *kind* says (:data:`BEHAVIOURS`): the
@@ -22,28 +24,26 @@ deliver garbage (an output that breaks the declared output schema), or never ans
 task message at all. Kinds: ``honest``, ``flaky`` (fails half the time), ``slow`` (misses
 every deadline while advertising an honest latency), ``lying`` (wrong answers), ``silent``
 (a SWIM member that never answers a task message) and ``sybil`` (a ring of fresh ids that
-rate each other 1.0 in signed ledger records and deliver garbage). Every draw comes from a
-stream derived from the run seed, the node's slot and the purpose.
+sign 1.0 opinions of one another and deliver garbage). Every draw comes from a stream
+derived from the run seed, the node's slot and the purpose.
 
 **Requesters.** Every honest node delegates: arrivals are a Poisson process of
 ``delegation_rate`` per second per requester, over the capabilities uniformly, until
 ``delegations`` have started in all. A requester ranks the candidates as the runtime's
-discovery does (the live members holding a manifest with the capability, scored by
-:func:`meshnode.core.router.rank` from its trust view, their advertised load and its open
-breakers, ``top_k`` = :data:`TOP_K`), and negotiates in that order with a ``RequesterCore``.
-A share ``bad_input`` of the requesters are sloppy clients whose every input breaks the
-capability's input schema; providers refuse such a task (``invalid_input``), and that
-refusal must not count against them.
+discovery does for a name-only query (the members its core holds alive with a manifest
+offering the capability, scored by :func:`meshnode.core.router.rank` from the core's trust
+view, their advertised load and the core's open breakers, ``top_k`` = :data:`TOP_K`), and
+hands them to ``NodeCore.start_delegation``. A share ``bad_input`` of the requesters are
+sloppy clients whose every input breaks the capability's input schema; providers refuse
+it (``invalid_input``), and that refusal must not count against them.
 
-**Evaluation and opinions** go through the real cores: a delivered result is scored by the
-requester's ``OutputEvaluator`` (schema, then the per-capability quality oracle registered
-by every requester); the score moves the provider's breaker (success at 0.5 and above) and
-is folded into the requester's ELO opinion (``MeshCore.record_outcome``), which is signed,
-persisted and gossiped by SWIM to every other node's ledger; a failed attempt (timeout,
-failed or refused result, dropped channel) scores 0; a refusal or a declined counter scores
-nothing. Each requester routes by its own trust view: personalised EigenTrust over its
-ledger (pre-trusted: itself and the peers it rates at least 0.5), blended with its direct
-experience.
+**Evaluation and opinions** go through the core: a delivered result is scored by the
+requester's ``OutputEvaluator`` (schema, then the per-capability quality oracle every
+requester registers); the score moves the provider's breaker and is folded into the
+requester's ELO opinion, signed, persisted and gossiped by SWIM to every other node's
+ledger; a failed attempt scores 0; a refusal or a declined counter scores nothing. Each
+requester routes by its core's trust view (personalised EigenTrust over its ledger,
+blended with its direct experience).
 
 **Measured.** A *round* is one delegation per requester: round ``k`` is reached when
 ``k × requesters`` delegations have started (with Poisson arrivals, requesters are at
@@ -54,11 +54,11 @@ first choice is honest and every honest provider its trust view gives any trust 
 unrated one has the router's prior, 0.5) ranks above every always-bad provider (``slow``,
 ``lying``, ``silent``, ``sybil``). Honest providers at zero trust in its view are left out:
 no evidence reaches the requester about them through its own trust graph, and the router
-then orders them with the bad ones by load and node id. *Trust convergence* is the first round at which 95 % of the
-sampled requesters do. Also: the share of requests sent to bad providers per round, breaker
-openings and flaps (a circuit that opens again after it had closed), the Sybil ring's
-total trust in the requesters' views, tasks completed, deadline misses, and what bad
-input did to the providers it was sent to.
+then orders them with the bad ones by load and node id. *Trust convergence* is the first
+round at which 95 % of the sampled requesters do. Also: the share of requests sent to bad
+providers per round, breaker openings and flaps (a circuit that opens again after it had
+closed), the Sybil ring's total trust in the requesters' views, tasks completed, deadline
+misses, and what bad input did to the providers it was sent to.
 """
 
 from __future__ import annotations
@@ -68,41 +68,28 @@ import gc
 import math
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from crdt import INITIAL_TRUST
-from meshnode.core.breaker import BreakerBoard, BreakerState, TaskVerdict
+from meshnode.core.breaker import BreakerBoard
 from meshnode.core.config import NodeConfig
-from meshnode.core.evaluator import OutputEvaluator
-from meshnode.core.membership import MemberState
-from meshnode.core.negotiation import (
-    COUNTER_ACCEPT_RATIO,
-    AttemptEnded,
+from meshnode.core.delegation import attempt_consequence, rank_candidates, result_consequence
+from meshnode.core.effects import (
     AttemptOutcome,
-    CancelOutcome,
+    CheckPeer,
+    DelegationFinished,
     Done,
     Failed,
-    ProviderCore,
-    RejectCode,
-    RequesterCore,
-    RequesterEffect,
-    SendCancel,
-    SendConfirm,
-    SendRequest,
-    StartTask,
-    reject_code,
+    RunHandler,
+    SendTask,
+    StopHandler,
 )
+from meshnode.core.member import MemberState
+from meshnode.core.node import NodeCore
 from meshnode.core.router import DEFAULT_TRUST, LoadInfo, rank
-from protocol import (
-    Capability,
-    Message,
-    TaskCancel,
-    TaskConfirm,
-    TaskRequest,
-    TaskResponse,
-    TaskResult,
-)
+from meshnode.core.task_wire import RejectCode, reject_code
+from protocol import Capability, Message, TaskRequest, TaskResponse, TaskResult
 from simulations.cluster import Cluster, SimNode, Status
 from simulations.engine import derive_rng
 from simulations.progress import Progress
@@ -296,36 +283,26 @@ class EconomyPlan:
 
 @dataclasses.dataclass(slots=True)
 class _Delegation:
-    core: RequesterCore
+    """What the judge remembers of one delegation (the core holds the delegation)."""
+
     capability: str
-    task_input: Any
     bad_input: bool
     round: int
     started_at: float
-    tick_gen: int = 0
-
-
-@dataclasses.dataclass(slots=True)
-class _TrustCache:
-    version: int
-    own_writes: int
-    computed_at: float
-    pretrusted: frozenset[str]
-    scores: dict[str, float]
 
 
 class EconomyNode:
-    """The task side of one node: provider, delegations, breakers, evaluator, trust view.
-
-    This class is the seam between the simulator and the node's decisions: it drives the
-    sans-I/O cores the way the runtime's task service and ``MeshNode`` do, and nothing
-    else in this module decides anything about a task.
+    """The task side of one node's shell: it asks its ``NodeCore`` to delegate, carries the
+    core's task effects out on the virtual clock (``SendTask`` over a task channel,
+    ``RunHandler`` as a simulated handler of this node's kind, ``StopHandler``,
+    ``CheckPeer``), and reports every ``DelegationFinished`` to the judge. It decides
+    nothing about a task: admission, ranking rules, fallback, scoring, breakers and
+    opinions are the core's.
     """
 
     def __init__(
         self, economy: Economy, sim: SimNode, kind: str, requester: bool, bad_input: bool
     ) -> None:
-        config = economy.config
         self.economy = economy
         self.sim = sim
         self.kind = kind
@@ -334,22 +311,23 @@ class EconomyNode:
         self.sends_bad_input = bad_input
         self.rng = derive_rng(economy.seed, "economy", "handler", sim.slot)
         self.arrivals = derive_rng(economy.seed, "economy", "arrivals", sim.slot)
-        self.provider = ProviderCore(
-            sim.signer, {c.name: c for c in sim.capabilities}, config.max_concurrent_tasks
-        )
-        self.breakers = BreakerBoard(config.breaker_failure_threshold, config.breaker_recovery_time)
-        self.evaluator = OutputEvaluator()
-        for capability in CAPABILITIES:
-            self.evaluator.register(capability.name, _oracle)
         self.delegations: dict[str, _Delegation] = {}
         self.counters: Counter[str] = Counter()
-        self._next_task = 0
-        self._provider_tick_at = math.inf
-        self._provider_gen = 0
-        self._trust: _TrustCache | None = None
-        self._own_writes = 0
-        self._ever_opened: set[str] = set()
+        self._handlers: dict[tuple[str, str], int] = {}
+        """(requester, task id) -> token of the running simulated handler."""
+        self._next_handler = 0
+        self._opened_at: dict[str, float | None] = {}
+        """Peer -> when its breaker last opened, as last seen (None: closed since)."""
         self._closed_after_open: set[str] = set()
+        core = self.core
+        for capability in CAPABILITIES:  # the requester's quality oracle
+            core.evaluator.register(capability.name, _oracle)
+
+    @property
+    def core(self) -> NodeCore:
+        core = self.sim.core
+        assert core is not None, f"{self.sim.name} is not running"
+        return core
 
     @property
     def node_id(self) -> str:
@@ -359,47 +337,18 @@ class EconomyNode:
     def up(self) -> bool:
         return self.sim.status is Status.RUNNING and self.sim.core is not None
 
-    # ------------------------------------------------------------------ trust and ranking
+    # ------------------------------------------------------------------ discovery
 
-    def trust_view(self, now: float) -> dict[str, float]:
-        """The trust this node routes by, in [0, 1]: the runtime's rule (personalised
-        EigenTrust over the ledger, pre-trusted = this node and the peers it rates at
-        least :data:`~crdt.INITIAL_TRUST`, blended ``w × direct + (1 − w) × global`` with
-        ``w`` = ``direct_trust_weight``) and its reuse rule (:data:`TRUST_REFRESH_S`,
-        :data:`TRUST_MAX_AGE_S`)."""
-        core = self.sim.core
-        assert core is not None
-        direct = core.direct_experience()
-        pretrusted = frozenset(
-            {self.node_id, *(peer for peer, score in direct.items() if score >= INITIAL_TRUST)}
-        )
-        ledger = core.ledger
-        version = ledger.version
-        known = self._trust
-        if (
-            known is None
-            or known.pretrusted != pretrusted
-            or now - known.computed_at >= TRUST_MAX_AGE_S
-            or version - known.version != self._own_writes - known.own_writes
-            or (known.version != version and now - known.computed_at >= TRUST_REFRESH_S)
-        ):
-            scores = ledger.trust_scores(now, pretrusted)
-            known = _TrustCache(version, self._own_writes, now, pretrusted, scores)
-            self._trust = known
-            self.counters["trust_computations"] += 1
-        w = self.economy.config.direct_trust_weight
-        view = dict(known.scores)
-        for peer, score in direct.items():
-            view[peer] = w * score + (1 - w) * known.scores.get(peer, score)
-        view.pop(self.node_id, None)
-        return view
-
-    def rank(self, capability: str, now: float, trust: dict[str, float] | None = None) -> list[str]:
-        """The candidates for ``capability`` in the order this node would try them: live
-        members holding a manifest that offers it, ranked by the router from the trust
-        view, the advertised load and the open breakers (the runtime's discovery)."""
-        core = self.sim.core
-        assert core is not None
+    def rank(
+        self, capability: str, now: float, trust: Mapping[str, float] | None = None
+    ) -> list[str]:
+        """The candidates for ``capability`` in the order this node delegates to them:
+        what the runtime's discovery does for a name-only query (the members its core
+        holds alive with a manifest that offers it, scored by
+        :func:`meshnode.core.router.rank` from the core's trust view, the load they
+        advertise and the core's open breakers), then
+        :func:`meshnode.core.delegation.rank_candidates`."""
+        core = self.core
         membership = core.membership
         hits: list[tuple[_Entry, float]] = []
         load: dict[str, LoadInfo] = {}
@@ -420,280 +369,222 @@ class EconomyNode:
                 load[provider] = LoadInfo(member.load, manifest.max_concurrent_tasks)
         ranked = rank(
             hits,
-            trust=self.trust_view(now) if trust is None else trust,
+            trust=core.trust_view(now) if trust is None else trust,
             load=load,
-            open_circuits=self.breakers.open_nodes(now),
+            open_circuits=core.breakers.open_nodes(now),
             capability_name=capability,
             name_only=True,
             top_k=TOP_K,
             weights=self.economy.config.routing_weights,
         )
-        return [c.node_id for c in ranked]
+        chosen = rank_candidates(ranked, capability)
+        return [] if chosen is None else chosen[1]
 
     # ------------------------------------------------------------------ requester side
 
     def delegate(self, capability: str, task_input: Any, round_: int) -> None:
-        """Start one delegation of ``capability`` (the runtime's ``MeshNode.delegate``)."""
+        """Start one delegation of ``capability`` (what ``MeshNode.delegate`` does: rank,
+        then hand the ordered candidates to the core)."""
         economy = self.economy
         now = economy.cluster.now
         self.counters["delegations"] += 1
         candidates = self.rank(capability, now)
         if not candidates:
             self.counters["delegations_no_candidate"] += 1
-            economy.delegation_ended(self, None, capability, self.sends_bad_input, now)
+            economy.delegation_ended(self, None, None, self.sends_bad_input, now)
             return
-        self._next_task += 1
-        task_id = f"{self.sim.slot:x}-{self._next_task:x}"
-        deadline_ms = int(DELEGATION_DEADLINE_S * 1000)
-        core = RequesterCore(
-            self.node_id,
-            capability,
-            task_input,
-            candidates,
-            task_id=task_id,
-            verifier=economy.cluster.verifier,
-            deadline_s=DELEGATION_DEADLINE_S,
-            trace_id=task_id,
-            allow=self.breakers.allow,
-            attempt_deadline_ms=max(1, int(deadline_ms / COUNTER_ACCEPT_RATIO)),
-            counter_ratio=COUNTER_ACCEPT_RATIO,
-            check_output=lambda result: self.evaluator.contract_violation(
-                self._capability_of(result.provider, capability), result.output
-            ),
+        task_id = self.core.start_delegation(
+            capability, task_input, candidates, now, deadline_s=DELEGATION_DEADLINE_S
         )
-        delegation = _Delegation(core, capability, task_input, self.sends_bad_input, round_, now)
-        self.delegations[task_id] = delegation
+        self.delegations[task_id] = _Delegation(capability, self.sends_bad_input, round_, now)
         economy.live += 1
-        self._apply(delegation, core.start(now))
+        economy.cluster.dispatch(self.sim)
 
-    def _capability_of(self, provider: str, name: str) -> Capability | None:
-        core = self.sim.core
-        manifest = None if core is None else core.manifests.get(provider)
-        return manifest.capability(name) if manifest is not None else None
+    # ------------------------------------------------------------------ core effects
 
-    def _apply(self, delegation: _Delegation, effects: list[RequesterEffect]) -> None:
+    def carry_out(self, effects: Sequence[object]) -> None:
+        """Carry out the task effects of one drain of the core, in order. Consecutive
+        messages to one peer travel in one frame (the runtime batches a loop round)."""
+        batch: list[Message] = []
+        batch_to: str | None = None
+        for effect in effects:
+            if isinstance(effect, SendTask):
+                if batch and effect.node != batch_to:
+                    self._send(batch_to, batch)
+                    batch = []
+                batch_to = effect.node
+                batch.append(effect.message)
+                if isinstance(effect.message, TaskRequest):
+                    self._routed(effect.node, effect.task_id)
+                continue
+            if batch:
+                self._send(batch_to, batch)
+                batch, batch_to = [], None
+            if isinstance(effect, RunHandler):
+                self._run_handler(effect)
+            elif isinstance(effect, StopHandler):
+                if self._handlers.pop((effect.requester, effect.task_id), None) is not None:
+                    self.counters["handlers_stopped"] += 1
+            elif isinstance(effect, CheckPeer):
+                self._check_peer(effect.node)
+            elif isinstance(effect, DelegationFinished):
+                self._finished(effect)
+        if batch:
+            self._send(batch_to, batch)
+
+    def _routed(self, provider: str, task_id: str) -> None:
+        delegation = self.delegations.get(task_id)
+        if delegation is not None:
+            self.economy.routed(self, provider, delegation)
+
+    def _finished(self, finished: DelegationFinished) -> None:
         economy = self.economy
         now = economy.cluster.now
-        for effect in effects:
-            if isinstance(effect, SendRequest):
-                economy.routed(self, effect.node, delegation)
-                self._send(effect.node, (effect.request,))
-            elif isinstance(effect, SendConfirm):
-                self._send(effect.node, (effect.confirm,))
-            elif isinstance(effect, SendCancel):
-                self._send(effect.node, (effect.cancel,))
-            elif isinstance(effect, AttemptEnded):
-                self._attempt_ended(delegation, effect.attempt.node, effect.attempt.verdict, now)
-                self.counters[f"attempt_{effect.attempt.outcome.value}"] += 1
-                if effect.attempt.outcome is AttemptOutcome.REJECTED:
-                    code = reject_code(effect.attempt.detail)
-                    if code is RejectCode.INVALID_INPUT:
-                        self.counters["rejected_invalid_input"] += 1
-            elif isinstance(effect, Done):
-                self._score(delegation, effect, now)
-            elif isinstance(effect, Failed):
-                self._finished(delegation, effect, now)
-        self._arm_delegation(delegation)
-
-    def _attempt_ended(
-        self, delegation: _Delegation, node: str, verdict: TaskVerdict | None, now: float
-    ) -> None:
-        """The runtime's rule: a failure moves the breaker and scores 0; a refusal, a
-        declined counter or our cancellation only hands a half-open probe back; a success
-        is scored once the result is evaluated."""
-        if verdict is None or verdict is TaskVerdict.SUCCESS:
+        delegation = self.delegations.pop(finished.task_id, None)
+        if delegation is None:
             return
-        self._breaker(node, verdict, now)
-        if verdict is TaskVerdict.FAILURE:
-            self._opinion(delegation, node, 0.0)
+        outcome = finished.outcome
+        breakers = self.core.breakers
+        for attempt in outcome.attempts:
+            self.counters[f"attempt_{attempt.outcome.value}"] += 1
+            if (
+                attempt.outcome is AttemptOutcome.REJECTED
+                and reject_code(attempt.detail) is RejectCode.INVALID_INPUT
+            ):
+                self.counters["rejected_invalid_input"] += 1
+            consequence = attempt_consequence(attempt)
+            if consequence.quality is not None:
+                economy.opinion_recorded(self, attempt.node, consequence.quality, delegation)
+            self._watch_breaker(breakers, attempt.node, now)
+        if isinstance(outcome, Done) and finished.evaluation is not None:
+            quality = result_consequence(finished.evaluation).quality
+            assert quality is not None
+            economy.opinion_recorded(self, outcome.provider, quality, delegation)
+            self._watch_breaker(breakers, outcome.provider, now)
+        quality_seen = finished.evaluation.quality if finished.evaluation is not None else None
+        economy.delegation_ended(self, outcome, quality_seen, delegation.bad_input, now)
 
-    def _score(self, delegation: _Delegation, done: Done, now: float) -> None:
-        cap = self._capability_of(done.provider, delegation.capability)
-        delivered = bool(done.attempts) and done.attempts[-1].outcome is AttemptOutcome.DELIVERED
-        evaluation = self.evaluator.evaluate(
-            cap or delegation.capability,
-            delegation.task_input,
-            done.result,
-            output_checked=delivered,
-        )
-        verdict = TaskVerdict.SUCCESS if evaluation.success else TaskVerdict.FAILURE
-        self._breaker(done.provider, verdict, now)
-        self._opinion(delegation, done.provider, evaluation.quality)
-        self._finished(delegation, done, now, quality=evaluation.quality)
-
-    def _breaker(self, node: str, verdict: TaskVerdict, now: float) -> None:
-        board = self.breakers
-        before = board.state(node, now)
-        after = board.record(node, verdict, now)
-        if before is BreakerState.CLOSED and after is not BreakerState.CLOSED:
+    def _watch_breaker(self, breakers: BreakerBoard, peer: str, now: float) -> None:
+        """Count the openings, closings and flaps of ``peer``'s breaker, as the core left it."""
+        opened_at = breakers.snapshot(now).get(peer)
+        current = None if opened_at is None else opened_at.opened_at
+        last = self._opened_at.get(peer)
+        if current is not None and current != last:
             self.counters["breaker_opened"] += 1
-            if node in self._closed_after_open:
+            if peer in self._closed_after_open:
                 self.counters["breaker_flaps"] += 1
-            self._ever_opened.add(node)
-        elif before is not BreakerState.CLOSED and after is BreakerState.CLOSED:
+        elif current is None and last is not None:
             self.counters["breaker_closed"] += 1
-            self._closed_after_open.add(node)
-        elif before is BreakerState.HALF_OPEN and after is BreakerState.OPEN:
-            self.counters["breaker_reopened"] += 1
+            self._closed_after_open.add(peer)
+        self._opened_at[peer] = current
 
-    def _opinion(self, delegation: _Delegation, subject: str, quality: float) -> None:
-        """Fold one scored outcome into our signed, gossiped opinion of ``subject``."""
-        economy = self.economy
-        core = self.sim.core
-        if core is None or subject == self.node_id:
-            return
-        before = core.ledger.version
-        economy.cluster.record_outcome(self.sim, economy.node_by_id(subject).sim, quality)
-        self._own_writes += core.ledger.version - before
-        self.counters["opinions"] += 1
-        economy.opinion_recorded(self, subject, quality, delegation)
-
-    def _finished(
-        self,
-        delegation: _Delegation,
-        outcome: Done | Failed,
-        now: float,
-        quality: float | None = None,
-    ) -> None:
-        self.delegations.pop(delegation.core.task_id, None)
-        self.economy.delegation_ended(
-            self, outcome, delegation.capability, delegation.bad_input, now, quality
+    def _check_peer(self, peer: str) -> None:
+        """Membership says ``peer`` is dead while tasks with it are live: ask the channel.
+        The peer fails only if its process cannot answer within ``task_liveness_timeout``."""
+        cluster = self.economy.cluster
+        slot = cluster.by_id.get(peer)
+        alive = (
+            slot is not None
+            and cluster.nodes[slot].up
+            and cluster.network.reachable(self.sim.slot, slot)
+            and cluster.network.reachable(slot, self.sim.slot)
         )
+        if not alive:
+            cluster.engine.after(
+                self.economy.config.task_liveness_timeout, self._peer_failed, self.sim.life, peer
+            )
 
-    def _arm_delegation(self, delegation: _Delegation) -> None:
-        deadline = delegation.core.next_deadline()
-        if deadline is None:
+    def _peer_failed(self, life: int, peer: str) -> None:
+        if life != self.sim.life or not self.up:
             return
-        delegation.tick_gen += 1
-        self.economy.cluster.engine.at(
-            deadline, self._delegation_tick, delegation, delegation.tick_gen
-        )
-
-    def _delegation_tick(self, delegation: _Delegation, gen: int) -> None:
-        if gen != delegation.tick_gen or delegation.core.finished or not self.up:
-            return
-        self._apply(delegation, delegation.core.tick(self.economy.cluster.now))
+        self.core.peer_failed(peer, "no answer on the task channel", self.economy.cluster.now)
+        self.economy.cluster.dispatch(self.sim)
 
     # ------------------------------------------------------------------ messages
 
-    def _send(self, node: str, messages: tuple[Message, ...]) -> None:
+    def _send(self, node: str | None, messages: list[Message]) -> None:
+        assert node is not None
         self.counters["task_messages_sent"] += len(messages)
         self.economy.cluster.task_send(
-            self.sim, node, messages, self.economy.on_arrive, self.economy.on_broken
+            self.sim, node, tuple(messages), self.economy.on_arrive, self.economy.on_broken
         )
 
     def receive(self, sender: str, messages: tuple[Message, ...]) -> None:
-        """Task messages from ``sender`` arrived on a channel."""
+        """Task messages from ``sender`` arrived on a channel: into the core, in order (a
+        silent provider reads nothing but the answers to its own delegations)."""
+        core = self.core
         now = self.economy.cluster.now
         for message in messages:
-            if isinstance(message, TaskResponse | TaskResult):
-                delegation = self.delegations.get(message.task_id)
-                if delegation is None:
-                    continue
-                core = delegation.core
-                if isinstance(message, TaskResponse):
-                    effects = core.on_response(sender, message, now)
-                else:
-                    effects = core.on_result(sender, message, now)
-                self._apply(delegation, effects)
-            elif self.behaviour.silent:
+            if self.behaviour.silent and not isinstance(message, TaskResponse | TaskResult):
                 self.counters["task_messages_ignored"] += 1
-            elif isinstance(message, TaskRequest):
-                self._on_request(sender, message, now)
-            elif isinstance(message, TaskConfirm):
-                response = self.provider.on_confirm(sender, message, now)
-                if response is not None:
-                    self._send(sender, (response,))
-            elif isinstance(message, TaskCancel):
-                if self.provider.on_cancel(sender, message, now) is CancelOutcome.STOP_HANDLER:
-                    self.counters["handlers_stopped"] += 1
-        self._provider_changed(now)
+                continue
+            core.task_message(sender, message, now)
+        self.economy.cluster.dispatch(self.sim)
 
     def channel_broken(self, peer: str) -> None:
-        """The channel to ``peer`` broke: fail the delegations waiting on it."""
-        now = self.economy.cluster.now
-        for task_id in sorted(self.delegations):
-            delegation = self.delegations.get(task_id)
-            if delegation is not None and delegation.core.current_node == peer:
-                self._apply(delegation, delegation.core.on_peer_failed(peer, "channel lost", now))
+        """The channel to ``peer`` broke (refused, timed out, or the peer went away)."""
+        self.core.peer_failed(peer, "task channel lost", self.economy.cluster.now)
+        self.economy.cluster.dispatch(self.sim)
 
     # ------------------------------------------------------------------ provider side
 
-    def _on_request(self, sender: str, request: TaskRequest, now: float) -> None:
-        decision = self.provider.on_request(sender, request, now)
-        if decision.start is not None:
-            self._run_handler(decision.start, now)
-        messages: tuple[Message, ...] = (decision.response,)
-        if decision.result is not None:
-            messages += (decision.result,)
-        self._send(sender, messages)
-
-    def _run_handler(self, start: StartTask, now: float) -> None:
+    def _run_handler(self, run: RunHandler) -> None:
+        """A simulated handler of this node's kind: a latency, then an answer."""
         behaviour = self.behaviour
         rng = self.rng
         latency = lognormal_latency(rng, behaviour.latency_mean_s, behaviour.latency_sigma)
         draw = rng.random()
-        ok, output, error = True, None, ""
-        task_input = start.request.input
+        output: Any = None
+        error: str | None = None
         if draw < behaviour.fail:
-            ok, error = False, "handler failed"
+            error = "handler failed"
         elif draw < behaviour.fail + behaviour.garbage:
             output = {"garbage": "x" * 16}
         else:
-            answer = expected_answer(task_input)
+            answer = expected_answer(run.input)
             if draw < behaviour.fail + behaviour.garbage + behaviour.wrong:
                 answer += 1
             output = {"answer": answer}
+        self._next_handler += 1
+        token = self._next_handler
+        self._handlers[(run.requester, run.task_id)] = token
         self.counters["handlers_started"] += 1
-        self.economy.cluster.engine.at(
-            now + latency,
+        self.economy.cluster.engine.after(
+            latency,
             self._handler_done,
             self.sim.life,
-            start.request.task_id,
-            start.requester,
-            ok,
+            token,
+            run.requester,
+            run.task_id,
             output,
             error,
         )
 
     def _handler_done(
-        self, life: int, task_id: str, requester: str, ok: bool, output: Any, error: str
+        self,
+        life: int,
+        token: int,
+        requester: str,
+        task_id: str,
+        output: Any,
+        error: str | None,
     ) -> None:
         if life != self.sim.life or not self.up:
             return
+        if self._handlers.get((requester, task_id)) != token:
+            return  # stopped (cancelled, or its deadline passed)
+        del self._handlers[(requester, task_id)]
         now = self.economy.cluster.now
-        result = self.provider.complete(task_id, ok, output, error, now)
-        if result is not None:
-            self._send(requester, (result,))
-        self._provider_changed(now)
-
-    def _provider_changed(self, now: float) -> None:
-        """After any provider input: start what may start, arm the deadline timer and
-        advertise the load."""
-        for start in self.provider.start_ready(now):
-            self._run_handler(start, now)
-        core = self.sim.core
-        if core is not None:
-            core.membership.set_load(self.provider.in_flight)
-        deadline = self.provider.next_deadline()
-        if deadline is not None and deadline < self._provider_tick_at:
-            self._provider_gen += 1
-            self._provider_tick_at = deadline
-            self.economy.cluster.engine.at(deadline, self._provider_tick, self._provider_gen)
-
-    def _provider_tick(self, gen: int) -> None:
-        if gen != self._provider_gen or not self.up:
-            return
-        self._provider_tick_at = math.inf
-        now = self.economy.cluster.now
-        for event in self.provider.tick(now):
-            self._send(event.requester, (event.result,))
-        self._provider_changed(now)
+        self.core.handler_done(requester, task_id, now, output=output, error=error)
+        self.economy.cluster.dispatch(self.sim)
 
     def counters_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.sim.name, "kind": self.kind}
         out.update(sorted(self.counters.items()))
-        out.update(sorted((f"provider_{k}", v) for k, v in self.provider.counts.items()))
+        core = self.sim.core
+        if core is not None:
+            out.update(sorted((f"provider_{k}", v) for k, v in core.provider.counts.items()))
+            out.update(sorted(core.task_counters.items()))
         return out
 
 
@@ -715,7 +606,11 @@ class Economy:
     """The task workload over a running cluster, and its judge."""
 
     def __init__(
-        self, cluster: Cluster, nodes: Sequence[SimNode], seeds: Sequence[SimNode], plan: EconomyPlan
+        self,
+        cluster: Cluster,
+        nodes: Sequence[SimNode],
+        seeds: Sequence[SimNode],
+        plan: EconomyPlan,
     ) -> None:
         self.cluster = cluster
         self.config: NodeConfig = cluster.config
@@ -748,6 +643,7 @@ class Economy:
         ]
         self._by_id = {e.node_id: e for e in self.nodes}
         self._by_slot = {e.sim.slot: e for e in self.nodes}
+        cluster.task_shell = self._task_shell
         self.offering: dict[str, list[str]] = {c.name: [] for c in CAPABILITIES}
         for e in self.nodes:
             for capability in e.sim.capabilities:
@@ -786,6 +682,11 @@ class Economy:
         return "unknown" if node is None else node.kind
 
     # ------------------------------------------------------------------ channel callbacks
+
+    def _task_shell(self, sim: SimNode, effects: list[object]) -> None:
+        node = self._by_slot.get(sim.slot)
+        if node is not None:
+            node.carry_out(effects)
 
     def on_arrive(self, dst: SimNode, sender: str, messages: tuple[Message, ...]) -> None:
         node = self._by_slot.get(dst.slot)
@@ -839,9 +740,6 @@ class Economy:
     def finished_starting(self) -> bool:
         return self.started >= self.plan.delegations
 
-    def in_flight(self) -> int:
-        return sum(len(e.delegations) for e in self.nodes)
-
     # ------------------------------------------------------------------ measurement hooks
 
     def routed(self, requester: EconomyNode, provider: str, delegation: _Delegation) -> None:
@@ -878,10 +776,9 @@ class Economy:
         self,
         requester: EconomyNode,
         outcome: Done | Failed | None,
-        capability: str,
+        quality: float | None,
         bad_input: bool,
         now: float,
-        quality: float | None = None,
     ) -> None:
         outcomes = self.outcomes
         if outcome is not None:
@@ -891,8 +788,7 @@ class Economy:
         elif isinstance(outcome, Done):
             outcomes["done"] += 1
             self.durations.append(outcome.elapsed_s)
-            kind = self.kind_of(outcome.provider)
-            self.done_by_kind[kind] += 1
+            self.done_by_kind[self.kind_of(outcome.provider)] += 1
             if quality is not None and quality >= 0.5:
                 outcomes["done_good"] += 1
             else:
@@ -919,7 +815,7 @@ class Economy:
             if not requester.up:
                 continue
             checked += 1
-            trust = requester.trust_view(now)
+            trust = requester.core.trust_view(now)
             sybil_trust.append(sum(trust.get(s, DEFAULT_TRUST) for s in sybils))
             if self._ranks_honest_first(requester, now, trust):
                 converged += 1
@@ -950,7 +846,7 @@ class Economy:
             self.convergence_time = now - self.start_time
 
     def _ranks_honest_first(
-        self, requester: EconomyNode, now: float, trust: dict[str, float]
+        self, requester: EconomyNode, now: float, trust: Mapping[str, float]
     ) -> bool:
         for capability in CAPABILITY_NAMES:
             ranked = requester.rank(capability, now, trust)
@@ -971,8 +867,7 @@ class Economy:
     def _known_honest(self, requester: EconomyNode, capability: str) -> list[str]:
         """The honest providers of ``capability`` that ``requester`` could rank: alive
         members whose manifest it holds."""
-        core = requester.sim.core
-        assert core is not None
+        core = requester.core
         known: list[str] = []
         for provider in self.offering[capability]:
             if provider == requester.node_id or self.kind_of(provider) != "honest":
@@ -990,7 +885,7 @@ class Economy:
         """Whether ``requester`` now ranks every known honest provider of every capability
         above every always-bad one (the judge's criterion, for tests)."""
         now = self.cluster.now
-        return self._ranks_honest_first(requester, now, requester.trust_view(now))
+        return self._ranks_honest_first(requester, now, requester.core.trust_view(now))
 
     # ------------------------------------------------------------------ report
 
@@ -1002,7 +897,9 @@ class Economy:
         for e in self.nodes:
             totals.update(e.counters)
             per_kind[e.kind].update(e.counters)
-            per_kind[e.kind].update({f"provider_{k}": v for k, v in e.provider.counts.items()})
+            if e.sim.core is not None:
+                counts = e.sim.core.provider.counts
+                per_kind[e.kind].update({f"provider_{k}": v for k, v in counts.items()})
         sybils = [e.node_id for e in self.nodes if e.kind == "sybil"]
         final_sybil = self.series[-1]["sybil_ring_trust_mean"] if self.series else None
         requests_total = sum(self.requests_by_kind.values())
@@ -1028,7 +925,9 @@ class Economy:
             "rounds": self.round,
             "trust_convergence": {
                 "round": self.convergence_round,
-                "seconds": None if self.convergence_time is None else round(self.convergence_time, 6),
+                "seconds": None
+                if self.convergence_time is None
+                else round(self.convergence_time, 6),
                 "criterion": f"{CONVERGENCE_SHARE:.0%} of the judged requesters rank, for "
                 "every capability, an honest provider first and every honest provider with "
                 "trust above 0 in their view above every always-bad provider",
@@ -1072,7 +971,9 @@ class Economy:
                 "clients": sum(1 for e in self.requesters if e.sends_bad_input),
                 "delegations": self.bad_input["delegations"],
                 "requests": self.bad_input["requests"],
-                "rejected_invalid_input": sum(e.counters["rejected_invalid_input"] for e in self.nodes),
+                "rejected_invalid_input": sum(
+                    e.counters["rejected_invalid_input"] for e in self.nodes
+                ),
                 "opinions": self.bad_input["opinions"],
                 "opinions_below_initial": self.bad_input["opinions_below_initial"],
                 "honest_providers_lowered": self.bad_input["honest_providers_lowered"],
@@ -1120,9 +1021,7 @@ def simulate(spec: Spec, progress: Progress | None = None) -> tuple[Outcome, Eco
     requesters = max(1, len(economy.requesters))
     expected = spec.delegations / (requesters * spec.delegation_rate)
     limit = cluster.now + 3.0 * expected + DRAIN_S + 60.0
-    run.run_until(
-        limit, "economy", stop=lambda: economy.finished_starting and economy.live == 0
-    )
+    run.run_until(limit, "economy", stop=lambda: economy.finished_starting and economy.live == 0)
     economy.checkpoint()
     results = economy.results()
     converged = results["trust_convergence"]["round"]

@@ -96,7 +96,9 @@ def plot_economy(curve: dict[str, Any], path: str | Path) -> None:
     )
     converged = curve.get("convergence_round")
     if converged is not None:
-        ax.axvline(converged, color="green", linestyle=":", label=f"trust converged (round {converged})")
+        ax.axvline(
+            converged, color="green", linestyle=":", label=f"trust converged (round {converged})"
+        )
     ax.set_xlabel("round (one delegation per requester)")
     ax.set_ylabel("share")
     ax.set_ylim(0.0, 1.02)
