@@ -274,9 +274,11 @@ class Cluster:
         """Carries out a host's task effects (``SendTask``, ``RunHandler``, ``StopHandler``,
         ``CheckPeer``, ``DelegationFinished``), in order, after each drain of its core;
         None: they are dropped (a mesh with no task workload)."""
-        self._task_channels: dict[tuple[int, int, int, int], float] = {}
-        """(src slot, src life, dst slot, dst life) -> arrival time of the last message sent
-        on that task channel (messages never overtake one another)."""
+        self._task_channels: dict[tuple[int, int, int, int], tuple[int, float]] = {}
+        """(src slot, src life, dst slot, dst life) -> (connection number, arrival time of
+        the last message sent on it): messages never overtake one another, and a broken
+        connection loses everything still on its way."""
+        self._task_connections = 0
 
     def _clock(self) -> float:
         return self.engine.now
@@ -1029,17 +1031,19 @@ class Cluster:
         """Send ``messages`` from ``src`` to node ``dst_id`` over a task channel: a
         reliable, ordered stream (a pooled WebSocket in the runtime) with the network's
         latency and TCP retransmission. They arrive together at ``on_arrive(dst, sender,
-        messages)``, never before anything ``src`` sent earlier to the same process.
+        messages)``, never before anything ``src`` sent earlier on the same connection.
 
         The channel breaks as a TCP connection does: when the destination is unknown,
         unreachable or down (``on_broken(src, dst_id)`` after a reset's round trip or the
-        ``tcp_timeout``), or when it crashes or is partitioned away while the messages are
-        on their way (they are lost, and ``src`` hears of it one leg later). A paused
-        destination receives them when it resumes. Returns False when the channel is
-        already known to be broken at sending."""
+        ``tcp_timeout``), when a message would take longer than ``tcp_timeout`` to get
+        through, or when the destination crashes or is partitioned away while messages are
+        on their way. A broken connection loses every message still on it, and ``src``
+        hears of each loss; the next send opens a new connection. A paused destination
+        receives its messages when it resumes. Returns False when the channel is known to
+        be broken at sending."""
         now = self.engine.now
-        slot = self.by_id.get(dst_id)
         timeout = self.config.tcp_timeout
+        slot = self.by_id.get(dst_id)
         if slot is None:
             self.engine.at(now + timeout, self._task_broken, src, src.life, dst_id, on_broken)
             return False
@@ -1055,49 +1059,54 @@ class Cluster:
             rtt = network.delay(src.slot, slot) + network.delay(slot, src.slot)
             self.engine.at(now + rtt, self._task_broken, src, src.life, dst_id, on_broken)
             return False
-        last = self._task_channels.get(key)
+        channel = self._task_channels.get(key)
         delay = network.tcp_leg(src.slot, slot)
-        if last is None:  # a new connection: its handshake first
+        if channel is None:  # a new connection: its handshake first
+            self._task_connections += 1
+            channel = (self._task_connections, now)
             delay += network.tcp_connect(src.slot, slot)
-        arrival = max(now + delay, last if last is not None else 0.0)
+        connection, last = channel
+        arrival = max(now + delay, last)
         if not math.isfinite(arrival) or arrival - now > timeout:
-            self._task_channels.pop(key, None)
+            self._task_channels.pop(key, None)  # what is still on its way is lost
             self.engine.at(now + timeout, self._task_broken, src, src.life, dst_id, on_broken)
             return False
-        self._task_channels[key] = arrival
+        self._task_channels[key] = (connection, arrival)
         self.engine.at(
-            arrival,
-            self._task_arrive,
-            src,
-            src.life,
-            dst,
-            dst.life,
-            messages,
-            on_arrive,
-            on_broken,
+            arrival, self._task_arrive, key, connection, src, dst, messages, on_arrive, on_broken
         )
         return True
 
     def _task_arrive(
         self,
+        key: tuple[int, int, int, int],
+        connection: int,
         src: SimNode,
-        src_life: int,
         dst: SimNode,
-        dst_life: int,
         messages: tuple[Message, ...],
         on_arrive: Callable[[SimNode, str, tuple[Message, ...]], None],
         on_broken: Callable[[SimNode, str], None],
     ) -> None:
-        if dst.status is Status.PAUSED and dst.life == dst_life:
+        src_life, dst_life = key[1], key[3]
+        channel = self._task_channels.get(key)
+        lost = (
+            channel is None
+            or channel[0] != connection
+            or dst.life != dst_life
+            or not dst.up
+            or not self.network.reachable(src.slot, dst.slot)
+        )
+        if not lost and dst.status is Status.PAUSED:
             dst.backlog.append(
                 (
                     self._task_arrive,
-                    (src, src_life, dst, dst_life, messages, on_arrive, on_broken),
+                    (key, connection, src, dst, messages, on_arrive, on_broken),
                 )
             )
             return
-        if dst.life != dst_life or not dst.up or not self.network.reachable(src.slot, dst.slot):
-            self._task_channels.pop((src.slot, src_life, dst.slot, dst_life), None)
+        if lost:
+            if channel is not None and channel[0] == connection:
+                del self._task_channels[key]
             back = self.network.delay(dst.slot, src.slot)
             self.engine.at(
                 self.engine.now + back, self._task_broken, src, src_life, dst.node_id, on_broken

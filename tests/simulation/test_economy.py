@@ -40,7 +40,10 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from meshnode.core.config import NodeConfig
+from protocol import TaskCancel
 from simulations.cli import parse_args, spec_from_args
+from simulations.cluster import Cluster, SimNode
 from simulations.economy import (
     BAD_KINDS,
     DELEGATION_DEADLINE_S,
@@ -49,6 +52,7 @@ from simulations.economy import (
     expected_answer,
     simulate,
 )
+from simulations.network import LinkModel
 from simulations.scenarios import Outcome, Spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -368,3 +372,86 @@ def test_a_sybil_ring_gets_no_tasks_once_trust_has_formed(case: dict[str, Any]) 
         f"the ring of {sybils} got {to_sybil} of the {requests} requests sent after round "
         f"{FORMED_ROUND}; ring trust {outcome.results['sybil_ring']['trust_mean_final']}"
     )
+
+
+# ---------------------------------------------------------------------------- task channel
+
+
+def _two_nodes(loss: float = 0.0) -> tuple[Cluster, SimNode, SimNode]:
+    link = LinkModel(min_latency=0.001, mean_latency=0.003, loss=loss)
+    cluster = Cluster(seed=5, config=NodeConfig.local(), link=link, strict=True)
+    a, b = cluster.add_node(), cluster.add_node()
+    cluster.start(a, [a])
+    cluster.start(b, [a])
+    cluster.run_until(5.0, stop=lambda: cluster.tracker.converged)
+    return cluster, a, b
+
+
+def _cancel(i: int) -> TaskCancel:
+    return TaskCancel(f"t{i}", "test")
+
+
+@pytest.mark.parametrize("loss", [0.0, 0.2])
+def test_task_channel_delivers_in_order(loss: float) -> None:
+    """Fifty frames sent back to back: each arrives once or its channel is reported
+    broken (a handshake or a segment retransmitted past the TCP timeout), and those that
+    arrive do so in the order sent (later frames wait for earlier ones). Without loss all
+    arrive."""
+    cluster, a, b = _two_nodes(loss)
+    got: list[str] = []
+    broken: list[str] = []
+    start = cluster.now
+    for i in range(50):
+        cluster.task_send(
+            a,
+            b.node_id,
+            (_cancel(i),),
+            lambda dst, sender, msgs: got.extend(m.task_id for m in msgs),  # type: ignore[attr-defined]
+            lambda src, peer: broken.append(peer),
+        )
+    cluster.run_until(start + 30.0)
+    order = [int(task_id[1:]) for task_id in got]
+    assert order == sorted(order)
+    assert len(got) + len(broken) == 50
+    if loss == 0.0:
+        assert len(got) == 50
+    else:
+        assert len(got) >= 40
+
+
+@pytest.mark.parametrize("fault", ["crash_before", "crash_in_flight", "partition", "unknown"])
+def test_task_channel_breaks_like_a_connection(fault: str) -> None:
+    """A channel to a crashed, unreachable or unknown node delivers nothing and tells the
+    sender, once, within the TCP timeout."""
+    cluster, a, b = _two_nodes()
+    got: list[object] = []
+    broken: list[str] = []
+    target = "not-a-member" if fault == "unknown" else b.node_id
+    if fault == "crash_before":
+        cluster.crash(b)
+    if fault == "partition":
+        cluster.partition([[a], [b]])
+    start = cluster.now
+    cluster.task_send(
+        a, target, (_cancel(1),), lambda *args: got.append(args), lambda s, p: broken.append(p)
+    )
+    if fault == "crash_in_flight":
+        cluster.crash(b)
+    cluster.run_until(start + cluster.config.tcp_timeout + 1.0)
+    assert got == []
+    assert broken == [target]
+
+
+def test_task_channel_waits_for_a_paused_node() -> None:
+    """Frames for a stalled process wait for it and arrive when it resumes."""
+    cluster, a, b = _two_nodes()
+    got: list[float] = []
+    cluster.pause(b)
+    start = cluster.now
+    cluster.task_send(
+        a, b.node_id, (_cancel(1),), lambda *args: got.append(cluster.now), lambda s, p: None
+    )
+    cluster.run_until(start + 3.0)
+    assert got == []
+    cluster.resume(b)
+    assert len(got) == 1 and got[0] >= start + 3.0
