@@ -1,6 +1,8 @@
 """meshnode's sans-I/O cores: configuration, SWIM membership with Lifeguard, suspicion
-timers, local health and the broadcast queue. Nothing here touches a socket, a clock, a
-thread or global randomness: time, randomness and signatures are passed in."""
+timers, local health, the broadcast queue, manifests and the ledger (MeshCore), task
+negotiation, trust, and :class:`NodeCore`, the one core per node that both shells drive.
+Nothing here touches a socket, a clock, a thread or global randomness: time, randomness
+and signatures are passed in."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from meshnode.core.effects import (
     StartPushPull,
 )
 from meshnode.core.membership import Member, Membership, MemberState
+from meshnode.core.node import NodeCore
 
 __all__ = [
     "Deliver",
@@ -24,6 +27,7 @@ __all__ = [
     "MemberState",
     "Membership",
     "NodeConfig",
+    "NodeCore",
     "SendPacket",
     "StartPushPull",
 ]

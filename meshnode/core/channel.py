@@ -35,6 +35,13 @@ A handshake that is not complete by ``handshake_deadline`` (the runtime arms a t
 the configured timeout) has failed: :meth:`ChannelCore.expired` says so and the runtime
 closes the socket.
 
+Admission of task sockets (:func:`connection_refusal`, :func:`per_peer_refused`) is
+decided here too, from counts the shell keeps: ``NodeConfig.task_max_connections`` open
+sockets in all, ``task_max_unauthenticated`` still in their handshake (at most
+``task_max_unauthenticated_per_address`` from one address), ``task_max_connections_per_address``
+from one remote address, and ``task_max_connections_per_peer`` authenticated channels
+per peer id.
+
 Nothing here reads a clock or touches a socket: nonces come in from the caller (the
 runtime draws them from the operating system's random source), and every decision comes
 back as a :class:`Received` value.
@@ -48,6 +55,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from meshnode.core.config import NodeConfig
 from protocol.messages import ChannelAuth, ChannelFrame, ChannelHello, Message
 
 NONCE_BYTES = 32
@@ -269,3 +277,32 @@ class ChannelCore:
     def __repr__(self) -> str:
         role = "opener" if self.opener else "listener"
         return f"<ChannelCore {role} {self.phase.value} sent={self._sent} got={self._received}>"
+
+
+def connection_refusal(
+    config: NodeConfig,
+    *,
+    open_total: int,
+    handshaking: int,
+    handshaking_from_address: int,
+    open_from_address: int,
+) -> str | None:
+    """Why a new task socket from an address must be refused (None: accept it), given the
+    sockets open now: in all, still in their handshake (in all and from that address), and
+    from that address. The reasons, checked in this order: ``total``, ``unauthenticated``,
+    ``unauthenticated_per_address``, ``per_address``."""
+    if open_total >= config.task_max_connections:
+        return "total"
+    if handshaking >= config.task_max_unauthenticated:
+        return "unauthenticated"
+    if handshaking_from_address >= config.task_max_unauthenticated_per_address:
+        return "unauthenticated_per_address"
+    if open_from_address >= config.task_max_connections_per_address:
+        return "per_address"
+    return None
+
+
+def per_peer_refused(config: NodeConfig, others: int) -> bool:
+    """Whether a channel whose handshake just named a peer that already has ``others``
+    usable channels must be closed (``task_max_connections_per_peer``)."""
+    return others >= config.task_max_connections_per_peer

@@ -14,7 +14,9 @@ Both shells — the asyncio runtime (:mod:`meshnode.runtime`) and the simulator
   keyed by task id;
 * the :class:`~meshnode.core.breaker.BreakerBoard` and the
   :class:`~meshnode.core.evaluator.OutputEvaluator`;
-* the delegation policy (:mod:`meshnode.core.delegation`: rank order, deadline
+* routing (:meth:`NodeCore.route`: which indexed capabilities are candidates, ranked by
+  :func:`meshnode.core.router.rank` with our trust view, loads and open circuits) and
+  the delegation policy (:mod:`meshnode.core.delegation`: rank order, deadline
   inheritance, attempt deadline and counter ratio, outcome → breaker → opinion), restore
   after a restart (:meth:`NodeCore.restore`), and the cap on delegations in flight
   (:data:`MAX_DELEGATIONS_IN_FLIGHT`; the provider's slots are
@@ -87,11 +89,18 @@ from meshnode.core.effects import (
     StopHandler,
 )
 from meshnode.core.evaluator import Evaluation, OutputEvaluator
-from meshnode.core.member import Member, MemberRumor
+from meshnode.core.member import Member, MemberRumor, MemberState
 from meshnode.core.membership import Membership
 from meshnode.core.mesh import MeshCore
 from meshnode.core.provider import CancelOutcome, ProviderCore
 from meshnode.core.requester import RequesterCore
+from meshnode.core.router import (
+    DEFAULT_TOP_K,
+    LoadInfo,
+    RoutableEntry,
+    ScoredCandidate,
+    rank,
+)
 from meshnode.core.trust import TrustPolicy
 from protocol import (
     Capability,
@@ -249,6 +258,11 @@ class NodeCore:
     def waiting_on(self, peer: str) -> bool:
         """Is one of our delegations negotiating with ``peer`` or waiting for its result?"""
         return any(d.core.current_node == peer for d in self._delegations.values())
+
+    def attempt_node(self, task_id: str) -> str | None:
+        """The peer delegation ``task_id`` is trying now (None if none, or not in flight)."""
+        d = self._delegations.get(task_id)
+        return None if d is None else d.core.current_node
 
     def delegation_deadline(self, task_id: str) -> float | None:
         """The overall deadline of delegation ``task_id`` (None if it is not in flight)."""
@@ -659,6 +673,49 @@ class NodeCore:
                 self._apply(task_id, delegation, delegation.core.cancel(now, "node closing"), now)
         self.trust.sign(now)
         self._collect(now)
+
+    def route(
+        self,
+        hits: Iterable[tuple[RoutableEntry, float]],
+        now: float,
+        *,
+        min_trust: float = 0.0,
+        max_cost_usd: float | None = None,
+        max_latency_ms: float | None = None,
+        tags: Iterable[str] = (),
+        capability_name: str | None = None,
+        name_only: bool = False,
+        top_k: int = DEFAULT_TOP_K,
+    ) -> list[ScoredCandidate]:
+        """Rank the index's ``hits`` for a query: only members membership holds ALIVE (not
+        ourselves), with the load they advertised, our trust view and our open circuits
+        (see :func:`meshnode.core.router.rank`)."""
+        membership = self.mesh.membership
+        alive: list[tuple[RoutableEntry, float]] = []
+        load: dict[str, LoadInfo] = {}
+        for entry, similarity in hits:
+            node = entry.node_id
+            member = membership.member(node)
+            if node == self.node_id or member is None or member.state is not MemberState.ALIVE:
+                continue
+            alive.append((entry, similarity))
+            manifest = self.mesh.manifests.get(node)
+            if manifest is not None and member.load is not None:
+                load[node] = LoadInfo(member.load, manifest.max_concurrent_tasks)
+        return rank(
+            alive,
+            trust=self.trust.view(now),
+            load=load,
+            open_circuits=self.breakers.open_nodes(now),
+            min_trust=min_trust,
+            max_cost_usd=max_cost_usd,
+            max_latency_ms=max_latency_ms,
+            tags=tuple(tags),
+            capability_name=capability_name,
+            name_only=name_only,
+            top_k=top_k,
+            weights=self.config.routing_weights,
+        )
 
     def provider_capability(self, provider: str, name: str) -> Capability | None:
         """``provider``'s capability ``name`` from the manifest we hold, if any."""

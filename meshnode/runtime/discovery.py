@@ -32,8 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from meshnode.core.membership import MemberState
-from meshnode.core.router import LoadInfo, ScoredCandidate, candidate_pool, rank
+from meshnode.core.router import ScoredCandidate, candidate_pool
 from protocol import Manifest
 from protocol.manifest import MAX_NAME_CHARS, MAX_TAG_CHARS
 
@@ -239,33 +238,16 @@ class DiscoveryService:
         else:
             assert capability_name is not None
             hits = [(entry, 1.0) for entry in index.by_name(capability_name)]
-        now = time.time()
-        membership = self.node.core.membership
-        alive: list[tuple[IndexEntry, float]] = []
-        load: dict[str, LoadInfo] = {}
-        for entry, similarity in hits:
-            member = membership.member(entry.node_id)
-            if entry.node_id == self.node.node_id or member is None:
-                continue
-            if member.state is not MemberState.ALIVE:
-                continue
-            alive.append((entry, similarity))
-            manifest = self.node.core.manifests.get(entry.node_id)
-            if manifest is not None and member.load is not None:
-                load[entry.node_id] = LoadInfo(member.load, manifest.max_concurrent_tasks)
-        return rank(
-            alive,
-            trust=self.node.trust_view(),
-            load=load,
-            open_circuits=self.node.tasks.breakers.open_nodes(now),
+        return self.node.core.route(
+            hits,
+            time.time(),
             min_trust=min_trust,
             max_cost_usd=max_cost_usd,
             max_latency_ms=max_latency_ms,
-            tags=tuple(tags),
+            tags=tags,
             capability_name=capability_name,
             name_only=not description,
             top_k=top_k,
-            weights=self.node.config.routing_weights,
         )
 
 

@@ -1,64 +1,43 @@
-"""MeshNode: the asyncio shell around :class:`~meshnode.core.mesh.MeshCore`.
+"""MeshNode: the public asyncio node, a facade over one :class:`~meshnode.core.node.NodeCore`.
 
 Theory of operation
 -------------------
 A node owns one port number for both UDP (SWIM packets) and TCP (aiohttp: push-pull,
-manifest fetches, the HTTP API). It runs inside the caller's event loop — ``start()`` /
-``aclose()`` or ``async with`` — and never calls ``asyncio.run`` itself.
+manifest fetches, task WebSockets, the HTTP API). It runs inside the caller's event loop —
+``start()`` / ``aclose()`` or ``async with`` — and never calls ``asyncio.run`` itself.
 
-The shell does three things and decides nothing:
+Every decision is made by the node's one sans-I/O :class:`~meshnode.core.node.NodeCore`
+(membership, manifests, ledger, trust, tasks, breakers). The shell only carries bytes,
+runs capability handlers, keeps time and persists, split by concern:
 
-1. **Drive the core.** One driver task calls ``core.tick(now)`` whenever
-   ``core.next_deadline()`` passes (or earlier, when a packet moved the deadline), and
-   every UDP datagram is handed to ``core.receive`` as soon as it is decoded.
-2. **Carry out effects** in order: send packets, run push-pull exchanges and manifest
-   fetches as background tasks (bounded by :data:`MAX_CONCURRENT_FETCHES` and
-   :data:`MAX_CONCURRENT_PUSH_PULLS`), persist, and log membership changes.
-3. **Persist** to the data dir, if one is configured: the incarnation at start (restarts
-   come back one above it), own ledger records durably before they are gossiped, and the
-   member table, manifests and received records every :data:`PERSIST_INTERVAL` and on close.
-
-Failures are contained, counted and visible, never fatal to a loop:
-
-* every effect is carried out on its own: one that raises is counted in
-  :attr:`MeshNode.effect_failures` by (effect kind, error class) and the rest still run;
-* the driver task is supervised: if it dies it is logged, counted and restarted with a
-  backoff (:data:`DRIVER_RESTART_INITIAL` … :data:`DRIVER_RESTART_MAX`);
-* a failed flush (full disk, I/O error) keeps everything it did not write and is retried
-  with a backoff (:data:`PERSIST_RETRY_INITIAL` … :data:`PERSIST_RETRY_MAX`); a failed
-  durable write of our own records is retried the same way, and until it succeeds no
-  further opinion is signed (see :meth:`MeshNode._sign_opinions`);
-* ``/v1/health`` says ``"degraded"`` (HTTP 200, with ``reasons``) for any of these, and
-  for an identity conflict the core reports (:meth:`MeshNode.degraded_reasons`).
-
-Replies read from peers are capped (:data:`MAX_PUSH_PULL_REPLY_BYTES`,
-``protocol.limits.MAX_MANIFEST_BYTES``, :data:`MAX_RECORDS_REPLY_BYTES`): past the cap the
-connection is aborted and the drop counted. Frames over :data:`DECODE_INLINE_MAX_BYTES` are
-decoded in a thread so the loop keeps answering probes.
+* :mod:`meshnode.runtime.driver` — feeds the core, carries out its effects, one timer at
+  ``next_deadline()``, supervision and failure accounting;
+* :mod:`meshnode.runtime.persistence` — the data dir: durable own records, the persist
+  loop, flushes, compaction;
+* :mod:`meshnode.runtime.tasks` — task WebSockets, frames and handler tasks;
+* :mod:`meshnode.runtime.views` — ``/v1/health``, ``/v1/members``, ``/v1/trust``;
+* this module — the public object: lifecycle (:class:`Lifecycle`), binding, restore, the
+  Python API (``discover``, ``delegate``, capabilities, trust).
 
 The clock is ``time.time()``: ledger expiries are compared across nodes, so the mesh clock
 is UNIX time.
 
-Close is graceful: a signed ``Leave`` is gossiped for ``leave_propagate_time`` seconds,
-then every task is cancelled and awaited, the HTTP server and sockets are closed, and the
-state is flushed. ``aclose()`` twice is safe; nothing is left running after it returns.
+Close is graceful: outcomes not yet signed are signed, a signed ``Leave`` is gossiped for
+``leave_propagate_time`` seconds, then every task is cancelled and awaited, the HTTP server
+and sockets are closed, and the state is flushed. ``aclose()`` twice is safe; nothing is
+left running after it returns.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
-import dataclasses
-import functools
+import enum
 import ipaddress
-import math
 import random
 import socket
-import sqlite3
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,132 +45,62 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from crdt import INITIAL_TRUST, elo_update
 from meshnode.capability import CapabilitySpec, Handler, collect_capabilities, make_capability
 from meshnode.core.config import NodeConfig, format_address
-from meshnode.core.effects import (
-    IdentityConflict,
-    MemberChanged,
-    MemberEvent,
-    SendPacket,
-    StartPushPull,
-)
-from meshnode.core.membership import IDENTITY_CONFLICT_WINDOW, MemberRumor, MemberState
-from meshnode.core.mesh import (
-    FetchManifest,
-    ManifestChanged,
-    MeshCore,
-    PersistRecords,
-)
+from meshnode.core.delegation import rank_candidates
+from meshnode.core.effects import MemberChanged
+from meshnode.core.member import MemberState
+from meshnode.core.node import NodeCore
 from meshnode.core.router import ScoredCandidate
-from meshnode.runtime.api import WIRE_CONTENT_TYPE, build_app
+from meshnode.runtime.api import build_app
 from meshnode.runtime.discovery import DiscoveryService
+from meshnode.runtime.driver import DECODE_INLINE_MAX_BYTES, Driver
 from meshnode.runtime.mcp_client import McpClientPool, McpToolResult
+from meshnode.runtime.persistence import Persistence
 from meshnode.runtime.store import NodeStore
-from meshnode.runtime.tasks import DelegationResult, TaskService
+from meshnode.runtime.tasks import DelegationError, DelegationResult, TaskService
 from meshnode.runtime.transport import (
-    BodyTooLarge,
     ConnectionGuard,
     GuardedSite,
     UdpEndpoint,
     effective_connection_limit,
     raise_nofile_limit,
-    read_capped,
 )
+from meshnode.runtime.views import degraded_reasons, health, members_json, trust_json
 from protocol import (
     Envelope,
     Identity,
     LedgerRecord,
     Manifest,
-    Message,
     PushPull,
-    RemoteProtocolError,
     Verifier,
-    decode,
-    encode,
     short_id,
-    unpack,
 )
 from protocol import verify as ed25519_verify
-from protocol.limits import MAX_FRAME_BYTES, MAX_MANIFEST_BYTES, MAX_MESSAGES_PER_ENVELOPE
 
-MAX_CONCURRENT_FETCHES = 8
-"""Manifest fetches in flight at once; more wait their turn."""
-MAX_CONCURRENT_PUSH_PULLS = 4
-"""Push-pull exchanges in flight at once (joins contact every seed in parallel)."""
-PERSIST_INTERVAL = 5.0
-"""Seconds between flushes of learned state (members, manifests, peers' records)."""
+__all__ = ["DECODE_INLINE_MAX_BYTES", "Lifecycle", "MeshNode", "wait_for"]
+
 BIND_ATTEMPTS = 8
 """With ``port=0``: tries to find a port free for both UDP and TCP."""
 SEED_RESOLVE_TIMEOUT = 5.0
 """Seconds allowed to resolve one seed's host name when a node starts."""
-OPINION_FLUSH_S = 0.25
-"""Longest a scored outcome waits for the signed ledger record that carries it, while other
-delegations of ours to the same peer are still running. Every outcome is folded into this
-node's opinion of the peer at once (in order, by the ELO rule), so routing sees it
-immediately. With nothing else waiting on that peer it is signed at once; during a burst of
-concurrent tasks to one peer, their outcomes are signed, persisted and gossiped together as
-*one* record at most this often. Lower: fresher replicas elsewhere, but up to a signature,
-a durable write and a gossiped record (verified by every node) per task; higher: the
-reverse."""
-PERSIST_RETRY_INITIAL = 0.5
-"""Seconds before the first retry of a failed flush (full disk, I/O error); each further
-failure doubles the wait up to :data:`PERSIST_RETRY_MAX`. Nothing unwritten is dropped
-meanwhile: the changed members, manifests and records stay marked until a flush commits."""
-PERSIST_RETRY_MAX = 30.0
-"""Longest wait between retries of a failing flush, seconds."""
-DRIVER_RESTART_INITIAL = 0.05
-"""Seconds before the driver task is restarted after it died; doubles with each restart
-in a row, up to :data:`DRIVER_RESTART_MAX`, and resets once it has run for
-:data:`DEGRADED_WINDOW_S`."""
-DRIVER_RESTART_MAX = 5.0
-"""Longest wait before restarting a driver that keeps dying, seconds."""
-LEDGER_COMPACT_INTERVAL_S = 60.0
-"""Least time between two compactions of the stored ledger: when the ledger dropped records
-since the last one (evicted at a cap, or expired), a flush deletes their rows, so the SQLite
-file stays as bounded as the ledger in memory. A compaction reads every stored key once."""
-IDENTITY_CONFLICT_REPORT_S = 2 * IDENTITY_CONFLICT_WINDOW
-"""Seconds an identity conflict keeps ``/v1/health`` degraded after the core last reported
-it (the core reports an ongoing one at most once per ``IDENTITY_CONFLICT_WINDOW``, so a
-conflict that goes on keeps the node degraded without a gap)."""
-DEGRADED_WINDOW_S = 60.0
-"""``/v1/health`` says ``degraded`` while the driver restarted or an effect failed within
-this many seconds (persistence failures count for as long as they last)."""
-FAILURE_LOG_INTERVAL_S = 60.0
-"""A failing effect is logged at most once per (effect kind, error class) per this many
-seconds; every failure is counted."""
-MAX_PUSH_PULL_REPLY_BYTES = MAX_FRAME_BYTES
-"""Longest push-pull reply read from a peer, bytes (16 MiB): the reply carries the peer's
-whole state and the ledger records we lack. The read stops and the connection is aborted
-as soon as more arrives."""
-MAX_RECORDS_REPLY_BYTES = 64 * 1024
-"""Longest answer read to a ``/v1/wire/records`` post (a small JSON object), bytes."""
-DECODE_INLINE_MAX_BYTES = 64 * 1024
-"""Frames up to this size are decoded on the event loop (well under a millisecond);
-larger ones in :attr:`MeshNode._decoder`, a one-thread pool, so that the loop keeps
-answering probes while a multi-megabyte frame is checked."""
-READ_CHUNK_BYTES = 64 * 1024
-"""Bytes read at a time from a peer's HTTP body when its size is capped."""
-TRUST_REFRESH_S = 0.5
-"""Longest the mesh-wide (EigenTrust) part of :meth:`MeshNode.trust_view` is reused while
-only this node's own opinions change the ledger (its direct experience, which they carry,
-is always current in the view). Any other change of the ledger, and any change of the
-pre-trusted set, recomputes at once."""
-TRUST_MAX_AGE_S = 10.0
-"""Longest any trust computation is reused, even with an unchanged ledger (records
-expire with time)."""
 
 log = structlog.get_logger("meshnode")
 
-_EVENT_NAMES = {
-    MemberEvent.JOINED: "member_joined",
-    MemberEvent.ALIVE: "member_recovered",
-    MemberEvent.SUSPECT: "member_suspected",
-    MemberEvent.DEAD: "member_died",
-    MemberEvent.LEFT: "member_left",
-    MemberEvent.UPDATED: "member_updated",
-    MemberEvent.FORGOTTEN: "member_forgotten",
-}
+
+class Lifecycle(enum.Enum):
+    """Where a :class:`MeshNode` is in its life; it only moves forward."""
+
+    CREATED = "created"
+    """Constructed; ``start()`` not called yet."""
+    STARTING = "starting"
+    """``start()`` is binding, restoring and joining."""
+    RUNNING = "running"
+    """Started and serving."""
+    STOPPING = "stopping"
+    """``aclose()`` is leaving and releasing everything."""
+    STOPPED = "stopped"
+    """Closed (or its start failed); nothing is left running."""
 
 
 class MeshNode:
@@ -216,44 +125,19 @@ class MeshNode:
         self._capabilities: dict[str, CapabilitySpec] = {
             spec.capability.name: spec for spec in collect_capabilities(self)
         }
-        self._core: MeshCore | None = None
+        self._core: NodeCore | None = None
         self._store: NodeStore | None = None
         self._udp: UdpEndpoint | None = None
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._driver: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
-        self._fetch_slots = asyncio.Semaphore(MAX_CONCURRENT_FETCHES)
-        self._push_pull_slots = asyncio.Semaphore(MAX_CONCURRENT_PUSH_PULLS)
-        self._state = "new"
+        self._driver: Driver | None = None
+        self._driver_task: asyncio.Task[None] | None = None
+        self._persistence: Persistence | None = None
+        self._persist_task: asyncio.Task[None] | None = None
+        self.lifecycle = Lifecycle.CREATED
         self._manifest_version = 0
-        self._dirty_members: set[str] = set()
-        self._dirty_manifests: dict[str, Manifest | None] = {}
-        self._pending_records: dict[tuple[str, str], LedgerRecord] = {}
-        """Peers' records not yet written, by (observer, subject): bounded by the ledger."""
-        self._durable_pending: dict[tuple[str, str], LedgerRecord] = {}
-        """Own records whose durable write failed; while any is here no further opinion
-        is signed (outcomes stay in :attr:`_unsigned`), see :meth:`_sign_opinions`."""
-        self._pending_incarnation: int | None = None
-        self._persist_error: tuple[float, str] | None = None
-        """(wall time of the first failure in a row, last error) while writes fail."""
-        self._persist_wake = asyncio.Event()
         self.drops: Counter[str] = Counter()
-        self.effect_failures: Counter[tuple[str, str]] = Counter()
-        """Failures of carried-out effects, by (effect kind, error class)."""
-        self._effect_failed_at: float | None = None
-        self._effect_last_failed: dict[tuple[str, str], float] = {}
-        self._failure_logged: dict[tuple[str, str], float] = {}
-        self.driver_restarts = 0
-        self._driver_died_at: float | None = None
-        self._identity_conflict: tuple[float, tuple[str, int]] | None = None
-        self._ledger_dropped_seen = 0
-        self._compacted_at = -math.inf
-        """When (monotonic) the core last reported our id at another address, and where."""
-        self._driver_error = ""
         self._guard: ConnectionGuard | None = None
-        self._decoder: concurrent.futures.ThreadPoolExecutor | None = None
         self.manifest_listeners: list[Callable[[str, Manifest | None], None]] = []
         """Called with (node_id, manifest or None) whenever a known manifest changes."""
         self.member_listeners: list[Callable[[MemberChanged], None]] = []
@@ -261,15 +145,6 @@ class MeshNode:
         self._log = log
         self._tasks_service: TaskService | None = None
         self._discovery: DiscoveryService | None = None
-        self._global_trust: _GlobalTrust | None = None
-        self._direct_cache: tuple[int, dict[str, float]] | None = None
-        self._view_cache: tuple[_GlobalTrust, tuple[int, int], dict[str, float]] | None = None
-        self._unsigned: dict[str, tuple[float, int]] = {}
-        """Own opinions folded since the last signed record: peer -> (score, outcomes)."""
-        self._unsigned_stamp = 0
-        self._own_writes = 0
-        """Ledger version changes caused by this node's own records (see trust_view)."""
-        self._opinion_timer: asyncio.TimerHandle | None = None
         self.mcp: McpClientPool | None = None
         """MCP servers :meth:`call_mcp_tool` reaches; None until first use, when it is built
         from the file ``$MESHNODE_MCP_CONFIG`` names. Assign a pool to configure it in code.
@@ -288,7 +163,7 @@ class MeshNode:
         return self.identity.node_id
 
     @property
-    def core(self) -> MeshCore:
+    def core(self) -> NodeCore:
         if self._core is None:
             raise RuntimeError("the node is not started")
         return self._core
@@ -304,12 +179,16 @@ class MeshNode:
 
     @property
     def running(self) -> bool:
-        return self._state == "running"
+        return self.lifecycle is Lifecycle.RUNNING
 
     @property
     def tasks(self) -> TaskService:
         if self._tasks_service is None:
             raise RuntimeError("the node is not started")
+        return self._tasks_service
+
+    @property
+    def tasks_or_none(self) -> TaskService | None:
         return self._tasks_service
 
     @property
@@ -323,6 +202,31 @@ class MeshNode:
         if self._session is None:
             raise RuntimeError("the node is not started")
         return self._session
+
+    @property
+    def driver(self) -> Driver | None:
+        return self._driver
+
+    @property
+    def persistence(self) -> Persistence | None:
+        return self._persistence
+
+    @property
+    def udp(self) -> UdpEndpoint | None:
+        return self._udp
+
+    @property
+    def connection_guard(self) -> ConnectionGuard | None:
+        return self._guard
+
+    @property
+    def effect_failures(self) -> Counter[tuple[str, str]]:
+        """Failures of carried-out effects, by (effect kind, error class)."""
+        return self._driver.effect_failures if self._driver is not None else Counter()
+
+    @property
+    def driver_restarts(self) -> int:
+        return self._driver.restarts if self._driver is not None else 0
 
     def peer_url(self, addr: tuple[str, int], path: str) -> str:
         return f"http://{format_address(addr)}{path}"
@@ -378,16 +282,16 @@ class MeshNode:
 
     async def start(self) -> None:
         """Bind, restore state, announce our manifest and join through the seeds."""
-        if self._state != "new":
-            raise RuntimeError(f"start() on a node that is {self._state}")
-        self._state = "starting"
+        if self.lifecycle is not Lifecycle.CREATED:
+            raise RuntimeError(f"start() on a node that is {self.lifecycle.value}")
+        self.lifecycle = Lifecycle.STARTING
         try:
             await self._start()
         except BaseException:
             await self._shutdown()
-            self._state = "closed"
+            self.lifecycle = Lifecycle.STOPPED
             raise
-        self._state = "running"
+        self.lifecycle = Lifecycle.RUNNING
 
     async def _start(self) -> None:
         cfg = self.config
@@ -414,7 +318,7 @@ class MeshNode:
         host = cfg.advertise_host or cfg.host
         port = cfg.advertise_port or bound_port
         now = time.time()
-        self._core = MeshCore(
+        core = NodeCore(
             cfg,
             self.identity,
             host=host,
@@ -424,31 +328,67 @@ class MeshNode:
             incarnation=incarnation,
             now=now,
             ip_version=6 if self._udp.family == socket.AF_INET6 else 4,
+            capabilities={name: spec.capability for name, spec in self._capabilities.items()},
         )
-        self._decoder = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="meshnode-decode"
-        )
+        self._core = core
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=cfg.tcp_timeout),
             connector=aiohttp.TCPConnector(limit=64),
         )
-        self._tasks_service = TaskService(self)
+        if self._store is not None:
+            self._persistence = Persistence(
+                self._store,
+                lambda: self._core,
+                log=self._log,
+                drops=self.drops,
+                dispatch=self._dispatch,
+                running=lambda: self.running,
+            )
+        driver = Driver(
+            core,
+            signer=self.identity,
+            verifier=self.verifier,
+            udp=lambda: self._udp,
+            session=lambda: self._session,
+            accepting=lambda: self.lifecycle in (Lifecycle.STARTING, Lifecycle.RUNNING),
+            log=self._log,
+            drops=self.drops,
+            persistence=self._persistence,
+            manifest_listeners=self.manifest_listeners,
+            member_listeners=self.member_listeners,
+            tick=self._tick,
+        )
+        self._driver = driver
+        self._tasks_service = TaskService(
+            core,
+            config=cfg,
+            signer=self.identity,
+            verifier=self.verifier,
+            session=lambda: self.http_session,
+            specs=lambda: self._capabilities,
+            poke=driver.poke,
+            count_drop=self.count_drop,
+        )
+        driver.tasks = self._tasks_service
         self.manifest_listeners.append(self._discovery.manifest_changed)
-        self.member_listeners.append(self._on_member_for_tasks)
         seeds = await self._resolve_seeds(cfg.seed_addresses)
         if self._store is not None:
-            seeds += self._restore(now)
+            members = self._store.load_members()
+            seeds += core.restore(
+                self._store.load_manifests(), self._store.load_records(), members, now
+            )
         if cfg.seeds and not seeds:
             raise OSError(f"none of the seeds {', '.join(cfg.seeds)} could be resolved")
         self._tasks_service.start()
         self._discovery.start()
         self._publish_manifest()
-        self.core.join(seeds, time.time())
+        core.join(seeds, time.time())
         self._dispatch()
-        self._driver = asyncio.create_task(
-            self._supervise_driver(), name=f"meshnode-driver-{host}:{port}"
+        self._driver_task = asyncio.create_task(
+            driver.supervise(), name=f"meshnode-driver-{host}:{port}"
         )
-        self._spawn(self._persist_loop())
+        if self._persistence is not None:
+            self._persist_task = asyncio.create_task(self._persistence.loop())
         self._log.info(
             "node_started",
             node_id=self.node_id,
@@ -537,53 +477,37 @@ class MeshNode:
                     resolved.append(addr)
         return resolved
 
-    def _restore(self, now: float) -> list[tuple[str, int]]:
-        """Load persisted manifests and records; return remembered members as extra seeds."""
-        assert self._store is not None
-        members = self._store.load_members()
-        self.core.restore(
-            self._store.load_manifests(), self._store.load_records(), [m.node for m in members], now
-        )
-        extra: list[tuple[str, int]] = []
-        for rumor in members:
-            member_addr = getattr(rumor, "host", None), getattr(rumor, "port", None)
-            if rumor.node != self.node_id and member_addr[0] is not None:
-                extra.append((str(member_addr[0]), int(member_addr[1] or 0)))
-        return extra
-
     async def aclose(self) -> None:
         """Leave gracefully and release everything. Safe to call more than once."""
-        if self._state in ("closing", "closed"):
+        if self.lifecycle in (Lifecycle.STOPPING, Lifecycle.STOPPED):
             return
-        was_running = self._state == "running"
-        self._state = "closing"
+        was_running = self.lifecycle is Lifecycle.RUNNING
+        self.lifecycle = Lifecycle.STOPPING
         try:
             if was_running and self._core is not None:
-                self._sign_opinions()
-                self._core.leave(time.time())
+                self._core.leave(time.time())  # signs outcomes not yet signed first
                 self._dispatch()
                 # Keep the driver gossiping the Leave for a bounded time.
                 await asyncio.sleep(self.config.leave_propagate_time)
         finally:
             await self._shutdown()
-            self._state = "closed"
+            self.lifecycle = Lifecycle.STOPPED
 
     async def _shutdown(self) -> None:
         if self._tasks_service is not None:
-            await self._tasks_service.close()
-        if self._core is not None:
-            self._sign_opinions()  # outcomes of tasks that ended while closing
+            await self._tasks_service.close()  # cancels delegations, signs outcomes
         if self._discovery is not None:
             await self._discovery.close()
         if self.mcp is not None:
             await self.mcp.aclose()
-        tasks = [t for t in (self._driver, *self._tasks) if t is not None]
+        tasks = [t for t in (self._driver_task, self._persist_task) if t is not None]
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        self._tasks.clear()
-        self._driver = None
+        self._driver_task = self._persist_task = None
+        if self._driver is not None:
+            await self._driver.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -593,14 +517,12 @@ class MeshNode:
         if self._udp is not None:
             self._udp.close()
             self._udp = None
-        if self._decoder is not None:
-            self._decoder.shutdown(wait=False, cancel_futures=True)
-            self._decoder = None
         if self._store is not None:
-            try:
-                self._flush(full=True)
-            except Exception as exc:  # a closing node reports what it could not write
-                self._log.error("persist_failed_on_close", error=f"{type(exc).__name__}: {exc}")
+            if self._persistence is not None:
+                try:
+                    self._persistence.flush(full=True)
+                except Exception as exc:  # a closing node reports what it could not write
+                    self._log.error("persist_failed_on_close", error=f"{type(exc).__name__}: {exc}")
             self._store.close()
             self._store = None
         if self._core is not None:
@@ -608,239 +530,48 @@ class MeshNode:
 
     # ------------------------------------------------------------------ driving the core
 
-    async def _supervise_driver(self) -> None:
-        """Run :meth:`_drive`; if it ever dies, log it, count a restart and start it again
-        after a backoff (:data:`DRIVER_RESTART_INITIAL` doubling to
-        :data:`DRIVER_RESTART_MAX`). Cancellation (close) ends it."""
-        delay = DRIVER_RESTART_INITIAL
-        while True:
-            started = time.monotonic()
-            try:
-                await self._drive()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.driver_restarts += 1
-                self._driver_died_at = time.monotonic()
-                self._driver_error = f"{type(exc).__name__}: {exc}"
-                if time.monotonic() - started >= DEGRADED_WINDOW_S:
-                    delay = DRIVER_RESTART_INITIAL
-                self._log.error(
-                    "driver_restarted",
-                    error=self._driver_error,
-                    restarts=self.driver_restarts,
-                    backoff_s=delay,
-                    exc_info=exc,
-                )
-                await asyncio.sleep(delay)
-                delay = min(DRIVER_RESTART_MAX, delay * 2)
+    def _on_envelope(self, envelope: Envelope, addr: tuple[str, int]) -> None:
+        if self._driver is None or self.lifecycle not in (
+            Lifecycle.RUNNING,
+            Lifecycle.STOPPING,
+            Lifecycle.STARTING,
+        ):
+            return
+        self._driver.on_envelope(envelope, addr)
 
     def _tick(self, now: float) -> None:
+        """The driver's tick: ``core.tick(now)``."""
         self.core.tick(now)
 
-    async def _drive(self) -> None:
-        core = self.core
-        while True:
-            self._tick(time.time())
-            self._dispatch()
-            delay = core.next_deadline() - time.time()
-            if delay > 0:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
-
-    def _on_envelope(self, envelope: Envelope, addr: tuple[str, int]) -> None:
-        if self._core is None or self._state not in ("running", "closing", "starting"):
-            return
-        try:
-            self._core.receive(envelope.sender, envelope.messages, addr, time.time())
-        except Exception as exc:
-            self._effect_failed("receive", exc)
-        self._dispatch()
-        self._wake.set()
-
-    def _effect_failed(self, kind: str, exc: BaseException) -> None:
-        """Count (and at most every :data:`FAILURE_LOG_INTERVAL_S`, log) one failure."""
-        key = (kind, type(exc).__name__)
-        self.effect_failures[key] += 1
-        now = time.monotonic()
-        self._effect_failed_at = now
-        self._effect_last_failed[key] = now
-        last = self._failure_logged.get(key)
-        if last is None or now - last >= FAILURE_LOG_INTERVAL_S:
-            self._failure_logged[key] = now
-            self._log.error(
-                "effect_failed",
-                effect=kind,
-                error=f"{type(exc).__name__}: {exc}",
-                count=self.effect_failures[key],
-            )
-
     def _dispatch(self) -> None:
-        """Carry out the core's effects in order. Each is contained: one that raises is
-        counted (:attr:`effect_failures`) and the rest still run."""
-        if self._core is None:
-            return
-        for effect in self._core.take_effects():
-            try:
-                self._carry_out(effect)
-            except Exception as exc:
-                self._effect_failed(type(effect).__name__, exc)
+        """Carry out the core's pending effects now (the driver does it after each input)."""
+        if self._driver is not None:
+            self._driver.dispatch()
 
-    def _carry_out(self, effect: object) -> None:
-        if isinstance(effect, SendPacket):
-            if self._udp is not None:
-                self._udp.send(effect.addr, effect.messages)
-        elif isinstance(effect, StartPushPull):
-            if self._state in ("starting", "running"):
-                self._spawn(self._push_pull(effect.addr, effect.join))
-        elif isinstance(effect, FetchManifest):
-            if self._state in ("starting", "running"):
-                self._spawn(self._fetch_manifest(effect))
-        elif isinstance(effect, ManifestChanged):
-            self._dirty_manifests[effect.node] = effect.manifest
-            for listener in self.manifest_listeners:
-                try:
-                    listener(effect.node, effect.manifest)
-                except Exception as exc:
-                    self._effect_failed("manifest_listener", exc)
-        elif isinstance(effect, PersistRecords):
-            if effect.durable and self._store is not None:
-                self._persist_own(effect.records)
-            else:
-                for record in effect.records:
-                    self._pending_records[(record.observer, record.subject)] = record
-        elif isinstance(effect, MemberChanged):
-            self._on_member_changed(effect)
-        elif isinstance(effect, IdentityConflict):
-            self._identity_conflict = (time.monotonic(), effect.other_address)
-            self._log.error(
-                "identity_conflict",
-                other_address=format_address(effect.other_address),
-                hint="another process announces this node's id: is a copy of its data dir "
-                "or key running elsewhere?",
-            )
-
-    def _persist_own(self, records: tuple[LedgerRecord, ...]) -> None:
-        """Commit own records at once. If the disk refuses, keep them for the persist
-        loop (which retries with backoff), report it in health, and sign no further
-        opinion until they are durable (see :meth:`_sign_opinions`)."""
-        assert self._store is not None
-        try:
-            self._store.save_records(records, durable=True)
-        except (sqlite3.Error, OSError) as exc:
-            self._store.rollback()
-            for record in records:
-                self._durable_pending[(record.observer, record.subject)] = record
-            self._persist_failed(exc)
-
-    def _on_member_changed(self, change: MemberChanged) -> None:
-        self._dirty_members.add(change.node_id)
-        member = change.member
-        if change.node_id == self.node_id:
-            if change.kind is MemberEvent.UPDATED and self._store is not None:
-                try:
-                    self._store.set_incarnation(member.incarnation)
-                except (sqlite3.Error, OSError) as exc:
-                    self._store.rollback()
-                    self._pending_incarnation = member.incarnation
-                    self._persist_failed(exc)
-            if change.kind is MemberEvent.UPDATED:
-                self._log.warning("refuted_suspicion", incarnation=member.incarnation)
-        else:
-            self._log.info(
-                _EVENT_NAMES.get(change.kind, "member_changed"),
-                peer=short_id(change.node_id),
-                address=format_address(member.address),
-                incarnation=member.incarnation,
-                state=member.state.name.lower(),
-            )
-        for listener in self.member_listeners:
-            try:
-                listener(change)
-            except Exception as exc:
-                self._effect_failed("member_listener", exc)
-
-    def _on_member_for_tasks(self, change: MemberChanged) -> None:
-        if change.kind in (MemberEvent.DEAD, MemberEvent.LEFT) and self._tasks_service:
-            left = change.kind is MemberEvent.LEFT
-            self._tasks_service.member_gone(change.node_id, left=left)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    # ------------------------------------------------------------------ TCP exchanges
-
-    def _peer_url(self, addr: tuple[str, int], path: str) -> str:
-        return f"http://{format_address(addr)}{path}"
-
-    async def _post_envelope(
-        self, addr: tuple[str, int], path: str, body: bytes, cap: int
-    ) -> bytes:
-        """POST ``body`` and return the reply, read with a hard cap of ``cap`` bytes: a
-        longer reply aborts the connection and raises
-        :class:`~meshnode.runtime.transport.BodyTooLarge`."""
-        assert self._session is not None
-        async with self._session.post(
-            self._peer_url(addr, path),
-            data=body,
-            headers={"Content-Type": WIRE_CONTENT_TYPE},
-        ) as resp:
-            resp.raise_for_status()
-            try:
-                return await read_capped(resp.content, cap, resp.content_length, READ_CHUNK_BYTES)
-            except BodyTooLarge:
-                resp.close()
-                raise
-
-    async def decode_frame(self, data: bytes) -> Envelope:
-        """``protocol.decode`` of a TCP frame: on the loop when small, in the decoder
-        thread above :data:`DECODE_INLINE_MAX_BYTES` so the loop keeps serving probes."""
-        if len(data) <= DECODE_INLINE_MAX_BYTES or self._decoder is None:
-            return decode(data, verifier=self.verifier)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._decoder, functools.partial(decode, data, verifier=self.verifier)
-        )
+    def _flush(self, *, full: bool = False) -> None:
+        """Write what changed to the data dir now (the persist loop does it periodically)."""
+        if self._persistence is not None:
+            self._persistence.flush(full=full)
 
     async def _push_pull(self, addr: tuple[str, int], join: bool) -> None:
-        async with self._push_pull_slots:
-            core = self.core
-            request = core.push_pull_request(join)
-            try:
-                data = await self._post_envelope(
-                    addr,
-                    "/v1/wire/pushpull",
-                    encode([request], self.identity),
-                    MAX_PUSH_PULL_REPLY_BYTES,
-                )
-                envelope = await self.decode_frame(data)
-                if len(envelope.messages) != 1 or not isinstance(envelope.messages[0], PushPull):
-                    raise RemoteProtocolError("push-pull reply is not one PushPull")
-                missing = core.finish_push_pull(
-                    envelope.sender, envelope.messages[0], addr, time.time()
-                )
-                self._dispatch()
-                for start in range(0, len(missing), MAX_MESSAGES_PER_ENVELOPE):
-                    chunk: list[Message] = list(missing[start : start + MAX_MESSAGES_PER_ENVELOPE])
-                    await self._post_envelope(
-                        addr,
-                        "/v1/wire/records",
-                        encode(chunk, self.identity),
-                        MAX_RECORDS_REPLY_BYTES,
-                    )
-            except (aiohttp.ClientError, TimeoutError, OSError, RemoteProtocolError) as exc:
-                self.drops[f"push_pull_{type(exc).__name__}"] += 1
-                self._log.debug("push_pull_failed", peer=format_address(addr), error=str(exc))
-            self._wake.set()
+        assert self._driver is not None
+        await self._driver.push_pull(addr, join)
+
+    async def _fetch_manifest(self, effect: Any) -> None:
+        assert self._driver is not None
+        await self._driver.fetch_manifest(effect)
+
+    async def decode_frame(self, data: bytes) -> Envelope:
+        """``protocol.decode`` of a TCP frame, off the loop when it is large."""
+        if self._driver is None:
+            raise RuntimeError("the node is not started")
+        return await self._driver.decode_frame(data)
 
     def handle_push_pull(self, sender: str, request: PushPull) -> PushPull:
         """Answer a peer's push-pull (called by the HTTP handler)."""
         reply = self.core.handle_push_pull(sender, request, time.time())
-        self._dispatch()
-        self._wake.set()
+        if self._driver is not None:
+            self._driver.poke()
         return reply
 
     def handle_records(self, records: list[LedgerRecord]) -> int:
@@ -848,38 +579,6 @@ class MeshNode:
         applied = self.core.apply_records(records, time.time())
         self._dispatch()
         return applied
-
-    async def _fetch_manifest(self, effect: FetchManifest) -> None:
-        async with self._fetch_slots:
-            assert self._session is not None
-            for source in effect.sources:
-                try:
-                    async with self._session.get(
-                        self._peer_url(source, f"/v1/wire/manifests/{effect.node}")
-                    ) as resp:
-                        resp.raise_for_status()
-                        try:
-                            raw = await read_capped(
-                                resp.content,
-                                MAX_MANIFEST_BYTES,
-                                resp.content_length,
-                                READ_CHUNK_BYTES,
-                            )
-                        except BodyTooLarge:
-                            resp.close()
-                            raise
-                    manifest = unpack(raw, Manifest)
-                except (aiohttp.ClientError, TimeoutError, OSError, RemoteProtocolError) as exc:
-                    self.drops[f"fetch_{type(exc).__name__}"] += 1
-                    continue
-                if manifest.node_id != effect.node:
-                    self.drops["fetch_wrong_node"] += 1
-                    continue
-                self.core.manifest_fetched(manifest, time.time())
-                self._dispatch()
-                if manifest.version >= effect.version:
-                    return
-            self.core.fetch_failed(effect.node)
 
     def count_drop(self, reason: str) -> None:
         self.drops[reason] += 1
@@ -941,8 +640,6 @@ class MeshNode:
         rejection, timeout, a dropped connection or a peer's death; score the result and
         gossip the signed opinion. Raises :class:`~meshnode.runtime.tasks.DelegationError`
         when no candidate delivers."""
-        from meshnode.runtime.tasks import DelegationError
-
         if not capability_name and not description:
             raise ValueError("delegate needs a capability name or a description")
         if deadline_s is not None and not 0 < deadline_s < float("inf"):
@@ -954,12 +651,12 @@ class MeshNode:
             max_cost_usd=max_cost_usd,
             top_k=20,
         )
-        if not candidates:
+        ranked = rank_candidates(candidates, capability_name)
+        if ranked is None:
             raise DelegationError(
                 f"no alive peer offers {capability_name or description!r} within the filters"
             )
-        capability = capability_name or candidates[0].capability.name
-        ordered = [c.node_id for c in candidates if c.capability.name == capability]
+        capability, ordered = ranked
         return await self.tasks.delegate(
             capability,
             task_input,
@@ -969,149 +666,46 @@ class MeshNode:
             trace_id=trace_id,
         )
 
+    # ------------------------------------------------------------------ trust
+
     def record_outcome(self, subject: str, quality: float) -> None:
         """Fold a scored outcome into our opinion of ``subject`` (``new = old + 0.1 ×
         (quality − old)``); routing uses it at once. The signed ledger record carrying it
         is persisted and gossiped at once, unless other delegations of ours to ``subject``
         are still running: then their outcomes share one record, signed when the last of
-        them ends or within :data:`OPINION_FLUSH_S`, whichever is first."""
-        if subject == self.node_id:
-            return
-        tasks = self._tasks_service
-        busy = tasks is not None and tasks.waiting_on(subject) and self._state == "running"
-        if not busy and subject not in self._unsigned and not self._durable_pending:
-            before = self.core.ledger.version
-            self.core.record_outcome(subject, quality, time.time())
-            self._own_writes += self.core.ledger.version - before
-            self._dispatch()
-            return
-        score, outcomes = self.opinion(subject)
-        self._unsigned[subject] = (elo_update(score, quality), outcomes + 1)
-        self._unsigned_stamp += 1
-        if not busy:
-            self._sign_opinions((subject,))
-        elif self._opinion_timer is None:
-            loop = asyncio.get_running_loop()
-            self._opinion_timer = loop.call_later(OPINION_FLUSH_S, self._sign_opinions)
+        them ends or within ``OPINION_FLUSH_S``, whichever is first (the core decides,
+        :class:`~meshnode.core.trust.TrustPolicy`)."""
+        self.core.record_outcome(subject, quality, time.time())
+        if self._driver is not None:
+            self._driver.poke()
 
     def opinion(self, subject: str) -> tuple[float, int]:
         """Our current opinion of ``subject``: (score, outcomes behind it), signed or not."""
-        unsigned = self._unsigned.get(subject)
-        if unsigned is not None:
-            return unsigned
-        held = self.core.ledger.get(self.node_id, subject)
-        return (held.score, held.outcomes) if held is not None else (INITIAL_TRUST, 0)
-
-    def _sign_opinions(self, subjects: tuple[str, ...] | None = None) -> None:
-        """Sign one ledger record per peer with unsigned outcomes (all, or ``subjects``);
-        persist them durably (a restarted node must never reuse a sequence number), then
-        gossip them.
-
-        While an earlier own record could not be made durable (the disk refuses writes),
-        nothing is signed: the outcomes stay folded into the unsigned opinions (routing
-        uses them), and are signed once the persist loop has written the held record. A
-        record is gossiped only after its durable write was attempted (the core orders
-        it so); the one whose write failed is already queued for gossip and is retried
-        until durable, and no later sequence number is used before then, so a crash can
-        at worst re-use that one record's sequence number after a restart, never a later
-        one."""
-        core = self._core
-        if self._durable_pending and self._store is not None:
-            if subjects is None and self._opinion_timer is not None:
-                self._opinion_timer.cancel()
-                self._opinion_timer = None
-            return
-        if subjects is None:
-            unsigned, self._unsigned = self._unsigned, {}
-        else:
-            unsigned = {s: self._unsigned.pop(s) for s in subjects if s in self._unsigned}
-        if not self._unsigned and self._opinion_timer is not None:
-            self._opinion_timer.cancel()
-            self._opinion_timer = None
-        if not unsigned or core is None:
-            return
-        now = time.time()
-        before = core.ledger.version
-        for subject, (score, outcomes) in unsigned.items():
-            core.publish_opinion(subject, score, outcomes, now)
-        self._own_writes += core.ledger.version - before
-        self._dispatch()
+        return self.core.opinion(subject)
 
     def direct_experience(self) -> dict[str, float]:
         """Our own current opinion of every peer we have rated (signed or not yet)."""
-        version = self.core.ledger.version
-        cached = self._direct_cache
-        if cached is None or cached[0] != version:
-            cached = (version, self.core.direct_experience())
-            self._direct_cache = cached
-        if not self._unsigned:
-            return cached[1]
-        return {**cached[1], **{peer: s for peer, (s, _) in self._unsigned.items()}}
+        return self.core.direct_experience()
 
     def trust_view(self) -> dict[str, float]:
-        """The trust this node routes by, per peer, in [0, 1].
+        """The trust this node routes by, per peer, in [0, 1] (see
+        :mod:`meshnode.core.trust`)."""
+        return self.core.trust_view(time.time())
 
-        Mesh-wide EigenTrust, personalised to this node and the peers it has good direct
-        experience of (its own opinion at least :data:`~crdt.INITIAL_TRUST`; never a
-        uniform vector over every known id, and never a peer it has seen fail, whose
-        opinions would otherwise be trusted by construction), blended with its own direct
-        experience: ``w × direct + (1 − w) × global`` with ``w`` =
-        ``config.direct_trust_weight``. Direct experience is always current. The global
-        part is recomputed when the pre-trusted set changes or any record but our own
-        changed the ledger; while only our own opinions change it, at most every
-        :data:`TRUST_REFRESH_S`; and every :data:`TRUST_MAX_AGE_S` regardless, as records
-        expire with time."""
-        now = time.time()
-        direct = self.direct_experience()
-        pretrusted = frozenset(
-            {self.node_id, *(peer for peer, score in direct.items() if score >= INITIAL_TRUST)}
-        )
-        ledger = self.core.ledger
-        version = ledger.version
-        known = self._global_trust
-        if (
-            known is None
-            or known.pretrusted != pretrusted
-            or now - known.computed_at >= TRUST_MAX_AGE_S
-            or version - known.version != self._own_writes - known.own_writes
-            or (known.version != version and now - known.computed_at >= TRUST_REFRESH_S)
-        ):
-            scores = ledger.trust_scores(now, pretrusted)
-            known = _GlobalTrust(version, self._own_writes, now, pretrusted, scores)
-            self._global_trust = known
-        stamp = (version, self._unsigned_stamp)
-        cached = self._view_cache
-        if cached is not None and cached[0] is known and cached[1] == stamp:
-            return cached[2]
-        w = self.config.direct_trust_weight
-        view = dict(known.scores)
-        for peer, score in direct.items():
-            view[peer] = w * score + (1 - w) * known.scores.get(peer, score)
-        view.pop(self.node_id, None)
-        self._view_cache = (known, stamp, view)
-        return view
+    # ------------------------------------------------------------------ views
+
+    def degraded_reasons(self) -> list[str]:
+        """Why this node is not fully working, for ``/v1/health`` (empty when it is)."""
+        return degraded_reasons(self)
+
+    def health(self) -> dict[str, Any]:
+        return health(self)
+
+    def members_json(self) -> list[dict[str, Any]]:
+        return members_json(self)
 
     def trust_json(self) -> list[dict[str, Any]]:
-        now = time.time()
-        view = self.trust_view()
-        direct = self.direct_experience()
-        breakers = self.tasks.breakers
-        peers = sorted(set(view) | set(direct) | {m.node_id for m in self.core.members()})
-        out = []
-        for peer in peers:
-            if peer == self.node_id:
-                continue
-            manifest = self.core.manifests.get(peer)
-            out.append(
-                {
-                    "node_id": peer,
-                    "name": manifest.name if manifest else None,
-                    "trust": round(view.get(peer, 0.5), 6),
-                    "direct": None if peer not in direct else round(direct[peer], 6),
-                    "breaker": breakers.state(peer, now).name.lower(),
-                }
-            )
-        return out
+        return trust_json(self)
 
     async def call_mcp_tool(
         self,
@@ -1127,211 +721,15 @@ class MeshNode:
             self.mcp = McpClientPool.from_env()
         return await self.mcp.call_tool(server, tool, arguments, timeout_s=timeout_s)
 
-    # ------------------------------------------------------------------ persistence
-
-    async def _persist_loop(self) -> None:
-        """Flush every :data:`PERSIST_INTERVAL`. A failed flush (full disk, I/O error)
-        keeps everything it did not write and is retried after
-        :data:`PERSIST_RETRY_INITIAL`, doubling to :data:`PERSIST_RETRY_MAX`; a failed
-        durable write of our own records wakes it at once. It never stops."""
-        if self._store is None:
-            return
-        delay = PERSIST_INTERVAL
-        while True:
-            self._persist_wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._persist_wake.wait(), delay)
-            try:
-                self._flush()
-            except Exception as exc:
-                self._persist_failed(exc)
-                retry = PERSIST_RETRY_INITIAL if delay >= PERSIST_INTERVAL else delay * 2
-                delay = min(PERSIST_RETRY_MAX, retry)
-            else:
-                delay = PERSIST_INTERVAL
-
-    def _persist_failed(self, exc: BaseException) -> None:
-        """Record a failed write for health and the log (one line when failures start)."""
-        error = f"{type(exc).__name__}: {exc}"
-        self.drops[f"persist_{type(exc).__name__}"] += 1
-        if self._persist_error is None:
-            self._persist_error = (time.time(), error)
-            self._log.error(
-                "persist_failed",
-                error=error,
-                unwritten_members=len(self._dirty_members),
-                unwritten_records=len(self._pending_records) + len(self._durable_pending),
-            )
-            self._persist_wake.set()
-        else:
-            self._persist_error = (self._persist_error[0], error)
-
-    def _flush(self, *, full: bool = False) -> None:
-        """Write what changed since the last flush and commit. Members are written one row
-        per member that changed (a flush in a large, busy mesh costs its changes, not its
-        size); ``full`` rewrites the whole table, as on close. A member is marked changed
-        by its membership events, and the core emits none when a suspect or dead member
-        only gets a newer rumor in the same state: after a crash such a row may hold the
-        older rumor of that state, which the rejoin's push-pull replaces."""
-        store = self._store
-        if store is None or self._core is None:
-            return
-        membership = self._core.membership
-        try:
-            if self._pending_incarnation is not None:
-                store.set_incarnation(self._pending_incarnation)
-                self._pending_incarnation = None
-            if full:
-                store.save_members(membership.state_snapshot())
-            elif self._dirty_members:
-                changed: list[MemberRumor] = []
-                gone: list[str] = []
-                for node in self._dirty_members:
-                    member = membership.member(node)
-                    if member is None:
-                        gone.append(node)
-                    else:
-                        changed.append(member.rumor)
-                store.update_members(changed, gone)
-            for node, manifest in self._dirty_manifests.items():
-                if manifest is None:
-                    store.delete_manifest(node)
-                else:
-                    store.save_manifest(manifest)
-            records = [*self._durable_pending.values(), *self._pending_records.values()]
-            if records:
-                store.save_records(records)
-            compacted = self._compact_ledger(store, full)
-            store.commit()
-        except BaseException:
-            store.rollback()
-            raise
-        # Nothing awaits above: what was marked is exactly what was just committed.
-        self._dirty_members.clear()
-        self._dirty_manifests.clear()
-        self._pending_records.clear()
-        if compacted is not None:
-            self._ledger_dropped_seen = compacted
-            self._compacted_at = time.monotonic()
-        held = bool(self._durable_pending)
-        self._durable_pending.clear()
-        if self._persist_error is not None:
-            since, error = self._persist_error
-            self._log.info("persist_recovered", failing_since=since, last_error=error)
-            self._persist_error = None
-        if held and self._state == "running":
-            self._sign_opinions()
-
-    def _compact_ledger(self, store: NodeStore, force: bool) -> int | None:
-        """Delete the stored records the ledger no longer holds, if it dropped any since the
-        last compaction and :data:`LEDGER_COMPACT_INTERVAL_S` passed (``force``: on close);
-        return the drop count it caught up with, or None if it did not run."""
-        core = self.core
-        dropped = core.counters["records_evicted"] + core.counters["records_pruned"]
-        if dropped == self._ledger_dropped_seen or (
-            not force and time.monotonic() - self._compacted_at < LEDGER_COMPACT_INTERVAL_S
-        ):
-            return None
-        held = {(r.observer, r.subject) for r in core.ledger.records()}
-        store.delete_records(store.record_keys() - held)
-        return dropped
-
-    # ------------------------------------------------------------------ views
-
-    def degraded_reasons(self) -> list[str]:
-        """Why this node is not fully working, for ``/v1/health`` (empty when it is): a
-        driver restart or a failed effect within :data:`DEGRADED_WINDOW_S`, failing
-        writes to the data dir, own records not yet durable, or an identity conflict the
-        core reported within :data:`IDENTITY_CONFLICT_REPORT_S`."""
-        reasons: list[str] = []
-        now = time.monotonic()
-        if self._driver_died_at is not None and now - self._driver_died_at < DEGRADED_WINDOW_S:
-            reasons.append(
-                f"driver restarted {self.driver_restarts} time(s), last "
-                f"{now - self._driver_died_at:.0f} s ago: {self._driver_error}"
-            )
-        if self._effect_failed_at is not None and now - self._effect_failed_at < DEGRADED_WINDOW_S:
-            recent = [
-                f"{kind} {error} x{count}"
-                for (kind, error), count in sorted(self.effect_failures.items())
-                if now - self._effect_last_failed[(kind, error)] < DEGRADED_WINDOW_S
-            ]
-            reasons.append("effects failing: " + ", ".join(recent))
-        if self._persist_error is not None:
-            since, error = self._persist_error
-            reasons.append(f"persistence failing for {time.time() - since:.0f} s: {error}")
-        if self._durable_pending:
-            reasons.append(
-                f"{len(self._durable_pending)} own ledger record(s) not yet durable; "
-                "new opinions are held back"
-            )
-        conflict = self._identity_conflict
-        if conflict is not None and now - conflict[0] < IDENTITY_CONFLICT_REPORT_S:
-            reasons.append(
-                f"identity conflict: another process announces this node's id at "
-                f"{format_address(conflict[1])} ({now - conflict[0]:.0f} s ago)"
-            )
-        return reasons
-
-    def health(self) -> dict[str, Any]:
-        core = self.core
-        m = core.membership
-        reasons = self.degraded_reasons()
-        status = self._state
-        if self.running:
-            status = "degraded" if reasons else "ok"
-        return {
-            "status": status,
-            "reasons": reasons,
-            "node_id": self.node_id,
-            "name": self.config.name,
-            "address": format_address(m.address),
-            "incarnation": m.incarnation,
-            "members": {s.name.lower(): m.count(s) for s in MemberState},
-            "manifests": len(core.manifests),
-            "ledger_records": len(core.ledger),
-            "local_health": m.health,
-            "dropped": dict(sorted((self._udp.dropped if self._udp else Counter()).items())),
-            "drops": dict(sorted(self.drops.items())),
-            "driver_restarts": self.driver_restarts,
-            "effect_failures": {
-                f"{kind}/{error}": count
-                for (kind, error), count in sorted(self.effect_failures.items())
-            },
-            "connections": self._guard.snapshot() if self._guard is not None else {},
-            "counters": {
-                "membership": dict(sorted(m.counters.items())),
-                "mesh": dict(sorted(core.counters.items())),
-                "tasks": dict(
-                    sorted(self._tasks_service.counters.items() if self._tasks_service else ())
-                ),
-            },
-        }
-
-    def members_json(self) -> list[dict[str, Any]]:
-        core = self.core
-        out = []
-        for member in core.members():
-            manifest = core.manifests.get(member.node_id)
-            out.append(
-                {
-                    "node_id": member.node_id,
-                    "name": manifest.name if manifest else None,
-                    "address": format_address(member.address),
-                    "state": member.state.name.lower(),
-                    "incarnation": member.incarnation,
-                }
-            )
-        return out
-
     def __repr__(self) -> str:
         if self._core is None:
-            return f"<MeshNode {self.config.name} {self._state}>"
+            return f"<MeshNode {self.config.name} {self.lifecycle.value}>"
         m = self._core.membership
+        background = self._driver.background if self._driver is not None else 0
         return (
-            f"<MeshNode {self.config.name} {short_id(self.node_id)} {self._state} "
+            f"<MeshNode {self.config.name} {short_id(self.node_id)} {self.lifecycle.value} "
             f"alive={m.count(MemberState.ALIVE)} suspect={m.count(MemberState.SUSPECT)} "
-            f"queue={m.queue_depth} tasks={len(self._tasks)}>"
+            f"queue={m.queue_depth} tasks={background + self._core.in_flight}>"
         )
 
 
@@ -1351,16 +749,3 @@ async def wait_for(
         if loop.time() >= deadline:
             raise TimeoutError(f"condition not met within {within} s")
         await asyncio.sleep(interval)
-
-
-@dataclasses.dataclass(frozen=True, slots=True, eq=False)
-class _GlobalTrust:
-    """One EigenTrust computation: the ledger version (and how many of its changes were
-    our own) and the instant it was made at, from which pre-trusted set, and the routing
-    scores it gave."""
-
-    version: int
-    own_writes: int
-    computed_at: float
-    pretrusted: frozenset[str]
-    scores: dict[str, float]

@@ -102,7 +102,12 @@ class World:
     # ------------------------------------------------------------------ carrying effects
 
     def drain(self, host: Host) -> None:
-        for effect in host.core.take_effects():
+        """Carry out ``host``'s effects until the core has none left."""
+        while effects := host.core.take_effects():
+            self._carry_out(host, effects)
+
+    def _carry_out(self, host: Host, effects: list[NodeEffect]) -> None:
+        for effect in effects:
             host.effects.append(effect)
             if isinstance(effect, SendTask):
                 self._deliver(host, effect)

@@ -1,0 +1,454 @@
+"""The driver: feeds the node's one :class:`~meshnode.core.node.NodeCore`, carries out its
+effects, and keeps one timer at its ``next_deadline()``.
+
+Theory of operation
+-------------------
+The driver decides nothing. It does three things:
+
+1. **Feed the core.** Every verified UDP envelope goes to ``core.receive`` as soon as it is
+   decoded; one driver task calls ``core.tick(now)`` whenever ``core.next_deadline()``
+   passes, or earlier when an input moved the deadline (:meth:`Driver.poke`). The task
+   service and the HTTP handlers feed their inputs the same way and then poke.
+2. **Carry out effects** in order (:meth:`Driver.dispatch`): packets go out on the UDP
+   socket; push-pull exchanges and manifest fetches run as background tasks, bounded by
+   the core's caps (:data:`~meshnode.core.mesh.MAX_CONCURRENT_PUSH_PULLS`,
+   :data:`~meshnode.core.mesh.MAX_CONCURRENT_FETCHES`); records, members and manifests go
+   to :class:`~meshnode.runtime.persistence.Persistence`; task effects go to the
+   :class:`~meshnode.runtime.tasks.TaskService`; membership changes are logged and handed
+   to listeners.
+3. **Contain failures.** Every effect is carried out on its own: one that raises is
+   counted in :attr:`Driver.effect_failures` by (effect kind, error class), logged at most
+   every :data:`FAILURE_LOG_INTERVAL_S`, and the rest still run. The driver task is
+   supervised: if it dies it is logged, counted and restarted after a backoff
+   (:data:`DRIVER_RESTART_INITIAL` … :data:`DRIVER_RESTART_MAX`).
+
+Replies read from peers are capped (:data:`MAX_PUSH_PULL_REPLY_BYTES`,
+``protocol.limits.MAX_MANIFEST_BYTES``, :data:`MAX_RECORDS_REPLY_BYTES`): past the cap the
+connection is aborted and the drop counted. Frames over :data:`DECODE_INLINE_MAX_BYTES` are
+decoded in a one-thread pool so the loop keeps answering probes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import structlog
+
+from meshnode.core.config import format_address
+from meshnode.core.effects import (
+    CheckPeer,
+    DelegationFinished,
+    FetchManifest,
+    IdentityConflict,
+    ManifestChanged,
+    MemberChanged,
+    MemberEvent,
+    PersistRecords,
+    RunHandler,
+    SendPacket,
+    SendTask,
+    StartPushPull,
+    StopHandler,
+)
+from meshnode.core.membership import IDENTITY_CONFLICT_WINDOW
+from meshnode.core.mesh import MAX_CONCURRENT_FETCHES, MAX_CONCURRENT_PUSH_PULLS
+from meshnode.core.node import NodeCore
+from meshnode.runtime.api import WIRE_CONTENT_TYPE
+from meshnode.runtime.transport import BodyTooLarge, UdpEndpoint, read_capped
+from protocol import (
+    Envelope,
+    Manifest,
+    Message,
+    PushPull,
+    RemoteProtocolError,
+    Signer,
+    Verifier,
+    decode,
+    encode,
+    short_id,
+    unpack,
+)
+from protocol.limits import MAX_FRAME_BYTES, MAX_MANIFEST_BYTES, MAX_MESSAGES_PER_ENVELOPE
+
+if TYPE_CHECKING:
+    from meshnode.runtime.persistence import Persistence
+    from meshnode.runtime.tasks import TaskService
+
+__all__ = [
+    "DECODE_INLINE_MAX_BYTES",
+    "DEGRADED_WINDOW_S",
+    "DRIVER_RESTART_INITIAL",
+    "DRIVER_RESTART_MAX",
+    "FAILURE_LOG_INTERVAL_S",
+    "IDENTITY_CONFLICT_REPORT_S",
+    "MAX_PUSH_PULL_REPLY_BYTES",
+    "MAX_RECORDS_REPLY_BYTES",
+    "READ_CHUNK_BYTES",
+    "Driver",
+]
+
+DRIVER_RESTART_INITIAL = 0.05
+"""Seconds before the driver task is restarted after it died; doubles with each restart
+in a row, up to :data:`DRIVER_RESTART_MAX`, and resets once it has run for
+:data:`DEGRADED_WINDOW_S`."""
+DRIVER_RESTART_MAX = 5.0
+"""Longest wait before restarting a driver that keeps dying, seconds."""
+DEGRADED_WINDOW_S = 60.0
+"""``/v1/health`` says ``degraded`` while the driver restarted or an effect failed within
+this many seconds (persistence failures count for as long as they last)."""
+FAILURE_LOG_INTERVAL_S = 60.0
+"""A failing effect is logged at most once per (effect kind, error class) per this many
+seconds; every failure is counted."""
+IDENTITY_CONFLICT_REPORT_S = 2 * IDENTITY_CONFLICT_WINDOW
+"""Seconds an identity conflict keeps ``/v1/health`` degraded after the core last reported
+it (the core reports an ongoing one at most once per ``IDENTITY_CONFLICT_WINDOW``, so a
+conflict that goes on keeps the node degraded without a gap)."""
+MAX_PUSH_PULL_REPLY_BYTES = MAX_FRAME_BYTES
+"""Longest push-pull reply read from a peer, bytes (16 MiB): the reply carries the peer's
+whole state and the ledger records we lack. The read stops and the connection is aborted
+as soon as more arrives."""
+MAX_RECORDS_REPLY_BYTES = 64 * 1024
+"""Longest answer read to a ``/v1/wire/records`` post (a small JSON object), bytes."""
+DECODE_INLINE_MAX_BYTES = 64 * 1024
+"""Frames up to this size are decoded on the event loop (well under a millisecond);
+larger ones in a one-thread pool, so that the loop keeps answering probes while a
+multi-megabyte frame is checked."""
+READ_CHUNK_BYTES = 64 * 1024
+"""Bytes read at a time from a peer's HTTP body when its size is capped."""
+
+log = structlog.get_logger("meshnode")
+
+_EVENT_NAMES = {
+    MemberEvent.JOINED: "member_joined",
+    MemberEvent.ALIVE: "member_recovered",
+    MemberEvent.SUSPECT: "member_suspected",
+    MemberEvent.DEAD: "member_died",
+    MemberEvent.LEFT: "member_left",
+    MemberEvent.UPDATED: "member_updated",
+    MemberEvent.FORGOTTEN: "member_forgotten",
+}
+
+_TASK_EFFECTS = (SendTask, RunHandler, StopHandler, CheckPeer, DelegationFinished)
+
+
+class Driver:
+    """Feeds one NodeCore and carries out its effects (see the module docstring)."""
+
+    def __init__(
+        self,
+        core: NodeCore,
+        *,
+        signer: Signer,
+        verifier: Verifier,
+        udp: Callable[[], UdpEndpoint | None],
+        session: Callable[[], aiohttp.ClientSession | None],
+        accepting: Callable[[], bool],
+        log: Any,
+        drops: Counter[str],
+        persistence: Persistence | None,
+        manifest_listeners: list[Callable[[str, Manifest | None], None]],
+        member_listeners: list[Callable[[MemberChanged], None]],
+        tick: Callable[[float], None] | None = None,
+    ) -> None:
+        self.core = core
+        self.tick: Callable[[float], None] = tick or core.tick
+        """What the drive loop calls when the deadline passes (``core.tick`` by default)."""
+        self._signer = signer
+        self._verifier = verifier
+        self._udp = udp
+        self._session = session
+        self._accepting = accepting
+        self._log = log
+        self.drops = drops
+        self.persistence = persistence
+        self.tasks: TaskService | None = None
+        """Set once the task service exists; task effects go to it."""
+        self._manifest_listeners = manifest_listeners
+        self._member_listeners = member_listeners
+        self._wake = asyncio.Event()
+        self._fetch_slots = asyncio.Semaphore(MAX_CONCURRENT_FETCHES)
+        self._push_pull_slots = asyncio.Semaphore(MAX_CONCURRENT_PUSH_PULLS)
+        self._background: set[asyncio.Task[Any]] = set()
+        self._decoder: concurrent.futures.ThreadPoolExecutor | None = (
+            concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="meshnode-decode"
+            )
+        )
+        self.effect_failures: Counter[tuple[str, str]] = Counter()
+        """Failures of carried-out effects, by (effect kind, error class)."""
+        self.effect_failed_at: float | None = None
+        self.effect_last_failed: dict[tuple[str, str], float] = {}
+        self._failure_logged: dict[tuple[str, str], float] = {}
+        self.restarts = 0
+        self.died_at: float | None = None
+        self.error = ""
+        self.identity_conflict: tuple[float, tuple[str, int]] | None = None
+        """When (monotonic) the core last reported our id at another address, and where."""
+
+    # ------------------------------------------------------------------ the loop
+
+    async def supervise(self) -> None:
+        """Run the drive loop; if it ever dies, log it, count a restart and start it again
+        after a backoff. Cancellation (close) ends it."""
+        delay = DRIVER_RESTART_INITIAL
+        while True:
+            started = time.monotonic()
+            try:
+                await self._drive()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.restarts += 1
+                self.died_at = time.monotonic()
+                self.error = f"{type(exc).__name__}: {exc}"
+                if time.monotonic() - started >= DEGRADED_WINDOW_S:
+                    delay = DRIVER_RESTART_INITIAL
+                self._log.error(
+                    "driver_restarted",
+                    error=self.error,
+                    restarts=self.restarts,
+                    backoff_s=delay,
+                    exc_info=exc,
+                )
+                await asyncio.sleep(delay)
+                delay = min(DRIVER_RESTART_MAX, delay * 2)
+
+    async def _drive(self) -> None:
+        core = self.core
+        while True:
+            self.tick(time.time())
+            self.dispatch()
+            delay = core.next_deadline() - time.time()
+            if delay > 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+
+    def poke(self) -> None:
+        """An input reached the core: carry out its effects and re-arm the timer."""
+        self.dispatch()
+        self._wake.set()
+
+    def on_envelope(self, envelope: Envelope, addr: tuple[str, int]) -> None:
+        """A verified UDP envelope arrived."""
+        try:
+            self.core.receive(envelope.sender, envelope.messages, addr, time.time())
+        except Exception as exc:
+            self.effect_failed("receive", exc)
+        self.poke()
+
+    # ------------------------------------------------------------------ effects
+
+    def dispatch(self) -> None:
+        """Carry out the core's effects in order. Each is contained: one that raises is
+        counted (:attr:`effect_failures`) and the rest still run."""
+        for effect in self.core.take_effects():
+            try:
+                self._carry_out(effect)
+            except Exception as exc:
+                self.effect_failed(type(effect).__name__, exc)
+
+    def _carry_out(self, effect: object) -> None:
+        if isinstance(effect, SendPacket):
+            udp = self._udp()
+            if udp is not None:
+                udp.send(effect.addr, effect.messages)
+        elif isinstance(effect, _TASK_EFFECTS):
+            if self.tasks is not None:
+                self.tasks.carry_out(effect)
+        elif isinstance(effect, StartPushPull):
+            if self._accepting():
+                self.spawn(self.push_pull(effect.addr, effect.join))
+        elif isinstance(effect, FetchManifest):
+            if self._accepting():
+                self.spawn(self.fetch_manifest(effect))
+        elif isinstance(effect, ManifestChanged):
+            if self.persistence is not None:
+                self.persistence.manifest_changed(effect.node, effect.manifest)
+            for listener in self._manifest_listeners:
+                try:
+                    listener(effect.node, effect.manifest)
+                except Exception as exc:
+                    self.effect_failed("manifest_listener", exc)
+        elif isinstance(effect, PersistRecords):
+            if self.persistence is not None:
+                self.persistence.carry_out(effect)
+        elif isinstance(effect, MemberChanged):
+            self._member_changed(effect)
+        elif isinstance(effect, IdentityConflict):
+            self.identity_conflict = (time.monotonic(), effect.other_address)
+            self._log.error(
+                "identity_conflict",
+                other_address=format_address(effect.other_address),
+                hint="another process announces this node's id: is a copy of its data dir "
+                "or key running elsewhere?",
+            )
+
+    def _member_changed(self, change: MemberChanged) -> None:
+        if self.persistence is not None:
+            self.persistence.member_changed(change, self.core.node_id)
+        member = change.member
+        if change.node_id == self.core.node_id:
+            if change.kind is MemberEvent.UPDATED:
+                self._log.warning("refuted_suspicion", incarnation=member.incarnation)
+        else:
+            self._log.info(
+                _EVENT_NAMES.get(change.kind, "member_changed"),
+                peer=short_id(change.node_id),
+                address=format_address(member.address),
+                incarnation=member.incarnation,
+                state=member.state.name.lower(),
+            )
+        for listener in self._member_listeners:
+            try:
+                listener(change)
+            except Exception as exc:
+                self.effect_failed("member_listener", exc)
+
+    def effect_failed(self, kind: str, exc: BaseException) -> None:
+        """Count (and at most every :data:`FAILURE_LOG_INTERVAL_S`, log) one failure."""
+        key = (kind, type(exc).__name__)
+        self.effect_failures[key] += 1
+        now = time.monotonic()
+        self.effect_failed_at = now
+        self.effect_last_failed[key] = now
+        last = self._failure_logged.get(key)
+        if last is None or now - last >= FAILURE_LOG_INTERVAL_S:
+            self._failure_logged[key] = now
+            self._log.error(
+                "effect_failed",
+                effect=kind,
+                error=f"{type(exc).__name__}: {exc}",
+                count=self.effect_failures[key],
+            )
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    @property
+    def background(self) -> int:
+        """Background exchanges (push-pulls, fetches) running."""
+        return len(self._background)
+
+    async def close(self) -> None:
+        """Cancel and await every background exchange; stop the decoder thread."""
+        tasks = list(self._background)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._background.clear()
+        if self._decoder is not None:
+            self._decoder.shutdown(wait=False, cancel_futures=True)
+            self._decoder = None
+
+    # ------------------------------------------------------------------ TCP exchanges
+
+    async def decode_frame(self, data: bytes) -> Envelope:
+        """``protocol.decode`` of a TCP frame: on the loop when small, in the decoder
+        thread above :data:`DECODE_INLINE_MAX_BYTES` so the loop keeps serving probes."""
+        if len(data) <= DECODE_INLINE_MAX_BYTES or self._decoder is None:
+            return decode(data, verifier=self._verifier)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._decoder, functools.partial(decode, data, verifier=self._verifier)
+        )
+
+    def _client(self) -> aiohttp.ClientSession:
+        session = self._session()
+        if session is None:
+            raise ConnectionError("the node's HTTP client is closed")
+        return session
+
+    async def _post_envelope(
+        self, addr: tuple[str, int], path: str, body: bytes, cap: int
+    ) -> bytes:
+        """POST ``body`` and return the reply, read with a hard cap of ``cap`` bytes: a
+        longer reply aborts the connection and raises
+        :class:`~meshnode.runtime.transport.BodyTooLarge`."""
+        async with self._client().post(
+            f"http://{format_address(addr)}{path}",
+            data=body,
+            headers={"Content-Type": WIRE_CONTENT_TYPE},
+        ) as resp:
+            resp.raise_for_status()
+            try:
+                return await read_capped(resp.content, cap, resp.content_length, READ_CHUNK_BYTES)
+            except BodyTooLarge:
+                resp.close()
+                raise
+
+    async def push_pull(self, addr: tuple[str, int], join: bool) -> None:
+        """Run one anti-entropy exchange with ``addr`` (three legs)."""
+        async with self._push_pull_slots:
+            core = self.core
+            request = core.push_pull_request(join)
+            try:
+                data = await self._post_envelope(
+                    addr,
+                    "/v1/wire/pushpull",
+                    encode([request], self._signer),
+                    MAX_PUSH_PULL_REPLY_BYTES,
+                )
+                envelope = await self.decode_frame(data)
+                if len(envelope.messages) != 1 or not isinstance(envelope.messages[0], PushPull):
+                    raise RemoteProtocolError("push-pull reply is not one PushPull")
+                missing = core.finish_push_pull(
+                    envelope.sender, envelope.messages[0], addr, time.time()
+                )
+                self.dispatch()
+                for start in range(0, len(missing), MAX_MESSAGES_PER_ENVELOPE):
+                    chunk: list[Message] = list(missing[start : start + MAX_MESSAGES_PER_ENVELOPE])
+                    await self._post_envelope(
+                        addr,
+                        "/v1/wire/records",
+                        encode(chunk, self._signer),
+                        MAX_RECORDS_REPLY_BYTES,
+                    )
+            except (aiohttp.ClientError, TimeoutError, OSError, RemoteProtocolError) as exc:
+                self.drops[f"push_pull_{type(exc).__name__}"] += 1
+                self._log.debug("push_pull_failed", peer=format_address(addr), error=str(exc))
+            self._wake.set()
+
+    async def fetch_manifest(self, effect: FetchManifest) -> None:
+        """Fetch a manifest from the effect's sources in the order the core gave, until one
+        delivers the version asked for; tell the core if none did."""
+        async with self._fetch_slots:
+            for source in effect.sources:
+                try:
+                    async with self._client().get(
+                        f"http://{format_address(source)}/v1/wire/manifests/{effect.node}"
+                    ) as resp:
+                        resp.raise_for_status()
+                        try:
+                            raw = await read_capped(
+                                resp.content,
+                                MAX_MANIFEST_BYTES,
+                                resp.content_length,
+                                READ_CHUNK_BYTES,
+                            )
+                        except BodyTooLarge:
+                            resp.close()
+                            raise
+                    manifest = unpack(raw, Manifest)
+                except (aiohttp.ClientError, TimeoutError, OSError, RemoteProtocolError) as exc:
+                    self.drops[f"fetch_{type(exc).__name__}"] += 1
+                    continue
+                if manifest.node_id != effect.node:
+                    self.drops["fetch_wrong_node"] += 1
+                    continue
+                self.core.manifest_fetched(manifest, time.time())
+                self.dispatch()
+                if manifest.version >= effect.version:
+                    return
+            self.core.fetch_failed(effect.node)
