@@ -30,9 +30,9 @@ derived from the run seed, the node's slot and the purpose.
 **Requesters.** Every honest node delegates: arrivals are a Poisson process of
 ``delegation_rate`` per second per requester, over the capabilities uniformly, until
 ``delegations`` have started in all. A requester ranks the candidates as the runtime's
-discovery does for a name-only query (the members its core holds alive with a manifest
-offering the capability, scored by :func:`meshnode.core.router.rank` from the core's trust
-view, their advertised load and the core's open breakers, ``top_k`` = :data:`TOP_K`), and
+discovery does for a name-only query: the index's hits (every manifest it holds offering
+the capability) go through ``NodeCore.route`` (alive members only, their advertised load,
+the core's trust view and open breakers, ``top_k`` = :data:`TOP_K`), and it
 hands them to ``NodeCore.start_delegation``. A share ``bad_input`` of the requesters are
 sloppy clients whose every input breaks the capability's input schema; providers refuse
 it (``invalid_input``), and that refusal must not count against them.
@@ -87,7 +87,7 @@ from meshnode.core.effects import (
 )
 from meshnode.core.member import MemberState
 from meshnode.core.node import NodeCore
-from meshnode.core.router import DEFAULT_TRUST, LoadInfo, rank
+from meshnode.core.router import DEFAULT_TRUST
 from meshnode.core.task_wire import RejectCode, reject_code
 from protocol import Capability, Message, TaskRequest, TaskResponse, TaskResult
 from simulations.cluster import Cluster, SimNode, Status
@@ -339,44 +339,20 @@ class EconomyNode:
 
     # ------------------------------------------------------------------ discovery
 
-    def rank(
-        self, capability: str, now: float, trust: Mapping[str, float] | None = None
-    ) -> list[str]:
-        """The candidates for ``capability`` in the order this node delegates to them:
-        what the runtime's discovery does for a name-only query (the members its core
-        holds alive with a manifest that offers it, scored by
-        :func:`meshnode.core.router.rank` from the core's trust view, the load they
-        advertise and the core's open breakers), then
-        :func:`meshnode.core.delegation.rank_candidates`."""
+    def rank(self, capability: str, now: float) -> list[str]:
+        """The candidates for ``capability`` in the order this node delegates to them, as
+        the runtime's discovery gets them for a name-only query: the index's hits (every
+        manifest this node holds that offers the capability) ranked by
+        ``NodeCore.route``, then :func:`meshnode.core.delegation.rank_candidates`."""
         core = self.core
-        membership = core.membership
+        manifests = core.manifests
         hits: list[tuple[_Entry, float]] = []
-        load: dict[str, LoadInfo] = {}
         for provider in self.economy.offering[capability]:
-            if provider == self.node_id:
-                continue
-            member = membership.member(provider)
-            if member is None or member.state is not MemberState.ALIVE:
-                continue
-            manifest = core.manifests.get(provider)
-            if manifest is None:
-                continue
-            offered = manifest.capability(capability)
-            if offered is None:
-                continue
-            hits.append((_Entry(provider, offered, manifest.name, manifest.endpoint), 1.0))
-            if member.load is not None:
-                load[provider] = LoadInfo(member.load, manifest.max_concurrent_tasks)
-        ranked = rank(
-            hits,
-            trust=core.trust_view(now) if trust is None else trust,
-            load=load,
-            open_circuits=core.breakers.open_nodes(now),
-            capability_name=capability,
-            name_only=True,
-            top_k=TOP_K,
-            weights=self.economy.config.routing_weights,
-        )
+            manifest = manifests.get(provider)
+            offered = None if manifest is None else manifest.capability(capability)
+            if manifest is not None and offered is not None:
+                hits.append((_Entry(provider, offered, manifest.name, manifest.endpoint), 1.0))
+        ranked = core.route(hits, now, capability_name=capability, name_only=True, top_k=TOP_K)
         chosen = rank_candidates(ranked, capability)
         return [] if chosen is None else chosen[1]
 
@@ -849,7 +825,7 @@ class Economy:
         self, requester: EconomyNode, now: float, trust: Mapping[str, float]
     ) -> bool:
         for capability in CAPABILITY_NAMES:
-            ranked = requester.rank(capability, now, trust)
+            ranked = requester.rank(capability, now)
             known = self._known_honest(requester, capability)
             if known and self.kind_of(ranked[0]) != "honest":
                 return False
