@@ -68,7 +68,7 @@ import gc
 import math
 import random
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from crdt import INITIAL_TRUST
@@ -319,6 +319,8 @@ class EconomyNode:
         self._opened_at: dict[str, float | None] = {}
         """Peer -> when its breaker last opened, as last seen (None: closed since)."""
         self._closed_after_open: set[str] = set()
+        self.on_finished: Callable[[DelegationFinished], None] | None = None
+        """Also told of every delegation of this node that ends (for tests)."""
         core = self.core
         for capability in CAPABILITIES:  # the requester's quality oracle
             core.evaluator.register(capability.name, _oracle)
@@ -358,13 +360,21 @@ class EconomyNode:
 
     # ------------------------------------------------------------------ requester side
 
-    def delegate(self, capability: str, task_input: Any, round_: int) -> None:
+    def delegate(
+        self,
+        capability: str,
+        task_input: Any,
+        round_: int,
+        candidates: Sequence[str] | None = None,
+    ) -> None:
         """Start one delegation of ``capability`` (what ``MeshNode.delegate`` does: rank,
-        then hand the ordered candidates to the core)."""
+        then hand the ordered candidates to the core; ``candidates`` skips the ranking, as
+        ``TaskService.delegate`` takes them)."""
         economy = self.economy
         now = economy.cluster.now
         self.counters["delegations"] += 1
-        candidates = self.rank(capability, now)
+        if candidates is None:
+            candidates = self.rank(capability, now)
         if not candidates:
             self.counters["delegations_no_candidate"] += 1
             economy.delegation_ended(self, None, None, self.sends_bad_input, now)
@@ -419,6 +429,8 @@ class EconomyNode:
         delegation = self.delegations.pop(finished.task_id, None)
         if delegation is None:
             return
+        if self.on_finished is not None:
+            self.on_finished(finished)
         outcome = finished.outcome
         breakers = self.core.breakers
         for attempt in outcome.attempts:
