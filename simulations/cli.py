@@ -359,11 +359,12 @@ def _summarise(report: dict[str, Any], out: Any) -> None:
         tasks = r["tasks"]
         lines.append(
             f"  economy: trust converged at round {r['trust_convergence']['round']}, "
+            f"routing at round {r['routing_convergence']['round']}, "
             f"share to bad {r['share_to_bad']['all']}, completed {tasks['completed']} "
             f"({tasks['completed_good']} good), failed {tasks['failed']}, deadline misses "
             f"{tasks['deadline_missed']}, breaker flaps {r['breakers']['flaps']}, Sybil ring "
-            f"trust {r['sybil_ring']['trust_mean_final']}, bad-input opinions below initial "
-            f"{r['bad_input']['opinions_below_initial']}"
+            f"trust {r['sybil_ring']['trust_mean_final']}, honest providers lowered by bad "
+            f"input {r['bad_input']['honest_providers_lowered']}"
         )
     traffic = summary["traffic_per_node_per_s"]
     if traffic.get("gossip"):

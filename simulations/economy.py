@@ -130,6 +130,10 @@ than about 3 s misses it."""
 CONVERGENCE_SHARE: Final = 0.95
 """Share of the sampled requesters that must rank honest above bad for trust to count as
 converged."""
+ROUTING_SHARE: Final = 0.05
+"""Share of requests to always-bad providers under which routing counts as settled: the
+*routing convergence* is the first round from which every later round stays at or under
+it (the trailing partial window is not judged)."""
 CONVERGENCE_SAMPLE: Final = 64
 """Most honest requesters whose rankings the judge inspects at each round (every
 ``ceil(R / 64)``-th by slot): a ranking costs a trust computation and a router pass over
@@ -877,6 +881,10 @@ class Economy:
 
     # ------------------------------------------------------------------ report
 
+    def _routing_convergence(self) -> int | None:
+        full = self.series[:-1] if len(self.series) > 1 else self.series  # the last is partial
+        return _settled_from(full, ROUTING_SHARE)
+
     def results(self) -> dict[str, Any]:
         """Everything measured, JSON-ready and deterministic."""
         kinds = Counter(e.kind for e in self.nodes)
@@ -919,6 +927,11 @@ class Economy:
                 "criterion": f"{CONVERGENCE_SHARE:.0%} of the judged requesters rank, for "
                 "every capability, an honest provider first and every honest provider with "
                 "trust above 0 in their view above every always-bad provider",
+            },
+            "routing_convergence": {
+                "round": self._routing_convergence(),
+                "criterion": f"from this round on, at most {ROUTING_SHARE:.0%} of the requests "
+                "of every round go to always-bad providers",
             },
             "share_to_bad": {
                 "all": round(bad_total / requests_total, 6) if requests_total else None,
@@ -972,6 +985,21 @@ class Economy:
                 "per_node": [e.counters_json() for e in self.nodes],
             },
         }
+
+
+def _settled_from(series: list[dict[str, Any]], share: float) -> int | None:
+    """The first round from which every round's share of requests to always-bad
+    providers is at most ``share`` (rounds without requests are skipped)."""
+    settled: int | None = None
+    for point in series:
+        value = point["share_always_bad"]
+        if value is None:
+            continue
+        if value > share:
+            settled = None
+        elif settled is None:
+            settled = point["round"]
+    return settled
 
 
 def _percentile(values: list[float], q: float) -> float | None:

@@ -47,7 +47,9 @@ from simulations.cluster import Cluster, SimNode
 from simulations.economy import (
     BAD_KINDS,
     DELEGATION_DEADLINE_S,
+    ROUTING_SHARE,
     Economy,
+    _settled_from,
     capabilities_for,
     expected_answer,
     simulate,
@@ -165,6 +167,29 @@ def test_every_node_offers_two_distinct_capabilities() -> None:
 def test_the_oracle_answer_depends_on_the_input() -> None:
     assert expected_answer({"text": "abc", "n": 1}) != expected_answer({"text": "abc", "n": 2})
     assert expected_answer({"text": "abc", "n": 1}) != expected_answer({"text": "ab", "n": 1})
+
+
+def _point(round_: int, share: float | None) -> dict[str, Any]:
+    return {"round": round_, "share_always_bad": share}
+
+
+@pytest.mark.parametrize(
+    ("shares", "settled"),
+    [
+        ([0.3, 0.1, 0.04, 0.0, 0.05], 2),
+        ([0.3, 0.04, 0.2, 0.01], 3),
+        ([0.3, 0.2, 0.1], None),
+        ([None, 0.0, None, 0.0], 1),
+        ([], None),
+    ],
+)
+def test_routing_settles_at_the_first_round_that_stays_low(
+    shares: list[float | None], settled: int | None
+) -> None:
+    """Routing convergence: the first round from which every later round sends at most
+    5 % of its requests to always-bad providers (rounds without requests do not count)."""
+    series = [_point(i, share) for i, share in enumerate(shares)]
+    assert _settled_from(series, ROUTING_SHARE) == settled
 
 
 # ---------------------------------------------------------------------------- seeded, per kind
