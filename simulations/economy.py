@@ -661,7 +661,6 @@ class Economy:
         self.requests_by_kind: Counter[str] = Counter()
         self.bad_input: Counter[str] = Counter()
         self.durations: list[float] = []
-        self.rounds_after_convergence: Counter[str] = Counter()
         self.checkpoints: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ lookup
@@ -735,6 +734,12 @@ class Economy:
     # ------------------------------------------------------------------ measurement hooks
 
     def routed(self, requester: EconomyNode, provider: str, delegation: _Delegation) -> None:
+        """A request went to ``provider``. Requests of delegations with invalid input are
+        counted apart: every provider refuses them, so they walk the whole candidate list
+        and say nothing about routing."""
+        if delegation.bad_input:
+            self.bad_input["requests"] += 1
+            return
         kind = self.kind_of(provider)
         self.requests_by_kind[kind] += 1
         window = self._window
@@ -745,14 +750,6 @@ class Economy:
             window["to_always_bad"] += 1
         if kind == "sybil":
             window["to_sybil"] += 1
-        if self.convergence_round is not None and delegation.round >= self.convergence_round:
-            self.rounds_after_convergence["requests"] += 1
-            if kind == "sybil":
-                self.rounds_after_convergence["to_sybil"] += 1
-            if kind in ALWAYS_BAD:
-                self.rounds_after_convergence["to_always_bad"] += 1
-        if delegation.bad_input:
-            self.bad_input["requests"] += 1
 
     def opinion_recorded(
         self, requester: EconomyNode, subject: str, quality: float, delegation: _Delegation
@@ -938,11 +935,6 @@ class Economy:
                 "series": self.series,
             },
             "requests_by_kind": {k: self.requests_by_kind[k] for k in KINDS},
-            "after_convergence": {
-                "requests": self.rounds_after_convergence["requests"],
-                "to_always_bad": self.rounds_after_convergence["to_always_bad"],
-                "to_sybil": self.rounds_after_convergence["to_sybil"],
-            },
             "tasks": {
                 "completed": self.outcomes["done"],
                 "completed_good": self.outcomes["done_good"],

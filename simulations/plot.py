@@ -77,15 +77,16 @@ def plot_economy(curve: dict[str, Any], path: str | Path) -> None:
     series = [s for s in curve["series"] if s["requests"]]
     rounds = [s["round"] for s in series]
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
-    ax.step(rounds, [s["share_bad"] for s in series], where="post", label="to bad providers")
+    # A point at round k covers the requests sent between rounds k - 1 and k.
+    ax.step(rounds, [s["share_bad"] for s in series], where="pre", label="to bad providers")
     ax.step(
         rounds,
         [s["share_always_bad"] for s in series],
-        where="post",
+        where="pre",
         linestyle="--",
         label="to always-bad providers (slow, lying, silent, Sybil)",
     )
-    judged = [s for s in curve["series"]]
+    judged = curve["series"]
     ax.plot(
         [s["round"] for s in judged],
         [s["ranking_converged_share"] for s in judged],
