@@ -1060,6 +1060,7 @@ def simulate(spec: Spec, progress: Progress | None = None) -> tuple[Outcome, Eco
         "kind": "economy",
         "series": results["share_to_bad"]["series"],
         "convergence_round": converged,
+        "routing_round": results["routing_convergence"]["round"],
         "title": f"economy: {spec.nodes} nodes, seed {spec.seed}",
     }
     return run.finish(results, curve), economy

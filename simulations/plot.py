@@ -67,25 +67,30 @@ def plot_dissemination(curve: dict[str, Any], path: str | Path) -> None:
 def plot_economy(curve: dict[str, Any], path: str | Path) -> None:
     """Write the economy figure to ``path``: per round (one delegation per requester), the
     share of requests sent to bad providers (all bad kinds, and the always-bad ones), with
-    the share of judged requesters whose ranking puts honest providers first, and the round
-    at which trust converged (if it did)."""
+    the share of judged requesters whose ranking puts honest providers first, and the rounds
+    at which trust converged and routing settled (if they did)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = [s for s in curve["series"] if s["requests"]]
-    rounds = [s["round"] for s in series]
+    # A point at round k covers the requests sent between rounds k - 1 and k; the last
+    # point (the requests of the drain after the last round) is drawn with the last round.
+    series: list[dict[str, Any]] = []
+    for point in curve["series"]:
+        if series and point["round"] == series[-1]["round"]:
+            continue
+        if point["requests"]:
+            series.append(point)
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
-    # A point at round k covers the requests sent between rounds k - 1 and k.
-    ax.step(rounds, [s["share_bad"] for s in series], where="pre", label="to bad providers")
-    ax.step(
-        rounds,
-        [s["share_always_bad"] for s in series],
-        where="pre",
-        linestyle="--",
-        label="to always-bad providers (slow, lying, silent, Sybil)",
-    )
+    if series:
+        starts = [s["round"] - 1 for s in series] + [series[-1]["round"]]
+        for key, label, style in (
+            ("share_bad", "to bad providers", "-"),
+            ("share_always_bad", "to always-bad providers (slow, lying, silent, Sybil)", "--"),
+        ):
+            values = [s[key] for s in series]
+            ax.step(starts, [*values, values[-1]], where="post", linestyle=style, label=label)
     judged = curve["series"]
     ax.plot(
         [s["round"] for s in judged],
@@ -99,6 +104,11 @@ def plot_economy(curve: dict[str, Any], path: str | Path) -> None:
     if converged is not None:
         ax.axvline(
             converged, color="green", linestyle=":", label=f"trust converged (round {converged})"
+        )
+    routing = curve.get("routing_round")
+    if routing is not None:
+        ax.axvline(
+            routing, color="purple", linestyle=":", label=f"routing settled (round {routing})"
         )
     ax.set_xlabel("round (one delegation per requester)")
     ax.set_ylabel("share")
