@@ -89,7 +89,7 @@ from meshnode.core.member import MemberState
 from meshnode.core.node import NodeCore
 from meshnode.core.router import DEFAULT_TRUST
 from meshnode.core.task_wire import RejectCode, reject_code
-from protocol import Capability, Message, TaskRequest, TaskResponse, TaskResult
+from protocol import Capability, Manifest, Message, TaskRequest, TaskResponse, TaskResult
 from simulations.cluster import Cluster, SimNode, Status
 from simulations.engine import derive_rng
 from simulations.progress import Progress
@@ -352,12 +352,24 @@ class EconomyNode:
         ``NodeCore.route``, then :func:`meshnode.core.delegation.rank_candidates`."""
         core = self.core
         manifests = core.manifests
+        entries = self.economy.entries
         hits: list[tuple[_Entry, float]] = []
         for provider in self.economy.offering[capability]:
             manifest = manifests.get(provider)
-            offered = None if manifest is None else manifest.capability(capability)
-            if manifest is not None and offered is not None:
-                hits.append((_Entry(provider, offered, manifest.name, manifest.endpoint), 1.0))
+            if manifest is None:
+                continue
+            known = entries.get((provider, capability))
+            if known is None or known[0] is not manifest:  # the index entry of this manifest
+                offered = manifest.capability(capability)
+                entry = (
+                    None
+                    if offered is None
+                    else _Entry(provider, offered, manifest.name, manifest.endpoint)
+                )
+                known = (manifest, entry)
+                entries[(provider, capability)] = known
+            if known[1] is not None:
+                hits.append((known[1], 1.0))
         ranked = core.route(hits, now, capability_name=capability, name_only=True, top_k=TOP_K)
         chosen = rank_candidates(ranked, capability)
         return [] if chosen is None else chosen[1]
@@ -641,6 +653,9 @@ class Economy:
             for capability in e.sim.capabilities:
                 if capability.name in self.offering:
                     self.offering[capability.name].append(e.node_id)
+        self.entries: dict[tuple[str, str], tuple[Manifest, _Entry | None]] = {}
+        """(provider, capability) -> the index entry built from that manifest (manifests are
+        immutable and shared between hosts, so every node's index holds the same entry)."""
         self.requesters = [e for e in self.nodes if e.requester]
         self.judged = [e for e in self.requesters if not e.sends_bad_input]
         step = max(1, math.ceil(len(self.judged) / CONVERGENCE_SAMPLE))
