@@ -52,6 +52,11 @@ left full by the join drain before anything is measured.
   member and record counts of honest nodes against the bounds named after the caps, and
   the time for the honest nodes to converge again once the attack stops (budget
   ``quiet_s``).
+* ``economy`` — after the bootstrap, an agent economy runs on every node's ``NodeCore``:
+  requesters delegate (Poisson arrivals, ``delegations`` in all) to providers of several
+  kinds, honest and bad, and a Sybil ring; judged by trust and routing convergence, the
+  share of requests to bad providers per round, and what invalid input does to trust (see
+  :mod:`simulations.economy`).
 
 Lifeguard *off* is approximated with the configuration the core offers:
 ``awareness_max_multiplier = 1`` (no local health scaling of probe timing) and
