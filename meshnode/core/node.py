@@ -35,7 +35,13 @@ is due. Inputs:
   message a verified peer sent on its channel), ``handler_done``, ``peer_failed``,
   ``send_failed``, ``set_capabilities``, ``close_tasks``;
 * trust: ``record_outcome``, ``sign_opinions``, ``durable_failed``, ``durable_written``;
-  queries ``trust_view(now)``, ``direct_experience()``, ``opinion(peer)``.
+  queries ``trust_view(now)``, ``direct_experience()``, ``opinion(peer)``;
+* routing: ``route(hits, now, ...)`` ranks what the capability index found.
+
+Queries the shells use: ``next_deadline()`` (everything), ``task_deadline()`` (the task
+side alone), ``waiting_on(peer)``, ``attempt_node(task_id)``, ``in_flight``,
+``durable_pending``, and the parts themselves (``membership``, ``manifests``, ``ledger``,
+``provider``, ``breakers``, ``evaluator``, ``trust``) for reading.
 
 The node-level effects are :class:`~meshnode.core.effects.SendTask`,
 :class:`~meshnode.core.effects.RunHandler`, :class:`~meshnode.core.effects.StopHandler`,
@@ -202,6 +208,8 @@ class NodeCore:
         )
         self.evaluator = evaluator or OutputEvaluator()
         self._delegations: dict[str, _Delegation] = {}
+        self._requester_due: float | None = None
+        self._requester_stale = False
         self._effects: list[NodeEffect] = []
         self._now = now
         self._closing = False
@@ -287,10 +295,9 @@ class NodeCore:
         """The earliest timer of the task side alone (provider deadlines and holds, each
         delegation's timeouts, the opinion flush); None when none is armed."""
         deadline = self.provider.next_deadline()
-        for d in self._delegations.values():
-            due = d.core.next_deadline()
-            if due is not None and (deadline is None or due < deadline):
-                deadline = due
+        due = self._requester_deadline()
+        if due is not None and (deadline is None or due < deadline):
+            deadline = due
         flush = self.trust.flush_at
         if flush is not None and (deadline is None or flush < deadline):
             deadline = flush
@@ -305,10 +312,12 @@ class NodeCore:
         due = self.provider.next_deadline()
         if due is not None and now >= due:
             self._provider_tick(now)
-        for task_id in [t for t, d in self._delegations.items() if _due(d.core, now)]:
-            delegation = self._delegations.get(task_id)
-            if delegation is not None:
-                self._apply(task_id, delegation, delegation.core.tick(now), now)
+        due = self._requester_deadline()
+        if due is not None and now >= due:
+            for task_id in [t for t, d in self._delegations.items() if _due(d.core, now)]:
+                delegation = self._delegations.get(task_id)
+                if delegation is not None:
+                    self._apply(task_id, delegation, delegation.core.tick(now), now)
         self.trust.tick(now)
         self._collect(now)
 
@@ -734,10 +743,25 @@ class NodeCore:
             if task_id not in self._delegations:
                 return task_id
 
+    def _requester_deadline(self) -> float | None:
+        """The earliest timer of every delegation, recomputed only after one changed (every
+        requester core call goes through :meth:`_apply`), so that ``next_deadline`` and
+        ``tick`` cost O(1) between task inputs however many delegations are in flight."""
+        if self._requester_stale:
+            due: float | None = None
+            for d in self._delegations.values():
+                at = d.core.next_deadline()
+                if at is not None and (due is None or at < due):
+                    due = at
+            self._requester_due = due
+            self._requester_stale = False
+        return self._requester_due
+
     def _apply(
         self, task_id: str, delegation: _Delegation, effects: list[RequesterEffect], now: float
     ) -> None:
         """Turn one requester core's effects into node effects and consequences."""
+        self._requester_stale = True
         for effect in effects:
             if isinstance(effect, SendRequest):
                 self._send(effect.node, task_id, effect.request)

@@ -27,7 +27,7 @@ import asyncio
 import concurrent.futures
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -37,9 +37,10 @@ from protocol import Manifest
 from protocol.manifest import MAX_NAME_CHARS, MAX_TAG_CHARS
 
 if TYPE_CHECKING:
+    from meshnode.core.config import NodeConfig
+    from meshnode.core.node import NodeCore
     from meshnode.discovery.embedder import CachedEmbedder, Embedder
     from meshnode.discovery.index import CapabilityIndex, IndexEntry
-    from meshnode.runtime.node import MeshNode
 
 EMBEDDERS = ("auto", "minilm", "hashing")
 """Accepted values of ``NodeConfig.embedder``."""
@@ -82,8 +83,10 @@ def shared_embedder(kind: str, precision: str = "auto") -> CachedEmbedder:
 class DiscoveryService:
     """The local semantic index of one node and the queries against it."""
 
-    def __init__(self, node: MeshNode) -> None:
-        self.node = node
+    def __init__(self, config: NodeConfig, core: Callable[[], NodeCore]) -> None:
+        self.config = config
+        self._core = core
+        """The node's core (it exists once the node has bound its port, after :meth:`load`)."""
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="meshnode-embed"
         )
@@ -107,7 +110,7 @@ class DiscoveryService:
         capability arrives or the first query is asked. A node that never indexes
         anything, such as a membership-only node, never imports them."""
         self._loaded = True
-        if self.node.config.embedder == "hashing":
+        if self.config.embedder == "hashing":
             return
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._materialize)
@@ -118,7 +121,7 @@ class DiscoveryService:
             return
         from meshnode.discovery.index import CapabilityIndex
 
-        config = self.node.config
+        config = self.config
         embedder = shared_embedder(config.embedder, config.embedding_precision)
         self.index = CapabilityIndex(embedder.model_id, embedder.dim)
         self.embedder = embedder  # last: ``embedder is not None`` means both are ready
@@ -129,7 +132,7 @@ class DiscoveryService:
             raise RuntimeError("load() the embedder first")
         self._ready.set()
         self._worker = asyncio.create_task(self._work(), name="meshnode-discovery")
-        for manifest in self.node.core.manifests.manifests():
+        for manifest in self._core().manifests.manifests():
             self.manifest_changed(manifest.node_id, manifest)
 
     async def close(self) -> None:
@@ -142,7 +145,7 @@ class DiscoveryService:
 
     def manifest_changed(self, node_id: str, manifest: Manifest | None) -> None:
         """Queue an index update (called for every ``ManifestChanged``)."""
-        if node_id == self.node.node_id:
+        if node_id == self._core().node_id:
             return
         self._pending[node_id] = manifest
         self._idle.clear()
@@ -215,7 +218,7 @@ class DiscoveryService:
         if isinstance(tags, str):
             raise TypeError("tags must be a collection of strings, not one string")
         tags = tuple(tags)
-        check_query(description, capability_name, tags, max_chars=self.node.config.max_query_chars)
+        check_query(description, capability_name, tags, max_chars=self.config.max_query_chars)
         pool = candidate_pool(top_k)  # validates top_k
         await self._ready.wait()
         loop = asyncio.get_running_loop()
@@ -238,7 +241,7 @@ class DiscoveryService:
         else:
             assert capability_name is not None
             hits = [(entry, 1.0) for entry in index.by_name(capability_name)]
-        return self.node.core.route(
+        return self._core().route(
             hits,
             time.time(),
             min_trust=min_trust,

@@ -310,7 +310,7 @@ class MeshNode:
 
         # Load the embedder before binding and joining: importing a model holds the GIL
         # for seconds, and a node that cannot answer probes must not be a member yet.
-        self._discovery = DiscoveryService(self)
+        self._discovery = DiscoveryService(cfg, lambda: self.core)
         await self._discovery.load()
         await self._bind()
         assert self._udp is not None
