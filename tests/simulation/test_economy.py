@@ -49,9 +49,9 @@ from simulations.economy import (
     DELEGATION_DEADLINE_S,
     ROUTING_SHARE,
     Economy,
-    _settled_from,
     capabilities_for,
     expected_answer,
+    settled_from,
     simulate,
 )
 from simulations.network import LinkModel
@@ -189,7 +189,7 @@ def test_routing_settles_at_the_first_round_that_stays_low(
     """Routing convergence: the first round from which every later round sends at most
     5 % of its requests to always-bad providers (rounds without requests do not count)."""
     series = [_point(i, share) for i, share in enumerate(shares)]
-    assert _settled_from(series, ROUTING_SHARE) == settled
+    assert settled_from(series, ROUTING_SHARE) == settled
 
 
 # ---------------------------------------------------------------------------- seeded, per kind

@@ -30,8 +30,8 @@ from simulations.economy import (
     Behaviour,
     Economy,
     EconomyPlan,
-    _oracle,
     expected_answer,
+    quality_oracle,
 )
 from simulations.network import LinkModel
 from tests.integration.agents import Cap, LocalMesh
@@ -175,7 +175,7 @@ async def runtime_run(mesh: LocalMesh) -> tuple[list[Decision], dict[str, Any]]:
         nodes[role] = await mesh.node(role, caps)
     await mesh.ready()
     requester = nodes["requester"]
-    requester.core.evaluator.register(CAPABILITY.name, _oracle)
+    requester.core.evaluator.register(CAPABILITY.name, quality_oracle)
     ids = {role: n.node_id for role, n in nodes.items()}
     role_of = {v: k for k, v in ids.items()}
     decisions: list[Decision] = []
