@@ -95,7 +95,6 @@ class Economy:
         self.live = 0
         """Delegations in flight."""
         self.start_time = 0.0
-        self.last_start = 0.0
         self.round = 0
         # measurements
         self.series: list[dict[str, Any]] = []
@@ -107,7 +106,6 @@ class Economy:
         self.requests_by_kind: Counter[str] = Counter()
         self.bad_input: Counter[str] = Counter()
         self.durations: list[float] = []
-        self.checkpoints: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ lookup
 
@@ -165,7 +163,6 @@ class Economy:
                 {"text": n, "n": text} if requester.sends_bad_input else {"text": text, "n": n}
             )
             self.started += 1
-            self.last_start = self.cluster.now
             requester.delegate(capability, task_input, self.round)
             if self.started >= len(self.requesters) * (self.round + 1):
                 self.round += 1
