@@ -18,6 +18,7 @@ SMALL = {
     "quiet_s": 30.0,
     "churn_rate": 2.0,
     "outcome_rate": 2.0,
+    "delegations": 120,
 }
 
 
