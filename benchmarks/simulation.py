@@ -46,6 +46,13 @@ Benchmarks (``--only`` takes these names):
 ``partition``
     N=1,000 started converged, split 50/50 for 30 s, then healed. Goal: membership,
     manifests and ledger reconverge within two push-pull intervals.
+``economy``
+    The agent economy (``--scenario economy``, started converged): 1,000 agents and
+    10,000 delegations (20 % bad providers of every kind, a Sybil ring of 10, 5 % sloppy
+    clients), goal at most 2 minutes of wall time; and 200 agents and 2,000 delegations
+    beside it, for the cost per delegation against N. Reports the economy's own figures
+    (trust convergence, share of requests to bad providers, tasks completed, deadline
+    misses) with the cost.
 ``--quick`` shrinks every N by 10× (for a smoke test of the script itself). ``--reuse``
 takes a run already finished with the very same spec from ``benchmarks/results/simulation/``
 (e.g. the 10,000-node point of ``bandwidth`` from ``scale``) instead of running it again.
@@ -106,7 +113,7 @@ class BudgetProgress(Progress):
 
 def child(spec_json: str, budget: float | None, out: Path) -> None:
     fields = json.loads(spec_json)
-    for key in ("pause_s", "run_s"):
+    for key in ("pause_s", "run_s", "bad_kinds"):
         if key in fields:
             fields[key] = tuple(fields[key])
     fields["overrides"] = tuple(tuple(x) for x in fields.get("overrides", ()))
@@ -473,6 +480,59 @@ def bench_partition(scale: float) -> list[dict[str, Any]]:
     ]
 
 
+ECONOMY_GOAL_S = 120.0
+"""Wall-clock goal for 1,000 agents and 10,000 delegations, seconds."""
+ECONOMY_BUDGET_S = 1800.0
+"""Wall-clock budget after which the economy run is stopped and reported as far as it got."""
+
+
+def bench_economy(scale: float) -> list[dict[str, Any]]:
+    """The agent economy at two sizes; the goal applies to the larger."""
+    out = []
+    for agents, delegations in ((200, 2_000), (1_000, 10_000)):
+        n = max(10, int(agents * scale))
+        count = max(100, int(delegations * scale))
+        spec = Spec(
+            "economy",
+            nodes=n,
+            seed=1,
+            start="converged",
+            delegations=count,
+            sybil=max(2, n // 100),
+            bad_input=0.05,
+        )
+        result = run(f"economy-{n}-{count}", spec, budget=ECONOMY_BUDGET_S)
+        stopped = result.get("stopped_by_wall_budget", True)
+        economy = result.get("report", {}).get("results", {})
+        figures = _cost(result) | {
+            "nodes": n,
+            "delegations": count,
+            "stopped_by_wall_budget": stopped,
+            "wall_ms_per_delegation": None
+            if stopped or not result.get("wall_s")
+            else round(1000.0 * result["wall_s"] / count, 3),
+            "trust_convergence": economy.get("trust_convergence"),
+            "share_to_bad": (economy.get("share_to_bad") or {}).get("all"),
+            "tasks": economy.get("tasks"),
+            "breakers": economy.get("breakers"),
+            "sybil_ring": economy.get("sybil_ring"),
+            "bad_input": economy.get("bad_input"),
+        }
+        large = agents == 1_000
+        out.append(
+            goal(
+                f"economy: {n} agents x {count} delegations"
+                + (f" within {ECONOMY_GOAL_S:g} s of wall time" if large else " (reference)"),
+                f"<= {ECONOMY_GOAL_S:g} s wall" if large else "-",
+                figures,
+                (not stopped and result.get("wall_s", math.inf) <= ECONOMY_GOAL_S)
+                if large
+                else None,
+            )
+        )
+    return out
+
+
 BENCHES = {
     "scale": bench_scale,
     "scale-join": bench_scale_join,
@@ -481,6 +541,7 @@ BENCHES = {
     "bandwidth": bench_bandwidth,
     "slow-node": bench_slow_node,
     "partition": bench_partition,
+    "economy": bench_economy,
 }
 
 

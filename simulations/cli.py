@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from simulations.byzantine import ATTACKS
+from simulations.economy import BAD_KINDS
 from simulations.progress import Progress
 from simulations.report import build_report, command_line, dumps
 from simulations.scenarios import SCENARIOS, STARTS, Spec, make_config, run_scenario
@@ -56,6 +57,14 @@ def _attacks(text: str) -> tuple[str, ...]:
     unknown = [a for a in names if a not in ATTACKS]
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown attacks {unknown}; pick from {ATTACKS}")
+    return names
+
+
+def _bad_kinds(text: str) -> tuple[str, ...]:
+    names = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = [k for k in names if k not in BAD_KINDS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown kinds {unknown}; pick from {BAD_KINDS}")
     return names
 
 
@@ -158,6 +167,43 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="byzantine: records from fresh keys each hostile node signs (default 2000)",
     )
     p.add_argument(
+        "--delegations",
+        type=int,
+        default=2000,
+        help="economy: delegations started in all (default 2000)",
+    )
+    p.add_argument(
+        "--delegation-rate",
+        type=float,
+        default=0.2,
+        help="economy: delegations per second per requester (default 0.2)",
+    )
+    p.add_argument(
+        "--bad-share",
+        type=float,
+        default=0.2,
+        metavar="FRACTION",
+        help="economy: share of bad providers: flaky, slow, lying, silent in turn (default 0.2)",
+    )
+    p.add_argument(
+        "--sybil", type=int, default=0, metavar="N", help="economy: Sybil ring size (default 0)"
+    )
+    p.add_argument(
+        "--bad-input",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="economy: share of requesters sending input that breaks the schema (default 0)",
+    )
+    p.add_argument(
+        "--bad-kinds",
+        type=_bad_kinds,
+        default=BAD_KINDS,
+        metavar="A,B",
+        help=f"economy: kinds of the bad providers, in turn, from {','.join(BAD_KINDS)} "
+        "(default all)",
+    )
+    p.add_argument(
         "--set",
         type=_setting,
         action="append",
@@ -213,6 +259,12 @@ def spec_from_args(args: argparse.Namespace) -> Spec:
         attacks=args.attacks,
         fake_members=args.fake_members,
         flood_records=args.flood_records,
+        delegations=args.delegations,
+        delegation_rate=args.delegation_rate,
+        bad_share=args.bad_share,
+        sybil=args.sybil,
+        bad_input=args.bad_input,
+        bad_kinds=args.bad_kinds,
     )
 
 
@@ -241,6 +293,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plot:
         if outcome.curve is None:
             print(f"note: the {spec.scenario} scenario has no dissemination plot", file=out)
+        elif outcome.curve.get("kind") == "economy":
+            from simulations.plot import plot_economy
+
+            plot_economy(outcome.curve, args.plot)
         else:
             from simulations.plot import plot_dissemination
 
@@ -297,6 +353,18 @@ def _summarise(report: dict[str, Any], out: Any) -> None:
             f"{r['bounds']['members']}), peak records {r['peak_records']} (bound "
             f"{r['bounds']['records']}), honest convergence after the attack "
             f"{r['honest_convergence_after_stop_s']} s (budget {r['convergence_budget_s']} s)"
+        )
+    if report["scenario"] == "economy":
+        r = report["results"]
+        tasks = r["tasks"]
+        lines.append(
+            f"  economy: trust converged at round {r['trust_convergence']['round']}, "
+            f"routing at round {r['routing_convergence']['round']}, "
+            f"share to bad {r['share_to_bad']['all']}, completed {tasks['completed']} "
+            f"({tasks['completed_good']} good), failed {tasks['failed']}, deadline misses "
+            f"{tasks['deadline_missed']}, breaker flaps {r['breakers']['flaps']}, Sybil ring "
+            f"trust {r['sybil_ring']['trust_mean_final']}, honest providers lowered by bad "
+            f"input {r['bad_input']['honest_providers_lowered']}"
         )
     traffic = summary["traffic_per_node_per_s"]
     if traffic.get("gossip"):

@@ -260,6 +260,15 @@ class Cluster:
         packets to replay them."""
         self.core_errors = 0
         """Exceptions raised by a core while handling input (each is also a violation)."""
+        self.task_shell: Callable[[SimNode, list[object]], None] | None = None
+        """Carries out a host's task effects (``SendTask``, ``RunHandler``, ``StopHandler``,
+        ``CheckPeer``, ``DelegationFinished``), in order, after each drain of its core;
+        None: they are dropped (a mesh with no task workload)."""
+        self._task_channels: dict[tuple[int, int, int, int], tuple[int, float]] = {}
+        """(src slot, src life, dst slot, dst life) -> (connection number, arrival time of
+        the last message sent on it): messages never overtake one another, and a broken
+        connection loses everything still on its way."""
+        self._task_connections = 0
 
     def _clock(self) -> float:
         return self.engine.now
@@ -553,6 +562,7 @@ class Cluster:
         if core is None:
             return math.inf
         tracker = self.tracker
+        task_effects: list[object] = []
         for effect in core.take_effects():
             kind = type(effect)
             if kind is SendPacket:
@@ -579,10 +589,18 @@ class Cluster:
                 node.store_manifest(effect.node, effect.manifest)
             elif kind is PersistRecords:
                 assert isinstance(effect, PersistRecords)
+                if effect.durable:  # own opinions, some signed by the core on its own
+                    for record in effect.records:
+                        if tracker.created.get((record.observer, record.seq)) != record:
+                            tracker.record_created(record)
                 tracker.records_persisted(node, effect)
                 disk = node.disk_records
                 for record in effect.records:
                     disk[(record.observer, record.subject)] = record
+            elif self.task_shell is not None:
+                task_effects.append(effect)
+        if task_effects and self.task_shell is not None:
+            self.task_shell(node, task_effects)
         return self._reschedule(node)
 
     # ------------------------------------------------------------------ UDP
@@ -976,3 +994,132 @@ class Cluster:
     @property
     def workload_rng(self) -> Any:
         return self._workload_rng
+
+    # ------------------------------------------------------------------ task channels
+
+    def task_send(
+        self,
+        src: SimNode,
+        dst_id: str,
+        messages: tuple[Message, ...],
+        on_arrive: Callable[[SimNode, str, tuple[Message, ...]], None],
+        on_broken: Callable[[SimNode, str], None],
+    ) -> bool:
+        """Send ``messages`` from ``src`` to node ``dst_id`` over a task channel: a
+        reliable, ordered stream (a pooled WebSocket in the runtime) with the network's
+        latency and TCP retransmission. They arrive together at ``on_arrive(dst, sender,
+        messages)``, never before anything ``src`` sent earlier on the same connection.
+
+        The channel breaks as a TCP connection does: when the destination is unknown,
+        unreachable or down (``on_broken(src, dst_id)`` after a reset's round trip or the
+        ``tcp_timeout``), when a message would take longer than ``tcp_timeout`` to get
+        through, or when the destination crashes or is partitioned away while messages are
+        on their way. A broken connection loses every message still on it, and ``src``
+        hears of each loss; the next send opens a new connection. A paused destination
+        receives its messages when it resumes. Returns False when the channel is known to
+        be broken at sending."""
+        now = self.engine.now
+        timeout = self.config.tcp_timeout
+        slot = self.by_id.get(dst_id)
+        if slot is None:
+            self.engine.at(now + timeout, self._task_broken, src, src.life, dst_id, on_broken)
+            return False
+        dst = self.nodes[slot]
+        network = self.network
+        key = (src.slot, src.life, slot, dst.life)
+        if not (network.reachable(src.slot, slot) and network.reachable(slot, src.slot)):
+            self._task_channels.pop(key, None)
+            self.engine.at(now + timeout, self._task_broken, src, src.life, dst_id, on_broken)
+            return False
+        if not dst.up:
+            self._task_channels.pop(key, None)
+            rtt = network.delay(src.slot, slot) + network.delay(slot, src.slot)
+            self.engine.at(now + rtt, self._task_broken, src, src.life, dst_id, on_broken)
+            return False
+        channel = self._task_channels.get(key)
+        delay = network.tcp_leg(src.slot, slot)
+        if channel is None:  # a new connection: its handshake first
+            self._task_connections += 1
+            channel = (self._task_connections, now)
+            delay += network.tcp_connect(src.slot, slot)
+        connection, last = channel
+        arrival = max(now + delay, last)
+        if not math.isfinite(arrival) or arrival - now > timeout:
+            self._task_channels.pop(key, None)  # what is still on its way is lost
+            self.engine.at(now + timeout, self._task_broken, src, src.life, dst_id, on_broken)
+            return False
+        self._task_channels[key] = (connection, arrival)
+        self.engine.at(
+            arrival, self._task_arrive, key, connection, src, dst, messages, on_arrive, on_broken
+        )
+        return True
+
+    def _task_arrive(
+        self,
+        key: tuple[int, int, int, int],
+        connection: int,
+        src: SimNode,
+        dst: SimNode,
+        messages: tuple[Message, ...],
+        on_arrive: Callable[[SimNode, str, tuple[Message, ...]], None],
+        on_broken: Callable[[SimNode, str], None],
+    ) -> None:
+        src_life, dst_life = key[1], key[3]
+        channel = self._task_channels.get(key)
+        lost = (
+            channel is None
+            or channel[0] != connection
+            or dst.life != dst_life
+            or not dst.up
+            or not self.network.reachable(src.slot, dst.slot)
+        )
+        if not lost and dst.status is Status.PAUSED:
+            dst.backlog.append(
+                (
+                    self._task_arrive,
+                    (key, connection, src, dst, messages, on_arrive, on_broken),
+                )
+            )
+            return
+        if lost:
+            if channel is not None and channel[0] == connection:
+                del self._task_channels[key]
+            back = self.network.delay(dst.slot, src.slot)
+            self.engine.at(
+                self.engine.now + back, self._task_broken, src, src_life, dst.node_id, on_broken
+            )
+            return
+        on_arrive(dst, src.node_id, messages)
+
+    def _task_broken(
+        self,
+        src: SimNode,
+        life: int,
+        dst_id: str,
+        on_broken: Callable[[SimNode, str], None],
+    ) -> None:
+        if src.life != life or not src.up:
+            return
+        if src.status is Status.PAUSED:
+            src.backlog.append((self._task_broken, (src, life, dst_id, on_broken)))
+            return
+        on_broken(src, dst_id)
+
+    def publish_opinion(
+        self, node: SimNode, subject: SimNode, score: float, outcomes: int
+    ) -> LedgerRecord:
+        """``node`` signs ``score`` as its opinion of ``subject`` outright, beside the
+        trust policy of its core (as any member may: the ledger holds what each observer
+        says, whatever its reasons), and its mesh gossips it."""
+        core = node.core
+        if core is None or not node.up:
+            raise ValueError(f"{node.name} is not running")
+        record = core.mesh.publish_opinion(subject.node_id, score, outcomes, self.engine.now)
+        self.tracker.record_created(record)
+        self._dispatch(node)
+        return record
+
+    def dispatch(self, node: SimNode) -> None:
+        """Carry out whatever ``node``'s core has queued after a call made from outside the
+        cluster (a shell component driving the same core, such as the task layer)."""
+        self._dispatch(node)

@@ -1,4 +1,4 @@
-"""The dissemination plot: fraction of nodes informed over time, against the epidemic.
+"""Plots: rumor dissemination against the epidemic, and the economy's routing over rounds.
 
 Theory of operation
 -------------------
@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_dissemination"]
+__all__ = ["plot_dissemination", "plot_economy"]
 
 
 def plot_dissemination(curve: dict[str, Any], path: str | Path) -> None:
@@ -59,6 +59,63 @@ def plot_dissemination(curve: dict[str, Any], path: str | Path) -> None:
     ax.set_title(str(curve.get("title", "rumor dissemination")))
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(str(path))
+    plt.close(fig)
+
+
+def plot_economy(curve: dict[str, Any], path: str | Path) -> None:
+    """Write the economy figure to ``path``: per round (one delegation per requester), the
+    share of requests sent to bad providers (all bad kinds, and the always-bad ones), with
+    the share of judged requesters whose ranking puts honest providers first, and the rounds
+    at which trust converged and routing settled (if they did)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    # A point at round k covers the requests sent between rounds k - 1 and k; the last
+    # point (the requests of the drain after the last round) is drawn with the last round.
+    series: list[dict[str, Any]] = []
+    for point in curve["series"]:
+        if series and point["round"] == series[-1]["round"]:
+            continue
+        if point["requests"]:
+            series.append(point)
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+    if series:
+        starts = [s["round"] - 1 for s in series] + [series[-1]["round"]]
+        for key, label, style in (
+            ("share_bad", "to bad providers", "-"),
+            ("share_always_bad", "to always-bad providers (slow, lying, silent, Sybil)", "--"),
+        ):
+            values = [s[key] for s in series]
+            ax.step(starts, [*values, values[-1]], where="post", linestyle=style, label=label)
+    judged = curve["series"]
+    ax.plot(
+        [s["round"] for s in judged],
+        [s["ranking_converged_share"] for s in judged],
+        color="grey",
+        marker="o",
+        markersize=3,
+        label="requesters ranking honest first",
+    )
+    converged = curve.get("convergence_round")
+    if converged is not None:
+        ax.axvline(
+            converged, color="green", linestyle=":", label=f"trust converged (round {converged})"
+        )
+    routing = curve.get("routing_round")
+    if routing is not None:
+        ax.axvline(
+            routing, color="purple", linestyle=":", label=f"routing settled (round {routing})"
+        )
+    ax.set_xlabel("round (one delegation per requester)")
+    ax.set_ylabel("share")
+    ax.set_ylim(0.0, 1.02)
+    ax.set_title(str(curve.get("title", "economy")))
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(str(path))
     plt.close(fig)

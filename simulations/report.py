@@ -56,6 +56,11 @@ _FLAG_FOR: dict[str, str] = {
     "byzantine": "--byzantine",
     "fake_members": "--fake-members",
     "flood_records": "--flood-records",
+    "delegations": "--delegations",
+    "delegation_rate": "--delegation-rate",
+    "bad_share": "--bad-share",
+    "sybil": "--sybil",
+    "bad_input": "--bad-input",
 }
 
 
@@ -90,6 +95,8 @@ def command_line(spec: Spec) -> str:
         parts.append(f"--start {spec.start}")
     if spec.attacks != default.attacks:
         parts.append(f"--attacks {','.join(spec.attacks) or 'none'}")
+    if spec.bad_kinds != default.bad_kinds:
+        parts.append(f"--bad-kinds {','.join(spec.bad_kinds)}")
     if spec.slow_mode != default.slow_mode:
         parts.append(f"--slow-mode {spec.slow_mode}")
     if not spec.lifeguard:

@@ -52,6 +52,11 @@ left full by the join drain before anything is measured.
   member and record counts of honest nodes against the bounds named after the caps, and
   the time for the honest nodes to converge again once the attack stops (budget
   ``quiet_s``).
+* ``economy`` — after the bootstrap, an agent economy runs on every node's ``NodeCore``:
+  requesters delegate (Poisson arrivals, ``delegations`` in all) to providers of several
+  kinds, honest and bad, and a Sybil ring; judged by trust and routing convergence, the
+  share of requests to bad providers per round, and what invalid input does to trust (see
+  :mod:`simulations.economy`).
 
 Lifeguard *off* is approximated with the configuration the core offers:
 ``awareness_max_multiplier = 1`` (no local health scaling of probe timing) and
@@ -101,6 +106,7 @@ SCENARIOS = (
     "slow-node",
     "steady",
     "byzantine",
+    "economy",
 )
 STARTS = ("join", "converged")
 
@@ -153,6 +159,19 @@ class Spec:
     """byzantine: fresh identities each hostile node invents (fake-members)."""
     flood_records: int = 2000
     """byzantine: records from fresh keys each hostile node signs (ledger-flood)."""
+    delegations: int = 2000
+    """economy: delegations started in all (see :mod:`simulations.economy`)."""
+    delegation_rate: float = 0.2
+    """economy: delegations per second per requester (Poisson arrivals)."""
+    bad_share: float = 0.2
+    """economy: share of the providers that are bad (flaky, slow, lying, silent in turn)."""
+    sybil: int = 0
+    """economy: size of the Sybil ring (fresh members rating each other, delivering
+    garbage)."""
+    bad_input: float = 0.0
+    """economy: share of the requesters whose every input breaks the input schema."""
+    bad_kinds: tuple[str, ...] = ("flaky", "slow", "lying", "silent")
+    """economy: the kinds handed out to the bad providers, in turn."""
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -176,6 +195,15 @@ class Spec:
             raise ValueError(f"unknown attacks {unknown}; pick from {ATTACKS}")
         if self.fake_members < 0 or self.flood_records < 0:
             raise ValueError("fake_members and flood_records must not be negative")
+        if self.delegations < 0 or self.sybil < 0:
+            raise ValueError("delegations and sybil must not be negative")
+        if not 0.0 < self.delegation_rate < math.inf:
+            raise ValueError(f"delegation_rate must be positive, got {self.delegation_rate}")
+        if not 0.0 <= self.bad_share < 1.0 or not 0.0 <= self.bad_input < 1.0:
+            raise ValueError("bad_share and bad_input must be fractions in [0, 1)")
+        bad_kinds = ("flaky", "slow", "lying", "silent")
+        if not self.bad_kinds or any(k not in bad_kinds for k in self.bad_kinds):
+            raise ValueError(f"bad_kinds must be some of {bad_kinds}, got {self.bad_kinds}")
         if self.start == "converged" and self.scenario == "join":
             raise ValueError("the join scenario measures the join: it cannot start converged")
 
@@ -1023,7 +1051,14 @@ RUNNERS: dict[str, Callable[[Spec, Progress | None], Outcome]] = {
     "slow-node": run_slow_node,
     "steady": run_steady,
     "byzantine": run_byzantine,
+    "economy": lambda spec, progress: _run_economy(spec, progress),
 }
+
+
+def _run_economy(spec: Spec, progress: Progress | None) -> Outcome:
+    from simulations.economy import run_economy  # it builds on this module
+
+    return run_economy(spec, progress)
 
 
 GC_THRESHOLD_YOUNG = 50_000
