@@ -253,10 +253,13 @@ class NodeConfig:
     0.35 / 0.35 / 0.15 / 0.15; each in [0, 1], summing to 1."""
 
     direct_trust_weight: float = 0.5
-    """How much this node's own experience of a peer counts against the mesh-wide
-    (EigenTrust) view in the trust it routes by, default 0.5: ``trust = w × direct +
-    (1 − w) × global`` for peers it has rated; others get the global view alone. 1.0 trusts
-    only first-hand outcomes (slow to learn, immune to gossip); 0.0 only the mesh."""
+    """How far this node's own experience of a peer moves the mesh-wide (EigenTrust) view
+    in the trust it routes by, default 0.5: ``trust = global + 2w × (direct − 0.5)``,
+    clamped to [0, 1], for peers it has rated (``direct`` is its ELO score, starting at the
+    0.5 prior); others get the global view alone. At 0.5 a peer of average global trust
+    gets exactly the direct score; 1.0 doubles the pull of first-hand outcomes; 0.0 routes
+    by the mesh alone. A peer that failed us ends below its global score, and at 0 if
+    nobody rates it above the prior."""
 
     # ------------------------------------------------------------------ tasks
 

@@ -63,14 +63,22 @@ def rank_candidates(
     candidates: Sequence[ScoredCandidate], capability_name: str | None
 ) -> tuple[str, list[str]] | None:
     """``(capability, node ids in rank order)`` for a delegation of ``capability_name``
-    (or, if None, of the best-ranked candidate's capability); None when nothing fits."""
+    (or, if None, of the best-ranked candidate's capability); None when nothing fits.
+
+    A candidate with no trust at all (0: rated, and nobody we trust vouches for it above
+    the prior — a provider seen failing, a Sybil ring) is not tried while any candidate
+    has some trust: a delegation fails rather than falls back to it. Only when every
+    candidate has none are they all tried, in rank order. A caller who wants the
+    untrusted too as a last resort can pass them itself; one who wants them never sets
+    ``min_trust``."""
     if not candidates:
         return None
     capability = capability_name or candidates[0].capability.name
-    ordered = [c.node_id for c in candidates if c.capability.name == capability]
-    if not ordered:
+    fitting = [c for c in candidates if c.capability.name == capability]
+    if not fitting:
         return None
-    return capability, ordered
+    trusted = [c for c in fitting if c.trust > 0.0]
+    return capability, [c.node_id for c in (trusted or fitting)]
 
 
 def inherit_deadline(deadline_s: float, inherited_deadline: float | None, now: float) -> float:

@@ -24,7 +24,13 @@ always give the same list in the same order.
      :data:`OPEN_CIRCUIT_AVAILABILITY`;
    * cost_factor — cheaper scores higher: ``1 − cost / max_cost_usd`` within a budget, or
      ``1 / (1 + cost / REFERENCE_COST_USD)`` without one.
-3. Order by total (highest first), then node id, then capability name, and keep ``top_k``.
+3. Order by total (highest first), then node id, then capability name, and keep ``top_k``
+   — except that a node with no trust at all (exactly 0: someone rated it, and nobody
+   trusted vouches for it above the prior — a provider seen failing, a Sybil ring) comes
+   after every node with some trust, whatever its other factors. Such a node is idle
+   *because* nobody trusts it, so its availability must not lift it above a busy, trusted
+   one. Discovery still lists it (filter it out with ``min_trust``); a delegation does not
+   try it while any candidate has some trust (:func:`meshnode.core.delegation.rank_candidates`).
 
 A node may appear more than once if several of its capabilities match: the result is a
 list of (node, capability) choices, since the capability is what a task names.
@@ -317,7 +323,7 @@ def rank(
             best[key] = (entry, score)
 
     # Score into plain tuples, order, and build result objects for the top_k only.
-    scored: list[tuple[float, str, str, RoutableEntry, float, float, float, float, bool]] = []
+    scored: list[tuple[bool, float, str, str, RoutableEntry, float, float, float, float, bool]] = []
     for (node_id, name), (entry, similarity) in best.items():
         cap = entry.capability
         node_trust = _clamp01(float(trust.get(node_id, default_trust)))
@@ -345,6 +351,7 @@ def rank(
         )
         scored.append(
             (
+                node_trust <= 0.0,
                 -total,
                 node_id,
                 name,
@@ -357,7 +364,7 @@ def rank(
             )
         )
 
-    best_first = heapq.nsmallest(top_k, scored, key=lambda row: row[:3])
+    best_first = heapq.nsmallest(top_k, scored, key=lambda row: row[:4])
     return [
         ScoredCandidate(
             node_id=node_id,
@@ -373,6 +380,7 @@ def rank(
             circuit_open=circuit_open,
         )
         for (
+            _untrusted,
             negative_total,
             node_id,
             _name,

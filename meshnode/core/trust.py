@@ -10,9 +10,10 @@ replicated ledger by :meth:`crdt.ReputationLedger.trust_scores`) personalised to
   experience of (its own opinion at least :data:`~crdt.INITIAL_TRUST`). Never a uniform
   vector over every known id (Sybils would share it), and never a peer it has seen fail,
   whose opinions would otherwise be trusted by construction.
-* **Blend** (:func:`blend`): ``w × direct + (1 − w) × global`` with ``w`` =
-  ``NodeConfig.direct_trust_weight`` for every peer we have rated; the global score alone
-  for the others; ourselves left out.
+* **Blend** (:func:`blend`): ``global + 2w × (direct − ½)``, clamped to [0, 1], with
+  ``w`` = ``NodeConfig.direct_trust_weight``, for every peer we have rated (our own
+  experience moves the mesh's view by as far as it moved us from the prior); the global
+  score alone for the others; ourselves left out.
 * **Refresh of the global part** (:func:`global_is_stale`): recomputed at once when the
   pre-trusted set changed or any record but our own changed the ledger; while only our
   own opinions change it, at most every :data:`TRUST_REFRESH_S`; and every
@@ -95,12 +96,26 @@ def blend(
     global_scores: Mapping[str, float],
     weight: float,
 ) -> dict[str, float]:
-    """``weight × direct + (1 − weight) × global`` for every rated peer (a peer the global
-    computation does not know counts its direct score there too), the global score for the
-    rest; ``node_id`` itself is left out."""
+    """``global + 2 × weight × (direct − prior)``, clamped to [0, 1], for every rated peer
+    the global computation knows; the direct score alone for a rated peer it does not
+    know; the global score for the rest; ``node_id`` itself is left out.
+
+    Direct experience moves the mesh's view of a peer by how far it moved us from the
+    prior (:data:`~crdt.INITIAL_TRUST`), so a peer we saw fail ends *below* its global
+    score, and a peer nobody rates above the prior (global 0) that failed us ends at 0:
+    below every peer with any trust we have no bad experience of. (A weighted average
+    ``w × direct + (1 − w) × global`` kept such a peer at ``0.5 × 0.45 ≈ 0.23``, above
+    honest peers known through one mild opinion: the simulated economy ranked an
+    always-failing provider first that way.) With ``weight`` 0.5 a peer of average global
+    trust (0.5) gets exactly our direct score."""
     view = dict(global_scores)
+    scale = 2.0 * weight
     for peer, score in direct.items():
-        view[peer] = weight * score + (1 - weight) * global_scores.get(peer, score)
+        known = global_scores.get(peer)
+        if known is None:
+            view[peer] = score
+        else:
+            view[peer] = min(1.0, max(0.0, known + scale * (score - INITIAL_TRUST)))
     view.pop(node_id, None)
     return view
 

@@ -98,16 +98,27 @@ def _own_records(host: Host) -> list[PersistRecords]:
 @pytest.mark.parametrize(
     ("direct", "global_scores", "weight", "expected"),
     [
-        # rated and globally known: weighted average
-        ({"p": 0.9}, {"p": 0.5}, 0.5, {"p": 0.7}),
-        ({"p": 0.9}, {"p": 0.5}, 1.0, {"p": 0.9}),
+        # rated and globally known: the global score moved by 2w x (direct - 0.5)
+        ({"p": 0.9}, {"p": 0.5}, 0.5, {"p": 0.9}),
+        ({"p": 0.9}, {"p": 0.3}, 0.5, {"p": 0.7}),
+        ({"p": 0.9}, {"p": 0.5}, 1.0, {"p": 1.0}),  # clamped
+        ({"p": 0.7}, {"p": 0.5}, 0.25, {"p": 0.6}),
         ({"p": 0.9}, {"p": 0.5}, 0.0, {"p": 0.5}),
+        # a peer that failed us once (0.45): below its global score ...
+        ({"p": 0.45}, {"p": 0.6}, 0.5, {"p": 0.55}),
+        # ... and at 0 when nobody rates it above the prior, below any trusted peer
+        (
+            {"p": 0.45, "q": 0.55},
+            {"p": 0.0, "q": 0.05, "r": 0.01},
+            0.5,
+            {"p": 0.0, "q": 0.1, "r": 0.01},
+        ),
         # rated, unknown globally: the direct score stands in for the global part
         ({"p": 0.2}, {}, 0.5, {"p": 0.2}),
         # known globally only: the global score
         ({}, {"q": 0.4}, 0.5, {"q": 0.4}),
         # ourselves never appear
-        ({"me": 1.0, "p": 0.6}, {"me": 0.9, "p": 0.6}, 0.5, {"p": 0.6}),
+        ({"me": 1.0, "p": 0.6}, {"me": 0.9, "p": 0.6}, 0.5, {"p": 0.7}),
     ],
 )
 def test_blend(
@@ -116,7 +127,10 @@ def test_blend(
     weight: float,
     expected: dict[str, float],
 ) -> None:
-    """``w × direct + (1 − w) × global`` per rated peer; global alone for the others."""
+    """``global + 2w × (direct − 0.5)`` (clamped) per rated peer known globally, direct
+    alone for a rated peer the mesh does not know, global alone for the others. With the
+    earlier weighted average the once-failed ``p`` of the last case held 0.225, above
+    ``q`` and ``r``."""
     view = blend("me", direct, global_scores, weight)
     assert view.keys() == expected.keys()
     for peer, score in expected.items():
@@ -444,9 +458,9 @@ def test_an_input_that_cannot_travel_is_refused_before_any_peer_is_asked() -> No
 # ============================================================================ rank order, caps
 
 
-def _candidate(node: str, capability: str, total: float) -> ScoredCandidate:
+def _candidate(node: str, capability: str, total: float, trust: float = 0.5) -> ScoredCandidate:
     cap = Capability(name=capability, description=capability)
-    return ScoredCandidate(node, node, "127.0.0.1:1", cap, 1.0, 1.0, 0.5, 1.0, 1.0, total)
+    return ScoredCandidate(node, node, "127.0.0.1:1", cap, 1.0, 1.0, trust, 1.0, 1.0, total)
 
 
 @pytest.mark.parametrize(
@@ -467,10 +481,19 @@ def _candidate(node: str, capability: str, total: float) -> ScoredCandidate:
             ("other", ["a", "c"]),
         ),
         ([("a", "other", 0.9)], "echo", None),
+        # no trust at all (a provider seen failing, a Sybil): not tried while any
+        # candidate has some trust (before, the ring got fallbacks in the economy)
+        (
+            [("a", "echo", 0.9, 0.2), ("s", "echo", 0.5, 0.0), ("b", "echo", 0.4, 0.01)],
+            "echo",
+            ("echo", ["a", "b"]),
+        ),
+        # ... and all tried when none has any
+        ([("s", "echo", 0.5, 0.0), ("t", "echo", 0.4, 0.0)], "echo", ("echo", ["s", "t"])),
     ],
 )
 def test_rank_candidates(
-    candidates: list[tuple[str, str, float]], name: str | None, expected: Any
+    candidates: list[tuple[Any, ...]], name: str | None, expected: Any
 ) -> None:
     ranked = rank_candidates([_candidate(*c) for c in candidates], name)
     assert ranked == expected

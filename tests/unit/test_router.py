@@ -407,3 +407,26 @@ def test_rank_is_deterministic() -> None:
     hits = [(entry(f"n{i}", cost=i / 1000), 0.4 + (i % 5) / 10) for i in range(12)]
     kwargs = {"trust": {f"n{i}": (i % 3) / 3 for i in range(12)}, "load": {}, "top_k": 10}
     assert rank(hits, **kwargs) == rank(list(reversed(hits)), **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("trust_idle", "idle_first"),
+    [(0.0, False), (0.001, True), (0.5, True)],
+)
+def test_a_node_with_no_trust_comes_after_every_trusted_one(
+    trust_idle: float, idle_first: bool
+) -> None:
+    """An idle node nobody trusts (0) ranks after a busy node with a little trust, though
+    its availability alone scores more (0.15 against 0.35 x 0.05); with any trust at all
+    the factors decide as before. Found by the simulated economy: idle lying providers
+    outranked busy honest ones and got tasks."""
+    hits = [(entry("idle"), 1.0), (entry("busy"), 1.0)]
+    ranked = rank(
+        hits,
+        trust={"idle": trust_idle, "busy": 0.05},
+        load={"idle": (0, 3), "busy": (3, 3)},
+        capability_name="translate_text",
+        name_only=True,
+    )
+    assert ranked[0].node_id == ("idle" if idle_first else "busy")
+    assert len(ranked) == 2  # ranked last, not filtered out
