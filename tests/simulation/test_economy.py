@@ -12,15 +12,11 @@ Invariants:
   every honest requester within a bounded number of delegations, and a Sybil ring whose
   members fail every task gets no tasks once trust has formed.
 
-The last two do not hold on this tree's trust model, and are marked as expected failures
-(strict: they must fail, and will be reported the day they pass): a provider that fails its
-only task keeps its requester's opinion at 0.45 (one ELO step down from the 0.5 prior), and
-EigenTrust normalises each observer's positive opinions, so that edge carries nearly as
-much trust as a 0.95 opinion of a good provider; the requester's own view blends the same
-0.45 in as direct experience. A failing provider (and, through the Sybils' 1.0 opinions of
-one another, its whole ring) thereby holds positive trust, ranks above honest providers the
-requester knows less well, and keeps getting tasks. Each test's docstring gives the figures
-it saw.
+The last two failed on the earlier trust model (each test's docstring gives the figures it
+saw) and hold since three rules changed: EigenTrust weighs an opinion by its distance above
+the 0.5 prior, direct experience moves the global view by its own distance from the prior,
+and a node with no trust at all ranks after every trusted one and is not tried while any
+candidate has some trust.
 
 Examples are 8 to 30 nodes and a few hundred delegations, a few seconds of wall time each;
 :data:`EXAMPLES` (``SIM_PROPERTY_EXAMPLES``) bounds the properties, and shrinking is off so
