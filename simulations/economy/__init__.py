@@ -52,9 +52,12 @@ round ``k`` on average). At every round the judge asks a sample of the honest re
 rank to delegate. A requester *ranks honest above bad* when, for every capability, its
 first choice is honest and every honest provider its trust view gives any trust (an
 unrated one has the router's prior, 0.5) ranks above every always-bad provider (``slow``,
-``lying``, ``silent``, ``sybil``). Honest providers at zero trust in its view are left out:
-no evidence reaches the requester about them through its own trust graph, and the router
-then orders them with the bad ones by load and node id. *Trust convergence* is the first
+``lying``, ``silent``, ``sybil``) that somebody has rated (is in its trust view): one that
+nobody has tried yet has only the prior, and trust cannot rank what it has no evidence of
+(such a provider is tried, and so rated, when it comes first). Honest providers at zero
+trust in its view are left out: no evidence reaches the requester about them through its
+own trust graph, the router ranks them after every trusted provider and a delegation does
+not try them while a trusted one is left. *Trust convergence* is the first
 round at which 95 % of the sampled requesters do. Also: the share of requests sent to bad
 providers per round, breaker openings and flaps (a circuit that opens again after it had
 closed), the Sybil ring's total trust in the requesters' views, tasks completed, deadline

@@ -285,8 +285,11 @@ class Economy:
             known = self._known_honest(requester, capability)
             if known and self.kind_of(ranked[0]) != "honest":
                 return False
+            # Only always-bad providers somebody has rated: one nobody has tried yet has the
+            # router's prior, and trust cannot rank what it has no evidence of.
             first_bad = next(
-                (i for i, n in enumerate(ranked) if self.kind_of(n) in ALWAYS_BAD), None
+                (i for i, n in enumerate(ranked) if self.kind_of(n) in ALWAYS_BAD and n in trust),
+                None,
             )
             if first_bad is None:
                 continue
@@ -366,7 +369,8 @@ class Economy:
                 else round(self.convergence_time, 6),
                 "criterion": f"{CONVERGENCE_SHARE:.0%} of the judged requesters rank, for "
                 "every capability, an honest provider first and every honest provider with "
-                "trust above 0 in their view above every always-bad provider",
+                "trust above 0 in their view above every always-bad provider someone has "
+                "rated",
             },
             "routing_convergence": {
                 "round": self._routing_convergence(),
