@@ -87,6 +87,7 @@ from meshnode.core.effects import (
 from meshnode.core.member import Member
 from meshnode.core.mesh import MAX_CONCURRENT_FETCHES, MAX_CONCURRENT_PUSH_PULLS
 from meshnode.core.node import NodeCore
+from meshnode.core.tables import ConvergedTable
 from protocol import (
     Ack,
     Capability,
@@ -375,8 +376,10 @@ class Cluster:
         :meth:`NodeCore.adopt_converged` instead of joining.
 
         The member table and the manifests are built once and shared (``Member`` and
-        ``Manifest`` objects are immutable; each core copies the tables' dicts), so a
-        mesh of N nodes costs O(N²) dictionary slots, not O(N²) objects.
+        ``Manifest`` objects are immutable): each core copies the member dict, and shares
+        the order of the alive ids (:class:`~meshnode.core.tables.ConvergedTable`) and
+        the manifest table until it changes them, so a mesh of N nodes costs one
+        dictionary of N slots per core, not O(N²) objects.
         """
         if any(n.status is not Status.NEW for n in nodes) or self.tracker.live_count:
             raise ValueError("start_converged needs fresh hosts in an empty mesh")
@@ -395,9 +398,10 @@ class Cluster:
             member = core.membership.member(node.node_id)
             assert member is not None
             members[node.node_id] = member
+        table = ConvergedTable(members)  # one order of ids, shared by every core
         addresses = [s.addr for s in seeds]
         for node, core in zip(nodes, cores, strict=True):
-            core.adopt_converged(members, store, addresses, now)
+            core.adopt_converged(table, store, addresses, now)
             node.core = core
             node.status = Status.RUNNING
             node.disk_manifest_base = manifests
