@@ -57,7 +57,9 @@ would drop that input, so the run goes on.
 
 Signatures are real Ed25519 (:class:`protocol.Identity`, :func:`protocol.verify`) or the
 simulation stand-in (:class:`protocol.FastSigner`, :func:`protocol.fast_verify`: same sizes,
-no security, ~50× cheaper). Messages travel as the very objects the sender's core built,
+no security, ~50× cheaper). Either way every check goes through one
+:class:`~simulations.verify_cache.CachedVerifier` per run: the same signed bytes are checked
+once, not once per node. Messages travel as the very objects the sender's core built,
 unless ``wire=True``, which encodes and decodes every datagram and TCP frame with the real
 codec (and signs it), for full fidelity at a higher cost.
 """
@@ -101,7 +103,6 @@ from protocol import (
     PingReq,
     PushPull,
     Signer,
-    Verifier,
     decode,
     encode,
     fast_verify,
@@ -114,6 +115,7 @@ from simulations.engine import Engine, derive_rng, derive_seed
 from simulations.metrics import Tracker
 from simulations.network import LinkModel, Network, Traffic
 from simulations.sizes import SizeModel
+from simulations.verify_cache import CachedVerifier
 
 __all__ = [
     "MAX_CONCURRENT_FETCHES",
@@ -252,7 +254,9 @@ class Cluster:
         self.wire = wire
         self.strict = strict
         """Raise :class:`Violation` at the first failed safety invariant (else record it)."""
-        self.verifier: Verifier = verify if crypto == "real" else fast_verify
+        self.verifier = CachedVerifier(verify if crypto == "real" else fast_verify)
+        """Every core's (and the wire decoder's) signature check: the real one, with its
+        answers remembered for the run (:mod:`simulations.verify_cache`)."""
         self.engine = Engine()
         self.network = Network(link, derive_rng(seed, "network"))
         self.sizes = SizeModel()
