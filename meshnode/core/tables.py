@@ -30,7 +30,7 @@ same sequence.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
 from typing import Final
 
 from meshnode.core.member import Member
@@ -249,16 +249,33 @@ class ConvergedTable(Mapping[str, Member]):
     """A read-only member table that every core of a converged start adopts: the members
     by node id and, built once and shared by every core, the order of their ids."""
 
-    __slots__ = ("_members", "ids")
+    __slots__ = ("_members", "ids", "states")
 
     def __init__(self, members: Mapping[str, Member]) -> None:
         self._members: dict[str, Member] = dict(members)
         self.ids = IndexedSet.of(list(self._members))
         """Every node id of the table, in table order (read-only: cores take views)."""
         self.ids._shared = True  # never written in place
+        self.states = frozenset(m.state for m in self._members.values())
+        """The states found in the table (checked once, not by every core)."""
 
     def __getitem__(self, node: str) -> Member:
         return self._members[node]
+
+    def __contains__(self, node: object) -> bool:
+        return node in self._members
+
+    def get(self, node: str, default: Member | None = None) -> Member | None:  # type: ignore[override]
+        return self._members.get(node, default)
+
+    def keys(self) -> KeysView[str]:
+        return self._members.keys()
+
+    def values(self) -> ValuesView[Member]:
+        return self._members.values()
+
+    def items(self) -> ItemsView[str, Member]:
+        return self._members.items()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._members)

@@ -8,9 +8,11 @@ items, their order and every draw must agree, and no view may see another's chan
 from __future__ import annotations
 
 import random
+from types import SimpleNamespace
 
 import pytest
 
+from meshnode.core.member import MemberState
 from meshnode.core.tables import ConvergedTable, IndexedSet, ProbePass, position
 
 
@@ -178,11 +180,13 @@ def test_probe_pass_refuses_a_position_outside_the_rest() -> None:
 
 
 def test_converged_table_is_a_read_only_mapping_with_shared_order() -> None:
-    members = {f"n{i}": i for i in range(5)}
+    members = {f"n{i}": SimpleNamespace(state=MemberState.ALIVE, i=i) for i in range(5)}
     table = ConvergedTable(members)  # type: ignore[arg-type]
-    assert list(table) == list(members) and len(table) == 5 and table["n3"] == 3
+    assert list(table) == list(members) and len(table) == 5 and table["n3"].i == 3  # type: ignore[attr-defined]
+    assert list(table.values()) == list(members.values()) and "n4" in table
+    assert table.states == {MemberState.ALIVE}
     own = table.table()
-    own["n9"] = 9  # type: ignore[assignment]
+    own["n9"] = own["n0"]
     assert "n9" not in table
     a, b = table.ids.without("n1"), table.ids.without("n2")
     a.add("x")
