@@ -20,6 +20,13 @@ Benchmarks (``--only`` takes these names):
     with the default workload of one ledger opinion per second, within a wall-clock budget
     of 10 minutes (the goal) on one core. Setting up the converged mesh counts towards the
     budget. If the budget runs out the child stops and reports how far the run got.
+``scale-10k``
+    Time and peak memory of the steady state at N = 1,000, 2,000 and 10,000 (the
+    ``scale`` run: ``steady``, ``--start converged``, 60 simulated seconds, one ledger
+    opinion per second), each in its own process. Goals at N = 10,000: at most 5 minutes of
+    wall time (setting up the converged mesh included) and at most 6 GB of peak resident
+    memory. The two smaller runs show how time and memory grow with N (per-node tables
+    are O(N) each, so memory is O(N²) in one process).
 ``scale-join``
     What the join storm itself costs: N=1,000 joining through 3 seeds at once, 60
     simulated seconds (or until the 10-minute budget runs out).
@@ -252,6 +259,37 @@ def bench_scale(scale: float) -> list[dict[str, Any]]:
                 "traffic_per_node_per_s": report.get("summary", {}).get("traffic_per_node_per_s"),
             },
             passed,
+        )
+    ]
+
+
+SCALE_10K_WALL_S = 300.0
+"""Goal of ``scale-10k``: wall seconds of the 10,000-node steady run, set-up included."""
+SCALE_10K_PEAK_MB = 6_000.0
+"""Goal of ``scale-10k``: peak resident megabytes of that run."""
+SCALE_10K_SIZES = (1_000, 2_000, 10_000)
+"""Mesh sizes of ``scale-10k``; the last one carries the goals."""
+
+
+def bench_scale_10k(scale: float) -> list[dict[str, Any]]:
+    """Wall time and peak memory of the steady state at 1,000, 2,000 and 10,000 nodes."""
+    points: list[dict[str, Any]] = []
+    result: dict[str, Any] = {}
+    for size in SCALE_10K_SIZES:
+        n = max(10, int(size * scale))
+        spec = Spec("steady", nodes=n, seed=1, duration=60.0, start="converged")
+        result = run(f"scale-10k-{n}", spec, budget=600.0)
+        points.append({"nodes": n} | _cost(result))
+    stopped = result.get("stopped_by_wall_budget", True)
+    wall = result.get("wall_s", math.inf)
+    peak = result.get("max_rss_mb", math.inf)
+    return [
+        goal(
+            f"N={points[-1]['nodes']} for 60 simulated seconds (steady state, converged "
+            "start): wall time and peak memory",
+            f"<= {SCALE_10K_WALL_S:.0f} s wall and <= {SCALE_10K_PEAK_MB:.0f} MB peak RSS",
+            {"points": points, "stopped_by_wall_budget": stopped},
+            not stopped and wall <= SCALE_10K_WALL_S and peak <= SCALE_10K_PEAK_MB,
         )
     ]
 
@@ -535,6 +573,7 @@ def bench_economy(scale: float) -> list[dict[str, Any]]:
 
 BENCHES = {
     "scale": bench_scale,
+    "scale-10k": bench_scale_10k,
     "scale-join": bench_scale_join,
     "scale-curve": bench_scale_curve,
     "rumor": bench_rumor,

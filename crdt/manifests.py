@@ -140,6 +140,7 @@ class ManifestStore:
         "_max_bytes",
         "_max_manifests",
         "_rumors",
+        "_shared",
         "_verifier",
         "_version",
         "counters",
@@ -159,6 +160,9 @@ class ManifestStore:
         self._max_manifests = max_manifests
         self._max_bytes = max_bytes
         self._entries: dict[str, _Live | Tombstone] = {}
+        # ``_entries`` may be read by copies of this store (see :meth:`copy`): take a
+        # private dict before writing. Entries are immutable, so sharing them is exact.
+        self._shared = False
         self._live = 0
         self._bytes = 0
         self.counters: dict[str, int] = {
@@ -220,13 +224,18 @@ class ManifestStore:
     ) -> ManifestStore:
         """An independent replica with the same state, verifier and caps (or the caps
         given: the state is copied as is even if it exceeds them; the caps bind what is
-        applied afterwards)."""
+        applied afterwards).
+
+        O(1): the two stores share one table of (immutable) entries until either changes,
+        and the one that changes first takes its own copy — so a thousand replicas of an
+        unchanging store cost one table, not a thousand."""
         twin = ManifestStore(
             verifier=self._verifier,
             max_manifests=self._max_manifests if max_manifests is None else max_manifests,
             max_bytes=self._max_bytes if max_bytes is None else max_bytes,
         )
-        twin._entries = dict(self._entries)
+        twin._entries = self._entries
+        twin._shared = self._shared = True
         twin._live = self._live
         twin._bytes = self._bytes
         if self._rumors is not None and self._rumors[0] == self._version:
@@ -346,6 +355,7 @@ class ManifestStore:
 
     def _set(self, node: str, entry: _Live | Tombstone | None) -> None:
         """Replace ``node``'s entry (None: drop it), keeping the count and byte totals."""
+        self._own()
         old = self._entries.get(node)
         if isinstance(old, _Live):
             self._live -= 1
@@ -421,9 +431,10 @@ class ManifestStore:
             for node, e in self._entries.items()
             if isinstance(e, Tombstone) and e.expires_at <= now
         ]
-        for node in stale:
-            del self._entries[node]
         if stale:
+            self._own()
+            for node in stale:
+                del self._entries[node]
             self._version += 1
         return len(stale)
 
@@ -445,6 +456,12 @@ class ManifestStore:
         return changed
 
     # ------------------------------------------------------------------ internals
+
+    def _own(self) -> None:
+        """Take a private copy of the entries (same order) if another store may read them."""
+        if self._shared:
+            self._entries = dict(self._entries)
+            self._shared = False
 
     def _live_entry(self, node_id: str, now: float) -> _Live | Tombstone | None:
         """The entry for ``node_id``, treating an expired tombstone as absent."""

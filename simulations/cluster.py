@@ -57,7 +57,9 @@ would drop that input, so the run goes on.
 
 Signatures are real Ed25519 (:class:`protocol.Identity`, :func:`protocol.verify`) or the
 simulation stand-in (:class:`protocol.FastSigner`, :func:`protocol.fast_verify`: same sizes,
-no security, ~50× cheaper). Messages travel as the very objects the sender's core built,
+no security, ~50× cheaper). Either way every check goes through one
+:class:`~simulations.verify_cache.CachedVerifier` per run: the same signed bytes are checked
+once, not once per node. Messages travel as the very objects the sender's core built,
 unless ``wire=True``, which encodes and decodes every datagram and TCP frame with the real
 codec (and signs it), for full fidelity at a higher cost.
 """
@@ -86,6 +88,7 @@ from meshnode.core.effects import (
 from meshnode.core.member import Member
 from meshnode.core.mesh import MAX_CONCURRENT_FETCHES, MAX_CONCURRENT_PUSH_PULLS
 from meshnode.core.node import NodeCore
+from meshnode.core.tables import ConvergedTable
 from protocol import (
     Ack,
     Capability,
@@ -99,7 +102,6 @@ from protocol import (
     PingReq,
     PushPull,
     Signer,
-    Verifier,
     decode,
     encode,
     fast_verify,
@@ -112,6 +114,7 @@ from simulations.engine import Engine, derive_rng, derive_seed
 from simulations.metrics import Tracker
 from simulations.network import LinkModel, Network, Traffic
 from simulations.sizes import SizeModel
+from simulations.verify_cache import CachedVerifier
 
 __all__ = [
     "MAX_CONCURRENT_FETCHES",
@@ -241,7 +244,9 @@ class Cluster:
         self.wire = wire
         self.strict = strict
         """Raise :class:`Violation` at the first failed safety invariant (else record it)."""
-        self.verifier: Verifier = verify if crypto == "real" else fast_verify
+        self.verifier = CachedVerifier(verify if crypto == "real" else fast_verify)
+        """Every core's (and the wire decoder's) signature check: the real one, with its
+        answers remembered for the run (:mod:`simulations.verify_cache`)."""
         self.engine = Engine()
         self.network = Network(link, derive_rng(seed, "network"))
         self.sizes = SizeModel()
@@ -371,8 +376,10 @@ class Cluster:
         :meth:`NodeCore.adopt_converged` instead of joining.
 
         The member table and the manifests are built once and shared (``Member`` and
-        ``Manifest`` objects are immutable; each core copies the tables' dicts), so a
-        mesh of N nodes costs O(N²) dictionary slots, not O(N²) objects.
+        ``Manifest`` objects are immutable): each core copies the member dict, and shares
+        the order of the alive ids (:class:`~meshnode.core.tables.ConvergedTable`) and
+        the manifest table until it changes them, so a mesh of N nodes costs one
+        dictionary of N slots per core, not O(N²) objects.
         """
         if any(n.status is not Status.NEW for n in nodes) or self.tracker.live_count:
             raise ValueError("start_converged needs fresh hosts in an empty mesh")
@@ -391,9 +398,10 @@ class Cluster:
             member = core.membership.member(node.node_id)
             assert member is not None
             members[node.node_id] = member
+        table = ConvergedTable(members)  # one order of ids, shared by every core
         addresses = [s.addr for s in seeds]
         for node, core in zip(nodes, cores, strict=True):
-            core.adopt_converged(members, store, addresses, now)
+            core.adopt_converged(table, store, addresses, now)
             node.core = core
             node.status = Status.RUNNING
             node.disk_manifest_base = manifests

@@ -146,10 +146,9 @@ import functools
 import heapq
 import ipaddress
 import math
-import operator
 import random
 from collections import OrderedDict
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Final, Literal, TypeVar
 
 from meshnode.core import timing
@@ -168,6 +167,7 @@ from meshnode.core.effects import (
 from meshnode.core.health import LocalHealth
 from meshnode.core.member import Member, MemberRumor, MemberState
 from meshnode.core.suspicion import Suspicion
+from meshnode.core.tables import ConvergedTable, IndexedSet, ProbePass
 from protocol import (
     ENVELOPE_OVERHEAD,
     Ack,
@@ -228,7 +228,15 @@ MAX_VERIFYING: Final = 4_096
 member simply gets its next try)."""
 
 _ADDRESS_CACHE: Final = 4_096
-"""Host strings whose check result is memoized."""
+"""Most addresses whose identity conflict was reported recently (see ``_conflicts_reported``)."""
+
+_HOST_CHECK_CACHE: Final = 32_768
+"""Host strings whose check result (:func:`address_problem`) is memoized, process-wide.
+Above the distinct hosts one process meets — a node's table holds up to ``max_members``
+(20,000 by default), a simulation of 10,000 nodes sees 10,000 — because a push-pull merge
+walks the whole table in one order, and an LRU cache smaller than what it walks misses on
+every entry (at 4,096 entries, parsing IP literals was a third of a 10,000-node run).
+About 200 bytes an entry."""
 
 _NO_SIGNATURE: Final = bytes(64)
 _SEQ_MOD: Final = 2**64
@@ -244,7 +252,7 @@ _NACK_BYTES: Final = 1 + 1 + 9
 _PING_REQ_FIXED_BYTES: Final = 1 + 1 + 9 + 34 + 2 + 3
 
 
-@functools.lru_cache(maxsize=_ADDRESS_CACHE)
+@functools.lru_cache(maxsize=_HOST_CHECK_CACHE)
 def _host_problem(host: str, ip_version: int) -> str | None:
     try:
         ip = ipaddress.ip_address(host)
@@ -281,7 +289,6 @@ _RUMOR_STATE: Final[dict[type[Message], MemberState]] = {
     Leave: MemberState.LEFT,
 }
 _LIVE: Final = (MemberState.ALIVE, MemberState.SUSPECT)
-_STATE_OF: Final = operator.attrgetter("state")
 _GONE: Final = (MemberState.DEAD, MemberState.LEFT)
 _EVENT_FOR_STATE: Final = {
     MemberState.ALIVE: MemberEvent.ALIVE,
@@ -289,48 +296,6 @@ _EVENT_FOR_STATE: Final = {
     MemberState.DEAD: MemberEvent.DEAD,
     MemberState.LEFT: MemberEvent.LEFT,
 }
-
-
-class _IndexedSet:
-    """Node ids with O(1) add, remove and uniform random sampling; the order of the items
-    depends only on the sequence of operations, so sampling is reproducible."""
-
-    __slots__ = ("_index", "_items")
-
-    def __init__(self) -> None:
-        self._items: list[str] = []
-        self._index: dict[str, int] = {}
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __contains__(self, item: str) -> bool:
-        return item in self._index
-
-    def __getitem__(self, i: int) -> str:
-        return self._items[i]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
-
-    def reset(self, items: list[str]) -> None:
-        """Hold exactly ``items`` (distinct), in that order; the list is taken over."""
-        self._items = items
-        self._index = dict(zip(items, range(len(items)), strict=True))
-
-    def add(self, item: str) -> None:
-        if item not in self._index:
-            self._index[item] = len(self._items)
-            self._items.append(item)
-
-    def discard(self, item: str) -> None:
-        i = self._index.pop(item, None)
-        if i is None:
-            return
-        last = self._items.pop()
-        if i < len(self._items):
-            self._items[i] = last
-            self._index[last] = i
 
 
 @dataclasses.dataclass(slots=True)
@@ -471,21 +436,18 @@ class Membership:
 
         self._members: dict[str, Member] = {}
         self._state_counts: dict[MemberState, int] = dict.fromkeys(MemberState, 0)
-        self._alive = _IndexedSet()  # ALIVE peers (never ourselves)
-        self._suspect = _IndexedSet()  # SUSPECT peers
-        self._dead = _IndexedSet()  # DEAD peers
-        self._recently_dead = _IndexedSet()  # DEAD peers still within gossip_to_the_dead_time
+        self._alive = IndexedSet()  # ALIVE peers (never ourselves)
+        self._suspect = IndexedSet()  # SUSPECT peers
+        self._dead = IndexedSet()  # DEAD peers
+        self._recently_dead = IndexedSet()  # DEAD peers still within gossip_to_the_dead_time
         self._dead_since: dict[str, float] = {}  # DEAD peers in time order (for the above)
         self._graveyard: dict[str, float] = {}  # DEAD and LEFT peers in time order
         self._suspicions: dict[str, Suspicion] = {}
         self._suspicion_heap: list[tuple[float, int, Suspicion]] = []
         self._heap_counter = 0
 
-        self._probe_list: list[str] = []
-        self._probe_index = 0
-        # The members in the rest of this pass (lookups only, never iterated); a dict,
-        # because a large one takes less than half the memory of a set.
-        self._in_probe_list: dict[str, None] = {}
+        # The rest of this probing pass (over a snapshot of the alive set, see tables).
+        self._probe_pass = ProbePass()
         self._probe: _Probe | None = None
         self._relays: dict[int, _Relay] = {}
         self._seq = rng.getrandbits(32)
@@ -693,15 +655,15 @@ class Membership:
         """
         if self._left or len(self._members) > 1:
             raise ValueError("adopt_converged needs a fresh membership that knows only itself")
-        if not set(map(_STATE_OF, members.values())) <= {MemberState.ALIVE}:
+        shared = members if isinstance(members, ConvergedTable) else ConvergedTable(members)
+        if not shared.states <= {MemberState.ALIVE}:
             raise ValueError("adopt_converged takes alive members only")
         me = self._members[self._node_id]
-        table = dict(members)
-        peers = [node for node in table if node != self._node_id]
+        table = shared.table()
         table[self._node_id] = me
         self._members = table
-        self._state_counts[MemberState.ALIVE] = 1 + len(peers)
-        self._alive.reset(peers)
+        self._alive = shared.ids.without(self._node_id)  # shared with every other core
+        self._state_counts[MemberState.ALIVE] = 1 + len(self._alive)
         self._queue.clear()
         interval = self.push_pull_interval()
         if interval > 0:
@@ -1337,32 +1299,23 @@ class Membership:
 
     def _add_to_probe_list(self, node: str) -> None:
         """Add a newly live member to the rest of this pass (drawn in random order)."""
-        if node in self._in_probe_list:
-            return
-        self._probe_list.append(node)
-        self._in_probe_list[node] = None
+        self._probe_pass.add(node)
 
     def _next_probe_target(self) -> Member | None:
         rebuilt = False
         while True:
-            probe_list = self._probe_list
-            i = self._probe_index
-            if i >= len(probe_list):
+            probe_pass = self._probe_pass
+            i = probe_pass.cursor
+            if i >= probe_pass.length:
                 if rebuilt:
                     return None
                 rebuilt = True
-                self._probe_list = [*self._alive, *self._suspect]
-                self._in_probe_list = dict.fromkeys(self._probe_list)
-                self._probe_index = 0
+                # The pass starts with every alive member, then the suspects.
+                self._probe_pass = ProbePass(self._alive.snapshot(), iter(self._suspect))
                 continue
             # One step of a Fisher-Yates shuffle: the next target is drawn uniformly from
             # the rest of the pass, which makes each pass a uniformly random order.
-            j = self._rng.randrange(i, len(probe_list))
-            node = probe_list[j]
-            probe_list[j] = probe_list[i]
-            probe_list[i] = node
-            self._probe_index = i + 1
-            self._in_probe_list.pop(node, None)
+            node = probe_pass.draw(self._rng.randrange(i, probe_pass.length))
             member = self._members.get(node)
             if member is not None and member.state in _LIVE:
                 return member
@@ -1590,21 +1543,21 @@ class Membership:
 
     def _gossip_targets(self, k: int) -> list[str]:
         """Up to ``k`` distinct random members that are alive, suspect or recently dead."""
-        pools = (self._alive._items, self._suspect._items, self._recently_dead._items)
-        total = len(pools[0]) + len(pools[1]) + len(pools[2])
+        pools = (self._alive, self._suspect, self._recently_dead)
+        total = pools[0].size + pools[1].size + pools[2].size
         picked: list[str] = []
         for i in self._rng.sample(range(total), min(k, total)):
             for pool in pools:
-                if i < len(pool):
+                if i < pool.size:
                     picked.append(pool[i])
                     break
-                i -= len(pool)
+                i -= pool.size
         return picked
 
     def _has_gossip_targets(self) -> bool:
-        return bool(self._alive._items or self._suspect._items or self._recently_dead._items)
+        return bool(self._alive.size or self._suspect.size or self._recently_dead.size)
 
-    def _sample(self, pool: _IndexedSet, k: int) -> list[str]:
+    def _sample(self, pool: IndexedSet, k: int) -> list[str]:
         return [pool[i] for i in self._rng.sample(range(len(pool)), min(k, len(pool)))]
 
     # ------------------------------------------------------------------ anti-entropy, join
@@ -1650,8 +1603,8 @@ class Membership:
         the live members, and only for a node that joined through seeds)."""
         if not self._join_seeds:
             return []
-        live = {self._members[n].address for n in self._alive._items}
-        live.update(self._members[n].address for n in self._suspect._items)
+        live = {self._members[n].address for n in self._alive}
+        live.update(self._members[n].address for n in self._suspect)
         return [addr for addr in self._join_seeds if addr not in live]
 
     def _contact_seeds(self) -> None:

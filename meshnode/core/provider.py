@@ -352,6 +352,8 @@ class ProviderCore:
 
     def next_deadline(self) -> float | None:
         """When :meth:`tick` next has work: a task deadline or a reservation hold."""
+        if not self._running and not self._reserved:
+            return None  # asked after every input: the idle case costs no lists
         times = [t.deadline_at for t in self._running.values()]
         times += [
             t.deadline_at if t.hold_until is None else t.hold_until for t in self._reserved.values()
