@@ -459,6 +459,16 @@ class NodeConfig:
     joins; lower: less traffic a few colluding members can aim at addresses nobody else
     vouched for. 0 turns the vouched lane off."""
 
+    direct_reprobes: int = 1
+    """Direct pings sent again to a probe target that missed its ack within
+    :attr:`probe_timeout`, alongside the :attr:`indirect_checks` ping-reqs, default 1 (as
+    memberlist sends a TCP ping there). A probe then fails only if the direct path fails
+    twice and every relay path fails: at 10 % datagram loss the chance falls from 0.77 %
+    to 0.15 % per probe (0.19 × 0.19 × 0.344³), so a 1,000-node mesh raises about 1.5
+    false suspicions a second instead of 7.7; at 5 % loss, 0.006 % against 0.06 %. Costs
+    one packet per failed direct stage (and one more to a crashed member per probe until
+    it is declared dead). 0: the relays alone, as in SWIM."""
+
     verify_vouchers: int = 2
     """Distinct current members that must name a second-hand member before it enters the
     vouched lane (:attr:`verify_vouched_pings`), default 2. A stranger never counts: only
@@ -661,6 +671,7 @@ class NodeConfig:
         _check_int("unverified_tries", self.unverified_tries, 1, 100)
         _check_int("verify_vouched_pings", self.verify_vouched_pings, 0, 1_000)
         _check_int("verify_vouchers", self.verify_vouchers, 1, 64)
+        _check_int("direct_reprobes", self.direct_reprobes, 0, 8)
 
 
 _WAN: dict[str, Any] = {

@@ -402,6 +402,9 @@ class _Probe:
     nacks: set[str] = dataclasses.field(default_factory=set)
     acked: bool = False
     indirect_sent: bool = False
+    repinged: bool = False
+    """A second direct ping went out: an ack no longer tells which one it answers, so it
+    gives no round-trip time (Karn's rule)."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -439,6 +442,7 @@ _COUNTERS: Final = (
     "probes",
     "probes_failed",
     "indirect_probes",
+    "direct_reprobes",
     "ping_reqs_served",
     "ping_reqs_dropped",
     "acks_relayed",
@@ -1502,8 +1506,17 @@ class Membership:
     def _indirect_probe(self, probe: _Probe) -> None:
         probe.indirect_sent = True
         target = self._members.get(probe.target)
+        if target is None or target.state not in _LIVE:
+            return
+        for _ in range(self._config.direct_reprobes):
+            # Another direct try beside the relays (memberlist adds a TCP ping here): on a
+            # lossy network the first ping or its ack is the likeliest loss, and the
+            # relays' paths are twice as long. An ack to either counts; it gives no RTT.
+            probe.repinged = True
+            self.counters["direct_reprobes"] += 1
+            self._send_ping(probe.seq, target.node_id, target.address)
         k = self._config.indirect_checks
-        if target is None or target.state not in _LIVE or k == 0:
+        if k == 0:
             return
         helpers = [n for n in self._sample(self._alive, k + 1) if n != probe.target][:k]
         probe.helpers = tuple(helpers)
@@ -1600,7 +1613,8 @@ class Membership:
         probe.acked = True
         member = self._members.get(probe.target)
         if member is not None:
-            rtt = now - probe.sent_at if sender == probe.target else member.rtt
+            direct = sender == probe.target and not probe.repinged
+            rtt = now - probe.sent_at if direct else member.rtt
             self._members[member.node_id] = dataclasses.replace(member, load=ack.load, rtt=rtt)
             self._catch_up(ack.members, member, now)
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from meshnode.core.config import NodeConfig
-from meshnode.core.membership import Membership
-from protocol import Ping
+from meshnode.core.membership import Membership, MemberState
+from protocol import Ack, Ping, PingReq
 from tests.unit.test_membership import alive_of, introduce, peer
 from tests.unit.test_membership_hardening import fakes, node, run_probes, sends
 
@@ -110,3 +110,57 @@ def test_vouched_lane_is_bounded_and_can_be_turned_off() -> None:
 def test_join_config_is_validated(overrides: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         NodeConfig.lan(**overrides)  # type: ignore[arg-type]
+
+
+def _probe_until_indirect(config: NodeConfig) -> tuple[Membership, object, list]:  # type: ignore[type-arg]
+    """A node with three members whose first probe's ping is lost: ticked to the end of
+    the direct stage. Returns the node, the probed member and the packets sent then."""
+    m, members = _with_members(config, 3)
+    addrs = {(alive_of(s).host, 7946): s for s in members}
+    sends(m)
+    first = None
+    while first is None:
+        m.tick(m.next_deadline())
+        pings = [p for p in sends(m) if p.addr in addrs and isinstance(p.messages[0], Ping)]
+        first = pings[0] if pings else None
+    probe_ends = m.next_deadline()
+    m.tick(probe_ends)  # the end of the direct stage: no ack came
+    return m, addrs[first.addr], sends(m)
+
+
+@pytest.mark.parametrize(("reprobes", "pings_to_target"), [(1, 1), (0, 0), (2, 2)])
+def test_a_missed_direct_ack_gets_direct_reprobes_beside_the_relays(
+    reprobes: int, pings_to_target: int
+) -> None:
+    """At the end of the direct stage the target gets ``direct_reprobes`` more pings with
+    the probe's sequence number, beside the ping-reqs to the relays."""
+    config = NodeConfig.lan(direct_reprobes=reprobes)
+    m, target, packets = _probe_until_indirect(config)
+    addr = (alive_of(target).host, 7946)  # type: ignore[arg-type]
+    again = [p for p in packets if p.addr == addr and isinstance(p.messages[0], Ping)]
+    relays = [p for p in packets if p.addr != addr and isinstance(p.messages[0], PingReq)]
+    assert len(again) == pings_to_target
+    assert len(relays) == 2  # the two other members
+    assert m.counters["direct_reprobes"] == reprobes
+
+
+def test_an_ack_to_the_reprobe_clears_the_probe_without_an_rtt() -> None:
+    """The target acks the second ping (the first or its ack was lost): no suspicion, and
+    the round-trip time is not taken from an ack that may answer either ping.
+
+    On the unfixed code: no second ping went out (0 pings to the target at the indirect
+    stage), so with the relays' paths lost too the probe failed and the target was
+    suspected."""
+    m, target, packets = _probe_until_indirect(LAN)
+    addr = (alive_of(target).host, 7946)  # type: ignore[arg-type]
+    (again,) = [p for p in packets if p.addr == addr and isinstance(p.messages[0], Ping)]
+    ping = again.messages[0]
+    assert isinstance(ping, Ping)
+    m.receive(target.node_id, [Ack(ping.seq)], addr, m.next_deadline() - 0.1)  # type: ignore[attr-defined]
+    while m.counters["probes"] < 2:  # until the next probe starts: this one is judged
+        m.tick(m.next_deadline())
+    member = m.member(target.node_id)  # type: ignore[attr-defined]
+    assert member is not None and member.state is MemberState.ALIVE
+    assert member.rtt is None
+    assert m.counters["probes_failed"] == 0
+    assert m.counters["suspicions_raised"] == 0
