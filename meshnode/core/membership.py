@@ -417,6 +417,8 @@ class _Candidate:
     """The node whose gossip or snapshot introduced it (counted against its quota)."""
     tries: int = 0
     """Verification pings sent so far."""
+    pinged_in: int = -1
+    """The verification round of its last ping (one ping per round, whichever lane)."""
     vouchers: tuple[str, ...] = ()
     """Distinct current members that named it (up to ``verify_vouchers``): honest members
     pass on only members they verified, so a member named by several is rarely a fake."""
@@ -563,6 +565,7 @@ class Membership:
         # their own lane (see "Second-hand members").
         self._vouched: OrderedDict[str, None] = OrderedDict()
         self._verifying: dict[int, str] = {}  # verification ping seq -> node id
+        self._verify_rounds = 0
         # Identity conflicts: when each conflicting address was last reported, and the
         # times of recent refutations forced by an Alive signed with our key.
         self._conflicts_reported: dict[Address, float] = {}
@@ -1111,6 +1114,7 @@ class Membership:
         if self._left or not self._candidates:
             return
         me = self._members[self._node_id]
+        self._verify_rounds += 1
         if config.verify_pings:
             self._verify_lane(self._candidates, config.verify_pings, me.alive)
         if config.verify_vouched_pings and self._vouched:
@@ -1132,9 +1136,12 @@ class Membership:
                 self._candidates_discard(node)
                 self.counters["unverified_dropped"] += 1
                 continue
+            if candidate.pinged_in == self._verify_rounds:
+                break  # the front was pinged this round: the lane has come full circle
             candidates.move_to_end(node)
             if node in vouched:
                 vouched.move_to_end(node)
+            candidate.pinged_in = self._verify_rounds
             candidate.tries += 1
             addr = (candidate.alive.host, candidate.alive.port)
             if not self._sendable(addr):

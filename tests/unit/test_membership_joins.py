@@ -164,3 +164,24 @@ def test_an_ack_to_the_reprobe_clears_the_probe_without_an_rtt() -> None:
     assert member.rtt is None
     assert m.counters["probes_failed"] == 0
     assert m.counters["suspicions_raised"] == 0
+
+
+def test_a_candidate_gets_one_verification_ping_per_round_whichever_lane() -> None:
+    """A few vouched candidates fit in both lanes' budgets: each still gets one ping per
+    probe period, so ``unverified_tries`` stays a number of periods, not of lanes.
+
+    On the unfixed code: both lanes pinged each of them in the same period, so they were
+    dropped after 2 periods (rounds of 10 pings, then 5) instead of 3."""
+    m, (y, z) = _with_members(LAN, 2)
+    few = fakes(5, "few")
+    for p in (y, z):
+        m.merge_state([alive_of(p), *few], 0.5, source=p.node_id)
+    addrs = {(a.host, a.port) for a in few}
+    rounds = []
+    for _ in range(200):  # ticks: probes, gossip, verification rounds
+        m.tick(m.next_deadline())
+        lane = [p.addr for p in sends(m) if p.addr in addrs]
+        if lane:
+            rounds.append(sorted(lane))
+    assert rounds == [sorted(addrs)] * LAN.unverified_tries
+    assert m.counters["unverified_dropped"] == len(few)
