@@ -450,9 +450,10 @@ class NodeConfig:
     (the vouched lane), default 64, oldest first. Honest members pass on only members they
     verified, so in a join storm nearly every newcomer is soon named by several members,
     while the fakes of one flooding member or stranger are named by one. A mass start of
-    n nodes needs about n/2 verification pings per node: 1,000 nodes through 3 seeds
-    converged in 18.8 s with 64 + 16 a period and were not converged after 60 s with 16
-    alone (docs/simulation/README.md). Bound: at most ``(verify_pings +
+    n nodes needs about n/2 verification pings per node: 1,000 nodes joining through 3
+    seeds were not converged after 60 s with a single lane of 16 a period, and converged
+    in about 18.8 s with a single lane of 64 (docs/simulation/README.md has the figures
+    with both lanes). Bound: at most ``(verify_pings +
     verify_vouched_pings) / probe_interval`` pings a second toward unverified addresses
     (80/s, about 22 KB/s, on LAN), of which at most ``verify_pings / probe_interval``
     toward members only one member names; ``unverified_tries`` each. Higher: faster mass
