@@ -22,7 +22,7 @@ def test_a_join_storm_converges_through_the_vouched_lane() -> None:
 
     On the unfixed code (no vouched lane, the same as ``verify_vouched_pings=0`` here):
     not converged after 40 s, 4,324 wrong member views left; with it: membership after
-    3.1 s, everything (manifests and ledger too) after 12.2 s."""
+    3.3 s, everything (manifests and ledger too) after 12.1 s."""
     off = _join(150, 40.0, ("verify_pings", 2), ("verify_vouched_pings", 0))
     assert off["convergence_s"] is None
     assert off["wrong_member_views_at_end"] > 1_000  # type: ignore[operator]
