@@ -60,6 +60,13 @@ Benchmarks (``--only`` takes these names):
     beside it, for the cost per delegation against N. Reports the economy's own figures
     (trust convergence, share of requests to bad providers, tasks completed, deadline
     misses) with the cost.
+``rumor-after-join-sweep``
+    N=1,000 joining through 3 seeds, then one manifest update as soon as the join has
+    converged (plus the 5 s settle), seeds 1-30 (``--quick``: seeds 1-3). Goal: every
+    node hears the rumor within ``1.25 × (log4 N + ln N / 3)`` rounds on every seed.
+``lossy-joins``
+    N=1,000 joining through 3 seeds at 5 % and 10 % datagram loss, 120 simulated
+    seconds. Goal: zero false deaths at 5 %, convergence at both.
 ``--quick`` shrinks every N by 10× (for a smoke test of the script itself). ``--reuse``
 takes a run already finished with the very same spec from ``benchmarks/results/simulation/``
 (e.g. the 10,000-node point of ``bandwidth`` from ``scale``) instead of running it again.
@@ -566,6 +573,67 @@ def bench_economy(scale: float) -> list[dict[str, Any]]:
                 (not stopped and result.get("wall_s", math.inf) <= ECONOMY_GOAL_S)
                 if large
                 else None,
+def bench_rumor_after_join_sweep(scale: float) -> list[dict[str, Any]]:
+    """A rumor right after a join storm, seeds 1-30 (``--quick``: 100 nodes, seeds 1-3):
+    max and p99 rounds per seed against ``1.25 x`` the analytic bound."""
+    n = max(10, int(1000 * scale))
+    seeds = range(1, 31) if scale >= 1.0 else range(1, 4)
+    limit = 1.25 * rounds_bound(n, 3)
+    rows = []
+    for seed in seeds:
+        result = run(f"rumor-after-join-{n}-seed{seed}", Spec("rumor", nodes=n, seed=seed))
+        res = result.get("report", {}).get("results", {})
+        heard = res.get("heard_rounds") or {}
+        rows.append(
+            {
+                "seed": seed,
+                "heard_max_rounds": heard.get("max"),
+                "heard_p99_rounds": heard.get("p99"),
+                "informed": res.get("informed"),
+                "of": res.get("of"),
+                "bootstrap_s": (res.get("bootstrap") or {}).get("converged_s"),
+                "wall_s": result.get("wall_s"),
+            }
+        )
+    worst = max((r["heard_max_rounds"] or math.inf for r in rows), default=math.inf)
+    return [
+        goal(
+            f"rumor after a join of N={n}: every node hears it within 1.25 x the bound, "
+            f"seeds {seeds.start}-{seeds.stop - 1}",
+            f"max <= {limit:.2f} rounds on every seed",
+            rows,
+            worst <= limit and all(r["informed"] == r["of"] for r in rows),
+            worst_max_rounds=worst if math.isfinite(worst) else None,
+        )
+    ]
+
+
+def bench_lossy_joins(scale: float) -> list[dict[str, Any]]:
+    """N=1,000 joining through 3 seeds at 5 % and 10 % datagram loss (120 simulated s):
+    zero false deaths at 5 %, convergence at both."""
+    n = max(10, int(1000 * scale))
+    out = []
+    for loss in (0.05, 0.1):
+        label = f"{round(loss * 100)}"
+        spec = Spec("join", nodes=n, seed=1, loss=loss, duration=120.0)
+        result = run(f"lossy-join-{n}-loss{label}", spec)
+        res = result.get("report", {}).get("results", {})
+        deaths = (res.get("false_deaths") or {}).get("false")
+        suspicions = (res.get("false_suspicions") or {}).get("false")
+        converged = res.get("convergence_s")
+        out.append(
+            goal(
+                f"N={n} join at {label} % loss",
+                "converged within 120 s" + (", zero false deaths" if loss <= 0.05 else ""),
+                {
+                    "convergence_s": converged,
+                    "membership_convergence_s": res.get("membership_convergence_s"),
+                    "wrong_member_views_at_end": res.get("wrong_member_views_at_end"),
+                    "false_suspicions": suspicions,
+                    "false_deaths": deaths,
+                }
+                | _cost(result),
+                converged is not None and (loss > 0.05 or deaths == 0),
             )
         )
     return out
@@ -581,6 +649,8 @@ BENCHES = {
     "slow-node": bench_slow_node,
     "partition": bench_partition,
     "economy": bench_economy,
+    "rumor-after-join-sweep": bench_rumor_after_join_sweep,
+    "lossy-joins": bench_lossy_joins,
 }
 
 

@@ -199,6 +199,7 @@ __all__ = [
 ]
 
 _R = TypeVar("_R", Alive, Suspect, Dead, Leave)
+_T = TypeVar("_T")
 
 MAX_PENDING_RELAYS: Final = 1024
 """Most indirect probes we run for others at once; further ping-reqs are dropped."""
@@ -313,6 +314,9 @@ class _Probe:
     nacks: set[str] = dataclasses.field(default_factory=set)
     acked: bool = False
     indirect_sent: bool = False
+    repinged: bool = False
+    """A second direct ping went out: an ack no longer tells which one it answers, so it
+    gives no round-trip time (Karn's rule)."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -325,6 +329,11 @@ class _Candidate:
     """The node whose gossip or snapshot introduced it (counted against its quota)."""
     tries: int = 0
     """Verification pings sent so far."""
+    pinged_in: int = -1
+    """The verification round of its last ping (one ping per round, whichever lane)."""
+    vouchers: tuple[str, ...] = ()
+    """Distinct current members that named it (up to ``verify_vouchers``): honest members
+    pass on only members they verified, so a member named by several is rarely a fake."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -347,6 +356,7 @@ _COUNTERS: Final = (
     "probes",
     "probes_failed",
     "indirect_probes",
+    "direct_reprobes",
     "ping_reqs_served",
     "ping_reqs_dropped",
     "acks_relayed",
@@ -379,6 +389,7 @@ _COUNTERS: Final = (
     "unverified_added",
     "unverified_refused",
     "unverified_dropped",
+    "unverified_vouched",
     "members_verified",
     "members_refused",
     "verify_pings_sent",
@@ -459,7 +470,11 @@ class Membership:
         # Second-hand members waiting to answer us, oldest first (the lane's order).
         self._candidates: OrderedDict[str, _Candidate] = OrderedDict()
         self._candidates_by_source: dict[str, int] = {}
+        # The candidates named by at least ``verify_vouchers`` members, in the order of
+        # their own lane (see "Second-hand members").
+        self._vouched: OrderedDict[str, None] = OrderedDict()
         self._verifying: dict[int, str] = {}  # verification ping seq -> node id
+        self._verify_rounds = 0
         # Identity conflicts: when each conflicting address was last reported, and the
         # times of recent refutations forced by an Alive signed with our key.
         self._conflicts_reported: dict[Address, float] = {}
@@ -695,7 +710,17 @@ class Membership:
         self.counters["push_pull_merges"] += 1
         applied = 0
         origin = source if source is not None else ""
+        first: set[int] = set()
+        if source is not None:
+            # The source first: once it is a member, it vouches for the others it names.
+            for rumor in rumors:
+                if type(rumor) is Alive and rumor.node == source:
+                    first.add(id(rumor))
+                    applied += self._apply(rumor, now, source=origin, direct=True)
+            self._verify_by_contact(source, now)
         for rumor in rumors:
+            if first and id(rumor) in first:
+                continue
             if isinstance(rumor, Dead) and self._dead_as_suspicion(rumor, now):
                 applied += 1
             elif type(rumor) in _RUMOR_TYPES:
@@ -933,6 +958,7 @@ class Membership:
                 candidate.alive = rumor
             else:
                 counters["rumors_stale"] += 1
+            self._vouch(node, candidate, source)
             return False
         config = self._config
         by_source = self._candidates_by_source
@@ -943,14 +969,34 @@ class Membership:
         ):
             counters["unverified_refused"] += 1
             return False
-        self._candidates[node] = _Candidate(rumor, source)
+        candidate = self._candidates[node] = _Candidate(rumor, source)
         by_source[source] = by_source.get(source, 0) + 1
         counters["unverified_added"] += 1
+        self._vouch(node, candidate, source)
         return False
+
+    def _vouch(self, node: str, candidate: _Candidate, source: str) -> None:
+        """Count ``source`` among the members that named ``candidate``: only a current
+        member counts (a stranger's word costs it nothing, so it is worth nothing), each
+        once. At ``verify_vouchers`` distinct members the candidate joins the vouched lane."""
+        vouchers = candidate.vouchers
+        needed = self._config.verify_vouchers
+        if (
+            len(vouchers) >= needed
+            or source in vouchers
+            or source == self._node_id
+            or not self._may_accuse(source)
+        ):
+            return
+        vouchers = candidate.vouchers = (*vouchers, source)
+        if len(vouchers) >= needed:
+            self._vouched[node] = None
+            self.counters["unverified_vouched"] += 1
 
     def _candidates_discard(self, node: str) -> _Candidate | None:
         candidate = self._candidates.pop(node, None)
         if candidate is not None:
+            self._vouched.pop(node, None)
             left = self._candidates_by_source[candidate.source] - 1
             if left:
                 self._candidates_by_source[candidate.source] = left
@@ -969,23 +1015,42 @@ class Membership:
             self._promote(node, now)
 
     def _verify_round(self) -> None:
-        """The verification lane: ping up to ``verify_pings`` unverified members, oldest
-        first, each with only our own ``Alive``; drop those out of tries."""
+        """The verification lanes, once per probe period: up to ``verify_pings`` pings to
+        unverified members, oldest first, then up to ``verify_vouched_pings`` more to
+        those named by at least ``verify_vouchers`` members, oldest first; each ping
+        carries only our own ``Alive``. Those out of tries are dropped."""
         config = self._config
-        candidates = self._candidates
-        if self._left or not candidates or config.verify_pings == 0:
+        if self._left or not self._candidates:
             return
         me = self._members[self._node_id]
+        self._verify_rounds += 1
+        if config.verify_pings:
+            self._verify_lane(self._candidates, config.verify_pings, me.alive)
+        if config.verify_vouched_pings and self._vouched:
+            self._verify_lane(self._vouched, config.verify_vouched_pings, me.alive)
+
+    def _verify_lane(self, lane: OrderedDict[str, _T], budget: int, alive: Alive) -> None:
+        """Ping up to ``budget`` candidates from the front of ``lane`` (an ordered view of
+        the candidates), moving each to its back; drop those out of tries."""
+        candidates = self._candidates
+        vouched = self._vouched
+        tries = self._config.unverified_tries
         sent = 0
-        for _ in range(len(candidates)):
-            if sent >= config.verify_pings:
+        for _ in range(len(lane)):
+            if sent >= budget or not lane:
                 break
-            node, candidate = next(iter(candidates.items()))
-            if candidate.tries >= config.unverified_tries:
+            node = next(iter(lane))
+            candidate = candidates[node]
+            if candidate.tries >= tries:
                 self._candidates_discard(node)
                 self.counters["unverified_dropped"] += 1
                 continue
+            if candidate.pinged_in == self._verify_rounds:
+                break  # the front was pinged this round: the lane has come full circle
             candidates.move_to_end(node)
+            if node in vouched:
+                vouched.move_to_end(node)
+            candidate.pinged_in = self._verify_rounds
             candidate.tries += 1
             addr = (candidate.alive.host, candidate.alive.port)
             if not self._sendable(addr):
@@ -997,7 +1062,7 @@ class Membership:
             sent += 1
             self.counters["verify_pings_sent"] += 1
             self.counters["packets_sent"] += 1
-            self._effects.append(SendPacket(addr, (Ping(seq, node), me.alive)))
+            self._effects.append(SendPacket(addr, (Ping(seq, node), alive)))
 
     # ------------------------------------------------------------------ transitions
 
@@ -1348,8 +1413,17 @@ class Membership:
     def _indirect_probe(self, probe: _Probe) -> None:
         probe.indirect_sent = True
         target = self._members.get(probe.target)
+        if target is None or target.state not in _LIVE:
+            return
+        for _ in range(self._config.direct_reprobes):
+            # Another direct try beside the relays (memberlist adds a TCP ping here): on a
+            # lossy network the first ping or its ack is the likeliest loss, and the
+            # relays' paths are twice as long. An ack to either counts; it gives no RTT.
+            probe.repinged = True
+            self.counters["direct_reprobes"] += 1
+            self._send_ping(probe.seq, target.node_id, target.address)
         k = self._config.indirect_checks
-        if target is None or target.state not in _LIVE or k == 0:
+        if k == 0:
             return
         helpers = [n for n in self._sample(self._alive, k + 1) if n != probe.target][:k]
         probe.helpers = tuple(helpers)
@@ -1446,7 +1520,8 @@ class Membership:
         probe.acked = True
         member = self._members.get(probe.target)
         if member is not None:
-            rtt = now - probe.sent_at if sender == probe.target else member.rtt
+            direct = sender == probe.target and not probe.repinged
+            rtt = now - probe.sent_at if direct else member.rtt
             self._members[member.node_id] = dataclasses.replace(member, load=ack.load, rtt=rtt)
             self._catch_up(ack.members, member, now)
 
