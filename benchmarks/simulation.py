@@ -573,6 +573,11 @@ def bench_economy(scale: float) -> list[dict[str, Any]]:
                 (not stopped and result.get("wall_s", math.inf) <= ECONOMY_GOAL_S)
                 if large
                 else None,
+            )
+        )
+    return out
+
+
 def bench_rumor_after_join_sweep(scale: float) -> list[dict[str, Any]]:
     """A rumor right after a join storm, seeds 1-30 (``--quick``: 100 nodes, seeds 1-3):
     max and p99 rounds per seed against ``1.25 x`` the analytic bound."""

@@ -225,7 +225,8 @@ async def test_connections_are_capped_per_address_and_in_total() -> None:
             lambda: node.health()["connections"].get("header_timeouts", 0) >= 30,
             HELD_HEADER_TIMEOUT_S + 5,
         )
-        assert node.health()["connections"]["open"] <= 5  # the peer's own exchanges at most
+        # What is left open is the peer's own exchanges, which come and go.
+        await wait_for(lambda: node.health()["connections"]["open"] <= 5, 10)
         await wait_for(lambda: all(_closed_by_peer(s) for s in socks), 5)
     finally:
         for sock in socks:
