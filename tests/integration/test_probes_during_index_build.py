@@ -39,7 +39,7 @@ SETTLE_WITHIN_S = 45.0
 """How long the meshes may take to settle before the measurement. Usually about 1 s;
 but a manifest rumor that reaches a node while the rumor's owner is not alive in its table
 yet is dropped, and that manifest then comes with the next push-pull (LAN:
-``push_pull_interval`` 30 s), which took the settling past 20 s in about one run of three."""
+``push_pull_interval`` 30 s), which took the settling past 20 s in 3 of 5 runs on one machine."""
 POLL_S = 0.01
 
 _VERBS = ("summarize", "translate", "classify", "extract", "forecast", "audit", "rank", "tag")
