@@ -353,11 +353,15 @@ class _Run:
             self.run_until(cluster.now + spec.settle, "settle")
         return out
 
+    def add_nodes(self, count: int) -> list[SimNode]:
+        """Add ``count`` nodes to the cluster, not started (a scenario may equip them)."""
+        return [self.cluster.add_node() for _ in range(count)]
+
     def start_converged(self) -> dict[str, Any]:
         """Every node starts at time 0 already converged (see ``Cluster.start_converged``)."""
         cluster = self.cluster
         tracker = cluster.tracker
-        nodes = [cluster.add_node() for _ in range(self.spec.nodes)]
+        nodes = self.add_nodes(self.spec.nodes)
         self.seed_nodes = nodes[: self.spec.seeds]
         cluster.start_converged(nodes, self.seed_nodes)
         # N² table slots that live for the whole run: keep the cyclic garbage collector

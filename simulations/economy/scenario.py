@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import gc
-from typing import Any
-
 from crdt import INITIAL_TRUST
 from simulations.cluster import SimNode
 from simulations.economy.market import Economy
@@ -95,20 +92,8 @@ class EconomyRun(_Run):
             node.capabilities = capabilities_for(node.slot)
         return nodes
 
-    def start_converged(self) -> dict[str, Any]:
-        cluster = self.cluster
-        tracker = cluster.tracker
-        nodes = [cluster.add_node() for _ in range(self.spec.nodes)]
+    def add_nodes(self, count: int) -> list[SimNode]:
+        nodes = super().add_nodes(count)
         for node in nodes:
             node.capabilities = capabilities_for(node.slot)
-        self.seed_nodes = nodes[: self.spec.seeds]
-        cluster.start_converged(nodes, self.seed_nodes)
-        gc.freeze()  # as the base class does: N² table slots that live for the whole run
-        tracker.mark()
-        converged = tracker.converged
-        self.check(
-            "bootstrap_converged",
-            converged,
-            "started converged" if converged else "a converged start is not converged",
-        )
-        return self._bootstrap_report("converged", converged)
+        return nodes
