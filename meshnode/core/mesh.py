@@ -15,6 +15,8 @@ a :class:`~meshnode.core.membership.Membership`, a :class:`crdt.ManifestStore` a
   each answer back with :meth:`MeshCore.fetch_answered`. A fetched manifest that verifies and wins
   is re-announced, so the rumor keeps spreading only while it is news. Fetches for the same
   node are coalesced, and retried after :data:`FETCH_RETRY_AFTER` if nothing came back.
+  A fetch no source answered is tried again on its own, up to :data:`FETCH_RETRIES` times
+  with a doubling delay, even if no rumor about the node is heard again.
   The shell reports each source's answer with :meth:`MeshCore.fetch_answered`, which says
   whether to try the next source: the fetch stops once the store holds the version asked
   for (a copy that does not verify does not count: the owner is asked next) or the
@@ -72,6 +74,7 @@ already used, which its peers would take as equivocation.
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -114,7 +117,20 @@ from protocol import verify as ed25519_verify
 from protocol.limits import MAX_MANIFEST_BYTES
 
 FETCH_RETRY_AFTER = 5.0
-"""Seconds before a manifest fetch that produced nothing may be asked for again."""
+"""Seconds before a manifest fetch that produced nothing may be asked for again; also the
+first delay of a failed fetch's retry (see :data:`FETCH_RETRIES`)."""
+FETCH_RETRIES = 3
+"""Times a fetch that no source answered is tried again on its own, after
+``FETCH_RETRY_AFTER × 2**k`` seconds (5, 10, 20: within 35 s, about one LAN push-pull
+interval). A manifest rumor is spread a bounded number of times, so once every copy of it
+has been heard, a failed fetch would otherwise wait for anti-entropy (a push-pull with a
+peer that holds the manifest); under 10 % loss that left one copy missing after 120 s in a
+1,000-node join. Each retry asks the owner at its current address (it always holds its
+newest version) after the peers that told us. Retries are dropped when the node is no
+longer an alive or suspect member or its manifest arrived by other means."""
+MAX_FETCH_RETRIES_HELD = 4_096
+"""Most failed fetches waiting for a retry; beyond it the one due last is not retried
+(anti-entropy still brings the manifest)."""
 MAX_RECORDS_PER_EXCHANGE = 20_000
 """Most ledger records sent in one push-pull leg (about 4 MiB); the rest follow later."""
 LEDGER_PRUNE_INTERVAL = 60.0
@@ -192,6 +208,9 @@ COUNTERS: dict[str, str] = {
     "manifests_discarded_not_member": "restored manifests of nodes membership never learned",
     "manifests_evicted_departed": "manifests of dead, left or unknown nodes let go for room",
     "fetches_started": "manifest fetches wanted (asked of the shell at once or queued)",
+    "fetch_retries": "failed manifest fetches tried again on their own (FETCH_RETRIES)",
+    "fetch_retries_exhausted": "failed fetches not retried: FETCH_RETRIES done already",
+    "fetch_retries_dropped": "failed fetches not retried: MAX_FETCH_RETRIES_HELD waiting",
     "fetches_queued": "wanted fetches that waited for a slot (MAX_CONCURRENT_FETCHES running)",
     "fetches_skipped_queue_full": "wanted fetches dropped: MAX_FETCHES_QUEUED were waiting",
     "fetches_failed": "fetches that ended without the version asked for from any source",
@@ -273,6 +292,9 @@ class MeshCore:
         """Seconds a departed node's manifest stays buried (at least an hour)."""
         self._effects: list[CoreEffect] = []
         self._fetching: dict[str, tuple[int, float]] = {}  # node -> (version, asked at)
+        # Failed fetches to try again: node -> (fetch, due at, retries done).
+        self._fetch_retries: dict[str, tuple[FetchManifest, float, int]] = {}
+        self._next_retry_at = math.inf
         # Exchanges the shell runs now, and those waiting for a slot (oldest first).
         self._fetches_running = 0
         self._fetch_queue: OrderedDict[str, FetchManifest] = OrderedDict()
@@ -317,7 +339,7 @@ class MeshCore:
         return effects
 
     def next_deadline(self) -> float:
-        return min(self.membership.next_deadline(), self._next_prune_at)
+        return min(self.membership.next_deadline(), self._next_prune_at, self._next_retry_at)
 
     def join(self, seeds: Sequence[Address], now: float) -> int:
         """Join through ``seeds``; they are remembered, and contacted again whenever this
@@ -385,6 +407,8 @@ class MeshCore:
             self.manifests.prune(now)
             self._counters["records_pruned"] += self.ledger.prune(now)
             self._sweep_restored(now)
+        if now >= self._next_retry_at:
+            self._retry_fetches(now)
         self._pump(now)
 
     def _sweep_restored(self, now: float) -> None:
@@ -515,6 +539,7 @@ class MeshCore:
                 outcome = self._apply_fetched(manifest, now)
         held = self.manifests.get(node)
         if outcome == "refused" or (held is not None and held.version >= fetch.version):
+            self._fetch_retries.pop(node, None)
             self._fetch_ended()
             return FetchStep(None)
         try:
@@ -526,12 +551,14 @@ class MeshCore:
         self._counters["fetches_failed"] += 1
         self._fetching.pop(node, None)
         self._fetch_ended()
+        self._schedule_retry(fetch, now)
         return FetchStep(None, failed=True)
 
     def fetch_abandoned(self, fetch: FetchManifest) -> None:
         """The shell stopped ``fetch`` before it was over (it is closing, or its task
         failed): the slot is free and the node may be asked for again."""
         self._fetching.pop(fetch.node, None)
+        self._fetch_retries.pop(fetch.node, None)
         self._fetch_ended()
 
     def push_pull_done(self) -> None:
@@ -561,6 +588,48 @@ class MeshCore:
             _, fetch = self._fetch_queue.popitem(last=False)
             self._fetches_running += 1
             self._effects.append(fetch)
+
+    def _schedule_retry(self, fetch: FetchManifest, now: float) -> None:
+        """Try ``fetch`` again later (:data:`FETCH_RETRIES`) unless it was retried enough."""
+        previous = self._fetch_retries.pop(fetch.node, None)
+        done = 0 if previous is None else previous[2]
+        if done >= FETCH_RETRIES:
+            self._counters["fetch_retries_exhausted"] += 1
+            return
+        if len(self._fetch_retries) >= MAX_FETCH_RETRIES_HELD:
+            self._counters["fetch_retries_dropped"] += 1
+            return
+        due = now + FETCH_RETRY_AFTER * 2**done
+        self._fetch_retries[fetch.node] = (fetch, due, done + 1)
+        self._next_retry_at = min(self._next_retry_at, due)
+
+    def _retry_fetches(self, now: float) -> None:
+        """Start the failed fetches whose retry is due, from their sources and the owner's
+        current address; forget those the store or membership made pointless."""
+        due = [node for node, (_, at, _) in self._fetch_retries.items() if at <= now]
+        for node in due:
+            fetch, _, done = self._fetch_retries[node]
+            member = self.membership.member(node)
+            held = self.manifests.get(node)
+            if (
+                member is None
+                or not self._may_hold(node)
+                or (held is not None and held.version >= fetch.version)
+            ):
+                del self._fetch_retries[node]
+                continue
+            # Kept (with its count) until the fetch ends: a success forgets it, a failure
+            # schedules the next retry.
+            self._fetch_retries[node] = (fetch, math.inf, done)
+            if node in self._fetching:
+                continue  # a newer rumor started a fetch meanwhile
+            self._fetching[node] = (fetch.version, now)
+            self._counters["fetch_retries"] += 1
+            sources = tuple(dict.fromkeys((*fetch.sources, member.address)))
+            self._start_fetch(FetchManifest(node, fetch.version, sources))
+        self._next_retry_at = min(
+            (at for _, at, _ in self._fetch_retries.values()), default=math.inf
+        )
 
     def _start_fetch(self, fetch: FetchManifest) -> None:
         """Emit ``fetch`` if a slot is free, else queue it (once per node)."""

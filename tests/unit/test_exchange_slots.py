@@ -262,3 +262,63 @@ def test_an_address_waits_once(monkeypatch: pytest.MonkeyPatch) -> None:
     core.join([("10.0.2.1", 7946)], NOW)
     assert core.mesh.exchanges["push_pulls_queued"] == len(seeds)
     assert core.counters["push_pulls_skipped_queue_full"] == 1
+
+
+# ============================================================================ retries
+
+
+def _fail(core: NodeCore, fetch: FetchManifest, now: float) -> None:
+    for source in fetch.sources:
+        core.fetch_answered(fetch, source, None, now)
+
+
+def test_a_fetch_no_source_answered_is_retried_with_doubling_delays_then_given_up() -> None:
+    """No rumor about node 2 is heard again; the core asks for it on its own, three
+    times (5, 10 and 20 s after each failure), from the owner too, then stops.
+
+    On the unfixed code: nothing was asked after the first failure (only anti-entropy
+    could bring the manifest), so the first tick found no FetchManifest."""
+    core = node()
+    (fetch,) = hear(core, rumor(2))
+    now = NOW
+    gaps = []
+    for _ in range(mesh_module.FETCH_RETRIES):
+        _fail(core, fetch, now)
+        due = core.next_deadline()
+        assert due <= now + mesh_module.FETCH_RETRY_AFTER * 2 ** len(gaps)
+        core.tick(now + 1.0)
+        assert fetches(core) == []  # not yet
+        retry_at = now + mesh_module.FETCH_RETRY_AFTER * 2 ** len(gaps)
+        core.tick(retry_at)
+        (fetch,) = fetches(core)
+        assert fetch.node == IDS[2] and owner(2) in fetch.sources
+        gaps.append(retry_at - now)
+        now = retry_at
+    assert gaps == [5.0, 10.0, 20.0]
+    _fail(core, fetch, now)
+    core.tick(now + 100.0)
+    assert fetches(core) == []
+    assert core.counters["fetch_retries"] == 3
+    assert core.counters["fetch_retries_exhausted"] == 1
+
+
+def test_a_retry_is_forgotten_once_the_manifest_arrived_another_way() -> None:
+    core = node()
+    (fetch,) = hear(core, rumor(2))
+    _fail(core, fetch, NOW)
+    assert core.mesh.manifest_fetched(manifest(2), NOW + 1.0)  # e.g. by push-pull
+    core.tick(NOW + 60.0)
+    assert fetches(core) == []
+    assert core.counters["fetch_retries"] == 0
+
+
+def test_a_retry_that_succeeds_ends_the_retries() -> None:
+    core = node()
+    (fetch,) = hear(core, rumor(2))
+    _fail(core, fetch, NOW)
+    core.tick(NOW + mesh_module.FETCH_RETRY_AFTER)
+    (retry,) = fetches(core)
+    assert core.fetch_answered(retry, retry.sources[0], manifest(2), NOW + 5.0) == FetchStep(None)
+    core.tick(NOW + 100.0)
+    assert fetches(core) == []
+    assert core.next_deadline() > NOW + 5.0
