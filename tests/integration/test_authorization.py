@@ -180,7 +180,7 @@ async def test_a_member_not_allowed_is_forbidden_and_the_delegation_moves_on(
     of A all end at O; the first tried C and got ``rejected: forbidden``; A's breaker for
     C stays closed and A forms no opinion of C.
 
-    On the unfixed code: C served A (``closed:...``): any process could run any
+    On the unfixed code: C served A (output ``closed:t0``): any process could run any
     capability."""
     with processes() as running:
         closed = start(running, tmp_path, "c", [], ["--agent", f"{AGENTS}:ClosedProvider"])
@@ -224,7 +224,8 @@ async def test_a_stranger_is_forbidden_a_members_only_capability(tmp_path: Path)
     (declared without ``allow=``) answers ``rejected: forbidden``; ``public_echo``
     (``Allow.anyone()``) is accepted, so the refusal is the rule, not the channel.
 
-    On the unfixed code: P accepted the stranger's ``members_echo`` request."""
+    On the unfixed code: P accepted the stranger's ``members_echo`` request (status
+    ACCEPTED)."""
     attacker = Attacker()
     with processes() as running:
         p = start(running, tmp_path, "p", [], ["--agent", f"{AGENTS}:StrangerFriendly"])
@@ -241,8 +242,8 @@ async def test_the_demo_code_agent_serves_only_the_orchestrator(tmp_path: Path) 
     for the orchestrator; another member and a stranger get ``rejected: forbidden``; and
     without any caller it refuses to start.
 
-    On the unfixed code: the member's and the stranger's ``run_python`` ran (the demo's
-    code agent ran any caller's code)."""
+    On the unfixed code: the other member's ``run_python`` ran (HTTP 200, stdout 42): the
+    demo's code agent ran any caller's code."""
     attacker = Attacker()
     orchestrator_id = keygen(tmp_path / "orch")
     code = "print(6 * 7)"
@@ -317,8 +318,9 @@ def test_the_api_token_from_the_flag_and_the_environment(tmp_path: Path) -> None
     client commands send it from the same variable or ``--api-token``. The token appears
     in no log.
 
-    On the unfixed code: ``--api-token`` and ``--no-trust-loopback`` did not exist, and
-    ``POST /v1/discover`` and the read routes answered anyone."""
+    On the unfixed code: ``--api-token`` and ``--no-trust-loopback`` did not exist (the
+    nodes would not start), and ``POST /v1/discover`` and the read routes answered any
+    caller without a token."""
     env_token = "environment-token-0123456789"
     with processes() as running:
         flag = start(running, tmp_path, "n1", [], ["--api-token", TOKEN, "--no-trust-loopback"])
@@ -428,7 +430,9 @@ def test_read_routes_need_the_token_from_outside_unless_open(tmp_path: Path) -> 
     members, manifests and trust only with the token; with ``--open-reads`` without it
     (the routes that trigger work still need it).
 
-    On the unfixed code: any remote caller read the member list (HTTP 200)."""
+    On the unfixed code (token set through ``NodeConfig.api_token``, the flag did not
+    exist): a remote caller without the token got HTTP 200 from members, manifests,
+    trust and ``POST /v1/discover``."""
     address = _non_loopback_address()
     if address is None:
         pytest.skip("this machine has no non-loopback IPv4 address")
