@@ -461,3 +461,19 @@ def test_forbidden_and_quota_move_on_without_blaming_the_provider(
     assert count == served_by_p  # only tasks P actually served are scored
     if served_by_p == 0:
         assert a.core.trust_of(p.node_id, world.now) == DEFAULT_TRUST
+
+
+def test_the_readme_example_runs() -> None:
+    """The README's ``allow=`` example runs as written and declares what it says."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text("utf-8")
+    blocks = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:]]
+    (block,) = [b for b in blocks if "allow=" in b]
+    namespace: dict[str, Any] = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    node = namespace["Warehouse"]()
+    specs = node.capabilities
+    assert specs["run_sql"].policy.allow == Allow.only(namespace["ORCHESTRATOR"])
+    assert specs["run_sql"].policy.quota == Quota(max_concurrent=2, per_minute=30)
+    assert specs["ping"].policy.allow == Allow.anyone()
