@@ -151,7 +151,10 @@ class Allow:
 
     @classmethod
     def only(cls, *node_ids: str, members: bool = True) -> Allow:
-        """Just these node ids (members of our view, unless ``members=False``)."""
+        """Just these node ids (members of our view, unless ``members=False``); at least
+        one (``ValueError`` otherwise: an empty list would mean every member)."""
+        if not node_ids:
+            raise ValueError("Allow.only() needs at least one node id")
         return cls(nodes=frozenset(node_ids), members=members)
 
     def refusal(self, requester: str, facts: RequesterFacts, now: float) -> str | None:

@@ -337,6 +337,7 @@ def test_no_quota_leaves_the_fair_share_as_the_only_bound() -> None:
     ("make", "error"),
     [
         (lambda: Allow(members=False), ValueError),
+        (lambda: Allow.only(), ValueError),
         (lambda: Allow(public=True), ValueError),
         (lambda: Allow(public=True, members=False, min_trust=0.2), ValueError),
         (lambda: Allow(min_trust=1.5), ValueError),
