@@ -478,3 +478,21 @@ def test_the_readme_example_runs() -> None:
     assert specs["run_sql"].policy.allow == Allow.only(namespace["ORCHESTRATOR"])
     assert specs["run_sql"].policy.quota == Quota(max_concurrent=2, per_minute=30)
     assert specs["ping"].policy.allow == Allow.anyone()
+
+
+@pytest.mark.parametrize(
+    ("given", "token", "expected"),
+    [
+        ("s3cret-token-0123456789", "s3cret-token-0123456789", True),
+        ("s3cret-token-012345678", "s3cret-token-0123456789", False),  # a prefix
+        ("s3cret-token-01234567890", "s3cret-token-0123456789", False),  # longer
+        ("S3CRET-token-0123456789", "s3cret-token-0123456789", False),
+        ("", "s3cret-token-0123456789", False),
+        ("anything-at-all-here", None, False),  # no token configured: nothing matches
+        ("\udcff-not-utf8-token", "s3cret-token-0123456789", False),
+    ],
+)
+def test_token_matches(given: str, token: str | None, expected: bool) -> None:
+    from meshnode.runtime.api import token_matches
+
+    assert token_matches(given, token) is expected
