@@ -18,6 +18,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 from meshnode.capability import CapabilitySpec, capability
+from meshnode.core.authorization import Allow, CapabilityPolicy, Quota
 from meshnode.core.config import NodeConfig, format_address, parse_address
 from meshnode.core.effects import Attempt, AttemptOutcome, MemberChanged, MemberEvent
 from meshnode.core.evaluator import SUCCESS_THRESHOLD
@@ -78,10 +79,12 @@ without aiohttp."""
 __all__ = [
     "MCP_CONFIG_ENV",
     "SUCCESS_THRESHOLD",
+    "Allow",
     "Attempt",
     "AttemptOutcome",
     "BindError",
     "Capability",
+    "CapabilityPolicy",
     "CapabilitySpec",
     "ConfigError",
     "DataDirInUse",
@@ -108,6 +111,7 @@ __all__ = [
     "NodeConfig",
     "NodeNotRunning",
     "ProtocolError",
+    "Quota",
     "RemoteProtocolError",
     "RoutingWeights",
     "ScoredCandidate",

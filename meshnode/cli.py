@@ -5,6 +5,12 @@ running node who it knows), ``discover`` (rank providers for a description), ``d
 (run a task through a node), ``trust`` (a node's trust view and breakers), ``keygen``
 (create a data dir's identity), ``demo`` (a five-agent research mesh on this machine).
 Commands that print data take ``--json``.
+
+The HTTP API's token: ``run --api-token`` or the ``MESHNODE_API_TOKEN`` environment
+variable (the flag wins; the environment keeps it out of ``ps``) sets
+``NodeConfig.api_token``; the client commands send it (``--api-token`` or the same
+variable) as ``Authorization: Bearer``. ``run --no-trust-loopback`` makes loopback callers
+present it too; ``run --open-reads`` opens the read routes to anyone.
 Exit status: 0 on success, 1 on a runtime error (unreachable node,
 bad response), 2 on bad arguments.
 """
@@ -16,6 +22,7 @@ import asyncio
 import importlib
 import importlib.util
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -31,6 +38,16 @@ PROFILES: dict[str, Callable[..., NodeConfig]] = {
 }
 HTTP_TIMEOUT = 10.0
 """Seconds the client subcommands wait for a node's answer."""
+API_TOKEN_ENV = "MESHNODE_API_TOKEN"
+"""Environment variable holding the HTTP API's token, for ``run`` and the client commands
+(``--api-token`` wins over it)."""
+
+
+def api_token(args: argparse.Namespace) -> str | None:
+    """The API token: ``--api-token``, else :data:`API_TOKEN_ENV`, else None (empty is
+    None)."""
+    token = getattr(args, "api_token", None) or os.environ.get(API_TOKEN_ENV) or None
+    return token
 
 
 def _run_async(main: Coroutine[Any, Any, int]) -> int:
@@ -82,6 +99,9 @@ def _config_from_args(args: argparse.Namespace) -> NodeConfig:
         overrides["embedding_precision"] = args.embedding_precision
     if args.max_concurrent_tasks:
         overrides["max_concurrent_tasks"] = args.max_concurrent_tasks
+    overrides["api_token"] = api_token(args)
+    overrides["api_trust_loopback"] = not args.no_trust_loopback
+    overrides["api_open_reads"] = args.open_reads
     return PROFILES[args.profile](**overrides)
 
 
@@ -117,19 +137,25 @@ async def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _get_json(node: str, path: str) -> Any:
-    return await _request_json("GET", node, path)
+async def _get_json(node: str, path: str, token: str | None = None) -> Any:
+    return await _request_json("GET", node, path, token=token)
 
 
 async def _request_json(
-    method: str, node: str, path: str, body: Any = None, wait_s: float = HTTP_TIMEOUT
+    method: str,
+    node: str,
+    path: str,
+    body: Any = None,
+    wait_s: float = HTTP_TIMEOUT,
+    token: str | None = None,
 ) -> Any:
     import aiohttp
 
     host, port = parse_address(node)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with (
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=wait_s)) as session,
-        session.request(method, f"http://{host}:{port}{path}", json=body) as resp,
+        session.request(method, f"http://{host}:{port}{path}", json=body, headers=headers) as resp,
     ):
         if resp.status >= 400 and resp.content_type != "application/json":
             raise RuntimeError(f"{resp.status}: {(await resp.text()).strip()}")
@@ -144,7 +170,7 @@ def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
 
 
 async def _cmd_members(args: argparse.Namespace) -> int:
-    data = await _get_json(args.node, "/v1/members")
+    data = await _get_json(args.node, "/v1/members", api_token(args))
     members = data["members"]
     if args.json:
         print(json.dumps(members, indent=2))
@@ -166,7 +192,7 @@ async def _cmd_discover(args: argparse.Namespace) -> int:
         "tags": args.tag or [],
         "top_k": args.top_k,
     }
-    data = await _request_json("POST", args.node, "/v1/discover", body)
+    data = await _request_json("POST", args.node, "/v1/discover", body, token=api_token(args))
     candidates = data["candidates"]
     if args.json:
         print(json.dumps(candidates, indent=2))
@@ -209,7 +235,12 @@ async def _cmd_delegate(args: argparse.Namespace) -> int:
         "min_trust": args.min_trust,
     }
     data = await _request_json(
-        "POST", args.node, "/v1/delegate", body, wait_s=args.deadline + HTTP_TIMEOUT
+        "POST",
+        args.node,
+        "/v1/delegate",
+        body,
+        wait_s=args.deadline + HTTP_TIMEOUT,
+        token=api_token(args),
     )
     if args.json or "error" in data:
         print(json.dumps(data, indent=2))
@@ -225,7 +256,7 @@ async def _cmd_delegate(args: argparse.Namespace) -> int:
 
 
 async def _cmd_trust(args: argparse.Namespace) -> int:
-    data = await _get_json(args.node, "/v1/trust")
+    data = await _get_json(args.node, "/v1/trust", api_token(args))
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
@@ -370,6 +401,28 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--mcp-config", type=Path, help="MCP servers for the web-search agent (JSON file)"
     )
+
+    # HTTP API access (see meshnode.runtime.api.authorize)
+    run.add_argument(
+        "--api-token",
+        metavar="TOKEN",
+        help=f"bearer token for the HTTP API (16+ characters; prefer ${API_TOKEN_ENV}, "
+        "which this flag overrides: command lines are visible to other users)",
+    )
+    run.add_argument(
+        "--no-trust-loopback",
+        action="store_true",
+        help="loopback callers need the API token too (default: they do not)",
+    )
+    run.add_argument(
+        "--open-reads",
+        action="store_true",
+        help="members, manifests and trust answer anyone (default: loopback or the token)",
+    )
+    for client in (members, discover, delegate, trust):
+        client.add_argument(
+            "--api-token", metavar="TOKEN", help=f"the node's API token (default ${API_TOKEN_ENV})"
+        )
     return parser
 
 

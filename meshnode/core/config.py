@@ -278,10 +278,12 @@ class NodeConfig:
     default_deadline_s: float = 30.0
     """Deadline of a delegation when the caller gives none, default 30 s."""
 
-    api_token: str | None = None
-    """Bearer token required for state-changing HTTP calls (``POST /v1/delegate``) from
-    non-loopback clients, default None: such calls are then refused from anywhere but
-    127.0.0.0/8 and ::1."""
+    api_token: str | None = dataclasses.field(default=None, repr=False)
+    """Bearer token (at least 16 characters) for the HTTP API's routes that trigger work
+    (``POST /v1/delegate``, ``POST /v1/discover``, ...) and, when the node binds a
+    non-loopback address, its read routes; default None: those calls are then open to
+    loopback clients only (see :attr:`api_trust_loopback`, :attr:`api_open_reads` and
+    :func:`meshnode.runtime.api.authorize`). Kept out of ``repr`` so it is never logged."""
 
     # ------------------------------------------------------------------ membership hardening
 
@@ -480,6 +482,24 @@ class NodeConfig:
     a member alive or suspect in our table vouches. Higher: a flood needs more colluding
     members to reach the fast lane, and a join storm's newcomers wait longer for it."""
 
+    # ------------------------------------------------------------------ authorization
+
+    api_trust_loopback: bool = True
+    """Whether HTTP API callers on loopback (127.0.0.0/8, ::1) may use the routes that
+    trigger work without :attr:`api_token`, default True (a node bound to loopback is
+    usable from its own host with no setup). False on a host shared with users or
+    processes that must not spend this node's money and trust: then every caller, loopback
+    included, needs the token (and the routes are closed to all when no token is set)."""
+
+    api_open_reads: bool = False
+    """Whether the read routes (``GET /v1/members``, ``/v1/manifests``, ``/v1/trust``)
+    answer anyone, default False: they map the mesh (every member's address, every
+    capability, who trusts whom) for whoever reaches the port, so they need the same
+    loopback-or-token access as the routes that trigger work (on a node bound to loopback,
+    the default, that changes nothing for local callers; bound to a public address, remote
+    readers need the token). True for a deliberately public dashboard. ``GET /v1/health``
+    is always open (liveness checks); the peer routes are authenticated by signatures."""
+
     # ------------------------------------------------------------------ presets
 
     @classmethod
@@ -543,6 +563,12 @@ class NodeConfig:
         self._validate_task_channels()
         self._validate_state_caps()
         self._validate_runtime()
+        self._validate_authorization()
+
+    def _validate_authorization(self) -> None:
+        for name in ("api_trust_loopback", "api_open_reads"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a boolean, got {getattr(self, name)!r}")
 
     def _validate_task_channels(self) -> None:
         _check_int("task_max_connections", self.task_max_connections, 1, 1_000_000)

@@ -39,7 +39,7 @@ is due. Inputs:
   :data:`~meshnode.core.mesh.MAX_CONCURRENT_PUSH_PULLS`) and queued otherwise;
 * tasks: ``start_delegation``, ``cancel_delegation``, ``task_message`` (every task
   message a verified peer sent on its channel), ``handler_done``, ``peer_failed``,
-  ``send_failed``, ``set_capabilities``, ``close_tasks``, and the liveness check's
+  ``send_failed``, ``set_capabilities``, ``set_policies``, ``close_tasks``, and the liveness check's
   ``peer_answered`` and ``check_unsent``;
 * trust: ``record_outcome``, ``sign_opinions``, ``durable_failed``, ``durable_written``;
   queries ``trust_view(now)``, ``direct_experience()``, ``opinion(peer)``;
@@ -78,6 +78,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from crdt import ManifestStore, ReputationLedger
+from meshnode.core.authorization import CapabilityPolicy
 from meshnode.core.breaker import BreakerBoard, TaskVerdict
 from meshnode.core.config import NodeConfig
 from meshnode.core.delegation import (
@@ -117,6 +118,7 @@ from meshnode.core.provider import CancelOutcome, ProviderCore
 from meshnode.core.requester import RequesterCore
 from meshnode.core.router import (
     DEFAULT_TOP_K,
+    DEFAULT_TRUST,
     LoadInfo,
     RoutableEntry,
     ScoredCandidate,
@@ -215,6 +217,7 @@ class NodeCore:
         capabilities: Mapping[str, Capability] | None = None,
         evaluator: OutputEvaluator | None = None,
         max_delegations: int = MAX_DELEGATIONS_IN_FLIGHT,
+        policies: Mapping[str, CapabilityPolicy] | None = None,
     ) -> None:
         if max_delegations < 1:
             raise ValueError(f"max_delegations must be at least 1, got {max_delegations}")
@@ -244,6 +247,8 @@ class NodeCore:
             config.max_concurrent_tasks,
             verifier=verifier,
             remember_bytes=config.task_memory_bytes,
+            policies=policies,
+            facts=self,
         )
         self.breakers = BreakerBoard(
             failure_threshold=config.breaker_failure_threshold,
@@ -542,6 +547,30 @@ class NodeCore:
     def set_capabilities(self, capabilities: Mapping[str, Capability]) -> None:
         """What this node serves from now on (tasks already admitted keep running)."""
         self.provider.set_capabilities(capabilities)
+
+    def set_policies(self, policies: Mapping[str, CapabilityPolicy]) -> None:
+        """Who may call each capability, and how much (see
+        :mod:`meshnode.core.authorization`); a capability without one is members only."""
+        self.provider.set_policies(policies)
+
+    # ------------------------------------------------------------------ requester facts
+
+    def is_member(self, node_id: str) -> bool:
+        """Whether ``node_id`` is a current member of our view: alive or suspect (a
+        stranger, or a member we hold dead or departed, is not)."""
+        member = self.mesh.membership.member(node_id)
+        return member is not None and member.state in (MemberState.ALIVE, MemberState.SUSPECT)
+
+    def roles_of(self, node_id: str) -> frozenset[str] | None:
+        """The roles ``node_id``'s membership certificate grants, or None when unknown.
+        No mesh authority issues certificates yet, so this is always None: a capability
+        that allows by role serves nobody by role (its ``nodes`` still apply)."""
+        return None
+
+    def trust_of(self, node_id: str, now: float) -> float:
+        """Our trust view of ``node_id`` (what routing uses); a peer nobody rated has
+        :data:`~meshnode.core.router.DEFAULT_TRUST`."""
+        return float(self.trust.view(now).get(node_id, DEFAULT_TRUST))
 
     def task_message(self, sender: str, message: Message, now: float) -> None:
         """A task message from ``sender`` (the verified peer of the channel it came on).

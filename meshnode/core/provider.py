@@ -13,12 +13,18 @@ Provider decisions (checked in this order, the cheap checks first)
 1. a live task of *another* requester already uses the id → REJECTED ``task_id_in_use``;
 2. the same requester and task id seen before → the remembered answer (idempotent);
 3. unknown capability → REJECTED ``unknown_capability``;
+3a. the capability's :class:`~meshnode.core.authorization.Allow` rule refuses the
+   requester (not a member, not listed, no such role, trust too low; see
+   :mod:`meshnode.core.authorization`) → REJECTED ``forbidden`` (not remembered, see below);
 4. ``budget_usd`` is set and the capability's ``cost_per_call_usd`` exceeds it → REJECTED
    ``over_budget``;
 5. ``deadline_ms`` is smaller than the capability's ``avg_latency_ms`` (the provider's
    latency estimate) → REJECTED ``deadline_too_short``;
 6. ``input`` fails the capability's ``input_schema`` (see :mod:`meshnode.core.json_schema`)
    → REJECTED ``invalid_input``;
+6a. the requester already holds the capability's ``Quota.max_concurrent`` running and
+   reserved tasks of it, or has used up its ``Quota.per_minute`` requests → REJECTED
+   ``quota`` (a request refused for concurrency takes no token from the rate bucket);
 7. the requester already holds its fair share while others compete, and the free slots
    are no more than the others are owed → REJECTED ``fair_share`` (see below);
 8. a slot is free (running + reserved < ``max_concurrent_tasks``) → ACCEPTED with
@@ -40,6 +46,19 @@ slot a competitor is about to ask for. Only requesters with competitors can pass
 queue, and only while under their share (so at most ``max_concurrent_tasks`` beyond
 ``max_reservations``). Running tasks are not pre-empted, so a newcomer waits at most for
 the queue ahead of it to drain (bounded by the deadlines already promised).
+
+Authorization and quotas. Each capability has a
+:class:`~meshnode.core.authorization.CapabilityPolicy` (``policies``; a capability without
+one gets :data:`~meshnode.core.authorization.DEFAULT_POLICY`, members only). The facts
+about a requester (membership, certificate roles, our trust in it) come from the injected
+:class:`~meshnode.core.authorization.RequesterFacts`; without one every requester counts
+as a stranger with no roles and no trust, so only ``Allow.anyone()`` capabilities serve.
+A ``forbidden`` refusal is not remembered: it ran nothing, costs nothing to decide again,
+and a stranger's flood of task ids must not push honest members' remembered results out
+of the byte budget. ``forbidden`` and ``quota`` are honest refusals: the requester moves
+on to its next candidate without blaming the provider. Per-minute buckets are kept for at
+most :data:`QUOTA_MAX_TRACKED` requesters per capability (the least recently seen are
+forgotten first, and start again with a full bucket).
 
 Limits: fairness is per node id. Many identities (a Sybil attack) each get a share;
 bounding how many identities one party controls is the job of admission control into the
@@ -86,6 +105,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from meshnode.core.authorization import (
+    DEFAULT_POLICY,
+    CapabilityPolicy,
+    RequesterFacts,
+    forbidden_reason,
+)
+from meshnode.core.channel import RateLimiter
 from meshnode.core.effects import DeadlineExceeded, StartTask
 from meshnode.core.json_schema import describe, validate
 from meshnode.core.task_wire import (
@@ -116,6 +142,7 @@ __all__ = [
     "COUNTER_SAFETY_MS",
     "FAIR_SHARE_MAX_TRACKED",
     "FAIR_SHARE_WINDOW_S",
+    "QUOTA_MAX_TRACKED",
     "REMEMBER_BYTES",
     "REMEMBER_MAX",
     "REMEMBER_S",
@@ -172,6 +199,25 @@ gives a lone heavy caller the whole node back sooner."""
 FAIR_SHARE_MAX_TRACKED = 4_096
 """Most requesters whose last request time is tracked for the fair share; the oldest are
 forgotten first (each costs about 150 bytes)."""
+
+QUOTA_MAX_TRACKED = 16_384
+"""Most requesters whose per-minute bucket is kept, per capability with a
+``Quota.per_minute``; the least recently seen are forgotten first (a forgotten one starts
+again with a full bucket). Each costs about 150 bytes: 2.4 MB per rate-limited capability
+at the cap, enough for every requester of a 10,000-member mesh."""
+
+
+class _Stranger:
+    """The facts of a provider given none: nobody is a member, has roles or trust."""
+
+    def is_member(self, node_id: str) -> bool:
+        return False
+
+    def roles_of(self, node_id: str) -> frozenset[str] | None:
+        return None
+
+    def trust_of(self, node_id: str, now: float) -> float:
+        return 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +299,8 @@ class ProviderCore:
         remember_max: int = REMEMBER_MAX,
         remember_bytes: int = REMEMBER_BYTES,
         fair_share_window_s: float = FAIR_SHARE_WINDOW_S,
+        policies: Mapping[str, CapabilityPolicy] | None = None,
+        facts: RequesterFacts | None = None,
     ) -> None:
         if max_concurrent_tasks < 1:
             raise ValueError("max_concurrent_tasks must be at least 1")
@@ -267,6 +315,12 @@ class ProviderCore:
                 raise ValueError("the signer's signatures do not verify under its node id")
         self._signer = signer
         self._capabilities: dict[str, Capability] = dict(capabilities)
+        self._policies: dict[str, CapabilityPolicy] = dict(policies or {})
+        self._facts: RequesterFacts = facts if facts is not None else _Stranger()
+        self._held_of: Counter[tuple[str, str]] = Counter()
+        """(capability, requester) → its running plus reserved tasks of that capability."""
+        self._rates: dict[str, RateLimiter] = {}
+        """Capability → per-requester token buckets (``Quota.per_minute``)."""
         self.max_concurrent_tasks = max_concurrent_tasks
         self.max_reservations = (
             RESERVATION_QUEUE_FACTOR * max_concurrent_tasks
@@ -298,6 +352,25 @@ class ProviderCore:
     def set_capabilities(self, capabilities: Mapping[str, Capability]) -> None:
         """Replace the offered capabilities (live tasks keep the one they started with)."""
         self._capabilities = dict(capabilities)
+
+    def set_policies(self, policies: Mapping[str, CapabilityPolicy]) -> None:
+        """Replace the capabilities' policies (a capability without one gets
+        :data:`~meshnode.core.authorization.DEFAULT_POLICY`). Rate buckets of a capability
+        whose ``per_minute`` changed start again full."""
+        policies = dict(policies)
+        for name in list(self._rates):
+            old = self._policy(name).quota.per_minute
+            new = policies.get(name, DEFAULT_POLICY).quota.per_minute
+            if old != new:
+                del self._rates[name]
+        self._policies = policies
+
+    def policy(self, capability: str) -> CapabilityPolicy:
+        """The policy capability ``capability`` is served under."""
+        return self._policy(capability)
+
+    def _policy(self, capability: str) -> CapabilityPolicy:
+        return self._policies.get(capability, DEFAULT_POLICY)
 
     # ------------------------------------------------------------------ load
 
@@ -381,7 +454,19 @@ class ProviderCore:
             return RequestDecision(remembered.response, result=remembered.result, duplicate=True)
 
         capability = self._capabilities.get(request.capability)
+        if capability is not None:
+            why = self._policy(capability.name).allow.refusal(requester, self._facts, now)
+            if why is not None:
+                detail = forbidden_reason(capability.name, why)
+                self.counts["rejected"] += 1
+                self.counts["forbidden"] += 1
+                # Not remembered (see the module docstring).
+                return RequestDecision(self._rejection(request, RejectCode.FORBIDDEN, detail))
         rejection = self._admission_problem(request, capability)
+        if rejection is None and capability is not None:
+            rejection = self._quota_problem(requester, capability.name, now)
+            if rejection is not None:
+                self.counts["quota"] += 1
         if rejection is not None or capability is None:
             code, detail = rejection or (RejectCode.UNKNOWN_CAPABILITY, request.capability)
             response = self._rejection(request, code, detail)
@@ -426,7 +511,7 @@ class ProviderCore:
                 confirmed=True,
             )
             self._running[task_id] = task
-            self._held[requester] += 1
+            self._hold(task)
             self.counts["accepted"] += 1
             return RequestDecision(response, start=self._start_effect(task, now))
 
@@ -464,7 +549,7 @@ class ProviderCore:
             response=response,
             hold_until=now + self.hold_s,
         )
-        self._held[requester] += 1
+        self._hold(self._reserved[task_id])
         self.counts["countered"] += 1
         return RequestDecision(response)
 
@@ -488,6 +573,30 @@ class ProviderCore:
         if violations:
             return RejectCode.INVALID_INPUT, describe(violations)
         return None
+
+    def _quota_problem(
+        self, requester: str, capability: str, now: float
+    ) -> tuple[RejectCode, str] | None:
+        """The capability's per-requester quota (check 6a), or None when within it."""
+        quota = self._policy(capability).quota
+        limit = quota.max_concurrent
+        if limit is not None:
+            held = self._held_of[(capability, requester)]
+            if held >= limit:
+                return RejectCode.QUOTA, f"holds {held} {capability!r} tasks; quota is {limit}"
+        per_minute = quota.per_minute
+        if per_minute is not None:
+            bucket = self._rates.get(capability)
+            if bucket is None:
+                bucket = RateLimiter(per_minute / 60.0, per_minute, QUOTA_MAX_TRACKED)
+                self._rates[capability] = bucket
+            if not bucket.allow(requester, now):
+                return RejectCode.QUOTA, f"over {per_minute} {capability!r} requests a minute"
+        return None
+
+    def held_of(self, requester: str, capability: str) -> int:
+        """Running plus reserved tasks of ``capability`` that ``requester`` holds."""
+        return self._held_of[(capability, requester)]
 
     def _rejection(self, request: TaskRequest, code: RejectCode, detail: str) -> TaskResponse:
         return TaskResponse(
@@ -776,6 +885,11 @@ class ProviderCore:
             self._forget(next(iter(self._memory)))
             self.counts["forgotten"] += 1
 
+    def _hold(self, task: _Task) -> None:
+        """``task`` entered the running or reserved set: its requester holds one slot more."""
+        self._held[task.requester] += 1
+        self._held_of[(task.capability.name, task.requester)] += 1
+
     def _release(self, task: _Task) -> None:
         """``task`` left the running or reserved set: its requester holds one slot less."""
         held = self._held[task.requester] - 1
@@ -783,6 +897,12 @@ class ProviderCore:
             self._held[task.requester] = held
         else:
             del self._held[task.requester]
+        key = (task.capability.name, task.requester)
+        held = self._held_of[key] - 1
+        if held > 0:
+            self._held_of[key] = held
+        else:
+            del self._held_of[key]
 
     def _forget(self, key: tuple[str, str]) -> None:
         entry = self._memory.pop(key, None)

@@ -60,6 +60,12 @@ class RejectCode(enum.Enum):
     OUTPUT_INVALID = "output_invalid"
     FAIR_SHARE = "fair_share"
     RESULT_FORGOTTEN = "result_forgotten"
+    FORBIDDEN = "forbidden"
+    """The capability's :class:`~meshnode.core.authorization.Allow` rule refused the
+    requester (not the provider's failure)."""
+    QUOTA = "quota"
+    """The requester is over the capability's per-requester
+    :class:`~meshnode.core.authorization.Quota` (not the provider's failure)."""
 
 
 def reject_code(reason: str) -> RejectCode | None:

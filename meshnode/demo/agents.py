@@ -16,7 +16,15 @@ Configuration comes from the environment, so that ``meshnode run`` needs no extr
                             the one named ``search``, or the only one configured)
 ``MESHNODE_LLM_URL``,       writer agent: an OpenAI-compatible endpoint and its key; without
 ``MESHNODE_LLM_KEY``        them the writer uses its template and says so in the report
+``MESHNODE_CODE_CALLERS``   code agent (required): the node ids, comma-separated, allowed to
+                            call ``run_python``; the demo gives it the orchestrator's id only
 ==========================  ====================================================================
+
+Who may call what. Every capability says so (``allow=``): statistics, search and writing
+serve current members of the mesh (they read only the data agent's own directory and
+public URLs, and cost little); ``run_python`` runs a caller's code, so it serves only the
+node ids in ``MESHNODE_CODE_CALLERS`` — and refuses to start without any, rather than run
+a stranger's code.
 
 The demo runs the specialists with ``--embedder hashing``: they never look anyone up (only
 the orchestrator discovers), and loading MiniLM would cost each of them seconds and about
@@ -32,10 +40,11 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar
 
-from meshnode import McpClientPool, McpError, MeshNode, NodeConfig, capability
+from meshnode import Allow, McpClientPool, McpError, MeshNode, NodeConfig, capability
 from meshnode.demo import guards, sandbox, search, stats, writer
 
 __all__ = [
+    "CODE_CALLERS_ENV",
     "DATA_ROOT_ENV",
     "DEMO_DATA_DIR",
     "CodeAgent",
@@ -49,6 +58,10 @@ DEMO_DATA_DIR = Path(__file__).resolve().parent / "data"
 offline search corpus."""
 DATA_ROOT_ENV = "MESHNODE_DATA_ROOT"
 SEARCH_SERVER_ENV = "MESHNODE_SEARCH_SERVER"
+CODE_CALLERS_ENV = "MESHNODE_CODE_CALLERS"
+"""Node ids (comma-separated) the code agent runs code for."""
+MEMBERS = Allow()
+"""Current members of the mesh: the demo's capabilities that only read or write text."""
 MAX_CODE_TIMEOUT_S = 10.0
 """Longest run the code agent grants a snippet, whatever the task asks."""
 
@@ -167,6 +180,7 @@ class DataAgent(MeshNode):
         output_schema=ANALYZE_OUTPUT,
         avg_latency_ms=40,
         tags=["data", "statistics", "csv"],
+        allow=MEMBERS,
     )
     async def analyze_csv(self, payload: dict[str, Any]) -> dict[str, Any]:
         path, url = payload.get("csv_path"), payload.get("csv_url")
@@ -186,23 +200,47 @@ class DataAgent(MeshNode):
         return {"dataset": dataset, "sha256": hashlib.sha256(data).hexdigest(), **result}
 
 
+def code_callers(text: str | None) -> frozenset[str]:
+    """The node ids in a ``MESHNODE_CODE_CALLERS`` value (comma-separated, blanks
+    ignored)."""
+    return frozenset(part.strip() for part in (text or "").split(",") if part.strip())
+
+
 class CodeAgent(MeshNode):
     """Runs Python snippets in an isolated child process (not a sandbox: see
-    :mod:`meshnode.demo.sandbox`)."""
+    :mod:`meshnode.demo.sandbox`), for the node ids it is told to serve only.
+
+    ``callers`` (default: ``MESHNODE_CODE_CALLERS``) names them; with none, construction
+    fails with ``ValueError``: running code for whoever asks is never a default."""
 
     limits: ClassVar[sandbox.RunLimits] = sandbox.RunLimits()
 
-    @capability(
-        name="run_python",
-        description=(
-            "Run a Python program in an isolated subprocess with time, memory and output "
-            "limits, and return its exit status and output"
-        ),
-        input_schema=RUN_INPUT,
-        output_schema=RUN_OUTPUT,
-        avg_latency_ms=150,
-        tags=["code", "python"],
-    )
+    def __init__(self, config: NodeConfig | None = None, *, callers: Any = None, **kw: Any) -> None:
+        super().__init__(config, **kw)
+        allowed = (
+            code_callers(os.environ.get(CODE_CALLERS_ENV))
+            if callers is None
+            else frozenset(callers)
+        )
+        if not allowed:
+            raise ValueError(
+                f"the code agent runs its callers' code: set {CODE_CALLERS_ENV} to the node "
+                "ids allowed to call run_python"
+            )
+        self.add_capability(
+            self.run_python,
+            name="run_python",
+            description=(
+                "Run a Python program in an isolated subprocess with time, memory and output "
+                "limits, and return its exit status and output"
+            ),
+            input_schema=RUN_INPUT,
+            output_schema=RUN_OUTPUT,
+            avg_latency_ms=150,
+            tags=["code", "python"],
+            allow=Allow(nodes=allowed),
+        )
+
     async def run_python(self, payload: dict[str, Any]) -> dict[str, Any]:
         timeout = min(float(payload.get("timeout_s", self.limits.timeout_s)), MAX_CODE_TIMEOUT_S)
         limits = dataclasses.replace(self.limits, timeout_s=timeout)
@@ -220,6 +258,7 @@ class WriterAgent(MeshNode):
         output_schema=WRITE_OUTPUT,
         avg_latency_ms=20,
         tags=["writing", "markdown"],
+        allow=MEMBERS,
     )
     async def write_report(self, payload: dict[str, Any]) -> dict[str, Any]:
         query, findings = payload["query"], payload["findings"]
@@ -281,6 +320,7 @@ class WebSearchAgent(MeshNode):
         output_schema=SEARCH_OUTPUT,
         avg_latency_ms=300,
         tags=["search", "web"],
+        allow=MEMBERS,
     )
     async def web_search(self, payload: dict[str, Any]) -> dict[str, Any]:
         query, limit = payload["query"], int(payload.get("limit", 3))

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from meshnode import (
+    Allow,
     DelegationError,
     DelegationResult,
     MemberChanged,
@@ -52,6 +53,7 @@ from meshnode import (
     MemberState,
     MeshNode,
     NodeConfig,
+    Quota,
     ScoredCandidate,
     capability,
     format_address,
@@ -502,6 +504,10 @@ class ResearchOrchestrator(MeshNode):
         output_schema={"type": "object", "required": ["report", "tasks"]},
         avg_latency_ms=3_000,
         tags=["research", "orchestrator"],
+        # Any member may ask; each request fans out four tasks, so one requester gets one
+        # report at a time and a few a minute.
+        allow=Allow(),
+        quota=Quota(max_concurrent=1, per_minute=6),
     )
     async def research_report(self, payload: dict[str, Any]) -> dict[str, Any]:
         result = await self.research(payload["query"], csv_path=payload.get("csv_path"))

@@ -10,7 +10,10 @@ Theory of operation
    ``local`` timing profile, each in its own session. The data agent starts first; the
    address it prints is the seed, and the only address the other four are given. Each
    process prints its ``listening`` line; the orchestrator then prints one JSON line per
-   step of its job.
+   step of its job. Before anything starts, the orchestrator's identity is created
+   (``meshnode keygen`` in its data directory) and its node id given to the code agent
+   (``MESHNODE_CODE_CALLERS``): ``run_python`` runs code for the orchestrator only, and
+   answers anyone else ``rejected: forbidden``.
 3. While the orchestrator works, the runner polls every node's ``/v1/health`` and the
    orchestrator's ``/v1/members`` and ``/v1/trust`` and redraws the view.
 4. When the report is ready the runner waits (briefly, with a deadline) until every node
@@ -41,7 +44,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from meshnode import MCP_CONFIG_ENV, SUCCESS_THRESHOLD
-from meshnode.demo.agents import DATA_ROOT_ENV, DEMO_DATA_DIR
+from meshnode.demo.agents import CODE_CALLERS_ENV, DATA_ROOT_ENV, DEMO_DATA_DIR
 from meshnode.demo.live import DemoState, NodeView, TaskView, View, make_view
 from meshnode.demo.orchestrator import JOB_ENV
 
@@ -251,6 +254,8 @@ class _Demo:
         self.agents: list[_Agent] = []
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.exit_codes: dict[str, int | None] = {}
+        self._code_callers = ""
+        """The node ids the code agent runs code for: the orchestrator's only."""
 
     # ------------------------------------------------------------------ events
 
@@ -346,8 +351,31 @@ class _Demo:
             shutil.copyfile(source, agent.dir / "datasets" / DATASET_NAME)
         return source
 
+    async def _orchestrator_id(self) -> str:
+        """Create the orchestrator's identity before anything starts (``meshnode keygen``
+        in its data dir, which ``run`` then loads), so that the code agent can be told the
+        one node id it runs code for."""
+        orchestrator = self._agent("orchestrator")
+        assert orchestrator is not None
+        state = str(orchestrator.dir / "state")
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "meshnode.cli", "keygen", "--data-dir", state, "--json"),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=_env({}),
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), START_TIMEOUT_S)
+        if proc.returncode != 0:
+            raise DemoError(f"cannot create the orchestrator's identity: {err.decode().strip()}")
+        node_id = str(json.loads(out)["node_id"])
+        self._code_callers = node_id
+        return node_id
+
     def _agent_env(self, agent: _Agent) -> dict[str, str]:
         role = agent.spec.role
+        if role == "code agent":
+            return _env({CODE_CALLERS_ENV: self._code_callers})
         if role == "data agent":
             return _env({DATA_ROOT_ENV: str(agent.dir / "datasets")})
         if role == "orchestrator":
@@ -467,6 +495,7 @@ class _Demo:
             async with aiohttp.ClientSession(timeout=timeout) as http:
                 try:
                     async with asyncio.timeout(self.options.timeout_s):
+                        summary["code_callers"] = [await self._orchestrator_id()]
                         summary["seed"] = await self._start_all()
                         poller = asyncio.create_task(self._poll(http))
                         ready = await self._wait_report()

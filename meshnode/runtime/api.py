@@ -46,9 +46,17 @@ so the event loop keeps answering probes. JSON bodies must be objects nested at 
 task): callers from anywhere but loopback are rate-limited per remote address by a token
 bucket (``NodeConfig.api_rate_per_s`` refill, ``api_rate_burst`` capacity); an empty
 bucket gets HTTP 429 with ``Retry-After``. They only apply signed data through the same rules as
-gossip. ``POST /v1/delegate`` spends money and trust on the caller's behalf, so it is open
-only to loopback clients unless ``NodeConfig.api_token`` is set and presented as
-``Authorization: Bearer <token>``.
+gossip.
+
+Access (:func:`authorize`, the one rule every route uses). A route that triggers work or
+changes state (:attr:`Access.WORK`: ``POST /v1/delegate`` spends money and trust on the
+caller's behalf, ``POST /v1/discover`` spends CPU) answers a caller that presents
+``Authorization: Bearer <NodeConfig.api_token>``, or a loopback caller while
+``NodeConfig.api_trust_loopback`` holds (the default); anyone else gets HTTP 401. The read
+routes (:attr:`Access.READ`: members, manifests, trust) map the mesh, so they follow the
+same rule unless ``NodeConfig.api_open_reads``. ``GET /v1/health`` is open. Tokens are
+compared in constant time (as SHA-256 digests, so not even their length leaks) and never
+logged.
 
 What stays here, and why: the body caps, the JSON depth, the peer body slots and the
 loopback exemption bound raw HTTP input at the boundary, before anything is decoded or
@@ -59,6 +67,8 @@ reaches the core; the token bucket itself is the core's
 from __future__ import annotations
 
 import asyncio
+import enum
+import hashlib
 import hmac
 import ipaddress
 import json
@@ -83,6 +93,7 @@ from protocol import (
 from protocol.limits import MAX_DEPTH, MAX_MESSAGES_PER_ENVELOPE, MAX_VALUE_BYTES
 
 if TYPE_CHECKING:
+    from meshnode.core.config import NodeConfig
     from meshnode.runtime.node import MeshNode
 
 WIRE_CONTENT_TYPE = "application/x-meshnode"
@@ -186,12 +197,21 @@ def build_app(node: MeshNode) -> web.Application:
     async def health(request: web.Request) -> web.Response:
         return web.json_response(node.health())
 
+    def allow(request: web.Request, access: Access) -> None:
+        try:
+            authorize(request, node.config, access)
+        except web.HTTPUnauthorized:
+            node.count_drop("api_unauthorized")
+            raise
+
     @routes.get("/v1/members")
     async def members(request: web.Request) -> web.Response:
+        allow(request, Access.READ)
         return web.json_response({"members": node.members_json()})
 
     @routes.get("/v1/manifests")
     async def manifests(request: web.Request) -> web.Response:
+        allow(request, Access.READ)
         return web.json_response(
             {"manifests": [manifest_json(m) for m in node.core.manifests.manifests()]}
         )
@@ -227,6 +247,7 @@ def build_app(node: MeshNode) -> web.Application:
     async def discover(request: web.Request) -> web.Response:
         from meshnode.runtime.discovery import candidate_json
 
+        allow(request, Access.WORK)
         rate_limit(request)
         body = await _json_body(request, node, MAX_DISCOVER_BODY_BYTES)
         try:
@@ -245,13 +266,14 @@ def build_app(node: MeshNode) -> web.Application:
 
     @routes.get("/v1/trust")
     async def trust(request: web.Request) -> web.Response:
+        allow(request, Access.READ)
         return web.json_response({"node_id": node.node_id, "peers": node.trust_json()})
 
     @routes.post("/v1/delegate")
     async def delegate(request: web.Request) -> web.Response:
         from meshnode.runtime.tasks import DelegationError, attempt_json
 
-        _authorize(request, node.config.api_token)
+        allow(request, Access.WORK)
         rate_limit(request)
         body = await _json_body(request, node, MAX_DELEGATE_BODY_BYTES)
         try:
@@ -309,14 +331,55 @@ def _is_loopback(remote: str | None) -> bool:
         return False
 
 
-def _authorize(request: web.Request, token: str | None) -> None:
-    """Loopback callers pass; others need ``Authorization: Bearer <api_token>``."""
-    if _is_loopback(request.remote):
+class Access(enum.Enum):
+    """What a route does, for :func:`authorize`."""
+
+    WORK = "work"
+    """Triggers work or changes state (delegate, discover, anything that spends or writes)."""
+    READ = "read"
+    """Reads the node's view of the mesh (members, manifests, trust)."""
+
+
+def token_matches(given: str, token: str | None) -> bool:
+    """Whether ``given`` is ``token``, compared in constant time over SHA-256 digests (so
+    neither the content nor the length of the token leaks through timing)."""
+    if token is None:
+        return False
+    given_digest = hashlib.sha256(given.encode("utf-8", "surrogateescape")).digest()
+    token_digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+    return hmac.compare_digest(given_digest, token_digest)
+
+
+def bearer_token(request: web.Request) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, if any."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def authorize(request: web.Request, config: NodeConfig, access: Access) -> None:
+    """The API's access rule (see the module docstring); raises HTTP 401 to refuse.
+
+    A read route passes when ``config.api_open_reads``. Otherwise the caller passes with
+    the right bearer token, or from loopback while ``config.api_trust_loopback``. Every
+    route that triggers work or changes state calls this with :attr:`Access.WORK`."""
+    if access is Access.READ and config.api_open_reads:
         return
-    given = request.headers.get("Authorization", "")
-    if token is not None and hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+    given = bearer_token(request)
+    if given is not None and token_matches(given, config.api_token):
         return
-    raise web.HTTPForbidden(text="delegation is open to loopback callers or with the api token")
+    if config.api_trust_loopback and _is_loopback(request.remote):
+        return
+    if config.api_token is None:
+        needs = "loopback callers only" if config.api_trust_loopback else "closed: no api token"
+    elif given is not None:
+        needs = "wrong api token"
+    else:
+        needs = "needs the api token (Authorization: Bearer ...)"
+    raise web.HTTPUnauthorized(
+        text=f"{request.path}: {needs}", headers={"WWW-Authenticate": 'Bearer realm="meshnode"'}
+    )
 
 
 async def _json_body(request: web.Request, node: MeshNode, cap: int) -> dict[str, Any]:

@@ -50,7 +50,14 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from meshnode.capability import CapabilitySpec, Handler, collect_capabilities, make_capability
+from meshnode.capability import (
+    CapabilitySpec,
+    Handler,
+    collect_capabilities,
+    make_capability,
+    make_policy,
+)
+from meshnode.core.authorization import Allow, CapabilityPolicy, Quota
 from meshnode.core.config import NodeConfig, format_address
 from meshnode.core.delegation import rank_candidates
 from meshnode.core.effects import MemberChanged
@@ -250,9 +257,14 @@ class MeshNode:
         avg_latency_ms: float = 0.0,
         cost_per_call_usd: float = 0.0,
         tags: tuple[str, ...] | list[str] = (),
+        allow: Allow | None = None,
+        quota: Quota | None = None,
     ) -> None:
         """Register a plain coroutine as a capability. After ``start()`` the manifest is
-        re-signed with a higher version and announced."""
+        re-signed with a higher version and announced. ``allow`` says who may call it
+        (default: current members only; ``Allow.anyone()`` for a public one), ``quota``
+        how much one requester may use it (see :mod:`meshnode.core.authorization`); both
+        stay on this node, out of the manifest."""
         cap = make_capability(
             name=name,
             description=description,
@@ -262,20 +274,25 @@ class MeshNode:
             cost_per_call_usd=cost_per_call_usd,
             tags=tags,
         )
-        self._capabilities[name] = CapabilitySpec(cap, func)
+        self._capabilities[name] = CapabilitySpec(cap, func, make_policy(allow, quota))
         if self.running:
+            self.core.set_policies(self._policies())
             self.tasks.capabilities_changed()
             self._publish_manifest()
 
     def remove_capability(self, name: str) -> None:
         """Withdraw a capability; the new manifest version spreads by gossip."""
         if self._capabilities.pop(name, None) is not None and self.running:
+            self.core.set_policies(self._policies())
             self.tasks.capabilities_changed()
             self._publish_manifest()
 
     @property
     def capabilities(self) -> dict[str, CapabilitySpec]:
         return dict(self._capabilities)
+
+    def _policies(self) -> dict[str, CapabilityPolicy]:
+        return {name: spec.policy for name, spec in self._capabilities.items()}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -335,6 +352,7 @@ class MeshNode:
             now=now,
             ip_version=6 if self._udp.family == socket.AF_INET6 else 4,
             capabilities={name: spec.capability for name, spec in self._capabilities.items()},
+            policies=self._policies(),
         )
         self._core = core
         self._session = aiohttp.ClientSession(

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from meshnode import MeshNode, NodeConfig, capability
+from meshnode import Allow, MeshNode, NodeConfig, capability
 from meshnode.core.membership import MemberState
 from meshnode.runtime.node import wait_for
 
@@ -73,6 +73,8 @@ class Cap:
     avg_latency_ms: float = 0.0
     cost_per_call_usd: float = 0.0
     description: str = ""
+    allow: Allow | None = None
+    """Who may call it (None: members only, the default)."""
 
 
 class LocalMesh:
@@ -108,6 +110,7 @@ class LocalMesh:
                 output_schema=cap.output_schema,
                 avg_latency_ms=cap.avg_latency_ms,
                 cost_per_call_usd=cap.cost_per_call_usd,
+                allow=cap.allow,
             )
         await node.start()
         self.nodes.append(node)

@@ -355,15 +355,22 @@ async def test_discover_is_rate_limited_for_remote_callers_not_loopback() -> Non
     address = _non_loopback_address()
     if address is None:
         pytest.skip("this machine has no non-loopback IPv4 address")
-    node = MeshNode(_config("victim", host="0.0.0.0", advertise_host="127.0.0.1", api_rate_burst=3))
+    token = "remote-caller-token-0123"  # remote callers need the api token to discover
+    node = MeshNode(
+        _config(
+            "victim", host="0.0.0.0", advertise_host="127.0.0.1", api_rate_burst=3, api_token=token
+        )
+    )
     await node.start()
     port = node.address[1]
     body = {"description": "echo"}
+    auth = {"Authorization": f"Bearer {token}"}
     try:
         async with aiohttp.ClientSession() as session:
             remote = []
             for _ in range(8):
-                async with session.post(f"http://{address}:{port}/v1/discover", json=body) as r:
+                url = f"http://{address}:{port}/v1/discover"
+                async with session.post(url, json=body, headers=auth) as r:
                     remote.append((r.status, r.headers.get("Retry-After")))
             local = []
             for _ in range(8):

@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from meshnode import Allow
 from meshnode.core.breaker import BreakerState
 from meshnode.core.channel import NONCE_BYTES, ChannelCore
 from meshnode.core.negotiation import AttemptOutcome, RejectCode, reject_code
@@ -483,7 +484,11 @@ async def test_duplicate_task_id_runs_the_handler_once(mesh: LocalMesh) -> None:
         await asyncio.sleep(0.2)
         return {"text": payload["text"]}
 
-    p = await mesh.node("provider", [Cap("counted", counted, TEXT_SCHEMA, TEXT_SCHEMA)])
+    # The client below is a fresh key, not a member: the capability is public so that
+    # the channel and duplicate rules are what is tested (authorization has its own).
+    p = await mesh.node(
+        "provider", [Cap("counted", counted, TEXT_SCHEMA, TEXT_SCHEMA, allow=Allow.anyone())]
+    )
     client = Identity.generate()
     request = TaskRequest(
         task_id=uuid.uuid4().hex,
@@ -718,7 +723,11 @@ async def test_replayed_or_skipped_frame_closes_the_channel(
         calls.append(payload)
         return {"text": payload["text"]}
 
-    p = await mesh.node("provider", [Cap("counted", counted, TEXT_SCHEMA, TEXT_SCHEMA)])
+    # The client below is a fresh key, not a member: the capability is public so that
+    # the channel and duplicate rules are what is tested (authorization has its own).
+    p = await mesh.node(
+        "provider", [Cap("counted", counted, TEXT_SCHEMA, TEXT_SCHEMA, allow=Allow.anyone())]
+    )
     me = Identity.generate()
     request = TaskRequest(uuid.uuid4().hex, "counted", {"text": "x"}, 5000, None, "")
     other = TaskRequest(uuid.uuid4().hex, "counted", {"text": "y"}, 5000, None, "")

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshnode.core.authorization import Allow, CapabilityPolicy
 from meshnode.core.config import NodeConfig
 from meshnode.core.effects import (
     CheckPeer,
@@ -24,6 +25,8 @@ from meshnode.core.effects import (
 )
 from meshnode.core.node import NodeCore
 from protocol import Capability, Identity, Manifest
+
+PUBLIC = CapabilityPolicy(Allow.anyone())
 
 Handler = Callable[[Any], Any]
 """``handler(input) -> output``; raising makes the task fail with the error's text; the
@@ -79,6 +82,10 @@ class World:
             rng=random.Random(i),
             now=self.now,
             capabilities={c.name: c for c in capabilities},
+            # The cores of this harness never join one another (membership is not what
+            # it exercises), so their capabilities serve anyone; authorization has its
+            # own tests (test_authorization.py).
+            policies={c.name: PUBLIC for c in capabilities},
         )
         manifest = Manifest.create(
             signer,

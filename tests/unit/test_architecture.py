@@ -126,7 +126,12 @@ LAYERS: tuple[Layer, ...] = (
     Layer("protocol", _set("protocol"), SANS_IO, file_io=False),
     Layer("crdt", _set("protocol", "crdt"), SANS_IO, file_io=False),
     Layer("meshnode/errors.py", _set("protocol.errors"), SANS_IO, file_io=False),
-    Layer("meshnode/capability.py", _set("protocol"), SANS_IO, file_io=False),
+    Layer(
+        "meshnode/capability.py",
+        _set("protocol", "meshnode.core.authorization"),
+        SANS_IO,
+        file_io=False,
+    ),
     Layer(
         "meshnode/discovery",
         _set("protocol", "meshnode.discovery", "meshnode.errors"),

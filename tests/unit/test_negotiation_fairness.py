@@ -16,6 +16,7 @@ from meshnode.core.negotiation import (
 )
 from protocol import Capability, Identity, TaskConfirm, TaskRequest, TaskResponse, TaskStatus
 from protocol.codec import wire_size
+from tests.unit.requester_facts import EVERYONE
 
 PROVIDER = Identity.from_seed(b"\x13" * 32)
 FLOODER = Identity.from_seed(b"\x14" * 32).node_id
@@ -27,6 +28,7 @@ SLOW = Capability(name="slow", description="Takes a second", avg_latency_ms=1000
 
 
 def make(max_tasks: int = 3, **kwargs: Any) -> ProviderCore:
+    kwargs.setdefault("facts", EVERYONE)
     return ProviderCore(PROVIDER, {"slow": SLOW}, max_tasks, **kwargs)
 
 

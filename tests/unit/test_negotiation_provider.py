@@ -32,6 +32,7 @@ from protocol import (
     signing_bytes,
     verify,
 )
+from tests.unit.requester_facts import EVERYONE
 
 PROVIDER = Identity.from_seed(b"\x03" * 32)
 ALICE = Identity.from_seed(b"\x04" * 32).node_id
@@ -53,6 +54,7 @@ FREE = Capability(name="free", description="No schema, no cost")
 
 
 def make(max_tasks: int = 2, **kwargs: Any) -> ProviderCore:
+    kwargs.setdefault("facts", EVERYONE)
     return ProviderCore(PROVIDER, {"echo": ECHO, "free": FREE}, max_tasks, **kwargs)
 
 

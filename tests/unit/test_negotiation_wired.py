@@ -42,6 +42,7 @@ from protocol import (
     encode,
     verify,
 )
+from tests.unit.requester_facts import EVERYONE
 
 LATENCY_S = 0.01
 """One-way network delay in the simulated network."""
@@ -198,7 +199,7 @@ ALICE = Identity.from_seed(b"\x20" * 32)
 
 def provider(seed: int, max_tasks: int = 1, duration_s: float | None = 0.5) -> Node:
     identity = Identity.from_seed(bytes([seed]) * 32)
-    core = ProviderCore(identity, {"echo": ECHO}, max_tasks, verifier=verify)
+    core = ProviderCore(identity, {"echo": ECHO}, max_tasks, verifier=verify, facts=EVERYONE)
     return Node(identity, core, duration_s)
 
 
