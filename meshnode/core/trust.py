@@ -42,6 +42,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 
 from crdt import INITIAL_TRUST, elo_update
+from meshnode.core.member import MemberState
 from meshnode.core.mesh import MeshCore
 from protocol import LedgerRecord
 
@@ -50,6 +51,7 @@ __all__ = [
     "TRUST_MAX_AGE_S",
     "TRUST_REFRESH_S",
     "GlobalTrust",
+    "MemberAges",
     "TrustPolicy",
     "blend",
     "global_is_stale",
@@ -275,3 +277,41 @@ class TrustPolicy:
         view = blend(self.node_id, direct, known.scores, self.weight)
         self._view_cache = (known, stamp, view)
         return view
+
+
+class MemberAges:
+    """When this node first saw each member alive: the membership age routing breaks ties
+    by (:func:`meshnode.core.router.rank`, ``member_since``).
+
+    Local evidence only: an age cannot be gossiped (anyone could claim to be old), so
+    each node counts from when *it* first saw the member alive or suspect. A member keeps
+    its age through suspicion, death and return (a death is an accusation anyone may make;
+    resetting on it would let an accuser make an old member young), and loses it only when
+    membership forgets it. So the map holds at most one float per known member."""
+
+    __slots__ = ("_since",)
+
+    def __init__(self) -> None:
+        self._since: dict[str, float] = {}
+
+    def observe(self, node_id: str, state: MemberState | None, now: float) -> None:
+        """A member changed state (None: membership forgot it)."""
+        if state is None:
+            self._since.pop(node_id, None)
+        elif state in (MemberState.ALIVE, MemberState.SUSPECT):
+            self._since.setdefault(node_id, now)
+
+    def seen_alive(self, node_id: str, now: float) -> float:
+        """When ``node_id`` was first seen alive (``now`` if this is the first time)."""
+        return self._since.setdefault(node_id, now)
+
+    def since(self, node_id: str) -> float | None:
+        return self._since.get(node_id)
+
+    @property
+    def known(self) -> Mapping[str, float]:
+        """Node id -> when first seen alive (a read-only view)."""
+        return self._since
+
+    def __len__(self) -> int:
+        return len(self._since)
