@@ -284,7 +284,7 @@ class RequesterCore:
         """The input is the problem: no verdict on the peer, no other candidate asked (it
         would refuse the same input, and each refusal costs a round trip)."""
         why = reason.split(":", 1)[1].strip() if ":" in reason else reason
-        self._end(AttemptOutcome.INVALID_INPUT, why, now, effects)
+        self._end(AttemptOutcome.INVALID_INPUT, reason, now, effects)
         elapsed = now - self._started_at
         failed = Failed(
             clip_reason(f"invalid input: {why}"),
