@@ -26,7 +26,7 @@ from meshnode.core.effects import AttemptOutcome
 from meshnode.core.router import tie_key
 from meshnode.runtime.node import wait_for
 from protocol import Identity
-from tests.integration.agents import TEXT_SCHEMA, Cap, LocalMesh
+from tests.integration.agents import Cap, LocalMesh
 
 GRADE = "grade"
 GRADE_INPUT: dict[str, Any] = {
