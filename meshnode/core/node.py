@@ -883,7 +883,25 @@ class NodeCore:
             weights=self.config.routing_weights,
             member_since=ages.known,
             tie_secret=self.tie_secret,
+            capability_trust=self._capability_trust(alive, now),
         )
+
+    def _capability_trust(
+        self, hits: Sequence[tuple[RoutableEntry, float]], now: float
+    ) -> dict[tuple[str, str], float]:
+        """Our trust per (node, capability) among ``hits``, where we have experience of
+        that capability (see :meth:`TrustPolicy.capability_view`)."""
+        out: dict[tuple[str, str], float] = {}
+        views: dict[str, dict[str, float]] = {}
+        for entry, _ in hits:
+            name = entry.capability.name
+            view = views.get(name)
+            if view is None:
+                view = views[name] = self.trust.capability_view(now, name)
+            score = view.get(entry.node_id)
+            if score is not None:
+                out[(entry.node_id, name)] = score
+        return out
 
     @property
     def tie_secret(self) -> bytes:
@@ -943,6 +961,9 @@ class NodeCore:
                     self.breakers.record(effect.attempt.node, consequence.verdict, now)
                 if consequence.quality is not None:
                     self.record_outcome(effect.attempt.node, consequence.quality, now)
+                    self.trust.record_capability_outcome(
+                        effect.attempt.node, delegation.capability, consequence.quality
+                    )
             elif isinstance(effect, Done | Failed):
                 self._delegations.pop(task_id, None)
                 self._set_load()
@@ -968,6 +989,9 @@ class NodeCore:
             self.breakers.record_failure(done.provider, now)
         if consequence.quality is not None:  # an unscored delivery moves no opinion
             self.record_outcome(done.provider, consequence.quality, now)
+            self.trust.record_capability_outcome(
+                done.provider, delegation.capability, consequence.quality
+            )
         return evaluation
 
     def _finish(

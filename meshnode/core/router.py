@@ -311,16 +311,19 @@ def rank(
     default_trust: float = DEFAULT_TRUST,
     member_since: Mapping[str, float] | None = None,
     tie_secret: bytes = b"",
+    capability_trust: Mapping[tuple[str, str], float] | None = None,
 ) -> list[ScoredCandidate]:
     """Filter, score and order ``hits``; return the best ``top_k`` (see the module doc).
 
     ``trust`` and ``load`` are keyed by node id; ``open_circuits`` holds the node ids whose
     breaker is open. ``member_since`` gives, per node id, when the caller first saw it
     alive (its membership age breaks ties after trust); ``tie_secret`` keys the final
-    tie-break hash (:func:`tie_key`). ``name_only`` says the query had no description, only
-    ``capability_name``: the hits' similarities are then ignored and an exact name match
-    scores semantic 1.0. A (node, capability) that appears in several hits is scored once,
-    with its highest similarity.
+    tie-break hash (:func:`tie_key`). ``capability_trust`` gives, per (node id, capability
+    name), the caller's trust in the node *for that capability* (its own experience of
+    it); where present it replaces ``trust`` for that choice. ``name_only`` says the query
+    had no description, only ``capability_name``: the hits' similarities are then ignored
+    and an exact name match scores semantic 1.0. A (node, capability) that appears in
+    several hits is scored once, with its highest similarity.
     """
     _check_top_k(top_k)
     if not isinstance(weights, RoutingWeights):
@@ -373,7 +376,10 @@ def rank(
     ] = []
     for (node_id, name), (entry, similarity) in best.items():
         cap = entry.capability
-        node_trust = _clamp01(float(trust.get(node_id, default_trust)))
+        specific = None if capability_trust is None else capability_trust.get((node_id, name))
+        if specific is None:
+            specific = trust.get(node_id, default_trust)
+        node_trust = _clamp01(float(specific))
         if node_trust < min_trust:
             continue
         if max_cost_usd is not None and cap.cost_per_call_usd > max_cost_usd:

@@ -72,8 +72,8 @@ def result_verifies(result: TaskResult) -> bool:
 
 async def test_accepted_task_returns_signed_result(mesh: LocalMesh) -> None:
     """ACCEPTED → the handler's output comes back signed by the provider, after one attempt;
-    the requester scores it at once by its own expectation, and its signed opinion of the provider reaches the
-    provider."""
+    the requester scores it at once by its own expectation, and its signed opinion of the
+    provider reaches the provider."""
     calls: list[Any] = []
 
     async def shout(payload: Any) -> Any:

@@ -385,3 +385,86 @@ def test_route_prefers_the_member_seen_first() -> None:
     same_age = hosts[1].core.route(hits, worlds[1].now, capability_name="plain", top_k=5)
     assert [c.node_id for c in same_age] == [young, old]
     assert hosts[1].core.member_ages.since(young) == worlds[1].now
+
+
+# ============================================================================ per capability
+
+TRANSLATE = Capability(name="translate", description="translate text", avg_latency_ms=10)
+SQL = Capability(name="sql", description="write sql", avg_latency_ms=10)
+
+
+def test_trust_is_per_capability_on_the_requester_side() -> None:
+    """A provider that served ``translate`` well three times and ``sql`` badly twice: its
+    per-peer view (the one number the ledger gossips) stays above an unrated stranger's
+    prior, but routing blends our experience *for each capability*: for ``translate`` it
+    ranks first with more trust than its per-peer view, for ``sql`` below the stranger.
+    Trust earned on one capability is not spent on another.
+
+    On the unfixed code (one number per provider): it ranked first for both, at 0.580."""
+    world = World()
+    a = world.add(0)
+    mixed = world.add(1, (TRANSLATE, SQL))
+    stranger = world.add(2, (TRANSLATE, SQL))
+    for host in (mixed, stranger):
+        host.handlers["translate"] = lambda p: {"text": "hola"}
+        host.handlers["sql"] = lambda p: {"sql": "DROP TABLE"}
+    a.core.evaluator.expect("translate", schema={"required": ["text"]})
+    a.core.evaluator.expect("sql", evaluator=lambda i, o: 0.0)
+    for name, times in (("translate", 3), ("sql", 2)):
+        for _ in range(times):
+            a.core.start_delegation(name, {}, [mixed.node_id], world.now, deadline_s=3)
+            world.drain(a)
+            world.settle()
+    assert a.core.trust.capability_opinion(mixed.node_id, "translate") == (
+        pytest.approx(0.6355),
+        3,
+    )
+    assert a.core.trust.capability_opinion(mixed.node_id, "sql") == (pytest.approx(0.405), 2)
+    per_peer = a.core.trust_view(world.now)[mixed.node_id]
+    assert per_peer > 0.5  # one number per provider would rank it first for both
+    members = {}
+    for node in (mixed.node_id, stranger.node_id):
+        alive = Alive(node, 0, "127.0.0.1", 7100, b"\0" * 64)
+        members[node] = Member(node, "127.0.0.1", 7100, 0, MemberState.ALIVE, 0.0, alive, alive)
+    a.core.mesh.membership.adopt_converged(members, world.now)
+
+    def ranked(cap: Capability) -> list[tuple[str, float]]:
+        hits = [(_Entry(n, cap), 0.9) for n in (mixed.node_id, stranger.node_id)]
+        out = a.core.route(hits, world.now, capability_name=cap.name, top_k=5)
+        return [(c.node_id, c.trust) for c in out]
+
+    (first, first_trust), second = ranked(TRANSLATE)
+    assert first == mixed.node_id and first_trust > per_peer
+    assert second == (stranger.node_id, 0.5)
+    (first, _), (last, last_trust) = ranked(SQL)
+    assert first == stranger.node_id
+    assert last == mixed.node_id and last_trust < 0.5 < per_peer
+
+
+def test_capability_opinions_are_bounded() -> None:
+    """The per-capability opinions stay within MAX_CAPABILITY_OPINIONS, the least
+    recently updated forgotten first."""
+    import meshnode.core.trust as trust_module
+
+    world = World()
+    a = world.add(0)
+    policy = a.core.trust
+    limit = 4
+    original = trust_module.MAX_CAPABILITY_OPINIONS
+    trust_module.MAX_CAPABILITY_OPINIONS = limit
+    try:
+        for i in range(6):
+            policy.record_capability_outcome(f"peer{i}", f"cap{i % 2}", 1.0)
+        policy.record_capability_outcome("peer2", "cap0", 1.0)  # refreshed: kept
+        policy.record_capability_outcome("peer6", "cap1", 1.0)
+    finally:
+        trust_module.MAX_CAPABILITY_OPINIONS = original
+    kept = {
+        (p, c)
+        for p in (f"peer{i}" for i in range(7))
+        for c in ("cap0", "cap1")
+        if policy.capability_opinion(p, c) is not None
+    }
+    assert kept == {("peer2", "cap0"), ("peer4", "cap0"), ("peer5", "cap1"), ("peer6", "cap1")}
+    policy.record_capability_outcome(a.node_id, "cap0", 1.0)  # never about ourselves
+    assert policy.capability_opinion(a.node_id, "cap0") is None
