@@ -216,9 +216,10 @@ async def _cmd_delegate(args: argparse.Namespace) -> int:
         return 1 if "error" in data else 0
     print(json.dumps(data["output"], indent=2))
     tried = ", ".join(f"{a['node'][:10]}:{a['outcome']}" for a in data["attempts"])
+    quality = "unscored" if data["quality"] is None else f"{data['quality']:.2f}"
     print(
         f"# by {data['provider'][:10]} in {data['elapsed_ms']:.1f} ms, quality "
-        f"{data['quality']:.2f}; attempts: {tried}",
+        f"{quality}; attempts: {tried}",
         file=sys.stderr,
     )
     return 0
