@@ -57,6 +57,13 @@ channel, see above), ``CloseChannels`` and ``DelegationFinished`` (resolves the 
 :meth:`delegate`).
 Timers are the driver's: one, at ``NodeCore.next_deadline()``.
 
+A handler that raises :class:`~meshnode.errors.InvalidInput` is reported to the core as a
+refused input (``handler_done(..., invalid_input=True)``): the signed result says
+``invalid_input``, and the requester neither blames this node nor asks another. Any other
+exception is the task's failure. :meth:`TaskService.delegate` passes the caller's
+expectation (expected output schema, evaluator) to the core, which scores the result by it;
+a ``DelegationError`` for a refused input has ``invalid_input`` set.
+
 Nested delegations inherit the remaining deadline: a handler runs with a context variable
 holding its task's deadline, and :meth:`TaskService.delegate` passes it to the core, which
 never asks for more.
