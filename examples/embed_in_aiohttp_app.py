@@ -65,8 +65,11 @@ def make_app(seeds: list[str]) -> web.Application:
     return app
 
 
+TEXT_IN = {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}}
+
+
 class Shouter(MeshNode):
-    @capability(description="Turn text into upper case letters")
+    @capability(description="Turn text into upper case letters", input_schema=TEXT_IN)
     async def shout(self, payload: dict[str, Any]) -> dict[str, Any]:
         return {"text": str(payload["text"]).upper()}
 

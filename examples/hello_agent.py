@@ -16,13 +16,31 @@ import contextlib
 import sys
 from typing import Any
 
-from meshnode import MeshNode, NodeConfig, capability
+from meshnode import InvalidInput, MeshNode, NodeConfig, capability
+
+NAME_IN = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 200}},
+}
+"""What ``greet`` takes: a caller that sends anything else is refused before the handler
+runs (``invalid_input``), and that refusal never counts against this agent."""
+GREETING_OUT = {
+    "type": "object",
+    "required": ["greeting"],
+    "properties": {"greeting": {"type": "string"}},
+}
 
 
 class HelloAgent(MeshNode):
-    @capability(description="Greet someone by name")
+    @capability(
+        description="Greet someone by name", input_schema=NAME_IN, output_schema=GREETING_OUT
+    )
     async def greet(self, payload: dict[str, Any]) -> dict[str, Any]:
-        return {"greeting": f"Hello, {payload['name']}!"}
+        name = payload["name"].strip()
+        if not name:  # a rule the schema cannot say: the caller's input is the problem
+            raise InvalidInput("name must not be blank")
+        return {"greeting": f"Hello, {name}!"}
 
 
 async def serve(port: int, seeds: list[str]) -> None:
@@ -42,9 +60,22 @@ async def check() -> int:
         seed = f"127.0.0.1:{hello.address[1]}"
         async with MeshNode(NodeConfig.local(name="caller", seeds=(seed,), **local)) as caller:
             await wait_for(lambda: caller.discover(capability_name="greet"), within=15)
-            result = await caller.delegate("greet", {"name": "mesh"})
+            # The caller judges the answer itself: the agent's own schema is its promise,
+            # not a grade.
+            result = await caller.delegate(
+                "greet",
+                {"name": "mesh"},
+                expect=GREETING_OUT,
+                evaluator=lambda task_input, output: (
+                    output["greeting"] == f"Hello, {task_input['name']}!"
+                ),
+            )
     print(result.output["greeting"])
-    ok = result.output == {"greeting": "Hello, mesh!"} and result.provider == hello.node_id
+    ok = (
+        result.output == {"greeting": "Hello, mesh!"}
+        and result.provider == hello.node_id
+        and result.quality == 1.0
+    )
     print("check:", "ok" if ok else f"unexpected answer {result.output!r}")
     return 0 if ok else 1
 

@@ -103,6 +103,8 @@ async def main() -> int:
                 best.capability.name,
                 {"text": "Hello friend, good morning! The mesh is working.", "target_lang": "es"},
                 max_cost_usd=0.005,
+                expect=TEXT_OUT,  # the client's own check, not the translator's word
+                evaluator=lambda task_input, output: not output["unknown_words"],
             )
     print(result.output["text"])
     expected = "Hola amigo, buenos días! La malla funciona."

@@ -32,19 +32,40 @@ def word_stats(text: str, top: int = 3) -> dict[str, Any]:
     return {"words": len(words), "top": [[w, n] for w, n in common[:top]]}
 
 
+TEXT_IN = {
+    "type": "object",
+    "required": ["text"],
+    "properties": {"text": {"type": "string"}, "top": {"type": "integer", "minimum": 1}},
+}
+"""Both capabilities take a text (``top`` only matters to ``word_stats``)."""
+STATS_OUT = {
+    "type": "object",
+    "required": ["words", "top"],
+    "properties": {"words": {"type": "integer", "minimum": 0}, "top": {"type": "array"}},
+}
+"""What the reporter expects back from whoever counts its words."""
+
+
 class WordCounter(MeshNode):
     @capability(
-        name="word_stats", description="Count the words in a text and list the most common ones"
+        name="word_stats",
+        description="Count the words in a text and list the most common ones",
+        input_schema=TEXT_IN,
     )
     async def word_stats(self, payload: dict[str, Any]) -> dict[str, Any]:
         return word_stats(payload["text"], int(payload.get("top", 3)))
 
 
 class Reporter(MeshNode):
-    @capability(name="text_report", description="Write a one-line report on a text")
+    @capability(
+        name="text_report", description="Write a one-line report on a text", input_schema=TEXT_IN
+    )
     async def text_report(self, payload: dict[str, Any]) -> dict[str, Any]:
         step = await self.delegate(
-            None, {"text": payload["text"], "top": 3}, description="count the words in a text"
+            None,
+            {"text": payload["text"], "top": 3},
+            description="count the words in a text",
+            expect=STATS_OUT,  # the reporter judges the count by what it needs
         )
         top = ", ".join(f"**{w}** ×{n}" for w, n in step.output["top"])
         return {

@@ -234,6 +234,11 @@ async def _cmd_delegate(args: argparse.Namespace) -> int:
         "max_cost_usd": args.max_cost,
         "min_trust": args.min_trust,
     }
+    if args.expect is not None:  # judge the result by this output schema
+        try:
+            body["expect"] = json.loads(args.expect)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--expect is not JSON: {exc}") from None
     data = await _request_json(
         "POST",
         args.node,
@@ -247,9 +252,10 @@ async def _cmd_delegate(args: argparse.Namespace) -> int:
         return 1 if "error" in data else 0
     print(json.dumps(data["output"], indent=2))
     tried = ", ".join(f"{a['node'][:10]}:{a['outcome']}" for a in data["attempts"])
+    quality = "unscored" if data["quality"] is None else f"{data['quality']:.2f}"
     print(
         f"# by {data['provider'][:10]} in {data['elapsed_ms']:.1f} ms, quality "
-        f"{data['quality']:.2f}; attempts: {tried}",
+        f"{quality}; attempts: {tried}",
         file=sys.stderr,
     )
     return 0
@@ -355,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     delegate.add_argument("--deadline", type=float, default=30.0, help="seconds (default 30)")
     delegate.add_argument("--max-cost", type=float, help="USD per call")
     delegate.add_argument("--min-trust", type=float, default=0.0)
+    delegate.add_argument(
+        "--expect", metavar="SCHEMA", help="output JSON schema the result must match (scores it)"
+    )
     delegate.add_argument("--json", action="store_true")
 
     trust = sub.add_parser("trust", help="a node's trust in each peer and its breakers")

@@ -16,7 +16,10 @@ Errors are grouped by what the caller does about them:
   embedder; also a ``ValueError``), :class:`IndexFullError` (past its ceiling; also a
   ``RuntimeError``);
 * delegation failed — :class:`DelegationError` (no provider took the task, or every
-  attempt failed or timed out);
+  attempt failed or timed out; ``invalid_input`` is True when a provider refused the
+  caller's input, which is then the problem, not the provider);
+* a capability handler refuses its input — :class:`InvalidInput` (raised by the handler:
+  the requester is told its input was invalid, and the provider is not blamed);
 * an MCP server failed — ``McpError`` and its subclasses, defined beside the MCP client
   (``meshnode.runtime.mcp_client``) and exported from ``meshnode`` on first use;
 * a peer broke the protocol — :class:`~protocol.errors.RemoteProtocolError` and its
@@ -47,6 +50,7 @@ __all__ = [
     "DelegationError",
     "ExportLockTimeout",
     "IndexFullError",
+    "InvalidInput",
     "InvalidRequest",
     "KeyFileError",
     "LocalProtocolError",
@@ -99,9 +103,23 @@ class IndexFullError(MeshError, RuntimeError):
 
 class DelegationError(MeshError):
     """No candidate completed the task. ``reason`` says why; ``attempts`` says who was
-    tried and what happened (``meshnode.runtime.tasks.Attempt`` records, in order)."""
+    tried and what happened (``meshnode.runtime.tasks.Attempt`` records, in order).
+    ``invalid_input`` is True when a provider refused the input itself (it failed the
+    capability's ``input_schema``, or the handler raised :class:`InvalidInput`): the
+    reason then reads ``"invalid input: <why>"`` (at most 512 bytes of why), and no other
+    provider was asked, since the same input would fail there too."""
 
-    def __init__(self, reason: str, attempts: Sequence[Any] = ()) -> None:
+    def __init__(
+        self, reason: str, attempts: Sequence[Any] = (), *, invalid_input: bool = False
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.attempts = tuple(attempts)
+        self.invalid_input = invalid_input
+
+
+class InvalidInput(MeshError, ValueError):
+    """Raised by a capability handler whose input is unusable (a rule its
+    ``input_schema`` cannot say). The requester gets a failed result marked
+    ``invalid_input`` with this text as the reason; it neither scores the provider nor
+    counts toward its circuit breaker, and does not retry elsewhere."""

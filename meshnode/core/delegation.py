@@ -19,9 +19,35 @@ delegation, each tested against a table of cases:
 * **Outcome mapping** (:func:`attempt_consequence`, :func:`result_consequence`): what an
   ended attempt or a delivered result does to the peer's circuit breaker and to our
   opinion of it. Failures (silence, timeouts, drops, forged or failed results, malformed
-  responses) trip the breaker and score 0; refusals, declined counters, our own deadline
-  and cancellation are ABANDONED (the breaker hands back a half-open probe) and score
-  nothing; a delivered result is scored by the evaluator, and its quality decides both.
+  responses, an output refused by the provider's own schema or the requester's expected
+  one) trip the breaker and score 0; refusals, declined counters, our own deadline and
+  cancellation are ABANDONED (the breaker hands back a half-open probe) and score
+  nothing; a delivered result is scored by the requester's evaluator, and its quality
+  decides both. The caller's bad input is never the provider's failure: a refusal
+  ``invalid_input`` and a result marked ``invalid_input`` (the handler raised
+  ``InvalidInput``) are ABANDONED, score nothing, and end the delegation (no other
+  candidate is asked). An unscored delivery (nothing the requester trusts checked it)
+  closes the breaker (the peer answered in time) and moves no opinion.
+
+  ===============================  ========  =======  ===============
+  outcome                          breaker   opinion  next candidate
+  ===============================  ========  =======  ===============
+  REJECTED ``invalid_input``       —¹        none     no: fails
+  result ``invalid_input``         —¹        none     no: fails
+  REJECTED (other; ``forbidden``,  —¹        none     yes
+  quota, busy, …)
+  provider contract broken         FAILURE   0        yes²
+  requester's schema refused       FAILURE   0        yes²
+  failed result (``ok=False``)     FAILURE   0        yes²
+  no response / no result / drop   FAILURE   0        yes
+  our own deadline / cancel        —¹        none     no time / no
+  delivered, scored ``q``          q ≥ 0.5³  q        no: done
+  delivered, unscored              SUCCESS   none     no: done
+  ===============================  ========  =======  ===============
+
+  ¹ ABANDONED: no verdict (a half-open probe is handed back). ² unless the caller turned
+  retries of failed results off. ³ SUCCESS at or above ``SUCCESS_THRESHOLD``, else
+  FAILURE.
 """
 
 from __future__ import annotations
@@ -108,9 +134,12 @@ def attempt_consequence(attempt: Attempt) -> Consequence:
 
 
 def result_consequence(evaluation: Evaluation) -> Consequence:
-    """What a delivered, scored result does: a success (quality at or above
+    """What a delivered result does: a success (quality at or above
     ``SUCCESS_THRESHOLD``) closes the breaker, anything less counts as a failure; the
-    quality is folded into our opinion either way."""
+    quality is folded into our opinion either way. An unscored result (quality None)
+    closes the breaker and moves no opinion."""
+    if evaluation.quality is None:
+        return Consequence(TaskVerdict.SUCCESS, None)
     verdict = TaskVerdict.SUCCESS if evaluation.success else TaskVerdict.FAILURE
     quality = evaluation.quality if math.isfinite(evaluation.quality) else 0.0
     return Consequence(verdict, quality)

@@ -256,6 +256,11 @@ class AttemptOutcome(enum.Enum):
     """Our own overall deadline ran out while waiting for the peer's response."""
     CANCELLED = "cancelled"
     """The caller cancelled the delegation."""
+    INVALID_INPUT = "invalid_input"
+    """The peer refused the task's input (REJECTED ``invalid_input``: it fails the
+    capability's input schema; or a signed failed result whose error carries that code:
+    the handler raised ``InvalidInput``). The input is the problem: no verdict on the peer,
+    and no other candidate is tried."""
     SKIPPED = "skipped"
     """Not tried: the peer's circuit breaker refused."""
 
@@ -272,6 +277,7 @@ _VERDICTS: dict[AttemptOutcome, TaskVerdict | None] = {
     AttemptOutcome.DECLINED: TaskVerdict.ABANDONED,
     AttemptOutcome.DEADLINE_EXCEEDED: TaskVerdict.ABANDONED,
     AttemptOutcome.CANCELLED: TaskVerdict.ABANDONED,
+    AttemptOutcome.INVALID_INPUT: TaskVerdict.ABANDONED,
     AttemptOutcome.SKIPPED: None,
 }
 
@@ -343,12 +349,15 @@ class Done:
 
 @dataclass(frozen=True, slots=True)
 class Failed:
-    """The delegation gave up. ``last_result`` is the last signed failed result, if any."""
+    """The delegation gave up. ``last_result`` is the last signed failed result, if any;
+    ``invalid_input`` says a provider refused the input itself (the reason then reads
+    ``"invalid input: <why>"``)."""
 
     reason: str
     attempts: tuple[Attempt, ...]
     elapsed_s: float
     last_result: TaskResult | None = None
+    invalid_input: bool = False
 
 
 RequesterEffect = SendRequest | SendConfirm | SendCancel | AttemptEnded | Done | Failed

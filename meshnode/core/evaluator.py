@@ -1,4 +1,4 @@
-"""Turn a task's outcome into a quality score in [0, 1].
+"""Turn a task's outcome into a quality score in [0, 1], or no score at all.
 
 Theory of operation
 -------------------
@@ -7,21 +7,36 @@ observer's trust update (``new = old + 0.1 × (quality − old)``, signed and go
 ledger) and, through :attr:`Evaluation.success`, the peer's circuit breaker. Scoring is
 local and deterministic for deterministic checks: the same outcome always scores the same.
 
+The provider does not grade itself. A result is judged by what the *requester* expects of
+it: an :class:`Expectation` (an expected output schema, an evaluator, or both) passed with
+the delegation, or registered on the requester for the capability's name
+(:meth:`OutputEvaluator.expect`, :meth:`OutputEvaluator.register`), or the requester's
+judge. The provider's own declared output schema only catches it breaking its own
+contract: anyone can publish a capability with a schema its own garbage fits, or with no
+schema at all, so passing it proves nothing about quality.
+
 :meth:`OutputEvaluator.evaluate` decides in this order:
 
 1. no result (the attempt timed out, the peer vanished, the delegation failed) → 0.0;
 2. a failed result (``ok=False``) → 0.0;
-3. the capability has an ``output_schema`` and the output fails it (the subset in
-   :mod:`meshnode.core.json_schema`) → :data:`SCHEMA_FAILURE_QUALITY` (0.0: an output that
-   breaks its own declared contract is unusable to a program, so no partial credit);
-4. an evaluator registered for the capability's name → its score;
-5. a judge is set and the capability offers no deterministic check (no output schema) →
-   the judge's score;
-6. the output passed a declared schema → 1.0;
-7. no schema: a non-empty output → 1.0, an empty one (None, ``""``, ``[]``, ``{}``) →
-   :data:`EMPTY_OUTPUT_QUALITY` (0.0: claiming success while returning nothing is the
-   cheapest way to fake work; a capability that returns nothing on purpose declares an
-   output schema that accepts it).
+3. the provider's capability has an ``output_schema`` and the output fails it (the subset
+   in :mod:`meshnode.core.json_schema`) → :data:`SCHEMA_FAILURE_QUALITY` (0.0: it broke
+   its own declared contract; no partial credit);
+4. the requester's expectation (the one passed with the delegation, else the one
+   registered for the capability's name) has a schema and the output fails it →
+   :data:`SCHEMA_FAILURE_QUALITY`;
+5. the expectation has an evaluator → its score;
+6. the expectation has only a schema, which the output passed → 1.0;
+7. a judge is set (or the runtime obtained a ``judge_score``) → the judge's score;
+8. an empty output (None, ``""``, ``[]``, ``{}``) that the provider's own schema does not
+   declare → :data:`EMPTY_OUTPUT_QUALITY` (0.0: claiming success while returning nothing
+   is the cheapest way to fake work);
+9. otherwise the result is **unscored**: ``quality`` is None (:data:`Method.UNSCORED`).
+   Nobody who could tell checked it, so it moves no opinion at all (it is not folded into
+   the ELO score, not even as a neutral value: a neutral 0.5 would still drag a good
+   provider's opinion down and a bad one's up). For the circuit breaker an unscored
+   delivery is a success (the peer answered in time with a signed result; the breaker
+   measures availability, and a transport or deadline failure still counts).
 
 Registered evaluators and judges are ``fn(input, output) -> float`` and
 ``judge(capability_name, input, output) -> float``. Their scores are clamped to [0, 1]; a
@@ -35,15 +50,16 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from meshnode.core.json_schema import describe, validate
+from meshnode.core.json_schema import check_schema, describe, validate
 from protocol import Capability, TaskResult
 
 SCHEMA_FAILURE_QUALITY = 0.0
-"""Quality of a successful result whose output fails the capability's output schema."""
+"""Quality of a successful result whose output fails the provider's declared output schema
+or the requester's expected one."""
 
 EMPTY_OUTPUT_QUALITY = 0.0
 """Quality of a successful result with an empty output, when no schema says it may be."""
@@ -68,24 +84,70 @@ class Method(enum.Enum):
     NO_RESULT = "no_result"
     FAILED = "failed"
     SCHEMA = "schema"
+    """The output broke the provider's own declared output schema."""
+    EXPECTED = "expected"
+    """The requester's expected output schema decided (failed: 0; passed, no evaluator: 1)."""
     CUSTOM = "custom"
     JUDGE = "judge"
     NON_EMPTY = "non_empty"
+    """An empty output nobody declared may be empty."""
+    UNSCORED = "unscored"
+    """Nothing the requester trusts checked the output: no quality."""
 
 
 @dataclass(frozen=True, slots=True)
 class Evaluation:
-    """A quality in [0, 1], the rule that gave it, why, and any evaluator error."""
+    """A quality in [0, 1] (None: unscored), the rule that gave it, why, and any evaluator
+    error."""
 
-    quality: float
+    quality: float | None
     method: Method
     detail: str = ""
     error: str | None = None
 
     @property
+    def scored(self) -> bool:
+        """Whether there is a quality opinion to fold into trust."""
+        return self.quality is not None
+
+    @property
     def success(self) -> bool:
-        """Whether the outcome counts as a success for the peer's breaker."""
-        return self.quality >= SUCCESS_THRESHOLD
+        """Whether the outcome counts as a success for the peer's breaker (an unscored
+        delivery does: the peer answered in time)."""
+        return self.quality is None or self.quality >= SUCCESS_THRESHOLD
+
+
+@dataclass(frozen=True, slots=True)
+class Expectation:
+    """What a requester expects of one capability's output: an output ``schema`` (the
+    subset of :mod:`meshnode.core.json_schema`) it must match, an ``evaluator``
+    ``fn(input, output) -> quality``, or both (the schema is checked first). Raises
+    ``ValueError`` for an empty expectation or a schema outside the subset, ``TypeError``
+    for an evaluator that is not callable."""
+
+    schema: Mapping[str, Any] | None = None
+    evaluator: EvaluatorFn | None = None
+
+    def __post_init__(self) -> None:
+        if self.schema is None and self.evaluator is None:
+            raise ValueError("an expectation needs a schema, an evaluator, or both")
+        if self.evaluator is not None and not callable(self.evaluator):
+            raise TypeError("an evaluator must be callable")
+        if self.schema is not None:
+            if not isinstance(self.schema, Mapping):
+                raise ValueError("an expected output schema must be a JSON object")
+            problems = check_schema(dict(self.schema))
+            if problems:
+                raise ValueError(f"expected output schema: {'; '.join(problems[:3])}")
+
+    def violation(self, output: Any) -> str | None:
+        """Why ``output`` fails the expected schema (None if it does not, or no schema)."""
+        if self.schema is None:
+            return None
+        violations = validate(output, dict(self.schema))
+        if not violations:
+            return None
+        return f"output fails the expected schema: {describe(violations)}"
 
 
 def clamp_quality(value: object) -> float:
@@ -111,26 +173,47 @@ def _error_text(exc: BaseException) -> str:
 
 
 class OutputEvaluator:
-    """Per-capability quality checks with a schema-and-non-empty default and a judge hook."""
+    """The requester's expectations per capability name, a judge hook, and the scoring
+    rule of the module docstring."""
 
-    __slots__ = ("_evaluators", "judge")
+    __slots__ = ("_expectations", "judge")
 
     def __init__(self, *, judge: JudgeFn | None = None) -> None:
-        self._evaluators: dict[str, EvaluatorFn] = {}
+        self._expectations: dict[str, Expectation] = {}
         self.judge: JudgeFn | None = judge
-        """Scores capabilities without a deterministic check (None: use the default)."""
+        """Scores outputs no expectation covers (None: no judge)."""
+
+    def expect(
+        self,
+        name: str,
+        *,
+        schema: Mapping[str, Any] | None = None,
+        evaluator: EvaluatorFn | None = None,
+    ) -> Expectation:
+        """Judge every result of capability ``name`` by ``schema`` and/or ``evaluator``
+        (replaces any earlier expectation for it); returns the expectation."""
+        expectation = Expectation(schema, evaluator)
+        self._expectations[name] = expectation
+        return expectation
 
     def register(self, name: str, fn: EvaluatorFn) -> None:
-        """Score capability ``name`` with ``fn(input, output)`` (replaces any earlier one)."""
+        """Score capability ``name`` with ``fn(input, output)`` (replaces any earlier
+        evaluator for it; an expected schema registered for it stays)."""
         if not callable(fn):
             raise TypeError("an evaluator must be callable")
-        self._evaluators[name] = fn
+        known = self._expectations.get(name)
+        self._expectations[name] = Expectation(None if known is None else known.schema, fn)
 
     def unregister(self, name: str) -> None:
-        self._evaluators.pop(name, None)
+        """Forget the expectation for ``name``: its results are unscored again."""
+        self._expectations.pop(name, None)
 
     def registered(self) -> list[str]:
-        return sorted(self._evaluators)
+        return sorted(self._expectations)
+
+    def expectation(self, name: str) -> Expectation | None:
+        """The expectation registered for ``name``, if any."""
+        return self._expectations.get(name)
 
     def evaluate(
         self,
@@ -138,16 +221,19 @@ class OutputEvaluator:
         task_input: Any,
         result: TaskResult | None,
         *,
+        expectation: Expectation | None = None,
         judge_score: float | None = None,
         output_checked: bool = False,
     ) -> Evaluation:
         """Score one outcome. ``result`` is None when no verified result arrived.
 
         ``capability`` is the provider's :class:`~protocol.Capability` (for its output
-        schema) or just a name. ``judge_score`` is a score the runtime already obtained
-        from an asynchronous judge; it is used where a judge would be. ``output_checked``
-        says the output already passed :meth:`contract_violation` for this capability, so
-        the schema is not validated twice.
+        schema) or just a name. ``expectation`` is the one the caller passed with the
+        delegation; without one, the one registered for the name is used. ``judge_score``
+        is a score the runtime already obtained from an asynchronous judge; it is used
+        where a judge would be. ``output_checked`` says the output already passed
+        :meth:`contract_violation` and the expectation's schema, so neither is validated
+        twice.
         """
         if result is None:
             return Evaluation(0.0, Method.NO_RESULT, "no result (timeout or error)")
@@ -162,22 +248,41 @@ class OutputEvaluator:
                 detail = f"output fails its schema: {describe(violations)}"
                 return Evaluation(SCHEMA_FAILURE_QUALITY, Method.SCHEMA, detail)
 
-        custom = self._evaluators.get(name)
-        if custom is not None:
-            return self._run(Method.CUSTOM, lambda: custom(task_input, output))
+        expected = expectation if expectation is not None else self._expectations.get(name)
+        if expected is not None:
+            refused = None if output_checked else expected.violation(output)
+            if refused is not None:
+                return Evaluation(SCHEMA_FAILURE_QUALITY, Method.EXPECTED, refused)
+            fn = expected.evaluator
+            if fn is not None:
+                return self._run(Method.CUSTOM, lambda: fn(task_input, output))
+            return Evaluation(1.0, Method.EXPECTED, "output matches the expected schema")
 
-        if schema is None and (judge_score is not None or self.judge is not None):
-            if judge_score is not None:
-                return self._run(Method.JUDGE, lambda: judge_score)
-            judge = self.judge
-            assert judge is not None
+        if judge_score is not None:
+            return self._run(Method.JUDGE, lambda: judge_score)
+        judge = self.judge
+        if judge is not None:
             return self._run(Method.JUDGE, lambda: judge(name, task_input, output))
 
-        if schema is not None:
-            return Evaluation(1.0, Method.SCHEMA, "output matches its schema")
-        if is_empty_output(output):
+        if is_empty_output(output) and schema is None:
             return Evaluation(EMPTY_OUTPUT_QUALITY, Method.NON_EMPTY, "empty output")
-        return Evaluation(1.0, Method.NON_EMPTY, "non-empty output")
+        return Evaluation(None, Method.UNSCORED, "no expectation checked the output")
+
+    def output_refusal(
+        self,
+        capability: Capability | None,
+        name: str,
+        output: Any,
+        expectation: Expectation | None = None,
+    ) -> str | None:
+        """Why the requester refuses ``output`` outright (the next candidate is tried): it
+        breaks the provider's declared schema, or the requester's expected schema (the
+        ``expectation`` given, else the one registered for ``name``). None: no refusal."""
+        broken = self.contract_violation(capability, output)
+        if broken is not None:
+            return broken
+        expected = expectation if expectation is not None else self._expectations.get(name)
+        return None if expected is None else expected.violation(output)
 
     @staticmethod
     def contract_violation(capability: Capability | None, output: Any) -> str | None:
@@ -200,5 +305,6 @@ class OutputEvaluator:
 
     def __repr__(self) -> str:
         return (
-            f"<OutputEvaluator evaluators={len(self._evaluators)} judge={self.judge is not None}>"
+            f"<OutputEvaluator expectations={len(self._expectations)} "
+            f"judge={self.judge is not None}>"
         )

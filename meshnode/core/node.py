@@ -110,7 +110,7 @@ from meshnode.core.effects import (
     StartTask,
     StopHandler,
 )
-from meshnode.core.evaluator import Evaluation, OutputEvaluator
+from meshnode.core.evaluator import Evaluation, Expectation, OutputEvaluator
 from meshnode.core.member import Member, MemberRumor, MemberState
 from meshnode.core.membership import Membership
 from meshnode.core.mesh import FetchStep, MeshCore
@@ -124,7 +124,7 @@ from meshnode.core.router import (
     ScoredCandidate,
     rank,
 )
-from meshnode.core.trust import TrustPolicy
+from meshnode.core.trust import MemberAges, TrustPolicy
 from protocol import (
     Capability,
     LedgerRecord,
@@ -169,6 +169,10 @@ def deadline_problem(deadline_s: object) -> str | None:
     return None
 
 
+TIE_SECRET_LABEL = b"meshnode router tie-break secret v1"
+"""What a node signs (and never sends) to get the secret keying routing's final
+tie-break: a label no envelope, record or result body can equal."""
+
 MAX_DELEGATIONS_IN_FLIGHT = 4_096
 """Default for the delegations one node runs at once as a requester (``NodeCore``'s
 ``max_delegations`` argument). Each holds a RequesterCore (a few hundred bytes plus its
@@ -190,12 +194,19 @@ TASK_COUNTERS: dict[str, str] = {
 
 
 class _Delegation:
-    __slots__ = ("capability", "core", "task_input")
+    __slots__ = ("capability", "core", "expectation", "task_input")
 
-    def __init__(self, core: RequesterCore, capability: str, task_input: Any) -> None:
+    def __init__(
+        self,
+        core: RequesterCore,
+        capability: str,
+        task_input: Any,
+        expectation: Expectation | None = None,
+    ) -> None:
         self.core = core
         self.capability = capability
         self.task_input = task_input
+        self.expectation = expectation
 
 
 class NodeCore:
@@ -255,6 +266,9 @@ class NodeCore:
             recovery_time=config.breaker_recovery_time,
         )
         self.evaluator = evaluator or OutputEvaluator()
+        self.member_ages = MemberAges()
+        """When this node first saw each member alive (routing's tie-break evidence)."""
+        self._tie_secret: bytes | None = None
         self._delegations: dict[str, _Delegation] = {}
         self._requester_due: float | None = None
         self._requester_stale = False
@@ -614,13 +628,17 @@ class NodeCore:
         *,
         output: Any = None,
         error: str | None = None,
+        invalid_input: bool = False,
     ) -> None:
         """The handler of ``requester``'s task ended: with ``output``, or failed with
-        ``error``. The signed result is sent unless the task already ended (cancelled, or
-        its deadline passed and the core answered)."""
+        ``error``; ``invalid_input`` says it refused its input (``error`` says why), which
+        the requester does not hold against this node. The signed result is sent unless
+        the task already ended (cancelled, or its deadline passed and the core answered)."""
         self._advance_clock(now)
-        ok = error is None
-        result = self.provider.complete(task_id, ok, output, error or "", now)
+        ok = error is None and not invalid_input
+        result = self.provider.complete(
+            task_id, ok, output, error or "", now, invalid_input=invalid_input
+        )
         if result is not None:
             self.task_counters["tasks_served"] += 1
             self._send(requester, task_id, result)
@@ -666,6 +684,7 @@ class NodeCore:
         max_cost_usd: float | None = None,
         trace_id: str = "",
         task_id: str | None = None,
+        expectation: Expectation | None = None,
     ) -> str:
         """Start a delegation of ``capability`` to ``candidates`` (node ids, in rank order;
         see :func:`meshnode.core.delegation.rank_candidates`); returns its task id. It ends
@@ -675,7 +694,11 @@ class NodeCore:
         take; ``inherited_deadline`` (UNIX time) is the deadline of the task being served,
         if any, and this delegation never asks for more than is left of it. ``task_id``
         defaults to 128 random bits from a stream derived from the core's ``rng`` (the
-        runtime passes its own, from the operating system).
+        runtime passes its own, from the operating system). ``expectation`` is what the
+        caller expects of the output (else the one registered on :attr:`evaluator` for the
+        capability, else the result is unscored unless a judge is set); an output that
+        fails its schema, or the provider's own declared schema, is refused and the next
+        candidate is tried.
 
         Raises ``ValueError`` for a deadline that is not a positive number, and
         ``protocol.LocalProtocolError`` for an input that cannot be encoded; nothing
@@ -727,11 +750,14 @@ class NodeCore:
             allow=self.breakers.allow,
             attempt_deadline_ms=attempt_deadline_ms(deadline_s),
             counter_ratio=COUNTER_RATIO,
-            check_output=lambda result: self.evaluator.contract_violation(
-                self.provider_capability(result.provider, capability), result.output
+            check_output=lambda result: self.evaluator.output_refusal(
+                self.provider_capability(result.provider, capability),
+                capability,
+                result.output,
+                expectation,
             ),
         )
-        delegation = _Delegation(core, capability, task_input)
+        delegation = _Delegation(core, capability, task_input, expectation)
         self._delegations[task_id] = delegation
         self._apply(task_id, delegation, core.start(now), now)
         self._set_load()
@@ -860,11 +886,13 @@ class NodeCore:
         membership = self.mesh.membership
         alive: list[tuple[RoutableEntry, float]] = []
         load: dict[str, LoadInfo] = {}
+        ages = self.member_ages
         for entry, similarity in hits:
             node = entry.node_id
             member = membership.member(node)
             if node == self.node_id or member is None or member.state is not MemberState.ALIVE:
                 continue
+            ages.seen_alive(node, now)  # a member adopted without an event counts from now
             alive.append((entry, similarity))
             manifest = self.mesh.manifests.get(node)
             if manifest is not None and member.load is not None:
@@ -882,7 +910,36 @@ class NodeCore:
             name_only=name_only,
             top_k=top_k,
             weights=self.config.routing_weights,
+            member_since=ages.known,
+            tie_secret=self.tie_secret,
+            capability_trust=self._capability_trust(alive, now),
         )
+
+    def _capability_trust(
+        self, hits: Sequence[tuple[RoutableEntry, float]], now: float
+    ) -> dict[tuple[str, str], float]:
+        """Our trust per (node, capability) among ``hits``, where we have experience of
+        that capability (see :meth:`TrustPolicy.capability_view`)."""
+        out: dict[tuple[str, str], float] = {}
+        views: dict[str, dict[str, float]] = {}
+        for entry, _ in hits:
+            name = entry.capability.name
+            view = views.get(name)
+            if view is None:
+                view = views[name] = self.trust.capability_view(now, name)
+            score = view.get(entry.node_id)
+            if score is not None:
+                out[(entry.node_id, name)] = score
+        return out
+
+    @property
+    def tie_secret(self) -> bytes:
+        """The secret that keys routing's last tie-break (:func:`~meshnode.core.router.tie_key`):
+        this node's signature of a fixed label, so it is stable across restarts, needs no
+        randomness and nobody else can compute it."""
+        if self._tie_secret is None:
+            self._tie_secret = self.signer.sign(TIE_SECRET_LABEL)
+        return self._tie_secret
 
     def provider_capability(self, provider: str, name: str) -> Capability | None:
         """``provider``'s capability ``name`` from the manifest we hold, if any."""
@@ -933,6 +990,9 @@ class NodeCore:
                     self.breakers.record(effect.attempt.node, consequence.verdict, now)
                 if consequence.quality is not None:
                     self.record_outcome(effect.attempt.node, consequence.quality, now)
+                    self.trust.record_capability_outcome(
+                        effect.attempt.node, delegation.capability, consequence.quality
+                    )
             elif isinstance(effect, Done | Failed):
                 self._delegations.pop(task_id, None)
                 self._set_load()
@@ -948,6 +1008,7 @@ class NodeCore:
             cap or delegation.capability,
             delegation.task_input,
             done.result,
+            expectation=delegation.expectation,
             output_checked=delivered,  # check_output already passed it
         )
         consequence = result_consequence(evaluation)
@@ -955,8 +1016,11 @@ class NodeCore:
             self.breakers.record_success(done.provider, now)
         else:
             self.breakers.record_failure(done.provider, now)
-        assert consequence.quality is not None
-        self.record_outcome(done.provider, consequence.quality, now)
+        if consequence.quality is not None:  # an unscored delivery moves no opinion
+            self.record_outcome(done.provider, consequence.quality, now)
+            self.trust.record_capability_outcome(
+                done.provider, delegation.capability, consequence.quality
+            )
         return evaluation
 
     def _finish(
@@ -989,6 +1053,7 @@ class NodeCore:
         for effect in self.mesh.take_effects():
             self._effects.append(effect)
             if isinstance(effect, MemberChanged) and effect.node_id != self.node_id:
+                self.member_ages.observe(effect.node_id, effect.new_state, now)
                 if effect.kind is MemberEvent.LEFT:
                     self.peer_failed(effect.node_id, "member left", now)
                 elif effect.kind is MemberEvent.DEAD and self._has_tasks_with(effect.node_id):

@@ -724,21 +724,31 @@ class ProviderCore:
         output: Any,
         error: str,
         now: float,
+        *,
+        invalid_input: bool = False,
     ) -> TaskResult | None:
         """A handler ended: sign its result and free the slot.
 
         Returns the signed :class:`TaskResult` to send, or None when the task is no longer
         running (it was cancelled, or its deadline passed and :meth:`tick` already answered).
         An output that cannot travel (not JSON-like, or over the size limits) turns into a
-        failed result with an ``output_invalid`` error.
+        failed result with an ``output_invalid`` error. ``invalid_input`` says the handler
+        refused its input (``InvalidInput``): the result is failed and its error reads
+        ``"invalid_input: <error>"``, which the requester tells apart from a failure.
         """
         task = self._running.pop(task_id, None)
         if task is None:
             return None
         self._release(task)
+        if invalid_input:
+            ok, output = False, None
+            error = reject_reason(RejectCode.INVALID_INPUT, error or "refused by the handler")
         result, size = self._sign_result(task, ok, output, error, now)
         self._remember(task.requester, task.response, result, now, size)
-        self.counts["completed_ok" if result.ok else "completed_failed"] += 1
+        if invalid_input:
+            self.counts["completed_invalid_input"] += 1
+        else:
+            self.counts["completed_ok" if result.ok else "completed_failed"] += 1
         return result
 
     def tick(self, now: float) -> list[DeadlineExceeded]:

@@ -32,6 +32,16 @@ its timings and a :class:`~meshnode.core.breaker.TaskVerdict` for the runtime's 
 SUCCESS for a delivered result; FAILURE for silence, timeouts, drops, forged or failed
 results and malformed responses; ABANDONED (no verdict on the peer, but a half-open probe
 is handed back) for refusals, declined counters and our own cancellation.
+
+Invalid input. A refusal with the code ``invalid_input`` (the input fails the capability's
+declared input schema) and a signed failed result whose error starts with that code (the
+handler raised ``InvalidInput``) end the attempt as INVALID_INPUT (ABANDONED: no verdict)
+and the whole delegation at once as :class:`Failed` with ``invalid_input=True`` and the
+reason ``"invalid input: <why>"``: the input is the problem, so no other candidate is
+asked (it would refuse it too, or, worse, run a handler that fails on it), whatever
+``retry_failed_results`` says. A peer can claim this about any input to escape blame for
+that one task; it earns nothing by it (no positive opinion either), and the caller sees
+the claim.
 """
 
 from __future__ import annotations
@@ -52,7 +62,13 @@ from meshnode.core.effects import (
     SendConfirm,
     SendRequest,
 )
-from meshnode.core.task_wire import MAX_DEADLINE_MS, clip_reason, whole_ms
+from meshnode.core.task_wire import (
+    MAX_DEADLINE_MS,
+    RejectCode,
+    clip_reason,
+    reject_code,
+    whole_ms,
+)
 from protocol import (
     LocalProtocolError,
     TaskCancel,
@@ -239,16 +255,14 @@ class RequesterCore:
             # After a confirm: ACCEPTED is its acknowledgement; REJECTED means the
             # reservation lapsed before our confirm arrived.
             if status == TaskStatus.REJECTED:
-                self._end(AttemptOutcome.REJECTED, response.reason, now, effects)
-                self._advance(now, effects)
+                self._rejected(response.reason, now, effects)
             return effects
         live.responded_at = now
         if status == TaskStatus.ACCEPTED:
             self._phase = _Phase.AWAIT_RESULT
             live.result_deadline = min(live.sent_at + live.deadline_ms / 1000.0, self._deadline_at)
         elif status == TaskStatus.REJECTED:
-            self._end(AttemptOutcome.REJECTED, response.reason, now, effects)
-            self._advance(now, effects)
+            self._rejected(response.reason, now, effects)
         elif status == TaskStatus.COUNTERED and response.counter_deadline_ms is not None:
             self._on_counter(live, response.counter_deadline_ms, now, effects)
         else:
@@ -257,6 +271,29 @@ class RequesterCore:
             self._end(AttemptOutcome.PROTOCOL_ERROR, detail, now, effects)
             self._advance(now, effects)
         return effects
+
+    def _rejected(self, reason: str, now: float, effects: list[RequesterEffect]) -> None:
+        """The peer said no: move on, unless it refused the input itself."""
+        if reject_code(reason) is RejectCode.INVALID_INPUT:
+            self._invalid_input(reason, now, effects)
+            return
+        self._end(AttemptOutcome.REJECTED, reason, now, effects)
+        self._advance(now, effects)
+
+    def _invalid_input(self, reason: str, now: float, effects: list[RequesterEffect]) -> None:
+        """The input is the problem: no verdict on the peer, no other candidate asked (it
+        would refuse the same input, and each refusal costs a round trip)."""
+        why = reason.split(":", 1)[1].strip() if ":" in reason else reason
+        self._end(AttemptOutcome.INVALID_INPUT, reason, now, effects)
+        elapsed = now - self._started_at
+        failed = Failed(
+            clip_reason(f"invalid input: {why}"),
+            self.attempts,
+            elapsed,
+            self._last_failed,
+            invalid_input=True,
+        )
+        self._finish(failed, effects)
 
     def _on_counter(
         self, live: _Live, counter_ms: int, now: float, effects: list[RequesterEffect]
@@ -294,6 +331,10 @@ class RequesterCore:
         if problem is not None:
             self._end(AttemptOutcome.FORGED_RESULT, problem, now, effects)
             self._advance(now, effects)
+            return effects
+        if not result.ok and reject_code(result.error) is RejectCode.INVALID_INPUT:
+            self._last_failed = result
+            self._invalid_input(result.error, now, effects)
             return effects
         refused = (
             None if not result.ok or self._check_output is None else self._check_output(result)

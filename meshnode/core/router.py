@@ -24,8 +24,14 @@ always give the same list in the same order.
      :data:`OPEN_CIRCUIT_AVAILABILITY`;
    * cost_factor — cheaper scores higher: ``1 − cost / max_cost_usd`` within a budget, or
      ``1 / (1 + cost / REFERENCE_COST_USD)`` without one.
-3. Order by total (highest first), then node id, then capability name, and keep ``top_k``
-   — except that a node with no trust at all (exactly 0: someone rated it, and nobody
+3. Order by total (highest first); break ties by evidence, never by node id: first the
+   caller's trust in the node (higher first), then how long the node has been a member
+   as the caller saw it (``member_since``: the time it first saw the node alive, earlier
+   first; unknown counts as newest), and only then a deterministic final key that cannot
+   be aimed at: a keyed hash of the node id (:func:`tie_key`, BLAKE2b keyed with a
+   secret of the caller's, so an id ground to sort first for one requester sorts
+   anywhere for it and differently for every other); then the capability name. Keep
+   ``top_k`` — except that a node with no trust at all (exactly 0: someone rated it, and nobody
    trusted vouches for it above the prior — a provider seen failing, a Sybil ring) comes
    after every node with some trust, whatever its other factors. Such a node is idle
    *because* nobody trusts it, so its availability must not lift it above a busy, trusted
@@ -44,6 +50,7 @@ similar one, so callers should ask the index for :func:`candidate_pool` entries,
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import heapq
 import math
 from collections.abc import Iterable, Mapping
@@ -58,11 +65,13 @@ __all__ = [
     "DEFAULT_TOP_K",
     "DEFAULT_TRUST",
     "DEFAULT_WEIGHTS",
+    "MAX_TIE_SECRET_BYTES",
     "MAX_TOP_K",
     "MIN_SIMILARITY",
     "MIN_TOP_K",
     "OPEN_CIRCUIT_AVAILABILITY",
     "REFERENCE_COST_USD",
+    "TIE_KEY_BYTES",
     "UNKNOWN_LOAD_AVAILABILITY",
     "LoadInfo",
     "RoutableEntry",
@@ -73,6 +82,7 @@ __all__ = [
     "cost_factor",
     "has_tags",
     "rank",
+    "tie_key",
 ]
 
 # --------------------------------------------------------------------------- constants
@@ -120,6 +130,13 @@ CANDIDATE_POOL_FACTOR = 8
 small enough that an HNSW search stays well under a millisecond."""
 
 _WEIGHT_SUM_TOLERANCE = 1e-9
+
+TIE_KEY_BYTES = 8
+"""Length of the keyed hash that breaks the last ties (:func:`tie_key`): 64 bits, so two
+candidates tie on it with probability 2⁻⁶⁴."""
+
+MAX_TIE_SECRET_BYTES = 64
+"""Longest secret :func:`tie_key` is keyed with (BLAKE2b's key limit)."""
 
 
 # --------------------------------------------------------------------------- types
@@ -242,6 +259,15 @@ def has_tags(
     return required <= {*capability_tags, *node_tags}
 
 
+def tie_key(secret: bytes, node_id: str) -> bytes:
+    """The final tie-break key of ``node_id`` for the caller holding ``secret``: BLAKE2b
+    of the id keyed with the secret (its first :data:`MAX_TIE_SECRET_BYTES` bytes). Without
+    the secret nobody can tell where an id sorts, so grinding ids buys nothing."""
+    return hashlib.blake2b(
+        node_id.encode("utf-8"), key=secret[:MAX_TIE_SECRET_BYTES], digest_size=TIE_KEY_BYTES
+    ).digest()
+
+
 def candidate_pool(top_k: int) -> int:
     """How many hits to ask the index for when the caller wants ``top_k`` results."""
     _check_top_k(top_k)
@@ -283,14 +309,21 @@ def rank(
     weights: RoutingWeights = DEFAULT_WEIGHTS,
     min_similarity: float = MIN_SIMILARITY,
     default_trust: float = DEFAULT_TRUST,
+    member_since: Mapping[str, float] | None = None,
+    tie_secret: bytes = b"",
+    capability_trust: Mapping[tuple[str, str], float] | None = None,
 ) -> list[ScoredCandidate]:
     """Filter, score and order ``hits``; return the best ``top_k`` (see the module doc).
 
     ``trust`` and ``load`` are keyed by node id; ``open_circuits`` holds the node ids whose
-    breaker is open. ``name_only`` says the query had no description, only
-    ``capability_name``: the hits' similarities are then ignored and an exact name match
-    scores semantic 1.0. A (node, capability) that appears in several hits is scored once,
-    with its highest similarity.
+    breaker is open. ``member_since`` gives, per node id, when the caller first saw it
+    alive (its membership age breaks ties after trust); ``tie_secret`` keys the final
+    tie-break hash (:func:`tie_key`). ``capability_trust`` gives, per (node id, capability
+    name), the caller's trust in the node *for that capability* (its own experience of
+    it); where present it replaces ``trust`` for that choice. ``name_only`` says the query
+    had no description, only ``capability_name``: the hits' similarities are then ignored
+    and an exact name match scores semantic 1.0. A (node, capability) that appears in
+    several hits is scored once, with its highest similarity.
     """
     _check_top_k(top_k)
     if not isinstance(weights, RoutingWeights):
@@ -322,11 +355,31 @@ def rank(
         if seen is None or score > seen[1]:
             best[key] = (entry, score)
 
+    since = member_since if member_since is not None else {}
     # Score into plain tuples, order, and build result objects for the top_k only.
-    scored: list[tuple[bool, float, str, str, RoutableEntry, float, float, float, float, bool]] = []
+    scored: list[
+        tuple[
+            bool,
+            float,
+            float,
+            float,
+            bytes,
+            str,
+            str,
+            RoutableEntry,
+            float,
+            float,
+            float,
+            float,
+            bool,
+        ]
+    ] = []
     for (node_id, name), (entry, similarity) in best.items():
         cap = entry.capability
-        node_trust = _clamp01(float(trust.get(node_id, default_trust)))
+        specific = None if capability_trust is None else capability_trust.get((node_id, name))
+        if specific is None:
+            specific = trust.get(node_id, default_trust)
+        node_trust = _clamp01(float(specific))
         if node_trust < min_trust:
             continue
         if max_cost_usd is not None and cap.cost_per_call_usd > max_cost_usd:
@@ -353,8 +406,11 @@ def rank(
             (
                 node_trust <= 0.0,
                 -total,
-                node_id,
+                -node_trust,
+                since.get(node_id, math.inf),
+                tie_key(tie_secret, node_id),
                 name,
+                node_id,
                 entry,
                 similarity,
                 node_trust,
@@ -364,7 +420,7 @@ def rank(
             )
         )
 
-    best_first = heapq.nsmallest(top_k, scored, key=lambda row: row[:4])
+    best_first = heapq.nsmallest(top_k, scored, key=lambda row: row[:6])
     return [
         ScoredCandidate(
             node_id=node_id,
@@ -382,8 +438,11 @@ def rank(
         for (
             _untrusted,
             negative_total,
-            node_id,
+            _negative_trust,
+            _since,
+            _tie,
             _name,
+            node_id,
             entry,
             similarity,
             node_trust,

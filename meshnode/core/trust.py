@@ -39,17 +39,21 @@ most that one unwritten record.
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 
 from crdt import INITIAL_TRUST, elo_update
+from meshnode.core.member import MemberState
 from meshnode.core.mesh import MeshCore
 from protocol import LedgerRecord
 
 __all__ = [
+    "MAX_CAPABILITY_OPINIONS",
     "OPINION_FLUSH_S",
     "TRUST_MAX_AGE_S",
     "TRUST_REFRESH_S",
     "GlobalTrust",
+    "MemberAges",
     "TrustPolicy",
     "blend",
     "global_is_stale",
@@ -66,6 +70,12 @@ TRUST_REFRESH_S = 0.5
 """Longest the mesh-wide (EigenTrust) part of the trust view is reused while only this
 node's own opinions change the ledger, seconds. Any other change of the ledger, and any
 change of the pre-trusted set, recomputes at once."""
+
+MAX_CAPABILITY_OPINIONS = 65_536
+"""Most (peer, capability) opinions a node keeps of its own experience, least recently
+updated forgotten first (about 200 bytes each: some 13 MB at the cap). A requester that
+deals with 10,000 providers of a few capabilities each stays below it; beyond it the
+oldest fall back to the per-peer view."""
 
 TRUST_MAX_AGE_S = 10.0
 """Longest any trust computation is reused, even with an unchanged ledger, seconds (records
@@ -155,6 +165,11 @@ class TrustPolicy:
         self.flush_at: float | None = None
         """When the unsigned opinions are signed at the latest (None: nothing waits)."""
         self._durable_pending: dict[tuple[str, str], LedgerRecord] = {}
+        self._by_capability: dict[str, dict[str, tuple[float, int]]] = {}
+        """Our own experience per capability, per peer: (score, outcomes). Local only: the
+        ledger gossips one opinion per peer."""
+        self._capability_order: OrderedDict[tuple[str, str], None] = OrderedDict()
+        """(peer, capability) pairs, least recently updated first (for the cap)."""
 
     @property
     def node_id(self) -> str:
@@ -191,6 +206,47 @@ class TrustPolicy:
         elif self.flush_at is None:
             self.flush_at = now + OPINION_FLUSH_S
         return None
+
+    def record_capability_outcome(self, subject: str, capability: str, quality: float) -> None:
+        """Fold one scored outcome into our own opinion of ``subject`` *for* ``capability``
+        (never signed, never gossiped; routing blends it, see :meth:`capability_view`)."""
+        if subject == self.node_id:
+            return
+        peers = self._by_capability.setdefault(capability, {})
+        score, outcomes = peers.get(subject, (INITIAL_TRUST, 0))
+        peers[subject] = (elo_update(score, quality), outcomes + 1)
+        order = self._capability_order
+        order.pop((subject, capability), None)
+        order[(subject, capability)] = None
+        while len(order) > MAX_CAPABILITY_OPINIONS:
+            (old_peer, old_name), _ = order.popitem(last=False)
+            held = self._by_capability[old_name]
+            del held[old_peer]
+            if not held:
+                del self._by_capability[old_name]
+
+    def capability_opinion(self, subject: str, capability: str) -> tuple[float, int] | None:
+        """Our own opinion of ``subject`` for ``capability``: (score, outcomes), or None."""
+        return self._by_capability.get(capability, {}).get(subject)
+
+    def capability_view(self, now: float, capability: str) -> dict[str, float]:
+        """The trust to route ``capability`` by, for each peer we have experience of *for
+        that capability*: the mesh's view with our direct part taken from that experience
+        alone, ``global + 2w × (direct_for_capability − prior)`` clamped to [0, 1] (the
+        capability score alone when the mesh knows nothing of the peer). Peers without
+        such experience are absent: routing uses :meth:`view` for them."""
+        self.view(now)  # refreshes the global part if due
+        known = self._global
+        scores: Mapping[str, float] = {} if known is None else known.scores
+        scale = 2.0 * self.weight
+        out: dict[str, float] = {}
+        for peer, (score, _) in self._by_capability.get(capability, {}).items():
+            base = scores.get(peer)
+            if base is None:
+                out[peer] = score
+            else:
+                out[peer] = min(1.0, max(0.0, base + scale * (score - INITIAL_TRUST)))
+        return out
 
     def opinion(self, subject: str) -> tuple[float, int]:
         """Our current opinion of ``subject``: (score, outcomes behind it), signed or not."""
@@ -275,3 +331,41 @@ class TrustPolicy:
         view = blend(self.node_id, direct, known.scores, self.weight)
         self._view_cache = (known, stamp, view)
         return view
+
+
+class MemberAges:
+    """When this node first saw each member alive: the membership age routing breaks ties
+    by (:func:`meshnode.core.router.rank`, ``member_since``).
+
+    Local evidence only: an age cannot be gossiped (anyone could claim to be old), so
+    each node counts from when *it* first saw the member alive or suspect. A member keeps
+    its age through suspicion, death and return (a death is an accusation anyone may make;
+    resetting on it would let an accuser make an old member young), and loses it only when
+    membership forgets it. So the map holds at most one float per known member."""
+
+    __slots__ = ("_since",)
+
+    def __init__(self) -> None:
+        self._since: dict[str, float] = {}
+
+    def observe(self, node_id: str, state: MemberState | None, now: float) -> None:
+        """A member changed state (None: membership forgot it)."""
+        if state is None:
+            self._since.pop(node_id, None)
+        elif state in (MemberState.ALIVE, MemberState.SUSPECT):
+            self._since.setdefault(node_id, now)
+
+    def seen_alive(self, node_id: str, now: float) -> float:
+        """When ``node_id`` was first seen alive (``now`` if this is the first time)."""
+        return self._since.setdefault(node_id, now)
+
+    def since(self, node_id: str) -> float | None:
+        return self._since.get(node_id)
+
+    @property
+    def known(self) -> Mapping[str, float]:
+        """Node id -> when first seen alive (a read-only view)."""
+        return self._since
+
+    def __len__(self) -> int:
+        return len(self._since)

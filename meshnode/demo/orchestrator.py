@@ -426,7 +426,7 @@ class _TaskRecord:
             "provider_name": names.get(r.provider) if r else (c.node_name if c else None),
             "semantic": None if c is None else round(c.semantic, 4),
             "score": None if c is None else round(c.total, 4),
-            "quality": None if r is None else round(r.quality, 4),
+            "quality": None if r is None or r.quality is None else round(r.quality, 4),
             "elapsed_ms": None if r is None else round(r.elapsed_ms, 1),
             "attempts": 0 if r is None else len(r.attempts),
             "check": self.check,
@@ -590,7 +590,7 @@ class ResearchOrchestrator(MeshNode):
                 "event": "task_done",
                 "subtask": sub.key,
                 "provider": result.provider,
-                "quality": round(result.quality, 4),
+                "quality": None if result.quality is None else round(result.quality, 4),
                 "elapsed_ms": round(result.elapsed_ms, 1),
             }
         )
@@ -756,7 +756,7 @@ class ResearchOrchestrator(MeshNode):
                         res.capability if res else (c.capability.name if c else "-"),
                         r.found_by or "-",
                         "-" if c is None else f"{c.semantic:.2f}",
-                        "-" if res is None else f"{res.quality:.2f}",
+                        "-" if res is None or res.quality is None else f"{res.quality:.2f}",
                         r.check or r.error or "-",
                         "-" if res is None else f"{res.elapsed_ms:.0f} ms",
                     ]

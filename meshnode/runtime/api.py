@@ -276,6 +276,9 @@ def build_app(node: MeshNode) -> web.Application:
         allow(request, Access.WORK)
         rate_limit(request)
         body = await _json_body(request, node, MAX_DELEGATE_BODY_BYTES)
+        expect = body.get("expect")  # the caller's expected output schema, if any
+        if expect is not None and not isinstance(expect, dict):
+            raise web.HTTPBadRequest(text="expect must be a JSON schema object")
         try:
             result = await node.delegate(
                 _opt_str(body, "capability"),
@@ -284,12 +287,17 @@ def build_app(node: MeshNode) -> web.Application:
                 deadline_s=_opt_number(body, "deadline_s"),
                 max_cost_usd=_opt_number(body, "max_cost_usd"),
                 min_trust=_number(body, "min_trust", 0.0),
+                expect=expect,
             )
         except (ValueError, TypeError) as exc:
             raise web.HTTPBadRequest(text=str(exc)) from None
         except DelegationError as exc:
             return web.json_response(
-                {"error": exc.reason, "attempts": [attempt_json(a) for a in exc.attempts]},
+                {
+                    "error": exc.reason,
+                    "invalid_input": exc.invalid_input,
+                    "attempts": [attempt_json(a) for a in exc.attempts],
+                },
                 status=502,
             )
         return web.json_response(result.to_json())

@@ -42,7 +42,7 @@ import random
 import socket
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,7 @@ from meshnode.core.authorization import Allow, CapabilityPolicy, Quota
 from meshnode.core.config import NodeConfig, format_address
 from meshnode.core.delegation import rank_candidates
 from meshnode.core.effects import MemberChanged
+from meshnode.core.evaluator import EvaluatorFn, Expectation
 from meshnode.core.member import MemberState
 from meshnode.core.node import DELEGATION_TOP_K, NodeCore, deadline_problem
 from meshnode.core.router import ScoredCandidate
@@ -659,16 +660,27 @@ class MeshNode:
         max_cost_usd: float | None = None,
         min_trust: float = 0.0,
         trace_id: str = "",
+        expect: Mapping[str, Any] | None = None,
+        evaluator: EvaluatorFn | None = None,
     ) -> DelegationResult:
         """Hand a task to the best peer: discover, negotiate in rank order, fall back on
         rejection, timeout, a dropped connection or a peer's death; score the result and
         gossip the signed opinion. Raises :class:`~meshnode.runtime.tasks.DelegationError`
-        when no candidate delivers."""
+        when no candidate delivers (with ``invalid_input`` True, and no fallback, when a
+        provider refused the input itself).
+
+        The result is scored by what *this* node expects of it, never by the provider's
+        own claims: ``expect`` (an output JSON schema it must match) and/or ``evaluator``
+        (``fn(input, output) -> quality in [0, 1]``) for this call, else what
+        :meth:`expect` registered for the capability, else the judge; with none of these
+        a non-empty result is unscored (``quality`` None) and moves no trust. An output
+        failing ``expect`` is refused and the next candidate tried."""
         if not capability_name and not description:
             raise InvalidRequest("delegate needs a capability name or a description")
         problem = None if deadline_s is None else deadline_problem(deadline_s)
         if problem is not None:
             raise InvalidRequest(problem)
+        expectation = _expectation(expect, evaluator)
         candidates = await self.discover(
             description,
             capability_name=capability_name,
@@ -689,7 +701,25 @@ class MeshNode:
             deadline_s=deadline_s,  # None: the core's default
             max_cost_usd=max_cost_usd,
             trace_id=trace_id,
+            expectation=expectation,
         )
+
+    def expect(
+        self,
+        capability_name: str,
+        *,
+        schema: Mapping[str, Any] | None = None,
+        evaluator: EvaluatorFn | None = None,
+    ) -> None:
+        """Score every delegated result of ``capability_name`` by ``schema`` (an output JSON
+        schema it must match; a result that fails it is refused and the next candidate
+        tried) and/or ``evaluator`` (``fn(input, output) -> quality in [0, 1]``), replacing
+        any earlier expectation for it. Raises :class:`InvalidRequest` for neither, a
+        schema outside the supported subset, or an evaluator that is not callable."""
+        built = _expectation(schema, evaluator)
+        if built is None:
+            raise InvalidRequest("expect needs a schema, an evaluator, or both")
+        self.core.evaluator.expect(capability_name, schema=built.schema, evaluator=built.evaluator)
 
     # ------------------------------------------------------------------ trust
 
@@ -774,3 +804,15 @@ async def wait_for(
         if loop.time() >= deadline:
             raise TimeoutError(f"condition not met within {within} s")
         await asyncio.sleep(interval)
+
+
+def _expectation(
+    schema: Mapping[str, Any] | None, evaluator: EvaluatorFn | None
+) -> Expectation | None:
+    """The caller's expectation (None: neither given), or :class:`InvalidRequest`."""
+    if schema is None and evaluator is None:
+        return None
+    try:
+        return Expectation(schema, evaluator)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(str(exc)) from None

@@ -57,6 +57,13 @@ channel, see above), ``CloseChannels`` and ``DelegationFinished`` (resolves the 
 :meth:`delegate`).
 Timers are the driver's: one, at ``NodeCore.next_deadline()``.
 
+A handler that raises :class:`~meshnode.errors.InvalidInput` is reported to the core as a
+refused input (``handler_done(..., invalid_input=True)``): the signed result says
+``invalid_input``, and the requester neither blames this node nor asks another. Any other
+exception is the task's failure. :meth:`TaskService.delegate` passes the caller's
+expectation (expected output schema, evaluator) to the core, which scores the result by it;
+a ``DelegationError`` for a refused input has ``invalid_input`` set.
+
 Nested delegations inherit the remaining deadline: a handler runs with a context variable
 holding its task's deadline, and :meth:`TaskService.delegate` passes it to the core, which
 never asks for more.
@@ -105,10 +112,11 @@ from meshnode.core.effects import (
     SendTask,
     StopHandler,
 )
-from meshnode.core.evaluator import OutputEvaluator
+from meshnode.core.evaluator import Expectation, OutputEvaluator
 from meshnode.core.node import NodeCore
 from meshnode.core.provider import ProviderCore
 from meshnode.errors import DelegationError as DelegationError  # public home: meshnode
+from meshnode.errors import InvalidInput
 from protocol import (
     LocalProtocolError,
     Message,
@@ -146,13 +154,15 @@ Wire = list[Any]
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class DelegationResult:
-    """What ``delegate`` returns: the output, who produced it and how it went."""
+    """What ``delegate`` returns: the output, who produced it and how it went.
+    ``quality`` is the requester's score of it, or None when nothing the requester trusts
+    checked it (no expectation, evaluator or judge: see :mod:`meshnode.core.evaluator`)."""
 
     output: Any
     provider: str
     capability: str
     task_id: str
-    quality: float
+    quality: float | None
     attempts: tuple[Attempt, ...]
     elapsed_ms: float
     result: TaskResult
@@ -673,6 +683,7 @@ class TaskService:
         key = (run.requester, run.task_id)
         output: Any = None
         error: str | None = None
+        invalid_input = False
         _deadline.set(run.deadline_at)
         try:
             if spec is None:
@@ -685,10 +696,20 @@ class TaskService:
             self._handlers.pop(key, None)
             self._origin.pop(key, None)
             raise
+        except InvalidInput as exc:  # the caller's input is the problem, not this node
+            invalid_input = True
+            error = str(exc) or "the handler refused its input"
         except Exception as exc:  # a handler's own failure is the task's result
             error = f"{type(exc).__name__}: {exc}"
         self._handlers.pop(key, None)
-        self.core.handler_done(run.requester, run.task_id, time.time(), output=output, error=error)
+        self.core.handler_done(
+            run.requester,
+            run.task_id,
+            time.time(),
+            output=output,
+            error=error,
+            invalid_input=invalid_input,
+        )
         self._poke()
         self._origin.pop(key, None)
 
@@ -703,9 +724,11 @@ class TaskService:
         deadline_s: float | None,
         max_cost_usd: float | None,
         trace_id: str = "",
+        expectation: Expectation | None = None,
     ) -> DelegationResult:
         """Negotiate ``capability`` with ``candidates`` in order until one delivers (the
-        core decides everything; this waits for its ``DelegationFinished``)."""
+        core decides everything; this waits for its ``DelegationFinished``). The result is
+        scored by ``expectation``, else the one registered for the capability."""
         task_id = uuid.uuid4().hex
         waiter: asyncio.Future[DelegationFinished] = asyncio.get_running_loop().create_future()
         self._waiting[task_id] = waiter
@@ -720,6 +743,7 @@ class TaskService:
                 max_cost_usd=max_cost_usd,
                 trace_id=trace_id,
                 task_id=task_id,
+                expectation=expectation,
             )
         except BaseException:
             self._waiting.pop(task_id, None)
@@ -734,7 +758,9 @@ class TaskService:
             raise
         outcome = finished.outcome
         if not isinstance(outcome, Done):
-            raise DelegationError(outcome.reason, outcome.attempts)
+            raise DelegationError(
+                outcome.reason, outcome.attempts, invalid_input=outcome.invalid_input
+            )
         evaluation = finished.evaluation
         assert evaluation is not None
         return DelegationResult(

@@ -159,9 +159,11 @@ class Economy:
             capability = CAPABILITY_NAMES[rng.randrange(len(CAPABILITY_NAMES))]
             text = "".join(rng.choice("abcdefghij") for _ in range(rng.randint(1, 12)))
             n = rng.randrange(1000)
-            task_input: Any = (
-                {"text": n, "n": text} if requester.sends_bad_input else {"text": text, "n": n}
-            )
+            task_input: Any = {"text": text, "n": n}
+            if requester.sends_bad_input:
+                # Half break the input schema (the provider refuses), half pass it with a
+                # negative n (the handler refuses): neither is the provider's failure.
+                task_input = {"text": n, "n": text} if n % 2 else {"text": text, "n": -1 - n}
             self.started += 1
             requester.delegate(capability, task_input, self.round)
             if self.started >= len(self.requesters) * (self.round + 1):
@@ -229,8 +231,10 @@ class Economy:
                 outcomes["deadline_missed"] += 1
         else:
             outcomes["failed"] += 1
-            if outcome.reason == "deadline exceeded":
-                outcomes["deadline_missed"] += 1
+            if outcome.elapsed_s > DELEGATION_DEADLINE_S:
+                outcomes["deadline_missed"] += 1  # ended after its deadline
+            elif outcome.reason == "deadline exceeded":
+                outcomes["out_of_time"] += 1  # ended at it, every attempt having failed
         if bad_input:
             self.bad_input["delegations"] += 1
 
@@ -389,6 +393,7 @@ class Economy:
                 "failed": self.outcomes["failed"],
                 "no_candidate": self.outcomes["no_candidate"],
                 "deadline_missed": self.outcomes["deadline_missed"],
+                "out_of_time": self.outcomes["out_of_time"],
                 "execution_timeouts": totals["attempt_execution_timeout"],
                 "response_timeouts": totals["attempt_response_timeout"],
                 "completed_by_kind": {k: self.done_by_kind[k] for k in KINDS},
@@ -414,6 +419,7 @@ class Economy:
                 "rejected_invalid_input": sum(
                     e.counters["rejected_invalid_input"] for e in self.nodes
                 ),
+                "refused_by_handler": sum(e.counters["handler_invalid_input"] for e in self.nodes),
                 "opinions": self.bad_input["opinions"],
                 "opinions_below_initial": self.bad_input["opinions_below_initial"],
                 "honest_providers_lowered": self.bad_input["honest_providers_lowered"],

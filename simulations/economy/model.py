@@ -22,6 +22,7 @@ __all__ = [
     "COST_USD",
     "DELEGATION_DEADLINE_S",
     "DRAIN_S",
+    "HANDLER_REFUSAL_S",
     "INPUT_SCHEMA",
     "KINDS",
     "OUTPUT_SCHEMA",
@@ -32,6 +33,7 @@ __all__ = [
     "EconomyPlan",
     "capabilities_for",
     "expected_answer",
+    "input_problem",
     "lognormal_latency",
     "quality_oracle",
 ]
@@ -76,6 +78,21 @@ INPUT_SCHEMA: Final = {
     "required": ["text", "n"],
     "properties": {"text": {"type": "string"}, "n": {"type": "integer"}},
 }
+HANDLER_REFUSAL_S: Final = 0.001
+"""Virtual seconds a handler takes to refuse an input it cannot use (``n`` negative: a rule
+:data:`INPUT_SCHEMA` does not state, so the provider admits the task and its handler
+raises ``InvalidInput``)."""
+
+
+def input_problem(task_input: Any) -> str | None:
+    """Why a handler refuses ``task_input`` although it passed the input schema (None:
+    it does not)."""
+    n = task_input.get("n") if isinstance(task_input, dict) else None
+    if isinstance(n, int) and n < 0:
+        return "n must not be negative"
+    return None
+
+
 OUTPUT_SCHEMA: Final = {
     "type": "object",
     "required": ["answer"],

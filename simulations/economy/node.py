@@ -20,15 +20,16 @@ from meshnode.core.effects import (
     StopHandler,
 )
 from meshnode.core.node import NodeCore
-from meshnode.core.task_wire import RejectCode, reject_code
 from protocol import Capability, Message, TaskRequest, TaskResponse, TaskResult
 from simulations.cluster import SimNode, Status
 from simulations.economy.model import (
     BEHAVIOURS,
     CAPABILITIES,
     DELEGATION_DEADLINE_S,
+    HANDLER_REFUSAL_S,
     TOP_K,
     expected_answer,
+    input_problem,
     lognormal_latency,
     quality_oracle,
 )
@@ -209,10 +210,8 @@ class EconomyNode:
         breakers = self.core.breakers
         for attempt in outcome.attempts:
             self.counters[f"attempt_{attempt.outcome.value}"] += 1
-            if (
-                attempt.outcome is AttemptOutcome.REJECTED
-                and reject_code(attempt.detail) is RejectCode.INVALID_INPUT
-            ):
+            if attempt.outcome is AttemptOutcome.INVALID_INPUT:
+                # Refused by the input schema or by the handler: the input's fault.
                 self.counters["rejected_invalid_input"] += 1
             consequence = attempt_consequence(attempt)
             if consequence.quality is not None:
@@ -220,8 +219,8 @@ class EconomyNode:
             self._watch_breaker(breakers, attempt.node, now)
         if isinstance(outcome, Done) and finished.evaluation is not None:
             quality = result_consequence(finished.evaluation).quality
-            assert quality is not None
-            economy.opinion_recorded(self, outcome.provider, quality, delegation)
+            if quality is not None:  # every requester registers its oracle: always scored
+                economy.opinion_recorded(self, outcome.provider, quality, delegation)
             self._watch_breaker(breakers, outcome.provider, now)
         quality_seen = finished.evaluation.quality if finished.evaluation is not None else None
         economy.delegation_ended(self, outcome, quality_seen, delegation.bad_input, now)
@@ -294,6 +293,10 @@ class EconomyNode:
         """A simulated handler of this node's kind: a latency, then an answer."""
         behaviour = self.behaviour
         rng = self.rng
+        refused = input_problem(run.input)
+        if refused is not None:  # before any draw: valid inputs see the same streams
+            self._schedule(run, HANDLER_REFUSAL_S, None, refused, invalid_input=True)
+            return
         latency = lognormal_latency(rng, behaviour.latency_mean_s, behaviour.latency_sigma)
         draw = rng.random()
         output: Any = None
@@ -307,6 +310,17 @@ class EconomyNode:
             if draw < behaviour.fail + behaviour.garbage + behaviour.wrong:
                 answer += 1
             output = {"answer": answer}
+        self._schedule(run, latency, output, error)
+
+    def _schedule(
+        self,
+        run: RunHandler,
+        latency: float,
+        output: Any,
+        error: str | None,
+        *,
+        invalid_input: bool = False,
+    ) -> None:
         self._next_handler += 1
         token = self._next_handler
         self._handlers[(run.requester, run.task_id)] = token
@@ -320,6 +334,7 @@ class EconomyNode:
             run.task_id,
             output,
             error,
+            invalid_input,
         )
 
     def _handler_done(
@@ -330,6 +345,7 @@ class EconomyNode:
         task_id: str,
         output: Any,
         error: str | None,
+        invalid_input: bool = False,
     ) -> None:
         if life != self.sim.life or not self.up:
             return
@@ -337,7 +353,11 @@ class EconomyNode:
             return  # stopped (cancelled, or its deadline passed)
         del self._handlers[(requester, task_id)]
         now = self.economy.cluster.now
-        self.core.handler_done(requester, task_id, now, output=output, error=error)
+        if invalid_input:
+            self.counters["handler_invalid_input"] += 1
+        self.core.handler_done(
+            requester, task_id, now, output=output, error=error, invalid_input=invalid_input
+        )
         self.economy.cluster.dispatch(self.sim)
 
     def counters_json(self) -> dict[str, Any]:

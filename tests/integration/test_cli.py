@@ -81,6 +81,8 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
             '{"text": "mesh"}',
             "--node",
             a.address,
+            "--expect",
+            '{"type": "object", "required": ["text"]}',
             "--json",
         )
         assert done.returncode == 0, done.stdout + done.stderr

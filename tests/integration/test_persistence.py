@@ -44,7 +44,7 @@ async def test_restart_keeps_identity_ledger_and_manifests(tmp_path: Path) -> No
         await wait_for(lambda: node.core.manifests.get(provider.node_id) is not None, 10)
         await node.discovery.settled()
         for _ in range(3):
-            result = await node.delegate("echo", {"x": 1})
+            result = await node.delegate("echo", {"x": 1}, expect={"type": "object"})
             assert result.provider == provider.node_id
         own = node.core.ledger.get(node.node_id, provider.node_id)
         assert own is not None
@@ -69,7 +69,7 @@ async def test_restart_keeps_identity_ledger_and_manifests(tmp_path: Path) -> No
             ),
             10,
         )
-        await restarted.delegate("echo", {"x": 2})
+        await restarted.delegate("echo", {"x": 2}, expect={"type": "object"})
         after = restarted.core.ledger.get(first_id, provider.node_id)
         assert after is not None
         assert after.seq == own.seq + 1

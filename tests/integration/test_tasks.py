@@ -73,8 +73,8 @@ def result_verifies(result: TaskResult) -> bool:
 
 async def test_accepted_task_returns_signed_result(mesh: LocalMesh) -> None:
     """ACCEPTED → the handler's output comes back signed by the provider, after one attempt;
-    the requester scores it at once, and its signed opinion of the provider reaches the
-    provider."""
+    the requester scores it at once by its own expectation, and its signed opinion of the
+    provider reaches the provider."""
     calls: list[Any] = []
 
     async def shout(payload: Any) -> Any:
@@ -85,7 +85,7 @@ async def test_accepted_task_returns_signed_result(mesh: LocalMesh) -> None:
     p = await mesh.node("provider", [Cap("shout", shout, TEXT_SCHEMA, TEXT_SCHEMA)])
     await mesh.ready()
 
-    result = await a.delegate("shout", {"text": "hi"}, deadline_s=5)
+    result = await a.delegate("shout", {"text": "hi"}, deadline_s=5, expect=TEXT_SCHEMA)
 
     assert result.output == {"text": "HI"}
     assert result.provider == p.node_id
@@ -119,7 +119,10 @@ async def test_concurrent_outcomes_share_signed_records(mesh: LocalMesh) -> None
     first_seq = a.core.ledger.next_seq(a.node_id)
 
     results = await asyncio.gather(
-        *(a.delegate("echo", {"text": str(i)}, deadline_s=10) for i in range(20))
+        *(
+            a.delegate("echo", {"text": str(i)}, deadline_s=10, expect=TEXT_SCHEMA)
+            for i in range(20)
+        )
     )
 
     assert sorted(r.output["text"] for r in results) == sorted(str(i) for i in range(20))
@@ -142,7 +145,8 @@ async def test_concurrent_outcomes_share_signed_records(mesh: LocalMesh) -> None
 
 async def test_rejections_carry_their_reason(mesh: LocalMesh) -> None:
     """Each admission rule rejects with its own code, visible in DelegationError.attempts;
-    the handler never runs and a refusal is no failure for the breaker or the ledger."""
+    the handler never runs and a refusal is no failure for the breaker or the ledger. An
+    invalid input is its own outcome, and the error says the input was the problem."""
     calls: list[Any] = []
 
     async def priced(payload: Any) -> Any:
@@ -178,10 +182,13 @@ async def test_rejections_carry_their_reason(mesh: LocalMesh) -> None:
                 cap, task_input, target, deadline_s=deadline_s, max_cost_usd=budget
             )
         attempts = info.value.attempts
-        assert outcomes(attempts) == [AttemptOutcome.REJECTED], code
+        invalid = code is RejectCode.INVALID_INPUT
+        expected = AttemptOutcome.INVALID_INPUT if invalid else AttemptOutcome.REJECTED
+        assert outcomes(attempts) == [expected], code
+        assert info.value.invalid_input is invalid
         assert attempts[0].node == p.node_id
         assert reject_code(attempts[0].detail) is code, attempts[0].detail
-        assert code.value in info.value.reason
+        assert code.value in info.value.reason or (invalid and "invalid input" in info.value.reason)
 
     assert calls == []
     assert a.tasks.breakers.state(p.node_id, time.time()) is BreakerState.CLOSED
@@ -628,7 +635,7 @@ async def test_http_delegate_from_loopback(mesh: LocalMesh) -> None:
     assert ok["output"] == {"text": "over http"}
     assert ok["provider"] == p.node_id
     assert [x["outcome"] for x in ok["attempts"]] == ["delivered"]
-    assert [x["outcome"] for x in failed["attempts"]] == ["rejected"]
+    assert [x["outcome"] for x in failed["attempts"]] == ["invalid_input"]
     assert failed["attempts"][0]["detail"].startswith("invalid_input")
 
 

@@ -69,6 +69,8 @@ async def test_ledgers_converge_and_rank_good_above_bad(mesh: LocalMesh) -> None
     await mesh.ready()
     good = {g1.node_id, g2.node_id}
     requesters = [r1, r2, g1, g2]
+    for node in requesters:  # each requester judges by what it expects, not by the provider
+        node.expect(GRADE, schema=GRADE_SCHEMA)
     per_requester = DELEGATIONS // len(requesters)
     providers_used: dict[str, int] = {}
 
@@ -141,6 +143,7 @@ async def test_self_rating_gains_nothing(mesh: LocalMesh) -> None:
     provider = await mesh.node("provider", [cap(good_grade)])
     other = await mesh.node("other", [cap(good_grade)])
     await mesh.ready()
+    requester.expect(GRADE, schema=GRADE_SCHEMA)
     for i in range(3):
         await requester.tasks.delegate(
             GRADE, {"n": i}, [provider.node_id], deadline_s=5, max_cost_usd=None

@@ -47,7 +47,7 @@ SCRIPT: tuple[tuple[tuple[str, ...], bool], ...] = (
     (("failing", "garbling"), True),
     (("failing", "good"), True),  # the failing provider's third failure in a row
     (("failing", "good"), True),  # its circuit is open: skipped
-    (("good",), False),  # input that breaks the input schema: refused, no verdict
+    (("good",), False),  # input that breaks the input schema: invalid_input, no verdict
     (("lying", "good"), True),
 )
 """(candidates by role, valid input?) for each delegation, in order."""
@@ -210,6 +210,6 @@ async def test_runtime_and_simulator_decide_the_same(mesh: LocalMesh) -> None:
     assert real[0] == simulated[0]
     assert real[1] == simulated[1]
     outcomes = [row[1] for d in simulated[0] for row in d[0]]
-    assert {"failed_result", "delivered", "skipped", "rejected"} <= set(outcomes)
+    assert {"failed_result", "delivered", "skipped", "invalid_input"} <= set(outcomes)
     assert simulated[1]["failing"]["breaker"] == "open"
     assert [d[1] for d in simulated[0]].count("failed") == 2

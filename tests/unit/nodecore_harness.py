@@ -24,13 +24,15 @@ from meshnode.core.effects import (
     StopHandler,
 )
 from meshnode.core.node import NodeCore
+from meshnode.errors import InvalidInput
 from protocol import Capability, Identity, Manifest
 
 PUBLIC = CapabilityPolicy(Allow.anyone())
 
 Handler = Callable[[Any], Any]
-"""``handler(input) -> output``; raising makes the task fail with the error's text; the
-special value :data:`SILENT` never answers."""
+"""``handler(input) -> output``; raising makes the task fail with the error's text (raising
+``InvalidInput`` reports the input refused); the special value :data:`SILENT` never
+answers."""
 
 SILENT = object()
 """A handler result that means: never call ``handler_done``."""
@@ -159,6 +161,10 @@ class World:
             else:
                 try:
                     output = handler(run.input)
+                except InvalidInput as exc:
+                    host.core.handler_done(
+                        run.requester, run.task_id, self.now, error=str(exc), invalid_input=True
+                    )
                 except Exception as exc:
                     host.core.handler_done(
                         run.requester, run.task_id, self.now, error=f"{type(exc).__name__}: {exc}"

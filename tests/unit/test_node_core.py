@@ -179,6 +179,7 @@ def test_trust_view_blends_direct_experience_with_the_ledger() -> None:
     """A delivered task raises the requester's view of its provider above the prior, and a
     provider that timed out falls below it; the view is the blend of both parts."""
     world, a, (good, silent) = _world(lambda x: {"ok": x}, lambda x: SILENT)
+    a.core.evaluator.expect("echo", schema={"required": ["ok"]})  # the requester's check
     task_id = _delegate(world, a, [silent, good], deadline_s=10)
     world.settle()
     assert isinstance(a.finished[task_id].outcome, Done)
@@ -229,6 +230,7 @@ def test_batched_outcomes_are_signed_when_the_last_delegation_ends() -> None:
     """The batch is signed as soon as nothing of ours waits on the peer any more, before
     the flush timer."""
     world, a, (p,) = _world(lambda x: {"ok": x})
+    a.core.evaluator.expect("echo", schema={"required": ["ok"]})  # the requester's check
     world.handler_delay[p.node_id] = 0.1
     _delegate(world, a, [p], deadline_s=30)
     world.settle(world.now + 0.01)
@@ -342,6 +344,7 @@ def test_outcome_reaches_breaker_and_opinion(
     """End to end through NodeCore: the provider's answer -> the attempt's outcome -> the
     breaker's failure count and the requester's opinion of the provider."""
     world, a, (p,) = _world(handler)
+    a.core.evaluator.expect("typed", schema={"type": "object"})  # the requester's check
     task_id = _delegate(world, a, [p], "typed", deadline_s=3)
     world.settle()
     finished = a.finished[task_id]
@@ -354,14 +357,15 @@ def test_outcome_reaches_breaker_and_opinion(
 
 def test_a_rejection_scores_nothing_and_hands_the_probe_back() -> None:
     """Rejected (the input breaks the capability's schema): the breaker records an
-    abandoned attempt and our opinion of the provider does not move."""
+    abandoned attempt, our opinion of the provider does not move, and the delegation
+    fails as invalid input."""
     world, a, (p,) = _world(lambda x: x)
     task_id = a.core.start_delegation("echo", ["not an object"], [p.node_id], world.now)
     world.drain(a)
     world.settle()
     outcome = a.finished[task_id].outcome
-    assert isinstance(outcome, Failed)
-    assert outcome.attempts[0].outcome is AttemptOutcome.REJECTED
+    assert isinstance(outcome, Failed) and outcome.invalid_input
+    assert outcome.attempts[0].outcome is AttemptOutcome.INVALID_INPUT
     assert a.core.opinion(p.node_id) == (INITIAL_TRUST, 0)
     assert a.core.breakers.state(p.node_id, world.now) is BreakerState.CLOSED
 
