@@ -18,6 +18,7 @@ from meshnode.capability import capability, collect_capabilities, make_policy
 from meshnode.core.authorization import DEFAULT_POLICY
 from meshnode.core.breaker import BreakerState
 from meshnode.core.effects import AttemptOutcome, Done
+from meshnode.core.evaluator import Expectation
 from meshnode.core.member import Member, MemberState
 from meshnode.core.provider import ProviderCore
 from meshnode.core.router import DEFAULT_TRUST
@@ -421,6 +422,10 @@ def test_the_default_policy_through_node_core_serves_members_only() -> None:
     assert refused.attempts[0].detail.startswith("forbidden:")
 
 
+EXPECT_OK = Expectation(schema={"type": "object", "required": ["ok"]})
+"""The requester's expectation of ``echo``: served results are scored (not unscored)."""
+
+
 @pytest.mark.parametrize(
     ("policy", "code"),
     [
@@ -445,7 +450,9 @@ def test_forbidden_and_quota_move_on_without_blaming_the_provider(
     rounds = 3 * world.config.breaker_failure_threshold
     refused = 0
     for _ in range(rounds):
-        task_id = a.core.start_delegation("echo", {"x": 1}, [p.node_id, q.node_id], world.now)
+        task_id = a.core.start_delegation(
+            "echo", {"x": 1}, [p.node_id, q.node_id], world.now, expectation=EXPECT_OK
+        )
         world.drain(a)
         world.settle(world.now + 1)
         done = a.finished[task_id].outcome
