@@ -71,6 +71,8 @@ class MessageType(enum.IntEnum):
     CHANNEL_FRAME = 21
     CHANNEL_PING = 22
     CHANNEL_PONG = 23
+    SIGNED_CERTIFICATE = 28
+    SIGNED_REVOCATION = 29
 
 
 class Message:
@@ -227,6 +229,47 @@ class PushPull(Message):
     manifests: Annotated[tuple[ManifestRumor, ...], MaxItems(100_000)]
     ledger: Annotated[tuple[LedgerDigest, ...], MaxItems(100_000)]
     records: Annotated[tuple[LedgerRecord, ...], MaxItems(200_000)] = ()
+    certificates: Annotated[tuple[SignedCertificate, ...], MaxItems(MAX_STATE_CERTIFICATES)] = ()
+    revocations: Annotated[tuple[SignedRevocation, ...], MaxItems(MAX_STATE_REVOCATIONS)] = ()
+
+
+# ---------------------------------------------------------------------------- mesh authority
+
+CERTIFICATE_BODY_MAX_BYTES = 1_024
+"""Largest body of a membership certificate: 32-byte authority and node keys, a name of
+at most 64 bytes, at most 16 roles of at most 64 bytes, serial and two times come to under
+1,300 bytes in the worst case of msgpack overhead; 1 KiB keeps a certificate with a 64-byte
+signature well inside one UDP packet next to a few rumors (the parser in
+:mod:`protocol.certificate` enforces the field caps)."""
+REVOCATION_BODY_MAX_BYTES = 256
+"""Largest body of a revocation (authority key, serial, node key, two times: about 110
+bytes)."""
+MAX_STATE_CERTIFICATES = 100_000
+"""Most certificates in one push-pull leg (ten times the 10,000 members meshnode is sized
+for; the admission store holds ``NodeConfig.authority_max_certificates``)."""
+MAX_STATE_REVOCATIONS = 100_000
+"""Most revocations in one push-pull leg."""
+
+
+@wire_struct
+class SignedCertificate(Message):
+    """A membership certificate: ``body`` (canonical msgpack, see
+    :mod:`protocol.certificate`) signed by the mesh authority's Ed25519 key. The signature
+    covers the raw body bytes, and is checked before the body is parsed."""
+
+    TAG: ClassVar[MessageType] = MessageType.SIGNED_CERTIFICATE
+    body: Annotated[bytes, MaxLen(CERTIFICATE_BODY_MAX_BYTES, 1)]
+    signature: Signature
+
+
+@wire_struct
+class SignedRevocation(Message):
+    """A revocation of certificates (by serial and/or node id) signed by the mesh
+    authority over the raw ``body`` bytes (see :mod:`protocol.certificate`)."""
+
+    TAG: ClassVar[MessageType] = MessageType.SIGNED_REVOCATION
+    body: Annotated[bytes, MaxLen(REVOCATION_BODY_MAX_BYTES, 1)]
+    signature: Signature
 
 
 # ---------------------------------------------------------------------------- tasks
@@ -395,5 +438,7 @@ for _cls in (
     ChannelFrame,
     ChannelPing,
     ChannelPong,
+    SignedCertificate,
+    SignedRevocation,
 ):
     register(_cls)

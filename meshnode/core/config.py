@@ -29,6 +29,7 @@ from typing import Any
 
 from meshnode.core.router import RoutingWeights
 from meshnode.errors import ConfigError
+from protocol.identity import is_node_id
 
 __all__ = ["NodeConfig", "format_address", "parse_address"]
 
@@ -480,6 +481,37 @@ class NodeConfig:
     a member alive or suspect in our table vouches. Higher: a flood needs more colluding
     members to reach the fast lane, and a join storm's newcomers wait longer for it."""
 
+    # ------------------------------------------------------------------ mesh authority
+
+    authority: str | None = None
+    """The mesh authority's Ed25519 public key, in node-id text form (52 base32
+    characters, as ``meshnode authority init`` prints it), default None: no admission,
+    anyone with a key may join. Set, the node accepts messages, membership news,
+    manifests, ledger records and tasks only from nodes holding a valid, unrevoked
+    certificate signed by this key, and needs one itself (:attr:`certificate`)."""
+
+    certificate: str | None = None
+    """Path of this node's certificate file (``meshnode authority issue --out``), default
+    None. Required when :attr:`authority` is set; the runtime refuses to start without a
+    certificate valid now for its own identity."""
+
+    authority_max_certificates: int = 20_000
+    """Most verified certificates one node holds (one per node id), default 20,000: twice
+    the 10,000 members meshnode is sized for, so every member and the nodes that left
+    recently fit. A certificate is about 400 bytes: 8 MB at the cap. When full, expired,
+    then revoked, then certificates of nodes that are not current members go first; a
+    certificate only the authority can sign, so the cap guards memory, not an attack."""
+
+    authority_max_revocations: int = 50_000
+    """Most revocations held, default 50,000 (about 250 bytes each: 12 MB). A revocation
+    is kept until the certificates it revokes would have expired; when the cap is reached
+    the one that may be forgotten soonest goes first."""
+
+    authority_clock_skew: float = 300.0
+    """Seconds of clock difference tolerated at the start of a certificate (a certificate
+    issued by an authority whose clock runs ahead is accepted that much early), default
+    300. Expiry is never extended."""
+
     # ------------------------------------------------------------------ presets
 
     @classmethod
@@ -543,6 +575,20 @@ class NodeConfig:
         self._validate_task_channels()
         self._validate_state_caps()
         self._validate_runtime()
+        self._validate_authority()
+
+    def _validate_authority(self) -> None:
+        if self.authority is not None and not is_node_id(self.authority):
+            raise ValueError(
+                "authority must be a public key in node-id text form (52 base32 chars)"
+            )
+        if self.certificate is not None and (
+            not isinstance(self.certificate, str) or not self.certificate
+        ):
+            raise ValueError("certificate must be a file path")
+        _check_int("authority_max_certificates", self.authority_max_certificates, 1, 10_000_000)
+        _check_int("authority_max_revocations", self.authority_max_revocations, 1, 10_000_000)
+        _check_seconds("authority_clock_skew", self.authority_clock_skew, positive=False)
 
     def _validate_task_channels(self) -> None:
         _check_int("task_max_connections", self.task_max_connections, 1, 1_000_000)
