@@ -226,7 +226,6 @@ def _unpack(body: bytes, size_cap: int, length: int, domain: str) -> list[Any]:
             raw=False,
             strict_map_key=True,
             use_list=True,
-            max_buffer_size=size_cap,
             max_array_len=max(MAX_ROLES, length),
             max_map_len=0,
             max_str_len=size_cap,
