@@ -31,6 +31,7 @@ refused and why.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from protocol.certificate import (
     Certificate,
@@ -42,7 +43,7 @@ from protocol.certificate import (
 from protocol.identity import Verifier
 from protocol.messages import SignedCertificate, SignedRevocation
 
-__all__ = ["ADMISSION_COUNTERS", "Admission", "AdmissionError"]
+__all__ = ["ADMISSION_COUNTERS", "Admission", "AdmissionError", "revocation_problem"]
 
 ADMISSION_COUNTERS: dict[str, str] = {
     "certificates_verified": "certificate signatures checked",
@@ -279,3 +280,21 @@ class Admission:
         key = min(self._revocations, key=lambda k: self._revocations[k].keep_until)
         del self._revocations[key]
         self.counters["revocations_evicted"] += 1
+
+
+class _HasAdmission(Protocol):
+    admission: Admission | None
+
+
+def revocation_problem(core: _HasAdmission, signed: SignedRevocation) -> str | None:
+    """Why ``signed`` cannot be taken in by ``core`` (None: it can): no authority, or it
+    does not verify for it, or it is malformed. For the operator's route, which answers
+    with a clear error instead of dropping it silently as gossip would."""
+    admission = core.admission
+    if admission is None:
+        return "this node runs without a mesh authority"
+    try:
+        open_revocation(signed, admission.authority, admission._verifier)
+    except CertificateError as exc:
+        return str(exc)
+    return None

@@ -32,6 +32,9 @@ Routes between peers (signed msgpack envelopes, ``application/x-meshnode``):
 ``GET /v1/ws/tasks``                        WebSocket carrying task negotiation frames
 ==========================================  =================================================
 
+``POST /v1/authority/revoke`` (loopback callers, or the api token) takes a packed
+:class:`~protocol.messages.SignedRevocation` signed by the mesh authority and gossips it.
+
 Peer routes verify the envelope signature and drop anything ``protocol.decode`` refuses with
 HTTP 400 (the body says why). Every body is read with a hard cap per route
 (:data:`MAX_PUSH_PULL_REQUEST_BYTES`, :data:`MAX_RECORDS_REQUEST_BYTES`,
@@ -79,14 +82,18 @@ from protocol import (
     RemoteProtocolError,
     encode,
     pack,
+    unpack,
 )
 from protocol.limits import MAX_DEPTH, MAX_MESSAGES_PER_ENVELOPE, MAX_VALUE_BYTES
+from protocol.messages import SignedRevocation
 
 if TYPE_CHECKING:
     from meshnode.runtime.node import MeshNode
 
 WIRE_CONTENT_TYPE = "application/x-meshnode"
 
+MAX_REVOCATION_BODY_BYTES = 1_024
+"""Largest ``POST /v1/authority/revoke`` body (a packed revocation is under 400 bytes)."""
 MAX_PUSH_PULL_REQUEST_BYTES = 8 * 1024 * 1024
 """Largest ``POST /v1/wire/pushpull`` body, 8 MiB. The request leg carries the sender's
 members, manifest rumors and ledger digests but no records: about 3 MiB at 10,000
@@ -271,6 +278,32 @@ def build_app(node: MeshNode) -> web.Application:
                 status=502,
             )
         return web.json_response(result.to_json())
+
+    @routes.post("/v1/authority/revoke")
+    async def authority_revoke(request: web.Request) -> web.Response:
+        """The operator hands in a signed revocation (``meshnode authority revoke
+        --node``); the node gossips it. Loopback callers, or the api token."""
+        if not _is_loopback(request.remote):
+            given = request.headers.get("Authorization", "")
+            token = node.config.api_token
+            if token is None or not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                raise web.HTTPForbidden(
+                    text="revocation is open to loopback callers or with the api token"
+                )
+        rate_limit(request)
+        if node.config.authority is None:
+            raise web.HTTPConflict(text="this node runs without a mesh authority")
+        body = await _read_body(request, node, MAX_REVOCATION_BODY_BYTES)
+        try:
+            revocation = unpack(body, SignedRevocation, max_bytes=MAX_REVOCATION_BODY_BYTES)
+        except RemoteProtocolError as exc:
+            raise web.HTTPBadRequest(text=f"not a revocation: {exc}") from None
+        from meshnode.core.admission import revocation_problem
+
+        problem = revocation_problem(node.core, revocation)
+        if problem is not None:
+            raise web.HTTPBadRequest(text=problem)
+        return web.json_response({"accepted": node.revoke(revocation)})
 
     app.add_routes(routes)
     return app

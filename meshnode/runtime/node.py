@@ -51,6 +51,7 @@ import structlog
 from aiohttp import web
 
 from meshnode.capability import CapabilitySpec, Handler, collect_capabilities, make_capability
+from meshnode.core.admission import Admission
 from meshnode.core.config import NodeConfig, format_address
 from meshnode.core.delegation import rank_candidates
 from meshnode.core.effects import MemberChanged
@@ -63,7 +64,7 @@ from meshnode.runtime.discovery import DiscoveryService
 from meshnode.runtime.driver import DECODE_INLINE_MAX_BYTES, Driver
 from meshnode.runtime.mcp_client import McpClientPool, McpToolResult
 from meshnode.runtime.persistence import Persistence
-from meshnode.runtime.store import NodeStore
+from meshnode.runtime.store import NodeStore, load_certificate
 from meshnode.runtime.tasks import DelegationError, DelegationResult, TaskService
 from meshnode.runtime.transport import (
     ConnectionGuard,
@@ -83,6 +84,8 @@ from protocol import (
     short_id,
 )
 from protocol import verify as ed25519_verify
+from protocol.identity import public_key_from_node_id
+from protocol.messages import SignedCertificate, SignedRevocation
 
 __all__ = ["DECODE_INLINE_MAX_BYTES", "Lifecycle", "MeshNode", "wait_for"]
 
@@ -308,6 +311,7 @@ class MeshNode:
         if self._identity is None:
             self._identity = Identity.generate()
         self._log = log.bind(node=short_id(self._identity.node_id), name=cfg.name)
+        certificate = self._own_certificate()
         incarnation = 0
         if self._store is not None:
             incarnation = self._store.incarnation() + 1
@@ -335,6 +339,7 @@ class MeshNode:
             now=now,
             ip_version=6 if self._udp.family == socket.AF_INET6 else 4,
             capabilities={name: spec.capability for name, spec in self._capabilities.items()},
+            certificate=certificate,
         )
         self._core = core
         self._session = aiohttp.ClientSession(
@@ -579,6 +584,32 @@ class MeshNode:
         if self._driver is not None:
             self._driver.poke()
         return reply
+
+    def _own_certificate(self) -> SignedCertificate | None:
+        """With a mesh authority configured: this node's certificate, checked before
+        anything is bound or loaded (raises ``AdmissionError`` naming the fix)."""
+        cfg = self.config
+        if cfg.authority is None:
+            return None
+        certificate = load_certificate(cfg.certificate) if cfg.certificate else None
+        Admission(
+            public_key_from_node_id(cfg.authority),
+            self.identity.node_id,
+            certificate,
+            verifier=self.verifier,
+            now=time.time(),
+            max_certificates=1,
+            max_revocations=1,
+            clock_skew=cfg.authority_clock_skew,
+        )
+        return certificate
+
+    def revoke(self, revocation: SignedRevocation) -> bool:
+        """Take in a revocation signed by the mesh authority (from the operator through the
+        API); True if it was new and valid. It spreads by gossip from here."""
+        fresh = self.core.revoke(revocation, time.time())
+        self._dispatch()
+        return fresh
 
     def handle_records(self, records: list[LedgerRecord]) -> int:
         """Apply the third leg of a push-pull (called by the HTTP handler)."""

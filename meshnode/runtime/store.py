@@ -53,6 +53,7 @@ from protocol import (
     Leave,
     LedgerRecord,
     Manifest,
+    MeshError,
     Message,
     RemoteProtocolError,
     Suspect,
@@ -60,6 +61,7 @@ from protocol import (
     unpack,
 )
 from protocol.identity import SEED_BYTES
+from protocol.messages import SignedCertificate, SignedRevocation
 
 KEY_FILE = "node.key"
 """The identity key's file in the data dir: the hex of the 32-byte seed and a newline."""
@@ -461,3 +463,163 @@ def _narrow_file(path: Path) -> None:
         return
     if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) & 0o077 and st.st_uid == os.geteuid():
         os.chmod(path, PRIVATE_FILE_MODE)
+
+
+# ---------------------------------------------------------------------------- mesh authority
+
+AUTHORITY_KEY_FILE = "authority.key"
+"""The authority's private key in its directory (same format and mode as a node key)."""
+ISSUED_LOG_FILE = "issued.log"
+"""One line per certificate the authority issued: ``serial node_id expires_at``. Read by
+``meshnode authority revoke`` to keep a revocation exactly as long as what it revokes."""
+MAX_CREDENTIAL_FILE_BYTES = 4_096
+"""Largest certificate or revocation file read (a certificate is at most about 1.1 KB)."""
+MAX_ISSUED_LOG_BYTES = 64 * 1024 * 1024
+"""Largest issued log read (about 800,000 certificates)."""
+PUBLIC_FILE_MODE = 0o644
+"""Mode of certificate and revocation files: they hold nothing secret."""
+
+
+def save_authority_key(directory: str | os.PathLike[str], identity: Identity) -> Path:
+    """Write the authority key into ``directory`` (created 0700), like a node key (0600,
+    atomic, never through a symlink). Returns its path."""
+    path = Path(directory) / AUTHORITY_KEY_FILE
+    save_identity(path, identity)
+    return path
+
+
+def load_authority_key(directory: str | os.PathLike[str]) -> Identity:
+    """Read the authority key of ``directory`` (refused as :func:`load_identity` refuses
+    a node key: symlink, open to others, malformed)."""
+    return load_identity(Path(directory) / AUTHORITY_KEY_FILE)
+
+
+def write_public_file(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` (0644) atomically and durably: through a temp file
+    created with ``O_EXCL | O_NOFOLLOW``, fsynced and renamed over ``path`` (a symlink at
+    ``path`` is replaced, never followed)."""
+    target = Path(path)
+    tmp = target.with_name(target.name + ".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PUBLIC_FILE_MODE)
+    try:
+        try:
+            os.fchmod(fd, PUBLIC_FILE_MODE)
+            rest = data
+            while rest:
+                rest = rest[os.write(fd, rest) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def read_public_file(path: str | os.PathLike[str], max_bytes: int, what: str) -> bytes:
+    """Read a regular file of at most ``max_bytes``; raise
+    :class:`~meshnode.errors.KeyFileError` (naming ``what``) if it is missing, a symlink,
+    not a regular file, or larger."""
+    source = Path(path)
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise KeyFileError(f"no {what} at {source}") from None
+    except OSError as exc:
+        if os.path.islink(source):
+            raise KeyFileError(f"{what} {source} is a symlink; use the file itself") from None
+        raise KeyFileError(f"cannot open {what} {source}: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise KeyFileError(f"{what} {source} is not a regular file")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= max_bytes:
+            chunk = os.read(fd, max_bytes + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > max_bytes:
+        raise KeyFileError(f"{what} {source} is larger than {max_bytes} bytes")
+    return data
+
+
+def save_certificate(path: str | os.PathLike[str], signed: SignedCertificate) -> None:
+    """Write a certificate file (the packed :class:`~protocol.messages.SignedCertificate`)."""
+    write_public_file(path, pack(signed))
+
+
+def load_certificate(path: str | os.PathLike[str]) -> SignedCertificate:
+    """Read a certificate file; raise :class:`~meshnode.errors.KeyFileError` if it cannot
+    be read or does not hold one (whether it is valid is the admission core's check)."""
+    data = read_public_file(path, MAX_CREDENTIAL_FILE_BYTES, "certificate")
+    try:
+        return unpack(data, SignedCertificate, max_bytes=MAX_CREDENTIAL_FILE_BYTES)
+    except MeshError as exc:
+        raise KeyFileError(f"certificate {path} is not a certificate file: {exc}") from None
+
+
+def save_revocation(path: str | os.PathLike[str], signed: SignedRevocation) -> None:
+    """Write a revocation file (the packed :class:`~protocol.messages.SignedRevocation`)."""
+    write_public_file(path, pack(signed))
+
+
+def load_revocation(path: str | os.PathLike[str]) -> SignedRevocation:
+    """Read a revocation file (see :func:`load_certificate`)."""
+    data = read_public_file(path, MAX_CREDENTIAL_FILE_BYTES, "revocation")
+    try:
+        return unpack(data, SignedRevocation, max_bytes=MAX_CREDENTIAL_FILE_BYTES)
+    except MeshError as exc:
+        raise KeyFileError(f"revocation {path} is not a revocation file: {exc}") from None
+
+
+def log_issued(
+    directory: str | os.PathLike[str], serial: int, node_id: str, expires_at: float
+) -> None:
+    """Append one issued certificate to the authority's log (0600, never through a
+    symlink), fsynced."""
+    path = Path(directory) / ISSUED_LOG_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, PRIVATE_FILE_MODE)
+    try:
+        os.write(fd, f"{serial} {node_id} {expires_at!r}\n".encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def issued_expiry(
+    directory: str | os.PathLike[str], *, serial: int | None = None, node_id: str | None = None
+) -> float | None:
+    """The latest expiry among issued certificates matching ``serial`` and/or ``node_id``
+    (None: none logged)."""
+    path = Path(directory) / ISSUED_LOG_FILE
+    if not os.path.lexists(path):
+        return None
+    text = read_public_file(path, MAX_ISSUED_LOG_BYTES, "issued log").decode("ascii", "replace")
+    latest: float | None = None
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) != 3 or not parts[0].isdigit():
+            continue
+        if serial is not None and int(parts[0]) != serial:
+            continue
+        if node_id is not None and parts[1] != node_id:
+            continue
+        try:
+            expires = float(parts[2])
+        except ValueError:
+            continue
+        latest = expires if latest is None else max(latest, expires)
+    return latest
