@@ -26,7 +26,15 @@ from protocol import (
     TaskResult,
     signing_bytes,
 )
-from protocol.messages import ChannelAuth, ChannelFrame, ChannelHello, ChannelPing, ChannelPong
+from protocol.messages import (
+    ChannelAuth,
+    ChannelFrame,
+    ChannelHello,
+    ChannelPing,
+    ChannelPong,
+    KeyOp,
+    KeyOpReply,
+)
 
 ALICE = Identity.from_seed(b"\x01" * 32)
 BOB = Identity.from_seed(b"\x02" * 32)
@@ -95,4 +103,6 @@ def one_of_each() -> list[Message]:
         ChannelFrame(b"\x03" * 16, ALICE.node_id, 7),
         ChannelPing(9),
         ChannelPong(9),
+        KeyOp(b"\x04" * 16, 1, b"\x05" * 32, 1_700_000_000.0),
+        KeyOpReply(b"\x04" * 16, True, "", ("0123456789abcdef",)),
     ]
