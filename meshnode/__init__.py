@@ -32,14 +32,18 @@ from meshnode.errors import (
     IndexFullError,
     InvalidRequest,
     KeyFileError,
+    KeyringError,
+    KeyringFileError,
     LocalProtocolError,
     MeshError,
     ModelMismatchError,
     NodeNotRunning,
     ProtocolError,
     RemoteProtocolError,
+    SealRejected,
 )
 from protocol import Capability, short_id
+from protocol.keyring import Keyring
 
 if TYPE_CHECKING:
     from meshnode.runtime.discovery import candidate_json
@@ -91,6 +95,9 @@ __all__ = [
     "IndexFullError",
     "InvalidRequest",
     "KeyFileError",
+    "Keyring",
+    "KeyringError",
+    "KeyringFileError",
     "Lifecycle",
     "LocalProtocolError",
     "McpCallError",
@@ -111,6 +118,7 @@ __all__ = [
     "RemoteProtocolError",
     "RoutingWeights",
     "ScoredCandidate",
+    "SealRejected",
     "__version__",
     "candidate_json",
     "capability",

@@ -3,9 +3,10 @@
 Subcommands: ``run`` (start a node and serve until SIGINT/SIGTERM), ``members`` (ask a
 running node who it knows), ``discover`` (rank providers for a description), ``delegate``
 (run a task through a node), ``trust`` (a node's trust view and breakers), ``keygen``
-(create a data dir's identity), ``id`` (print it), ``authority init|issue|revoke`` (a mesh
-authority: certify and revoke nodes), ``demo`` (a five-agent research mesh on this
-machine).
+(create a data dir's identity), ``demo`` (a five-agent research mesh on this machine),
+``keys`` (create a keyring file; install, use, remove and list keys across the mesh),
+``id`` (print a data dir's node id), ``authority init|issue|revoke`` (a mesh authority:
+certify and revoke nodes).
 Commands that print data take ``--json``.
 Exit status: 0 on success, 1 on a runtime error (unreachable node,
 bad response), 2 on bad arguments.
@@ -18,6 +19,7 @@ import asyncio
 import importlib
 import importlib.util
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -88,6 +90,7 @@ def _config_from_args(args: argparse.Namespace) -> NodeConfig:
         overrides["authority"] = args.authority
     if args.cert:
         overrides["certificate"] = args.cert
+    overrides.update(_keyring_overrides(args))
     return PROFILES[args.profile](**overrides)
 
 
@@ -452,6 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cert", metavar="FILE", help="this node's certificate (authority issue)")
     run.add_argument("--log-level", default="INFO")
     run.add_argument("--json-logs", action="store_true", help="JSON logs even on a terminal")
+    _add_keyring_run_flags(run)
+    _add_keys_parser(sub)
 
     members = sub.add_parser("members", help="list the members a node knows")
     members.add_argument("--node", default="127.0.0.1:7946", metavar="HOST:PORT")
@@ -549,6 +554,125 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return 130
 
 
+# ---------------------------------------------------------------------------- keyring
+
+
+def _add_keyring_run_flags(run: argparse.ArgumentParser) -> None:
+    run.add_argument(
+        "--keyring",
+        metavar="FILE",
+        help="seal all peer traffic with this keyring (meshnode keys init FILE)",
+    )
+    run.add_argument(
+        "--encrypt-outgoing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="seal what this node sends (default on with --keyring; off to upgrade a mesh)",
+    )
+    run.add_argument(
+        "--encrypt-incoming",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="refuse plaintext input (default on with --keyring; off to upgrade a mesh)",
+    )
+
+
+def _keyring_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if args.keyring:
+        out["keyring_file"] = args.keyring
+    for name in ("encrypt_outgoing", "encrypt_incoming"):
+        value = getattr(args, name)
+        if value is not None:
+            if not args.keyring:
+                raise ValueError(f"--{name.replace('_', '-')} needs --keyring")
+            out[name] = value
+    return out
+
+
+def _add_keys_parser(sub: Any) -> None:
+    keys = sub.add_parser("keys", help="the mesh keyring: create it, rotate keys cluster-wide")
+    ops = keys.add_subparsers(dest="keys_command", required=True)
+    init = ops.add_parser("init", help="create a keyring file holding one fresh key")
+    init.add_argument("file", help="path of the keyring file to create (mode 0600)")
+    init.add_argument("--label", default="", help="cluster label (meshes apart by label)")
+    init.add_argument("--force", action="store_true", help="replace an existing file")
+    init.add_argument("--json", action="store_true")
+    gen = ops.add_parser("generate", help="print a fresh random key (base64)")
+    gen.add_argument("--json", action="store_true")
+    for name, text in (
+        ("install", "install KEY on every member (members can then open it)"),
+        ("use", "make the installed KEY every member's primary (sealing) key"),
+        ("remove", "remove KEY from every member (refused for the primary)"),
+    ):
+        op = ops.add_parser(name, help=text)
+        op.add_argument("key", help="the key, base64")
+        op.add_argument("--node", default="127.0.0.1:7946", metavar="HOST:PORT")
+        op.add_argument("--json", action="store_true")
+    lst = ops.add_parser("list", help="every key the members hold, and how many hold each")
+    lst.add_argument("--node", default="127.0.0.1:7946", metavar="HOST:PORT")
+    lst.add_argument("--json", action="store_true")
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from protocol.keyring import Keyring, fingerprint, format_key, generate_key
+
+    if args.keys_command == "generate":
+        key = generate_key()
+        text = format_key(key)
+        print(json.dumps({"key": text, "fingerprint": fingerprint(key)}) if args.json else text)
+        return 0
+    if args.keys_command == "init":
+        from meshnode.runtime.store import save_keyring
+
+        path = Path(args.file)
+        if os.path.lexists(path) and not args.force:
+            raise ValueError(f"{path} exists; pass --force to replace it")
+        ring = Keyring.new(args.label)
+        save_keyring(path, ring)
+        out = {"file": str(path), "label": ring.label, "keys": ring.fingerprints()}
+        print(json.dumps(out) if args.json else f"{path}: key {ring.fingerprints()[0]}")
+        return 0
+    return _run_async(_cmd_keys_remote(args))
+
+
+async def _cmd_keys_remote(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"action": args.keys_command}
+    if args.keys_command != "list":
+        body["key"] = args.key
+    data = await _request_json("POST", args.node, "/v1/keys", body, wait_s=KEYS_WAIT_S)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(_keys_text(data))
+    complete = not data.get("failed") and not data.get("unreachable")
+    return 0 if complete else 1
+
+
+KEYS_WAIT_S = 600.0
+"""Seconds ``meshnode keys install|use|remove|list`` waits for the node's summary: a
+fan-out to a large mesh takes many ``key_op_timeout`` rounds when members are down."""
+
+
+def _keys_text(data: dict[str, Any]) -> str:
+    lines = [
+        f"{data['action']}: {data['acked']}/{data['members']} members acked"
+        + (f", {len(data['failed'])} refused" if data["failed"] else "")
+        + (f", {len(data['unreachable'])} did not answer" if data["unreachable"] else "")
+    ]
+    rows = [
+        (k["fingerprint"], f"{k['members']}/{data['members']}", str(k["primary_of"]))
+        for k in data["keys"]
+    ]
+    if rows:
+        lines.append(_table(rows, ("KEY", "MEMBERS", "PRIMARY OF")))
+    for node, error in data["failed"].items():
+        lines.append(f"refused by {node[:10]}: {error}")
+    for node in data["unreachable"]:
+        lines.append(f"no answer from {node[:10]}")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -575,6 +699,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_id(args)
         if args.command == "authority":
             return _cmd_authority(args)
+        if args.command == "keys":
+            return _cmd_keys(args)
     except ValueError as exc:
         print(f"meshnode: error: {exc}", file=sys.stderr)
         return 2

@@ -34,10 +34,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from protocol.errors import (
+    KeyringError,
     LocalProtocolError,
     MeshError,
     ProtocolError,
     RemoteProtocolError,
+    SealRejected,
 )
 
 __all__ = [
@@ -49,12 +51,15 @@ __all__ = [
     "IndexFullError",
     "InvalidRequest",
     "KeyFileError",
+    "KeyringError",
+    "KeyringFileError",
     "LocalProtocolError",
     "MeshError",
     "ModelMismatchError",
     "NodeNotRunning",
     "ProtocolError",
     "RemoteProtocolError",
+    "SealRejected",
 ]
 
 
@@ -105,3 +110,8 @@ class DelegationError(MeshError):
         super().__init__(reason)
         self.reason = reason
         self.attempts = tuple(attempts)
+
+
+class KeyringFileError(MeshError):
+    """A keyring file is missing, invalid, a symlink or FIFO, oversized, or accessible by
+    other users."""

@@ -71,6 +71,8 @@ class MessageType(enum.IntEnum):
     CHANNEL_FRAME = 21
     CHANNEL_PING = 22
     CHANNEL_PONG = 23
+    KEY_OP = 24
+    KEY_OP_REPLY = 25
     SIGNED_CERTIFICATE = 28
     SIGNED_REVOCATION = 29
 
@@ -404,6 +406,40 @@ class ChannelPong(Message):
     token: UInt
 
 
+# ---------------------------------------------------------------------------- keyring
+
+KeyOpId = Annotated[bytes, FixedLen(16)]
+"""A cluster-wide key operation's random id (receivers apply each id once)."""
+KeyFingerprint = Annotated[str, MaxLen(16, 1)]
+"""A keyring key's fingerprint (``protocol.keyring.fingerprint``)."""
+
+
+@wire_struct
+class KeyOp(Message):
+    """A cluster-wide keyring operation, fanned out by the member that received it from
+    an operator: ``action`` 0 list, 1 install, 2 use, 3 remove; ``key`` the 32-byte key
+    (empty for list). Travels only sealed under a key the receiver holds, in an envelope
+    signed by a member; ``issued_at`` bounds how long a captured copy could be replayed."""
+
+    TAG: ClassVar[MessageType] = MessageType.KEY_OP
+    op_id: KeyOpId
+    action: Annotated[int, Range(0, 3)]
+    key: Annotated[bytes, MaxLen(32)]
+    issued_at: Seconds
+
+
+@wire_struct
+class KeyOpReply(Message):
+    """A member's answer to a :class:`KeyOp`: whether it applied (``error`` says why
+    not) and the fingerprints of the keys it holds afterwards, primary first."""
+
+    TAG: ClassVar[MessageType] = MessageType.KEY_OP_REPLY
+    op_id: KeyOpId
+    ok: bool
+    error: Reason
+    fingerprints: Annotated[tuple[KeyFingerprint, ...], MaxItems(8)]
+
+
 MESSAGE_CLASSES: dict[int, type[Message]] = {}
 
 
@@ -440,5 +476,7 @@ for _cls in (
     ChannelPong,
     SignedCertificate,
     SignedRevocation,
+    KeyOp,
+    KeyOpReply,
 ):
     register(_cls)

@@ -27,7 +27,15 @@ from protocol import (
     signing_bytes,
 )
 from protocol.certificate import issue_certificate, issue_revocation
-from protocol.messages import ChannelAuth, ChannelFrame, ChannelHello, ChannelPing, ChannelPong
+from protocol.messages import (
+    ChannelAuth,
+    ChannelFrame,
+    ChannelHello,
+    ChannelPing,
+    ChannelPong,
+    KeyOp,
+    KeyOpReply,
+)
 
 ALICE = Identity.from_seed(b"\x01" * 32)
 BOB = Identity.from_seed(b"\x02" * 32)
@@ -102,4 +110,6 @@ def one_of_each() -> list[Message]:
         ChannelPong(9),
         cert.signed,
         revocation.signed,
+        KeyOp(b"\x04" * 16, 1, b"\x05" * 32, 1_700_000_000.0),
+        KeyOpReply(b"\x04" * 16, True, "", ("0123456789abcdef",)),
     ]

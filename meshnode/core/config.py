@@ -511,6 +511,33 @@ class NodeConfig:
     """Seconds of clock difference tolerated at the start of a certificate (a certificate
     issued by an authority whose clock runs ahead is accepted that much early), default
     300. Expiry is never extended."""
+    # ------------------------------------------------------------------ keyring
+    # Gossip encryption: every datagram, peer exchange and task frame sealed under the
+    # keyring (protocol/keyring.py). The seal adds 42 bytes: a 1,400-byte packet becomes
+    # 1,442 bytes, 1,490 with IPv6 and UDP headers, still under a 1,500-byte MTU.
+
+    keyring_file: str | None = None
+    """Path of the keyring file (JSON, mode 0600, ``meshnode keys init``), default None:
+    no keyring, nothing sealed. Key operations received at runtime are written back to it.
+    """
+    encrypt_outgoing: bool = True
+    """Seal what this node sends (only with a keyring), default True. Off while upgrading a
+    running plaintext mesh: first every node loads the keyring with both switches off,
+    then turns this on, then :attr:`encrypt_incoming` (docs/security.md)."""
+    encrypt_incoming: bool = True
+    """Require sealed input (only with a keyring), default True: plaintext datagrams,
+    bodies and frames are dropped and counted. Off: both sealed and plaintext input are
+    accepted (the middle step of an upgrade); a sealed one must still open."""
+    key_op_window: float = 120.0
+    """Seconds, default 120: a cluster-wide key operation is applied only if its
+    ``issued_at`` is within this much of our clock (either way), and its id is remembered
+    this long so a replay is refused. Longer tolerates worse clock skew; shorter narrows
+    the window a captured operation could be replayed in (within it, the id is known)."""
+    key_op_timeout: float = 10.0
+    """Seconds, default 10: how long the node that fans out a key operation waits for each
+    member's answer before counting it unreachable. All members are asked at once (at most
+    :data:`meshnode.core.keys.KEY_OP_FANOUT` concurrently), so a 10,000-member mesh
+    answers in about ``10,000 / KEY_OP_FANOUT`` round trips."""
 
     # ------------------------------------------------------------------ presets
 
@@ -576,6 +603,7 @@ class NodeConfig:
         self._validate_state_caps()
         self._validate_runtime()
         self._validate_authority()
+        self._validate_keyring()
 
     def _validate_authority(self) -> None:
         if self.authority is not None and not is_node_id(self.authority):
@@ -589,6 +617,16 @@ class NodeConfig:
         _check_int("authority_max_certificates", self.authority_max_certificates, 1, 10_000_000)
         _check_int("authority_max_revocations", self.authority_max_revocations, 1, 10_000_000)
         _check_seconds("authority_clock_skew", self.authority_clock_skew, positive=False)
+
+    def _validate_keyring(self) -> None:
+        path = self.keyring_file
+        if path is not None and (not isinstance(path, str) or not path):
+            raise ValueError(f"keyring_file must be None or a path, got {path!r}")
+        for name in ("encrypt_outgoing", "encrypt_incoming"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool")
+        _check_seconds("key_op_window", self.key_op_window, positive=True)
+        _check_seconds("key_op_timeout", self.key_op_timeout, positive=True)
 
     def _validate_task_channels(self) -> None:
         _check_int("task_max_connections", self.task_max_connections, 1, 1_000_000)

@@ -64,12 +64,13 @@ from meshnode.runtime.discovery import DiscoveryService
 from meshnode.runtime.driver import DECODE_INLINE_MAX_BYTES, Driver
 from meshnode.runtime.mcp_client import McpClientPool, McpToolResult
 from meshnode.runtime.persistence import Persistence
-from meshnode.runtime.store import NodeStore, load_certificate
+from meshnode.runtime.store import NodeStore, load_certificate, load_keyring, save_keyring
 from meshnode.runtime.tasks import DelegationError, DelegationResult, TaskService
 from meshnode.runtime.transport import (
     ConnectionGuard,
     GuardedSite,
     UdpEndpoint,
+    WireSeal,
     effective_connection_limit,
     raise_nofile_limit,
 )
@@ -85,6 +86,7 @@ from protocol import (
 )
 from protocol import verify as ed25519_verify
 from protocol.identity import public_key_from_node_id
+from protocol.keyring import Keyring
 from protocol.messages import SignedCertificate, SignedRevocation
 
 __all__ = ["DECODE_INLINE_MAX_BYTES", "Lifecycle", "MeshNode", "wait_for"]
@@ -126,9 +128,17 @@ class MeshNode:
         identity: Identity | None = None,
         verifier: Verifier = ed25519_verify,
         rng: random.Random | None = None,
+        keyring: Keyring | None = None,
     ) -> None:
         self.config = config or NodeConfig()
         self._identity = identity
+        self.seal = WireSeal(
+            keyring,
+            encrypt_outgoing=self.config.encrypt_outgoing,
+            encrypt_incoming=self.config.encrypt_incoming,
+        )
+        """The keyring and its switches (``keyring``, else ``NodeConfig.keyring_file``
+        loaded at start): every byte to and from peers passes through it."""
         self.verifier = verifier
         self._rng = rng or random.Random()
         self._capabilities: dict[str, CapabilitySpec] = {
@@ -312,6 +322,7 @@ class MeshNode:
             self._identity = Identity.generate()
         self._log = log.bind(node=short_id(self._identity.node_id), name=cfg.name)
         certificate = self._own_certificate()
+        self._load_keyring()
         incarnation = 0
         if self._store is not None:
             incarnation = self._store.incarnation() + 1
@@ -368,6 +379,7 @@ class MeshNode:
             manifest_listeners=self.manifest_listeners,
             member_listeners=self.member_listeners,
             tick=self._tick,
+            seal=self.seal,
         )
         self._driver = driver
         self._tasks_service = TaskService(
@@ -379,6 +391,7 @@ class MeshNode:
             specs=lambda: self._capabilities,
             poke=driver.poke,
             count_drop=self.count_drop,
+            seal=self.seal,
         )
         driver.tasks = self._tasks_service
         self.manifest_listeners.append(self._discovery.manifest_changed)
@@ -408,6 +421,16 @@ class MeshNode:
             seeds=len(seeds),
         )
 
+    def _load_keyring(self) -> None:
+        """Load ``NodeConfig.keyring_file`` (unless a keyring was given) and write every
+        keyring a key operation installs back to it."""
+        path = self.config.keyring_file
+        if path is None:
+            return
+        if self.seal.keyring is None:
+            self.seal.replace(load_keyring(path))
+        self.seal.listeners.append(lambda ring: save_keyring(path, ring))
+
     async def _bind(self) -> None:
         cfg = self.config
         soft, _ = raise_nofile_limit()
@@ -427,7 +450,12 @@ class MeshNode:
         last_error: OSError | None = None
         for _ in range(BIND_ATTEMPTS if cfg.port == 0 else 1):
             udp = await UdpEndpoint.open(
-                cfg.host, cfg.port, self.identity, self._on_envelope, verifier=self.verifier
+                cfg.host,
+                cfg.port,
+                self.identity,
+                self._on_envelope,
+                verifier=self.verifier,
+                seal=self.seal,
             )
             port = udp.local_address[1]
             try:

@@ -45,7 +45,7 @@ from typing import TypeVar
 import filelock
 import structlog
 
-from meshnode.errors import DataDirInUse, KeyFileError
+from meshnode.errors import DataDirInUse, KeyFileError, KeyringFileError
 from protocol import (
     Alive,
     Dead,
@@ -53,14 +53,15 @@ from protocol import (
     Leave,
     LedgerRecord,
     Manifest,
-    MeshError,
     Message,
     RemoteProtocolError,
     Suspect,
     pack,
     unpack,
 )
+from protocol.errors import KeyringError, MeshError
 from protocol.identity import SEED_BYTES
+from protocol.keyring import MAX_TEXT_BYTES, Keyring
 from protocol.messages import SignedCertificate, SignedRevocation
 
 KEY_FILE = "node.key"
@@ -68,6 +69,8 @@ KEY_FILE = "node.key"
 MAX_KEY_FILE_BYTES = 4_096
 """Largest key file read (one is 65 bytes): a larger file is refused as not a key, and a
 hostile one costs no more than this to reject."""
+MAX_KEYRING_FILE_BYTES = MAX_TEXT_BYTES
+"""Largest keyring file read (8 keys and a label are under 1 KiB)."""
 DB_FILE = "meshnode.sqlite3"
 DB_COMPANIONS = ("-wal", "-shm")
 """Files SQLite keeps beside :data:`DB_FILE` in WAL mode."""
@@ -297,6 +300,13 @@ def save_identity(path: str | os.PathLike[str], identity: Identity) -> None:
     is fsynced, renamed over ``path`` (a rename replaces a symlink at ``path`` itself, never
     its target), and the directory is fsynced so the rename survives a crash. A missing
     parent directory is created 0700."""
+    _write_secret(path, identity.to_seed().hex().encode("ascii") + b"\n")
+
+
+def _write_secret(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` with mode 0600, atomically and durably (see
+    :func:`save_identity`): a crash or a full disk leaves the old file or the new one,
+    never a mix."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
     tmp = target.with_name(target.name + ".tmp")
@@ -306,7 +316,6 @@ def save_identity(path: str | os.PathLike[str], identity: Identity) -> None:
     try:
         try:
             os.fchmod(fd, PRIVATE_FILE_MODE)
-            data = identity.to_seed().hex().encode("ascii") + b"\n"
             while data:
                 data = data[os.write(fd, data) :]
             os.fsync(fd)
@@ -324,6 +333,42 @@ def save_identity(path: str | os.PathLike[str], identity: Identity) -> None:
         os.close(dir_fd)
 
 
+def _read_secret(
+    path: str | os.PathLike[str], what: str, max_bytes: int, error: type[MeshError]
+) -> bytes:
+    """The bytes of the secret file at ``path`` (``what`` names it in errors), refused with
+    ``error`` if missing, a symlink, not a regular file (a FIFO, a device), accessible by
+    group or others, or larger than ``max_bytes``. The checks are made on the opened file
+    (``fstat``), so the file cannot be swapped between the check and the read."""
+    source = Path(path)
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError as exc:
+        raise error(f"no {what} at {source}") from exc
+    except OSError as exc:
+        if os.path.islink(source):  # O_NOFOLLOW refuses a symlink with ELOOP
+            raise error(
+                f"{what} {source} is a symlink; a key file must be a regular file "
+                f"(replace the link with the file it points to)"
+            ) from None
+        raise error(f"cannot open {what} {source}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{what} {source} is not a regular file")
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise error(
+                f"{what} {source} is accessible by other users "
+                f"(mode {stat.S_IMODE(st.st_mode):o}); run: chmod 600 {source}"
+            )
+        raw = os.read(fd, max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(raw) > max_bytes:
+        raise error(f"{what} {source} is larger than {max_bytes} bytes")
+    return raw
+
+
 def load_identity(path: str | os.PathLike[str]) -> Identity:
     """Read a key written by :func:`save_identity`.
 
@@ -333,31 +378,7 @@ def load_identity(path: str | os.PathLike[str]) -> Identity:
     seed. The checks are made on the opened file (``fstat``), so the file cannot be
     swapped between the check and the read."""
     source = Path(path)
-    try:
-        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError as exc:
-        raise KeyFileError(f"no identity key at {source}") from exc
-    except OSError as exc:
-        if os.path.islink(source):  # O_NOFOLLOW refuses a symlink with ELOOP
-            raise KeyFileError(
-                f"identity key {source} is a symlink; a key file must be a regular file "
-                f"(replace the link with the file it points to)"
-            ) from None
-        raise KeyFileError(f"cannot open identity key {source}: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise KeyFileError(f"identity key {source} is not a regular file")
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise KeyFileError(
-                f"identity key {source} is accessible by other users "
-                f"(mode {stat.S_IMODE(st.st_mode):o}); run: chmod 600 {source}"
-            )
-        raw = os.read(fd, MAX_KEY_FILE_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(raw) > MAX_KEY_FILE_BYTES:
-        raise KeyFileError(f"identity key {source} is larger than {MAX_KEY_FILE_BYTES} bytes")
+    raw = _read_secret(source, "identity key", MAX_KEY_FILE_BYTES, KeyFileError)
     text = raw.decode("ascii", errors="replace").strip()
     try:
         seed = bytes.fromhex(text)
@@ -366,6 +387,28 @@ def load_identity(path: str | os.PathLike[str]) -> Identity:
     if len(seed) != SEED_BYTES:
         raise KeyFileError(f"identity key {source} does not hold a {SEED_BYTES}-byte seed")
     return Identity.from_seed(seed)
+
+
+# ---------------------------------------------------------------------------- keyring file
+
+
+def save_keyring(path: str | os.PathLike[str], keyring: Keyring) -> None:
+    """Write ``keyring`` to ``path`` (JSON, base64 keys, primary first; mode 0600),
+    atomically and durably, never through a symlink (as :func:`save_identity`)."""
+    _write_secret(path, keyring.to_text().encode("utf-8"))
+
+
+def load_keyring(path: str | os.PathLike[str]) -> Keyring:
+    """Read a keyring written by :func:`save_keyring` (or ``meshnode keys init``).
+
+    Raises :class:`~meshnode.errors.KeyringFileError` when the file is missing, a symlink,
+    not a regular file (a FIFO), readable or writable by group or others, larger than
+    :data:`MAX_KEYRING_FILE_BYTES`, or not a valid keyring (the message says what)."""
+    raw = _read_secret(path, "keyring", MAX_KEYRING_FILE_BYTES, KeyringFileError)
+    try:
+        return Keyring.from_text(raw)
+    except KeyringError as exc:
+        raise KeyringFileError(f"keyring {path} is invalid: {exc}") from None
 
 
 def load_or_create_identity(path: str | os.PathLike[str]) -> Identity:

@@ -93,6 +93,7 @@ def health(node: MeshNode) -> dict[str, Any]:
         "local_health": m.health,
         "dropped": dict(sorted((udp.dropped if udp else Counter()).items())),
         "drops": dict(sorted(node.drops.items())),
+        "seal": node.seal.snapshot(),
         "driver_restarts": node.driver_restarts,
         "effect_failures": {
             f"{kind}/{error}": count
