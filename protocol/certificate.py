@@ -39,6 +39,10 @@ import math
 from typing import Any
 
 import msgpack
+import nacl.bindings
+import nacl.exceptions
+import nacl.public
+import nacl.signing
 
 from protocol.errors import LocalProtocolError
 from protocol.identity import (
@@ -70,6 +74,8 @@ __all__ = [
     "issue_revocation",
     "open_certificate",
     "open_revocation",
+    "open_sealed_to_me",
+    "seal_to_node",
 ]
 
 CERTIFICATE_DOMAIN = "meshnode-certificate-v1"
@@ -388,3 +394,25 @@ def issue_revocation(
     )
     signed = SignedRevocation(body, authority.sign(body))
     return Revocation(authority.public_key, serial, node_id, revoked, keep, signed)
+
+
+# ------------------------------------------------------------------------ sealing to a node
+
+
+def seal_to_node(node_id: str, data: bytes) -> bytes:
+    """Encrypt ``data`` so that only the holder of ``node_id``'s private key can read it:
+    the node's Ed25519 public key converted to Curve25519, a libsodium sealed box (an
+    ephemeral sender key, so the sealer needs no key of its own; 48 bytes of overhead)."""
+    public = nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(public_key_from_node_id(node_id))
+    return bytes(nacl.public.SealedBox(nacl.public.PublicKey(public)).encrypt(data))
+
+
+def open_sealed_to_me(seed: bytes, sealed: bytes) -> bytes:
+    """Open what :func:`seal_to_node` sealed to the identity of the 32-byte ``seed``;
+    raise :class:`CertificateError` if it was not sealed to it or was altered."""
+    signing = nacl.signing.SigningKey(seed)
+    box = nacl.public.SealedBox(signing.to_curve25519_private_key())
+    try:
+        return bytes(box.decrypt(sealed))
+    except (nacl.exceptions.CryptoError, ValueError, TypeError):
+        raise CertificateError("sealed data does not open with this node's key") from None

@@ -75,6 +75,8 @@ class MessageType(enum.IntEnum):
     KEY_OP_REPLY = 25
     SIGNED_CERTIFICATE = 28
     SIGNED_REVOCATION = 29
+    REJOIN_REQUEST = 30
+    REJOIN_REPLY = 31
 
 
 class Message:
@@ -272,6 +274,37 @@ class SignedRevocation(Message):
     TAG: ClassVar[MessageType] = MessageType.SIGNED_REVOCATION
     body: Annotated[bytes, MaxLen(REVOCATION_BODY_MAX_BYTES, 1)]
     signature: Signature
+
+
+REJOIN_NONCE_BYTES = 16
+"""Random bytes of a rejoin request's nonce (128 bits: never repeats by chance)."""
+SEALED_KEYRING_MAX_BYTES = 512
+"""Largest keyring sealed to a node in a rejoin reply: an encoded keyring is at most
+``3 + 128 + 8 × 32 = 387`` bytes, and a sealed box adds 48 (ephemeral key and tag)."""
+
+
+@wire_struct
+class RejoinRequest(Message):
+    """A node whose keyring is stale asks a member for the current one (``POST
+    /v1/wire/rejoin``, unsealed). Alone in an envelope its sender signs: ``certificate``
+    must be the sender's; ``timestamp`` (seconds, mesh clock) and the random ``nonce``
+    make a replay detectable."""
+
+    TAG: ClassVar[MessageType] = MessageType.REJOIN_REQUEST
+    certificate: SignedCertificate
+    timestamp: Seconds
+    nonce: Annotated[bytes, FixedLen(REJOIN_NONCE_BYTES)]
+
+
+@wire_struct
+class RejoinReply(Message):
+    """The member's answer: its own ``certificate`` (so the node knows it asked a member)
+    and the current keyring (``protocol.keyring.Keyring.encode``) sealed to the node's key
+    (Ed25519 converted to Curve25519, a libsodium sealed box)."""
+
+    TAG: ClassVar[MessageType] = MessageType.REJOIN_REPLY
+    certificate: SignedCertificate
+    sealed_keyring: Annotated[bytes, MaxLen(SEALED_KEYRING_MAX_BYTES, 1)]
 
 
 # ---------------------------------------------------------------------------- tasks

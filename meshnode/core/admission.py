@@ -41,7 +41,7 @@ from protocol.certificate import (
     open_revocation,
 )
 from protocol.identity import Verifier
-from protocol.messages import SignedCertificate, SignedRevocation
+from protocol.messages import RejoinRequest, SignedCertificate, SignedRevocation
 
 __all__ = ["ADMISSION_COUNTERS", "Admission", "AdmissionError", "revocation_problem"]
 
@@ -58,8 +58,18 @@ ADMISSION_COUNTERS: dict[str, str] = {
     "revocations_evicted": "revocations let go to make room",
     "unadmitted_dropped": "envelopes or exchanges dropped: sender holds no valid certificate",
     "unadmitted_news": "messages dropped: about or by a node without a valid certificate",
+    "rejoins_answered": "rejoin requests answered with the keyring",
+    "rejoins_refused": "rejoin requests refused (certificate, clock skew or replay)",
 }
 """Every counter of :attr:`Admission.counters`, with what it counts."""
+
+
+REJOIN_NONCES_MAX = 10_000
+"""Rejoin request nonces remembered (for replay protection), each for twice the allowed
+clock skew. A request costs a signature check and is rate-limited per address by the
+shell, so this many covers far more than an honest mesh ever sends in that window; when
+full, the oldest is forgotten first (its request is then outside the window anyway, or
+nearly so)."""
 
 
 class AdmissionError(ValueError):
@@ -102,6 +112,7 @@ class Admission:
         self._certs: dict[str, Certificate] = {}
         self._by_signature: dict[bytes, Certificate] = {}
         self._revocations: dict[tuple[int | None, str | None], Revocation] = {}
+        self._rejoin_nonces: dict[bytes, float] = {}  # nonce -> when it may be forgotten
         self.counters: dict[str, int] = dict.fromkeys(ADMISSION_COUNTERS, 0)
         """Named counts, see :data:`ADMISSION_COUNTERS`."""
         if own is None:
@@ -234,6 +245,46 @@ class Admission:
         """The earliest expiry among the certificates of other nodes (None: none held)."""
         times = [c.expires_at for n, c in self._certs.items() if n != self.node_id]
         return min(times) if times else None
+
+    def rejoin_problem(
+        self, sender: str, request: RejoinRequest, now: float, max_skew: float
+    ) -> str | None:
+        """Why a rejoin request from ``sender`` (the verified signer of its envelope) must
+        not be answered with the keyring (None: it may). The request's timestamp must be
+        within ``max_skew`` seconds of ``now``, its certificate valid, unrevoked, of this
+        authority and the sender's own, its nonce not seen within twice ``max_skew``."""
+        problem = self._rejoin_problem(sender, request, now, max_skew)
+        self.counters["rejoins_refused" if problem else "rejoins_answered"] += 1
+        return problem
+
+    def _rejoin_problem(
+        self, sender: str, request: RejoinRequest, now: float, max_skew: float
+    ) -> str | None:
+        if abs(request.timestamp - now) > max_skew:
+            return "request timestamp outside the allowed clock skew"
+        cert = self._held(request.certificate)
+        if cert is None:
+            try:
+                cert = open_certificate(request.certificate, self.authority, self._verifier)
+            except CertificateError as exc:
+                return str(exc)
+        if cert.node_id != sender:
+            return "the certificate is not the sender's"
+        problem = cert.problem_at(now, self._skew)
+        if problem is not None:
+            return problem
+        if self._revoked(cert):
+            return "certificate revoked"
+        nonces = self._rejoin_nonces
+        while nonces:
+            nonce, until = next(iter(nonces.items()))
+            if until > now and len(nonces) < REJOIN_NONCES_MAX:
+                break
+            del nonces[nonce]
+        if request.nonce in nonces:
+            return "replayed request"
+        nonces[request.nonce] = now + 2 * max_skew
+        return None
 
     # ------------------------------------------------------------------ internals
 

@@ -511,6 +511,13 @@ class NodeConfig:
     """Seconds of clock difference tolerated at the start of a certificate (a certificate
     issued by an authority whose clock runs ahead is accepted that much early), default
     300. Expiry is never extended."""
+
+    authority_rejoin_skew: float = 60.0
+    """Seconds, default 60: a rejoin request (a node that missed a key rotation asks a
+    member for the keyring, ``POST /v1/wire/rejoin``) is answered only if its timestamp is
+    within this much of our clock, and its nonce is remembered twice as long so a replay
+    is refused. Longer tolerates worse clocks; shorter narrows the replay window (inside
+    it, the nonce is known; and the keyring is sealed to the requester anyway)."""
     # ------------------------------------------------------------------ keyring
     # Gossip encryption: every datagram, peer exchange and task frame sealed under the
     # keyring (protocol/keyring.py). The seal adds 42 bytes: a 1,400-byte packet becomes
@@ -617,6 +624,7 @@ class NodeConfig:
         _check_int("authority_max_certificates", self.authority_max_certificates, 1, 10_000_000)
         _check_int("authority_max_revocations", self.authority_max_revocations, 1, 10_000_000)
         _check_seconds("authority_clock_skew", self.authority_clock_skew, positive=False)
+        _check_seconds("authority_rejoin_skew", self.authority_rejoin_skew, positive=True)
 
     def _validate_keyring(self) -> None:
         path = self.keyring_file

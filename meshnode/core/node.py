@@ -148,6 +148,7 @@ from protocol.messages import (
     Leave,
     ManifestRumor,
     PingReq,
+    RejoinRequest,
     SignedCertificate,
     SignedRevocation,
     Suspect,
@@ -572,6 +573,17 @@ class NodeCore:
         if self.admission is None:
             return None
         return self.admission.roles_of(node_id, self._now)
+
+    def rejoin_problem(self, sender: str, request: RejoinRequest, now: float) -> str | None:
+        """Why a node's rejoin request must not be answered with our keyring (None: it
+        may; see :meth:`~meshnode.core.admission.Admission.rejoin_problem`). Without a
+        mesh authority nobody may rejoin this way."""
+        self._advance_clock(now)
+        if self.admission is None:
+            return "this node runs without a mesh authority"
+        return self.admission.rejoin_problem(
+            sender, request, now, self.config.authority_rejoin_skew
+        )
 
     def offer_certificate(self, signed: SignedCertificate, now: float) -> bool:
         """A certificate handed to us outside a packet (e.g. by an exchange); True if it

@@ -37,6 +37,8 @@ Routes between peers (signed msgpack envelopes, ``application/x-meshnode``):
 ``GET /v1/ws/tasks``                        WebSocket carrying task negotiation frames
 ==========================================  =================================================
 
+``POST /v1/wire/rejoin`` (unsealed, signed, rate-limited per address) gives a node that
+missed a key rotation the keyring, sealed to its key, if its certificate is valid.
 ``POST /v1/authority/revoke`` (loopback callers, or the api token) takes a packed
 :class:`~protocol.messages.SignedRevocation` signed by the mesh authority and gossips it.
 
@@ -93,10 +95,12 @@ from protocol import (
     Manifest,
     PushPull,
     RemoteProtocolError,
+    decode,
     encode,
     pack,
     unpack,
 )
+from protocol.certificate import seal_to_node
 from protocol.errors import KeyringError
 from protocol.keyring import parse_key
 from protocol.limits import (
@@ -105,13 +109,22 @@ from protocol.limits import (
     MAX_VALUE_BYTES,
     SEAL_OVERHEAD_BYTES,
 )
-from protocol.messages import KeyOp, SignedRevocation
+from protocol.messages import KeyOp, RejoinReply, RejoinRequest, SignedRevocation
 
 if TYPE_CHECKING:
     from meshnode.runtime.node import MeshNode
 
 WIRE_CONTENT_TYPE = "application/x-meshnode"
 
+MAX_REJOIN_BODY_BYTES = 4_096
+"""Largest ``POST /v1/wire/rejoin`` body (one signed envelope holding a certificate, a
+timestamp and a nonce: under 1.3 KiB)."""
+REJOIN_RATE_PER_S = 0.2
+"""Rejoin requests answered per second per remote address (one every 5 s), loopback
+included: each costs two signature checks and a sealed box, and an honest node needs one
+per missed rotation."""
+REJOIN_BURST = 3
+"""Rejoin requests an address may send at once before :data:`REJOIN_RATE_PER_S` applies."""
 MAX_REVOCATION_BODY_BYTES = 1_024
 """Largest ``POST /v1/authority/revoke`` body (a packed revocation is under 400 bytes)."""
 MAX_PUSH_PULL_REQUEST_BYTES = 8 * 1024 * 1024
@@ -348,6 +361,43 @@ def build_app(node: MeshNode) -> web.Application:
                 status=502,
             )
         return web.json_response(result.to_json())
+
+    rejoin_limiter = RateLimiter(REJOIN_RATE_PER_S, REJOIN_BURST)
+
+    @routes.post("/v1/wire/rejoin")
+    async def wire_rejoin(request: web.Request) -> web.Response:
+        """A node that missed a key rotation asks for the keyring: an unsealed envelope it
+        signed, holding one ``RejoinRequest``; the answer is an unsealed envelope we sign,
+        holding our certificate and the keyring sealed to the requester's key. Rate
+        limited per address (loopback included) before anything is read."""
+        if not rejoin_limiter.allow(request.remote or "?", time.monotonic()):
+            node.count_drop("rejoin_rate_limited")
+            raise web.HTTPTooManyRequests(
+                text="too many rejoin requests from this address",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        if node.config.authority is None:
+            raise web.HTTPConflict(text="this node runs without a mesh authority")
+        ring = seal.keyring
+        if ring is None:
+            raise web.HTTPConflict(text="this node has no keyring: nothing to rejoin")
+        body = await _read_body(request, node, MAX_REJOIN_BODY_BYTES)
+        try:
+            envelope = decode(body, verifier=node.verifier)
+        except RemoteProtocolError as exc:
+            node.count_drop(f"rejoin_{type(exc).__name__}")
+            raise web.HTTPBadRequest(text=f"{type(exc).__name__}: {exc}") from None
+        messages = envelope.messages
+        if len(messages) != 1 or not isinstance(messages[0], RejoinRequest):
+            raise web.HTTPBadRequest(text="expected exactly one RejoinRequest message")
+        problem = node.core.rejoin_problem(envelope.sender, messages[0], time.time())
+        if problem is not None:
+            node.count_drop("rejoin_refused")
+            raise web.HTTPForbidden(text=f"rejoin refused: {problem}")
+        admission = node.core.admission
+        assert admission is not None
+        reply = RejoinReply(admission.own.signed, seal_to_node(envelope.sender, ring.encode()))
+        return web.Response(body=encode([reply], node.identity), content_type=WIRE_CONTENT_TYPE)
 
     @routes.post("/v1/authority/revoke")
     async def authority_revoke(request: web.Request) -> web.Response:

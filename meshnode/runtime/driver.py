@@ -100,13 +100,17 @@ from protocol import (
     short_id,
     unpack,
 )
+from protocol.certificate import CertificateError, open_sealed_to_me
+from protocol.errors import KeyringError, SealRejected
+from protocol.identity import Identity
+from protocol.keyring import Keyring
 from protocol.limits import (
     MAX_FRAME_BYTES,
     MAX_MANIFEST_BYTES,
     MAX_MESSAGES_PER_ENVELOPE,
     SEAL_OVERHEAD_BYTES,
 )
-from protocol.messages import KeyOp, KeyOpReply
+from protocol.messages import KeyOp, KeyOpReply, RejoinReply, RejoinRequest
 
 if TYPE_CHECKING:
     from meshnode.runtime.persistence import Persistence
@@ -122,7 +126,9 @@ __all__ = [
     "MAX_KEY_OP_REPLY_BYTES",
     "MAX_PUSH_PULL_REPLY_BYTES",
     "MAX_RECORDS_REPLY_BYTES",
+    "MAX_REJOIN_REPLY_BYTES",
     "READ_CHUNK_BYTES",
+    "REJOIN_RETRY_S",
     "Driver",
 ]
 
@@ -155,6 +161,12 @@ DECODE_INLINE_MAX_BYTES = 64 * 1024
 """Frames up to this size are decoded on the event loop (well under a millisecond);
 larger ones in a one-thread pool, so that the loop keeps answering probes while a
 multi-megabyte frame is checked."""
+REJOIN_RETRY_S = 5.0
+"""Seconds between two rejoin attempts of a node whose push-pulls fail as they do with a
+stale keyring (the members answer each at most every 5 s per address too)."""
+MAX_REJOIN_REPLY_BYTES = 4 * 1024
+"""Longest answer read to a ``/v1/wire/rejoin`` post (a certificate and a sealed keyring
+in one signed envelope: under 2 KiB), bytes."""
 READ_CHUNK_BYTES = 64 * 1024
 """Bytes read at a time from a peer's HTTP body when its size is capped."""
 
@@ -196,6 +208,7 @@ class Driver:
         self.core = core
         self.seal = seal or WireSeal()
         """Seals what goes to peers and opens what comes back."""
+        self._next_rejoin_at = 0.0  # monotonic time before which no rejoin is tried
         self.key_ops = KeyOpLog(core.config.key_op_window)
         """Key operation ids seen (replays refused); the rules are the core module's."""
         self.tick: Callable[[float], None] = tick or core.tick
@@ -463,10 +476,88 @@ class Driver:
         except (aiohttp.ClientError, TimeoutError, OSError, RemoteProtocolError) as exc:
             self.drops[f"push_pull_{type(exc).__name__}"] += 1
             self._log.debug("push_pull_failed", peer=format_address(addr), error=str(exc))
+            if self._keyring_may_be_stale(exc):
+                self.spawn(self._rejoin(addr))
         finally:
             core.push_pull_done(time.time())
             self._wake.set()
         self.dispatch()
+
+    # ------------------------------------------------------------------ rejoin
+
+    def _keyring_may_be_stale(self, exc: BaseException) -> bool:
+        """Did a push-pull fail the way it does when our keyring is stale (the peer
+        refused our body, or its reply did not open), with an authority to vouch for us
+        and no rejoin tried within :data:`REJOIN_RETRY_S`?"""
+        if self.seal.keyring is None or self.core.admission is None:
+            return False
+        refused = isinstance(exc, aiohttp.ClientResponseError) and exc.status == 400
+        if not (refused or isinstance(exc, SealRejected)):
+            return False
+        now = time.monotonic()
+        if now < self._next_rejoin_at:
+            return False
+        self._next_rejoin_at = now + REJOIN_RETRY_S
+        return True
+
+    async def _rejoin(self, addr: tuple[str, int]) -> None:
+        await self.rejoin(addr)
+
+    async def rejoin(self, addr: tuple[str, int]) -> bool:
+        """Ask the member at ``addr`` for the current keyring (``POST /v1/wire/rejoin``,
+        unsealed, signed by us, with our certificate, a fresh timestamp and nonce). The
+        answer counts only if it is signed by a node whose certificate (in the answer) our
+        authority issued and has not revoked; the keyring in it must open with our key.
+        It is then swapped in (and persisted by the keyring's listeners) and the join is
+        tried again at once. Returns whether a keyring was installed."""
+        core = self.core
+        admission = core.admission
+        if admission is None or not isinstance(self._signer, Identity):
+            return False
+        self.drops["rejoin_attempts"] += 1
+        request = RejoinRequest(admission.own.signed, time.time(), nacl_random(16))
+        try:
+            async with self._client().post(
+                f"http://{format_address(addr)}/v1/wire/rejoin",
+                data=encode([request], self._signer),
+                headers={"Content-Type": WIRE_CONTENT_TYPE},
+            ) as resp:
+                resp.raise_for_status()
+                raw = await read_capped(
+                    resp.content, MAX_REJOIN_REPLY_BYTES, resp.content_length, READ_CHUNK_BYTES
+                )
+            envelope = decode(raw, verifier=self._verifier)
+            got = envelope.messages
+            if len(got) != 1 or not isinstance(got[0], RejoinReply):
+                raise RemoteProtocolError("rejoin reply is not one RejoinReply")
+            reply = got[0]
+            now = time.time()
+            core.offer_certificate(reply.certificate, now)
+            if not core.admits(envelope.sender, now):
+                raise RemoteProtocolError("rejoin reply from a node our authority did not admit")
+            ring = Keyring.decode(open_sealed_to_me(self._signer.to_seed(), reply.sealed_keyring))
+        except (
+            aiohttp.ClientError,
+            TimeoutError,
+            OSError,
+            RemoteProtocolError,
+            KeyringError,
+            CertificateError,
+        ) as exc:
+            self.drops[f"rejoin_{type(exc).__name__}"] += 1
+            self._log.warning("rejoin_failed", peer=format_address(addr), error=str(exc))
+            return False
+        self.seal.replace(ring)
+        self.drops["rejoins"] += 1
+        self._log.info(
+            "rejoined",
+            peer=format_address(addr),
+            by=short_id(envelope.sender),
+            keys=ring.fingerprints(),
+        )
+        core.join([addr, *core.membership.join_seeds], time.time())
+        self.dispatch()
+        return True
 
     async def fetch_manifest(self, effect: FetchManifest) -> None:
         """Fetch a manifest: ask the effect's sources one at a time, handing each answer
