@@ -511,5 +511,7 @@ for _cls in (
     SignedRevocation,
     KeyOp,
     KeyOpReply,
+    RejoinRequest,
+    RejoinReply,
 ):
     register(_cls)

@@ -35,6 +35,8 @@ from protocol.messages import (
     ChannelPong,
     KeyOp,
     KeyOpReply,
+    RejoinReply,
+    RejoinRequest,
 )
 
 ALICE = Identity.from_seed(b"\x01" * 32)
@@ -110,6 +112,8 @@ def one_of_each() -> list[Message]:
         ChannelPong(9),
         cert.signed,
         revocation.signed,
+        RejoinRequest(cert.signed, 1.7e9, b"\x06" * 16),
+        RejoinReply(cert.signed, b"\x07" * 80),
         KeyOp(b"\x04" * 16, 1, b"\x05" * 32, 1_700_000_000.0),
         KeyOpReply(b"\x04" * 16, True, "", ("0123456789abcdef",)),
     ]

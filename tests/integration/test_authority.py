@@ -9,16 +9,21 @@ node is cut off everywhere, from a revocation handed to one node.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from meshnode.runtime.store import save_identity
+from meshnode.runtime.store import save_identity, save_keyring
 from protocol import Identity, LedgerRecord
+from protocol.keyring import Keyring, format_key, generate_key
+from protocol.messages import RejoinRequest
 from tests.adversarial.attack import Attacker, NodeProcess, http_json, udp_send, wait_until
 
 pytestmark = pytest.mark.slow
@@ -203,4 +208,127 @@ def test_outsiders_are_kept_out_and_a_revoked_node_is_cut_off(tmp_path: Path) ->
         assert doomed.node_id not in provider.members()
     finally:
         for node in running:
+            node.stop()
+
+
+def _keys(node: NodeProcess, *args: str) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(cli("keys", *args, "--node", node.address, "--json"))
+    return out
+
+
+def _alive(node: NodeProcess) -> set[str]:
+    return {n for n, m in node.members().items() if m["state"] == "alive"}
+
+
+def _post_raw(address: str, path: str, data: bytes) -> int:
+    request = urllib.request.Request(
+        f"http://{address}{path}", data=data, headers={"Content-Type": "application/x-meshnode"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def test_a_node_down_during_a_key_rotation_rejoins_through_its_certificate(
+    tmp_path: Path,
+) -> None:
+    """Five certified nodes sealed under one keyring; one is stopped, the others rotate to
+    a new key (``meshnode keys install/use/remove``), then it restarts with its stale
+    keyring file. Its push-pulls are refused (nobody can open them); it asks a member over
+    ``POST /v1/wire/rejoin`` with its certificate, gets the new keyring sealed to its key,
+    installs and persists it, and is alive everywhere again.
+
+    Before the rejoin route, such a node stayed alone: a node holding only the old key
+    never joins (``test_keyring.py::test_rotation_across_five_nodes``, ``late-old``). A
+    request signed by a stranger presenting that node's certificate is refused (403), and
+    a burst of requests from one address is rate-limited (429)."""
+    authority_dir = tmp_path / "authority"
+    authority = cli("authority", "init", str(authority_dir))
+    old = Keyring.new("rot")
+    nodes: list[NodeProcess] = []
+    certs: dict[str, Path] = {}
+
+    def start(name: str, seeds: list[str]) -> NodeProcess:
+        data = tmp_path / name
+        data.mkdir()
+        save_identity(data / "node.key", Identity.generate())
+        node_id = cli("id", "--data-dir", str(data))
+        certs[name] = tmp_path / f"{name}.cert"
+        cli(
+            "authority",
+            "issue",
+            "--dir",
+            str(authority_dir),
+            "--node-id",
+            node_id,
+            "--role",
+            "member",
+            "--days",
+            "1",
+            "--out",
+            str(certs[name]),
+        )
+        ring = tmp_path / f"{name}.keyring.json"
+        save_keyring(ring, old)
+        flags = [
+            "--authority",
+            authority,
+            "--cert",
+            str(certs[name]),
+            "--keyring",
+            str(ring),
+            "--embedder",
+            "hashing",
+        ]
+        node = NodeProcess(name, data, seeds, extra=flags)
+        nodes.append(node)
+        return node.start()
+
+    try:
+        seed = start("n0", [])
+        for i in range(1, 5):
+            start(f"n{i}", [seed.address])
+        ids = {n.node_id for n in nodes}
+        wait_until(lambda: all(_alive(n) == ids for n in nodes), READY_S, "5 certified join")
+
+        late = nodes[4]
+        late.stop()
+        others = nodes[:4]
+        wait_until(
+            lambda: all(late.node_id not in _alive(n) for n in others), READY_S, "n4 is gone"
+        )
+        new = generate_key()
+        for action, node in (("install", others[1]), ("use", others[2]), ("remove", others[3])):
+            key = new if action != "remove" else old.primary
+            out = _keys(node, action, format_key(key))
+            assert out["acked"] == 4, out
+
+        late.start()  # same data dir, certificate and (stale) keyring file
+        wait_until(
+            lambda: all(_alive(n) == ids for n in nodes),
+            READY_S,
+            "the node that missed the rotation is alive everywhere again",
+        )
+        on_disk = Keyring.from_text((tmp_path / "n4.keyring.json").read_text())
+        assert on_disk.keys == (new,)
+        answered = sum(
+            n.get("/v1/health")["admission"]["counters"]["rejoins_answered"] for n in others
+        )
+        assert answered >= 1
+
+        # A stranger replaying n4's certificate in a request it signs is refused.
+        stranger = Attacker()
+        from meshnode.runtime.store import load_certificate
+
+        request = RejoinRequest(load_certificate(certs["n4"]), time.time(), os.urandom(16))
+        statuses = [
+            _post_raw(seed.address, "/v1/wire/rejoin", stranger.envelope([request]))
+            for _ in range(6)
+        ]
+        assert statuses[0] == 403
+        assert 429 in statuses
+    finally:
+        for node in nodes:
             node.stop()
