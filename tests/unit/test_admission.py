@@ -34,9 +34,12 @@ from protocol.certificate import (
     issue_revocation,
     open_certificate,
     open_revocation,
+    open_sealed_to_me,
+    seal_to_node,
 )
 from protocol.errors import LimitExceeded, LocalProtocolError
-from protocol.messages import CERTIFICATE_BODY_MAX_BYTES, SignedCertificate
+from protocol.keyring import Keyring
+from protocol.messages import CERTIFICATE_BODY_MAX_BYTES, RejoinRequest, SignedCertificate
 
 AUTHORITY = Identity.from_seed(b"\xaa" * 32)
 OTHER_AUTHORITY = Identity.from_seed(b"\xbb" * 32)
@@ -539,3 +542,78 @@ def test_a_revoked_member_is_expelled_and_cut_off(
     # The revocation travels in push-pull state, so a node that was away learns it.
     assert revocation.signed in node.push_pull_request(False).revocations
     assert not node.revoke(revocation.signed, T0 + 3)  # not news twice
+
+
+# ---------------------------------------------------------------------------- rejoin
+
+SKEW = 60.0
+
+
+def _rejoin(
+    cert: SignedCertificate = GOOD, *, at: float = T0 + 10, nonce: bytes = b"\x01" * 16
+) -> RejoinRequest:
+    return RejoinRequest(cert, at, nonce)
+
+
+REJOIN_CASES: list[tuple[str, str, RejoinRequest, str | None]] = [
+    ("valid", NODE.node_id, _rejoin(), None),
+    ("timestamp too old", NODE.node_id, _rejoin(at=T0 + 10 - SKEW - 1), "clock skew"),
+    ("timestamp ahead", NODE.node_id, _rejoin(at=T0 + 10 + SKEW + 1), "clock skew"),
+    ("someone else's certificate", OUTSIDER.node_id, _rejoin(), "not the sender's"),
+    (
+        "certificate of another authority",
+        NODE.node_id,
+        _rejoin(_cert(authority=OTHER_AUTHORITY).signed),
+        "does not verify",
+    ),
+    (
+        "expired certificate",
+        PEER.node_id,
+        _rejoin(_cert(PEER, serial=2, issued_at=T0 - 9 * DAY, expires_at=T0 + 5).signed),
+        "expired",
+    ),
+    ("revoked certificate", PEER.node_id, _rejoin(_cert(PEER, serial=3).signed), "revoked"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "sender", "request_", "problem"), REJOIN_CASES, ids=[c[0] for c in REJOIN_CASES]
+)
+def test_rejoin_table(case: str, sender: str, request_: RejoinRequest, problem: str | None) -> None:
+    store = _store()
+    store.revoke(
+        issue_revocation(AUTHORITY, serial=3, revoked_at=T0, keep_until=T0 + 30 * DAY).signed, T0
+    )
+    found = store.rejoin_problem(sender, request_, T0 + 10, SKEW)
+    if problem is None:
+        assert found is None, case
+    else:
+        assert found is not None and problem in found, (case, found)
+
+
+def test_a_replayed_rejoin_request_is_refused_until_its_window_passed() -> None:
+    store = _store()
+    request = _rejoin(at=T0 + 10)
+    assert store.rejoin_problem(NODE.node_id, request, T0 + 10, SKEW) is None
+    assert store.rejoin_problem(NODE.node_id, request, T0 + 11, SKEW) == "replayed request"
+    fresh = _rejoin(at=T0 + 11, nonce=b"\x02" * 16)
+    assert store.rejoin_problem(NODE.node_id, fresh, T0 + 11, SKEW) is None
+    assert store.counters["rejoins_answered"] == 2 and store.counters["rejoins_refused"] == 1
+
+
+def test_a_core_without_authority_refuses_every_rejoin() -> None:
+    core = NodeCore(NodeConfig.local(), NODE, host="127.0.0.1", port=9, rng=random.Random(1))
+    assert (
+        core.rejoin_problem(NODE.node_id, _rejoin(), T0)
+        == "this node runs without a mesh authority"
+    )
+
+
+def test_a_keyring_sealed_to_a_node_opens_only_with_its_key() -> None:
+    ring = Keyring.new("prod")
+    sealed = seal_to_node(NODE.node_id, ring.encode())
+    assert Keyring.decode(open_sealed_to_me(NODE.to_seed(), sealed)) == ring
+    with pytest.raises(CertificateError):
+        open_sealed_to_me(PEER.to_seed(), sealed)
+    with pytest.raises(CertificateError):
+        open_sealed_to_me(NODE.to_seed(), _flip(sealed, 40))
