@@ -24,6 +24,7 @@ from meshnode.core.evaluator import SUCCESS_THRESHOLD
 from meshnode.core.member import Member, MemberState
 from meshnode.core.router import RoutingWeights, ScoredCandidate
 from meshnode.errors import (
+    AdmissionError,
     BindError,
     ConfigError,
     DataDirInUse,
@@ -82,6 +83,7 @@ without aiohttp."""
 __all__ = [
     "MCP_CONFIG_ENV",
     "SUCCESS_THRESHOLD",
+    "AdmissionError",
     "Attempt",
     "AttemptOutcome",
     "BindError",

@@ -43,6 +43,7 @@ from protocol.errors import (
 )
 
 __all__ = [
+    "AdmissionError",
     "BindError",
     "ConfigError",
     "DataDirInUse",
@@ -115,3 +116,9 @@ class DelegationError(MeshError):
 class KeyringFileError(MeshError):
     """A keyring file is missing, invalid, a symlink or FIFO, oversized, or accessible by
     other users."""
+
+
+class AdmissionError(MeshError, ValueError):
+    """With a mesh authority configured, this node's own certificate is missing, of another
+    authority, for another identity, expired or not valid yet (the message names the
+    ``meshnode authority issue`` command that fixes it)."""

@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from meshnode.errors import AdmissionError
 from protocol.certificate import (
     Certificate,
     CertificateError,
@@ -70,11 +71,6 @@ clock skew. A request costs a signature check and is rate-limited per address by
 shell, so this many covers far more than an honest mesh ever sends in that window; when
 full, the oldest is forgotten first (its request is then outside the window anyway, or
 nearly so)."""
-
-
-class AdmissionError(ValueError):
-    """This node's own certificate is missing, foreign, for another identity or out of
-    date (the message names the command that fixes it)."""
 
 
 def _fix(node_id: str) -> str:
