@@ -332,3 +332,32 @@ def test_a_node_down_during_a_key_rotation_rejoins_through_its_certificate(
     finally:
         for node in nodes:
             node.stop()
+
+
+def test_run_without_a_valid_certificate_fails_at_start_with_the_fix(tmp_path: Path) -> None:
+    """``meshnode run --authority`` with no certificate, or one for another node, exits at
+    once with one line naming ``meshnode authority issue``."""
+    authority_dir = tmp_path / "authority"
+    authority = cli("authority", "init", str(authority_dir))
+    other = Identity.generate()
+    wrong = tmp_path / "other.cert"
+    cli(
+        "authority", "issue", "--dir", str(authority_dir), "--node-id", other.node_id,
+        "--days", "1", "--out", str(wrong),
+    )  # fmt: skip
+    for extra in ([], ["--cert", str(wrong)]):
+        done = subprocess.run(
+            [
+                sys.executable, "-m", "meshnode.cli", "run", "--profile", "local", "--port", "0",
+                "--data-dir", str(tmp_path / "node"), "--embedder", "hashing",
+                "--authority", authority, *extra,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "meshnode authority issue" in lines[0], lines
+        assert "listening" not in done.stdout
