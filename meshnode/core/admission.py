@@ -54,6 +54,7 @@ ADMISSION_COUNTERS: dict[str, str] = {
     "certificates_revoked": "certificates refused or dropped because they are revoked",
     "certificates_evicted": "certificates let go to make room",
     "certificates_refused_full": "certificates refused: the store is full of members",
+    "revocations_verified": "revocation signatures checked",
     "revocations_accepted": "revocations stored",
     "revocations_invalid": "revocations refused: bad signature, other authority, malformed",
     "revocations_evicted": "revocations let go to make room",
@@ -108,6 +109,7 @@ class Admission:
         self._certs: dict[str, Certificate] = {}
         self._by_signature: dict[bytes, Certificate] = {}
         self._revocations: dict[tuple[int | None, str | None], Revocation] = {}
+        self._revocations_by_signature: dict[bytes, Revocation] = {}
         self._rejoin_nonces: dict[bytes, float] = {}  # nonce -> when it may be forgotten
         self.counters: dict[str, int] = dict.fromkeys(ADMISSION_COUNTERS, 0)
         """Named counts, see :data:`ADMISSION_COUNTERS`."""
@@ -202,7 +204,12 @@ class Admission:
 
     def revoke(self, signed: SignedRevocation, now: float) -> tuple[Revocation | None, list[str]]:
         """Verify and store a revocation. Returns it if it is new (else None), and the node
-        ids whose held certificate it revoked (they are no longer admitted)."""
+        ids whose held certificate it revoked (they are no longer admitted). A revocation
+        already held (same bytes) costs no signature check."""
+        known = self._revocations_by_signature.get(signed.signature)
+        if known is not None and known.signed == signed:
+            return None, []
+        self.counters["revocations_verified"] += 1
         try:
             revocation = open_revocation(signed, self.authority, self._verifier)
         except CertificateError:
@@ -216,7 +223,10 @@ class Admission:
         if held is None and len(self._revocations) >= self._max_revocations:
             self._evict_revocation(now)
         if held is None or revocation.revoked_at > held.revoked_at:
+            if held is not None:
+                self._revocations_by_signature.pop(held.signed.signature, None)
             self._revocations[revocation.key] = revocation
+            self._revocations_by_signature[signed.signature] = revocation
             self.counters["revocations_accepted"] += 1
         else:
             return None, []
@@ -234,7 +244,8 @@ class Admission:
         for node in expired:
             self._drop(node)
         for key in [k for k, r in self._revocations.items() if r.keep_until <= now]:
-            del self._revocations[key]
+            gone = self._revocations.pop(key)
+            self._revocations_by_signature.pop(gone.signed.signature, None)
         return expired
 
     def next_expiry(self) -> float | None:
@@ -325,7 +336,8 @@ class Admission:
 
     def _evict_revocation(self, now: float) -> None:
         key = min(self._revocations, key=lambda k: self._revocations[k].keep_until)
-        del self._revocations[key]
+        gone = self._revocations.pop(key)
+        self._revocations_by_signature.pop(gone.signed.signature, None)
         self.counters["revocations_evicted"] += 1
 
 
