@@ -110,6 +110,8 @@ class Admission:
         self._by_signature: dict[bytes, Certificate] = {}
         self._revocations: dict[tuple[int | None, str | None], Revocation] = {}
         self._revocations_by_signature: dict[bytes, Revocation] = {}
+        self._next_expiry: float | None = None
+        self._expiry_stale = False
         self._rejoin_nonces: dict[bytes, float] = {}  # nonce -> when it may be forgotten
         self.counters: dict[str, int] = dict.fromkeys(ADMISSION_COUNTERS, 0)
         """Named counts, see :data:`ADMISSION_COUNTERS`."""
@@ -243,15 +245,20 @@ class Admission:
         expired = [n for n, c in self._certs.items() if n != self.node_id and c.expires_at <= now]
         for node in expired:
             self._drop(node)
+        self._expiry_stale = True
         for key in [k for k, r in self._revocations.items() if r.keep_until <= now]:
             gone = self._revocations.pop(key)
             self._revocations_by_signature.pop(gone.signed.signature, None)
         return expired
 
     def next_expiry(self) -> float | None:
-        """The earliest expiry among the certificates of other nodes (None: none held)."""
-        times = [c.expires_at for n, c in self._certs.items() if n != self.node_id]
-        return min(times) if times else None
+        """The earliest expiry among the certificates of other nodes (None: none held).
+        O(1) between changes of the store (the node core asks at every tick)."""
+        if self._expiry_stale:
+            times = [c.expires_at for n, c in self._certs.items() if n != self.node_id]
+            self._next_expiry = min(times) if times else None
+            self._expiry_stale = False
+        return self._next_expiry
 
     def rejoin_problem(
         self, sender: str, request: RejoinRequest, now: float, max_skew: float
@@ -306,11 +313,16 @@ class Admission:
             self._by_signature.pop(old.signed.signature, None)
         self._certs[cert.node_id] = cert
         self._by_signature[cert.signed.signature] = cert
+        if cert.node_id != self.node_id and (
+            old is not None or self._next_expiry is None or cert.expires_at < self._next_expiry
+        ):
+            self._expiry_stale = True
 
     def _drop(self, node: str) -> None:
         cert = self._certs.pop(node, None)
         if cert is not None:
             self._by_signature.pop(cert.signed.signature, None)
+            self._expiry_stale = True
 
     def _revoked(self, cert: Certificate) -> bool:
         for key in ((cert.serial, None), (None, cert.node_id), (cert.serial, cert.node_id)):

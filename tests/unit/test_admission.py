@@ -628,3 +628,27 @@ def test_a_keyring_sealed_to_a_node_opens_only_with_its_key() -> None:
         open_sealed_to_me(PEER.to_seed(), sealed)
     with pytest.raises(CertificateError):
         open_sealed_to_me(NODE.to_seed(), _flip(sealed, 40))
+
+
+def test_a_member_whose_certificate_expires_is_expelled_at_the_next_tick() -> None:
+    node = _core(NODE, 7001, GOOD)
+    third = Identity.from_seed(b"\x05" * 32)
+    short = _cert(third, serial=6, expires_at=T0 + 100).signed
+    node.receive(third.node_id, [short, _alive(third, 7005)], ("127.0.0.1", 7005), T0)
+    assert node.membership.member(third.node_id) is not None
+    node.tick(T0 + 50)
+    assert node.membership.member(third.node_id) is not None
+    node.take_effects()
+    node.tick(T0 + 101)
+    assert node.membership.member(third.node_id) is None
+    assert CloseChannels(third.node_id, "certificate expired") in node.take_effects()
+
+
+def test_the_next_expiry_follows_replacements_and_prunes() -> None:
+    store = _store()
+    store.offer(_cert(PEER, serial=2, expires_at=T0 + 10).signed, T0)
+    assert store.next_expiry() == T0 + 10
+    store.offer(_cert(PEER, serial=3, expires_at=T0 + 20).signed, T0)  # renewed
+    assert store.next_expiry() == T0 + 20
+    assert store.prune(T0 + 20) == [PEER.node_id]
+    assert store.next_expiry() is None
