@@ -44,6 +44,14 @@ is due. Inputs:
 * trust: ``record_outcome``, ``sign_opinions``, ``durable_failed``, ``durable_written``;
   queries ``trust_view(now)``, ``direct_experience()``, ``opinion(peer)``;
 * routing: ``route(hits, now, ...)`` ranks what the capability index found.
+* admission (with ``NodeConfig.authority``; see :mod:`meshnode.core.admission`):
+  ``revoke`` (a revocation from the operator), ``offer_certificate``, and the queries
+  ``admits(node_id, now)``, ``roles_of(node_id)`` and ``rejoin_problem(sender, request,
+  now)``. Every input above that carries news from peers (``receive``, the push-pull legs,
+  ``apply_records``, ``task_message``) takes it only from admitted senders, and only news
+  by and about admitted nodes; certificates and revocations ride the same packets and
+  push-pull state, and a revoked or expired member is expelled (``CloseChannels``, its
+  tasks failed, membership reports it left and forgets it).
 
 Queries the shells use: ``next_deadline()`` (everything), ``task_deadline()`` (the task
 side alone), ``waiting_on(peer)``, ``attempt_node(task_id)``, ``send_still_due(send)``,
