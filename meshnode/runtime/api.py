@@ -92,7 +92,7 @@ from protocol import (
     pack,
 )
 from protocol.errors import KeyringError
-from protocol.keyring import parse_key
+from protocol.keyring import is_sealed, parse_key
 from protocol.limits import (
     MAX_DEPTH,
     MAX_MESSAGES_PER_ENVELOPE,
@@ -250,7 +250,17 @@ def build_app(node: MeshNode) -> web.Application:
 
     @routes.post("/v1/wire/keys")
     async def wire_keys(request: web.Request) -> web.Response:
-        envelope = await signed_envelope(request, MAX_KEY_OP_REQUEST_BYTES)
+        # Key operations travel sealed whatever the switches say: plaintext accepted
+        # during an upgrade never changes a keyring.
+        body = await _read_body(request, node, MAX_KEY_OP_REQUEST_BYTES + SEAL_OVERHEAD_BYTES)
+        if not is_sealed(body):
+            node.count_drop("key_op_unsealed")
+            raise web.HTTPForbidden(text="key operations must be sealed under the keyring")
+        try:
+            envelope = await node.decode_frame(body)
+        except RemoteProtocolError as exc:
+            node.count_drop(type(exc).__name__)
+            raise web.HTTPBadRequest(text=f"{type(exc).__name__}: {exc}") from None
         if len(envelope.messages) != 1 or not isinstance(envelope.messages[0], KeyOp):
             raise web.HTTPBadRequest(text="expected exactly one KeyOp message")
         driver = node.driver

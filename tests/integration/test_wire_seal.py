@@ -118,3 +118,32 @@ async def test_in_process_nodes_share_a_keyring_and_rotate(tmp_path: Path) -> No
                 assert node.seal.keyring is not None
                 assert node.seal.keyring.keys == (K2, K1)
                 assert load_keyring(tmp_path / f"{name}.keyring.json").keys == (K2, K1)
+
+
+async def test_key_operations_need_a_sealed_exchange_from_a_member(tmp_path: Path) -> None:
+    """``POST /v1/wire/keys``: a member's plaintext operation is refused (403) even with
+    ``encrypt_incoming`` off; a stranger that holds the key but is not a member gets a
+    refusal; neither changes the keyring."""
+    import os
+    import time
+
+    import aiohttp
+
+    from protocol import decode, encode
+    from protocol.messages import KeyOp, KeyOpReply
+
+    ring = Keyring((K1,), "lab")
+    cfg = _local(tmp_path, "a", ring, encrypt_incoming=False)
+    async with MeshNode(cfg) as a, aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{a.address[1]}/v1/wire/keys"
+        op = KeyOp(os.urandom(16), int(Action.INSTALL), K2, time.time())
+        stranger = Identity.generate()
+        async with session.post(url, data=encode([op], a.identity)) as resp:
+            assert resp.status == 403  # plaintext, though signed by the node itself
+        async with session.post(url, data=ring.seal(encode([op], stranger))) as resp:
+            assert resp.status == 200
+            reply = decode(ring.open(await resp.read())).messages[0]
+        assert isinstance(reply, KeyOpReply)
+        assert not reply.ok and "not a member" in reply.error
+        assert a.seal.keyring is not None and a.seal.keyring.keys == (K1,)
+        assert load_keyring(tmp_path / "a.keyring.json").keys == (K1,)
