@@ -245,8 +245,10 @@ def build_app(node: MeshNode) -> web.Application:
         records = [m for m in envelope.messages if isinstance(m, LedgerRecord)]
         if len(records) != len(envelope.messages):
             raise web.HTTPBadRequest(text="expected only LedgerRecord messages")
-        applied = node.handle_records(records)
-        return wire_response(json.dumps({"applied": applied}).encode())
+        applied = {"applied": node.handle_records(records)}
+        if seal.sealing:
+            return wire_response(json.dumps(applied).encode())
+        return web.json_response(applied)
 
     @routes.post("/v1/wire/keys")
     async def wire_keys(request: web.Request) -> web.Response:

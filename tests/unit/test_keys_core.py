@@ -177,3 +177,30 @@ def test_summary_counts_every_member_once() -> None:
         f2: (3, 2),
     }
     assert summarize(Action.LIST, b"", {}).to_json()["key"] == ""
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"keyring_file": ""},
+        {"keyring_file": 5},
+        {"encrypt_outgoing": "yes"},
+        {"encrypt_incoming": 1},
+        {"key_op_window": 0.0},
+        {"key_op_timeout": -1.0},
+        {"keyring_file": "ring.json", "max_packet_bytes": 65_507},
+    ],
+)
+def test_keyring_config_is_validated(overrides: dict[str, object]) -> None:
+    from meshnode import ConfigError, NodeConfig
+
+    with pytest.raises(ConfigError):
+        NodeConfig(**overrides)  # type: ignore[arg-type]
+
+
+def test_keyring_config_defaults() -> None:
+    from meshnode import NodeConfig
+
+    cfg = NodeConfig(keyring_file="ring.json", max_packet_bytes=65_507 - 42)
+    assert (cfg.encrypt_outgoing, cfg.encrypt_incoming) == (True, True)
+    assert NodeConfig().keyring_file is None
