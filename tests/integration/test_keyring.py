@@ -508,3 +508,21 @@ def _capture() -> Iterator[list[bytes]]:
         stop.set()
         thread.join(5)
         sock.close()
+
+
+def test_run_refuses_a_keyring_file_it_must_not_trust(tmp_path: Path) -> None:
+    """``meshnode run --keyring`` with a world-readable keyring file exits 1 at once with
+    one line naming the file and the fix; with ``--encrypt-incoming`` but no keyring it
+    exits 2."""
+    path = tmp_path / "ring.json"
+    ring_file(path, Keyring.new())
+    path.chmod(0o644)
+    base = ["run", "--port", "0", "--data-dir", str(tmp_path / "d"), "--embedder", "hashing"]
+    done = meshnode(*base, "--keyring", str(path))
+    assert done.returncode == 1
+    assert "accessible by other users" in done.stderr and "chmod 600" in done.stderr
+    done = meshnode(*base, "--encrypt-incoming")
+    assert done.returncode == 2
+    assert "needs --keyring" in done.stderr
+    init = meshnode("keys", "init", str(path))
+    assert init.returncode == 2 and "exists" in init.stderr
