@@ -30,6 +30,7 @@ from typing import Any
 from meshnode.core.router import RoutingWeights
 from meshnode.errors import ConfigError
 from protocol.identity import is_node_id
+from protocol.limits import MAX_DATAGRAM_BYTES, SEAL_OVERHEAD_BYTES
 
 __all__ = ["NodeConfig", "format_address", "parse_address"]
 
@@ -633,6 +634,11 @@ class NodeConfig:
         for name in ("encrypt_outgoing", "encrypt_incoming"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool")
+        if path is not None and self.max_packet_bytes > MAX_DATAGRAM_BYTES - SEAL_OVERHEAD_BYTES:
+            raise ValueError(
+                f"max_packet_bytes must be at most {MAX_DATAGRAM_BYTES - SEAL_OVERHEAD_BYTES} "
+                f"with a keyring (a sealed packet is {SEAL_OVERHEAD_BYTES} bytes longer)"
+            )
         _check_seconds("key_op_window", self.key_op_window, positive=True)
         _check_seconds("key_op_timeout", self.key_op_timeout, positive=True)
 

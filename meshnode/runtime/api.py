@@ -102,7 +102,7 @@ from protocol import (
 )
 from protocol.certificate import seal_to_node
 from protocol.errors import KeyringError
-from protocol.keyring import parse_key
+from protocol.keyring import is_sealed, parse_key
 from protocol.limits import (
     MAX_DEPTH,
     MAX_MESSAGES_PER_ENVELOPE,
@@ -266,12 +266,24 @@ def build_app(node: MeshNode) -> web.Application:
         records = [m for m in envelope.messages if isinstance(m, LedgerRecord)]
         if len(records) != len(envelope.messages):
             raise web.HTTPBadRequest(text="expected only LedgerRecord messages")
-        applied = node.handle_records(records)
-        return wire_response(json.dumps({"applied": applied}).encode())
+        applied = {"applied": node.handle_records(records)}
+        if seal.sealing:
+            return wire_response(json.dumps(applied).encode())
+        return web.json_response(applied)
 
     @routes.post("/v1/wire/keys")
     async def wire_keys(request: web.Request) -> web.Response:
-        envelope = await signed_envelope(request, MAX_KEY_OP_REQUEST_BYTES)
+        # Key operations travel sealed whatever the switches say: plaintext accepted
+        # during an upgrade never changes a keyring.
+        body = await _read_body(request, node, MAX_KEY_OP_REQUEST_BYTES + SEAL_OVERHEAD_BYTES)
+        if not is_sealed(body):
+            node.count_drop("key_op_unsealed")
+            raise web.HTTPForbidden(text="key operations must be sealed under the keyring")
+        try:
+            envelope = await node.decode_frame(body)
+        except RemoteProtocolError as exc:
+            node.count_drop(type(exc).__name__)
+            raise web.HTTPBadRequest(text=f"{type(exc).__name__}: {exc}") from None
         if len(envelope.messages) != 1 or not isinstance(envelope.messages[0], KeyOp):
             raise web.HTTPBadRequest(text="expected exactly one KeyOp message")
         driver = node.driver

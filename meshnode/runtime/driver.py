@@ -430,14 +430,14 @@ class Driver:
         return session
 
     async def _post_envelope(
-        self, addr: tuple[str, int], path: str, body: bytes, cap: int
+        self, addr: tuple[str, int], path: str, body: bytes, cap: int, *, sealed: bool = False
     ) -> bytes:
         """POST ``body`` and return the reply, read with a hard cap of ``cap`` bytes: a
         longer reply aborts the connection and raises
         :class:`~meshnode.runtime.transport.BodyTooLarge`."""
         async with self._client().post(
             f"http://{format_address(addr)}{path}",
-            data=self.seal.seal(body),
+            data=body if sealed else self.seal.seal(body),
             headers={"Content-Type": WIRE_CONTENT_TYPE},
         ) as resp:
             resp.raise_for_status()
@@ -642,11 +642,20 @@ class Driver:
         return summarize(action, key, answers)
 
     async def _ask_key_op(self, node: str, addr: tuple[str, int], op: KeyOp) -> KeyOpReply | None:
-        """One member's answer to ``op``, or None when it could not be had."""
+        """One member's answer to ``op``, or None when it could not be had. The request is
+        sealed whatever ``encrypt_outgoing`` says: members accept key operations only
+        sealed."""
+        ring = self.seal.keyring
+        if ring is None:
+            return None
         try:
             async with asyncio.timeout(self.core.config.key_op_timeout):
                 data = await self._post_envelope(
-                    addr, "/v1/wire/keys", encode([op], self._signer), MAX_KEY_OP_REPLY_BYTES
+                    addr,
+                    "/v1/wire/keys",
+                    ring.seal(encode([op], self._signer)),
+                    MAX_KEY_OP_REPLY_BYTES,
+                    sealed=True,
                 )
                 envelope = self._open_and_decode(data)
         except (aiohttp.ClientError, TimeoutError, OSError, RemoteProtocolError) as exc:

@@ -429,7 +429,15 @@ class MeshNode:
             return
         if self.seal.keyring is None:
             self.seal.replace(load_keyring(path))
-        self.seal.listeners.append(lambda ring: save_keyring(path, ring))
+
+        def persist(ring: Keyring) -> None:
+            try:
+                save_keyring(path, ring)
+            except OSError as exc:  # the new keyring is in use; a restart would lose it
+                self._log.error("keyring_persist_failed", path=path, error=str(exc))
+                raise
+
+        self.seal.listeners.append(persist)
 
     async def _bind(self) -> None:
         cfg = self.config
