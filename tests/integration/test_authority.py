@@ -182,9 +182,12 @@ def test_outsiders_are_kept_out_and_a_revoked_node_is_cut_off(tmp_path: Path) ->
                 doomed.node_id,
                 "--node",
                 member.address,
+                "--out",
+                str(tmp_path / "doomed.rev"),
                 "--json",
             )
         )
+        assert (tmp_path / "doomed.rev").is_file()
         assert revoked["accepted"] is True
         wait_until(
             lambda: all(doomed.node_id not in n.members() for n in (provider, member)),
