@@ -243,8 +243,9 @@ def test_a_node_down_during_a_key_rotation_rejoins_through_its_certificate(
     ``POST /v1/wire/rejoin`` with its certificate, gets the new keyring sealed to its key,
     installs and persists it, and is alive everywhere again.
 
-    Before the rejoin route, such a node stayed alone: a node holding only the old key
-    never joins (``test_keyring.py::test_rotation_across_five_nodes``, ``late-old``). A
+    Before the rejoin route, such a node stayed alone: with the driver never asking, the
+    node was still not alive anywhere after the 30 s wait (as ``late-old`` in
+    ``test_keyring.py::test_rotation_across_five_nodes`` never joins). A
     request signed by a stranger presenting that node's certificate is refused (403), and
     a burst of requests from one address is rate-limited (429)."""
     authority_dir = tmp_path / "authority"
