@@ -103,3 +103,32 @@ def test_a_node_with_a_certificate_of_another_authority_cannot_start() -> None:
     ).signed
     with pytest.raises(AdmissionError, match="meshnode authority issue"):
         cluster.start(node, [])
+
+
+def test_a_node_that_was_down_learns_the_revocation_from_push_pull() -> None:
+    """A node is down while a member is revoked; restarted (nothing of the revocation on
+    its disk), it learns the revocation in its join exchange and drops the revoked member
+    within a few seconds, though the revoked member is still running and gossiping."""
+    cluster, nodes = _mesh(6)
+    victim, away = nodes[4], nodes[5]
+    cluster.crash(away)
+    revocation = issue_revocation(
+        AUTHORITY, node_id=victim.node_id, revoked_at=cluster.now, keep_until=EXPIRES
+    )
+    assert cluster.revoke(nodes[0], revocation.signed)
+    cluster.run_until(cluster.now + 15.0)
+    cluster.start(away, nodes[:2])
+    cluster.run_until(
+        cluster.now + 10.0,
+        stop=lambda: (
+            away.core is not None
+            and away.core.admission is not None
+            and away.core.admission.revocation_count == 1
+            and all(_knows(away, n) for n in nodes[:4])
+        ),
+    )
+    assert away.core is not None and away.core.admission is not None
+    assert away.core.admission.revocation_count == 1
+    assert all(_knows(away, n) for n in nodes[:4])
+    cluster.run_until(cluster.now + 10.0)
+    assert not _knows(away, victim)
