@@ -28,6 +28,18 @@ processes:
   The provider also runs ``max_concurrent_tasks = 256``. Its WebSocket server, hard-wired to
   0.0.0.0, is bound to 127.0.0.1 and its advertised endpoint names 127.0.0.1.
 
+Admission: the meshnode side runs twice in the same run, with peer traffic in clear and
+then sealed under a keyring (``--keyring`` on the provider, ``keyring_file`` on the
+requester: every datagram, push-pull and task frame sealed, see docs/security.md), and
+``encryption`` reports the sealed run's throughput and latency against the clear one's
+(goal: at most 10 % cost at 32 in flight, and 1,500 delegations/s with everything on).
+The cost is given twice: as lost throughput (``cost_at_32_in_flight``, what a user sees,
+but noisy on a shared machine) and as extra CPU time per delegation summed over both
+processes (``cpu_cost_at_32_in_flight``, steadier).
+``--admission`` picks the runs. :class:`Admission` is the hook for the mesh authority's
+certificates: :func:`admission_setup` is the one place that turns an admission level into
+provider flags and requester config.
+
 Figures: round-trip latency of sequential delegations (p50, p95, p99, in ms) and throughput
 (completed delegations per second) with 1, 32 and 128 delegations in flight from the one
 requester to the one provider. Goals (booleans in ``goals``): p50 under 2 ms; at least
@@ -104,6 +116,50 @@ QUICK = Plan(
     ref_latency=40,
     ref_throughput={1: 30, 32: 128, 128: 256},
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class Admission:
+    """What admission the meshnode run uses: a keyring (sealed peer traffic) and, once the
+    mesh authority exists, membership certificates."""
+
+    keyring: bool = False
+    certificates: bool = False
+
+    @property
+    def name(self) -> str:
+        parts = [p for p, on in (("keyring", self.keyring), ("certs", self.certificates)) if on]
+        return "+".join(parts) or "clear"
+
+
+ADMISSIONS = {
+    "clear": (Admission(),),
+    "keyring": (Admission(keyring=True),),
+    "both": (Admission(), Admission(keyring=True)),
+}
+"""``--admission`` choices: which runs of the meshnode side to make."""
+
+ENCRYPTION_COST_GOAL = 0.10
+"""Most throughput the sealed run may lose against the clear run at 32 in flight."""
+
+
+def admission_setup(admission: Admission, workdir: Path) -> tuple[list[str], dict[str, Any]]:
+    """Provider ``meshnode run`` flags and requester ``NodeConfig`` overrides for
+    ``admission`` (files it needs are written under ``workdir``)."""
+    flags: list[str] = []
+    overrides: dict[str, Any] = {}
+    if admission.keyring:
+        from meshnode.runtime.store import save_keyring
+        from protocol.keyring import Keyring
+
+        path = workdir / "bench.keyring.json"
+        if not path.exists():
+            save_keyring(path, Keyring.new("bench"))
+        flags += ["--keyring", str(path)]
+        overrides["keyring_file"] = str(path)
+    if admission.certificates:
+        raise NotImplementedError("membership certificates are not available in this build")
+    return flags, overrides
 
 
 class BenchProvider(MeshNode):
@@ -249,8 +305,9 @@ async def run_phase(
 # --------------------------------------------------------------------------- meshnode
 
 
-def start_provider() -> tuple[subprocess.Popen[str], str, str]:
-    """Start the provider process; return it, its node id and its address."""
+def start_provider(extra: Sequence[str] = ()) -> tuple[subprocess.Popen[str], str, str]:
+    """Start the provider process (with ``extra`` flags); return it, its node id and its
+    address."""
     cmd = [
         sys.executable,
         "-m",
@@ -266,6 +323,7 @@ def start_provider() -> tuple[subprocess.Popen[str], str, str]:
         "bench-provider",
         "--log-level",
         "WARNING",
+        *extra,
     ]
     proc = subprocess.Popen(
         cmd,
@@ -309,13 +367,19 @@ async def wait_until_discoverable(node: MeshNode, provider_id: str) -> None:
 
 
 async def measure_meshnode_async(
-    plan: Plan, provider_id: str, address: str, provider_pid: int
+    plan: Plan,
+    provider_id: str,
+    address: str,
+    provider_pid: int,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
 
     def cpu() -> dict[str, float]:
         return {"requester": time.process_time(), "provider": process_cpu_s(provider_pid)}
 
-    config = NodeConfig.local(name="bench-requester", port=0, seeds=(address,), embedder="hashing")
+    config = NodeConfig.local(
+        name="bench-requester", port=0, seeds=(address,), embedder="hashing", **(overrides or {})
+    )
     async with MeshNode(config) as node:
         await wait_until_discoverable(node, provider_id)
 
@@ -347,21 +411,32 @@ async def measure_meshnode_async(
             "negotiation_only_latency_ms": bare["latency_ms"],
             "throughput": throughput,
             "requester_counters": dict(node.tasks.counters),
+            "requester_seal": node.seal.snapshot(),
             "ledger_outcomes_recorded": None if opinion is None else opinion.outcomes,
         }
 
 
-def measure_meshnode(plan: Plan) -> dict[str, Any]:
-    proc, provider_id, address = start_provider()
+def measure_meshnode(plan: Plan, admission: Admission = Admission()) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        flags, overrides = admission_setup(admission, Path(tmp))
+        return _measure_meshnode(plan, admission, flags, overrides)
+
+
+def _measure_meshnode(
+    plan: Plan, admission: Admission, flags: list[str], overrides: dict[str, Any]
+) -> dict[str, Any]:
+    log(f"meshnode: admission {admission.name}")
+    proc, provider_id, address = start_provider(flags)
     try:
+        main = measure_meshnode_async(plan, provider_id, address, proc.pid, overrides)
         try:
             import uvloop
         except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-            result = asyncio.run(measure_meshnode_async(plan, provider_id, address, proc.pid))
+            result = asyncio.run(main)
             loop_name = "asyncio"
         else:
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                result = runner.run(measure_meshnode_async(plan, provider_id, address, proc.pid))
+                result = runner.run(main)
             loop_name = "uvloop"
     finally:
         proc.terminate()
@@ -379,6 +454,7 @@ def measure_meshnode(plan: Plan) -> dict[str, Any]:
             "local profile, 127.0.0.1, full path: node.delegate(name, input)"
         ),
         "event_loop": loop_name,
+        "admission": dataclasses.asdict(admission),
         **result,
     }
 
@@ -627,6 +703,36 @@ def _measure_reference(refvenv: Path, plan: Plan) -> dict[str, Any]:
 # --------------------------------------------------------------------------- main
 
 
+def encryption_cost(clear: dict[str, Any], sealed: dict[str, Any]) -> dict[str, Any]:
+    """The sealed run against the clear one: throughput ratio per in-flight level, p50
+    latency ratio, and the cost at 32 in flight (1 - ratio) against its goal."""
+    ratios = {}
+    for k in IN_FLIGHT:
+        base = clear["throughput"][str(k)]["per_second"]
+        ratios[str(k)] = (
+            round(sealed["throughput"][str(k)]["per_second"] / base, 3) if base else None
+        )
+    cost = None if ratios["32"] is None else round(1.0 - ratios["32"], 3)
+
+    def cpu_us(run: dict[str, Any]) -> float:
+        return float(sum(run["throughput"]["32"]["cpu_us_per_delegation"].values()))
+
+    cpu_cost = round(cpu_us(sealed) / cpu_us(clear) - 1.0, 3) if cpu_us(clear) else None
+    return {
+        "throughput_ratio_sealed_vs_clear": ratios,
+        "latency_p50_ratio_sealed_vs_clear": round(
+            sealed["latency_ms"]["p50"] / clear["latency_ms"]["p50"], 3
+        ),
+        "cost_at_32_in_flight": cost,
+        "cost_goal": ENCRYPTION_COST_GOAL,
+        "within_goal": None if cost is None else cost <= ENCRYPTION_COST_GOAL,
+        "cpu_cost_at_32_in_flight": cpu_cost,
+        "cpu_within_goal": None if cpu_cost is None else cpu_cost <= ENCRYPTION_COST_GOAL,
+        "sealed_at_least_1500_per_s_with_32_in_flight": sealed["throughput"]["32"]["per_second"]
+        >= 1500,
+    }
+
+
 def goals(ours: dict[str, Any], ref: dict[str, Any] | None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "p50_under_2ms": ours["latency_ms"]["p50"] < 2.0,
@@ -656,6 +762,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer delegations per phase")
     parser.add_argument("--no-reference", action="store_true", help="skip agentmesh-proto")
     parser.add_argument("--refvenv", type=Path, default=DEFAULT_REFVENV)
+    parser.add_argument(
+        "--admission",
+        choices=sorted(ADMISSIONS),
+        default="both",
+        help="meshnode runs: clear, keyring (sealed), or both in one run (default)",
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
 
@@ -674,7 +786,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "load_average_start": load_average(),
         },
     }
-    report["meshnode"] = measure_meshnode(plan)
+    runs = {a.name: measure_meshnode(plan, a) for a in ADMISSIONS[args.admission]}
+    report["meshnode"] = runs.get("clear") or runs["keyring"]
+    if "keyring" in runs:
+        report["meshnode_sealed"] = runs["keyring"]
+    if "clear" in runs and "keyring" in runs:
+        report["encryption"] = encryption_cost(runs["clear"], runs["keyring"])
     ref: dict[str, Any] | None = None
     if not args.no_reference:
         try:

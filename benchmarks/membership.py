@@ -51,6 +51,14 @@ most 3× serf's; RSS at most 60 MB per node (MB = 10^6 bytes throughout). A goal
 needs serf is ``null`` when serf did not run (``--skip-serf``, or no ``serf`` binary:
 the JSON says which under ``"serf"``).
 
+Encryption: with ``--encryption both`` (the default) the meshnode scenario runs twice
+per size in the same invocation, in clear and then with every node on one keyring
+(``meshnode run --keyring``, all peer traffic sealed, docs/security.md); ``encryption``
+gives the sealed run's idle CPU, RSS, join and detection times over the clear run's (goal:
+idle CPU at most 10 % more, and zero false positives sealed too). ``on`` or ``off`` run one
+of the two. :class:`MeshnodeCluster`'s ``admission_flags`` is the hook where membership
+certificates will be switched on too.
+
 ``--embedder hashing`` passes ``--embedder hashing`` to ``meshnode run``, to measure the
 membership layer without the MiniLM model that the default (``auto``) loads at start when
 the ``semantic`` extra is installed. Before starting N
@@ -937,10 +945,20 @@ class MeshnodeCluster(Cluster):
     prefix = "m"
     suspect_is_visible = True
 
-    def __init__(self, n: int, workdir: Path, deathsig: list[str], embedder: str) -> None:
+    def __init__(
+        self,
+        n: int,
+        workdir: Path,
+        deathsig: list[str],
+        embedder: str,
+        admission_flags: Sequence[str] = (),
+    ) -> None:
         super().__init__(n, workdir, deathsig)
         self._names: dict[str, str] = {}
         self.embedder = embedder
+        self.admission_flags = list(admission_flags)
+        """Extra ``meshnode run`` flags for every node: the keyring (and, later,
+        certificates)."""
 
     def command(self, index: int, seed: Node | None) -> list[str]:
         data_dir = self.workdir / f"{self.prefix}{index}"
@@ -964,6 +982,7 @@ class MeshnodeCluster(Cluster):
         ]
         if self.embedder != "default":
             cmd += ["--embedder", self.embedder]
+        cmd += self.admission_flags
         if seed is not None:
             cmd += ["--seed", seed.address]
         return cmd
@@ -1131,6 +1150,52 @@ def compare(mesh: dict[str, Any], serf: dict[str, Any] | None) -> dict[str, Any]
     return {"ratios": ratios, "goals": goals}
 
 
+ENCRYPTION_CPU_GOAL = 1.10
+"""Most idle CPU per node the sealed run may use, as a multiple of the clear run's."""
+
+
+def keyring_flags(workdir: Path) -> list[str]:
+    """``meshnode run`` flags putting every node on one fresh keyring in ``workdir``."""
+    from meshnode.runtime.store import save_keyring
+    from protocol.keyring import Keyring
+
+    path = workdir / "bench.keyring.json"
+    workdir.mkdir(parents=True, exist_ok=True)
+    save_keyring(path, Keyring.new("bench"))
+    return ["--keyring", str(path)]
+
+
+def compare_encryption(clear: dict[str, Any], sealed: dict[str, Any]) -> dict[str, Any]:
+    """The sealed meshnode run over the clear one, for one cluster size."""
+    ratios = {
+        "join": _ratio(_get(sealed, "join", "join_s"), _get(clear, "join", "join_s")),
+        "detect": _ratio(
+            _get(sealed, "detection", "detect_s"), _get(clear, "detection", "detect_s")
+        ),
+        "idle_cpu_per_node": _ratio(
+            _get(sealed, "idle", "cpu_pct_per_node", "mean"),
+            _get(clear, "idle", "cpu_pct_per_node", "mean"),
+        ),
+        "rss_per_node": _ratio(
+            _get(sealed, "idle", "rss_mb_per_node", "mean"),
+            _get(clear, "idle", "rss_mb_per_node", "mean"),
+        ),
+    }
+    fp = sealed["false_positives"]
+    cpu = ratios["idle_cpu_per_node"]
+    return {
+        "ratios_sealed_vs_clear": ratios,
+        "goals": {
+            "sealed_idle_cpu_at_most_1_1x_clear": None
+            if cpu is None
+            else cpu <= ENCRYPTION_CPU_GOAL,
+            "sealed_zero_false_positives": sealed["error"] is None
+            and fp["suspect_events"] == 0
+            and fp["failed_events"] == 0,
+        },
+    }
+
+
 def overall(goals: Iterable[dict[str, bool | None]]) -> dict[str, bool | None]:
     """Per goal across sizes: False if any size fails, None if any lacks a baseline."""
     merged: dict[str, list[bool | None]] = {}
@@ -1252,6 +1317,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "semantic extra is installed; hashing: no model in memory)",
     )
     parser.add_argument("--logs", type=Path, help="keep every node's output in this directory")
+    parser.add_argument(
+        "--encryption",
+        choices=("off", "on", "both"),
+        default="both",
+        help="meshnode runs in clear (off), sealed under a keyring (on), or both (default)",
+    )
     args = parser.parse_args(argv)
     sizes: tuple[int, ...] = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
     settle, idle = (QUICK_SETTLE_S, QUICK_IDLE_S) if args.quick else (SETTLE_S, IDLE_S)
@@ -1277,6 +1348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "idle_window_s": idle,
             "meshnode_profile": "lan",
             "meshnode_embedder": args.embedder,
+            "meshnode_encryption": args.encryption,
             "kills": kills,
             "joins": joins,
             "join_gap_s": JOIN_GAP_S,
@@ -1306,14 +1378,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                         kills,
                         joins,
                     )
-                entry["meshnode"] = run_scenario(
-                    MeshnodeCluster(n, base / f"meshnode-{n}", deathsig, args.embedder),
-                    settle,
-                    idle,
-                    kills,
-                    joins,
-                )
+                runs: dict[str, dict[str, Any]] = {}
+                for sealed in {"off": (False,), "on": (True,), "both": (False, True)}[
+                    args.encryption
+                ]:
+                    where = base / f"meshnode-{n}{'-sealed' if sealed else ''}"
+                    flags = keyring_flags(where) if sealed else []
+                    runs["sealed" if sealed else "clear"] = run_scenario(
+                        MeshnodeCluster(n, where, deathsig, args.embedder, flags),
+                        settle,
+                        idle,
+                        kills,
+                        joins,
+                    )
+                entry["meshnode"] = runs.get("clear") or runs["sealed"]
+                if "sealed" in runs:
+                    entry["meshnode_sealed"] = runs["sealed"]
                 entry.update(compare(entry["meshnode"], entry["serf"]))
+                if "clear" in runs and "sealed" in runs:
+                    entry["encryption"] = compare_encryption(runs["clear"], runs["sealed"])
+                    entry["goals"].update(entry["encryption"]["goals"])
                 report["results"].append(entry)
     finally:
         if tmp is not None:

@@ -25,6 +25,7 @@ from meshnode.core.evaluator import SUCCESS_THRESHOLD
 from meshnode.core.member import Member, MemberState
 from meshnode.core.router import RoutingWeights, ScoredCandidate
 from meshnode.errors import (
+    AdmissionError,
     BindError,
     ConfigError,
     DataDirInUse,
@@ -34,14 +35,18 @@ from meshnode.errors import (
     InvalidInput,
     InvalidRequest,
     KeyFileError,
+    KeyringError,
+    KeyringFileError,
     LocalProtocolError,
     MeshError,
     ModelMismatchError,
     NodeNotRunning,
     ProtocolError,
     RemoteProtocolError,
+    SealRejected,
 )
 from protocol import Capability, short_id
+from protocol.keyring import Keyring
 
 if TYPE_CHECKING:
     from meshnode.runtime.discovery import candidate_json
@@ -80,6 +85,7 @@ without aiohttp."""
 __all__ = [
     "MCP_CONFIG_ENV",
     "SUCCESS_THRESHOLD",
+    "AdmissionError",
     "Allow",
     "Attempt",
     "AttemptOutcome",
@@ -96,6 +102,9 @@ __all__ = [
     "InvalidInput",
     "InvalidRequest",
     "KeyFileError",
+    "Keyring",
+    "KeyringError",
+    "KeyringFileError",
     "Lifecycle",
     "LocalProtocolError",
     "McpCallError",
@@ -117,6 +126,7 @@ __all__ = [
     "RemoteProtocolError",
     "RoutingWeights",
     "ScoredCandidate",
+    "SealRejected",
     "__version__",
     "candidate_json",
     "capability",

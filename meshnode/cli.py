@@ -3,7 +3,10 @@
 Subcommands: ``run`` (start a node and serve until SIGINT/SIGTERM), ``members`` (ask a
 running node who it knows), ``discover`` (rank providers for a description), ``delegate``
 (run a task through a node), ``trust`` (a node's trust view and breakers), ``keygen``
-(create a data dir's identity), ``demo`` (a five-agent research mesh on this machine).
+(create a data dir's identity), ``demo`` (a five-agent research mesh on this machine),
+``keys`` (create a keyring file; install, use, remove and list keys across the mesh),
+``id`` (print a data dir's node id), ``authority init|issue|revoke`` (a mesh authority:
+certify and revoke nodes).
 Commands that print data take ``--json``.
 
 The HTTP API's token: ``run --api-token`` or the ``MESHNODE_API_TOKEN`` environment
@@ -102,6 +105,11 @@ def _config_from_args(args: argparse.Namespace) -> NodeConfig:
     overrides["api_token"] = api_token(args)
     overrides["api_trust_loopback"] = not args.no_trust_loopback
     overrides["api_open_reads"] = args.open_reads
+    if args.authority:
+        overrides["authority"] = args.authority
+    if args.cert:
+        overrides["certificate"] = args.cert
+    overrides.update(_keyring_overrides(args))
     return PROFILES[args.profile](**overrides)
 
 
@@ -299,6 +307,145 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- mesh authority
+
+CERTIFICATE_DAYS_MAX = 3_650
+"""Longest certificate ``meshnode authority issue`` signs (ten years, the protocol's cap)."""
+REVOKE_TIMEOUT = HTTP_TIMEOUT
+"""Seconds ``meshnode authority revoke --node`` waits for the node's answer."""
+
+
+def _add_authority_parsers(sub: Any) -> None:
+    ident = sub.add_parser("id", help="print a data dir's node id (never creates a key)")
+    ident.add_argument("--data-dir", required=True)
+    ident.add_argument("--json", action="store_true")
+
+    authority = sub.add_parser("authority", help="a mesh authority: certify and revoke nodes")
+    asub = authority.add_subparsers(dest="authority_command", required=True)
+    init = asub.add_parser("init", help="create an authority key in DIR, print its public key")
+    init.add_argument("dir", metavar="DIR")
+    init.add_argument("--force", action="store_true", help="replace an existing key")
+    init.add_argument("--json", action="store_true")
+    issue = asub.add_parser("issue", help="sign a membership certificate for a node")
+    issue.add_argument("--dir", required=True, help="the authority directory")
+    issue.add_argument("--node-id", required=True, help="the node's id (meshnode id)")
+    issue.add_argument("--role", action="append", default=[], help="a role (repeatable)")
+    issue.add_argument("--days", type=float, required=True, help="validity in days")
+    issue.add_argument("--name", default="", help="display name in the certificate")
+    issue.add_argument("--out", help="certificate file (default: NODE_ID_PREFIX.cert)")
+    issue.add_argument("--json", action="store_true")
+    revoke = asub.add_parser("revoke", help="sign a revocation, optionally hand it to a node")
+    revoke.add_argument("--dir", required=True, help="the authority directory")
+    target = revoke.add_mutually_exclusive_group(required=True)
+    target.add_argument("--node-id", help="revoke every certificate of this node")
+    target.add_argument("--serial", type=int, help="revoke one certificate")
+    revoke.add_argument("--node", metavar="HOST:PORT", help="a running node to hand it to")
+    revoke.add_argument("--token", help="the node's api token (when not on loopback)")
+    revoke.add_argument("--out", help="revocation file (default: revocation-SERIAL|NODE.rev)")
+    revoke.add_argument("--json", action="store_true")
+
+
+def _cmd_id(args: argparse.Namespace) -> int:
+    from meshnode.runtime.store import KEY_FILE, load_identity
+
+    identity = load_identity(Path(args.data_dir) / KEY_FILE)
+    print(json.dumps({"node_id": identity.node_id}) if args.json else identity.node_id)
+    return 0
+
+
+def _cmd_authority(args: argparse.Namespace) -> int:
+    import os
+    import secrets
+    import time
+
+    from meshnode.runtime import store
+    from protocol import Identity, is_node_id
+    from protocol.certificate import (
+        MAX_CERTIFICATE_LIFETIME,
+        MAX_SERIAL,
+        issue_certificate,
+        issue_revocation,
+    )
+
+    if args.authority_command == "init":
+        path = Path(args.dir) / store.AUTHORITY_KEY_FILE
+        if os.path.lexists(path) and not args.force:
+            key = store.load_authority_key(args.dir)
+        else:
+            key = Identity.generate()
+            store.save_authority_key(args.dir, key)
+        out = {"authority": key.node_id, "key_file": str(path)}
+        print(json.dumps(out) if args.json else key.node_id)
+        return 0
+    key = store.load_authority_key(args.dir)
+    now = time.time()
+    if args.authority_command == "issue":
+        if not is_node_id(args.node_id):
+            raise ValueError(f"--node-id {args.node_id!r} is not a node id (see meshnode id)")
+        if not 0 < args.days <= CERTIFICATE_DAYS_MAX:
+            raise ValueError(f"--days must be in (0, {CERTIFICATE_DAYS_MAX}]")
+        serial = secrets.randbelow(MAX_SERIAL) + 1
+        cert = issue_certificate(
+            key,
+            args.node_id,
+            roles=tuple(args.role),
+            name=args.name,
+            serial=serial,
+            issued_at=now,
+            expires_at=now + args.days * 86_400.0,
+        )
+        out_path = args.out or f"{args.node_id[:10]}.cert"
+        store.save_certificate(out_path, cert.signed)
+        store.log_issued(args.dir, serial, args.node_id, cert.expires_at)
+        result = {
+            "certificate": out_path,
+            "serial": serial,
+            "node_id": args.node_id,
+            "roles": sorted(cert.roles),
+            "expires_at": cert.expires_at,
+        }
+        print(json.dumps(result) if args.json else f"{out_path} (serial {serial})")
+        return 0
+    # revoke
+    if args.node_id is not None and not is_node_id(args.node_id):
+        raise ValueError(f"--node-id {args.node_id!r} is not a node id")
+    if args.serial is not None and not 0 <= args.serial <= MAX_SERIAL:
+        raise ValueError("--serial out of range")
+    expiry = store.issued_expiry(args.dir, serial=args.serial, node_id=args.node_id)
+    keep_until = max(expiry, now + 1.0) if expiry is not None else now + MAX_CERTIFICATE_LIFETIME
+    revocation = issue_revocation(
+        key, serial=args.serial, node_id=args.node_id, revoked_at=now, keep_until=keep_until
+    )
+    label = args.serial if args.serial is not None else str(args.node_id)[:10]
+    out_path = args.out or f"revocation-{label}.rev"
+    store.save_revocation(out_path, revocation.signed)
+    report: dict[str, Any] = {"revocation": out_path, "keep_until": keep_until}
+    if args.node:
+        report["accepted"] = _run_async(_post_revocation(args.node, revocation.signed, args.token))
+    print(json.dumps(report) if args.json else " ".join(f"{k}={v}" for k, v in report.items()))
+    return 0
+
+
+async def _post_revocation(node: str, signed: Any, token: str | None) -> bool:
+    import aiohttp
+
+    from protocol import pack
+
+    host, port = parse_address(node)
+    headers = {"Content-Type": "application/octet-stream"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REVOKE_TIMEOUT)) as session,
+        session.post(
+            f"http://{host}:{port}/v1/authority/revoke", data=pack(signed), headers=headers
+        ) as resp,
+    ):
+        if resp.status >= 400:
+            raise RuntimeError(f"{resp.status}: {(await resp.text()).strip()}")
+        return bool((await resp.json())["accepted"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshnode", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -336,8 +483,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--max-concurrent-tasks", type=int, help="tasks this node runs at once (default 3)"
     )
+    run.add_argument(
+        "--authority",
+        metavar="PUBKEY",
+        help="mesh authority public key: admit only nodes it certified (needs --cert)",
+    )
+    run.add_argument("--cert", metavar="FILE", help="this node's certificate (authority issue)")
     run.add_argument("--log-level", default="INFO")
     run.add_argument("--json-logs", action="store_true", help="JSON logs even on a terminal")
+    _add_keyring_run_flags(run)
+    _add_keys_parser(sub)
 
     members = sub.add_parser("members", help="list the members a node knows")
     members.add_argument("--node", default="127.0.0.1:7946", metavar="HOST:PORT")
@@ -374,6 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--data-dir", required=True)
     keygen.add_argument("--force", action="store_true", help="replace an existing key")
     keygen.add_argument("--json", action="store_true")
+
+    _add_authority_parsers(sub)
 
     demo = sub.add_parser(
         "demo",
@@ -458,6 +615,125 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return 130
 
 
+# ---------------------------------------------------------------------------- keyring
+
+
+def _add_keyring_run_flags(run: argparse.ArgumentParser) -> None:
+    run.add_argument(
+        "--keyring",
+        metavar="FILE",
+        help="seal all peer traffic with this keyring (meshnode keys init FILE)",
+    )
+    run.add_argument(
+        "--encrypt-outgoing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="seal what this node sends (default on with --keyring; off to upgrade a mesh)",
+    )
+    run.add_argument(
+        "--encrypt-incoming",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="refuse plaintext input (default on with --keyring; off to upgrade a mesh)",
+    )
+
+
+def _keyring_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if args.keyring:
+        out["keyring_file"] = args.keyring
+    for name in ("encrypt_outgoing", "encrypt_incoming"):
+        value = getattr(args, name)
+        if value is not None:
+            if not args.keyring:
+                raise ValueError(f"--{name.replace('_', '-')} needs --keyring")
+            out[name] = value
+    return out
+
+
+def _add_keys_parser(sub: Any) -> None:
+    keys = sub.add_parser("keys", help="the mesh keyring: create it, rotate keys cluster-wide")
+    ops = keys.add_subparsers(dest="keys_command", required=True)
+    init = ops.add_parser("init", help="create a keyring file holding one fresh key")
+    init.add_argument("file", help="path of the keyring file to create (mode 0600)")
+    init.add_argument("--label", default="", help="cluster label (meshes apart by label)")
+    init.add_argument("--force", action="store_true", help="replace an existing file")
+    init.add_argument("--json", action="store_true")
+    gen = ops.add_parser("generate", help="print a fresh random key (base64)")
+    gen.add_argument("--json", action="store_true")
+    for name, text in (
+        ("install", "install KEY on every member (members can then open it)"),
+        ("use", "make the installed KEY every member's primary (sealing) key"),
+        ("remove", "remove KEY from every member (refused for the primary)"),
+    ):
+        op = ops.add_parser(name, help=text)
+        op.add_argument("key", help="the key, base64")
+        op.add_argument("--node", default="127.0.0.1:7946", metavar="HOST:PORT")
+        op.add_argument("--json", action="store_true")
+    lst = ops.add_parser("list", help="every key the members hold, and how many hold each")
+    lst.add_argument("--node", default="127.0.0.1:7946", metavar="HOST:PORT")
+    lst.add_argument("--json", action="store_true")
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from protocol.keyring import Keyring, fingerprint, format_key, generate_key
+
+    if args.keys_command == "generate":
+        key = generate_key()
+        text = format_key(key)
+        print(json.dumps({"key": text, "fingerprint": fingerprint(key)}) if args.json else text)
+        return 0
+    if args.keys_command == "init":
+        from meshnode.runtime.store import save_keyring
+
+        path = Path(args.file)
+        if os.path.lexists(path) and not args.force:
+            raise ValueError(f"{path} exists; pass --force to replace it")
+        ring = Keyring.new(args.label)
+        save_keyring(path, ring)
+        out = {"file": str(path), "label": ring.label, "keys": ring.fingerprints()}
+        print(json.dumps(out) if args.json else f"{path}: key {ring.fingerprints()[0]}")
+        return 0
+    return _run_async(_cmd_keys_remote(args))
+
+
+async def _cmd_keys_remote(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"action": args.keys_command}
+    if args.keys_command != "list":
+        body["key"] = args.key
+    data = await _request_json("POST", args.node, "/v1/keys", body, wait_s=KEYS_WAIT_S)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(_keys_text(data))
+    complete = not data.get("failed") and not data.get("unreachable")
+    return 0 if complete else 1
+
+
+KEYS_WAIT_S = 600.0
+"""Seconds ``meshnode keys install|use|remove|list`` waits for the node's summary: a
+fan-out to a large mesh takes many ``key_op_timeout`` rounds when members are down."""
+
+
+def _keys_text(data: dict[str, Any]) -> str:
+    lines = [
+        f"{data['action']}: {data['acked']}/{data['members']} members acked"
+        + (f", {len(data['failed'])} refused" if data["failed"] else "")
+        + (f", {len(data['unreachable'])} did not answer" if data["unreachable"] else "")
+    ]
+    rows = [
+        (k["fingerprint"], f"{k['members']}/{data['members']}", str(k["primary_of"]))
+        for k in data["keys"]
+    ]
+    if rows:
+        lines.append(_table(rows, ("KEY", "MEMBERS", "PRIMARY OF")))
+    for node, error in data["failed"].items():
+        lines.append(f"refused by {node[:10]}: {error}")
+    for node in data["unreachable"]:
+        lines.append(f"no answer from {node[:10]}")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -480,6 +756,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_async(_cmd_trust(args))
         if args.command == "demo":
             return _cmd_demo(args)
+        if args.command == "id":
+            return _cmd_id(args)
+        if args.command == "authority":
+            return _cmd_authority(args)
+        if args.command == "keys":
+            return _cmd_keys(args)
     except ValueError as exc:
         print(f"meshnode: error: {exc}", file=sys.stderr)
         return 2

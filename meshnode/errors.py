@@ -37,13 +37,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from protocol.errors import (
+    KeyringError,
     LocalProtocolError,
     MeshError,
     ProtocolError,
     RemoteProtocolError,
+    SealRejected,
 )
 
 __all__ = [
+    "AdmissionError",
     "BindError",
     "ConfigError",
     "DataDirInUse",
@@ -53,12 +56,15 @@ __all__ = [
     "InvalidInput",
     "InvalidRequest",
     "KeyFileError",
+    "KeyringError",
+    "KeyringFileError",
     "LocalProtocolError",
     "MeshError",
     "ModelMismatchError",
     "NodeNotRunning",
     "ProtocolError",
     "RemoteProtocolError",
+    "SealRejected",
 ]
 
 
@@ -123,3 +129,14 @@ class InvalidInput(MeshError, ValueError):
     ``input_schema`` cannot say). The requester gets a failed result marked
     ``invalid_input`` with this text as the reason; it neither scores the provider nor
     counts toward its circuit breaker, and does not retry elsewhere."""
+
+
+class KeyringFileError(MeshError):
+    """A keyring file is missing, invalid, a symlink or FIFO, oversized, or accessible by
+    other users."""
+
+
+class AdmissionError(MeshError, ValueError):
+    """With a mesh authority configured, this node's own certificate is missing, of another
+    authority, for another identity, expired or not valid yet (the message names the
+    ``meshnode authority issue`` command that fixes it)."""

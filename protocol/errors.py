@@ -52,3 +52,13 @@ class UnsupportedVersion(RemoteProtocolError):
 
 class BadSignature(RemoteProtocolError):
     """A signature does not verify against the key of the node it claims to come from."""
+
+
+class KeyringError(MeshError, ValueError):
+    """A keyring rule was broken: a malformed key or keyring, an operation refused
+    (removing the primary, using a key not installed, a full ring)."""
+
+
+class SealRejected(KeyringError, RemoteProtocolError):
+    """Sealed bytes from elsewhere do not open under any installed key and label (or are
+    not sealed at all when sealing is required); drop them and count them."""

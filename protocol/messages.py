@@ -71,6 +71,12 @@ class MessageType(enum.IntEnum):
     CHANNEL_FRAME = 21
     CHANNEL_PING = 22
     CHANNEL_PONG = 23
+    KEY_OP = 24
+    KEY_OP_REPLY = 25
+    SIGNED_CERTIFICATE = 28
+    SIGNED_REVOCATION = 29
+    REJOIN_REQUEST = 30
+    REJOIN_REPLY = 31
 
 
 class Message:
@@ -227,6 +233,78 @@ class PushPull(Message):
     manifests: Annotated[tuple[ManifestRumor, ...], MaxItems(100_000)]
     ledger: Annotated[tuple[LedgerDigest, ...], MaxItems(100_000)]
     records: Annotated[tuple[LedgerRecord, ...], MaxItems(200_000)] = ()
+    certificates: Annotated[tuple[SignedCertificate, ...], MaxItems(MAX_STATE_CERTIFICATES)] = ()
+    revocations: Annotated[tuple[SignedRevocation, ...], MaxItems(MAX_STATE_REVOCATIONS)] = ()
+
+
+# ---------------------------------------------------------------------------- mesh authority
+
+CERTIFICATE_BODY_MAX_BYTES = 1_024
+"""Largest body of a membership certificate: 32-byte authority and node keys, a name of
+at most 64 bytes, at most 16 roles of at most 64 bytes, serial and two times come to under
+1,300 bytes in the worst case of msgpack overhead; 1 KiB keeps a certificate with a 64-byte
+signature well inside one UDP packet next to a few rumors (the parser in
+:mod:`protocol.certificate` enforces the field caps)."""
+REVOCATION_BODY_MAX_BYTES = 256
+"""Largest body of a revocation (authority key, serial, node key, two times: about 110
+bytes)."""
+MAX_STATE_CERTIFICATES = 100_000
+"""Most certificates in one push-pull leg (ten times the 10,000 members meshnode is sized
+for; the admission store holds ``NodeConfig.authority_max_certificates``)."""
+MAX_STATE_REVOCATIONS = 100_000
+"""Most revocations in one push-pull leg."""
+
+
+@wire_struct
+class SignedCertificate(Message):
+    """A membership certificate: ``body`` (canonical msgpack, see
+    :mod:`protocol.certificate`) signed by the mesh authority's Ed25519 key. The signature
+    covers the raw body bytes, and is checked before the body is parsed."""
+
+    TAG: ClassVar[MessageType] = MessageType.SIGNED_CERTIFICATE
+    body: Annotated[bytes, MaxLen(CERTIFICATE_BODY_MAX_BYTES, 1)]
+    signature: Signature
+
+
+@wire_struct
+class SignedRevocation(Message):
+    """A revocation of certificates (by serial and/or node id) signed by the mesh
+    authority over the raw ``body`` bytes (see :mod:`protocol.certificate`)."""
+
+    TAG: ClassVar[MessageType] = MessageType.SIGNED_REVOCATION
+    body: Annotated[bytes, MaxLen(REVOCATION_BODY_MAX_BYTES, 1)]
+    signature: Signature
+
+
+REJOIN_NONCE_BYTES = 16
+"""Random bytes of a rejoin request's nonce (128 bits: never repeats by chance)."""
+SEALED_KEYRING_MAX_BYTES = 512
+"""Largest keyring sealed to a node in a rejoin reply: an encoded keyring is at most
+``3 + 128 + 8 × 32 = 387`` bytes, and a sealed box adds 48 (ephemeral key and tag)."""
+
+
+@wire_struct
+class RejoinRequest(Message):
+    """A node whose keyring is stale asks a member for the current one (``POST
+    /v1/wire/rejoin``, unsealed). Alone in an envelope its sender signs: ``certificate``
+    must be the sender's; ``timestamp`` (seconds, mesh clock) and the random ``nonce``
+    make a replay detectable."""
+
+    TAG: ClassVar[MessageType] = MessageType.REJOIN_REQUEST
+    certificate: SignedCertificate
+    timestamp: Seconds
+    nonce: Annotated[bytes, FixedLen(REJOIN_NONCE_BYTES)]
+
+
+@wire_struct
+class RejoinReply(Message):
+    """The member's answer: its own ``certificate`` (so the node knows it asked a member)
+    and the current keyring (``protocol.keyring.Keyring.encode``) sealed to the node's key
+    (Ed25519 converted to Curve25519, a libsodium sealed box)."""
+
+    TAG: ClassVar[MessageType] = MessageType.REJOIN_REPLY
+    certificate: SignedCertificate
+    sealed_keyring: Annotated[bytes, MaxLen(SEALED_KEYRING_MAX_BYTES, 1)]
 
 
 # ---------------------------------------------------------------------------- tasks
@@ -361,6 +439,40 @@ class ChannelPong(Message):
     token: UInt
 
 
+# ---------------------------------------------------------------------------- keyring
+
+KeyOpId = Annotated[bytes, FixedLen(16)]
+"""A cluster-wide key operation's random id (receivers apply each id once)."""
+KeyFingerprint = Annotated[str, MaxLen(16, 1)]
+"""A keyring key's fingerprint (``protocol.keyring.fingerprint``)."""
+
+
+@wire_struct
+class KeyOp(Message):
+    """A cluster-wide keyring operation, fanned out by the member that received it from
+    an operator: ``action`` 0 list, 1 install, 2 use, 3 remove; ``key`` the 32-byte key
+    (empty for list). Travels only sealed under a key the receiver holds, in an envelope
+    signed by a member; ``issued_at`` bounds how long a captured copy could be replayed."""
+
+    TAG: ClassVar[MessageType] = MessageType.KEY_OP
+    op_id: KeyOpId
+    action: Annotated[int, Range(0, 3)]
+    key: Annotated[bytes, MaxLen(32)]
+    issued_at: Seconds
+
+
+@wire_struct
+class KeyOpReply(Message):
+    """A member's answer to a :class:`KeyOp`: whether it applied (``error`` says why
+    not) and the fingerprints of the keys it holds afterwards, primary first."""
+
+    TAG: ClassVar[MessageType] = MessageType.KEY_OP_REPLY
+    op_id: KeyOpId
+    ok: bool
+    error: Reason
+    fingerprints: Annotated[tuple[KeyFingerprint, ...], MaxItems(8)]
+
+
 MESSAGE_CLASSES: dict[int, type[Message]] = {}
 
 
@@ -395,5 +507,11 @@ for _cls in (
     ChannelFrame,
     ChannelPing,
     ChannelPong,
+    SignedCertificate,
+    SignedRevocation,
+    KeyOp,
+    KeyOpReply,
+    RejoinRequest,
+    RejoinReply,
 ):
     register(_cls)

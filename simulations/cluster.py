@@ -110,6 +110,7 @@ from protocol import (
     verify,
 )
 from protocol.limits import MAX_MESSAGES_PER_ENVELOPE
+from protocol.messages import SignedCertificate, SignedRevocation
 from simulations.engine import Engine, derive_rng, derive_seed
 from simulations.metrics import Tracker
 from simulations.network import LinkModel, Network, Traffic
@@ -193,6 +194,12 @@ class SimNode:
         default_factory=lambda: _NO_MANIFESTS
     )
     """Manifests stored at a converged start: one mapping shared by every host."""
+    certificate: SignedCertificate | None = None
+    """The host's membership certificate (on its disk), passed to every process started
+    on it (needed when the mesh has an authority)."""
+    config: NodeConfig | None = None
+    """This host's own configuration (None: the cluster's), e.g. an outsider that runs
+    without the mesh authority."""
 
     @property
     def node_id(self) -> str:
@@ -356,7 +363,7 @@ class Cluster:
         node.stuck_ticks = 0
         node.backlog = []
         return NodeCore(
-            self.config,
+            node.config or self.config,
             node.signer,
             host=node.host,
             port=node.port,
@@ -365,7 +372,17 @@ class Cluster:
             incarnation=node.incarnation,
             now=now,
             capabilities={c.name: c for c in node.capabilities},
+            certificate=node.certificate,
         )
+
+    def revoke(self, node: SimNode, revocation: SignedRevocation) -> bool:
+        """The operator hands a signed revocation to ``node``'s running process (as
+        ``meshnode authority revoke --node`` does); it spreads from there by gossip."""
+        if node.core is None:
+            raise ValueError(f"{node.name} is not running")
+        fresh = node.core.revoke(revocation, self.engine.now)
+        self._dispatch(node)
+        return fresh
 
     def start_converged(self, nodes: Sequence[SimNode], seeds: Sequence[SimNode]) -> None:
         """Start ``nodes`` (never started, and nobody else running) as a mesh that has

@@ -151,7 +151,13 @@ class SizeModel:
         total = base
         members = message.members
         total += array_header_bytes(len(members)) - 1 + self._sum(members)
-        for items in (message.manifests, message.ledger, message.records):
+        for items in (
+            message.manifests,
+            message.ledger,
+            message.records,
+            message.certificates,
+            message.revocations,
+        ):
             # Struct-typed items are encoded without their type tag: one byte less each.
             total += array_header_bytes(len(items)) - 1 + self._sum(items) - len(items)
         return total

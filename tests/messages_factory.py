@@ -26,7 +26,18 @@ from protocol import (
     TaskResult,
     signing_bytes,
 )
-from protocol.messages import ChannelAuth, ChannelFrame, ChannelHello, ChannelPing, ChannelPong
+from protocol.certificate import issue_certificate, issue_revocation
+from protocol.messages import (
+    ChannelAuth,
+    ChannelFrame,
+    ChannelHello,
+    ChannelPing,
+    ChannelPong,
+    KeyOp,
+    KeyOpReply,
+    RejoinReply,
+    RejoinRequest,
+)
 
 ALICE = Identity.from_seed(b"\x01" * 32)
 BOB = Identity.from_seed(b"\x02" * 32)
@@ -69,6 +80,10 @@ def one_of_each() -> list[Message]:
         TaskResult("t-1", BOB.node_id, ALICE.node_id, True, {"text": "hola"}, "", 12.5, zero),
         ALICE,
     )
+    cert = issue_certificate(
+        BOB, ALICE.node_id, roles=("member",), name="a", serial=5, issued_at=1.0, expires_at=9.0
+    )
+    revocation = issue_revocation(BOB, serial=5, revoked_at=2.0, keep_until=9.0)
     return [
         Ping(1, ALICE.node_id),
         PingReq(2, ALICE.node_id, "10.0.0.1", 7946),
@@ -95,4 +110,10 @@ def one_of_each() -> list[Message]:
         ChannelFrame(b"\x03" * 16, ALICE.node_id, 7),
         ChannelPing(9),
         ChannelPong(9),
+        cert.signed,
+        revocation.signed,
+        RejoinRequest(cert.signed, 1.7e9, b"\x06" * 16),
+        RejoinReply(cert.signed, b"\x07" * 80),
+        KeyOp(b"\x04" * 16, 1, b"\x05" * 32, 1_700_000_000.0),
+        KeyOpReply(b"\x04" * 16, True, "", ("0123456789abcdef",)),
     ]

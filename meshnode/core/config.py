@@ -29,6 +29,8 @@ from typing import Any
 
 from meshnode.core.router import RoutingWeights
 from meshnode.errors import ConfigError
+from protocol.identity import is_node_id
+from protocol.limits import MAX_DATAGRAM_BYTES, SEAL_OVERHEAD_BYTES
 
 __all__ = ["NodeConfig", "format_address", "parse_address"]
 
@@ -499,6 +501,70 @@ class NodeConfig:
     the default, that changes nothing for local callers; bound to a public address, remote
     readers need the token). True for a deliberately public dashboard. ``GET /v1/health``
     is always open (liveness checks); the peer routes are authenticated by signatures."""
+    # ------------------------------------------------------------------ mesh authority
+
+    authority: str | None = None
+    """The mesh authority's Ed25519 public key, in node-id text form (52 base32
+    characters, as ``meshnode authority init`` prints it), default None: no admission,
+    anyone with a key may join. Set, the node accepts messages, membership news,
+    manifests, ledger records and tasks only from nodes holding a valid, unrevoked
+    certificate signed by this key, and needs one itself (:attr:`certificate`)."""
+
+    certificate: str | None = None
+    """Path of this node's certificate file (``meshnode authority issue --out``), default
+    None. Required when :attr:`authority` is set; the runtime refuses to start without a
+    certificate valid now for its own identity."""
+
+    authority_max_certificates: int = 20_000
+    """Most verified certificates one node holds (one per node id), default 20,000: twice
+    the 10,000 members meshnode is sized for, so every member and the nodes that left
+    recently fit. A certificate is about 400 bytes: 8 MB at the cap. When full, expired,
+    then revoked, then certificates of nodes that are not current members go first; a
+    certificate only the authority can sign, so the cap guards memory, not an attack."""
+
+    authority_max_revocations: int = 50_000
+    """Most revocations held, default 50,000 (about 250 bytes each: 12 MB). A revocation
+    is kept until the certificates it revokes would have expired; when the cap is reached
+    the one that may be forgotten soonest goes first."""
+
+    authority_clock_skew: float = 300.0
+    """Seconds of clock difference tolerated at the start of a certificate (a certificate
+    issued by an authority whose clock runs ahead is accepted that much early), default
+    300. Expiry is never extended."""
+
+    authority_rejoin_skew: float = 60.0
+    """Seconds, default 60: a rejoin request (a node that missed a key rotation asks a
+    member for the keyring, ``POST /v1/wire/rejoin``) is answered only if its timestamp is
+    within this much of our clock, and its nonce is remembered twice as long so a replay
+    is refused. Longer tolerates worse clocks; shorter narrows the replay window (inside
+    it, the nonce is known; and the keyring is sealed to the requester anyway)."""
+    # ------------------------------------------------------------------ keyring
+    # Gossip encryption: every datagram, peer exchange and task frame sealed under the
+    # keyring (protocol/keyring.py). The seal adds 42 bytes: a 1,400-byte packet becomes
+    # 1,442 bytes, 1,490 with IPv6 and UDP headers, still under a 1,500-byte MTU.
+
+    keyring_file: str | None = None
+    """Path of the keyring file (JSON, mode 0600, ``meshnode keys init``), default None:
+    no keyring, nothing sealed. Key operations received at runtime are written back to it.
+    """
+    encrypt_outgoing: bool = True
+    """Seal what this node sends (only with a keyring), default True. Off while upgrading a
+    running plaintext mesh: first every node loads the keyring with both switches off,
+    then turns this on, then :attr:`encrypt_incoming` (docs/security.md)."""
+    encrypt_incoming: bool = True
+    """Require sealed input (only with a keyring), default True: plaintext datagrams,
+    bodies and frames are dropped and counted. Off: both sealed and plaintext input are
+    accepted (the middle step of an upgrade); a sealed one must still open."""
+    key_op_window: float = 120.0
+    """Seconds, default 120: a cluster-wide key operation is applied only if its
+    ``issued_at`` is within this much of our clock (either way), and its id is remembered
+    this long so a replay is refused. Longer tolerates worse clock skew; shorter narrows
+    the window a captured operation could be replayed in (within it, the id is known)."""
+    key_op_timeout: float = 10.0
+    """Seconds, default 10: how long the node that fans out a key operation waits for each
+    member's answer before counting it unreachable. All members are asked at once (at most
+    :data:`meshnode.core.keys.KEY_OP_FANOUT` concurrently), so a 10,000-member mesh
+    answers in about ``10,000 / KEY_OP_FANOUT`` round trips."""
 
     # ------------------------------------------------------------------ presets
 
@@ -569,6 +635,37 @@ class NodeConfig:
         for name in ("api_trust_loopback", "api_open_reads"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a boolean, got {getattr(self, name)!r}")
+        self._validate_authority()
+        self._validate_keyring()
+
+    def _validate_authority(self) -> None:
+        if self.authority is not None and not is_node_id(self.authority):
+            raise ValueError(
+                "authority must be a public key in node-id text form (52 base32 chars)"
+            )
+        if self.certificate is not None and (
+            not isinstance(self.certificate, str) or not self.certificate
+        ):
+            raise ValueError("certificate must be a file path")
+        _check_int("authority_max_certificates", self.authority_max_certificates, 1, 10_000_000)
+        _check_int("authority_max_revocations", self.authority_max_revocations, 1, 10_000_000)
+        _check_seconds("authority_clock_skew", self.authority_clock_skew, positive=False)
+        _check_seconds("authority_rejoin_skew", self.authority_rejoin_skew, positive=True)
+
+    def _validate_keyring(self) -> None:
+        path = self.keyring_file
+        if path is not None and (not isinstance(path, str) or not path):
+            raise ValueError(f"keyring_file must be None or a path, got {path!r}")
+        for name in ("encrypt_outgoing", "encrypt_incoming"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool")
+        if path is not None and self.max_packet_bytes > MAX_DATAGRAM_BYTES - SEAL_OVERHEAD_BYTES:
+            raise ValueError(
+                f"max_packet_bytes must be at most {MAX_DATAGRAM_BYTES - SEAL_OVERHEAD_BYTES} "
+                f"with a keyring (a sealed packet is {SEAL_OVERHEAD_BYTES} bytes longer)"
+            )
+        _check_seconds("key_op_window", self.key_op_window, positive=True)
+        _check_seconds("key_op_timeout", self.key_op_timeout, positive=True)
 
     def _validate_task_channels(self) -> None:
         _check_int("task_max_connections", self.task_max_connections, 1, 1_000_000)

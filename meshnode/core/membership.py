@@ -381,6 +381,7 @@ _COUNTERS: Final = (
     "push_pull_merges",
     "join_attempts",
     "members_forgotten",
+    "members_expelled",
     "stalls",
     "addresses_invalid",
     "sends_refused",
@@ -654,6 +655,24 @@ class Membership:
         :meth:`retransmit_limit` is higher. Returns False (and counts it) if it can never
         fit in a packet."""
         return self._enqueue(("app", key), message, cap)
+
+    def expel(self, node_id: str, now: float) -> bool:
+        """Remove ``node_id`` at once, as if it had left and been forgotten: its admission
+        was taken back (its certificate was revoked or expired). Emits ``MemberChanged``
+        LEFT (when it was alive or suspect) then FORGOTTEN; returns whether it was held.
+        Its rumors are refused from then on by the caller's admission check, not here."""
+        self._candidates_discard(node_id)
+        self._vouched.pop(node_id, None)
+        member = self._members.get(node_id)
+        if node_id == self._node_id or member is None:
+            return False
+        self._suspicions.pop(node_id, None)
+        if member.state in (MemberState.ALIVE, MemberState.SUSPECT):
+            gone = dataclasses.replace(member, state=MemberState.LEFT, state_change=now)
+            self._event(MemberEvent.LEFT, member.state, gone)
+        self._forget(node_id)
+        self.counters["members_expelled"] += 1
+        return True
 
     def adopt_converged(self, members: Mapping[str, Member], now: float) -> None:
         """Start from the steady state of a converged mesh: ``members`` (every peer, alive,

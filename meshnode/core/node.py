@@ -44,6 +44,14 @@ is due. Inputs:
 * trust: ``record_outcome``, ``sign_opinions``, ``durable_failed``, ``durable_written``;
   queries ``trust_view(now)``, ``direct_experience()``, ``opinion(peer)``;
 * routing: ``route(hits, now, ...)`` ranks what the capability index found.
+* admission (with ``NodeConfig.authority``; see :mod:`meshnode.core.admission`):
+  ``revoke`` (a revocation from the operator), ``offer_certificate``, and the queries
+  ``admits(node_id, now)``, ``roles_of(node_id)`` and ``rejoin_problem(sender, request,
+  now)``. Every input above that carries news from peers (``receive``, the push-pull legs,
+  ``apply_records``, ``task_message``) takes it only from admitted senders, and only news
+  by and about admitted nodes; certificates and revocations ride the same packets and
+  push-pull state, and a revoked or expired member is expelled (``CloseChannels``, its
+  tasks failed, membership reports it left and forgets it).
 
 Queries the shells use: ``next_deadline()`` (everything), ``task_deadline()`` (the task
 side alone), ``waiting_on(peer)``, ``attempt_node(task_id)``, ``send_still_due(send)``,
@@ -72,12 +80,14 @@ fail at once. The shell only sends the ping and reports what came back.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from crdt import ManifestStore, ReputationLedger
+from meshnode.core.admission import Admission
 from meshnode.core.authorization import CapabilityPolicy
 from meshnode.core.breaker import BreakerBoard, TaskVerdict
 from meshnode.core.config import NodeConfig
@@ -141,6 +151,18 @@ from protocol import (
 )
 from protocol import verify as ed25519_verify
 from protocol.codec import message_to_wire
+from protocol.identity import public_key_from_node_id
+from protocol.messages import (
+    Alive,
+    Dead,
+    Leave,
+    ManifestRumor,
+    PingReq,
+    RejoinRequest,
+    SignedCertificate,
+    SignedRevocation,
+    Suspect,
+)
 
 __all__ = [
     "DELEGATION_TOP_K",
@@ -180,6 +202,11 @@ input) and at most one live attempt; beyond the cap a new delegation fails at on
 ``too many delegations in flight`` instead of piling up without bound. Ten thousand members
 each serving ``max_concurrent_tasks`` tasks rarely need more than a few hundred from one
 node; higher only helps a node that fans out enormous bursts, at the cost of memory."""
+
+MAX_CERTIFICATE_CHECKS_PER_PACKET = 8
+"""Most certificate signatures checked for one UDP envelope from an admitted peer
+(certificates already held cost nothing). A packet has room for three or four next to
+its rumors; eight leaves slack without letting one packet cost more than eight checks."""
 
 TASK_COUNTERS: dict[str, str] = {
     "delegations_ok": "delegations that ended with a verified, delivered result",
@@ -229,7 +256,12 @@ class NodeCore:
         evaluator: OutputEvaluator | None = None,
         max_delegations: int = MAX_DELEGATIONS_IN_FLIGHT,
         policies: Mapping[str, CapabilityPolicy] | None = None,
+        certificate: SignedCertificate | None = None,
     ) -> None:
+        """``certificate`` is this node's membership certificate; with
+        ``config.authority`` set it is required, and
+        :class:`~meshnode.core.admission.AdmissionError` is raised when it is missing or
+        not valid for this identity now."""
         if max_delegations < 1:
             raise ValueError(f"max_delegations must be at least 1, got {max_delegations}")
         self.config = config
@@ -281,6 +313,21 @@ class NodeCore:
         self._next_token = 1
         self.task_counters: dict[str, int] = dict.fromkeys(TASK_COUNTERS, 0)
         """Named task event counts, see :data:`TASK_COUNTERS`."""
+        self.admission: Admission | None = None
+        """Certificates and revocations (None: no mesh authority is configured)."""
+        if config.authority is not None:
+            self.admission = Admission(
+                public_key_from_node_id(config.authority),
+                signer.node_id,
+                certificate,
+                verifier=verifier,
+                now=now,
+                max_certificates=config.authority_max_certificates,
+                max_revocations=config.authority_max_revocations,
+                clock_skew=config.authority_clock_skew,
+                is_member=self._is_live_member,
+            )
+            self._spread_certificate(self.admission.own.signed, signer.node_id)
 
     # ------------------------------------------------------------------ identity and state
 
@@ -386,6 +433,8 @@ class NodeCore:
         self._advance_clock(now)
         self.mesh.tick(now)
         self._collect(now)
+        if self.admission is not None:
+            self._expire_certificates(now)
         due = self.provider.next_deadline()
         if due is not None and now >= due:
             self._provider_tick(now)
@@ -403,8 +452,15 @@ class NodeCore:
     # ------------------------------------------------------------------ mesh pass-through
 
     def receive(self, sender: str, messages: Sequence[object], addr: Address, now: float) -> None:
-        """One verified envelope from ``sender`` arrived from ``addr`` (UDP)."""
+        """One verified envelope from ``sender`` arrived from ``addr`` (UDP). With a mesh
+        authority, it is dropped unless ``sender`` is admitted (a certificate in the same
+        envelope counts), and news by or about nodes that are not admitted is dropped."""
         self._advance_clock(now)
+        if self.admission is not None:
+            admitted = self._admit_envelope(sender, messages, now)
+            if admitted is None:
+                return
+            messages = admitted
         self.mesh.receive(sender, messages, addr, now)
         self._collect(now)
 
@@ -492,16 +548,28 @@ class NodeCore:
 
     def apply_records(self, records: Iterable[LedgerRecord], now: float) -> int:
         self._advance_clock(now)
+        if self.admission is not None:
+            records = [r for r in records if self._news_admitted(r, now)]
         applied = self.mesh.apply_records(records, now)
         self._collect(now)
         return applied
 
     def push_pull_request(self, join: bool) -> PushPull:
-        return self.mesh.push_pull_request(join)
+        """Our first leg; with a mesh authority it carries every certificate we hold (ours
+        first) and every revocation we keep."""
+        return self._with_credentials(self.mesh.push_pull_request(join))
 
     def handle_push_pull(self, sender: str, request: PushPull, now: float) -> PushPull:
+        """Answer a peer's first leg. With a mesh authority, a sender that is not admitted
+        (its own certificate, first in the leg, is the only one checked for it) gets an
+        empty answer and changes nothing."""
         self._advance_clock(now)
-        reply = self.mesh.handle_push_pull(sender, request, now)
+        if self.admission is not None:
+            filtered = self._admit_state(sender, request, now)
+            if filtered is None:
+                return PushPull(join=False, members=(), manifests=(), ledger=())
+            request = filtered
+        reply = self._with_credentials(self.mesh.handle_push_pull(sender, request, now))
         self._collect(now)
         return reply
 
@@ -509,9 +577,195 @@ class NodeCore:
         self, responder: str, reply: PushPull, addr: Address, now: float
     ) -> list[LedgerRecord]:
         self._advance_clock(now)
+        if self.admission is not None:
+            filtered = self._admit_state(responder, reply, now)
+            if filtered is None:
+                self._collect(now)
+                return []
+            reply = filtered
         missing = self.mesh.finish_push_pull(responder, reply, addr, now)
         self._collect(now)
         return missing
+
+    # ------------------------------------------------------------------ admission
+
+    def admits(self, node_id: str, now: float) -> bool:
+        """May ``node_id`` take part in the mesh? Always True without a mesh authority;
+        with one, it must hold a certificate valid at ``now`` and not revoked."""
+        return self.admission is None or self.admission.admits(node_id, now)
+
+    def roles_of(self, node_id: str) -> frozenset[str] | None:
+        """The roles ``node_id``'s certificate grants: None when no mesh authority is
+        configured, an empty set for a node that is not admitted."""
+        if self.admission is None:
+            return None
+        return self.admission.roles_of(node_id, self._now)
+
+    def rejoin_problem(self, sender: str, request: RejoinRequest, now: float) -> str | None:
+        """Why a node's rejoin request must not be answered with our keyring (None: it
+        may; see :meth:`~meshnode.core.admission.Admission.rejoin_problem`). Without a
+        mesh authority nobody may rejoin this way."""
+        self._advance_clock(now)
+        if self.admission is None:
+            return "this node runs without a mesh authority"
+        return self.admission.rejoin_problem(
+            sender, request, now, self.config.authority_rejoin_skew
+        )
+
+    def offer_certificate(self, signed: SignedCertificate, now: float) -> bool:
+        """A certificate handed to us outside a packet (e.g. by an exchange); True if it
+        was new and valid (it is then gossiped)."""
+        self._advance_clock(now)
+        if self.admission is None:
+            return False
+        cert = self.admission.offer(signed, now)
+        if cert is not None:
+            self._spread_certificate(signed, cert.node_id)
+        self._collect(now)
+        return cert is not None
+
+    def revoke(self, signed: SignedRevocation, now: float) -> bool:
+        """A revocation signed by the mesh authority (from gossip, push-pull, or the
+        operator through the API). A new one is gossiped, and every member it revokes is
+        expelled everywhere: treated as left, its channels closed, its tasks failed.
+        Returns True if it was new and valid."""
+        self._advance_clock(now)
+        if self.admission is None:
+            return False
+        revocation, revoked = self.admission.revoke(signed, now)
+        if revocation is not None:
+            self.mesh.membership.broadcast(signed, ("revocation", revocation.key))
+        for node in revoked:
+            self._expel(node, "certificate revoked", now)
+        self._collect(now)
+        return revocation is not None
+
+    def _expel(self, node: str, reason: str, now: float) -> None:
+        if node == self.node_id:
+            return  # our own certificate: peers drop us; we keep running until stopped
+        self.mesh.membership.expel(node, now)
+        self._effects.append(CloseChannels(node, reason))
+        self.peer_failed(node, reason, now)
+
+    def _spread_certificate(self, signed: SignedCertificate, node: str) -> None:
+        self.mesh.membership.broadcast(signed, ("certificate", node))
+
+    def _is_live_member(self, node: str) -> bool:
+        member = self.mesh.membership.member(node)
+        return member is not None and member.state in (MemberState.ALIVE, MemberState.SUSPECT)
+
+    def _with_credentials(self, state: PushPull) -> PushPull:
+        if self.admission is None:
+            return state
+        return dataclasses.replace(
+            state,
+            certificates=self.admission.certificates(self._now),
+            revocations=self.admission.revocations(self._now),
+        )
+
+    def _credentials(
+        self,
+        sender: str,
+        certificates: Iterable[SignedCertificate],
+        revocations: Iterable[SignedRevocation],
+        now: float,
+        *,
+        packet: bool,
+    ) -> bool:
+        """Take in certificates and revocations from ``sender``; return whether ``sender``
+        is admitted afterwards. From a sender not admitted yet, only the first
+        certificate offered is checked (its own, one signature check at most), and its
+        revocations are not looked at. From an admitted sender, at most
+        :data:`MAX_CERTIFICATE_CHECKS_PER_PACKET` in a ``packet`` (a push-pull leg is not
+        capped: it carries the whole mesh's certificates, each checked once ever), and
+        never past the first forgery."""
+        admission = self.admission
+        assert admission is not None
+        admitted = admission.admits(sender, now)
+        budget = (MAX_CERTIFICATE_CHECKS_PER_PACKET if packet else math.inf) if admitted else 1
+        counters = admission.counters
+        for signed in certificates:
+            if admission.knows(signed):
+                continue
+            if budget <= 0:
+                break
+            budget -= 1
+            invalid = counters["certificates_invalid"]
+            cert = admission.offer(signed, now)
+            if cert is not None:
+                self._spread_certificate(signed, cert.node_id)
+            elif counters["certificates_invalid"] != invalid:
+                break  # a forgery: an honest peer only passes on what the authority signed
+        if not admitted:
+            admitted = admission.admits(sender, now)
+        if admitted:
+            for revocation in revocations:
+                self.revoke(revocation, now)
+        return admitted
+
+    def _admit_envelope(
+        self, sender: str, messages: Sequence[object], now: float
+    ) -> list[object] | None:
+        certificates = [m for m in messages if isinstance(m, SignedCertificate)]
+        revocations = [m for m in messages if isinstance(m, SignedRevocation)]
+        if not self._credentials(sender, certificates, revocations, now, packet=True):
+            assert self.admission is not None
+            self.admission.counters["unadmitted_dropped"] += 1
+            self._collect(now)
+            return None
+        return [
+            m
+            for m in messages
+            if type(m) is not SignedCertificate
+            and type(m) is not SignedRevocation
+            and self._news_admitted(m, now)
+        ]
+
+    def _admit_state(self, sender: str, state: PushPull, now: float) -> PushPull | None:
+        """``state`` from ``sender`` with what is not admitted taken out, or None when the
+        sender itself is not admitted."""
+        assert self.admission is not None
+        if not self._credentials(sender, state.certificates, state.revocations, now, packet=False):
+            self.admission.counters["unadmitted_dropped"] += 1
+            return None
+        ok = self._news_admitted
+        return dataclasses.replace(
+            state,
+            members=tuple(m for m in state.members if ok(m, now)),
+            manifests=tuple(m for m in state.manifests if ok(m, now)),
+            ledger=tuple(d for d in state.ledger if self.admits(d.observer, now)),
+            records=tuple(r for r in state.records if ok(r, now)),
+            certificates=(),
+            revocations=(),
+        )
+
+    def _news_admitted(self, message: object, now: float) -> bool:
+        """May this message from an admitted sender be taken in: every node it speaks for
+        or about must be admitted too."""
+        cls = type(message)
+        admits = self.admits
+        if cls is Alive or cls is Leave or cls is ManifestRumor:
+            ok = admits(message.node, now)  # type: ignore[attr-defined]
+        elif cls is Suspect or cls is Dead:
+            ok = admits(message.node, now) and admits(message.accuser, now)  # type: ignore[attr-defined]
+        elif cls is LedgerRecord:
+            ok = admits(message.observer, now) and admits(message.subject, now)  # type: ignore[attr-defined]
+        elif cls is PingReq:
+            ok = admits(message.target, now)  # type: ignore[attr-defined]
+        else:
+            return True
+        if not ok:
+            assert self.admission is not None
+            self.admission.counters["unadmitted_news"] += 1
+        return ok
+
+    def _expire_certificates(self, now: float) -> None:
+        assert self.admission is not None
+        due = self.admission.next_expiry()
+        if due is None or now < due:
+            return
+        for node in self.admission.prune(now):
+            self._expel(node, "certificate expired", now)
 
     # ------------------------------------------------------------------ trust
 
@@ -575,12 +829,6 @@ class NodeCore:
         member = self.mesh.membership.member(node_id)
         return member is not None and member.state in (MemberState.ALIVE, MemberState.SUSPECT)
 
-    def roles_of(self, node_id: str) -> frozenset[str] | None:
-        """The roles ``node_id``'s membership certificate grants, or None when unknown.
-        No mesh authority issues certificates yet, so this is always None: a capability
-        that allows by role serves nobody by role (its ``nodes`` still apply)."""
-        return None
-
     def trust_of(self, node_id: str, now: float) -> float:
         """Our trust view of ``node_id`` (what routing uses); a peer nobody rated has
         :data:`~meshnode.core.router.DEFAULT_TRUST`."""
@@ -589,8 +837,12 @@ class NodeCore:
     def task_message(self, sender: str, message: Message, now: float) -> None:
         """A task message from ``sender`` (the verified peer of the channel it came on).
         Requests, confirms and cancels go to the provider; responses and results to the
-        delegation they name; anything else is ignored."""
+        delegation they name; anything else is ignored. With a mesh authority, nothing
+        from a sender that is not admitted is taken."""
         self._advance_clock(now)
+        if self.admission is not None and not self.admission.admits(sender, now):
+            self.admission.counters["unadmitted_dropped"] += 1
+            return
         if isinstance(message, TaskResponse | TaskResult):
             delegation = self._delegations.get(message.task_id)
             if delegation is not None:

@@ -21,6 +21,10 @@ Routes for operators and tools (JSON):
 ``POST /v1/delegate`` run a task through the mesh (loopback callers, or a bearer token):
                       ``{"capability", "input", "description", "deadline_s",
                       "max_cost_usd", "min_trust"}``
+``POST /v1/keys``     a cluster-wide keyring operation (loopback callers, or a bearer
+                      token): ``{"action": "install"|"use"|"remove"|"list", "key":
+                      base64}`` → the summary of :class:`meshnode.core.keys.KeyOpSummary`
+                      (HTTP 409 while another one runs, 400 when refused here)
 ====================  =====================================================================
 
 Routes between peers (signed msgpack envelopes, ``application/x-meshnode``):
@@ -29,11 +33,24 @@ Routes between peers (signed msgpack envelopes, ``application/x-meshnode``):
 ``POST /v1/wire/pushpull``                  anti-entropy: state in, state and deltas out
 ``GET /v1/wire/manifests/{node_id}``        one signed manifest, bare msgpack
 ``POST /v1/wire/records``                   third push-pull leg: records the peer lacks
+``POST /v1/wire/keys``                      a member's key operation in, our answer out
 ``GET /v1/ws/tasks``                        WebSocket carrying task negotiation frames
 ==========================================  =================================================
 
+``POST /v1/wire/rejoin`` (unsealed, signed, rate-limited per address) gives a node that
+missed a key rotation the keyring, sealed to its key, if its certificate is valid.
+``POST /v1/authority/revoke`` (loopback callers, or the api token) takes a packed
+:class:`~protocol.messages.SignedRevocation` signed by the mesh authority and gossips it.
+
 Peer routes verify the envelope signature and drop anything ``protocol.decode`` refuses with
 HTTP 400 (the body says why). Every body is read with a hard cap per route
+With a keyring, every peer route's request body is opened and every reply sealed by the
+node's :class:`~meshnode.runtime.transport.WireSeal` (the manifest too); a body that does
+not open is refused with HTTP 400 and counted, before anything is decoded. Each peer
+body cap allows for the seal's overhead.
+
+Peer routes verify the envelope signature and drop anything ``protocol.decode`` refuses
+with HTTP 400 (the body says why). Every body is read with a hard cap per route
 (:data:`MAX_PUSH_PULL_REQUEST_BYTES`, :data:`MAX_RECORDS_REQUEST_BYTES`,
 :data:`MAX_DISCOVER_BODY_BYTES`, :data:`MAX_DELEGATE_BODY_BYTES`): a declared
 Content-Length over it is refused with HTTP 413 before a byte is read, and a body that
@@ -80,6 +97,7 @@ from aiohttp import web
 
 from meshnode.core.channel import MAX_RATE_BUCKETS as MAX_RATE_BUCKETS  # its old home
 from meshnode.core.channel import RateLimiter as RateLimiter  # its old home
+from meshnode.core.keys import MAX_CONCURRENT_KEY_OPS, Action
 from meshnode.runtime.transport import BodyTooLarge, read_capped
 from protocol import (
     Envelope,
@@ -87,10 +105,21 @@ from protocol import (
     Manifest,
     PushPull,
     RemoteProtocolError,
+    decode,
     encode,
     pack,
+    unpack,
 )
-from protocol.limits import MAX_DEPTH, MAX_MESSAGES_PER_ENVELOPE, MAX_VALUE_BYTES
+from protocol.certificate import seal_to_node
+from protocol.errors import KeyringError
+from protocol.keyring import is_sealed, parse_key
+from protocol.limits import (
+    MAX_DEPTH,
+    MAX_MESSAGES_PER_ENVELOPE,
+    MAX_VALUE_BYTES,
+    SEAL_OVERHEAD_BYTES,
+)
+from protocol.messages import KeyOp, RejoinReply, RejoinRequest, SignedRevocation
 
 if TYPE_CHECKING:
     from meshnode.core.config import NodeConfig
@@ -98,6 +127,17 @@ if TYPE_CHECKING:
 
 WIRE_CONTENT_TYPE = "application/x-meshnode"
 
+MAX_REJOIN_BODY_BYTES = 4_096
+"""Largest ``POST /v1/wire/rejoin`` body (one signed envelope holding a certificate, a
+timestamp and a nonce: under 1.3 KiB)."""
+REJOIN_RATE_PER_S = 0.2
+"""Rejoin requests answered per second per remote address (one every 5 s), loopback
+included: each costs two signature checks and a sealed box, and an honest node needs one
+per missed rotation."""
+REJOIN_BURST = 3
+"""Rejoin requests an address may send at once before :data:`REJOIN_RATE_PER_S` applies."""
+MAX_REVOCATION_BODY_BYTES = 1_024
+"""Largest ``POST /v1/authority/revoke`` body (a packed revocation is under 400 bytes)."""
 MAX_PUSH_PULL_REQUEST_BYTES = 8 * 1024 * 1024
 """Largest ``POST /v1/wire/pushpull`` body, 8 MiB. The request leg carries the sender's
 members, manifest rumors and ledger digests but no records: about 3 MiB at 10,000
@@ -106,6 +146,9 @@ otherwise take."""
 MAX_RECORDS_REQUEST_BYTES = 1024 * 1024
 """Largest ``POST /v1/wire/records`` body, 1 MiB: at most
 ``protocol.limits.MAX_MESSAGES_PER_ENVELOPE`` ledger records of a few hundred bytes."""
+MAX_KEY_OP_REQUEST_BYTES = 4 * 1024
+"""Largest ``POST /v1/wire/keys`` body (one signed, sealed ``KeyOp``: about 250 bytes)
+and ``POST /v1/keys`` JSON body."""
 MAX_DISCOVER_BODY_BYTES = 64 * 1024
 """Largest ``POST /v1/discover`` JSON body, 64 KiB (a query is at most
 ``NodeConfig.max_query_chars`` characters plus a few filters)."""
@@ -161,6 +204,11 @@ def build_app(node: MeshNode) -> web.Application:
     routes = web.RouteTableDef()
     limiter = RateLimiter(node.config.api_rate_per_s, node.config.api_rate_burst)
     body_slots = asyncio.Semaphore(PEER_BODY_SLOTS)
+    key_op_slots = asyncio.Semaphore(MAX_CONCURRENT_KEY_OPS)
+    seal = node.seal
+
+    def wire_response(body: bytes) -> web.Response:
+        return web.Response(body=seal.seal(body), content_type=WIRE_CONTENT_TYPE)
 
     def rate_limit(request: web.Request) -> None:
         if _is_loopback(request.remote):
@@ -177,6 +225,7 @@ def build_app(node: MeshNode) -> web.Application:
         ``protocol.decode`` (counted), 503 when too many large bodies are in flight."""
         from meshnode.runtime.node import DECODE_INLINE_MAX_BYTES
 
+        cap += SEAL_OVERHEAD_BYTES  # a sealed body at its plaintext cap
         declared = request.content_length
         if declared is not None and declared > cap:
             node.count_drop("http_body_too_large")
@@ -221,7 +270,7 @@ def build_app(node: MeshNode) -> web.Application:
         manifest = node.core.manifests.get(request.match_info["node_id"])
         if manifest is None:
             raise web.HTTPNotFound(text="no manifest known for that node")
-        return web.Response(body=pack(manifest), content_type=WIRE_CONTENT_TYPE)
+        return wire_response(pack(manifest))
 
     @routes.post("/v1/wire/pushpull")
     async def wire_pushpull(request: web.Request) -> web.Response:
@@ -229,7 +278,7 @@ def build_app(node: MeshNode) -> web.Application:
         if len(envelope.messages) != 1 or not isinstance(envelope.messages[0], PushPull):
             raise web.HTTPBadRequest(text="expected exactly one PushPull message")
         reply = node.handle_push_pull(envelope.sender, envelope.messages[0])
-        return web.Response(body=encode([reply], node.identity), content_type=WIRE_CONTENT_TYPE)
+        return wire_response(encode([reply], node.identity))
 
     @routes.post("/v1/wire/records")
     async def wire_records(request: web.Request) -> web.Response:
@@ -237,7 +286,60 @@ def build_app(node: MeshNode) -> web.Application:
         records = [m for m in envelope.messages if isinstance(m, LedgerRecord)]
         if len(records) != len(envelope.messages):
             raise web.HTTPBadRequest(text="expected only LedgerRecord messages")
-        return web.json_response({"applied": node.handle_records(records)})
+        applied = {"applied": node.handle_records(records)}
+        if seal.sealing:
+            return wire_response(json.dumps(applied).encode())
+        return web.json_response(applied)
+
+    @routes.post("/v1/wire/keys")
+    async def wire_keys(request: web.Request) -> web.Response:
+        # Key operations travel sealed whatever the switches say: plaintext accepted
+        # during an upgrade never changes a keyring.
+        body = await _read_body(request, node, MAX_KEY_OP_REQUEST_BYTES + SEAL_OVERHEAD_BYTES)
+        if not is_sealed(body):
+            node.count_drop("key_op_unsealed")
+            raise web.HTTPForbidden(text="key operations must be sealed under the keyring")
+        try:
+            envelope = await node.decode_frame(body)
+        except RemoteProtocolError as exc:
+            node.count_drop(type(exc).__name__)
+            raise web.HTTPBadRequest(text=f"{type(exc).__name__}: {exc}") from None
+        if len(envelope.messages) != 1 or not isinstance(envelope.messages[0], KeyOp):
+            raise web.HTTPBadRequest(text="expected exactly one KeyOp message")
+        driver = node.driver
+        if driver is None:
+            raise web.HTTPServiceUnavailable(text="the node is not running")
+        reply = driver.answer_key_op(envelope.sender, envelope.messages[0])
+        return wire_response(encode([reply], node.identity))
+
+    @routes.post("/v1/keys")
+    async def keys(request: web.Request) -> web.Response:
+        authorize(request, node.config, Access.WORK)
+        body = await _json_body(request, node, MAX_KEY_OP_REQUEST_BYTES)
+        action_name = _opt_str(body, "action") or ""
+        try:
+            action = Action[action_name.upper()]
+        except KeyError:
+            raise web.HTTPBadRequest(
+                text="action must be one of install, use, remove, list"
+            ) from None
+        key = b""
+        if action is not Action.LIST:
+            try:
+                key = parse_key(_opt_str(body, "key") or "")
+            except KeyringError as exc:
+                raise web.HTTPBadRequest(text=f"key: {exc}") from None
+        driver = node.driver
+        if driver is None or seal.keyring is None:
+            raise web.HTTPConflict(text="this node has no keyring (start it with --keyring)")
+        if key_op_slots.locked():
+            raise web.HTTPConflict(text="another key operation is running on this node")
+        async with key_op_slots:
+            summary = await driver.key_operation(action, key)
+        out = summary.to_json()
+        if action is not Action.LIST and node.node_id in summary.failed:
+            return web.json_response(out, status=400)
+        return web.json_response(out)
 
     @routes.get("/v1/ws/tasks")
     async def ws_tasks(request: web.Request) -> web.StreamResponse:
@@ -301,6 +403,63 @@ def build_app(node: MeshNode) -> web.Application:
                 status=502,
             )
         return web.json_response(result.to_json())
+
+    rejoin_limiter = RateLimiter(REJOIN_RATE_PER_S, REJOIN_BURST)
+
+    @routes.post("/v1/wire/rejoin")
+    async def wire_rejoin(request: web.Request) -> web.Response:
+        """A node that missed a key rotation asks for the keyring: an unsealed envelope it
+        signed, holding one ``RejoinRequest``; the answer is an unsealed envelope we sign,
+        holding our certificate and the keyring sealed to the requester's key. Rate
+        limited per address (loopback included) before anything is read."""
+        if not rejoin_limiter.allow(request.remote or "?", time.monotonic()):
+            node.count_drop("rejoin_rate_limited")
+            raise web.HTTPTooManyRequests(
+                text="too many rejoin requests from this address",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        if node.config.authority is None:
+            raise web.HTTPConflict(text="this node runs without a mesh authority")
+        ring = seal.keyring
+        if ring is None:
+            raise web.HTTPConflict(text="this node has no keyring: nothing to rejoin")
+        body = await _read_body(request, node, MAX_REJOIN_BODY_BYTES)
+        try:
+            envelope = decode(body, verifier=node.verifier)
+        except RemoteProtocolError as exc:
+            node.count_drop(f"rejoin_{type(exc).__name__}")
+            raise web.HTTPBadRequest(text=f"{type(exc).__name__}: {exc}") from None
+        messages = envelope.messages
+        if len(messages) != 1 or not isinstance(messages[0], RejoinRequest):
+            raise web.HTTPBadRequest(text="expected exactly one RejoinRequest message")
+        problem = node.core.rejoin_problem(envelope.sender, messages[0], time.time())
+        if problem is not None:
+            node.count_drop("rejoin_refused")
+            raise web.HTTPForbidden(text=f"rejoin refused: {problem}")
+        admission = node.core.admission
+        assert admission is not None
+        reply = RejoinReply(admission.own.signed, seal_to_node(envelope.sender, ring.encode()))
+        return web.Response(body=encode([reply], node.identity), content_type=WIRE_CONTENT_TYPE)
+
+    @routes.post("/v1/authority/revoke")
+    async def authority_revoke(request: web.Request) -> web.Response:
+        """The operator hands in a signed revocation (``meshnode authority revoke
+        --node``); the node gossips it. Loopback callers, or the api token."""
+        authorize(request, node.config, Access.WORK)
+        rate_limit(request)
+        if node.config.authority is None:
+            raise web.HTTPConflict(text="this node runs without a mesh authority")
+        body = await _read_body(request, node, MAX_REVOCATION_BODY_BYTES)
+        try:
+            revocation = unpack(body, SignedRevocation, max_bytes=MAX_REVOCATION_BODY_BYTES)
+        except RemoteProtocolError as exc:
+            raise web.HTTPBadRequest(text=f"not a revocation: {exc}") from None
+        from meshnode.core.admission import revocation_problem
+
+        problem = revocation_problem(node.core, revocation)
+        if problem is not None:
+            raise web.HTTPBadRequest(text=problem)
+        return web.json_response({"accepted": node.revoke(revocation)})
 
     app.add_routes(routes)
     return app

@@ -30,6 +30,12 @@ Replies read from peers are capped (:data:`MAX_PUSH_PULL_REPLY_BYTES`,
 connection is aborted and the drop counted. Frames over :data:`DECODE_INLINE_MAX_BYTES` are
 decoded in a one-thread pool so the loop keeps answering probes.
 
+Every body sent to a peer is sealed and every reply opened by the node's
+:class:`~meshnode.runtime.transport.WireSeal` (before anything is decoded, in the same
+thread as the decode); each cap above allows for the seal's
+``protocol.limits.SEAL_OVERHEAD_BYTES``. Cluster-wide key operations are fanned out from
+here (:meth:`Driver.key_operation`, decisions in :mod:`meshnode.core.keys`).
+
 What stays here, and why (every protocol decision is the core's): the restart backoff
 and the failure-log interval supervise this asyncio task and its logs; the reply caps and
 the inline-decode threshold bound raw bytes read from a socket before anything is decoded;
@@ -41,7 +47,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import functools
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
@@ -49,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import structlog
+from nacl.utils import random as nacl_random
 
 from meshnode.core.config import format_address
 from meshnode.core.effects import (
@@ -67,10 +73,20 @@ from meshnode.core.effects import (
     StartPushPull,
     StopHandler,
 )
+from meshnode.core.keys import (
+    KEY_OP_FANOUT,
+    Action,
+    KeyOpLog,
+    KeyOpSummary,
+    handle_key_op,
+    is_member,
+    key_op_targets,
+    summarize,
+)
 from meshnode.core.membership import IDENTITY_CONFLICT_WINDOW
 from meshnode.core.node import NodeCore
 from meshnode.runtime.api import WIRE_CONTENT_TYPE
-from meshnode.runtime.transport import BodyTooLarge, UdpEndpoint, read_capped
+from meshnode.runtime.transport import BodyTooLarge, UdpEndpoint, WireSeal, read_capped
 from protocol import (
     Envelope,
     Manifest,
@@ -84,7 +100,17 @@ from protocol import (
     short_id,
     unpack,
 )
-from protocol.limits import MAX_FRAME_BYTES, MAX_MANIFEST_BYTES, MAX_MESSAGES_PER_ENVELOPE
+from protocol.certificate import CertificateError, open_sealed_to_me
+from protocol.errors import KeyringError, SealRejected
+from protocol.identity import Identity
+from protocol.keyring import Keyring
+from protocol.limits import (
+    MAX_FRAME_BYTES,
+    MAX_MANIFEST_BYTES,
+    MAX_MESSAGES_PER_ENVELOPE,
+    SEAL_OVERHEAD_BYTES,
+)
+from protocol.messages import KeyOp, KeyOpReply, RejoinReply, RejoinRequest
 
 if TYPE_CHECKING:
     from meshnode.runtime.persistence import Persistence
@@ -97,9 +123,12 @@ __all__ = [
     "DRIVER_RESTART_MAX",
     "FAILURE_LOG_INTERVAL_S",
     "IDENTITY_CONFLICT_REPORT_S",
+    "MAX_KEY_OP_REPLY_BYTES",
     "MAX_PUSH_PULL_REPLY_BYTES",
     "MAX_RECORDS_REPLY_BYTES",
+    "MAX_REJOIN_REPLY_BYTES",
     "READ_CHUNK_BYTES",
+    "REJOIN_RETRY_S",
     "Driver",
 ]
 
@@ -119,16 +148,25 @@ IDENTITY_CONFLICT_REPORT_S = 2 * IDENTITY_CONFLICT_WINDOW
 """Seconds an identity conflict keeps ``/v1/health`` degraded after the core last reported
 it (the core reports an ongoing one at most once per ``IDENTITY_CONFLICT_WINDOW``, so a
 conflict that goes on keeps the node degraded without a gap)."""
-MAX_PUSH_PULL_REPLY_BYTES = MAX_FRAME_BYTES
+MAX_PUSH_PULL_REPLY_BYTES = MAX_FRAME_BYTES + SEAL_OVERHEAD_BYTES
 """Longest push-pull reply read from a peer, bytes (16 MiB): the reply carries the peer's
 whole state and the ledger records we lack. The read stops and the connection is aborted
 as soon as more arrives."""
 MAX_RECORDS_REPLY_BYTES = 64 * 1024
 """Longest answer read to a ``/v1/wire/records`` post (a small JSON object), bytes."""
+MAX_KEY_OP_REPLY_BYTES = 4 * 1024
+"""Longest answer read to a ``/v1/wire/keys`` post (one signed, sealed ``KeyOpReply``:
+about 400 bytes), bytes."""
 DECODE_INLINE_MAX_BYTES = 64 * 1024
 """Frames up to this size are decoded on the event loop (well under a millisecond);
 larger ones in a one-thread pool, so that the loop keeps answering probes while a
 multi-megabyte frame is checked."""
+REJOIN_RETRY_S = 5.0
+"""Seconds between two rejoin attempts of a node whose push-pulls fail as they do with a
+stale keyring (the members answer each at most every 5 s per address too)."""
+MAX_REJOIN_REPLY_BYTES = 4 * 1024
+"""Longest answer read to a ``/v1/wire/rejoin`` post (a certificate and a sealed keyring
+in one signed envelope: under 2 KiB), bytes."""
 READ_CHUNK_BYTES = 64 * 1024
 """Bytes read at a time from a peer's HTTP body when its size is capped."""
 
@@ -165,8 +203,14 @@ class Driver:
         manifest_listeners: list[Callable[[str, Manifest | None], None]],
         member_listeners: list[Callable[[MemberChanged], None]],
         tick: Callable[[float], None] | None = None,
+        seal: WireSeal | None = None,
     ) -> None:
         self.core = core
+        self.seal = seal or WireSeal()
+        """Seals what goes to peers and opens what comes back."""
+        self._next_rejoin_at = 0.0  # monotonic time before which no rejoin is tried
+        self.key_ops = KeyOpLog(core.config.key_op_window)
+        """Key operation ids seen (replays refused); the rules are the core module's."""
         self.tick: Callable[[float], None] = tick or core.tick
         """What the drive loop calls when the deadline passes (``core.tick`` by default)."""
         self._signer = signer
@@ -370,11 +414,14 @@ class Driver:
         """``protocol.decode`` of a TCP frame: on the loop when small, in the decoder
         thread above :data:`DECODE_INLINE_MAX_BYTES` so the loop keeps serving probes."""
         if len(data) <= DECODE_INLINE_MAX_BYTES or self._decoder is None:
-            return decode(data, verifier=self._verifier)
+            return self._open_and_decode(data)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._decoder, functools.partial(decode, data, verifier=self._verifier)
-        )
+        return await loop.run_in_executor(self._decoder, self._open_and_decode, data)
+
+    def _open_and_decode(self, data: bytes) -> Envelope:
+        """Open ``data`` with the keyring (by its rule) and decode the plaintext: raises
+        only :class:`~protocol.errors.RemoteProtocolError` subclasses."""
+        return decode(self.seal.open(data), verifier=self._verifier)
 
     def _client(self) -> aiohttp.ClientSession:
         session = self._session()
@@ -383,14 +430,14 @@ class Driver:
         return session
 
     async def _post_envelope(
-        self, addr: tuple[str, int], path: str, body: bytes, cap: int
+        self, addr: tuple[str, int], path: str, body: bytes, cap: int, *, sealed: bool = False
     ) -> bytes:
         """POST ``body`` and return the reply, read with a hard cap of ``cap`` bytes: a
         longer reply aborts the connection and raises
         :class:`~meshnode.runtime.transport.BodyTooLarge`."""
         async with self._client().post(
             f"http://{format_address(addr)}{path}",
-            data=body,
+            data=body if sealed else self.seal.seal(body),
             headers={"Content-Type": WIRE_CONTENT_TYPE},
         ) as resp:
             resp.raise_for_status()
@@ -429,10 +476,88 @@ class Driver:
         except (aiohttp.ClientError, TimeoutError, OSError, RemoteProtocolError) as exc:
             self.drops[f"push_pull_{type(exc).__name__}"] += 1
             self._log.debug("push_pull_failed", peer=format_address(addr), error=str(exc))
+            if self._keyring_may_be_stale(exc):
+                self.spawn(self._rejoin(addr))
         finally:
             core.push_pull_done(time.time())
             self._wake.set()
         self.dispatch()
+
+    # ------------------------------------------------------------------ rejoin
+
+    def _keyring_may_be_stale(self, exc: BaseException) -> bool:
+        """Did a push-pull fail the way it does when our keyring is stale (the peer
+        refused our body, or its reply did not open), with an authority to vouch for us
+        and no rejoin tried within :data:`REJOIN_RETRY_S`?"""
+        if self.seal.keyring is None or self.core.admission is None:
+            return False
+        refused = isinstance(exc, aiohttp.ClientResponseError) and exc.status == 400
+        if not (refused or isinstance(exc, SealRejected)):
+            return False
+        now = time.monotonic()
+        if now < self._next_rejoin_at:
+            return False
+        self._next_rejoin_at = now + REJOIN_RETRY_S
+        return True
+
+    async def _rejoin(self, addr: tuple[str, int]) -> None:
+        await self.rejoin(addr)
+
+    async def rejoin(self, addr: tuple[str, int]) -> bool:
+        """Ask the member at ``addr`` for the current keyring (``POST /v1/wire/rejoin``,
+        unsealed, signed by us, with our certificate, a fresh timestamp and nonce). The
+        answer counts only if it is signed by a node whose certificate (in the answer) our
+        authority issued and has not revoked; the keyring in it must open with our key.
+        It is then swapped in (and persisted by the keyring's listeners) and the join is
+        tried again at once. Returns whether a keyring was installed."""
+        core = self.core
+        admission = core.admission
+        if admission is None or not isinstance(self._signer, Identity):
+            return False
+        self.drops["rejoin_attempts"] += 1
+        request = RejoinRequest(admission.own.signed, time.time(), nacl_random(16))
+        try:
+            async with self._client().post(
+                f"http://{format_address(addr)}/v1/wire/rejoin",
+                data=encode([request], self._signer),
+                headers={"Content-Type": WIRE_CONTENT_TYPE},
+            ) as resp:
+                resp.raise_for_status()
+                raw = await read_capped(
+                    resp.content, MAX_REJOIN_REPLY_BYTES, resp.content_length, READ_CHUNK_BYTES
+                )
+            envelope = decode(raw, verifier=self._verifier)
+            got = envelope.messages
+            if len(got) != 1 or not isinstance(got[0], RejoinReply):
+                raise RemoteProtocolError("rejoin reply is not one RejoinReply")
+            reply = got[0]
+            now = time.time()
+            core.offer_certificate(reply.certificate, now)
+            if not core.admits(envelope.sender, now):
+                raise RemoteProtocolError("rejoin reply from a node our authority did not admit")
+            ring = Keyring.decode(open_sealed_to_me(self._signer.to_seed(), reply.sealed_keyring))
+        except (
+            aiohttp.ClientError,
+            TimeoutError,
+            OSError,
+            RemoteProtocolError,
+            KeyringError,
+            CertificateError,
+        ) as exc:
+            self.drops[f"rejoin_{type(exc).__name__}"] += 1
+            self._log.warning("rejoin_failed", peer=format_address(addr), error=str(exc))
+            return False
+        self.seal.replace(ring)
+        self.drops["rejoins"] += 1
+        self._log.info(
+            "rejoined",
+            peer=format_address(addr),
+            by=short_id(envelope.sender),
+            keys=ring.fingerprints(),
+        )
+        core.join([addr, *core.membership.join_seeds], time.time())
+        self.dispatch()
+        return True
 
     async def fetch_manifest(self, effect: FetchManifest) -> None:
         """Fetch a manifest: ask the effect's sources one at a time, handing each answer
@@ -462,12 +587,87 @@ class Driver:
                 resp.raise_for_status()
                 try:
                     raw = await read_capped(
-                        resp.content, MAX_MANIFEST_BYTES, resp.content_length, READ_CHUNK_BYTES
+                        resp.content,
+                        MAX_MANIFEST_BYTES + SEAL_OVERHEAD_BYTES,
+                        resp.content_length,
+                        READ_CHUNK_BYTES,
                     )
                 except BodyTooLarge:
                     resp.close()
                     raise
-            return unpack(raw, Manifest)
+            return unpack(self.seal.open(raw), Manifest)
         except (aiohttp.ClientError, TimeoutError, OSError, RemoteProtocolError) as exc:
             self.drops[f"fetch_{type(exc).__name__}"] += 1
             return None
+
+    # ------------------------------------------------------------------ key operations
+
+    def answer_key_op(self, sender: str, op: KeyOp) -> KeyOpReply:
+        """Apply a member's key operation to our keyring (the core module decides) and
+        say how it went; a changed keyring is swapped in and persisted."""
+        ring = self.seal.keyring
+        if ring is None:
+            return KeyOpReply(op.op_id, False, "this node has no keyring", ())
+        member = self.core.membership.member(sender)
+        new, reply = handle_key_op(
+            ring, op, sender_is_member=is_member(member), log=self.key_ops, now=time.time()
+        )
+        if new is not None:
+            self.seal.replace(new)
+            self._log.info(
+                "keyring_changed",
+                action=Action(op.action).name.lower(),
+                by=short_id(sender),
+                keys=new.fingerprints(),
+            )
+        return reply
+
+    async def key_operation(self, action: Action, key: bytes) -> KeyOpSummary:
+        """Apply ``action`` here, then ask every other member to apply it (at most
+        :data:`~meshnode.core.keys.KEY_OP_FANOUT` at once, each within
+        ``NodeConfig.key_op_timeout``) and count the answers."""
+        op = KeyOp(op_id=nacl_random(16), action=int(action), key=key, issued_at=time.time())
+        own = self.answer_key_op(self.core.node_id, op)
+        answers: dict[str, KeyOpReply | None] = {self.core.node_id: own}
+        if action is not Action.LIST and not own.ok:
+            return summarize(action, key, answers)  # refused here: nobody else is asked
+        slots = asyncio.Semaphore(KEY_OP_FANOUT)
+        targets = key_op_targets(self.core.membership.members(), self.core.node_id)
+
+        async def ask(node: str, addr: tuple[str, int]) -> None:
+            async with slots:
+                answers[node] = await self._ask_key_op(node, addr, op)
+
+        await asyncio.gather(*(ask(node, addr) for node, addr in targets))
+        return summarize(action, key, answers)
+
+    async def _ask_key_op(self, node: str, addr: tuple[str, int], op: KeyOp) -> KeyOpReply | None:
+        """One member's answer to ``op``, or None when it could not be had. The request is
+        sealed whatever ``encrypt_outgoing`` says: members accept key operations only
+        sealed."""
+        ring = self.seal.keyring
+        if ring is None:
+            return None
+        try:
+            async with asyncio.timeout(self.core.config.key_op_timeout):
+                data = await self._post_envelope(
+                    addr,
+                    "/v1/wire/keys",
+                    ring.seal(encode([op], self._signer)),
+                    MAX_KEY_OP_REPLY_BYTES,
+                    sealed=True,
+                )
+                envelope = self._open_and_decode(data)
+        except (aiohttp.ClientError, TimeoutError, OSError, RemoteProtocolError) as exc:
+            self.drops[f"key_op_{type(exc).__name__}"] += 1
+            return None
+        got = envelope.messages
+        if (
+            envelope.sender != node
+            or len(got) != 1
+            or not isinstance(got[0], KeyOpReply)
+            or got[0].op_id != op.op_id
+        ):
+            self.drops["key_op_bad_reply"] += 1
+            return None
+        return got[0]

@@ -57,6 +57,7 @@ from meshnode.capability import (
     make_capability,
     make_policy,
 )
+from meshnode.core.admission import Admission
 from meshnode.core.authorization import Allow, CapabilityPolicy, Quota
 from meshnode.core.config import NodeConfig, format_address
 from meshnode.core.delegation import rank_candidates
@@ -71,12 +72,13 @@ from meshnode.runtime.discovery import DiscoveryService
 from meshnode.runtime.driver import DECODE_INLINE_MAX_BYTES, Driver
 from meshnode.runtime.mcp_client import McpClientPool, McpToolResult
 from meshnode.runtime.persistence import Persistence
-from meshnode.runtime.store import NodeStore
+from meshnode.runtime.store import NodeStore, load_certificate, load_keyring, save_keyring
 from meshnode.runtime.tasks import DelegationError, DelegationResult, TaskService
 from meshnode.runtime.transport import (
     ConnectionGuard,
     GuardedSite,
     UdpEndpoint,
+    WireSeal,
     effective_connection_limit,
     raise_nofile_limit,
 )
@@ -91,6 +93,9 @@ from protocol import (
     short_id,
 )
 from protocol import verify as ed25519_verify
+from protocol.identity import public_key_from_node_id
+from protocol.keyring import Keyring
+from protocol.messages import SignedCertificate, SignedRevocation
 
 __all__ = ["DECODE_INLINE_MAX_BYTES", "Lifecycle", "MeshNode", "wait_for"]
 
@@ -131,9 +136,17 @@ class MeshNode:
         identity: Identity | None = None,
         verifier: Verifier = ed25519_verify,
         rng: random.Random | None = None,
+        keyring: Keyring | None = None,
     ) -> None:
         self.config = config or NodeConfig()
         self._identity = identity
+        self.seal = WireSeal(
+            keyring,
+            encrypt_outgoing=self.config.encrypt_outgoing,
+            encrypt_incoming=self.config.encrypt_incoming,
+        )
+        """The keyring and its switches (``keyring``, else ``NodeConfig.keyring_file``
+        loaded at start): every byte to and from peers passes through it."""
         self.verifier = verifier
         self._rng = rng or random.Random()
         self._capabilities: dict[str, CapabilitySpec] = {
@@ -326,6 +339,8 @@ class MeshNode:
         if self._identity is None:
             self._identity = Identity.generate()
         self._log = log.bind(node=short_id(self._identity.node_id), name=cfg.name)
+        certificate = self._own_certificate()
+        self._load_keyring()
         incarnation = 0
         if self._store is not None:
             incarnation = self._store.incarnation() + 1
@@ -354,6 +369,7 @@ class MeshNode:
             ip_version=6 if self._udp.family == socket.AF_INET6 else 4,
             capabilities={name: spec.capability for name, spec in self._capabilities.items()},
             policies=self._policies(),
+            certificate=certificate,
         )
         self._core = core
         self._session = aiohttp.ClientSession(
@@ -382,6 +398,7 @@ class MeshNode:
             manifest_listeners=self.manifest_listeners,
             member_listeners=self.member_listeners,
             tick=self._tick,
+            seal=self.seal,
         )
         self._driver = driver
         self._tasks_service = TaskService(
@@ -393,6 +410,7 @@ class MeshNode:
             specs=lambda: self._capabilities,
             poke=driver.poke,
             count_drop=self.count_drop,
+            seal=self.seal,
         )
         driver.tasks = self._tasks_service
         self.manifest_listeners.append(self._discovery.manifest_changed)
@@ -422,6 +440,24 @@ class MeshNode:
             seeds=len(seeds),
         )
 
+    def _load_keyring(self) -> None:
+        """Load ``NodeConfig.keyring_file`` (unless a keyring was given) and write every
+        keyring a key operation installs back to it."""
+        path = self.config.keyring_file
+        if path is None:
+            return
+        if self.seal.keyring is None:
+            self.seal.replace(load_keyring(path))
+
+        def persist(ring: Keyring) -> None:
+            try:
+                save_keyring(path, ring)
+            except OSError as exc:  # the new keyring is in use; a restart would lose it
+                self._log.error("keyring_persist_failed", path=path, error=str(exc))
+                raise
+
+        self.seal.listeners.append(persist)
+
     async def _bind(self) -> None:
         cfg = self.config
         soft, _ = raise_nofile_limit()
@@ -441,7 +477,12 @@ class MeshNode:
         last_error: OSError | None = None
         for _ in range(BIND_ATTEMPTS if cfg.port == 0 else 1):
             udp = await UdpEndpoint.open(
-                cfg.host, cfg.port, self.identity, self._on_envelope, verifier=self.verifier
+                cfg.host,
+                cfg.port,
+                self.identity,
+                self._on_envelope,
+                verifier=self.verifier,
+                seal=self.seal,
             )
             port = udp.local_address[1]
             try:
@@ -598,6 +639,32 @@ class MeshNode:
         if self._driver is not None:
             self._driver.poke()
         return reply
+
+    def _own_certificate(self) -> SignedCertificate | None:
+        """With a mesh authority configured: this node's certificate, checked before
+        anything is bound or loaded (raises ``AdmissionError`` naming the fix)."""
+        cfg = self.config
+        if cfg.authority is None:
+            return None
+        certificate = load_certificate(cfg.certificate) if cfg.certificate else None
+        Admission(
+            public_key_from_node_id(cfg.authority),
+            self.identity.node_id,
+            certificate,
+            verifier=self.verifier,
+            now=time.time(),
+            max_certificates=1,
+            max_revocations=1,
+            clock_skew=cfg.authority_clock_skew,
+        )
+        return certificate
+
+    def revoke(self, revocation: SignedRevocation) -> bool:
+        """Take in a revocation signed by the mesh authority (from the operator through the
+        API); True if it was new and valid. It spreads by gossip from here."""
+        fresh = self.core.revoke(revocation, time.time())
+        self._dispatch()
+        return fresh
 
     def handle_records(self, records: list[LedgerRecord]) -> int:
         """Apply the third leg of a push-pull (called by the HTTP handler)."""

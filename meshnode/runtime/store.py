@@ -45,7 +45,7 @@ from typing import TypeVar
 import filelock
 import structlog
 
-from meshnode.errors import DataDirInUse, KeyFileError
+from meshnode.errors import DataDirInUse, KeyFileError, KeyringFileError
 from protocol import (
     Alive,
     Dead,
@@ -59,13 +59,18 @@ from protocol import (
     pack,
     unpack,
 )
+from protocol.errors import KeyringError, MeshError
 from protocol.identity import SEED_BYTES
+from protocol.keyring import MAX_TEXT_BYTES, Keyring
+from protocol.messages import SignedCertificate, SignedRevocation
 
 KEY_FILE = "node.key"
 """The identity key's file in the data dir: the hex of the 32-byte seed and a newline."""
 MAX_KEY_FILE_BYTES = 4_096
 """Largest key file read (one is 65 bytes): a larger file is refused as not a key, and a
 hostile one costs no more than this to reject."""
+MAX_KEYRING_FILE_BYTES = MAX_TEXT_BYTES
+"""Largest keyring file read (8 keys and a label are under 1 KiB)."""
 DB_FILE = "meshnode.sqlite3"
 DB_COMPANIONS = ("-wal", "-shm")
 """Files SQLite keeps beside :data:`DB_FILE` in WAL mode."""
@@ -295,6 +300,13 @@ def save_identity(path: str | os.PathLike[str], identity: Identity) -> None:
     is fsynced, renamed over ``path`` (a rename replaces a symlink at ``path`` itself, never
     its target), and the directory is fsynced so the rename survives a crash. A missing
     parent directory is created 0700."""
+    _write_secret(path, identity.to_seed().hex().encode("ascii") + b"\n")
+
+
+def _write_secret(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` with mode 0600, atomically and durably (see
+    :func:`save_identity`): a crash or a full disk leaves the old file or the new one,
+    never a mix."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
     tmp = target.with_name(target.name + ".tmp")
@@ -304,7 +316,6 @@ def save_identity(path: str | os.PathLike[str], identity: Identity) -> None:
     try:
         try:
             os.fchmod(fd, PRIVATE_FILE_MODE)
-            data = identity.to_seed().hex().encode("ascii") + b"\n"
             while data:
                 data = data[os.write(fd, data) :]
             os.fsync(fd)
@@ -322,6 +333,42 @@ def save_identity(path: str | os.PathLike[str], identity: Identity) -> None:
         os.close(dir_fd)
 
 
+def _read_secret(
+    path: str | os.PathLike[str], what: str, max_bytes: int, error: type[MeshError]
+) -> bytes:
+    """The bytes of the secret file at ``path`` (``what`` names it in errors), refused with
+    ``error`` if missing, a symlink, not a regular file (a FIFO, a device), accessible by
+    group or others, or larger than ``max_bytes``. The checks are made on the opened file
+    (``fstat``), so the file cannot be swapped between the check and the read."""
+    source = Path(path)
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError as exc:
+        raise error(f"no {what} at {source}") from exc
+    except OSError as exc:
+        if os.path.islink(source):  # O_NOFOLLOW refuses a symlink with ELOOP
+            raise error(
+                f"{what} {source} is a symlink; a key file must be a regular file "
+                f"(replace the link with the file it points to)"
+            ) from None
+        raise error(f"cannot open {what} {source}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{what} {source} is not a regular file")
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise error(
+                f"{what} {source} is accessible by other users "
+                f"(mode {stat.S_IMODE(st.st_mode):o}); run: chmod 600 {source}"
+            )
+        raw = os.read(fd, max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(raw) > max_bytes:
+        raise error(f"{what} {source} is larger than {max_bytes} bytes")
+    return raw
+
+
 def load_identity(path: str | os.PathLike[str]) -> Identity:
     """Read a key written by :func:`save_identity`.
 
@@ -331,31 +378,7 @@ def load_identity(path: str | os.PathLike[str]) -> Identity:
     seed. The checks are made on the opened file (``fstat``), so the file cannot be
     swapped between the check and the read."""
     source = Path(path)
-    try:
-        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError as exc:
-        raise KeyFileError(f"no identity key at {source}") from exc
-    except OSError as exc:
-        if os.path.islink(source):  # O_NOFOLLOW refuses a symlink with ELOOP
-            raise KeyFileError(
-                f"identity key {source} is a symlink; a key file must be a regular file "
-                f"(replace the link with the file it points to)"
-            ) from None
-        raise KeyFileError(f"cannot open identity key {source}: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise KeyFileError(f"identity key {source} is not a regular file")
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise KeyFileError(
-                f"identity key {source} is accessible by other users "
-                f"(mode {stat.S_IMODE(st.st_mode):o}); run: chmod 600 {source}"
-            )
-        raw = os.read(fd, MAX_KEY_FILE_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(raw) > MAX_KEY_FILE_BYTES:
-        raise KeyFileError(f"identity key {source} is larger than {MAX_KEY_FILE_BYTES} bytes")
+    raw = _read_secret(source, "identity key", MAX_KEY_FILE_BYTES, KeyFileError)
     text = raw.decode("ascii", errors="replace").strip()
     try:
         seed = bytes.fromhex(text)
@@ -364,6 +387,28 @@ def load_identity(path: str | os.PathLike[str]) -> Identity:
     if len(seed) != SEED_BYTES:
         raise KeyFileError(f"identity key {source} does not hold a {SEED_BYTES}-byte seed")
     return Identity.from_seed(seed)
+
+
+# ---------------------------------------------------------------------------- keyring file
+
+
+def save_keyring(path: str | os.PathLike[str], keyring: Keyring) -> None:
+    """Write ``keyring`` to ``path`` (JSON, base64 keys, primary first; mode 0600),
+    atomically and durably, never through a symlink (as :func:`save_identity`)."""
+    _write_secret(path, keyring.to_text().encode("utf-8"))
+
+
+def load_keyring(path: str | os.PathLike[str]) -> Keyring:
+    """Read a keyring written by :func:`save_keyring` (or ``meshnode keys init``).
+
+    Raises :class:`~meshnode.errors.KeyringFileError` when the file is missing, a symlink,
+    not a regular file (a FIFO), readable or writable by group or others, larger than
+    :data:`MAX_KEYRING_FILE_BYTES`, or not a valid keyring (the message says what)."""
+    raw = _read_secret(path, "keyring", MAX_KEYRING_FILE_BYTES, KeyringFileError)
+    try:
+        return Keyring.from_text(raw)
+    except KeyringError as exc:
+        raise KeyringFileError(f"keyring {path} is invalid: {exc}") from None
 
 
 def load_or_create_identity(path: str | os.PathLike[str]) -> Identity:
@@ -461,3 +506,163 @@ def _narrow_file(path: Path) -> None:
         return
     if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) & 0o077 and st.st_uid == os.geteuid():
         os.chmod(path, PRIVATE_FILE_MODE)
+
+
+# ---------------------------------------------------------------------------- mesh authority
+
+AUTHORITY_KEY_FILE = "authority.key"
+"""The authority's private key in its directory (same format and mode as a node key)."""
+ISSUED_LOG_FILE = "issued.log"
+"""One line per certificate the authority issued: ``serial node_id expires_at``. Read by
+``meshnode authority revoke`` to keep a revocation exactly as long as what it revokes."""
+MAX_CREDENTIAL_FILE_BYTES = 4_096
+"""Largest certificate or revocation file read (a certificate is at most about 1.1 KB)."""
+MAX_ISSUED_LOG_BYTES = 64 * 1024 * 1024
+"""Largest issued log read (about 800,000 certificates)."""
+PUBLIC_FILE_MODE = 0o644
+"""Mode of certificate and revocation files: they hold nothing secret."""
+
+
+def save_authority_key(directory: str | os.PathLike[str], identity: Identity) -> Path:
+    """Write the authority key into ``directory`` (created 0700), like a node key (0600,
+    atomic, never through a symlink). Returns its path."""
+    path = Path(directory) / AUTHORITY_KEY_FILE
+    save_identity(path, identity)
+    return path
+
+
+def load_authority_key(directory: str | os.PathLike[str]) -> Identity:
+    """Read the authority key of ``directory`` (refused as :func:`load_identity` refuses
+    a node key: symlink, open to others, malformed)."""
+    return load_identity(Path(directory) / AUTHORITY_KEY_FILE)
+
+
+def write_public_file(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` (0644) atomically and durably: through a temp file
+    created with ``O_EXCL | O_NOFOLLOW``, fsynced and renamed over ``path`` (a symlink at
+    ``path`` is replaced, never followed)."""
+    target = Path(path)
+    tmp = target.with_name(target.name + ".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PUBLIC_FILE_MODE)
+    try:
+        try:
+            os.fchmod(fd, PUBLIC_FILE_MODE)
+            rest = data
+            while rest:
+                rest = rest[os.write(fd, rest) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def read_public_file(path: str | os.PathLike[str], max_bytes: int, what: str) -> bytes:
+    """Read a regular file of at most ``max_bytes``; raise
+    :class:`~meshnode.errors.KeyFileError` (naming ``what``) if it is missing, a symlink,
+    not a regular file, or larger."""
+    source = Path(path)
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise KeyFileError(f"no {what} at {source}") from None
+    except OSError as exc:
+        if os.path.islink(source):
+            raise KeyFileError(f"{what} {source} is a symlink; use the file itself") from None
+        raise KeyFileError(f"cannot open {what} {source}: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise KeyFileError(f"{what} {source} is not a regular file")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= max_bytes:
+            chunk = os.read(fd, max_bytes + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > max_bytes:
+        raise KeyFileError(f"{what} {source} is larger than {max_bytes} bytes")
+    return data
+
+
+def save_certificate(path: str | os.PathLike[str], signed: SignedCertificate) -> None:
+    """Write a certificate file (the packed :class:`~protocol.messages.SignedCertificate`)."""
+    write_public_file(path, pack(signed))
+
+
+def load_certificate(path: str | os.PathLike[str]) -> SignedCertificate:
+    """Read a certificate file; raise :class:`~meshnode.errors.KeyFileError` if it cannot
+    be read or does not hold one (whether it is valid is the admission core's check)."""
+    data = read_public_file(path, MAX_CREDENTIAL_FILE_BYTES, "certificate")
+    try:
+        return unpack(data, SignedCertificate, max_bytes=MAX_CREDENTIAL_FILE_BYTES)
+    except MeshError as exc:
+        raise KeyFileError(f"certificate {path} is not a certificate file: {exc}") from None
+
+
+def save_revocation(path: str | os.PathLike[str], signed: SignedRevocation) -> None:
+    """Write a revocation file (the packed :class:`~protocol.messages.SignedRevocation`)."""
+    write_public_file(path, pack(signed))
+
+
+def load_revocation(path: str | os.PathLike[str]) -> SignedRevocation:
+    """Read a revocation file (see :func:`load_certificate`)."""
+    data = read_public_file(path, MAX_CREDENTIAL_FILE_BYTES, "revocation")
+    try:
+        return unpack(data, SignedRevocation, max_bytes=MAX_CREDENTIAL_FILE_BYTES)
+    except MeshError as exc:
+        raise KeyFileError(f"revocation {path} is not a revocation file: {exc}") from None
+
+
+def log_issued(
+    directory: str | os.PathLike[str], serial: int, node_id: str, expires_at: float
+) -> None:
+    """Append one issued certificate to the authority's log (0600, never through a
+    symlink), fsynced."""
+    path = Path(directory) / ISSUED_LOG_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, PRIVATE_FILE_MODE)
+    try:
+        os.write(fd, f"{serial} {node_id} {expires_at!r}\n".encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def issued_expiry(
+    directory: str | os.PathLike[str], *, serial: int | None = None, node_id: str | None = None
+) -> float | None:
+    """The latest expiry among issued certificates matching ``serial`` and/or ``node_id``
+    (None: none logged)."""
+    path = Path(directory) / ISSUED_LOG_FILE
+    if not os.path.lexists(path):
+        return None
+    text = read_public_file(path, MAX_ISSUED_LOG_BYTES, "issued log").decode("ascii", "replace")
+    latest: float | None = None
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) != 3 or not parts[0].isdigit():
+            continue
+        if serial is not None and int(parts[0]) != serial:
+            continue
+        if node_id is not None and parts[1] != node_id:
+            continue
+        try:
+            expires = float(parts[2])
+        except ValueError:
+            continue
+        latest = expires if latest is None else max(latest, expires)
+    return latest

@@ -23,6 +23,10 @@ channel beyond it is closed once the handshake names its peer). Each refusal is 
 Before its handshake completes a socket gets one chance: a first envelope that does not
 decode, or is not a valid handshake step, closes it.
 
+With a keyring, every frame is sealed by the node's
+:class:`~meshnode.runtime.transport.WireSeal` and opened before it is decoded; a frame
+that does not open counts as one that does not decode (``task_SealRejected`` in drops).
+
 A connection that drops is reported to the core (``peer_failed``) unless another live
 connection to the same peer remains, so requesters move on without waiting for a timeout.
 SWIM declaring the peer dead is an accusation that anyone in the mesh may make, so the
@@ -117,6 +121,7 @@ from meshnode.core.node import NodeCore
 from meshnode.core.provider import ProviderCore
 from meshnode.errors import DelegationError as DelegationError  # public home: meshnode
 from meshnode.errors import InvalidInput
+from meshnode.runtime.transport import WireSeal
 from protocol import (
     LocalProtocolError,
     Message,
@@ -128,7 +133,7 @@ from protocol import (
     short_id,
 )
 from protocol.codec import encode, encode_wire_batch, message_to_wire
-from protocol.limits import MAX_FRAME_BYTES, MAX_MESSAGES_PER_ENVELOPE
+from protocol.limits import MAX_FRAME_BYTES, MAX_MESSAGES_PER_ENVELOPE, MAX_SEALED_FRAME_BYTES
 from protocol.messages import ChannelPing, ChannelPong
 
 WS_PATH = "/v1/ws/tasks"
@@ -255,8 +260,10 @@ class TaskService:
         specs: Callable[[], Mapping[str, CapabilitySpec]],
         poke: Callable[[], None],
         count_drop: Callable[[str], None],
+        seal: WireSeal | None = None,
     ) -> None:
         self.core = core
+        self._seal = seal or WireSeal()
         self.config = config
         self._signer = signer
         self._verifier = verifier
@@ -376,7 +383,7 @@ class TaskService:
         if why is not None or self._closed:
             self._refuse(why or "closing")
             return web.Response(status=503, text=f"task connection refused: {why or 'closing'}")
-        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=WS_HEARTBEAT_S)
+        ws = web.WebSocketResponse(max_msg_size=MAX_SEALED_FRAME_BYTES, heartbeat=WS_HEARTBEAT_S)
         channel = self._adopt(ws, None, address)
         try:
             await ws.prepare(request)
@@ -444,14 +451,14 @@ class TaskService:
             ws = await asyncio.wait_for(
                 self._session().ws_connect(
                     f"http://{format_address(member.address)}{WS_PATH}",
-                    max_msg_size=MAX_FRAME_BYTES,
+                    max_msg_size=MAX_SEALED_FRAME_BYTES,
                     heartbeat=WS_HEARTBEAT_S,
                 ),
                 CONNECT_TIMEOUT_S,
             )
             channel = self._adopt(ws, peer, member.address[0])
             try:
-                await ws.send_bytes(encode(channel.core.start(), self._signer))
+                await ws.send_bytes(self._seal.seal(encode(channel.core.start(), self._signer)))
             except (ConnectionError, aiohttp.ClientError, RuntimeError, OSError) as exc:
                 self._channel_lost(channel, "handshake send failed")
                 self._spawn(_close_ws(ws))
@@ -476,7 +483,7 @@ class TaskService:
                 continue
             self._counters["frames_received"] += 1
             try:
-                envelope = decode(msg.data, verifier=self._verifier)
+                envelope = decode(self._seal.open(msg.data), verifier=self._verifier)
             except RemoteProtocolError as exc:
                 self._counters["frames_dropped"] += 1
                 self._count_drop(f"task_{type(exc).__name__}")
@@ -499,7 +506,9 @@ class TaskService:
                 return
             if got.send:
                 try:
-                    await channel.ws.send_bytes(encode(list(got.send), self._signer))
+                    await channel.ws.send_bytes(
+                        self._seal.seal(encode(list(got.send), self._signer))
+                    )
                 except (ConnectionError, aiohttp.ClientError, RuntimeError, OSError) as exc:
                     log.debug("task_handshake_send_failed", error=str(exc))
                     return
@@ -565,7 +574,7 @@ class TaskService:
             try:
                 frames = _frames(batch, self._signer, channel.core)
                 for frame in frames:
-                    await ws.send_bytes(frame)
+                    await ws.send_bytes(self._seal.seal(frame))
                     self._counters["frames_sent"] += 1
             except (ConnectionError, aiohttp.ClientError, RuntimeError, OSError) as exc:
                 log.debug("task_send_failed", peer=short_id(channel.peer or ""), error=str(exc))

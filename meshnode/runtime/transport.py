@@ -18,6 +18,14 @@ total, excess closed at once and counted) and must deliver its first request's h
 descriptor limit (raised to its hard limit at start) so that the node's own outgoing
 connections keep working while a flood holds every inbound slot.
 
+Sealing (the keyring, :mod:`protocol.keyring`): one :class:`WireSeal` per node is the
+single place where peer bytes are sealed and opened — UDP datagrams here, the
+``/v1/wire/*`` bodies (``api``, ``driver``) and the task WebSocket frames (``tasks``).
+Input is opened *before* it is decoded; what to do with plaintext or sealed input is the
+rule of :func:`meshnode.core.keys.inbound_rule`. A datagram that does not open costs at
+most one AEAD attempt per installed key, then it is dropped and counted
+(``seal`` in ``/v1/health``).
+
 What stays here, and why: :func:`effective_connection_limit` sizes the total limit from
 the process's descriptor limit (an operating-system resource, read at bind); the header
 timeout is a socket deadline armed on the transport; the datagram size check is the
@@ -35,6 +43,7 @@ from typing import cast
 from aiohttp import StreamReader, web
 
 from meshnode.core.channel import tcp_connection_refusal
+from meshnode.core.keys import Inbound, inbound_rule, seal_outgoing
 from protocol import (
     Envelope,
     LimitExceeded,
@@ -46,10 +55,105 @@ from protocol import (
     encode,
 )
 from protocol import verify as ed25519_verify
-from protocol.limits import MAX_DATAGRAM_BYTES
+from protocol.errors import SealRejected
+from protocol.keyring import Keyring, is_sealed
+from protocol.limits import MAX_DATAGRAM_BYTES, SEAL_OVERHEAD_BYTES
 
 Address = tuple[str, int]
 EnvelopeHandler = Callable[[Envelope, Address], None]
+
+
+class WireSeal:
+    """The node's keyring and its two switches, applied to every byte a peer sends or
+    receives. Mutable: a key operation replaces the keyring (:meth:`replace`), and the
+    listeners (persisting it to the keyring file) are told. Counts what it refuses."""
+
+    def __init__(
+        self,
+        keyring: Keyring | None = None,
+        *,
+        encrypt_outgoing: bool = True,
+        encrypt_incoming: bool = True,
+    ) -> None:
+        self._keyring = keyring
+        self.encrypt_outgoing = encrypt_outgoing
+        self.encrypt_incoming = encrypt_incoming
+        self.listeners: list[Callable[[Keyring], None]] = []
+        """Called with the new keyring after :meth:`replace` (persistence)."""
+        self.counters: Counter[str] = Counter()
+        """``opened``, ``sealed``, ``plaintext_accepted`` and one counter per refusal
+        (``plaintext_refused``, ``sealed_without_keyring``, ``open_failed``)."""
+
+    @property
+    def keyring(self) -> Keyring | None:
+        return self._keyring
+
+    @property
+    def sealing(self) -> bool:
+        """Whether output is sealed now."""
+        return seal_outgoing(
+            have_keyring=self._keyring is not None, encrypt_outgoing=self.encrypt_outgoing
+        )
+
+    @property
+    def overhead(self) -> int:
+        """Bytes sealing adds to each output now (0 when not sealing)."""
+        return SEAL_OVERHEAD_BYTES if self.sealing else 0
+
+    def replace(self, keyring: Keyring) -> None:
+        """Swap in ``keyring`` (after a key operation) and tell the listeners; a listener's
+        failure is counted and does not undo the swap."""
+        self._keyring = keyring
+        for listener in list(self.listeners):
+            try:
+                listener(keyring)
+            except Exception:  # one listener's failure never stops the others
+                self.counters["listener_failed"] += 1
+
+    def seal(self, data: bytes) -> bytes:
+        """``data`` as it goes on the wire: sealed under the primary key when sealing."""
+        ring = self._keyring
+        if ring is None or not self.encrypt_outgoing:
+            return data
+        self.counters["sealed"] += 1
+        return ring.seal(data)
+
+    def open(self, data: bytes) -> bytes:
+        """The plaintext of ``data`` received from a peer, before it is decoded. Raises
+        :class:`~protocol.errors.SealRejected` (counted) when the rule refuses it or it
+        opens under no installed key."""
+        ring = self._keyring
+        rule = inbound_rule(
+            sealed=is_sealed(data),
+            have_keyring=ring is not None,
+            require_sealed=self.encrypt_incoming,
+        )
+        if rule is Inbound.PLAIN:
+            if ring is not None:
+                self.counters["plaintext_accepted"] += 1
+            return data
+        if rule is not Inbound.OPEN or ring is None:
+            self.counters[rule.value] += 1
+            raise SealRejected(f"input refused: {rule.value.replace('_', ' ')}")
+        try:
+            plain = ring.open(data)
+        except SealRejected:
+            self.counters["open_failed"] += 1
+            raise
+        self.counters["opened"] += 1
+        return plain
+
+    def snapshot(self) -> dict[str, object]:
+        """For ``/v1/health``: whether sealing is on, the key fingerprints, the counters."""
+        ring = self._keyring
+        return {
+            "keyring": ring is not None,
+            "label": ring.label if ring is not None else None,
+            "keys": ring.fingerprints() if ring is not None else [],
+            "encrypt_outgoing": self.encrypt_outgoing,
+            "encrypt_incoming": self.encrypt_incoming,
+            **dict(sorted(self.counters.items())),
+        }
 
 
 class UdpEndpoint(asyncio.DatagramProtocol):
@@ -61,7 +165,9 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         on_envelope: EnvelopeHandler,
         *,
         verifier: Verifier = ed25519_verify,
+        seal: WireSeal | None = None,
     ) -> None:
+        self._seal = seal or WireSeal()
         self._signer = signer
         self._on_envelope = on_envelope
         self._verifier = verifier
@@ -81,10 +187,12 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         on_envelope: EnvelopeHandler,
         *,
         verifier: Verifier = ed25519_verify,
+        seal: WireSeal | None = None,
     ) -> UdpEndpoint:
         loop = asyncio.get_running_loop()
         transport, protocol = await loop.create_datagram_endpoint(
-            lambda: cls(signer, on_envelope, verifier=verifier), local_addr=(host, port)
+            lambda: cls(signer, on_envelope, verifier=verifier, seal=seal),
+            local_addr=(host, port),
         )
         protocol._transport = transport  # connection_made runs later, via call_soon
         return protocol
@@ -98,7 +206,8 @@ class UdpEndpoint(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         self.bytes_received += len(data)
         try:
-            envelope = decode(data, verifier=self._verifier, max_bytes=MAX_DATAGRAM_BYTES)
+            plain = self._seal.open(data)
+            envelope = decode(plain, verifier=self._verifier, max_bytes=MAX_DATAGRAM_BYTES)
         except RemoteProtocolError as exc:
             self.dropped[type(exc).__name__] += 1
             return
@@ -114,7 +223,7 @@ class UdpEndpoint(asyncio.DatagramProtocol):
     def send(self, addr: Address, messages: Sequence[Message]) -> None:
         if self._transport is None or self._transport.is_closing():
             return
-        data = encode(list(messages), self._signer)
+        data = self._seal.seal(encode(list(messages), self._signer))
         self._transport.sendto(data, addr)
         self.sent += 1
         self.bytes_sent += len(data)

@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from meshnode.core.admission import Admission
 from meshnode.core.config import format_address
 from meshnode.core.member import MemberState
 from meshnode.runtime.driver import DEGRADED_WINDOW_S, IDENTITY_CONFLICT_REPORT_S
@@ -92,6 +93,7 @@ def health(node: MeshNode) -> dict[str, Any]:
         "local_health": m.health,
         "dropped": dict(sorted((udp.dropped if udp else Counter()).items())),
         "drops": dict(sorted(node.drops.items())),
+        "seal": node.seal.snapshot(),
         "driver_restarts": node.driver_restarts,
         "effect_failures": {
             f"{kind}/{error}": count
@@ -104,6 +106,21 @@ def health(node: MeshNode) -> dict[str, Any]:
             "mesh": dict(sorted(core.counters.items())),
             "tasks": dict(sorted(tasks.counters.items() if tasks is not None else ())),
         },
+        "admission": _admission_json(core.admission),
+    }
+
+
+def _admission_json(admission: Admission | None) -> dict[str, Any] | None:
+    """Held certificates and revocations and the admission counters (None: the node runs
+    without a mesh authority)."""
+    if admission is None:
+        return None
+    return {
+        "certificates": len(admission),
+        "revocations": admission.revocation_count,
+        "own_serial": admission.own.serial,
+        "own_expires_at": admission.own.expires_at,
+        "counters": dict(sorted(admission.counters.items())),
     }
 
 
