@@ -56,12 +56,9 @@ A manifest fetch reads at most this many bytes from the peer."""
 SEAL_OVERHEAD_BYTES = 42
 """Bytes the keyring's seal adds to every datagram, frame and body (``protocol.keyring``:
 magic 1 + version 1 + nonce 24 + Poly1305 tag 16). A sealed frame may be this much larger
-than its plaintext limit; what is sent is sized so the *sealed* bytes fit the packet."""
-
-MAX_SEALED_DATAGRAM_BYTES = MAX_DATAGRAM_BYTES
-"""Largest sealed UDP payload accepted: a datagram is one UDP payload whatever it holds,
-so the plaintext inside a sealed datagram is at most ``MAX_DATAGRAM_BYTES -
-SEAL_OVERHEAD_BYTES``."""
+than its plaintext limit. A datagram is one UDP payload whatever it holds, so the
+plaintext inside a sealed datagram is at most ``MAX_DATAGRAM_BYTES - SEAL_OVERHEAD_BYTES``
+(``NodeConfig`` refuses a ``max_packet_bytes`` above that with a keyring)."""
 
 MAX_SEALED_FRAME_BYTES = MAX_FRAME_BYTES + SEAL_OVERHEAD_BYTES
 """Largest sealed TCP body or task frame accepted: a plaintext frame at its limit, sealed."""
