@@ -110,6 +110,7 @@ def _config_from_args(args: argparse.Namespace) -> NodeConfig:
     if args.cert:
         overrides["certificate"] = args.cert
     overrides.update(_keyring_overrides(args))
+    overrides["open"] = args.open
     return PROFILES[args.profile](**overrides)
 
 
@@ -489,6 +490,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="mesh authority public key: admit only nodes it certified (needs --cert)",
     )
     run.add_argument("--cert", metavar="FILE", help="this node's certificate (authority issue)")
+    run.add_argument(
+        "--open",
+        action="store_true",
+        help="run with neither keyring nor authority on a non-loopback address, on purpose",
+    )
     run.add_argument("--log-level", default="INFO")
     run.add_argument("--json-logs", action="store_true", help="JSON logs even on a terminal")
     _add_keyring_run_flags(run)

@@ -24,6 +24,7 @@ different value, add it to ``_WAN`` / ``_LOCAL``.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 from typing import Any
 
@@ -566,6 +567,17 @@ class NodeConfig:
     :data:`meshnode.core.keys.KEY_OP_FANOUT` concurrently), so a 10,000-member mesh
     answers in about ``10,000 / KEY_OP_FANOUT`` round trips."""
 
+    # ------------------------------------------------------------------ open mesh
+
+    open: bool = False
+    """Run without admission on an address other hosts can reach, default False. A node
+    whose bind or advertised address is not loopback refuses to start with neither a
+    keyring (:attr:`keyring_file`, or a ``keyring=`` given to ``MeshNode``) nor a mesh
+    authority (:attr:`authority`): anyone who reaches its port could join, read every
+    manifest and run members-only capabilities. True (CLI ``--open``) says the operator
+    wants exactly that. Loopback needs nothing: a mesh on one machine stays zero-config.
+    See :func:`admission_problem`."""
+
     # ------------------------------------------------------------------ presets
 
     @classmethod
@@ -841,6 +853,42 @@ _LOCAL: dict[str, Any] = {
     "tcp_timeout": 1.0,
 }
 """Overrides of the LAN base for the fast local/test profile."""
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` only reaches this machine: a loopback IP literal (127.0.0.0/8,
+    ``::1``) or ``localhost``. A wildcard (``0.0.0.0``, ``::``) or any other name is not:
+    a name is not resolved here, so it counts as reachable from elsewhere."""
+    text = host.strip().lower().strip("[]").split("%")[0]
+    if text == "localhost" or text.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(text).is_loopback
+    except ValueError:
+        return False
+
+
+def admission_problem(config: NodeConfig, *, has_keyring: bool) -> str | None:
+    """Why a node with ``config`` must not start (None: it may). A node reachable from
+    other hosts (its bind address or its advertised address is not loopback) needs a
+    keyring (``has_keyring``: from :attr:`NodeConfig.keyring_file` or given in code), a
+    mesh authority, or :attr:`NodeConfig.open` set on purpose. The text is one line
+    naming the commands that fix it."""
+    if config.open or has_keyring or config.authority is not None:
+        return None
+    exposed = [
+        h
+        for h in dict.fromkeys((config.host, config.advertise_host or config.host))
+        if not is_loopback_host(h)
+    ]
+    if not exposed:
+        return None
+    return (
+        f"refusing to run an open mesh on {exposed[0]}: anyone who reaches it could join, "
+        "read every manifest and run members-only capabilities; create a keyring with "
+        "`meshnode keys init FILE` and pass --keyring FILE (and/or --authority/--cert, "
+        "see `meshnode authority init`), or pass --open to run it open on purpose"
+    )
 
 
 def _check_int(field: str, value: object, low: int, high: int) -> None:

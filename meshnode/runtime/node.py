@@ -59,14 +59,14 @@ from meshnode.capability import (
 )
 from meshnode.core.admission import Admission
 from meshnode.core.authorization import Allow, CapabilityPolicy, Quota
-from meshnode.core.config import NodeConfig, format_address
+from meshnode.core.config import NodeConfig, admission_problem, format_address
 from meshnode.core.delegation import rank_candidates
 from meshnode.core.effects import MemberChanged
 from meshnode.core.evaluator import EvaluatorFn, Expectation
 from meshnode.core.member import MemberState
 from meshnode.core.node import DELEGATION_TOP_K, NodeCore, deadline_problem
 from meshnode.core.router import ScoredCandidate
-from meshnode.errors import BindError, InvalidRequest, NodeNotRunning
+from meshnode.errors import BindError, ConfigError, InvalidRequest, NodeNotRunning
 from meshnode.runtime.api import build_app
 from meshnode.runtime.discovery import DiscoveryService
 from meshnode.runtime.driver import DECODE_INLINE_MAX_BYTES, Driver
@@ -341,6 +341,9 @@ class MeshNode:
         self._log = log.bind(node=short_id(self._identity.node_id), name=cfg.name)
         certificate = self._own_certificate()
         self._load_keyring()
+        problem = admission_problem(cfg, has_keyring=self.seal.keyring is not None)
+        if problem is not None:
+            raise ConfigError(problem)
         incarnation = 0
         if self._store is not None:
             incarnation = self._store.incarnation() + 1

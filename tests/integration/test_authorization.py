@@ -436,7 +436,7 @@ def test_read_routes_need_the_token_from_outside_unless_open(tmp_path: Path) -> 
     address = _non_loopback_address()
     if address is None:
         pytest.skip("this machine has no non-loopback IPv4 address")
-    extra = ["--host", "0.0.0.0", "--advertise-host", "127.0.0.1", "--api-token", TOKEN]
+    extra = ["--host", "0.0.0.0", "--advertise-host", "127.0.0.1", "--api-token", TOKEN, "--open"]
     with processes() as running:
         guarded = start(running, tmp_path, "g", [], extra)
         public = start(running, tmp_path, "p", [], [*extra, "--open-reads"])

@@ -358,7 +358,12 @@ async def test_discover_is_rate_limited_for_remote_callers_not_loopback() -> Non
     token = "remote-caller-token-0123"  # remote callers need the api token to discover
     node = MeshNode(
         _config(
-            "victim", host="0.0.0.0", advertise_host="127.0.0.1", api_rate_burst=3, api_token=token
+            "victim",
+            host="0.0.0.0",
+            advertise_host="127.0.0.1",
+            api_rate_burst=3,
+            api_token=token,
+            open=True,
         )
     )
     await node.start()
