@@ -11,9 +11,12 @@ Theory of operation
    address it prints is the seed, and the only address the other four are given. Each
    process prints its ``listening`` line; the orchestrator then prints one JSON line per
    step of its job. Before anything starts, the orchestrator's identity is created
-   (``meshnode keygen`` in its data directory) and its node id given to the code agent
+   (in its data directory) and its node id given to the code agent
    (``MESHNODE_CODE_CALLERS``): ``run_python`` runs code for the orchestrator only, and
-   answers anyone else ``rejected: forbidden``.
+   answers anyone else ``rejected: forbidden``. The mesh is keyed: the runner creates a
+   throw-away keyring and mesh authority, every agent's identity and a certificate for
+   each (roles ``orchestrator`` or ``specialist``), and starts every process with
+   ``--keyring``, ``--authority`` and ``--cert``; a process without them is not heard.
 3. While the orchestrator works, the runner polls every node's ``/v1/health`` and the
    orchestrator's ``/v1/members`` and ``/v1/trust`` and redraws the view.
 4. When the report is ready the runner waits (briefly, with a deadline) until every node
@@ -58,6 +61,11 @@ START_TIMEOUT_S = 60.0
 """Seconds a process may take to print its ``listening`` line."""
 STOP_TIMEOUT_S = 10.0
 """Seconds a process may take to leave and exit after SIGTERM before it is killed."""
+DEMO_CERTIFICATE_S = 86_400.0
+"""Validity of the demo agents' certificates, seconds (one day: the mesh lives minutes,
+and its authority key is deleted with the run's temporary directory)."""
+DEMO_LABEL = "meshnode-demo"
+"""The demo keyring's cluster label: its sealed traffic never mixes with another mesh's."""
 POLL_INTERVAL_S = 0.5
 """How often the view asks the nodes' HTTP APIs for their state."""
 SPREAD_TIMEOUT_S = 5.0
@@ -121,6 +129,8 @@ class _Agent:
         self.address = ""
         self.node_id = ""
         self.reader: asyncio.Task[None] | None = None
+        self.admission: list[str] = []
+        """``run`` flags for the keyring, the authority and this agent's certificate."""
 
     async def start(
         self,
@@ -152,6 +162,7 @@ class _Agent:
             "--log-level",
             "WARNING",
             "--json-logs",
+            *self.admission,
         ]
         for seed in seeds:
             cmd += ["--seed", seed]
@@ -256,6 +267,11 @@ class _Demo:
         self.exit_codes: dict[str, int | None] = {}
         self._code_callers = ""
         """The node ids the code agent runs code for: the orchestrator's only."""
+        self._authority = ""
+        """The throw-away mesh authority's public key (node-id form)."""
+        self._keyring_path = self.base / "keyring.json"
+        self._admission: dict[str, dict[str, int]] = {}
+        """Per agent, at the end: sealed inputs opened, plaintext accepted, certificates held."""
 
     # ------------------------------------------------------------------ events
 
@@ -351,26 +367,54 @@ class _Demo:
             shutil.copyfile(source, agent.dir / "datasets" / DATASET_NAME)
         return source
 
-    async def _orchestrator_id(self) -> str:
-        """Create the orchestrator's identity before anything starts (``meshnode keygen``
-        in its data dir, which ``run`` then loads), so that the code agent can be told the
-        one node id it runs code for."""
+    def _credentials(self) -> str:
+        """Admission for a throw-away mesh, before anything starts: a keyring (every byte
+        between the agents sealed), a mesh authority, and for each agent an identity (in
+        its data dir, which ``run`` then loads) and a certificate valid for
+        :data:`DEMO_CERTIFICATE_S`. All of it lives in the run's temporary directory and
+        goes with it. Returns the orchestrator's node id: the one the code agent runs code
+        for (``MESHNODE_CODE_CALLERS``)."""
+        from meshnode.runtime.store import (
+            KEY_FILE,
+            load_or_create_identity,
+            save_authority_key,
+            save_certificate,
+            save_keyring,
+        )
+        from protocol import Identity
+        from protocol.certificate import issue_certificate
+        from protocol.keyring import Keyring
+
+        authority = Identity.generate()
+        save_authority_key(self.base / "authority", authority)
+        save_keyring(self._keyring_path, Keyring.new(label=DEMO_LABEL))
+        self._authority = authority.node_id
+        now = time.time()
+        for serial, agent in enumerate(self.agents, start=1):
+            identity = load_or_create_identity(agent.dir / "state" / KEY_FILE)
+            role = "orchestrator" if agent.spec.role == "orchestrator" else "specialist"
+            cert = issue_certificate(
+                authority,
+                identity.node_id,
+                roles=(role,),
+                name=agent.spec.name,
+                serial=serial,
+                issued_at=now,
+                expires_at=now + DEMO_CERTIFICATE_S,
+            )
+            save_certificate(agent.dir / "node.cert", cert.signed)
+            agent.admission = [
+                "--keyring",
+                str(self._keyring_path),
+                "--authority",
+                authority.node_id,
+                "--cert",
+                str(agent.dir / "node.cert"),
+            ]
         orchestrator = self._agent("orchestrator")
         assert orchestrator is not None
-        state = str(orchestrator.dir / "state")
-        proc = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "meshnode.cli", "keygen", "--data-dir", state, "--json"),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=_env({}),
-        )
-        out, err = await asyncio.wait_for(proc.communicate(), START_TIMEOUT_S)
-        if proc.returncode != 0:
-            raise DemoError(f"cannot create the orchestrator's identity: {err.decode().strip()}")
-        node_id = str(json.loads(out)["node_id"])
-        self._code_callers = node_id
-        return node_id
+        self._code_callers = load_or_create_identity(orchestrator.dir / "state" / KEY_FILE).node_id
+        return self._code_callers
 
     def _agent_env(self, agent: _Agent) -> dict[str, str]:
         role = agent.spec.role
@@ -469,6 +513,13 @@ class _Demo:
                     if m["state"] == "alive" and m["node_id"] != agent.node_id
                 )
                 trust[agent.spec.name] = (await self._get(http, agent, "/v1/trust"))["peers"]
+                health = await self._get(http, agent, "/v1/health")
+                admission = health.get("admission") or {}
+                self._admission[agent.spec.name] = {
+                    "sealed_opened": health["seal"].get("opened", 0),
+                    "plaintext_accepted": health["seal"].get("plaintext_accepted", 0),
+                    "certificates": admission.get("certificates", 0),
+                }
         self.state.trust = trust.get("orchestrator", self.state.trust)
         return mesh, trust
 
@@ -495,7 +546,8 @@ class _Demo:
             async with aiohttp.ClientSession(timeout=timeout) as http:
                 try:
                     async with asyncio.timeout(self.options.timeout_s):
-                        summary["code_callers"] = [await self._orchestrator_id()]
+                        summary["code_callers"] = [self._credentials()]
+                        summary["admission"] = {"keyring": True, "authority": self._authority}
                         summary["seed"] = await self._start_all()
                         poller = asyncio.create_task(self._poll(http))
                         ready = await self._wait_report()
@@ -510,6 +562,7 @@ class _Demo:
                 opinions = sum(1 for t in result["tasks"] if t["quality"] is not None)
                 summary["ledger_records"] = await self._spread(http, opinions)
                 summary["mesh"], summary["trust_views"] = await self._snapshot(http)
+                summary["admission"]["agents"] = self._admission
             summary.update(self._summarize(result, paths["report"]))
         except DemoError as exc:
             summary["error"] = str(exc)

@@ -195,3 +195,16 @@ def test_nothing_is_left_running(demo: dict[str, Any]) -> None:
     for p in demo["processes"]:
         with pytest.raises(ProcessLookupError):
             os.kill(p["pid"], 0)
+
+
+def test_the_demo_mesh_is_keyed_and_certified(demo: dict[str, Any]) -> None:
+    """The demo runs with its own throw-away keyring and mesh authority: every agent
+    opened sealed traffic, accepted no plaintext, and holds the five certificates."""
+    admission = demo["admission"]
+    assert admission["keyring"] is True and len(admission["authority"]) == 52
+    agents = admission["agents"]
+    assert set(agents) == {"orchestrator", "data-agent", "code-agent", "writer-agent", "web-agent"}
+    for name, seen in agents.items():
+        assert seen["sealed_opened"] > 0, (name, seen)
+        assert seen["plaintext_accepted"] == 0, (name, seen)
+        assert seen["certificates"] == 5, (name, seen)
