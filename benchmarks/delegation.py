@@ -36,9 +36,9 @@ requester: every datagram, push-pull and task frame sealed, see docs/security.md
 The cost is given twice: as lost throughput (``cost_at_32_in_flight``, what a user sees,
 but noisy on a shared machine) and as extra CPU time per delegation summed over both
 processes (``cpu_cost_at_32_in_flight``, steadier).
-``--admission`` picks the runs. :class:`Admission` is the hook for the mesh authority's
-certificates: :func:`admission_setup` is the one place that turns an admission level into
-provider flags and requester config.
+``--admission`` picks the runs (``all``: clear, sealed, and sealed with membership
+certificates from a throw-away mesh authority, "everything on"); :func:`admission_setup`
+is the one place that turns an admission level into provider flags and requester config.
 
 Figures: round-trip latency of sequential delegations (p50, p95, p99, in ms) and throughput
 (completed delegations per second) with 1, 32 and 128 delegations in flight from the one
@@ -120,8 +120,9 @@ QUICK = Plan(
 
 @dataclasses.dataclass(frozen=True)
 class Admission:
-    """What admission the meshnode run uses: a keyring (sealed peer traffic) and, once the
-    mesh authority exists, membership certificates."""
+    """What admission the meshnode run uses: a keyring (sealed peer traffic) and membership
+    certificates from a throw-away mesh authority (every message, record and task checked
+    against the sender's certificate)."""
 
     keyring: bool = False
     certificates: bool = False
@@ -136,6 +137,7 @@ ADMISSIONS = {
     "clear": (Admission(),),
     "keyring": (Admission(keyring=True),),
     "both": (Admission(), Admission(keyring=True)),
+    "all": (Admission(), Admission(keyring=True), Admission(keyring=True, certificates=True)),
 }
 """``--admission`` choices: which runs of the meshnode side to make."""
 
@@ -158,7 +160,42 @@ def admission_setup(admission: Admission, workdir: Path) -> tuple[list[str], dic
         flags += ["--keyring", str(path)]
         overrides["keyring_file"] = str(path)
     if admission.certificates:
-        raise NotImplementedError("membership certificates are not available in this build")
+        import time as _time
+
+        from meshnode.runtime.store import (
+            KEY_FILE,
+            save_authority_key,
+            save_certificate,
+            save_identity,
+        )
+        from protocol import Identity
+        from protocol.certificate import issue_certificate
+
+        authority = Identity.generate()
+        save_authority_key(workdir / "authority", authority)
+        now = _time.time()
+        for serial, role in enumerate(("provider", "requester"), start=1):
+            identity = Identity.generate()
+            cert = issue_certificate(
+                authority,
+                identity.node_id,
+                roles=(role,),
+                name=f"bench-{role}",
+                serial=serial,
+                issued_at=now,
+                expires_at=now + 86_400.0,
+            )
+            cert_path = workdir / f"{role}.cert"
+            save_certificate(cert_path, cert.signed)
+            if role == "provider":
+                data_dir = workdir / "provider"
+                save_identity(data_dir / KEY_FILE, identity)
+                flags += ["--data-dir", str(data_dir)]
+                flags += ["--authority", authority.node_id, "--cert", str(cert_path)]
+            else:
+                overrides["authority"] = authority.node_id
+                overrides["certificate"] = str(cert_path)
+                overrides["_identity"] = identity
     return flags, overrides
 
 
@@ -377,14 +414,18 @@ async def measure_meshnode_async(
     def cpu() -> dict[str, float]:
         return {"requester": time.process_time(), "provider": process_cpu_s(provider_pid)}
 
+    overrides = dict(overrides or {})
+    identity = overrides.pop("_identity", None)
     config = NodeConfig.local(
-        name="bench-requester", port=0, seeds=(address,), embedder="hashing", **(overrides or {})
+        name="bench-requester", port=0, seeds=(address,), embedder="hashing", **overrides
     )
-    async with MeshNode(config) as node:
+    async with MeshNode(config, identity=identity) as node:
         await wait_until_discoverable(node, provider_id)
 
         async def delegate(i: int) -> object:
-            result = await node.delegate(CAPABILITY, {"text": f"t{i}"}, deadline_s=10)
+            result = await node.delegate(
+                CAPABILITY, {"text": f"t{i}"}, deadline_s=10, expect=TEXT_SCHEMA
+            )
             if result.provider != provider_id or result.quality != 1.0:
                 raise RuntimeError(f"unexpected result {result!r}")
             return result
@@ -765,8 +806,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--admission",
         choices=sorted(ADMISSIONS),
-        default="both",
-        help="meshnode runs: clear, keyring (sealed), or both in one run (default)",
+        default="all",
+        help="meshnode runs: clear, keyring (sealed), both, or all (default: clear, sealed,"
+        " and sealed with certificates, in one run)",
     )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
@@ -792,6 +834,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["meshnode_sealed"] = runs["keyring"]
     if "clear" in runs and "keyring" in runs:
         report["encryption"] = encryption_cost(runs["clear"], runs["keyring"])
+    if "keyring+certs" in runs:
+        report["meshnode_everything_on"] = runs["keyring+certs"]
+        if "clear" in runs:
+            report["everything_on"] = encryption_cost(runs["clear"], runs["keyring+certs"])
     ref: dict[str, Any] | None = None
     if not args.no_reference:
         try:
