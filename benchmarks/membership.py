@@ -56,8 +56,9 @@ per size in the same invocation, in clear and then with every node on one keyrin
 (``meshnode run --keyring``, all peer traffic sealed, docs/security.md); ``encryption``
 gives the sealed run's idle CPU, RSS, join and detection times over the clear run's (goal:
 idle CPU at most 10 % more, and zero false positives sealed too). ``on`` or ``off`` run one
-of the two. :class:`MeshnodeCluster`'s ``admission_flags`` is the hook where membership
-certificates will be switched on too.
+of the two; ``all`` adds a third run, sealed and with membership certificates (each node
+certified by a throw-away mesh authority, ``--authority``/``--cert``: "everything on"),
+compared with the clear run under ``everything_on``.
 
 ``--embedder hashing`` passes ``--embedder hashing`` to ``meshnode run``, to measure the
 membership layer without the MiniLM model that the default (``auto``) loads at start when
@@ -952,13 +953,16 @@ class MeshnodeCluster(Cluster):
         deathsig: list[str],
         embedder: str,
         admission_flags: Sequence[str] = (),
+        authority: Any = None,
     ) -> None:
         super().__init__(n, workdir, deathsig)
         self._names: dict[str, str] = {}
         self.embedder = embedder
         self.admission_flags = list(admission_flags)
-        """Extra ``meshnode run`` flags for every node: the keyring (and, later,
-        certificates)."""
+        """Extra ``meshnode run`` flags for every node: the keyring."""
+        self.authority = authority
+        """A mesh authority's key (``protocol.Identity``): each node gets an identity in its
+        data dir and a certificate signed by it (``--authority``/``--cert``); None: none."""
 
     def command(self, index: int, seed: Node | None) -> list[str]:
         data_dir = self.workdir / f"{self.prefix}{index}"
@@ -983,6 +987,8 @@ class MeshnodeCluster(Cluster):
         if self.embedder != "default":
             cmd += ["--embedder", self.embedder]
         cmd += self.admission_flags
+        if self.authority is not None:
+            cmd += certificate_flags(self.authority, data_dir, index)
         if seed is not None:
             cmd += ["--seed", seed.address]
         return cmd
@@ -1165,6 +1171,34 @@ def keyring_flags(workdir: Path) -> list[str]:
     return ["--keyring", str(path)]
 
 
+CERTIFICATE_S = 86_400.0
+"""Validity of the benchmark nodes' certificates, seconds."""
+
+
+def certificate_flags(authority: Any, data_dir: Path, index: int) -> list[str]:
+    """Create a node's identity in ``data_dir`` and a certificate for it signed by
+    ``authority``; return the ``meshnode run`` flags that use them."""
+    from meshnode.runtime.store import KEY_FILE, save_certificate, save_identity
+    from protocol import Identity
+    from protocol.certificate import issue_certificate
+
+    identity = Identity.generate()
+    save_identity(data_dir / KEY_FILE, identity)
+    now = time.time()
+    cert = issue_certificate(
+        authority,
+        identity.node_id,
+        roles=("member",),
+        name=f"m{index}",
+        serial=index + 1,
+        issued_at=now,
+        expires_at=now + CERTIFICATE_S,
+    )
+    path = data_dir.with_suffix(".cert")
+    save_certificate(path, cert.signed)
+    return ["--authority", authority.node_id, "--cert", str(path)]
+
+
 def compare_encryption(clear: dict[str, Any], sealed: dict[str, Any]) -> dict[str, Any]:
     """The sealed meshnode run over the clear one, for one cluster size."""
     ratios = {
@@ -1319,9 +1353,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--logs", type=Path, help="keep every node's output in this directory")
     parser.add_argument(
         "--encryption",
-        choices=("off", "on", "both"),
-        default="both",
-        help="meshnode runs in clear (off), sealed under a keyring (on), or both (default)",
+        choices=("off", "on", "both", "all"),
+        default="all",
+        help="meshnode runs in clear (off), sealed under a keyring (on), both, or all "
+        "(default: clear, sealed, and sealed with membership certificates)",
     )
     args = parser.parse_args(argv)
     sizes: tuple[int, ...] = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
@@ -1379,13 +1414,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                         joins,
                     )
                 runs: dict[str, dict[str, Any]] = {}
-                for sealed in {"off": (False,), "on": (True,), "both": (False, True)}[
-                    args.encryption
-                ]:
-                    where = base / f"meshnode-{n}{'-sealed' if sealed else ''}"
-                    flags = keyring_flags(where) if sealed else []
-                    runs["sealed" if sealed else "clear"] = run_scenario(
-                        MeshnodeCluster(n, where, deathsig, args.embedder, flags),
+                variants = {
+                    "off": ("clear",),
+                    "on": ("sealed",),
+                    "both": ("clear", "sealed"),
+                    "all": ("clear", "sealed", "certified"),
+                }[args.encryption]
+                for variant in variants:
+                    where = base / f"meshnode-{n}-{variant}"
+                    flags = keyring_flags(where) if variant != "clear" else []
+                    authority = None
+                    if variant == "certified":
+                        from protocol import Identity
+
+                        authority = Identity.generate()
+                    runs[variant] = run_scenario(
+                        MeshnodeCluster(
+                            n, where, deathsig, args.embedder, flags, authority=authority
+                        ),
                         settle,
                         idle,
                         kills,
@@ -1398,6 +1444,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if "clear" in runs and "sealed" in runs:
                     entry["encryption"] = compare_encryption(runs["clear"], runs["sealed"])
                     entry["goals"].update(entry["encryption"]["goals"])
+                if "certified" in runs:
+                    entry["meshnode_certified"] = runs["certified"]
+                    if "clear" in runs:
+                        both = compare_encryption(runs["clear"], runs["certified"])
+                        entry["everything_on"] = both
+                        entry["goals"].update(
+                            {f"everything_on_{k}": v for k, v in both["goals"].items()}
+                        )
                 report["results"].append(entry)
     finally:
         if tmp is not None:

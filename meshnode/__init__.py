@@ -49,6 +49,13 @@ from protocol import Capability, short_id
 from protocol.keyring import Keyring
 
 if TYPE_CHECKING:
+    from meshnode.runtime.credentials import (
+        IssuedCertificate,
+        init_authority,
+        init_identity,
+        init_keyring,
+        issue_certificate_file,
+    )
     from meshnode.runtime.discovery import candidate_json
     from meshnode.runtime.logging import configure_logging
     from meshnode.runtime.mcp_client import CONFIG_ENV as MCP_CONFIG_ENV
@@ -77,6 +84,11 @@ _LAZY: dict[str, tuple[str, str]] = {
     "McpConfigError": ("meshnode.runtime.mcp_client", "McpConfigError"),
     "McpCallError": ("meshnode.runtime.mcp_client", "McpCallError"),
     "MCP_CONFIG_ENV": ("meshnode.runtime.mcp_client", "CONFIG_ENV"),
+    "IssuedCertificate": ("meshnode.runtime.credentials", "IssuedCertificate"),
+    "init_authority": ("meshnode.runtime.credentials", "init_authority"),
+    "init_identity": ("meshnode.runtime.credentials", "init_identity"),
+    "init_keyring": ("meshnode.runtime.credentials", "init_keyring"),
+    "issue_certificate_file": ("meshnode.runtime.credentials", "issue_certificate_file"),
 }
 """Public names that live in the asyncio runtime: loaded on first use, so that the pure
 layers (config, capability declarations, member and candidate types, errors) import
@@ -101,6 +113,7 @@ __all__ = [
     "IndexFullError",
     "InvalidInput",
     "InvalidRequest",
+    "IssuedCertificate",
     "KeyFileError",
     "Keyring",
     "KeyringError",
@@ -132,6 +145,10 @@ __all__ = [
     "capability",
     "configure_logging",
     "format_address",
+    "init_authority",
+    "init_identity",
+    "init_keyring",
+    "issue_certificate_file",
     "parse_address",
     "short_id",
     "wait_for",

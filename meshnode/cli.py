@@ -310,8 +310,6 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- mesh authority
 
-CERTIFICATE_DAYS_MAX = 3_650
-"""Longest certificate ``meshnode authority issue`` signs (ten years, the protocol's cap)."""
 REVOKE_TIMEOUT = HTTP_TIMEOUT
 """Seconds ``meshnode authority revoke --node`` waits for the node's answer."""
 
@@ -355,55 +353,36 @@ def _cmd_id(args: argparse.Namespace) -> int:
 
 
 def _cmd_authority(args: argparse.Namespace) -> int:
-    import os
-    import secrets
     import time
 
-    from meshnode.runtime import store
-    from protocol import Identity, is_node_id
-    from protocol.certificate import (
-        MAX_CERTIFICATE_LIFETIME,
-        MAX_SERIAL,
-        issue_certificate,
-        issue_revocation,
-    )
+    from meshnode.runtime import credentials, store
+    from protocol import is_node_id
+    from protocol.certificate import MAX_CERTIFICATE_LIFETIME, MAX_SERIAL, issue_revocation
 
     if args.authority_command == "init":
+        key = credentials.init_authority(args.dir, force=args.force)
         path = Path(args.dir) / store.AUTHORITY_KEY_FILE
-        if os.path.lexists(path) and not args.force:
-            key = store.load_authority_key(args.dir)
-        else:
-            key = Identity.generate()
-            store.save_authority_key(args.dir, key)
         out = {"authority": key.node_id, "key_file": str(path)}
         print(json.dumps(out) if args.json else key.node_id)
         return 0
     key = store.load_authority_key(args.dir)
     now = time.time()
     if args.authority_command == "issue":
-        if not is_node_id(args.node_id):
-            raise ValueError(f"--node-id {args.node_id!r} is not a node id (see meshnode id)")
-        if not 0 < args.days <= CERTIFICATE_DAYS_MAX:
-            raise ValueError(f"--days must be in (0, {CERTIFICATE_DAYS_MAX}]")
-        serial = secrets.randbelow(MAX_SERIAL) + 1
-        cert = issue_certificate(
-            key,
+        issued = credentials.issue_certificate_file(
+            args.dir,
             args.node_id,
+            days=args.days,
             roles=tuple(args.role),
             name=args.name,
-            serial=serial,
-            issued_at=now,
-            expires_at=now + args.days * 86_400.0,
+            out=args.out,
         )
-        out_path = args.out or f"{args.node_id[:10]}.cert"
-        store.save_certificate(out_path, cert.signed)
-        store.log_issued(args.dir, serial, args.node_id, cert.expires_at)
+        out_path, serial = str(issued.path), issued.serial
         result = {
             "certificate": out_path,
             "serial": serial,
             "node_id": args.node_id,
-            "roles": sorted(cert.roles),
-            "expires_at": cert.expires_at,
+            "roles": sorted(issued.roles),
+            "expires_at": issued.expires_at,
         }
         print(json.dumps(result) if args.json else f"{out_path} (serial {serial})")
         return 0
@@ -682,7 +661,7 @@ def _add_keys_parser(sub: Any) -> None:
 
 
 def _cmd_keys(args: argparse.Namespace) -> int:
-    from protocol.keyring import Keyring, fingerprint, format_key, generate_key
+    from protocol.keyring import fingerprint, format_key, generate_key
 
     if args.keys_command == "generate":
         key = generate_key()
@@ -690,13 +669,10 @@ def _cmd_keys(args: argparse.Namespace) -> int:
         print(json.dumps({"key": text, "fingerprint": fingerprint(key)}) if args.json else text)
         return 0
     if args.keys_command == "init":
-        from meshnode.runtime.store import save_keyring
+        from meshnode.runtime.credentials import init_keyring
 
         path = Path(args.file)
-        if os.path.lexists(path) and not args.force:
-            raise ValueError(f"{path} exists; pass --force to replace it")
-        ring = Keyring.new(args.label)
-        save_keyring(path, ring)
+        ring = init_keyring(path, args.label, force=args.force)
         out = {"file": str(path), "label": ring.label, "keys": ring.fingerprints()}
         print(json.dumps(out) if args.json else f"{path}: key {ring.fingerprints()[0]}")
         return 0

@@ -60,6 +60,8 @@ ADMISSION_COUNTERS: dict[str, str] = {
     "revocations_evicted": "revocations let go to make room",
     "unadmitted_dropped": "envelopes or exchanges dropped: sender holds no valid certificate",
     "unadmitted_news": "messages dropped: about or by a node without a valid certificate",
+    "news_awaiting_certificate": "of those, held until the node's certificate arrives",
+    "news_awaiting_dropped": "nodes whose held news was let go for room (oldest first)",
     "rejoins_answered": "rejoin requests answered with the keyring",
     "rejoins_refused": "rejoin requests refused (certificate, clock skew or replay)",
 }
@@ -147,6 +149,10 @@ class Admission:
 
     def certificate(self, node_id: str) -> Certificate | None:
         return self._certs.get(node_id)
+
+    def is_revoked(self, node_id: str) -> bool:
+        """Is every certificate of ``node_id`` revoked (a revocation by node id is held)?"""
+        return (None, node_id) in self._revocations
 
     def knows(self, signed: SignedCertificate) -> bool:
         """Are these exact certificate bytes already held (no check needed)?"""

@@ -649,12 +649,18 @@ class Membership:
         self._enqueue_rumor(rumor)
         self._gossip_round()
 
-    def broadcast(self, message: Message, key: Hashable, *, cap: int | None = None) -> bool:
+    def broadcast(
+        self, message: Message, key: Hashable, *, cap: int | None = None, admission: bool = False
+    ) -> bool:
         """Queue a non-membership rumor for piggybacking, replacing any queued rumor with
         the same ``key``; with ``cap``, it is sent at most that many times even where
-        :meth:`retransmit_limit` is higher. Returns False (and counts it) if it can never
-        fit in a packet."""
-        return self._enqueue(("app", key), message, cap)
+        :meth:`retransmit_limit` is higher. ``admission`` rumors (certificates and
+        revocations) travel in the membership lane: news about a member is taken in only
+        once its certificate is known, so the certificate must not queue behind
+        application rumors while the member's ``Alive`` spreads. Returns False (and
+        counts it) if it can never fit in a packet."""
+        lane = LANE_MEMBERS if admission else LANE_APP
+        return self._enqueue(("app", key), message, cap, lane=lane)
 
     def expel(self, node_id: str, now: float) -> bool:
         """Remove ``node_id`` at once, as if it had left and been forgotten: its admission

@@ -203,6 +203,14 @@ input) and at most one live attempt; beyond the cap a new delegation fails at on
 each serving ``max_concurrent_tasks`` tasks rarely need more than a few hundred from one
 node; higher only helps a node that fans out enormous bursts, at the cost of memory."""
 
+MAX_NODES_AWAITING_CERTIFICATE = 4_096
+"""Most nodes whose news (an ``Alive``, a manifest rumor, an accusation) is held until
+their certificate arrives; beyond it the node heard of first is let go (anti-entropy brings
+its news later). An admitted member could fill it with news of made-up nodes: that costs
+it nothing but holds at most this many small messages."""
+MAX_NEWS_PER_NODE_AWAITING = 4
+"""Most messages held per node awaiting its certificate (the newest kept)."""
+
 MAX_CERTIFICATE_CHECKS_PER_PACKET = 8
 """Most certificate signatures checked for one UDP envelope from an admitted peer
 (certificates already held cost nothing). A packet has room for three or four next to
@@ -315,6 +323,8 @@ class NodeCore:
         """Named task event counts, see :data:`TASK_COUNTERS`."""
         self.admission: Admission | None = None
         """Certificates and revocations (None: no mesh authority is configured)."""
+        # News about nodes whose certificate we lack yet: node -> [(sender, message, addr)].
+        self._awaiting_certificate: dict[str, list[tuple[str, object, Address]]] = {}
         if config.authority is not None:
             self.admission = Admission(
                 public_key_from_node_id(config.authority),
@@ -457,7 +467,7 @@ class NodeCore:
         envelope counts), and news by or about nodes that are not admitted is dropped."""
         self._advance_clock(now)
         if self.admission is not None:
-            admitted = self._admit_envelope(sender, messages, now)
+            admitted = self._admit_envelope(sender, messages, addr, now)
             if admitted is None:
                 return
             messages = admitted
@@ -634,7 +644,7 @@ class NodeCore:
             return False
         revocation, revoked = self.admission.revoke(signed, now)
         if revocation is not None:
-            self.mesh.membership.broadcast(signed, ("revocation", revocation.key))
+            self.mesh.membership.broadcast(signed, ("revocation", revocation.key), admission=True)
         for node in revoked:
             self._expel(node, "certificate revoked", now)
         self._collect(now)
@@ -648,7 +658,8 @@ class NodeCore:
         self.peer_failed(node, reason, now)
 
     def _spread_certificate(self, signed: SignedCertificate, node: str) -> None:
-        self.mesh.membership.broadcast(signed, ("certificate", node))
+        self.mesh.membership.broadcast(signed, ("certificate", node), admission=True)
+        self._release_awaiting(node)
 
     def _is_live_member(self, node: str) -> bool:
         member = self.mesh.membership.member(node)
@@ -673,16 +684,18 @@ class NodeCore:
         packet: bool,
     ) -> bool:
         """Take in certificates and revocations from ``sender``; return whether ``sender``
-        is admitted afterwards. From a sender not admitted yet, only the first
-        certificate offered is checked (its own, one signature check at most), and its
-        revocations are not looked at. From an admitted sender, at most
-        :data:`MAX_CERTIFICATE_CHECKS_PER_PACKET` in a ``packet`` (a push-pull leg is not
-        capped: it carries the whole mesh's certificates, each checked once ever), and
-        never past the first forgery."""
+        is admitted afterwards. From a sender not admitted yet, certificates are checked
+        only until its own is found valid (one signature check at most before that: a
+        stranger's packet costs one check), and its revocations are not looked at; once
+        its own certificate admits it, the rest count as a member's. From an admitted
+        sender, at most :data:`MAX_CERTIFICATE_CHECKS_PER_PACKET` in a ``packet`` (a
+        push-pull leg is not capped: it carries the whole mesh's certificates, each
+        checked once ever), and never past the first forgery."""
         admission = self.admission
         assert admission is not None
         admitted = admission.admits(sender, now)
-        budget = (MAX_CERTIFICATE_CHECKS_PER_PACKET if packet else math.inf) if admitted else 1
+        full_budget = MAX_CERTIFICATE_CHECKS_PER_PACKET if packet else math.inf
+        budget = full_budget if admitted else 1
         counters = admission.counters
         for signed in certificates:
             if admission.knows(signed):
@@ -694,6 +707,12 @@ class NodeCore:
             cert = admission.offer(signed, now)
             if cert is not None:
                 self._spread_certificate(signed, cert.node_id)
+                if not admitted and cert.node_id == sender:
+                    # The sender's own certificate admitted it: what it passes on is
+                    # checked like any member's (a seed's push-pull reply carries the
+                    # whole mesh's certificates after its own).
+                    admitted = True
+                    budget = full_budget - 1
             elif counters["certificates_invalid"] != invalid:
                 break  # a forgery: an honest peer only passes on what the authority signed
         if not admitted:
@@ -704,7 +723,7 @@ class NodeCore:
         return admitted
 
     def _admit_envelope(
-        self, sender: str, messages: Sequence[object], now: float
+        self, sender: str, messages: Sequence[object], addr: Address, now: float
     ) -> list[object] | None:
         certificates = [m for m in messages if isinstance(m, SignedCertificate)]
         revocations = [m for m in messages if isinstance(m, SignedRevocation)]
@@ -713,13 +732,65 @@ class NodeCore:
             self.admission.counters["unadmitted_dropped"] += 1
             self._collect(now)
             return None
-        return [
-            m
-            for m in messages
-            if type(m) is not SignedCertificate
-            and type(m) is not SignedRevocation
-            and self._news_admitted(m, now)
-        ]
+        kept = []
+        for m in messages:
+            if type(m) is SignedCertificate or type(m) is SignedRevocation:
+                continue
+            if self._news_admitted(m, now):
+                kept.append(m)
+            else:
+                self._await_certificate(sender, m, addr)
+        return kept
+
+    def _await_certificate(self, sender: str, message: object, addr: Address) -> None:
+        """Hold ``message`` (from admitted ``sender``) about a node whose certificate we
+        have not seen yet, to take it in once the certificate arrives: in a join the
+        newcomer's ``Alive`` and its certificate spread side by side, and the ``Alive``
+        that arrives first would otherwise be lost until anti-entropy. Bounded: at most
+        :data:`MAX_NODES_AWAITING_CERTIFICATE` nodes (the oldest dropped first) and
+        :data:`MAX_NEWS_PER_NODE_AWAITING` messages each (the newest kept). A node that is
+        revoked or whose certificate expired is not waited for."""
+        admission = self.admission
+        assert admission is not None
+        node = self._unadmitted_subject(message)
+        if node is None or admission.certificate(node) is not None or admission.is_revoked(node):
+            return
+        waiting = self._awaiting_certificate
+        held = waiting.pop(node, None)
+        if held is None:
+            if len(waiting) >= MAX_NODES_AWAITING_CERTIFICATE:
+                del waiting[next(iter(waiting))]
+                admission.counters["news_awaiting_dropped"] += 1
+            held = []
+        held.append((sender, message, addr))
+        del held[:-MAX_NEWS_PER_NODE_AWAITING]
+        waiting[node] = held
+        admission.counters["news_awaiting_certificate"] += 1
+
+    def _unadmitted_subject(self, message: object) -> str | None:
+        """The node ``message`` speaks for or about that is not admitted (None: another
+        kind of message, or more than one such node)."""
+        cls = type(message)
+        if cls is Alive or cls is Leave or cls is ManifestRumor:
+            nodes: tuple[str, ...] = (message.node,)  # type: ignore[attr-defined]
+        elif cls is Suspect or cls is Dead:
+            nodes = (message.node, message.accuser)  # type: ignore[attr-defined]
+        elif cls is LedgerRecord:
+            nodes = (message.observer, message.subject)  # type: ignore[attr-defined]
+        else:
+            return None
+        missing = [n for n in nodes if not self.admits(n, self._now)]
+        return missing[0] if len(missing) == 1 else None
+
+    def _release_awaiting(self, node: str) -> None:
+        """``node``'s certificate was just accepted: take in the news held for it."""
+        held = self._awaiting_certificate.pop(node, None)
+        if not held:
+            return
+        now = self._now
+        for sender, message, addr in held:
+            if self.admits(sender, now) and self._news_admitted(message, now):
+                self.mesh.receive(sender, [message], addr, now)
 
     def _admit_state(self, sender: str, state: PushPull, now: float) -> PushPull | None:
         """``state`` from ``sender`` with what is not admitted taken out, or None when the

@@ -61,9 +61,9 @@ START_TIMEOUT_S = 60.0
 """Seconds a process may take to print its ``listening`` line."""
 STOP_TIMEOUT_S = 10.0
 """Seconds a process may take to leave and exit after SIGTERM before it is killed."""
-DEMO_CERTIFICATE_S = 86_400.0
-"""Validity of the demo agents' certificates, seconds (one day: the mesh lives minutes,
-and its authority key is deleted with the run's temporary directory)."""
+DEMO_CERTIFICATE_DAYS = 1.0
+"""Validity of the demo agents' certificates, days (the mesh lives minutes, and its
+authority key is deleted with the run's temporary directory)."""
 DEMO_LABEL = "meshnode-demo"
 """The demo keyring's cluster label: its sealed traffic never mixes with another mesh's."""
 POLL_INTERVAL_S = 0.5
@@ -371,49 +371,36 @@ class _Demo:
         """Admission for a throw-away mesh, before anything starts: a keyring (every byte
         between the agents sealed), a mesh authority, and for each agent an identity (in
         its data dir, which ``run`` then loads) and a certificate valid for
-        :data:`DEMO_CERTIFICATE_S`. All of it lives in the run's temporary directory and
+        :data:`DEMO_CERTIFICATE_DAYS`. All of it lives in the run's temporary directory and
         goes with it. Returns the orchestrator's node id: the one the code agent runs code
         for (``MESHNODE_CODE_CALLERS``)."""
-        from meshnode.runtime.store import (
-            KEY_FILE,
-            load_or_create_identity,
-            save_authority_key,
-            save_certificate,
-            save_keyring,
-        )
-        from protocol import Identity
-        from protocol.certificate import issue_certificate
-        from protocol.keyring import Keyring
+        from meshnode import init_authority, init_identity, init_keyring, issue_certificate_file
 
-        authority = Identity.generate()
-        save_authority_key(self.base / "authority", authority)
-        save_keyring(self._keyring_path, Keyring.new(label=DEMO_LABEL))
-        self._authority = authority.node_id
-        now = time.time()
-        for serial, agent in enumerate(self.agents, start=1):
-            identity = load_or_create_identity(agent.dir / "state" / KEY_FILE)
+        authority_dir = self.base / "authority"
+        self._authority = init_authority(authority_dir).node_id
+        init_keyring(self._keyring_path, DEMO_LABEL)
+        for agent in self.agents:
+            identity = init_identity(agent.dir / "state")
             role = "orchestrator" if agent.spec.role == "orchestrator" else "specialist"
-            cert = issue_certificate(
-                authority,
+            issued = issue_certificate_file(
+                authority_dir,
                 identity.node_id,
+                days=DEMO_CERTIFICATE_DAYS,
                 roles=(role,),
                 name=agent.spec.name,
-                serial=serial,
-                issued_at=now,
-                expires_at=now + DEMO_CERTIFICATE_S,
+                out=agent.dir / "node.cert",
             )
-            save_certificate(agent.dir / "node.cert", cert.signed)
             agent.admission = [
                 "--keyring",
                 str(self._keyring_path),
                 "--authority",
-                authority.node_id,
+                self._authority,
                 "--cert",
-                str(agent.dir / "node.cert"),
+                str(issued.path),
             ]
         orchestrator = self._agent("orchestrator")
         assert orchestrator is not None
-        self._code_callers = load_or_create_identity(orchestrator.dir / "state" / KEY_FILE).node_id
+        self._code_callers = init_identity(orchestrator.dir / "state").node_id
         return self._code_callers
 
     def _agent_env(self, agent: _Agent) -> dict[str, str]:

@@ -465,6 +465,32 @@ def test_certified_nodes_learn_each_other_through_push_pull(
     )
 
 
+def test_a_newcomer_learns_every_certificate_from_its_seeds_reply(
+    mesh: tuple[NodeCore, NodeCore, NodeCore],
+) -> None:
+    """A newcomer joins through ``node``: the reply carries node's certificate first,
+    then the rest of the mesh's; once node's own admits it, the others are checked too,
+    and the newcomer takes in the members they certify.
+
+    On the code before the rule: only node's certificate was checked (the budget of a
+    sender not yet admitted), so news of every other member was dropped (12 such
+    messages in a join of the eighth node of a real mesh, which then took 2-8 s)."""
+    node, _, _ = mesh
+    newcomer = _core(
+        Identity.from_seed(b"\x06" * 32),
+        7006,
+        _cert(Identity.from_seed(b"\x06" * 32), serial=6).signed,
+    )
+    reply = node.handle_push_pull(newcomer.node_id, newcomer.push_pull_request(True), T0)
+    newcomer.finish_push_pull(NODE.node_id, reply, ("127.0.0.1", 7001), T0)
+    assert newcomer.admits(PEER.node_id, T0)
+    assert newcomer.admission is not None
+    assert newcomer.admission.counters["unadmitted_news"] == 0
+    assert newcomer.membership.member(NODE.node_id) is not None
+    # PEER was named by node (second-hand): it is being verified, not dropped.
+    assert newcomer.membership.unverified_count() == 1
+
+
 def test_an_outsider_can_neither_join_nor_be_heard(
     mesh: tuple[NodeCore, NodeCore, NodeCore],
 ) -> None:
@@ -498,6 +524,60 @@ def test_news_about_or_by_an_outsider_is_dropped(mesh: tuple[NodeCore, NodeCore,
     observers = {(r.observer, r.subject) for r in node.ledger.records()}
     assert observers == {(PEER.node_id, NODE.node_id)}
     assert node.admission is not None and node.admission.counters["unadmitted_news"] == 3
+
+
+def test_news_that_outruns_a_certificate_is_taken_in_when_it_arrives(
+    mesh: tuple[NodeCore, NodeCore, NodeCore],
+) -> None:
+    """In a join, a newcomer's Alive and its certificate spread side by side; the Alive
+    that arrives first is held, and applied as soon as the certificate comes.
+
+    On the code before the rule: the Alive was dropped, and the newcomer stayed unknown
+    after its certificate arrived (until a push-pull carried it again)."""
+    node, _, _ = mesh
+    newcomer = Identity.from_seed(b"\x04" * 32)
+    node.receive(PEER.node_id, [_alive(newcomer, 7004)], ("127.0.0.1", 7002), T0)
+    assert node.membership.member(newcomer.node_id) is None
+    assert node.membership.unverified_count() == 0
+    assert node.admission is not None
+    assert node.admission.counters["news_awaiting_certificate"] == 1
+    node.receive(PEER.node_id, [_cert(newcomer, serial=4).signed], ("127.0.0.1", 7002), T0)
+    # Heard second-hand: it is now being verified (a ping to its address), then a member.
+    assert node.membership.unverified_count() == 1
+
+
+def test_news_held_for_certificates_is_bounded(
+    mesh: tuple[NodeCore, NodeCore, NodeCore],
+) -> None:
+    """News about more made-up nodes than the cap: the oldest are let go, memory stays
+    bounded; news about a revoked node is not held at all."""
+    from meshnode.core import node as node_module
+
+    node, _, _ = mesh
+    cap = 8
+    node_module.MAX_NODES_AWAITING_CERTIFICATE, saved = (
+        cap,
+        node_module.MAX_NODES_AWAITING_CERTIFICATE,
+    )
+    try:
+        fakes = [Identity.from_seed(bytes([0x40 + i]) * 32) for i in range(cap + 3)]
+        for i, fake in enumerate(fakes):
+            node.receive(PEER.node_id, [_alive(fake, 8000 + i)], ("127.0.0.1", 7002), T0)
+        assert len(node._awaiting_certificate) == cap
+        assert fakes[0].node_id not in node._awaiting_certificate
+        assert node.admission is not None
+        assert node.admission.counters["news_awaiting_dropped"] == 3
+    finally:
+        node_module.MAX_NODES_AWAITING_CERTIFICATE = saved
+    revoked = Identity.from_seed(b"\x05" * 32)
+    node.revoke(
+        issue_revocation(
+            AUTHORITY, node_id=revoked.node_id, revoked_at=T0, keep_until=T0 + DAY
+        ).signed,
+        T0,
+    )
+    node.receive(PEER.node_id, [_alive(revoked, 7005)], ("127.0.0.1", 7002), T0)
+    assert revoked.node_id not in node._awaiting_certificate
 
 
 def test_an_outsider_cannot_run_tasks(mesh: tuple[NodeCore, NodeCore, NodeCore]) -> None:
