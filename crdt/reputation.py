@@ -158,6 +158,16 @@ DEFAULT_MAX_HISTORY = 262_144
 oldest sequence numbers of the observer with the longest history are forgotten first, so
 detection of old conflicts becomes best-effort for the busiest observers."""
 
+GRAPH_PATCH_MIN = 4096
+"""Most changed keys for which :meth:`ReputationLedger.graph` patches the previous graph
+whatever the ledger's size (above it, see :data:`GRAPH_PATCH_SHARE`). A patch costs Python
+steps per changed key and vectorised passes over the edges; a fresh build costs Python
+steps (and a sort) per edge. Also bounds the memory the change log takes."""
+
+GRAPH_PATCH_SHARE = 4
+"""A patch is used while at most one in this many held records changed (or
+:data:`GRAPH_PATCH_MIN`, whichever is more); beyond, the graph is built afresh."""
+
 STANDING_UNKNOWN = 0
 """Standing of an observer the caller does not know (not a member): evicted first."""
 STANDING_DEPARTED = 1
@@ -271,6 +281,7 @@ class ReputationLedger:
         "_seq_window",
         "_standing",
         "_subjects",
+        "_touched",
         "_verifier",
         "_version",
         "_victim_cache",
@@ -326,6 +337,9 @@ class ReputationLedger:
         self._version = 0
         self._graph: OpinionGraph | None = None
         self._graph_version = -1
+        self._touched: set[tuple[str, str]] | None = set()
+        """Keys whose held record changed since :attr:`_graph` was made (None: too many
+        to patch, rebuild it)."""
 
     # ------------------------------------------------------------------ properties
 
@@ -410,6 +424,15 @@ class ReputationLedger:
     def get(self, observer: str, subject: str) -> LedgerRecord | None:
         held = self._subjects.get(observer, {}).get(subject)
         return held.record if held is not None else None
+
+    def opinions_of(self, observer: str) -> dict[str, float]:
+        """``{subject: score}`` of every record ``observer`` holds here, sorted by subject:
+        the same as filtering :meth:`records` by observer, in ``O(K log K)`` for the
+        observer's K records instead of a pass over the whole ledger."""
+        subjects = self._subjects.get(observer)
+        if not subjects:
+            return {}
+        return {subject: subjects[subject].record.score for subject in sorted(subjects)}
 
     def observers(self) -> list[str]:
         """Observers with at least one held record, sorted."""
@@ -564,6 +587,7 @@ class ReputationLedger:
             stale = [s for s, held in subjects.items() if held.record.expires_at <= now]
             for subject in stale:
                 del subjects[subject]
+                self._touch(observer, subject)
             dropped += len(stale)
             if not subjects:
                 del self._subjects[observer]
@@ -632,15 +656,32 @@ class ReputationLedger:
     # ------------------------------------------------------------------ trust
 
     def graph(self) -> OpinionGraph:
-        """The opinion graph of the current state (cached until the state changes)."""
-        if self._graph is None or self._graph_version != self._version:
+        """The opinion graph of the current state (cached until the state changes).
+
+        After a change the previous graph is patched with the keys whose held record
+        changed since (:meth:`crdt.trust.OpinionGraph.patch`, the same arrays as a fresh
+        build); it is built afresh when there is none, or when more keys changed than
+        :data:`GRAPH_PATCH_MIN` and a :data:`GRAPH_PATCH_SHARE`-th of the records."""
+        if self._graph is not None and self._graph_version == self._version:
+            return self._graph
+        touched = self._touched
+        if self._graph is None or touched is None:
             edges = [
                 (observer, subject, held.record.score, held.record.expires_at)
                 for observer, subjects in sorted(self._subjects.items())
                 for subject, held in sorted(subjects.items())
             ]
             self._graph = OpinionGraph.build(edges, excluded=self._proofs.keys())
-            self._graph_version = self._version
+        else:
+            changed: dict[tuple[str, str], tuple[float, float] | None] = {}
+            for observer, subject in sorted(touched):
+                held = self._subjects.get(observer, {}).get(subject)
+                changed[(observer, subject)] = (
+                    None if held is None else (held.record.score, held.record.expires_at)
+                )
+            self._graph = self._graph.patch(changed, self._proofs.keys())
+        self._touched = set()
+        self._graph_version = self._version
         return self._graph
 
     def trust_vector(
@@ -790,15 +831,25 @@ class ReputationLedger:
         if current is not None and current.rank >= held.rank:
             return False
         subjects[subject] = held
+        self._touch(observer, subject)
         if current is not None:
             return True
         self._count += 1
         if len(subjects) > self._max_subjects:
             victim = min(subjects, key=lambda s: subjects[s].rank)
             del subjects[victim]
+            self._touch(observer, victim)
             self._count -= 1
             return victim != subject
         return True
+
+    def _touch(self, observer: str, subject: str) -> None:
+        """Note that the held record of a key changed, for the next :meth:`graph`."""
+        touched = self._touched
+        if touched is not None:
+            touched.add((observer, subject))
+            if len(touched) > max(GRAPH_PATCH_MIN, self._count // GRAPH_PATCH_SHARE):
+                self._touched = None  # a fresh build is cheaper than a patch this large
 
     def _standing_of(self, observer: str) -> int:
         if observer in self._own:
@@ -878,6 +929,7 @@ class ReputationLedger:
         gone = list(subjects) if whole else [min(subjects, key=lambda s: subjects[s].rank)]
         for subject in gone:
             del subjects[subject]
+            self._touch(observer, subject)
         self._count -= len(gone)
         self.counters["evicted_records"] += len(gone)
         if not subjects:

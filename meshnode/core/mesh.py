@@ -448,7 +448,7 @@ class MeshCore:
 
     def direct_experience(self) -> dict[str, float]:
         """Our own current opinion of every peer we have rated."""
-        return {r.subject: r.score for r in self.ledger.records() if r.observer == self.node_id}
+        return self.ledger.opinions_of(self.node_id)
 
     # ------------------------------------------------------------------ manifests
 
