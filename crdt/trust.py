@@ -200,7 +200,9 @@ class OpinionGraph:
         if added:
             ids = tuple(sorted((*ids, *added)))
             index = {node: i for i, node in enumerate(ids)}
-            remap = np.fromiter((index[node] for node in self.ids), dtype=np.intp, count=len(self.ids))
+            remap = np.fromiter(
+                (index[node] for node in self.ids), dtype=np.intp, count=len(self.ids)
+            )
             observer = remap[observer]
             subject = remap[subject]
         m = len(ids)

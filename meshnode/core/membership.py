@@ -648,12 +648,15 @@ class Membership:
         self._enqueue_rumor(rumor)
         self._gossip_round()
 
-    def broadcast(self, message: Message, key: Hashable, *, cap: int | None = None) -> bool:
+    def broadcast(
+        self, message: Message, key: Hashable, *, cap: int | None = None, size: int | None = None
+    ) -> bool:
         """Queue a non-membership rumor for piggybacking, replacing any queued rumor with
         the same ``key``; with ``cap``, it is sent at most that many times even where
-        :meth:`retransmit_limit` is higher. Returns False (and counts it) if it can never
-        fit in a packet."""
-        return self._enqueue(("app", key), message, cap)
+        :meth:`retransmit_limit` is higher. ``size`` is ``wire_size(message)`` when the
+        caller knows it already. Returns False (and counts it) if it can never fit in a
+        packet."""
+        return self._enqueue(("app", key), message, cap, size=size)
 
     def adopt_converged(self, members: Mapping[str, Member], now: float) -> None:
         """Start from the steady state of a converged mesh: ``members`` (every peer, alive,
@@ -1571,9 +1574,16 @@ class Membership:
         self._enqueue(("member", rumor.node), rumor, lane=lane)
 
     def _enqueue(
-        self, key: Hashable, message: Message, cap: int | None = None, *, lane: int = LANE_APP
+        self,
+        key: Hashable,
+        message: Message,
+        cap: int | None = None,
+        *,
+        lane: int = LANE_APP,
+        size: int | None = None,
     ) -> bool:
-        size = wire_size(message)
+        if size is None:
+            size = wire_size(message)
         if ENVELOPE_OVERHEAD + size > self._config.max_packet_bytes:
             self.counters["rumors_too_big"] += 1
             return False
