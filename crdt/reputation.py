@@ -789,10 +789,12 @@ class ReputationLedger:
         if not isinstance(record, LedgerRecord):
             return False
         observer = record.observer
-        held = self._subjects.get(observer, {}).get(record.subject)
+        subjects = self._subjects.get(observer)
+        held = None if subjects is None else subjects.get(record.subject)
         if held is not None and (held.record is record or held.record == record):
             return False  # exact duplicate of a held record: no hashing, no signature check
-        known = self._seen.get(observer, {}).get(record.seq)
+        by_seq = self._seen.get(observer)
+        known = None if by_seq is None else by_seq.get(record.seq)
         seen_before = known is not None and known.record == record
         if seen_before and (not admit or (held is not None and held.seq > record.seq)):
             return False  # seen before, and a newer record holds its key

@@ -721,19 +721,29 @@ class MeshCore:
     def apply_records(self, records: Iterable[LedgerRecord], now: float) -> int:
         """Apply received records; re-gossip and persist those that changed the ledger."""
         changed: list[LedgerRecord] = []
+        counters = self._counters
+        apply = self.ledger.apply
+        me = self.node_id
+        member = self.membership.member
+        rejected = 0
         for record in records:
-            if not self._may_write(record):
+            # _may_write, inlined: this loop runs for every copy of every record gossiped.
+            if not isinstance(record, LedgerRecord) or (
+                record.observer != me and member(record.observer) is None
+            ):
                 if self._await_observer(record):
                     continue
-                self._counters["records_refused_unknown_observer"] += 1
-                self._counters["records_rejected"] += 1
-            elif self.ledger.apply(record, now):
+                counters["records_refused_unknown_observer"] += 1
+                rejected += 1
+            elif apply(record, now):
                 changed.append(record)
                 self._broadcast_record(record)
             else:
-                self._counters["records_rejected"] += 1
+                rejected += 1
+        if rejected:
+            counters["records_rejected"] += rejected
         if changed:
-            self._counters["records_applied"] += len(changed)
+            counters["records_applied"] += len(changed)
             self._effects.append(PersistRecords(tuple(changed), durable=False))
         return len(changed)
 
@@ -833,7 +843,14 @@ class MeshCore:
     def _pump(self, now: float) -> None:
         """Move membership's effects to ours, handling what belongs to this layer."""
         self._now = max(self._now, now)
+        delivered: list[LedgerRecord] = []
         for effect in self.membership.take_effects():
+            if isinstance(effect, Deliver) and isinstance(effect.message, LedgerRecord):
+                delivered.append(effect.message)  # applied together, in order (one persist)
+                continue
+            if delivered:
+                self.apply_records(delivered, now)
+                delivered = []
             if isinstance(effect, Deliver):
                 self._deliver(effect, now)
             elif isinstance(effect, MemberChanged):
@@ -861,6 +878,8 @@ class MeshCore:
                 self._start_push_pull(effect)
             else:
                 self._effects.append(effect)
+        if delivered:
+            self.apply_records(delivered, now)
 
     def _deliver(self, effect: Deliver, now: float) -> None:
         message = effect.message
