@@ -209,42 +209,42 @@ class OpinionGraph:
         keys = observer.astype(np.int64) * m + subject
         score = self.score
         expires_at = self.expires_at
-        gone: list[int] = []
-        fresh: list[tuple[int, float, float]] = []
-        updated = False
-        for (source, target), value in changed.items():
-            i = index.get(source)
-            j = index.get(target)
-            if i is None or j is None:
-                continue  # neither held before nor now (a removal of an unknown key)
-            key = i * m + j
-            at = int(np.searchsorted(keys, key))
-            held = at < len(keys) and int(keys[at]) == key
-            if value is None:
-                if held:
-                    gone.append(at)
-            elif held:
-                if not updated:
-                    score = score.copy()
-                    expires_at = expires_at.copy()
-                    updated = True
-                score[at], expires_at[at] = value
-            else:
-                fresh.append((key, value[0], value[1]))
-        if gone:
-            observer = np.delete(observer, gone)
-            subject = np.delete(subject, gone)
-            score = np.delete(score, gone)
-            expires_at = np.delete(expires_at, gone)
-            keys = np.delete(keys, gone)
-        if fresh:
-            fresh.sort()
-            new_keys = np.fromiter((f[0] for f in fresh), dtype=np.int64, count=len(fresh))
-            at_positions = np.searchsorted(keys, new_keys)
-            observer = np.insert(observer, at_positions, (new_keys // m).astype(np.intp))
-            subject = np.insert(subject, at_positions, (new_keys % m).astype(np.intp))
-            score = np.insert(score, at_positions, [f[1] for f in fresh])
-            expires_at = np.insert(expires_at, at_positions, [f[2] for f in fresh])
+        count = len(changed)
+        if count:
+            values = list(changed.values())
+            row = np.fromiter((index.get(k[0], -1) for k in changed), np.int64, count)
+            column = np.fromiter((index.get(k[1], -1) for k in changed), np.int64, count)
+            present = np.fromiter((v is not None for v in values), np.bool_, count)
+            new_score = np.fromiter((v[0] if v else 0.0 for v in values), np.float64, count)
+            new_expiry = np.fromiter((v[1] if v else 0.0 for v in values), np.float64, count)
+            # A key with an unknown id was held neither before nor now.
+            known = (row >= 0) & (column >= 0)
+            wanted = row * m + column
+            at: IndexArray = np.searchsorted(keys, wanted)
+            held = known & (at < len(keys))
+            held[held] = keys[at[held]] == wanted[held]
+            update = held & present
+            if update.any():
+                score = score.copy()
+                expires_at = expires_at.copy()
+                score[at[update]] = new_score[update]
+                expires_at[at[update]] = new_expiry[update]
+            gone = at[held & ~present]
+            if gone.size:
+                observer = np.delete(observer, gone)
+                subject = np.delete(subject, gone)
+                score = np.delete(score, gone)
+                expires_at = np.delete(expires_at, gone)
+                keys = np.delete(keys, gone)
+            fresh = known & ~held & present
+            if fresh.any():
+                order = np.argsort(wanted[fresh], kind="stable")
+                new_keys = wanted[fresh][order]
+                positions: IndexArray = np.searchsorted(keys, new_keys)
+                observer = np.insert(observer, positions, (new_keys // m).astype(np.intp))
+                subject = np.insert(subject, positions, (new_keys % m).astype(np.intp))
+                score = np.insert(score, positions, new_score[fresh][order])
+                expires_at = np.insert(expires_at, positions, new_expiry[fresh][order])
         used = np.zeros(m, dtype=np.bool_)
         used[observer] = True
         used[subject] = True
