@@ -802,13 +802,25 @@ class ReputationLedger:
         if signed is None:
             return False
         data, digest = signed
-        if admit and not self._room_for(observer, record.subject, evict=False):
-            return False  # a cap is full: refused before paying for the signature check
-        if not admit and observer not in self._subjects:
+        free = False
+        if admit:
+            # Room without evicting anyone (the common case) stays free until _insert: the
+            # signature check in between changes nothing here.
+            if subjects is not None and (
+                record.subject in subjects or len(subjects) >= self._max_subjects
+            ):
+                free = True
+            else:
+                free = self._count < self._max_records and (
+                    subjects is not None or len(self._subjects) < self._max_observers
+                )
+            if not free and not self._room_for(observer, record.subject, evict=False):
+                return False  # a cap is full: refused before paying for the signature check
+        elif subjects is None:
             return False  # history is kept only for observers with held records
         if not self._verifier(_public_key(observer), data, record.signature):
             return False
-        return self._insert(_Held(record.seq, digest, record), admit=admit)
+        return self._insert(_Held(record.seq, digest, record), admit=admit, room=free)
 
     @staticmethod
     def _valid_bytes(record: LedgerRecord, now: float) -> tuple[bytes, bytes] | None:
@@ -821,14 +833,17 @@ class ReputationLedger:
             return None
         return signed_form(record)
 
-    def _insert(self, held: _Held, *, admit: bool = True) -> bool:
-        """Add a verified record: room under the caps, equivocation check, history, then
-        (if ``admit``) the per-key register."""
+    def _insert(self, held: _Held, *, admit: bool = True, room: bool = False) -> bool:
+        """Add a verified record: room under the caps (``room``: known to be free without
+        evicting anyone), equivocation check, history, then (if ``admit``) the per-key
+        register."""
         observer = held.record.observer
         changed = False
-        if admit and not self._room_for(observer, held.record.subject, evict=True):
+        if admit and not room and not self._room_for(observer, held.record.subject, evict=True):
             return False
-        by_seq = self._seen.setdefault(observer, {})
+        by_seq = self._seen.get(observer)
+        if by_seq is None:
+            by_seq = self._seen[observer] = {}
         known = by_seq.get(held.seq)
         if known is not None and known.digest != held.digest:
             changed |= self._join_proof(_proof_of(known, held))
@@ -863,7 +878,11 @@ class ReputationLedger:
         if current is not None and current.rank >= held.rank:
             return False
         subjects[subject] = held
-        self._touch(observer, subject)
+        touched = self._touched
+        if touched is not None:  # _touch, inlined: this runs for every record applied
+            touched.add((observer, subject))
+            if len(touched) > GRAPH_PATCH_MIN:
+                self._touch_overflow()
         if current is not None:
             return True
         self._count += 1
@@ -880,8 +899,16 @@ class ReputationLedger:
         touched = self._touched
         if touched is not None:
             touched.add((observer, subject))
-            if len(touched) > max(GRAPH_PATCH_MIN, self._count // GRAPH_PATCH_SHARE):
-                self._touched = None  # a fresh build is cheaper than a patch this large
+            if len(touched) > GRAPH_PATCH_MIN:
+                self._touch_overflow()
+
+    def _touch_overflow(self) -> None:
+        """Past :data:`GRAPH_PATCH_MIN` changed keys: give up the change log once they are
+        also more than a :data:`GRAPH_PATCH_SHARE`-th of the records (a fresh build is
+        cheaper than a patch this large)."""
+        touched = self._touched
+        if touched is not None and len(touched) > self._count // GRAPH_PATCH_SHARE:
+            self._touched = None
 
     def _standing_of(self, observer: str) -> int:
         if observer in self._own:

@@ -164,9 +164,11 @@ class BroadcastQueue:
             raise ValueError(f"cap must be at least 1, got {cap}")
         if not 0 <= lane < len(self._lanes):
             raise ValueError(f"lane must be in [0, {len(self._lanes)}), got {lane}")
-        self.discard(key)
+        by_key = self._by_key
+        if key in by_key:
+            self.discard(key)
         item = QueuedRumor(key, message, size, NO_CAP if cap is None else cap, lane)
-        self._by_key[key] = item
+        by_key[key] = item
         if size < self._smallest:
             self._smallest = size
         buckets = self._lanes[lane]
