@@ -195,13 +195,14 @@ def record_digest(record: LedgerRecord) -> bytes:
 
 
 SIGNED_FORM_MEMO = 16_384
-"""Most records whose signing bytes and digest :func:`signed_form` remembers (by identity)
-before it forgets them all. A record object received by many ledgers of one process (the
-replicas of a simulation share them) is encoded and hashed once; in a node, a record is
-encoded once however often gossip brings the same object back. Each entry keeps its record
-alive: about 0.4 KB each, 7 MB when full."""
+"""Most records whose signing bytes, digest and held entry :func:`signed_form` remembers (by
+identity) before it forgets them all. A record object received by many ledgers of one
+process (the replicas of a simulation share them) is encoded and hashed once, and all of
+them hold one entry for it; in a node, a record is encoded once however often gossip brings
+the same object back. Each entry keeps its record alive: about 0.5 KB each, 8 MB when
+full."""
 
-_signed_forms: dict[int, tuple[LedgerRecord, tuple[bytes, bytes] | None]] = {}
+_signed_forms: dict[int, tuple[LedgerRecord, tuple[bytes, _Held] | None]] = {}
 
 
 def signed_form(record: LedgerRecord) -> tuple[bytes, bytes] | None:
@@ -211,15 +212,23 @@ def signed_form(record: LedgerRecord) -> tuple[bytes, bytes] | None:
     Remembered by identity: the entry holds a reference to the record, so its ``id`` cannot
     be reused while the entry lives, and records are immutable, so a remembered answer is
     the one a fresh encoding would give."""
+    signed = _signed(record)
+    return None if signed is None else (signed[0], signed[1].digest)
+
+
+def _signed(record: LedgerRecord) -> tuple[bytes, _Held] | None:
+    """The signing bytes of ``record`` and its (immutable) :class:`_Held` entry, remembered
+    as :func:`signed_form` says; every ledger of the process holds the same entry object."""
     entry = _signed_forms.get(id(record))
     if entry is not None and entry[0] is record:
         return entry[1]
     try:
         data = signing_bytes(record)
     except LocalProtocolError:
-        answer: tuple[bytes, bytes] | None = None
+        answer: tuple[bytes, _Held] | None = None
     else:
-        answer = (data, hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest())
+        digest = hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
+        answer = (data, _Held(record.seq, digest, record))
     if len(_signed_forms) >= SIGNED_FORM_MEMO:
         _signed_forms.clear()
     _signed_forms[id(record)] = (record, answer)
@@ -801,7 +810,7 @@ class ReputationLedger:
         signed = self._valid_bytes(record, now)
         if signed is None:
             return False
-        data, digest = signed
+        data, entry = signed
         free = False
         if admit:
             # Room without evicting anyone (the common case) stays free until _insert: the
@@ -820,18 +829,18 @@ class ReputationLedger:
             return False  # history is kept only for observers with held records
         if not self._verifier(_public_key(observer), data, record.signature):
             return False
-        return self._insert(_Held(record.seq, digest, record), admit=admit, room=free)
+        return self._insert(entry, admit=admit, room=free)
 
     @staticmethod
-    def _valid_bytes(record: LedgerRecord, now: float) -> tuple[bytes, bytes] | None:
-        """The signing bytes and digest of a record that passes every rule but the
+    def _valid_bytes(record: LedgerRecord, now: float) -> tuple[bytes, _Held] | None:
+        """The signing bytes and the entry of a record that passes every rule but the
         signature."""
         if record.observer == record.subject or not _check_score(record.score):
             return None
         expires_at = record.expires_at
         if not isinstance(expires_at, int | float) or not now < expires_at <= now + MAX_RECORD_TTL:
             return None
-        return signed_form(record)
+        return _signed(record)
 
     def _insert(self, held: _Held, *, admit: bool = True, room: bool = False) -> bool:
         """Add a verified record: room under the caps (``room``: known to be free without
