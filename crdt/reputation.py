@@ -286,6 +286,8 @@ def _proof_of(a: _Held, b: _Held) -> _Proof:
 
 
 def _check_score(score: object) -> bool:
+    if type(score) is float:  # the usual case: NaN and the infinities fail the comparison
+        return 0.0 <= score <= 1.0
     return (
         isinstance(score, int | float)
         and not isinstance(score, bool)
@@ -838,7 +840,9 @@ class ReputationLedger:
         if record.observer == record.subject or not _check_score(record.score):
             return None
         expires_at = record.expires_at
-        if not isinstance(expires_at, int | float) or not now < expires_at <= now + MAX_RECORD_TTL:
+        if type(expires_at) is not float and not isinstance(expires_at, int | float):
+            return None
+        if not now < expires_at <= now + MAX_RECORD_TTL:
             return None
         return _signed(record)
 
