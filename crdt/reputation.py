@@ -717,7 +717,7 @@ class ReputationLedger:
             self._graph = OpinionGraph.build(edges, excluded=self._proofs.keys())
         else:
             changed: dict[tuple[str, str], tuple[float, float] | None] = {}
-            for observer, subject in sorted(touched):
+            for observer, subject in touched:  # the patch does not depend on the order
                 held = self._subjects.get(observer, {}).get(subject)
                 changed[(observer, subject)] = (
                     None if held is None else (held.record.score, held.record.expires_at)
