@@ -36,9 +36,12 @@ They end with trust exactly 0.
 Determinism: node ids are sorted, edges arrive sorted by (observer, subject), and the
 arithmetic is a fixed sequence of numpy float64 operations (``bincount`` sums in array order),
 so the same ledger state, instant and pre-trusted set give bit-identical results on every
-replica. The graph is built once per ledger state (:class:`OpinionGraph`); each
-:func:`eigentrust` call only masks expired edges and iterates: three vectorised passes over
-the edge arrays per round (gather, multiply, ``bincount``).
+replica. The graph is made once per ledger state (:class:`OpinionGraph`): built afresh, or
+patched from the previous state's graph with the edges that changed
+(:meth:`OpinionGraph.patch`, which gives the very arrays a fresh build gives, in the same
+order, so the results stay bit-identical); each :func:`eigentrust` call only masks expired
+edges and iterates: three vectorised passes over the edge arrays per round (gather,
+multiply, ``bincount``).
 
 Routing wants a bounded score, not a probability. :func:`relative_scores` maps a trust
 value ``t`` to ``r / (1 + r)`` with ``r = t · N₊``, ``N₊`` the number of nodes holding any

@@ -34,8 +34,9 @@ Rules, as in memberlist's ``TransmitLimitedQueue``:
   so a flood of application rumors, which has no such bound, can no longer push a
   refutation out of every packet until the suspicion it answers expires.
 
-A take is ``O(rumors selected + rumors skipped)``; skipping is capped, so a queue flooded
-with rumors never makes one packet expensive. The queue itself does not know the
+A take is ``O(rumors selected + rumors skipped)``, plus dropped rumors it pops on the way
+(each once: amortised ``O(1)`` per drop); skipping is capped, so a queue flooded with
+rumors never makes one packet expensive. The queue itself does not know the
 packet format: the caller passes the bytes left in its packet.
 """
 

@@ -232,3 +232,32 @@ def test_signed_form_and_record_size_match_the_codec() -> None:
     bad = dataclasses.replace(one, seq=-1)
     assert signed_form(bad) is None
     assert signed_form(bad) is None
+
+
+def test_the_records_of_one_packet_are_applied_in_order_with_one_persist() -> None:
+    """A packet of records (with a duplicate, a stranger's record and a manifest rumor in
+    between) gives what applying them one by one gives: the same ledger, counters and
+    re-gossip, with one ``PersistRecords`` per run of records, in packet order."""
+    from meshnode.core.effects import PersistRecords
+    from protocol import ManifestRumor
+    from tests.unit.test_mesh_caps import ADDR, core, manifest
+    from tests.unit.test_mesh_caps import IDS as MESH_IDS
+    from tests.unit.test_mesh_caps import record as mesh_record
+
+    first = [mesh_record(1, 2), mesh_record(2, 1), mesh_record(1, 2), mesh_record(7, 1)]
+    rumor = ManifestRumor(MESH_IDS[3], 1, manifest(3).digest())
+    second = [mesh_record(3, 1), mesh_record(2, 3)]
+    batched = core()
+    batched.receive(MESH_IDS[1], [*first, rumor, *second], ADDR, NOW)
+    persisted = [e.records for e in batched.take_effects() if isinstance(e, PersistRecords)]
+    assert persisted == [(first[0], first[1]), tuple(second)]
+    single = core()
+    for r in [*first, *second]:
+        single.apply_records([r], NOW)
+    assert batched.ledger == single.ledger
+    for name in ("records_applied", "records_rejected", "records_refused_unknown_observer"):
+        assert batched.counters[name] == single.counters[name], name
+    assert batched.counters["records_applied"] == 4
+    assert batched.counters["records_rejected"] == 2
+    queued = [i.message for i in batched.membership._queue if isinstance(i.message, LedgerRecord)]
+    assert sorted(queued, key=id) == sorted([*first[:2], *second], key=id)
