@@ -597,9 +597,11 @@ class Tracker:
         if effect.durable:
             return  # its own opinion, accounted for by record_created
         live = self.live[node.slot]
+        created_by = self.created
+        latest = self.latest
         for record in effect.records:
-            created = self.created.get((record.observer, record.seq))
-            if created != record:
+            created = created_by.get((record.observer, record.seq))
+            if created is not record and created != record:  # identity first: shared objects
                 if self.foreign_ok:
                     self.foreign_records += 1
                 else:
@@ -608,7 +610,7 @@ class Tracker:
                     )
                 continue
             key = (record.observer, record.subject)
-            if live and self.latest.get(key) == record:
+            if live and ((held := latest.get(key)) is record or held == record):
                 self.missing[key] -= 1
                 self.ledger_missing -= 1
                 if self.ledger_missing == 0:

@@ -34,8 +34,9 @@ Rules, as in memberlist's ``TransmitLimitedQueue``:
   so a flood of application rumors, which has no such bound, can no longer push a
   refutation out of every packet until the suspicion it answers expires.
 
-A take is ``O(rumors selected + rumors skipped)``; skipping is capped, so a queue flooded
-with rumors never makes one packet expensive. The queue itself does not know the
+A take is ``O(rumors selected + rumors skipped)``, plus dropped rumors it pops on the way
+(each once: amortised ``O(1)`` per drop); skipping is capped, so a queue flooded with
+rumors never makes one packet expensive. The queue itself does not know the
 packet format: the caller passes the bytes left in its packet.
 """
 
@@ -58,6 +59,10 @@ __all__ = [
 MAX_SKIPPED_PER_TAKE = 8
 """A take gives up after skipping this many rumors too big for the space left."""
 
+MAX_DROPPED_SLACK = 64
+"""Dropped rumors a queue may leave in its buckets beyond one per queued rumor before it
+sweeps them out (see :class:`BroadcastQueue`)."""
+
 NO_CAP = 1 << 30
 """The cap of a rumor that follows the queue-wide limit only."""
 
@@ -74,7 +79,7 @@ LANES = 3
 class QueuedRumor:
     """One queued rumor and how many times it has been sent."""
 
-    __slots__ = ("cap", "key", "lane", "message", "size", "transmits")
+    __slots__ = ("cap", "key", "lane", "message", "queued", "size", "transmits")
 
     def __init__(
         self, key: Hashable, message: Message, size: int, cap: int = NO_CAP, lane: int = 0
@@ -85,6 +90,8 @@ class QueuedRumor:
         self.cap = cap
         self.lane = lane
         self.transmits = 0
+        self.queued = True
+        """False once dropped (replaced, discarded, sent its last time or expired)."""
 
     def __repr__(self) -> str:
         return (
@@ -95,9 +102,19 @@ class QueuedRumor:
 
 
 class BroadcastQueue:
-    """Rumors keyed by subject, in priority lanes, bucketed by transmit count."""
+    """Rumors keyed by subject, in priority lanes, bucketed by transmit count.
 
-    __slots__ = ("_by_key", "_lanes", "_smallest")
+    A bucket is a stack (a list, oldest first): a push or a move appends, a take pops from
+    the end. A rumor dropped from the middle of a bucket (replaced or discarded) is only
+    marked (:attr:`QueuedRumor.queued`) and left where it is; takes pop such leftovers as
+    they reach them, and the buckets are compacted once the leftovers outnumber the queued
+    rumors (plus :data:`MAX_DROPPED_SLACK`), so they never hold more than about twice the
+    queue. (Buckets as insertion-ordered dicts, deleted from as rumors leave, made a take
+    step over every deleted slot at the end of a bucket's table: tens of microseconds per
+    packet once a busy bucket had grown.)
+    """
+
+    __slots__ = ("_by_key", "_dropped", "_lanes", "_smallest")
 
     def __init__(self, lanes: int = LANES) -> None:
         if lanes < 1:
@@ -106,9 +123,11 @@ class BroadcastQueue:
         # A lower bound of every queued size: a take stops once less space than this is
         # left. It never grows (exact tracking would cost more than it saves).
         self._smallest = 1 << 30
-        # _lanes[l][t] holds the rumors of lane l sent t times, in insertion order (oldest
-        # first).
-        self._lanes: list[list[dict[Hashable, QueuedRumor]]] = [[] for _ in range(lanes)]
+        # _lanes[l][t] holds the rumors of lane l sent t times, oldest first, with the
+        # dropped ones not yet swept (see the class docstring).
+        self._lanes: list[list[list[QueuedRumor]]] = [[] for _ in range(lanes)]
+        self._dropped = 0
+        """Dropped rumors still in a bucket."""
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -123,7 +142,7 @@ class BroadcastQueue:
         """Queued rumors in the order a take would consider them (ignoring sizes)."""
         for buckets in self._lanes:
             for bucket in buckets:
-                yield from reversed(bucket.values())
+                yield from (item for item in reversed(bucket) if item.queued)
 
     def get(self, key: Hashable) -> QueuedRumor | None:
         """The queued rumor under ``key``, if any."""
@@ -146,23 +165,27 @@ class BroadcastQueue:
             raise ValueError(f"cap must be at least 1, got {cap}")
         if not 0 <= lane < len(self._lanes):
             raise ValueError(f"lane must be in [0, {len(self._lanes)}), got {lane}")
-        self.discard(key)
+        by_key = self._by_key
+        if key in by_key:
+            self.discard(key)
         item = QueuedRumor(key, message, size, NO_CAP if cap is None else cap, lane)
-        self._by_key[key] = item
-        self._smallest = min(self._smallest, size)
+        by_key[key] = item
+        if size < self._smallest:
+            self._smallest = size
         buckets = self._lanes[lane]
         if not buckets:
-            buckets.append({})
-        buckets[0][key] = item
+            buckets.append([])
+        buckets[0].append(item)
 
     def discard(self, key: Hashable) -> bool:
         """Remove the rumor under ``key``; True if there was one."""
         item = self._by_key.pop(key, None)
         if item is None:
             return False
-        buckets = self._lanes[item.lane]
-        del buckets[item.transmits][key]
-        self._trim(buckets)
+        item.queued = False
+        self._dropped += 1
+        if self._dropped > len(self._by_key) + MAX_DROPPED_SLACK:
+            self._sweep()
         return True
 
     def take(self, budget: int, limit: int, *, exclude: Hashable | None = None) -> list[Message]:
@@ -177,7 +200,10 @@ class BroadcastQueue:
         remaining = budget
         smallest = self._smallest
         skipped = 0
+        by_key = self._by_key
         for buckets in self._lanes:
+            if not buckets:
+                continue
             self._expire(buckets, limit)
             lane_start = len(selected)
             for bucket in buckets:
@@ -185,46 +211,70 @@ class BroadcastQueue:
                     continue
                 if remaining < smallest or skipped > MAX_SKIPPED_PER_TAKE:
                     break
-                for item in reversed(bucket.values()):
+                kept: list[QueuedRumor] = []
+                while bucket:
+                    item = bucket.pop()
+                    if not item.queued:
+                        self._dropped -= 1
+                        continue
                     if item.size <= remaining and item.key != exclude:
                         selected.append(item)
                         remaining -= item.size
                         if remaining < smallest:
                             break
                     else:
+                        kept.append(item)
                         skipped += 1
                         if skipped > MAX_SKIPPED_PER_TAKE:
                             break
+                if kept:
+                    kept.reverse()
+                    bucket.extend(kept)
             # Move the oldest first, so rumors taken together keep their relative order.
             for item in reversed(selected[lane_start:]):
-                del buckets[item.transmits][item.key]
                 item.transmits += 1
                 if item.transmits >= limit or item.transmits >= item.cap:
-                    del self._by_key[item.key]
+                    del by_key[item.key]
+                    item.queued = False
                     continue
-                if item.transmits == len(buckets):
-                    buckets.append({})
-                buckets[item.transmits][item.key] = item
+                while item.transmits >= len(buckets):
+                    buckets.append([])
+                buckets[item.transmits].append(item)
             self._trim(buckets)
         return [item.message for item in selected]
 
     def clear(self) -> None:
         """Drop every queued rumor."""
+        for item in self._by_key.values():
+            item.queued = False
         self._by_key.clear()
         for buckets in self._lanes:
             buckets.clear()
         self._smallest = 1 << 30
+        self._dropped = 0
 
-    def _expire(self, buckets: list[dict[Hashable, QueuedRumor]], limit: int) -> None:
+    def _expire(self, buckets: list[list[QueuedRumor]], limit: int) -> None:
         while len(buckets) > max(0, limit):
-            for key in buckets.pop():
-                del self._by_key[key]
+            for item in buckets.pop():
+                if item.queued:
+                    del self._by_key[item.key]
+                    item.queued = False
+                else:
+                    self._dropped -= 1
+
+    def _sweep(self) -> None:
+        """Forget the dropped rumors left in the buckets."""
+        for buckets in self._lanes:
+            for bucket in buckets:
+                bucket[:] = [item for item in bucket if item.queued]
+            self._trim(buckets)
+        self._dropped = 0
 
     @staticmethod
-    def _trim(buckets: list[dict[Hashable, QueuedRumor]]) -> None:
+    def _trim(buckets: list[list[QueuedRumor]]) -> None:
         while buckets and not buckets[-1]:
             buckets.pop()
 
     def __repr__(self) -> str:
-        depths = [[len(b) for b in buckets] for buckets in self._lanes]
+        depths = [[sum(i.queued for i in b) for b in buckets] for buckets in self._lanes]
         return f"<BroadcastQueue {len(self._by_key)} rumors by lane and transmits {depths}>"

@@ -650,17 +650,24 @@ class Membership:
         self._gossip_round()
 
     def broadcast(
-        self, message: Message, key: Hashable, *, cap: int | None = None, admission: bool = False
+        self,
+        message: Message,
+        key: Hashable,
+        *,
+        cap: int | None = None,
+        size: int | None = None,
+        admission: bool = False,
     ) -> bool:
         """Queue a non-membership rumor for piggybacking, replacing any queued rumor with
         the same ``key``; with ``cap``, it is sent at most that many times even where
-        :meth:`retransmit_limit` is higher. ``admission`` rumors (certificates and
+        :meth:`retransmit_limit` is higher. ``size`` is ``wire_size(message)`` when the
+        caller knows it already. ``admission`` rumors (certificates and
         revocations) travel in the membership lane: news about a member is taken in only
         once its certificate is known, so the certificate must not queue behind
         application rumors while the member's ``Alive`` spreads. Returns False (and
         counts it) if it can never fit in a packet."""
         lane = LANE_MEMBERS if admission else LANE_APP
-        return self._enqueue(("app", key), message, cap, lane=lane)
+        return self._enqueue(("app", key), message, cap, size=size, lane=lane)
 
     def expel(self, node_id: str, now: float) -> bool:
         """Remove ``node_id`` at once, as if it had left and been forgotten: its admission
@@ -1596,9 +1603,16 @@ class Membership:
         self._enqueue(("member", rumor.node), rumor, lane=lane)
 
     def _enqueue(
-        self, key: Hashable, message: Message, cap: int | None = None, *, lane: int = LANE_APP
+        self,
+        key: Hashable,
+        message: Message,
+        cap: int | None = None,
+        *,
+        lane: int = LANE_APP,
+        size: int | None = None,
     ) -> bool:
-        size = wire_size(message)
+        if size is None:
+            size = wire_size(message)
         if ENVELOPE_OVERHEAD + size > self._config.max_packet_bytes:
             self.counters["rumors_too_big"] += 1
             return False
