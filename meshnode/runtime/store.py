@@ -309,13 +309,21 @@ def _write_secret(path: str | os.PathLike[str], data: bytes) -> None:
     never a mix."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+    _write_atomic(target, data, PRIVATE_FILE_MODE)
+
+
+def _write_atomic(target: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` to ``target`` with ``mode`` through ``<target>.tmp``, created with
+    ``O_CREAT | O_EXCL | O_NOFOLLOW`` (a stale temp file or a symlink planted in its place
+    is unlinked first, never followed), fsynced, renamed over ``target`` (a symlink at
+    ``target`` is replaced, never followed), and the directory fsynced."""
     tmp = target.with_name(target.name + ".tmp")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)  # unlink removes a symlink itself, never its target
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_FILE_MODE)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         try:
-            os.fchmod(fd, PRIVATE_FILE_MODE)
+            os.fchmod(fd, mode)
             while data:
                 data = data[os.write(fd, data) :]
             os.fsync(fd)
@@ -541,30 +549,7 @@ def write_public_file(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` (0644) atomically and durably: through a temp file
     created with ``O_EXCL | O_NOFOLLOW``, fsynced and renamed over ``path`` (a symlink at
     ``path`` is replaced, never followed)."""
-    target = Path(path)
-    tmp = target.with_name(target.name + ".tmp")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PUBLIC_FILE_MODE)
-    try:
-        try:
-            os.fchmod(fd, PUBLIC_FILE_MODE)
-            rest = data
-            while rest:
-                rest = rest[os.write(fd, rest) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    _write_atomic(Path(path), data, PUBLIC_FILE_MODE)
 
 
 def read_public_file(path: str | os.PathLike[str], max_bytes: int, what: str) -> bytes:

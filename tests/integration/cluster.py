@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -134,3 +135,14 @@ def cluster(base: Path, n: int, profile: str = "local") -> Iterator[list[NodePro
     finally:
         for node in nodes:
             node.stop()
+
+
+def non_loopback_address() -> str | None:
+    """An IPv4 address of this machine that is not loopback (None if there is none)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("192.0.2.1", 9))  # no packet is sent: picks the outgoing address
+        except OSError:
+            return None
+        address = str(sock.getsockname()[0])
+    return None if address.startswith("127.") or address == "0.0.0.0" else address

@@ -17,7 +17,6 @@ import contextlib
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -32,7 +31,7 @@ import pytest
 from meshnode.core.channel import NONCE_BYTES, ChannelCore
 from protocol import TaskRequest, TaskResponse, TaskStatus, decode, encode
 from tests.adversarial.attack import Attacker
-from tests.integration.cluster import NodeProcess, wait_until
+from tests.integration.cluster import NodeProcess, non_loopback_address, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -414,17 +413,6 @@ def test_loopback_is_trusted_unless_told_otherwise(tmp_path: Path) -> None:
     assert "closed: no api token" in text
 
 
-def _non_loopback_address() -> str | None:
-    """An IPv4 address of this machine that is not loopback (None if there is none)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.connect(("192.0.2.1", 9))  # no packet is sent: picks the outgoing address
-        except OSError:
-            return None
-        address = str(sock.getsockname()[0])
-    return None if address.startswith("127.") or address == "0.0.0.0" else address
-
-
 def test_read_routes_need_the_token_from_outside_unless_open(tmp_path: Path) -> None:
     """A node bound to every address: a caller from a non-loopback address reads
     members, manifests and trust only with the token; with ``--open-reads`` without it
@@ -433,7 +421,7 @@ def test_read_routes_need_the_token_from_outside_unless_open(tmp_path: Path) -> 
     On the unfixed code (token set through ``NodeConfig.api_token``, the flag did not
     exist): a remote caller without the token got HTTP 200 from members, manifests,
     trust and ``POST /v1/discover``."""
-    address = _non_loopback_address()
+    address = non_loopback_address()
     if address is None:
         pytest.skip("this machine has no non-loopback IPv4 address")
     extra = ["--host", "0.0.0.0", "--advertise-host", "127.0.0.1", "--api-token", TOKEN, "--open"]

@@ -40,6 +40,7 @@ from meshnode.core.mesh import FetchManifest
 from meshnode.runtime.node import wait_for
 from meshnode.runtime.store import DB_FILE, NodeStore
 from protocol import Alive, Identity, Ping, signing_bytes
+from tests.integration.cluster import non_loopback_address
 
 
 class Echo(MeshNode):
@@ -335,24 +336,13 @@ async def test_oversized_and_hostile_bodies_are_refused_early() -> None:
         await node.aclose()
 
 
-def _non_loopback_address() -> str | None:
-    """An IPv4 address of this machine that is not loopback (None if there is none)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.connect(("192.0.2.1", 9))  # no packet is sent: picks the outgoing address
-        except OSError:
-            return None
-        address = str(sock.getsockname()[0])
-    return None if address.startswith("127.") or address == "0.0.0.0" else address
-
-
 async def test_discover_is_rate_limited_for_remote_callers_not_loopback() -> None:
     """A non-loopback caller gets ``api_rate_burst`` discovers back to back, then 429 with
     Retry-After; a loopback caller is not limited.
 
     On the unfixed code: all 8 remote requests were answered 200 (measured with
     ``api_rate_burst`` absent, i.e. without any limit)."""
-    address = _non_loopback_address()
+    address = non_loopback_address()
     if address is None:
         pytest.skip("this machine has no non-loopback IPv4 address")
     token = "remote-caller-token-0123"  # remote callers need the api token to discover
