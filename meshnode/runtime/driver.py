@@ -165,6 +165,14 @@ REJOIN_RETRY_S = 5.0
 """Seconds between two rejoin attempts of a node whose push-pulls fail as they do with a
 stale keyring (the members answer each at most every 5 s per address too)."""
 MAX_REJOIN_REPLY_BYTES = 4 * 1024
+STALE_KEYRING_FIX = (
+    "a member refused our sealed traffic: our keyring is likely stale (a key rotation "
+    "happened while we were down) and without a mesh authority nobody can hand us the "
+    "new keys; copy the current keyring file from a member and restart with "
+    "--keyring FILE (or run with --authority/--cert to rejoin on your own)"
+)
+"""One line naming the fix, logged and shown in ``/v1/health`` when a node without an
+authority finds its keyring stale."""
 """Longest answer read to a ``/v1/wire/rejoin`` post (a certificate and a sealed keyring
 in one signed envelope: under 2 KiB), bytes."""
 READ_CHUNK_BYTES = 64 * 1024
@@ -209,6 +217,9 @@ class Driver:
         self.seal = seal or WireSeal()
         """Seals what goes to peers and opens what comes back."""
         self._next_rejoin_at = 0.0  # monotonic time before which no rejoin is tried
+        self.keyring_stale: float | None = None
+        """Monotonic time a member last refused our sealed push-pull while we run without
+        a mesh authority (our keyring is likely stale; ``/v1/health`` says how to fix it)."""
         self.key_ops = KeyOpLog(core.config.key_op_window)
         """Key operation ids seen (replays refused); the rules are the core module's."""
         self.tick: Callable[[float], None] = tick or core.tick
@@ -489,7 +500,7 @@ class Driver:
         """Did a push-pull fail the way it does when our keyring is stale (the peer
         refused our body, or its reply did not open), with an authority to vouch for us
         and no rejoin tried within :data:`REJOIN_RETRY_S`?"""
-        if self.seal.keyring is None or self.core.admission is None:
+        if self.seal.keyring is None:
             return False
         refused = isinstance(exc, aiohttp.ClientResponseError) and exc.status == 400
         if not (refused or isinstance(exc, SealRejected)):
@@ -498,6 +509,11 @@ class Driver:
         if now < self._next_rejoin_at:
             return False
         self._next_rejoin_at = now + REJOIN_RETRY_S
+        if self.core.admission is None:
+            # Nobody can vouch for us to hand over the new keys: say what fixes it.
+            self.keyring_stale = now
+            self._log.error("keyring_stale", error=STALE_KEYRING_FIX)
+            return False
         return True
 
     async def _rejoin(self, addr: tuple[str, int]) -> None:

@@ -23,7 +23,11 @@ from typing import TYPE_CHECKING, Any
 from meshnode.core.admission import Admission
 from meshnode.core.config import format_address
 from meshnode.core.member import MemberState
-from meshnode.runtime.driver import DEGRADED_WINDOW_S, IDENTITY_CONFLICT_REPORT_S
+from meshnode.runtime.driver import (
+    DEGRADED_WINDOW_S,
+    IDENTITY_CONFLICT_REPORT_S,
+    STALE_KEYRING_FIX,
+)
 
 if TYPE_CHECKING:
     from meshnode.runtime.node import MeshNode
@@ -51,6 +55,9 @@ def degraded_reasons(node: MeshNode) -> list[str]:
                 if now - driver.effect_last_failed[(kind, error)] < DEGRADED_WINDOW_S
             ]
             reasons.append("effects failing: " + ", ".join(recent))
+    stale = driver.keyring_stale if driver is not None else None
+    if stale is not None and now - stale < DEGRADED_WINDOW_S:
+        reasons.append(STALE_KEYRING_FIX)
     persistence = node.persistence
     if persistence is not None and persistence.error is not None:
         since, error = persistence.error

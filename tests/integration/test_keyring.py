@@ -526,3 +526,31 @@ def test_run_refuses_a_keyring_file_it_must_not_trust(tmp_path: Path) -> None:
     assert "needs --keyring" in done.stderr
     init = meshnode("keys", "init", str(path))
     assert init.returncode == 2 and "exists" in init.stderr
+
+
+def test_a_stale_keyring_without_an_authority_says_what_fixes_it(tmp_path: Path) -> None:
+    """A node that missed a key rotation (it holds only the old key) and runs without a
+    mesh authority cannot be handed the new keys: its ``/v1/health`` turns degraded with
+    one line naming the fix, and its log says it too.
+
+    On the code before the rule: its push-pulls failed silently (health "ok")."""
+    old = Keyring.new("prod")
+    current = Keyring((generate_key(),), "prod")
+    nodes: list[NodeProcess] = []
+    with running(nodes):
+        member = keyed("member", tmp_path, [], current)
+        nodes.append(member)
+        stale = keyed("stale", tmp_path, [member.address], old)
+        nodes.append(stale)
+
+        def says_fix() -> bool:
+            health = stale.get("/v1/health")
+            return any("--keyring FILE" in r for r in health.get("reasons", []))
+
+        wait_until(says_fix, 30, "the stale node's health names the fix")
+        (reason,) = [r for r in stale.get("/v1/health")["reasons"] if "--keyring" in r]
+        assert "\n" not in reason and "keyring is likely stale" in reason
+        assert stale.get("/v1/health")["status"] == "degraded"
+        assert member.node_id not in alive_ids(stale)
+    log = (tmp_path / "stale.log").read_text()
+    assert "keyring_stale" in log
