@@ -356,9 +356,12 @@ def test_upgrade_a_running_plaintext_mesh(tmp_path: Path) -> None:
             seal = n.get("/v1/health")["seal"]
             assert seal["encrypt_incoming"] and seal["encrypt_outgoing"]
         before = [n.get("/v1/health")["seal"].get("opened", 0) for n in nodes]
-        time.sleep(1.0)
-        after = [n.get("/v1/health")["seal"].get("opened", 0) for n in nodes]
-        assert all(b > a for a, b in zip(before, after, strict=True))
+
+        def all_opened_more() -> bool:
+            after = [n.get("/v1/health")["seal"].get("opened", 0) for n in nodes]
+            return all(b > a for a, b in zip(before, after, strict=True))
+
+        wait_until(all_opened_more, 10, "every node opens sealed traffic after the upgrade")
         attacker = Attacker()
         host, port = split_address(nodes[0].address)
         udp_send(nodes[0].address, attacker.envelope([attacker.alive(host, port + 1)]))
