@@ -542,6 +542,9 @@ class A2AImporter:
         self.call_timeout_s = call_timeout_s
         self.card_timeout_s = card_timeout_s
         self.agents: dict[str, ImportedAgent] = {}
+        self.pending: dict[str, str] = {}
+        """Agents :meth:`import_later` could not import yet (URL → why), retried on every
+        refresh."""
         self._session: aiohttp.ClientSession | None = None
         self._httpx: Any = None
         self._task: asyncio.Task[None] | None = None
@@ -741,9 +744,25 @@ class A2AImporter:
         log.info("a2a_agent_withdrawn", url=url, agent=agent.name)
         return True
 
+    async def import_later(self, url: str) -> ImportedAgent | None:
+        """:meth:`import_agent`, but a failure is logged and the URL kept in
+        :attr:`pending`, retried on every refresh (the node's configured agents: one that is
+        down when the node starts joins when it comes up)."""
+        try:
+            agent = await self.import_agent(url)
+        except (CardRefused, AgentUnreachable, A2AUnavailable) as exc:
+            self.pending[url] = str(exc)
+            log.warning("a2a_import_pending", url=url, reason=str(exc))
+            return None
+        self.pending.pop(url, None)
+        return agent
+
     async def refresh(self) -> None:
         """Fetch every imported card again and apply what changed (see the module
-        docstring for what a failed fetch or a failed check does)."""
+        docstring for what a failed fetch or a failed check does); retry the pending."""
+        for url in list(self.pending):
+            if url not in self.agents:
+                await self.import_later(url)
         for url in list(self.agents):
             try:
                 data, card, signed = await self.fetch_card(url)
