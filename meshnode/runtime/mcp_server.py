@@ -199,6 +199,42 @@ def _delegation_failure(data: Any) -> str:
     return "\n".join(lines)[:MAX_ERROR_CHARS]
 
 
+Description = Annotated[
+    str | None,
+    Field(
+        description="what you need done, in plain words (matched by meaning)",
+        min_length=1,
+        max_length=MAX_QUERY_CHARS,
+    ),
+]
+CapabilityName = Annotated[
+    str | None,
+    Field(
+        description="an exact capability name (instead of, or with, a description)",
+        min_length=1,
+        max_length=MAX_NAME_CHARS,
+        pattern=r"^[A-Za-z0-9_.:-]+$",
+    ),
+]
+MinTrust = Annotated[
+    float, Field(description="lowest trust a provider may have, 0..1", ge=0.0, le=1.0)
+]
+MaxCost = Annotated[
+    float | None, Field(description="most a call may cost, USD", ge=0.0, le=1_000_000.0)
+]
+
+Tags = Annotated[
+    list[Annotated[str, Field(min_length=1, max_length=MAX_TAG_CHARS)]],
+    Field(description="tags every candidate must carry", max_length=MAX_TAGS),
+]
+TopK = Annotated[int, Field(description="how many candidates", ge=MIN_TOP_K, le=MAX_TOP_K)]
+TaskInput = Annotated[
+    Any, Field(description="the task input (JSON), as the capability's schema says")
+]
+DeadlineS = Annotated[
+    float, Field(description="seconds the whole delegation may take", gt=0.0, le=MAX_DEADLINE_S)
+]
+
 def build_server(api: MeshApi) -> Any:
     """The MCP server whose tools call ``api`` (see the module docstring)."""
     from mcp.server.mcpserver import MCPServer
@@ -220,30 +256,6 @@ def build_server(api: MeshApi) -> Any:
         except NodeApiError as exc:
             raise ToolError(str(exc)) from None
 
-    Description = Annotated[
-        str | None,
-        Field(
-            description="what you need done, in plain words (matched by meaning)",
-            min_length=1,
-            max_length=MAX_QUERY_CHARS,
-        ),
-    ]
-    CapabilityName = Annotated[
-        str | None,
-        Field(
-            description="an exact capability name (instead of, or with, a description)",
-            min_length=1,
-            max_length=MAX_NAME_CHARS,
-            pattern=r"^[A-Za-z0-9_.:-]+$",
-        ),
-    ]
-    MinTrust = Annotated[
-        float, Field(description="lowest trust a provider may have, 0..1", ge=0.0, le=1.0)
-    ]
-    MaxCost = Annotated[
-        float | None, Field(description="most a call may cost, USD", ge=0.0, le=1_000_000.0)
-    ]
-
     @server.tool(
         description="Rank the mesh agents that can do a task, best first, from the node's "
         "own index: trust, availability, cost and how well each capability matches."
@@ -253,13 +265,8 @@ def build_server(api: MeshApi) -> Any:
         capability_name: CapabilityName = None,
         min_trust: MinTrust = 0.0,
         max_cost_usd: MaxCost = None,
-        tags: Annotated[
-            list[Annotated[str, Field(min_length=1, max_length=MAX_TAG_CHARS)]],
-            Field(description="tags every candidate must carry", max_length=MAX_TAGS),
-        ] = [],  # noqa: B006  (the SDK copies defaults; a tuple would not be a JSON array)
-        top_k: Annotated[
-            int, Field(description="how many candidates", ge=MIN_TOP_K, le=MAX_TOP_K)
-        ] = 5,
+        tags: Tags | None = None,
+        top_k: TopK = 5,
     ) -> DiscoverResult:
         if not description and not capability_name:
             raise ToolError("discover needs a description or a capability_name")
@@ -268,7 +275,7 @@ def build_server(api: MeshApi) -> Any:
             "capability_name": capability_name,
             "min_trust": min_trust,
             "max_cost_usd": max_cost_usd,
-            "tags": list(tags),
+            "tags": list(tags or ()),
             "top_k": top_k,
         }
         return DiscoverResult.model_validate(await call("POST", "/v1/discover", body))
@@ -279,14 +286,9 @@ def build_server(api: MeshApi) -> Any:
     )
     async def delegate(
         capability: CapabilityName = None,
-        input: Annotated[  # noqa: A002  (the node's own field name)
-            Any, Field(description="the task input (JSON), as the capability's schema says")
-        ] = None,
+        input: TaskInput = None,  # noqa: A002  (the node's own field name)
         description: Description = None,
-        deadline_s: Annotated[
-            float,
-            Field(description="seconds the whole delegation may take", gt=0.0, le=MAX_DEADLINE_S),
-        ] = DEFAULT_DEADLINE_S,
+        deadline_s: DeadlineS = DEFAULT_DEADLINE_S,
         max_cost_usd: MaxCost = None,
         min_trust: MinTrust = 0.0,
     ) -> DelegateResult:
