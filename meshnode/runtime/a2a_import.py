@@ -212,11 +212,11 @@ def check_agent_url(url: Any) -> str:
     else :class:`CardRefused` saying why."""
     if not isinstance(url, str) or not url.strip():
         raise CardRefused("the agent URL must be a non-empty string")
-    url = url.strip()
-    if len(url) > MAX_URL_CHARS:
+    checked: str = url.strip()
+    if len(checked) > MAX_URL_CHARS:
         raise CardRefused(f"the agent URL is longer than {MAX_URL_CHARS} characters")
     try:
-        parts = urlsplit(url)
+        parts = urlsplit(checked)
         port = parts.port
     except ValueError as exc:
         raise CardRefused(f"not a URL: {exc}") from None
@@ -227,7 +227,7 @@ def check_agent_url(url: Any) -> str:
     if parts.username is not None or parts.password is not None:
         raise CardRefused("the agent URL must not carry a user name or password")
     del port
-    return url
+    return checked
 
 
 def card_location(url: str) -> str:
@@ -448,7 +448,7 @@ class AgentTaskFailed(A2AImportError):
 
 
 def _parts(parts: Sequence[Any]) -> tuple[list[str], list[Any]]:
-    from google.protobuf.json_format import MessageToDict
+    from google.protobuf.json_format import MessageToDict  # type: ignore[import-untyped]
 
     texts: list[str] = []
     data: list[Any] = []
@@ -478,7 +478,9 @@ def task_outcome(task: Any) -> dict[str, Any] | None:
     from a2a.types import TaskState
 
     state = TaskState.Name(task.status.state)
-    status_text, _ = _parts(task.status.message.parts) if task.status.HasField("message") else ([], [])
+    status_text, _ = (
+        _parts(task.status.message.parts) if task.status.HasField("message") else ([], [])
+    )
     why = " ".join(status_text).strip()
     if state == TERMINAL_OK:
         texts: list[str] = []
@@ -550,6 +552,7 @@ class A2AImporter:
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._closed = False
+        self._closing: set[asyncio.Task[Any]] = set()
         self.counts: dict[str, int] = {}
         _IMPORTERS[node] = self
 
@@ -583,6 +586,8 @@ class A2AImporter:
                 with contextlib.suppress(Exception):
                     await agent.client.close()
                 agent.client = None
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
         if self._httpx is not None:
             await self._httpx.aclose()
             self._httpx = None
@@ -688,9 +693,7 @@ class A2AImporter:
         wanted: dict[str, SkillCapability] = {}
         skipped: list[str] = []
         defaults = [str(m) for m in data.get("defaultInputModes") or []]
-        own = set(self.node.capabilities) - {
-            s.name for s in (old.skills.values() if old else ())
-        }
+        own = set(self.node.capabilities) - {s.name for s in (old.skills.values() if old else ())}
         room = MAX_CAPABILITIES - len(own)
         for skill in data.get("skills") or []:
             if not isinstance(skill, Mapping):
@@ -711,7 +714,7 @@ class A2AImporter:
         if old is not None:
             agent.client = old.client if old.rpc_url == rpc_url else None
             if old.client is not None and agent.client is None:
-                asyncio.create_task(old.client.close())
+                self._close_later(old.client)
         agent.skills = wanted
         agent.skipped = skipped
         self.agents[url] = agent
@@ -740,7 +743,7 @@ class A2AImporter:
         for cap in agent.skills.values():
             self.node.remove_capability(cap.name)
         if agent.client is not None:
-            asyncio.create_task(agent.client.close())
+            self._close_later(agent.client)
         log.info("a2a_agent_withdrawn", url=url, agent=agent.name)
         return True
 
@@ -756,6 +759,11 @@ class A2AImporter:
             return None
         self.pending.pop(url, None)
         return agent
+
+    def _close_later(self, client: Any) -> None:
+        task = asyncio.create_task(client.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def refresh(self) -> None:
         """Fetch every imported card again and apply what changed (see the module
@@ -820,7 +828,7 @@ class A2AImporter:
         fails the task (:class:`~meshnode.errors.InvalidInput` for a refused input)."""
         from a2a.client import ClientCallContext
         from a2a.types import GetTaskRequest, Message, Part, Role, SendMessageRequest
-        from google.protobuf.struct_pb2 import Struct
+        from google.protobuf.struct_pb2 import Struct  # type: ignore[import-untyped]
 
         from meshnode.runtime.tasks import current_task_deadline
 
@@ -890,7 +898,9 @@ class A2AImporter:
             raise
         except Exception as exc:  # the SDK's transport and protocol errors
             self._count("errors")
-            raise AgentTaskFailed(f"calling the agent failed: {type(exc).__name__}: {exc}") from None
+            raise AgentTaskFailed(
+                f"calling the agent failed: {type(exc).__name__}: {exc}"
+            ) from None
 
     async def _cancel_quietly(self, client: Any, task_id: str) -> None:
         from a2a.types import CancelTaskRequest

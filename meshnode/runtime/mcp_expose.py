@@ -131,7 +131,7 @@ def narrow_schema(schema: Any) -> dict[str, Any] | bool:
                 raise SchemaNotEnforceable(f"{key} is not an object")
             for name, value in table.items():
                 defs[f"#/{key}/{name}"] = value
-    out = _narrow(schema, defs, (), 0, "$")
+    out: dict[str, Any] | bool = _narrow(schema, defs, (), 0, "$")
     problems = check_schema(out)
     if problems:  # a rewrite that still leaves something unenforced is refused too
         raise SchemaNotEnforceable("; ".join(problems[:3]))

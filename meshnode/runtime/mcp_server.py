@@ -33,7 +33,8 @@ the node's token).
 from __future__ import annotations
 
 import ipaddress
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar, cast
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field
@@ -66,6 +67,9 @@ lower limit says so in the tool error)."""
 MAX_ERROR_CHARS = 2_000
 """Longest node answer quoted in a tool error."""
 SERVER_NAME = "meshnode"
+
+
+_F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
 
 
 class NodeApiError(Exception):
@@ -163,9 +167,8 @@ class MeshApi:
             ) as resp:
                 text = await resp.text()
                 if resp.status >= 400 and resp.status != 502:
-                    raise NodeApiError(
-                        f"node at {self.node} answered {resp.status}: {text.strip()[:MAX_ERROR_CHARS]}"
-                    )
+                    said = text.strip()[:MAX_ERROR_CHARS]
+                    raise NodeApiError(f"node at {self.node} answered {resp.status}: {said}")
                 try:
                     data = await resp.json(content_type=None)
                 except ValueError:
@@ -235,6 +238,7 @@ DeadlineS = Annotated[
     float, Field(description="seconds the whole delegation may take", gt=0.0, le=MAX_DEADLINE_S)
 ]
 
+
 def build_server(api: MeshApi) -> Any:
     """The MCP server whose tools call ``api`` (see the module docstring)."""
     from mcp.server.mcpserver import MCPServer
@@ -250,13 +254,18 @@ def build_server(api: MeshApi) -> Any:
         log_level="WARNING",
     )
 
-    async def call(method: str, path: str, body: Any = None, timeout_s: float = HTTP_TIMEOUT_S) -> Any:
+    def tool(description: str) -> Callable[[_F], _F]:
+        return cast(Callable[[_F], _F], server.tool(description=description))
+
+    async def call(
+        method: str, path: str, body: Any = None, timeout_s: float = HTTP_TIMEOUT_S
+    ) -> Any:
         try:
             return await api.request(method, path, body, timeout_s=timeout_s)
         except NodeApiError as exc:
             raise ToolError(str(exc)) from None
 
-    @server.tool(
+    @tool(
         description="Rank the mesh agents that can do a task, best first, from the node's "
         "own index: trust, availability, cost and how well each capability matches."
     )
@@ -280,13 +289,13 @@ def build_server(api: MeshApi) -> Any:
         }
         return DiscoverResult.model_validate(await call("POST", "/v1/discover", body))
 
-    @server.tool(
+    @tool(
         description="Hand a task to the best mesh agent for it and return its result. Name "
         "the capability, or describe the task; the node tries providers in rank order."
     )
     async def delegate(
         capability: CapabilityName = None,
-        input: TaskInput = None,  # noqa: A002  (the node's own field name)
+        input: TaskInput = None,
         description: Description = None,
         deadline_s: DeadlineS = DEFAULT_DEADLINE_S,
         max_cost_usd: MaxCost = None,
@@ -305,11 +314,11 @@ def build_server(api: MeshApi) -> Any:
         answer = await call("POST", "/v1/delegate", body, deadline_s + DELEGATE_MARGIN_S)
         return DelegateResult.model_validate(answer)
 
-    @server.tool(description="Every member of the mesh the node knows: id, name, address, state.")
+    @tool(description="Every member of the mesh the node knows: id, name, address, state.")
     async def members() -> MembersResult:
         return MembersResult.model_validate(await call("GET", "/v1/members"))
 
-    @server.tool(
+    @tool(
         description="The node's trust in each peer (what routing uses), its own opinion, "
         "and each peer's circuit breaker."
     )

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import os
 import socket
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -89,9 +88,10 @@ async def test_four_tools_against_a_real_mesh(mesh: LocalMesh) -> None:
         assert set(tools) == {"discover", "delegate", "members", "trust"}
         top_k = tools["discover"].input_schema["properties"]["top_k"]
         assert (top_k["minimum"], top_k["maximum"]) == (1, 20)
-        assert tools["discover"].input_schema["properties"]["description"]["anyOf"][0][
-            "maxLength"
-        ] == 2000
+        assert (
+            tools["discover"].input_schema["properties"]["description"]["anyOf"][0]["maxLength"]
+            == 2000
+        )
         assert all(t.output_schema for t in tools.values())
 
         found = await s.call_tool("discover", {"description": "shout text in capitals"})
@@ -163,12 +163,18 @@ async def test_streamable_http_on_loopback(mesh: LocalMesh) -> None:
     gateway = mesh.nodes[0]
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "meshnode.cli", "mcp", "--node", f"127.0.0.1:{gateway.address[1]}",
-         "--http", str(port)],
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "meshnode.cli",
+        "mcp",
+        "--node",
+        f"127.0.0.1:{gateway.address[1]}",
+        "--http",
+        str(port),
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     try:
         loop = asyncio.get_running_loop()
@@ -179,7 +185,7 @@ async def test_streamable_http_on_loopback(mesh: LocalMesh) -> None:
                 writer.close()
                 break
             except OSError:
-                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert proc.returncode is None, "meshnode mcp --http exited early"
                 assert loop.time() < deadline, "the HTTP server did not start"
                 await asyncio.sleep(0.1)
         async with (
@@ -192,14 +198,15 @@ async def test_streamable_http_on_loopback(mesh: LocalMesh) -> None:
             assert len(result.structured_content["members"]) == 3
     finally:
         proc.terminate()
-        proc.communicate(timeout=15)
+        await asyncio.wait_for(proc.wait(), 15)
 
-    refused = subprocess.run(
-        [sys.executable, "-m", "meshnode.cli", "mcp", "--http", "0", "--http-host", "0.0.0.0"],
+    refused = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *["-m", "meshnode.cli", "mcp", "--http", "0", "--http-host", "0.0.0.0"],
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
+    _, err = await asyncio.wait_for(refused.communicate(), 60)
     assert refused.returncode == 2
-    assert "is not loopback" in refused.stderr and "--open" in refused.stderr
+    assert b"is not loopback" in err and b"--open" in err
