@@ -13,7 +13,7 @@ Starlette under uvicorn on 127.0.0.1, and runs a real ``AgentExecutor``:
 
 ``--sign-key`` signs the card with an EC P-256 private key (ES256, ``kid`` "test-key");
 ``--tamper`` changes the description after signing, so the signature no longer matches.
-``--skills-file`` names a JSON file holding the skills (re-read on every card request,
+``--name`` sets the agent's name. ``--skills-file`` names a JSON file holding the skills (re-read on every card request,
 so a test can change them while the agent runs). It prints ``{"event": "listening"}``
 once it accepts connections.
 """
@@ -85,10 +85,10 @@ class Executor(AgentExecutor):
         return None
 
 
-def build_card(port: int, skills: list[dict[str, Any]]) -> AgentCard:
+def build_card(port: int, skills: list[dict[str, Any]], name: str = "Shouter Agent") -> AgentCard:
     return parse_agent_card(
         {
-            "name": "Shouter Agent",
+            "name": name,
             "description": "An external agent that shouts text backwards",
             "version": "1.0.0",
             "supportedInterfaces": [
@@ -113,6 +113,7 @@ def main() -> None:
     parser.add_argument("--sign-key", type=Path)
     parser.add_argument("--tamper", action="store_true")
     parser.add_argument("--skills-file", type=Path)
+    parser.add_argument("--name", default="Shouter Agent")
     args = parser.parse_args()
 
     def skills() -> list[dict[str, Any]]:
@@ -122,7 +123,7 @@ def main() -> None:
         return DEFAULT_SKILLS
 
     def card_json() -> dict[str, Any]:
-        card = build_card(args.port, skills())
+        card = build_card(args.port, skills(), args.name)
         if args.sign_key is not None:
             sign = create_agent_card_signer(
                 args.sign_key.read_bytes(),
