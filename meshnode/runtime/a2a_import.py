@@ -118,6 +118,7 @@ __all__ = [
     "parse_card_body",
     "sanitize_capability_name",
     "skill_capability",
+    "verify_card_signature",
 ]
 
 MAX_URL_CHARS = 2_048
@@ -302,6 +303,30 @@ def load_verification_keys(path: str | Path) -> KeyProvider:
         return key
 
     return jwks_key
+
+
+def verify_card_signature(card: Any, keys: KeyProvider | None, *, require_signed: bool) -> bool:
+    """Whether ``card`` (an ``AgentCard``) is signed, after checking: a card whose
+    signatures all fail, a signed card with no ``keys`` to check it, and (with
+    ``require_signed``) an unsigned card raise :class:`CardRefused`."""
+    _require_sdk()
+    from a2a.utils.signing import SignatureVerificationError, create_signature_verifier
+
+    if not card.signatures:
+        if require_signed:
+            raise CardRefused("the agent card is not signed and signatures are required")
+        return False
+    if keys is None:
+        raise CardRefused(
+            "the agent card is signed but no verification key is configured "
+            "(--a2a-key FILE: a PEM public key or a JWKS)"
+        )
+    verify = create_signature_verifier(keys, list(SIGNATURE_ALGORITHMS))
+    try:
+        verify(card)
+    except SignatureVerificationError as exc:
+        raise CardRefused(f"the agent card's signature is not valid: {exc}") from None
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -645,23 +670,7 @@ class A2AImporter:
         return data, card, signed
 
     def _check_signature(self, card: Any) -> bool:
-        from a2a.utils.signing import SignatureVerificationError, create_signature_verifier
-
-        if not card.signatures:
-            if self.require_signed:
-                raise CardRefused("the agent card is not signed and signatures are required")
-            return False
-        if self._keys is None:
-            raise CardRefused(
-                "the agent card is signed but no verification key is configured "
-                "(--a2a-key FILE: a PEM public key or a JWKS)"
-            )
-        verify = create_signature_verifier(self._keys, list(SIGNATURE_ALGORITHMS))
-        try:
-            verify(card)
-        except SignatureVerificationError as exc:
-            raise CardRefused(f"the agent card's signature is not valid: {exc}") from None
-        return True
+        return verify_card_signature(card, self._keys, require_signed=self.require_signed)
 
     # -------------------------------------------------------------- importing
 
