@@ -274,3 +274,46 @@ async def test_unsigned_card_refused_when_signatures_are_required(tmp_path: Path
                 imported = await lenient.import_agent(url)
                 assert imported.signed is False
                 assert set(node.capabilities) == {"Shouter_Agent.shout"}
+
+
+def _swap(argv: list[str], old: str, new: str) -> list[str]:
+    return [a.replace(old, new) for a in argv]
+
+
+def test_docs_a2a_snippets_run(tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    """docs/interop.md, "Putting existing A2A agents on the mesh": the CLI block (run with
+    --a2a-import and --a2a-key, then a2a import and a2a list) and the Python block run
+    against a real signed agent and do what the page says."""
+    from tests.integration import doc_snippets
+
+    private, public = keys
+    start, imp, lst = doc_snippets.commands("a2a-cli")
+    with agent("--sign-key", str(private)) as url:
+        port = str(_free_port())
+        start = _swap(_swap(start, "http://127.0.0.1:9999", url), "7946", port)
+        start = _swap(start, "agents.pub.pem", str(public))
+        start += ["--data-dir", str(tmp_path / "proxy"), "--profile", "local"]
+        start += ["--embedder", "hashing", "--log-level", "WARNING"]
+        with doc_snippets.running(start, tmp_path, tmp_path / "proxy.log") as address:
+            assert address.endswith(f":{port}")
+            done = doc_snippets.run(_swap(_swap(imp, "http://127.0.0.1:9999", url), "7946", port))
+            assert done.returncode == 0, done.stderr
+            assert "imported Shouter_Agent" in done.stdout and "(signed: True)" in done.stdout
+            listed = doc_snippets.run(_swap(lst, "7946", port))
+            assert listed.returncode == 0, listed.stderr
+            assert url in listed.stdout and "Shouter_Agent.shout" in listed.stdout
+
+        script = tmp_path / "import_agent.py"
+        script.write_text(doc_snippets.snippet("a2a-python"))
+        (tmp_path / "agents.pub.pem").write_bytes(public.read_bytes())
+        ran = subprocess.run(
+            [sys.executable, str(script)],
+            cwd=tmp_path,
+            env={**doc_snippets.env(), "AGENT_URL": url},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert ran.returncode == 0, ran.stderr
+        assert "imported Shouter_Agent as Shouter_Agent.shout" in ran.stdout
+        assert "Shouter_Agent.shout is a proxy: True" in ran.stdout

@@ -153,3 +153,52 @@ def test_a_tool_added_upstream_is_published(pair: tuple[NodeProcess, NodeProcess
     status, body = _delegate(caller, "tools.reverse", {"text": "mesh"})
     assert status == 200, body
     assert body["output"] == {"result": "hsem"}
+
+
+def test_docs_mcp_expose_snippets_run(tmp_path: Path) -> None:
+    """docs/interop.md, "MCP tools as mesh capabilities": the server block, its config
+    and the CLI block (run --mcp-expose, then delegate) work as written."""
+    from tests.integration import doc_snippets
+
+    (tmp_path / "wordtools.py").write_text(doc_snippets.snippet("mcp-tool-server"))
+    config = json.loads(doc_snippets.snippet("mcp-expose-config"))
+    config["mcpServers"]["wordtools"]["command"] = sys.executable  # "python" on the page
+    (tmp_path / "mcp.json").write_text(json.dumps(config))
+    tools, caller, delegate = doc_snippets.commands("mcp-expose-cli")
+    ports = {"7946": str(_free_port()), "7947": str(_free_port())}
+
+    def local(argv: list[str]) -> list[str]:
+        for old, new in ports.items():
+            argv = [a.replace(old, new) for a in argv]
+        return argv
+
+    fast = ["--profile", "local", "--embedder", "hashing", "--log-level", "WARNING"]
+    with (
+        doc_snippets.running(
+            [*local(tools), "--data-dir", str(tmp_path / "tools"), *fast],
+            tmp_path,
+            tmp_path / "tools.log",
+        ),
+        doc_snippets.running(
+            [*local(caller), "--data-dir", str(tmp_path / "caller"), *fast],
+            tmp_path,
+            tmp_path / "caller.log",
+        ),
+    ):
+        outcome: list[Any] = []
+
+        def delegated() -> bool:
+            done = doc_snippets.run(local(delegate))
+            outcome[:] = [done]
+            return done.returncode == 0
+
+        wait_until(delegated, READY_S, "the caller delegates to the exposed tool")
+        assert json.loads(outcome[0].stdout) == {"words": 3}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import sys
@@ -210,3 +211,47 @@ async def test_streamable_http_on_loopback(mesh: LocalMesh) -> None:
     _, err = await asyncio.wait_for(refused.communicate(), 60)
     assert refused.returncode == 2
     assert b"is not loopback" in err and b"--open" in err
+
+
+async def test_docs_mcp_host_snippets_run(mesh: LocalMesh, tmp_path: Path) -> None:
+    """docs/interop.md, "Using the mesh from an MCP host": the host configuration (read by
+    meshnode's own MCP client pool) and the Python block (the official client) both reach
+    the mesh through ``meshnode mcp``."""
+    from meshnode.runtime.mcp_client import McpClientPool
+    from tests.integration import doc_snippets
+
+    address = f"127.0.0.1:{mesh.nodes[0].address[1]}"
+    config = json.loads(doc_snippets.snippet("mcp-host-config"))
+    entry = config["mcpServers"]["mesh"]
+    assert entry["command"] == "meshnode"
+    entry["command"] = sys.executable
+    entry["args"] = [
+        "-m",
+        "meshnode.cli",
+        *(a.replace("127.0.0.1:7946", address) for a in entry["args"]),
+    ]
+    entry["env"] = {"PYTHONPATH": str(ROOT)}
+    entry["cwd"] = str(ROOT)
+    async with McpClientPool(config) as pool:
+        result = await pool.call_tool("mesh", "members", {})
+        assert not result.is_error, result.text
+        assert len(result.structured["members"]) == 3
+
+    code = doc_snippets.snippet("mcp-host-python").replace(
+        'command="meshnode", args=["mcp",',
+        'command=sys.executable, args=["-m", "meshnode.cli", "mcp",',
+    )
+    script = tmp_path / "host.py"
+    script.write_text("import sys\n" + code)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        env={**doc_snippets.env(), "MESH_NODE": address},
+        cwd=str(ROOT),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert "['delegate', 'discover', 'members', 'trust']" in out.decode()
+    assert "3 members" in out.decode()
