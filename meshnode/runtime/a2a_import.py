@@ -92,8 +92,10 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from meshnode.capability import make_capability
 from meshnode.errors import InvalidInput
-from protocol import MeshError
+from meshnode.runtime.transport import BodyTooLarge, read_capped
+from protocol import LocalProtocolError, MeshError
 from protocol.manifest import MAX_CAPABILITIES, MAX_DESCRIPTION_CHARS, MAX_TAG_CHARS, MAX_TAGS
 
 if TYPE_CHECKING:
@@ -406,7 +408,7 @@ def skill_capability(
         if isinstance(tag, str) and tag.strip() and tag not in tags and tag not in marks:
             tags.append(_clip(tag.strip(), MAX_TAG_CHARS))
     tags = tags[: MAX_TAGS - len(marks)] + list(marks)
-    return SkillCapability(
+    mapped = SkillCapability(
         skill_id=skill_id,
         name=sanitize_capability_name(f"{agent_name}.{skill_id}"),
         description=_clip(text, MAX_DESCRIPTION_CHARS),
@@ -416,6 +418,17 @@ def skill_capability(
         accepts_text=accepts_text,
         accepts_data=accepts_data,
     )
+    try:
+        make_capability(
+            name=mapped.name,
+            description=mapped.description,
+            input_schema=mapped.input_schema,
+            output_schema=mapped.output_schema,
+            tags=mapped.tags,
+        )
+    except LocalProtocolError as exc:
+        raise CardRefused(f"skill {skill_id!r} cannot be a capability: {exc}") from None
+    return mapped
 
 
 def rpc_interface(card: Mapping[str, Any], url: str) -> str:
@@ -648,11 +661,13 @@ class A2AImporter:
             ):
                 if resp.status != 200:
                     raise AgentUnreachable(f"{location} answered HTTP {resp.status}")
-                declared = resp.content_length
-                if declared is not None and declared > MAX_CARD_BYTES:
-                    raise CardRefused(f"the agent card is larger than {MAX_CARD_BYTES} bytes")
-                body = await resp.content.read(MAX_CARD_BYTES + 1)
                 content_type = resp.headers.get("Content-Type", "")
+                try:
+                    body = await read_capped(resp.content, MAX_CARD_BYTES, resp.content_length)
+                except BodyTooLarge:
+                    raise CardRefused(
+                        f"the agent card is larger than {MAX_CARD_BYTES} bytes"
+                    ) from None
         except TimeoutError:
             raise AgentUnreachable(
                 f"{location} did not answer within {self.card_timeout_s} s"

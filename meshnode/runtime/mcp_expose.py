@@ -17,8 +17,9 @@ Mapping (:func:`tool_capability`):
   ``"<tool> (MCP tool of <server>)"`` when it has none;
 * tags: ``mcp`` and ``mcp:<server>``;
 * input schema: the tool's ``inputSchema`` made enforceable by :func:`narrow_schema`
-  (below); a tool whose schema cannot be made so is **refused** (not published, logged
-  with the reason, listed in :attr:`McpExposer.refused`);
+  (below); a tool whose schema cannot be made so, or that the manifest would refuse (a
+  schema over 32 KiB), is **refused** (not published, logged with the reason, listed in
+  :attr:`McpExposer.refused`), and the server's other tools are published all the same;
 * output schema: the tool's ``outputSchema`` when :func:`narrow_schema` accepts it, else
   none (an output schema only lets the provider catch itself breaking its own contract;
   the requester judges results by its own expectations);
@@ -64,6 +65,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from meshnode.capability import make_capability
 from meshnode.core.json_schema import (
     ANNOTATION_KEYWORDS,
     MAX_SCHEMA_DEPTH,
@@ -73,7 +75,7 @@ from meshnode.core.json_schema import (
 )
 from meshnode.runtime.a2a_import import sanitize_capability_name
 from meshnode.runtime.mcp_client import McpClientPool, McpError, McpToolSpec
-from protocol import MeshError
+from protocol import LocalProtocolError, MeshError
 from protocol.manifest import MAX_CAPABILITIES, MAX_DESCRIPTION_CHARS, MAX_TAG_CHARS
 
 if TYPE_CHECKING:
@@ -85,6 +87,7 @@ __all__ = [
     "SchemaNotEnforceable",
     "ToolCapability",
     "ToolFailed",
+    "ToolRefused",
     "narrow_schema",
     "tool_capability",
 ]
@@ -103,7 +106,11 @@ log = structlog.get_logger("meshnode.mcp_expose")
 _DEF_PREFIXES = ("#/$defs/", "#/definitions/")
 
 
-class SchemaNotEnforceable(MeshError, ValueError):
+class ToolRefused(MeshError, ValueError):
+    """A tool cannot be published as a capability (the message says why)."""
+
+
+class SchemaNotEnforceable(ToolRefused):
     """A tool's schema uses JSON Schema the mesh cannot enforce (the message names it)."""
 
 
@@ -278,7 +285,7 @@ def tool_capability(server: str, tool: McpToolSpec) -> ToolCapability:
     if len(description) > MAX_DESCRIPTION_CHARS:
         description = description[: MAX_DESCRIPTION_CHARS - 1] + "…"
     server_tag = f"{MCP_TAG}:{server}"[:MAX_TAG_CHARS]
-    return ToolCapability(
+    mapped = ToolCapability(
         server=server,
         tool=tool.name,
         name=sanitize_capability_name(f"{server}.{tool.name}"),
@@ -287,6 +294,17 @@ def tool_capability(server: str, tool: McpToolSpec) -> ToolCapability:
         input_schema=input_schema,
         output_schema=output_schema,
     )
+    try:  # what the manifest would refuse (a schema over 32 KiB, say) is refused here
+        make_capability(
+            name=mapped.name,
+            description=mapped.description,
+            input_schema=input_schema if isinstance(input_schema, dict) else None,
+            output_schema=output_schema if isinstance(output_schema, dict) else None,
+            tags=mapped.tags,
+        )
+    except LocalProtocolError as exc:
+        raise ToolRefused(f"{server}.{tool.name} cannot be a capability: {exc}") from None
+    return mapped
 
 
 # ---------------------------------------------------------------------------- exposer
@@ -394,8 +412,8 @@ class McpExposer:
             label = f"{server}.{tool.name}"
             try:
                 cap = tool_capability(server, tool)
-            except SchemaNotEnforceable as exc:
-                self.refused[label] = f"input schema: {exc}"
+            except ToolRefused as exc:
+                self.refused[label] = str(exc)
                 continue
             if cap.name in others or cap.name in wanted:
                 self.refused[label] = f"the capability name {cap.name!r} is taken"
