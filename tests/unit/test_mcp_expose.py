@@ -9,7 +9,12 @@ import pytest
 
 from meshnode.core.json_schema import check_schema, is_valid
 from meshnode.runtime.mcp_client import McpToolSpec
-from meshnode.runtime.mcp_expose import SchemaNotEnforceable, narrow_schema, tool_capability
+from meshnode.runtime.mcp_expose import (
+    SchemaNotEnforceable,
+    ToolRefused,
+    narrow_schema,
+    tool_capability,
+)
 from protocol import Capability
 
 OPTIONAL_INT = {"anyOf": [{"type": "integer"}, {"type": "null"}], "default": None}
@@ -161,3 +166,18 @@ def test_tool_without_description_and_with_a_long_one() -> None:
 def test_tool_with_an_unenforceable_input_schema_is_refused() -> None:
     with pytest.raises(SchemaNotEnforceable, match="'pattern'"):
         tool_capability("s", _tool(input_schema={"type": "string", "pattern": "a"}))
+
+
+def test_a_tool_the_manifest_would_refuse_is_refused_alone() -> None:
+    """A tool whose schema is over the manifest's 32 KiB is refused by itself (the
+    exposer then publishes the server's other tools).
+
+    On the unfixed code: ``tool_capability`` accepted it, and ``add_capability`` raised
+    ``LocalProtocolError: input_schema is 43217 bytes; the limit is 32768`` in the middle
+    of the refresh, so none of the server's later tools was published."""
+    huge = {
+        "type": "object",
+        "properties": {f"p{i}": {"type": "string", "description": "x" * 400} for i in range(100)},
+    }
+    with pytest.raises(ToolRefused, match="the limit is 32768"):
+        tool_capability("s", _tool(input_schema=huge))
