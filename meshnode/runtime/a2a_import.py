@@ -943,10 +943,30 @@ class A2AImporter:
 def import_routes(node: MeshNode) -> list[web.RouteDef]:
     """``POST /v1/a2a/import`` (WORK: it makes the node publish and serve capabilities)
     and ``GET /v1/a2a/imports`` (READ)."""
-    from meshnode.runtime.api import Access, _json_body, _opt_str, authorize
+    from meshnode.core.channel import RateLimiter
+    from meshnode.runtime.api import (
+        RETRY_AFTER_S,
+        Access,
+        _is_loopback,
+        _json_body,
+        _opt_str,
+        authorize,
+    )
+
+    limiter = RateLimiter(node.config.api_rate_per_s, node.config.api_rate_burst)
 
     async def post_import(request: web.Request) -> web.Response:
         authorize(request, node.config, Access.WORK)
+        # Each import makes the node fetch a URL: callers off loopback share the API's
+        # per-address token bucket (NodeConfig.api_rate_per_s, api_rate_burst).
+        if not _is_loopback(request.remote) and not limiter.allow(
+            request.remote or "?", time.monotonic()
+        ):
+            node.count_drop("api_rate_limited")
+            raise web.HTTPTooManyRequests(
+                text="too many requests from this address; slow down",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
         body = await _json_body(request, node, MAX_IMPORT_BODY_BYTES)
         importer = importer_for(node)
         if importer is None:

@@ -26,6 +26,12 @@ broke marks the server for a restart on the next call. Calls have a deadline
 (``call_timeout_s``, default :data:`CALL_TIMEOUT_S`); starting has its own
 (:data:`START_TIMEOUT_S`).
 
+:meth:`McpClientPool.list_tool_specs` lists a server's tools with their descriptions and
+schemas (every page, at most :data:`MAX_TOOL_PAGES`), and a server's
+``notifications/tools/list_changed`` calls every function in
+:attr:`McpClientPool.tools_changed_listeners` with the server's name (what
+:mod:`meshnode.runtime.mcp_expose` follows).
+
 :meth:`McpClientPool.aclose` closes every session and stops every server (the library
 closes stdin, waits, then terminates the process tree); it is safe to call twice.
 
