@@ -96,6 +96,7 @@ from meshnode.capability import make_capability
 from meshnode.errors import InvalidInput
 from meshnode.runtime.transport import BodyTooLarge, read_capped
 from protocol import LocalProtocolError, MeshError
+from protocol.limits import MAX_VALUE_BYTES
 from protocol.manifest import MAX_CAPABILITIES, MAX_DESCRIPTION_CHARS, MAX_TAG_CHARS, MAX_TAGS
 
 if TYPE_CHECKING:
@@ -149,6 +150,10 @@ MAX_IMPORTED_AGENTS = 32
 :data:`protocol.manifest.MAX_CAPABILITIES`)."""
 MAX_INPUT_TEXT_CHARS = 100_000
 """Longest ``text`` input forwarded (a prompt, not a document store)."""
+MAX_ANSWER_BYTES = 2 * MAX_VALUE_BYTES
+"""Largest HTTP answer read from an imported agent (8 MiB): a result must fit in a task
+result (:data:`protocol.limits.MAX_VALUE_BYTES`, 4 MiB packed) anyway, and JSON is larger
+than msgpack. A longer answer fails the task as soon as the cap is passed."""
 MAX_IMPORT_BODY_BYTES = 4 * 1024
 """Largest ``POST /v1/a2a/import`` JSON body (one URL and a flag)."""
 SIGNATURE_ALGORITHMS = ("ES256", "ES384", "ES512", "EdDSA", "RS256", "RS384", "RS512", "PS256")
@@ -451,6 +456,51 @@ def rpc_interface(card: Mapping[str, Any], url: str) -> str:
         "the card's JSON-RPC interface is on another origin than the imported URL "
         f"({want[0]}://{want[1]}:{want[2]}); refusing to send tasks there"
     )
+
+
+# ---------------------------------------------------------------------------- answers
+
+
+class AnswerTooLarge(A2AImportError):
+    """The agent's HTTP answer passed :data:`MAX_ANSWER_BYTES`."""
+
+
+def capped_transport(cap: int = MAX_ANSWER_BYTES) -> Any:
+    """An httpx transport whose responses end in :class:`AnswerTooLarge` once their body
+    passes ``cap`` bytes (a declared Content-Length over it fails before any is read), so
+    an agent cannot make the node buffer an endless answer."""
+    import httpx
+
+    class CappedStream(httpx.AsyncByteStream):
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        async def __aiter__(self) -> Any:
+            seen = 0
+            async for chunk in self.inner:
+                seen += len(chunk)
+                if seen > cap:
+                    raise AnswerTooLarge(f"the agent's answer is larger than {cap} bytes")
+                yield chunk
+
+        async def aclose(self) -> None:
+            await self.inner.aclose()
+
+    class CappedTransport(httpx.AsyncHTTPTransport):
+        async def handle_async_request(self, request: Any) -> Any:
+            response = await super().handle_async_request(request)
+            declared = response.headers.get("Content-Length")
+            if declared is not None and declared.isdigit() and int(declared) > cap:
+                await response.aclose()
+                raise AnswerTooLarge(f"the agent's answer is larger than {cap} bytes")
+            return httpx.Response(
+                status_code=response.status_code,
+                headers=response.headers,
+                stream=CappedStream(response.stream),
+                extensions=response.extensions,
+            )
+
+    return CappedTransport()
 
 
 # ---------------------------------------------------------------------------- outcomes
@@ -842,7 +892,9 @@ class A2AImporter:
 
             if self._httpx is None:
                 # No redirects: the card's interface was checked, where it sends us is not.
-                self._httpx = httpx.AsyncClient(follow_redirects=False, timeout=None)
+                self._httpx = httpx.AsyncClient(
+                    follow_redirects=False, timeout=None, transport=capped_transport()
+                )
             factory = ClientFactory(ClientConfig(streaming=False, httpx_client=self._httpx))
             agent.client = factory.create(agent.card)
         return agent.client

@@ -6,8 +6,9 @@ Invariants: a card declared or streamed past 256 KiB is refused without the node
 more than the cap (its memory stays flat); a card trickled byte by byte is given up after
 the fetch timeout; a redirect loop is cut after three hops; a card that points the node's
 calls at another origin (an internal address) is refused; a non-JSON card is refused; in
-every case nothing is published and the node stays healthy. A legitimate large card sent
-in many chunks is read in full. The import route answers 401 to a caller without the
+every case nothing is published and the node stays healthy. An agent whose answer never
+ends fails the task once 8 MiB have arrived, without filling the proxy's memory. A
+legitimate large card sent in many chunks is read in full. The import route answers 401 to a caller without the
 token when loopback is not trusted.
 """
 
@@ -27,6 +28,7 @@ import pytest
 pytest.importorskip("a2a")
 
 from tests.adversarial.attack import NodeProcess, http_json, rss_mb
+from tests.integration.cluster import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -86,6 +88,10 @@ class Hostile(BaseHTTPRequestHandler):
                 body = card(base, "http://169.254.169.254/latest/")
                 self._head(200, "application/json", {"Content-Length": str(len(body))})
                 self.wfile.write(body)
+            elif kind == "bloat":  # an honest card; its JSON-RPC answers are endless
+                body = card(base, f"{base}/bloat/")
+                self._head(200, "application/json", {"Content-Length": str(len(body))})
+                self.wfile.write(body)
             elif kind == "html":
                 body = b"<html>not a card</html>"
                 self._head(200, "text/html", {"Content-Length": str(len(body))})
@@ -103,6 +109,18 @@ class Hostile(BaseHTTPRequestHandler):
                 self.wfile.write(b"0\r\n\r\n")
             else:
                 self._head(404, "text/plain", {"Content-Length": "0"})
+        except (BrokenPipeError, ConnectionResetError):
+            return
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            self._head(200, "application/json", {"Transfer-Encoding": "chunked"})
+            first = b'{"jsonrpc": "2.0", "id": 1, "result": {"message": {"parts": [{"text": "'
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(first), first))
+            chunk = b"y" * 65_536
+            for _ in range(4_000):  # 256 MiB at most
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
         except (BrokenPipeError, ConnectionResetError):
             return
 
@@ -207,3 +225,43 @@ def test_import_route_needs_the_token_without_loopback_trust(tmp_path: Path) -> 
             assert got == 200, body
     finally:
         closed.stop()
+
+
+def test_an_endless_answer_fails_the_task_without_filling_memory(tmp_path: Path) -> None:
+    """An agent with an honest card whose SendMessage answer never ends: the task fails
+    with a clear reason once 8 MiB have arrived, and the proxy's memory stays flat.
+
+    On the unfixed code (an uncapped httpx client): the proxy read the answer until the
+    task's deadline; the caller saw ``execution_timeout: no result within the agreed
+    20000 ms`` after 20 s, the proxy buffering all the while."""
+    proxy = NodeProcess("proxy", tmp_path / "proxy", [], extra=["--embedder", "hashing"]).start()
+    caller = NodeProcess(
+        "caller", tmp_path / "caller", [proxy.address], extra=["--embedder", "hashing"]
+    ).start()
+    try:
+        assert proxy.proc is not None
+        with hostile_server() as base:
+            got, body = _import(proxy.address, f"{base}/bloat")
+            assert got == 200, body
+
+            def offered() -> bool:
+                for manifest in caller.get("/v1/manifests")["manifests"]:
+                    if manifest["node_id"] == proxy.node_id:
+                        return any(c["name"] == "Hostile.s" for c in manifest["capabilities"])
+                return False
+
+            wait_until(offered, 30, "the caller sees the proxied skill")
+            before_mb = rss_mb(proxy.proc.pid)
+            got, body = http_json(
+                caller.address,
+                "/v1/delegate",
+                {"capability": "Hostile.s", "input": {"text": "hi"}, "deadline_s": 30},
+                timeout=40,
+            )
+            assert got == 502, body
+            assert "larger than 8388608 bytes" in body["attempts"][0]["detail"], body
+            assert rss_mb(proxy.proc.pid) - before_mb < 60, "the endless answer was buffered"
+            assert proxy.get("/v1/health")["status"] == "ok"
+    finally:
+        caller.stop()
+        proxy.stop()
