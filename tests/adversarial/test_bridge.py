@@ -8,8 +8,8 @@ the fetch timeout; a redirect loop is cut after three hops; a card that points t
 calls at another origin (an internal address) is refused; a non-JSON card is refused; in
 every case nothing is published and the node stays healthy. An agent whose answer never
 ends fails the task once 8 MiB have arrived, without filling the proxy's memory. A
-legitimate large card sent in many chunks is read in full. The import route answers 401 to a caller without the
-token when loopback is not trusted.
+legitimate large card sent in many chunks is read in full. The import route answers 401
+to a caller without the token when loopback is not trusted.
 """
 
 from __future__ import annotations
