@@ -13,9 +13,9 @@ Starlette under uvicorn on 127.0.0.1, and runs a real ``AgentExecutor``:
 
 ``--sign-key`` signs the card with an EC P-256 private key (ES256, ``kid`` "test-key");
 ``--tamper`` changes the description after signing, so the signature no longer matches.
-``--name`` sets the agent's name. ``--skills-file`` names a JSON file holding the skills (re-read on every card request,
-so a test can change them while the agent runs). It prints ``{"event": "listening"}``
-once it accepts connections.
+``--name`` sets the agent's name. ``--skills-file`` names a JSON file holding the skills
+(re-read on every card request, so a test can change them while the agent runs). It
+prints ``{"event": "listening"}`` once it accepts connections.
 """
 
 from __future__ import annotations
