@@ -46,7 +46,7 @@ Skills become capabilities (:func:`skill_capability`): the name is
 (:func:`sanitize_capability_name`); the description is the skill's, followed by its
 examples (the discovery index embeds it, so searching by description finds the skill);
 the skill's tags are kept and two are added: :data:`PROXY_TAG` and
-``a2a:<host[:port]>``, which mark the capability, in the node's signed manifest, as a
+``a2a:<url>`` (:func:`proxy_tags`), which mark the capability, in the node's signed manifest, as a
 proxy for that agent. A2A 1.0 skills carry no JSON schemas, only media types
 (``inputModes``/``outputModes``), so the input schema follows them: ``{"text": str}``
 when ``text/plain`` is accepted, ``{"data": object}`` when ``application/json`` is, no
@@ -371,10 +371,15 @@ def _clip(text: str, limit: int) -> str:
 
 
 def proxy_tags(url: str) -> tuple[str, str]:
-    """The two tags marking a capability as a proxy for the agent at ``url``."""
-    parts = urlsplit(url)
-    where = parts.netloc.rsplit("@", 1)[-1].lower()
-    return PROXY_TAG, _clip(f"a2a:{where}", MAX_TAG_CHARS)
+    """The two tags marking a capability as a proxy for the agent at ``url``:
+    :data:`PROXY_TAG` and ``a2a:<url>``, or, for a URL too long for a tag (64
+    characters), ``a2a:<host:port>#<first 8 hex digits of the URL's SHA-256>``."""
+    tag = f"a2a:{url}"
+    if len(tag) > MAX_TAG_CHARS:
+        digest = hashlib.sha256(url.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+        host = urlsplit(url).netloc.rsplit("@", 1)[-1].lower()
+        tag = f"a2a:{host[: MAX_TAG_CHARS - 13]}#{digest}"
+    return PROXY_TAG, tag
 
 
 def skill_capability(

@@ -163,7 +163,7 @@ def test_imported_agent_is_discovered_by_description_and_called(
             "the caller sees the proxied skill",
         )
         cap = _capabilities(caller, proxy)["Shouter_Agent.shout"]
-        assert "a2a-proxy" in cap["tags"] and f"a2a:{good.removeprefix('http://')}" in cap["tags"]
+        assert "a2a-proxy" in cap["tags"] and f"a2a:{good}" in cap["tags"]
         assert cap["input_schema"]["properties"] == {
             "text": {"type": "string", "minLength": 1, "maxLength": 100000}
         }

@@ -248,7 +248,7 @@ def test_skill_maps_to_a_proxy_capability() -> None:
     assert cap.description == (
         "Backwards: Reverses a sentence and shouts it Examples: shout hello; shout good night"
     )
-    assert cap.tags == ("text", "reverse", PROXY_TAG, "a2a:127.0.0.1:8123")
+    assert cap.tags == ("text", "reverse", PROXY_TAG, "a2a:http://127.0.0.1:8123")
     assert cap.input_schema == {
         "type": "object",
         "properties": {
@@ -297,6 +297,7 @@ def test_tags_and_description_are_capped() -> None:
     )
     assert len(cap.tags) == 16 and cap.tags[-2] == PROXY_TAG
     assert all(len(t) <= 64 for t in cap.tags)
+    assert cap.tags[-1].startswith("a2a:" + "h" * 51 + "#")  # host, then the URL's hash
     assert len(cap.description) == 1024
     Capability(name=cap.name, description=cap.description, tags=cap.tags)
 
