@@ -9,7 +9,8 @@ Starlette under uvicorn on 127.0.0.1, and runs a real ``AgentExecutor``:
 * ``ok``: a task that completes with one artifact holding the input text reversed and
   upper-cased, plus a data part counting its words;
 * ``fail``: a task that ends FAILED with a reason;
-* ``input``: a task that asks for more input (INPUT_REQUIRED).
+* ``input``: a task that asks for more input (INPUT_REQUIRED);
+* ``hang``: a task that never ends.
 
 ``--sign-key`` signs the card with an EC P-256 private key (ES256, ``kid`` "test-key");
 ``--tamper`` changes the description after signing, so the signature no longer matches.
@@ -70,6 +71,8 @@ class Executor(AgentExecutor):
         if self.mode == "fail":
             await updater.failed(updater.new_agent_message([new_text_part("the model is down")]))
             return
+        if self.mode == "hang":
+            await asyncio.sleep(3600)
         if self.mode == "input":
             await updater.requires_input(
                 updater.new_agent_message([new_text_part("which language do you mean?")])
@@ -109,7 +112,7 @@ def build_card(port: int, skills: list[dict[str, Any]], name: str = "Shouter Age
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--mode", choices=("ok", "fail", "input"), default="ok")
+    parser.add_argument("--mode", choices=("ok", "fail", "input", "hang"), default="ok")
     parser.add_argument("--sign-key", type=Path)
     parser.add_argument("--tamper", action="store_true")
     parser.add_argument("--skills-file", type=Path)

@@ -8,7 +8,9 @@ Tools:
 * ``slug(text)``: its ``text`` has a ``pattern``, which the mesh cannot enforce: refused;
 * ``explode(reason)``: always fails (a tool error);
 * ``learn_reverse()``: registers a new tool ``reverse`` and announces
-  ``tools/list_changed``, so a test can watch the node publish it.
+  ``tools/list_changed``, so a test can watch the node publish it;
+* ``learn_quietly()``: adds ``shout`` and removes ``explode`` without announcing it (only
+  a periodic listing finds out).
 """
 
 from __future__ import annotations
@@ -59,6 +61,19 @@ async def learn_reverse(ctx: Context) -> str:
     server.add_tool(reverse)
     await ctx.session.send_tool_list_changed()
     return "learned"
+
+
+def shout(text: str) -> str:
+    """Shout a text in capital letters."""
+    return text.upper()
+
+
+@server.tool()
+def learn_quietly() -> str:
+    """Add ``shout`` and drop ``explode``, announcing nothing."""
+    server.add_tool(shout)
+    server.remove_tool("explode")
+    return "changed"
 
 
 if __name__ == "__main__":

@@ -257,6 +257,25 @@ def test_refresh_publishes_and_withdraws_skills(tmp_path: Path) -> None:
         )
 
 
+async def test_an_agent_that_never_answers_fails_the_task_in_time() -> None:
+    """A hanging agent: the forwarded call gives up at its time budget with a clear
+    reason (a failure, charged to the proxy), and the agent's task is cancelled."""
+    import time
+
+    from meshnode import MeshNode, NodeConfig
+    from meshnode.runtime.a2a_import import A2AImporter, AgentTaskFailed
+
+    with agent("--mode", "hang") as url:
+        node = MeshNode(NodeConfig.local(name="p", port=0, embedder="hashing"))
+        async with node, A2AImporter(node, call_timeout_s=1.0) as importer:
+            await importer.import_agent(url)
+            started = time.monotonic()
+            with pytest.raises(AgentTaskFailed, match=r"did not finish within 1\.0 s"):
+                await importer.call(url, "shout", {"text": "anyone there?"})
+            assert time.monotonic() - started < 5.0
+            assert importer.counts["timeouts"] == 1
+
+
 async def test_unsigned_card_refused_when_signatures_are_required(tmp_path: Path) -> None:
     """``require_signed``: an unsigned card is refused and nothing is published; without
     it the same card is accepted (and marked unsigned)."""

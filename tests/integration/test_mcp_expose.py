@@ -95,6 +95,7 @@ def test_tools_are_capabilities_another_node_calls(pair: tuple[NodeProcess, Node
         "tools.unit_price",
         "tools.explode",
         "tools.learn_reverse",
+        "tools.learn_quietly",
     }, "slug's pattern cannot be enforced, so it is not published"
     word_count = caps["tools.word_count"]
     assert word_count["description"] == "Count the words of a text and list the most common ones."
@@ -202,3 +203,28 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def test_periodic_refresh_publishes_and_withdraws(tmp_path: Path) -> None:
+    """A server that changes its tools without announcing it: the periodic listing
+    publishes the new tool and withdraws the removed one (in-process node, real server)."""
+    from meshnode import MeshNode, NodeConfig
+    from meshnode.runtime.mcp_client import McpClientPool
+    from meshnode.runtime.mcp_expose import McpExposer
+    from meshnode.runtime.node import wait_for
+
+    pool = McpClientPool(
+        {"mcpServers": {"tools": {"command": sys.executable, "args": [str(SERVER)]}}}
+    )
+    node = MeshNode(NodeConfig.local(name="exposer", port=0, embedder="hashing"))
+    node.mcp = pool
+    async with node, McpExposer(node, pool, refresh_s=0.3) as exposer:
+        assert {"tools.explode", "tools.word_count"} <= set(node.capabilities)
+        assert "tools.slug" in exposer.refused and "pattern" in exposer.refused["tools.slug"]
+        result = await pool.call_tool("tools", "learn_quietly", {})
+        assert not result.is_error
+        await wait_for(
+            lambda: "tools.shout" in node.capabilities and "tools.explode" not in node.capabilities,
+            10,
+        )
+        assert set(exposer.published) == set(node.capabilities)
