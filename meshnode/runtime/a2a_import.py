@@ -891,6 +891,8 @@ class A2AImporter:
         return forward
 
     async def _client(self, agent: ImportedAgent) -> Any:
+        if self._closed:
+            raise AgentTaskFailed("the A2A importer of this node is closed")
         if agent.client is None:
             import httpx
             from a2a.client import ClientConfig, ClientFactory
