@@ -128,7 +128,11 @@ async def _cmd_run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await node.start()
-    bridges = await _start_bridges(node, args)
+    try:
+        bridges = await _start_bridges(node, args)
+    except BaseException:
+        await node.aclose()
+        raise
     host, port = node.address
     print(
         json.dumps(
@@ -802,29 +806,33 @@ async def _start_bridges(node: Any, args: argparse.Namespace) -> list[Any]:
     from meshnode.runtime.a2a_import import A2AImporter, check_agent_url
 
     bridges: list[Any] = []
-    importer = A2AImporter(
-        node,
-        require_signed=args.a2a_require_signed,
-        keys=args.a2a_key,
-        refresh_s=args.a2a_refresh,
-    )
-    bridges.append(importer)
-    importer.start()
-    for url in args.a2a_import or ():
-        await importer.import_later(check_agent_url(url))
-    if args.mcp_expose is not None:
-        from meshnode.runtime.mcp_client import CONFIG_ENV, McpClientPool
-        from meshnode.runtime.mcp_expose import McpExposer
+    try:
+        importer = A2AImporter(
+            node,
+            require_signed=args.a2a_require_signed,
+            keys=args.a2a_key,
+            refresh_s=args.a2a_refresh,
+        )
+        bridges.append(importer)
+        importer.start()
+        for url in args.a2a_import or ():
+            await importer.import_later(check_agent_url(url))
+        if args.mcp_expose is not None:
+            from meshnode.runtime.mcp_client import CONFIG_ENV, McpClientPool
+            from meshnode.runtime.mcp_expose import McpExposer
 
-        source = args.mcp_expose or os.environ.get(CONFIG_ENV)
-        if not source:
-            raise ValueError(f"--mcp-expose needs a config file, or ${CONFIG_ENV}")
-        pool = McpClientPool(source)
-        if node.mcp is None:
-            node.mcp = pool  # the node closes it on shutdown
-        exposer = McpExposer(node, pool, refresh_s=args.mcp_refresh)
-        bridges.append(exposer)
-        await exposer.start()
+            source = args.mcp_expose or os.environ.get(CONFIG_ENV)
+            if not source:
+                raise ValueError(f"--mcp-expose needs a config file, or ${CONFIG_ENV}")
+            pool = McpClientPool(source)
+            if node.mcp is None:
+                node.mcp = pool  # the node closes it on shutdown
+            exposer = McpExposer(node, pool, refresh_s=args.mcp_refresh)
+            bridges.append(exposer)
+            await exposer.start()
+    except BaseException:
+        await _close_bridges(bridges)
+        raise
     return bridges
 
 

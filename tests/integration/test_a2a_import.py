@@ -336,3 +336,23 @@ def test_docs_a2a_snippets_run(tmp_path: Path, keys: tuple[Path, Path]) -> None:
         assert ran.returncode == 0, ran.stderr
         assert "imported Shouter_Agent as Shouter_Agent.shout" in ran.stdout
         assert "Shouter_Agent.shout is a proxy: True" in ran.stdout
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--a2a-key", "/nonexistent.pem"], "cannot read the key file /nonexistent.pem"),
+        (["--a2a-refresh", "0"], "refresh_s must be at least 0.2"),
+        (["--a2a-import", "ftp://example.org"], "only http and https agents"),
+        (["--mcp-expose", "/nonexistent.json"], "cannot read MCP config /nonexistent.json"),
+    ],
+)
+def test_bad_bridge_flags_stop_the_node_with_a_clear_error(
+    tmp_path: Path, flags: list[str], message: str
+) -> None:
+    done = _cli(
+        *["run", "--port", "0", "--profile", "local", "--embedder", "hashing"],
+        *["--data-dir", str(tmp_path / "n"), "--log-level", "WARNING", *flags],
+    )
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
