@@ -49,6 +49,14 @@ from protocol import Capability, short_id
 from protocol.keyring import Keyring
 
 if TYPE_CHECKING:
+    # A2A import and MCP exposure
+    from meshnode.runtime.a2a_import import (
+        A2AImporter,
+        A2AImportError,
+        A2AUnavailable,
+        AgentUnreachable,
+        CardRefused,
+    )
     from meshnode.runtime.credentials import (
         IssuedCertificate,
         init_authority,
@@ -66,6 +74,7 @@ if TYPE_CHECKING:
         McpError,
         McpUnavailable,
     )
+    from meshnode.runtime.mcp_expose import McpExposer, SchemaNotEnforceable, ToolRefused
     from meshnode.runtime.node import Lifecycle, MeshNode, wait_for
     from meshnode.runtime.tasks import DelegationResult
 
@@ -89,6 +98,15 @@ _LAZY: dict[str, tuple[str, str]] = {
     "init_identity": ("meshnode.runtime.credentials", "init_identity"),
     "init_keyring": ("meshnode.runtime.credentials", "init_keyring"),
     "issue_certificate_file": ("meshnode.runtime.credentials", "issue_certificate_file"),
+    # A2A import and MCP exposure
+    "A2AImporter": ("meshnode.runtime.a2a_import", "A2AImporter"),
+    "A2AImportError": ("meshnode.runtime.a2a_import", "A2AImportError"),
+    "A2AUnavailable": ("meshnode.runtime.a2a_import", "A2AUnavailable"),
+    "AgentUnreachable": ("meshnode.runtime.a2a_import", "AgentUnreachable"),
+    "CardRefused": ("meshnode.runtime.a2a_import", "CardRefused"),
+    "McpExposer": ("meshnode.runtime.mcp_expose", "McpExposer"),
+    "SchemaNotEnforceable": ("meshnode.runtime.mcp_expose", "SchemaNotEnforceable"),
+    "ToolRefused": ("meshnode.runtime.mcp_expose", "ToolRefused"),
 }
 """Public names that live in the asyncio runtime: loaded on first use, so that the pure
 layers (config, capability declarations, member and candidate types, errors) import
@@ -97,7 +115,11 @@ without aiohttp."""
 __all__ = [
     "MCP_CONFIG_ENV",
     "SUCCESS_THRESHOLD",
+    "A2AImportError",
+    "A2AImporter",
+    "A2AUnavailable",
     "AdmissionError",
+    "AgentUnreachable",
     "Allow",
     "Attempt",
     "AttemptOutcome",
@@ -105,6 +127,7 @@ __all__ = [
     "Capability",
     "CapabilityPolicy",
     "CapabilitySpec",
+    "CardRefused",
     "ConfigError",
     "DataDirInUse",
     "DelegationError",
@@ -124,6 +147,7 @@ __all__ = [
     "McpClientPool",
     "McpConfigError",
     "McpError",
+    "McpExposer",
     "McpUnavailable",
     "Member",
     "MemberChanged",
@@ -138,8 +162,10 @@ __all__ = [
     "Quota",
     "RemoteProtocolError",
     "RoutingWeights",
+    "SchemaNotEnforceable",
     "ScoredCandidate",
     "SealRejected",
+    "ToolRefused",
     "__version__",
     "candidate_json",
     "capability",

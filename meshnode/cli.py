@@ -6,7 +6,8 @@ running node who it knows), ``discover`` (rank providers for a description), ``d
 (create a data dir's identity), ``demo`` (a five-agent research mesh on this machine),
 ``keys`` (create a keyring file; install, use, remove and list keys across the mesh),
 ``id`` (print a data dir's node id), ``authority init|issue|revoke`` (a mesh authority:
-certify and revoke nodes).
+certify and revoke nodes), ``a2a import|list`` (external A2A agents served through a
+node), ``mcp`` (an MCP server giving MCP hosts the mesh's tools).
 Commands that print data take ``--json``.
 
 The HTTP API's token: ``run --api-token`` or the ``MESHNODE_API_TOKEN`` environment
@@ -127,6 +128,11 @@ async def _cmd_run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await node.start()
+    try:
+        bridges = await _start_bridges(node, args)
+    except BaseException:
+        await node.aclose()
+        raise
     host, port = node.address
     print(
         json.dumps(
@@ -142,6 +148,7 @@ async def _cmd_run(args: argparse.Namespace) -> int:
     try:
         await stop.wait()
     finally:
+        await _close_bridges(bridges)
         await node.aclose()
     return 0
 
@@ -574,6 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
         client.add_argument(
             "--api-token", metavar="TOKEN", help=f"the node's API token (default ${API_TOKEN_ENV})"
         )
+    _add_bridge_parsers(sub, run)
     return parser
 
 
@@ -716,6 +724,180 @@ def _keys_text(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------- A2A import, MCP
+
+
+def _add_bridge_parsers(sub: Any, run: argparse.ArgumentParser) -> None:
+    """``run``'s A2A-import and MCP-expose flags; ``a2a import|list``; ``mcp``."""
+    from meshnode.runtime.a2a_import import REFRESH_S as A2A_REFRESH_S
+    from meshnode.runtime.mcp_client import CONFIG_ENV
+    from meshnode.runtime.mcp_expose import REFRESH_S as MCP_REFRESH_S
+
+    run.add_argument(
+        "--a2a-import",
+        action="append",
+        metavar="URL",
+        help="an external A2A agent to serve as this node's capabilities (repeatable)",
+    )
+    run.add_argument(
+        "--a2a-key",
+        metavar="FILE",
+        help="public key (PEM) or JWKS that imported agent cards' signatures must verify with",
+    )
+    run.add_argument(
+        "--a2a-require-signed",
+        action="store_true",
+        help="refuse agent cards that carry no signature (default: accept them)",
+    )
+    run.add_argument(
+        "--a2a-refresh",
+        type=float,
+        default=A2A_REFRESH_S,
+        metavar="SECONDS",
+        help=f"seconds between two fetches of each imported card (default {A2A_REFRESH_S:g})",
+    )
+    run.add_argument(
+        "--mcp-expose",
+        nargs="?",
+        const="",
+        metavar="CONFIG",
+        help=f"publish the tools of the MCP servers in this JSON config as capabilities "
+        f"(no value: the file ${CONFIG_ENV} names)",
+    )
+    run.add_argument(
+        "--mcp-refresh",
+        type=float,
+        default=MCP_REFRESH_S,
+        metavar="SECONDS",
+        help=f"seconds between two tool listings of each server (default {MCP_REFRESH_S:g})",
+    )
+
+    a2a = sub.add_parser("a2a", help="external A2A agents served through a node")
+    ops = a2a.add_subparsers(dest="a2a_command", required=True)
+    imp = ops.add_parser("import", help="have a running node import an A2A agent")
+    imp.add_argument("url", help="the agent's base URL (its card is under /.well-known/)")
+    lst = ops.add_parser("list", help="the agents a running node imports")
+    for op in (imp, lst):
+        op.add_argument("--node", default="127.0.0.1:7946", metavar="HOST:PORT")
+        op.add_argument(
+            "--api-token", metavar="TOKEN", help=f"the node's API token (default ${API_TOKEN_ENV})"
+        )
+        op.add_argument("--json", action="store_true")
+
+    mcp = sub.add_parser("mcp", help="serve the mesh to MCP hosts (stdio, or --http)")
+    mcp.add_argument("--node", default="127.0.0.1:7946", metavar="HOST:PORT")
+    mcp.add_argument(
+        "--token",
+        "--api-token",
+        dest="api_token",
+        metavar="TOKEN",
+        help=f"the node's API token (default ${API_TOKEN_ENV})",
+    )
+    mcp.add_argument("--http", type=int, metavar="PORT", help="streamable HTTP on this port")
+    mcp.add_argument("--http-host", default="127.0.0.1", help="HTTP bind address (loopback)")
+    mcp.add_argument(
+        "--open", action="store_true", help="allow a non-loopback --http-host, on purpose"
+    )
+
+
+async def _start_bridges(node: Any, args: argparse.Namespace) -> list[Any]:
+    """The A2A importer (always: ``meshnode a2a import`` reaches it over the API) and,
+    with ``--mcp-expose``, the MCP exposer; both started."""
+    from meshnode.runtime.a2a_import import A2AImporter, check_agent_url
+
+    bridges: list[Any] = []
+    try:
+        importer = A2AImporter(
+            node,
+            require_signed=args.a2a_require_signed,
+            keys=args.a2a_key,
+            refresh_s=args.a2a_refresh,
+        )
+        bridges.append(importer)
+        importer.start()
+        for url in args.a2a_import or ():
+            await importer.import_later(check_agent_url(url))
+        if args.mcp_expose is not None:
+            from meshnode.runtime.mcp_client import CONFIG_ENV, McpClientPool
+            from meshnode.runtime.mcp_expose import McpExposer
+
+            source = args.mcp_expose or os.environ.get(CONFIG_ENV)
+            if not source:
+                raise ValueError(f"--mcp-expose needs a config file, or ${CONFIG_ENV}")
+            pool = McpClientPool(source)
+            if node.mcp is None:
+                node.mcp = pool  # the node closes it on shutdown
+            exposer = McpExposer(node, pool, refresh_s=args.mcp_refresh)
+            bridges.append(exposer)
+            await exposer.start()
+    except BaseException:
+        await _close_bridges(bridges)
+        raise
+    return bridges
+
+
+async def _close_bridges(bridges: list[Any]) -> None:
+    for bridge in reversed(bridges):
+        await bridge.aclose()
+
+
+def _cmd_bridge(args: argparse.Namespace) -> int:
+    if args.command == "mcp":
+        from meshnode.runtime.mcp_server import run_server
+
+        parse_address(args.node)
+        return _run_async(_mcp_main(args, run_server))
+    return _run_async(_cmd_a2a(args))
+
+
+async def _mcp_main(args: argparse.Namespace, run_server: Any) -> int:
+    await run_server(
+        args.node,
+        api_token(args),
+        http_port=args.http,
+        http_host=args.http_host,
+        open_bind=args.open,
+    )
+    return 0
+
+
+async def _cmd_a2a(args: argparse.Namespace) -> int:
+    from meshnode.runtime.a2a_import import CARD_TIMEOUT_S, check_agent_url
+
+    token = api_token(args)
+    if args.a2a_command == "list":
+        data = await _get_json(args.node, "/v1/a2a/imports", token=token)
+        if args.json:
+            print(json.dumps(data, indent=2))
+        else:
+            rows = [
+                [a["agent"], a["url"], "yes" if a["signed"] else "no", ", ".join(a["capabilities"])]
+                for a in data.get("agents", [])
+            ]
+            print(_table(rows, ["agent", "url", "signed", "capabilities"]))
+        return 0
+    url = check_agent_url(args.url)
+    data = await _request_json(
+        "POST",
+        args.node,
+        "/v1/a2a/import",
+        {"url": url},
+        wait_s=HTTP_TIMEOUT + CARD_TIMEOUT_S,
+        token=token,
+    )
+    if isinstance(data, dict) and "error" in data:
+        raise RuntimeError(data["error"])
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(f"imported {data['agent']} from {data['url']} (signed: {data['signed']})")
+        for name in data["capabilities"]:
+            print(f"  {name}")
+        for why in data["skipped"]:
+            print(f"  skipped: {why}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -744,6 +926,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_authority(args)
         if args.command == "keys":
             return _cmd_keys(args)
+        if args.command in ("a2a", "mcp"):
+            return _cmd_bridge(args)
     except ValueError as exc:
         print(f"meshnode: error: {exc}", file=sys.stderr)
         return 2

@@ -22,6 +22,10 @@ Errors are grouped by what the caller does about them:
   the requester is told its input was invalid, and the provider is not blamed);
 * an MCP server failed — ``McpError`` and its subclasses, defined beside the MCP client
   (``meshnode.runtime.mcp_client``) and exported from ``meshnode`` on first use;
+* an A2A agent could not be imported — ``A2AImportError`` (``CardRefused``: the URL or
+  card failed a check; ``AgentUnreachable``; ``A2AUnavailable``), and an MCP tool could
+  not be published — ``ToolRefused`` (``SchemaNotEnforceable``), defined beside the
+  importer and the exposer and exported from ``meshnode`` on first use;
 * a peer broke the protocol — :class:`~protocol.errors.RemoteProtocolError` and its
   subclasses (shells drop such input and count it; a caller meets them only when decoding
   bytes itself).

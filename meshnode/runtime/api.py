@@ -462,6 +462,9 @@ def build_app(node: MeshNode) -> web.Application:
         return web.json_response({"accepted": node.revoke(revocation)})
 
     app.add_routes(routes)
+    from meshnode.runtime.a2a_import import import_routes  # the A2A import routes
+
+    app.add_routes(import_routes(node))
     return app
 
 

@@ -26,6 +26,12 @@ broke marks the server for a restart on the next call. Calls have a deadline
 (``call_timeout_s``, default :data:`CALL_TIMEOUT_S`); starting has its own
 (:data:`START_TIMEOUT_S`).
 
+:meth:`McpClientPool.list_tool_specs` lists a server's tools with their descriptions and
+schemas (every page, at most :data:`MAX_TOOL_PAGES`), and a server's
+``notifications/tools/list_changed`` calls every function in
+:attr:`McpClientPool.tools_changed_listeners` with the server's name (what
+:mod:`meshnode.runtime.mcp_expose` follows).
+
 :meth:`McpClientPool.aclose` closes every session and stops every server (the library
 closes stdin, waits, then terminates the process tree); it is safe to call twice.
 
@@ -39,7 +45,7 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +64,7 @@ __all__ = [
     "McpError",
     "McpServerSpec",
     "McpToolResult",
+    "McpToolSpec",
     "McpUnavailable",
     "load_config",
 ]
@@ -70,6 +77,8 @@ CALL_TIMEOUT_S = 60.0
 """Default seconds one tool call may take."""
 MAX_CONFIG_BYTES = 1024 * 1024
 """Largest configuration file read."""
+MAX_TOOL_PAGES = 16
+"""Pages of ``tools/list`` read from one server (a server that pages forever is cut off)."""
 
 log = structlog.get_logger("meshnode.mcp")
 
@@ -100,6 +109,16 @@ class McpServerSpec:
     args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class McpToolSpec:
+    """One tool as its server lists it."""
+
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+    output_schema: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,8 +219,11 @@ def _result(raw: Any) -> McpToolResult:
 class _Server:
     """One running server: the owner task and its session."""
 
-    def __init__(self, spec: McpServerSpec) -> None:
+    def __init__(
+        self, spec: McpServerSpec, on_tools_changed: Callable[[str], None] | None = None
+    ) -> None:
         self.spec = spec
+        self.on_tools_changed = on_tools_changed
         self.session: Any = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.stop = asyncio.Event()
@@ -221,7 +243,7 @@ class _Server:
         try:
             async with (
                 stdio_client(params) as (read, write),
-                mcp.ClientSession(read, write) as session,
+                mcp.ClientSession(read, write, message_handler=self._message) as session,
             ):
                 await session.initialize()
                 self.session = session
@@ -240,6 +262,17 @@ class _Server:
         finally:
             self.session = None
             self.broken = True
+
+    async def _message(self, message: Any) -> None:
+        """Notifications from the server: ``tools/list_changed`` reaches the pool's
+        listeners; everything else is ignored."""
+        from mcp import types
+
+        if isinstance(message, types.ToolListChangedNotification) and self.on_tools_changed:
+            try:
+                self.on_tools_changed(self.spec.name)
+            except Exception as exc:  # a listener's failure never breaks the session
+                log.warning("mcp_listener_failed", server=self.spec.name, error=repr(exc))
 
     async def close(self) -> None:
         self.stop.set()
@@ -269,6 +302,8 @@ class McpClientPool:
         self._servers: dict[str, _Server] = {}
         self._lock: asyncio.Lock | None = None
         self._closed = False
+        self.tools_changed_listeners: list[Callable[[str], None]] = []
+        """Called with a server's name when it announces ``tools/list_changed``."""
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> McpClientPool:
@@ -308,7 +343,7 @@ class McpClientPool:
                 await server.close()
                 server = None
             if server is None:
-                server = self._servers[name] = _Server(spec)
+                server = self._servers[name] = _Server(spec, self._tools_changed)
         try:
             await asyncio.wait_for(asyncio.shield(server.ready), self.start_timeout_s)
         except TimeoutError:
@@ -351,6 +386,39 @@ class McpClientPool:
         async with asyncio.timeout(self.call_timeout_s):
             listing = await session.list_tools()
         return sorted(t.name for t in listing.tools)
+
+    async def list_tool_specs(self, server: str) -> list[McpToolSpec]:
+        """Every tool ``server`` offers, with its description and schemas (all pages)."""
+        session = await self._session(server)
+        tools: list[McpToolSpec] = []
+        cursor: str | None = None
+        async with asyncio.timeout(self.call_timeout_s):
+            for _ in range(MAX_TOOL_PAGES):
+                if cursor is None:
+                    listing = await session.list_tools()
+                else:
+                    from mcp import types
+
+                    listing = await session.list_tools(
+                        params=types.PaginatedRequestParams(cursor=cursor)
+                    )
+                for tool in listing.tools:
+                    tools.append(
+                        McpToolSpec(
+                            name=tool.name,
+                            description=tool.description or "",
+                            input_schema=tool.input_schema,
+                            output_schema=tool.output_schema,
+                        )
+                    )
+                cursor = getattr(listing, "next_cursor", None)
+                if not cursor:
+                    break
+        return tools
+
+    def _tools_changed(self, server: str) -> None:
+        for listener in list(self.tools_changed_listeners):
+            listener(server)
 
     async def aclose(self) -> None:
         """Close every session and stop every server. Safe to call twice."""
