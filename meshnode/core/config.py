@@ -578,6 +578,29 @@ class NodeConfig:
     wants exactly that. Loopback needs nothing: a mesh on one machine stays zero-config.
     See :func:`admission_problem`."""
 
+    # ------------------------------------------------------------------ A2A server
+
+    a2a_max_tasks: int = 10_000
+    """A2A tasks kept (in the data dir's ``a2a_tasks`` table, or in memory without one),
+    default 10,000: beyond it the oldest finished tasks are forgotten (GetTask then says
+    task not found). A task document is bounded by the history and artifact caps of
+    :mod:`meshnode.core.a2a` (a few KiB typically, up to the body cap with large
+    outputs), so 10,000 is tens of MB at worst on disk; running tasks never count toward
+    eviction."""
+    a2a_max_live_tasks: int = 256
+    """A2A tasks running at once (not yet in a terminal state), default 256: a
+    ``SendMessage`` beyond it is refused (JSON-RPC internal error naming the cap). Each
+    holds a delegation or a provider slot, so this bounds what A2A callers can make the
+    node hold; ``max_delegations``-sized callers go through ``/v1/delegate``."""
+    a2a_max_streams: int = 256
+    """Open SSE streams (``SendStreamingMessage``, ``SubscribeToTask``) at once, default
+    256; more are refused with HTTP 503. Each costs a socket and a small queue."""
+    a2a_blocking_wait_s: float = 120.0
+    """Seconds, default 120: longest a blocking ``SendMessage`` waits for its task to end
+    (or need input) before answering with the task as it stands; the caller then polls
+    ``GetTask``. It bounds how long a request holds a connection, whatever the task's
+    deadline."""
+
     # ------------------------------------------------------------------ presets
 
     @classmethod
@@ -638,6 +661,7 @@ class NodeConfig:
         self._validate_timing()
         self._validate_counts()
         self._validate_tasks()
+        self._validate_a2a()
         self._validate_task_channels()
         self._validate_state_caps()
         self._validate_runtime()
@@ -763,6 +787,12 @@ class NodeConfig:
                 raise ValueError(f"seeds: {exc}") from None
         if self.data_dir is not None and (not isinstance(self.data_dir, str) or not self.data_dir):
             raise ValueError(f"data_dir must be None or a path, got {self.data_dir!r}")
+
+    def _validate_a2a(self) -> None:
+        _check_int("a2a_max_tasks", self.a2a_max_tasks, 1, 10_000_000)
+        _check_int("a2a_max_live_tasks", self.a2a_max_live_tasks, 1, 1_000_000)
+        _check_int("a2a_max_streams", self.a2a_max_streams, 1, 1_000_000)
+        _check_seconds("a2a_blocking_wait_s", self.a2a_blocking_wait_s, positive=True)
 
     def _validate_timing(self) -> None:
         for field in (

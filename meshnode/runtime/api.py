@@ -462,6 +462,9 @@ def build_app(node: MeshNode) -> web.Application:
         return web.json_response({"accepted": node.revoke(revocation)})
 
     app.add_routes(routes)
+    from meshnode.runtime.a2a_server import add_a2a_routes  # A2A card and JSON-RPC
+
+    add_a2a_routes(app, node)
     return app
 
 
