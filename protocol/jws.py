@@ -65,6 +65,8 @@ MAX_PROTECTED_HEADER_BYTES = 1_024
 """Largest protected header a verifier decodes (ours is about 120 bytes)."""
 
 Verifier = Callable[[bytes, bytes, bytes], bool]
+_B64URL_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_TO_STANDARD = str.maketrans("-_", "+/")
 
 
 class CanonicalizationError(ValueError):
@@ -78,10 +80,12 @@ def b64url_encode(data: bytes) -> str:
 
 def b64url_decode(text: str) -> bytes:
     """The bytes of unpadded base64url ``text``; ``ValueError`` if it is not that."""
-    if not isinstance(text, str) or "=" in text:
+    if not isinstance(text, str) or len(text) % 4 == 1 or text.strip(_B64URL_ALPHABET):
         raise ValueError("not unpadded base64url")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        return base64.b64decode(
+            text.translate(_TO_STANDARD) + "=" * (-len(text) % 4), validate=True
+        )
     except (binascii.Error, ValueError):
         raise ValueError("not unpadded base64url") from None
 
