@@ -9,7 +9,8 @@ everything that does not need a socket, a clock or a database; the aiohttp route
 * **Card** (:func:`build_card`): one skill per capability of the node's own signed
   manifest (id and name = the capability name, its description, tags, an example built
   from the input schema, ``application/json`` in and out, plus ``text/plain`` in for a
-  capability whose input schema takes ``{"text": ...}``), the JSON-RPC interface at
+  capability whose input schema takes ``{"text": ...}``), then the gateway skill
+  :data:`GATEWAY_SKILL` (route to the mesh), the JSON-RPC interface at
   :data:`JSONRPC_PATH` with ``protocolVersion`` :data:`PROTOCOL_VERSION`, streaming on,
   push notifications off, and a bearer security scheme when the API has a token. The
   runtime signs it (:func:`protocol.jws.sign_card`). Every value in it is a non-empty
@@ -53,6 +54,7 @@ __all__ = [
     "AGENT_CARD_PATH",
     "CARD_MAX_AGE_S",
     "DEFAULT_PAGE_SIZE",
+    "GATEWAY_SKILL",
     "JSONRPC_PATH",
     "MAX_ARTIFACTS",
     "MAX_HISTORY",
@@ -107,6 +109,9 @@ MAX_PAGE_SIZE = 100
 """Largest ListTasks page."""
 DEFAULT_PAGE_SIZE = 50
 """ListTasks page size when the caller gives none."""
+GATEWAY_SKILL = "meshnode.gateway"
+"""Id of the card's last skill: the node as a gateway to the whole mesh (a message naming
+it, or no skill, is routed by discovery)."""
 MAX_SKILL_EXAMPLE_CHARS = 200
 """Longest example text put in a skill (built from the input schema's properties)."""
 
@@ -373,6 +378,8 @@ def parse_send(params: Mapping[str, Any]) -> SendRequest:
     capability = meta.get("skill", meta.get("capability"))
     if capability is not None and (not isinstance(capability, str) or not capability):
         raise _invalid("metadata.skill must be a capability name")
+    if capability == GATEWAY_SKILL:
+        capability = None  # route by the text
     accept = meta.get("accept", True)
     if not isinstance(accept, bool):
         raise _invalid("metadata.accept must be true or false")
@@ -592,6 +599,17 @@ def build_card(
         if example:
             skill["examples"] = [example]
         skills.append(skill)
+    skills.append(
+        {
+            "id": GATEWAY_SKILL,
+            "name": "mesh gateway",
+            "description": "Routes a request to the best peer of the mesh, with fallback: "
+            "name a capability in metadata.skill, or describe the task in text",
+            "tags": ["gateway", "mesh"],
+            "inputModes": ["text/plain", "application/json"],
+            "outputModes": ["application/json"],
+        }
+    )
     card: dict[str, Any] = {
         "name": manifest.name or manifest.node_id[:16],
         "description": description

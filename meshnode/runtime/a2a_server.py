@@ -446,6 +446,7 @@ class A2AService:
             )
             peer: str | None = None
             try:
+                await asyncio.sleep(0)  # let the delegation send its first request
                 while not job.done():
                     now_peer = node.core.attempt_node(delegation_id)
                     if now_peer is not None and now_peer != peer:

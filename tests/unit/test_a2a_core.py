@@ -38,8 +38,8 @@ def manifest(version: int = 1) -> Manifest:
 def test_card_has_one_skill_per_capability_and_the_interface() -> None:
     m = manifest(7)
     card = a2a.build_card(m, "http://127.0.0.1:7000/a2a", bearer=False)
-    assert [s["id"] for s in card["skills"]] == ["echo", "add"]
-    echo, add = card["skills"]
+    assert [s["id"] for s in card["skills"]] == ["echo", "add", a2a.GATEWAY_SKILL]
+    echo, add, _gateway = card["skills"]
     assert echo["description"] == "Echo text"
     assert echo["tags"] == ["t"]
     assert echo["inputModes"] == ["application/json", "text/plain"]  # takes {"text": ...}
@@ -158,6 +158,8 @@ def test_send_reads_skill_input_and_terms() -> None:
     assert text_only.capability is None
     assert text_only.task_input == {"text": "summarize\nthis"}
     assert a2a.parse_send({**send(), "metadata": {"capability": "add"}}).capability == "add"
+    gateway = a2a.parse_send(send(parts=[{"text": "x"}], meta={"skill": a2a.GATEWAY_SKILL}))
+    assert gateway.capability is None
 
 
 @pytest.mark.parametrize(
