@@ -107,6 +107,10 @@ to stream "working with peer X" when it changes."""
 STREAM_QUEUE = 64
 """Events queued for one SSE stream; a reader that falls further behind is cut off (it
 can ``SubscribeToTask`` or ``GetTask`` again)."""
+COUNTER_LAPSE_SLACK_S = 1.0
+"""Seconds past the provider's reservation hold (``ProviderCore.hold_s``) after which an
+unconfirmed counter-offer is REJECTED, so an abandoned INPUT_REQUIRED task does not count
+toward ``a2a_max_live_tasks`` forever."""
 STOPPED_MESSAGE = "the node stopped while this task was running"
 """Status text of a task found unfinished when the node starts."""
 
@@ -126,6 +130,8 @@ class _Live:
     streams: set[asyncio.Queue[dict[str, Any] | None]] = dataclasses.field(default_factory=set)
     runner: asyncio.Task[None] | None = None
     countered: bool = False
+    lapse: asyncio.TimerHandle | None = None
+    """Fires when a counter-offer left unconfirmed has lapsed at the provider."""
 
 
 class _TaskBook:
@@ -287,6 +293,10 @@ class A2AService:
                 self._offer(live, queue, None)
         if ends:
             self.live.pop(task["id"], None)
+            live.countered = False
+            if live.lapse is not None:
+                live.lapse.cancel()
+                live.lapse = None
         live.changed.set()
 
     @staticmethod
@@ -358,6 +368,9 @@ class A2AService:
             )
         a2a.add_history(live.task, req.message)
         live.countered = False
+        if live.lapse is not None:
+            live.lapse.cancel()
+            live.lapse = None
         task_id = live.task["id"]
         self._feed(TaskConfirm(task_id, req.accept))
         if not req.accept:
@@ -378,6 +391,16 @@ class A2AService:
         self._hook()
         self._feed(self._request(live.task["id"], req))
 
+    def _lapse(self, live: _Live) -> None:
+        """A counter-offer nobody confirmed in time: the task is REJECTED (and the
+        provider told, in case its reservation still holds)."""
+        live.lapse = None
+        if not live.countered:
+            return
+        live.countered = False
+        self._feed(TaskConfirm(live.task["id"], False))
+        self._update(live, State.REJECTED, "counter-offer lapsed: not confirmed in time")
+
     def _local_message(self, message: Message) -> None:
         """An answer of our own provider to one of our local tasks."""
         live = self.live.get(getattr(message, "task_id", ""))
@@ -395,6 +418,8 @@ class A2AService:
                     "(metadata.accept false declines)",
                 }
                 self._update(live, state, f"counter-offer: {message.reason}", data=terms)
+                hold = self.node.core.provider.hold_s + COUNTER_LAPSE_SLACK_S
+                live.lapse = asyncio.get_running_loop().call_later(hold, self._lapse, live)
             elif state is State.WORKING:
                 self._update(live, state, f"accepted by {short_id(self.node.node_id)}")
             elif state is State.REJECTED:
@@ -501,6 +526,9 @@ class A2AService:
                 raise A2AError(ErrorCode.TASK_NOT_FOUND, f"no task {task_id}")
             raise A2AError(ErrorCode.TASK_NOT_CANCELABLE, "the task has already ended")
         if live.local:
+            if live.lapse is not None:
+                live.lapse.cancel()
+            live.countered = False
             self._feed(TaskCancel(task_id, "canceled by the A2A caller"))
             self._update(live, State.CANCELED, "canceled by the caller")
         elif live.runner is not None:
@@ -607,7 +635,7 @@ def add_a2a_routes(app: web.Application, node: MeshNode) -> None:
             try:
                 body = json.loads(raw)
             except RecursionError:
-                raise A2AError(ErrorCode.PARSE_ERROR, "JSON nested too deep") from None
+                raise A2AError(ErrorCode.INVALID_REQUEST, "JSON nested too deep") from None
             except ValueError:
                 raise A2AError(ErrorCode.PARSE_ERROR, "the body is not JSON") from None
             if json_depth(body) > MAX_JSON_DEPTH:
