@@ -47,11 +47,15 @@ A task is served one of two ways:
   settled by the requester's rule (:mod:`meshnode.core.requester`) without asking the
   caller. ``CancelTask`` cancels the delegation (the peer gets ``TaskCancel``).
 
-Persistence: every change of a task is written to the data dir's ``a2a_tasks`` table
+Persistence: tasks are written to the data dir's ``a2a_tasks`` table
 (:class:`~meshnode.runtime.store.NodeStore`), bounded by ``NodeConfig.a2a_max_tasks``
-(oldest finished first). Without a data dir the same bound applies in memory. A task that
-was not finished when the node stopped is FAILED at the next start ("the node stopped
-while this task was running").
+(oldest finished first); without a data dir the same bound applies in memory. A task is
+written when it ends, when it needs input, and before its id is first shown to anyone
+(a reply, a stream, GetTask, ListTasks); its WORKING progress stays in memory while it
+runs (GetTask and ListTasks read it from there). So a blocking ``SendMessage`` that
+completes costs one synchronous write, and every id a caller has seen survives a crash. A
+task that was not finished when the node stopped is FAILED at the next start ("the node
+stopped while this task was running").
 """
 
 from __future__ import annotations
@@ -112,6 +116,10 @@ COUNTER_LAPSE_SLACK_S = 1.0
 unconfirmed counter-offer is REJECTED, so an abandoned INPUT_REQUIRED task does not count
 toward ``a2a_max_live_tasks`` forever."""
 STOPPED_MESSAGE = "the node stopped while this task was running"
+DURABLE_STATES = a2a.TERMINAL_STATES | {State.INPUT_REQUIRED}
+"""States written to the store when a task enters them (with its creation): a task's
+WORKING progress lives in memory only, since a task found unfinished after a restart is
+FAILED whatever it last said, and each write is a synchronous commit (about 0.5 ms)."""
 """Status text of a task found unfinished when the node starts."""
 
 log = structlog.get_logger("meshnode.a2a")
@@ -130,6 +138,9 @@ class _Live:
     streams: set[asyncio.Queue[dict[str, Any] | None]] = dataclasses.field(default_factory=set)
     runner: asyncio.Task[None] | None = None
     countered: bool = False
+    stored: bool = False
+    """Whether the task has been written to the store at least once (see
+    :meth:`A2AService.reveal`)."""
     lapse: asyncio.TimerHandle | None = None
     """Fires when a counter-offer left unconfirmed has lapsed at the provider."""
 
@@ -159,9 +170,13 @@ class _TaskBook:
         self._store.a2a_evict(self._cap)
         return failed
 
-    def put(self, task: dict[str, Any], now: float) -> None:
+    def put(self, task: dict[str, Any], now: float, *, durable: bool = True) -> None:
+        """Keep ``task``. With a store, only a ``durable`` change is written (see
+        :data:`DURABLE_STATES`); the others live in memory until the next durable one."""
         state = a2a.state_of(task)
         terminal = state in a2a.TERMINAL_STATES
+        if self._store is not None and not durable:
+            return
         if self._store is None:
             self._memory[task["id"]] = task
             self._memory.move_to_end(task["id"])
@@ -182,20 +197,31 @@ class _TaskBook:
         doc = self._store.a2a_get(task_id)
         return None if doc is None else dict(json.loads(doc))
 
-    def page(self, query: ListQuery) -> tuple[list[dict[str, Any]], int]:
+    def page(
+        self, query: ListQuery, live: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], int]:
+        """One page of tasks matching ``query``, newest first, and how many match: the
+        ``live`` tasks (as they stand in memory, newest first) ahead of the stored ones."""
         state = None if query.state is None else query.state.value
-        if self._store is not None:
-            docs, total = self._store.a2a_list(
-                query.context_id, state, query.offset, query.page_size
+
+        def matches(t: dict[str, Any]) -> bool:
+            return (query.context_id is None or t["contextId"] == query.context_id) and (
+                state is None or t["status"]["state"] == state
             )
-            return [json.loads(d) for d in docs], total
-        matching = [
-            t
-            for t in reversed(self._memory.values())
-            if (query.context_id is None or t["contextId"] == query.context_id)
-            and (state is None or t["status"]["state"] == state)
-        ]
-        return matching[query.offset : query.offset + query.page_size], len(matching)
+
+        if self._store is None:
+            matching = [t for t in reversed(self._memory.values()) if matches(t)]
+            return matching[query.offset : query.offset + query.page_size], len(matching)
+        running = [t for t in live if matches(t)]
+        head = running[query.offset : query.offset + query.page_size]
+        docs, stored = self._store.a2a_list(
+            query.context_id,
+            state,
+            max(0, query.offset - len(running)),
+            query.page_size - len(head),
+            exclude=[t["id"] for t in live],
+        )
+        return [*head, *(json.loads(d) for d in docs)], len(running) + stored
 
 
 def _finished(task: dict[str, Any]) -> bool:
@@ -260,7 +286,9 @@ class A2AService:
         if artifact is not None:
             task["artifacts"] = [*task.get("artifacts", []), artifact][-a2a.MAX_ARTIFACTS :]
         try:
-            self.book.put(task, now)
+            durable = state in DURABLE_STATES
+            self.book.put(task, now, durable=durable)
+            live.stored = live.stored or durable
         except Exception as exc:  # a failing write must not stop the task's progress
             log.error("a2a_task_write_failed", task=task["id"], error=str(exc))
             self.node.count_drop("a2a_task_write_failed")
@@ -309,6 +337,15 @@ class A2AService:
                 queue.get_nowait()
             queue.put_nowait(None)
 
+    def reveal(self, live: _Live) -> None:
+        """The caller is about to learn this running task's id: make sure it is stored,
+        so that after a crash the id still answers (FAILED). A task whose id nobody has
+        seen is not written until it ends or needs input: a blocking ``SendMessage``
+        that completes costs one write."""
+        if not live.stored and a2a.state_of(live.task) not in a2a.TERMINAL_STATES:
+            self.book.put(live.task, time.time())
+            live.stored = True
+
     # ------------------------------------------------------------------ SendMessage
 
     async def send(self, req: SendRequest) -> _Live:
@@ -330,7 +367,7 @@ class A2AService:
         task = a2a.new_task(task_id, req.context_id or uuid.uuid4().hex, req.message, time.time())
         live = _Live(task, local)
         self.live[task_id] = live
-        self.book.put(task, time.time())
+        self.book.put(task, time.time(), durable=False)
         if local:
             self._start_local(live, req)
         else:
@@ -686,15 +723,27 @@ async def _dispatch(
         started = await svc.send(req)
         if not req.return_immediately:
             await svc.wait_settled(started, svc.config.a2a_blocking_wait_s)
+        svc.reveal(started)
         return web.json_response(
             _rpc_result(rid, {"task": a2a.view(started.task, req.history_length)})
         )
     if method == "ListTasks":
         query = a2a.parse_list(params)
-        tasks, total = svc.book.page(query) if sees else ([], 0)
+        running = sorted(
+            (lv.task for lv in svc.live.values()),
+            key=lambda t: str(t["status"].get("timestamp", "")),
+            reverse=True,
+        )
+        tasks, total = svc.book.page(query, running) if sees else ([], 0)
+        for listed in tasks:
+            shown = svc.live.get(listed["id"])
+            if shown is not None:
+                svc.reveal(shown)
         return web.json_response(_rpc_result(rid, a2a.page(tasks, query, total)))
     task_id, history_length = a2a.parse_id_params(params)
     live = svc.live.get(task_id) if sees else None
+    if live is not None:
+        svc.reveal(live)
     task = live.task if live is not None else (svc.book.get(task_id) if sees else None)
     if task is None:
         raise A2AError(ErrorCode.TASK_NOT_FOUND, f"no task {task_id}")
@@ -727,6 +776,7 @@ async def _stream(
         raise web.HTTPServiceUnavailable(
             text="too many A2A streams open", headers={"Retry-After": str(RETRY_AFTER_S)}
         )
+    svc.reveal(live)
     queue = svc.follow(live)
     svc.streams += 1
     response = web.StreamResponse(

@@ -293,11 +293,21 @@ class NodeStore:
         return str(row[0]) if row else None
 
     def a2a_list(
-        self, context_id: str | None, state: str | None, offset: int, limit: int
+        self,
+        context_id: str | None,
+        state: str | None,
+        offset: int,
+        limit: int,
+        exclude: list[str] | None = None,
     ) -> tuple[list[str], int]:
         """One page of A2A task documents, newest update first, optionally only those of
-        ``context_id`` and/or in ``state``; and how many match in all."""
-        where, args = [], []
+        ``context_id`` and/or in ``state`` and none of the ids in ``exclude``; and how
+        many match in all."""
+        where: list[str] = []
+        args: list[object] = []
+        if exclude:
+            where.append(f"id NOT IN ({','.join('?' * len(exclude))})")
+            args.extend(exclude)
         if context_id is not None:
             where.append("context_id=?")
             args.append(context_id)
