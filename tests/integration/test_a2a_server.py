@@ -330,3 +330,24 @@ async def test_version_header_and_bearer_token(tmp_path: Path, procs: list[NodeP
             },
         )
         assert sent.status_code == 401
+
+
+async def test_the_card_follows_the_manifest_version() -> None:
+    """In process: adding a capability re-signs the manifest, and the card changes with
+    it (new skill, new version, new ETag; the old ETag no longer gets 304)."""
+    from meshnode import MeshNode, NodeConfig
+
+    async def shout(payload: dict[str, Any]) -> dict[str, Any]:
+        return {"text": str(payload["text"]).upper()}
+
+    config = NodeConfig.local(embedder="hashing", port=0)
+    async with MeshNode(config) as node, httpx.AsyncClient(timeout=10) as http:
+        url = f"{node.url}/.well-known/agent-card.json"
+        before = await http.get(url)
+        node.add_capability(shout, name="shout", description="Upper-case the text")
+        after = await http.get(url, headers={"If-None-Match": before.headers["etag"]})
+        assert after.status_code == 200
+        assert after.headers["etag"] != before.headers["etag"]
+        assert int(after.json()["version"]) > int(before.json()["version"])
+        assert "shout" in [s["id"] for s in after.json()["skills"]]
+        verifier()(ParseDict(after.json(), pb.AgentCard(), ignore_unknown_fields=True))
