@@ -21,8 +21,9 @@ everything that does not need a socket, a clock or a database; the aiohttp route
   level is ignored; absent means 0.3, refused with :data:`VERSION_NOT_SUPPORTED`). A
   message has at most :data:`MAX_PARTS` parts, at most :data:`MAX_TEXT_CHARS` characters
   of text, metadata of at most :data:`MAX_METADATA_BYTES` once serialized, ids of at most
-  :data:`MAX_ID_CHARS` characters. The body cap and the JSON depth are enforced by the
-  runtime before this module sees anything.
+  :data:`MAX_ID_CHARS` characters; the body is at most :data:`MAX_BODY_BYTES` and nested
+  at most :data:`MAX_JSON_DEPTH` deep (:func:`parse_request`; the runtime refuses a larger
+  declared body with HTTP 413 before reading it).
 * **What a message asks** (:class:`SendRequest`): the capability named by
   ``metadata.skill`` or ``metadata.capability`` (message or request metadata), the input
   from the first data part (else ``{"text": <all text parts>}``), the requester's terms
@@ -48,6 +49,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from protocol import Manifest
+from protocol.limits import MAX_DEPTH, MAX_VALUE_BYTES
 from protocol.messages import TaskStatus
 
 __all__ = [
@@ -57,8 +59,10 @@ __all__ = [
     "GATEWAY_SKILL",
     "JSONRPC_PATH",
     "MAX_ARTIFACTS",
+    "MAX_BODY_BYTES",
     "MAX_HISTORY",
     "MAX_ID_CHARS",
+    "MAX_JSON_DEPTH",
     "MAX_METADATA_BYTES",
     "MAX_PAGE_SIZE",
     "MAX_PARTS",
@@ -74,9 +78,11 @@ __all__ = [
     "SendRequest",
     "State",
     "build_card",
+    "json_depth",
     "parse_call",
     "parse_id_params",
     "parse_list",
+    "parse_request",
     "parse_send",
     "version_problem",
 ]
@@ -90,6 +96,12 @@ AGENT_CARD_PATH = "/.well-known/agent-card.json"
 CARD_MAX_AGE_S = 60
 """``Cache-Control: max-age`` of the card: a client re-validates (ETag, 304) after this
 long, so a new manifest version reaches clients within a minute."""
+MAX_BODY_BYTES = MAX_VALUE_BYTES + 64 * 1024
+"""Largest JSON-RPC request body: a task input (at most ``MAX_VALUE_BYTES`` once packed)
+plus the message's other fields, like ``POST /v1/delegate``."""
+MAX_JSON_DEPTH = MAX_DEPTH
+"""Deepest nesting of arrays and objects in a request (the wire format's own ceiling: a
+deeper task input could never be sent anyway)."""
 MAX_PARTS = 16
 """Most parts in one message (a request needs one data part or a few text parts)."""
 MAX_TEXT_CHARS = 64_000
@@ -170,14 +182,18 @@ class ErrorCode(enum.IntEnum):
 
 
 class A2AError(Exception):
-    """A JSON-RPC error answer: ``code`` (:class:`ErrorCode`) and a one-line message."""
+    """A JSON-RPC error answer: ``code`` (:class:`ErrorCode`), a one-line message, and the
+    id of the request it answers when that was readable."""
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str, request_id: Any = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.request_id = request_id
 
-    def to_json(self, request_id: Any) -> dict[str, Any]:
+    def to_json(self, request_id: Any = None) -> dict[str, Any]:
+        if request_id is None:
+            request_id = self.request_id
         return {
             "jsonrpc": "2.0",
             "id": request_id,
@@ -224,6 +240,54 @@ def version_problem(header: str | None) -> str | None:
     if len(parts) < 2 or parts[:2] != PROTOCOL_VERSION.split("."):
         return f"A2A version {text[:20]!r} is not supported; this agent speaks {PROTOCOL_VERSION}"
     return None
+
+
+def json_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:
+    """Nesting depth of a decoded JSON value (a scalar is 0, ``[]`` is 1), measured
+    without recursion and given up as soon as it passes ``limit``."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        depth += 1
+        if depth > deepest:
+            deepest = depth
+            if deepest > limit:
+                return deepest
+        stack.extend((child, depth) for child in children)
+    return deepest
+
+
+def parse_request(raw: bytes) -> RpcCall:
+    """The JSON-RPC request in the body ``raw``: at most :data:`MAX_BODY_BYTES`, JSON
+    (else :attr:`ErrorCode.PARSE_ERROR`), nested at most :data:`MAX_JSON_DEPTH` deep,
+    then :func:`parse_call`. Errors carry the request's id when it could be read."""
+    if len(raw) > MAX_BODY_BYTES:
+        raise A2AError(ErrorCode.INVALID_REQUEST, f"body over {MAX_BODY_BYTES} bytes")
+    try:
+        body = json.loads(raw)
+    except RecursionError:
+        raise A2AError(ErrorCode.INVALID_REQUEST, "JSON nested too deep") from None
+    except ValueError:
+        raise A2AError(ErrorCode.PARSE_ERROR, "the body is not JSON") from None
+    request_id = body.get("id") if isinstance(body, dict) else None
+    if isinstance(request_id, bool) or not isinstance(request_id, str | int):
+        request_id = None
+    if json_depth(body) > MAX_JSON_DEPTH:
+        raise A2AError(
+            ErrorCode.INVALID_REQUEST, f"JSON nested deeper than {MAX_JSON_DEPTH}", request_id
+        )
+    try:
+        return parse_call(body)
+    except A2AError as exc:
+        exc.request_id = request_id
+        raise
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -82,18 +82,15 @@ from meshnode.core.effects import AttemptOutcome
 from meshnode.core.node import DELEGATION_TOP_K
 from meshnode.errors import DelegationError, InvalidRequest, NodeNotRunning
 from meshnode.runtime.api import (
-    MAX_JSON_DEPTH,
     RETRY_AFTER_S,
     Access,
     _is_loopback,
     _read_body,
     authorize,
-    json_depth,
 )
 from protocol import LocalProtocolError, Message, short_id
 from protocol.codec import message_to_wire
 from protocol.jws import sign_card
-from protocol.limits import MAX_VALUE_BYTES
 from protocol.messages import TaskCancel, TaskConfirm, TaskRequest, TaskResponse, TaskResult
 
 if TYPE_CHECKING:
@@ -102,9 +99,8 @@ if TYPE_CHECKING:
 
 __all__ = ["A2A_SERVICE", "GATEWAY_POLL_S", "MAX_A2A_BODY_BYTES", "A2AService", "add_a2a_routes"]
 
-MAX_A2A_BODY_BYTES = MAX_VALUE_BYTES + 64 * 1024
-"""Largest ``POST /a2a`` body: a task input (at most ``MAX_VALUE_BYTES`` once packed)
-plus the message's other fields, like ``/v1/delegate``."""
+MAX_A2A_BODY_BYTES = a2a.MAX_BODY_BYTES
+"""Largest ``POST /a2a`` body (:data:`meshnode.core.a2a.MAX_BODY_BYTES`): HTTP 413 beyond."""
 GATEWAY_POLL_S = 0.05
 """How often a gateway task looks at which peer its delegation is trying (a dict lookup)
 to stream "working with peer X" when it changes."""
@@ -670,19 +666,7 @@ def add_a2a_routes(app: web.Application, node: MeshNode) -> None:
         raw = await _read_body(request, node, MAX_A2A_BODY_BYTES)
         request_id: Any = None
         try:
-            try:
-                body = json.loads(raw)
-            except RecursionError:
-                raise A2AError(ErrorCode.INVALID_REQUEST, "JSON nested too deep") from None
-            except ValueError:
-                raise A2AError(ErrorCode.PARSE_ERROR, "the body is not JSON") from None
-            if json_depth(body) > MAX_JSON_DEPTH:
-                raise A2AError(
-                    ErrorCode.INVALID_REQUEST, f"JSON nested deeper than {MAX_JSON_DEPTH}"
-                )
-            if isinstance(body, dict) and isinstance(body.get("id"), str | int):
-                request_id = body["id"]
-            call = a2a.parse_call(body)
+            call = a2a.parse_request(raw)
             request_id = call.id
             problem = a2a.version_problem(request.headers.get("A2A-Version"))
             if problem is not None:

@@ -273,3 +273,39 @@ def test_history_is_bounded_and_status_text_clipped() -> None:
     assert st["timestamp"] == "1970-01-01T00:00:00.000Z"
     assert a2a.view(task, 2)["history"] == task["history"][-2:]
     assert a2a.view(task, 0)["history"] == []
+
+
+# ---------------------------------------------------------------------- raw bodies
+
+
+@pytest.mark.parametrize(
+    ("raw", "code", "request_id"),
+    [
+        (b"{nope", ErrorCode.PARSE_ERROR, None),
+        (b"\xff\xfe", ErrorCode.PARSE_ERROR, None),
+        (b"[" * 100_000 + b"]" * 100_000, ErrorCode.INVALID_REQUEST, None),
+        (
+            b'{"jsonrpc":"2.0","id":9,"method":"GetTask","params":'
+            + b"[" * a2a.MAX_JSON_DEPTH
+            + b"]" * a2a.MAX_JSON_DEPTH
+            + b"}",
+            ErrorCode.INVALID_REQUEST,
+            9,
+        ),
+        (b'{"jsonrpc":"2.0","id":"r","method":"Nope"}', ErrorCode.METHOD_NOT_FOUND, "r"),
+        (b" " * (a2a.MAX_BODY_BYTES + 1), ErrorCode.INVALID_REQUEST, None),
+    ],
+)
+def test_raw_bodies(raw: bytes, code: ErrorCode, request_id: object) -> None:
+    with pytest.raises(A2AError) as err:
+        a2a.parse_request(raw)
+    assert err.value.code is code
+    assert err.value.to_json()["id"] == request_id
+
+
+def test_depth_at_the_cap_is_accepted() -> None:
+    params: object = {"id": "t"}
+    while a2a.json_depth({"params": params}) < a2a.MAX_JSON_DEPTH:
+        params = {"id": "t", "x": [params]}
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "GetTask", "params": params})
+    assert a2a.parse_request(body.encode()).method == "GetTask"
