@@ -351,3 +351,83 @@ async def test_the_card_follows_the_manifest_version() -> None:
         assert int(after.json()["version"]) > int(before.json()["version"])
         assert "shout" in [s["id"] for s in after.json()["skills"]]
         verifier()(ParseDict(after.json(), pb.AgentCard(), ignore_unknown_fields=True))
+
+
+async def test_gateway_cancel_reaches_the_peer(tmp_path: Path, procs: list[NodeProcess]) -> None:
+    """A gateway task cancelled over A2A cancels the delegation: the peer's handler is
+    stopped (its single slot is free again at once)."""
+    gateway = start(tmp_path, "g", None)
+    procs.append(gateway)
+    worker = start(
+        tmp_path, "w", "A2AWorker", "--max-concurrent-tasks", "1", seeds=[gateway.address]
+    )
+    procs.append(worker)
+    wait_until(
+        lambda: any(
+            m["node_id"] == worker.node_id and m["capabilities"]
+            for m in gateway.get("/v1/manifests")["manifests"]
+        ),
+        SETTLE_S,
+        "the gateway knows the worker's manifest",
+    )
+    async with Agent(gateway.address) as agent:
+        client = agent.client()
+        slow = await send(
+            client,
+            message(data={"text": "slow", "sleep_s": 60}, skill="slow_echo", immediately=True),
+        )
+        working = await until_state(client, slow.id, pb.TASK_STATE_WORKING)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SETTLE_S
+        while not working.status.message.parts[0].text.startswith("working with peer"):
+            assert loop.time() < deadline, working.status
+            await asyncio.sleep(0.05)
+            working = await client.get_task(pb.GetTaskRequest(id=slow.id))
+        cancelled = await client.cancel_task(pb.CancelTaskRequest(id=slow.id))
+        assert cancelled.status.state == pb.TASK_STATE_CANCELED
+        # The worker's only slot is free: a new task is accepted, not countered.
+        # (Were the handler still sleeping, the counter would be confirmed and the
+        # task would fail at its 5 s deadline.)
+        after = await send(client, message(data={"text": "next"}, skill="slow_echo", deadline_s=5))
+        assert after.status.state == pb.TASK_STATE_COMPLETED, after.status
+        assert artifact_data(after) == {"text": "next"}
+
+
+async def test_running_tasks_and_streams_are_capped() -> None:
+    """In process: beyond ``a2a_max_live_tasks`` a SendMessage is refused (and nothing is
+    started); beyond ``a2a_max_streams`` a stream gets HTTP 503."""
+    from meshnode import MeshNode, NodeConfig
+
+    async def wait(payload: dict[str, Any]) -> dict[str, Any]:
+        await asyncio.sleep(float(payload["sleep_s"]))
+        return {"ok": True}
+
+    config = NodeConfig.local(embedder="hashing", port=0, a2a_max_live_tasks=1, a2a_max_streams=1)
+    async with MeshNode(config) as node:
+        node.add_capability(wait, name="wait")
+        url = f"{node.url}/a2a"
+
+        def body(method: str, sleep_s: float) -> dict[str, Any]:
+            req = MessageToDict(message(data={"sleep_s": sleep_s}, skill="wait", immediately=True))
+            return {"jsonrpc": "2.0", "id": 1, "method": method, "params": req}
+
+        async with httpx.AsyncClient(headers={"A2A-Version": "1.0"}, timeout=10) as http:
+            first = (await http.post(url, json=body("SendMessage", 0.5))).json()
+            assert first["result"]["task"]["status"]["state"] == "TASK_STATE_WORKING"
+            second = (await http.post(url, json=body("SendMessage", 0.0))).json()
+            assert second["error"]["code"] == -32603
+            assert "a2a_max_live_tasks" in second["error"]["message"]
+            listed = {"jsonrpc": "2.0", "id": 2, "method": "ListTasks", "params": {}}
+            assert len((await http.post(url, json=listed)).json()["result"]["tasks"]) == 1
+            sub = {
+                "jsonrpc": "2.0",
+                "id": 3,
+                "method": "SubscribeToTask",
+                "params": {"id": first["result"]["task"]["id"]},
+            }
+            async with http.stream("POST", url, json=sub) as stream:
+                assert stream.status_code == 200
+                extra = await http.post(url, json=sub)
+                assert extra.status_code == 503
+                lines = [line async for line in stream.aiter_lines() if line.startswith("data:")]
+            assert "TASK_STATE_COMPLETED" in lines[-1]
