@@ -63,6 +63,22 @@ def procs() -> Iterator[list[NodeProcess]]:
         proc.stop()
 
 
+def discoverable(gateway: NodeProcess, provider: NodeProcess, capability: str) -> None:
+    """Wait until the gateway's discovery offers ``capability`` on ``provider``."""
+
+    def offered() -> bool:
+        reply = httpx.post(
+            f"http://{gateway.address}/v1/discover",
+            json={"capability_name": capability, "top_k": 5},
+            timeout=5,
+        )
+        return reply.status_code == 200 and any(
+            c["node_id"] == provider.node_id for c in reply.json()["candidates"]
+        )
+
+    wait_until(offered, SETTLE_S, f"the gateway's discovery offers {capability}")
+
+
 def verifier() -> Any:
     return create_signature_verifier(lambda kid, jku: PyJWK(jwk_for_node(kid)), ["EdDSA"])
 
@@ -265,14 +281,7 @@ async def test_gateway_routes_text_to_another_node(
     procs.append(gateway)
     summarizer = start(tmp_path, "s", "Summarizer", seeds=[gateway.address])
     procs.append(summarizer)
-    wait_until(
-        lambda: any(
-            m["node_id"] == summarizer.node_id and m["capabilities"]
-            for m in gateway.get("/v1/manifests")["manifests"]
-        ),
-        SETTLE_S,
-        "the gateway knows the summarizer's manifest",
-    )
+    discoverable(gateway, summarizer, "summarize_text")
     async with Agent(gateway.address) as agent:
         # The gateway serves nothing itself: its only skill is the mesh.
         assert [s.id for s in agent.card.skills] == ["meshnode.gateway"]
@@ -362,14 +371,7 @@ async def test_gateway_cancel_reaches_the_peer(tmp_path: Path, procs: list[NodeP
         tmp_path, "w", "A2AWorker", "--max-concurrent-tasks", "1", seeds=[gateway.address]
     )
     procs.append(worker)
-    wait_until(
-        lambda: any(
-            m["node_id"] == worker.node_id and m["capabilities"]
-            for m in gateway.get("/v1/manifests")["manifests"]
-        ),
-        SETTLE_S,
-        "the gateway knows the worker's manifest",
-    )
+    discoverable(gateway, worker, "slow_echo")
     async with Agent(gateway.address) as agent:
         client = agent.client()
         slow = await send(
