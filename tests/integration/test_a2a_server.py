@@ -206,6 +206,29 @@ async def test_card_send_stream_get_list_cancel(tmp_path: Path, procs: list[Node
         only_ctx = await client.list_tasks(pb.ListTasksRequest(context_id=done.context_id))
         assert [t.id for t in only_ctx.tasks] == [done.id]
 
+        followed = await send(
+            client,
+            message(data={"text": "followed", "sleep_s": 0.5}, skill="slow_echo", immediately=True),
+        )
+        running = await client.list_tasks(pb.ListTasksRequest(status=pb.TASK_STATE_WORKING))
+        assert [t.id for t in running.tasks] == [followed.id]
+        updates = [
+            ev async for ev in streaming.subscribe(pb.SubscribeToTaskRequest(id=followed.id))
+        ]
+        assert updates[0].task.id == followed.id
+        assert updates[-1].status_update.status.state == pb.TASK_STATE_COMPLETED
+        page = await client.list_tasks(pb.ListTasksRequest(page_size=2))
+        assert len(page.tasks) == 2
+        assert page.total_size == 3
+        rest = await client.list_tasks(
+            pb.ListTasksRequest(page_size=2, page_token=page.next_page_token)
+        )
+        assert {t.id for t in rest.tasks} | {t.id for t in page.tasks} == {
+            done.id,
+            streamed_id,
+            followed.id,
+        }
+
         slow = await send(
             client,
             message(data={"text": "never", "sleep_s": 60}, skill="slow_echo", immediately=True),
