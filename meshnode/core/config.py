@@ -583,10 +583,15 @@ class NodeConfig:
     a2a_max_tasks: int = 10_000
     """A2A tasks kept (in the data dir's ``a2a_tasks`` table, or in memory without one),
     default 10,000: beyond it the oldest finished tasks are forgotten (GetTask then says
-    task not found). A task document is bounded by the history and artifact caps of
-    :mod:`meshnode.core.a2a` (a few KiB typically, up to the body cap with large
-    outputs), so 10,000 is tens of MB at worst on disk; running tasks never count toward
-    eviction."""
+    task not found). Running tasks are never evicted. A task document is a few KiB
+    typically (the history and artifact caps of :mod:`meshnode.core.a2a` bound its
+    count of parts) but may carry outputs of up to ``MAX_VALUE_BYTES`` (4 MiB): the bytes
+    are bounded by :attr:`a2a_max_task_bytes`."""
+    a2a_max_task_bytes: int = 256 * 1024 * 1024
+    """Bytes of task documents kept, default 256 MiB (JSON, as stored): beyond it the
+    oldest finished tasks are forgotten, whatever :attr:`a2a_max_tasks` allows. 10,000
+    tasks of 25 KiB fit; 64 tasks with 4 MiB outputs do. Without a data dir this is
+    memory (decoded documents take a few times their JSON size)."""
     a2a_max_live_tasks: int = 256
     """A2A tasks running at once (not yet in a terminal state), default 256: a
     ``SendMessage`` beyond it is refused (JSON-RPC internal error naming the cap). Each
@@ -790,6 +795,7 @@ class NodeConfig:
 
     def _validate_a2a(self) -> None:
         _check_int("a2a_max_tasks", self.a2a_max_tasks, 1, 10_000_000)
+        _check_int("a2a_max_task_bytes", self.a2a_max_task_bytes, 1, 2**40)
         _check_int("a2a_max_live_tasks", self.a2a_max_live_tasks, 1, 1_000_000)
         _check_int("a2a_max_streams", self.a2a_max_streams, 1, 1_000_000)
         _check_seconds("a2a_blocking_wait_s", self.a2a_blocking_wait_s, positive=True)

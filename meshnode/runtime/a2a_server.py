@@ -48,8 +48,9 @@ A task is served one of two ways:
   caller. ``CancelTask`` cancels the delegation (the peer gets ``TaskCancel``).
 
 Persistence: tasks are written to the data dir's ``a2a_tasks`` table
-(:class:`~meshnode.runtime.store.NodeStore`), bounded by ``NodeConfig.a2a_max_tasks``
-(oldest finished first); without a data dir the same bound applies in memory. A task is
+(:class:`~meshnode.runtime.store.NodeStore`), bounded by ``NodeConfig.a2a_max_tasks`` and
+``NodeConfig.a2a_max_task_bytes`` (oldest finished first); without a data dir the same
+bounds apply in memory. A task is
 written when it ends, when it needs input, and before its id is first shown to anyone
 (a reply, a stream, GetTask, ListTasks); its WORKING progress stays in memory while it
 runs (GetTask and ListTasks read it from there). So a blocking ``SendMessage`` that
@@ -146,10 +147,14 @@ class _TaskBook:
     """Where tasks are kept: the store when the node has a data dir (plus a bounded
     in-memory copy otherwise). Bounded by ``cap`` (oldest finished first)."""
 
-    def __init__(self, store: NodeStore | None, cap: int) -> None:
+    def __init__(self, store: NodeStore | None, cap: int, max_bytes: int) -> None:
         self._store = store
         self._cap = cap
+        self._max_bytes = max_bytes
         self._memory: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._sizes: dict[str, int] = {}
+        """Task id → its document's size (in-memory book only)."""
+        self._bytes = 0
 
     def recover(self, now: float) -> int:
         """Fail every task left unfinished by an earlier run; returns how many."""
@@ -164,7 +169,7 @@ class _TaskBook:
                 continue
             self.put(task, now)
             failed += 1
-        self._store.a2a_evict(self._cap)
+        self._store.a2a_evict(self._cap, self._max_bytes)
         return failed
 
     def put(self, task: dict[str, Any], now: float, *, durable: bool = True) -> None:
@@ -174,19 +179,23 @@ class _TaskBook:
         terminal = state in a2a.TERMINAL_STATES
         if self._store is not None and not durable:
             return
+        doc = json.dumps(task, separators=(",", ":"), ensure_ascii=False)
         if self._store is None:
-            self._memory[task["id"]] = task
-            self._memory.move_to_end(task["id"])
-            while terminal and len(self._memory) > self._cap:
+            task_id = task["id"]
+            self._memory[task_id] = task
+            self._memory.move_to_end(task_id)
+            self._bytes += len(doc.encode()) - self._sizes.get(task_id, 0)
+            self._sizes[task_id] = len(doc.encode())
+            while terminal and (len(self._memory) > self._cap or self._bytes > self._max_bytes):
                 oldest = next((k for k, t in self._memory.items() if _finished(t)), None)
                 if oldest is None:
                     break
                 del self._memory[oldest]
+                self._bytes -= self._sizes.pop(oldest)
             return
-        doc = json.dumps(task, separators=(",", ":"), ensure_ascii=False)
         self._store.a2a_put(task["id"], task["contextId"], state.value, terminal, now, doc)
         if terminal:
-            self._store.a2a_evict(self._cap)
+            self._store.a2a_evict(self._cap, self._max_bytes)
 
     def get(self, task_id: str) -> dict[str, Any] | None:
         if self._store is None:
@@ -231,7 +240,7 @@ class A2AService:
     def __init__(self, node: MeshNode, store: NodeStore | None) -> None:
         self.node = node
         self.config = node.config
-        self.book = _TaskBook(store, node.config.a2a_max_tasks)
+        self.book = _TaskBook(store, node.config.a2a_max_tasks, node.config.a2a_max_task_bytes)
         self.live: dict[str, _Live] = {}
         self.streams = 0
         self.limiter = RateLimiter(node.config.api_rate_per_s, node.config.api_rate_burst)

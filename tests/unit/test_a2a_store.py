@@ -30,7 +30,7 @@ def store(tmp_path: Path) -> Iterator[NodeStore]:
 
 @pytest.mark.parametrize("with_store", [True, False])
 def test_the_oldest_finished_tasks_go_beyond_the_cap(store: NodeStore, with_store: bool) -> None:
-    book = _TaskBook(store if with_store else None, cap=5)
+    book = _TaskBook(store if with_store else None, cap=5, max_bytes=2**30)
     book.put(task("running", State.WORKING), 0.0)
     for i in range(10):
         book.put(task(f"t{i}", State.COMPLETED, now=float(i + 1)), float(i + 1))
@@ -42,14 +42,14 @@ def test_the_oldest_finished_tasks_go_beyond_the_cap(store: NodeStore, with_stor
 
 def test_unfinished_tasks_fail_on_restart(tmp_path: Path) -> None:
     first = NodeStore(tmp_path / "d")
-    book = _TaskBook(first, cap=100)
+    book = _TaskBook(first, cap=100, max_bytes=2**30)
     book.put(task("done", State.COMPLETED), 1.0)
     book.put(task("running", State.WORKING), 2.0)
     book.put(task("asked", State.INPUT_REQUIRED), 3.0)
     first.close()
     again = NodeStore(tmp_path / "d")
     try:
-        book = _TaskBook(again, cap=100)
+        book = _TaskBook(again, cap=100, max_bytes=2**30)
         assert book.recover(10.0) == 2
         assert a2a.state_of(book.get("done") or {}) is State.COMPLETED
         for task_id in ("running", "asked"):
@@ -63,7 +63,7 @@ def test_unfinished_tasks_fail_on_restart(tmp_path: Path) -> None:
 
 
 def test_a_change_that_is_not_durable_is_not_written(store: NodeStore) -> None:
-    book = _TaskBook(store, cap=100)
+    book = _TaskBook(store, cap=100, max_bytes=2**30)
     book.put(task("t", State.SUBMITTED), 1.0)
     book.put(task("t", State.WORKING), 2.0, durable=False)
     stored = store.a2a_get("t")
@@ -72,7 +72,7 @@ def test_a_change_that_is_not_durable_is_not_written(store: NodeStore) -> None:
 
 
 def test_pages_put_running_tasks_first_and_filter(store: NodeStore) -> None:
-    book = _TaskBook(store, cap=100)
+    book = _TaskBook(store, cap=100, max_bytes=2**30)
     for i in range(4):
         book.put(task(f"old{i}", State.COMPLETED, context="a" if i % 2 else "b"), float(i))
     # A running task whose stored copy is stale: the live copy is what pages show.
@@ -90,3 +90,26 @@ def test_pages_put_running_tasks_first_and_filter(store: NodeStore) -> None:
     assert ([t["id"] for t in working], n) == (["live"], 1)
     ctx, n = book.page(a2a.parse_list({"contextId": "a"}), live)
     assert ([t["id"] for t in ctx], n) == (["live", "old3", "old1"], 3)
+
+
+@pytest.mark.parametrize("with_store", [True, False])
+def test_the_oldest_finished_tasks_go_beyond_the_byte_budget(
+    store: NodeStore, with_store: bool
+) -> None:
+    """Ten finished tasks of about 100 KiB each under a 350 KiB budget: the newest three
+    stay (a running task of the same size counts toward the budget but is never
+    evicted)."""
+    big = "x" * 100_000
+    book = _TaskBook(store if with_store else None, cap=1_000, max_bytes=350_000)
+    running = task("running", State.WORKING)
+    running["artifacts"] = [{"artifactId": "a", "parts": [{"text": big}]}]
+    book.put(running, 0.0)
+    for i in range(10):
+        t = task(f"t{i}", State.COMPLETED, now=float(i + 1))
+        t["artifacts"] = [{"artifactId": "a", "parts": [{"text": big}]}]
+        book.put(t, float(i + 1))
+    kept = {t["id"] for t in book.page(a2a.parse_list({"pageSize": 100}), [])[0]}
+    assert kept == {"running", "t8", "t9"}
+    if with_store:  # the running count and bytes agree with the table
+        count, size = store._db.execute("SELECT COUNT(*), SUM(size) FROM a2a_tasks").fetchone()
+        assert store._a2a_totals == [count, size]
