@@ -179,13 +179,14 @@ class _TaskBook:
         terminal = state in a2a.TERMINAL_STATES
         if self._store is not None and not durable:
             return
-        doc = json.dumps(task, separators=(",", ":"), ensure_ascii=False)
         if self._store is None:
             task_id = task["id"]
             self._memory[task_id] = task
             self._memory.move_to_end(task_id)
-            self._bytes += len(doc.encode()) - self._sizes.get(task_id, 0)
-            self._sizes[task_id] = len(doc.encode())
+            if durable or task_id not in self._sizes:  # WORKING steps hardly change it
+                size = len(json.dumps(task, separators=(",", ":")).encode())
+                self._bytes += size - self._sizes.get(task_id, 0)
+                self._sizes[task_id] = size
             while terminal and (len(self._memory) > self._cap or self._bytes > self._max_bytes):
                 oldest = next((k for k, t in self._memory.items() if _finished(t)), None)
                 if oldest is None:
@@ -193,6 +194,7 @@ class _TaskBook:
                 del self._memory[oldest]
                 self._bytes -= self._sizes.pop(oldest)
             return
+        doc = json.dumps(task, separators=(",", ":"), ensure_ascii=False)
         self._store.a2a_put(task["id"], task["contextId"], state.value, terminal, now, doc)
         if terminal:
             self._store.a2a_evict(self._cap, self._max_bytes)
