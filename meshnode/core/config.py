@@ -578,6 +578,34 @@ class NodeConfig:
     wants exactly that. Loopback needs nothing: a mesh on one machine stays zero-config.
     See :func:`admission_problem`."""
 
+    # ------------------------------------------------------------------ A2A server
+
+    a2a_max_tasks: int = 10_000
+    """A2A tasks kept (in the data dir's ``a2a_tasks`` table, or in memory without one),
+    default 10,000: beyond it the oldest finished tasks are forgotten (GetTask then says
+    task not found). Running tasks are never evicted. A task document is a few KiB
+    typically (the history and artifact caps of :mod:`meshnode.core.a2a` bound its
+    count of parts) but may carry outputs of up to ``MAX_VALUE_BYTES`` (4 MiB): the bytes
+    are bounded by :attr:`a2a_max_task_bytes`."""
+    a2a_max_task_bytes: int = 256 * 1024 * 1024
+    """Bytes of task documents kept, default 256 MiB (JSON, as stored): beyond it the
+    oldest finished tasks are forgotten, whatever :attr:`a2a_max_tasks` allows. 10,000
+    tasks of 25 KiB fit; 64 tasks with 4 MiB outputs do. Without a data dir this is
+    memory (decoded documents take a few times their JSON size)."""
+    a2a_max_live_tasks: int = 256
+    """A2A tasks running at once (not yet in a terminal state), default 256: a
+    ``SendMessage`` beyond it is refused (JSON-RPC internal error naming the cap). Each
+    holds a delegation or a provider slot, so this bounds what A2A callers can make the
+    node hold; ``max_delegations``-sized callers go through ``/v1/delegate``."""
+    a2a_max_streams: int = 256
+    """Open SSE streams (``SendStreamingMessage``, ``SubscribeToTask``) at once, default
+    256; more are refused with HTTP 503. Each costs a socket and a small queue."""
+    a2a_blocking_wait_s: float = 120.0
+    """Seconds, default 120: longest a blocking ``SendMessage`` waits for its task to end
+    (or need input) before answering with the task as it stands; the caller then polls
+    ``GetTask``. It bounds how long a request holds a connection, whatever the task's
+    deadline."""
+
     # ------------------------------------------------------------------ presets
 
     @classmethod
@@ -638,6 +666,7 @@ class NodeConfig:
         self._validate_timing()
         self._validate_counts()
         self._validate_tasks()
+        self._validate_a2a()
         self._validate_task_channels()
         self._validate_state_caps()
         self._validate_runtime()
@@ -763,6 +792,13 @@ class NodeConfig:
                 raise ValueError(f"seeds: {exc}") from None
         if self.data_dir is not None and (not isinstance(self.data_dir, str) or not self.data_dir):
             raise ValueError(f"data_dir must be None or a path, got {self.data_dir!r}")
+
+    def _validate_a2a(self) -> None:
+        _check_int("a2a_max_tasks", self.a2a_max_tasks, 1, 10_000_000)
+        _check_int("a2a_max_task_bytes", self.a2a_max_task_bytes, 1, 2**40)
+        _check_int("a2a_max_live_tasks", self.a2a_max_live_tasks, 1, 1_000_000)
+        _check_int("a2a_max_streams", self.a2a_max_streams, 1, 1_000_000)
+        _check_seconds("a2a_blocking_wait_s", self.a2a_blocking_wait_s, positive=True)
 
     def _validate_timing(self) -> None:
         for field in (

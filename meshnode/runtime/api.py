@@ -465,6 +465,9 @@ def build_app(node: MeshNode) -> web.Application:
     from meshnode.runtime.a2a_import import import_routes  # the A2A import routes
 
     app.add_routes(import_routes(node))
+    from meshnode.runtime.a2a_server import add_a2a_routes  # A2A card and JSON-RPC
+
+    add_a2a_routes(app, node)
     return app
 
 

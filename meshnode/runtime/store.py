@@ -9,7 +9,11 @@ files) and ``meshnode.sqlite3`` with:
 * ``meta``: this node's last incarnation (so a restart comes back *above* it);
 * ``members``: the latest signed rumor per known member (for a warm rejoin);
 * ``manifests``: every known signed manifest;
-* ``ledger``: every reputation record held, own opinions included.
+* ``ledger``: every reputation record held, own opinions included;
+* ``a2a_tasks``: the A2A tasks this node answered (:mod:`meshnode.runtime.a2a_server`),
+  each as its A2A JSON document, with its context, state, last update time and size;
+  bounded in count and bytes by :meth:`NodeStore.a2a_evict` (the oldest finished ones go
+  first).
 
 Objects are stored in their wire form (``protocol.pack``) and decoded with ``protocol.unpack``
 on load, so a corrupt row is skipped with a warning rather than trusted: the cores verify the
@@ -90,6 +94,12 @@ CREATE TABLE IF NOT EXISTS ledger (
     observer TEXT NOT NULL, subject TEXT NOT NULL, record BLOB NOT NULL,
     PRIMARY KEY (observer, subject)
 );
+CREATE TABLE IF NOT EXISTS a2a_tasks (
+    id TEXT PRIMARY KEY, context_id TEXT NOT NULL, state TEXT NOT NULL,
+    terminal INTEGER NOT NULL, updated REAL NOT NULL, size INTEGER NOT NULL,
+    task TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS a2a_tasks_by_time ON a2a_tasks (terminal, updated);
 """
 
 log = structlog.get_logger("meshnode.store")
@@ -107,6 +117,8 @@ class NodeStore:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
         _narrow_dir(self.data_dir)
         self._lock = _lock_data_dir(self.data_dir)
+        self._a2a_totals: list[int] | None = None
+        """[count, bytes] of the ``a2a_tasks`` table, read once, then kept up to date."""
         try:
             db_path = self.data_dir / DB_FILE
             _private_file(db_path)
@@ -262,6 +274,100 @@ class NodeStore:
 
     def load_records(self) -> list[LedgerRecord]:
         return self._load("SELECT record FROM ledger ORDER BY observer, subject", LedgerRecord)
+
+    # ------------------------------------------------------------------ a2a tasks
+
+    def a2a_put(
+        self, task_id: str, context_id: str, state: str, terminal: bool, updated: float, doc: str
+    ) -> None:
+        """Insert or replace one A2A task (its JSON document) and commit."""
+        size = len(doc.encode())
+        totals = self._a2a_count_and_bytes()
+        old = self._db.execute("SELECT size FROM a2a_tasks WHERE id=?", (task_id,)).fetchone()
+        self._begin()
+        self._db.execute(
+            "INSERT INTO a2a_tasks(id, context_id, state, terminal, updated, size, task) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+            "context_id=excluded.context_id, state=excluded.state, "
+            "terminal=excluded.terminal, updated=excluded.updated, size=excluded.size, "
+            "task=excluded.task",
+            (task_id, context_id, state, int(terminal), updated, size, doc),
+        )
+        self.commit()
+        totals[0] += old is None
+        totals[1] += size - (int(old[0]) if old else 0)
+
+    def _a2a_count_and_bytes(self) -> list[int]:
+        if self._a2a_totals is None:
+            row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM a2a_tasks")
+            count, size = row.fetchone()
+            self._a2a_totals = [int(count), int(size)]
+        return self._a2a_totals
+
+    def a2a_get(self, task_id: str) -> str | None:
+        """The JSON document of A2A task ``task_id``, if stored."""
+        row = self._db.execute("SELECT task FROM a2a_tasks WHERE id=?", (task_id,)).fetchone()
+        return str(row[0]) if row else None
+
+    def a2a_list(
+        self,
+        context_id: str | None,
+        state: str | None,
+        offset: int,
+        limit: int,
+        exclude: list[str] | None = None,
+    ) -> tuple[list[str], int]:
+        """One page of A2A task documents, newest update first, optionally only those of
+        ``context_id`` and/or in ``state`` and none of the ids in ``exclude``; and how
+        many match in all."""
+        where: list[str] = []
+        args: list[object] = []
+        if exclude:
+            where.append(f"id NOT IN ({','.join('?' * len(exclude))})")
+            args.extend(exclude)
+        if context_id is not None:
+            where.append("context_id=?")
+            args.append(context_id)
+        if state is not None:
+            where.append("state=?")
+            args.append(state)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        total = int(self._db.execute(f"SELECT COUNT(*) FROM a2a_tasks{clause}", args).fetchone()[0])
+        rows = self._db.execute(
+            f"SELECT task FROM a2a_tasks{clause} ORDER BY updated DESC, id LIMIT ? OFFSET ?",
+            [*args, limit, offset],
+        ).fetchall()
+        return [str(r[0]) for r in rows], total
+
+    def a2a_unfinished(self) -> list[str]:
+        """Documents of every stored A2A task not in a terminal state."""
+        rows = self._db.execute("SELECT task FROM a2a_tasks WHERE terminal=0").fetchall()
+        return [str(r[0]) for r in rows]
+
+    def a2a_evict(self, cap: int, max_bytes: int) -> int:
+        """Delete the oldest finished A2A tasks while more than ``cap`` are stored or
+        their documents take more than ``max_bytes``; returns how many went. Running
+        tasks are never evicted. Within both bounds this reads nothing (the count and
+        the bytes are kept up to date by :meth:`a2a_put`)."""
+        totals = self._a2a_count_and_bytes()
+        count, total = totals
+        if count <= cap and total <= max_bytes:
+            return 0
+        victims: list[tuple[str]] = []
+        rows = self._db.execute(
+            "SELECT id, size FROM a2a_tasks WHERE terminal=1 ORDER BY updated ASC"
+        )
+        for task_id, size in rows:
+            if count <= cap and total <= max_bytes:
+                break
+            victims.append((task_id,))
+            count -= 1
+            total -= int(size)
+        self._begin()
+        self._db.executemany("DELETE FROM a2a_tasks WHERE id=?", victims)
+        self.commit()
+        totals[:] = [count, total]
+        return len(victims)
 
     # ------------------------------------------------------------------ helpers
 

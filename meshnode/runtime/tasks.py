@@ -280,6 +280,10 @@ class TaskService:
         self._inbound: _Channel | None = None
         """The channel whose frame is being handed to the core right now."""
         self._waiting: dict[str, asyncio.Future[DelegationFinished]] = {}
+        self.local_inbox: Callable[[Message], None] | None = None
+        """Receives the task messages the core addresses to this node itself (answers to
+        requests this node made of its own provider, as the A2A server does); without
+        one they are dropped."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self._counters: dict[str, int] = {
@@ -632,6 +636,10 @@ class TaskService:
         (or the frame being handled) while it is usable, else on the pooled channel, else
         on a new one."""
         node, message = effect.node, effect.message
+        if node == self.core.node_id:  # our own provider answering us: no socket
+            if self.local_inbox is not None:
+                self.local_inbox(message)
+            return
         wire = message_to_wire(message)
         key = (node, effect.task_id)
         prefer = self._inbound
@@ -734,11 +742,13 @@ class TaskService:
         max_cost_usd: float | None,
         trace_id: str = "",
         expectation: Expectation | None = None,
+        task_id: str | None = None,
     ) -> DelegationResult:
         """Negotiate ``capability`` with ``candidates`` in order until one delivers (the
         core decides everything; this waits for its ``DelegationFinished``). The result is
-        scored by ``expectation``, else the one registered for the capability."""
-        task_id = uuid.uuid4().hex
+        scored by ``expectation``, else the one registered for the capability. ``task_id``
+        (default: 128 random bits) lets the caller follow it (``core.attempt_node``)."""
+        task_id = task_id or uuid.uuid4().hex
         waiter: asyncio.Future[DelegationFinished] = asyncio.get_running_loop().create_future()
         self._waiting[task_id] = waiter
         try:
