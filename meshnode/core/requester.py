@@ -453,7 +453,7 @@ class RequesterCore:
                 input=self.task_input,
                 deadline_ms=asked,
                 budget_usd=self.budget_usd,
-                trace_id=child_traceparent(self.trace_id, self.task_id, node),
+                trace_id=child_traceparent(self.trace_id, node),
             )
             response_deadline = min(now + self.response_timeout_s, self._deadline_at)
             self._live = _Live(node, now, asked, remaining, response_deadline)

@@ -131,24 +131,25 @@ def new_span_id(rng: random.Random) -> str:
             return value
 
 
-def attempt_span_id(parent_span_id: str, task_id: str, node: str) -> str:
+def attempt_span_id(parent_span_id: str, node: str) -> str:
     """The span id of a delegation's negotiation with ``node``: a hash of the delegation's
-    span, the task and the candidate, so the requester core (which puts it in the request)
-    and the shell (which records the span) agree without sharing state."""
+    span (unique per delegation) and the candidate (asked at most once per delegation), so
+    the requester core (which puts it in the request) and the shell (which records the
+    span) agree without sharing state."""
     digest = hashlib.blake2b(
-        f"{parent_span_id}/{task_id}/{node}".encode(), digest_size=8, person=b"meshnode-span"
+        f"{parent_span_id}/{node}".encode(), digest_size=8, person=b"meshnode-span"
     ).hexdigest()
     return digest if digest != _ZERO_SPAN else "0" * 15 + "1"
 
 
-def child_traceparent(traceparent: str, task_id: str, node: str) -> str:
+def child_traceparent(traceparent: str, node: str) -> str:
     """The traceparent a request to ``node`` carries when the delegation's is
     ``traceparent``: same trace, the attempt's span (:func:`attempt_span_id`) as parent.
     Anything that is not a traceparent (an old-style trace id) is passed on unchanged."""
     context = parse_traceparent(traceparent)
     if context is None:
         return traceparent
-    span = attempt_span_id(context.span_id, task_id, node)
+    span = attempt_span_id(context.span_id, node)
     return format_traceparent(TraceContext(context.trace_id, span, context.sampled))
 
 
