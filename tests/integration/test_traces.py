@@ -144,7 +144,7 @@ def test_nested_delegation_is_one_trace_across_three_nodes(tmp_path: Path) -> No
             line_of("invoke_agent uppercase_text [server]", "c"),
         ]
         assert [i for i, _ in order] == sorted(i for i, _ in order)
-        assert [depth for _, depth in order] == [2, 4, 6, 8, 10, 12, 14]
+        assert [depth for _, depth in order] == [1, 3, 5, 7, 9, 11, 13]  # two per level
     finally:
         for node in nodes:
             node.stop()
