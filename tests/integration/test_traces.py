@@ -50,9 +50,7 @@ def test_nested_delegation_is_one_trace_across_three_nodes(tmp_path: Path) -> No
         nodes.append(a.start())
 
         def indexed(node: NodeProcess, capability: str) -> bool:
-            status, hits = http_json(
-                node.address, "/v1/discover", {"capability_name": capability}
-            )
+            status, hits = http_json(node.address, "/v1/discover", {"capability_name": capability})
             return status == 200 and bool(hits["candidates"])
 
         wait_until(lambda: indexed(a, "relay_upper"), 30, "a indexes b's relay")
