@@ -3,14 +3,21 @@ handler asks C) is recorded on all three nodes and assembled by ``meshnode trace
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanProto
 
+from meshnode import DelegationError, MeshNode, NodeConfig, capability
+from meshnode.runtime.node import wait_for
 from tests.adversarial.attack import http_json
 from tests.integration.cluster import NodeProcess, wait_until
 
@@ -19,7 +26,7 @@ UPPER = str(HERE / "cli_agents.py") + ":Upper"
 RELAY = str(HERE / "trace_agents.py") + ":Relay"
 TEXT_SCHEMA = {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}}
 
-pytestmark = pytest.mark.slow
+SpanKindProto = SpanProto.SpanKind
 
 
 def meshnode(*args: str) -> subprocess.CompletedProcess[str]:
@@ -34,6 +41,7 @@ def _one(spans: list[dict[str, Any]], node: str, name: str) -> dict[str, Any]:
     return found[0]
 
 
+@pytest.mark.slow
 def test_nested_delegation_is_one_trace_across_three_nodes(tmp_path: Path) -> None:
     """Invariant: every span of a two-hop delegation carries the trace id that
     ``/v1/delegate`` returned, hangs from the span that caused it (HTTP → delegate →
@@ -146,3 +154,84 @@ def test_nested_delegation_is_one_trace_across_three_nodes(tmp_path: Path) -> No
     finally:
         for node in nodes:
             node.stop()
+
+
+class _Echo(MeshNode):
+    @capability(
+        name="echo_text",
+        description="Return the text it is given",
+        input_schema=TEXT_SCHEMA,
+        output_schema=TEXT_SCHEMA,
+    )
+    async def echo_text(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return {"text": payload["text"]}
+
+
+async def test_spans_are_exported_over_otlp_http_with_genai_names() -> None:
+    """Invariant: with an OTLP endpoint configured, the spans a delegation makes reach an
+    OTLP/HTTP receiver as protobuf, the negotiation as an ``invoke_agent {capability}``
+    client span and the handler run as the matching server span, with ``gen_ai.*``
+    attributes and the trace id ``delegate`` returned."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    received: list[ExportTraceServiceRequest] = []
+
+    async def collect(request: web.Request) -> web.Response:
+        assert request.content_type == "application/x-protobuf"
+        message = ExportTraceServiceRequest()
+        message.ParseFromString(await request.read())
+        received.append(message)
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", collect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    endpoint = f"http://127.0.0.1:{port}/v1/traces"
+    config = NodeConfig.local(port=0, embedder="hashing", otlp_endpoint=endpoint)
+    provider = _Echo(dataclasses.replace(config, name="echo"))
+    asker: MeshNode | None = None
+    try:
+        await provider.start()
+        seeds = (f"127.0.0.1:{provider.address[1]}",)
+        asker = MeshNode(dataclasses.replace(config, name="asker", seeds=seeds))
+        await asker.start()
+        await wait_for(lambda: len(asker.core.manifests) == 2, 20)
+        deadline = time.monotonic() + 20
+        while True:  # the index is built off the loop: retry until it has the capability
+            try:
+                result = await asker.delegate("echo_text", {"text": "hi"})
+                break
+            except DelegationError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+        assert result.trace_id is not None
+    finally:
+        if asker is not None:
+            await asker.aclose()  # closing flushes each node's exporter
+        await provider.aclose()
+        await runner.cleanup()
+    spans = [
+        (span, {kv.key: kv.value.string_value for kv in span.attributes})
+        for request in received
+        for resource_spans in request.resource_spans
+        for scope in resource_spans.scope_spans
+        for span in scope.spans
+    ]
+    ours = [(s, a) for s, a in spans if s.trace_id.hex() == result.trace_id]
+    by_kind = {s.kind: (s, a) for s, a in ours if s.name == "invoke_agent echo_text"}
+    client, client_attrs = by_kind[SpanKindProto.SPAN_KIND_CLIENT]
+    server, server_attrs = by_kind[SpanKindProto.SPAN_KIND_SERVER]
+    assert server.parent_span_id == client.span_id
+    for attrs in (client_attrs, server_attrs):
+        assert attrs["gen_ai.operation.name"] == "invoke_agent"
+        assert attrs["gen_ai.agent.name"] == "echo_text"
+    assert client_attrs["gen_ai.agent.id"] == provider.node_id
+    names = {s.name for s, _ in ours}
+    assert {"delegate echo_text", "discover", "evaluate echo_text"} <= names
