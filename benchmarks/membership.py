@@ -60,6 +60,12 @@ of the two; ``all`` adds a third run, sealed and with membership certificates (e
 certified by a throw-away mesh authority, ``--authority``/``--cert``: "everything on"),
 compared with the clear run under ``everything_on``.
 
+Observability: with ``--observability both`` every meshnode run above is paired with one
+more in the same invocation, ``meshnode run --no-metrics --no-tracing`` (the default runs
+have ``GET /metrics``, span recording and the trust-history sampler on);
+``observability`` gives the run with them on over the run without (idle CPU and RSS per
+node, join and detection), with the goal of idle CPU and RSS unchanged within 10 %.
+
 ``--embedder hashing`` passes ``--embedder hashing`` to ``meshnode run``, to measure the
 membership layer without the MiniLM model that the default (``auto``) loads at start when
 the ``semantic`` extra is installed. Before starting N
@@ -1230,6 +1236,26 @@ def compare_encryption(clear: dict[str, Any], sealed: dict[str, Any]) -> dict[st
     }
 
 
+OBSERVABILITY_GOAL = 1.10
+"""Idle CPU and RSS per node with metrics and tracing on, at most this times off."""
+NO_OBSERVABILITY_FLAGS = ["--no-metrics", "--no-tracing"]
+
+
+def compare_observability(on: dict[str, Any], off: dict[str, Any]) -> dict[str, Any]:
+    """The run with metrics and tracing on over the run with them off, for one size."""
+    ratios = compare_encryption(off, on)["ratios_sealed_vs_clear"]
+    cpu, rss = ratios["idle_cpu_per_node"], ratios["rss_per_node"]
+    return {
+        "ratios_on_vs_off": ratios,
+        "goals": {
+            "observability_idle_cpu_within_10pct": None
+            if cpu is None
+            else cpu <= OBSERVABILITY_GOAL,
+            "observability_rss_within_10pct": None if rss is None else rss <= OBSERVABILITY_GOAL,
+        },
+    }
+
+
 def overall(goals: Iterable[dict[str, bool | None]]) -> dict[str, bool | None]:
     """Per goal across sizes: False if any size fails, None if any lacks a baseline."""
     merged: dict[str, list[bool | None]] = {}
@@ -1358,6 +1384,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="meshnode runs in clear (off), sealed under a keyring (on), both, or all "
         "(default: clear, sealed, and sealed with membership certificates)",
     )
+    parser.add_argument(
+        "--observability",
+        choices=("on", "both"),
+        default="on",
+        help="meshnode runs with metrics and tracing on (default), or both on and off "
+        "(each variant once more with --no-metrics --no-tracing, compared)",
+    )
     args = parser.parse_args(argv)
     sizes: tuple[int, ...] = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
     settle, idle = (QUICK_SETTLE_S, QUICK_IDLE_S) if args.quick else (SETTLE_S, IDLE_S)
@@ -1384,6 +1417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "meshnode_profile": "lan",
             "meshnode_embedder": args.embedder,
             "meshnode_encryption": args.encryption,
+            "meshnode_observability": args.observability,
             "kills": kills,
             "joins": joins,
             "join_gap_s": JOIN_GAP_S,
@@ -1420,11 +1454,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "both": ("clear", "sealed"),
                     "all": ("clear", "sealed", "certified"),
                 }[args.encryption]
+                if args.observability == "both":
+                    variants = tuple(v for base_v in variants for v in (base_v, f"{base_v}-bare"))
                 for variant in variants:
                     where = base / f"meshnode-{n}-{variant}"
-                    flags = keyring_flags(where) if variant != "clear" else []
+                    flags = keyring_flags(where) if not variant.startswith("clear") else []
+                    if variant.endswith("-bare"):
+                        flags = [*flags, *NO_OBSERVABILITY_FLAGS]
                     authority = None
-                    if variant == "certified":
+                    if variant.startswith("certified"):
                         from protocol import Identity
 
                         authority = Identity.generate()
@@ -1441,6 +1479,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if "sealed" in runs:
                     entry["meshnode_sealed"] = runs["sealed"]
                 entry.update(compare(entry["meshnode"], entry["serf"]))
+                bare = {v: r for v, r in runs.items() if v.endswith("-bare")}
+                if bare:
+                    entry["meshnode_bare"] = bare
+                    entry["observability"] = {
+                        v: compare_observability(runs[v], bare[f"{v}-bare"])
+                        for v in runs
+                        if f"{v}-bare" in bare
+                    }
+                    for v, found in entry["observability"].items():
+                        entry["goals"].update({f"{v}_{k}": g for k, g in found["goals"].items()})
                 if "clear" in runs and "sealed" in runs:
                     entry["encryption"] = compare_encryption(runs["clear"], runs["sealed"])
                     entry["goals"].update(entry["encryption"]["goals"])
