@@ -481,7 +481,8 @@ DEFAULT_TRACES_LISTED = 50
 def _observe_middleware(node: MeshNode) -> Any:
     """Counts HTTP requests and bodies, takes the caller's ``traceparent`` (a bad one
     starts a new trace, never an error) and gives :data:`TRACED_ROUTES` a server span,
-    whose traceparent the response carries."""
+    whose traceparent the response carries, when the caller passes :func:`authorize`
+    (an unauthorized caller gets its 401 without a span)."""
     from meshnode.core.tracing import SpanKind, SpanStatus, format_traceparent, parse_traceparent
     from meshnode.runtime.tracing import TRACEPARENT, use_context
 
@@ -495,7 +496,9 @@ def _observe_middleware(node: MeshNode) -> Any:
             return response
         obs.tcp["requests_received"] += 1
         obs.tcp["bytes_received"] += request.content_length or 0
-        if (request.method, request.path) not in TRACED_ROUTES:
+        if (request.method, request.path) not in TRACED_ROUTES or not _authorized(request):
+            # Untraced, or refused before any work: no span for a caller to flood the
+            # store with.
             with use_context(parent):
                 response = await handler(request)
         else:
@@ -516,6 +519,13 @@ def _observe_middleware(node: MeshNode) -> Any:
         if isinstance(body, bytes):
             obs.tcp["bytes_sent"] += len(body)
         return response
+
+    def _authorized(request: web.Request) -> bool:
+        try:
+            authorize(request, node.config, Access.WORK)
+        except web.HTTPUnauthorized:
+            return False
+        return True
 
     return observe
 

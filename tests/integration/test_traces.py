@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanProto
@@ -235,3 +236,49 @@ async def test_spans_are_exported_over_otlp_http_with_genai_names() -> None:
     assert client_attrs["gen_ai.agent.id"] == provider.node_id
     names = {s.name for s, _ in ours}
     assert {"delegate echo_text", "discover", "evaluate echo_text"} <= names
+
+
+async def test_http_trace_context_is_taken_strictly_and_refused_callers_make_no_span() -> None:
+    """Invariant: a valid ``traceparent`` on ``POST /v1/discover`` is continued (the
+    server span has its trace id and parent, and the response names the span); a malformed
+    one starts a new trace and the request still succeeds; a caller refused with 401
+    leaves no span behind, however many times it tries.
+
+    Without the authorization check before the span (measured): 20 refused requests left
+    20 spans in the store."""
+    token = "trace-reader-token-012345"
+    node = MeshNode(
+        NodeConfig.local(
+            name="t", port=0, embedder="hashing", api_trust_loopback=False, api_token=token
+        )
+    )
+    await node.start()
+    try:
+        assert node.tracer is not None
+        url = f"http://127.0.0.1:{node.address[1]}/v1/discover"
+        body = {"capability_name": "nothing"}
+        auth = {"Authorization": f"Bearer {token}"}
+        parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        async with aiohttp.ClientSession() as session:
+            for _ in range(20):
+                async with session.post(url, json=body, headers={"traceparent": parent}) as r:
+                    assert r.status == 401
+            assert node.tracer.stored == 0
+            async with session.post(url, json=body, headers={**auth, "traceparent": parent}) as r:
+                assert r.status == 200
+                echoed = r.headers["traceparent"]
+            async with session.post(
+                url, json=body, headers={**auth, "traceparent": parent.upper()}
+            ) as r:
+                assert r.status == 200
+                fresh = r.headers["traceparent"]
+        (span,) = node.tracer.trace("0af7651916cd43dd8448eb211c80319c")
+        assert span["parent_span_id"] == "b7ad6b7169203331"
+        assert span["name"] == "POST /v1/discover" and span["kind"] == "server"
+        assert echoed == f"00-{span['trace_id']}-{span['span_id']}-01"
+        assert fresh.split("-")[1] != "0af7651916cd43dd8448eb211c80319c"
+        (other,) = node.tracer.trace(fresh.split("-")[1])
+        assert other["parent_span_id"] is None
+        assert node.tracer.stored == 2
+    finally:
+        await node.aclose()
