@@ -6,9 +6,17 @@ from __future__ import annotations
 import random
 import time
 
+import pytest
+
 from meshnode.core.tracing import Span, SpanKind, SpanStatus
 from meshnode.runtime.store import ObservabilityStore
-from meshnode.runtime.tracing import MAX_SPAN_AGE_S, MAX_SPANS, Tracer
+from meshnode.runtime.tracing import (
+    MAX_SPAN_AGE_S,
+    MAX_SPANS,
+    Tracer,
+    current_context,
+    provider_span,
+)
 
 
 def _span(tracer: Tracer, trace_id: str, start: float, name: str = "s") -> Span:
@@ -106,3 +114,33 @@ def test_a_failing_body_marks_its_span_failed_and_disabled_tracing_records_nothi
 
 def test_default_bounds_are_what_the_docs_say() -> None:
     assert (MAX_SPANS, MAX_SPAN_AGE_S) == (20_000, 3_600.0)
+
+
+@pytest.mark.parametrize(
+    ("sent", "continued"),
+    [
+        ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", True),
+        ("0123456789abcdef", False),  # what a peer without tracing sends: a task id prefix
+        ("", False),
+        ("00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01", False),
+    ],
+)
+def test_a_provider_span_continues_only_a_valid_context(sent: str, continued: bool) -> None:
+    """Invariant: the handler's server span hangs from the request's traceparent when it
+    is one, and starts a new trace otherwise (old peers interoperate); while it runs it is
+    the current context, so a nested delegation continues it."""
+    tracer = Tracer("provider", ObservabilityStore(), rng=random.Random(8))
+    with provider_span(tracer, sent, "cap", "requester", "task-1") as span:
+        assert span is not None
+        assert current_context() == span.context
+    assert current_context() is None
+    (row,) = tracer.trace(span.trace_id)
+    assert (row["kind"], row["peer_id"], row["name"]) == ("server", "requester", "invoke_agent cap")
+    if continued:
+        assert (row["trace_id"], row["parent_span_id"]) == (
+            "0af7651916cd43dd8448eb211c80319c",
+            "b7ad6b7169203331",
+        )
+    else:
+        assert row["parent_span_id"] is None
+        assert row["attributes"]["meshnode.context"] == "new"
