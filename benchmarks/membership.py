@@ -1391,9 +1391,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="meshnode runs with metrics and tracing on (default), or both on and off "
         "(each variant once more with --no-metrics --no-tracing, compared)",
     )
+    parser.add_argument(
+        "--idle",
+        type=float,
+        metavar="S",
+        help="idle window in seconds (default 20, quick 8); CPU is counted in 10 ms ticks, "
+        "so comparing idle CPU within 10 %% needs a window of a minute or more",
+    )
     args = parser.parse_args(argv)
     sizes: tuple[int, ...] = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
     settle, idle = (QUICK_SETTLE_S, QUICK_IDLE_S) if args.quick else (SETTLE_S, IDLE_S)
+    if args.idle is not None:
+        idle = args.idle
     kills: int = args.kills or (QUICK_KILLS if args.quick else KILLS)
     joins: int = args.joins or (QUICK_JOINS if args.quick else JOINS)
     serf = serf_status(args.serf, args.skip_serf)
