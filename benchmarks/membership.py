@@ -746,6 +746,10 @@ class Cluster:
             "pss_mb_per_node": _summary([p / MB for p, _ in pss_uss], 1),
             "uss_mb_per_node": _summary([u / MB for _, u in pss_uss], 1),
             "machine_busy_pct": round(100.0 * (busy1 - busy0) / max(1, total1 - total0), 1),
+            "per_node": {
+                node.name: {"cpu_pct": round(c, 3), "rss_mb": round(r / MB, 1)}
+                for node, c, r in zip(nodes, cpu_pct, rss_max, strict=True)
+            },
             "loadavg": loadavg(),
             "settle": {"minimum_s": settle, **quiet},
         }
@@ -960,8 +964,12 @@ class MeshnodeCluster(Cluster):
         embedder: str,
         admission_flags: Sequence[str] = (),
         authority: Any = None,
+        bare_odd: bool = False,
     ) -> None:
         super().__init__(n, workdir, deathsig)
+        self.bare_odd = bare_odd
+        """Odd-numbered nodes run with metrics and tracing off (``--observability
+        mixed``), so both halves are measured in the same window."""
         self._names: dict[str, str] = {}
         self.embedder = embedder
         self.admission_flags = list(admission_flags)
@@ -993,6 +1001,8 @@ class MeshnodeCluster(Cluster):
         if self.embedder != "default":
             cmd += ["--embedder", self.embedder]
         cmd += self.admission_flags
+        if self.bare_odd and index % 2 == 1:
+            cmd += NO_OBSERVABILITY_FLAGS
         if self.authority is not None:
             cmd += certificate_flags(self.authority, data_dir, index)
         if seed is not None:
@@ -1256,6 +1266,43 @@ def compare_observability(on: dict[str, Any], off: dict[str, Any]) -> dict[str, 
     }
 
 
+def compare_mixed(run: dict[str, Any]) -> dict[str, Any]:
+    """``--observability mixed``: in one run, the even-numbered nodes (metrics and tracing
+    on) against the odd-numbered ones (off), node 0 (the seed, which serves every join)
+    left out; same machine, same window."""
+    per_node = _get(run, "idle", "per_node") or {}
+    on = [v for k, v in per_node.items() if int(k[1:]) % 2 == 0 and int(k[1:]) != 0]
+    off = [v for k, v in per_node.items() if int(k[1:]) % 2 == 1]
+
+    def mean(values: list[float]) -> float | None:
+        return sum(values) / len(values) if values else None
+
+    def median(values: list[float]) -> float | None:
+        return statistics.median(values) if values else None
+
+    figures = {
+        side: {
+            "nodes": len(group),
+            "cpu_pct_mean": mean([v["cpu_pct"] for v in group]),
+            "cpu_pct_median": median([v["cpu_pct"] for v in group]),
+            "rss_mb_mean": mean([v["rss_mb"] for v in group]),
+        }
+        for side, group in (("on", on), ("off", off))
+    }
+    cpu = _ratio(figures["on"]["cpu_pct_mean"], figures["off"]["cpu_pct_mean"])
+    cpu_median = _ratio(figures["on"]["cpu_pct_median"], figures["off"]["cpu_pct_median"])
+    rss = _ratio(figures["on"]["rss_mb_mean"], figures["off"]["rss_mb_mean"])
+    goal = OBSERVABILITY_GOAL
+    return {
+        "same_window": figures,
+        "ratios_on_vs_off": {"idle_cpu_mean": cpu, "idle_cpu_median": cpu_median, "rss": rss},
+        "goals": {
+            "observability_idle_cpu_within_10pct": None if cpu is None else cpu <= goal,
+            "observability_rss_within_10pct": None if rss is None else rss <= goal,
+        },
+    }
+
+
 def overall(goals: Iterable[dict[str, bool | None]]) -> dict[str, bool | None]:
     """Per goal across sizes: False if any size fails, None if any lacks a baseline."""
     merged: dict[str, list[bool | None]] = {}
@@ -1386,10 +1433,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--observability",
-        choices=("on", "both"),
+        choices=("on", "both", "mixed"),
         default="on",
-        help="meshnode runs with metrics and tracing on (default), or both on and off "
-        "(each variant once more with --no-metrics --no-tracing, compared)",
+        help="meshnode runs with metrics and tracing on (default); both: each variant once "
+        "more with --no-metrics --no-tracing, compared; mixed: odd-numbered nodes off in "
+        "the same run, compared within one idle window",
     )
     parser.add_argument(
         "--idle",
@@ -1477,7 +1525,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         authority = Identity.generate()
                     runs[variant] = run_scenario(
                         MeshnodeCluster(
-                            n, where, deathsig, args.embedder, flags, authority=authority
+                            n,
+                            where,
+                            deathsig,
+                            args.embedder,
+                            flags,
+                            authority=authority,
+                            bare_odd=args.observability == "mixed",
                         ),
                         settle,
                         idle,
@@ -1488,6 +1542,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if "sealed" in runs:
                     entry["meshnode_sealed"] = runs["sealed"]
                 entry.update(compare(entry["meshnode"], entry["serf"]))
+                if args.observability == "mixed":
+                    entry["observability"] = {v: compare_mixed(r) for v, r in runs.items()}
+                    for v, found in entry["observability"].items():
+                        entry["goals"].update({f"{v}_{k}": g for k, g in found["goals"].items()})
                 bare = {v: r for v, r in runs.items() if v.endswith("-bare")}
                 if bare:
                     entry["meshnode_bare"] = bare
