@@ -5,6 +5,7 @@ Usage::
     python benchmarks/membership.py [--out membership.json] [--sizes 10,50] [--quick]
                                     [--kills K] [--joins J] [--embedder hashing]
                                     [--skip-serf] [--serf PATH] [--logs DIR]
+                                    [--observability on|both|mixed] [--idle S]
 
 For each cluster size N (10 and 50; ``--quick``: 10 only and a shorter idle window) the
 same scenario runs twice in one invocation, first with Debian's ``serf`` agent (its
@@ -65,6 +66,9 @@ more in the same invocation, ``meshnode run --no-metrics --no-tracing`` (the def
 have ``GET /metrics``, span recording and the trust-history sampler on);
 ``observability`` gives the run with them on over the run without (idle CPU and RSS per
 node, join and detection), with the goal of idle CPU and RSS unchanged within 10 %.
+``--observability mixed`` measures the same in one run instead: odd-numbered nodes run
+with both off, and ``observability`` compares the two halves over one idle window (node
+0 left out), so the rest of the machine's load hits both alike.
 
 ``--embedder hashing`` passes ``--embedder hashing`` to ``meshnode run``, to measure the
 membership layer without the MiniLM model that the default (``auto``) loads at start when
