@@ -42,7 +42,8 @@ def test_counters_move_with_probes_suspicion_and_delegations(tmp_path: Path) -> 
     histograms and UDP counters grow, a SIGSTOPped member is suspected (its
     ``meshnode_msg_suspect_total`` and ``meshnode_members{state="suspect"}`` or dead move),
     delegations are counted by outcome on both sides (accepted and completed on the
-    provider, refused inputs by reason) and timed on the requester."""
+    provider, refused inputs by reason) and timed on the requester, and the requester's
+    trust history of the provider gets a point."""
     hashing = ["--embedder", "hashing"]
     provider = NodeProcess("p", tmp_path / "p", [], extra=[*hashing, "--agent", UPPER]).start()
     nodes = [provider]
@@ -127,6 +128,17 @@ def test_counters_move_with_probes_suspicion_and_delegations(tmp_path: Path) -> 
         assert value(theirs, "meshnode_task_rejections_total", reason="invalid_input") == 1
         assert value(theirs, "meshnode_manifests") == 3
         assert value(theirs, "meshnode_index_entries") >= 0
+
+        def history() -> list[dict[str, float]]:
+            status, body = http_json(asker.address, f"/v1/trust/{provider.node_id}/history")
+            assert status == 200 and body["node_id"] == provider.node_id
+            return list(body["points"])
+
+        # The trust view is sampled every TRUST_SAMPLE_INTERVAL_S (10 s).
+        wait_until(lambda: bool(history()), 30, "a trust history point for the provider")
+        (point,) = history()[:1]
+        assert 0.0 < point["score"] <= 1.0
+        assert abs(point["at"] - time.time()) < 60
     finally:
         if stopped is not None:
             stopped.signal(signal.SIGCONT)
