@@ -262,13 +262,15 @@ class NodeCollector(Collector):
         )
         events = CounterMetricFamily(
             "meshnode_events",
-            "Every counter of the membership, mesh and task cores, by name",
+            "Every counter of the membership, mesh and task cores and the task channels "
+            "(WebSocket frames sent, received and dropped), by name",
             labels=["counter"],
         )
         for table, counters in (
             ("membership", mc),
             ("mesh", core.counters),
             ("tasks", core.task_counters),
+            ("channels", _channel_counters(node)),
         ):
             for name in sorted(counters)[: LABEL_BOUNDS["counter"]]:
                 events.add_metric([f"{table}.{name}"], float(counters[name]))
@@ -312,6 +314,15 @@ class NodeCollector(Collector):
         for reason, n in bounded_reasons(reasons, MAX_DROP_REASONS).items():
             drops.add_metric([reason], float(n))
         yield drops
+
+
+def _channel_counters(node: MeshNode) -> dict[str, int]:
+    """The task service's own counters (frames, connections), without the core's."""
+    tasks = node.tasks_or_none
+    if tasks is None:
+        return {}
+    own = node.core.task_counters
+    return {k: v for k, v in tasks.counters.items() if k not in own}
 
 
 def bounded_reasons(counts: Mapping[str, int], limit: int) -> dict[str, int]:

@@ -121,6 +121,8 @@ def test_counters_move_with_probes_suspicion_and_delegations(tmp_path: Path) -> 
         assert value(mine, "meshnode_delegation_duration_seconds_count") == 4
         assert value(mine, "meshnode_discovery_duration_seconds_count") >= 4
         assert value(mine, "meshnode_spans_stored") > 0
+        assert value(mine, "meshnode_events_total", counter="channels.frames_sent") > 0
+        assert value(mine, "meshnode_events_total", counter="tasks.delegations_ok") == 3
         assert value(mine, "meshnode_trust_score", peer=provider.node_id) > 0
         theirs = scrape(provider.address)
         assert value(theirs, "meshnode_tasks_total", outcome="accepted") == 3
