@@ -818,7 +818,7 @@ def trace_timeline(spans: list[dict[str, Any]], names: dict[str, str]) -> list[s
         return []
     by_id = {s["span_id"]: s for s in spans}
     children: dict[str | None, list[dict[str, Any]]] = {}
-    for span in spans:
+    for span in sorted(spans, key=lambda s: (s["start"], s["end"] or s["start"])):
         parent = span["parent_span_id"] if span["parent_span_id"] in by_id else None
         children.setdefault(parent, []).append(span)
     origin = min(s["start"] for s in spans)

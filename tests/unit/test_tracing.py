@@ -109,3 +109,70 @@ def test_attributes_are_bounded() -> None:
         }
     )
     assert out == {"long": "x" * MAX_ATTRIBUTE_VALUE_CHARS, "ok": 1.5, "flag": True}
+
+
+def _s(span_id: str, parent: str | None, start: float, end: float, name: str) -> dict[str, object]:
+    return {
+        "trace_id": TRACE,
+        "span_id": span_id,
+        "parent_span_id": parent,
+        "name": name,
+        "kind": "internal",
+        "node_id": "node-a" if span_id < "5" else "node-b",
+        "peer_id": None,
+        "start": start,
+        "end": end,
+        "status": "ok",
+        "attributes": {},
+    }
+
+
+def test_timeline_indents_by_parent_in_start_order_and_roots_orphans() -> None:
+    """Invariant: children print under their parent, earlier first, two spaces deeper; a
+    span whose parent was not collected prints as a root; offsets count from the first
+    span, in milliseconds."""
+    from meshnode.cli import trace_timeline
+
+    spans = [
+        _s("1", None, 100.0, 100.5, "root"),
+        _s("3", "1", 100.2, 100.3, "second"),
+        _s("2", "1", 100.1, 100.15, "first"),
+        _s("6", "2", 100.12, 100.13, "grandchild"),
+        _s("7", "f" * 16, 100.4, 100.45, "orphan"),
+    ]
+    lines = trace_timeline(spans, {"node-a": "a", "node-b": "b"})
+    names = [line.split(" ms ", 2)[2] for line in lines]
+    assert names == [
+        " root [internal] @a ok",
+        "   first [internal] @a ok",
+        "     grandchild [internal] @b ok",
+        "   second [internal] @a ok",
+        " orphan [internal] @b ok",
+    ]
+    assert lines[1].split(" ms")[0].strip() == "100.0"
+    assert lines[0].split(" ms ")[1].strip() == "500.0"
+    assert trace_timeline([], {}) == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "ok"),
+    [
+        ({}, True),
+        ({"otlp_endpoint": "http://127.0.0.1:4318/v1/traces"}, True),
+        ({"otlp_endpoint": "https://collector.example/v1/traces"}, True),
+        ({"otlp_endpoint": "collector:4318"}, False),
+        ({"otlp_endpoint": ""}, False),
+        ({"metrics": 1}, False),
+        ({"tracing": "yes"}, False),
+        ({"metrics": False, "tracing": False}, True),
+    ],
+)
+def test_observability_config_is_validated(overrides: dict[str, object], ok: bool) -> None:
+    from meshnode import NodeConfig
+    from meshnode.errors import ConfigError
+
+    if ok:
+        NodeConfig(**overrides)  # type: ignore[arg-type]
+    else:
+        with pytest.raises(ConfigError):
+            NodeConfig(**overrides)  # type: ignore[arg-type]
