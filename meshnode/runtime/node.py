@@ -787,7 +787,6 @@ class MeshNode:
             self,
             tracer,
             capability_name,
-            task_input,
             trace_id,
             lambda parent_traceparent: self._delegate(
                 capability_name,

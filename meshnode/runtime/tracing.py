@@ -395,7 +395,6 @@ async def traced_delegation(
     node: MeshNode,
     tracer: Tracer,
     capability: str | None,
-    task_input: Any,
     trace_id: str,
     run: Callable[[str], Awaitable[DelegationResult]],
 ) -> DelegationResult:
