@@ -5,6 +5,7 @@ Usage::
     python benchmarks/membership.py [--out membership.json] [--sizes 10,50] [--quick]
                                     [--kills K] [--joins J] [--embedder hashing]
                                     [--skip-serf] [--serf PATH] [--logs DIR]
+                                    [--observability on|both|mixed] [--idle S]
 
 For each cluster size N (10 and 50; ``--quick``: 10 only and a shorter idle window) the
 same scenario runs twice in one invocation, first with Debian's ``serf`` agent (its
@@ -59,6 +60,15 @@ idle CPU at most 10 % more, and zero false positives sealed too). ``on`` or ``of
 of the two; ``all`` adds a third run, sealed and with membership certificates (each node
 certified by a throw-away mesh authority, ``--authority``/``--cert``: "everything on"),
 compared with the clear run under ``everything_on``.
+
+Observability: with ``--observability both`` every meshnode run above is paired with one
+more in the same invocation, ``meshnode run --no-metrics --no-tracing`` (the default runs
+have ``GET /metrics``, span recording and the trust-history sampler on);
+``observability`` gives the run with them on over the run without (idle CPU and RSS per
+node, join and detection), with the goal of idle CPU and RSS unchanged within 10 %.
+``--observability mixed`` measures the same in one run instead: odd-numbered nodes run
+with both off, and ``observability`` compares the two halves over one idle window (node
+0 left out), so the rest of the machine's load hits both alike.
 
 ``--embedder hashing`` passes ``--embedder hashing`` to ``meshnode run``, to measure the
 membership layer without the MiniLM model that the default (``auto``) loads at start when
@@ -740,6 +750,10 @@ class Cluster:
             "pss_mb_per_node": _summary([p / MB for p, _ in pss_uss], 1),
             "uss_mb_per_node": _summary([u / MB for _, u in pss_uss], 1),
             "machine_busy_pct": round(100.0 * (busy1 - busy0) / max(1, total1 - total0), 1),
+            "per_node": {
+                node.name: {"cpu_pct": round(c, 3), "rss_mb": round(r / MB, 1)}
+                for node, c, r in zip(nodes, cpu_pct, rss_max, strict=True)
+            },
             "loadavg": loadavg(),
             "settle": {"minimum_s": settle, **quiet},
         }
@@ -954,8 +968,12 @@ class MeshnodeCluster(Cluster):
         embedder: str,
         admission_flags: Sequence[str] = (),
         authority: Any = None,
+        bare_odd: bool = False,
     ) -> None:
         super().__init__(n, workdir, deathsig)
+        self.bare_odd = bare_odd
+        """Odd-numbered nodes run with metrics and tracing off (``--observability
+        mixed``), so both halves are measured in the same window."""
         self._names: dict[str, str] = {}
         self.embedder = embedder
         self.admission_flags = list(admission_flags)
@@ -987,6 +1005,8 @@ class MeshnodeCluster(Cluster):
         if self.embedder != "default":
             cmd += ["--embedder", self.embedder]
         cmd += self.admission_flags
+        if self.bare_odd and index % 2 == 1:
+            cmd += NO_OBSERVABILITY_FLAGS
         if self.authority is not None:
             cmd += certificate_flags(self.authority, data_dir, index)
         if seed is not None:
@@ -1230,6 +1250,63 @@ def compare_encryption(clear: dict[str, Any], sealed: dict[str, Any]) -> dict[st
     }
 
 
+OBSERVABILITY_GOAL = 1.10
+"""Idle CPU and RSS per node with metrics and tracing on, at most this times off."""
+NO_OBSERVABILITY_FLAGS = ["--no-metrics", "--no-tracing"]
+
+
+def compare_observability(on: dict[str, Any], off: dict[str, Any]) -> dict[str, Any]:
+    """The run with metrics and tracing on over the run with them off, for one size."""
+    ratios = compare_encryption(off, on)["ratios_sealed_vs_clear"]
+    cpu, rss = ratios["idle_cpu_per_node"], ratios["rss_per_node"]
+    return {
+        "ratios_on_vs_off": ratios,
+        "goals": {
+            "observability_idle_cpu_within_10pct": None
+            if cpu is None
+            else cpu <= OBSERVABILITY_GOAL,
+            "observability_rss_within_10pct": None if rss is None else rss <= OBSERVABILITY_GOAL,
+        },
+    }
+
+
+def compare_mixed(run: dict[str, Any]) -> dict[str, Any]:
+    """``--observability mixed``: in one run, the even-numbered nodes (metrics and tracing
+    on) against the odd-numbered ones (off), node 0 (the seed, which serves every join)
+    left out; same machine, same window."""
+    per_node = _get(run, "idle", "per_node") or {}
+    on = [v for k, v in per_node.items() if int(k[1:]) % 2 == 0 and int(k[1:]) != 0]
+    off = [v for k, v in per_node.items() if int(k[1:]) % 2 == 1]
+
+    def mean(values: list[float]) -> float | None:
+        return sum(values) / len(values) if values else None
+
+    def median(values: list[float]) -> float | None:
+        return statistics.median(values) if values else None
+
+    figures = {
+        side: {
+            "nodes": len(group),
+            "cpu_pct_mean": mean([v["cpu_pct"] for v in group]),
+            "cpu_pct_median": median([v["cpu_pct"] for v in group]),
+            "rss_mb_mean": mean([v["rss_mb"] for v in group]),
+        }
+        for side, group in (("on", on), ("off", off))
+    }
+    cpu = _ratio(figures["on"]["cpu_pct_mean"], figures["off"]["cpu_pct_mean"])
+    cpu_median = _ratio(figures["on"]["cpu_pct_median"], figures["off"]["cpu_pct_median"])
+    rss = _ratio(figures["on"]["rss_mb_mean"], figures["off"]["rss_mb_mean"])
+    goal = OBSERVABILITY_GOAL
+    return {
+        "same_window": figures,
+        "ratios_on_vs_off": {"idle_cpu_mean": cpu, "idle_cpu_median": cpu_median, "rss": rss},
+        "goals": {
+            "observability_idle_cpu_within_10pct": None if cpu is None else cpu <= goal,
+            "observability_rss_within_10pct": None if rss is None else rss <= goal,
+        },
+    }
+
+
 def overall(goals: Iterable[dict[str, bool | None]]) -> dict[str, bool | None]:
     """Per goal across sizes: False if any size fails, None if any lacks a baseline."""
     merged: dict[str, list[bool | None]] = {}
@@ -1358,9 +1435,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="meshnode runs in clear (off), sealed under a keyring (on), both, or all "
         "(default: clear, sealed, and sealed with membership certificates)",
     )
+    parser.add_argument(
+        "--observability",
+        choices=("on", "both", "mixed"),
+        default="on",
+        help="meshnode runs with metrics and tracing on (default); both: each variant once "
+        "more with --no-metrics --no-tracing, compared; mixed: odd-numbered nodes off in "
+        "the same run, compared within one idle window",
+    )
+    parser.add_argument(
+        "--idle",
+        type=float,
+        metavar="S",
+        help="idle window in seconds (default 20, quick 8); CPU is counted in 10 ms ticks, "
+        "so comparing idle CPU within 10 %% needs a window of a minute or more",
+    )
     args = parser.parse_args(argv)
     sizes: tuple[int, ...] = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
     settle, idle = (QUICK_SETTLE_S, QUICK_IDLE_S) if args.quick else (SETTLE_S, IDLE_S)
+    if args.idle is not None:
+        idle = args.idle
     kills: int = args.kills or (QUICK_KILLS if args.quick else KILLS)
     joins: int = args.joins or (QUICK_JOINS if args.quick else JOINS)
     serf = serf_status(args.serf, args.skip_serf)
@@ -1384,6 +1478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "meshnode_profile": "lan",
             "meshnode_embedder": args.embedder,
             "meshnode_encryption": args.encryption,
+            "meshnode_observability": args.observability,
             "kills": kills,
             "joins": joins,
             "join_gap_s": JOIN_GAP_S,
@@ -1420,17 +1515,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "both": ("clear", "sealed"),
                     "all": ("clear", "sealed", "certified"),
                 }[args.encryption]
+                if args.observability == "both":
+                    variants = tuple(v for base_v in variants for v in (base_v, f"{base_v}-bare"))
                 for variant in variants:
                     where = base / f"meshnode-{n}-{variant}"
-                    flags = keyring_flags(where) if variant != "clear" else []
+                    flags = keyring_flags(where) if not variant.startswith("clear") else []
+                    if variant.endswith("-bare"):
+                        flags = [*flags, *NO_OBSERVABILITY_FLAGS]
                     authority = None
-                    if variant == "certified":
+                    if variant.startswith("certified"):
                         from protocol import Identity
 
                         authority = Identity.generate()
                     runs[variant] = run_scenario(
                         MeshnodeCluster(
-                            n, where, deathsig, args.embedder, flags, authority=authority
+                            n,
+                            where,
+                            deathsig,
+                            args.embedder,
+                            flags,
+                            authority=authority,
+                            bare_odd=args.observability == "mixed",
                         ),
                         settle,
                         idle,
@@ -1441,6 +1546,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if "sealed" in runs:
                     entry["meshnode_sealed"] = runs["sealed"]
                 entry.update(compare(entry["meshnode"], entry["serf"]))
+                if args.observability == "mixed":
+                    entry["observability"] = {v: compare_mixed(r) for v, r in runs.items()}
+                    for v, found in entry["observability"].items():
+                        entry["goals"].update({f"{v}_{k}": g for k, g in found["goals"].items()})
+                bare = {v: r for v, r in runs.items() if v.endswith("-bare")}
+                if bare:
+                    entry["meshnode_bare"] = bare
+                    entry["observability"] = {
+                        v: compare_observability(runs[v], bare[f"{v}-bare"])
+                        for v in runs
+                        if f"{v}-bare" in bare
+                    }
+                    for v, found in entry["observability"].items():
+                        entry["goals"].update({f"{v}_{k}": g for k, g in found["goals"].items()})
                 if "clear" in runs and "sealed" in runs:
                     entry["encryption"] = compare_encryption(runs["clear"], runs["sealed"])
                     entry["goals"].update(entry["encryption"]["goals"])

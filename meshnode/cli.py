@@ -112,6 +112,7 @@ def _config_from_args(args: argparse.Namespace) -> NodeConfig:
         overrides["certificate"] = args.cert
     overrides.update(_keyring_overrides(args))
     overrides["open"] = args.open
+    overrides.update(_observability_overrides(args))
     return PROFILES[args.profile](**overrides)
 
 
@@ -271,7 +272,7 @@ async def _cmd_delegate(args: argparse.Namespace) -> int:
     quality = "unscored" if data["quality"] is None else f"{data['quality']:.2f}"
     print(
         f"# by {data['provider'][:10]} in {data['elapsed_ms']:.1f} ms, quality "
-        f"{quality}; attempts: {tried}",
+        f"{quality}; attempts: {tried}; trace {data.get('trace_id')}",
         file=sys.stderr,
     )
     return 0
@@ -484,7 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default="INFO")
     run.add_argument("--json-logs", action="store_true", help="JSON logs even on a terminal")
     _add_keyring_run_flags(run)
+    _add_observability_run_flags(run)
     _add_keys_parser(sub)
+    _add_trace_parser(sub)
 
     members = sub.add_parser("members", help="list the members a node knows")
     members.add_argument("--node", default="127.0.0.1:7946", metavar="HOST:PORT")
@@ -898,6 +901,145 @@ async def _cmd_a2a(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- observability
+
+TRACE_MAX_NODES = 64
+"""Most nodes ``meshnode trace`` asks for one trace's spans (a delegation touches one node
+per hop and per candidate asked, so 64 covers deep and wide traces alike)."""
+TRACE_FANOUT = 8
+"""Nodes ``meshnode trace`` asks at once."""
+TRACE_TIMEOUT_S = 5.0
+"""Seconds ``meshnode trace`` waits for one node's answer (a node that does not answer in
+time is named in the output, and its spans are missing)."""
+
+
+def _add_observability_run_flags(run: argparse.ArgumentParser) -> None:
+    run.add_argument("--no-metrics", action="store_true", help="do not serve GET /metrics")
+    run.add_argument("--no-tracing", action="store_true", help="record no spans")
+    run.add_argument(
+        "--otlp-endpoint",
+        metavar="URL",
+        help="export spans over OTLP/HTTP to URL (default $OTEL_EXPORTER_OTLP_ENDPOINT)",
+    )
+
+
+def _observability_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = {"metrics": not args.no_metrics, "tracing": not args.no_tracing}
+    if args.otlp_endpoint:
+        overrides["otlp_endpoint"] = args.otlp_endpoint
+    return overrides
+
+
+def _add_trace_parser(sub: Any) -> None:
+    trace = sub.add_parser(
+        "trace", help="assemble a trace from every node it touched and print its timeline"
+    )
+    trace.add_argument("trace_id", help="32 hex digits (from /v1/delegate's trace_id)")
+    trace.add_argument("--node", default="127.0.0.1:7946", metavar="HOST:PORT")
+    trace.add_argument("--json", action="store_true", help="print the spans as JSON")
+    trace.add_argument(
+        "--api-token", metavar="TOKEN", help=f"the nodes' API token (default ${API_TOKEN_ENV})"
+    )
+
+
+async def _collect_trace(
+    node: str, trace_id: str, token: str | None
+) -> tuple[list[dict[str, Any]], dict[str, str], list[str]]:
+    """Every span of ``trace_id`` on the nodes it names, starting at ``node``: (spans, node
+    names by id, nodes that could not be asked). Peers are found through ``node``'s
+    members; at most :data:`TRACE_MAX_NODES` nodes, :data:`TRACE_FANOUT` at a time."""
+    first = await _request_json("GET", node, f"/v1/traces/{trace_id}", token=token)
+    members = await _get_json(node, "/v1/members", token)
+    address = {m["node_id"]: m["address"] for m in members.get("members", [])}
+    names = {m["node_id"]: m["name"] or m["node_id"][:10] for m in members.get("members", [])}
+    spans: dict[tuple[str, str], dict[str, Any]] = {}
+    asked = {first["node_id"]}
+    unreachable: list[str] = []
+    slots = asyncio.Semaphore(TRACE_FANOUT)
+
+    def take(found: list[dict[str, Any]]) -> None:
+        for span in found:
+            spans[(span["node_id"], span["span_id"])] = span
+
+    async def ask(node_id: str) -> list[dict[str, Any]]:
+        async with slots:
+            try:
+                data = await _request_json(
+                    "GET",
+                    address[node_id],
+                    f"/v1/traces/{trace_id}",
+                    wait_s=TRACE_TIMEOUT_S,
+                    token=token,
+                )
+                return list(data.get("spans", []))
+            except Exception as exc:  # one node's failure leaves a gap, not an error
+                unreachable.append(f"{names.get(node_id, node_id[:10])}: {exc}")
+                return []
+
+    take(first.get("spans", []))
+    while True:
+        named = {s["node_id"] for s in spans.values()} | {
+            s["peer_id"] for s in spans.values() if s.get("peer_id")
+        }
+        todo = sorted(n for n in named - asked if n in address)[: TRACE_MAX_NODES - len(asked)]
+        for missing in sorted(n for n in named - asked if n not in address):
+            asked.add(missing)
+            unreachable.append(f"{missing[:10]}: not a member {node} knows")
+        if not todo:
+            break
+        asked.update(todo)
+        for found in await asyncio.gather(*(ask(n) for n in todo)):
+            take(found)
+    return sorted(spans.values(), key=lambda s: (s["start"], s["end"] or 0)), names, unreachable
+
+
+def trace_timeline(spans: list[dict[str, Any]], names: dict[str, str]) -> list[str]:
+    """One line per span, children under their parent (indented, by start time), with
+    the offset from the trace's first span and the duration in milliseconds."""
+    if not spans:
+        return []
+    by_id = {s["span_id"]: s for s in spans}
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    for span in sorted(spans, key=lambda s: (s["start"], s["end"] or s["start"])):
+        parent = span["parent_span_id"] if span["parent_span_id"] in by_id else None
+        children.setdefault(parent, []).append(span)
+    origin = min(s["start"] for s in spans)
+    lines: list[str] = []
+    stack = [(s, 0) for s in reversed(children.get(None, []))]
+    while stack:
+        span, depth = stack.pop()
+        end = span["end"] if span["end"] is not None else span["start"]
+        who = names.get(span["node_id"], span["node_id"][:10])
+        peer = f" -> {names.get(span['peer_id'], span['peer_id'][:10])}" if span["peer_id"] else ""
+        lines.append(
+            f"{(span['start'] - origin) * 1000:9.1f} ms {(end - span['start']) * 1000:9.1f} ms  "
+            f"{'  ' * depth}{span['name']} [{span['kind']}] @{who}{peer} {span['status']}"
+        )
+        stack.extend((c, depth + 1) for c in reversed(children.get(span["span_id"], [])))
+    return lines
+
+
+async def _cmd_trace(args: argparse.Namespace) -> int:
+    from meshnode.core.tracing import is_trace_id
+
+    if not is_trace_id(args.trace_id):
+        raise ValueError("trace id must be 32 lowercase hex digits, not all zero")
+    spans, names, unreachable = await _collect_trace(args.node, args.trace_id, api_token(args))
+    if args.json:
+        print(json.dumps({"trace_id": args.trace_id, "spans": spans, "missing": unreachable}))
+        return 0 if spans else 1
+    if not spans:
+        print(f"no spans of trace {args.trace_id} on the nodes asked", file=sys.stderr)
+        return 1
+    print(
+        f"trace {args.trace_id}: {len(spans)} spans on {len({s['node_id'] for s in spans})} nodes"
+    )
+    print("\n".join(trace_timeline(spans, names)))
+    for gap in unreachable:
+        print(f"# not asked: {gap}", file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -928,6 +1070,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_keys(args)
         if args.command in ("a2a", "mcp"):
             return _cmd_bridge(args)
+        if args.command == "trace":
+            return _run_async(_cmd_trace(args))
     except ValueError as exc:
         print(f"meshnode: error: {exc}", file=sys.stderr)
         return 2

@@ -126,6 +126,8 @@ class DelegationError(MeshError):
         self.reason = reason
         self.attempts = tuple(attempts)
         self.invalid_input = invalid_input
+        self.trace_id: str | None = None
+        """The trace of the failed delegation (set by the node that ran it)."""
 
 
 class InvalidInput(MeshError, ValueError):

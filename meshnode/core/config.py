@@ -605,6 +605,24 @@ class NodeConfig:
     (or need input) before answering with the task as it stands; the caller then polls
     ``GetTask``. It bounds how long a request holds a connection, whatever the task's
     deadline."""
+    # ------------------------------------------------------------------ observability
+
+    metrics: bool = True
+    """Serve ``GET /metrics`` (Prometheus text), default True. The cores count either way;
+    this only decides whether the node builds a registry and answers scrapes (each scrape
+    reads about 300 numbers and the trust view: well under a millisecond at 10,000
+    members). Off: the route answers 404."""
+    tracing: bool = True
+    """Record spans of delegations, negotiations and handler runs, default True: a handful
+    of small SQLite rows per delegation (bounded by
+    :data:`meshnode.runtime.tracing.MAX_SPANS` and ``MAX_SPAN_AGE_S``). Off: nothing is
+    recorded or exported; trace context is still passed on, so a trace through this node
+    keeps its shape on the nodes that record."""
+    otlp_endpoint: str | None = None
+    """OTLP/HTTP traces URL (``http://collector:4318/v1/traces``), default None: then
+    ``$OTEL_EXPORTER_OTLP_ENDPOINT`` (with ``/v1/traces`` appended) if set, else no export.
+    Needs the ``ops`` extra; spans are batched on the exporter's own thread, so a slow
+    collector costs memory up to the SDK's queue (2,048 spans), never latency."""
 
     # ------------------------------------------------------------------ presets
 
@@ -671,6 +689,17 @@ class NodeConfig:
         self._validate_state_caps()
         self._validate_runtime()
         self._validate_authorization()
+        self._validate_observability()
+
+    def _validate_observability(self) -> None:
+        for name in ("metrics", "tracing"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a boolean, got {getattr(self, name)!r}")
+        endpoint = self.otlp_endpoint
+        if endpoint is not None and (
+            not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://"))
+        ):
+            raise ValueError(f"otlp_endpoint must be an http(s) URL, got {endpoint!r}")
 
     def _validate_authorization(self) -> None:
         for name in ("api_trust_loopback", "api_open_reads"):

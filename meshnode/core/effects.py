@@ -387,6 +387,9 @@ class RunHandler:
     capability: str
     input: Any
     deadline_at: float
+    trace_id: str = ""
+    """The request's trace context (a traceparent when the requester traces; see
+    :mod:`meshnode.core.tracing`), unchecked: the shell parses it."""
 
 
 @dataclass(frozen=True, slots=True)

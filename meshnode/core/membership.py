@@ -166,6 +166,7 @@ from meshnode.core.effects import (
 )
 from meshnode.core.health import LocalHealth
 from meshnode.core.member import Member, MemberRumor, MemberState
+from meshnode.core.metrics import PROBE_BUCKETS_S, Histogram
 from meshnode.core.suspicion import Suspicion
 from meshnode.core.tables import ConvergedTable, IndexedSet, ProbePass
 from protocol import (
@@ -445,6 +446,8 @@ class Membership:
         self._effects: list[Effect] = []
         self.counters: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
         """Monotonic counters by name (a live dict; read, do not write)."""
+        self.probe_seconds = Histogram(PROBE_BUCKETS_S)
+        """Round trip of every acked probe (direct or through helpers), in seconds."""
 
         self._members: dict[str, Member] = {}
         self._state_counts: dict[MemberState, int] = dict.fromkeys(MemberState, 0)
@@ -1550,6 +1553,7 @@ class Membership:
             self.counters["acks_unexpected"] += 1
             return
         probe.acked = True
+        self.probe_seconds.observe(now - probe.sent_at)
         member = self._members.get(probe.target)
         if member is not None:
             direct = sender == probe.target and not probe.repinged

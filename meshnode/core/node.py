@@ -124,6 +124,7 @@ from meshnode.core.evaluator import Evaluation, Expectation, OutputEvaluator
 from meshnode.core.member import Member, MemberRumor, MemberState
 from meshnode.core.membership import Membership
 from meshnode.core.mesh import FetchStep, MeshCore
+from meshnode.core.metrics import CoreMetrics
 from meshnode.core.provider import CancelOutcome, ProviderCore
 from meshnode.core.requester import RequesterCore
 from meshnode.core.router import (
@@ -320,6 +321,9 @@ class NodeCore:
         self._checks: dict[str, tuple[int, float]] = {}
         self._next_token = 1
         self.task_counters: dict[str, int] = dict.fromkeys(TASK_COUNTERS, 0)
+        self.metrics = CoreMetrics()
+        """Task outcomes by kind and reason, and the latency histograms (read-only for
+        everyone but the shell that times push-pulls and discovery for it)."""
         """Named task event counts, see :data:`TASK_COUNTERS`."""
         self.admission: Admission | None = None
         """Certificates and revocations (None: no mesh authority is configured)."""
@@ -929,6 +933,7 @@ class NodeCore:
                 # First, so that a handler that finishes at once shares the reply's frame.
                 self._run(decision.start)
             self._send(sender, message.task_id, decision.response)
+            self.metrics.task_answered(decision.response.status, decision.response.reason)
             if decision.result is not None:
                 self._send(sender, message.task_id, decision.result)
             self._provider_changed(now)
@@ -964,6 +969,7 @@ class NodeCore:
         )
         if result is not None:
             self.task_counters["tasks_served"] += 1
+            self.metrics.task_finished(result.ok)
             self._send(requester, task_id, result)
         self._provider_changed(now)
         self._collect(now)
@@ -972,6 +978,7 @@ class NodeCore:
         for event in self.provider.tick(now):
             if event.was_running:
                 self._effects.append(StopHandler(event.requester, event.task_id))
+            self.metrics.task_finished(event.result.ok)
             self._send(event.requester, event.task_id, event.result)
         self._provider_changed(now)
 
@@ -990,6 +997,7 @@ class NodeCore:
                 request.capability,
                 request.input,
                 start.deadline_at,
+                request.trace_id,
             )
         )
 
@@ -1355,6 +1363,7 @@ class NodeCore:
     ) -> None:
         ok = isinstance(outcome, Done)
         self.task_counters["delegations_ok" if ok else "delegations_failed"] += 1
+        self.metrics.delegations.observe(outcome.elapsed_s)
         self._effects.append(DelegationFinished(task_id, capability, outcome, evaluation))
 
     def _send(self, node: str, task_id: str, message: Message) -> None:

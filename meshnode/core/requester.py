@@ -69,6 +69,7 @@ from meshnode.core.task_wire import (
     reject_code,
     whole_ms,
 )
+from meshnode.core.tracing import child_traceparent
 from protocol import (
     LocalProtocolError,
     TaskCancel,
@@ -452,7 +453,7 @@ class RequesterCore:
                 input=self.task_input,
                 deadline_ms=asked,
                 budget_usd=self.budget_usd,
-                trace_id=self.trace_id,
+                trace_id=child_traceparent(self.trace_id, node),
             )
             response_deadline = min(now + self.response_timeout_s, self._deadline_at)
             self._live = _Live(node, now, asked, remaining, response_deadline)

@@ -199,7 +199,8 @@ def build_app(node: MeshNode) -> web.Application:
             MAX_RECORDS_REQUEST_BYTES,
             MAX_DISCOVER_BODY_BYTES,
             MAX_DELEGATE_BODY_BYTES,
-        )
+        ),
+        middlewares=[_observe_middleware(node)],
     )
     routes = web.RouteTableDef()
     limiter = RateLimiter(node.config.api_rate_per_s, node.config.api_rate_burst)
@@ -397,6 +398,7 @@ def build_app(node: MeshNode) -> web.Application:
             return web.json_response(
                 {
                     "error": exc.reason,
+                    "trace_id": exc.trace_id,
                     "invalid_input": exc.invalid_input,
                     "attempts": [attempt_json(a) for a in exc.attempts],
                 },
@@ -461,6 +463,7 @@ def build_app(node: MeshNode) -> web.Application:
             raise web.HTTPBadRequest(text=problem)
         return web.json_response({"accepted": node.revoke(revocation)})
 
+    _observability_routes(routes, node, allow)
     app.add_routes(routes)
     from meshnode.runtime.a2a_import import import_routes  # the A2A import routes
 
@@ -469,6 +472,118 @@ def build_app(node: MeshNode) -> web.Application:
 
     add_a2a_routes(app, node)
     return app
+
+
+# ---------------------------------------------------------------------------- observability
+
+TRACED_ROUTES = frozenset({("POST", "/v1/delegate"), ("POST", "/v1/discover")})
+"""Requests that get a server span of their own (the ones that start work). Every other
+request only takes the caller's ``traceparent`` as its context: a span per gossip
+exchange would flood the span store with nothing to look at."""
+DEFAULT_TRACES_LISTED = 50
+"""Trace ids ``GET /v1/traces`` lists without ``?limit``."""
+
+
+def _observe_middleware(node: MeshNode) -> Any:
+    """Counts HTTP requests and bodies, takes the caller's ``traceparent`` (a bad one
+    starts a new trace, never an error) and gives :data:`TRACED_ROUTES` a server span,
+    whose traceparent the response carries, when the caller passes :func:`authorize`
+    (an unauthorized caller gets its 401 without a span)."""
+    from meshnode.core.tracing import SpanKind, SpanStatus, format_traceparent, parse_traceparent
+    from meshnode.runtime.tracing import TRACEPARENT, use_context
+
+    @web.middleware
+    async def observe(request: web.Request, handler: Any) -> web.StreamResponse:
+        obs = node.obs
+        parent = parse_traceparent(request.headers.get(TRACEPARENT))
+        if obs is None:
+            with use_context(parent):
+                response: web.StreamResponse = await handler(request)
+            return response
+        obs.tcp["requests_received"] += 1
+        obs.tcp["bytes_received"] += request.content_length or 0
+        if (request.method, request.path) not in TRACED_ROUTES or not _authorized(request):
+            # Untraced, or refused before any work: no span for a caller to flood the
+            # store with.
+            with use_context(parent):
+                response = await handler(request)
+        else:
+            name = f"{request.method} {request.path}"
+            attributes = {"http.request.method": request.method, "url.path": request.path}
+            with obs.tracer.span(name, SpanKind.SERVER, parent=parent, attributes=attributes) as s:
+                try:
+                    response = await handler(request)
+                except web.HTTPException as exc:
+                    s.attributes["http.response.status_code"] = exc.status
+                    exc.headers[TRACEPARENT] = format_traceparent(s.context)
+                    raise
+                s.attributes["http.response.status_code"] = response.status
+                if response.status >= 500:
+                    s.status = SpanStatus.ERROR
+                response.headers[TRACEPARENT] = format_traceparent(s.context)
+        body = getattr(response, "body", None)
+        if isinstance(body, bytes):
+            obs.tcp["bytes_sent"] += len(body)
+        return response
+
+    def _authorized(request: web.Request) -> bool:
+        try:
+            authorize(request, node.config, Access.WORK)
+        except web.HTTPUnauthorized:
+            return False
+        return True
+
+    return observe
+
+
+def _observability_routes(routes: web.RouteTableDef, node: MeshNode, allow: Any) -> None:
+    """``GET /metrics``, ``GET /v1/traces``, ``GET /v1/traces/{trace_id}`` and ``GET
+    /v1/trust/{node_id}/history``: read routes (:attr:`Access.READ`)."""
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    from meshnode.core.tracing import is_trace_id
+    from meshnode.runtime.metrics import history_json, render
+    from meshnode.runtime.tracing import MAX_RECENT_TRACES
+    from protocol.identity import is_node_id
+
+    @routes.get("/metrics")
+    async def metrics(request: web.Request) -> web.Response:
+        allow(request, Access.READ)
+        obs = node.obs
+        if obs is None or obs.registry is None:
+            raise web.HTTPNotFound(text="metrics are off on this node")
+        return web.Response(
+            body=render(obs.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    @routes.get("/v1/traces")
+    async def traces(request: web.Request) -> web.Response:
+        allow(request, Access.READ)
+        raw = request.query.get("limit", str(DEFAULT_TRACES_LISTED))
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_RECENT_TRACES:
+            raise web.HTTPBadRequest(text=f"limit must be an integer in 1..{MAX_RECENT_TRACES}")
+        tracer = node.tracer
+        listed = tracer.recent(int(raw)) if tracer is not None else []
+        return web.json_response({"node_id": node.node_id, "traces": listed})
+
+    @routes.get("/v1/traces/{trace_id}")
+    async def trace(request: web.Request) -> web.Response:
+        allow(request, Access.READ)
+        trace_id = request.match_info["trace_id"]
+        if not is_trace_id(trace_id):
+            raise web.HTTPBadRequest(text="trace_id must be 32 lowercase hex digits, not all zero")
+        tracer = node.tracer
+        spans = tracer.trace(trace_id) if tracer is not None else []
+        return web.json_response({"trace_id": trace_id, "node_id": node.node_id, "spans": spans})
+
+    @routes.get("/v1/trust/{node_id}/history")
+    async def trust_history(request: web.Request) -> web.Response:
+        allow(request, Access.READ)
+        peer = request.match_info["node_id"]
+        if not is_node_id(peer):
+            raise web.HTTPBadRequest(text="node_id is not a node id")
+        obs = node.obs
+        return web.json_response(history_json(obs.history if obs is not None else None, peer))
 
 
 async def _read_envelope(request: web.Request, node: MeshNode, cap: int) -> Envelope:

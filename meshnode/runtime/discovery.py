@@ -156,6 +156,11 @@ class DiscoveryService:
         self._idle.clear()
         self._changed.set()
 
+    @property
+    def queue_depth(self) -> int:
+        """Manifests waiting to be embedded and indexed (for ``/metrics``)."""
+        return len(self._pending)
+
     async def settled(self) -> None:
         """Wait until every queued manifest is in the index."""
         await self._idle.wait()
@@ -192,7 +197,10 @@ class DiscoveryService:
             entries = entries_from_manifest(manifest)
             plans.append((node_id, entries))
             texts.extend(e.text for e in entries)
+        started = time.perf_counter()
         vectors = self.embedder.embed(texts) if texts else None
+        if texts:
+            self._core().metrics.embedding.observe(time.perf_counter() - started)
         row = 0
         for node_id, entries in plans:
             if not entries:

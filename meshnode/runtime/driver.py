@@ -462,6 +462,7 @@ class Driver:
         """Run one anti-entropy exchange with ``addr`` (three legs); however it ends, tell
         the core (``push_pull_done``), which may then start the next one waiting."""
         core = self.core
+        started = time.perf_counter()
         try:
             request = core.push_pull_request(join)
             data = await self._post_envelope(
@@ -484,6 +485,7 @@ class Driver:
                     encode(chunk, self._signer),
                     MAX_RECORDS_REPLY_BYTES,
                 )
+            core.metrics.push_pull.observe(time.perf_counter() - started)
         except (aiohttp.ClientError, TimeoutError, OSError, RemoteProtocolError) as exc:
             self.drops[f"push_pull_{type(exc).__name__}"] += 1
             self._log.debug("push_pull_failed", peer=format_address(addr), error=str(exc))

@@ -71,9 +71,11 @@ from meshnode.runtime.api import build_app
 from meshnode.runtime.discovery import DiscoveryService
 from meshnode.runtime.driver import DECODE_INLINE_MAX_BYTES, Driver
 from meshnode.runtime.mcp_client import McpClientPool, McpToolResult
+from meshnode.runtime.metrics import Observability
 from meshnode.runtime.persistence import Persistence
 from meshnode.runtime.store import NodeStore, load_certificate, load_keyring, save_keyring
 from meshnode.runtime.tasks import DelegationError, DelegationResult, TaskService
+from meshnode.runtime.tracing import Tracer
 from meshnode.runtime.transport import (
     ConnectionGuard,
     GuardedSite,
@@ -172,6 +174,8 @@ class MeshNode:
         self._log = log
         self._tasks_service: TaskService | None = None
         self._discovery: DiscoveryService | None = None
+        self.obs: Observability | None = None
+        """Metrics registry, tracer and trust history (None until started)."""
         self.mcp: McpClientPool | None = None
         """MCP servers :meth:`call_mcp_tool` reaches; None until first use, when it is built
         from the file ``$MESHNODE_MCP_CONFIG`` names. Assign a pool to configure it in code.
@@ -207,6 +211,20 @@ class MeshNode:
     @property
     def running(self) -> bool:
         return self.lifecycle is Lifecycle.RUNNING
+
+    @property
+    def tracer(self) -> Tracer | None:
+        """This node's tracer (None until started)."""
+        return self.obs.tracer if self.obs is not None else None
+
+    @property
+    def tcp_counts(self) -> Mapping[str, int]:
+        """HTTP requests and body bytes served and made (for ``/metrics``)."""
+        if self.obs is None:
+            return dict.fromkeys(
+                ("requests_sent", "requests_received", "bytes_sent", "bytes_received"), 0
+            )
+        return self.obs.tcp
 
     @property
     def tasks(self) -> TaskService:
@@ -375,9 +393,11 @@ class MeshNode:
             certificate=certificate,
         )
         self._core = core
+        self.obs = Observability(self, data_dir=cfg.data_dir)
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=cfg.tcp_timeout),
             connector=aiohttp.TCPConnector(limit=64),
+            trace_configs=self.obs.client_trace_configs(),
         )
         if self._store is not None:
             self._persistence = Persistence(
@@ -416,6 +436,7 @@ class MeshNode:
             seal=self.seal,
         )
         driver.tasks = self._tasks_service
+        self._tasks_service.tracer = self.obs.tracer
         self.manifest_listeners.append(self._discovery.manifest_changed)
         seeds = await self._resolve_seeds(cfg.seed_addresses)
         if self._store is not None:
@@ -435,6 +456,7 @@ class MeshNode:
         )
         if self._persistence is not None:
             self._persist_task = asyncio.create_task(self._persistence.loop())
+        self.obs.start()
         self._log.info(
             "node_started",
             node_id=self.node_id,
@@ -586,6 +608,8 @@ class MeshNode:
         if self._udp is not None:
             self._udp.close()
             self._udp = None
+        if self.obs is not None:
+            await self.obs.aclose()
         if self._store is not None:
             if self._persistence is not None:
                 try:
@@ -710,15 +734,20 @@ class MeshNode:
     ) -> list[ScoredCandidate]:
         """Rank the peers that can do what ``description`` says (or offer
         ``capability_name`` exactly), from this node's own index: no network round trip."""
-        return await self.discovery.discover(
-            description,
-            capability_name=capability_name,
-            min_trust=min_trust,
-            max_cost_usd=max_cost_usd,
-            max_latency_ms=max_latency_ms,
-            tags=tuple(tags or ()),
-            top_k=top_k,
-        )
+        started = time.perf_counter()
+        try:
+            return await self.discovery.discover(
+                description,
+                capability_name=capability_name,
+                min_trust=min_trust,
+                max_cost_usd=max_cost_usd,
+                max_latency_ms=max_latency_ms,
+                tags=tuple(tags or ()),
+                top_k=top_k,
+            )
+        finally:
+            if self._core is not None:
+                self._core.metrics.discovery.observe(time.perf_counter() - started)
 
     async def delegate(
         self,
@@ -744,20 +773,65 @@ class MeshNode:
         (``fn(input, output) -> quality in [0, 1]``) for this call, else what
         :meth:`expect` registered for the capability, else the judge; with none of these
         a non-empty result is unscored (``quality`` None) and moves no trust. An output
-        failing ``expect`` is refused and the next candidate tried."""
+        failing ``expect`` is refused and the next candidate tried.
+
+        The delegation is traced (:mod:`meshnode.runtime.tracing`): under the current trace
+        context (or ``trace_id``, when it is a W3C traceparent), else in a new trace; the
+        result's ``trace_id`` names it."""
+        tracer = self.tracer
+        if tracer is None:
+            raise NodeNotRunning("the node is not started")
+        from meshnode.runtime.tracing import traced_delegation
+
+        return await traced_delegation(
+            self,
+            tracer,
+            capability_name,
+            trace_id,
+            lambda parent_traceparent: self._delegate(
+                capability_name,
+                task_input,
+                description=description,
+                deadline_s=deadline_s,
+                max_cost_usd=max_cost_usd,
+                min_trust=min_trust,
+                trace_id=parent_traceparent,
+                expect=expect,
+                evaluator=evaluator,
+            ),
+        )
+
+    async def _delegate(
+        self,
+        capability_name: str | None,
+        task_input: Any,
+        *,
+        description: str | None,
+        deadline_s: float | None,
+        max_cost_usd: float | None,
+        min_trust: float,
+        trace_id: str,
+        expect: Mapping[str, Any] | None,
+        evaluator: EvaluatorFn | None,
+    ) -> DelegationResult:
         if not capability_name and not description:
             raise InvalidRequest("delegate needs a capability name or a description")
         problem = None if deadline_s is None else deadline_problem(deadline_s)
         if problem is not None:
             raise InvalidRequest(problem)
         expectation = _expectation(expect, evaluator)
-        candidates = await self.discover(
-            description,
-            capability_name=capability_name,
-            min_trust=min_trust,
-            max_cost_usd=max_cost_usd,
-            top_k=DELEGATION_TOP_K,
-        )
+        from meshnode.runtime.tracing import SpanKind
+
+        assert self.tracer is not None
+        with self.tracer.span("discover", SpanKind.INTERNAL) as span:
+            candidates = await self.discover(
+                description,
+                capability_name=capability_name,
+                min_trust=min_trust,
+                max_cost_usd=max_cost_usd,
+                top_k=DELEGATION_TOP_K,
+            )
+            span.attributes["meshnode.candidates"] = len(candidates)
         ranked = rank_candidates(candidates, capability_name)
         if ranked is None:
             raise DelegationError(

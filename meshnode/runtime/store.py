@@ -42,7 +42,7 @@ import contextlib
 import os
 import sqlite3
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -757,3 +757,146 @@ def issued_expiry(
             continue
         latest = expires if latest is None else max(latest, expires)
     return latest
+
+
+# ---------------------------------------------------------------------------- observability
+
+OBSERVABILITY_DB_FILE = "observability.sqlite3"
+"""The data dir's file for recent spans and trust history (apart from the node's state, so
+that recording them never waits on, or delays, a durable write; losing it loses nothing the
+mesh needs)."""
+
+_OBSERVABILITY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS spans (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    trace_id TEXT NOT NULL,
+    span_id TEXT NOT NULL,
+    parent_span_id TEXT,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    node_id TEXT NOT NULL,
+    peer_id TEXT,
+    start REAL NOT NULL,
+    "end" REAL,
+    status TEXT NOT NULL,
+    attributes TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS spans_by_trace ON spans(trace_id);
+CREATE INDEX IF NOT EXISTS spans_by_end ON spans("end");
+CREATE TABLE IF NOT EXISTS trust_history (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    node_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    score REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS trust_history_by_node ON trust_history(node_id, seq);
+"""
+
+SpanRow = tuple[str, str, str | None, str, str, str, str | None, float, float | None, str, str]
+"""``(trace_id, span_id, parent_span_id, name, kind, node_id, peer_id, start, end, status,
+attributes as JSON)``."""
+
+
+class ObservabilityStore:
+    """Recent spans and trust history in SQLite: a file in the data dir, or memory.
+
+    Bounds are the caller's (:mod:`meshnode.runtime.tracing`,
+    :class:`meshnode.runtime.tracing.TrustHistory`): this class inserts, evicts oldest
+    first when told, and reads. Not thread-safe: one owner (the node's event loop)."""
+
+    def __init__(self, data_dir: str | Path | None = None) -> None:
+        if data_dir is None:
+            self._db = sqlite3.connect(":memory:", isolation_level=None)
+        else:
+            path = Path(data_dir) / OBSERVABILITY_DB_FILE
+            _private_file(path)
+            self._db = sqlite3.connect(path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=OFF")  # a lost span costs nothing
+        self._db.executescript(_OBSERVABILITY_SCHEMA)
+
+    def add_spans(self, rows: Iterable[SpanRow]) -> None:
+        with self._transaction():
+            self._db.executemany(
+                "INSERT INTO spans(trace_id, span_id, parent_span_id, name, kind, node_id, "
+                'peer_id, start, "end", status, attributes) VALUES (?,?,?,?,?,?,?,?,?,?,?)',
+                rows,
+            )
+
+    def evict_spans(self, *, keep: int, older_than: float) -> int:
+        """Delete spans that ended before ``older_than`` and all but the newest ``keep``;
+        returns how many went."""
+        with self._transaction():
+            cur = self._db.execute('DELETE FROM spans WHERE "end" < ?', (older_than,))
+            gone = cur.rowcount
+            cur = self._db.execute(
+                "DELETE FROM spans WHERE seq <= (SELECT seq FROM spans ORDER BY seq DESC "
+                "LIMIT 1 OFFSET ?)",
+                (keep,),
+            )
+            return gone + cur.rowcount
+
+    def span_count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM spans").fetchone()[0])
+
+    def trace(self, trace_id: str, limit: int) -> list[SpanRow]:
+        """The spans of ``trace_id`` this node holds (at most ``limit``), by start time."""
+        return self._db.execute(
+            'SELECT trace_id, span_id, parent_span_id, name, kind, node_id, peer_id, start, "end", '
+            "status, attributes FROM spans WHERE trace_id = ? ORDER BY start, seq LIMIT ?",
+            (trace_id, limit),
+        ).fetchall()
+
+    def recent_traces(self, limit: int) -> list[tuple[str, float, int]]:
+        """The ``limit`` traces with the newest spans: ``(trace_id, newest start, spans)``."""
+        return self._db.execute(
+            "SELECT trace_id, MAX(start) AS newest, COUNT(*) FROM spans GROUP BY trace_id "
+            "ORDER BY newest DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+
+    def add_trust_points(self, points: Iterable[tuple[str, float, float]]) -> None:
+        with self._transaction():
+            self._db.executemany(
+                "INSERT INTO trust_history(node_id, at, score) VALUES (?,?,?)", points
+            )
+
+    def trust_points(self, node_id: str) -> list[tuple[float, float]]:
+        return self._db.execute(
+            "SELECT at, score FROM trust_history WHERE node_id = ? ORDER BY seq", (node_id,)
+        ).fetchall()
+
+    def trim_trust_history(self, node_id: str, keep: int) -> None:
+        """Keep only the newest ``keep`` points of ``node_id``."""
+        with self._transaction():
+            self._db.execute(
+                "DELETE FROM trust_history WHERE node_id = ? AND seq <= (SELECT seq FROM "
+                "trust_history WHERE node_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                (node_id, node_id, keep),
+            )
+
+    def forget_trust_history(self, node_id: str) -> None:
+        with self._transaction():
+            self._db.execute("DELETE FROM trust_history WHERE node_id = ?", (node_id,))
+
+    def trust_history_peers(self) -> list[str]:
+        """Peers with history, the longest unchanged first (by their newest point)."""
+        return [
+            row[0]
+            for row in self._db.execute(
+                "SELECT node_id FROM trust_history GROUP BY node_id ORDER BY MAX(seq)"
+            )
+        ]
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        self._db.close()

@@ -119,8 +119,10 @@ from meshnode.core.effects import (
 from meshnode.core.evaluator import Expectation, OutputEvaluator
 from meshnode.core.node import NodeCore
 from meshnode.core.provider import ProviderCore
+from meshnode.core.tracing import SpanStatus
 from meshnode.errors import DelegationError as DelegationError  # public home: meshnode
 from meshnode.errors import InvalidInput
+from meshnode.runtime.tracing import Tracer, provider_span
 from meshnode.runtime.transport import WireSeal
 from protocol import (
     LocalProtocolError,
@@ -171,9 +173,12 @@ class DelegationResult:
     attempts: tuple[Attempt, ...]
     elapsed_ms: float
     result: TaskResult
+    trace_id: str | None = None
+    """The trace this delegation was recorded under (``GET /v1/traces/{trace_id}``)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "trace_id": self.trace_id,
             "output": self.output,
             "provider": self.provider,
             "capability": self.capability,
@@ -284,6 +289,8 @@ class TaskService:
         """Receives the task messages the core addresses to this node itself (answers to
         requests this node made of its own provider, as the A2A server does); without
         one they are dropped."""
+        self.tracer: Tracer | None = None
+        """Records a server span per handler run (set by the node)."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self._counters: dict[str, int] = {
@@ -702,22 +709,30 @@ class TaskService:
         error: str | None = None
         invalid_input = False
         _deadline.set(run.deadline_at)
-        try:
-            if spec is None:
-                error = "capability withdrawn"
-            else:
-                output = await spec.handler(run.input)
-        except asyncio.CancelledError:
-            # Stopped by a TaskCancel, the deadline, a lost requester or shutdown; whoever
-            # stopped it has answered (or nobody is left to answer).
-            self._handlers.pop(key, None)
-            self._origin.pop(key, None)
-            raise
-        except InvalidInput as exc:  # the caller's input is the problem, not this node
-            invalid_input = True
-            error = str(exc) or "the handler refused its input"
-        except Exception as exc:  # a handler's own failure is the task's result
-            error = f"{type(exc).__name__}: {exc}"
+        with provider_span(
+            self.tracer, run.trace_id, run.capability, run.requester, run.task_id
+        ) as span:
+            try:
+                if spec is None:
+                    error = "capability withdrawn"
+                else:
+                    output = await spec.handler(run.input)
+            except asyncio.CancelledError:
+                # Stopped by a TaskCancel, the deadline, a lost requester or shutdown;
+                # whoever stopped it has answered (or nobody is left to answer).
+                self._handlers.pop(key, None)
+                self._origin.pop(key, None)
+                raise
+            except InvalidInput as exc:  # the caller's input is the problem, not this node
+                invalid_input = True
+                error = str(exc) or "the handler refused its input"
+            except Exception as exc:  # a handler's own failure is the task's result
+                error = f"{type(exc).__name__}: {exc}"
+            if span is not None and error is not None:
+                span.status = SpanStatus.ERROR
+                span.attributes["error.type"] = (
+                    "invalid_input" if invalid_input else "handler_failed"
+                )
         self._handlers.pop(key, None)
         self.core.handler_done(
             run.requester,
