@@ -13,8 +13,8 @@ limits.
 
 The entries are plain JSON-ready dictionaries (``task_id``, ``capability``, ``trace_id``,
 ``started_at``, ``provider`` and, once finished, ``outcome`` (``ok`` or ``failed``),
-``reason``, ``ended_at``, ``attempts``, ``quality``: the requester's score or None), so the dashboard and ``meshnode status`` show
-them as they are.
+``reason``, ``ended_at``, ``attempts``, ``quality``: the requester's score or None), so
+the dashboard and ``meshnode status`` show them as they are.
 """
 
 from __future__ import annotations
