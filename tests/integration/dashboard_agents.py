@@ -1,0 +1,31 @@
+"""Agents for the dashboard tests, loaded with ``meshnode run --agent FILE:CLASS``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meshnode import MeshNode, capability
+
+HOSTILE_DESCRIPTION = (
+    'Summarize documents <img src=x onerror="window.__xss=1">'
+    "<script>window.__xss=2</script><svg onload=\"window.__xss=3\"></svg>"
+)
+"""A capability description an attacker signs into its manifest: markup that would run if
+the page ever wrote it as HTML."""
+
+
+class Translator(MeshNode):
+    @capability(
+        name="translate_text",
+        description="Translate text between languages",
+        cost_per_call_usd=0.001,
+        tags=["nlp"],
+    )
+    async def translate_text(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return {"text": f"[es] {payload.get('text', '')}"}
+
+
+class Hostile(MeshNode):
+    @capability(name="summarize_docs", description=HOSTILE_DESCRIPTION, tags=["<b>tag</b>"])
+    async def summarize_docs(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return {"summary": "<script>window.__xss=4</script>"}
