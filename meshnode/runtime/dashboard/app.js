@@ -11,6 +11,7 @@ const GRAPH_SIZE = 600;
 const GRAPH_RIM = 270;            // radius of a 1 s (or unknown) round-trip time
 const GRAPH_HUB = 40;             // radius of a 0 ms round-trip time
 const SVG_NS = "http://www.w3.org/2000/svg";
+const GRAPH_LABELS_MAX = 40;      // members named on the graph (beyond it: hover for names)
 
 const model = {
   seq: -1,
@@ -24,7 +25,7 @@ const model = {
 };
 const dirty = { members: new Set(), trust: new Set(), sections: new Set(), all: false };
 const rows = { members: new Map(), trust: new Map() };
-const graph = { nodes: new Map(), edges: new Map() };
+const graph = { nodes: new Map(), edges: new Map(), labels: new Map() };
 const stats = { events: 0, renders: 0, lastRenderMs: 0, mutatedRows: 0 };
 let frameQueued = false;
 let source = null;
@@ -321,6 +322,18 @@ function drawGraphNode(m) {
   }
   dot.setAttribute("cx", x.toFixed(1));
   dot.setAttribute("cy", y.toFixed(1));
+  let label = graph.labels.get(m.node_id);
+  if (!label && graph.labels.size < GRAPH_LABELS_MAX) {
+    label = svg("text", { class: "label" });
+    $("labels").append(label);
+    graph.labels.set(m.node_id, label);
+  }
+  if (label) {
+    label.setAttribute("x", (x + 8).toFixed(1));
+    label.setAttribute("y", (y + 4).toFixed(1));
+    const text = m.name || shortId(m.node_id);
+    if (label.textContent !== text) label.textContent = text;
+  }
   dot.setAttribute("class", m.self ? "self" : m.state);
   dot.firstChild.textContent = (m.name || shortId(m.node_id)) + " · " + m.state
     + (typeof m.rtt_ms === "number" ? " · " + m.rtt_ms + " ms" : " · rtt unknown");
@@ -331,6 +344,8 @@ function removeGraphNode(id) {
   if (dot) { dot.remove(); graph.nodes.delete(id); }
   const edge = graph.edges.get(id);
   if (edge) { edge.remove(); graph.edges.delete(id); }
+  const label = graph.labels.get(id);
+  if (label) { label.remove(); graph.labels.delete(id); }
 }
 
 // ---------------------------------------------------------------- capabilities, discovery
@@ -548,8 +563,7 @@ async function showHistory(id) {
 // ---------------------------------------------------------------- start
 
 function start() {
-  $("token-save").addEventListener("click", saveToken);
-  $("token").addEventListener("keydown", (e) => { if (e.key === "Enter") saveToken(); });
+  $("auth-form").addEventListener("submit", (e) => { e.preventDefault(); saveToken(); });
   $("search").addEventListener("input", onSearch);
   $("trace-close").addEventListener("click", () => { $("trace-panel").hidden = true; history.replaceState(null, "", "#"); });
   window.addEventListener("hashchange", onHash);
