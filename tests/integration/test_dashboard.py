@@ -351,7 +351,9 @@ def test_the_dashboard_of_a_live_mesh_in_headless_chromium(tmp_path: Path) -> No
             15,
             "five members in the table and the graph",
         )
-        shown = set(page.eval_on_selector_all("#members tbody tr", "rs => rs.map(r => r.dataset.nodeId)"))
+        shown = set(
+            page.eval_on_selector_all("#members tbody tr", "rs => rs.map(r => r.dataset.nodeId)")
+        )
         assert shown == {n.node_id for n in nodes}
 
         # Discovery, live from the search box.
@@ -432,7 +434,8 @@ def test_the_page_asks_for_the_token_once_and_never_puts_it_in_a_url(tmp_path: P
             page.fill("#token", TOKEN)
             page.click("#token-save")
             _wait_js(page, "document.getElementById('conn').textContent === 'live'", 15, "live")
-            _wait_js(page, "document.querySelectorAll('#members tbody tr').length === 1", 10, "rows")
+            rows = "document.querySelectorAll('#members tbody tr').length === 1"
+            _wait_js(page, rows, 10, "the node's own row")
             assert page.evaluate("sessionStorage.getItem('meshnode.api_token')") == TOKEN
             assert any("/v1/events?ticket=" in u for u in urls)
             assert not any(TOKEN in u for u in urls)

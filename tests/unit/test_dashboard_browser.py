@@ -103,9 +103,9 @@ def test_the_trace_layout_gives_each_node_a_lane_and_stacks_overlaps(page: Any) 
 
 def synthetic_snapshot(n: int) -> dict[str, Any]:
     members = [
-        {"node_id": f"node{i:05d}", "name": f"agent-{i}", "address": f"10.0.{i // 250}.{i % 250}:7946",
-         "state": "alive", "incarnation": 1, "rtt_ms": float(1 + i % 200), "load": i % 4,
-         "self": i == 0}
+        {"node_id": f"node{i:05d}", "name": f"agent-{i}",
+         "address": f"10.0.{i // 250}.{i % 250}:7946", "state": "alive", "incarnation": 1,
+         "rtt_ms": float(1 + i % 200), "load": i % 4, "self": i == 0}
         for i in range(n)
     ]  # fmt: skip
     trust = [
