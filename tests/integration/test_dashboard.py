@@ -414,16 +414,16 @@ def test_the_dashboard_of_a_live_mesh_in_headless_chromium(tmp_path: Path) -> No
 
 @pytest.mark.slow
 @needs_chromium
-def test_the_page_asks_for_the_token_once_and_never_puts_it_in_a_url(tmp_path: Path) -> None:
+def test_the_page_asks_for_the_token_once_and_never_puts_it_in_a_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A node that wants its token even from loopback: the page asks for it, keeps it in
     sessionStorage, goes live, and no request the page makes carries it in its URL."""
-    cfg = ["--embedder", "hashing", "--no-trust-loopback"]
-    node = NodeProcess("n0", tmp_path / "n0", [], extra=cfg)
-    os.environ["MESHNODE_API_TOKEN"] = TOKEN
-    try:
+    extra = ["--embedder", "hashing", "--no-trust-loopback"]
+    node = NodeProcess("n0", tmp_path / "n0", [], extra=extra)
+    with monkeypatch.context() as env:
+        env.setenv("MESHNODE_API_TOKEN", TOKEN)  # the node's token, kept off its command line
         node.start()
-    finally:
-        del os.environ["MESHNODE_API_TOKEN"]
     try:
         with _browser(tmp_path / "profile") as browser:
             page = browser.new_page()
