@@ -36,7 +36,9 @@ Event stream. One :class:`EventHub` per node computes the view (:func:`state`) a
 (:func:`diff`: members and trust as upserts and removals by node id, the small sections
 whole) when something changed. A new stream starts with the hub's latest view as its
 ``snapshot``, so every delta it gets applies to it exactly. At most
-:data:`MAX_EVENT_STREAMS` streams are open at once (more get HTTP 503). Each has a queue
+:data:`MAX_EVENT_STREAMS` streams are open at once, at most
+:data:`MAX_EVENT_STREAMS_PER_ADDRESS` of them from one address other than loopback (more
+get HTTP 503). Each has a queue
 of :data:`EVENT_QUEUE_MAX` events: a consumer that falls that far behind is dropped (its
 queue emptied, its stream closed), and a write that does not finish within
 :data:`EVENT_WRITE_TIMEOUT_S` closes it too, so a slow reader never makes the node buffer
@@ -77,6 +79,7 @@ __all__ = [
     "EVENT_WRITE_TIMEOUT_S",
     "MAX_DASHBOARD_CAPABILITIES",
     "MAX_EVENT_STREAMS",
+    "MAX_EVENT_STREAMS_PER_ADDRESS",
     "MAX_USED_TICKETS",
     "TICKET_TTL_S",
     "EventHub",
@@ -90,10 +93,14 @@ MAX_EVENT_STREAMS = 8
 """Event streams (open dashboard pages) a node serves at once; more get HTTP 503. Each
 costs a view computed per :data:`EVENT_MIN_INTERVAL_S` (shared) and one queue; a handful of
 operators watch a node, and a page left open in many tabs must not multiply the work."""
+MAX_EVENT_STREAMS_PER_ADDRESS = 2
+"""Event streams one remote address other than loopback may hold at once (with
+``NodeConfig.api_open_reads`` anyone may open one: this keeps one stranger from taking
+every slot). Loopback callers are bounded by :data:`MAX_EVENT_STREAMS` alone."""
 EVENT_MIN_INTERVAL_S = 1.0
-"""Shortest time between two views (and so two deltas) sent to the pages, seconds. At
-10,000 members a view costs a few milliseconds; shorter feels more live, longer costs less
-CPU while a page is open."""
+"""Shortest time between two views (and so two deltas) sent to the pages, seconds. A view
+costs time in proportion to the members (one pass over the member table, the trust view
+and the manifests); shorter feels more live, longer costs less CPU while a page is open."""
 EVENT_HEARTBEAT_S = 15.0
 """A stream silent this long gets a comment line, seconds: keeps proxies from closing it
 and finds readers that went away."""
@@ -315,11 +322,14 @@ class TicketBook:
 
 
 class _Stream:
-    __slots__ = ("closed", "queue")
+    __slots__ = ("address", "closed", "queue")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, address: str | None) -> None:
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(size)
         self.closed = False
+        self.address = address
+        """The remote address counted against :data:`MAX_EVENT_STREAMS_PER_ADDRESS`
+        (None: loopback, or not counted)."""
 
 
 class EventHub:
@@ -344,15 +354,17 @@ class EventHub:
         self._task: asyncio.Task[None] | None = None
         self.counters = {"opened": 0, "refused_full": 0, "dropped_slow": 0, "events": 0}
 
-    def open(self) -> _Stream | None:
-        """A new stream, with the current view queued as its snapshot (None: full)."""
-        if len(self.streams) >= self.max_streams:
+    def open(self, address: str | None = None) -> _Stream | None:
+        """A new stream for a reader at ``address`` (None: loopback), with the current
+        view queued as its snapshot (None: all slots, or the address's, are taken)."""
+        held = sum(1 for s in self.streams if address is not None and s.address == address)
+        if len(self.streams) >= self.max_streams or held >= MAX_EVENT_STREAMS_PER_ADDRESS:
             self.counters["refused_full"] += 1
             self.node.count_drop("dashboard_streams_full")
             return None
         if self.view is None:
             self.view = state(self.node)
-        stream = _Stream(self.queue_max)
+        stream = _Stream(self.queue_max, address)
         stream.queue.put_nowait(
             _event("snapshot", self.seq, {"seq": self.seq, **wire_view(self.view)})
         )
@@ -502,10 +514,14 @@ def add_routes(app: web.Application, node: MeshNode) -> None:
 
 
 async def _stream(request: web.Request, hub: EventHub) -> web.StreamResponse:
-    stream = hub.open()
+    from meshnode.runtime.api import _is_loopback
+
+    remote = request.remote
+    stream = hub.open(None if _is_loopback(remote) else (remote or "?"))
     if stream is None:
         raise web.HTTPServiceUnavailable(
-            text=f"at most {hub.max_streams} dashboard streams at once",
+            text=f"dashboard streams are full (at most {hub.max_streams} at once, "
+            f"{MAX_EVENT_STREAMS_PER_ADDRESS} per remote address)",
             headers={"Retry-After": "5"},
         )
     response = web.StreamResponse(

@@ -33,6 +33,7 @@ from meshnode import MeshNode, NodeConfig
 from meshnode.runtime.dashboard import (
     CONTENT_SECURITY_POLICY,
     MAX_EVENT_STREAMS,
+    MAX_EVENT_STREAMS_PER_ADDRESS,
     EventHub,
 )
 from tests.integration.cluster import NodeProcess, wait_until
@@ -190,6 +191,20 @@ async def test_a_reader_that_falls_behind_is_dropped_not_buffered() -> None:
         assert slow.queue.qsize() == 1 and slow.queue.get_nowait() is None  # ends its writer
         assert busy in hub.streams and busy.queue.qsize() == 1
         assert hub.counters["dropped_slow"] == 1 and a.drops["dashboard_stream_slow"] == 1
+        await hub.aclose()
+
+
+async def test_one_remote_address_cannot_take_every_stream() -> None:
+    """An address other than loopback holds at most ``MAX_EVENT_STREAMS_PER_ADDRESS``
+    streams; others (and loopback) are still served."""
+    async with _nodes(_config(name="a")) as (a,):
+        hub = EventHub(a)
+        held = [hub.open("192.0.2.7") for _ in range(MAX_EVENT_STREAMS_PER_ADDRESS)]
+        assert all(s is not None for s in held)
+        assert hub.open("192.0.2.7") is None
+        assert hub.open("192.0.2.8") is not None and hub.open(None) is not None
+        hub.close(held[0])  # type: ignore[arg-type]
+        assert hub.open("192.0.2.7") is not None
         await hub.aclose()
 
 
