@@ -842,7 +842,7 @@ def status_view(doc: dict[str, Any]) -> Any:
             table.add_row(
                 plain(t["task_id"][:10]),
                 plain(t["capability"]),
-                plain((t.get("provider") or "-")[:10]),
+                plain(t.get("provider_name") or (t.get("provider") or "-")[:10]),
                 plain(outcome + (f": {t['reason']}" if t.get("reason") else "")),
                 f"{max(0.0, now - t['started_at']):.0f} s",
             )

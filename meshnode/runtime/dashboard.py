@@ -185,8 +185,8 @@ def state(node: MeshNode, *, with_members: bool = True) -> dict[str, Any]:
         },
         "capabilities": _capabilities(node),
         "tasks": {
-            "in_flight": log.in_flight(),
-            "recent": log.recent(),
+            "in_flight": _named(node, log.in_flight()),
+            "recent": _named(node, log.recent()),
             "serving": core.provider.in_flight,
         },
     }
@@ -208,6 +208,15 @@ def state(node: MeshNode, *, with_members: bool = True) -> dict[str, Any]:
         }
         out["trust"] = {p["node_id"]: p for p in node.trust_json()}
     return out
+
+
+def _named(node: MeshNode, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``tasks`` with ``provider_name``: the name in the provider's manifest, if known."""
+    manifests = node.core.manifests
+    for task in tasks:
+        manifest = manifests.get(task["provider"]) if task["provider"] else None
+        task["provider_name"] = manifest.name if manifest is not None else None
+    return tasks
 
 
 def _capabilities(node: MeshNode) -> dict[str, Any]:

@@ -81,6 +81,10 @@ def test_status_json_is_the_nodes_view(mesh: list[NodeProcess]) -> None:
     (task,) = doc["tasks"]["recent"]
     assert task["capability"] == "translate_text" and task["outcome"] == "ok"
     assert task["provider"] in {mesh[1].node_id, mesh[2].node_id} and task["trace_id"]
+    assert (
+        task["provider_name"]
+        == {mesh[1].node_id: "translator", mesh[2].node_id: "translator-2"}[task["provider"]]
+    )
     top = doc["capabilities"]["top"]
     assert top[0]["name"] == "translate_text" and top[0]["providers"] == 2
     assert doc["metrics"]["delegations_ok"] == 1
@@ -98,7 +102,7 @@ def test_status_text_fits_one_screen_with_the_same_facts(mesh: list[NodeProcess]
     line = next(x for x in out.splitlines() if x.startswith("translate_text"))
     assert line.split()[1] == "2"  # providers
     task = next(x for x in out.splitlines() if "translate_text" in x and " ok" in x).split()
-    assert task[2] in {mesh[1].node_id[:10], mesh[2].node_id[:10]} and task[3] == "ok"
+    assert task[2] in {"translator", "translator-2"} and task[3] == "ok"
 
 
 def test_status_needs_the_token_when_the_node_does(
