@@ -413,10 +413,6 @@ def test_the_dashboard_of_a_live_mesh_in_headless_chromium(tmp_path: Path) -> No
         assert HOSTILE_DESCRIPTION.split(" <")[0] in caps
         assert page.evaluate("window.__xss") is None
         assert page.query_selector("#capabilities img, #capabilities script, #members img") is None
-        page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
-        if os.environ.get("MESHNODE_UPDATE_SCREENSHOT"):
-            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(tmp_path / "dashboard.png", SCREENSHOT)
 
         # SIGKILL the idle node: suspect, then dead, on the page.
         victim = nodes[4]
@@ -424,7 +420,14 @@ def test_the_dashboard_of_a_live_mesh_in_headless_chromium(tmp_path: Path) -> No
         victim.wait()
         _wait_js(page, f"{_member_state(victim.node_id)} === 'suspect'", 20, "victim suspect")
         _wait_js(page, f"{_member_state(victim.node_id)} === 'dead'", 30, "victim dead")
+        dot = f'#graph circle[data-node-id="{victim.node_id}"]'
+        assert page.get_attribute(dot, "class") == "dead"
         assert errors == []
+        page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+        assert (tmp_path / "dashboard.png").stat().st_size > 10_000
+        if os.environ.get("MESHNODE_UPDATE_SCREENSHOT"):  # refresh the copy in docs/
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(tmp_path / "dashboard.png", SCREENSHOT)
 
 
 @pytest.mark.slow

@@ -293,7 +293,8 @@ function angleOf(id) {
 
 function radiusOf(m) {
   if (typeof m.rtt_ms !== "number") return GRAPH_RIM;
-  const scaled = Math.log10(1 + Math.max(0, m.rtt_ms)) / Math.log10(1 + 1000);
+  // Log scale: 0.1 ms is one decade from the hub, 1 s (and beyond) at the rim.
+  const scaled = Math.log10(1 + Math.max(0, m.rtt_ms) / 0.1) / Math.log10(1 + 1000 / 0.1);
   return GRAPH_HUB + (GRAPH_RIM - GRAPH_HUB) * Math.min(1, scaled);
 }
 
