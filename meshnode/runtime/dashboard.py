@@ -100,7 +100,8 @@ every slot). Loopback callers are bounded by :data:`MAX_EVENT_STREAMS` alone."""
 EVENT_MIN_INTERVAL_S = 1.0
 """Shortest time between two views (and so two deltas) sent to the pages, seconds. A view
 costs time in proportion to the members (one pass over the member table, the trust view
-and the manifests); shorter feels more live, longer costs less CPU while a page is open."""
+and the manifests: 3 ms at 1,000 members, 54 ms at 10,000, ``benchmarks/dashboard.py
+--view``); shorter feels more live, longer costs less CPU while a page is open."""
 EVENT_HEARTBEAT_S = 15.0
 """A stream silent this long gets a comment line, seconds: keeps proxies from closing it
 and finds readers that went away."""
@@ -157,13 +158,15 @@ def state(node: MeshNode, *, with_members: bool = True) -> dict[str, Any]:
     """The node's view as the dashboard shows it (a JSON-ready document)."""
     core = node.core
     m = core.membership
+    members = core.members()
+    own = node.node_id
     health = node.health()
     tasks = node.tasks_or_none
     counters = tasks.counters if tasks is not None else {}
     log = core.task_log
     out: dict[str, Any] = {
         "node": {
-            "node_id": node.node_id,
+            "node_id": own,
             "name": node.config.name,
             "address": health["address"],
             "status": health["status"],
@@ -183,7 +186,9 @@ def state(node: MeshNode, *, with_members: bool = True) -> dict[str, Any]:
             "connections": health["connections"].get("open", 0),
             "driver_restarts": health["driver_restarts"],
         },
-        "capabilities": _capabilities(node),
+        "capabilities": _capabilities(
+            node, {x.node_id for x in members if x.state is MemberState.ALIVE}
+        ),
         "tasks": {
             "in_flight": _named(node, log.in_flight()),
             "recent": _named(node, log.recent()),
@@ -202,9 +207,9 @@ def state(node: MeshNode, *, with_members: bool = True) -> dict[str, Any]:
                 "incarnation": member.incarnation,
                 "rtt_ms": None if member.rtt is None else round(member.rtt * 1000, 1),
                 "load": member.load,
-                "self": member.node_id == node.node_id,
+                "self": member.node_id == own,
             }
-            for member in core.members()
+            for member in members
         }
         out["trust"] = {p["node_id"]: p for p in node.trust_json()}
     return out
@@ -219,11 +224,10 @@ def _named(node: MeshNode, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return tasks
 
 
-def _capabilities(node: MeshNode) -> dict[str, Any]:
-    """Capabilities offered by members that are alive, most providers first, at most
+def _capabilities(node: MeshNode, alive: set[str]) -> dict[str, Any]:
+    """Capabilities offered by the ``alive`` members, most providers first, at most
     :data:`MAX_DASHBOARD_CAPABILITIES` names (``more`` counts the others)."""
     core = node.core
-    alive = {m.node_id for m in core.members() if m.state is MemberState.ALIVE}
     by_name: dict[str, dict[str, Any]] = {}
     for manifest in core.manifests.manifests():
         if manifest.node_id not in alive:
