@@ -145,6 +145,7 @@ function applySnapshot(s) {
   model.seq = s.seq;
   model.members.clear();
   model.trust.clear();
+  model.trustSeen.clear();
   upsertMembers(s.members);
   upsertTrust(s.trust, Date.now() / 1000);
   for (const key of ["node", "metrics", "capabilities", "tasks"]) {
@@ -167,7 +168,11 @@ function applyDelta(d) {
     upsertMembers(d.members.upsert);
   }
   if (d.trust) {
-    for (const id of d.trust.remove || []) { model.trust.delete(id); dirty.trust.add(id); }
+    for (const id of d.trust.remove || []) {
+      model.trust.delete(id);
+      model.trustSeen.delete(id);
+      dirty.trust.add(id);
+    }
     upsertTrust(d.trust.upsert, now);
   }
   for (const key of ["node", "metrics", "capabilities", "tasks"]) {
