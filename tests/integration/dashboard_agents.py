@@ -8,7 +8,7 @@ from meshnode import MeshNode, capability
 
 HOSTILE_DESCRIPTION = (
     'Summarize documents <img src=x onerror="window.__xss=1">'
-    "<script>window.__xss=2</script><svg onload=\"window.__xss=3\"></svg>"
+    '<script>window.__xss=2</script><svg onload="window.__xss=3"></svg>'
 )
 """A capability description an attacker signs into its manifest: markup that would run if
 the page ever wrote it as HTML."""
