@@ -26,14 +26,22 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+JSON_ROUTES: dict[str, Any] = {}
+"""Paths answered with this JSON (as a node with the route would), for the page's fetches."""
+
+
 def serve_page(page: Any) -> None:
-    """Route the page's requests to the packaged files; the data routes answer 503 so the
-    page stays idle (offline) and only what the test feeds it is shown."""
+    """Route the page's requests to the packaged files and :data:`JSON_ROUTES`; the other
+    data routes answer 503 so the page stays idle (offline) and shows only what the test
+    feeds it."""
     files = resources.files("meshnode.runtime") / "dashboard"
 
     def handle(route: Any) -> None:
         path = route.request.url[len(ORIGIN) :].split("?")[0]
         name = path.removeprefix("/ui/")
+        if path in JSON_ROUTES:
+            route.fulfill(status=200, json=JSON_ROUTES[path], headers=dict(SECURITY_HEADERS))
+            return
         if path in ("/", "/ui"):
             body, kind = (files / "index.html").read_bytes(), "text/html"
         elif name in ASSET_TYPES:
@@ -180,3 +188,39 @@ def test_a_thousand_members_render_and_a_delta_touches_only_its_rows(page: Any) 
     page.evaluate("d => { window.meshDash.applyDelta(d); window.meshDash.flush(); }",
                   {"seq": 1, "members": {"upsert": [], "remove": ["node00003"]}})  # fmt: skip
     assert page.evaluate("document.querySelectorAll('#members tbody tr').length") == 1000
+
+
+def test_a_task_links_to_its_swimlanes_and_a_peer_to_its_trust_history(page: Any) -> None:
+    """With the trace and trust-history routes answering (the shapes the node serves), a
+    task's timeline link draws one lane per node and one bar per span, and a peer's
+    history draws every point; mesh strings land in text nodes only."""
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    JSON_ROUTES[f"/v1/traces/{trace_id}"] = {
+        "trace_id": trace_id,
+        "node_id": "node00000",
+        "spans": [{**span, "trace_id": trace_id, "kind": "internal", "peer_id": None,
+                   "attributes": {}} for span in SPANS],
+    }  # fmt: skip
+    JSON_ROUTES["/v1/trust/node00002/history"] = {
+        "node_id": "node00002",
+        "points": [{"at": 100.0 + i, "score": 0.5 + i / 100} for i in range(7)],
+    }
+    snapshot = synthetic_snapshot(3)
+    snapshot["seq"] = 100
+    snapshot["tasks"]["recent"] = [
+        {"task_id": "t1", "capability": "echo", "trace_id": trace_id, "started_at": 100.0,
+         "provider": "node00001", "provider_name": "agent-1", "outcome": "ok", "reason": "",
+         "attempts": 1, "quality": None, "ended_at": 100.5},
+    ]  # fmt: skip
+    page.evaluate("s => { window.meshDash.applySnapshot(s); window.meshDash.flush(); }", snapshot)
+    page.click('#tasks tr[data-task-id="t1"] a.trace-link')
+    page.wait_for_selector("#trace rect")  # drawn in one synchronous pass
+    assert page.eval_on_selector_all("#trace rect", "rs => rs.length") == 5
+    note = page.inner_text("#trace-note")
+    assert note.startswith("5 span(s) on 3 node(s), 500.0 ms")
+    assert page.eval_on_selector_all("#trace rect.error", "rs => rs.length") == 1
+    page.click('#trust tr[data-node-id="node00002"] button')
+    page.wait_for_selector("#history-chart polyline")
+    points = page.get_attribute("#history-chart polyline", "points")
+    assert points is not None and len(points.split()) == 7
+    assert "7 point(s)" in page.inner_text("#history-note")
