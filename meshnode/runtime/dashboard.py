@@ -319,7 +319,7 @@ class TicketBook:
         expiry, nonce, mac = ticket.split(".")
         if not hmac.compare_digest(self._mac(f"{expiry}.{nonce}"), mac):
             return "invalid ticket"
-        if not expiry.isdigit() or int(expiry) < now:
+        if not (expiry.isascii() and expiry.isdigit()) or int(expiry) < now:
             return "expired ticket"
         if nonce in self._used:
             return "ticket already used"
@@ -347,7 +347,8 @@ class _Stream:
 
 class EventHub:
     """Computes the view for every open stream and fans deltas out (see the module
-    docstring). ``snapshot`` is called with no argument to compute the current view."""
+    docstring): ``open`` a stream, ``publish`` a delta, ``step`` once per interval (its
+    own task does, while a stream is open), ``aclose`` on shutdown."""
 
     def __init__(
         self,
@@ -395,7 +396,7 @@ class EventHub:
         """Queue ``delta`` for every stream; a stream whose queue is full is dropped."""
         self.seq += 1
         self.counters["events"] += 1
-        data = _event("delta", self.seq, {"seq": self.seq, **wire_delta(delta)})
+        data = _event("delta", self.seq, {"seq": self.seq, **delta})
         for stream in list(self.streams):
             try:
                 stream.queue.put_nowait(data)
@@ -443,10 +444,6 @@ class EventHub:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-def wire_delta(delta: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(delta)
 
 
 def _event(kind: str, seq: int, data: Mapping[str, Any]) -> bytes:
