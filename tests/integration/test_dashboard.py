@@ -209,7 +209,10 @@ async def test_one_remote_address_cannot_take_every_stream() -> None:
 
 
 async def test_a_node_with_a_page_open_shuts_down_promptly() -> None:
-    """An open stream ends when its node closes; the close does not wait for the reader."""
+    """An open stream ends when its node closes; the close does not wait for the reader.
+
+    Without the shutdown hook that ends every stream, ``aclose()`` waits for aiohttp's
+    shutdown timeout (60 s) and this test times out after 15 s (checked)."""
     a = MeshNode(_config(name="a"))
     await a.start()
     try:
@@ -350,7 +353,10 @@ def _mesh(base: Path) -> Iterator[list[NodeProcess]]:
 def test_the_dashboard_of_a_live_mesh_in_headless_chromium(tmp_path: Path) -> None:
     """Open n0's dashboard: every member shows; typing a query lists the providers; a
     delegation appears with its trace link; a SIGKILLed node turns suspect, then dead; a
-    hostile description shows as text and runs nothing. A screenshot is kept."""
+    hostile description shows as text and runs nothing. A screenshot is kept.
+
+    With the description written as HTML instead of text, the assertion on the shown text
+    fails (the markup is parsed away; checked), whatever the CSP then blocks."""
     with _mesh(tmp_path) as nodes, _browser(tmp_path / "profile") as browser:
         n0 = nodes[0]
         wait_until(lambda: len(n0.members()) == 5, 20, "n0 knows all five members")
