@@ -6,7 +6,8 @@ running node who it knows), ``discover`` (rank providers for a description), ``d
 (create a data dir's identity), ``demo`` (a five-agent research mesh on this machine),
 ``keys`` (create a keyring file; install, use, remove and list keys across the mesh),
 ``id`` (print a data dir's node id), ``authority init|issue|revoke`` (a mesh authority:
-certify and revoke nodes).
+certify and revoke nodes), ``status`` (a one-screen summary of a node, ``--watch`` to follow
+it).
 Commands that print data take ``--json``.
 
 The HTTP API's token: ``run --api-token`` or the ``MESHNODE_API_TOKEN`` environment
