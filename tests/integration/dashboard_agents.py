@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from meshnode import MeshNode, capability
@@ -29,3 +30,10 @@ class Hostile(MeshNode):
     @capability(name="summarize_docs", description=HOSTILE_DESCRIPTION, tags=["<b>tag</b>"])
     async def summarize_docs(self, payload: dict[str, Any]) -> dict[str, Any]:
         return {"summary": "<script>window.__xss=4</script>"}
+
+
+class Slow(MeshNode):
+    @capability(name="slow_task", description="Take a long time over nothing", tags=["slow"])
+    async def slow_task(self, payload: dict[str, Any]) -> dict[str, Any]:
+        await asyncio.sleep(float(payload.get("seconds", 60)))
+        return {"done": True}

@@ -15,11 +15,14 @@ and a capability description full of markup is shown as text and never runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import signal
+import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -318,6 +321,17 @@ def _wait_js(page: Any, script: str, timeout: float, what: str) -> Any:
     raise AssertionError(f"timed out after {timeout} s waiting for: {what} (last: {value!r})")
 
 
+def _delegate_quietly(address: str, body: dict[str, Any]) -> None:
+    """POST a delegation and ignore its answer (a failure is what the page must show)."""
+    request = urllib.request.Request(
+        f"http://{address}/v1/delegate",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with contextlib.suppress(urllib.error.URLError, OSError):
+        urllib.request.urlopen(request, timeout=90).close()
+
+
 def _member_state(node_id: str) -> str:
     return (
         f"(() => {{ const r = document.querySelector('#members tr[data-node-id=\"{node_id}\"]');"
@@ -336,7 +350,7 @@ def _mesh(base: Path) -> Iterator[list[NodeProcess]]:
             ("translator", "Translator"),
             ("translator-2", "Translator"),
             ('<img src=x onerror="window.__xss=9">', "Hostile"),
-            ("idle", None),
+            ("slow", "Slow"),
         ):
             extra = [*common, "--agent", f"{AGENTS}:{agent}"] if agent else common
             nodes.append(
@@ -352,7 +366,8 @@ def _mesh(base: Path) -> Iterator[list[NodeProcess]]:
 @needs_chromium
 def test_the_dashboard_of_a_live_mesh_in_headless_chromium(tmp_path: Path) -> None:
     """Open n0's dashboard: every member shows; typing a query lists the providers; a
-    delegation appears with its trace link; a SIGKILLed node turns suspect, then dead; a
+    delegation appears with its trace link; a task in flight shows its provider; that
+    provider SIGKILLed turns suspect, then dead, and the task failed; a
     hostile description shows as text and runs nothing. A screenshot is kept.
 
     With the description written as HTML instead of text, the assertion on the shown text
@@ -420,12 +435,36 @@ def test_the_dashboard_of_a_live_mesh_in_headless_chromium(tmp_path: Path) -> No
         assert page.evaluate("window.__xss") is None
         assert page.query_selector("#capabilities img, #capabilities script, #members img") is None
 
-        # SIGKILL the idle node: suspect, then dead, on the page.
+        # A task in flight at the slow node shows as such, with its provider.
         victim = nodes[4]
-        victim.signal(signal.SIGKILL)
-        victim.wait()
-        _wait_js(page, f"{_member_state(victim.node_id)} === 'suspect'", 20, "victim suspect")
-        _wait_js(page, f"{_member_state(victim.node_id)} === 'dead'", 30, "victim dead")
+        slow = threading.Thread(
+            target=_delegate_quietly,
+            args=(n0.address, {"capability": "slow_task", "input": {}, "deadline_s": 60}),
+        )
+        slow.start()
+        try:
+            _wait_js(
+                page,
+                "Array.from(document.querySelectorAll('#tasks tr.in-flight'))"
+                ".some(r => r.children[1].textContent === 'slow_task'"
+                " && r.children[2].textContent === 'slow')",
+                15,
+                "the slow task in flight at the slow node",
+            )
+            # SIGKILL the slow node: its task fails, it turns suspect, then dead.
+            victim.signal(signal.SIGKILL)
+            victim.wait()
+            _wait_js(page, f"{_member_state(victim.node_id)} === 'suspect'", 20, "victim suspect")
+            _wait_js(page, f"{_member_state(victim.node_id)} === 'dead'", 30, "victim dead")
+            _wait_js(
+                page,
+                "Array.from(document.querySelectorAll('#tasks tr.outcome-failed'))"
+                ".some(r => r.children[1].textContent === 'slow_task')",
+                30,
+                "the slow task failed",
+            )
+        finally:
+            slow.join(60)
         dot = f'#graph circle[data-node-id="{victim.node_id}"]'
         assert page.get_attribute(dot, "class") == "dead"
         assert errors == []
