@@ -7,7 +7,8 @@ running node who it knows), ``discover`` (rank providers for a description), ``d
 ``keys`` (create a keyring file; install, use, remove and list keys across the mesh),
 ``id`` (print a data dir's node id), ``authority init|issue|revoke`` (a mesh authority:
 certify and revoke nodes), ``a2a import|list`` (external A2A agents served through a
-node), ``mcp`` (an MCP server giving MCP hosts the mesh's tools).
+node), ``mcp`` (an MCP server giving MCP hosts the mesh's tools), ``status`` (a one-screen
+summary of a node, ``--watch`` to follow it).
 Commands that print data take ``--json``.
 
 The HTTP API's token: ``run --api-token`` or the ``MESHNODE_API_TOKEN`` environment
@@ -526,6 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--json", action="store_true")
 
     _add_authority_parsers(sub)
+    _add_status_parser(sub)
 
     demo = sub.add_parser(
         "demo",
@@ -1040,6 +1042,149 @@ async def _cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- status
+
+STATUS_WATCH_DEFAULT_S = 2.0
+"""Seconds between refreshes of ``meshnode status --watch`` given no value."""
+STATUS_WATCH_MIN_S = 0.2
+"""Shortest ``--watch`` interval accepted (each refresh is one request to the node)."""
+STATUS_TOP_CAPABILITIES = 10
+"""Capabilities listed by ``meshnode status`` (most providers first)."""
+STATUS_RECENT_TASKS = 5
+"""Finished delegations listed by ``meshnode status`` (newest first)."""
+
+
+def _add_status_parser(sub: Any) -> None:
+    status = sub.add_parser(
+        "status", help="a one-screen summary of a node: members, health, tasks, capabilities"
+    )
+    status.add_argument("--node", default="127.0.0.1:7946", metavar="HOST:PORT")
+    status.add_argument(
+        "--token",
+        "--api-token",
+        dest="api_token",
+        metavar="TOKEN",
+        help=f"the node's API token (default ${API_TOKEN_ENV})",
+    )
+    status.add_argument("--json", action="store_true", help="print the JSON document")
+    status.add_argument(
+        "--watch",
+        nargs="?",
+        type=float,
+        const=STATUS_WATCH_DEFAULT_S,
+        metavar="SECONDS",
+        help=f"refresh every SECONDS (default {STATUS_WATCH_DEFAULT_S:g}) until Ctrl-C",
+    )
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    if args.watch is not None and not args.watch >= STATUS_WATCH_MIN_S:
+        raise ValueError(f"--watch must be at least {STATUS_WATCH_MIN_S} seconds")
+    try:
+        return _run_async(_status(args))
+    except KeyboardInterrupt:
+        return 0
+
+
+async def _status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.live import Live
+
+    token = api_token(args)
+    console = Console()
+
+    async def fetch() -> dict[str, Any]:
+        doc = await _get_json(args.node, "/v1/dashboard?members=0", token)
+        if not isinstance(doc, dict) or "node" not in doc:
+            raise RuntimeError(f"{args.node} sent no status document")
+        return doc
+
+    if args.json:
+        while True:
+            print(json.dumps(await fetch(), indent=None if args.watch else 2), flush=True)
+            if args.watch is None:
+                return 0
+            await asyncio.sleep(args.watch)
+    if args.watch is None:
+        console.print(status_view(await fetch()))
+        return 0
+    with Live(status_view(await fetch()), console=console, auto_refresh=False) as live:
+        while True:
+            await asyncio.sleep(args.watch)
+            try:
+                view: Any = status_view(await fetch())
+            except Exception as exc:  # keep watching through a node restart
+                view = f"[red]{args.node}: {type(exc).__name__}: {exc}[/red]"
+            live.update(view, refresh=True)
+
+
+def status_view(doc: dict[str, Any]) -> Any:
+    """The one-screen summary of a ``/v1/dashboard`` document, as a rich renderable."""
+    import time as _time
+
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    def plain(value: object) -> Text:
+        """A cell as plain text: no console markup, no control characters (reasons and
+        names can come from other nodes)."""
+        return Text("".join(ch for ch in str(value) if ch.isprintable()))
+
+    node, metrics, tasks = doc["node"], doc["metrics"], doc["tasks"]
+    members = metrics["members"]
+    head = Text()
+    head.append(plain(f"{node['name']} "))
+    head.append(f"{node['node_id'][:10]} {node['address']}  ")
+    head.append(node["status"], style="green" if node["status"] == "ok" else "bold red")
+    head.append(f"  local health {node['local_health']}")
+    lines: list[Any] = [head]
+    lines += [plain(f"  ! {reason}") for reason in node.get("reasons", [])]
+    lines.append(
+        Text(
+            "members: "
+            + "  ".join(
+                f"{state} {members.get(state, 0)}" for state in ("alive", "suspect", "dead", "left")
+            )
+            + f"   manifests {metrics['manifests']}  ledger records {metrics['ledger_records']}"
+        )
+    )
+    lines.append(
+        Text(
+            f"tasks: in flight {len(tasks['in_flight'])}  serving {tasks['serving']}  "
+            f"delegations ok {metrics['delegations_ok']}  failed {metrics['delegations_failed']}  "
+            f"served {metrics['tasks_served']}   drops {metrics['drops']}"
+        )
+    )
+    now = _time.time()
+    recent = [*tasks["in_flight"], *tasks["recent"]][:STATUS_RECENT_TASKS]
+    if recent:
+        table = Table(title="tasks", title_justify="left", box=None, pad_edge=False)
+        for column in ("TASK", "CAPABILITY", "PROVIDER", "OUTCOME", "AGE"):
+            table.add_column(column)
+        for t in recent:
+            outcome = t.get("outcome", "in flight")
+            table.add_row(
+                plain(t["task_id"][:10]),
+                plain(t["capability"]),
+                plain(t.get("provider_name") or (t.get("provider") or "-")[:10]),
+                plain(outcome + (f": {t['reason']}" if t.get("reason") else "")),
+                f"{max(0.0, now - t['started_at']):.0f} s",
+            )
+        lines.append(table)
+    caps = doc["capabilities"]["top"][:STATUS_TOP_CAPABILITIES]
+    if caps:
+        table = Table(title="top capabilities", title_justify="left", box=None, pad_edge=False)
+        for column in ("CAPABILITY", "PROVIDERS", "MIN COST USD"):
+            table.add_column(column)
+        for c in caps:
+            table.add_row(plain(c["name"]), str(c["providers"]), f"{c['min_cost_usd']:g}")
+        lines.append(table)
+    else:
+        lines.append(Text("no capabilities offered by alive members"))
+    return Group(*lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -1068,6 +1213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_authority(args)
         if args.command == "keys":
             return _cmd_keys(args)
+        if args.command == "status":
+            return _cmd_status(args)
         if args.command in ("a2a", "mcp"):
             return _cmd_bridge(args)
         if args.command == "trace":

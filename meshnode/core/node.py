@@ -135,6 +135,7 @@ from meshnode.core.router import (
     ScoredCandidate,
     rank,
 )
+from meshnode.core.task_log import TaskLog
 from meshnode.core.trust import MemberAges, TrustPolicy
 from protocol import (
     Capability,
@@ -311,6 +312,9 @@ class NodeCore:
         """When this node first saw each member alive (routing's tie-break evidence)."""
         self._tie_secret: bytes | None = None
         self._delegations: dict[str, _Delegation] = {}
+        self.task_log = TaskLog()
+        """This node's delegations in flight and the last few finished (a view for the
+        dashboard and ``meshnode status``; see :mod:`meshnode.core.task_log`)."""
         self._requester_due: float | None = None
         self._requester_stale = False
         self._effects: list[NodeEffect] = []
@@ -1065,6 +1069,7 @@ class NodeCore:
             self.task_counters["delegations_refused_cap"] += 1
             reason = "too many delegations in flight"
         if reason is not None:
+            self.task_log.started(task_id, capability, trace_id or task_id[:16], now)
             self._finish(task_id, capability, Failed(reason, (), 0.0), None)
             self._collect(now)
             return task_id
@@ -1090,6 +1095,7 @@ class NodeCore:
         )
         delegation = _Delegation(core, capability, task_input, expectation)
         self._delegations[task_id] = delegation
+        self.task_log.started(task_id, capability, core.trace_id, now)
         self._apply(task_id, delegation, core.start(now), now)
         self._set_load()
         self._collect(now)
@@ -1310,6 +1316,7 @@ class NodeCore:
         self._requester_stale = True
         for effect in effects:
             if isinstance(effect, SendRequest):
+                self.task_log.trying(task_id, effect.node)
                 self._send(effect.node, task_id, effect.request)
             elif isinstance(effect, SendConfirm):
                 self._send(effect.node, task_id, effect.confirm)
@@ -1364,6 +1371,15 @@ class NodeCore:
         ok = isinstance(outcome, Done)
         self.task_counters["delegations_ok" if ok else "delegations_failed"] += 1
         self.metrics.delegations.observe(outcome.elapsed_s)
+        self.task_log.finished(
+            task_id,
+            ok=ok,
+            provider=outcome.provider if isinstance(outcome, Done) else None,
+            reason="" if isinstance(outcome, Done) else outcome.reason,
+            attempts=len(outcome.attempts),
+            quality=None if evaluation is None else evaluation.quality,
+            now=self._now,
+        )
         self._effects.append(DelegationFinished(task_id, capability, outcome, evaluation))
 
     def _send(self, node: str, task_id: str, message: Message) -> None:

@@ -98,6 +98,7 @@ from aiohttp import web
 from meshnode.core.channel import MAX_RATE_BUCKETS as MAX_RATE_BUCKETS  # its old home
 from meshnode.core.channel import RateLimiter as RateLimiter  # its old home
 from meshnode.core.keys import MAX_CONCURRENT_KEY_OPS, Action
+from meshnode.runtime.dashboard import add_routes as add_dashboard_routes
 from meshnode.runtime.transport import BodyTooLarge, read_capped
 from protocol import (
     Envelope,
@@ -471,6 +472,7 @@ def build_app(node: MeshNode) -> web.Application:
     from meshnode.runtime.a2a_server import add_a2a_routes  # A2A card and JSON-RPC
 
     add_a2a_routes(app, node)
+    add_dashboard_routes(app, node)  # GET /, /ui, /v1/dashboard, /v1/events
     return app
 
 
