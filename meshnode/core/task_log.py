@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+from meshnode.core.tracing import parse_traceparent
+
 __all__ = ["RECENT_TASKS_MAX", "TaskLog"]
 
 RECENT_TASKS_MAX = 100
@@ -44,7 +46,13 @@ class TaskLog:
         """Bumped on every change: a reader compares it to know whether to look again."""
 
     def started(self, task_id: str, capability: str, trace_id: str, now: float) -> None:
-        """Delegation ``task_id`` of ``capability`` began at ``now``."""
+        """Delegation ``task_id`` of ``capability`` began at ``now``. ``trace_id`` is what
+        the task request carries: a W3C traceparent when tracing is on (the entry keeps its
+        32-digit trace id, the one ``GET /v1/traces/{trace_id}`` serves), else an opaque
+        string kept as it is."""
+        context = parse_traceparent(trace_id)
+        if context is not None:
+            trace_id = context.trace_id
         self._in_flight[task_id] = {
             "task_id": task_id,
             "capability": capability,

@@ -73,3 +73,16 @@ def test_copies_are_returned_and_the_version_moves_on_change() -> None:
     assert v0 < v1 < log.version == v1 + 1
     with pytest.raises(ValueError):
         TaskLog(recent_max=0)
+
+
+def test_a_traced_delegation_is_listed_under_the_trace_id_the_trace_route_serves() -> None:
+    """With tracing on, the runtime hands the core a W3C traceparent; the task log keeps
+    its 32-digit trace id, the key of ``GET /v1/traces/{trace_id}`` (the dashboard's
+    trace link). On the unfixed merge the entry held the whole traceparent, a link to a
+    trace no node serves."""
+    world, a, (p,) = _world(lambda x: SILENT)
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    _delegate(world, a, [p], deadline_s=30, trace_id=f"00-{trace}-00f067aa0ba902b7-01")
+    world.settle(world.now + 0.01)
+    (entry,) = a.core.task_log.in_flight()
+    assert entry["trace_id"] == trace
