@@ -30,6 +30,7 @@ import json
 import os
 import signal
 import sys
+import textwrap
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -325,21 +326,23 @@ REVOKE_TIMEOUT = HTTP_TIMEOUT
 
 def _add_authority_parsers(sub: Any) -> None:
     ident = sub.add_parser("id", help="print a data dir's node id (never creates a key)")
-    ident.add_argument("--data-dir", required=True)
+    ident.add_argument("--data-dir", required=True, help="the node's data directory")
     ident.add_argument("--json", action="store_true")
 
     authority = sub.add_parser("authority", help="a mesh authority: certify and revoke nodes")
     asub = authority.add_subparsers(dest="authority_command", required=True)
     init = asub.add_parser("init", help="create an authority key in DIR, print its public key")
-    init.add_argument("dir", metavar="DIR")
+    init.add_argument("dir", metavar="DIR", help="directory for the authority key (mode 0600)")
     init.add_argument("--force", action="store_true", help="replace an existing key")
     init.add_argument("--json", action="store_true")
     issue = asub.add_parser("issue", help="sign a membership certificate for a node")
     issue.add_argument("--dir", required=True, help="the authority directory")
     issue.add_argument("--node-id", required=True, help="the node's id (meshnode id)")
-    issue.add_argument("--role", action="append", default=[], help="a role (repeatable)")
+    issue.add_argument(
+        "--role", action="append", default=[], help="a role (repeatable; default: none)"
+    )
     issue.add_argument("--days", type=float, required=True, help="validity in days")
-    issue.add_argument("--name", default="", help="display name in the certificate")
+    issue.add_argument("--name", default="", help="display name in the certificate (default: none)")
     issue.add_argument("--out", help="certificate file (default: NODE_ID_PREFIX.cert)")
     issue.add_argument("--json", action="store_true")
     revoke = asub.add_parser("revoke", help="sign a revocation, optionally hand it to a node")
@@ -347,8 +350,14 @@ def _add_authority_parsers(sub: Any) -> None:
     target = revoke.add_mutually_exclusive_group(required=True)
     target.add_argument("--node-id", help="revoke every certificate of this node")
     target.add_argument("--serial", type=int, help="revoke one certificate")
-    revoke.add_argument("--node", metavar="HOST:PORT", help="a running node to hand it to")
-    revoke.add_argument("--token", help="the node's api token (when not on loopback)")
+    revoke.add_argument(
+        "--node",
+        metavar="HOST:PORT",
+        help="a running node to hand it to (default: only write the file)",
+    )
+    revoke.add_argument(
+        "--token", help="the node's API token (when not on loopback; default: none)"
+    )
     revoke.add_argument("--out", help="revocation file (default: revocation-SERIAL|NODE.rev)")
     revoke.add_argument("--json", action="store_true")
 
@@ -435,6 +444,188 @@ async def _post_revocation(node: str, signed: Any, token: str | None) -> bool:
         return bool((await resp.json())["accepted"])
 
 
+# ---------------------------------------------------------------------------- help texts
+
+HELP_WIDTH = 88
+"""Columns the subcommands' descriptions are wrapped to (examples keep their lines)."""
+DEFAULT_NODE = "127.0.0.1:7946"
+"""The node the client commands ask when ``--node`` is not given (``run``'s default port
+on loopback)."""
+
+COMMAND_HELP: dict[tuple[str, ...], tuple[str, str]] = {
+    (): (
+        "Run a node of a decentralized agent mesh, and talk to running nodes. The client "
+        f"commands ask the node at --node (default {DEFAULT_NODE}) over its HTTP API. "
+        "'meshnode COMMAND --help' describes each command.",
+        "meshnode run --name a --data-dir ./a &\n"
+        "  meshnode members\n"
+        "  meshnode discover 'greet someone by name'\n"
+        "  meshnode demo",
+    ),
+    ("run",): (
+        "Start a node: bind UDP and TCP on --host:--port, join the mesh through the --seed "
+        "nodes, serve the HTTP API on the same port, and run until SIGINT or SIGTERM. The "
+        "first line on stdout is a JSON 'listening' event with the node id and address.",
+        "meshnode run --name a --data-dir ./a\n"
+        "  meshnode run --name b --data-dir ./b --port 7947 --seed 127.0.0.1:7946 \\\n"
+        "      --agent examples/hello_agent.py:HelloAgent",
+    ),
+    ("members",): (
+        "List the members a running node knows: id, name, address, state and incarnation.",
+        "meshnode members\n  meshnode members --node 127.0.0.1:7947 --json",
+    ),
+    ("discover",): (
+        "Ask a running node to rank the providers it knows for a task, described in plain "
+        "words or named by its exact capability. Score columns: total, semantic match, "
+        "trust, availability, cost factor.",
+        "meshnode discover 'say hello to someone'\n"
+        "  meshnode discover --capability greet --max-cost 0.01 --json",
+    ),
+    ("delegate",): (
+        "Run a task through a running node: it picks a provider (by capability name, or by "
+        "--description), sends the input, retries elsewhere on failure, and prints the "
+        "output. A failed delegation is one line on stderr and exit status 1 (the whole "
+        "answer with --json).",
+        'meshnode delegate greet --input \'{"name": "Ada"}\'\n'
+        "  meshnode delegate --description 'greet someone' --input '{\"name\": \"Ada\"}' --json",
+    ),
+    ("trust",): (
+        "Show a running node's trust in each peer (overall and from its own experience) "
+        "and the state of its circuit breaker toward each.",
+        "meshnode trust\n  meshnode trust --node 127.0.0.1:7947 --json",
+    ),
+    ("keygen",): (
+        "Create the identity key (Ed25519, file mode 0600) of a data dir and print its node "
+        "id; an existing key is shown, not replaced, unless --force.",
+        "meshnode keygen --data-dir ./a",
+    ),
+    ("id",): (
+        "Print the node id of a data dir's identity key. Never creates a key.",
+        "meshnode id --data-dir ./a",
+    ),
+    ("authority",): (
+        "A mesh authority: a key that certifies which nodes may join (run --authority and "
+        "--cert) and revokes them.",
+        "meshnode authority init ./authority\n"
+        "  meshnode authority issue --dir ./authority --node-id $(meshnode id --data-dir ./a) "
+        "--days 30",
+    ),
+    ("authority", "init"): (
+        "Create an authority key in DIR and print its public key (give it to every node "
+        "as run --authority).",
+        "meshnode authority init ./authority",
+    ),
+    ("authority", "issue"): (
+        "Sign a membership certificate for a node id; the node runs with --cert FILE.",
+        "meshnode authority issue --dir ./authority --node-id NODE_ID --days 30 --role worker",
+    ),
+    ("authority", "revoke"): (
+        "Sign a revocation of one certificate (--serial) or of every certificate of a node "
+        "(--node-id); with --node, hand it to a running node, which gossips it to the mesh.",
+        "meshnode authority revoke --dir ./authority --serial 3 --node 127.0.0.1:7946",
+    ),
+    ("keys",): (
+        "The mesh keyring that seals all peer traffic: create a keyring file, then rotate "
+        "keys across every member without downtime (install, use, remove).",
+        "meshnode keys init ./mesh.keyring\n"
+        "  meshnode keys install $(meshnode keys generate)\n"
+        "  meshnode keys list",
+    ),
+    ("keys", "init"): (
+        "Create a keyring file (mode 0600) holding one fresh key; give it to every node as "
+        "run --keyring FILE.",
+        "meshnode keys init ./mesh.keyring --label prod",
+    ),
+    ("keys", "generate"): (
+        "Print a fresh random key, base64, for keys install.",
+        "meshnode keys generate",
+    ),
+    ("keys", "install"): (
+        "Install KEY on every member through a running node; members can then open "
+        "traffic sealed with it.",
+        "meshnode keys install KEY",
+    ),
+    ("keys", "use"): (
+        "Make an installed KEY every member's primary key, the one they seal with.",
+        "meshnode keys use KEY",
+    ),
+    ("keys", "remove"): (
+        "Remove KEY from every member (refused while it is a primary key).",
+        "meshnode keys remove OLD_KEY",
+    ),
+    ("keys", "list"): (
+        "List every key the members hold, how many members hold each, and whose primary it is.",
+        "meshnode keys list --json",
+    ),
+    ("trace",): (
+        "Collect one delegation's spans from every node it touched (found through the "
+        "node's members) and print them as a timeline, children under their parents.",
+        "meshnode trace 4bf92f3577b34da6a3ce929d0e0e4736",
+    ),
+    ("status",): (
+        "A one-screen summary of a running node: health, members by state, tasks in "
+        "flight and recent, and the capabilities on offer.",
+        "meshnode status\n  meshnode status --watch 5",
+    ),
+    ("demo",): (
+        "Start a five-agent research mesh on this machine (loopback only), ask it a "
+        "question, write the report to --out and stop every process again.",
+        "meshnode demo\n  meshnode demo --query 'which region grew fastest?' --out report.md",
+    ),
+    ("a2a",): (
+        "External A2A agents served through a node: each skill of an imported agent card "
+        "becomes a capability of that node.",
+        "meshnode a2a import https://agent.example.com\n  meshnode a2a list",
+    ),
+    ("a2a", "import"): (
+        "Have a running node fetch an A2A agent's card and serve its skills as capabilities.",
+        "meshnode a2a import https://agent.example.com --node 127.0.0.1:7946",
+    ),
+    ("a2a", "list"): (
+        "List the A2A agents a running node imports, and the capabilities each gives.",
+        "meshnode a2a list --json",
+    ),
+    ("mcp",): (
+        "Serve the mesh to MCP hosts: discover and delegate as MCP tools, over stdio (the "
+        "default, for a host that starts this command) or streamable HTTP (--http).",
+        "meshnode mcp --node 127.0.0.1:7946\n  meshnode mcp --http 8765",
+    ),
+}
+"""Description and example of every subcommand, by its path below ``meshnode``."""
+
+SHARED_OPTION_HELP: dict[str, str] = {
+    "node": f"the node's address, HOST:PORT (default {DEFAULT_NODE})",
+    "json": "print JSON instead of text",
+}
+"""Help of options many subcommands share, by ``dest``, for those defined without one."""
+
+
+def _finish_help(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> None:
+    """Give every subcommand under ``parser`` its description and example, every shared
+    option its help, and every option with a default that its help does not state the
+    default."""
+    description, example = COMMAND_HELP.get(path, ("", ""))
+    if description and (path == () or not parser.description):
+        parser.description = textwrap.fill(description, HELP_WIDTH)
+    if example:
+        parser.epilog = ("examples:\n  " if "\n" in example else "example:\n  ") + example
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                _finish_help(child, (*path, name))
+            continue
+        if not action.option_strings or isinstance(action, argparse._HelpAction):
+            continue
+        if not action.help and action.dest in SHARED_OPTION_HELP:
+            action.help = SHARED_OPTION_HELP[action.dest]
+        default = action.default
+        stated = action.help is not None and "default" in action.help.lower()
+        if action.nargs != 0 and default not in (None, [], "") and not stated:
+            shown = default.name if isinstance(default, Path) else default
+            action.help = f"{action.help or ''} (default {shown})".lstrip()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshnode", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -442,22 +633,31 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="start a node and serve until SIGINT/SIGTERM")
     run.add_argument("--port", type=int, default=7946, help="UDP and TCP port (default 7946)")
     run.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    run.add_argument("--advertise-host", help="address peers use to reach this node")
+    run.add_argument(
+        "--advertise-host",
+        help="address peers use to reach this node (default: the bind address)",
+    )
     run.add_argument(
         "--seed",
         action="append",
         metavar="HOST:PORT",
-        help="a node to join through (repeatable; any one reachable suffices)",
+        help="a node to join through (repeatable; any one reachable suffices; default: none, "
+        "start a new mesh)",
     )
-    run.add_argument("--name", default="node", help="human-readable node name")
-    run.add_argument("--data-dir", help="directory for the identity key and SQLite state")
+    run.add_argument("--name", default="node", help="human-readable node name (default node)")
+    run.add_argument(
+        "--data-dir",
+        help="directory for the identity key and SQLite state (default: none, a fresh "
+        "identity and nothing kept across restarts)",
+    )
     run.add_argument(
         "--profile", choices=sorted(PROFILES), default="lan", help="timing preset (default lan)"
     )
     run.add_argument(
         "--agent",
         metavar="MODULE:CLASS",
-        help="MeshNode subclass to run (MODULE:CLASS or FILE.py:CLASS)",
+        help="MeshNode subclass to run (MODULE:CLASS or FILE.py:CLASS; default: a plain node "
+        "offering no capabilities)",
     )
     run.add_argument(
         "--embedder",
@@ -475,15 +675,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--authority",
         metavar="PUBKEY",
-        help="mesh authority public key: admit only nodes it certified (needs --cert)",
+        help="mesh authority public key: admit only nodes it certified (needs --cert; default: "
+        "no authority)",
     )
-    run.add_argument("--cert", metavar="FILE", help="this node's certificate (authority issue)")
+    run.add_argument(
+        "--cert",
+        metavar="FILE",
+        help="this node's certificate (authority issue; default: none)",
+    )
     run.add_argument(
         "--open",
         action="store_true",
         help="run with neither keyring nor authority on a non-loopback address, on purpose",
     )
-    run.add_argument("--log-level", default="INFO")
+    run.add_argument(
+        "--log-level",
+        default="INFO",
+        help="least severe log level printed: DEBUG, INFO, WARNING or ERROR (default INFO)",
+    )
     run.add_argument("--json-logs", action="store_true", help="JSON logs even on a terminal")
     _add_keyring_run_flags(run)
     _add_observability_run_flags(run)
@@ -491,38 +700,49 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trace_parser(sub)
 
     members = sub.add_parser("members", help="list the members a node knows")
-    members.add_argument("--node", default="127.0.0.1:7946", metavar="HOST:PORT")
+    members.add_argument("--node", default=DEFAULT_NODE, metavar="HOST:PORT")
     members.add_argument("--json", action="store_true")
 
     discover = sub.add_parser("discover", help="rank the providers a node knows for a task")
     discover.add_argument("description", nargs="?", help="what you need, in plain words")
-    discover.add_argument("--capability", help="exact capability name")
-    discover.add_argument("--node", default="127.0.0.1:7946", metavar="HOST:PORT")
-    discover.add_argument("--min-trust", type=float, default=0.0)
-    discover.add_argument("--max-cost", type=float, help="USD per call")
-    discover.add_argument("--tag", action="append", help="required tag (repeatable)")
+    discover.add_argument(
+        "--capability", help="exact capability name (default: any, ranked by the description)"
+    )
+    discover.add_argument("--node", default=DEFAULT_NODE, metavar="HOST:PORT")
+    discover.add_argument(
+        "--min-trust", type=float, default=0.0, help="least trust a provider needs, 0..1"
+    )
+    discover.add_argument("--max-cost", type=float, help="most USD per call (default: no limit)")
+    discover.add_argument("--tag", action="append", help="required tag (repeatable; default: none)")
     discover.add_argument("--top-k", type=int, default=5, help="1..20 (default 5)")
     discover.add_argument("--json", action="store_true")
 
     delegate = sub.add_parser("delegate", help="run a task through a node (loopback)")
     delegate.add_argument("capability", nargs="?", help="capability name")
-    delegate.add_argument("--input", default="{}", help="task input as JSON")
-    delegate.add_argument("--description", help="find the capability by description")
-    delegate.add_argument("--node", default="127.0.0.1:7946", metavar="HOST:PORT")
-    delegate.add_argument("--deadline", type=float, default=30.0, help="seconds (default 30)")
-    delegate.add_argument("--max-cost", type=float, help="USD per call")
-    delegate.add_argument("--min-trust", type=float, default=0.0)
+    delegate.add_argument("--input", default="{}", help="task input as JSON (default {})")
     delegate.add_argument(
-        "--expect", metavar="SCHEMA", help="output JSON schema the result must match (scores it)"
+        "--description",
+        help="find the capability by description (default: the CAPABILITY given)",
+    )
+    delegate.add_argument("--node", default=DEFAULT_NODE, metavar="HOST:PORT")
+    delegate.add_argument("--deadline", type=float, default=30.0, help="seconds (default 30)")
+    delegate.add_argument("--max-cost", type=float, help="most USD per call (default: no limit)")
+    delegate.add_argument(
+        "--min-trust", type=float, default=0.0, help="least trust a provider needs, 0..1"
+    )
+    delegate.add_argument(
+        "--expect",
+        metavar="SCHEMA",
+        help="output JSON schema the result must match (scores it; default: unscored)",
     )
     delegate.add_argument("--json", action="store_true")
 
     trust = sub.add_parser("trust", help="a node's trust in each peer and its breakers")
-    trust.add_argument("--node", default="127.0.0.1:7946", metavar="HOST:PORT")
+    trust.add_argument("--node", default=DEFAULT_NODE, metavar="HOST:PORT")
     trust.add_argument("--json", action="store_true")
 
     keygen = sub.add_parser("keygen", help="create (or show) a data dir's identity")
-    keygen.add_argument("--data-dir", required=True)
+    keygen.add_argument("--data-dir", required=True, help="the node's data directory")
     keygen.add_argument("--force", action="store_true", help="replace an existing key")
     keygen.add_argument("--json", action="store_true")
 
@@ -562,15 +782,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="the orchestrator's embedder (default auto: MiniLM when installed)",
     )
     demo.add_argument(
-        "--mcp-config", type=Path, help="MCP servers for the web-search agent (JSON file)"
+        "--mcp-config",
+        type=Path,
+        help="MCP servers for the web-search agent (JSON file; default: none, offline search)",
     )
 
     # HTTP API access (see meshnode.runtime.api.authorize)
     run.add_argument(
         "--api-token",
         metavar="TOKEN",
-        help=f"bearer token for the HTTP API (16+ characters; prefer ${API_TOKEN_ENV}, "
-        "which this flag overrides: command lines are visible to other users)",
+        help=f"bearer token for the HTTP API (16+ characters; default ${API_TOKEN_ENV}, which "
+        "this flag overrides: prefer the variable, command lines are visible to other users)",
     )
     run.add_argument(
         "--no-trust-loopback",
@@ -587,6 +809,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--api-token", metavar="TOKEN", help=f"the node's API token (default ${API_TOKEN_ENV})"
         )
     _add_bridge_parsers(sub, run)
+    _finish_help(parser)
     return parser
 
 
@@ -620,7 +843,8 @@ def _add_keyring_run_flags(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--keyring",
         metavar="FILE",
-        help="seal all peer traffic with this keyring (meshnode keys init FILE)",
+        help="seal all peer traffic with this keyring (meshnode keys init FILE; default: no "
+        "keyring, traffic signed but not sealed)",
     )
     run.add_argument(
         "--encrypt-outgoing",
@@ -654,7 +878,9 @@ def _add_keys_parser(sub: Any) -> None:
     ops = keys.add_subparsers(dest="keys_command", required=True)
     init = ops.add_parser("init", help="create a keyring file holding one fresh key")
     init.add_argument("file", help="path of the keyring file to create (mode 0600)")
-    init.add_argument("--label", default="", help="cluster label (meshes apart by label)")
+    init.add_argument(
+        "--label", default="", help="cluster label (meshes apart by label; default: none)"
+    )
     init.add_argument("--force", action="store_true", help="replace an existing file")
     init.add_argument("--json", action="store_true")
     gen = ops.add_parser("generate", help="print a fresh random key (base64)")
@@ -666,10 +892,10 @@ def _add_keys_parser(sub: Any) -> None:
     ):
         op = ops.add_parser(name, help=text)
         op.add_argument("key", help="the key, base64")
-        op.add_argument("--node", default="127.0.0.1:7946", metavar="HOST:PORT")
+        op.add_argument("--node", default=DEFAULT_NODE, metavar="HOST:PORT")
         op.add_argument("--json", action="store_true")
     lst = ops.add_parser("list", help="every key the members hold, and how many hold each")
-    lst.add_argument("--node", default="127.0.0.1:7946", metavar="HOST:PORT")
+    lst.add_argument("--node", default=DEFAULT_NODE, metavar="HOST:PORT")
     lst.add_argument("--json", action="store_true")
 
 
@@ -742,12 +968,14 @@ def _add_bridge_parsers(sub: Any, run: argparse.ArgumentParser) -> None:
         "--a2a-import",
         action="append",
         metavar="URL",
-        help="an external A2A agent to serve as this node's capabilities (repeatable)",
+        help="an external A2A agent to serve as this node's capabilities (repeatable; default: "
+        "none)",
     )
     run.add_argument(
         "--a2a-key",
         metavar="FILE",
-        help="public key (PEM) or JWKS that imported agent cards' signatures must verify with",
+        help="public key (PEM) or JWKS that imported agent cards' signatures must verify with "
+        "(default: none; a signed card is then refused, an unsigned one accepted)",
     )
     run.add_argument(
         "--a2a-require-signed",
@@ -767,7 +995,7 @@ def _add_bridge_parsers(sub: Any, run: argparse.ArgumentParser) -> None:
         const="",
         metavar="CONFIG",
         help=f"publish the tools of the MCP servers in this JSON config as capabilities "
-        f"(no value: the file ${CONFIG_ENV} names)",
+        f"(no value: the file ${CONFIG_ENV} names; default: publish none)",
     )
     run.add_argument(
         "--mcp-refresh",
@@ -783,14 +1011,14 @@ def _add_bridge_parsers(sub: Any, run: argparse.ArgumentParser) -> None:
     imp.add_argument("url", help="the agent's base URL (its card is under /.well-known/)")
     lst = ops.add_parser("list", help="the agents a running node imports")
     for op in (imp, lst):
-        op.add_argument("--node", default="127.0.0.1:7946", metavar="HOST:PORT")
+        op.add_argument("--node", default=DEFAULT_NODE, metavar="HOST:PORT")
         op.add_argument(
             "--api-token", metavar="TOKEN", help=f"the node's API token (default ${API_TOKEN_ENV})"
         )
         op.add_argument("--json", action="store_true")
 
     mcp = sub.add_parser("mcp", help="serve the mesh to MCP hosts (stdio, or --http)")
-    mcp.add_argument("--node", default="127.0.0.1:7946", metavar="HOST:PORT")
+    mcp.add_argument("--node", default=DEFAULT_NODE, metavar="HOST:PORT")
     mcp.add_argument(
         "--token",
         "--api-token",
@@ -798,8 +1026,15 @@ def _add_bridge_parsers(sub: Any, run: argparse.ArgumentParser) -> None:
         metavar="TOKEN",
         help=f"the node's API token (default ${API_TOKEN_ENV})",
     )
-    mcp.add_argument("--http", type=int, metavar="PORT", help="streamable HTTP on this port")
-    mcp.add_argument("--http-host", default="127.0.0.1", help="HTTP bind address (loopback)")
+    mcp.add_argument(
+        "--http",
+        type=int,
+        metavar="PORT",
+        help="streamable HTTP on this port (default: stdio)",
+    )
+    mcp.add_argument(
+        "--http-host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)"
+    )
     mcp.add_argument(
         "--open", action="store_true", help="allow a non-loopback --http-host, on purpose"
     )
@@ -937,7 +1172,7 @@ def _add_trace_parser(sub: Any) -> None:
         "trace", help="assemble a trace from every node it touched and print its timeline"
     )
     trace.add_argument("trace_id", help="32 hex digits (from /v1/delegate's trace_id)")
-    trace.add_argument("--node", default="127.0.0.1:7946", metavar="HOST:PORT")
+    trace.add_argument("--node", default=DEFAULT_NODE, metavar="HOST:PORT")
     trace.add_argument("--json", action="store_true", help="print the spans as JSON")
     trace.add_argument(
         "--api-token", metavar="TOKEN", help=f"the nodes' API token (default ${API_TOKEN_ENV})"
@@ -1058,7 +1293,7 @@ def _add_status_parser(sub: Any) -> None:
     status = sub.add_parser(
         "status", help="a one-screen summary of a node: members, health, tasks, capabilities"
     )
-    status.add_argument("--node", default="127.0.0.1:7946", metavar="HOST:PORT")
+    status.add_argument("--node", default=DEFAULT_NODE, metavar="HOST:PORT")
     status.add_argument(
         "--token",
         "--api-token",
