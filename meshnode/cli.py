@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import importlib
 import importlib.util
 import json
 import os
 import signal
+import socket
 import sys
 import textwrap
 from collections.abc import Callable, Coroutine, Sequence
@@ -36,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from meshnode.core.config import NodeConfig, parse_address
+from meshnode.errors import MeshError
 
 PROFILES: dict[str, Callable[..., NodeConfig]] = {
     "lan": NodeConfig.lan,
@@ -47,6 +50,55 @@ HTTP_TIMEOUT = 10.0
 API_TOKEN_ENV = "MESHNODE_API_TOKEN"
 """Environment variable holding the HTTP API's token, for ``run`` and the client commands
 (``--api-token`` wins over it)."""
+ERROR_TEXT_MAX = 300
+"""Characters of a remote party's text (an HTTP error body, a delegation's reason) shown in
+an error line; the rest is cut, so that a hostile node cannot flood the terminal."""
+
+
+class CommandError(MeshError):
+    """A failure the command reports in plain words on one line (exit status 1): the
+    message already says what went wrong and, where it can, what to do."""
+
+
+def one_line(text: object, limit: int | None = None) -> str:
+    """``text`` as one line of printable characters (runs of whitespace become one
+    space; control characters, which a remote party could use to rewrite the terminal,
+    are dropped), cut to ``limit`` characters."""
+    flat = " ".join("".join(ch if ch.isprintable() else " " for ch in str(text)).split())
+    if limit is not None and len(flat) > limit:
+        flat = flat[: limit - 1] + "…"
+    return flat
+
+
+def _address_text(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _client_error(exc: BaseException, address: str, wait_s: float) -> CommandError | None:
+    """The plain-words form of an HTTP client failure talking to the node at ``address``,
+    or None when ``exc`` is not one."""
+    import aiohttp
+
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return CommandError(f"no node answering at {address} — is `meshnode run` running there?")
+    if isinstance(exc, TimeoutError):
+        return CommandError(f"{address} did not answer within {wait_s:g} s")
+    if isinstance(exc, (aiohttp.ContentTypeError, json.JSONDecodeError)):
+        return CommandError(f"{address} did not answer with JSON — is it a meshnode node's API?")
+    if isinstance(exc, aiohttp.ClientError):
+        return CommandError(
+            f"{address} broke off the exchange ({type(exc).__name__}: "
+            f"{one_line(exc, ERROR_TEXT_MAX)})"
+        )
+    return None
+
+
+def _http_refusal(address: str, status: int, text: str) -> CommandError:
+    """An HTTP error answer, in plain words; a 401 says how to give the token."""
+    message = f"{address} refused the request (HTTP {status}): {one_line(text, ERROR_TEXT_MAX)}"
+    if status == 401:
+        message += f" — give it with --api-token or ${API_TOKEN_ENV}"
+    return CommandError(message)
 
 
 def api_token(args: argparse.Namespace) -> str | None:
@@ -72,21 +124,90 @@ def load_agent_class(spec: str) -> type[Any]:
 
     target, sep, attr = spec.rpartition(":")
     if not sep or not target or not attr:
-        raise ValueError(f"--agent {spec!r}: expected MODULE:CLASS or FILE.py:CLASS")
+        raise ValueError(f"--agent {spec}: expected MODULE:CLASS or FILE.py:CLASS")
     if target.endswith(".py"):
+        if not Path(target).is_file():
+            raise ValueError(f"--agent {spec}: no file {target}")
         path = Path(target).resolve()
         module_spec = importlib.util.spec_from_file_location(path.stem, path)
         if module_spec is None or module_spec.loader is None:
-            raise ValueError(f"--agent: cannot load {path}")
+            raise ValueError(f"--agent {spec}: {target} cannot be loaded as a module")
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[path.stem] = module
-        module_spec.loader.exec_module(module)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:  # the agent's own code failed: say so, in one line
+            del sys.modules[path.stem]
+            raise ValueError(
+                f"--agent {spec}: importing {target} failed: {type(exc).__name__}: {one_line(exc)}"
+            ) from None
     else:
-        module = importlib.import_module(target)
+        try:
+            module = importlib.import_module(target)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and (target == exc.name or target.startswith(exc.name + ".")):
+                raise ValueError(
+                    f"--agent {spec}: no module named {target!r} (not installed, and not a FILE.py)"
+                ) from None
+            raise ValueError(
+                f"--agent {spec}: importing {target} failed: {type(exc).__name__}: {exc}"
+            ) from None
+        except Exception as exc:
+            raise ValueError(
+                f"--agent {spec}: importing {target} failed: {type(exc).__name__}: {one_line(exc)}"
+            ) from None
     cls = getattr(module, attr, None)
+    if cls is None:
+        raise ValueError(f"--agent {spec}: {target} has no class {attr}")
     if not (isinstance(cls, type) and issubclass(cls, MeshNode)):
-        raise ValueError(f"--agent {spec!r}: {attr} is not a MeshNode subclass")
+        raise ValueError(f"--agent {spec}: {attr} is not a MeshNode subclass")
     return cls
+
+
+def _bind_problem(host: str, port: int, exc: OSError) -> str | None:
+    """Why ``run`` could not bind ``host:port``, in plain words (which protocol holds the
+    port), or None when ``exc`` is not a binding failure this knows."""
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(chain) < 8:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    codes = {e.errno for e in chain if isinstance(e, OSError)}
+    text = " ".join(str(e) for e in chain).lower()
+    held = [
+        name
+        for name, kind in (("UDP", socket.SOCK_DGRAM), ("TCP", socket.SOCK_STREAM))
+        if port and _port_taken(host, port, kind)
+    ]
+    if held or errno.EADDRINUSE in codes or "address already in use" in text:
+        which = " and ".join(held) or "UDP or TCP"
+        return (
+            f"port {port} is in use ({which}) on {host} — another process holds it; "
+            "choose another with --port"
+        )
+    if errno.EACCES in codes or "permission denied" in text:
+        return (
+            f"no permission to bind port {port} on {host} (ports below 1024 need privileges); "
+            "choose another with --port"
+        )
+    if errno.EADDRNOTAVAIL in codes or "cannot assign requested address" in text:
+        return f"{host} is not an address of this machine; choose another with --host"
+    return None
+
+
+def _port_taken(host: str, port: int, kind: socket.SocketKind) -> bool:
+    """Whether binding ``host:port`` for ``kind`` fails because another socket holds it
+    (TCP with SO_REUSEADDR, as the node binds: a closed connection's TIME_WAIT does not
+    count)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, kind) as probe:
+            if kind == socket.SOCK_STREAM:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        return exc.errno == errno.EADDRINUSE
+    return False
 
 
 def _config_from_args(args: argparse.Namespace) -> NodeConfig:
@@ -130,7 +251,13 @@ async def _cmd_run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await node.start()
+    try:
+        await node.start()
+    except OSError as exc:
+        problem = _bind_problem(config.host, config.port, exc)
+        if problem is None:
+            raise
+        raise CommandError(problem) from None
     try:
         bridges = await _start_bridges(node, args)
     except BaseException:
@@ -171,14 +298,21 @@ async def _request_json(
     import aiohttp
 
     host, port = parse_address(node)
+    address = _address_text(host, port)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=wait_s)) as session,
-        session.request(method, f"http://{host}:{port}{path}", json=body, headers=headers) as resp,
-    ):
-        if resp.status >= 400 and resp.content_type != "application/json":
-            raise RuntimeError(f"{resp.status}: {(await resp.text()).strip()}")
-        return await resp.json()
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=wait_s)) as session,
+            session.request(method, f"http://{address}{path}", json=body, headers=headers) as resp,
+        ):
+            if resp.status >= 400 and resp.content_type != "application/json":
+                raise _http_refusal(address, resp.status, await resp.text())
+            return await resp.json()
+    except Exception as exc:
+        plain = _client_error(exc, address, wait_s)
+        if plain is None:
+            raise
+        raise plain from None
 
 
 def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
@@ -266,9 +400,11 @@ async def _cmd_delegate(args: argparse.Namespace) -> int:
         wait_s=args.deadline + HTTP_TIMEOUT,
         token=api_token(args),
     )
-    if args.json or "error" in data:
+    if args.json:
         print(json.dumps(data, indent=2))
         return 1 if "error" in data else 0
+    if "error" in data:
+        raise CommandError(delegation_failure(data))
     print(json.dumps(data["output"], indent=2))
     tried = ", ".join(f"{a['node'][:10]}:{a['outcome']}" for a in data["attempts"])
     quality = "unscored" if data["quality"] is None else f"{data['quality']:.2f}"
@@ -278,6 +414,29 @@ async def _cmd_delegate(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+DELEGATE_ATTEMPTS_SHOWN = 5
+"""Attempts a failed delegation's error line names (the rest are counted)."""
+
+
+def delegation_failure(data: dict[str, Any]) -> str:
+    """One line for a failed ``/v1/delegate`` answer: the reason, who was tried with what
+    outcome, and the trace id (for ``meshnode trace``). Reasons and details can come from
+    other nodes: they are flattened and cut (see :func:`one_line`)."""
+    parts = [f"delegation failed: {one_line(data.get('error'), ERROR_TEXT_MAX)}"]
+    attempts = data.get("attempts") or []
+    if isinstance(attempts, list) and attempts:
+        shown = [
+            one_line(f"{str(a.get('node', '?'))[:10]}:{a.get('outcome', '?')}", 40)
+            for a in attempts[:DELEGATE_ATTEMPTS_SHOWN]
+            if isinstance(a, dict)
+        ]
+        more = len(attempts) - len(shown)
+        parts.append("tried " + ", ".join(shown) + (f" and {more} more" if more > 0 else ""))
+    if data.get("trace_id"):
+        parts.append(f"trace {one_line(data['trace_id'], 64)}")
+    return "; ".join(parts)
 
 
 async def _cmd_trust(args: argparse.Namespace) -> int:
@@ -430,18 +589,25 @@ async def _post_revocation(node: str, signed: Any, token: str | None) -> bool:
     from protocol import pack
 
     host, port = parse_address(node)
+    address = _address_text(host, port)
     headers = {"Content-Type": "application/octet-stream"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REVOKE_TIMEOUT)) as session,
-        session.post(
-            f"http://{host}:{port}/v1/authority/revoke", data=pack(signed), headers=headers
-        ) as resp,
-    ):
-        if resp.status >= 400:
-            raise RuntimeError(f"{resp.status}: {(await resp.text()).strip()}")
-        return bool((await resp.json())["accepted"])
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REVOKE_TIMEOUT)) as session,
+            session.post(
+                f"http://{address}/v1/authority/revoke", data=pack(signed), headers=headers
+            ) as resp,
+        ):
+            if resp.status >= 400:
+                raise _http_refusal(address, resp.status, await resp.text())
+            return bool((await resp.json())["accepted"])
+    except Exception as exc:
+        plain = _client_error(exc, address, REVOKE_TIMEOUT)
+        if plain is None:
+            raise
+        raise plain from None
 
 
 # ---------------------------------------------------------------------------- help texts
@@ -818,6 +984,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     if args.timeout <= 0:
         raise ValueError("--timeout must be positive")
+    # Refuse what would fail at the end of the run before any agent starts.
+    if args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a folder: give the report's file name")
+    if not args.out.parent.is_dir():
+        raise ValueError(
+            f"--out {args.out}: the folder {args.out.parent} does not exist (create it first)"
+        )
+    for flag, given in (("--csv", args.csv), ("--mcp-config", args.mcp_config)):
+        if given is not None and not given.is_file():
+            raise ValueError(f"{flag} {given}: no such file")
     options = DemoOptions(
         query=args.query or DEFAULT_QUERY,
         csv=args.csv,
@@ -1126,7 +1302,7 @@ async def _cmd_a2a(args: argparse.Namespace) -> int:
         token=token,
     )
     if isinstance(data, dict) and "error" in data:
-        raise RuntimeError(data["error"])
+        raise CommandError(f"import refused: {one_line(data['error'], ERROR_TEXT_MAX)}")
     if args.json:
         print(json.dumps(data, indent=2))
     else:
@@ -1331,7 +1507,7 @@ async def _status(args: argparse.Namespace) -> int:
     async def fetch() -> dict[str, Any]:
         doc = await _get_json(args.node, "/v1/dashboard?members=0", token)
         if not isinstance(doc, dict) or "node" not in doc:
-            raise RuntimeError(f"{args.node} sent no status document")
+            raise CommandError(f"{args.node} sent no status document")
         return doc
 
     if args.json:
@@ -1349,7 +1525,10 @@ async def _status(args: argparse.Namespace) -> int:
             try:
                 view: Any = status_view(await fetch())
             except Exception as exc:  # keep watching through a node restart
-                view = f"[red]{args.node}: {type(exc).__name__}: {exc}[/red]"
+                from rich.text import Text
+
+                said = str(exc) if isinstance(exc, CommandError) else f"{type(exc).__name__}: {exc}"
+                view = Text(one_line(said), style="red")
             live.update(view, refresh=True)
 
 
@@ -1455,15 +1634,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "trace":
             return _run_async(_cmd_trace(args))
     except ValueError as exc:
-        print(f"meshnode: error: {exc}", file=sys.stderr)
+        print(f"meshnode: error: {one_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
     except Exception as exc:  # the CLI boundary: report, never dump a traceback
         from meshnode.errors import DataDirInUse
 
-        if isinstance(exc, DataDirInUse):  # another process runs this node: name it
-            print(f"meshnode: error: {exc}", file=sys.stderr)
+        if isinstance(exc, (CommandError, DataDirInUse)):  # already plain words
+            print(f"meshnode: error: {one_line(exc)}", file=sys.stderr)
         else:
-            print(f"meshnode: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            print(f"meshnode: error: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
         return 1
     parser.error(f"unknown command {args.command}")
     return 2

@@ -123,7 +123,7 @@ def _description() -> str:
         "scenarios:",
     ]
     for name in SCENARIOS:
-        wrapped = textwrap.wrap(SCENARIO_HELP[name], 86 - width)
+        wrapped = textwrap.wrap(SCENARIO_HELP[name], 86 - width, break_on_hyphens=False)
         lines.append(f"  {name:<{width}}  {wrapped[0]}")
         lines += [f"  {'':<{width}}  {more}" for more in wrapped[1:]]
     return "\n".join(lines)
