@@ -450,60 +450,84 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _summarise(report: dict[str, Any], out: Any) -> None:
+def fixed(value: Any, digits: int = 2) -> str:
+    """A figure with ``digits`` decimals for the summary (``-`` for none, as is for text)."""
+    if value is None:
+        return "-"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """The summary printed after a run: seconds and round counts with 2 decimals, each
+    round count with the length of its round."""
     summary = report["summary"]
+    results = report["results"]
     lines = [f"scenario {report['scenario']}, {report['nodes']} nodes, seed {report['seed']}"]
     if summary["membership_convergence_s"] is not None:
-        lines.append(f"  membership converged after {summary['membership_convergence_s']} s")
+        lines.append(f"  membership converged after {fixed(summary['membership_convergence_s'])} s")
     if summary["rumor"]:
         r = summary["rumor"]
+        rounds = r["rounds"]
         lines.append(
-            f"  rumor: rounds p50/p99/max {r['rounds']['p50']}/{r['rounds']['p99']}/"
-            f"{r['rounds']['max']} (heard: {r['heard_rounds']['max']} max; "
-            f"analytic {r['analytic_rounds']})"
+            f"  rumor: applied after {fixed(rounds['p50'])}/{fixed(rounds['p99'])}/"
+            f"{fixed(rounds['max'])} gossip rounds p50/p99/max (1 round = gossip_interval "
+            f"{results['gossip_interval_s']:g} s), heard after {fixed(r['heard_rounds']['max'])} "
+            f"max; analytic bound {fixed(r['analytic_rounds'])} rounds"
         )
     if summary["failure_detection"]:
         fd = summary["failure_detection"]
         lines.append(
-            f"  failure detection: first node p50 {fd['first_node_s']['p50']} s, "
-            f"all nodes max {fd['all_nodes_s']['max']} s"
+            f"  failure detection: first node p50 {fixed(fd['first_node_s']['p50'])} s, "
+            f"all nodes max {fixed(fd['all_nodes_s']['max'])} s"
         )
     if summary["reconvergence_after_heal"]:
         rc = summary["reconvergence_after_heal"]
         lines.append(
-            f"  reconvergence after heal: membership {rc['membership_s']} s, manifests "
-            f"{rc['manifests_s']} s, ledger {rc['ledger_s']} s (budget {rc['budget_s']} s)"
+            f"  reconvergence after heal: membership {fixed(rc['membership_s'])} s, manifests "
+            f"{fixed(rc['manifests_s'])} s, ledger {fixed(rc['ledger_s'])} s (budget "
+            f"{fixed(rc['budget_s'])} s)"
         )
     lines.append(
         f"  false suspicions {summary['false_suspicions']}, false deaths {summary['false_deaths']}"
     )
     if report["scenario"] == "byzantine":
-        r = report["results"]
+        r = results
         lines.append(
             f"  byzantine {r['byzantine_nodes']}: honest false deaths "
             f"{r['false_deaths_of_honest']}, peak members {r['peak_members']} (bound "
             f"{r['bounds']['members']}), peak records {r['peak_records']} (bound "
             f"{r['bounds']['records']}), honest convergence after the attack "
-            f"{r['honest_convergence_after_stop_s']} s (budget {r['convergence_budget_s']} s)"
+            f"{fixed(r['honest_convergence_after_stop_s'])} s (budget "
+            f"{fixed(r['convergence_budget_s'])} s)"
         )
     if report["scenario"] == "economy":
-        r = report["results"]
-        tasks = r["tasks"]
+        r = results
+        tasks, trust = r["tasks"], r["trust_convergence"]
+        rate = r["plan"]["delegation_rate"]
         lines.append(
-            f"  economy: trust converged at round {r['trust_convergence']['round']}, "
-            f"routing at round {r['routing_convergence']['round']}, "
-            f"share to bad {r['share_to_bad']['all']}, completed {tasks['completed']} "
-            f"({tasks['completed_good']} good), failed {tasks['failed']}, deadline misses "
-            f"{tasks['deadline_missed']}, breaker flaps {r['breakers']['flaps']}, Sybil ring "
-            f"trust {r['sybil_ring']['trust_mean_final']}, honest providers lowered by bad "
-            f"input {r['bad_input']['honest_providers_lowered']}"
+            f"  economy (1 round = one delegation per requester, {fixed(1 / rate)} s on "
+            f"average at {rate:g} per s): trust converged at round "
+            f"{fixed(trust['round'], 0)} ({fixed(trust['seconds'])} s), routing at round "
+            f"{fixed(r['routing_convergence']['round'], 0)} of "
+            f"{r['rounds']}, share to bad {fixed(r['share_to_bad']['all'])}, completed "
+            f"{tasks['completed']} ({tasks['completed_good']} good), failed {tasks['failed']}, "
+            f"deadline misses {tasks['deadline_missed']}, breaker flaps {r['breakers']['flaps']}, "
+            f"Sybil ring trust {fixed(r['sybil_ring']['trust_mean_final'])}, honest providers "
+            f"lowered by bad input {r['bad_input']['honest_providers_lowered']}"
         )
     traffic = summary["traffic_per_node_per_s"]
     if traffic.get("gossip"):
         lines.append(
-            f"  per node per s: gossip {traffic['gossip']['bytes']} B, probe "
-            f"{traffic['probe']['bytes']} B, push-pull {traffic['push_pull']['bytes']} B, "
-            f"fetch {traffic['manifest_fetch']['bytes']} B"
+            f"  per node per s: gossip {fixed(traffic['gossip']['bytes'], 0)} B, probe "
+            f"{fixed(traffic['probe']['bytes'], 0)} B, push-pull "
+            f"{fixed(traffic['push_pull']['bytes'], 0)} B, fetch "
+            f"{fixed(traffic['manifest_fetch']['bytes'], 0)} B"
         )
-    for line in lines:
+    return lines
+
+
+def _summarise(report: dict[str, Any], out: Any) -> None:
+    for line in summary_lines(report):
         print(line, file=out)
