@@ -18,6 +18,13 @@ variable) as ``Authorization: Bearer``. ``run --no-trust-loopback`` makes loopba
 present it too; ``run --open-reads`` opens the read routes to anyone.
 Exit status: 0 on success, 1 on a runtime error (unreachable node,
 bad response), 2 on bad arguments.
+
+Errors are one line on stderr, ``meshnode: error: ...``, in plain words that say what to
+do (:class:`CommandError`): no node answering at an address, an HTTP refusal and how to
+give the token, a failed delegation (its JSON answer only with ``--json``), the part of
+``--agent`` that is wrong, a port another process holds. Text from other parties (HTTP
+error bodies, delegation reasons) is flattened to printable characters and cut. Every
+subcommand's ``--help`` has a description and an example (:data:`COMMAND_HELP`).
 """
 
 from __future__ import annotations
