@@ -60,6 +60,9 @@ API_TOKEN_ENV = "MESHNODE_API_TOKEN"
 ERROR_TEXT_MAX = 300
 """Characters of a remote party's text (an HTTP error body, a delegation's reason) shown in
 an error line; the rest is cut, so that a hostile node cannot flood the terminal."""
+ERROR_BODY_MAX_BYTES = 16 * 1024
+"""Bytes of an HTTP error answer's body read to show its text (what follows is left
+unread: the line shows :data:`ERROR_TEXT_MAX` characters of it anyway)."""
 
 
 class CommandError(MeshError):
@@ -98,6 +101,12 @@ def _client_error(exc: BaseException, address: str, wait_s: float) -> CommandErr
             f"{one_line(exc, ERROR_TEXT_MAX)})"
         )
     return None
+
+
+async def _error_text(resp: Any) -> str:
+    """The start of an HTTP error answer's body (at most :data:`ERROR_BODY_MAX_BYTES`)."""
+    raw: bytes = await resp.content.read(ERROR_BODY_MAX_BYTES)
+    return raw.decode("utf-8", "replace")
 
 
 def _http_refusal(address: str, status: int, text: str) -> CommandError:
@@ -313,7 +322,7 @@ async def _request_json(
             session.request(method, f"http://{address}{path}", json=body, headers=headers) as resp,
         ):
             if resp.status >= 400 and resp.content_type != "application/json":
-                raise _http_refusal(address, resp.status, await resp.text())
+                raise _http_refusal(address, resp.status, await _error_text(resp))
             return await resp.json()
     except Exception as exc:
         plain = _client_error(exc, address, wait_s)
@@ -608,7 +617,7 @@ async def _post_revocation(node: str, signed: Any, token: str | None) -> bool:
             ) as resp,
         ):
             if resp.status >= 400:
-                raise _http_refusal(address, resp.status, await resp.text())
+                raise _http_refusal(address, resp.status, await _error_text(resp))
             return bool((await resp.json())["accepted"])
     except Exception as exc:
         plain = _client_error(exc, address, REVOKE_TIMEOUT)
@@ -1456,7 +1465,7 @@ async def _cmd_trace(args: argparse.Namespace) -> int:
     )
     print("\n".join(trace_timeline(spans, names)))
     for gap in unreachable:
-        print(f"# not asked: {gap}", file=sys.stderr)
+        print(f"# not asked: {one_line(gap, ERROR_TEXT_MAX)}", file=sys.stderr)
     return 0
 
 

@@ -7,13 +7,16 @@ only when ``--json`` asked for it.
 
 from __future__ import annotations
 
+import http.server
 import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -231,3 +234,59 @@ def test_demo_into_a_missing_folder_is_refused_before_it_starts(tmp_path: Path) 
     assert done.stdout == ""
     assert not out.parent.exists()
     assert elapsed < 30  # generous: interpreter start only, not five agents
+
+
+HOSTILE_BODY_BYTES = 64 * 1024 * 1024
+"""Size of the error body the hostile server below sends (the command must not read it
+all, nor show it); larger than loopback socket buffers, so that a client that stops
+reading makes the server's writes fail."""
+
+
+class _Hostile(http.server.BaseHTTPRequestHandler):
+    """Answers every request with 500 and a huge body full of terminal escape codes;
+    ``sent_all`` records, per request, whether the client took the whole body."""
+
+    sent_all: ClassVar[list[bool]] = []
+
+    def do_GET(self) -> None:
+        chunk = b"\x1b[2J\x1b]0;owned\x07 erased\r\n"
+        self.send_response(500)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(HOSTILE_BODY_BYTES))
+        self.end_headers()
+        sent = 0
+        try:
+            while sent < HOSTILE_BODY_BYTES:
+                piece = chunk * 4096
+                piece = piece[: HOSTILE_BODY_BYTES - sent]
+                self.wfile.write(piece)
+                sent += len(piece)
+        except OSError:  # the client stopped reading and closed: what it should do
+            pass
+        self.sent_all.append(sent >= HOSTILE_BODY_BYTES)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_hostile_error_answer_is_cut_and_cleaned() -> None:
+    """A server at --node answering with a huge error body of terminal escape codes: the
+    command's one error line is at most a few hundred characters, with no control
+    character, and the command stopped reading the body early. On the unfixed code: the
+    whole 64 MiB body was read and printed, escape codes included (``RuntimeError: 500:
+    \\x1b[2J\\x1b]0;owned\\x07 erased ...``, 2.4 M lines)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hostile)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        done = meshnode("members", "--node", f"127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    message = one_error_line(done)
+    assert message.startswith(
+        f"127.0.0.1:{server.server_address[1]} refused the request (HTTP 500)"
+    )
+    assert len(message) < 400
+    assert all(ch.isprintable() for ch in message)
+    assert _Hostile.sent_all == [False]
