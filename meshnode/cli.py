@@ -190,6 +190,10 @@ def _bind_problem(host: str, port: int, exc: OSError) -> str | None:
         cause = cause.__cause__ or cause.__context__
     codes = {e.errno for e in chain if isinstance(e, OSError)}
     text = " ".join(str(e) for e in chain).lower()
+    from meshnode.errors import BindError
+
+    if not (isinstance(exc, BindError) or "bind" in text or errno.EADDRINUSE in codes):
+        return None  # another OSError (a file, a seed's name): reported as it is
     held = [
         name
         for name, kind in (("UDP", socket.SOCK_DGRAM), ("TCP", socket.SOCK_STREAM))
