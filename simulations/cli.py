@@ -400,12 +400,27 @@ def spec_from_args(args: argparse.Namespace) -> Spec:
     )
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before the run, a ``--json`` or ``--plot`` file that could not be written
+    after it (its folder missing, or the path a folder): a long run must not end in an
+    error that was known at its start."""
+    for flag, given in (("--json", args.json), ("--plot", args.plot)):
+        if not given or given == "-":
+            continue
+        path = Path(given)
+        if path.is_dir():
+            raise ValueError(f"{flag} {given} is a folder: give a file name")
+        if not path.parent.is_dir():
+            raise ValueError(f"{flag} {given}: the folder {path.parent} does not exist")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     out = sys.stderr if args.json == "-" else sys.stdout
     try:
         spec = spec_from_args(args)
         config = make_config(spec)
+        check_outputs(args)
     except (ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 64

@@ -226,3 +226,20 @@ def test_rumor_plot_x_axis_is_in_rounds() -> None:
         import matplotlib.pyplot as plt
 
         plt.close(fig)
+
+
+@pytest.mark.parametrize("flag", ["--json", "--plot"])
+def test_an_output_into_a_missing_folder_is_refused_before_the_run(
+    flag: str, tmp_path: Path
+) -> None:
+    """``--json``/``--plot`` into a folder that does not exist: refused at once (status
+    64), before the seed is drawn and anything runs. On the unfixed code: the whole run,
+    then ``FileNotFoundError`` (a traceback, status 1) when writing the JSON report, and
+    for ``--plot`` the same from matplotlib's savefig."""
+    target = tmp_path / "missing" / "out.file"
+    result = _cli("--scenario", "rumor", "--nodes", "5", "--seed", "1", flag, str(target))
+    assert result.returncode == 64, result.stdout + result.stderr
+    assert result.stderr.strip() == (
+        f"error: {flag} {target}: the folder {target.parent} does not exist"
+    )
+    assert result.stdout == ""
