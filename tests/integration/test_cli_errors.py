@@ -82,6 +82,24 @@ def test_no_node_answering_is_said_plainly(command: list[str], closed_port: int)
     assert done.stdout == ""
 
 
+def test_revocation_to_no_node_is_said_plainly(tmp_path: Path, closed_port: int) -> None:
+    """``authority revoke --node`` to an address nobody answers at: the same words (the
+    revocation file is written all the same). On the unfixed code:
+    ``ClientConnectorError: Cannot connect to host ...``."""
+    assert meshnode("authority", "init", str(tmp_path / "auth")).returncode == 0
+    address = f"127.0.0.1:{closed_port}"
+    out = tmp_path / "one.rev"
+    done = meshnode(
+        "authority", "revoke", "--dir", str(tmp_path / "auth"), "--serial", "1",
+        "--node", address, "--out", str(out),
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert one_error_line(done) == (
+        f"no node answering at {address} — is `meshnode run` running there?"
+    )
+    assert out.exists()
+
+
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[NodeProcess]:
     """A real node offering no capabilities."""
