@@ -535,7 +535,8 @@ def _add_authority_parsers(sub: Any) -> None:
         help="a running node to hand it to (default: only write the file)",
     )
     revoke.add_argument(
-        "--token", help="the node's API token (when not on loopback; default: none)"
+        "--token",
+        help=f"the node's API token (when not on loopback; default ${API_TOKEN_ENV})",
     )
     revoke.add_argument("--out", help="revocation file (default: revocation-SERIAL|NODE.rev)")
     revoke.add_argument("--json", action="store_true")
@@ -598,7 +599,8 @@ def _cmd_authority(args: argparse.Namespace) -> int:
     store.save_revocation(out_path, revocation.signed)
     report: dict[str, Any] = {"revocation": out_path, "keep_until": keep_until}
     if args.node:
-        report["accepted"] = _run_async(_post_revocation(args.node, revocation.signed, args.token))
+        token = args.token or os.environ.get(API_TOKEN_ENV) or None
+        report["accepted"] = _run_async(_post_revocation(args.node, revocation.signed, token))
     print(json.dumps(report) if args.json else " ".join(f"{k}={v}" for k, v in report.items()))
     return 0
 
@@ -1090,9 +1092,17 @@ def _add_keys_parser(sub: Any) -> None:
         op.add_argument("key", help="the key, base64")
         op.add_argument("--node", default=DEFAULT_NODE, metavar="HOST:PORT")
         op.add_argument("--json", action="store_true")
+        _add_token_flag(op)
     lst = ops.add_parser("list", help="every key the members hold, and how many hold each")
     lst.add_argument("--node", default=DEFAULT_NODE, metavar="HOST:PORT")
     lst.add_argument("--json", action="store_true")
+    _add_token_flag(lst)
+
+
+def _add_token_flag(op: argparse.ArgumentParser) -> None:
+    op.add_argument(
+        "--api-token", metavar="TOKEN", help=f"the node's API token (default ${API_TOKEN_ENV})"
+    )
 
 
 def _cmd_keys(args: argparse.Namespace) -> int:
@@ -1118,7 +1128,9 @@ async def _cmd_keys_remote(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"action": args.keys_command}
     if args.keys_command != "list":
         body["key"] = args.key
-    data = await _request_json("POST", args.node, "/v1/keys", body, wait_s=KEYS_WAIT_S)
+    data = await _request_json(
+        "POST", args.node, "/v1/keys", body, wait_s=KEYS_WAIT_S, token=api_token(args)
+    )
     if args.json:
         print(json.dumps(data, indent=2))
     else:

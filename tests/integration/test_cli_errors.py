@@ -151,6 +151,13 @@ def test_an_http_refusal_says_what_to_do(tmp_path: Path) -> None:
         assert "wrong api token" in one_error_line(wrong)
         right = meshnode("members", "--node", guarded.address, "--api-token", token, "--json")
         assert right.returncode == 0, right.stderr
+        # keys takes the token too (on the unfixed code it had no --api-token: status 2),
+        # and then gets past authorization to the node's own answer.
+        keys = meshnode("keys", "list", "--node", guarded.address, "--api-token", token)
+        assert one_error_line(keys) == (
+            f"{guarded.address} refused the request (HTTP 409): this node has no keyring "
+            "(start it with --keyring)"
+        )
     finally:
         guarded.stop()
 
