@@ -41,6 +41,7 @@ the same schema: every column and value must exist, or it is refused.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -55,7 +56,12 @@ __all__ = [
     "Plan",
     "Schema",
     "answer",
+    "check_rows",
+    "filters_text",
+    "fmt_value",
     "infer_schema",
+    "llm_messages",
+    "parse_llm_plan",
     "plan_from_spec",
     "plan_query",
 ]
@@ -240,7 +246,8 @@ class Schema:
     def year(self) -> ColumnInfo | None:
         years = self.of_kind("year")
         named = [c for c in years if "year" in _name_words(c.name)]
-        return (named or list(years) or [None])[0]
+        chosen = named or list(years)
+        return chosen[0] if chosen else None
 
     @property
     def default_value(self) -> ColumnInfo | None:
@@ -248,7 +255,8 @@ class Schema:
         whose name says money, else the first numeric column."""
         numeric = self.of_kind("numeric")
         money = [c for c in numeric if set(_name_words(c.name)) & _MONEY_WORDS]
-        return (money or list(numeric) or [None])[0]
+        chosen = money or list(numeric)
+        return chosen[0] if chosen else None
 
     @property
     def noun(self) -> str:
@@ -387,7 +395,7 @@ class Plan:
         if self.year_column:
             parts.append(f"over `{self.year_column}`")
         if self.filters:
-            parts.append("where " + _filters_text(self.filters))
+            parts.append("where " + filters_text(self.filters))
         return " ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
@@ -411,7 +419,7 @@ class Plan:
 _METRIC_NAMES = {"sum": "total", "mean": "mean", "median": "median", "count": "count"}
 
 
-def _filters_text(filters: Iterable[tuple[str, Sequence[str]]]) -> str:
+def filters_text(filters: Iterable[tuple[str, Sequence[str]]]) -> str:
     out = []
     for column, values in filters:
         if len(values) == 1:
@@ -475,10 +483,10 @@ def plan_query(query: str, schema: Schema) -> Plan:
 
     filters: dict[str, list[str]] = {}
     for column in (*schema.of_kind("categorical"), *schema.of_kind("year")):
-        for form, value, exact, label in _value_forms(column):
-            if value not in filters.get(column.name, []) and _find(words, folded, form, exact):
-                filters.setdefault(column.name, []).append(value)
-                matched.append(f"{label} → `{column.name}` = {value}")
+        for form, cell, exact, label in _value_forms(column):
+            if cell not in filters.get(column.name, []) and _find(words, folded, form, exact):
+                filters.setdefault(column.name, []).append(cell)
+                matched.append(f"{label} → `{column.name}` = {cell}")
 
     named: dict[str, str] = {}
     for column in schema.columns:
@@ -492,7 +500,7 @@ def plan_query(query: str, schema: Schema) -> Plan:
     if dataset_hit:
         matched.append(f"{dataset_hit[0]} → the dataset `{schema.dataset}`")
 
-    value = next(
+    value: str | None = next(
         (c.name for c in schema.of_kind("numeric") if c.name in named),
         schema.default_value.name if schema.default_value else None,
     )
@@ -519,15 +527,19 @@ def plan_query(query: str, schema: Schema) -> Plan:
     if compare is not None:
         group_by.append(compare)
     for column in schema.of_kind("categorical"):
-        if column.name in named and column.name not in group_by:
-            if len(filters.get(column.name, [])) != 1:
-                group_by.append(column.name)
+        single = len(filters.get(column.name, [])) == 1
+        if column.name in named and column.name not in group_by and not single:
+            group_by.append(column.name)
     if compare is None and group_by and len(filters.get(group_by[0], [])) >= 2:
         compare = group_by[0]
     year_column = None
-    if year is not None and (trend_asked or year_named) and year.name != compare:
-        if len(filters.get(year.name, [])) != 1:
-            year_column = year.name
+    if (
+        year is not None
+        and (trend_asked or year_named)
+        and year.name != compare
+        and len(filters.get(year.name, [])) != 1
+    ):
+        year_column = year.name
     if compare is not None:
         kind = "compare"
     elif group_by:
@@ -569,7 +581,7 @@ def check_rows(plan: Plan, table: stats.Table) -> Plan:
         group_by=(),
         year_column=None,
         compare_column=None,
-        reason=f"no row has a number in `{plan.value_column}` where {_filters_text(plan.filters)}",
+        reason=f"no row has a number in `{plan.value_column}` where {filters_text(plan.filters)}",
     )
 
 
@@ -693,7 +705,8 @@ def _label(column: str, key: str) -> str:
     if len(key) == 2 and key.isupper() and "countr" in column.lower():
         names = [n.title() for n, c in COUNTRY_CODES.items() if c == key]
         if names:
-            return f"{names[0] if key != 'US' else 'the United States'} ({key})"
+            name = names[0]
+            return f"{'the ' if name.startswith('United') else ''}{name} ({key})"
     return key
 
 
@@ -731,18 +744,18 @@ def answer(plan: Plan, out: Mapping[str, Any], schema: Schema) -> str:
     if plan.kind == "compare" and plan.compare_column:
         column = plan.compare_column
         wanted = dict(plan.filters).get(column) or ()
-        entries = {e["key"]: e for e in groups.get(column, []) if isinstance(e, dict)}
-        keys = list(wanted) or list(entries)
+        by_key = {e["key"]: e for e in groups.get(column, []) if isinstance(e, dict)}
+        keys = list(wanted) or list(by_key)
         parts = []
         for key in keys:
-            entry = entries.get(key)
+            entry = by_key.get(key)
             if entry is None:
                 parts.append(f"{_label(column, key)} has none in the data")
             else:
                 parts.append(f"{_label(column, key)} has {_metric_phrase(plan, entry, schema)}")
         sentences.append(_cap(subject) + ": " + "; ".join(parts) + ".")
         present = sorted(
-            (e for k, e in entries.items() if k in keys), key=lambda e: -_figure(plan, e)
+            (e for k, e in by_key.items() if k in keys), key=lambda e: -_figure(plan, e)
         )
         if len(present) >= 2 and _figure(plan, present[-1]) > 0:
             lead, last = present[0], present[-1]
@@ -780,8 +793,9 @@ def answer(plan: Plan, out: Mapping[str, Any], schema: Schema) -> str:
     elif summary:
         n = int(summary.get("count", 0))
         if plan.metric == "count":
+            what = subject if n != 1 else subject.replace(schema.noun, schema.singular, 1)
             sentences.append(
-                f"The data has {n} {subject if n != 1 else subject.replace(schema.noun, schema.singular, 1)} "
+                f"The data has {n} {what} "
                 f"(total `{v}` {fmt_value(v, float(summary.get('sum', 0.0)))})."
             )
         else:
@@ -806,3 +820,48 @@ def answer(plan: Plan, out: Mapping[str, Any], schema: Schema) -> str:
             + f", peaking in {trend['peak_year']}."
         )
     return " ".join(sentences) or "The data agent returned no figures for this question."
+
+
+# --------------------------------------------------------------------------- language model
+
+
+def llm_messages(query: str, schema: Schema) -> list[dict[str, str]]:
+    """The chat messages asking a language model for a plan as JSON."""
+    columns = [
+        {
+            "name": c.name,
+            "kind": c.kind,
+            **({"values": list(c.values[:MAX_CATEGORIES])} if c.values else {}),
+        }
+        for c in schema.columns
+    ]
+    prompt = (
+        f"Table `{schema.dataset}` with {schema.rows} rows. Columns:\n"
+        + json.dumps(columns)
+        + f"\n\nQuestion: {query}\n\nReply with one JSON object and nothing else: "
+        '{"kind": one of ' + json.dumps(list(KINDS)) + ', "value_column": a numeric column, '
+        '"group_by": [categorical columns], "year_column": a year column or null, '
+        '"filters": {column: [values exactly as listed]}, "compare_column": one of group_by '
+        'or null, "metric": one of ' + json.dumps(list(METRICS)) + ', "top_n": integer or '
+        'null, "reason": why, when kind is "unanswerable"}. Use "unanswerable" when the '
+        "question is not about this table."
+    )
+    return [
+        {"role": "system", "content": "You turn questions into analysis plans for a table."},
+        {"role": "user", "content": prompt},
+    ]
+
+
+def parse_llm_plan(query: str, schema: Schema, text: str, max_chars: int) -> Plan:
+    """The plan in a model's answer (a JSON object, possibly fenced), checked by
+    :func:`plan_from_spec`; ``ValueError`` when there is none or it is invalid."""
+    if len(text) > max_chars:
+        raise ValueError(f"the answer is over {max_chars} characters")
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0 or end <= start:
+        raise ValueError("the answer holds no JSON object")
+    try:
+        spec = json.loads(text[start : end + 1])
+    except ValueError as exc:
+        raise ValueError(f"the answer is not JSON: {exc}") from None
+    return plan_from_spec(query, schema, spec)

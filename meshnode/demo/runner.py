@@ -38,6 +38,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -47,6 +48,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from meshnode import MCP_CONFIG_ENV, SUCCESS_THRESHOLD
+from meshnode.demo import guards, planner, stats
 from meshnode.demo.agents import CODE_CALLERS_ENV, DATA_ROOT_ENV, DEMO_DATA_DIR
 from meshnode.demo.live import DemoState, NodeView, TaskView, View, make_view
 from meshnode.demo.orchestrator import JOB_ENV
@@ -71,6 +73,15 @@ POLL_INTERVAL_S = 0.5
 SPREAD_TIMEOUT_S = 5.0
 """Longest wait, after the report, for every node to hold the orchestrator's opinions."""
 DATASET_NAME = "startups.csv"
+"""The bundled table's file name."""
+MAX_CSV_BYTES = guards.MAX_FETCH_BYTES
+"""Largest ``--csv`` file accepted (bytes): what the data agent will read. Rows, columns
+and cell length are bounded by :data:`~meshnode.demo.stats.MAX_ROWS`,
+:data:`~meshnode.demo.stats.MAX_COLUMNS` and :data:`~meshnode.demo.stats.MAX_CELL_CHARS`."""
+MAX_NAME_CHARS = 100
+"""Longest file name kept for the agents' copy of ``--csv`` (longer names are cut)."""
+EXIT_BAD_INPUT = 2
+"""Exit status when the CSV is refused before anything starts."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -97,7 +108,8 @@ AGENTS = (
 class DemoOptions:
     query: str = DEFAULT_QUERY
     csv: Path | None = None
-    """A CSV with the demo's columns (default: the package's ``startups.csv``)."""
+    """Any CSV with a header row and a numeric column (default: the package's
+    ``startups.csv``)."""
     out: Path = Path("meshnode-demo-report.md")
     live: bool | None = None
     """True: rich view; False: plain lines; None: rich when stdout is a terminal."""
@@ -111,6 +123,48 @@ class DemoOptions:
 
 class DemoError(Exception):
     """The demo could not complete."""
+
+
+class DemoInputError(DemoError):
+    """The CSV was refused before anything started."""
+
+
+def dataset_name(path: Path) -> str:
+    """The name the agents' copy of ``path`` gets: its own file name, with anything but
+    letters, digits, ``.``, ``_`` and ``-`` replaced, at most :data:`MAX_NAME_CHARS`."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", path.name)[:MAX_NAME_CHARS].lstrip(".")
+    return name or "data.csv"
+
+
+def load_table(path: Path) -> tuple[stats.Table, planner.Schema]:
+    """Read and check a CSV before any process starts: at most :data:`MAX_CSV_BYTES`,
+    within the parser's row, column and cell limits, and with a numeric column to measure.
+    :class:`DemoInputError` says what is wrong."""
+    try:
+        size = path.stat().st_size
+        if not path.is_file():
+            raise DemoInputError(f"{path} is not a file")
+        if size > MAX_CSV_BYTES:
+            raise DemoInputError(
+                f"{path} is {size} bytes; the demo reads CSV files up to {MAX_CSV_BYTES} bytes"
+            )
+        data = path.read_bytes()[: MAX_CSV_BYTES + 1]
+    except OSError as exc:
+        raise DemoInputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_CSV_BYTES:
+        raise DemoInputError(f"{path} grew over {MAX_CSV_BYTES} bytes while being read")
+    try:
+        table = stats.parse_csv(data)
+    except ValueError as exc:
+        raise DemoInputError(f"{path}: {exc}") from None
+    if not table.rows:
+        raise DemoInputError(f"{path} has a header but no rows")
+    schema = planner.infer_schema(table, dataset_name(path))
+    if not schema.of_kind("numeric"):
+        raise DemoInputError(
+            f"{path} has no numeric column to measure (columns: {schema.describe()})"
+        )
+    return table, schema
 
 
 # --------------------------------------------------------------------------- processes
@@ -271,6 +325,9 @@ class _Demo:
         """The throw-away mesh authority's public key (node-id form)."""
         self._keyring_path = self.base / "keyring.json"
         self._admission: dict[str, dict[str, int]] = {}
+        self.schema: planner.Schema | None = None
+        self.dataset = DATASET_NAME
+        """The file name the agents' copy of the table has (the user's own)."""
         """Per agent, at the end: sealed inputs opened, plaintext accepted, certificates held."""
 
     # ------------------------------------------------------------------ events
@@ -293,10 +350,7 @@ class _Demo:
         elif kind == "plan":
             for sub in e["subtasks"]:
                 tasks[sub["key"]] = TaskView(sub["key"])
-            self.view.event(
-                f"plan: statistics by {', '.join(e['group_by'])}"
-                f"{' and year' if e['by_year'] else ''}, web search, Python check, write-up"
-            )
+            self.view.event(f"plan ({e.get('method', 'deterministic')}): {e.get('describe', '')}")
         elif kind == "discovered":
             t = tasks.setdefault(e["subtask"], TaskView(e["subtask"]))
             t.state, t.provider_name = "found", e["provider_name"]
@@ -354,8 +408,9 @@ class _Demo:
 
     def _prepare(self) -> Path:
         source = self.options.csv or DEMO_DATA_DIR / DATASET_NAME
-        if not source.is_file():
-            raise DemoError(f"no CSV at {source}")
+        _, self.schema = load_table(source)
+        self.dataset = dataset_name(source)
+        self.view.event(f"table {source}: {self.schema.rows} rows; {self.schema.describe()}")
         for spec in AGENTS:
             view = NodeView(spec.name, spec.role)
             self.state.nodes.append(view)
@@ -364,7 +419,7 @@ class _Demo:
             agent = self._agent(role)
             assert agent is not None
             (agent.dir / "datasets").mkdir()
-            shutil.copyfile(source, agent.dir / "datasets" / DATASET_NAME)
+            shutil.copyfile(source, agent.dir / "datasets" / self.dataset)
         return source
 
     def _credentials(self) -> str:
@@ -410,7 +465,10 @@ class _Demo:
         if role == "data agent":
             return _env({DATA_ROOT_ENV: str(agent.dir / "datasets")})
         if role == "orchestrator":
-            return _env({JOB_ENV: str(agent.dir / "job.json")})
+            return _env(
+                {JOB_ENV: str(agent.dir / "job.json")},
+                keep=("MESHNODE_LLM_URL", "MESHNODE_LLM_KEY", "MESHNODE_LLM_MODEL"),
+            )
         if role == "web-search agent" and self.options.mcp_config is not None:
             return _env({MCP_CONFIG_ENV: str(self.options.mcp_config.resolve())})
         if role == "writer agent":
@@ -431,7 +489,7 @@ class _Demo:
         }
         job = {
             "query": self.options.query,
-            "csv_path": DATASET_NAME,
+            "csv_path": self.dataset,
             "reference_root": str(orchestrator.dir / "datasets"),
             "report_path": str(paths["report"]),
             "result_path": str(paths["result"]),
@@ -529,6 +587,7 @@ class _Demo:
             source = self._prepare()
             paths = self._write_job()
             summary["dataset"] = str(source)
+            summary["dataset_name"] = self.dataset
             timeout = aiohttp.ClientTimeout(total=2.0)
             async with aiohttp.ClientSession(timeout=timeout) as http:
                 try:
@@ -553,6 +612,7 @@ class _Demo:
             summary.update(self._summarize(result, paths["report"]))
         except DemoError as exc:
             summary["error"] = str(exc)
+            summary["bad_input"] = isinstance(exc, DemoInputError)
             self.view.event(f"error: {exc}")
             summary["logs"] = {a.spec.name: a.log_tail() for a in self.agents if a.proc}
         finally:
@@ -604,13 +664,14 @@ class _Demo:
                     },
                 }
             )
-        failed = [t["subtask"] for t in result["tasks"] if t["error"] and t["quality"] is None]
+        done = [t for t in result["tasks"] if not t.get("skipped")]
+        failed = [t["subtask"] for t in done if t["error"] and t["quality"] is None]
         return {
             "ok": not failed
-            and all(
-                t["quality"] is not None and t["quality"] >= SUCCESS_THRESHOLD
-                for t in result["tasks"]
-            ),
+            and all(t["quality"] is not None and t["quality"] >= SUCCESS_THRESHOLD for t in done),
+            "answer": result.get("answer"),
+            "plan": result.get("plan"),
+            "schema": result.get("schema"),
             "failed_subtasks": failed,
             "report_path": str(report_path),
             "report": result["report"],
@@ -653,4 +714,6 @@ async def run_demo(options: DemoOptions, *, stdout: TextIO | None = None) -> int
             file=out,
             flush=True,
         )
+    if summary.get("bad_input"):
+        return EXIT_BAD_INPUT
     return 0 if summary.get("ok") else 1
