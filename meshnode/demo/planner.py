@@ -30,8 +30,8 @@ Theory of operation
 The plan's *kind* follows: ``compare`` (two or more values of one column), ``top`` or
 ``group`` (a breakdown), ``trend`` (only change over time), ``summary`` (only filters or
 the value), or ``unanswerable`` when nothing in the question refers to the table (nor to
-the dataset's own name) or when no row passes the filters. An unanswerable plan still
-describes what the data covers (:meth:`Schema.coverage`), so the report can say so.
+the dataset's own name; a year alone does not count) or when no row passes the filters.
+An unanswerable plan still describes what the data covers (:meth:`Schema.coverage`), so the report can say so.
 
 :func:`answer` turns the data agent's (checked) figures into the sentences the report
 opens with. :func:`plan_from_spec` validates a plan proposed by a language model against
@@ -445,7 +445,9 @@ def _value_forms(column: ColumnInfo) -> list[tuple[tuple[str, ...], str, bool, s
         if len(value) == 2 and value.isupper():
             for name, code in COUNTRY_CODES.items():
                 if code == value:
-                    forms.append((tuple(name.split()), value, False, name.title()))
+                    forms.append(
+                        (tuple(_fold(w) for w in name.split()), value, False, name.title())
+                    )
     return forms
 
 
@@ -513,7 +515,9 @@ def plan_query(query: str, schema: Schema) -> Plan:
     year = schema.year
     year_named = year is not None and year.name in named
 
-    relevant = bool(filters or dataset_hit or named)
+    # A year alone ("the world cup in 2022") does not make a question about this table.
+    year_only = {year.name} if year is not None else set()
+    relevant = bool(set(filters) - year_only or dataset_hit or named)
     if not relevant or value is None:
         reason = (
             "nothing in the question refers to the data's columns or values"

@@ -70,6 +70,14 @@ DEMO_LABEL = "meshnode-demo"
 """The demo keyring's cluster label: its sealed traffic never mixes with another mesh's."""
 POLL_INTERVAL_S = 0.5
 """How often the view asks the nodes' HTTP APIs for their state."""
+MODEL_NOTICE_AFTER_S = 3.0
+"""Seconds the orchestrator may take to listen before the demo says it is preparing its
+semantic model (with MiniLM cached it listens in about a second)."""
+MODEL_NOTICE = (
+    "orchestrator: preparing its semantic model (MiniLM) for discovery; the first run "
+    "exports and caches it, about 15 s, later runs take a second"
+)
+"""What the demo says, once, while the orchestrator prepares its model."""
 SPREAD_TIMEOUT_S = 5.0
 """Longest wait, after the report, for every node to hold the orchestrator's opinions."""
 DATASET_NAME = "startups.csv"
@@ -516,11 +524,33 @@ class _Demo:
             await agent.start(
                 [seed], self._agent_env(agent), self._embedder(agent), self._on_line, fut
             )
-        await asyncio.wait_for(asyncio.gather(*futures), START_TIMEOUT_S)
+        notice = asyncio.create_task(self._model_notice(futures))
+        try:
+            await asyncio.wait_for(asyncio.gather(*futures), START_TIMEOUT_S)
+        finally:
+            notice.cancel()
+            await asyncio.gather(notice, return_exceptions=True)
         for agent in others:
             self.view.event(f"{agent.spec.name} is up at {agent.address}, given only the seed")
         self.state.phase = "waiting for gossip to form the mesh"
         return seed
+
+    async def _model_notice(self, futures: list[asyncio.Future[None]]) -> None:
+        """Say once, if the orchestrator is not listening after :data:`MODEL_NOTICE_AFTER_S`,
+        that it is preparing its semantic model: on the first run MiniLM is exported and
+        cached, which takes about 15 s, and nothing else would be shown meanwhile."""
+        orchestrator = self._agent("orchestrator")
+        if orchestrator is None or self._embedder(orchestrator) == "hashing":
+            return
+        index = self.agents.index(orchestrator) - 1
+        try:
+            await asyncio.wait_for(asyncio.shield(futures[index]), MODEL_NOTICE_AFTER_S)
+        except TimeoutError:
+            orchestrator.view.status = "preparing model"
+            self.state.phase = "the orchestrator is preparing its semantic model"
+            self.view.event(MODEL_NOTICE)
+        except Exception:  # it exited: _start_all reports that
+            return
 
     async def _wait_report(self) -> dict[str, Any]:
         while True:
