@@ -31,7 +31,8 @@ The plan's *kind* follows: ``compare`` (two or more values of one column), ``top
 ``group`` (a breakdown), ``trend`` (only change over time), ``summary`` (only filters or
 the value), or ``unanswerable`` when nothing in the question refers to the table (nor to
 the dataset's own name; a year alone does not count) or when no row passes the filters.
-An unanswerable plan still describes what the data covers (:meth:`Schema.coverage`), so the report can say so.
+An unanswerable plan still describes what the data covers (:meth:`Schema.coverage`), so
+the report can say so.
 
 :func:`answer` turns the data agent's (checked) figures into the sentences the report
 opens with. :func:`plan_from_spec` validates a plan proposed by a language model against

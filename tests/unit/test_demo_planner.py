@@ -169,10 +169,8 @@ def test_compare_answer_has_the_tables_figures(table: stats.Table, schema: plann
         values = [
             float(r["funding_usd"]) for r in rows if r["sector"] == "AI" and r["country"] == code
         ]
-        assert (
-            f"({code}) has {planner.fmt_value('usd', sum(values))} in total across {len(values)} companies"
-            in text
-        )
+        total = planner.fmt_value("usd", sum(values))
+        assert f"({code}) has {total} in total across {len(values)} companies" in text
     assert text.startswith("AI companies:")
 
 
