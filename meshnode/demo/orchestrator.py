@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from meshnode import (
+    SUCCESS_THRESHOLD,
     Allow,
     DelegationError,
     DelegationResult,
@@ -82,6 +83,10 @@ DELEGATION_DEADLINE_S = 15.0
 """Deadline of each delegation, in seconds."""
 TOLERANCE = 0.10
 """Relative difference allowed between the data agent's figures and the recomputed ones."""
+EMPTY_SEARCH_QUALITY = SUCCESS_THRESHOLD
+"""Quality of a well-formed search answer with no results: nothing was found, which is
+neither the provider's failure (its corpus may simply not cover a user's table, and a
+failing score would blame it for that) nor full marks (it added nothing)."""
 LLM_PLAN_TIMEOUT_S = 15.0
 """Deadline for a language model's plan, in seconds; past it the deterministic planner
 plans instead."""
@@ -438,12 +443,13 @@ def check_citations(task_input: Any, output: Any) -> float:
 
 
 def check_search(task_input: Any, output: Any) -> float:
-    """A search scores the share of its results with a title and a snippet or link."""
+    """A search scores the share of its results with a title and a snippet or link; a
+    well-formed answer with no results scores :data:`EMPTY_SEARCH_QUALITY`."""
     if not isinstance(output, dict) or not isinstance(output.get("results"), list):
         return 0.0
     results = output["results"]
     if not results:
-        return 0.0
+        return EMPTY_SEARCH_QUALITY
     good = sum(
         1
         for r in results

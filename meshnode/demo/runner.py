@@ -728,6 +728,18 @@ async def run_demo(options: DemoOptions, *, stdout: TextIO | None = None) -> int
         if "report" in summary:
             print("\n" + summary["report"], file=out)
             print(f"Report written to {summary['report_path']}", file=out)
+            if not summary.get("ok"):
+                short = [
+                    f"{t['subtask']} ({t['error'] or 'quality ' + str(t['quality'])})"
+                    for t in summary.get("tasks", [])
+                    if not t.get("skipped")
+                    and (t["quality"] is None or t["quality"] < SUCCESS_THRESHOLD)
+                ]
+                print(
+                    "meshnode demo: exit status 1: these subtasks failed or scored below "
+                    f"{SUCCESS_THRESHOLD}: {', '.join(short) or 'none'}",
+                    file=out,
+                )
         else:
             print(f"meshnode demo: {summary.get('error', 'failed')}", file=out)
             for name, tail in (summary.get("logs") or {}).items():
