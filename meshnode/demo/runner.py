@@ -561,16 +561,28 @@ class _Demo:
                 raise DemoError(f"the orchestrator failed: {event['error']}")
 
     async def _spread(self, http: Any, opinions: int) -> dict[str, int]:
-        """Wait (bounded) until every node holds ``opinions`` ledger records."""
+        """Wait (bounded) until every node holds ``opinions`` ledger records and knows every
+        other agent by name (names arrive with manifests, after membership)."""
         deadline = time.monotonic() + SPREAD_TIMEOUT_S
         counts: dict[str, int] = {}
+        named: dict[str, int] = {}
         while True:
             for agent in self.agents:
                 with contextlib.suppress(Exception):
                     health = await self._get(http, agent, "/v1/health")
                     agent.view.health = health
                     counts[agent.spec.name] = int(health["ledger_records"])
-            if len(counts) == len(self.agents) and min(counts.values()) >= opinions:
+                    members = (await self._get(http, agent, "/v1/members"))["members"]
+                    named[agent.spec.name] = sum(
+                        1
+                        for m in members
+                        if m["state"] == "alive" and m["name"] and m["node_id"] != agent.node_id
+                    )
+            if (
+                len(counts) == len(named) == len(self.agents)
+                and min(counts.values()) >= opinions
+                and min(named.values()) >= len(self.agents) - 1
+            ):
                 return counts
             if time.monotonic() >= deadline:
                 return counts
