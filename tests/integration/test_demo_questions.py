@@ -94,6 +94,9 @@ def _table(report: str, title: str) -> dict[str, dict[str, str]]:
 def test_a_filter_and_comparison_is_answered_first(
     runs: dict[str, tuple[int, dict[str, Any]]],
 ) -> None:
+    """On the unfixed code: the report held sector and year statistics over all 100
+    companies (sections Dataset overview, Funding by sector, Funding by year), no country
+    breakdown, no AI filter, and no answer."""
     code, result = runs["compare"]
     assert code == 0 and result["ok"] is True
     assert result["plan"]["kind"] == "compare"
@@ -126,6 +129,8 @@ def test_a_filter_and_comparison_is_answered_first(
 
 
 def test_a_group_by_is_answered_first(runs: dict[str, tuple[int, dict[str, Any]]]) -> None:
+    """On the unfixed code: "stage" was a keyword, but the report led with nothing and
+    ranked stages by total, not by the average asked for."""
     code, result = runs["group"]
     assert code == 0 and result["ok"] is True
     assert (result["plan"]["kind"], result["plan"]["group_by"]) == ("group", ["stage"])
@@ -151,6 +156,8 @@ def test_a_group_by_is_answered_first(runs: dict[str, tuple[int, dict[str, Any]]
 def test_an_off_topic_question_gets_an_honest_answer(
     runs: dict[str, tuple[int, dict[str, Any]]],
 ) -> None:
+    """On the unfixed code: the startup report was printed as if it answered, the web
+    search scored 0.00, and the demo exited 1 with no message."""
     code, result = runs["off"]
     assert code == 0 and result["ok"] is True
     assert result["plan"]["kind"] == "unanswerable"
@@ -188,6 +195,8 @@ def _weather(path: Path) -> list[dict[str, str]]:
 
 
 def test_any_csv_is_read_with_its_own_columns(tmp_path: Path) -> None:
+    """On the unfixed code: the data agent was asked for ``funding_usd`` by ``sector`` in a
+    file it was given as ``startups.csv``, and the run failed."""
     path = tmp_path / "rain by city.csv"
     rows = _weather(path)
     code, result, progress = _demo(
