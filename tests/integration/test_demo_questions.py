@@ -28,7 +28,7 @@ import pytest
 from meshnode.demo import stats
 from meshnode.demo.agents import DEMO_DATA_DIR
 from meshnode.demo.planner import fmt_value
-from meshnode.demo.runner import MAX_CSV_BYTES
+from meshnode.demo.runner import MAX_CSV_BYTES, MODEL_NOTICE
 
 DEMO_TIMEOUT_S = 90.0
 
@@ -39,7 +39,9 @@ GROUP = "What is the average funding by stage?"
 OFF_TOPIC = "What is the best sourdough recipe?"
 
 
-def _demo(tmp: Path, query: str, *extra: str) -> tuple[int, dict[str, Any], str]:
+def _demo(
+    tmp: Path, query: str, *extra: str, env: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any], str]:
     out = tmp / "report.md"
     proc = subprocess.run(
         [
@@ -50,7 +52,7 @@ def _demo(tmp: Path, query: str, *extra: str) -> tuple[int, dict[str, Any], str]
         capture_output=True,
         text=True,
         timeout=DEMO_TIMEOUT_S,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
     if proc.returncode == 2:
         return proc.returncode, {}, proc.stdout + proc.stderr
@@ -260,3 +262,19 @@ def test_a_csv_beyond_the_limits_is_refused_before_anything_starts(
     assert message in proc.stdout, proc.stdout
     assert "is up at" not in proc.stdout
     assert not (tmp_path / "meshnode-demo-report.md").exists()
+
+
+@pytest.mark.semantic
+def test_the_first_run_says_once_that_the_model_is_being_prepared(tmp_path: Path) -> None:
+    """With an empty model cache the orchestrator exports MiniLM before it listens (about
+    15 s); the demo says so once, instead of showing nothing but "starting".
+
+    On the unfixed code: nothing was printed between the seed coming up and, some 16 s
+    later, the other four agents."""
+    code, result, progress = _demo(
+        tmp_path, GROUP, "--embedder", "minilm", env={"MESHNODE_CACHE_DIR": str(tmp_path / "c")}
+    )
+    assert code == 0 and result["ok"] is True, progress[-3000:]
+    assert progress.count(MODEL_NOTICE) == 1, progress
+    assert progress.index(MODEL_NOTICE) < progress.index("orchestrator is up at")
+    assert result["embedder"].startswith("sentence-transformers/all-MiniLM-L6-v2")
