@@ -297,8 +297,11 @@ def finding_from_coverage(schema: planner.Schema) -> dict[str, Any]:
         rows.append([c.name, c.kind, shown])
     return {
         "title": "What the data covers",
-        "headline": f"The data covers: {schema.coverage()}",
-        "text": f"Columns of `{schema.dataset}` ({schema.rows} rows) and what each holds.",
+        "headline": (
+            f"`{schema.dataset}` holds {schema.rows} rows in {len(schema.columns)} columns; "
+            "the question is about none of them"
+        ),
+        "text": f"{schema.coverage()} Each column and what it holds:",
         "table": {"columns": ["column", "kind", "values"], "rows": rows},
         "source": f"the orchestrator's own reading of {schema.dataset}",
     }
@@ -744,7 +747,8 @@ class ResearchOrchestrator(MeshNode):
             findings += findings_from_search(web.output)
         for i, finding in enumerate(findings, 1):
             finding["id"] = f"F{i}"
-        answer = planner.answer(plan, statistics_out, schema)
+            _clip(finding)
+        answer = _cut(planner.answer(plan, statistics_out, schema), MAX_WRITER_TEXT_CHARS)
         how = (
             f"How the question was read ({plan.method} planner): {plan.describe()}."
             + (f" Matched: {'; '.join(plan.matched)}." if plan.matched else "")
@@ -753,7 +757,12 @@ class ResearchOrchestrator(MeshNode):
         )
         written = await self._run(
             records["writer"],
-            {"query": query, "findings": findings, "answer": answer, "plan": how},
+            {
+                "query": query,
+                "findings": findings,
+                "answer": answer,
+                "plan": _cut(how, MAX_WRITER_TEXT_CHARS),
+            },
             emit,
         )
         if written is None:
@@ -932,6 +941,24 @@ class ResearchOrchestrator(MeshNode):
         except Exception as exc:  # the job's failure is reported, the node keeps serving
             with contextlib.suppress(Exception):
                 emit({"event": "job_failed", "error": f"{type(exc).__name__}: {exc}"})
+
+
+FINDING_LIMITS = {"title": 300, "headline": 500, "text": 20_000, "source": 500}
+"""Longest text per finding field the writer accepts (its input schema's limits)."""
+MAX_WRITER_TEXT_CHARS = 4_000
+"""Longest answer and plan text the writer accepts."""
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _clip(finding: dict[str, Any]) -> None:
+    """Cut a finding's texts to what the writer accepts: a table's long cell values must
+    not make the write-up fail."""
+    for key, limit in FINDING_LIMITS.items():
+        if isinstance(finding.get(key), str):
+            finding[key] = _cut(finding[key], limit)
 
 
 async def _none() -> None:

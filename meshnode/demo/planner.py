@@ -83,6 +83,16 @@ DEFAULT_TOP_N = 3
 MAX_TOP_N = 20
 """Largest ``top N`` honoured."""
 
+MAX_SHOWN_VALUE_CHARS = 40
+"""Longest cell value quoted in a coverage sentence (longer ones are cut with …)."""
+MAX_SHOWN_COLUMNS = 12
+"""Most categorical columns a coverage sentence lists."""
+MAX_PROMPT_VALUE_CHARS = 80
+"""Longest cell value put in a language model's prompt."""
+MAX_PROMPT_COLUMNS_CHARS = 12_000
+"""Most characters of column description in a language model's prompt; past it, the
+listed values are dropped (names and kinds stay)."""
+
 KINDS = ("compare", "top", "group", "trend", "summary", "unanswerable")
 METRICS = ("sum", "mean", "median", "count")
 
@@ -297,9 +307,9 @@ class Schema:
         year = self.year
         if year is not None and year.values:
             bits.append(f"years {year.values[0]}–{year.values[-1]}")
-        for c in self.of_kind("categorical"):
-            shown = ", ".join(c.values[:8]) + (", …" if len(c.values) > 8 else "")
-            bits.append(f"`{c.name}` ({shown})")
+        for c in self.of_kind("categorical")[:MAX_SHOWN_COLUMNS]:
+            shown = ", ".join(_cut(v, MAX_SHOWN_VALUE_CHARS) for v in c.values[:8])
+            bits.append(f"`{c.name}` ({shown}{', …' if len(c.values) > 8 else ''})")
         other = [c.name for c in self.of_kind("numeric") if c is not value]
         if other:
             bits.append("also " + ", ".join(f"`{n}`" for n in other))
@@ -314,6 +324,10 @@ class Schema:
                 for c in self.columns
             ],
         }
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _number(text: str) -> float | None:
@@ -836,13 +850,20 @@ def llm_messages(query: str, schema: Schema) -> list[dict[str, str]]:
         {
             "name": c.name,
             "kind": c.kind,
-            **({"values": list(c.values[:MAX_CATEGORIES])} if c.values else {}),
+            **(
+                {"values": [_cut(v, MAX_PROMPT_VALUE_CHARS) for v in c.values[:MAX_CATEGORIES]]}
+                if c.values
+                else {}
+            ),
         }
         for c in schema.columns
     ]
+    described = json.dumps(columns)
+    if len(described) > MAX_PROMPT_COLUMNS_CHARS:
+        described = json.dumps([{"name": c.name, "kind": c.kind} for c in schema.columns])
     prompt = (
         f"Table `{schema.dataset}` with {schema.rows} rows. Columns:\n"
-        + json.dumps(columns)
+        + described
         + f"\n\nQuestion: {query}\n\nReply with one JSON object and nothing else: "
         '{"kind": one of ' + json.dumps(list(KINDS)) + ', "value_column": a numeric column, '
         '"group_by": [categorical columns], "year_column": a year column or null, '

@@ -104,3 +104,34 @@ def test_load_table_refuses_a_large_or_missing_file(tmp_path: Path) -> None:
         load_table(tmp_path / "missing.csv")
     with pytest.raises(DemoInputError, match="not a file"):
         load_table(tmp_path)
+
+
+def test_long_cell_values_do_not_break_the_write_up() -> None:
+    """A table whose category values are long still gives the writer input it accepts.
+
+    On the unfixed code (no clipping): the breakdown's headline quoted a 900-character
+    value, over the writer's 500-character limit, and the write-up was refused."""
+    from meshnode.core.json_schema import validate
+    from meshnode.demo import orchestrator, planner
+    from meshnode.demo.agents import WRITE_INPUT
+
+    long = ["S" * 900 + str(i) for i in range(3)]
+    lines = ["segment,amount"] + [f"{long[i % 3]},{i * 10}" for i in range(12)]
+    table = stats.parse_csv("\n".join(lines).encode())
+    schema = planner.infer_schema(table, "long.csv")
+    plan = planner.plan_query("Which segment has the largest amount?", schema)
+    assert plan.group_by == ("segment",)
+    out = {
+        "dataset": "long.csv",
+        **stats.analyze(table, stats.AnalysisSpec("amount", ("segment",), None)),
+    }
+    findings = orchestrator.findings_from_statistics(out, plan, schema)
+    findings.append(orchestrator.finding_from_coverage(schema))
+    for i, finding in enumerate(findings, 1):
+        finding["id"] = f"F{i}"
+    assert any(len(f["headline"]) > 500 for f in findings)  # what the writer would refuse
+    for finding in findings:
+        orchestrator._clip(finding)
+    answer = orchestrator._cut(planner.answer(plan, out, schema), 4_000)
+    payload = {"query": plan.query, "findings": findings, "answer": answer, "plan": "p"}
+    assert validate(payload, WRITE_INPUT) == []
