@@ -5,10 +5,17 @@ Theory of operation
 -------------------
 :meth:`ResearchOrchestrator.research` runs one question through the mesh:
 
-1. **Plan.** :func:`plan_query` reads the question for the breakdowns it asks about
-   (sector, country, stage — the columns the table has); the years are always included.
-   The plan has four subtasks, each described in plain words (:data:`SUBTASKS`): statistics
-   on the table, a web search, a Python check of the trend, and the write-up.
+1. **Plan.** The table's columns get kinds (numeric, year, categorical, text), and the
+   question is read against them (:mod:`~meshnode.demo.planner`): which column to
+   measure, which rows (filters on values the question names), which breakdown, a
+   comparison, a trend or a top-N. With ``MESHNODE_LLM_URL`` set a language model is asked
+   for the plan first (:func:`llm_plan`, :data:`LLM_PLAN_TIMEOUT_S`); a plan naming a
+   column or value the table lacks, or any failure, falls back to the deterministic
+   planner, and the report says which planned. There are up to four subtasks, each
+   described in plain words (:data:`SUBTASKS`): statistics on the table, a web search, a
+   Python check of the trend, and the write-up. Those a question does not need are
+   skipped, not failed: the Python check without a trend; the search (and every breakdown)
+   for a question the table cannot answer, whose report says so and what the table covers.
 2. **Discover.** Each subtask's description goes to ``node.discover`` — this node's own
    semantic index of the manifests it learned by gossip. The best-ranked capability is the
    one used. Only if the description finds nothing (for instance with the hashing
@@ -20,8 +27,11 @@ Theory of operation
    this node's signed, gossiped opinion of the provider: the statistics are recomputed
    here with the standard library from this node's own copy of the table and must agree
    within ±10 %; a Python run must exit with status 0; the writer's report must cite every
-   finding; a search must return titled results.
-5. **Merge.** The writer's Markdown plus a section on how the report was made: who did
+   finding; a search must return titled results (finding nothing scores
+   :data:`EMPTY_SEARCH_QUALITY`, not a failure).
+5. **Merge.** The writer's Markdown — the answer first, in a sentence or two with the
+   figures (:func:`~meshnode.demo.planner.answer`), then how the question was read, the
+   key points and every finding — plus a section on how the report was made: who did
    what, how each was found, the quality each scored, and trust afterwards.
 
 Run by the demo, the orchestrator reads a job file named by ``MESHNODE_DEMO_JOB``, waits

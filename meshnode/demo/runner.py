@@ -2,14 +2,21 @@
 
 Theory of operation
 -------------------
-1. A temporary directory holds one data directory per agent (its identity key and SQLite
-   state) and the agents' logs. The data agent gets its own copy of the table (the
-   package's ``startups.csv`` or ``--csv``) and may read nothing else; the orchestrator
-   gets another copy to check the data agent's figures against, and a job file.
+1. The table (the package's ``startups.csv`` or ``--csv``, any CSV with a header row) is
+   read and checked first (:func:`load_table`: :data:`MAX_CSV_BYTES`, and the parser's
+   row, column and cell limits, and a numeric column to measure); a refused file ends the
+   run with a clear message and exit status :data:`EXIT_BAD_INPUT` before anything starts.
+   A temporary directory holds one data directory per agent (its identity key and SQLite
+   state) and the agents' logs. The data agent gets its own copy of the table, under the
+   user's own file name (:func:`dataset_name`), and may read nothing else; the
+   orchestrator gets another copy to check the data agent's figures against, and a job
+   file.
 2. Five ``meshnode run --agent ...`` processes start on 127.0.0.1, port 0, with the
    ``local`` timing profile, each in its own session. The data agent starts first; the
    address it prints is the seed, and the only address the other four are given. Each
-   process prints its ``listening`` line; the orchestrator then prints one JSON line per
+   process prints its ``listening`` line (the orchestrator only once its semantic model is
+   loaded: if that takes over :data:`MODEL_NOTICE_AFTER_S`, as on a first run that exports
+   MiniLM, the view says so once); the orchestrator then prints one JSON line per
    step of its job. Before anything starts, the orchestrator's identity is created
    (in its data directory) and its node id given to the code agent
    (``MESHNODE_CODE_CALLERS``): ``run_python`` runs code for the orchestrator only, and
@@ -28,7 +35,8 @@ Theory of operation
    failure, timeout or Ctrl-C.
 
 Only loopback is used, unless the user configures an MCP server (``--mcp-config``) or a
-language model (``MESHNODE_LLM_URL`` and ``MESHNODE_LLM_KEY``, passed to the writer only).
+language model (``MESHNODE_LLM_URL``, and ``MESHNODE_LLM_KEY`` if it needs one, passed to
+the orchestrator, which plans with it, and the writer only).
 """
 
 from __future__ import annotations
