@@ -86,6 +86,8 @@ MODEL_NOTICE = (
     "exports and caches it, about 15 s, later runs take a second"
 )
 """What the demo says, once, while the orchestrator prepares its model."""
+MODEL_GRAPH_GLOB = "all-MiniLM-L6-v2-*.onnx"
+"""File names of exported MiniLM graphs in the model cache."""
 SPREAD_TIMEOUT_S = 5.0
 """Longest wait, after the report, for every node to hold the orchestrator's opinions."""
 DATASET_NAME = "startups.csv"
@@ -143,6 +145,26 @@ class DemoError(Exception):
 
 class DemoInputError(DemoError):
     """The CSV was refused before anything started."""
+
+
+def model_cache_dir() -> Path:
+    """Where nodes keep the exported MiniLM graph: ``$MESHNODE_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/meshnode``, else ``~/.cache/meshnode`` (the rule of the discovery
+    layer's graph cache, which the demo may not import)."""
+    explicit = os.environ.get("MESHNODE_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "meshnode"
+
+
+def model_cached() -> bool:
+    """True when the model cache holds an exported MiniLM graph (a node then loads it in
+    about a second instead of exporting it, about 15 s)."""
+    try:
+        return any(model_cache_dir().glob(MODEL_GRAPH_GLOB))
+    except OSError:
+        return False
 
 
 def dataset_name(path: Path) -> str:
@@ -544,12 +566,15 @@ class _Demo:
         return seed
 
     async def _model_notice(self, futures: list[asyncio.Future[None]]) -> None:
-        """Say once, if the orchestrator is not listening after :data:`MODEL_NOTICE_AFTER_S`,
-        that it is preparing its semantic model: on the first run MiniLM is exported and
-        cached, which takes about 15 s, and nothing else would be shown meanwhile."""
+        """Say once, if no MiniLM graph is cached (:func:`model_cached`) and the orchestrator
+        is not listening after :data:`MODEL_NOTICE_AFTER_S`, that it is preparing its
+        semantic model: on the first run MiniLM is exported and cached, which takes about
+        15 s, and nothing else would be shown meanwhile."""
         orchestrator = self._agent("orchestrator")
         if orchestrator is None or self._embedder(orchestrator) == "hashing":
             return
+        if await asyncio.to_thread(model_cached):
+            return  # a slow start on a busy machine, not a model being prepared
         index = self.agents.index(orchestrator) - 1
         try:
             await asyncio.wait_for(asyncio.shield(futures[index]), MODEL_NOTICE_AFTER_S)

@@ -135,3 +135,23 @@ def test_long_cell_values_do_not_break_the_write_up() -> None:
     answer = orchestrator._cut(planner.answer(plan, out, schema), 4_000)
     payload = {"query": plan.query, "findings": findings, "answer": answer, "plan": "p"}
     assert validate(payload, WRITE_INPUT) == []
+
+
+def test_the_model_cache_is_where_nodes_keep_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo's own reading of the model cache's place follows the discovery layer's."""
+    from meshnode.demo.runner import model_cache_dir, model_cached
+    from meshnode.discovery.graph_cache import default_cache_dir
+
+    for env in ({"MESHNODE_CACHE_DIR": str(tmp_path / "m")}, {"XDG_CACHE_HOME": str(tmp_path)}, {}):
+        monkeypatch.delenv("MESHNODE_CACHE_DIR", raising=False)
+        monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        assert model_cache_dir() == default_cache_dir()
+    monkeypatch.setenv("MESHNODE_CACHE_DIR", str(tmp_path / "cache"))
+    assert model_cached() is False
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "all-MiniLM-L6-v2-0123abcd-int8.onnx").write_bytes(b"x")
+    assert model_cached() is True
