@@ -559,6 +559,8 @@ def plan_query(query: str, schema: Schema) -> Plan:
         and len(filters.get(year.name, [])) != 1
     ):
         year_column = year.name
+    if trend_asked and year is None:
+        matched.append("change over time asked, but the table has no year column")
     if compare is not None:
         kind = "compare"
     elif group_by:

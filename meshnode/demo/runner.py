@@ -445,6 +445,13 @@ class _Demo:
     # ------------------------------------------------------------------ phases
 
     def _prepare(self) -> Path:
+        if not self.options.query.strip():
+            raise DemoInputError("the question is empty")
+        if len(self.options.query) > planner.MAX_QUESTION_CHARS:
+            raise DemoInputError(
+                f"the question is {len(self.options.query)} characters; the demo plans "
+                f"questions up to {planner.MAX_QUESTION_CHARS}"
+            )
         source = self.options.csv or DEMO_DATA_DIR / DATASET_NAME
         _, self.schema = load_table(source)
         self.dataset = dataset_name(source)

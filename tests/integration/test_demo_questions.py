@@ -278,3 +278,16 @@ def test_the_first_run_says_once_that_the_model_is_being_prepared(tmp_path: Path
     assert progress.count(MODEL_NOTICE) == 1, progress
     assert progress.index(MODEL_NOTICE) < progress.index("orchestrator is up at")
     assert result["embedder"].startswith("sentence-transformers/all-MiniLM-L6-v2")
+
+
+def test_an_overlong_question_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "meshnode.cli", "demo", "--no-live", "--query", "why " * 600],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "the question is 2400 characters; the demo plans questions up to 2000" in proc.stdout
+    assert "is up at" not in proc.stdout

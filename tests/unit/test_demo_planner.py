@@ -265,3 +265,11 @@ def test_question_bounds(schema: planner.Schema) -> None:
         planner.plan_query("   ", schema)
     with pytest.raises(ValueError, match="over 2000 characters"):
         planner.plan_query("x" * 2_001, schema)
+
+
+def test_a_trend_without_years_is_noted() -> None:
+    rows = [["shop", "sales"], *[[["a", "b"][i % 2], str(i)] for i in range(10)]]
+    schema = planner.infer_schema(_csv(rows), "shops.csv")
+    plan = planner.plan_query("How have sales changed by shop?", schema)
+    assert (plan.kind, plan.group_by, plan.year_column) == ("group", ("shop",), None)
+    assert "change over time asked, but the table has no year column" in plan.matched
