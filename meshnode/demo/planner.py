@@ -158,6 +158,15 @@ COLUMN_SYNONYMS: dict[str, tuple[str, ...]] = {
 }
 """Words that name a column whose name contains the key (``industry`` asks for a column
 named ``sector``)."""
+WEAK_SYNONYMS = frozenset(
+    (
+        *("where", "when", "time", "field", "domain", "space", "market", "location"),
+        *("series", "annual", "annually", "yearly"),
+    )
+)
+"""Synonyms too common to show that a question is about the table: they choose a column
+once something else in the question is the table's, but alone ("the best time to bake
+bread", "where is the bakery") they do not make a question answerable."""
 
 _TREND_WORDS = frozenset(
     (
@@ -530,9 +539,19 @@ def plan_query(query: str, schema: Schema) -> Plan:
     year = schema.year
     year_named = year is not None and year.name in named
 
-    # A year alone ("the world cup in 2022") does not make a question about this table.
+    # A year alone ("the world cup in 2022"), a text column's name other than the rows'
+    # own noun ("the station's name") or a common synonym ("time", "where") does not make
+    # a question about this table.
     year_only = {year.name} if year is not None else set()
-    relevant = bool(set(filters) - year_only or dataset_hit or named)
+    text = schema.of_kind("text")
+    noun_column = text[0].name if text else None
+    strong = {
+        c
+        for c, word in named.items()
+        if word not in WEAK_SYNONYMS
+        and ((schema.get(c) or ColumnInfo(c, "text")).kind != "text" or c == noun_column)
+    }
+    relevant = bool(set(filters) - year_only or dataset_hit or strong)
     if not relevant or value is None:
         reason = (
             "nothing in the question refers to the data's columns or values"

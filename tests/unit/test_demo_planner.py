@@ -120,6 +120,9 @@ def test_column_kinds_of_another_table() -> None:
         ),
         ("best sourdough recipe", "unanswerable", (), None, {}, "sum"),
         ("Who won the football world cup in 2022?", "unanswerable", (), None, {}, "sum"),
+        ("What is the best time to bake bread?", "unanswerable", (), None, {}, "sum"),
+        ("Where is the nearest bakery?", "unanswerable", (), None, {}, "sum"),
+        ("How many companies are there?", "summary", (), None, {}, "count"),
     ],
 )
 def test_plans(
