@@ -171,7 +171,7 @@ bread", "where is the bakery") they do not make a question answerable."""
 _TREND_WORDS = frozenset(
     (
         *("trend", "change", "changed", "changing", "grow", "grew", "grown", "growth"),
-        *("evolve", "evolved", "evolution", "over", "since", "increase", "increased"),
+        *("evolve", "evolved", "evolution", "increase", "increased"),
         *("decrease", "decreased", "decline", "declined", "rise", "risen", "fall", "fallen"),
         *("yearly", "annual", "annually", "history", "historical"),
     )
@@ -568,8 +568,6 @@ def plan_query(query: str, schema: Schema) -> Plan:
         single = len(filters.get(column.name, [])) == 1
         if column.name in named and column.name not in group_by and not single:
             group_by.append(column.name)
-    if compare is None and group_by and len(filters.get(group_by[0], [])) >= 2:
-        compare = group_by[0]
     year_column = None
     if (
         year is not None
