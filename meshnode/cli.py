@@ -943,7 +943,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--query", help="the research question (default: a question on the data)")
     demo.add_argument(
-        "--csv", type=Path, help="a CSV with the demo's columns (default: the bundled one)"
+        "--csv",
+        type=Path,
+        help="any CSV with a header row and a numeric column (default: the bundled startups)",
     )
     demo.add_argument(
         "--out",
