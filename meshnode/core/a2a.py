@@ -70,6 +70,7 @@ __all__ = [
     "MAX_TEXT_CHARS",
     "NEGOTIATION_STATES",
     "PROTOCOL_VERSION",
+    "SIGNATURE_SCHEME",
     "TERMINAL_STATES",
     "A2AError",
     "ErrorCode",
@@ -121,6 +122,8 @@ MAX_PAGE_SIZE = 100
 """Largest ListTasks page."""
 DEFAULT_PAGE_SIZE = 50
 """ListTasks page size when the caller gives none."""
+SIGNATURE_SCHEME = "meshnodeSignature"
+"""Name of the card's security scheme for mesh members' signed requests."""
 GATEWAY_SKILL = "meshnode.gateway"
 """Id of the card's last skill: the node as a gateway to the whole mesh (a message naming
 it, or no skill, is routed by discovery)."""
@@ -643,9 +646,12 @@ def build_card(
     *,
     bearer: bool,
     description: str = "",
+    signed_requests: bool = False,
 ) -> dict[str, Any]:
     """The (unsigned) agent card of the node whose signed ``manifest`` this is, serving
-    JSON-RPC at ``url``; ``bearer`` declares the API token's bearer scheme."""
+    JSON-RPC at ``url``; ``bearer`` declares the API token's bearer scheme,
+    ``signed_requests`` the mesh members' request signatures
+    (:mod:`meshnode.core.request_auth`; either scheme is enough)."""
     skills = []
     for cap in manifest.capabilities:
         input_modes = ["application/json"]
@@ -687,16 +693,27 @@ def build_card(
         "defaultOutputModes": ["application/json"],
         "skills": skills,
     }
+    schemes: dict[str, Any] = {}
     if bearer:
-        card["securitySchemes"] = {
-            "bearer": {
-                "httpAuthSecurityScheme": {
-                    "scheme": "Bearer",
-                    "description": "the node's API token (meshnode run --api-token)",
-                }
+        schemes["bearer"] = {
+            "httpAuthSecurityScheme": {
+                "scheme": "Bearer",
+                "description": "the node's API token (meshnode run --api-token)",
             }
         }
-        card["securityRequirements"] = [{"schemes": {"bearer": {"list": []}}}]
+    if signed_requests:
+        schemes[SIGNATURE_SCHEME] = {
+            "apiKeySecurityScheme": {
+                "location": "header",
+                "name": "Meshnode-Signature",
+                "description": "a mesh member's Ed25519 request signature "
+                "(headers Meshnode-Node, Meshnode-Timestamp, Meshnode-Nonce, "
+                "Meshnode-Signature; scheme meshnode-ed25519-v1, docs/interop.md)",
+            }
+        }
+    if schemes:
+        card["securitySchemes"] = schemes
+        card["securityRequirements"] = [{"schemes": {name: {"list": []}}} for name in schemes]
     return card
 
 
