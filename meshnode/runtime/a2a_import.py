@@ -1064,7 +1064,9 @@ class A2AImporter:
             message_id=str(uuid.uuid4()),
             parts=parts,
         )
-        message.metadata.update({"meshnode_skill": skill_id})
+        # "skill" is how a meshnode node's A2A endpoint names the capability asked for
+        # (without it, a node would route the text by discovery instead).
+        message.metadata.update({"meshnode_skill": skill_id, "skill": skill_id})
         deadline = current_task_deadline()
         budget = self.call_timeout_s
         if deadline is not None:
