@@ -8,6 +8,11 @@ request replayed, a stale one, one signed by a key that is not a member, and one
 body was changed after signing are refused (401) and start nothing. A node importing
 another node's A2A endpoint signs its calls, so the import works without the token, and
 the trace of a delegation through the import spans the three nodes.
+
+On the code before the import client named the skill in ``metadata.skill`` (it sent only
+``meshnode_skill``, which a node's endpoint does not read): the worker routed the text by
+discovery and the delegation through the proxy failed with HTTP 502 ("no peer in the mesh
+offers 'the request'").
 """
 
 from __future__ import annotations
