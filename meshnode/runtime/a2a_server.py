@@ -21,6 +21,23 @@ Routes (registered by :func:`add_a2a_routes` from ``api.build_app``):
   (413), JSON nested at most ``api.MAX_JSON_DEPTH`` deep; every other cap is in
   :mod:`meshnode.core.a2a`.
 
+Signed requests (:mod:`meshnode.core.request_auth`): a caller may instead sign the
+request with a node key. Form, freshness and the signer's admission (under a mesh
+authority: certified; with a keyring: a current member) are checked before the body is
+read; then the body is read, the signature verified and the nonce checked against
+:attr:`A2AService.replays`. An admitted signer gets WORK access and sees only the tasks it
+started (:attr:`A2AService.owners`); a signer that is not admitted is judged as unsigned;
+a malformed, stale, replayed or non-verifying signature is refused (401). The card route
+takes signatures too, and the card declares the scheme when a signature can be a
+credential (:attr:`A2AService.signatures_admit`).
+
+Tracing: each ``SendMessage``/``SendStreamingMessage`` opens a server span
+(``invoke_agent {skill}``, GenAI and a2a attributes, :meth:`A2AService.open_span`) under
+the caller's ``traceparent``; the response carries its traceparent; the local provider's
+run (through the request's ``trace_id``) and the gateway's discovery and delegation (run
+with the span as the current context) are its children; it ends when the task ends or
+needs input.
+
 Who sees which task: tasks carry task inputs and outputs, which are what the WORK access
 protects, so only a caller with WORK access (the API token, or loopback while
 ``api_trust_loopback``) sees any task; every such caller is the node's operator and sees
