@@ -14,9 +14,13 @@ own node key instead of the callee's API token. It adds four headers:
 =========================  ===========================================================
 
 The signature covers, one per line: the scheme tag :data:`SCHEME`, the HTTP method
-(upper case), the ``Host`` header (lower case: the node the request is for, so a request
-signed for one node cannot be replayed against another), the path with its query string,
-the timestamp, the nonce, the SHA-256 of the body (hex) and the signer's node id.
+(upper case), the **audience** (the node id of the node the request is for), the path
+with its query string, the timestamp, the nonce, the SHA-256 of the body (hex) and the
+signer's node id. The audience is not sent: the callee verifies with its own node id, so
+a request signed for one node fails everywhere else. (The ``Host`` header would not do:
+whoever receives a signed request chooses the ``Host`` it replays it with; a node id is
+the one thing an endpoint cannot pretend to be without the key, see
+:func:`protocol.jws.verify_card`.)
 
 The callee checks, cheapest first, and refuses (401) at the first failure:
 
@@ -133,28 +137,28 @@ def body_digest(body: bytes) -> str:
 
 
 def signing_input(
-    method: str, host: str, path: str, timestamp: int, nonce: str, digest: str, node_id: str
+    method: str, audience: str, path: str, timestamp: int, nonce: str, digest: str, node_id: str
 ) -> bytes:
     """What is signed (see the module docstring)."""
-    lines = (SCHEME, method.upper(), host.lower(), path, str(timestamp), nonce, digest, node_id)
+    lines = (SCHEME, method.upper(), audience, path, str(timestamp), nonce, digest, node_id)
     return "\n".join(lines).encode()
 
 
 def sign_request(
     signer: Signer,
     node_id: str,
+    audience: str,
     method: str,
-    host: str,
     path: str,
     body: bytes,
     now: float,
     rng: random.Random,
 ) -> dict[str, str]:
     """The four headers that sign this request as ``node_id`` (whose key ``signer``
-    holds). ``path`` includes the query string; ``host`` is the ``Host`` header sent."""
+    holds) for the node ``audience``. ``path`` includes the query string."""
     timestamp = int(now)
     nonce = f"{rng.getrandbits(128):032x}"
-    data = signing_input(method, host, path, timestamp, nonce, body_digest(body), node_id)
+    data = signing_input(method, audience, path, timestamp, nonce, body_digest(body), node_id)
     signature = base64.urlsafe_b64encode(signer.sign(data)).rstrip(b"=").decode()
     return {
         HEADER_NODE: node_id,
@@ -206,10 +210,12 @@ def freshness_problem(timestamp: int, now: float, window: float = FRESHNESS_S) -
     return None
 
 
-def verify_request(signed: SignedRequest, method: str, host: str, path: str, body: bytes) -> bool:
-    """Does ``signed``'s signature cover this request as received?"""
+def verify_request(
+    signed: SignedRequest, audience: str, method: str, path: str, body: bytes
+) -> bool:
+    """Does ``signed``'s signature cover this request, as received by ``audience``?"""
     data = signing_input(
-        method, host, path, signed.timestamp, signed.nonce, body_digest(body), signed.node_id
+        method, audience, path, signed.timestamp, signed.nonce, body_digest(body), signed.node_id
     )
     return verify(public_key_from_node_id(signed.node_id), data, signed.signature)
 
@@ -262,15 +268,15 @@ class ReplayCache:
 
 def check_signed(
     signed: SignedRequest,
+    audience: str,
     method: str,
-    host: str,
     path: str,
     body: bytes,
     now: float,
     cache: ReplayCache,
 ) -> str | None:
     """Signature then nonce (the signer was already found admitted and fresh): why the
-    request must be refused, or None."""
-    if not verify_request(signed, method, host, path, body):
-        return "the request signature does not verify"
+    request, received by the node ``audience``, must be refused, or None."""
+    if not verify_request(signed, audience, method, path, body):
+        return "the request signature does not verify (signed for this node and this body?)"
     return cache.check(signed.node_id, signed.nonce, now)

@@ -100,6 +100,7 @@ from meshnode.core.tracing import SpanKind, format_traceparent
 from meshnode.errors import InvalidInput
 from meshnode.runtime.transport import BodyTooLarge, read_capped
 from protocol import LocalProtocolError, MeshError
+from protocol.jws import verify_card
 from protocol.limits import MAX_VALUE_BYTES
 from protocol.manifest import MAX_CAPABILITIES, MAX_DESCRIPTION_CHARS, MAX_TAG_CHARS, MAX_TAGS
 
@@ -540,9 +541,10 @@ class ImportedAgent:
     skipped: list[str] = field(default_factory=list)
     client: Any = None  # a2a.client.Client, built on first call
     fetched_at: float = 0.0
-    node_signed: bool = False
-    """The card declares meshnode request signatures: calls are signed with this node's
-    key (so a node of the same mesh grants them WORK access without its API token)."""
+    audience: str | None = None
+    """The agent is a meshnode node (:func:`signing_audience`): its node id. Calls are
+    signed with this node's key for it, so a node of the same mesh grants them WORK
+    access without its API token."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -625,15 +627,17 @@ def message_outcome(message: Any) -> dict[str, Any]:
 _IMPORTERS: weakref.WeakKeyDictionary[Any, A2AImporter] = weakref.WeakKeyDictionary()
 
 
-def signed_headers(identity: Identity, request: Any, rng: random.Random) -> dict[str, str]:
+def signed_headers(
+    identity: Identity, audience: str, request: Any, rng: random.Random
+) -> dict[str, str]:
     """The request-signature headers (:mod:`meshnode.core.request_auth`) for an httpx
-    ``request`` whose body has been read, signed with ``identity``'s node key."""
-    host = request.headers.get("Host") or request.url.netloc.decode()
+    ``request`` whose body has been read, signed with ``identity``'s node key for the
+    node ``audience``."""
     return sign_request(
         identity,
         identity.node_id,
+        audience,
         request.method,
-        host,
         request.url.raw_path.decode(),
         request.content,
         time.time(),
@@ -641,10 +645,12 @@ def signed_headers(identity: Identity, request: Any, rng: random.Random) -> dict
     )
 
 
-def node_key_auth(identity: Identity, rng: random.Random | None = None) -> Any:
-    """An ``httpx.Auth`` that signs every request with ``identity``'s node key, the way
-    a meshnode node accepts from an admitted member of its mesh instead of its API token
-    (:mod:`meshnode.core.request_auth`): ``httpx.AsyncClient(auth=node_key_auth(id))``."""
+def node_key_auth(identity: Identity, audience: str, rng: random.Random | None = None) -> Any:
+    """An ``httpx.Auth`` that signs every request with ``identity``'s node key for the node
+    ``audience`` (its node id, e.g. the ``kid`` of its card, checked with
+    :func:`protocol.jws.verify_card`), the way a meshnode node accepts from an admitted
+    member of its mesh instead of its API token (:mod:`meshnode.core.request_auth`):
+    ``httpx.AsyncClient(auth=node_key_auth(me, node_id))``."""
     import httpx
 
     chosen = rng or random.SystemRandom()
@@ -653,7 +659,7 @@ def node_key_auth(identity: Identity, rng: random.Random | None = None) -> Any:
         requires_request_body = True
 
         def auth_flow(self, request: httpx.Request) -> Any:
-            request.headers.update(signed_headers(identity, request, chosen))
+            request.headers.update(signed_headers(identity, audience, request, chosen))
             yield request
 
     return NodeKeyAuth()
@@ -663,6 +669,16 @@ def declares_signed_requests(card: Mapping[str, Any]) -> bool:
     """Does an agent card (JSON) accept meshnode request signatures?"""
     schemes = card.get("securitySchemes")
     return isinstance(schemes, Mapping) and SIGNATURE_SCHEME in schemes
+
+
+def signing_audience(card: Mapping[str, Any]) -> str | None:
+    """The node id to sign calls to this agent for, or None not to sign them: the card
+    must declare meshnode request signatures and carry a JWS made with the very key its
+    ``kid`` names (:func:`protocol.jws.verify_card`). A card that merely claims a node id
+    gets no signature, so an endpoint cannot collect requests signed for another node."""
+    if not declares_signed_requests(card):
+        return None
+    return verify_card(card)
 
 
 def importer_for(node: MeshNode) -> A2AImporter | None:
@@ -765,21 +781,9 @@ class A2AImporter:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         location = card_location(url)
-        parts = urlsplit(location)
-        path = parts.path or "/"
-        headers = {
-            "Accept": JSON_MODE,
-            **sign_request(
-                self.node.identity,
-                self.node.node_id,
-                "GET",
-                parts.netloc,
-                path + (f"?{parts.query}" if parts.query else ""),
-                b"",
-                time.time(),
-                self._rng,
-            ),
-        }
+        # The card is fetched unsigned: which node answers is not known before it is
+        # read, and a request signature is only ever made for a known node.
+        headers = {"Accept": JSON_MODE}
         try:
             async with (
                 asyncio.timeout(self.card_timeout_s),
@@ -871,7 +875,7 @@ class A2AImporter:
             rpc_url,
             card,
             fetched_at=time.time(),
-            node_signed=declares_signed_requests(data),
+            audience=signing_audience(data),
         )
         if old is not None:
             agent.client = old.client if old.rpc_url == rpc_url else None
@@ -1002,9 +1006,12 @@ class A2AImporter:
         if context is not None and TRACEPARENT not in request.headers:
             request.headers[TRACEPARENT] = format_traceparent(context)
         target = _origin(str(request.url))
-        if any(a.node_signed and _origin(a.rpc_url) == target for a in self.agents.values()):
-            await request.aread()
-            request.headers.update(signed_headers(self.node.identity, request, self._rng))
+        for agent in self.agents.values():
+            if agent.audience is not None and _origin(agent.rpc_url) == target:
+                await request.aread()
+                headers = signed_headers(self.node.identity, agent.audience, request, self._rng)
+                request.headers.update(headers)
+                return
 
     async def call(self, url: str, skill_id: str, task_input: Any) -> dict[str, Any]:
         """Forward one task to the agent at ``url`` inside a client span
@@ -1027,7 +1034,7 @@ class A2AImporter:
                 "a2a.method": "SendMessage",
                 "server.address": target.hostname or "",
                 "server.port": target.port or (443 if target.scheme == "https" else 80),
-                "meshnode.a2a.signed": bool(agent is not None and agent.node_signed),
+                "meshnode.a2a.signed": bool(agent is not None and agent.audience),
             },
         ):
             return await self._call(url, skill_id, task_input)

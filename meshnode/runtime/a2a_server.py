@@ -851,7 +851,7 @@ def add_a2a_routes(app: web.Application, node: MeshNode) -> None:
         rate_limit(request, svc)
         raw = await _read_body(request, node, MAX_A2A_BODY_BYTES)
         problem = check_signed(
-            signed, request.method, request.host, request.raw_path, raw, now, svc.replays
+            signed, node.node_id, request.method, request.raw_path, raw, now, svc.replays
         )
         if problem is not None:
             raise refuse_signature(problem)

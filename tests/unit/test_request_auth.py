@@ -25,35 +25,35 @@ from protocol.identity import Identity
 
 NOW = 1_800_000_000.0
 BODY = b'{"jsonrpc":"2.0","id":1,"method":"SendMessage","params":{}}'
-HOST = "127.0.0.1:7946"
+CALLEE = Identity.generate().node_id
 
 
 def signed(identity: Identity, *, body: bytes = BODY, now: float = NOW) -> dict[str, str]:
     return sign_request(
-        identity, identity.node_id, "POST", HOST, "/a2a", body, now, random.Random(7)
+        identity, identity.node_id, CALLEE, "POST", "/a2a", body, now, random.Random(7)
     )
 
 
-def test_a_signature_covers_method_host_path_body_and_signer() -> None:
+def test_a_signature_covers_method_audience_path_body_and_signer() -> None:
     """Invariant: the signature verifies over the request as signed, and over nothing
-    that differs from it in method, host, path, body or claimed signer."""
+    that differs from it in method, the node it is for, path, body or claimed signer."""
     me, other = Identity.generate(), Identity.generate()
     headers = signed(me)
     request = parse_headers(headers)
     assert request is not None and request.node_id == me.node_id
-    assert verify_request(request, "POST", HOST, "/a2a", BODY)
-    assert verify_request(request, "post", HOST.upper(), "/a2a", BODY)  # case-folded
+    assert verify_request(request, CALLEE, "POST", "/a2a", BODY)
+    assert verify_request(request, CALLEE, "post", "/a2a", BODY)  # the method case-folded
     cases = [
-        ("GET", HOST, "/a2a", BODY),
-        ("POST", "127.0.0.1:7947", "/a2a", BODY),
-        ("POST", HOST, "/a2a?x=1", BODY),
-        ("POST", HOST, "/a2a", BODY + b" "),
-        ("POST", HOST, "/a2a", BODY.replace(b"SendMessage", b"CancelTask ")),
+        (CALLEE, "GET", "/a2a", BODY),
+        (other.node_id, "POST", "/a2a", BODY),  # replayed at another node
+        (CALLEE, "POST", "/a2a?x=1", BODY),
+        (CALLEE, "POST", "/a2a", BODY + b" "),
+        (CALLEE, "POST", "/a2a", BODY.replace(b"SendMessage", b"CancelTask ")),
     ]
-    for method, host, path, body in cases:
-        assert not verify_request(request, method, host, path, body), (method, host, path)
+    for audience, method, path, body in cases:
+        assert not verify_request(request, audience, method, path, body), (method, path)
     claimed = parse_headers({**headers, HEADER_NODE: other.node_id})
-    assert claimed is not None and not verify_request(claimed, "POST", HOST, "/a2a", BODY)
+    assert claimed is not None and not verify_request(claimed, CALLEE, "POST", "/a2a", BODY)
 
 
 @pytest.mark.parametrize(
@@ -125,9 +125,9 @@ def test_check_signed_refuses_a_tampered_body_then_a_replay() -> None:
     request = parse_headers(signed(me))
     assert request is not None
     cache = ReplayCache()
-    tampered = check_signed(request, "POST", HOST, "/a2a", BODY + b"x", NOW, cache)
+    tampered = check_signed(request, CALLEE, "POST", "/a2a", BODY + b"x", NOW, cache)
     assert tampered is not None and "does not verify" in tampered
     assert len(cache) == 0
-    assert check_signed(request, "POST", HOST, "/a2a", BODY, NOW, cache) is None
-    again = check_signed(request, "POST", HOST, "/a2a", BODY, NOW + 1, cache)
+    assert check_signed(request, CALLEE, "POST", "/a2a", BODY, NOW, cache) is None
+    again = check_signed(request, CALLEE, "POST", "/a2a", BODY, NOW + 1, cache)
     assert again is not None and "replayed" in again
