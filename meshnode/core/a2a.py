@@ -12,7 +12,9 @@ everything that does not need a socket, a clock or a database; the aiohttp route
   capability whose input schema takes ``{"text": ...}``), then the gateway skill
   :data:`GATEWAY_SKILL` (route to the mesh), the JSON-RPC interface at
   :data:`JSONRPC_PATH` with ``protocolVersion`` :data:`PROTOCOL_VERSION`, streaming on,
-  push notifications off, and a bearer security scheme when the API has a token. The
+  push notifications off, a bearer security scheme when the API has a token, and the
+  request-signature scheme :data:`SIGNATURE_SCHEME` when mesh members may sign
+  (:mod:`meshnode.core.request_auth`). The
   runtime signs it (:func:`protocol.jws.sign_card`). Every value in it is a non-empty
   string, list, object or ``true``/``false`` of an optional field, so a client that reads
   it through the A2A protobuf schema sees exactly the bytes that were signed.

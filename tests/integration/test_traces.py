@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httpx
 import pytest
 from aiohttp import web
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanProto
@@ -292,8 +293,6 @@ CALLER_SPAN = "00f067aa0ba902b7"
 def _a2a_send(address: str, message: dict[str, Any], traceparent: str) -> tuple[int, Any, str]:
     """POST one blocking ``SendMessage`` with ``traceparent``; (status, body, the
     response's traceparent)."""
-    import httpx
-
     body = {"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {"message": message}}
     headers = {"A2A-Version": "1.0", "traceparent": traceparent}
     reply = httpx.post(f"http://{address}/a2a", json=body, headers=headers, timeout=30)
@@ -386,6 +385,28 @@ def test_a2a_send_through_the_gateway_is_one_trace_with_the_callers_id(tmp_path:
         assert text.returncode == 0, text.stderr
         assert text.stdout.splitlines()[0].startswith(f"trace {CALLER_TRACE}: ")
         assert "invoke_agent summarize_text [server] @s" in text.stdout
+
+        # Streaming: the same span, named after the method.
+        stream_trace = "6cf92f3577b34da6a3ce929d0e0e4736"
+        call = {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "SendStreamingMessage",
+            "params": {"message": {**message, "messageId": "m-trace-3"}},
+        }
+        headers = {"A2A-Version": "1.0", "traceparent": f"00-{stream_trace}-{CALLER_SPAN}-01"}
+        with httpx.stream(
+            "POST", f"http://{gateway.address}/a2a", json=call, headers=headers, timeout=30
+        ) as streamed:
+            assert streamed.status_code == 200
+            assert streamed.headers["traceparent"].startswith(f"00-{stream_trace}-")
+            events = [line for line in streamed.iter_lines() if line.startswith("data: ")]
+        assert '"TASK_STATE_COMPLETED"' in events[-1]
+        status, streamed_spans = http_json(gateway.address, f"/v1/traces/{stream_trace}")
+        (stream_server,) = [x for x in streamed_spans["spans"] if x["kind"] == "server"]
+        assert stream_server["parent_span_id"] == CALLER_SPAN
+        assert stream_server["attributes"]["a2a.method"] == "SendStreamingMessage"
+        assert stream_server["name"] == "invoke_agent summarize_text"
 
         # A capability of the gateway itself: its own provider's run is the span's child.
         local_trace = "5cf92f3577b34da6a3ce929d0e0e4736"
