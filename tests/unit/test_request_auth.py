@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from meshnode.core.config import NodeConfig
 from meshnode.core.request_auth import (
     FRESHNESS_S,
     HEADER_NODE,
@@ -19,6 +20,7 @@ from meshnode.core.request_auth import (
     freshness_problem,
     parse_headers,
     sign_request,
+    signer_admitted,
     verify_request,
 )
 from protocol.identity import Identity
@@ -131,3 +133,55 @@ def test_check_signed_refuses_a_tampered_body_then_a_replay() -> None:
     assert check_signed(request, CALLEE, "POST", "/a2a", BODY, NOW, cache) is None
     again = check_signed(request, CALLEE, "POST", "/a2a", BODY, NOW + 1, cache)
     assert again is not None and "replayed" in again
+
+
+def test_who_is_an_admitted_signer() -> None:
+    """Invariant (``signer_admitted``): under a mesh authority, a node holding a valid
+    certificate is admitted until its certificate is revoked or expires, and a node
+    without one never is; without an authority, a current member is admitted only when
+    the mesh is sealed (keyring, sealed input required); a stranger never is, and neither
+    is the callee's own id arriving over HTTP."""
+    from protocol.certificate import issue_revocation
+    from tests.unit.test_admission import (
+        AUTHORITY,
+        DAY,
+        GOOD,
+        NODE,
+        OUTSIDER,
+        PEER,
+        T0,
+        _cert,
+        _core,
+    )
+
+    node = _core(NODE, 7001, GOOD)
+    peer_cert = _cert(PEER, serial=2)
+    peer = _core(PEER, 7002, peer_cert.signed)
+    reply = node.handle_push_pull(PEER.node_id, peer.push_pull_request(True), T0)
+    peer.finish_push_pull(NODE.node_id, reply, ("127.0.0.1", 7001), T0)
+    stranger = Identity.generate().node_id
+    table = [
+        (PEER.node_id, T0, True),
+        (OUTSIDER.node_id, T0, False),
+        (stranger, T0, False),
+        (NODE.node_id, T0, False),
+        (PEER.node_id, peer_cert.expires_at + 1, False),  # expired
+    ]
+    for who, when, admitted in table:
+        for sealed in (False, True):  # the authority decides, sealed or not
+            assert signer_admitted(node, who, when, sealed=sealed) is admitted, (who, when)
+    revocation = issue_revocation(
+        AUTHORITY, node_id=PEER.node_id, revoked_at=T0 + 1, keep_until=T0 + 40 * DAY
+    )
+    assert node.revoke(revocation.signed, T0 + 2)
+    assert not signer_admitted(node, PEER.node_id, T0 + 2, sealed=True)
+
+    plain = NodeConfig.local()
+    a = _core(NODE, 7011, None, config=plain)
+    b = _core(PEER, 7012, None, config=plain)
+    reply = a.handle_push_pull(PEER.node_id, b.push_pull_request(True), T0)
+    b.finish_push_pull(NODE.node_id, reply, ("127.0.0.1", 7011), T0)
+    assert a.membership.member(PEER.node_id) is not None
+    assert signer_admitted(a, PEER.node_id, T0, sealed=True)
+    assert not signer_admitted(a, PEER.node_id, T0, sealed=False)  # open: anyone may join
+    assert not signer_admitted(a, stranger, T0, sealed=True)
