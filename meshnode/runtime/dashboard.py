@@ -85,7 +85,7 @@ import aiohttp
 from aiohttp import web
 
 from meshnode.core.member import MemberState
-from meshnode.core.tracing import is_span_id, is_trace_id
+from meshnode.core.tracing import bounded_attributes, is_span_id, is_trace_id
 
 if TYPE_CHECKING:
     from meshnode.runtime.node import MeshNode
@@ -653,7 +653,7 @@ def _peer_span(span: Any, node_id: str, trace_id: str) -> dict[str, Any] | None:
         "start": float(start),
         "end": None if end is None else float(end),
         "status": span["status"][:16],
-        "attributes": attributes if isinstance(attributes, dict) else {},
+        "attributes": bounded_attributes(attributes if isinstance(attributes, dict) else {}),
     }
 
 
@@ -689,7 +689,14 @@ async def assemble_trace(node: MeshNode, trace_id: str) -> tuple[list[dict[str, 
                         resp.content, TRACE_ASSEMBLY_MAX_BODY_BYTES, resp.content_length
                     )
                 found = json.loads(raw).get("spans", [])
-            except (aiohttp.ClientError, TimeoutError, ValueError, BodyTooLarge, AttributeError):
+            except (
+                aiohttp.ClientError,
+                TimeoutError,
+                ValueError,
+                RecursionError,  # a hostile peer's deeply nested answer
+                BodyTooLarge,
+                AttributeError,
+            ):
                 missing.append(peer)
                 return []
         if not isinstance(found, list):

@@ -319,6 +319,8 @@ async def test_trace_assembly_is_a_work_route_and_keeps_only_a_peers_own_spans()
     ):
         assert _peer_span({**good, **bad}, peer, trace_id) is None, bad
     assert _peer_span(["not", "a", "span"], peer, trace_id) is None
+    nested = _peer_span({**good, "attributes": {"k": {"deep": [1]}, "n": 1}}, peer, trace_id)
+    assert nested is not None and nested["attributes"] == {"n": 1}
 
 
 async def test_status_document_without_members_is_small() -> None:
