@@ -108,6 +108,7 @@ from meshnode.core.request_auth import (
     signer_admitted,
 )
 from meshnode.core.tracing import (
+    MAX_SPAN_NAME_CHARS,
     Span,
     SpanKind,
     SpanStatus,
@@ -430,7 +431,7 @@ class A2AService:
             trace_id,
             span_id,
             parent.span_id if parent is not None else None,
-            f"invoke_agent {skill}",
+            f"invoke_agent {skill}"[:MAX_SPAN_NAME_CHARS],  # the skill is the caller's
             SpanKind.SERVER,
             tracer.node_id,
             time.time(),

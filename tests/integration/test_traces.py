@@ -429,3 +429,44 @@ def test_a2a_send_through_the_gateway_is_one_trace_with_the_callers_id(tmp_path:
     finally:
         for node in nodes:
             node.stop()
+
+
+async def test_an_a2a_span_is_bounded_whatever_skill_the_caller_names() -> None:
+    """Invariant: the A2A server span's name and attributes stay within the span bounds
+    when the caller names a 3,000-character skill (routed by the gateway, which finds no
+    peer: the task fails and the span says so).
+
+    On the unfixed code: the span's name was 3,013 characters long."""
+    from meshnode.core.tracing import MAX_ATTRIBUTE_VALUE_CHARS, MAX_SPAN_NAME_CHARS
+
+    node = MeshNode(NodeConfig.local(name="t", port=0, embedder="hashing"))
+    await node.start()
+    try:
+        assert node.tracer is not None
+        skill = "s" * 3_000
+        message = {
+            "messageId": "m-long",
+            "role": "ROLE_USER",
+            "parts": [{"text": "anything"}],
+            "metadata": {"skill": skill},
+        }
+        call = {"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {"message": message}}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"http://127.0.0.1:{node.address[1]}/a2a",
+                json=call,
+                headers={"A2A-Version": "1.0"},
+            ) as resp,
+        ):
+            assert resp.status == 200
+            body = await resp.json()
+            traceparent = resp.headers["traceparent"]
+        assert body["result"]["task"]["status"]["state"] == "TASK_STATE_FAILED"
+        (span,) = [s for s in node.tracer.trace(traceparent.split("-")[1]) if s["kind"] == "server"]
+        assert span["name"].startswith("invoke_agent sss")
+        assert len(span["name"]) <= MAX_SPAN_NAME_CHARS
+        assert span["status"] == "error"
+        assert len(span["attributes"]["gen_ai.agent.name"]) <= MAX_ATTRIBUTE_VALUE_CHARS
+    finally:
+        await node.aclose()
