@@ -78,6 +78,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import random
 import re
 import time
 import uuid
@@ -93,14 +94,19 @@ import structlog
 from aiohttp import web
 
 from meshnode.capability import make_capability
+from meshnode.core.a2a import SIGNATURE_SCHEME
+from meshnode.core.request_auth import sign_request
+from meshnode.core.tracing import SpanKind, format_traceparent
 from meshnode.errors import InvalidInput
 from meshnode.runtime.transport import BodyTooLarge, read_capped
 from protocol import LocalProtocolError, MeshError
+from protocol.jws import verify_card
 from protocol.limits import MAX_VALUE_BYTES
 from protocol.manifest import MAX_CAPABILITIES, MAX_DESCRIPTION_CHARS, MAX_TAG_CHARS, MAX_TAGS
 
 if TYPE_CHECKING:
     from meshnode.runtime.node import MeshNode
+    from protocol.identity import Identity
 
 __all__ = [
     "CALL_TIMEOUT_S",
@@ -125,6 +131,7 @@ __all__ = [
     "import_routes",
     "importer_for",
     "load_verification_keys",
+    "node_key_auth",
     "parse_card_body",
     "proxy_tags",
     "rpc_interface",
@@ -534,6 +541,10 @@ class ImportedAgent:
     skipped: list[str] = field(default_factory=list)
     client: Any = None  # a2a.client.Client, built on first call
     fetched_at: float = 0.0
+    audience: str | None = None
+    """The agent is a meshnode node (:func:`signing_audience`): its node id. Calls are
+    signed with this node's key for it, so a node of the same mesh grants them WORK
+    access without its API token."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -616,6 +627,60 @@ def message_outcome(message: Any) -> dict[str, Any]:
 _IMPORTERS: weakref.WeakKeyDictionary[Any, A2AImporter] = weakref.WeakKeyDictionary()
 
 
+def signed_headers(
+    identity: Identity, audience: str, request: Any, rng: random.Random
+) -> dict[str, str]:
+    """The request-signature headers (:mod:`meshnode.core.request_auth`) for an httpx
+    ``request`` whose body has been read, signed with ``identity``'s node key for the
+    node ``audience``."""
+    return sign_request(
+        identity,
+        identity.node_id,
+        audience,
+        request.method,
+        request.url.raw_path.decode(),
+        request.content,
+        time.time(),
+        rng,
+    )
+
+
+def node_key_auth(identity: Identity, audience: str, rng: random.Random | None = None) -> Any:
+    """An ``httpx.Auth`` that signs every request with ``identity``'s node key for the node
+    ``audience`` (its node id, e.g. the ``kid`` of its card, checked with
+    :func:`protocol.jws.verify_card`), the way a meshnode node accepts from an admitted
+    member of its mesh instead of its API token (:mod:`meshnode.core.request_auth`):
+    ``httpx.AsyncClient(auth=node_key_auth(me, node_id))``."""
+    import httpx
+
+    chosen = rng or random.SystemRandom()
+
+    class NodeKeyAuth(httpx.Auth):
+        requires_request_body = True
+
+        def auth_flow(self, request: httpx.Request) -> Any:
+            request.headers.update(signed_headers(identity, audience, request, chosen))
+            yield request
+
+    return NodeKeyAuth()
+
+
+def declares_signed_requests(card: Mapping[str, Any]) -> bool:
+    """Does an agent card (JSON) accept meshnode request signatures?"""
+    schemes = card.get("securitySchemes")
+    return isinstance(schemes, Mapping) and SIGNATURE_SCHEME in schemes
+
+
+def signing_audience(card: Mapping[str, Any]) -> str | None:
+    """The node id to sign calls to this agent for, or None not to sign them: the card
+    must declare meshnode request signatures and carry a JWS made with the very key its
+    ``kid`` names (:func:`protocol.jws.verify_card`). A card that merely claims a node id
+    gets no signature, so an endpoint cannot collect requests signed for another node."""
+    if not declares_signed_requests(card):
+        return None
+    return verify_card(card)
+
+
 def importer_for(node: MeshNode) -> A2AImporter | None:
     """The importer serving ``node``'s ``/v1/a2a/*`` routes, if one was started."""
     return _IMPORTERS.get(node)
@@ -657,6 +722,7 @@ class A2AImporter:
         self._closed = False
         self._closing: set[asyncio.Task[Any]] = set()
         self.counts: dict[str, int] = {}
+        self._rng = random.SystemRandom()
         _IMPORTERS[node] = self
 
     # -------------------------------------------------------------- lifecycle
@@ -715,13 +781,16 @@ class A2AImporter:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         location = card_location(url)
+        # The card is fetched unsigned: which node answers is not known before it is
+        # read, and a request signature is only ever made for a known node.
+        headers = {"Accept": JSON_MODE}
         try:
             async with (
                 asyncio.timeout(self.card_timeout_s),
                 self._session.get(
                     location,
                     max_redirects=MAX_REDIRECTS,
-                    headers={"Accept": JSON_MODE},
+                    headers=headers,
                 ) as resp,
             ):
                 if resp.status != 200:
@@ -799,7 +868,15 @@ class A2AImporter:
                 skipped.append(f"{mapped.name}: the manifest is full ({MAX_CAPABILITIES})")
                 continue
             wanted[mapped.skill_id] = mapped
-        agent = ImportedAgent(url, agent_name, signed, rpc_url, card, fetched_at=time.time())
+        agent = ImportedAgent(
+            url,
+            agent_name,
+            signed,
+            rpc_url,
+            card,
+            fetched_at=time.time(),
+            audience=signing_audience(data),
+        )
         if old is not None:
             agent.client = old.client if old.rpc_url == rpc_url else None
             if old.client is not None and agent.client is None:
@@ -910,13 +987,59 @@ class A2AImporter:
             if self._httpx is None:
                 # No redirects: the card's interface was checked, where it sends us is not.
                 self._httpx = httpx.AsyncClient(
-                    follow_redirects=False, timeout=None, transport=capped_transport()
+                    follow_redirects=False,
+                    timeout=None,
+                    transport=capped_transport(),
+                    event_hooks={"request": [self._on_request]},
                 )
             factory = ClientFactory(ClientConfig(streaming=False, httpx_client=self._httpx))
             agent.client = factory.create(agent.card)
         return agent.client
 
+    async def _on_request(self, request: Any) -> None:
+        """Every request to an agent: the current trace context in ``traceparent`` and,
+        for an agent whose card accepts them, this node's request signature (over the
+        final body, so it is added last)."""
+        from meshnode.runtime.tracing import TRACEPARENT, current_context
+
+        context = current_context()
+        if context is not None and TRACEPARENT not in request.headers:
+            request.headers[TRACEPARENT] = format_traceparent(context)
+        target = _origin(str(request.url))
+        for agent in self.agents.values():
+            if agent.audience is not None and _origin(agent.rpc_url) == target:
+                await request.aread()
+                headers = signed_headers(self.node.identity, agent.audience, request, self._rng)
+                request.headers.update(headers)
+                return
+
     async def call(self, url: str, skill_id: str, task_input: Any) -> dict[str, Any]:
+        """Forward one task to the agent at ``url`` inside a client span
+        (``invoke_agent {capability}``, GenAI conventions): the request carries its
+        ``traceparent``, so an agent that traces continues the trace."""
+        tracer = self.node.tracer
+        if tracer is None:
+            return await self._call(url, skill_id, task_input)
+        agent = self.agents.get(url)
+        cap = agent.skills.get(skill_id) if agent is not None else None
+        name = cap.name if cap is not None else skill_id
+        target = urlsplit(agent.rpc_url if agent is not None else url)
+        with tracer.span(
+            f"invoke_agent {name}",
+            SpanKind.CLIENT,
+            attributes={
+                "gen_ai.operation.name": "invoke_agent",
+                "gen_ai.agent.name": skill_id,
+                "gen_ai.agent.id": agent.name if agent is not None else url,
+                "a2a.method": "SendMessage",
+                "server.address": target.hostname or "",
+                "server.port": target.port or (443 if target.scheme == "https" else 80),
+                "meshnode.a2a.signed": bool(agent is not None and agent.audience),
+            },
+        ):
+            return await self._call(url, skill_id, task_input)
+
+    async def _call(self, url: str, skill_id: str, task_input: Any) -> dict[str, Any]:
         """Forward one task to the agent at ``url``; the result, or an exception that
         fails the task (:class:`~meshnode.errors.InvalidInput` for a refused input)."""
         from a2a.client import ClientCallContext
@@ -948,7 +1071,9 @@ class A2AImporter:
             message_id=str(uuid.uuid4()),
             parts=parts,
         )
-        message.metadata.update({"meshnode_skill": skill_id})
+        # "skill" is how a meshnode node's A2A endpoint names the capability asked for
+        # (without it, a node would route the text by discovery instead).
+        message.metadata.update({"meshnode_skill": skill_id, "skill": skill_id})
         deadline = current_task_deadline()
         budget = self.call_timeout_s
         if deadline is not None:
