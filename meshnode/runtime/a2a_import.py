@@ -89,11 +89,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
-import structlog
 from aiohttp import web
 
 from meshnode.capability import make_capability
 from meshnode.errors import InvalidInput
+from meshnode.runtime.logging import get_logger
 from meshnode.runtime.transport import BodyTooLarge, read_capped
 from protocol import LocalProtocolError, MeshError
 from protocol.limits import MAX_VALUE_BYTES
@@ -176,7 +176,7 @@ CARD_PATH = "/.well-known/agent-card.json"
 TEXT_MODE = "text/plain"
 JSON_MODE = "application/json"
 
-log = structlog.get_logger("meshnode.a2a_import")
+log = get_logger("meshnode.a2a_import")
 
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.:-]+")
 _NAME_MAX = 128

@@ -53,7 +53,6 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import structlog
 from nacl.utils import random as nacl_random
 
 from meshnode.core.config import format_address
@@ -86,6 +85,7 @@ from meshnode.core.keys import (
 from meshnode.core.membership import IDENTITY_CONFLICT_WINDOW
 from meshnode.core.node import NodeCore
 from meshnode.runtime.api import WIRE_CONTENT_TYPE
+from meshnode.runtime.logging import get_logger
 from meshnode.runtime.transport import BodyTooLarge, UdpEndpoint, WireSeal, read_capped
 from protocol import (
     Envelope,
@@ -178,7 +178,7 @@ in one signed envelope: under 2 KiB), bytes."""
 READ_CHUNK_BYTES = 64 * 1024
 """Bytes read at a time from a peer's HTTP body when its size is capped."""
 
-log = structlog.get_logger("meshnode")
+log = get_logger("meshnode")
 
 _EVENT_NAMES = {
     MemberEvent.JOINED: "member_joined",

@@ -1,4 +1,25 @@
-"""structlog set-up: console rendering on a terminal, JSON lines otherwise.
+"""Where meshnode's log lines go: the standard ``logging`` tree, silent unless asked.
+
+Theory of operation
+-------------------
+A node embedded in an application writes nothing to that application's stdout or stderr
+on its own. Every meshnode logger (:func:`get_logger`) sends its events, in this order of
+preference:
+
+1. through structlog's global configuration, when the process configured structlog
+   (``structlog.configure`` was called: the application uses structlog itself, or the
+   CLI called :func:`configure_logging`);
+2. otherwise to the standard library logger of the same name under ``meshnode``
+   (``meshnode``, ``meshnode.tasks``, ...). The ``meshnode`` logger carries only a
+   ``logging.NullHandler``, so nothing is printed until the application configures
+   logging (``logging.basicConfig(level=logging.INFO)``, a handler on ``meshnode``, ...).
+   Each record's message is ``event key=value ...``; the event name and its fields are
+   also on the record as ``meshnode_event`` and ``meshnode_fields`` for structured
+   handlers.
+
+``meshnode run`` calls :func:`configure_logging`: console rendering when stderr is a
+terminal, JSON lines otherwise. :func:`print_event` prints a line for the operator (the
+``listening`` line) in the same format on stdout, so a terminal shows one format only.
 
 Event names are snake_case past tense (``member_suspected``); every line of a node carries
 its ``node_id`` (short form) through a bound logger. A log line is for an operator: one per
@@ -7,18 +28,91 @@ membership change or task outcome, never one per packet.
 
 from __future__ import annotations
 
+import json as json_module
 import logging
 import sys
 from typing import Any
 
 import structlog
 
+__all__ = ["ROOT_LOGGER", "MeshLogger", "configure_logging", "get_logger", "print_event"]
+
+ROOT_LOGGER = "meshnode"
+"""Name of the standard library logger every meshnode logger sits under."""
+
+logging.getLogger(ROOT_LOGGER).addHandler(logging.NullHandler())
+
 _configured = False
+_json = True
+
+
+class MeshLogger:
+    """A structlog-style logger (``info(event, **fields)``, ``bind(**fields)``) that follows
+    the routing rule of the module docstring at each call."""
+
+    __slots__ = ("_context", "_name")
+
+    def __init__(self, name: str, context: dict[str, Any] | None = None) -> None:
+        self._name = name
+        self._context = context or {}
+
+    def bind(self, **fields: Any) -> MeshLogger:
+        """A logger whose every line also carries ``fields``."""
+        return MeshLogger(self._name, {**self._context, **fields})
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._emit(logging.DEBUG, "debug", event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._emit(logging.INFO, "info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._emit(logging.WARNING, "warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._emit(logging.ERROR, "error", event, fields)
+
+    def exception(self, event: str, **fields: Any) -> None:
+        fields.setdefault("exc_info", True)
+        self._emit(logging.ERROR, "error", event, fields)
+
+    def critical(self, event: str, **fields: Any) -> None:
+        self._emit(logging.CRITICAL, "critical", event, fields)
+
+    def _emit(self, level: int, method: str, event: str, fields: dict[str, Any]) -> None:
+        if structlog.is_configured():
+            bound = structlog.get_logger(self._name).bind(**self._context)
+            getattr(bound, method)(event, **fields)
+            return
+        logger = logging.getLogger(self._name)
+        if not logger.isEnabledFor(level):
+            return
+        exc_info = fields.pop("exc_info", None)
+        merged = {**structlog.contextvars.get_contextvars(), **self._context, **fields}
+        text = " ".join([event, *(f"{key}={value!r}" for key, value in merged.items())])
+        logger.log(
+            level,
+            "%s",
+            text,
+            exc_info=exc_info,
+            extra={"meshnode_event": event, "meshnode_fields": merged},
+            stacklevel=3,
+        )
+
+
+def get_logger(name: str = ROOT_LOGGER) -> MeshLogger:
+    """The logger for ``name`` (``meshnode`` or a name under it)."""
+    if name != ROOT_LOGGER and not name.startswith(ROOT_LOGGER + "."):
+        raise ValueError(f"meshnode loggers live under {ROOT_LOGGER!r}, got {name!r}")
+    return MeshLogger(name)
 
 
 def configure_logging(*, level: str = "INFO", json: bool | None = None) -> None:
-    """Configure structlog once per process. ``json=None`` picks JSON unless stderr is a TTY."""
-    global _configured
+    """Render meshnode's events on stderr, for a command-line program (``meshnode run``
+    calls it). ``json=None`` picks JSON lines unless stderr is a terminal, where lines are
+    rendered for reading. This configures structlog for the whole process; an application
+    that embeds a node and has its own logging set-up does not need it."""
+    global _configured, _json
     if json is None:
         json = not sys.stderr.isatty()
     renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
@@ -37,3 +131,18 @@ def configure_logging(*, level: str = "INFO", json: bool | None = None) -> None:
         cache_logger_on_first_use=False,
     )
     _configured = True
+    _json = json
+
+
+def print_event(event: str, **fields: Any) -> None:
+    """Print one line for the operator on stdout, in the format :func:`configure_logging`
+    chose: a JSON object (``{"event": ..., **fields}``, what scripts parse) or, on a
+    terminal, the same rendering as the log lines."""
+    if not _configured or _json:
+        print(json_module.dumps({"event": event, **fields}), flush=True)
+        return
+    renderer = structlog.dev.ConsoleRenderer()
+    line = structlog.processors.TimeStamper(fmt="iso", utc=True)(
+        None, "info", {"event": event, **fields, "level": "info"}
+    )
+    print(renderer(None, "info", line), flush=True)

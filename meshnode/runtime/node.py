@@ -47,7 +47,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import structlog
 from aiohttp import web
 
 from meshnode.capability import (
@@ -70,6 +69,7 @@ from meshnode.errors import BindError, ConfigError, InvalidRequest, NodeNotRunni
 from meshnode.runtime.api import build_app
 from meshnode.runtime.discovery import DiscoveryService
 from meshnode.runtime.driver import DECODE_INLINE_MAX_BYTES, Driver
+from meshnode.runtime.logging import get_logger
 from meshnode.runtime.mcp_client import McpClientPool, McpToolResult
 from meshnode.runtime.metrics import Observability
 from meshnode.runtime.persistence import Persistence
@@ -106,7 +106,7 @@ BIND_ATTEMPTS = 8
 SEED_RESOLVE_TIMEOUT = 5.0
 """Seconds allowed to resolve one seed's host name when a node starts."""
 
-log = structlog.get_logger("meshnode")
+log = get_logger("meshnode")
 
 
 class Lifecycle(enum.Enum):
