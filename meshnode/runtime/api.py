@@ -9,9 +9,10 @@ Routes for operators and tools (JSON):
                       unreachable with no other member known; always HTTP 200),
                       ``isolated`` (that last case), node id, incarnation, member
                       counts, local health, drops, effect failures, inbound
-                      connection counts and limits, fetches and push-pulls running and waiting (``exchanges``), and the counters
-                      of membership (probes, failed probes, suspicions raised,
-                      refutations, rumors dropped…), the mesh core and the task service
+                      connection counts and limits, fetches and push-pulls running
+                      and waiting (``exchanges``), and the counters of membership
+                      (probes, failed probes, suspicions raised, refutations, rumors
+                      dropped…), the mesh core and the task service
 ``GET /v1/members``   every known member: id, name, address, state, incarnation
 ``GET /v1/manifests`` every known manifest, decoded
 ====================  =====================================================================
