@@ -850,10 +850,10 @@ class MeshNode:
         **filters: Any,
     ) -> str:
         """What :meth:`wait_for` awaited and what this node knew when it gave up."""
-        what = " and ".join(
+        what = " ".join(
             part
             for part in (
-                f"capability {capability_name!r}" if capability_name else "",
+                f"of capability {capability_name!r}" if capability_name else "",
                 f"matching {description!r}" if description else "",
             )
             if part
@@ -862,11 +862,11 @@ class MeshNode:
             f"{key} {value!r}" for key, value in filters.items() if value not in (None, 0.0, (), [])
         ]
         core = self.core
-        alive = core.membership.count(MemberState.ALIVE)
+        alive = max(0, core.membership.count(MemberState.ALIVE) - 1)  # ourselves
         manifests = [m for m in core.manifests.manifests() if m.node_id != self.node_id]
         capabilities = sum(len(m.capabilities) for m in manifests)
         text = (
-            f"waited {within:g} s for {count} provider(s) of {what}"
+            f"waited {within:g} s for {count} provider(s) {what}"
             f"{' (' + ', '.join(shown) + ')' if shown else ''} and found {found}; "
             f"this node knows {alive} other alive member(s) and {len(manifests)} peer "
             f"manifest(s) with {capabilities} capabilities"
