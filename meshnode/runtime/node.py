@@ -64,7 +64,7 @@ from meshnode.core.effects import MemberChanged
 from meshnode.core.evaluator import EvaluatorFn, Expectation
 from meshnode.core.member import MemberState
 from meshnode.core.node import DELEGATION_TOP_K, NodeCore, deadline_problem
-from meshnode.core.router import ScoredCandidate
+from meshnode.core.router import ScoredCandidate, candidate_pool
 from meshnode.errors import BindError, ConfigError, InvalidRequest, NodeNotRunning, WaitTimeout
 from meshnode.runtime.api import build_app
 from meshnode.runtime.discovery import DiscoveryService
@@ -786,7 +786,8 @@ class MeshNode:
         Raises :class:`~meshnode.errors.WaitTimeout` (a ``TimeoutError``) after
         ``within`` seconds, saying what was awaited and what the node knew;
         :class:`~meshnode.errors.InvalidRequest` for arguments ``discover`` refuses, a
-        ``count`` below 1 or a ``within`` that is not a positive number."""
+        ``count`` below 1 or a ``within`` that is not a positive number (and ``ValueError`` for
+        a ``top_k`` or ``count`` above ``discover``'s ceiling)."""
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise InvalidRequest(f"count must be a positive integer, got {count!r}")
         if (
@@ -797,6 +798,8 @@ class MeshNode:
             raise InvalidRequest(
                 f"within must be a number of seconds in (0, {WAIT_MAX_TIMEOUT_S:g}], got {within!r}"
             )
+        candidate_pool(top_k)  # refuses a top_k that discover would refuse
+        candidate_pool(max(count, top_k))  # and a count above its ceiling
         driver = self._driver
         if driver is None or not self.running:
             raise NodeNotRunning("wait_for needs a running node")
