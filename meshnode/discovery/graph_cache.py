@@ -33,7 +33,7 @@ import filelock
 from meshnode.discovery.onnx_export import ONNX_EXPORT_VERSION, open_session
 from meshnode.discovery.quantize import INT8_QUANTIZE_VERSION
 from meshnode.errors import ExportLockTimeout
-from meshnode.runtime.logging import get_logger
+from meshnode.logs import get_logger
 
 __all__ = [
     "EXPORT_LOCK_FILE",

@@ -42,7 +42,7 @@ from meshnode.discovery.model import (
 from meshnode.discovery.onnx_backend import OnnxBackend
 from meshnode.discovery.quantize import int8_dot_product_cpu
 from meshnode.discovery.torch_backend import TorchBackend
-from meshnode.runtime.logging import get_logger
+from meshnode.logs import get_logger
 
 __all__ = [
     "MINILM_BACKEND",

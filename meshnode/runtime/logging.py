@@ -35,76 +35,12 @@ from typing import Any
 
 import structlog
 
+from meshnode.logs import ROOT_LOGGER, MeshLogger, get_logger
+
 __all__ = ["ROOT_LOGGER", "MeshLogger", "configure_logging", "get_logger", "print_event"]
-
-ROOT_LOGGER = "meshnode"
-"""Name of the standard library logger every meshnode logger sits under."""
-
-logging.getLogger(ROOT_LOGGER).addHandler(logging.NullHandler())
 
 _configured = False
 _json = True
-
-
-class MeshLogger:
-    """A structlog-style logger (``info(event, **fields)``, ``bind(**fields)``) that follows
-    the routing rule of the module docstring at each call."""
-
-    __slots__ = ("_context", "_name")
-
-    def __init__(self, name: str, context: dict[str, Any] | None = None) -> None:
-        self._name = name
-        self._context = context or {}
-
-    def bind(self, **fields: Any) -> MeshLogger:
-        """A logger whose every line also carries ``fields``."""
-        return MeshLogger(self._name, {**self._context, **fields})
-
-    def debug(self, event: str, **fields: Any) -> None:
-        self._emit(logging.DEBUG, "debug", event, fields)
-
-    def info(self, event: str, **fields: Any) -> None:
-        self._emit(logging.INFO, "info", event, fields)
-
-    def warning(self, event: str, **fields: Any) -> None:
-        self._emit(logging.WARNING, "warning", event, fields)
-
-    def error(self, event: str, **fields: Any) -> None:
-        self._emit(logging.ERROR, "error", event, fields)
-
-    def exception(self, event: str, **fields: Any) -> None:
-        fields.setdefault("exc_info", True)
-        self._emit(logging.ERROR, "error", event, fields)
-
-    def critical(self, event: str, **fields: Any) -> None:
-        self._emit(logging.CRITICAL, "critical", event, fields)
-
-    def _emit(self, level: int, method: str, event: str, fields: dict[str, Any]) -> None:
-        if structlog.is_configured():
-            bound = structlog.get_logger(self._name).bind(**self._context)
-            getattr(bound, method)(event, **fields)
-            return
-        logger = logging.getLogger(self._name)
-        if not logger.isEnabledFor(level):
-            return
-        exc_info = fields.pop("exc_info", None)
-        merged = {**structlog.contextvars.get_contextvars(), **self._context, **fields}
-        text = " ".join([event, *(f"{key}={value!r}" for key, value in merged.items())])
-        logger.log(
-            level,
-            "%s",
-            text,
-            exc_info=exc_info,
-            extra={"meshnode_event": event, "meshnode_fields": merged},
-            stacklevel=3,
-        )
-
-
-def get_logger(name: str = ROOT_LOGGER) -> MeshLogger:
-    """The logger for ``name`` (``meshnode`` or a name under it)."""
-    if name != ROOT_LOGGER and not name.startswith(ROOT_LOGGER + "."):
-        raise ValueError(f"meshnode loggers live under {ROOT_LOGGER!r}, got {name!r}")
-    return MeshLogger(name)
 
 
 def configure_logging(*, level: str = "INFO", json: bool | None = None) -> None:
