@@ -71,10 +71,11 @@ def configure_logging(*, level: str = "INFO", json: bool | None = None) -> None:
 
 
 def print_event(event: str, **fields: Any) -> None:
-    """Print one line for the operator on stdout, in the format :func:`configure_logging`
-    chose: a JSON object (``{"event": ..., **fields}``, what scripts parse) or, on a
-    terminal, the same rendering as the log lines."""
-    if not _configured or _json:
+    """Print one line for the operator on stdout: a JSON object (``{"event": ...,
+    **fields}``, what scripts parse) unless both the log lines are rendered for reading
+    (:func:`configure_logging` found a terminal) and stdout is a terminal too; then the same
+    rendering as the log lines."""
+    if not _configured or _json or not sys.stdout.isatty():
         print(json_module.dumps({"event": event, **fields}), flush=True)
         return
     renderer = structlog.dev.ConsoleRenderer()
