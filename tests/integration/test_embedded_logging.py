@@ -8,6 +8,7 @@ run`` on a terminal prints every line in one format, the ``listening`` line incl
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
@@ -155,3 +156,35 @@ def test_meshnode_run_on_a_terminal_prints_one_format(tmp_path: Path) -> None:
     # the same layout: an ISO timestamp, the level, the event, then the fields
     layout = re.compile(r"^\d{4}-\d\d-\d\dT[\d:.]+Z \[info\s*\] (\w+)\s+\S+=")
     assert layout.match(started) and layout.match(listening[0]), (started, listening[0])
+
+
+@pytest.mark.slow
+def test_the_listening_line_stays_json_when_stdout_is_a_pipe(tmp_path: Path) -> None:
+    """stderr on a terminal (log lines rendered for reading) but stdout piped to a script:
+    the ``listening`` line is still the JSON object scripts parse."""
+    parent, child = pty.openpty()
+    cmd = [sys.executable, "-m", "meshnode.cli", "run", "--name", "piped", "--port", "0"]
+    cmd += ["--profile", "local", "--embedder", "hashing", "--data-dir", str(tmp_path / "n")]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TERM": "xterm"},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=child,
+        text=True,
+    )
+    os.close(child)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        logs = _read_until(parent, "node_started", 5.0)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(20)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        os.close(parent)
+    event = json.loads(line)
+    assert event["event"] == "listening" and event["name"] == "piped"
+    assert "node_started" in logs and not _ANSI.sub("", logs).lstrip().startswith("{")
