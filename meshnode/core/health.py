@@ -36,6 +36,7 @@ import enum
 from meshnode.core.timing import health_scaled
 
 __all__ = [
+    "MAX_SEED_ERRORS_SHOWN",
     "MAX_SEED_ERROR_CHARS",
     "SEEDS_UNREACHABLE_WARN_INTERVAL_S",
     "LocalHealth",
@@ -47,6 +48,9 @@ SEEDS_UNREACHABLE_WARN_INTERVAL_S = 60.0
 """Seconds between two ``seeds_unreachable`` warnings while a node stays isolated (the
 first one is logged as soon as every seed has failed). Often enough that an operator
 tailing the log sees it within a minute, rare enough not to flood it."""
+MAX_SEED_ERRORS_SHOWN = 3
+"""Seeds whose error ``/v1/health`` and the warning spell out; the rest are counted (a node
+restarted from its data dir joins through every member it remembers, thousands at most)."""
 MAX_SEED_ERROR_CHARS = 200
 """Longest error text kept per seed (the error of a failed exchange, shown in
 ``/v1/health`` and the warning); longer texts are cut."""
@@ -102,13 +106,14 @@ class SeedReachability:
     """Whether a node that joined through seeds is cut off from all of them (see the
     module docstring). Time comes in as ``now``, in seconds on any monotonic clock."""
 
-    __slots__ = ("_failed", "_interval", "_isolated_since", "_seeds", "_warned_at")
+    __slots__ = ("_failed", "_interval", "_isolated_since", "_seed_set", "_seeds", "_warned_at")
 
     def __init__(self, warn_interval: float = SEEDS_UNREACHABLE_WARN_INTERVAL_S) -> None:
         if not warn_interval > 0:
             raise ValueError(f"warn_interval must be positive, got {warn_interval}")
         self._interval = warn_interval
         self._seeds: tuple[Address, ...] = ()
+        self._seed_set: frozenset[Address] = frozenset()
         self._failed: dict[Address, str] = {}
         self._isolated_since: float | None = None
         self._warned_at: float | None = None
@@ -125,11 +130,17 @@ class SeedReachability:
 
     def update(self, seeds: tuple[Address, ...], alone: bool, now: float) -> SeedTransition | None:
         """Re-evaluate with the node's current ``seeds`` and whether it knows no other live
-        member; return what to report now, if anything."""
-        self._seeds = seeds
-        for addr in [a for a in self._failed if a not in seeds]:
-            del self._failed[addr]
-        isolated = bool(seeds) and alone and all(addr in self._failed for addr in seeds)
+        member; return what to report now, if anything. O(1) while the node knows a member
+        or fewer seeds failed than it has (the common case, checked on every loop turn);
+        O(seeds) only for a node that is alone with every seed failing."""
+        if seeds is not self._seeds:
+            self._seeds = seeds
+            self._seed_set = frozenset(seeds)
+        isolated = bool(seeds) and alone and len(self._failed) >= len(self._seed_set)
+        if isolated:
+            for addr in [a for a in self._failed if a not in self._seed_set]:
+                del self._failed[addr]  # addresses that are no longer seeds
+            isolated = len(self._failed) == len(self._seed_set)
         if not isolated:
             was = self._isolated_since is not None
             self._isolated_since = self._warned_at = None
@@ -151,14 +162,19 @@ class SeedReachability:
         return 0.0 if self._isolated_since is None else max(0.0, now - self._isolated_since)
 
     def errors(self) -> dict[str, str]:
-        """The last error of each seed that failed, by ``host:port``."""
-        return {_text(addr): error for addr, error in self._failed.items()}
+        """The last error of each seed that failed, by ``host:port`` (at most
+        :data:`MAX_SEED_ERRORS_SHOWN` of them)."""
+        shown = list(self._failed.items())[:MAX_SEED_ERRORS_SHOWN]
+        return {_text(addr): error for addr, error in shown}
 
     def reason(self, now: float) -> str | None:
         """One line for ``/v1/health`` and the warning (None when not isolated)."""
         if self._isolated_since is None:
             return None
         detail = "; ".join(f"{addr}: {error}" for addr, error in self.errors().items())
+        more = len(self._failed) - MAX_SEED_ERRORS_SHOWN
+        if more > 0:
+            detail += f"; and {more} more"
         return (
             f"isolated: none of the {len(self._seeds)} seed(s) answered for "
             f"{self.isolated_for(now):.0f} s and no other member is known ({detail}); "

@@ -12,6 +12,7 @@ import pytest
 
 from meshnode.core.health import (
     MAX_SEED_ERROR_CHARS,
+    MAX_SEED_ERRORS_SHOWN,
     SEEDS_UNREACHABLE_WARN_INTERVAL_S,
     SeedReachability,
     SeedTransition,
@@ -98,3 +99,19 @@ def test_error_texts_are_bounded_and_forgotten_for_addresses_no_longer_seeds() -
 def test_warn_interval_must_be_positive(interval: float) -> None:
     with pytest.raises(ValueError, match="warn_interval"):
         SeedReachability(interval)
+
+
+def test_a_node_with_thousands_of_seeds_shows_a_bounded_reason() -> None:
+    """A node restarted from its data dir joins through every member it remembers."""
+    seeds = tuple(("10.0.0.1", 1000 + i) for i in range(2_000))
+    reach = SeedReachability()
+    for addr in seeds[:-1]:
+        reach.exchange_failed(addr, "TimeoutError: ")
+    assert reach.update(seeds, True, now=0.0) is None  # one seed has not failed yet
+    reach.exchange_failed(seeds[-1], "TimeoutError: ")
+    assert reach.update(seeds, True, now=1.0) is SeedTransition.ISOLATED
+    assert len(reach.errors()) == MAX_SEED_ERRORS_SHOWN
+    reason = reach.reason(1.0)
+    assert reason is not None and reason.count("TimeoutError") == MAX_SEED_ERRORS_SHOWN
+    assert f"and {2_000 - MAX_SEED_ERRORS_SHOWN} more" in reason
+    assert "none of the 2000 seed(s)" in reason
