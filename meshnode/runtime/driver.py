@@ -258,8 +258,12 @@ class Driver:
         """Whether every seed failed while no other member is known (on the monotonic
         clock); checked after each exchange and each tick, reported by ``/v1/health``."""
         self.change_events: set[asyncio.Event] = set()
-        """Set (not cleared) whenever a manifest, a member or a ledger record changed:
-        what discovery ranks by. ``MeshNode.wait_for`` waits on one of these."""
+        """Set (not cleared) whenever a manifest or a member changed: what discovery
+        finds. ``MeshNode.wait_for`` waits on one of these."""
+        self.record_events: set[asyncio.Event] = set()
+        """Set (not cleared) whenever ledger records were applied: what trust, and so a
+        ``min_trust`` filter, follows. Kept apart so a flood of records wakes only the
+        waits that filter by trust."""
 
     # ------------------------------------------------------------------ the loop
 
@@ -322,8 +326,8 @@ class Driver:
         elif transition is SeedTransition.RECONNECTED:
             self._log.info("seeds_reachable", members=membership.cluster_size())
 
-    def _changed(self) -> None:
-        for event in self.change_events:
+    def _changed(self, events: set[asyncio.Event] | None = None) -> None:
+        for event in self.change_events if events is None else events:
             event.set()
 
     def poke(self) -> None:
@@ -380,7 +384,7 @@ class Driver:
                     self.effect_failed("manifest_listener", exc)
             self._changed()
         elif isinstance(effect, PersistRecords):
-            self._changed()
+            self._changed(self.record_events)
             if self.persistence is not None:
                 self.persistence.carry_out(effect)
         elif isinstance(effect, MemberChanged):

@@ -781,8 +781,9 @@ class MeshNode:
 
         A node knows only what gossip has brought it: right after ``start()`` its index is
         empty, and a peer's manifest arrives within a gossip round or a push-pull. This
-        waits for that without polling: the query is asked again only when a manifest,
-        a member or a ledger record changed (and the index has taken the change in).
+        waits for that without polling: the query is asked again only when a manifest or
+        a member changed (and the index has taken the change in), or, with ``min_trust``
+        above 0, when ledger records arrived (trust follows them).
         Raises :class:`~meshnode.errors.WaitTimeout` (a ``TimeoutError``) after
         ``within`` seconds, saying what was awaited and what the node knew;
         :class:`~meshnode.errors.InvalidRequest` for arguments ``discover`` refuses, a
@@ -807,6 +808,8 @@ class MeshNode:
         deadline = loop.time() + within
         changed = asyncio.Event()
         driver.change_events.add(changed)
+        if min_trust > 0:  # trust moves with ledger records
+            driver.record_events.add(changed)
         found: list[ScoredCandidate] = []
         try:
             while True:
@@ -828,6 +831,7 @@ class MeshNode:
                     break
         finally:
             driver.change_events.discard(changed)
+            driver.record_events.discard(changed)
         raise WaitTimeout(
             self._wait_summary(
                 description,

@@ -60,6 +60,27 @@ async def test_wait_returns_when_the_capability_is_published_later() -> None:
             assert app.driver is not None and not app.driver.change_events  # cleaned up
 
 
+async def test_a_trust_filter_is_met_when_a_ledger_record_raises_trust() -> None:
+    """The provider is known at once but below ``min_trust``; the wait ends when this
+    node's own signed opinion of it (a ledger record) lifts its trust above the filter.
+    With the ledger-record wake-up disabled, the same wait timed out after 3 s."""
+    async with MeshNode(_config(name="provider")) as provider:
+        provider.add_capability(_echo, name="echo", description="Echo the input back")
+        seed = format_address(provider.address)
+        async with MeshNode(_config(name="app", seeds=[seed])) as app:
+            (known,) = await app.wait_for(capability_name="echo", within=20)
+            assert known.trust == 0.5
+            waiting = asyncio.create_task(
+                app.wait_for(capability_name="echo", min_trust=0.52, within=20)
+            )
+            await asyncio.sleep(0)
+            assert await app.discover(capability_name="echo", min_trust=0.52) == []
+            assert not waiting.done()
+            app.record_outcome(provider.node_id, 1.0)
+            (found,) = await asyncio.wait_for(waiting, 20)
+            assert found.node_id == provider.node_id and found.trust > 0.52
+
+
 async def test_count_waits_for_as_many_providers() -> None:
     async with MeshNode(_config(name="p1")) as p1:
         seed = format_address(p1.address)
