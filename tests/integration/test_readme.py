@@ -226,3 +226,15 @@ def test_the_closed_mesh_commands_run(tmp_path: Path) -> None:
     last += ["--port", "0", "--embedder", "hashing"]
     with running(last, tmp_path, tmp_path / "run.log") as address:
         assert address.startswith("127.0.0.1:")
+
+
+def test_every_result_field_is_documented() -> None:
+    """Each field of what ``discover`` and ``delegate`` return is named in the README."""
+    import dataclasses
+
+    from meshnode import DelegationResult, ScoredCandidate
+
+    text = README.read_text("utf-8")
+    for cls in (ScoredCandidate, DelegationResult):
+        for field in dataclasses.fields(cls):
+            assert f"`{field.name}`" in text, (cls.__name__, field.name)
