@@ -317,8 +317,8 @@ class Driver:
         if transition is SeedTransition.ISOLATED:
             self._log.warning(
                 "seeds_unreachable",
-                seeds=[format_address(a) for a in membership.join_seeds],
-                errors=seeds.errors(),
+                seeds=len(membership.join_seeds),
+                errors=seeds.errors(),  # the first few, each bounded
                 isolated_s=round(seeds.isolated_for(time.monotonic())),
                 hint="no seed answered and no other member is known: check the --seed "
                 "addresses and that a node listens there; retrying",
