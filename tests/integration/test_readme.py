@@ -77,12 +77,14 @@ def test_the_skipped_blocks_say_why() -> None:
     } <= set(skipped.values())
 
 
-@pytest.mark.parametrize("block", [b for b in blocks("python") if not b.not_run], ids=_id)
+@pytest.mark.parametrize("block", blocks("python"), ids=_id)
 def test_python_block_runs_as_written(block: Block, tmp_path: Path) -> None:
     """On the unfixed README: the embedding example was a top-level ``async with``, a
     ``SyntaxError`` as written; wrapped in ``asyncio.run`` by hand, ``discover`` returned
     ``[]`` and ``delegate`` raised ``DelegationError`` (no peer known yet), and the node's
     log lines went to stdout."""
+    if block.not_run:
+        pytest.skip(f"README line {block.line} is marked not run: {block.not_run}")
     done = subprocess.run(
         [sys.executable, "-c", block.code],
         cwd=tmp_path,
