@@ -32,6 +32,7 @@ while it stays so, and ``/v1/health`` reports it.
 from __future__ import annotations
 
 import enum
+from collections import Counter
 
 from meshnode.core.timing import health_scaled
 
@@ -167,17 +168,24 @@ class SeedReachability:
         shown = list(self._failed.items())[:MAX_SEED_ERRORS_SHOWN]
         return {_text(addr): error for addr, error in shown}
 
-    def reason(self, now: float) -> str | None:
-        """One line for ``/v1/health`` and the warning (None when not isolated)."""
+    def reason(self, now: float, *, detail: bool = False) -> str | None:
+        """One line saying the node is isolated (None when it is not). Without ``detail``
+        (``/v1/health``, which anyone may read) it names only the kinds of error, never a
+        seed's address; with it (the caller's own ``WaitTimeout``) the first few seeds and
+        their errors."""
         if self._isolated_since is None:
             return None
-        detail = "; ".join(f"{addr}: {error}" for addr, error in self.errors().items())
-        more = len(self._failed) - MAX_SEED_ERRORS_SHOWN
-        if more > 0:
-            detail += f"; and {more} more"
+        if detail:
+            shown = "; ".join(f"{addr}: {error}" for addr, error in self.errors().items())
+            more = len(self._failed) - MAX_SEED_ERRORS_SHOWN
+            if more > 0:
+                shown += f"; and {more} more"
+        else:
+            kinds = Counter(error.split(":", 1)[0] for error in self._failed.values())
+            shown = ", ".join(f"{kind} x{n}" for kind, n in sorted(kinds.items()))
         return (
             f"isolated: none of the {len(self._seeds)} seed(s) answered for "
-            f"{self.isolated_for(now):.0f} s and no other member is known ({detail}); "
+            f"{self.isolated_for(now):.0f} s and no other member is known ({shown}); "
             "the seeds are retried with backoff"
         )
 

@@ -884,7 +884,9 @@ class MeshNode:
             )
             text += f", {offering} of them offering {capability_name!r}"
         driver = self._driver
-        isolation = driver.seeds.reason(time.monotonic()) if driver is not None else None
+        isolation = (
+            driver.seeds.reason(time.monotonic(), detail=True) if driver is not None else None
+        )
         if isolation is not None:
             text += f"; {isolation}"
         return text

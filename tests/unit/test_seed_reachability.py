@@ -66,10 +66,13 @@ def test_warns_at_once_then_every_interval_and_reports_the_reconnection() -> Non
         2 * interval: SeedTransition.ISOLATED,
     }
     assert reach.isolated_for(2 * interval) == 2 * interval
-    reason = reach.reason(2 * interval)
+    reason = reach.reason(2 * interval, detail=True)
     assert reason is not None
     assert "127.0.0.1:7946: ClientConnectorError: refused" in reason
     assert "none of the 1 seed(s) answered for 120 s" in reason
+    public = reach.reason(2 * interval)  # what /v1/health shows anyone: no address
+    assert public is not None and "127.0.0.1" not in public
+    assert "(ClientConnectorError x1)" in public
     reach.exchange_succeeded(A)
     assert reach.update((A,), True, now=2 * interval + 1) is SeedTransition.RECONNECTED
     assert not reach.isolated and reach.reason(0.0) is None and reach.errors() == {}
@@ -111,7 +114,8 @@ def test_a_node_with_thousands_of_seeds_shows_a_bounded_reason() -> None:
     reach.exchange_failed(seeds[-1], "TimeoutError: ")
     assert reach.update(seeds, True, now=1.0) is SeedTransition.ISOLATED
     assert len(reach.errors()) == MAX_SEED_ERRORS_SHOWN
-    reason = reach.reason(1.0)
+    reason = reach.reason(1.0, detail=True)
     assert reason is not None and reason.count("TimeoutError") == MAX_SEED_ERRORS_SHOWN
     assert f"and {2_000 - MAX_SEED_ERRORS_SHOWN} more" in reason
     assert "none of the 2000 seed(s)" in reason
+    assert "(TimeoutError x2000)" in str(reach.reason(1.0))
