@@ -260,7 +260,7 @@ def _config_from_args(args: argparse.Namespace) -> NodeConfig:
 
 
 async def _cmd_run(args: argparse.Namespace) -> int:
-    from meshnode.runtime.logging import configure_logging
+    from meshnode.runtime.logging import configure_logging, print_event
     from meshnode.runtime.node import MeshNode
 
     configure_logging(level=args.log_level, json=True if args.json_logs else None)
@@ -284,17 +284,7 @@ async def _cmd_run(args: argparse.Namespace) -> int:
         await node.aclose()
         raise
     host, port = node.address
-    print(
-        json.dumps(
-            {
-                "event": "listening",
-                "node_id": node.node_id,
-                "address": f"{host}:{port}",
-                "name": config.name,
-            }
-        ),
-        flush=True,
-    )
+    print_event("listening", node_id=node.node_id, address=f"{host}:{port}", name=config.name)
     try:
         await stop.wait()
     finally:

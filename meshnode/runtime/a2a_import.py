@@ -90,7 +90,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
-import structlog
 from aiohttp import web
 
 from meshnode.capability import make_capability
@@ -98,6 +97,7 @@ from meshnode.core.a2a import SIGNATURE_SCHEME
 from meshnode.core.request_auth import sign_request
 from meshnode.core.tracing import SpanKind, format_traceparent
 from meshnode.errors import InvalidInput
+from meshnode.runtime.logging import get_logger
 from meshnode.runtime.transport import BodyTooLarge, read_capped
 from protocol import LocalProtocolError, MeshError
 from protocol.jws import verify_card
@@ -183,7 +183,7 @@ CARD_PATH = "/.well-known/agent-card.json"
 TEXT_MODE = "text/plain"
 JSON_MODE = "application/json"
 
-log = structlog.get_logger("meshnode.a2a_import")
+log = get_logger("meshnode.a2a_import")
 
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.:-]+")
 _NAME_MAX = 128

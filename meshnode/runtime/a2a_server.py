@@ -89,7 +89,6 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-import structlog
 from aiohttp import web
 
 from meshnode.core import a2a
@@ -123,6 +122,7 @@ from meshnode.runtime.api import (
     _read_body,
     authorize,
 )
+from meshnode.runtime.logging import get_logger
 from meshnode.runtime.tracing import TRACEPARENT, current_context, traced_delegation, use_context
 from protocol import LocalProtocolError, Message, short_id
 from protocol.codec import message_to_wire
@@ -155,7 +155,7 @@ DURABLE_STATES = a2a.TERMINAL_STATES | {State.INPUT_REQUIRED}
 found unfinished after a restart is FAILED whatever it last said, and each write is a
 synchronous commit (about 0.4 ms)."""
 
-log = structlog.get_logger("meshnode.a2a")
+log = get_logger("meshnode.a2a")
 
 A2A_SERVICE: web.AppKey[A2AService] = web.AppKey("a2a_service")
 """The application's :class:`A2AService` (set at startup), for tools and benchmarks."""

@@ -34,10 +34,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from meshnode.core.router import ScoredCandidate, candidate_pool
 from meshnode.errors import InvalidRequest, NodeNotRunning
+from meshnode.runtime.logging import get_logger
 from protocol import Manifest
 from protocol.manifest import MAX_NAME_CHARS, MAX_TAG_CHARS
 
@@ -56,7 +55,7 @@ MAX_QUERY_TAGS = 16
 
 _shared: dict[tuple[str, str], CachedEmbedder] = {}
 _shared_lock = threading.Lock()
-log = structlog.get_logger("meshnode.discovery")
+log = get_logger("meshnode.discovery")
 
 
 def shared_embedder(kind: str, precision: str = "auto") -> CachedEmbedder:
