@@ -74,13 +74,16 @@ MAX_QUERY_TERMS = 64
 postings of each, so this bounds its cost whatever the query's length."""
 
 _STOP_WORDS_TEXT = """
-a about all also am an and any are as at be been but by can could do does for from get
-give has have how i if in into is it its just let me my need of on or our please some
-that the their them then there these this those to up us use want was we what when where
-which who will with would you your
+a about all also am an and any are as at be been between but by can could do does each
+every find for from get give go goes has have here how i if in into is it its just let
+like make many me more most much my need next now of off on only or our out over please
+right s should show so some still t take tell that the their them then there these this
+those to too two up us use very want was we what when where which who will with would
+you your
 """
 STOP_WORDS = frozenset(_STOP_WORDS_TEXT.split())
-"""Words that say nothing about which capability is meant; they are not terms."""
+"""Words that say nothing about which capability is meant (function words, and the
+generic verbs of a request: "find", "make", "show"); they are not terms."""
 
 _WORD = re.compile(r"[^\W_]+")
 
