@@ -129,25 +129,33 @@ def answers(
     return out
 
 
-def score(found: Sequence[Sequence[str]], queries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def score(
+    found: Sequence[Sequence[str]], queries: Sequence[dict[str, Any]], *, misses: bool = False
+) -> dict[str, Any]:
     def figures(idx: list[int]) -> dict[str, Any]:
         return {
             "queries": len(idx),
-            "recall_at_1": round(float(np.mean([found[i][:1] == [queries[i]["expected"]] for i in idx])), 4),
-            "recall_at_3": round(float(np.mean([queries[i]["expected"] in found[i][:3] for i in idx])), 4),
-            "empty_share": round(float(np.mean([not found[i] for i in idx])), 4),
+            "recall_at_1": _share([found[i][:1] == [queries[i]["expected"]] for i in idx]),
+            "recall_at_3": _share([queries[i]["expected"] in found[i][:3] for i in idx]),
+            "empty_share": _share([not found[i] for i in idx]),
         }
 
     every = list(range(len(queries)))
     result = figures(every)
     for split in ("dev", "held_out"):
         result[split] = figures([i for i in every if queries[i]["split"] == split])
+    if not misses:
+        return result
     result["misses_at_1"] = [
         [queries[i]["query"], queries[i]["expected"], list(found[i][:3])]
         for i in every
         if found[i][:1] != [queries[i]["expected"]]
     ]
     return result
+
+
+def _share(flags: Sequence[bool]) -> float:
+    return round(sum(flags) / len(flags), 4) if flags else 0.0
 
 
 def calibration(hybrid: list[Any], queries: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -226,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for model_name, embedder in models.items():
             found = answers(embedder, caps, queries)
             entry["results"][model_name] = {
-                pipeline: score(found[pipeline], queries)
+                pipeline: score(found[pipeline], queries, misses=pipeline == "after")
                 for pipeline in ("before", "after_dense", "after")
             }
             if set_name == "new":
