@@ -98,8 +98,7 @@ def build_index(embedder: Embedder, caps: Sequence[Capability], *, examples: boo
 def no_shared_word_share(caps: Sequence[Capability], queries: Sequence[dict[str, Any]]) -> float:
     by_name = {c.name: c for c in caps}
     none = sum(
-        not set(terms(q["query"])) & set(terms(by_name[q["expected"]].description))
-        for q in queries
+        not set(terms(q["query"])) & set(terms(by_name[q["expected"]].description)) for q in queries
     )
     return none / len(queries)
 

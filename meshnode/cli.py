@@ -230,14 +230,8 @@ async def _cmd_discover(args: argparse.Namespace) -> int:
         )
         for c in candidates
     ]
-    print(
-        _table(
-            rows,
-            ("NAME", "ID", "CAPABILITY", "SCORE", "SEM", "LEX", "TRUST", "AVAIL", "COST", "ADDRESS"),
-        )
-        if rows
-        else "no candidates"
-    )
+    header = ("NAME", "ID", "CAPABILITY", "SCORE", "SEM", "LEX", "TRUST", "AVAIL", "COST")
+    print(_table(rows, (*header, "ADDRESS")) if rows else "no candidates")
     return 0
 
 

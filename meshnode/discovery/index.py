@@ -472,7 +472,7 @@ class CapabilityIndex:
                 for entry, similarity in dense
             ]
             extra = [
-                (self._label_by_key[key], normalised)  # type: ignore[index]
+                (self._label_by_key[key], normalised)
                 for key, normalised in by_key.items()
                 if key in self._label_by_key
             ]

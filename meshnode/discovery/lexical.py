@@ -16,12 +16,13 @@ through the same :func:`terms`.
 
 Score. Okapi BM25 with ``k1`` = :data:`BM25_K1` and ``b`` = :data:`BM25_B`::
 
-    bm25(q, d) = Σ_{t ∈ q} idf(t) · tf(t, d) · (k1 + 1) / (tf(t, d) + k1 · (1 − b + b · |d| / avgdl))
+    bm25(q, d) = Σ_{t ∈ q} idf(t) · tf · (k1 + 1) / (tf + k1 · (1 − b + b · |d| / avgdl))
     idf(t)     = ln(1 + (N − df(t) + 0.5) / (df(t) + 0.5))
 
 and :meth:`LexicalIndex.search` also gives it normalised to [0, 1]:
-``min(1, bm25 / Σ_{t ∈ q} idf(t))``: 1.0 when the document holds every query term (once,
-at average length), less for a part of the query, weighted by how rare each part is.
+``min(1, bm25 / Σ_{t ∈ q} idf(t))`` (``tf`` is ``t``'s count in ``d``): 1.0 when the
+document holds every query term (once, at average length), less for a part of the query,
+weighted by how rare each part is.
 
 Bounds. The index holds at most ``max_documents`` documents (the capability index's own
 limit: it is kept in step with it, entry for entry); a document is built from one
@@ -174,9 +175,9 @@ class LexicalIndex:
 
     def add(self, key: Hashable, document: Iterable[str]) -> None:
         """Index ``document`` (its terms) under ``key``, replacing what ``key`` had."""
-        if key not in self._lengths and self._max_documents is not None:
-            if len(self._lengths) >= self._max_documents:
-                raise ValueError(f"the lexical index is full ({self._max_documents} documents)")
+        limit = self._max_documents
+        if key not in self._lengths and limit is not None and len(self._lengths) >= limit:
+            raise ValueError(f"the lexical index is full ({limit} documents)")
         self.remove(key)
         counts = Counter(document)
         for term, count in counts.items():
@@ -213,8 +214,8 @@ class LexicalIndex:
         self, query: str, k: int, *, keys: Iterable[Hashable] | None = None
     ) -> list[tuple[Hashable, float, float]]:
         """The ``k`` best documents for ``query``: ``(key, bm25, normalised)`` best first,
-        equal scores in the order the documents were added; only documents sharing a term with the query.
-        ``keys`` restricts the search to those documents."""
+        equal scores in the order the documents were added; only documents sharing a term
+        with the query. ``keys`` restricts the search to those documents."""
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         query_terms = list(dict.fromkeys(terms(query)))[:MAX_QUERY_TERMS]
@@ -237,5 +238,5 @@ class LexicalIndex:
         if not scores or idf_total <= 0.0:
             return []
         seq = self._seq
-        best = heapq.nsmallest(k, scores.items(), key=lambda item: (-item[1], seq[item[0]]))
+        best = heapq.nsmallest(k, scores.items(), key=lambda kv: (-kv[1], seq[kv[0]]))
         return [(key, score, min(1.0, score / idf_total)) for key, score in best]

@@ -12,10 +12,11 @@ A manifest that disappears (its node left or died) is removed at once.
 
 A query embeds its description on the same thread, asks the index for a candidate pool
 by meaning and by words (:meth:`~meshnode.discovery.CapabilityIndex.hybrid_search`: the
-nearest embeddings and the best BM25 matches, each with both scores), keeps only members SWIM currently holds alive, and ranks the pool with
-:func:`meshnode.core.router.rank` using the node's blended trust view, the load each peer
-advertises in its acks (with its manifest's ``max_concurrent_tasks``), and the breakers
-that are open. This node itself is never a candidate.
+nearest embeddings and the best BM25 matches, each with both scores), keeps only members
+SWIM currently holds alive, and ranks the pool with :func:`meshnode.core.router.rank`
+using the node's blended trust view, the load each peer advertises in its acks (with its
+manifest's ``max_concurrent_tasks``), and the breakers that are open. This node itself is
+never a candidate.
 
 The embedder is chosen by ``NodeConfig.embedder``: ``"auto"`` (MiniLM from the
 ``semantic`` extra when installed, else the hashing embedder, with one warning),

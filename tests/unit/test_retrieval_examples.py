@@ -92,7 +92,7 @@ def test_decoder_refuses_too_many_examples_from_the_wire() -> None:
     raw = pack(manifest)
     assert raw.count(b"\x91\xa1a") == 1  # the one-example array
     bloated = raw.replace(b"\x91\xa1a", b"\x96" + b"\xa1a" * 6)
-    with pytest.raises(Exception, match="examples|items"):
+    with pytest.raises(Exception, match=r"examples|items"):
         unpack(bloated, Manifest)
 
 

@@ -82,8 +82,8 @@ def test_noise_term_keeps_several_that_stand_out() -> None:
     scores = [0.8, 0.7, 0.6] + [0.1 + 0.001 * i for i in range(40)]
     mean = sum(scores) / len(scores)
     std = math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores))
-    assert 0.6 < 0.8 - RELEVANCE_MARGIN
-    assert 0.6 >= mean + RELEVANCE_NOISE_Z * std
+    assert 0.8 - RELEVANCE_MARGIN > 0.6
+    assert mean + RELEVANCE_NOISE_Z * std <= 0.6
     assert relevance_floor(scores) == pytest.approx(mean + RELEVANCE_NOISE_Z * std)
     assert len(scores) >= NOISE_MIN_POOL
 
