@@ -13,6 +13,7 @@ from meshnode.discovery.index import capability_text
 from meshnode.discovery.lexical import (
     BM25_B,
     BM25_K1,
+    MAX_POSTINGS_PER_QUERY,
     MAX_QUERY_TERMS,
     NAME_REPEAT,
     capability_terms,
@@ -180,3 +181,20 @@ def test_capability_index_keeps_words_in_step() -> None:
     named = index.hybrid_search(vector, "paint", 5, embedder.model_id, name="weather")
     assert named == []
     assert np.isfinite([h.similarity for h in rain]).all()
+
+
+def test_a_search_walks_at_most_the_postings_budget() -> None:
+    """A term in more documents than MAX_POSTINGS_PER_QUERY is skipped (rarer terms are
+    walked first and still scored), but still counts in the normalisation: the cost of a
+    query is bounded however common its words.
+
+    On the code without the budget: ``search("common", 10)`` walked all 20,002 postings
+    and returned 10 documents."""
+    index = LexicalIndex()
+    for i in range(MAX_POSTINGS_PER_QUERY + 1):
+        index.add(i, ["common"])
+    index.add("rare-doc", ["common", "zorblax"])
+    found = index.search("common zorblax", 10)
+    assert [key for key, _, _ in found] == ["rare-doc"]
+    assert 0.0 < found[0][2] < 1.0
+    assert index.search("common", 10) == []
