@@ -3,6 +3,8 @@ without, embedded with the description and matched by words."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import pytest
 
 from meshnode.capability import make_capability
@@ -12,6 +14,7 @@ from protocol import LocalProtocolError
 from protocol.codec import pack, unpack
 from protocol.identity import Identity
 from protocol.manifest import MAX_EXAMPLE_CHARS, MAX_EXAMPLES, Capability, Manifest
+from protocol.schema import Appended, from_wire, to_wire, wire_struct
 
 OLD_MANIFEST = bytes.fromhex(
     "9911c42003a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8a86f6c642d6e"
@@ -105,3 +108,33 @@ def test_make_capability_takes_examples_and_discovery_uses_them() -> None:
     assert "yell" in capability_terms(cap)
     with pytest.raises(TypeError):
         make_capability(name="shout", examples="yell hello")
+
+
+def test_appended_fields_must_have_defaults_and_come_last() -> None:
+    """The schema refuses an Appended field without a default or followed by an ordinary
+    field (either would make old encodings ambiguous); a struct with one at its default
+    encodes without it and decodes from bytes that lack it."""
+
+    @wire_struct
+    class Good:
+        a: int
+        b: Annotated[int, Appended()] = 0
+        c: Annotated[int, Appended()] = 0
+
+    assert to_wire(Good(1)) == [1]
+    assert to_wire(Good(1, 0, 5)) == [1, 0, 5]
+    assert from_wire(Good, [1]) == Good(1)
+    assert from_wire(Good, [1, 2]) == Good(1, 2)
+
+    @wire_struct
+    class NoDefault:
+        a: Annotated[int, Appended()]
+
+    @wire_struct
+    class NotLast:
+        a: Annotated[int, Appended()] = 0
+        b: int = 0
+
+    for cls in (NoDefault, NotLast):
+        with pytest.raises(TypeError, match="Appended"):
+            to_wire(cls(1))
