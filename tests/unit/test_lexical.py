@@ -198,3 +198,19 @@ def test_a_search_walks_at_most_the_postings_budget() -> None:
     assert [key for key, _, _ in found] == ["rare-doc"]
     assert 0.0 < found[0][2] < 1.0
     assert index.search("common", 10) == []
+
+
+def test_repeating_a_word_buys_little() -> None:
+    """A document stuffed with a query word 50 times scores less than k1 + 1 times one
+    that holds it once at the average length (BM25 saturation, and the stuffing makes
+    the document long), and its normalised score is capped at 1, where a document that
+    holds the word once already is: in the relevance the router uses, stuffing buys
+    nothing over an honest mention (words add at most LEXICAL_WEIGHT either way)."""
+    index = LexicalIndex()
+    index.add("honest", ["translat", "text", "languag"])
+    index.add("stuffer", ["translat"] * 50)
+    for i in range(20):
+        index.add(i, [f"other{i}", "text", "languag"])
+    scores = {key: (raw, normalised) for key, raw, normalised in index.search("translate", 5)}
+    assert scores["stuffer"][0] < (BM25_K1 + 1) * scores["honest"][0]
+    assert scores["stuffer"][1] == scores["honest"][1] == 1.0
