@@ -122,7 +122,7 @@ does the selection, this only drops what resembles the query no more than unrela
 does. Chosen on the ``dev`` split of ``tests/data/retrieval_large.json`` with
 all-MiniLM-L6-v2 (``python -m benchmarks.retrieval``): the expected capability's
 relevance was 0.06 at the lowest and 0.13 at the 5th percentile, other capabilities' a
-median of 0.11 — MiniLM's unrelated texts are not near 0, so no absolute value separates
+median of 0.10 — MiniLM's unrelated texts are not near 0, so no absolute value separates
 the two; at 0.10 no dev query of either set came back empty, at 0.15 two of the new
 set's did (dense scores alone). (The
 previous absolute floor, 0.3, chosen on ``tests/data/retrieval.json``, left 25 % of the
