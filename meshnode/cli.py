@@ -367,6 +367,7 @@ async def _cmd_discover(args: argparse.Namespace) -> int:
             c["capability"],
             f"{c['score']['total']:.3f}",
             f"{c['score']['semantic']:.2f}",
+            f"{c['score'].get('lexical', 0.0):.2f}",
             f"{c['score']['trust']:.2f}",
             f"{c['score']['availability']:.2f}",
             f"{c['score']['cost_factor']:.2f}",
@@ -374,13 +375,8 @@ async def _cmd_discover(args: argparse.Namespace) -> int:
         )
         for c in candidates
     ]
-    print(
-        _table(
-            rows, ("NAME", "ID", "CAPABILITY", "SCORE", "SEM", "TRUST", "AVAIL", "COST", "ADDRESS")
-        )
-        if rows
-        else "no candidates"
-    )
+    header = ("NAME", "ID", "CAPABILITY", "SCORE", "SEM", "LEX", "TRUST", "AVAIL", "COST")
+    print(_table(rows, (*header, "ADDRESS")) if rows else "no candidates")
     return 0
 
 

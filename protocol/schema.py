@@ -20,8 +20,12 @@ Field types understood:
   messages (encoded with their tags).
 
 Compatibility: a decoder accepts *more* trailing fields than it knows (they are ignored), so
-a later protocol version may append optional fields; it refuses fewer. Fields are never
-removed or reordered.
+a later protocol version may append optional fields; it refuses fewer, except fields marked
+:class:`Appended`: such a field (always after every unmarked one, with a default) is left
+out of the encoding, and so out of the signed bytes, while it and every field after it
+hold their defaults, and a decoder that finds it missing uses the default. A struct made
+before the field existed therefore encodes, signs and verifies exactly as it did. Fields
+are never removed or reordered.
 
 :func:`signing_bytes` gives the one canonical encoding that is signed: a domain string, the
 struct's name, and every field but ``signature`` in declaration order.
@@ -87,6 +91,12 @@ class Range:
 
     min: float
     max: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Appended:
+    """Marks a field added by a later protocol version: omitted from the encoding while it
+    (and every later field) equals its default; a missing one decodes as the default."""
 
 
 class _NodeIdMarker:
@@ -334,6 +344,8 @@ class _Field:
     name: str
     to_wire: Callable[[Any], Any]
     from_wire: Callable[[Any], Any]
+    appended: bool = False
+    default: Any = None
 
 
 def _codec_for(hint: Any, owner: type) -> Codec:
@@ -381,10 +393,18 @@ def _compile(cls: type) -> tuple[_Field, ...]:
     compiled: tuple[_Field, ...] | None = cls.__dict__.get("__wire_compiled__")
     if compiled is None:
         hints = typing.get_type_hints(cls, include_extras=True)
-        compiled = tuple(
-            _Field(f.name, *_codec_for(hints[f.name], cls))
-            for f in dataclasses.fields(cast(Any, cls))
-        )
+        fields: list[_Field] = []
+        for f in dataclasses.fields(cast(Any, cls)):
+            hint = hints[f.name]
+            appended = get_origin(hint) is Annotated and any(
+                isinstance(m, Appended) for m in get_args(hint)[1:]
+            )
+            if appended and f.default is dataclasses.MISSING:
+                raise TypeError(f"{cls.__name__}.{f.name}: an Appended field needs a default")
+            if fields and fields[-1].appended and not appended:
+                raise TypeError(f"{cls.__name__}.{f.name}: Appended fields must come last")
+            fields.append(_Field(f.name, *_codec_for(hint, cls), appended, f.default))
+        compiled = tuple(fields)
         cls.__wire_compiled__ = compiled  # type: ignore[attr-defined]
     return compiled
 
@@ -410,7 +430,8 @@ class WireStruct:
 def struct_to_wire(obj: Any, *, skip_signature: bool = False) -> list[Any]:
     """Encode ``obj``'s fields (not its tag) to msgpack-ready values; raise ``_Invalid``."""
     out = []
-    for field in _compile(type(obj)):
+    fields = _compile(type(obj))
+    for field in fields:
         if skip_signature and field.name == "signature":
             continue
         try:
@@ -418,16 +439,24 @@ def struct_to_wire(obj: Any, *, skip_signature: bool = False) -> list[Any]:
         except _Invalid as exc:
             message = f"{type(obj).__name__}.{field.name}: {exc}"
             raise _Invalid(message, too_large=exc.too_large) from None
+    # Appended fields at their defaults, from the end, are left out (see the module doc).
+    for field in reversed(fields):
+        if not field.appended or getattr(obj, field.name) != field.default:
+            break
+        out.pop()
     return out
 
 
 def struct_from_wire(cls: type[T], raw: Any, *, offset: int = 0) -> T:
     """Build ``cls`` from decoded msgpack values (after ``offset`` leading items)."""
     fields = _compile(cls)
-    if type(raw) is not list or len(raw) - offset < len(fields):
-        raise _Invalid(f"{cls.__name__}: expected an array of at least {len(fields)} fields")
+    required = sum(1 for field in fields if not field.appended)
+    if type(raw) is not list or len(raw) - offset < required:
+        raise _Invalid(f"{cls.__name__}: expected an array of at least {required} fields")
     values = {}
     for i, field in enumerate(fields):
+        if offset + i >= len(raw):
+            break  # the rest are Appended fields left at their defaults
         try:
             values[field.name] = field.from_wire(raw[offset + i])
         except _Invalid as exc:

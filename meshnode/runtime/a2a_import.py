@@ -43,8 +43,9 @@ signature cannot be trusted to mean anything). An unsigned card is accepted unle
 
 Skills become capabilities (:func:`skill_capability`): the name is
 ``<agent>.<skill id>`` sanitised to the capability name rules
-(:func:`sanitize_capability_name`); the description is the skill's, followed by its
-examples (the discovery index embeds it, so searching by description finds the skill);
+(:func:`sanitize_capability_name`); the description is the skill's, and its examples
+become the capability's ``examples`` (the first ``MAX_EXAMPLES``, each clipped to
+``MAX_EXAMPLE_CHARS``; discovery embeds and matches them with the description);
 the skill's tags are kept and two are added: :data:`PROXY_TAG` and
 ``a2a:<url>`` (:func:`proxy_tags`), which mark the capability, in the node's signed manifest, as a
 proxy for that agent. A2A 1.0 skills carry no JSON schemas, only media types
@@ -102,7 +103,14 @@ from meshnode.runtime.transport import BodyTooLarge, read_capped
 from protocol import LocalProtocolError, MeshError
 from protocol.jws import verify_card
 from protocol.limits import MAX_VALUE_BYTES
-from protocol.manifest import MAX_CAPABILITIES, MAX_DESCRIPTION_CHARS, MAX_TAG_CHARS, MAX_TAGS
+from protocol.manifest import (
+    MAX_CAPABILITIES,
+    MAX_DESCRIPTION_CHARS,
+    MAX_EXAMPLE_CHARS,
+    MAX_EXAMPLES,
+    MAX_TAG_CHARS,
+    MAX_TAGS,
+)
 
 if TYPE_CHECKING:
     from meshnode.runtime.node import MeshNode
@@ -365,10 +373,16 @@ class SkillCapability:
     output_schema: dict[str, Any]
     accepts_text: bool
     accepts_data: bool
+    examples: tuple[str, ...] = ()
 
     def key(self) -> tuple[Any, ...]:
         """What a refresh compares to tell a changed skill."""
-        return (self.description, self.tags, json.dumps(self.input_schema, sort_keys=True))
+        return (
+            self.description,
+            self.tags,
+            json.dumps(self.input_schema, sort_keys=True),
+            self.examples,
+        )
 
 
 OUTPUT_SCHEMA: dict[str, Any] = {
@@ -414,10 +428,14 @@ def skill_capability(
         raise CardRefused("a skill has no id")
     title = str(skill.get("name") or skill_id)
     description = str(skill.get("description") or title)
-    examples = [str(e) for e in skill.get("examples") or [] if isinstance(e, str) and e]
+    raw_examples = skill.get("examples")
+    examples: list[str] = []
+    for example in raw_examples if isinstance(raw_examples, list) else []:
+        if len(examples) == MAX_EXAMPLES:
+            break
+        if isinstance(example, str) and example.strip():
+            examples.append(_clip(" ".join(example.split()), MAX_EXAMPLE_CHARS))
     text = description if title.lower() in description.lower() else f"{title}: {description}"
-    if examples:
-        text += " Examples: " + "; ".join(examples)
     modes = [str(m).lower() for m in (skill.get("inputModes") or default_input_modes or [])]
     accepts_text = not modes or TEXT_MODE in modes or "text/*" in modes or "*/*" in modes
     accepts_data = JSON_MODE in modes or "*/*" in modes
@@ -444,6 +462,7 @@ def skill_capability(
         output_schema=OUTPUT_SCHEMA,
         accepts_text=accepts_text,
         accepts_data=accepts_data,
+        examples=tuple(examples),
     )
     try:
         make_capability(
@@ -452,6 +471,7 @@ def skill_capability(
             input_schema=mapped.input_schema,
             output_schema=mapped.output_schema,
             tags=mapped.tags,
+            examples=mapped.examples,
         )
     except LocalProtocolError as exc:
         raise CardRefused(f"skill {skill_id!r} cannot be a capability: {exc}") from None
@@ -898,6 +918,7 @@ class A2AImporter:
                     input_schema=cap.input_schema,
                     output_schema=cap.output_schema,
                     tags=cap.tags,
+                    examples=cap.examples,
                 )
         return agent
 

@@ -10,11 +10,13 @@ takes the whole queue, embeds the texts in a single batch on a dedicated thread 
 there too. Probes and acks keep flowing while a 1,000-manifest mesh is being indexed.
 A manifest that disappears (its node left or died) is removed at once.
 
-A query embeds its description on the same thread, asks the index for a candidate pool,
-keeps only members SWIM currently holds alive, and ranks the pool with
-:func:`meshnode.core.router.rank` using the node's blended trust view, the load each peer
-advertises in its acks (with its manifest's ``max_concurrent_tasks``), and the breakers
-that are open. This node itself is never a candidate.
+A query embeds its description on the same thread, asks the index for a candidate pool
+by meaning and by words (:meth:`~meshnode.discovery.CapabilityIndex.hybrid_search`: the
+nearest embeddings and the best BM25 matches, each with both scores), keeps only members
+SWIM currently holds alive, and ranks the pool with :func:`meshnode.core.router.rank`
+using the node's blended trust view, the load each peer advertises in its acks (with its
+manifest's ``max_concurrent_tasks``), and the breakers that are open. This node itself is
+never a candidate.
 
 The embedder is chosen by ``NodeConfig.embedder``: ``"auto"`` (MiniLM from the
 ``semantic`` extra when installed, else the hashing embedder, with one warning),
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
     from meshnode.core.config import NodeConfig
     from meshnode.core.node import NodeCore
     from meshnode.discovery import CachedEmbedder, Embedder
-    from meshnode.discovery.index import CapabilityIndex, IndexEntry
+    from meshnode.discovery.index import CapabilityIndex, HybridHit, IndexEntry
 
 EMBEDDERS = ("auto", "minilm", "hashing")
 """Accepted values of ``NodeConfig.embedder``."""
@@ -238,18 +240,21 @@ class DiscoveryService:
             await loop.run_in_executor(self._executor, self._materialize)
         assert self.embedder is not None and self.index is not None
         embedder, index = self.embedder, self.index
+        lexical: dict[tuple[str, str], float] | None = None
         if description:
             text = description
 
-            def embed_and_search() -> list[tuple[IndexEntry, float]]:
+            def embed_and_search() -> list[HybridHit]:
                 # Off the loop: the search waits for the index lock while a bulk update
                 # holds it, and takes about 1 ms at 100,000 capabilities.
                 vector = embedder.embed([text])
-                return index.search(vector, pool, embedder.model_id, name=capability_name)
+                return index.hybrid_search(
+                    vector, text, pool, embedder.model_id, name=capability_name
+                )
 
-            hits: Sequence[tuple[IndexEntry, float]] = await loop.run_in_executor(
-                self._executor, embed_and_search
-            )
+            found = await loop.run_in_executor(self._executor, embed_and_search)
+            hits: Sequence[tuple[IndexEntry, float]] = [(h.entry, h.similarity) for h in found]
+            lexical = {h.entry.key: h.lexical for h in found if h.lexical > 0.0}
         else:
             assert capability_name is not None
             hits = [(entry, 1.0) for entry in index.by_name(capability_name)]
@@ -263,10 +268,14 @@ class DiscoveryService:
             capability_name=capability_name,
             name_only=not description,
             top_k=top_k,
+            lexical=lexical,
         )
 
 
 def candidate_json(c: ScoredCandidate) -> dict[str, Any]:
+    """A candidate for ``/v1/discover``: who, what, and its score broken down: ``total``
+    blends ``relevance`` (fused from ``semantic`` and ``lexical``), ``trust``,
+    ``availability`` and ``cost_factor``; ``similarity`` is the raw cosine."""
     return {
         "node_id": c.node_id,
         "name": c.node_name,
@@ -278,7 +287,9 @@ def candidate_json(c: ScoredCandidate) -> dict[str, Any]:
         "circuit_open": c.circuit_open,
         "score": {
             "total": round(c.total, 6),
+            "relevance": round(c.relevance, 6),
             "semantic": round(c.semantic, 6),
+            "lexical": round(c.lexical, 6),
             "trust": round(c.trust, 6),
             "availability": round(c.availability, 6),
             "cost_factor": round(c.cost_factor, 6),

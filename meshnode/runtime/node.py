@@ -305,8 +305,10 @@ class MeshNode:
         tags: tuple[str, ...] | list[str] = (),
         allow: Allow | None = None,
         quota: Quota | None = None,
+        examples: tuple[str, ...] | list[str] = (),
     ) -> None:
-        """Register a plain coroutine as a capability. After ``start()`` the manifest is
+        """Register a plain coroutine as a capability. ``examples``: a few requests it
+        answers, in a user's words (discovery matches them). After ``start()`` the manifest is
         re-signed with a higher version and announced. ``allow`` says who may call it
         (default: current members only; ``Allow.anyone()`` for a public one), ``quota``
         how much one requester may use it (see :mod:`meshnode.core.authorization`); both
@@ -319,6 +321,7 @@ class MeshNode:
             avg_latency_ms=avg_latency_ms,
             cost_per_call_usd=cost_per_call_usd,
             tags=tags,
+            examples=examples,
         )
         self._capabilities[name] = CapabilitySpec(cap, func, make_policy(allow, quota))
         if self.running:
