@@ -52,3 +52,23 @@ def test_two_region_link_model() -> None:
         LinkModel(region_latency=-1.0)
     with pytest.raises(ValueError):
         Spec("coordinates", topology="ring")
+
+
+def test_ack_sizes_tell_acks_with_and_without_a_coordinate_apart() -> None:
+    """The simulator's size cache keys an ack by the size class of every field, the
+    coordinate included: an ack with a coordinate and a relayed one without it (same
+    seq, load and member count) each get their exact encoded size.
+
+    On the unfixed code: the relayed ack was counted at the 106 bytes of the first one
+    (it is 5), and the byzantine scenario saw honest nodes send 1,463-byte datagrams."""
+    from protocol import Ack, wire_size
+    from protocol.messages import NetworkCoordinate
+    from simulations.sizes import SizeModel
+
+    sizes = SizeModel()
+    with_coordinate = Ack(7, 0, 3, NetworkCoordinate((0.5,) * 8, 1.5, 0.0, 1e-5))
+    relayed = Ack(7, 0, 3)
+    bigger_view = Ack(7, 0, 70_000)
+    assert sizes.message(with_coordinate) == wire_size(with_coordinate)
+    assert sizes.message(relayed) == wire_size(relayed)
+    assert sizes.message(bigger_view) == wire_size(bigger_view)
