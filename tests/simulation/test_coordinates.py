@@ -3,8 +3,15 @@ its coordinates learn it."""
 
 from __future__ import annotations
 
+import random
+
+import pytest
+
+from protocol import Ack, wire_size
+from protocol.messages import NetworkCoordinate
 from simulations.network import LinkModel, Network
 from simulations.scenarios import Spec, run_scenario
+from simulations.sizes import SizeModel
 
 
 def test_coordinates_converge_on_two_regions() -> None:
@@ -35,10 +42,6 @@ def test_coordinates_scenario_is_deterministic() -> None:
 def test_two_region_link_model() -> None:
     """Hosts alternate between regions; the expected round trip adds twice the region
     latency between regions only; bad parameters are refused."""
-    import random
-
-    import pytest
-
     model = LinkModel(min_latency=0.001, mean_latency=0.001, regions=2, region_latency=0.02)
     net = Network(model, random.Random(1))
     a, b, c = net.add_host(), net.add_host(), net.add_host()
@@ -61,10 +64,6 @@ def test_ack_sizes_tell_acks_with_and_without_a_coordinate_apart() -> None:
 
     On the unfixed code: the relayed ack was counted at the 106 bytes of the first one
     (it is 5), and the byzantine scenario saw honest nodes send 1,463-byte datagrams."""
-    from protocol import Ack, wire_size
-    from protocol.messages import NetworkCoordinate
-    from simulations.sizes import SizeModel
-
     sizes = SizeModel()
     with_coordinate = Ack(7, 0, 3, NetworkCoordinate((0.5,) * 8, 1.5, 0.0, 1e-5))
     relayed = Ack(7, 0, 3)
