@@ -22,6 +22,7 @@ import enum
 from typing import Annotated, ClassVar
 
 from protocol.schema import (
+    Appended,
     Digest,
     FixedLen,
     JsonValue,
@@ -109,6 +110,23 @@ class PingReq(Message):
     port: Port
 
 
+MAX_COORDINATE_DIMENSIONS = 16
+"""Most vector components a coordinate may carry on the wire (the core uses 8; the rest is
+room for a later change, and a cap on what a datagram can make us decode)."""
+
+
+@wire_struct
+class NetworkCoordinate:
+    """A Vivaldi coordinate on the wire: ``vec`` and ``adjustment``/``height`` in seconds,
+    ``error`` relative. The codec only checks the types and that floats are finite; the
+    core checks dimension and bounds."""
+
+    vec: Annotated[tuple[float, ...], MaxItems(MAX_COORDINATE_DIMENSIONS)]
+    error: float
+    adjustment: float
+    height: float
+
+
 @wire_struct
 class Ack(Message):
     """Answer to a ping; ``load`` is the sender's tasks in flight (0 when it runs none);
@@ -119,6 +137,10 @@ class Ack(Message):
     seq: UInt
     load: Annotated[int, Range(0, 1_000_000)] = 0
     members: Annotated[int, Range(0, 4_294_967_295)] = 0
+    coordinate: Annotated[NetworkCoordinate | None, Appended()] = None
+    """The sender's Vivaldi coordinate (None: not reported). Appended: an ack without it
+    encodes exactly as before, and older decoders ignore it. Its bounds are checked by the
+    receiving core (meshnode.core.coordinates), which ignores an unusable one."""
 
 
 @wire_struct

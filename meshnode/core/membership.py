@@ -151,7 +151,7 @@ from collections import OrderedDict
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Final, Literal, TypeVar
 
-from meshnode.core import timing
+from meshnode.core import coordinates, timing
 from meshnode.core.broadcast import LANE_APP, LANE_MEMBERS, LANE_OWN, BroadcastQueue
 from meshnode.core.config import NodeConfig
 from meshnode.core.effects import (
@@ -189,6 +189,7 @@ from protocol import (
     verify,
     wire_size,
 )
+from protocol.messages import NetworkCoordinate
 
 __all__ = [
     "MAX_INCARNATION",
@@ -250,6 +251,9 @@ _INF: Final = math.inf
 # port (3).
 _PING_BYTES: Final = 1 + 1 + 9 + 34
 _ACK_BYTES: Final = 1 + 1 + 9 + 5 + 5
+# An ack's coordinate: fixarray header, the vector (fixarray header + 8 float64 of 9 bytes)
+# and error, adjustment, height (9 bytes each).
+_ACK_COORDINATE_BYTES: Final = 1 + 1 + 9 * coordinates.DIMENSIONS + 3 * 9
 _NACK_BYTES: Final = 1 + 1 + 9
 _PING_REQ_FIXED_BYTES: Final = 1 + 1 + 9 + 34 + 2 + 3
 
@@ -401,6 +405,9 @@ _COUNTERS: Final = (
     "refutation_wars",
     "address_flaps",
     "dead_downgraded",
+    "coordinate_updates",
+    "coordinates_rejected",
+    "rtts_rejected",
 )
 
 
@@ -484,6 +491,10 @@ class Membership:
         self._conflicts_reported: dict[Address, float] = {}
         self._forced_refutations: list[float] = []
         self._previous_address: dict[str, tuple[Address, float]] = {}
+        # Vivaldi: our coordinate, and each member's from its last direct ack. Its own
+        # random stream (seeded by our id) so coordinates draw nothing from ``rng``.
+        self._vivaldi = coordinates.VivaldiClient(random.Random(f"vivaldi:{self._node_id}"))
+        self._coordinates: dict[str, coordinates.Coordinate] = {}
 
         self._join_seeds: tuple[Address, ...] = ()
         self._join_attempt = 0
@@ -548,6 +559,24 @@ class Membership:
     def load(self) -> int:
         """The load we advertise in acks."""
         return self._load
+
+    def coordinate(self) -> coordinates.Coordinate:
+        """Our Vivaldi coordinate."""
+        return self._vivaldi.coordinate
+
+    def peer_coordinate(self, node_id: str) -> coordinates.Coordinate | None:
+        """``node_id``'s coordinate from its last direct ack to us (ours for our id)."""
+        if node_id == self._node_id:
+            return self._vivaldi.coordinate
+        return self._coordinates.get(node_id)
+
+    def estimated_rtt(self, node_id: str) -> float | None:
+        """Round trip to ``node_id`` estimated from the coordinates, seconds; None when
+        we hold no coordinate for it (0.0 for ourselves)."""
+        if node_id == self._node_id:
+            return 0.0
+        theirs = self._coordinates.get(node_id)
+        return None if theirs is None else self._vivaldi.coordinate.distance_s(theirs)
 
     def members(self) -> list[Member]:
         """Every known member, ourselves included, sorted by node id."""
@@ -1305,6 +1334,8 @@ class Membership:
         self._graveyard.pop(node, None)
         self._queue.discard(("member", node))
         self._previous_address.pop(node, None)
+        self._coordinates.pop(node, None)
+        self._vivaldi.forget(node)
         self.counters["members_forgotten"] += 1
         self._effects.append(MemberChanged(MemberEvent.FORGOTTEN, node, member.state, None, member))
 
@@ -1496,10 +1527,12 @@ class Membership:
         if ping.target != self._node_id:
             self.counters["pings_wrong_target"] += 1
             return
-        self._send(addr, [self._ack(ping.seq)], _ACK_BYTES)
+        self._send(addr, [self._ack(ping.seq)], _ACK_BYTES + _ACK_COORDINATE_BYTES)
 
     def _ack(self, seq: int) -> Ack:
-        return Ack(seq, self._load, self.cluster_size())
+        c = self._vivaldi.coordinate
+        wire = NetworkCoordinate(c.vec, c.error, c.adjustment, c.height)
+        return Ack(seq, self._load, self.cluster_size(), wire)
 
     def _on_ping_req(self, sender: str, request: PingReq, addr: Address, now: float) -> None:
         """Relay only for members, to members, at the target address we know."""
@@ -1512,7 +1545,9 @@ class Membership:
             counters["ping_reqs_refused"] += 1
             return
         if request.target == self._node_id:
-            self._send(requester.address, [self._ack(request.seq)], _ACK_BYTES)
+            self._send(
+                requester.address, [self._ack(request.seq)], _ACK_BYTES + _ACK_COORDINATE_BYTES
+            )
             return
         target = self._members.get(request.target)
         if target is None or target.state not in _LIVE:
@@ -1540,6 +1575,8 @@ class Membership:
         relay = self._relays.get(ack.seq)
         if relay is not None and sender == relay.target:
             del self._relays[ack.seq]
+            # The target's coordinate is not relayed: the requester could not use it (the
+            # round trip through us is not a direct one) and could not tell it from ours.
             self._send(relay.requester, [Ack(relay.seq, ack.load, ack.members)], _ACK_BYTES)
             self.counters["acks_relayed"] += 1
             return
@@ -1559,7 +1596,26 @@ class Membership:
             direct = sender == probe.target and not probe.repinged
             rtt = now - probe.sent_at if direct else member.rtt
             self._members[member.node_id] = dataclasses.replace(member, load=ack.load, rtt=rtt)
+            if sender == probe.target and ack.coordinate is not None:
+                self._on_coordinate(sender, ack.coordinate, now - probe.sent_at if direct else None)
             self._catch_up(ack.members, member, now)
+
+    def _on_coordinate(self, node: str, wire: NetworkCoordinate, rtt: float | None) -> None:
+        """Keep ``node``'s coordinate from its own ack; with a direct round trip ``rtt``
+        (seconds), move ours. Acks through helpers carry none; after a re-ping it is not
+        known which ping an ack answers, so ``rtt`` is None and only theirs is kept."""
+        coord = coordinates.Coordinate(wire.vec, wire.error, wire.adjustment, wire.height)
+        if coordinates.coordinate_problem(coord) is not None:
+            self.counters["coordinates_rejected"] += 1
+            return
+        self._coordinates[node] = coord
+        if rtt is None:
+            return
+        if coordinates.rtt_problem(rtt) is not None:
+            self.counters["rtts_rejected"] += 1
+            return
+        self._vivaldi.update(node, coord, rtt)
+        self.counters["coordinate_updates"] += 1
 
     def _catch_up(self, theirs: int, member: Member, now: float) -> None:
         """Push-pull with ``member`` when its view and the previous probed member's were

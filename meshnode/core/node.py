@@ -91,6 +91,7 @@ from meshnode.core.admission import Admission
 from meshnode.core.authorization import CapabilityPolicy
 from meshnode.core.breaker import BreakerBoard, TaskVerdict
 from meshnode.core.config import NodeConfig
+from meshnode.core.coordinates import Coordinate
 from meshnode.core.delegation import (
     COUNTER_RATIO,
     attempt_consequence,
@@ -392,6 +393,17 @@ class NodeCore:
 
     def members(self) -> list[Member]:
         return self.mesh.members()
+
+    def coordinate(self) -> Coordinate:
+        """This node's Vivaldi network coordinate (see meshnode.core.coordinates)."""
+        return self.mesh.membership.coordinate()
+
+    def estimated_rtt_ms(self, node_id: str) -> float | None:
+        """Round trip to ``node_id`` estimated from the network coordinates, in
+        milliseconds; None while we hold no coordinate for it (it has not answered one of
+        our direct probes yet, or it is not a member); 0.0 for ourselves."""
+        rtt = self.mesh.membership.estimated_rtt(node_id)
+        return None if rtt is None else rtt * 1000.0
 
     def waiting_on(self, peer: str) -> bool:
         """Is one of our delegations negotiating with ``peer`` or waiting for its result?"""

@@ -260,7 +260,7 @@ def build_app(node: MeshNode) -> web.Application:
     @routes.get("/v1/members")
     async def members(request: web.Request) -> web.Response:
         allow(request, Access.READ)
-        return web.json_response({"members": node.members_json()})
+        return web.json_response({"node_id": node.node_id, "members": node.members_json()})
 
     @routes.get("/v1/manifests")
     async def manifests(request: web.Request) -> web.Response:
