@@ -624,6 +624,19 @@ class NodeConfig:
     Needs the ``ops`` extra; spans are batched on the exporter's own thread, so a slow
     collector costs memory up to the SDK's queue (2,048 spans), never latency."""
 
+    # ---------------------------------------------- routing: TCP fallback, distance, load
+
+    tcp_fallback_max_concurrent: int = 2
+    """TCP fallback pings in flight at once, default 2; 0 turns the fallback off. When a
+    direct UDP probe gets no ack within :attr:`probe_timeout`, one TCP ping
+    (``POST /v1/wire/ping``, sealed and signed like every ``/v1/wire`` body) goes to the
+    target beside the indirect probes, with the probe timeout; an ack over it counts as
+    alive, so a member behind a UDP-dropping path is not suspected. One probe runs at a
+    time and its TCP ping ends within the probe timeout, so 1 is enough on a healthy
+    node; 2 leaves room for a ping still closing while the next probe starts. A higher
+    cap buys nothing but sockets: this bounds the outbound connections a failing mesh
+    (or a peer that stops answering UDP on purpose) can make a node open."""
+
     # ------------------------------------------------------------------ presets
 
     @classmethod
@@ -786,6 +799,11 @@ class NodeConfig:
         if self.embedding_precision not in ("auto", "fp32", "int8"):
             raise ValueError(
                 f"embedding_precision must be auto, fp32 or int8, got {self.embedding_precision!r}"
+            )
+        fallback = self.tcp_fallback_max_concurrent
+        if isinstance(fallback, bool) or not isinstance(fallback, int) or not 0 <= fallback <= 64:
+            raise ValueError(
+                f"tcp_fallback_max_concurrent must be an integer in 0..64, got {fallback!r}"
             )
         if not isinstance(self.routing_weights, RoutingWeights):
             raise ValueError("routing_weights must be a RoutingWeights")

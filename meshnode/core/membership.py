@@ -163,6 +163,7 @@ from meshnode.core.effects import (
     MemberEvent,
     SendPacket,
     StartPushPull,
+    StartTcpPing,
 )
 from meshnode.core.health import LocalHealth
 from meshnode.core.member import Member, MemberRumor, MemberState
@@ -315,6 +316,8 @@ class _Probe:
     nacks: set[str] = dataclasses.field(default_factory=set)
     acked: bool = False
     indirect_sent: bool = False
+    tcp_sent: bool = False
+    """A TCP fallback ping went out for this probe (at most one per probe)."""
     repinged: bool = False
     """A second direct ping went out: an ack no longer tells which one it answers, so it
     gives no round-trip time (Karn's rule)."""
@@ -358,6 +361,13 @@ _COUNTERS: Final = (
     "probes_failed",
     "indirect_probes",
     "direct_reprobes",
+    "tcp_fallback_ok",
+    "tcp_fallback_redundant",
+    "tcp_fallback_late",
+    "tcp_fallback_failed",
+    "tcp_fallback_skipped",
+    "tcp_pings_answered",
+    "tcp_pings_refused",
     "ping_reqs_served",
     "ping_reqs_dropped",
     "acks_relayed",
@@ -465,6 +475,7 @@ class Membership:
         self._probe_pass = ProbePass()
         self._probe: _Probe | None = None
         self._relays: dict[int, _Relay] = {}
+        self._tcp_pings: dict[int, str] = {}  # TCP fallback pings in flight: seq -> node
         self._seq = rng.getrandbits(32)
         self._load = 0
         self._left = False
@@ -1451,12 +1462,13 @@ class Membership:
         if target is None or target.state not in _LIVE:
             return
         for _ in range(self._config.direct_reprobes):
-            # Another direct try beside the relays (memberlist adds a TCP ping here): on a
+            # Another direct try beside the relays (and the TCP ping below): on a
             # lossy network the first ping or its ack is the likeliest loss, and the
             # relays' paths are twice as long. An ack to either counts; it gives no RTT.
             probe.repinged = True
             self.counters["direct_reprobes"] += 1
             self._send_ping(probe.seq, target.node_id, target.address)
+        self._tcp_fallback(probe, target)
         k = self._config.indirect_checks
         if k == 0:
             return
@@ -1468,6 +1480,67 @@ class Membership:
             helper = self._members[node]
             self._send(helper.address, [request], size)
         self.counters["indirect_probes"] += len(helpers)
+
+    def _tcp_fallback(self, probe: _Probe, target: Member) -> None:
+        """One TCP ping beside the relays (memberlist's fallback probe): a member behind a
+        path that drops UDP still answers over TCP, and that answer counts as an ack. At
+        most one per probe, with the probe's timeout, and at most
+        ``tcp_fallback_max_concurrent`` in flight, so nothing a peer sends can make us
+        open more connections than that."""
+        cap = self._config.tcp_fallback_max_concurrent
+        if cap == 0 or probe.tcp_sent:
+            return
+        if len(self._tcp_pings) >= cap:
+            self.counters["tcp_fallback_skipped"] += 1
+            return
+        if not self._sendable(target.address):
+            return
+        probe.tcp_sent = True
+        self._tcp_pings[probe.seq] = target.node_id
+        timeout = self._health.scale(self._config.probe_timeout)
+        self._effects.append(StartTcpPing(target.address, target.node_id, probe.seq, timeout))
+
+    @property
+    def tcp_pings_in_flight(self) -> int:
+        """TCP fallback pings started and not yet reported done."""
+        return len(self._tcp_pings)
+
+    def tcp_ping_done(self, node: str, seq: int, ack: Ack | None, now: float) -> str:
+        """The TCP ping of a :class:`StartTcpPing` ended: ``ack`` is the verified ``Ack``
+        signed by ``node`` (None: refused, timed out, unreachable or not an ack). Returns
+        the result counted: ``ok`` (it saved the probe: no suspicion), ``redundant`` (a
+        UDP or relayed ack came first), ``late`` (the probe was over), ``failed``, or
+        ``unexpected`` (no such ping in flight; nothing changes)."""
+        if self._tcp_pings.get(seq) != node:
+            self.counters["acks_unexpected"] += 1
+            return "unexpected"
+        del self._tcp_pings[seq]
+        if ack is None or ack.seq != seq:
+            self.counters["tcp_fallback_failed"] += 1
+            return "failed"
+        probe = self._probe
+        if probe is None or probe.seq != seq or probe.target != node:
+            self.counters["tcp_fallback_late"] += 1
+            return "late"
+        if probe.acked:
+            self.counters["tcp_fallback_redundant"] += 1
+            return "redundant"
+        probe.acked = True
+        self.counters["tcp_fallback_ok"] += 1
+        self.probe_seconds.observe(now - probe.sent_at)
+        member = self._members.get(node)
+        if member is not None:  # the load is news; the round trip is not a UDP one
+            self._members[node] = dataclasses.replace(member, load=ack.load)
+        return "ok"
+
+    def answer_tcp_ping(self, ping: Ping) -> Ack | None:
+        """Our ``Ack`` to a ``Ping`` that came over TCP, or None when it is not for us
+        (another node's id, or we left)."""
+        if ping.target != self._node_id or self._left:
+            self.counters["tcp_pings_refused"] += 1
+            return None
+        self.counters["tcp_pings_answered"] += 1
+        return self._ack(ping.seq)
 
     def _finish_probe(self, probe: _Probe, now: float) -> None:
         self._probe = None

@@ -155,10 +155,12 @@ from protocol import verify as ed25519_verify
 from protocol.codec import message_to_wire
 from protocol.identity import public_key_from_node_id
 from protocol.messages import (
+    Ack,
     Alive,
     Dead,
     Leave,
     ManifestRumor,
+    Ping,
     PingReq,
     RejoinRequest,
     SignedCertificate,
@@ -571,6 +573,24 @@ class NodeCore:
         applied = self.mesh.apply_records(records, now)
         self._collect(now)
         return applied
+
+    def tcp_ping_done(self, node: str, seq: int, ack: Ack | None, now: float) -> str:
+        """The TCP fallback ping of a ``StartTcpPing`` ended (``ack``: the ``Ack`` from
+        an envelope signed by ``node``, else None); returns the result counted (see
+        :meth:`Membership.tcp_ping_done`)."""
+        self._advance_clock(now)
+        result = self.mesh.membership.tcp_ping_done(node, seq, ack, now)
+        self._collect(now)
+        return result
+
+    def answer_tcp_ping(self, sender: str, ping: Ping, now: float) -> Ack | None:
+        """Our ``Ack`` to ``sender``'s ``Ping`` over TCP, or None: with a mesh authority
+        the sender must be admitted, and the ping must name us."""
+        self._advance_clock(now)
+        if not self.admits(sender, now):
+            self.mesh.membership.counters["tcp_pings_refused"] += 1
+            return None
+        return self.mesh.membership.answer_tcp_ping(ping)
 
     def push_pull_request(self, join: bool) -> PushPull:
         """Our first leg; with a mesh authority it carries every certificate we hold (ours

@@ -70,6 +70,7 @@ from meshnode.core.effects import (
     SendPacket,
     SendTask,
     StartPushPull,
+    StartTcpPing,
     StopHandler,
 )
 from meshnode.core.health import SeedReachability, SeedTransition
@@ -89,9 +90,11 @@ from meshnode.runtime.api import WIRE_CONTENT_TYPE
 from meshnode.runtime.logging import get_logger
 from meshnode.runtime.transport import BodyTooLarge, UdpEndpoint, WireSeal, read_capped
 from protocol import (
+    Ack,
     Envelope,
     Manifest,
     Message,
+    Ping,
     PushPull,
     RemoteProtocolError,
     Signer,
@@ -128,6 +131,7 @@ __all__ = [
     "MAX_PUSH_PULL_REPLY_BYTES",
     "MAX_RECORDS_REPLY_BYTES",
     "MAX_REJOIN_REPLY_BYTES",
+    "MAX_TCP_PING_REPLY_BYTES",
     "READ_CHUNK_BYTES",
     "REJOIN_RETRY_S",
     "Driver",
@@ -178,6 +182,9 @@ authority finds its keyring stale."""
 in one signed envelope: under 2 KiB), bytes."""
 READ_CHUNK_BYTES = 64 * 1024
 """Bytes read at a time from a peer's HTTP body when its size is capped."""
+MAX_TCP_PING_REPLY_BYTES = 1024 + SEAL_OVERHEAD_BYTES
+"""Longest answer read to a ``/v1/wire/ping`` post, bytes: one signed ``Ack`` envelope is
+about 150 bytes; anything longer is not an ack and the connection is aborted."""
 
 log = get_logger("meshnode")
 
@@ -369,6 +376,11 @@ class Driver:
                 self.spawn(self.push_pull(effect.addr, effect.join))
             else:  # closing: the exchange will not run, its slot goes back
                 self.core.push_pull_done(time.time())
+        elif isinstance(effect, StartTcpPing):
+            if self._accepting():
+                self.spawn(self.tcp_ping(effect))
+            else:  # closing: the ping will not run, its slot goes back
+                self.core.tcp_ping_done(effect.node, effect.seq, None, time.time())
         elif isinstance(effect, FetchManifest):
             if self._accepting():
                 self.spawn(self.fetch_manifest(effect))
@@ -539,6 +551,37 @@ class Driver:
             self._wake.set()
         self.dispatch()
         self.check_seeds()
+
+    async def tcp_ping(self, effect: StartTcpPing) -> None:
+        """The TCP fallback probe: one signed ``Ping`` posted to ``/v1/wire/ping``, one
+        ``Ack`` signed by the target expected back within ``effect.timeout``; however it
+        ends, the core hears of it once (``tcp_ping_done``)."""
+        ack: Ack | None = None
+        try:
+            async with asyncio.timeout(effect.timeout):
+                data = await self._post_envelope(
+                    effect.addr,
+                    "/v1/wire/ping",
+                    encode([Ping(effect.seq, effect.node)], self._signer),
+                    MAX_TCP_PING_REPLY_BYTES,
+                )
+                envelope = await self.decode_frame(data)
+            messages = envelope.messages
+            if (
+                envelope.sender == effect.node
+                and len(messages) == 1
+                and isinstance(messages[0], Ack)
+                and messages[0].seq == effect.seq
+            ):
+                ack = messages[0]
+            else:
+                self.drops["tcp_ping_not_an_ack"] += 1
+        except (aiohttp.ClientError, TimeoutError, OSError, RemoteProtocolError) as exc:
+            self.drops[f"tcp_ping_{type(exc).__name__}"] += 1
+        finally:
+            self.core.tcp_ping_done(effect.node, effect.seq, ack, time.time())
+            self._wake.set()
+        self.dispatch()
 
     # ------------------------------------------------------------------ rejoin
 
