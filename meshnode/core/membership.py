@@ -181,6 +181,7 @@ from protocol import (
     Nack,
     Ping,
     PingReq,
+    Pressure,
     Signer,
     Suspect,
     Verifier,
@@ -190,6 +191,7 @@ from protocol import (
     verify,
     wire_size,
 )
+from protocol.messages import PRESSURE_MAX
 
 __all__ = [
     "MAX_INCARNATION",
@@ -252,6 +254,7 @@ _INF: Final = math.inf
 _PING_BYTES: Final = 1 + 1 + 9 + 34
 _ACK_BYTES: Final = 1 + 1 + 9 + 5 + 5
 _NACK_BYTES: Final = 1 + 1 + 9
+_PRESSURE_BYTES: Final = 1 + 1 + 2 + 2
 _PING_REQ_FIXED_BYTES: Final = 1 + 1 + 9 + 34 + 2 + 3
 
 
@@ -368,6 +371,7 @@ _COUNTERS: Final = (
     "tcp_fallback_skipped",
     "tcp_pings_answered",
     "tcp_pings_refused",
+    "pressure_ignored",
     "ping_reqs_served",
     "ping_reqs_dropped",
     "acks_relayed",
@@ -478,6 +482,7 @@ class Membership:
         self._tcp_pings: dict[int, str] = {}  # TCP fallback pings in flight: seq -> node
         self._seq = rng.getrandbits(32)
         self._load = 0
+        self._pressure: Pressure | None = None
         self._left = False
         self._detect_stalls = detect_stalls
         self._ip_version = ip_version
@@ -613,6 +618,22 @@ class Membership:
         if in_flight < 0:
             raise ValueError(f"load must not be negative, got {in_flight}")
         self._load = min(LOAD_MAX, int(in_flight))
+
+    def set_pressure(self, cpu: int, memory: int) -> None:
+        """Set the machine pressure (percent of CPU and of memory, 0..100 each) sent
+        beside our acks to direct pings; a ValueError for anything else."""
+        for name, value in (("cpu", cpu), ("memory", memory)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} pressure must be an integer, got {value!r}")
+            if not 0 <= value <= PRESSURE_MAX:
+                raise ValueError(f"{name} pressure must be in 0..{PRESSURE_MAX}, got {value}")
+        self._pressure = Pressure(cpu, memory)
+
+    @property
+    def pressure(self) -> tuple[int, int] | None:
+        """Our own machine pressure as last set, ``(cpu, memory)`` percent."""
+        p = self._pressure
+        return None if p is None else (p.cpu, p.memory)
 
     def join(self, seeds: Sequence[Address], now: float) -> int:
         """Start a push-pull with every seed (our own address skipped); return how many.
@@ -845,6 +866,8 @@ class Membership:
                 self._on_ping_req(sender, message, addr, now)
             elif isinstance(message, Nack):
                 self._on_nack(sender, message)
+            elif isinstance(message, Pressure):
+                self._on_pressure(sender, message)
             elif type(message) not in _RUMOR_TYPES:
                 self._effects.append(Deliver(sender, addr, message))
 
@@ -1140,6 +1163,7 @@ class Membership:
                 alive,
                 current.load,
                 current.rtt,
+                current.pressure,
             )
         suspicion = self._suspicions.pop(node, None)
         if isinstance(rumor, Suspect):
@@ -1569,7 +1593,21 @@ class Membership:
         if ping.target != self._node_id:
             self.counters["pings_wrong_target"] += 1
             return
-        self._send(addr, [self._ack(ping.seq)], _ACK_BYTES)
+        if self._pressure is None:
+            self._send(addr, [self._ack(ping.seq)], _ACK_BYTES)
+        else:
+            self._send(addr, [self._ack(ping.seq), self._pressure], _ACK_BYTES + _PRESSURE_BYTES)
+
+    def _on_pressure(self, sender: str, pressure: Pressure) -> None:
+        """A member's own pressure (the envelope is signed by ``sender``; the decoder
+        checked both parts are in 0..100). From a non-member: ignored."""
+        member = self._members.get(sender)
+        if sender == self._node_id or member is None or member.state not in _LIVE:
+            self.counters["pressure_ignored"] += 1
+            return
+        self._members[sender] = dataclasses.replace(
+            member, pressure=(pressure.cpu, pressure.memory)
+        )
 
     def _ack(self, seq: int) -> Ack:
         return Ack(seq, self._load, self.cluster_size())
