@@ -88,6 +88,7 @@ from meshnode.core.membership import IDENTITY_CONFLICT_WINDOW
 from meshnode.core.node import NodeCore
 from meshnode.runtime.api import WIRE_CONTENT_TYPE
 from meshnode.runtime.logging import get_logger
+from meshnode.runtime.pressure import PRESSURE_SAMPLE_S, read_pressure
 from meshnode.runtime.transport import BodyTooLarge, UdpEndpoint, WireSeal, read_capped
 from protocol import (
     Ack,
@@ -225,6 +226,7 @@ class Driver:
         self.seal = seal or WireSeal()
         """Seals what goes to peers and opens what comes back."""
         self._next_rejoin_at = 0.0  # monotonic time before which no rejoin is tried
+        self._pressure_due = 0.0  # monotonic time of the next machine pressure reading
         self.keyring_stale: float | None = None
         """Monotonic time a member last refused our sealed push-pull while we run without
         a mesh authority (our keyring is likely stale; ``/v1/health`` says how to fix it)."""
@@ -300,9 +302,22 @@ class Driver:
                 await asyncio.sleep(delay)
                 delay = min(DRIVER_RESTART_MAX, delay * 2)
 
+    def sample_pressure(self) -> None:
+        """Read this machine's pressure into the core every :data:`PRESSURE_SAMPLE_S`."""
+        now = time.monotonic()
+        if now < self._pressure_due:
+            return
+        self._pressure_due = now + PRESSURE_SAMPLE_S
+        cpu, memory = read_pressure()
+        self.core.set_pressure(cpu, memory)
+
     async def _drive(self) -> None:
         core = self.core
         while True:
+            try:
+                self.sample_pressure()
+            except Exception as exc:  # one effect's failure never stops the loop
+                self.effect_failed("sample_pressure", exc)
             self.tick(time.time())
             self.dispatch()
             self.check_seeds()
