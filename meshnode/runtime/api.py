@@ -18,7 +18,7 @@ Routes for operators and tools (JSON):
 ====================  =====================================================================
 
 ``POST /v1/discover``  rank providers: ``{"description", "capability_name", "min_trust",
-                      "max_cost_usd", "tags", "top_k"}`` → ``{"candidates": [...]}``
+                      "max_cost_usd", "tags", "top_k", "max_rtt_ms"}`` → ``{"candidates": [...]}``
 ``GET /v1/trust``     this node's trust view per peer, its own opinions, breaker states
 ``POST /v1/delegate`` run a task through the mesh (loopback callers, or a bearer token):
                       ``{"capability", "input", "description", "deadline_s",
@@ -382,6 +382,7 @@ def build_app(node: MeshNode) -> web.Application:
                 max_latency_ms=_opt_number(body, "max_latency_ms"),
                 tags=_str_list(body, "tags"),
                 top_k=int(_number(body, "top_k", 5)),
+                max_rtt_ms=_opt_number(body, "max_rtt_ms"),
             )
         except (ValueError, TypeError) as exc:
             raise web.HTTPBadRequest(text=str(exc)) from None
