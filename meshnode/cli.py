@@ -385,8 +385,8 @@ async def _cmd_discover(args: argparse.Namespace) -> int:
         )
         for c in candidates
     ]
-    header = ("NAME", "ID", "CAPABILITY", "SCORE", "SEM", "LEX", "TRUST", "AVAIL", "COST")
-    header = (*header, "LAT", "RTT_MS", "TASKS", "PRESS")
+    header: tuple[str, ...] = ("NAME", "ID", "CAPABILITY", "SCORE", "SEM", "LEX", "TRUST")
+    header += ("AVAIL", "COST", "LAT", "RTT_MS", "TASKS", "PRESS")
     print(_table(rows, (*header, "ADDRESS")) if rows else "no candidates")
     return 0
 
