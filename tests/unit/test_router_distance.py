@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import msgpack
 import pytest
 
 from meshnode.core.config import ConfigError, NodeConfig
@@ -18,6 +19,8 @@ from meshnode.core.router import (
     machine_availability,
     rank,
 )
+from protocol import Identity, MessageType, Pressure, RemoteProtocolError, decode
+from tests.unit.test_membership import Network, all_alive, lonely, peer
 from tests.unit.test_router import Entry, entry
 
 DEFAULTS = NodeConfig()
@@ -208,3 +211,53 @@ def test_bad_distance_arguments_are_refused(kwargs: dict[str, float], match: str
 def test_config_refuses_bad_routing_fields(field: str, value: object) -> None:
     with pytest.raises(ConfigError, match=field):
         NodeConfig(**{field: value})  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- the advertisement
+
+
+def test_pressure_travels_beside_acks_and_lands_on_the_member() -> None:
+    """B sets its pressure; A's probes of B get it beside the ack (real encoded, signed
+    packets) and keep it on B's member record; it never reaches A's own acks."""
+    net = Network(wire=True, real_crypto=True)
+    a, b = net.cluster(2)
+    b.membership.set_pressure(30, 60)
+    net.run_until_true(all_alive([a, b]), timeout=2.0)
+    net.run_for(3.0)
+    member = a.membership.member(b.id)
+    assert member is not None and member.pressure == (30, 60)
+    seen_by_b = b.membership.member(a.id)
+    assert seen_by_b is not None and seen_by_b.pressure is None  # A never set one
+    assert b.membership.pressure == (30, 60)
+
+
+def test_pressure_from_a_stranger_is_ignored() -> None:
+    m, _ = lonely()
+    stranger = peer(9).node_id
+    m.receive(stranger, [Pressure(90, 90)], ("10.1.1.1", 7946), 0.0)
+    assert m.counters["pressure_ignored"] == 1
+    assert m.member(stranger) is None
+
+
+@pytest.mark.parametrize(("cpu", "memory"), [(-1, 0), (0, 101), (True, 0), (1.5, 0)])
+def test_set_pressure_refuses_out_of_range(cpu: object, memory: object) -> None:
+    m, _ = lonely()
+    with pytest.raises(ValueError, match="pressure"):
+        m.set_pressure(cpu, memory)  # type: ignore[arg-type]
+    assert m.pressure is None
+
+
+@pytest.mark.parametrize(("cpu", "memory"), [(101, 0), (0, -1), (1_000, 0), (50, 50)])
+def test_pressure_out_of_range_is_refused_by_the_decoder(cpu: int, memory: int) -> None:
+    """A peer cannot advertise more than 100 % (or less than 0): a correctly signed
+    envelope carrying it is refused at decode; 50/50 decodes (the control)."""
+    signer = Identity.from_seed(b"\x05" * 32)
+    raw = msgpack.packb(
+        [1, signer.public_key, [[int(MessageType.PRESSURE), cpu, memory]]], use_bin_type=True
+    )
+    frame = raw + b"\xc4\x40" + signer.sign(raw)
+    if 0 <= cpu <= 100 and 0 <= memory <= 100:
+        assert decode(frame).messages == (Pressure(cpu, memory),)
+    else:
+        with pytest.raises(RemoteProtocolError):
+            decode(frame)
