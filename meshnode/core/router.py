@@ -46,6 +46,19 @@ always give the same list in the same order.
      :data:`OPEN_CIRCUIT_AVAILABILITY`;
    * cost_factor — cheaper scores higher: ``1 − cost / max_cost_usd`` within a budget, or
      ``1 / (1 + cost / REFERENCE_COST_USD)`` without one.
+
+   Distance and machine load (``NodeCore.route`` passes them, with the weights of
+   ``NodeConfig``; ``rank`` alone defaults both weights to 0, the four-factor score):
+
+   * latency — ``1 / (1 + (rtt_ms + avg_latency_ms) / latency_reference_ms)``
+     (:func:`latency_factor`): the round trip to the node (coordinate estimate, else the
+     last probe, else :data:`UNKNOWN_RTT_MS`) plus the capability's advertised latency;
+     ``total = (1 − latency_weight) × (the four weighted factors) + latency_weight ×
+     latency``;
+   * availability's second part — the node's machine pressure ``p`` in [0, 1]
+     (``max(cpu, memory)`` it advertised): ``availability × (1 − pressure_weight × p)``
+     (:func:`machine_availability`); ``max_rtt_ms`` drops nodes farther away or of
+     unknown distance. See docs/routing.md for the defaults and their rationale.
 4. Order by total (highest first); break ties by evidence, never by node id: first the
    caller's trust in the node (higher first), then how long the node has been a member
    as the caller saw it (``member_since``: the time it first saw the node alive, earlier
