@@ -5,10 +5,13 @@ wins among equals; a far idle provider beats a near saturated one), with numbers
 from __future__ import annotations
 
 import math
+import random
+from pathlib import Path
 
 import msgpack
 import pytest
 
+from meshnode.core import SendPacket
 from meshnode.core.config import ConfigError, NodeConfig
 from meshnode.core.router import (
     LATENCY_REFERENCE_MS,
@@ -19,8 +22,18 @@ from meshnode.core.router import (
     machine_availability,
     rank,
 )
-from protocol import Identity, MessageType, Pressure, RemoteProtocolError, decode
-from tests.unit.test_membership import Network, all_alive, lonely, peer
+from meshnode.runtime.pressure import cpu_pressure, memory_pressure, read_pressure
+from protocol import (
+    Ack,
+    Identity,
+    MessageType,
+    Ping,
+    Pressure,
+    RemoteProtocolError,
+    decode,
+    fast_verify,
+)
+from tests.unit.test_membership import Network, alive_of, all_alive, lonely, peer
 from tests.unit.test_router import Entry, entry
 
 DEFAULTS = NodeConfig()
@@ -261,3 +274,69 @@ def test_pressure_out_of_range_is_refused_by_the_decoder(cpu: int, memory: int) 
     else:
         with pytest.raises(RemoteProtocolError):
             decode(frame)
+
+
+# --------------------------------------------------------------------------- through NodeCore
+
+
+def test_node_core_routes_with_the_probe_rtt_and_the_advertised_pressure() -> None:
+    """Without a coordinate estimate (``estimated_rtt_ms`` is None) ``NodeCore.route``
+    uses the last direct probe's round trip, and the pressure that came beside the ack."""
+    from meshnode.core.node import NodeCore
+
+    a_signer, b_signer = peer(1), peer(2)
+    core = NodeCore(
+        NodeConfig.lan(), a_signer, host="10.0.0.1", port=7946, rng=random.Random(0),
+        verifier=fast_verify,
+    )  # fmt: skip
+    b_alive = alive_of(b_signer)
+    b_addr = (b_alive.host, b_alive.port)
+    core.receive(b_signer.node_id, [b_alive], b_addr, 0.0)
+    now, seq = 0.0, None
+    for _ in range(50):
+        now = core.next_deadline()
+        core.tick(now)
+        for effect in core.take_effects():
+            if isinstance(effect, SendPacket) and effect.addr == b_addr:
+                for msg in effect.messages:
+                    if isinstance(msg, Ping) and msg.target == b_signer.node_id:
+                        seq = msg.seq
+        if seq is not None:
+            break
+    assert seq is not None
+    assert core.estimated_rtt_ms(b_signer.node_id) is None
+    core.receive(b_signer.node_id, [Ack(seq, 0, 2), Pressure(10, 70)], b_addr, now + 0.004)
+    assert core.rtt_ms(b_signer.node_id) == pytest.approx(4.0)
+    (candidate,) = core.route([(entry(b_signer.node_id), 0.8)], now + 0.01)
+    assert candidate.rtt_ms == pytest.approx(4.0)
+    assert candidate.latency == pytest.approx(1 / 1.04)
+    assert candidate.machine_pressure == pytest.approx(0.7)
+    assert candidate.availability == pytest.approx(1 - 0.8 * 0.7)
+    assert core.route([(entry(b_signer.node_id), 0.8)], now + 0.01, max_rtt_ms=3.0) == []
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("MemTotal:  1000 kB\nMemFree: 100 kB\nMemAvailable:  250 kB\n", 75),
+        ("MemTotal:  1000 kB\nMemAvailable:  1000 kB\n", 0),
+        ("MemTotal:  1000 kB\nMemAvailable:  0 kB\n", 100),
+        ("MemTotal:  1000 kB\n", 0),  # no MemAvailable (a very old kernel): unmeasured
+        ("MemTotal:  0 kB\nMemAvailable: 5 kB\n", 0),
+        ("garbage\x00\nMemTotal: x kB\n", 0),
+    ],
+)
+def test_memory_pressure_from_meminfo(tmp_path: Path, text: str, expected: int) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(text)
+    assert memory_pressure(meminfo) == expected
+
+
+def test_pressure_of_this_machine_is_in_range(tmp_path: Path) -> None:
+    cpu, memory = read_pressure()
+    assert 0 <= cpu <= 100 and 0 <= memory <= 100
+    assert memory_pressure(tmp_path / "missing") == 0
+    assert 0 <= cpu_pressure() <= 100
