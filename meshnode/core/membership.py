@@ -1508,7 +1508,8 @@ class Membership:
     def _tcp_fallback(self, probe: _Probe, target: Member) -> None:
         """One TCP ping beside the relays (memberlist's fallback probe): a member behind a
         path that drops UDP still answers over TCP, and that answer counts as an ack. At
-        most one per probe, with the probe's timeout, and at most
+        most one per probe, with the probe's timeout (cut to the rest of the probe
+        period), and at most
         ``tcp_fallback_max_concurrent`` in flight, so nothing a peer sends can make us
         open more connections than that."""
         cap = self._config.tcp_fallback_max_concurrent
@@ -1521,7 +1522,11 @@ class Membership:
             return
         probe.tcp_sent = True
         self._tcp_pings[probe.seq] = target.node_id
-        timeout = self._health.scale(self._config.probe_timeout)
+        # The probe timeout, but no later than the probe's end: an ack after it is no use
+        # (on the WAN profile, 3 s of timeout leave 2 s of a 5 s period).
+        timeout = min(
+            self._health.scale(self._config.probe_timeout), probe.end_at - probe.timeout_at
+        )
         self._effects.append(StartTcpPing(target.address, target.node_id, probe.seq, timeout))
 
     @property

@@ -238,3 +238,14 @@ def test_answer_tcp_ping_only_for_ourselves() -> None:
     assert m.counters["tcp_pings_refused"] == 1
     m.leave(1.0)
     assert m.answer_tcp_ping(Ping(7, m.node_id)) is None
+
+
+def test_tcp_ping_timeout_ends_with_the_probe_period() -> None:
+    """On the WAN profile (3 s timeout, 5 s period) the TCP ping gets the 2 s left of the
+    period, not 3 s: an ack after the probe ended could not save it."""
+    wan = NodeConfig.wan()
+    p = probe_until_fallback(wan)
+    (tcp,) = p.tcp
+    assert tcp.timeout == pytest.approx(wan.probe_interval - wan.probe_timeout)
+    lan = probe_until_fallback(LAN)
+    assert lan.tcp[0].timeout == pytest.approx(LAN.probe_timeout)
