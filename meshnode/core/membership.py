@@ -1509,9 +1509,8 @@ class Membership:
         """One TCP ping beside the relays (memberlist's fallback probe): a member behind a
         path that drops UDP still answers over TCP, and that answer counts as an ack. At
         most one per probe, with the probe's timeout (cut to the rest of the probe
-        period), and at most
-        ``tcp_fallback_max_concurrent`` in flight, so nothing a peer sends can make us
-        open more connections than that."""
+        period), and at most ``tcp_fallback_max_concurrent`` in flight, so nothing a peer
+        sends can make us open more connections than that."""
         cap = self._config.tcp_fallback_max_concurrent
         if cap == 0 or probe.tcp_sent:
             return
