@@ -138,7 +138,10 @@ def test_a_member_whose_udp_is_dropped_stays_alive_through_tcp(tmp_path: Path) -
             n1.stop()
             n0.stop()
 
-    seen = _in_private_netns(body)
+    try:
+        seen = _in_private_netns(body)
+    except PermissionError as exc:
+        pytest.skip(f"no private network namespace here (needs CAP_NET_ADMIN): {exc}")
     assert seen["dropped"] > 10, seen  # the rule really dropped datagrams
     assert seen["states"] == "alive", seen
     assert seen["suspicions"] == 0, seen
