@@ -347,6 +347,11 @@ async def _cmd_members(args: argparse.Namespace) -> int:
     return 0
 
 
+def _optional(value: object, fmt: str) -> str:
+    """``value`` formatted, or ``-`` when it is unknown (None)."""
+    return "-" if value is None else fmt.format(value)
+
+
 async def _cmd_discover(args: argparse.Namespace) -> int:
     body = {
         "description": args.description,
@@ -355,6 +360,7 @@ async def _cmd_discover(args: argparse.Namespace) -> int:
         "max_cost_usd": args.max_cost,
         "tags": args.tag or [],
         "top_k": args.top_k,
+        "max_rtt_ms": args.max_rtt_ms,
     }
     data = await _request_json("POST", args.node, "/v1/discover", body, token=api_token(args))
     candidates = data["candidates"]
@@ -372,11 +378,16 @@ async def _cmd_discover(args: argparse.Namespace) -> int:
             f"{c['score']['trust']:.2f}",
             f"{c['score']['availability']:.2f}",
             f"{c['score']['cost_factor']:.2f}",
+            f"{c['score'].get('latency', 1.0):.2f}",
+            _optional(c["score"].get("rtt_ms"), "{:.1f}"),
+            f"{c['score'].get('task_availability', 1.0):.2f}",
+            _optional(c["score"].get("machine_pressure"), "{:.2f}"),
             c["address"],
         )
         for c in candidates
     ]
-    header = ("NAME", "ID", "CAPABILITY", "SCORE", "SEM", "LEX", "TRUST", "AVAIL", "COST")
+    header: tuple[str, ...] = ("NAME", "ID", "CAPABILITY", "SCORE", "SEM", "LEX", "TRUST")
+    header += ("AVAIL", "COST", "LAT", "RTT_MS", "TASKS", "PRESS")
     print(_table(rows, (*header, "ADDRESS")) if rows else "no candidates")
     return 0
 
@@ -897,6 +908,13 @@ def build_parser() -> argparse.ArgumentParser:
     discover.add_argument("--max-cost", type=float, help="most USD per call (default: no limit)")
     discover.add_argument("--tag", action="append", help="required tag (repeatable; default: none)")
     discover.add_argument("--top-k", type=int, default=5, help="1..20 (default 5)")
+    discover.add_argument(
+        "--max-rtt-ms",
+        type=float,
+        metavar="MS",
+        help="only providers whose round trip from the node is known and at most MS "
+        "milliseconds (network-coordinate estimate, else the last probe; default: no limit)",
+    )
     discover.add_argument("--json", action="store_true")
 
     delegate = sub.add_parser("delegate", help="run a task through a node (loopback)")

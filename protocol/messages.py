@@ -78,6 +78,7 @@ class MessageType(enum.IntEnum):
     SIGNED_REVOCATION = 29
     REJOIN_REQUEST = 30
     REJOIN_REPLY = 31
+    PRESSURE = 32
 
 
 class Message:
@@ -537,3 +538,25 @@ for _cls in (
     RejoinReply,
 ):
     register(_cls)
+
+
+# ---------------------------------------------------------------------------- machine load
+
+
+PRESSURE_MAX = 100
+"""Largest value of either part of a :class:`Pressure` (percent)."""
+
+
+@wire_struct
+class Pressure(Message):
+    """The sender's machine pressure, sent beside its ``Ack`` to a direct ping: ``cpu``
+    is its one-minute load average per CPU and ``memory`` the share of its memory in use
+    (``1 − MemAvailable / MemTotal``), each in percent, clamped to 0..100 by the sender.
+    Speaks only for the envelope's signer (a relay never forwards one)."""
+
+    TAG: ClassVar[MessageType] = MessageType.PRESSURE
+    cpu: Annotated[int, Range(0, PRESSURE_MAX)] = 0
+    memory: Annotated[int, Range(0, PRESSURE_MAX)] = 0
+
+
+register(Pressure)

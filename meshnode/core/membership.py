@@ -163,6 +163,7 @@ from meshnode.core.effects import (
     MemberEvent,
     SendPacket,
     StartPushPull,
+    StartTcpPing,
 )
 from meshnode.core.health import LocalHealth
 from meshnode.core.member import Member, MemberRumor, MemberState
@@ -180,6 +181,7 @@ from protocol import (
     Nack,
     Ping,
     PingReq,
+    Pressure,
     Signer,
     Suspect,
     Verifier,
@@ -189,7 +191,7 @@ from protocol import (
     verify,
     wire_size,
 )
-from protocol.messages import NetworkCoordinate
+from protocol.messages import PRESSURE_MAX, NetworkCoordinate
 
 __all__ = [
     "MAX_INCARNATION",
@@ -255,6 +257,7 @@ _ACK_BYTES: Final = 1 + 1 + 9 + 5 + 5
 # and error, adjustment, height (9 bytes each).
 _ACK_COORDINATE_BYTES: Final = 1 + 1 + 9 * coordinates.DIMENSIONS + 3 * 9
 _NACK_BYTES: Final = 1 + 1 + 9
+_PRESSURE_BYTES: Final = 1 + 1 + 2 + 2
 _PING_REQ_FIXED_BYTES: Final = 1 + 1 + 9 + 34 + 2 + 3
 
 
@@ -319,6 +322,8 @@ class _Probe:
     nacks: set[str] = dataclasses.field(default_factory=set)
     acked: bool = False
     indirect_sent: bool = False
+    tcp_sent: bool = False
+    """A TCP fallback ping went out for this probe (at most one per probe)."""
     repinged: bool = False
     """A second direct ping went out: an ack no longer tells which one it answers, so it
     gives no round-trip time (Karn's rule)."""
@@ -362,6 +367,14 @@ _COUNTERS: Final = (
     "probes_failed",
     "indirect_probes",
     "direct_reprobes",
+    "tcp_fallback_ok",
+    "tcp_fallback_redundant",
+    "tcp_fallback_late",
+    "tcp_fallback_failed",
+    "tcp_fallback_skipped",
+    "tcp_pings_answered",
+    "tcp_pings_refused",
+    "pressure_ignored",
     "ping_reqs_served",
     "ping_reqs_dropped",
     "acks_relayed",
@@ -472,8 +485,10 @@ class Membership:
         self._probe_pass = ProbePass()
         self._probe: _Probe | None = None
         self._relays: dict[int, _Relay] = {}
+        self._tcp_pings: dict[int, str] = {}  # TCP fallback pings in flight: seq -> node
         self._seq = rng.getrandbits(32)
         self._load = 0
+        self._pressure: Pressure | None = None
         self._left = False
         self._detect_stalls = detect_stalls
         self._ip_version = ip_version
@@ -631,6 +646,22 @@ class Membership:
         if in_flight < 0:
             raise ValueError(f"load must not be negative, got {in_flight}")
         self._load = min(LOAD_MAX, int(in_flight))
+
+    def set_pressure(self, cpu: int, memory: int) -> None:
+        """Set the machine pressure (percent of CPU and of memory, 0..100 each) sent
+        beside our acks to direct pings; a ValueError for anything else."""
+        for name, value in (("cpu", cpu), ("memory", memory)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} pressure must be an integer, got {value!r}")
+            if not 0 <= value <= PRESSURE_MAX:
+                raise ValueError(f"{name} pressure must be in 0..{PRESSURE_MAX}, got {value}")
+        self._pressure = Pressure(cpu, memory)
+
+    @property
+    def pressure(self) -> tuple[int, int] | None:
+        """Our own machine pressure as last set, ``(cpu, memory)`` percent."""
+        p = self._pressure
+        return None if p is None else (p.cpu, p.memory)
 
     def join(self, seeds: Sequence[Address], now: float) -> int:
         """Start a push-pull with every seed (our own address skipped); return how many.
@@ -863,6 +894,8 @@ class Membership:
                 self._on_ping_req(sender, message, addr, now)
             elif isinstance(message, Nack):
                 self._on_nack(sender, message)
+            elif isinstance(message, Pressure):
+                self._on_pressure(sender, message)
             elif type(message) not in _RUMOR_TYPES:
                 self._effects.append(Deliver(sender, addr, message))
 
@@ -1158,6 +1191,7 @@ class Membership:
                 alive,
                 current.load,
                 current.rtt,
+                current.pressure,
             )
         suspicion = self._suspicions.pop(node, None)
         if isinstance(rumor, Suspect):
@@ -1482,12 +1516,13 @@ class Membership:
         if target is None or target.state not in _LIVE:
             return
         for _ in range(self._config.direct_reprobes):
-            # Another direct try beside the relays (memberlist adds a TCP ping here): on a
+            # Another direct try beside the relays (and the TCP ping below): on a
             # lossy network the first ping or its ack is the likeliest loss, and the
             # relays' paths are twice as long. An ack to either counts; it gives no RTT.
             probe.repinged = True
             self.counters["direct_reprobes"] += 1
             self._send_ping(probe.seq, target.node_id, target.address)
+        self._tcp_fallback(probe, target)
         k = self._config.indirect_checks
         if k == 0:
             return
@@ -1499,6 +1534,71 @@ class Membership:
             helper = self._members[node]
             self._send(helper.address, [request], size)
         self.counters["indirect_probes"] += len(helpers)
+
+    def _tcp_fallback(self, probe: _Probe, target: Member) -> None:
+        """One TCP ping beside the relays (memberlist's fallback probe): a member behind a
+        path that drops UDP still answers over TCP, and that answer counts as an ack. At
+        most one per probe, with the probe's timeout (cut to the rest of the probe
+        period), and at most ``tcp_fallback_max_concurrent`` in flight, so nothing a peer
+        sends can make us open more connections than that."""
+        cap = self._config.tcp_fallback_max_concurrent
+        if cap == 0 or probe.tcp_sent:
+            return
+        if len(self._tcp_pings) >= cap:
+            self.counters["tcp_fallback_skipped"] += 1
+            return
+        if not self._sendable(target.address):
+            return
+        probe.tcp_sent = True
+        self._tcp_pings[probe.seq] = target.node_id
+        # The probe timeout, but no later than the probe's end: an ack after it is no use
+        # (on the WAN profile, 3 s of timeout leave 2 s of a 5 s period).
+        timeout = min(
+            self._health.scale(self._config.probe_timeout), probe.end_at - probe.timeout_at
+        )
+        self._effects.append(StartTcpPing(target.address, target.node_id, probe.seq, timeout))
+
+    @property
+    def tcp_pings_in_flight(self) -> int:
+        """TCP fallback pings started and not yet reported done."""
+        return len(self._tcp_pings)
+
+    def tcp_ping_done(self, node: str, seq: int, ack: Ack | None, now: float) -> str:
+        """The TCP ping of a :class:`StartTcpPing` ended: ``ack`` is the verified ``Ack``
+        signed by ``node`` (None: refused, timed out, unreachable or not an ack). Returns
+        the result counted: ``ok`` (it saved the probe: no suspicion), ``redundant`` (a
+        UDP or relayed ack came first), ``late`` (the probe was over), ``failed``, or
+        ``unexpected`` (no such ping in flight; nothing changes)."""
+        if self._tcp_pings.get(seq) != node:
+            self.counters["acks_unexpected"] += 1
+            return "unexpected"
+        del self._tcp_pings[seq]
+        if ack is None or ack.seq != seq:
+            self.counters["tcp_fallback_failed"] += 1
+            return "failed"
+        probe = self._probe
+        if probe is None or probe.seq != seq or probe.target != node:
+            self.counters["tcp_fallback_late"] += 1
+            return "late"
+        if probe.acked:
+            self.counters["tcp_fallback_redundant"] += 1
+            return "redundant"
+        probe.acked = True
+        self.counters["tcp_fallback_ok"] += 1
+        self.probe_seconds.observe(now - probe.sent_at)
+        member = self._members.get(node)
+        if member is not None:  # the load is news; the round trip is not a UDP one
+            self._members[node] = dataclasses.replace(member, load=ack.load)
+        return "ok"
+
+    def answer_tcp_ping(self, ping: Ping) -> Ack | None:
+        """Our ``Ack`` to a ``Ping`` that came over TCP, or None when it is not for us
+        (another node's id, or we left)."""
+        if ping.target != self._node_id or self._left:
+            self.counters["tcp_pings_refused"] += 1
+            return None
+        self.counters["tcp_pings_answered"] += 1
+        return self._ack(ping.seq)
 
     def _finish_probe(self, probe: _Probe, now: float) -> None:
         self._probe = None
@@ -1527,7 +1627,22 @@ class Membership:
         if ping.target != self._node_id:
             self.counters["pings_wrong_target"] += 1
             return
-        self._send(addr, [self._ack(ping.seq)], _ACK_BYTES + _ACK_COORDINATE_BYTES)
+        ack_bytes = _ACK_BYTES + _ACK_COORDINATE_BYTES
+        if self._pressure is None:
+            self._send(addr, [self._ack(ping.seq)], ack_bytes)
+        else:
+            self._send(addr, [self._ack(ping.seq), self._pressure], ack_bytes + _PRESSURE_BYTES)
+
+    def _on_pressure(self, sender: str, pressure: Pressure) -> None:
+        """A member's own pressure (the envelope is signed by ``sender``; the decoder
+        checked both parts are in 0..100). From a non-member: ignored."""
+        member = self._members.get(sender)
+        if sender == self._node_id or member is None or member.state not in _LIVE:
+            self.counters["pressure_ignored"] += 1
+            return
+        self._members[sender] = dataclasses.replace(
+            member, pressure=(pressure.cpu, pressure.memory)
+        )
 
     def _ack(self, seq: int) -> Ack:
         c = self._vivaldi.coordinate
