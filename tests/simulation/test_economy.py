@@ -250,8 +250,13 @@ def test_each_bad_kind_is_caught_and_routed_around(kind: str) -> None:
 def test_sybil_garbage_is_refused_and_their_ring_opinions_spread() -> None:
     """Sybils' outputs break the output schema: every attempt with one ends as a refused
     result (never a delivery), and their 1.0 opinions of one another reach the honest
-    nodes' ledgers through gossip."""
-    outcome, eco = economy(bad_share=0.0, sybil=3, seed=7)
+    nodes' ledgers through gossip.
+
+    Seed 5: the test needs the sybils to be asked. Routing by distance (network
+    coordinates and the latency factor) ranks the three sybils below the honest
+    providers more often; over seeds 1-10 they get 0 to 7 requests, and seed 7, used
+    before, gives them none. Seed 5 gives them the most."""
+    outcome, eco = economy(bad_share=0.0, sybil=3, seed=5)
     r = outcome.results
     assert r["kinds"]["sybil"] == 3
     assert r["tasks"]["completed_by_kind"]["sybil"] == 0
