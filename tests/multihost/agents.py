@@ -1,0 +1,24 @@
+"""Agents for the multi-host tests: a preferred provider and a costlier backup of the
+same capability, so a requester's first choice is known before a fault is injected."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meshnode import capability
+from tests.integration.agents import SLOW_ECHO, TEXT_SCHEMA, SlowAgent
+
+
+class BackupEcho(SlowAgent):
+    """``slow_echo`` at a cost, so discovery ranks a free provider above it."""
+
+    @capability(
+        name=SLOW_ECHO,
+        description="Echo text back after a delay",
+        input_schema=TEXT_SCHEMA,
+        output_schema=TEXT_SCHEMA,
+        avg_latency_ms=500,
+        cost_per_call_usd=0.05,
+    )
+    async def slow_echo(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return await SlowAgent.slow_echo(self, payload)
