@@ -5,6 +5,7 @@ docs/multihost.md). Root only; skipped with the reason otherwise (conftest.py)."
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import re
 import statistics
 import time
@@ -147,9 +148,15 @@ def test_delegation_in_flight_falls_back_across_a_partition(healthy: Mesh) -> No
     within its deadline."""
     m = healthy
     requester = m.node("a0")
-    ranked = requester.request("POST", "/v1/discover", {"capability_name": SLOW_ECHO})
+    ranked: dict[str, Any] = {}
+
+    def three_known() -> bool:
+        ranked.update(requester.request("POST", "/v1/discover", {"capability_name": SLOW_ECHO}))
+        return len(ranked["candidates"]) == 3
+
+    wait_until(three_known, 30, "a0 knows the three providers")
     region_b = {n.node_id for n in m.region("b")}
-    assert ranked["candidates"][0]["node_id"] in region_b, ranked
+    assert ranked["candidates"][0]["node_id"] in region_b, json.dumps(ranked, indent=1)
     marker = m.base / "started"
     marker.unlink(missing_ok=True)
     deadline_s = 20.0
@@ -159,9 +166,10 @@ def test_delegation_in_flight_falls_back_across_a_partition(healthy: Mesh) -> No
             requester.request, "POST", "/v1/delegate",
             {"capability": SLOW_ECHO, "deadline_s": deadline_s,
              "input": {"text": "hi", "sleep_s": 4.0, "marker": str(marker)}},
-            None, deadline_s + 10,
+            deadline_s + 10,
         )  # fmt: skip
-        wait_until(marker.exists, 15, "the region-b provider starts the task")
+        wait_until(lambda: marker.exists() or future.done(), 15, "the provider starts the task")
+        assert not future.done(), f"returned before the cut: {future.result()}"
         m.partition(True)
         result: dict[str, Any] = future.result()
     elapsed = time.monotonic() - started
