@@ -207,15 +207,18 @@ class Mesh:
         in_ns(rt, "ip", "addr", "add", f"{SUBNET}.0.254/24", "dev", "ctl")
         in_ns(rt, "ip", "link", "set", "ctl", "up")
         # the relay creates the TUN device; start it first
-        self.relay = subprocess.Popen(
-            ["ip", "netns", "exec", rt, sys.executable, "-m", "tests.multihost.relay",
-             "--dev", TUN_IF, "--delay-ms", str(self.delay_ms)],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )  # fmt: skip
+        self.base.mkdir(parents=True, exist_ok=True)
+        relay_log = self.base / "relay.log"
+        with open(relay_log, "a") as log:
+            self.relay = subprocess.Popen(
+                ["ip", "netns", "exec", rt, sys.executable, "-m", "tests.multihost.relay",
+                 "--dev", TUN_IF, "--delay-ms", str(self.delay_ms)],
+                cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+            )  # fmt: skip
         assert self.relay.stdout is not None
         if self.relay.stdout.readline().strip() != "ready":
-            raise HarnessError(f"relay did not start: {self.relay.stderr.read() if self.relay.stderr else ''}")
+            raise HarnessError(f"the delay relay did not start; see {relay_log}")
         in_ns(rt, "sysctl", "-qw", f"net.ipv4.conf.{TUN_IF}.rp_filter=0")
         in_ns(rt, "ip", "link", "set", TUN_IF, "up")
         in_ns(rt, "ip", "route", "add", "default", "dev", TUN_IF, "table", "100")
@@ -297,6 +300,9 @@ class Mesh:
                     self.relay.wait(5)
                 if self.relay.poll() is None:
                     self.relay.kill()
+                    self.relay.wait()
+            if self.relay is not None and self.relay.stdout is not None:
+                self.relay.stdout.close()
         finally:
             cleanup()
 
