@@ -22,3 +22,31 @@ class BackupEcho(SlowAgent):
     )
     async def slow_echo(self, payload: dict[str, Any]) -> dict[str, Any]:
         return await SlowAgent.slow_echo(self, payload)
+
+
+ECHO_A = "echo_a"
+"""Capability served only by :class:`EchoA` (the benchmark runs it in region a)."""
+ECHO_B = "echo_b"
+"""Capability served only by :class:`EchoB` (the benchmark runs it in region b)."""
+
+
+class EchoA(SlowAgent):
+    """``echo_a``: echoes ``text`` at once; one provider per name pins the region pair."""
+
+    @capability(
+        name=ECHO_A, description="Echo text back (a)", input_schema=TEXT_SCHEMA,
+        output_schema=TEXT_SCHEMA,
+    )  # fmt: skip
+    async def echo_a(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return {"text": payload["text"]}
+
+
+class EchoB(SlowAgent):
+    """``echo_b``: echoes ``text`` at once (see :class:`EchoA`)."""
+
+    @capability(
+        name=ECHO_B, description="Echo text back (b)", input_schema=TEXT_SCHEMA,
+        output_schema=TEXT_SCHEMA,
+    )  # fmt: skip
+    async def echo_b(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return {"text": payload["text"]}

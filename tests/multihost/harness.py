@@ -7,11 +7,13 @@ Layout (every name starts with :data:`PREFIX`; see docs/multihost.md)::
     mhn-a0..a3  eth0 10.213.1.1-4 ──veth── br-a 10.213.1.254 ─────┤  ip_forward, mhtun
     mhn-b0..b3  eth0 10.213.2.1-4 ──veth── br-b 10.213.2.254 ─────┘  + the delay relay
 
-Inside a region, nodes talk over a Linux bridge (well under 1 ms). Between regions, the
-router's policy routing sends every packet into the TUN device ``mhtun``, where
-:mod:`tests.multihost.relay` holds it for ``delay_ms`` (20 ms each way: 40 ms round trip)
-before the kernel forwards it on. Loss is an nftables rule in each node's namespace
-(``numgen random mod 100 < N drop`` on input), a partition an nftables rule in the router.
+Each node's address is a /32 with the router as its only gateway, so even two nodes on
+the same bridge talk through the router, whose policy routing sends every node-to-node
+packet into the TUN device ``mhtun``. There :mod:`tests.multihost.relay` holds it for
+``local_delay_ms`` inside a region (0.5 ms each way: a 1 ms round trip) or ``delay_ms``
+between regions (20 ms each way: 40 ms) before the kernel forwards it on. Loss is an
+nftables rule in each node's namespace (``numgen random mod 100 < N drop`` on input), a
+partition an nftables rule in the router.
 The test process reaches every node's HTTP API over the control link (10.213.0.0/24),
 which is never delayed, lossy or partitioned.
 
@@ -55,6 +57,8 @@ NODE_PORT = 7946
 """UDP and TCP port of every node (each has its own address)."""
 DEFAULT_DELAY_MS = 20.0
 """One-way inter-region delay (ms): a 40 ms round trip between regions."""
+DEFAULT_LOCAL_DELAY_MS = 0.5
+"""One-way delay inside a region (ms): a 1 ms round trip."""
 API_TOKEN = "multihost-harness-token-0123456789"
 """API token given to every node (the test process is not on loopback)."""
 STATE_FILE = Path(tempfile.gettempdir()) / f"{PREFIX}-harness.json"
@@ -183,6 +187,7 @@ class Mesh:
     base: Path
     profile: str = "local"
     delay_ms: float = DEFAULT_DELAY_MS
+    local_delay_ms: float = DEFAULT_LOCAL_DELAY_MS
     agents: dict[str, str] = field(default_factory=dict)
     """Node name → ``MODULE:CLASS`` or ``FILE.py:CLASS`` for ``--agent``."""
     extra: Sequence[str] = ()
@@ -196,7 +201,8 @@ class Mesh:
         sh("ip", "netns", "add", ROUTER_NS)
         rt = ROUTER_NS
         for key in ("net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0",
-                    "net.ipv4.conf.default.rp_filter=0"):
+                    "net.ipv4.conf.default.rp_filter=0", "net.ipv4.conf.all.send_redirects=0",
+                    "net.ipv4.conf.default.send_redirects=0"):  # fmt: skip
             in_ns(rt, "sysctl", "-qw", key)
         in_ns(rt, "ip", "link", "set", "lo", "up")
         # control link: the test process (root namespace) ↔ router
@@ -212,7 +218,8 @@ class Mesh:
         with open(relay_log, "a") as log:
             self.relay = subprocess.Popen(
                 ["ip", "netns", "exec", rt, sys.executable, "-m", "tests.multihost.relay",
-                 "--dev", TUN_IF, "--delay-ms", str(self.delay_ms)],
+                 "--dev", TUN_IF, "--delay-ms", str(self.delay_ms),
+                 "--local-delay-ms", str(self.local_delay_ms)],
                 cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True,
                 env={**os.environ, "PYTHONPATH": str(REPO)},
             )  # fmt: skip
@@ -228,10 +235,10 @@ class Mesh:
             in_ns(rt, "ip", "link", "add", bridge, "type", "bridge")
             in_ns(rt, "ip", "addr", "add", f"{net}.254/24", "dev", bridge)
             in_ns(rt, "ip", "link", "set", bridge, "up")
-            for other_index, _ in enumerate(REGIONS):
-                if other_index != index:
-                    in_ns(rt, "ip", "rule", "add", "iif", bridge, "to",
-                          f"{SUBNET}.{other_index + 1}.0/24", "lookup", "100")  # fmt: skip
+            in_ns(rt, "sysctl", "-qw", f"net.ipv4.conf.{bridge}.send_redirects=0")
+            for other_index, _ in enumerate(REGIONS):  # every node-to-node packet: relay
+                in_ns(rt, "ip", "rule", "add", "iif", bridge, "to",
+                      f"{SUBNET}.{other_index + 1}.0/24", "lookup", "100")  # fmt: skip
             for i in range(NODES_PER_REGION):
                 name = f"{region}{i}"
                 ns = f"{PREFIX}-{name}"
@@ -240,8 +247,9 @@ class Mesh:
                 sh("ip", "link", "add", f"{PREFIX}-{name}", "netns", rt, "type", "veth",
                    "peer", "name", "eth0", "netns", ns)  # fmt: skip
                 in_ns(rt, "ip", "link", "set", f"{PREFIX}-{name}", "master", bridge, "up")
-                in_ns(ns, "ip", "addr", "add", f"{net}.{i + 1}/24", "dev", "eth0")
+                in_ns(ns, "ip", "addr", "add", f"{net}.{i + 1}/32", "dev", "eth0")
                 in_ns(ns, "ip", "link", "set", "eth0", "up")
+                in_ns(ns, "ip", "route", "add", f"{net}.254", "dev", "eth0")
                 in_ns(ns, "ip", "route", "add", "default", "via", f"{net}.254")
                 in_ns(ns, "nft", "-f", "-", stdin=_node_table())
                 self.nodes.append(
@@ -251,29 +259,53 @@ class Mesh:
 
     # ------------------------------------------------------------------ nodes
     def start_nodes(self) -> None:
-        first = {region: f"{SUBNET}.{i + 1}.1:{NODE_PORT}" for i, region in enumerate(REGIONS)}
-        keyring = self.base / "keyring.json"
-        sh(sys.executable, "-m", "meshnode.cli", "keys", "init", str(keyring))
+        """Start all nodes; each seeds through the first node of every region."""
+        first = [f"{SUBNET}.{i + 1}.1:{NODE_PORT}" for i, _ in enumerate(REGIONS)]
+        sh(sys.executable, "-m", "meshnode.cli", "keys", "init", str(self.keyring))
         for node in self.nodes:
-            node.data_dir.mkdir(parents=True, exist_ok=True)
-            seeds = [addr for addr in first.values() if addr != node.address]
-            cmd = ["ip", "netns", "exec", node.ns, sys.executable, "-m", "meshnode.cli", "run",
-                   "--name", node.name, "--host", node.ip, "--port", str(NODE_PORT),
-                   "--profile", self.profile, "--data-dir", str(node.data_dir),
-                   "--keyring", str(keyring), "--log-level", "WARNING",
-                   "--embedder", "hashing", *self.extra]  # fmt: skip
-            for seed in seeds:
-                cmd += ["--seed", seed]
-            if node.name in self.agents:
-                cmd += ["--agent", self.agents[node.name]]
-            with open(node.data_dir.with_suffix(".log"), "a") as log:
-                node.proc = subprocess.Popen(
-                    cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True,
-                    env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
-                         "MESHNODE_API_TOKEN": API_TOKEN},
-                )  # fmt: skip
+            self.launch(node, [addr for addr in first if addr != node.address])
         for node in self.nodes:
             node.node_id = _wait_listening(node)
+
+    @property
+    def keyring(self) -> Path:
+        return self.base / "keyring.json"
+
+    def start_node(self, node: HostNode, seeds: Sequence[str]) -> float:
+        """Start ``node`` (stopped) with ``seeds``; return the monotonic time of its
+        listening line."""
+        self.launch(node, seeds)
+        node.node_id = _wait_listening(node)
+        return time.monotonic()
+
+    def kill_node(self, node: HostNode, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to the node's process (``meshnode run`` under ``ip netns exec``,
+        which execs it: same pid) and reap it."""
+        assert node.proc is not None
+        node.proc.send_signal(sig)
+        node.proc.wait(15)
+        if node.proc.stdout is not None:
+            node.proc.stdout.close()
+
+    def launch(self, node: HostNode, seeds: Sequence[str]) -> None:
+        """Start the process of ``node`` with ``seeds`` (returns at once)."""
+        node.data_dir.mkdir(parents=True, exist_ok=True)
+        keyring = self.keyring
+        cmd = ["ip", "netns", "exec", node.ns, sys.executable, "-m", "meshnode.cli", "run",
+               "--name", node.name, "--host", node.ip, "--port", str(NODE_PORT),
+               "--profile", self.profile, "--data-dir", str(node.data_dir),
+               "--keyring", str(keyring), "--log-level", "WARNING",
+               "--embedder", "hashing", *self.extra]  # fmt: skip
+        for seed in seeds:
+            cmd += ["--seed", seed]
+        if node.name in self.agents:
+            cmd += ["--agent", self.agents[node.name]]
+        with open(node.data_dir.with_suffix(".log"), "a") as log:
+            node.proc = subprocess.Popen(
+                cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True,
+                env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
+                     "MESHNODE_API_TOKEN": API_TOKEN},
+            )  # fmt: skip
 
     def stop_nodes(self) -> None:
         for node in self.nodes:
@@ -329,9 +361,12 @@ class Mesh:
         """Cut (or heal) every packet between the two regions, in the router."""
         in_ns(ROUTER_NS, "nft", "flush", "chain", "inet", PREFIX, "partition")
         if on:
-            for hook in ("iifname", "oifname"):
-                in_ns(ROUTER_NS, "nft", "add", "rule", "inet", PREFIX, "partition", hook,
-                      TUN_IF, "counter", "drop")  # fmt: skip
+            nets = [f"{SUBNET}.{i + 1}.0/24" for i, _ in enumerate(REGIONS)]
+            for src in nets:
+                for dst in nets:
+                    if src != dst:
+                        in_ns(ROUTER_NS, "nft", "add", "rule", "inet", PREFIX, "partition",
+                              "ip", "saddr", src, "ip", "daddr", dst, "counter", "drop")  # fmt: skip
 
     def drop_udp(self, name: str, on: bool = True) -> None:
         """Drop every UDP packet node ``name`` receives from the network (TCP still works)."""
@@ -394,12 +429,20 @@ def mesh(
     *,
     profile: str = "local",
     delay_ms: float = DEFAULT_DELAY_MS,
+    local_delay_ms: float = DEFAULT_LOCAL_DELAY_MS,
     agents: dict[str, str] | None = None,
     extra: Sequence[str] = (),
 ) -> Iterator[Mesh]:
     """Build the network, start the 8 nodes, yield; remove everything on the way out,
     also on failure (and at interpreter exit, should the process be stopped mid-way)."""
-    m = Mesh(base, profile=profile, delay_ms=delay_ms, agents=dict(agents or {}), extra=extra)
+    m = Mesh(
+        base,
+        profile=profile,
+        delay_ms=delay_ms,
+        local_delay_ms=local_delay_ms,
+        agents=dict(agents or {}),
+        extra=extra,
+    )
     atexit.register(cleanup)
     try:
         m.build_network()

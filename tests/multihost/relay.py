@@ -1,10 +1,13 @@
 """A packet relay that delays every IP packet routed through a TUN device.
 
 Run inside the router namespace of the multi-host harness (see docs/multihost.md). The
-kernel routes each packet that crosses from one region to the other into the TUN device;
-this process reads it, holds it for ``--delay-ms`` milliseconds, and writes it back into
-the same device, from where the kernel routes it on to its destination. It works on
-packets, not sockets, so UDP and TCP (and ICMP) are delayed alike, in order.
+kernel routes every packet between two nodes into the TUN device; this process reads it,
+holds it, and writes it back into the same device, from where the kernel routes it on to
+its destination. The hold depends on the regions of the two ends: a node's region is the
+third octet of its IPv4 address (10.213.1.x is one region, 10.213.2.x another), so a
+packet within one region waits ``--local-delay-ms``, one between regions ``--delay-ms``.
+It works on packets, not sockets, so UDP and TCP (and ICMP) are delayed alike; packets of
+one pair of ends keep their order.
 
 The device is created by this process (not persistent): it disappears when the process
 exits, so a dead relay cuts the regions apart instead of leaving an undelayed path.
@@ -13,8 +16,9 @@ exits, so a dead relay cuts the regions apart instead of leaving an undelayed pa
 from __future__ import annotations
 
 import argparse
-import collections
 import fcntl
+import heapq
+import itertools
 import os
 import select
 import signal
@@ -34,7 +38,19 @@ MAX_QUEUED_PACKETS = 20_000
 """Packets held at once; beyond this a new packet is dropped, as a full router queue
 would. 20,000 × 1,500 bytes is 30 MB at most; the mesh's own traffic stays far below."""
 DEFAULT_DELAY_MS = 20.0
-"""One-way delay added to each packet (ms): 20 ms each way is a 40 ms round trip."""
+"""One-way delay between regions (ms): 20 ms each way is a 40 ms round trip."""
+DEFAULT_LOCAL_DELAY_MS = 0.5
+"""One-way delay inside a region (ms): a 1 ms round trip."""
+IPV4_HEADER_BYTES = 20
+"""Shortest IPv4 header; a shorter packet (or not IPv4) gets the inter-region delay."""
+
+
+def region_delay(packet: bytes, local_s: float, remote_s: float) -> float:
+    """The hold for ``packet``: ``local_s`` when source and destination share the third
+    octet of their IPv4 address, else ``remote_s``."""
+    if len(packet) < IPV4_HEADER_BYTES or packet[0] >> 4 != 4:
+        return remote_s
+    return local_s if packet[14] == packet[18] else remote_s
 
 
 def open_tun(name: str) -> int:
@@ -44,9 +60,10 @@ def open_tun(name: str) -> int:
     return fd
 
 
-def relay(fd: int, delay_s: float) -> None:
-    """Forward packets from ``fd`` back into it ``delay_s`` seconds after they arrived."""
-    queue: collections.deque[tuple[float, bytes]] = collections.deque()
+def relay(fd: int, local_s: float, remote_s: float) -> None:
+    """Forward packets from ``fd`` back into it, each after its :func:`region_delay`."""
+    queue: list[tuple[float, int, bytes]] = []
+    order = itertools.count()  # equal release times keep arrival order
     stopping = False
 
     def stop(_signum: int, _frame: object) -> None:
@@ -58,7 +75,7 @@ def relay(fd: int, delay_s: float) -> None:
     while not stopping:
         now = time.monotonic()
         while queue and queue[0][0] <= now:
-            _, packet = queue.popleft()
+            _, _, packet = heapq.heappop(queue)
             try:
                 os.write(fd, packet)
             except OSError:
@@ -77,7 +94,8 @@ def relay(fd: int, delay_s: float) -> None:
             except BlockingIOError:
                 break
             if len(queue) < MAX_QUEUED_PACKETS:
-                queue.append((now + delay_s, packet))
+                due = now + region_delay(packet, local_s, remote_s)
+                heapq.heappush(queue, (due, next(order), packet))
             if not select.select([fd], [], [], 0)[0]:
                 break
 
@@ -86,15 +104,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dev", required=True, help="TUN device to create")
     parser.add_argument(
-        "--delay-ms", type=float, default=DEFAULT_DELAY_MS, help="one-way delay (default 20)"
+        "--delay-ms",
+        type=float,
+        default=DEFAULT_DELAY_MS,
+        help="one-way delay between regions (default 20)",
+    )
+    parser.add_argument(
+        "--local-delay-ms",
+        type=float,
+        default=DEFAULT_LOCAL_DELAY_MS,
+        help="one-way delay inside a region (default 0.5)",
     )
     args = parser.parse_args(argv)
-    if not 0 <= args.delay_ms <= 10_000:
-        parser.error("--delay-ms must be within 0..10000")
+    for flag, value in (("--delay-ms", args.delay_ms), ("--local-delay-ms", args.local_delay_ms)):
+        if not 0 <= value <= 10_000:
+            parser.error(f"{flag} must be within 0..10000")
     fd = open_tun(args.dev)
     os.set_blocking(fd, False)
     print("ready", flush=True)
-    relay(fd, args.delay_ms / 1000)
+    relay(fd, args.local_delay_ms / 1000, args.delay_ms / 1000)
     return 0
 
 
