@@ -35,15 +35,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.membership import serf_members  # noqa: E402
-from tests.multihost.agents import ECHO_A, ECHO_B  # noqa: E402
-from tests.multihost.harness import (  # noqa: E402
+from benchmarks.membership import serf_members
+from tests.multihost.agents import ECHO_A, ECHO_B
+from tests.multihost.harness import (
     REGIONS,
     HostNode,
     Mesh,
@@ -56,6 +56,9 @@ POLL_S = 0.05
 """Polling period of every wait (s): each figure is late by up to this much."""
 WAIT_S = 120.0
 """Longest any one join or detection may take before the benchmark gives up (s)."""
+CALL_GAP_S = 0.3
+"""Pause between two API calls that make work (s): the node allows one address 5 a second
+(``NodeConfig.api_rate_per_s``), and a rate-limited call would not be a latency sample."""
 SERF_PORT = 7947
 """serf's gossip port in each namespace (meshnode keeps 7946)."""
 SERF_RPC_PORT = 7373
@@ -112,8 +115,8 @@ def meshnode_run(base: Path, rounds: int, calls: int) -> dict[str, Any]:
                 for region in REGIONS:
                     observers = [n for n in others if n.region == region]
                     done = poll(
-                        lambda obs=observers: all(  # type: ignore[misc]
-                            mesh_state(o, victim_id) == "dead" for o in obs
+                        lambda obs=observers, v=victim_id: all(  # type: ignore[misc]
+                            mesh_state(o, v) == "dead" for o in obs
                         ),
                         f"{region} sees {joiner_name} dead",
                     )
@@ -125,7 +128,9 @@ def meshnode_run(base: Path, rounds: int, calls: int) -> dict[str, Any]:
                 ready = m.start_node(joiner, [seed])
                 new_id = joiner.node_id
                 done = poll(
-                    lambda: all(mesh_state(o, new_id) == "alive" for o in others),
+                    lambda n=new_id, obs=others: all(  # type: ignore[misc]
+                        mesh_state(o, n) == "alive" for o in obs
+                    ),
                     f"everyone sees {joiner_name} alive",
                 )
                 join.setdefault(f"{joiner.region}<-seed {seed_region}", []).append(done - ready)
@@ -138,13 +143,16 @@ def meshnode_run(base: Path, rounds: int, calls: int) -> dict[str, Any]:
                     ),
                     f"{requester_name} knows {cap}",
                 )
+                time.sleep(2 * CALL_GAP_S)
                 for i in range(calls + 1):
+                    time.sleep(CALL_GAP_S)
                     started = time.monotonic()
                     result = requester.request(
-                        "POST", "/v1/delegate",
+                        "POST",
+                        "/v1/delegate",
                         {"capability": cap, "input": {"text": str(i)}, "deadline_s": 10},
                         timeout=20,
-                    )  # fmt: skip
+                    )
                     took = time.monotonic() - started
                     if result.get("output") != {"text": str(i)}:
                         raise RuntimeError(f"delegation failed: {result}")
@@ -172,8 +180,20 @@ class SerfMesh:
         return f"{node.ip}:{SERF_RPC_PORT}"
 
     def start(self, node: HostNode, name: str, join: list[str]) -> float:
-        cmd = ["ip", "netns", "exec", node.ns, self.serf, "agent", "-node", name,
-               "-bind", f"{node.ip}:{SERF_PORT}", "-rpc-addr", self.rpc(node)]  # fmt: skip
+        cmd = [
+            "ip",
+            "netns",
+            "exec",
+            node.ns,
+            self.serf,
+            "agent",
+            "-node",
+            name,
+            "-bind",
+            f"{node.ip}:{SERF_PORT}",
+            "-rpc-addr",
+            self.rpc(node),
+        ]
         for seed in join:
             cmd += ["-join", seed]
         with open(self.base / f"serf-{name}.log", "ab") as log:
@@ -226,23 +246,19 @@ def serf_run(base: Path, serf: str, rounds: int) -> dict[str, Any]:
                             ),
                             f"serf {region} sees {victim} failed",
                         )
-                        detect.setdefault(f"{joiner.region}->{region}", []).append(
-                            done - killed
-                        )
+                        detect.setdefault(f"{joiner.region}->{region}", []).append(done - killed)
                     seed_region = REGIONS[r % len(REGIONS)]
                     seed_ip = m.node(f"{seed_region}0").ip
                     new_name = f"{joiner_name}-r{r}"
                     names[joiner_name] = new_name
                     ready = s.start(joiner, new_name, [f"{seed_ip}:{SERF_PORT}"])
                     done = poll(
-                        lambda nn=new_name: all(  # type: ignore[misc]
-                            serf_members(s.rpc(o)).get(nn) == "alive" for o in others
+                        lambda nn=new_name, obs=others: all(  # type: ignore[misc]
+                            serf_members(s.rpc(o)).get(nn) == "alive" for o in obs
                         ),
                         f"everyone sees serf {new_name} alive",
                     )
-                    join.setdefault(f"{joiner.region}<-seed {seed_region}", []).append(
-                        done - ready
-                    )
+                    join.setdefault(f"{joiner.region}<-seed {seed_region}", []).append(done - ready)
         finally:
             s.close()
     return {
@@ -280,9 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                 "calls": args.calls,
             },
             "meshnode": meshnode_run(base / "meshnode", args.rounds, args.calls),
-            "serf": None
-            if serf is None
-            else serf_run(base / "serf", serf, args.rounds),
+            "serf": None if serf is None else serf_run(base / "serf", serf, args.rounds),
         }
         if serf is None:
             result["serf_skipped"] = "--skip-serf" if args.skip_serf else "no serf binary"

@@ -34,9 +34,11 @@ class EchoA(SlowAgent):
     """``echo_a``: echoes ``text`` at once; one provider per name pins the region pair."""
 
     @capability(
-        name=ECHO_A, description="Echo text back (a)", input_schema=TEXT_SCHEMA,
+        name=ECHO_A,
+        description="Echo text back (a)",
+        input_schema=TEXT_SCHEMA,
         output_schema=TEXT_SCHEMA,
-    )  # fmt: skip
+    )
     async def echo_a(self, payload: dict[str, Any]) -> dict[str, Any]:
         return {"text": payload["text"]}
 
@@ -45,8 +47,10 @@ class EchoB(SlowAgent):
     """``echo_b``: echoes ``text`` at once (see :class:`EchoA`)."""
 
     @capability(
-        name=ECHO_B, description="Echo text back (b)", input_schema=TEXT_SCHEMA,
+        name=ECHO_B,
+        description="Echo text back (b)",
+        input_schema=TEXT_SCHEMA,
         output_schema=TEXT_SCHEMA,
-    )  # fmt: skip
+    )
     async def echo_b(self, payload: dict[str, Any]) -> dict[str, Any]:
         return {"text": payload["text"]}

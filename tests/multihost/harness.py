@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -65,6 +66,10 @@ STATE_FILE = Path(tempfile.gettempdir()) / f"{PREFIX}-harness.json"
 """Where ``up`` records the running mesh for ``status`` and ``down``."""
 START_TIMEOUT = 60.0
 """Seconds a node may take to print its listening line."""
+RATE_LIMIT_RETRIES = 10
+"""Times a rate-limited (429) API call is retried before the error is raised."""
+MAX_RETRY_AFTER_S = 2.0
+"""Longest wait honoured from a 429's ``Retry-After`` (s)."""
 REPO = Path(__file__).resolve().parents[2]
 """The repository root: the nodes run with it on PYTHONPATH."""
 
@@ -159,15 +164,25 @@ class HostNode:
         return f"{self.ip}:{NODE_PORT}"
 
     def request(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> Any:
+        """One API call over the control link, with the token. A 429 (the node's per-address
+        rate limit: the test process is one address for every call) is retried after the
+        node's ``Retry-After``, at most :data:`RATE_LIMIT_RETRIES` times."""
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(
-            f"http://{self.address}{path}",
-            data=data,
-            method=method,
-            headers={"Authorization": f"Bearer {API_TOKEN}", "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            raw = resp.read()
+        headers = {"Authorization": f"Bearer {API_TOKEN}", "Content-Type": "application/json"}
+        for attempt in range(RATE_LIMIT_RETRIES + 1):
+            req = urllib.request.Request(
+                f"http://{self.address}{path}", data=data, method=method, headers=headers
+            )
+            try:
+                with urllib.request.urlopen(req, timeout=timeout) as resp:
+                    raw = resp.read()
+                break
+            except urllib.error.HTTPError as exc:
+                if exc.code != 429 or attempt == RATE_LIMIT_RETRIES:
+                    raise
+                retry_after = float(exc.headers.get("Retry-After") or 1.0)
+                exc.close()
+                time.sleep(min(retry_after, MAX_RETRY_AFTER_S))
         return json.loads(raw) if path != "/metrics" else raw.decode()
 
     def get(self, path: str, timeout: float = 10.0) -> Any:
@@ -200,9 +215,13 @@ class Mesh:
         cleanup()  # a crashed earlier run must not be in the way
         sh("ip", "netns", "add", ROUTER_NS)
         rt = ROUTER_NS
-        for key in ("net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0",
-                    "net.ipv4.conf.default.rp_filter=0", "net.ipv4.conf.all.send_redirects=0",
-                    "net.ipv4.conf.default.send_redirects=0"):  # fmt: skip
+        for key in (
+            "net.ipv4.ip_forward=1",
+            "net.ipv4.conf.all.rp_filter=0",
+            "net.ipv4.conf.default.rp_filter=0",
+            "net.ipv4.conf.all.send_redirects=0",
+            "net.ipv4.conf.default.send_redirects=0",
+        ):
             in_ns(rt, "sysctl", "-qw", key)
         in_ns(rt, "ip", "link", "set", "lo", "up")
         # control link: the test process (root namespace) ↔ router
@@ -217,12 +236,27 @@ class Mesh:
         relay_log = self.base / "relay.log"
         with open(relay_log, "a") as log:
             self.relay = subprocess.Popen(
-                ["ip", "netns", "exec", rt, sys.executable, "-m", "tests.multihost.relay",
-                 "--dev", TUN_IF, "--delay-ms", str(self.delay_ms),
-                 "--local-delay-ms", str(self.local_delay_ms)],
-                cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True,
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    rt,
+                    sys.executable,
+                    "-m",
+                    "tests.multihost.relay",
+                    "--dev",
+                    TUN_IF,
+                    "--delay-ms",
+                    str(self.delay_ms),
+                    "--local-delay-ms",
+                    str(self.local_delay_ms),
+                ],
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
                 env={**os.environ, "PYTHONPATH": str(REPO)},
-            )  # fmt: skip
+            )
         assert self.relay.stdout is not None
         if self.relay.stdout.readline().strip() != "ready":
             raise HarnessError(f"the delay relay did not start; see {relay_log}")
@@ -237,24 +271,45 @@ class Mesh:
             in_ns(rt, "ip", "link", "set", bridge, "up")
             in_ns(rt, "sysctl", "-qw", f"net.ipv4.conf.{bridge}.send_redirects=0")
             for other_index, _ in enumerate(REGIONS):  # every node-to-node packet: relay
-                in_ns(rt, "ip", "rule", "add", "iif", bridge, "to",
-                      f"{SUBNET}.{other_index + 1}.0/24", "lookup", "100")  # fmt: skip
+                in_ns(
+                    rt,
+                    "ip",
+                    "rule",
+                    "add",
+                    "iif",
+                    bridge,
+                    "to",
+                    f"{SUBNET}.{other_index + 1}.0/24",
+                    "lookup",
+                    "100",
+                )
             for i in range(NODES_PER_REGION):
                 name = f"{region}{i}"
                 ns = f"{PREFIX}-{name}"
                 sh("ip", "netns", "add", ns)
                 in_ns(ns, "ip", "link", "set", "lo", "up")
-                sh("ip", "link", "add", f"{PREFIX}-{name}", "netns", rt, "type", "veth",
-                   "peer", "name", "eth0", "netns", ns)  # fmt: skip
+                sh(
+                    "ip",
+                    "link",
+                    "add",
+                    f"{PREFIX}-{name}",
+                    "netns",
+                    rt,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "eth0",
+                    "netns",
+                    ns,
+                )
                 in_ns(rt, "ip", "link", "set", f"{PREFIX}-{name}", "master", bridge, "up")
                 in_ns(ns, "ip", "addr", "add", f"{net}.{i + 1}/32", "dev", "eth0")
                 in_ns(ns, "ip", "link", "set", "eth0", "up")
                 in_ns(ns, "ip", "route", "add", f"{net}.254", "dev", "eth0")
                 in_ns(ns, "ip", "route", "add", "default", "via", f"{net}.254")
                 in_ns(ns, "nft", "-f", "-", stdin=_node_table())
-                self.nodes.append(
-                    HostNode(name, region, ns, f"{net}.{i + 1}", self.base / name)
-                )
+                self.nodes.append(HostNode(name, region, ns, f"{net}.{i + 1}", self.base / name))
         in_ns(rt, "nft", "-f", "-", stdin=_router_table())
 
     # ------------------------------------------------------------------ nodes
@@ -291,21 +346,51 @@ class Mesh:
         """Start the process of ``node`` with ``seeds`` (returns at once)."""
         node.data_dir.mkdir(parents=True, exist_ok=True)
         keyring = self.keyring
-        cmd = ["ip", "netns", "exec", node.ns, sys.executable, "-m", "meshnode.cli", "run",
-               "--name", node.name, "--host", node.ip, "--port", str(NODE_PORT),
-               "--profile", self.profile, "--data-dir", str(node.data_dir),
-               "--keyring", str(keyring), "--log-level", "WARNING",
-               "--embedder", "hashing", *self.extra]  # fmt: skip
+        cmd = [
+            "ip",
+            "netns",
+            "exec",
+            node.ns,
+            sys.executable,
+            "-m",
+            "meshnode.cli",
+            "run",
+            "--name",
+            node.name,
+            "--host",
+            node.ip,
+            "--port",
+            str(NODE_PORT),
+            "--profile",
+            self.profile,
+            "--data-dir",
+            str(node.data_dir),
+            "--keyring",
+            str(keyring),
+            "--log-level",
+            "WARNING",
+            "--embedder",
+            "hashing",
+            *self.extra,
+        ]
         for seed in seeds:
             cmd += ["--seed", seed]
         if node.name in self.agents:
             cmd += ["--agent", self.agents[node.name]]
         with open(node.data_dir.with_suffix(".log"), "a") as log:
             node.proc = subprocess.Popen(
-                cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True,
-                env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
-                     "MESHNODE_API_TOKEN": API_TOKEN},
-            )  # fmt: skip
+                cmd,
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                env={
+                    **os.environ,
+                    "PYTHONPATH": str(REPO),
+                    "PYTHONUNBUFFERED": "1",
+                    "MESHNODE_API_TOKEN": API_TOKEN,
+                },
+            )
 
     def stop_nodes(self) -> None:
         for node in self.nodes:
@@ -353,9 +438,27 @@ class Mesh:
         for node in self.nodes:
             in_ns(node.ns, "nft", "flush", "chain", "inet", PREFIX, "loss")
             if percent:
-                in_ns(node.ns, "nft", "add", "rule", "inet", PREFIX, "loss", "ip", "saddr",
-                      "!=", f"{SUBNET}.0.0/24", "numgen", "random", "mod", "100", "<",
-                      str(percent), "counter", "drop")  # fmt: skip
+                in_ns(
+                    node.ns,
+                    "nft",
+                    "add",
+                    "rule",
+                    "inet",
+                    PREFIX,
+                    "loss",
+                    "ip",
+                    "saddr",
+                    "!=",
+                    f"{SUBNET}.0.0/24",
+                    "numgen",
+                    "random",
+                    "mod",
+                    "100",
+                    "<",
+                    str(percent),
+                    "counter",
+                    "drop",
+                )
 
     def partition(self, on: bool = True) -> None:
         """Cut (or heal) every packet between the two regions, in the router."""
@@ -365,16 +468,46 @@ class Mesh:
             for src in nets:
                 for dst in nets:
                     if src != dst:
-                        in_ns(ROUTER_NS, "nft", "add", "rule", "inet", PREFIX, "partition",
-                              "ip", "saddr", src, "ip", "daddr", dst, "counter", "drop")  # fmt: skip
+                        in_ns(
+                            ROUTER_NS,
+                            "nft",
+                            "add",
+                            "rule",
+                            "inet",
+                            PREFIX,
+                            "partition",
+                            "ip",
+                            "saddr",
+                            src,
+                            "ip",
+                            "daddr",
+                            dst,
+                            "counter",
+                            "drop",
+                        )
 
     def drop_udp(self, name: str, on: bool = True) -> None:
         """Drop every UDP packet node ``name`` receives from the network (TCP still works)."""
         ns = self.node(name).ns
         in_ns(ns, "nft", "flush", "chain", "inet", PREFIX, "udpdrop")
         if on:
-            in_ns(ns, "nft", "add", "rule", "inet", PREFIX, "udpdrop", "iifname", "!=", "lo",
-                  "meta", "l4proto", "udp", "counter", "drop")  # fmt: skip
+            in_ns(
+                ns,
+                "nft",
+                "add",
+                "rule",
+                "inet",
+                PREFIX,
+                "udpdrop",
+                "iifname",
+                "!=",
+                "lo",
+                "meta",
+                "l4proto",
+                "udp",
+                "counter",
+                "drop",
+            )
 
     def dropped(self) -> dict[str, int]:
         """Packets each nftables chain of ours has dropped, summed over namespaces."""
@@ -473,8 +606,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="build the namespaces, start 8 nodes, serve until Ctrl-C")
     up.add_argument("--profile", default="local", help="timing profile (default local)")
-    up.add_argument("--delay-ms", type=float, default=DEFAULT_DELAY_MS,
-                    help="one-way inter-region delay (default 20)")  # fmt: skip
+    up.add_argument(
+        "--delay-ms",
+        type=float,
+        default=DEFAULT_DELAY_MS,
+        help="one-way inter-region delay (default 20)",
+    )
     up.add_argument("--loss", type=int, default=0, help="percent loss on every link (default 0)")
     sub.add_parser("status", help="namespaces and links of ours that exist")
     sub.add_parser("down", help="stop and remove everything (same as cleanup)")
@@ -502,8 +639,17 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     with mesh(base, profile=args.profile, delay_ms=args.delay_ms) as m:
         m.set_loss(args.loss)
-        print(json.dumps({"event": "up", "data": str(base), "token": API_TOKEN,
-                          "nodes": {n.name: n.address for n in m.nodes}}), flush=True)  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "event": "up",
+                    "data": str(base),
+                    "token": API_TOKEN,
+                    "nodes": {n.name: n.address for n in m.nodes},
+                }
+            ),
+            flush=True,
+        )
         while not stop:
             time.sleep(0.5)
     shutil.rmtree(base, ignore_errors=True)

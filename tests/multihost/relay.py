@@ -16,6 +16,7 @@ exits, so a dead relay cuts the regions apart instead of leaving an undelayed pa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import heapq
 import itertools
@@ -76,10 +77,8 @@ def relay(fd: int, local_s: float, remote_s: float) -> None:
         now = time.monotonic()
         while queue and queue[0][0] <= now:
             _, _, packet = heapq.heappop(queue)
-            try:
+            with contextlib.suppress(OSError):  # one bad packet never stops the relay
                 os.write(fd, packet)
-            except OSError:
-                pass  # one bad packet (e.g. no route) never stops the relay
         timeout = max(0.0, queue[0][0] - now) if queue else 0.5
         try:
             readable, _, _ = select.select([fd], [], [], timeout)

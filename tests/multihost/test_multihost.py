@@ -68,9 +68,7 @@ def metric(text: str, name: str) -> float | None:
 def states(m: Mesh) -> dict[str, dict[str, str]]:
     """Observer name → member name → state."""
     names = {n.node_id: n.name for n in m.nodes}
-    return {
-        n.name: {names.get(i, i): v["state"] for i, v in n.members().items()} for n in m.nodes
-    }
+    return {n.name: {names.get(i, i): v["state"] for i, v in n.members().items()} for n in m.nodes}
 
 
 def test_eight_nodes_converge_across_regions(healthy: Mesh) -> None:
@@ -90,30 +88,38 @@ def test_partition_heals_within_two_push_pulls(healthy: Mesh) -> None:
     m = healthy
     a, b = m.region("a"), m.region("b")
     m.partition(True)
-    wait_until(
-        lambda: all(
-            s[o.name] != "alive" for n in a for o in b for s in [states(m)[n.name]]
-        ),
-        60,
-        "region a sees region b lost",
-    )
+
+    def cut_seen() -> bool:
+        seen = states(m)
+        return all(seen[n.name][o.name] != "alive" for n in a for o in b)
+
+    wait_until(cut_seen, 60, "region a sees region b lost")
     # work on each side while cut: a0 → a1 (the only provider it still reaches), b0 → b1
     for requester in (m.node("a0"), m.node("b0")):
         result = requester.request(
-            "POST", "/v1/delegate",
-            {"capability": SLOW_ECHO, "input": {"text": "cut"}, "deadline_s": 20, "expect": TEXT_SCHEMA},
+            "POST",
+            "/v1/delegate",
+            {
+                "capability": SLOW_ECHO,
+                "input": {"text": "cut"},
+                "deadline_s": 20,
+                "expect": TEXT_SCHEMA,
+            },
             timeout=30,
-        )  # fmt: skip
+        )
         assert result["output"] == {"text": "cut"}
     m.partition(False)
     cut_healed_at = time.monotonic()
     ids = {n.node_id for n in m.nodes}
     wait_until(
-        lambda: any(o.node_id in n.members() and n.members()[o.node_id]["state"] == "alive"
-                    for n in a for o in b),
+        lambda: any(
+            o.node_id in n.members() and n.members()[o.node_id]["state"] == "alive"
+            for n in a
+            for o in b
+        ),
         120,
         "the first node sees across the healed cut",
-    )  # fmt: skip
+    )
     healed_at = time.monotonic()
 
     seen: dict[str, Any] = {}
@@ -138,7 +144,9 @@ def test_partition_heals_within_two_push_pulls(healthy: Mesh) -> None:
         raise AssertionError(f"{exc}; last seen {seen}") from None
     took = time.monotonic() - cut_healed_at
     first = healed_at - cut_healed_at
-    assert took <= 2 * PUSH_PULL_S, f"agreed {took:.1f} s after the heal (first contact {first:.1f})"
+    assert took <= 2 * PUSH_PULL_S, (
+        f"agreed {took:.1f} s after the heal (first contact {first:.1f})"
+    )
 
 
 def test_delegation_in_flight_falls_back_across_a_partition(healthy: Mesh) -> None:
@@ -162,11 +170,16 @@ def test_delegation_in_flight_falls_back_across_a_partition(healthy: Mesh) -> No
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         started = time.monotonic()
         future = pool.submit(
-            requester.request, "POST", "/v1/delegate",
-            {"capability": SLOW_ECHO, "deadline_s": deadline_s,
-             "input": {"text": "hi", "sleep_s": 4.0, "marker": str(marker)}},
+            requester.request,
+            "POST",
+            "/v1/delegate",
+            {
+                "capability": SLOW_ECHO,
+                "deadline_s": deadline_s,
+                "input": {"text": "hi", "sleep_s": 4.0, "marker": str(marker)},
+            },
             deadline_s + 10,
-        )  # fmt: skip
+        )
         wait_until(lambda: marker.exists() or future.done(), 15, "the provider starts the task")
         assert not future.done(), f"returned before the cut: {future.result()}"
         m.partition(True)
@@ -235,10 +248,17 @@ def test_routing_prefers_the_near_provider_until_it_is_saturated(healthy: Mesh) 
 
 def test_cleanup_leaves_nothing(tmp_path: Path) -> None:
     """A harness that fails halfway still removes every namespace, link and process."""
-    with pytest.raises(HarnessError), mesh(tmp_path, profile="local") as m:
-        assert leftovers(), "the harness made nothing"
-        assert len(m.nodes) == 2 * NODES_PER_REGION
-        raise HarnessError("a failure in the middle of a test")
+    made: list[str] = []
+
+    def fail_halfway() -> None:
+        with mesh(tmp_path, profile="local") as m:
+            made.extend(leftovers())
+            assert len(m.nodes) == 2 * NODES_PER_REGION
+            raise HarnessError("a failure in the middle of a test")
+
+    with pytest.raises(HarnessError, match="in the middle"):
+        fail_halfway()
+    assert len(made) >= 2 * NODES_PER_REGION + 2, made  # 8 nodes, router, control link
     assert leftovers() == []
 
 
