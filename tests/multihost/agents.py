@@ -3,9 +3,10 @@ same capability, so a requester's first choice is known before a fault is inject
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from meshnode import capability
+from meshnode import NodeConfig, capability
 from tests.integration.agents import SLOW_ECHO, TEXT_SCHEMA, SlowAgent
 
 
@@ -54,3 +55,25 @@ class EchoB(SlowAgent):
     )
     async def echo_b(self, payload: dict[str, Any]) -> dict[str, Any]:
         return {"text": payload["text"]}
+
+
+ROUTE_ECHO = "route_echo"
+"""Capability served by :class:`RouteEcho`: one equal provider in each region."""
+
+
+class RouteEcho(SlowAgent):
+    """``route_echo``: sleeps ``sleep_s`` then echoes ``text``, one task at a time, so a
+    single long task saturates it."""
+
+    def __init__(self, config: NodeConfig | None = None, **kwargs: Any) -> None:
+        base = config or NodeConfig.local()
+        super().__init__(dataclasses.replace(base, max_concurrent_tasks=1), **kwargs)
+
+    @capability(
+        name=ROUTE_ECHO,
+        description="Echo text back after a delay, one at a time",
+        input_schema=TEXT_SCHEMA,
+        output_schema=TEXT_SCHEMA,
+    )
+    async def route_echo(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return await SlowAgent.slow_echo(self, payload)  # marker, sleep_s, text

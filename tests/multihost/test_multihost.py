@@ -17,6 +17,7 @@ import pytest
 
 from tests.integration.agents import SLOW_ECHO, TEXT_SCHEMA
 from tests.integration.cluster import wait_until
+from tests.multihost.agents import ROUTE_ECHO
 from tests.multihost.harness import (
     NODES_PER_REGION,
     HarnessError,
@@ -38,8 +39,11 @@ AGENTS = {
     "a1": "tests/multihost/agents.py:BackupEcho",
     "b1": "tests/integration/agents.py:SlowAgent",
     "b2": "tests/integration/agents.py:SlowAgent",
+    "a3": "tests/multihost/agents.py:RouteEcho",
+    "b3": "tests/multihost/agents.py:RouteEcho",
 }
-"""The requester a0's preferred providers are both in region b; a1 is its costlier backup."""
+"""For slow_echo, the requester a0's preferred providers are both in region b and a1 is its
+costlier backup; route_echo has one equal provider in each region (a3, b3)."""
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +228,8 @@ def test_coordinates_predict_the_delay(healthy: Mesh) -> None:
                 peer = by_id[peer_id]
                 if peer is node or v.get("estimated_rtt_ms") is None:
                     continue
-                real = 2 * m.delay_ms if peer.region != node.region else 1.0
+                one_way = m.delay_ms if peer.region != node.region else m.local_delay_ms
+                real = 2 * one_way
                 errors.append(abs(float(v["estimated_rtt_ms"]) - real) / real)
         return len(errors) >= 8 * 4 and statistics.median(errors) <= 0.2
 
@@ -232,18 +237,45 @@ def test_coordinates_predict_the_delay(healthy: Mesh) -> None:
 
 
 def test_routing_prefers_the_near_provider_until_it_is_saturated(healthy: Mesh) -> None:
-    """Equal providers in a (a1 … here a0's side) and b: a requester in a delegates to a;
-    while a's provider is saturated, to b."""
+    """route_echo has two equal providers, a3 (region a) and b3 (region b), each running
+    one task at a time. The requester a0 (region a) delegates to a3; while a3 is busy with
+    a long task (which must have gone to a3 too), the next delegation goes to b3."""
     m = healthy
-    sample = next(iter(m.node("a0").members().values()))
-    if "estimated_rtt_ms" not in sample:
+    requester = m.node("a0")
+    if "estimated_rtt_ms" not in next(iter(requester.members().values())):
         pytest.skip("needs distance routing: /v1/members has no estimated_rtt_ms")
-    ranked = m.node("a0").request("POST", "/v1/discover", {"capability_name": SLOW_ECHO})
-    if "latency" not in str(ranked["candidates"][0].get("breakdown", {})):
+    ranked: dict[str, Any] = {}
+
+    def both_known() -> bool:
+        ranked.update(requester.request("POST", "/v1/discover", {"capability_name": ROUTE_ECHO}))
+        return len(ranked["candidates"]) == 2
+
+    wait_until(both_known, 30, "a0 knows both route_echo providers")
+    if "latency" not in ranked["candidates"][0]["score"]:
         pytest.skip("needs distance routing: the discover breakdown has no latency factor")
-    # a2 (region a) and b1 (region b): both free SlowAgents; a2 is started by this test's
-    # mesh only when routing exists, so the provider set is equal on both sides.
-    pytest.skip("equal providers on both sides need the merged routing to set up")
+    near, far = m.node("a3").node_id, m.node("b3").node_id
+
+    marker = m.base / "route-long-started"
+    marker.unlink(missing_ok=True)
+
+    def call(text: str, sleep_s: float) -> dict[str, Any]:
+        payload: dict[str, Any] = {"text": text, "sleep_s": sleep_s}
+        if sleep_s:
+            payload["marker"] = str(marker)
+        body = {"capability": ROUTE_ECHO, "input": payload}
+        result: dict[str, Any] = requester.request(
+            "POST", "/v1/delegate", {**body, "deadline_s": 20}, timeout=30
+        )
+        assert result["output"] == {"text": text}, result
+        return result
+
+    for i in range(3):
+        assert call(f"near{i}", 0.0)["provider"] == near
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        long_task = pool.submit(call, "long", 6.0)
+        wait_until(marker.exists, 10, "the long task starts")
+        assert call("while-busy", 0.0)["provider"] == far
+        assert long_task.result()["provider"] == near
 
 
 def test_cleanup_leaves_nothing(tmp_path: Path) -> None:
