@@ -165,7 +165,10 @@ def test_delegation_in_flight_falls_back_across_a_partition(healthy: Mesh) -> No
         ranked.update(requester.request("POST", "/v1/discover", {"capability_name": SLOW_ECHO}))
         return len(ranked["candidates"]) == 3
 
-    wait_until(three_known, 30, "a0 knows the three providers")
+    try:
+        wait_until(three_known, 30, "a0 knows the three providers")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {json.dumps(ranked, indent=1)}") from None
     region_b = {n.node_id for n in m.region("b")}
     assert ranked["candidates"][0]["node_id"] in region_b, json.dumps(ranked, indent=1)
     marker = m.base / "started"
