@@ -62,8 +62,6 @@ DEFAULT_LOCAL_DELAY_MS = 0.5
 """One-way delay inside a region (ms): a 1 ms round trip."""
 API_TOKEN = "multihost-harness-token-0123456789"
 """API token given to every node (the test process is not on loopback)."""
-STATE_FILE = Path(tempfile.gettempdir()) / f"{PREFIX}-harness.json"
-"""Where ``up`` records the running mesh for ``status`` and ``down``."""
 START_TIMEOUT = 60.0
 """Seconds a node may take to print its listening line."""
 RATE_LIMIT_RETRIES = 10
@@ -143,7 +141,6 @@ def cleanup() -> list[str]:
     if sh("ip", "link", "show", CTL_IF, check=False):
         sh("ip", "link", "del", CTL_IF, check=False)
         removed.append(CTL_IF)
-    STATE_FILE.unlink(missing_ok=True)
     return removed
 
 
