@@ -176,6 +176,8 @@ class HostNode:
                 break
             except urllib.error.HTTPError as exc:
                 if exc.code != 429 or attempt == RATE_LIMIT_RETRIES:
+                    # Say what the node answered (a 502 names the failed attempts).
+                    exc.msg = f"{exc.msg}: {exc.read(2000).decode('utf-8', 'replace')}"
                     raise
                 retry_after = float(exc.headers.get("Retry-After") or 1.0)
                 exc.close()

@@ -267,16 +267,30 @@ def test_routing_prefers_the_near_provider_until_it_is_saturated(healthy: Mesh) 
             payload["marker"] = str(marker)
         body = {"capability": ROUTE_ECHO, "input": payload}
         result: dict[str, Any] = requester.request(
-            "POST", "/v1/delegate", {**body, "deadline_s": 20}, timeout=30
+            "POST",
+            "/v1/delegate",
+            {**body, "deadline_s": 20 + 2 * sleep_s},
+            timeout=30 + 2 * sleep_s,
         )
         assert result["output"] == {"text": text}, result
         return result
 
+    def first_is(node_id: str) -> bool:
+        found = requester.request("POST", "/v1/discover", {"capability_name": ROUTE_ECHO})
+        return bool(found["candidates"]) and found["candidates"][0]["node_id"] == node_id
+
+    # Until a0 has a round trip to both (its own probes, or their coordinates), they tie.
+    wait_until(lambda: first_is(near), 30, "a0 ranks the near provider first")
     for i in range(3):
         assert call(f"near{i}", 0.0)["provider"] == near
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        long_task = pool.submit(call, "long", 6.0)
+        long_task = pool.submit(call, "long", 15.0)
         wait_until(marker.exists, 10, "the long task starts")
+        # a0 learns a3's load from the acks to its own probes (one probe of each of its 7
+        # peers every 7 s or so on the lan profile): the ranking flips once one arrives.
+        # Asked before that, a busy a3 counter-offers a later start that fits the
+        # deadline, which is negotiation, not routing.
+        wait_until(lambda: first_is(far), 12, "a0 ranks the far, idle provider first")
         assert call("while-busy", 0.0)["provider"] == far
         assert long_task.result()["provider"] == near
 
