@@ -21,7 +21,10 @@ Field types understood:
 
 Compatibility: a decoder accepts *more* trailing fields than it knows (they are ignored), so
 a later protocol version may append optional fields; it refuses fewer. Fields are never
-removed or reordered.
+removed or reordered. A field appended later is marked :class:`Appended` (and has a
+default): it is left off the encoding, and off the signed bytes, while it holds its
+default, so a struct that does not use it encodes and signs exactly as before the field
+existed, and a decoder takes the default when it is absent.
 
 :func:`signing_bytes` gives the one canonical encoding that is signed: a domain string, the
 struct's name, and every field but ``signature`` in declaration order.
@@ -87,6 +90,12 @@ class Range:
 
     min: float
     max: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Appended:
+    """Marks a field appended by a later protocol version: it must have a default, come
+    after every unmarked field, and is omitted from the wire while it holds its default."""
 
 
 class _NodeIdMarker:
@@ -334,6 +343,8 @@ class _Field:
     name: str
     to_wire: Callable[[Any], Any]
     from_wire: Callable[[Any], Any]
+    appended: bool = False
+    default: Any = None
 
 
 def _codec_for(hint: Any, owner: type) -> Codec:
@@ -381,10 +392,18 @@ def _compile(cls: type) -> tuple[_Field, ...]:
     compiled: tuple[_Field, ...] | None = cls.__dict__.get("__wire_compiled__")
     if compiled is None:
         hints = typing.get_type_hints(cls, include_extras=True)
-        compiled = tuple(
-            _Field(f.name, *_codec_for(hints[f.name], cls))
-            for f in dataclasses.fields(cast(Any, cls))
-        )
+        fields = []
+        for f in dataclasses.fields(cast(Any, cls)):
+            hint = hints[f.name]
+            meta = get_args(hint)[1:] if get_origin(hint) is Annotated else ()
+            appended = any(isinstance(m, Appended) for m in meta)
+            if appended and f.default is dataclasses.MISSING:
+                raise TypeError(f"{cls.__name__}.{f.name}: an Appended field needs a default")
+            if not appended and fields and fields[-1].appended:
+                raise TypeError(f"{cls.__name__}.{f.name}: Appended fields must come last")
+            to_w, from_w = _codec_for(hint, cls)
+            fields.append(_Field(f.name, to_w, from_w, appended, f.default))
+        compiled = tuple(fields)
         cls.__wire_compiled__ = compiled  # type: ignore[attr-defined]
     return compiled
 
@@ -409,8 +428,11 @@ class WireStruct:
 
 def struct_to_wire(obj: Any, *, skip_signature: bool = False) -> list[Any]:
     """Encode ``obj``'s fields (not its tag) to msgpack-ready values; raise ``_Invalid``."""
+    fields = list(_compile(type(obj)))
+    while fields and fields[-1].appended and getattr(obj, fields[-1].name) == fields[-1].default:
+        fields.pop()  # left off: encodes (and signs) as before the field existed
     out = []
-    for field in _compile(type(obj)):
+    for field in fields:
         if skip_signature and field.name == "signature":
             continue
         try:
@@ -424,10 +446,13 @@ def struct_to_wire(obj: Any, *, skip_signature: bool = False) -> list[Any]:
 def struct_from_wire(cls: type[T], raw: Any, *, offset: int = 0) -> T:
     """Build ``cls`` from decoded msgpack values (after ``offset`` leading items)."""
     fields = _compile(cls)
-    if type(raw) is not list or len(raw) - offset < len(fields):
-        raise _Invalid(f"{cls.__name__}: expected an array of at least {len(fields)} fields")
+    required = sum(1 for field in fields if not field.appended)
+    if type(raw) is not list or len(raw) - offset < required:
+        raise _Invalid(f"{cls.__name__}: expected an array of at least {required} fields")
     values = {}
     for i, field in enumerate(fields):
+        if offset + i >= len(raw):
+            break  # an appended field left off: its default
         try:
             values[field.name] = field.from_wire(raw[offset + i])
         except _Invalid as exc:
