@@ -51,14 +51,14 @@ from protocol.identity import verify as ed25519_verify
 from protocol.limits import MAX_MANIFEST_BYTES
 from protocol.messages import Message, MessageType, register
 from protocol.schema import (
+    Appended,
+    FixedLen,
     JsonValue,
     MaxItems,
     MaxLen,
     NodeId,
     Range,
     Signature,
-    Appended,
-    FixedLen,
     UInt,
     signing_bytes,
     wire_struct,
@@ -136,9 +136,7 @@ class CapabilityVector:
 
     def floats(self) -> list[float]:
         """The dequantised components (not normalised)."""
-        return [
-            (byte - 256 if byte > 127 else byte) * self.scale for byte in self.values
-        ]
+        return [(byte - 256 if byte > 127 else byte) * self.scale for byte in self.values]
 
 
 @wire_struct

@@ -392,7 +392,7 @@ def _compile(cls: type) -> tuple[_Field, ...]:
     compiled: tuple[_Field, ...] | None = cls.__dict__.get("__wire_compiled__")
     if compiled is None:
         hints = typing.get_type_hints(cls, include_extras=True)
-        fields = []
+        fields: list[_Field] = []
         for f in dataclasses.fields(cast(Any, cls)):
             hint = hints[f.name]
             meta = get_args(hint)[1:] if get_origin(hint) is Annotated else ()

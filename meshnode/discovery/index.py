@@ -331,6 +331,31 @@ class CapabilityIndex:
                 self._label_by_key[entry.key] = label
                 self._by_name.setdefault(entry.name, {})[node_id] = entry
 
+    def vector(self, key: tuple[str, str]) -> np.ndarray | None:
+        """The unit vector stored for entry ``key`` (``(node_id, capability name)``), or
+        None when there is no such entry."""
+        with self._lock:
+            label = self._label_by_key.get(key)
+            if label is None:
+                return None
+            row: np.ndarray = np.asarray(self._index.get_items([label]), dtype=np.float32)[0]
+            return row
+
+    def replace_vector(self, key: tuple[str, str], vector: np.ndarray, model_id: str) -> bool:
+        """Store ``vector`` for the live entry ``key`` in place of the one it has (a claimed
+        vector replaced by a local embedding). False when the entry is gone (its node was
+        removed or re-upserted meanwhile): nothing changes."""
+        self._check_model(model_id)
+        matrix = self._check_vectors(vector, rows=1)
+        with self._lock:
+            label = self._label_by_key.get(key)
+            if label is None:
+                return False
+            self._index.add_items(
+                matrix, np.asarray([label], dtype=np.uint64), num_threads=1, replace_deleted=False
+            )
+            return True
+
     def remove_node(self, node_id: str) -> int:
         """Drop every entry of ``node_id``; returns how many there were."""
         with self._lock:
