@@ -364,6 +364,17 @@ class DiscoveryService:
                 break
         return len(self._verify(entries))
 
+    def search(
+        self, description: str, pool: int, capability_name: str | None = None
+    ) -> list[tuple[IndexEntry, float]]:
+        """Runs on the embedding thread: the ``pool`` entries nearest ``description``
+        (restricted to ``capability_name`` when given), every claimed vector among them
+        replaced by a local embedding first (:meth:`rerank`)."""
+        assert self.embedder is not None and self.index is not None
+        vector = self.embedder.embed([description])
+        found = self.index.search(vector, pool, self.embedder.model_id, name=capability_name)
+        return self.rerank(vector[0], found)
+
     def rerank(
         self, query: Any, hits: Sequence[tuple[IndexEntry, float]]
     ) -> list[tuple[IndexEntry, float]]:
@@ -436,19 +447,12 @@ class DiscoveryService:
         if self.embedder is None:
             await loop.run_in_executor(self._executor, self._materialize)
         assert self.embedder is not None and self.index is not None
-        embedder, index = self.embedder, self.index
+        index = self.index
         if description:
-            text = description
-
-            def embed_and_search() -> list[tuple[IndexEntry, float]]:
-                # Off the loop: the search waits for the index lock while a bulk update
-                # holds it, and takes about 1 ms at 100,000 capabilities.
-                vector = embedder.embed([text])
-                found = index.search(vector, pool, embedder.model_id, name=capability_name)
-                return self.rerank(vector[0], found)
-
+            # Off the loop: the search waits for the index lock while a bulk update holds
+            # it, and takes about 1 ms at 100,000 capabilities.
             hits: Sequence[tuple[IndexEntry, float]] = await loop.run_in_executor(
-                self._executor, embed_and_search
+                self._executor, self.search, description, pool, capability_name
             )
         else:
             assert capability_name is not None
