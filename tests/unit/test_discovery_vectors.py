@@ -1,0 +1,301 @@
+"""Indexing shipped vectors, and never ranking by them: the discovery service's rules.
+
+A real :class:`DiscoveryService` over a real :class:`NodeCore` and a real capability
+index, with the hashing embedder wrapped to count the texts it embeds. Invariants:
+1. a receiver running the manifest's embedder indexes its vectors without embedding;
+   another model, another dimension, a text whose hash differs, or ``manifest_vectors``
+   off: the texts are embedded as before;
+2. before a query's pool is ranked, every claimed vector in it is replaced by a local
+   embedding: a forged vector gets its capability into the pool but never ranks it, and is
+   counted against its owner, whose later claims are ignored;
+3. an honest claim is replaced too, with no blame;
+4. background verification converges the index to local embeddings, a bounded number of
+   texts per step.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pytest
+
+from meshnode.core import NodeConfig
+from meshnode.core.node import NodeCore
+from meshnode.discovery import CachedEmbedder, CapabilityIndex, HashingEmbedder
+from meshnode.discovery.index import capability_text
+from meshnode.discovery.vectors import encode_vector, manifest_vectors
+from meshnode.runtime.discovery import VERIFY_BATCH_TEXTS, DiscoveryService
+from protocol import Capability, Identity, Manifest
+from protocol.manifest import ManifestVectors
+
+NOW = 1_000_000.0
+ME = Identity.from_seed(b"\x01" * 32)
+HONEST = Identity.from_seed(b"\x02" * 32)
+FORGER = Identity.from_seed(b"\x03" * 32)
+QUERY = "translate a letter from French into English"
+
+TRANSLATE = Capability(
+    name="translate_text", description="Translate text between human languages", tags=("nlp",)
+)
+CRYPTO = Capability(name="buy_crypto", description="Buy cryptocurrency with a credit card")
+
+
+class CountingEmbedder:
+    """The hashing embedder, counting the texts it is asked to embed."""
+
+    def __init__(self) -> None:
+        self.inner = HashingEmbedder()
+        self.texts: list[str] = []
+
+    @property
+    def model_id(self) -> str:
+        return self.inner.model_id
+
+    @property
+    def dim(self) -> int:
+        return self.inner.dim
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        self.texts.extend(texts)
+        return self.inner.embed(texts)
+
+
+@pytest.fixture
+def counting() -> CountingEmbedder:
+    return CountingEmbedder()
+
+
+@pytest.fixture
+def service(counting: CountingEmbedder) -> Iterator[DiscoveryService]:
+    config = NodeConfig.local(embedder="hashing")
+    core = NodeCore(config, ME, host="127.0.0.1", port=7946, rng=random.Random(0), now=NOW)
+    svc = DiscoveryService(config, lambda: core)
+    svc.embedder = CachedEmbedder(counting)
+    svc.index = CapabilityIndex(counting.model_id, counting.dim)
+    yield svc
+    svc._executor.shutdown(wait=True)
+
+
+def own_manifest(
+    signer: Identity,
+    capabilities: Sequence[Capability],
+    vectors: ManifestVectors | None,
+    version: int = 1,
+) -> Manifest:
+    return Manifest.create(
+        signer,
+        name="peer",
+        endpoint="127.0.0.1:9",
+        capabilities=tuple(capabilities),
+        vectors=vectors,
+        version=version,
+    )
+
+
+def honest_vectors(capabilities: Sequence[Capability], model: HashingEmbedder) -> ManifestVectors:
+    texts = [capability_text(c) for c in capabilities]
+    built = manifest_vectors(
+        model.model_id,
+        model.dim,
+        [(c.name, t, v) for c, t, v in zip(capabilities, texts, model.embed(texts), strict=True)],
+    )
+    assert built is not None
+    return built
+
+
+def many_capabilities(n: int) -> list[Capability]:
+    topics = ["weather", "invoices", "images", "poems", "python", "maps", "music", "stocks"]
+    return [
+        Capability(name=f"cap_{i}", description=f"Work with {topics[i % 8]} number {i}")
+        for i in range(n)
+    ]
+
+
+# ----------------------------------------------------------------- ingestion
+
+
+def test_same_model_receiver_indexes_shipped_vectors_without_embedding(
+    service: DiscoveryService, counting: CountingEmbedder
+) -> None:
+    caps = many_capabilities(8)
+    manifest = own_manifest(HONEST, caps, honest_vectors(caps, HashingEmbedder()))
+    service._apply_batch({HONEST.node_id: manifest})
+    assert counting.texts == []
+    assert service.counters["texts_embedded"] == 0
+    assert service.counters["vectors_accepted"] == 8
+    assert service.index is not None and len(service.index) == 8
+    # the shipped vectors are what the index holds (within the int8 round trip)
+    local = HashingEmbedder().embed([capability_text(caps[3])])[0]
+    stored = service.index.vector((HONEST.node_id, "cap_3"))
+    assert stored is not None and float(stored @ local) > 0.999
+
+
+@pytest.mark.parametrize(
+    ("vectors", "why"),
+    [
+        (
+            lambda caps: ManifestVectors(
+                "some-other-model:v2",
+                HashingEmbedder().dim,
+                honest_vectors(caps, HashingEmbedder()).vectors,
+            ),
+            "another model",
+        ),
+        (
+            lambda caps: ManifestVectors(
+                HashingEmbedder().model_id,
+                8,
+                tuple(encode_vector(c.name, capability_text(c), np.ones(8)) for c in caps),
+            ),
+            "another dimension",
+        ),
+        (
+            lambda caps: ManifestVectors(
+                HashingEmbedder().model_id,
+                HashingEmbedder().dim,
+                tuple(
+                    encode_vector(
+                        c.name, "a text this node never builds", np.ones(HashingEmbedder().dim)
+                    )
+                    for c in caps
+                ),
+            ),
+            "text hash differs",
+        ),
+        (lambda caps: None, "no vectors"),
+    ],
+)
+def test_receiver_embeds_what_it_cannot_use(
+    service: DiscoveryService, counting: CountingEmbedder, vectors: object, why: str
+) -> None:
+    caps = many_capabilities(4)
+    if why == "another dimension":
+        assert HashingEmbedder().dim != 8
+    block = vectors(caps)  # type: ignore[operator]
+    service._apply_batch({HONEST.node_id: own_manifest(HONEST, caps, block)})
+    assert sorted(counting.texts) == sorted(capability_text(c) for c in caps), why
+    assert service.counters["vectors_accepted"] == 0
+
+
+def test_manifest_vectors_off_embeds_everything(counting: CountingEmbedder) -> None:
+    config = NodeConfig.local(embedder="hashing", manifest_vectors=False)
+    core = NodeCore(config, ME, host="127.0.0.1", port=7946, rng=random.Random(0), now=NOW)
+    svc = DiscoveryService(config, lambda: core)
+    svc.embedder = CachedEmbedder(counting)
+    svc.index = CapabilityIndex(counting.model_id, counting.dim)
+    try:
+        caps = many_capabilities(4)
+        svc._apply_batch(
+            {HONEST.node_id: own_manifest(HONEST, caps, honest_vectors(caps, HashingEmbedder()))}
+        )
+        assert len(counting.texts) == 4
+        assert svc.own_vectors(caps) is None
+    finally:
+        svc._executor.shutdown(wait=True)
+
+
+# ----------------------------------------------------------------- re-rank
+
+
+def forged_setup(service: DiscoveryService) -> None:
+    """An honest translator, and a forger whose crypto capability claims the query's own
+    vector (so the index finds it first)."""
+    model = HashingEmbedder()
+    honest = own_manifest(HONEST, [TRANSLATE], honest_vectors([TRANSLATE], model))
+    lie = ManifestVectors(
+        model.model_id,
+        model.dim,
+        (encode_vector(CRYPTO.name, capability_text(CRYPTO), model.embed([QUERY])[0]),),
+    )
+    forged = own_manifest(FORGER, [CRYPTO], lie)
+    service._apply_batch({HONEST.node_id: honest, FORGER.node_id: forged})
+
+
+def test_forged_vector_is_considered_but_never_ranked_by_its_lie(
+    service: DiscoveryService, counting: CountingEmbedder
+) -> None:
+    """On the code without the re-rank (search returning the index's hits as they are),
+    the forger came first (similarity 0.99+, the translator 0.26) and nothing was
+    counted against it. With it: translator 0.263, forger 0.001."""
+    forged_setup(service)
+    assert service.index is not None and service.embedder is not None
+    raw = service.index.search(service.embedder.embed([QUERY]), 10, service.embedder.model_id)
+    assert raw[0][0].node_id == FORGER.node_id and raw[0][1] > 0.99  # the lie works on the index
+
+    counting.texts.clear()
+    hits = service.search(QUERY, 10)
+    by_node = {entry.node_id: similarity for entry, similarity in hits}
+    assert hits[0][0].node_id == HONEST.node_id
+    assert by_node[FORGER.node_id] < 0.2 < by_node[HONEST.node_id]
+    # only the pool's claimed texts were embedded (the query was cached above)
+    assert sorted(counting.texts) == sorted([capability_text(CRYPTO), capability_text(TRANSLATE)])
+    assert service.forged_vectors == {FORGER.node_id: 1}
+    assert service.counters["vectors_forged"] == 1
+    assert service.counters["vectors_verified"] == 2
+    # the index now holds the local vector: the lie is gone for every later query too
+    raw = service.index.search(service.embedder.embed([QUERY]), 10, service.embedder.model_id)
+    assert raw[0][0].node_id == HONEST.node_id
+
+
+def test_forger_later_claims_are_ignored(
+    service: DiscoveryService, counting: CountingEmbedder
+) -> None:
+    forged_setup(service)
+    service.search(QUERY, 10)
+    assert FORGER.node_id in service.forged_vectors
+    counting.texts.clear()
+    caps = many_capabilities(3)
+    honest_now = own_manifest(FORGER, caps, honest_vectors(caps, HashingEmbedder()), version=2)
+    service._apply_batch({FORGER.node_id: honest_now})
+    assert sorted(counting.texts) == sorted(capability_text(c) for c in caps)
+    # the translator's claim and the forger's first one, nothing since
+    assert service.counters["vectors_accepted"] == 2
+    assert service.vectors_json()["forged_by_node"] == {FORGER.node_id: 1}
+
+
+def test_honest_claim_is_replaced_without_blame(service: DiscoveryService) -> None:
+    forged_setup(service)
+    service.search("translate text between languages", 10)
+    assert HONEST.node_id not in service.forged_vectors
+    assert service.vectors_json()["claims_unchecked"] == 0
+
+
+def test_background_verification_converges_a_bounded_step_at_a_time(
+    service: DiscoveryService, counting: CountingEmbedder
+) -> None:
+    model = HashingEmbedder()
+    manifests = {}
+    for i in range(10):
+        signer = Identity.from_seed(bytes([10 + i]) * 32)
+        caps = many_capabilities(8)
+        manifests[signer.node_id] = own_manifest(signer, caps, honest_vectors(caps, model))
+    service._apply_batch(manifests)
+    assert counting.texts == []
+    assert service.vectors_json()["claims_unchecked"] == 80
+    steps = 0
+    while service.vectors_json()["claims_unchecked"]:
+        checked = service._verify_some(VERIFY_BATCH_TEXTS)
+        assert 0 < checked <= VERIFY_BATCH_TEXTS
+        steps += 1
+    assert steps == -(-80 // VERIFY_BATCH_TEXTS)
+    assert service.counters["vectors_verified"] == 80
+    assert service.forged_vectors == {}
+    assert service._verify_some(VERIFY_BATCH_TEXTS) == 0
+    # every indexed vector is now exactly the local embedding
+    assert service.index is not None
+    node_id = next(iter(manifests))
+    local = model.embed([capability_text(many_capabilities(8)[5])])[0]
+    stored = service.index.vector((node_id, "cap_5"))
+    assert stored is not None and np.allclose(stored, local, atol=1e-6)
+
+
+def test_own_vectors_are_shipped_for_the_model_this_node_runs(service: DiscoveryService) -> None:
+    caps = [TRANSLATE, CRYPTO]
+    block = service.own_vectors(caps)
+    assert block is not None
+    assert block.model_id == HashingEmbedder().model_id and block.dim == HashingEmbedder().dim
+    assert [v.capability for v in block.vectors] == ["translate_text", "buy_crypto"]
+    manifest = own_manifest(ME, caps, block)
+    assert manifest.verify()
