@@ -31,9 +31,9 @@ nothing is ranked by a claim. A claim whose cosine with the local embedding is b
 ``NodeConfig.forged_vector_min_cosine`` is counted against its owner
 (:attr:`DiscoveryService.forged_vectors`, in ``/v1/health`` and in each candidate's score
 breakdown); that owner's claims are ignored from then on and its manifest is re-indexed
-from local embeddings. While nothing is queued, :data:`VERIFY_BATCH_TEXTS` claimed vectors
-every :data:`VERIFY_INTERVAL_S` are checked the same way, so the index converges to local
-embeddings.
+from local embeddings. Once no manifest has changed for :data:`VERIFY_IDLE_S`,
+:data:`VERIFY_BATCH_TEXTS` claimed vectors every :data:`VERIFY_INTERVAL_S` are checked the
+same way, so the index converges to local embeddings.
 
 What stays here, and why: the query's size limits validate API input at the boundary; the
 pool size comes from :func:`meshnode.core.router.candidate_pool` and the ranking from
@@ -78,6 +78,11 @@ VERIFY_INTERVAL_S = 1.0
 :data:`VERIFY_BATCH_TEXTS` at most 32 texts/s, about a tenth of one core. 80,000 claimed
 vectors (10,000 agents × 8) converge in about 42 minutes; queries re-rank their own pool
 at once meanwhile."""
+
+VERIFY_IDLE_S = 30.0
+"""Seconds, default 30, without any manifest change before background verification
+starts: a node joining a large mesh spends its time indexing first; queries re-rank
+their own pool meanwhile."""
 
 OWN_VECTOR_CACHE = 256
 """Own capability texts whose vectors are kept for republishing (8 manifests' worth of
@@ -150,6 +155,7 @@ class DiscoveryService:
         ``vectors_verified``: claims replaced by a local embedding (at query time or in
         the background); ``vectors_forged``: of those, claims below the threshold."""
         self._own_vectors: dict[str, Any] = {}
+        self._last_change = time.monotonic()
 
     async def load(self) -> None:
         """Load (or reuse) the embedder off the loop. The node does this before it binds
@@ -200,6 +206,7 @@ class DiscoveryService:
         if node_id == self._core().node_id:
             return
         self._pending[node_id] = manifest
+        self._last_change = time.monotonic()
         self._idle.clear()
         self._changed.set()
 
@@ -224,8 +231,9 @@ class DiscoveryService:
         loop = asyncio.get_running_loop()
         while True:
             if self._claimed and not self._pending:
+                quiet = self._last_change + VERIFY_IDLE_S - time.monotonic()
                 try:
-                    await asyncio.wait_for(self._changed.wait(), VERIFY_INTERVAL_S)
+                    await asyncio.wait_for(self._changed.wait(), max(VERIFY_INTERVAL_S, quiet))
                 except TimeoutError:
                     try:
                         await loop.run_in_executor(
