@@ -25,9 +25,10 @@ Vectors in manifests. A manifest may carry its owner's embeddings of its capabil
 ``model_id`` and dimension) and their text hashes match the texts this node builds, they
 are inserted as they are, and only the rest is embedded: a node joining 10,000 agents
 indexes them in seconds. A claimed vector is untrusted input: it may get its capability
-into a query's candidate pool, but before the pool is ranked every claimed vector in it is
-replaced by a local embedding of the same text (cached, and written back to the index), so
-nothing is ranked by a claim. A claim whose cosine with the local embedding is below
+into a query's candidate pool, but before the pool is ranked its best claimed vectors
+(:data:`RERANK_CLAIMS`) are replaced by local embeddings of the same texts (cached, and
+written back to the index) and the other claims are left out of that answer, so nothing is
+ranked by a claim. A claim whose cosine with the local embedding is below
 ``NodeConfig.forged_vector_min_cosine`` is counted against its owner
 (:attr:`DiscoveryService.forged_vectors`, in ``/v1/health`` and in each candidate's score
 breakdown); that owner's claims are ignored from then on and its manifest is re-indexed
@@ -78,6 +79,13 @@ VERIFY_INTERVAL_S = 1.0
 :data:`VERIFY_BATCH_TEXTS` at most 32 texts/s, about a tenth of one core. 80,000 claimed
 vectors (10,000 agents × 8) converge in about 42 minutes; queries re-rank their own pool
 at once meanwhile."""
+
+RERANK_CLAIMS = 16
+"""Claimed vectors a query verifies before ranking (one chunk; another after each chunk
+that held a forgery): about 50 ms of MiniLM on a cold cache, nothing once verified.
+Claimed hits beyond them are left out of that answer. A query's pool is 64
+(``meshnode.core.router.candidate_pool``), so at most 16 of its claims are ranked while
+a join is fresh; measured by ``benchmarks/discovery.py --join``."""
 
 VERIFY_IDLE_S = 30.0
 """Seconds, default 30, without any manifest change before background verification
@@ -386,14 +394,28 @@ class DiscoveryService:
     def rerank(
         self, query: Any, hits: Sequence[tuple[IndexEntry, float]]
     ) -> list[tuple[IndexEntry, float]]:
-        """Runs on the embedding thread: the similarities of ``hits`` to the unit
-        ``query`` vector with every claimed vector replaced by a local embedding, best
-        first. Hits whose vectors are local keep their similarity."""
+        """Runs on the embedding thread: ``hits`` rescored against the unit ``query``
+        vector with claimed vectors replaced by local embeddings, best first.
+
+        Claimed hits are verified in the order the index found them, at most
+        :data:`RERANK_CLAIMS` per query, and one more such chunk after every chunk that
+        held a forgery (so forgeries cannot crowd honest claims out). Claimed hits left
+        unverified are dropped from this answer: a claim is never ranked. Hits whose
+        vectors are local keep their similarity."""
         import numpy as np
 
-        local = self._verify([entry for entry, _ in hits])
-        if not local:
+        claimed = [entry for entry, _ in hits if entry.name in self._claimed.get(entry.node_id, ())]
+        if not claimed:
             return list(hits)
+        local: dict[tuple[str, str], Any] = {}
+        start = 0
+        while start < len(claimed):
+            forged_before = self.counters["vectors_forged"]
+            local.update(self._verify(claimed[start : start + RERANK_CLAIMS]))
+            start += RERANK_CLAIMS
+            if self.counters["vectors_forged"] == forged_before:
+                break
+        unverified = {entry.key for entry in claimed[start:]}
         rescored = [
             (
                 entry,
@@ -402,6 +424,7 @@ class DiscoveryService:
                 else similarity,
             )
             for entry, similarity in hits
+            if entry.key not in unverified
         ]
         rescored.sort(key=lambda hit: -hit[1])
         return rescored

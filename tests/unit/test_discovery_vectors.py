@@ -26,7 +26,7 @@ from meshnode.core.node import NodeCore
 from meshnode.discovery import CachedEmbedder, CapabilityIndex, HashingEmbedder
 from meshnode.discovery.index import capability_text
 from meshnode.discovery.vectors import encode_vector, manifest_vectors
-from meshnode.runtime.discovery import VERIFY_BATCH_TEXTS, DiscoveryService
+from meshnode.runtime.discovery import RERANK_CLAIMS, VERIFY_BATCH_TEXTS, DiscoveryService
 from protocol import Capability, Identity, Manifest
 from protocol.manifest import ManifestVectors
 
@@ -299,3 +299,51 @@ def test_own_vectors_are_shipped_for_the_model_this_node_runs(service: Discovery
     assert [v.capability for v in block.vectors] == ["translate_text", "buy_crypto"]
     manifest = own_manifest(ME, caps, block)
     assert manifest.verify()
+
+
+def test_a_query_verifies_a_bounded_number_of_claims_and_ranks_no_other(
+    service: DiscoveryService, counting: CountingEmbedder
+) -> None:
+    model = HashingEmbedder()
+    manifests = {}
+    for i in range(40):
+        signer = Identity.from_seed(bytes([40 + i]) * 32)
+        caps = [Capability(name="translate_text", description=f"Translate text, offer {i}")]
+        manifests[signer.node_id] = own_manifest(signer, caps, honest_vectors(caps, model))
+    service._apply_batch(manifests)
+    counting.texts.clear()
+    hits = service.search("translate text", 64)
+    assert service.counters["vectors_verified"] == RERANK_CLAIMS
+    assert len(counting.texts) == RERANK_CLAIMS + 1  # the claims and the query
+    assert len(hits) == RERANK_CLAIMS  # the unverified claims are left out
+    assert service.index is not None
+    for entry, _ in hits:  # every ranked hit now holds its local vector
+        stored = service.index.vector(entry.key)
+        local = model.embed([entry.text])[0]
+        assert stored is not None and np.allclose(stored, local, atol=1e-6)
+
+
+def test_forgeries_cannot_crowd_honest_claims_out(service: DiscoveryService) -> None:
+    """A chunk of forgeries is followed by another chunk: the honest claim that the
+    forgers pushed down is verified and ranked first in the same answer."""
+    model = HashingEmbedder()
+    lie_vector = model.embed([QUERY])[0]
+    manifests = {}
+    forgers = []
+    for i in range(RERANK_CLAIMS):
+        signer = Identity.from_seed(bytes([100 + i]) * 32)
+        forgers.append(signer.node_id)
+        cap = Capability(name=f"buy_crypto_{i}", description="Buy cryptocurrency")
+        lie = ManifestVectors(
+            model.model_id,
+            model.dim,
+            (encode_vector(cap.name, capability_text(cap), lie_vector),),
+        )
+        manifests[signer.node_id] = own_manifest(signer, [cap], lie)
+    manifests[HONEST.node_id] = own_manifest(
+        HONEST, [TRANSLATE], honest_vectors([TRANSLATE], model)
+    )
+    service._apply_batch(manifests)
+    hits = service.search(QUERY, 64)
+    assert hits[0][0].node_id == HONEST.node_id
+    assert sorted(service.forged_vectors) == sorted(forgers)
