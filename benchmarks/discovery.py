@@ -957,6 +957,7 @@ async def join_once(manifests: Sequence[Any], *, vectors: bool, seed: int) -> di
         assert index is not None
         missing = [key for key in all_names if key not in index]
         indexed_s = time.perf_counter() - started
+        index_lag, lag = lag, []
         rng = random.Random(seed)
         sample = rng.sample(list(manifests), min(JOIN_SAMPLE_QUERIES, len(manifests)))
         loop = asyncio.get_running_loop()
@@ -983,7 +984,14 @@ async def join_once(manifests: Sequence[Any], *, vectors: bool, seed: int) -> di
         "names_missing": len(missing),
         "sample_found_by_description": f"{found}/{len(sample)}",
         "sample_query_ms": percentiles(query_ms),
-        "loop_lag_ms": {"max": round(max(lag, default=0.0), 1), **percentiles(lag)},
+        "loop_lag_ms_while_indexing": {
+            "max": round(max(index_lag, default=0.0), 1),
+            **percentiles(index_lag),
+        },
+        "loop_lag_ms_while_querying": {
+            "max": round(max(lag, default=0.0), 1),
+            **percentiles(lag),
+        },
         "counters": counters,
     }
 
