@@ -23,7 +23,7 @@ import pytest
 
 from meshnode.core import NodeConfig
 from meshnode.core.node import NodeCore
-from meshnode.discovery import CachedEmbedder, CapabilityIndex, HashingEmbedder
+from meshnode.discovery import CachedEmbedder, CapabilityIndex, HashingEmbedder, IndexEntry
 from meshnode.discovery.index import capability_text
 from meshnode.discovery.vectors import encode_vector, manifest_vectors
 from meshnode.runtime.discovery import RERANK_CLAIMS, VERIFY_BATCH_TEXTS, DiscoveryService
@@ -347,3 +347,21 @@ def test_forgeries_cannot_crowd_honest_claims_out(service: DiscoveryService) -> 
     hits = service.search(QUERY, 64)
     assert hits[0][0].node_id == HONEST.node_id
     assert sorted(service.forged_vectors) == sorted(forgers)
+
+
+def test_index_replaces_one_entry_vector_in_place() -> None:
+    model = HashingEmbedder()
+    index = CapabilityIndex(model.model_id, model.dim)
+    caps = many_capabilities(3)
+    entries = [IndexEntry(node_id="n", capability=c, text=capability_text(c)) for c in caps]
+    index.upsert("n", entries, model.embed([e.text for e in entries]), model.model_id)
+    other = model.embed(["something else entirely"])[0]
+    assert index.replace_vector(("n", "cap_1"), other, model.model_id)
+    stored = index.vector(("n", "cap_1"))
+    assert stored is not None and np.allclose(stored, other, atol=1e-6)
+    assert len(index) == 3 and index.deleted_slots == 0
+    assert index.search(other, 1, model.model_id)[0][0].name == "cap_1"
+    assert not index.replace_vector(("n", "gone"), other, model.model_id)
+    assert index.vector(("n", "gone")) is None
+    with pytest.raises(ValueError):
+        index.replace_vector(("n", "cap_1"), np.full(model.dim, np.nan), model.model_id)
