@@ -365,3 +365,28 @@ def test_index_replaces_one_entry_vector_in_place() -> None:
     assert index.vector(("n", "gone")) is None
     with pytest.raises(ValueError):
         index.replace_vector(("n", "cap_1"), np.full(model.dim, np.nan), model.model_id)
+
+
+def test_index_upserts_a_batch_of_nodes_all_or_nothing() -> None:
+    model = HashingEmbedder()
+    index = CapabilityIndex(model.model_id, model.dim, build_threads=2)
+
+    def item(node: str, n: int) -> tuple[str, list[IndexEntry], np.ndarray]:
+        entries = [
+            IndexEntry(node_id=node, capability=c, text=capability_text(c))
+            for c in many_capabilities(n)
+        ]
+        return node, entries, model.embed([e.text for e in entries])
+
+    index.upsert_many([item("a", 3), item("b", 2), item("c", 0)], model.model_id)
+    assert len(index) == 5 and index.node_ids() == ["a", "b"]
+    with pytest.raises(ValueError, match="twice"):
+        index.upsert_many([item("d", 1), item("d", 1)], model.model_id)
+    bad = item("e", 2)
+    with pytest.raises(ValueError):
+        index.upsert_many([item("d", 1), (bad[0], bad[1], bad[2][:1])], model.model_id)
+    assert len(index) == 5 and index.node_ids() == ["a", "b"]  # nothing changed
+    index.upsert_many([item("a", 1), item("b", 0)], model.model_id)
+    assert index.node_ids() == ["a"] and len(index) == 1
+    hits = index.search(model.embed([capability_text(many_capabilities(1)[0])]), 1, model.model_id)
+    assert hits[0][0].key == ("a", "cap_0")
