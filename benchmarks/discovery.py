@@ -47,7 +47,9 @@ the timed window); the network transfer itself is not part of the figure (the me
 benchmarks time joins). The agents' own vectors are computed once outside the window, as
 each agent embeds its own texts, and cached under ``~/.cache/meshnode-bench``. The event
 loop's lag during the window is recorded too (probes are answered on that loop). The
-goal: at most 30 s at 10,000 agents with vectors.
+goal: at most 30 s at 10,000 agents with vectors. ``--int8-cost`` measures what the int8
+encoding of shipped vectors costs: round-trip cosine and recall@5 of exact search over
+round-tripped vectors against float32 (8,000 MiniLM vectors, 300 queries).
 
 All figures are milliseconds unless a key says otherwise. Only loopback traffic.
 """
@@ -996,6 +998,37 @@ async def join_once(manifests: Sequence[Any], *, vectors: bool, seed: int) -> di
     }
 
 
+def int8_cost(agents: int = 1_000, queries: int = 300) -> dict[str, Any]:
+    """What the int8 encoding of shipped vectors costs: the cosine of each MiniLM vector
+    of ``agents`` × 8 capability texts with its round trip, and recall@5 of exact search
+    over the round-tripped vectors against the originals for ``queries`` queries."""
+    from meshnode.discovery.vectors import decode_vector, encode_vector
+    from meshnode.runtime.discovery import shared_embedder
+
+    embedder = shared_embedder("minilm")
+    caps = synth_capabilities(agents * CAPABILITIES_PER_NODE, seed=SEED + 11)
+    original = agent_vectors(embedder, [capability_text(c) for c in caps])
+    shipped = np.stack([decode_vector(encode_vector("c", "t", v)) for v in original])
+    cosines = np.einsum("ij,ij->i", original, shipped)
+    query_vectors = embedder.embed(synth_queries(queries, SEED + 5))
+    overlap = 0
+    for q in query_vectors:
+        want = set(np.argsort(-(original @ q))[:TOP_K].tolist())
+        got = set(np.argsort(-(shipped @ q))[:TOP_K].tolist())
+        overlap += len(want & got)
+    return {
+        "embedder": embedder.model_id,
+        "vectors": len(original),
+        "bytes_per_vector": {"int8_with_scale": embedder.dim + 9, "float32": 4 * embedder.dim},
+        "round_trip_cosine": {
+            "min": round(float(cosines.min()), 6),
+            "mean": round(float(cosines.mean()), 6),
+        },
+        "queries": queries,
+        "recall_at_5_vs_float32_exact": round(overlap / (TOP_K * queries), 4),
+    }
+
+
 def join_report(agent_sizes: Sequence[int]) -> dict[str, Any]:
     """Time to discoverable per mesh size, with and without vectors (see the module doc)."""
     from meshnode.runtime.discovery import shared_embedder
@@ -1046,6 +1079,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="only time to discoverable (a node joining 1,000 and 10,000 agents)",
     )
     parser.add_argument(
+        "--int8-cost",
+        action="store_true",
+        help="only what the int8 encoding of shipped vectors costs (cosine, recall@5)",
+    )
+    parser.add_argument(
         "--join-agents",
         type=int,
         action="append",
@@ -1053,6 +1091,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     join_sizes = tuple(args.join_agents or JOIN_AGENTS)
+    if args.int8_cost:
+        text = json.dumps({"benchmark": "discovery-int8", "int8": int8_cost()}, indent=2)
+        print(text)
+        if args.out:
+            args.out.write_text(text + "\n")
+        return 0
     if args.join:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         started = time.perf_counter()
@@ -1175,6 +1219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     log("time to discoverable")
     report["join"] = join_report(join_sizes)
+    report["int8_vectors"] = int8_cost()
     report["goals"] = goals(report)
     report["goals"]["join_within_30s_at_10k_with_vectors"] = report["join"][
         "goal_within_30s_at_10k_with_vectors"
