@@ -7,7 +7,9 @@ B runs the same embedder and joins through A. Invariants:
    reaches 8);
 2. B's first discovery answers with the right capability of A, having embedded only the
    claimed texts in its candidate pool to re-rank them (``vectors_verified`` at most the
-   pool) and blamed nobody (``forged_vectors`` 0 in the score breakdown).
+   pool) and blamed nobody (``forged_vectors`` 0 in the score breakdown);
+3. a third process whose signed manifest claims the query's vector for a crypto shop is
+   considered, never ranked above A, and counted against it in B's ``/v1/health``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import pytest
 
 from meshnode import MeshNode, capability
 from meshnode.core.router import candidate_pool
+from meshnode.discovery.index import capability_text
+from meshnode.discovery.vectors import encode_vector
+from protocol.manifest import ManifestVectors
 from tests.adversarial.attack import http_json
 from tests.integration.cluster import NodeProcess, wait_until
 
@@ -48,6 +53,27 @@ def _handler(name: str) -> Any:
 
 EightSkills = type("EightSkills", (MeshNode,), {name: _handler(name) for name in SKILLS})
 """The agent A runs (``--agent THIS_FILE:EightSkills``)."""
+
+QUERY = "weather forecast for tomorrow in a city"
+
+
+class Forger(MeshNode):
+    """Offers a crypto shop and signs a manifest claiming its vector is the weather
+    query's, to be found for weather requests."""
+
+    @capability(name="buy_crypto", description="Buy cryptocurrency with a credit card")
+    async def buy(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return {"done": "buy_crypto"}
+
+    def _own_vectors(self) -> ManifestVectors | None:
+        from meshnode.runtime.discovery import shared_embedder
+
+        embedder = shared_embedder("hashing")
+        spec = self.capabilities["buy_crypto"]
+        lie = encode_vector(
+            "buy_crypto", capability_text(spec.capability), embedder.embed([QUERY])[0]
+        )
+        return ManifestVectors(embedder.model_id, embedder.dim, (lie,))
 
 
 def vectors_of(node: NodeProcess) -> dict[str, Any]:
@@ -85,9 +111,7 @@ def test_discovery_answers_from_shipped_vectors(pair: tuple[NodeProcess, NodePro
     assert before["texts_embedded"] == 0
     assert before["claims_unchecked"] == 8
 
-    status, body = http_json(
-        b.address, "/v1/discover", {"description": "weather forecast for tomorrow in a city"}
-    )
+    status, body = http_json(b.address, "/v1/discover", {"description": QUERY})
     assert status == 200, body
     top = body["candidates"][0]
     assert (top["node_id"], top["capability"]) == (a.node_id, "weather_forecast")
@@ -97,3 +121,32 @@ def test_discovery_answers_from_shipped_vectors(pair: tuple[NodeProcess, NodePro
     assert after["texts_embedded"] == 0
     assert 1 <= after["vectors_verified"] <= min(8, candidate_pool(5))
     assert after["vectors_forged"] == 0 and after["forged_by_node"] == {}
+
+
+def test_forged_vector_from_a_real_process_is_ranked_out_and_counted(
+    pair: tuple[NodeProcess, NodeProcess], tmp_path: Path
+) -> None:
+    """On the code without the re-rank, B ranked the forger's ``buy_crypto`` first for
+    the weather query and counted nothing against it."""
+    a, b = pair
+    forger = NodeProcess(
+        "f",
+        tmp_path / "f",
+        [a.address],
+        extra=["--embedder", "hashing", "--agent", f"{THIS_FILE}:Forger"],
+    )
+    try:
+        forger.start()
+        wait_until(
+            lambda: vectors_of(b)["vectors_accepted"] == 9, 30, "B indexes A's and F's claims"
+        )
+        status, body = http_json(b.address, "/v1/discover", {"description": QUERY})
+        assert status == 200, body
+        ranked = [(c["node_id"], c["capability"]) for c in body["candidates"]]
+        assert ranked[0] == (a.node_id, "weather_forecast")
+        assert (forger.node_id, "buy_crypto") not in ranked  # below the similarity floor
+        health = vectors_of(b)
+        assert health["forged_by_node"] == {forger.node_id: 1}
+        assert health["vectors_forged"] == 1
+    finally:
+        forger.stop()
