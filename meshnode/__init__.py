@@ -44,6 +44,7 @@ from meshnode.errors import (
     ProtocolError,
     RemoteProtocolError,
     SealRejected,
+    WaitTimeout,
 )
 from protocol import Capability, short_id
 from protocol.keyring import Keyring
@@ -166,6 +167,7 @@ __all__ = [
     "ScoredCandidate",
     "SealRejected",
     "ToolRefused",
+    "WaitTimeout",
     "__version__",
     "candidate_json",
     "capability",

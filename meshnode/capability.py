@@ -57,8 +57,12 @@ def make_capability(
     avg_latency_ms: float = 0.0,
     cost_per_call_usd: float = 0.0,
     tags: Sequence[str] = (),
+    examples: Sequence[str] = (),
 ) -> Capability:
-    """Build a validated :class:`protocol.Capability` (raises ``LocalProtocolError``)."""
+    """Build a validated :class:`protocol.Capability` (raises ``LocalProtocolError``).
+    ``examples``: a few requests in a user's words (see ``protocol.manifest.MAX_EXAMPLES``)."""
+    if isinstance(examples, str):
+        raise TypeError("examples must be a sequence of strings, not one string")
     return Capability(
         name=name,
         description=description,
@@ -67,6 +71,7 @@ def make_capability(
         avg_latency_ms=avg_latency_ms,
         cost_per_call_usd=cost_per_call_usd,
         tags=tuple(tags),
+        examples=tuple(examples),
     )
 
 
@@ -79,12 +84,14 @@ def capability(
     avg_latency_ms: float = 0.0,
     cost_per_call_usd: float = 0.0,
     tags: Sequence[str] = (),
+    examples: Sequence[str] = (),
     allow: Allow | None = None,
     quota: Quota | None = None,
 ) -> Callable[[F], F]:
     """Mark a coroutine method of a ``MeshNode`` subclass as a capability.
 
     ``name`` defaults to the function's name; ``description`` to its docstring's first line.
+    ``examples`` are a few requests it answers, in a user's words (discovery matches them).
     ``allow`` says who may call it (default: current members only); ``quota`` how much
     one requester may use it (default: the node-wide fair share alone).
     """
@@ -102,6 +109,7 @@ def capability(
             avg_latency_ms=avg_latency_ms,
             cost_per_call_usd=cost_per_call_usd,
             tags=tags,
+            examples=examples,
         )
         setattr(func, CAPABILITY_ATTR, cap)
         setattr(func, POLICY_ATTR, policy)

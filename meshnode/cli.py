@@ -18,23 +18,34 @@ variable) as ``Authorization: Bearer``. ``run --no-trust-loopback`` makes loopba
 present it too; ``run --open-reads`` opens the read routes to anyone.
 Exit status: 0 on success, 1 on a runtime error (unreachable node,
 bad response), 2 on bad arguments.
+
+Errors are one line on stderr, ``meshnode: error: ...``, in plain words that say what to
+do (:class:`CommandError`): no node answering at an address, an HTTP refusal and how to
+give the token, a failed delegation (its JSON answer only with ``--json``), the part of
+``--agent`` that is wrong, a port another process holds. Text from other parties (HTTP
+error bodies, delegation reasons) is flattened to printable characters and cut. Every
+subcommand's ``--help`` has a description and an example (:data:`COMMAND_HELP`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import importlib
 import importlib.util
 import json
 import os
 import signal
+import socket
 import sys
+import textwrap
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
 from meshnode.core.config import NodeConfig, parse_address
+from meshnode.errors import MeshError
 
 PROFILES: dict[str, Callable[..., NodeConfig]] = {
     "lan": NodeConfig.lan,
@@ -46,6 +57,64 @@ HTTP_TIMEOUT = 10.0
 API_TOKEN_ENV = "MESHNODE_API_TOKEN"
 """Environment variable holding the HTTP API's token, for ``run`` and the client commands
 (``--api-token`` wins over it)."""
+ERROR_TEXT_MAX = 300
+"""Characters of a remote party's text (an HTTP error body, a delegation's reason) shown in
+an error line; the rest is cut, so that a hostile node cannot flood the terminal."""
+ERROR_BODY_MAX_BYTES = 16 * 1024
+"""Bytes of an HTTP error answer's body read to show its text (what follows is left
+unread: the line shows :data:`ERROR_TEXT_MAX` characters of it anyway)."""
+
+
+class CommandError(MeshError):
+    """A failure the command reports in plain words on one line (exit status 1): the
+    message already says what went wrong and, where it can, what to do."""
+
+
+def one_line(text: object, limit: int | None = None) -> str:
+    """``text`` as one line of printable characters (runs of whitespace become one
+    space; control characters, which a remote party could use to rewrite the terminal,
+    are dropped), cut to ``limit`` characters."""
+    flat = " ".join("".join(ch if ch.isprintable() else " " for ch in str(text)).split())
+    if limit is not None and len(flat) > limit:
+        flat = flat[: limit - 1] + "…"
+    return flat
+
+
+def _address_text(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _client_error(exc: BaseException, address: str, wait_s: float) -> CommandError | None:
+    """The plain-words form of an HTTP client failure talking to the node at ``address``,
+    or None when ``exc`` is not one."""
+    import aiohttp
+
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return CommandError(f"no node answering at {address} — is `meshnode run` running there?")
+    if isinstance(exc, TimeoutError):
+        return CommandError(f"{address} did not answer within {wait_s:g} s")
+    if isinstance(exc, (aiohttp.ContentTypeError, json.JSONDecodeError)):
+        return CommandError(f"{address} did not answer with JSON — is it a meshnode node's API?")
+    if isinstance(exc, aiohttp.ClientError):
+        return CommandError(
+            f"{address} broke off the exchange ({type(exc).__name__}: "
+            f"{one_line(exc, ERROR_TEXT_MAX)})"
+        )
+    return None
+
+
+async def _error_text(resp: Any) -> str:
+    """The start of an HTTP error answer's body (at most :data:`ERROR_BODY_MAX_BYTES`)."""
+    raw: bytes = await resp.content.read(ERROR_BODY_MAX_BYTES)
+    return raw.decode("utf-8", "replace")
+
+
+def _http_refusal(address: str, status: int, text: str) -> CommandError:
+    """An HTTP error answer, in plain words; a 401 says how to give the token."""
+    message = f"{address} refused the request (HTTP {status}): {one_line(text, ERROR_TEXT_MAX)}"
+    if status == 401:
+        message += f" — give it with --api-token or ${API_TOKEN_ENV}"
+    return CommandError(message)
 
 
 def api_token(args: argparse.Namespace) -> str | None:
@@ -71,21 +140,94 @@ def load_agent_class(spec: str) -> type[Any]:
 
     target, sep, attr = spec.rpartition(":")
     if not sep or not target or not attr:
-        raise ValueError(f"--agent {spec!r}: expected MODULE:CLASS or FILE.py:CLASS")
+        raise ValueError(f"--agent {spec}: expected MODULE:CLASS or FILE.py:CLASS")
     if target.endswith(".py"):
+        if not Path(target).is_file():
+            raise ValueError(f"--agent {spec}: no file {target}")
         path = Path(target).resolve()
         module_spec = importlib.util.spec_from_file_location(path.stem, path)
         if module_spec is None or module_spec.loader is None:
-            raise ValueError(f"--agent: cannot load {path}")
+            raise ValueError(f"--agent {spec}: {target} cannot be loaded as a module")
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[path.stem] = module
-        module_spec.loader.exec_module(module)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:  # the agent's own code failed: say so, in one line
+            del sys.modules[path.stem]
+            raise ValueError(
+                f"--agent {spec}: importing {target} failed: {type(exc).__name__}: {one_line(exc)}"
+            ) from None
     else:
-        module = importlib.import_module(target)
+        try:
+            module = importlib.import_module(target)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and (target == exc.name or target.startswith(exc.name + ".")):
+                raise ValueError(
+                    f"--agent {spec}: no module named {target!r} (not installed, and not a FILE.py)"
+                ) from None
+            raise ValueError(
+                f"--agent {spec}: importing {target} failed: {type(exc).__name__}: {exc}"
+            ) from None
+        except Exception as exc:
+            raise ValueError(
+                f"--agent {spec}: importing {target} failed: {type(exc).__name__}: {one_line(exc)}"
+            ) from None
     cls = getattr(module, attr, None)
+    if cls is None:
+        raise ValueError(f"--agent {spec}: {target} has no class {attr}")
     if not (isinstance(cls, type) and issubclass(cls, MeshNode)):
-        raise ValueError(f"--agent {spec!r}: {attr} is not a MeshNode subclass")
+        raise ValueError(f"--agent {spec}: {attr} is not a MeshNode subclass")
     return cls
+
+
+def _bind_problem(host: str, port: int, exc: OSError) -> str | None:
+    """Why ``run`` could not bind ``host:port``, in plain words (which protocol holds the
+    port), or None when ``exc`` is not a binding failure this knows."""
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(chain) < 8:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    codes = {e.errno for e in chain if isinstance(e, OSError)}
+    text = " ".join(str(e) for e in chain).lower()
+    from meshnode.errors import BindError
+
+    if not (isinstance(exc, BindError) or "bind" in text or errno.EADDRINUSE in codes):
+        return None  # another OSError (a file, a seed's name): reported as it is
+    held = [
+        name
+        for name, kind in (("UDP", socket.SOCK_DGRAM), ("TCP", socket.SOCK_STREAM))
+        if port and _port_taken(host, port, kind)
+    ]
+    if held or errno.EADDRINUSE in codes or "address already in use" in text:
+        which = " and ".join(held) or "UDP or TCP"
+        return (
+            f"port {port} is in use ({which}) on {host} — another process holds it; "
+            "choose another with --port"
+        )
+    if errno.EACCES in codes or "permission denied" in text:
+        return (
+            f"no permission to bind port {port} on {host} (ports below 1024 need privileges); "
+            "choose another with --port"
+        )
+    if errno.EADDRNOTAVAIL in codes or "cannot assign requested address" in text:
+        return f"{host} is not an address of this machine; choose another with --host"
+    return None
+
+
+def _port_taken(host: str, port: int, kind: socket.SocketKind) -> bool:
+    """Whether binding ``host:port`` for ``kind`` fails because another socket holds it
+    (TCP with SO_REUSEADDR, as the node binds: a closed connection's TIME_WAIT does not
+    count)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, kind) as probe:
+            if kind == socket.SOCK_STREAM:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        return exc.errno == errno.EADDRINUSE
+    return False
 
 
 def _config_from_args(args: argparse.Namespace) -> NodeConfig:
@@ -118,7 +260,7 @@ def _config_from_args(args: argparse.Namespace) -> NodeConfig:
 
 
 async def _cmd_run(args: argparse.Namespace) -> int:
-    from meshnode.runtime.logging import configure_logging
+    from meshnode.runtime.logging import configure_logging, print_event
     from meshnode.runtime.node import MeshNode
 
     configure_logging(level=args.log_level, json=True if args.json_logs else None)
@@ -129,24 +271,20 @@ async def _cmd_run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await node.start()
+    try:
+        await node.start()
+    except OSError as exc:
+        problem = _bind_problem(config.host, config.port, exc)
+        if problem is None:
+            raise
+        raise CommandError(problem) from None
     try:
         bridges = await _start_bridges(node, args)
     except BaseException:
         await node.aclose()
         raise
     host, port = node.address
-    print(
-        json.dumps(
-            {
-                "event": "listening",
-                "node_id": node.node_id,
-                "address": f"{host}:{port}",
-                "name": config.name,
-            }
-        ),
-        flush=True,
-    )
+    print_event("listening", node_id=node.node_id, address=f"{host}:{port}", name=config.name)
     try:
         await stop.wait()
     finally:
@@ -170,14 +308,21 @@ async def _request_json(
     import aiohttp
 
     host, port = parse_address(node)
+    address = _address_text(host, port)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=wait_s)) as session,
-        session.request(method, f"http://{host}:{port}{path}", json=body, headers=headers) as resp,
-    ):
-        if resp.status >= 400 and resp.content_type != "application/json":
-            raise RuntimeError(f"{resp.status}: {(await resp.text()).strip()}")
-        return await resp.json()
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=wait_s)) as session,
+            session.request(method, f"http://{address}{path}", json=body, headers=headers) as resp,
+        ):
+            if resp.status >= 400 and resp.content_type != "application/json":
+                raise _http_refusal(address, resp.status, await _error_text(resp))
+            return await resp.json()
+    except Exception as exc:
+        plain = _client_error(exc, address, wait_s)
+        if plain is None:
+            raise
+        raise plain from None
 
 
 def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
@@ -222,6 +367,7 @@ async def _cmd_discover(args: argparse.Namespace) -> int:
             c["capability"],
             f"{c['score']['total']:.3f}",
             f"{c['score']['semantic']:.2f}",
+            f"{c['score'].get('lexical', 0.0):.2f}",
             f"{c['score']['trust']:.2f}",
             f"{c['score']['availability']:.2f}",
             f"{c['score']['cost_factor']:.2f}",
@@ -229,13 +375,8 @@ async def _cmd_discover(args: argparse.Namespace) -> int:
         )
         for c in candidates
     ]
-    print(
-        _table(
-            rows, ("NAME", "ID", "CAPABILITY", "SCORE", "SEM", "TRUST", "AVAIL", "COST", "ADDRESS")
-        )
-        if rows
-        else "no candidates"
-    )
+    header = ("NAME", "ID", "CAPABILITY", "SCORE", "SEM", "LEX", "TRUST", "AVAIL", "COST")
+    print(_table(rows, (*header, "ADDRESS")) if rows else "no candidates")
     return 0
 
 
@@ -265,9 +406,11 @@ async def _cmd_delegate(args: argparse.Namespace) -> int:
         wait_s=args.deadline + HTTP_TIMEOUT,
         token=api_token(args),
     )
-    if args.json or "error" in data:
+    if args.json:
         print(json.dumps(data, indent=2))
         return 1 if "error" in data else 0
+    if "error" in data:
+        raise CommandError(delegation_failure(data))
     print(json.dumps(data["output"], indent=2))
     tried = ", ".join(f"{a['node'][:10]}:{a['outcome']}" for a in data["attempts"])
     quality = "unscored" if data["quality"] is None else f"{data['quality']:.2f}"
@@ -277,6 +420,29 @@ async def _cmd_delegate(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+DELEGATE_ATTEMPTS_SHOWN = 5
+"""Attempts a failed delegation's error line names (the rest are counted)."""
+
+
+def delegation_failure(data: dict[str, Any]) -> str:
+    """One line for a failed ``/v1/delegate`` answer: the reason, who was tried with what
+    outcome, and the trace id (for ``meshnode trace``). Reasons and details can come from
+    other nodes: they are flattened and cut (see :func:`one_line`)."""
+    parts = [f"delegation failed: {one_line(data.get('error'), ERROR_TEXT_MAX)}"]
+    attempts = data.get("attempts") or []
+    if isinstance(attempts, list) and attempts:
+        shown = [
+            one_line(f"{str(a.get('node', '?'))[:10]}:{a.get('outcome', '?')}", 40)
+            for a in attempts[:DELEGATE_ATTEMPTS_SHOWN]
+            if isinstance(a, dict)
+        ]
+        more = len(attempts) - len(shown)
+        parts.append("tried " + ", ".join(shown) + (f" and {more} more" if more > 0 else ""))
+    if data.get("trace_id"):
+        parts.append(f"trace {one_line(data['trace_id'], 64)}")
+    return "; ".join(parts)
 
 
 async def _cmd_trust(args: argparse.Namespace) -> int:
@@ -325,21 +491,23 @@ REVOKE_TIMEOUT = HTTP_TIMEOUT
 
 def _add_authority_parsers(sub: Any) -> None:
     ident = sub.add_parser("id", help="print a data dir's node id (never creates a key)")
-    ident.add_argument("--data-dir", required=True)
+    ident.add_argument("--data-dir", required=True, help="the node's data directory")
     ident.add_argument("--json", action="store_true")
 
     authority = sub.add_parser("authority", help="a mesh authority: certify and revoke nodes")
     asub = authority.add_subparsers(dest="authority_command", required=True)
     init = asub.add_parser("init", help="create an authority key in DIR, print its public key")
-    init.add_argument("dir", metavar="DIR")
+    init.add_argument("dir", metavar="DIR", help="directory for the authority key (mode 0600)")
     init.add_argument("--force", action="store_true", help="replace an existing key")
     init.add_argument("--json", action="store_true")
     issue = asub.add_parser("issue", help="sign a membership certificate for a node")
     issue.add_argument("--dir", required=True, help="the authority directory")
     issue.add_argument("--node-id", required=True, help="the node's id (meshnode id)")
-    issue.add_argument("--role", action="append", default=[], help="a role (repeatable)")
+    issue.add_argument(
+        "--role", action="append", default=[], help="a role (repeatable; default: none)"
+    )
     issue.add_argument("--days", type=float, required=True, help="validity in days")
-    issue.add_argument("--name", default="", help="display name in the certificate")
+    issue.add_argument("--name", default="", help="display name in the certificate (default: none)")
     issue.add_argument("--out", help="certificate file (default: NODE_ID_PREFIX.cert)")
     issue.add_argument("--json", action="store_true")
     revoke = asub.add_parser("revoke", help="sign a revocation, optionally hand it to a node")
@@ -347,8 +515,15 @@ def _add_authority_parsers(sub: Any) -> None:
     target = revoke.add_mutually_exclusive_group(required=True)
     target.add_argument("--node-id", help="revoke every certificate of this node")
     target.add_argument("--serial", type=int, help="revoke one certificate")
-    revoke.add_argument("--node", metavar="HOST:PORT", help="a running node to hand it to")
-    revoke.add_argument("--token", help="the node's api token (when not on loopback)")
+    revoke.add_argument(
+        "--node",
+        metavar="HOST:PORT",
+        help="a running node to hand it to (default: only write the file)",
+    )
+    revoke.add_argument(
+        "--token",
+        help=f"the node's API token (when not on loopback; default ${API_TOKEN_ENV})",
+    )
     revoke.add_argument("--out", help="revocation file (default: revocation-SERIAL|NODE.rev)")
     revoke.add_argument("--json", action="store_true")
 
@@ -410,7 +585,8 @@ def _cmd_authority(args: argparse.Namespace) -> int:
     store.save_revocation(out_path, revocation.signed)
     report: dict[str, Any] = {"revocation": out_path, "keep_until": keep_until}
     if args.node:
-        report["accepted"] = _run_async(_post_revocation(args.node, revocation.signed, args.token))
+        token = args.token or os.environ.get(API_TOKEN_ENV) or None
+        report["accepted"] = _run_async(_post_revocation(args.node, revocation.signed, token))
     print(json.dumps(report) if args.json else " ".join(f"{k}={v}" for k, v in report.items()))
     return 0
 
@@ -421,18 +597,207 @@ async def _post_revocation(node: str, signed: Any, token: str | None) -> bool:
     from protocol import pack
 
     host, port = parse_address(node)
+    address = _address_text(host, port)
     headers = {"Content-Type": "application/octet-stream"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REVOKE_TIMEOUT)) as session,
-        session.post(
-            f"http://{host}:{port}/v1/authority/revoke", data=pack(signed), headers=headers
-        ) as resp,
-    ):
-        if resp.status >= 400:
-            raise RuntimeError(f"{resp.status}: {(await resp.text()).strip()}")
-        return bool((await resp.json())["accepted"])
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REVOKE_TIMEOUT)) as session,
+            session.post(
+                f"http://{address}/v1/authority/revoke", data=pack(signed), headers=headers
+            ) as resp,
+        ):
+            if resp.status >= 400:
+                raise _http_refusal(address, resp.status, await _error_text(resp))
+            return bool((await resp.json())["accepted"])
+    except Exception as exc:
+        plain = _client_error(exc, address, REVOKE_TIMEOUT)
+        if plain is None:
+            raise
+        raise plain from None
+
+
+# ---------------------------------------------------------------------------- help texts
+
+HELP_WIDTH = 88
+"""Columns the subcommands' descriptions are wrapped to (examples keep their lines)."""
+DEFAULT_NODE = "127.0.0.1:7946"
+"""The node the client commands ask when ``--node`` is not given (``run``'s default port
+on loopback)."""
+
+COMMAND_HELP: dict[tuple[str, ...], tuple[str, str]] = {
+    (): (
+        "Run a node of a decentralized agent mesh, and talk to running nodes. The client "
+        f"commands ask the node at --node (default {DEFAULT_NODE}) over its HTTP API. "
+        "'meshnode COMMAND --help' describes each command.",
+        "meshnode run --name a --data-dir ./a &\n"
+        "  meshnode members\n"
+        "  meshnode discover 'greet someone by name'\n"
+        "  meshnode demo",
+    ),
+    ("run",): (
+        "Start a node: bind UDP and TCP on --host:--port, join the mesh through the --seed "
+        "nodes, serve the HTTP API on the same port, and run until SIGINT or SIGTERM. The "
+        "first line on stdout is a JSON 'listening' event with the node id and address.",
+        "meshnode run --name a --data-dir ./a\n"
+        "  meshnode run --name b --data-dir ./b --port 7947 --seed 127.0.0.1:7946 \\\n"
+        "      --agent examples/hello_agent.py:HelloAgent",
+    ),
+    ("members",): (
+        "List the members a running node knows: id, name, address, state and incarnation.",
+        "meshnode members\n  meshnode members --node 127.0.0.1:7947 --json",
+    ),
+    ("discover",): (
+        "Ask a running node to rank the providers it knows for a task, described in plain "
+        "words or named by its exact capability. Score columns: total, semantic match, "
+        "trust, availability, cost factor.",
+        "meshnode discover 'say hello to someone'\n"
+        "  meshnode discover --capability greet --max-cost 0.01 --json",
+    ),
+    ("delegate",): (
+        "Run a task through a running node: it picks a provider (by capability name, or by "
+        "--description), sends the input, retries elsewhere on failure, and prints the "
+        "output. A failed delegation is one line on stderr and exit status 1 (the whole "
+        "answer with --json).",
+        'meshnode delegate greet --input \'{"name": "Ada"}\'\n'
+        "  meshnode delegate --description 'greet someone' --input '{\"name\": \"Ada\"}' --json",
+    ),
+    ("trust",): (
+        "Show a running node's trust in each peer (overall and from its own experience) "
+        "and the state of its circuit breaker toward each.",
+        "meshnode trust\n  meshnode trust --node 127.0.0.1:7947 --json",
+    ),
+    ("keygen",): (
+        "Create the identity key (Ed25519, file mode 0600) of a data dir and print its node "
+        "id; an existing key is shown, not replaced, unless --force.",
+        "meshnode keygen --data-dir ./a",
+    ),
+    ("id",): (
+        "Print the node id of a data dir's identity key. Never creates a key.",
+        "meshnode id --data-dir ./a",
+    ),
+    ("authority",): (
+        "A mesh authority: a key that certifies which nodes may join (run --authority and "
+        "--cert) and revokes them.",
+        "meshnode authority init ./authority\n"
+        "  meshnode authority issue --dir ./authority --node-id $(meshnode id --data-dir ./a) "
+        "--days 30",
+    ),
+    ("authority", "init"): (
+        "Create an authority key in DIR and print its public key (give it to every node "
+        "as run --authority).",
+        "meshnode authority init ./authority",
+    ),
+    ("authority", "issue"): (
+        "Sign a membership certificate for a node id; the node runs with --cert FILE.",
+        "meshnode authority issue --dir ./authority --node-id NODE_ID --days 30 --role worker",
+    ),
+    ("authority", "revoke"): (
+        "Sign a revocation of one certificate (--serial) or of every certificate of a node "
+        "(--node-id); with --node, hand it to a running node, which gossips it to the mesh.",
+        "meshnode authority revoke --dir ./authority --serial 3 --node 127.0.0.1:7946",
+    ),
+    ("keys",): (
+        "The mesh keyring that seals all peer traffic: create a keyring file, then rotate "
+        "keys across every member without downtime (install, use, remove).",
+        "meshnode keys init ./mesh.keyring\n"
+        "  meshnode keys install $(meshnode keys generate)\n"
+        "  meshnode keys list",
+    ),
+    ("keys", "init"): (
+        "Create a keyring file (mode 0600) holding one fresh key; give it to every node as "
+        "run --keyring FILE.",
+        "meshnode keys init ./mesh.keyring --label prod",
+    ),
+    ("keys", "generate"): (
+        "Print a fresh random key, base64, for keys install.",
+        "meshnode keys generate",
+    ),
+    ("keys", "install"): (
+        "Install KEY on every member through a running node; members can then open "
+        "traffic sealed with it.",
+        "meshnode keys install KEY",
+    ),
+    ("keys", "use"): (
+        "Make an installed KEY every member's primary key, the one they seal with.",
+        "meshnode keys use KEY",
+    ),
+    ("keys", "remove"): (
+        "Remove KEY from every member (refused while it is a primary key).",
+        "meshnode keys remove OLD_KEY",
+    ),
+    ("keys", "list"): (
+        "List every key the members hold, how many members hold each, and whose primary it is.",
+        "meshnode keys list --json",
+    ),
+    ("trace",): (
+        "Collect one delegation's spans from every node it touched (found through the "
+        "node's members) and print them as a timeline, children under their parents.",
+        "meshnode trace 4bf92f3577b34da6a3ce929d0e0e4736",
+    ),
+    ("status",): (
+        "A one-screen summary of a running node: health, members by state, tasks in "
+        "flight and recent, and the capabilities on offer.",
+        "meshnode status\n  meshnode status --watch 5",
+    ),
+    ("demo",): (
+        "Start a five-agent research mesh on this machine (loopback only), ask it a "
+        "question, write the report to --out and stop every process again.",
+        "meshnode demo\n  meshnode demo --query 'which region grew fastest?' --out report.md",
+    ),
+    ("a2a",): (
+        "External A2A agents served through a node: each skill of an imported agent card "
+        "becomes a capability of that node.",
+        "meshnode a2a import https://agent.example.com\n  meshnode a2a list",
+    ),
+    ("a2a", "import"): (
+        "Have a running node fetch an A2A agent's card and serve its skills as capabilities.",
+        "meshnode a2a import https://agent.example.com --node 127.0.0.1:7946",
+    ),
+    ("a2a", "list"): (
+        "List the A2A agents a running node imports, and the capabilities each gives.",
+        "meshnode a2a list --json",
+    ),
+    ("mcp",): (
+        "Serve the mesh to MCP hosts: discover and delegate as MCP tools, over stdio (the "
+        "default, for a host that starts this command) or streamable HTTP (--http).",
+        "meshnode mcp --node 127.0.0.1:7946\n  meshnode mcp --http 8765",
+    ),
+}
+"""Description and example of every subcommand, by its path below ``meshnode``."""
+
+SHARED_OPTION_HELP: dict[str, str] = {
+    "node": f"the node's address, HOST:PORT (default {DEFAULT_NODE})",
+    "json": "print JSON instead of text",
+}
+"""Help of options many subcommands share, by ``dest``, for those defined without one."""
+
+
+def _finish_help(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> None:
+    """Give every subcommand under ``parser`` its description and example, every shared
+    option its help, and every option with a default that its help does not state the
+    default."""
+    description, example = COMMAND_HELP.get(path, ("", ""))
+    if description and (path == () or not parser.description):
+        parser.description = textwrap.fill(description, HELP_WIDTH)
+    if example:
+        parser.epilog = ("examples:\n  " if "\n" in example else "example:\n  ") + example
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                _finish_help(child, (*path, name))
+            continue
+        if not action.option_strings or isinstance(action, argparse._HelpAction):
+            continue
+        if not action.help and action.dest in SHARED_OPTION_HELP:
+            action.help = SHARED_OPTION_HELP[action.dest]
+        default = action.default
+        stated = action.help is not None and "default" in action.help.lower()
+        if action.nargs != 0 and default not in (None, [], "") and not stated:
+            shown = default.name if isinstance(default, Path) else default
+            action.help = f"{action.help or ''} (default {shown})".lstrip()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -442,22 +807,31 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="start a node and serve until SIGINT/SIGTERM")
     run.add_argument("--port", type=int, default=7946, help="UDP and TCP port (default 7946)")
     run.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    run.add_argument("--advertise-host", help="address peers use to reach this node")
+    run.add_argument(
+        "--advertise-host",
+        help="address peers use to reach this node (default: the bind address)",
+    )
     run.add_argument(
         "--seed",
         action="append",
         metavar="HOST:PORT",
-        help="a node to join through (repeatable; any one reachable suffices)",
+        help="a node to join through (repeatable; any one reachable suffices; default: none, "
+        "start a new mesh)",
     )
-    run.add_argument("--name", default="node", help="human-readable node name")
-    run.add_argument("--data-dir", help="directory for the identity key and SQLite state")
+    run.add_argument("--name", default="node", help="human-readable node name (default node)")
+    run.add_argument(
+        "--data-dir",
+        help="directory for the identity key and SQLite state (default: none, a fresh "
+        "identity and nothing kept across restarts)",
+    )
     run.add_argument(
         "--profile", choices=sorted(PROFILES), default="lan", help="timing preset (default lan)"
     )
     run.add_argument(
         "--agent",
         metavar="MODULE:CLASS",
-        help="MeshNode subclass to run (MODULE:CLASS or FILE.py:CLASS)",
+        help="MeshNode subclass to run (MODULE:CLASS or FILE.py:CLASS; default: a plain node "
+        "offering no capabilities)",
     )
     run.add_argument(
         "--embedder",
@@ -475,15 +849,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--authority",
         metavar="PUBKEY",
-        help="mesh authority public key: admit only nodes it certified (needs --cert)",
+        help="mesh authority public key: admit only nodes it certified (needs --cert; default: "
+        "no authority)",
     )
-    run.add_argument("--cert", metavar="FILE", help="this node's certificate (authority issue)")
+    run.add_argument(
+        "--cert",
+        metavar="FILE",
+        help="this node's certificate (authority issue; default: none)",
+    )
     run.add_argument(
         "--open",
         action="store_true",
         help="run with neither keyring nor authority on a non-loopback address, on purpose",
     )
-    run.add_argument("--log-level", default="INFO")
+    run.add_argument(
+        "--log-level",
+        default="INFO",
+        help="least severe log level printed: DEBUG, INFO, WARNING or ERROR (default INFO)",
+    )
     run.add_argument("--json-logs", action="store_true", help="JSON logs even on a terminal")
     _add_keyring_run_flags(run)
     _add_observability_run_flags(run)
@@ -491,38 +874,49 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trace_parser(sub)
 
     members = sub.add_parser("members", help="list the members a node knows")
-    members.add_argument("--node", default="127.0.0.1:7946", metavar="HOST:PORT")
+    members.add_argument("--node", default=DEFAULT_NODE, metavar="HOST:PORT")
     members.add_argument("--json", action="store_true")
 
     discover = sub.add_parser("discover", help="rank the providers a node knows for a task")
     discover.add_argument("description", nargs="?", help="what you need, in plain words")
-    discover.add_argument("--capability", help="exact capability name")
-    discover.add_argument("--node", default="127.0.0.1:7946", metavar="HOST:PORT")
-    discover.add_argument("--min-trust", type=float, default=0.0)
-    discover.add_argument("--max-cost", type=float, help="USD per call")
-    discover.add_argument("--tag", action="append", help="required tag (repeatable)")
+    discover.add_argument(
+        "--capability", help="exact capability name (default: any, ranked by the description)"
+    )
+    discover.add_argument("--node", default=DEFAULT_NODE, metavar="HOST:PORT")
+    discover.add_argument(
+        "--min-trust", type=float, default=0.0, help="least trust a provider needs, 0..1"
+    )
+    discover.add_argument("--max-cost", type=float, help="most USD per call (default: no limit)")
+    discover.add_argument("--tag", action="append", help="required tag (repeatable; default: none)")
     discover.add_argument("--top-k", type=int, default=5, help="1..20 (default 5)")
     discover.add_argument("--json", action="store_true")
 
     delegate = sub.add_parser("delegate", help="run a task through a node (loopback)")
     delegate.add_argument("capability", nargs="?", help="capability name")
-    delegate.add_argument("--input", default="{}", help="task input as JSON")
-    delegate.add_argument("--description", help="find the capability by description")
-    delegate.add_argument("--node", default="127.0.0.1:7946", metavar="HOST:PORT")
-    delegate.add_argument("--deadline", type=float, default=30.0, help="seconds (default 30)")
-    delegate.add_argument("--max-cost", type=float, help="USD per call")
-    delegate.add_argument("--min-trust", type=float, default=0.0)
+    delegate.add_argument("--input", default="{}", help="task input as JSON (default {})")
     delegate.add_argument(
-        "--expect", metavar="SCHEMA", help="output JSON schema the result must match (scores it)"
+        "--description",
+        help="find the capability by description (default: the CAPABILITY given)",
+    )
+    delegate.add_argument("--node", default=DEFAULT_NODE, metavar="HOST:PORT")
+    delegate.add_argument("--deadline", type=float, default=30.0, help="seconds (default 30)")
+    delegate.add_argument("--max-cost", type=float, help="most USD per call (default: no limit)")
+    delegate.add_argument(
+        "--min-trust", type=float, default=0.0, help="least trust a provider needs, 0..1"
+    )
+    delegate.add_argument(
+        "--expect",
+        metavar="SCHEMA",
+        help="output JSON schema the result must match (scores it; default: unscored)",
     )
     delegate.add_argument("--json", action="store_true")
 
     trust = sub.add_parser("trust", help="a node's trust in each peer and its breakers")
-    trust.add_argument("--node", default="127.0.0.1:7946", metavar="HOST:PORT")
+    trust.add_argument("--node", default=DEFAULT_NODE, metavar="HOST:PORT")
     trust.add_argument("--json", action="store_true")
 
     keygen = sub.add_parser("keygen", help="create (or show) a data dir's identity")
-    keygen.add_argument("--data-dir", required=True)
+    keygen.add_argument("--data-dir", required=True, help="the node's data directory")
     keygen.add_argument("--force", action="store_true", help="replace an existing key")
     keygen.add_argument("--json", action="store_true")
 
@@ -535,7 +929,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--query", help="the research question (default: a question on the data)")
     demo.add_argument(
-        "--csv", type=Path, help="a CSV with the demo's columns (default: the bundled one)"
+        "--csv",
+        type=Path,
+        help="any CSV with a header row and a numeric column (default: the bundled startups)",
     )
     demo.add_argument(
         "--out",
@@ -562,15 +958,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="the orchestrator's embedder (default auto: MiniLM when installed)",
     )
     demo.add_argument(
-        "--mcp-config", type=Path, help="MCP servers for the web-search agent (JSON file)"
+        "--mcp-config",
+        type=Path,
+        help="MCP servers for the web-search agent (JSON file; default: none, offline search)",
     )
 
     # HTTP API access (see meshnode.runtime.api.authorize)
     run.add_argument(
         "--api-token",
         metavar="TOKEN",
-        help=f"bearer token for the HTTP API (16+ characters; prefer ${API_TOKEN_ENV}, "
-        "which this flag overrides: command lines are visible to other users)",
+        help=f"bearer token for the HTTP API (16+ characters; default ${API_TOKEN_ENV}, which "
+        "this flag overrides: prefer the variable, command lines are visible to other users)",
     )
     run.add_argument(
         "--no-trust-loopback",
@@ -587,6 +985,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--api-token", metavar="TOKEN", help=f"the node's API token (default ${API_TOKEN_ENV})"
         )
     _add_bridge_parsers(sub, run)
+    _finish_help(parser)
     return parser
 
 
@@ -595,6 +994,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     if args.timeout <= 0:
         raise ValueError("--timeout must be positive")
+    # Refuse what would fail at the end of the run before any agent starts.
+    if args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a folder: give the report's file name")
+    if not args.out.parent.is_dir():
+        raise ValueError(
+            f"--out {args.out}: the folder {args.out.parent} does not exist (create it first)"
+        )
+    for flag, given in (("--csv", args.csv), ("--mcp-config", args.mcp_config)):
+        if given is not None and not given.is_file():
+            raise ValueError(f"{flag} {given}: no such file")
     options = DemoOptions(
         query=args.query or DEFAULT_QUERY,
         csv=args.csv,
@@ -620,7 +1029,8 @@ def _add_keyring_run_flags(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--keyring",
         metavar="FILE",
-        help="seal all peer traffic with this keyring (meshnode keys init FILE)",
+        help="seal all peer traffic with this keyring (meshnode keys init FILE; default: no "
+        "keyring, traffic signed but not sealed)",
     )
     run.add_argument(
         "--encrypt-outgoing",
@@ -654,7 +1064,9 @@ def _add_keys_parser(sub: Any) -> None:
     ops = keys.add_subparsers(dest="keys_command", required=True)
     init = ops.add_parser("init", help="create a keyring file holding one fresh key")
     init.add_argument("file", help="path of the keyring file to create (mode 0600)")
-    init.add_argument("--label", default="", help="cluster label (meshes apart by label)")
+    init.add_argument(
+        "--label", default="", help="cluster label (meshes apart by label; default: none)"
+    )
     init.add_argument("--force", action="store_true", help="replace an existing file")
     init.add_argument("--json", action="store_true")
     gen = ops.add_parser("generate", help="print a fresh random key (base64)")
@@ -666,11 +1078,19 @@ def _add_keys_parser(sub: Any) -> None:
     ):
         op = ops.add_parser(name, help=text)
         op.add_argument("key", help="the key, base64")
-        op.add_argument("--node", default="127.0.0.1:7946", metavar="HOST:PORT")
+        op.add_argument("--node", default=DEFAULT_NODE, metavar="HOST:PORT")
         op.add_argument("--json", action="store_true")
+        _add_token_flag(op)
     lst = ops.add_parser("list", help="every key the members hold, and how many hold each")
-    lst.add_argument("--node", default="127.0.0.1:7946", metavar="HOST:PORT")
+    lst.add_argument("--node", default=DEFAULT_NODE, metavar="HOST:PORT")
     lst.add_argument("--json", action="store_true")
+    _add_token_flag(lst)
+
+
+def _add_token_flag(op: argparse.ArgumentParser) -> None:
+    op.add_argument(
+        "--api-token", metavar="TOKEN", help=f"the node's API token (default ${API_TOKEN_ENV})"
+    )
 
 
 def _cmd_keys(args: argparse.Namespace) -> int:
@@ -696,7 +1116,9 @@ async def _cmd_keys_remote(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"action": args.keys_command}
     if args.keys_command != "list":
         body["key"] = args.key
-    data = await _request_json("POST", args.node, "/v1/keys", body, wait_s=KEYS_WAIT_S)
+    data = await _request_json(
+        "POST", args.node, "/v1/keys", body, wait_s=KEYS_WAIT_S, token=api_token(args)
+    )
     if args.json:
         print(json.dumps(data, indent=2))
     else:
@@ -742,12 +1164,14 @@ def _add_bridge_parsers(sub: Any, run: argparse.ArgumentParser) -> None:
         "--a2a-import",
         action="append",
         metavar="URL",
-        help="an external A2A agent to serve as this node's capabilities (repeatable)",
+        help="an external A2A agent to serve as this node's capabilities (repeatable; default: "
+        "none)",
     )
     run.add_argument(
         "--a2a-key",
         metavar="FILE",
-        help="public key (PEM) or JWKS that imported agent cards' signatures must verify with",
+        help="public key (PEM) or JWKS that imported agent cards' signatures must verify with "
+        "(default: none; a signed card is then refused, an unsigned one accepted)",
     )
     run.add_argument(
         "--a2a-require-signed",
@@ -767,7 +1191,7 @@ def _add_bridge_parsers(sub: Any, run: argparse.ArgumentParser) -> None:
         const="",
         metavar="CONFIG",
         help=f"publish the tools of the MCP servers in this JSON config as capabilities "
-        f"(no value: the file ${CONFIG_ENV} names)",
+        f"(no value: the file ${CONFIG_ENV} names; default: publish none)",
     )
     run.add_argument(
         "--mcp-refresh",
@@ -783,14 +1207,14 @@ def _add_bridge_parsers(sub: Any, run: argparse.ArgumentParser) -> None:
     imp.add_argument("url", help="the agent's base URL (its card is under /.well-known/)")
     lst = ops.add_parser("list", help="the agents a running node imports")
     for op in (imp, lst):
-        op.add_argument("--node", default="127.0.0.1:7946", metavar="HOST:PORT")
+        op.add_argument("--node", default=DEFAULT_NODE, metavar="HOST:PORT")
         op.add_argument(
             "--api-token", metavar="TOKEN", help=f"the node's API token (default ${API_TOKEN_ENV})"
         )
         op.add_argument("--json", action="store_true")
 
     mcp = sub.add_parser("mcp", help="serve the mesh to MCP hosts (stdio, or --http)")
-    mcp.add_argument("--node", default="127.0.0.1:7946", metavar="HOST:PORT")
+    mcp.add_argument("--node", default=DEFAULT_NODE, metavar="HOST:PORT")
     mcp.add_argument(
         "--token",
         "--api-token",
@@ -798,8 +1222,15 @@ def _add_bridge_parsers(sub: Any, run: argparse.ArgumentParser) -> None:
         metavar="TOKEN",
         help=f"the node's API token (default ${API_TOKEN_ENV})",
     )
-    mcp.add_argument("--http", type=int, metavar="PORT", help="streamable HTTP on this port")
-    mcp.add_argument("--http-host", default="127.0.0.1", help="HTTP bind address (loopback)")
+    mcp.add_argument(
+        "--http",
+        type=int,
+        metavar="PORT",
+        help="streamable HTTP on this port (default: stdio)",
+    )
+    mcp.add_argument(
+        "--http-host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)"
+    )
     mcp.add_argument(
         "--open", action="store_true", help="allow a non-loopback --http-host, on purpose"
     )
@@ -891,7 +1322,7 @@ async def _cmd_a2a(args: argparse.Namespace) -> int:
         token=token,
     )
     if isinstance(data, dict) and "error" in data:
-        raise RuntimeError(data["error"])
+        raise CommandError(f"import refused: {one_line(data['error'], ERROR_TEXT_MAX)}")
     if args.json:
         print(json.dumps(data, indent=2))
     else:
@@ -937,7 +1368,7 @@ def _add_trace_parser(sub: Any) -> None:
         "trace", help="assemble a trace from every node it touched and print its timeline"
     )
     trace.add_argument("trace_id", help="32 hex digits (from /v1/delegate's trace_id)")
-    trace.add_argument("--node", default="127.0.0.1:7946", metavar="HOST:PORT")
+    trace.add_argument("--node", default=DEFAULT_NODE, metavar="HOST:PORT")
     trace.add_argument("--json", action="store_true", help="print the spans as JSON")
     trace.add_argument(
         "--api-token", metavar="TOKEN", help=f"the nodes' API token (default ${API_TOKEN_ENV})"
@@ -1038,7 +1469,7 @@ async def _cmd_trace(args: argparse.Namespace) -> int:
     )
     print("\n".join(trace_timeline(spans, names)))
     for gap in unreachable:
-        print(f"# not asked: {gap}", file=sys.stderr)
+        print(f"# not asked: {one_line(gap, ERROR_TEXT_MAX)}", file=sys.stderr)
     return 0
 
 
@@ -1058,7 +1489,7 @@ def _add_status_parser(sub: Any) -> None:
     status = sub.add_parser(
         "status", help="a one-screen summary of a node: members, health, tasks, capabilities"
     )
-    status.add_argument("--node", default="127.0.0.1:7946", metavar="HOST:PORT")
+    status.add_argument("--node", default=DEFAULT_NODE, metavar="HOST:PORT")
     status.add_argument(
         "--token",
         "--api-token",
@@ -1096,7 +1527,7 @@ async def _status(args: argparse.Namespace) -> int:
     async def fetch() -> dict[str, Any]:
         doc = await _get_json(args.node, "/v1/dashboard?members=0", token)
         if not isinstance(doc, dict) or "node" not in doc:
-            raise RuntimeError(f"{args.node} sent no status document")
+            raise CommandError(f"{args.node} sent no status document")
         return doc
 
     if args.json:
@@ -1114,7 +1545,10 @@ async def _status(args: argparse.Namespace) -> int:
             try:
                 view: Any = status_view(await fetch())
             except Exception as exc:  # keep watching through a node restart
-                view = f"[red]{args.node}: {type(exc).__name__}: {exc}[/red]"
+                from rich.text import Text
+
+                said = str(exc) if isinstance(exc, CommandError) else f"{type(exc).__name__}: {exc}"
+                view = Text(one_line(said), style="red")
             live.update(view, refresh=True)
 
 
@@ -1220,15 +1654,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "trace":
             return _run_async(_cmd_trace(args))
     except ValueError as exc:
-        print(f"meshnode: error: {exc}", file=sys.stderr)
+        print(f"meshnode: error: {one_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
     except Exception as exc:  # the CLI boundary: report, never dump a traceback
         from meshnode.errors import DataDirInUse
 
-        if isinstance(exc, DataDirInUse):  # another process runs this node: name it
-            print(f"meshnode: error: {exc}", file=sys.stderr)
+        if isinstance(exc, (CommandError, DataDirInUse)):  # already plain words
+            print(f"meshnode: error: {one_line(exc)}", file=sys.stderr)
         else:
-            print(f"meshnode: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            print(f"meshnode: error: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
         return 1
     parser.error(f"unknown command {args.command}")
     return 2

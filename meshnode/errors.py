@@ -15,6 +15,8 @@ Errors are grouped by what the caller does about them:
 * the capability index refused a call — :class:`ModelMismatchError` (vectors of another
   embedder; also a ``ValueError``), :class:`IndexFullError` (past its ceiling; also a
   ``RuntimeError``);
+* waited in vain — :class:`WaitTimeout` (``MeshNode.wait_for`` saw too few providers
+  before its timeout; also a ``TimeoutError``);
 * delegation failed — :class:`DelegationError` (no provider took the task, or every
   attempt failed or timed out; ``invalid_input`` is True when a provider refused the
   caller's input, which is then the problem, not the provider);
@@ -69,6 +71,7 @@ __all__ = [
     "ProtocolError",
     "RemoteProtocolError",
     "SealRejected",
+    "WaitTimeout",
 ]
 
 
@@ -146,3 +149,13 @@ class AdmissionError(MeshError, ValueError):
     """With a mesh authority configured, this node's own certificate is missing, of another
     authority, for another identity, expired or not valid yet (the message names the
     ``meshnode authority issue`` command that fixes it)."""
+
+
+class WaitTimeout(MeshError, TimeoutError):
+    """``MeshNode.wait_for`` ran out of time. The message says what was awaited and what the
+    node knew when it gave up (members, manifests, seeds); ``found`` holds the candidates
+    that did match (fewer than asked for)."""
+
+    def __init__(self, message: str, found: Sequence[Any] = ()) -> None:
+        super().__init__(message)
+        self.found = list(found)

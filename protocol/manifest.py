@@ -14,6 +14,7 @@ avg_latency_ms          0 .. 86,400,000 (one day)
 cost_per_call_usd       0 .. 1,000,000
 max_concurrent_tasks    1 .. 10,000
 input/output schema     free-form JSON (a JSON Schema), at most 32 KiB each (msgpack)
+examples                optional: at most 5 per capability, 1..256 characters each
 whole signed manifest   at most :data:`protocol.limits.MAX_MANIFEST_BYTES` (256 KiB, msgpack)
 vectors (optional)      one embedder's ``model_id`` (1..128 characters), ``dim`` 1..
                         :data:`MAX_VECTOR_DIM`, at most :data:`MAX_MANIFEST_VECTORS`
@@ -77,6 +78,14 @@ encoding: 32 KiB. Real JSON Schemas for a tool are a few hundred bytes to a few 
 limit keeps one capability from taking most of the manifest's
 :data:`~protocol.limits.MAX_MANIFEST_BYTES`, which still bounds the sum."""
 
+MAX_EXAMPLES = 5
+"""Most ``examples`` one capability carries: a few requests in the words a user would
+use, which discovery matches as well as the description. An A2A skill lists two to five;
+32 capabilities × 5 × 256 characters stay under 41 KB of the 256 KiB manifest."""
+MAX_EXAMPLE_CHARS = 256
+"""Longest example, in characters: one sentence of request, like a discovery query
+(which is embedded whole, as an example is)."""
+
 # --- vectors in manifests ---------------------------------------------------------------
 
 MAX_VECTOR_DIM = 1_024
@@ -85,9 +94,11 @@ discovery have 384 (MiniLM) to 1,024 dimensions; at int8 one vector of this size
 of the manifest's 256 KiB."""
 
 MAX_MANIFEST_VECTORS = 4 * MAX_CAPABILITIES
-"""Most vectors in one manifest: 128, room for one per capability (at most 32) and for
-the texts a capability may add (examples), all keyed by capability name and text hash.
-At 384 dimensions, int8, that is 49 KiB; the whole-manifest limit still bounds the sum."""
+"""Most vectors in one manifest: 128. Today one per capability (at most 32): a
+capability's examples are folded into its one embedded text
+(``meshnode.discovery.capability_text``); the rest is room for more texts per capability,
+all keyed by capability name and text hash. At 384 dimensions, int8, that is 49 KiB; the
+whole-manifest limit still bounds the sum."""
 
 MAX_MODEL_ID_CHARS = 128
 """Longest embedder ``model_id`` a manifest may name."""
@@ -190,6 +201,7 @@ _UNSIGNED = b"\x00" * 64
 
 Tag = Annotated[str, MaxLen(4 * MAX_TAG_CHARS, 1)]
 Tags = Annotated[tuple[Tag, ...], MaxItems(MAX_TAGS)]
+Example = Annotated[str, MaxLen(4 * MAX_EXAMPLE_CHARS, 1)]
 
 
 def _check_text(what: str, value: str, max_chars: int, *, allow_empty: bool = False) -> None:
@@ -221,6 +233,12 @@ class Capability:
     avg_latency_ms: Annotated[float, Range(0.0, 86_400_000.0)] = 0.0
     cost_per_call_usd: Annotated[float, Range(0.0, 1_000_000.0)] = 0.0
     tags: Tags = ()
+    # Added after protocol version 1, optional: a capability without examples encodes,
+    # signs and verifies exactly as before the field existed (see protocol.schema.Appended).
+    examples: Annotated[tuple[Example, ...], MaxItems(MAX_EXAMPLES), Appended()] = ()
+    """A few requests this capability answers, phrased as a user would ask (at most
+    :data:`MAX_EXAMPLES`, each 1..:data:`MAX_EXAMPLE_CHARS` characters). Discovery embeds
+    them with the description and matches their words."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _CAPABILITY_NAME.match(self.name):
@@ -238,11 +256,21 @@ class Capability:
                 raise LocalProtocolError(f"{what} must be in [0, {hi:g}], got {value}")
             object.__setattr__(self, what, float(value))
         _check_tags("capability", self.tags)
+        _check_examples(self.examples)
         for what, schema in (
             ("input_schema", self.input_schema),
             ("output_schema", self.output_schema),
         ):
             _check_schema(what, schema)
+
+
+def _check_examples(examples: tuple[str, ...]) -> None:
+    if not isinstance(examples, tuple):
+        raise LocalProtocolError("examples must be a tuple")
+    if len(examples) > MAX_EXAMPLES:
+        raise LocalProtocolError(f"{len(examples)} examples; the limit is {MAX_EXAMPLES}")
+    for example in examples:
+        _check_text("example", example, MAX_EXAMPLE_CHARS)
 
 
 def _check_schema(what: str, schema: object) -> None:

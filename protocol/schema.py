@@ -20,11 +20,12 @@ Field types understood:
   messages (encoded with their tags).
 
 Compatibility: a decoder accepts *more* trailing fields than it knows (they are ignored), so
-a later protocol version may append optional fields; it refuses fewer. Fields are never
-removed or reordered. A field appended later is marked :class:`Appended` (and has a
-default): it is left off the encoding, and off the signed bytes, while it holds its
-default, so a struct that does not use it encodes and signs exactly as before the field
-existed, and a decoder takes the default when it is absent.
+a later protocol version may append optional fields; it refuses fewer, except fields marked
+:class:`Appended`: such a field (always after every unmarked one, with a default) is left
+out of the encoding, and so out of the signed bytes, while it and every field after it
+hold their defaults, and a decoder that finds it missing uses the default. A struct made
+before the field existed therefore encodes, signs and verifies exactly as it did. Fields
+are never removed or reordered.
 
 :func:`signing_bytes` gives the one canonical encoding that is signed: a domain string, the
 struct's name, and every field but ``signature`` in declaration order.
@@ -94,8 +95,8 @@ class Range:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Appended:
-    """Marks a field appended by a later protocol version: it must have a default, come
-    after every unmarked field, and is omitted from the wire while it holds its default."""
+    """Marks a field added by a later protocol version: omitted from the encoding while it
+    (and every later field) equals its default; a missing one decodes as the default."""
 
 
 class _NodeIdMarker:
@@ -395,14 +396,14 @@ def _compile(cls: type) -> tuple[_Field, ...]:
         fields: list[_Field] = []
         for f in dataclasses.fields(cast(Any, cls)):
             hint = hints[f.name]
-            meta = get_args(hint)[1:] if get_origin(hint) is Annotated else ()
-            appended = any(isinstance(m, Appended) for m in meta)
+            appended = get_origin(hint) is Annotated and any(
+                isinstance(m, Appended) for m in get_args(hint)[1:]
+            )
             if appended and f.default is dataclasses.MISSING:
                 raise TypeError(f"{cls.__name__}.{f.name}: an Appended field needs a default")
-            if not appended and fields and fields[-1].appended:
+            if fields and fields[-1].appended and not appended:
                 raise TypeError(f"{cls.__name__}.{f.name}: Appended fields must come last")
-            to_w, from_w = _codec_for(hint, cls)
-            fields.append(_Field(f.name, to_w, from_w, appended, f.default))
+            fields.append(_Field(f.name, *_codec_for(hint, cls), appended, f.default))
         compiled = tuple(fields)
         cls.__wire_compiled__ = compiled  # type: ignore[attr-defined]
     return compiled
@@ -428,10 +429,8 @@ class WireStruct:
 
 def struct_to_wire(obj: Any, *, skip_signature: bool = False) -> list[Any]:
     """Encode ``obj``'s fields (not its tag) to msgpack-ready values; raise ``_Invalid``."""
-    fields = list(_compile(type(obj)))
-    while fields and fields[-1].appended and getattr(obj, fields[-1].name) == fields[-1].default:
-        fields.pop()  # left off: encodes (and signs) as before the field existed
     out = []
+    fields = _compile(type(obj))
     for field in fields:
         if skip_signature and field.name == "signature":
             continue
@@ -440,6 +439,11 @@ def struct_to_wire(obj: Any, *, skip_signature: bool = False) -> list[Any]:
         except _Invalid as exc:
             message = f"{type(obj).__name__}.{field.name}: {exc}"
             raise _Invalid(message, too_large=exc.too_large) from None
+    # Appended fields at their defaults, from the end, are left out (see the module doc).
+    for field in reversed(fields):
+        if not field.appended or getattr(obj, field.name) != field.default:
+            break
+        out.pop()
     return out
 
 
@@ -452,7 +456,7 @@ def struct_from_wire(cls: type[T], raw: Any, *, offset: int = 0) -> T:
     values = {}
     for i, field in enumerate(fields):
         if offset + i >= len(raw):
-            break  # an appended field left off: its default
+            break  # the rest are Appended fields left at their defaults
         try:
             values[field.name] = field.from_wire(raw[offset + i])
         except _Invalid as exc:

@@ -24,6 +24,7 @@ import argparse
 import ast
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +36,7 @@ from simulations.progress import Progress
 from simulations.report import build_report, command_line, dumps
 from simulations.scenarios import SCENARIOS, STARTS, Spec, make_config, run_scenario
 
-__all__ = ["main", "parse_args", "spec_from_args"]
+__all__ = ["build_parser", "main", "parse_args", "spec_from_args"]
 
 
 def _pair(text: str) -> tuple[float, float]:
@@ -79,15 +80,69 @@ def _setting(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+SCENARIO_HELP: dict[str, str] = {
+    "join": "every node joins through the seeds; time until all see each other alive, hold "
+    "every manifest and the same ledger (--duration bounds it)",
+    "crash": "--crash-fraction of the nodes crash at once; failure detection times and "
+    "false positives",
+    "partition-heal": "the mesh splits in two halves for --partition-s, then heals; time "
+    "to reconverge against two push-pull intervals",
+    "churn": "nodes join and leave (--churn-rate, --churn-crash) for --duration, then "
+    "--quiet-s to converge again",
+    "rumor": "one node publishes a new manifest; gossip rounds until every node heard and "
+    "applied it, against the push-gossip bound",
+    "slow-node": "one node stalls again and again (--pause-s, --run-s, --slow-mode); false "
+    "suspicions with Lifeguard on and off",
+    "steady": "a converged mesh with no faults; the base traffic per node",
+    "byzantine": "--byzantine of the nodes turn hostile (--attacks); honest false deaths, "
+    "member and record bounds, reconvergence",
+    "economy": "requesters delegate to honest and bad providers (--delegations, --bad-share, "
+    "--sybil); trust and routing convergence by round",
+}
+"""One line per scenario for ``--help`` (the full story: :mod:`simulations.scenarios`)."""
+
+EXAMPLES = """\
+examples:
+  python -m simulations --scenario join --nodes 100 --seed 7
+  python -m simulations --scenario rumor --nodes 1000 --seed 1 --loss 0.1 \\
+      --json rumor.json --plot rumor.png
+  python -m simulations --scenario byzantine --byzantine 0.1 --nodes 20 --profile local \\
+      --duration 20 --json byzantine.json
+
+The seed is printed first; a failed check prints the command that replays the run.
+Exit status: 0 passed, 1 safety violation, 2 liveness check failed, 64 bad arguments."""
+
+
+def _description() -> str:
+    width = max(len(name) for name in SCENARIOS)
+    lines = [
+        "Deterministic discrete-event simulation of a meshnode mesh: one seeded run of one "
+        "scenario,",
+        "judged by safety invariants during faults and liveness checks after them.",
+        "",
+        "scenarios:",
+    ]
+    for name in SCENARIOS:
+        wrapped = textwrap.wrap(SCENARIO_HELP[name], 86 - width, break_on_hyphens=False)
+        lines.append(f"  {name:<{width}}  {wrapped[0]}")
+        lines += [f"  {'':<{width}}  {more}" for more in wrapped[1:]]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m simulations`` argument parser."""
     p = argparse.ArgumentParser(
         prog="python -m simulations",
-        description="Deterministic discrete-event simulation of a meshnode mesh.",
+        description=_description(),
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--scenario", required=True, choices=SCENARIOS)
+    p.add_argument(
+        "--scenario", required=True, choices=SCENARIOS, help="what happens to the mesh (above)"
+    )
     p.add_argument("--nodes", type=int, default=50, help="mesh size (default 50)")
     p.add_argument("--seed", type=int, default=None, help="run seed (default: random, printed)")
-    p.add_argument("--loss", type=float, default=0.0, help="datagram loss probability")
+    p.add_argument("--loss", type=float, default=0.0, help="datagram loss probability (default 0)")
     p.add_argument(
         "--latency-ms",
         type=_pair,
@@ -95,10 +150,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="MIN:MEAN",
         help="one-way latency: minimum and mean in ms (default 0.5:1)",
     )
-    p.add_argument("--duplicate", type=float, default=0.0, help="datagram duplication probability")
-    p.add_argument("--reorder", type=float, default=0.0, help="probability of an extra delay")
-    p.add_argument("--duration", type=float, default=60.0, help="seconds of the measured phase")
-    p.add_argument("--profile", choices=("lan", "wan", "local"), default="lan")
+    p.add_argument(
+        "--duplicate", type=float, default=0.0, help="datagram duplication probability (default 0)"
+    )
+    p.add_argument(
+        "--reorder", type=float, default=0.0, help="probability of an extra delay (default 0)"
+    )
+    p.add_argument(
+        "--duration", type=float, default=60.0, help="seconds of the measured phase (default 60)"
+    )
+    p.add_argument(
+        "--profile",
+        choices=("lan", "wan", "local"),
+        default="lan",
+        help="NodeConfig timing preset (default lan)",
+    )
     p.add_argument(
         "--crypto",
         choices=("fast", "real"),
@@ -106,7 +172,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="fast: protocol.FastSigner (not secure, ~50x cheaper, same sizes; the default); "
         "real: Ed25519",
     )
-    p.add_argument("--lifeguard", choices=("on", "off"), default="on")
+    p.add_argument(
+        "--lifeguard",
+        choices=("on", "off"),
+        default="on",
+        help="local health scaling of probe and suspicion timing (default on)",
+    )
     p.add_argument("--wire", action="store_true", help="encode and decode every packet")
     p.add_argument(
         "--start",
@@ -117,27 +188,74 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "converged (every node starts knowing every other alive, incarnation 0, with its "
         "manifest, nothing left to gossip: the steady state, for large N)",
     )
-    p.add_argument("--seeds", type=int, default=3, help="seed nodes everyone joins through")
-    p.add_argument("--join-spread", type=float, default=1.0, help="nodes start within this time")
-    p.add_argument("--bootstrap-limit", type=float, default=600.0)
-    p.add_argument("--settle", type=float, default=5.0, help="seconds after bootstrap")
-    p.add_argument("--crash-fraction", type=float, default=0.1)
-    p.add_argument("--partition-s", type=float, default=30.0)
-    p.add_argument("--churn-rate", type=float, default=1.0, help="joins+leaves per second")
-    p.add_argument("--churn-crash", type=float, default=0.0, help="share of departures that crash")
-    p.add_argument("--quiet-s", type=float, default=60.0, help="convergence budget after faults")
-    p.add_argument("--outcome-rate", type=float, default=1.0, help="task outcomes per second")
     p.add_argument(
-        "--pause-s", type=_pair, default=(0.1, 2.0), metavar="MIN:MAX", help="slow-node stalls"
+        "--seeds", type=int, default=3, help="seed nodes everyone joins through (default 3)"
     )
     p.add_argument(
-        "--run-s", type=_pair, default=(0.1, 2.0), metavar="MIN:MAX", help="slow-node runs"
+        "--join-spread",
+        type=float,
+        default=1.0,
+        help="nodes start within this many seconds (default 1)",
+    )
+    p.add_argument(
+        "--bootstrap-limit",
+        type=float,
+        default=600.0,
+        help="seconds the bootstrap may take to converge (default 600)",
+    )
+    p.add_argument("--settle", type=float, default=5.0, help="seconds after bootstrap (default 5)")
+    p.add_argument(
+        "--crash-fraction",
+        type=float,
+        default=0.1,
+        help="crash: share of the non-seed nodes that crash (default 0.1)",
+    )
+    p.add_argument(
+        "--partition-s",
+        type=float,
+        default=30.0,
+        help="partition-heal: seconds the halves are apart (default 30)",
+    )
+    p.add_argument(
+        "--churn-rate", type=float, default=1.0, help="churn: joins+leaves per second (default 1)"
+    )
+    p.add_argument(
+        "--churn-crash",
+        type=float,
+        default=0.0,
+        help="churn: share of departures that crash (default 0)",
+    )
+    p.add_argument(
+        "--quiet-s",
+        type=float,
+        default=60.0,
+        help="seconds of convergence budget after faults (default 60)",
+    )
+    p.add_argument(
+        "--outcome-rate",
+        type=float,
+        default=1.0,
+        help="task outcomes per second, whole mesh (default 1)",
+    )
+    p.add_argument(
+        "--pause-s",
+        type=_pair,
+        default=(0.1, 2.0),
+        metavar="MIN:MAX",
+        help="slow-node: stall seconds (default 0.1:2)",
+    )
+    p.add_argument(
+        "--run-s",
+        type=_pair,
+        default=(0.1, 2.0),
+        metavar="MIN:MAX",
+        help="slow-node: run seconds (default 0.1:2)",
     )
     p.add_argument(
         "--slow-mode",
         choices=("pause", "lag"),
         default="pause",
-        help="slow-node: stall the process, or delay what it receives by --pause-s",
+        help="slow-node: stall the process, or delay what it receives by --pause-s (default pause)",
     )
     p.add_argument(
         "--byzantine",
@@ -209,17 +327,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a NodeConfig field (repeatable)",
+        help="override a NodeConfig field (repeatable; default: none)",
     )
-    p.add_argument("--json", type=str, default=None, help="write the report here ('-': stdout)")
-    p.add_argument("--plot", type=str, default=None, help="write the dissemination plot (PNG)")
+    p.add_argument(
+        "--json",
+        type=str,
+        default=None,
+        help="write the JSON report here ('-': stdout; default: none)",
+    )
+    p.add_argument(
+        "--plot",
+        type=str,
+        default=None,
+        help="write the scenario's plot here (PNG; rumor and economy; default: none)",
+    )
     p.add_argument(
         "--no-timing",
         action="store_true",
         help="leave wall time and events/s out of the JSON (byte-identical reports)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def spec_from_args(args: argparse.Namespace) -> Spec:
@@ -268,12 +400,27 @@ def spec_from_args(args: argparse.Namespace) -> Spec:
     )
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before the run, a ``--json`` or ``--plot`` file that could not be written
+    after it (its folder missing, or the path a folder): a long run must not end in an
+    error that was known at its start."""
+    for flag, given in (("--json", args.json), ("--plot", args.plot)):
+        if not given or given == "-":
+            continue
+        path = Path(given)
+        if path.is_dir():
+            raise ValueError(f"{flag} {given} is a folder: give a file name")
+        if not path.parent.is_dir():
+            raise ValueError(f"{flag} {given}: the folder {path.parent} does not exist")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     out = sys.stderr if args.json == "-" else sys.stdout
     try:
         spec = spec_from_args(args)
         config = make_config(spec)
+        check_outputs(args)
     except (ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 64
@@ -318,60 +465,84 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _summarise(report: dict[str, Any], out: Any) -> None:
+def fixed(value: Any, digits: int = 2) -> str:
+    """A figure with ``digits`` decimals for the summary (``-`` for none, as is for text)."""
+    if value is None:
+        return "-"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """The summary printed after a run: seconds and round counts with 2 decimals, each
+    round count with the length of its round."""
     summary = report["summary"]
+    results = report["results"]
     lines = [f"scenario {report['scenario']}, {report['nodes']} nodes, seed {report['seed']}"]
     if summary["membership_convergence_s"] is not None:
-        lines.append(f"  membership converged after {summary['membership_convergence_s']} s")
+        lines.append(f"  membership converged after {fixed(summary['membership_convergence_s'])} s")
     if summary["rumor"]:
         r = summary["rumor"]
+        rounds = r["rounds"]
         lines.append(
-            f"  rumor: rounds p50/p99/max {r['rounds']['p50']}/{r['rounds']['p99']}/"
-            f"{r['rounds']['max']} (heard: {r['heard_rounds']['max']} max; "
-            f"analytic {r['analytic_rounds']})"
+            f"  rumor: applied after {fixed(rounds['p50'])}/{fixed(rounds['p99'])}/"
+            f"{fixed(rounds['max'])} gossip rounds p50/p99/max (1 round = gossip_interval "
+            f"{results['gossip_interval_s']:g} s), heard after {fixed(r['heard_rounds']['max'])} "
+            f"max; analytic bound {fixed(r['analytic_rounds'])} rounds"
         )
     if summary["failure_detection"]:
         fd = summary["failure_detection"]
         lines.append(
-            f"  failure detection: first node p50 {fd['first_node_s']['p50']} s, "
-            f"all nodes max {fd['all_nodes_s']['max']} s"
+            f"  failure detection: first node p50 {fixed(fd['first_node_s']['p50'])} s, "
+            f"all nodes max {fixed(fd['all_nodes_s']['max'])} s"
         )
     if summary["reconvergence_after_heal"]:
         rc = summary["reconvergence_after_heal"]
         lines.append(
-            f"  reconvergence after heal: membership {rc['membership_s']} s, manifests "
-            f"{rc['manifests_s']} s, ledger {rc['ledger_s']} s (budget {rc['budget_s']} s)"
+            f"  reconvergence after heal: membership {fixed(rc['membership_s'])} s, manifests "
+            f"{fixed(rc['manifests_s'])} s, ledger {fixed(rc['ledger_s'])} s (budget "
+            f"{fixed(rc['budget_s'])} s)"
         )
     lines.append(
         f"  false suspicions {summary['false_suspicions']}, false deaths {summary['false_deaths']}"
     )
     if report["scenario"] == "byzantine":
-        r = report["results"]
+        r = results
         lines.append(
             f"  byzantine {r['byzantine_nodes']}: honest false deaths "
             f"{r['false_deaths_of_honest']}, peak members {r['peak_members']} (bound "
             f"{r['bounds']['members']}), peak records {r['peak_records']} (bound "
             f"{r['bounds']['records']}), honest convergence after the attack "
-            f"{r['honest_convergence_after_stop_s']} s (budget {r['convergence_budget_s']} s)"
+            f"{fixed(r['honest_convergence_after_stop_s'])} s (budget "
+            f"{fixed(r['convergence_budget_s'])} s)"
         )
     if report["scenario"] == "economy":
-        r = report["results"]
-        tasks = r["tasks"]
+        r = results
+        tasks, trust = r["tasks"], r["trust_convergence"]
+        rate = r["plan"]["delegation_rate"]
         lines.append(
-            f"  economy: trust converged at round {r['trust_convergence']['round']}, "
-            f"routing at round {r['routing_convergence']['round']}, "
-            f"share to bad {r['share_to_bad']['all']}, completed {tasks['completed']} "
-            f"({tasks['completed_good']} good), failed {tasks['failed']}, deadline misses "
-            f"{tasks['deadline_missed']}, breaker flaps {r['breakers']['flaps']}, Sybil ring "
-            f"trust {r['sybil_ring']['trust_mean_final']}, honest providers lowered by bad "
-            f"input {r['bad_input']['honest_providers_lowered']}"
+            f"  economy (1 round = one delegation per requester, {fixed(1 / rate)} s on "
+            f"average at {rate:g} per s): trust converged at round "
+            f"{fixed(trust['round'], 0)} ({fixed(trust['seconds'])} s), routing at round "
+            f"{fixed(r['routing_convergence']['round'], 0)} of "
+            f"{r['rounds']}, share to bad {fixed(r['share_to_bad']['all'])}, completed "
+            f"{tasks['completed']} ({tasks['completed_good']} good), failed {tasks['failed']}, "
+            f"deadline misses {tasks['deadline_missed']}, breaker flaps {r['breakers']['flaps']}, "
+            f"Sybil ring trust {fixed(r['sybil_ring']['trust_mean_final'])}, honest providers "
+            f"lowered by bad input {r['bad_input']['honest_providers_lowered']}"
         )
     traffic = summary["traffic_per_node_per_s"]
     if traffic.get("gossip"):
         lines.append(
-            f"  per node per s: gossip {traffic['gossip']['bytes']} B, probe "
-            f"{traffic['probe']['bytes']} B, push-pull {traffic['push_pull']['bytes']} B, "
-            f"fetch {traffic['manifest_fetch']['bytes']} B"
+            f"  per node per s: gossip {fixed(traffic['gossip']['bytes'], 0)} B, probe "
+            f"{fixed(traffic['probe']['bytes'], 0)} B, push-pull "
+            f"{fixed(traffic['push_pull']['bytes'], 0)} B, fetch "
+            f"{fixed(traffic['manifest_fetch']['bytes'], 0)} B"
         )
-    for line in lines:
+    return lines
+
+
+def _summarise(report: dict[str, Any], out: Any) -> None:
+    for line in summary_lines(report):
         print(line, file=out)

@@ -6,8 +6,10 @@ The rumor scenario records, for every node, when it first heard of the new manif
 version (it asked for the manifest) and when it applied it. The plot draws both empirical
 curves as steps — the fraction of the other nodes informed at each virtual instant — over
 the mean-field push-gossip curve of :mod:`simulations.epidemic` for the same ``n`` and
-fanout, one round per ``gossip_interval``, and marks the analytic round count
-``log_{f+1} n + ln n / f`` and the goal (1.25× the bound, 1.5× that with loss).
+fanout, and marks the analytic round count ``log_{f+1} n + ln n / f`` and the goal (1.25×
+the bound, 1.5× that with loss). The bound and the goal are counted in gossip rounds, so
+the x axis is too: a virtual time ``t`` after publication is ``t / gossip_interval``
+rounds, and the axis label states the round length.
 matplotlib runs with the Agg backend (no display needed) and is imported only when a plot
 is asked for.
 """
@@ -17,11 +19,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_dissemination", "plot_economy"]
+__all__ = ["dissemination_figure", "plot_dissemination", "plot_economy"]
 
 
 def plot_dissemination(curve: dict[str, Any], path: str | Path) -> None:
     """Write the dissemination figure for ``curve`` (from the rumor scenario) to ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig = dissemination_figure(curve)
+    fig.savefig(str(path))
+    plt.close(fig)
+
+
+def dissemination_figure(curve: dict[str, Any]) -> Any:
+    """The dissemination figure (a matplotlib ``Figure``; the caller closes it), its x axis
+    in gossip rounds after publication."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -35,33 +47,33 @@ def plot_dissemination(curve: dict[str, Any], path: str | Path) -> None:
         ("heard", "heard the rumor (simulated)", "-"),
         ("applied", "applied the manifest (simulated)", "--"),
     ):
-        times = [0.0, *curve[key]]
+        times = [0.0, *(t / interval for t in curve[key])]
         fractions = [0.0, *((i + 1) / others for i in range(len(curve[key])))]
         ax.step(times, fractions, where="post", linestyle=style, label=label)
     mean_field = curve["mean_field"]
     ax.plot(
-        [r * interval for r in range(len(mean_field))],
+        list(range(len(mean_field))),
         mean_field,
         marker="o",
         markersize=3,
         color="grey",
         label=f"push-gossip mean field (fanout {curve['fanout']})",
     )
-    bound = float(curve["bound_rounds"]) * interval
+    bound = float(curve["bound_rounds"])
     ax.axvline(bound, color="grey", linestyle=":", label=r"$\log_{f+1} n + \ln n / f$ rounds")
     factor = float(curve.get("goal_factor", 1.25))
     ax.axvline(factor * bound, color="red", linestyle=":", label=f"{factor:g} × bound (goal)")
-    ax.set_xlabel("seconds after publication")
+    ax.set_xlabel(f"gossip rounds after publication (1 round = gossip_interval {interval:g} s)")
     ax.set_ylabel("fraction of nodes informed")
     ax.set_ylim(0.0, 1.02)
-    right = max([1.2 * factor * bound, *curve["applied"][-1:], *curve["heard"][-1:]])
+    last = [t / interval for t in (*curve["applied"][-1:], *curve["heard"][-1:])]
+    right = max([1.2 * factor * bound, *last])
     ax.set_xlim(0.0, right * 1.05)
     ax.set_title(str(curve.get("title", "rumor dissemination")))
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(str(path))
-    plt.close(fig)
+    return fig
 
 
 def plot_economy(curve: dict[str, Any], path: str | Path) -> None:

@@ -303,7 +303,7 @@ class _Run:
     def run_until(self, until: float, label: str, stop: Callable[[], bool] | None = None) -> bool:
         progress = self.progress
         if progress is not None:
-            progress.phase(label, self.cluster.now, until)
+            progress.phase(label, self.cluster.now, until, open_ended=stop is not None)
         done = self.cluster.run_until(
             until, stop=stop, on_progress=progress.update if progress else None
         )

@@ -12,7 +12,9 @@ everything that does not need a socket, a clock or a database; the aiohttp route
   capability whose input schema takes ``{"text": ...}``), then the gateway skill
   :data:`GATEWAY_SKILL` (route to the mesh), the JSON-RPC interface at
   :data:`JSONRPC_PATH` with ``protocolVersion`` :data:`PROTOCOL_VERSION`, streaming on,
-  push notifications off, and a bearer security scheme when the API has a token. The
+  push notifications off, a bearer security scheme when the API has a token, and the
+  request-signature scheme :data:`SIGNATURE_SCHEME` when mesh members may sign
+  (:mod:`meshnode.core.request_auth`). The
   runtime signs it (:func:`protocol.jws.sign_card`). Every value in it is a non-empty
   string, list, object or ``true``/``false`` of an optional field, so a client that reads
   it through the A2A protobuf schema sees exactly the bytes that were signed.
@@ -70,6 +72,7 @@ __all__ = [
     "MAX_TEXT_CHARS",
     "NEGOTIATION_STATES",
     "PROTOCOL_VERSION",
+    "SIGNATURE_SCHEME",
     "TERMINAL_STATES",
     "A2AError",
     "ErrorCode",
@@ -121,6 +124,8 @@ MAX_PAGE_SIZE = 100
 """Largest ListTasks page."""
 DEFAULT_PAGE_SIZE = 50
 """ListTasks page size when the caller gives none."""
+SIGNATURE_SCHEME = "meshnodeSignature"
+"""Name of the card's security scheme for mesh members' signed requests."""
 GATEWAY_SKILL = "meshnode.gateway"
 """Id of the card's last skill: the node as a gateway to the whole mesh (a message naming
 it, or no skill, is routed by discovery)."""
@@ -643,9 +648,12 @@ def build_card(
     *,
     bearer: bool,
     description: str = "",
+    signed_requests: bool = False,
 ) -> dict[str, Any]:
     """The (unsigned) agent card of the node whose signed ``manifest`` this is, serving
-    JSON-RPC at ``url``; ``bearer`` declares the API token's bearer scheme."""
+    JSON-RPC at ``url``; ``bearer`` declares the API token's bearer scheme,
+    ``signed_requests`` the mesh members' request signatures
+    (:mod:`meshnode.core.request_auth`; either scheme is enough)."""
     skills = []
     for cap in manifest.capabilities:
         input_modes = ["application/json"]
@@ -687,16 +695,27 @@ def build_card(
         "defaultOutputModes": ["application/json"],
         "skills": skills,
     }
+    schemes: dict[str, Any] = {}
     if bearer:
-        card["securitySchemes"] = {
-            "bearer": {
-                "httpAuthSecurityScheme": {
-                    "scheme": "Bearer",
-                    "description": "the node's API token (meshnode run --api-token)",
-                }
+        schemes["bearer"] = {
+            "httpAuthSecurityScheme": {
+                "scheme": "Bearer",
+                "description": "the node's API token (meshnode run --api-token)",
             }
         }
-        card["securityRequirements"] = [{"schemes": {"bearer": {"list": []}}}]
+    if signed_requests:
+        schemes[SIGNATURE_SCHEME] = {
+            "apiKeySecurityScheme": {
+                "location": "header",
+                "name": "Meshnode-Signature",
+                "description": "a mesh member's Ed25519 request signature "
+                "(headers Meshnode-Node, Meshnode-Timestamp, Meshnode-Nonce, "
+                "Meshnode-Signature; scheme meshnode-ed25519-v1, docs/interop.md)",
+            }
+        }
+    if schemes:
+        card["securitySchemes"] = schemes
+        card["securityRequirements"] = [{"schemes": {name: {"list": []}}} for name in schemes]
     return card
 
 

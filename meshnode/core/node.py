@@ -1216,10 +1216,12 @@ class NodeCore:
         capability_name: str | None = None,
         name_only: bool = False,
         top_k: int = DEFAULT_TOP_K,
+        lexical: Mapping[tuple[str, str], float] | None = None,
     ) -> list[ScoredCandidate]:
         """Rank the index's ``hits`` for a query: only members membership holds ALIVE (not
         ourselves), with the load they advertised, our trust view and our open circuits
-        (see :func:`meshnode.core.router.rank`)."""
+        (see :func:`meshnode.core.router.rank`); ``lexical`` is each hit's normalised BM25
+        score by (node id, capability name)."""
         membership = self.mesh.membership
         alive: list[tuple[RoutableEntry, float]] = []
         load: dict[str, LoadInfo] = {}
@@ -1250,6 +1252,7 @@ class NodeCore:
             member_since=ages.known,
             tie_secret=self.tie_secret,
             capability_trust=self._capability_trust(alive, now),
+            lexical=lexical,
         )
 
     def _capability_trust(

@@ -7,24 +7,46 @@ Discovery (the capability index) answers "which capabilities are *about* this?" 
 is a pure function of its inputs: no I/O, no clock, no randomness, and the same inputs
 always give the same list in the same order.
 
-1. Filter. A hit survives when its capability is called ``capability_name`` (if given,
+1. Relevance. Each hit comes with the cosine similarity of its embedding to the query's
+   and, when the caller has a lexical index, its normalised BM25 score ``lexical`` in
+   [0, 1] (:mod:`meshnode.discovery.lexical`). They are fused by a weighted sum::
+
+       relevance = min(1, max(0, similarity) + LEXICAL_WEIGHT × lexical)
+
+   A weighted sum of scores rather than reciprocal rank fusion: RRF keeps only ranks, so
+   a clear semantic winner and a near tie look alike, a hit found by one stray word ranks
+   with the best semantic one (measured: see :data:`LEXICAL_WEIGHT`), and the router must
+   weigh relevance against trust in units that mean something. Words only ever add: a
+   paraphrase that shares no word with the description keeps its dense score.
+2. Filter. A hit survives when its capability is called ``capability_name`` (if given,
    exact match), its node's trust is at least ``min_trust``, its price is within
    ``max_cost_usd``, its advertised latency within ``max_latency_ms``, it carries every
-   requested tag (on the capability or on its node's manifest), and its similarity is at
-   least ``min_similarity``. A name-only query (no description, ``name_only=True``) has no
-   similarity to test: an exact name match scores semantic 1.0.
-2. Score each survivor on four factors in [0, 1] and blend them::
+   requested tag (on the capability or on its node's manifest), and its relevance reaches
+   the query's calibrated floor (:func:`relevance_floor`)::
 
-       total = 0.35 × semantic + 0.35 × trust + 0.15 × availability + 0.15 × cost_factor
+       floor = max(min_similarity, min(best − RELEVANCE_MARGIN, mean + RELEVANCE_NOISE_Z × std))
 
-   * semantic — the cosine similarity (clamped to [0, 1]);
+   over the relevance of every hit of the query (``best`` the highest; ``mean`` and
+   ``std`` of the pool, used when it has at least :data:`NOISE_MIN_POOL` hits). A hit
+   within the margin of the best is kept however weak the best is, so a query whose best
+   match is weak still returns its best few, ranked; a hit standing out of the pool's
+   noise is kept even further from the best; ``min_similarity`` (default
+   :data:`MIN_SIMILARITY`, low) drops only what resembles the query no more than unrelated
+   text does. A name-only query (no description, ``name_only=True``) has no relevance to
+   test: an exact name match scores 1.0.
+3. Score each survivor on four factors in [0, 1] and blend them::
+
+       total = 0.35 × relevance + 0.35 × trust + 0.15 × availability + 0.15 × cost_factor
+
+   * relevance — above (the ``semantic`` weight applies to it); the candidate also
+     reports its parts, ``semantic`` (the cosine clamped to [0, 1]) and ``lexical``;
    * trust — the caller's trust in the node (:data:`DEFAULT_TRUST` if unknown);
    * availability — ``1 − in_flight / max_concurrent`` from the node's advertised load,
      clamped to [0, 1]; a node whose circuit breaker is open is kept but scored at exactly
      :data:`OPEN_CIRCUIT_AVAILABILITY`;
    * cost_factor — cheaper scores higher: ``1 − cost / max_cost_usd`` within a budget, or
      ``1 / (1 + cost / REFERENCE_COST_USD)`` without one.
-3. Order by total (highest first); break ties by evidence, never by node id: first the
+4. Order by total (highest first); break ties by evidence, never by node id: first the
    caller's trust in the node (higher first), then how long the node has been a member
    as the caller saw it (``member_since``: the time it first saw the node alive, earlier
    first; unknown counts as newest), and only then a deterministic final key that cannot
@@ -65,12 +87,16 @@ __all__ = [
     "DEFAULT_TOP_K",
     "DEFAULT_TRUST",
     "DEFAULT_WEIGHTS",
+    "LEXICAL_WEIGHT",
     "MAX_TIE_SECRET_BYTES",
     "MAX_TOP_K",
     "MIN_SIMILARITY",
     "MIN_TOP_K",
+    "NOISE_MIN_POOL",
     "OPEN_CIRCUIT_AVAILABILITY",
     "REFERENCE_COST_USD",
+    "RELEVANCE_MARGIN",
+    "RELEVANCE_NOISE_Z",
     "TIE_KEY_BYTES",
     "UNKNOWN_LOAD_AVAILABILITY",
     "LoadInfo",
@@ -82,21 +108,59 @@ __all__ = [
     "cost_factor",
     "has_tags",
     "rank",
+    "relevance",
+    "relevance_floor",
     "tie_key",
 ]
 
 # --------------------------------------------------------------------------- constants
 
-MIN_SIMILARITY = 0.3
-"""Default lowest cosine similarity a hit needs to be routable: the registry-based
-reference design's threshold, kept because the measurements below support it. On
-``tests/data/retrieval.json`` with all-MiniLM-L6-v2, a query and the capability it
-paraphrases score 0.21–0.71 (median 0.45); a query and an unrelated capability median
-0.04, 95th percentile 0.21. At 0.3 the right capability survives for 92 % of the queries,
-and a query whose capability is absent returns nothing 56 % of the time (0.2: 100 % and
-12 %; 0.35: 81 % and 76 %): no threshold separates the two cleanly, 0.3 is the balance.
-The hashing embedder scores paraphrases lower; a caller using it may pass a lower
+MIN_SIMILARITY = 0.1
+"""Absolute floor of relevance: a hit below it is never routable, whatever the rest of
+the query's hits score. Low on purpose: the calibrated rule (:func:`relevance_floor`)
+does the selection, this only drops what resembles the query no more than unrelated text
+does. Chosen on the ``dev`` split of ``tests/data/retrieval_large.json`` with
+all-MiniLM-L6-v2 (``python -m benchmarks.retrieval``): the expected capability's
+relevance was 0.06 at the lowest and 0.13 at the 5th percentile, other capabilities' a
+median of 0.10 — MiniLM's unrelated texts are not near 0, so no absolute value separates
+the two; at 0.10 no dev query of either set came back empty, at 0.15 two of the new
+set's did (dense scores alone). (The
+previous absolute floor, 0.3, chosen on ``tests/data/retrieval.json``, left 25 % of the
+new set's queries with no answer: "how many pounds is 3 kilograms" finds unit conversion
+at 0.25, "directions from the station to the museum" a route planner at 0.22.) The
+hashing embedder scores lower still; a caller using it may pass a lower
 ``min_similarity``."""
+
+RELEVANCE_MARGIN = 0.15
+"""A hit within this much relevance of the query's best hit is kept (see
+:func:`relevance_floor`). On the dev splits with MiniLM (fp32 and int8), recall@3 after
+the floor equals recall@3 with no floor at all on the old set for any margin from 0.10,
+and on the new set from 0.15 at fp32 (0.20 at int8, one query more); 0.15 keeps a median
+of 2-3 candidates on the old set and 5-6 on the new where 0.20 keeps 10-12, which a
+trusted but irrelevant provider could then outrank."""
+
+RELEVANCE_NOISE_Z = 2.0
+"""A hit more than this many standard deviations above the mean relevance of the query's
+pool stands out of its noise and is kept even beyond :data:`RELEVANCE_MARGIN` (several
+good providers phrased differently). On the dev splits, with a margin of 0.10, 2.0 kept
+one query's expected capability that 3.0 dropped; with 0.15 both give the same recall
+(these sets rarely have several strong providers for one query)."""
+
+NOISE_MIN_POOL = 8
+"""Fewest hits whose mean and spread say anything about a query's noise; a smaller pool
+is filtered by the margin and the floor alone."""
+
+LEXICAL_WEIGHT = 0.05
+"""Weight of the normalised BM25 score added to the cosine similarity (see the module
+doc). Chosen on the dev splits: for MiniLM, whose paraphrase queries rarely share a word
+with the capability they want (92 % of the new set's share none), every weight from 0.05
+up cost recall@1 (new set, fp32: 0.600 at 0, 0.593 at 0.05, 0.578 at 0.1, 0.504 at 0.25)
+because a stray shared word lifts the wrong capability; for the hashing embedder words
+are the signal (old set: 0.33 at 0, 0.36 at 0.05, 0.40 at 0.1). 0.05 costs MiniLM at most
+one dev query and lets an exact name, acronym or product word decide between capabilities
+that mean much the same. Reciprocal rank fusion was measured too and rejected: with
+k = 20 or 60 it dropped MiniLM's dev recall@1 to 0.74 (old set) and 0.19 (new set),
+because a word-only hit ranks as high as a semantic one."""
 
 OPEN_CIRCUIT_AVAILABILITY = 0.3
 """Availability given to a node whose circuit breaker is open (after repeated failures):
@@ -209,11 +273,16 @@ class ScoredCandidate:
     similarity: float
     """The raw similarity the hit came with (1.0 for a name-only match)."""
     semantic: float
+    """The similarity clamped to [0, 1]."""
     trust: float
     availability: float
     cost_factor: float
     total: float
     circuit_open: bool = False
+    lexical: float = 0.0
+    """The normalised BM25 score of the query against the capability's words, in [0, 1]."""
+    relevance: float = 0.0
+    """:func:`relevance` of ``semantic`` and ``lexical``: the factor ``total`` weighs."""
 
     @property
     def capability_name(self) -> str:
@@ -227,6 +296,37 @@ def _clamp01(value: float) -> float:
     if math.isnan(value):
         return 0.0
     return max(0.0, min(1.0, value))
+
+
+def relevance(similarity: float, lexical: float = 0.0, weight: float = LEXICAL_WEIGHT) -> float:
+    """``min(1, max(0, similarity) + weight × lexical)`` (``weight`` defaults to
+    :data:`LEXICAL_WEIGHT`); NaN inputs count as 0."""
+    return _clamp01(_clamp01(similarity) + weight * _clamp01(lexical))
+
+
+def relevance_floor(
+    scores: Iterable[float],
+    *,
+    absolute_floor: float = MIN_SIMILARITY,
+    margin: float = RELEVANCE_MARGIN,
+    noise_z: float = RELEVANCE_NOISE_Z,
+) -> float:
+    """The lowest relevance kept among hits scoring ``scores`` (one query's pool)::
+
+        max(absolute_floor, min(best − margin, mean + noise_z × std))
+
+    The noise term applies when there are at least :data:`NOISE_MIN_POOL` scores. With
+    no score, the floor is ``absolute_floor``."""
+    values = [v for v in scores if not math.isnan(v)]
+    if not values:
+        return absolute_floor
+    best = max(values)
+    relative = best - margin
+    if len(values) >= NOISE_MIN_POOL:
+        mean = math.fsum(values) / len(values)
+        spread = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / len(values))
+        relative = min(relative, mean + noise_z * spread)
+    return max(absolute_floor, relative)
 
 
 def availability(in_flight: int, max_concurrent: int) -> float:
@@ -312,6 +412,8 @@ def rank(
     member_since: Mapping[str, float] | None = None,
     tie_secret: bytes = b"",
     capability_trust: Mapping[tuple[str, str], float] | None = None,
+    lexical: Mapping[tuple[str, str], float] | None = None,
+    lexical_weight: float = LEXICAL_WEIGHT,
 ) -> list[ScoredCandidate]:
     """Filter, score and order ``hits``; return the best ``top_k`` (see the module doc).
 
@@ -322,8 +424,10 @@ def rank(
     name), the caller's trust in the node *for that capability* (its own experience of
     it); where present it replaces ``trust`` for that choice. ``name_only`` says the query
     had no description, only ``capability_name``: the hits' similarities are then ignored
-    and an exact name match scores semantic 1.0. A (node, capability) that appears in
-    several hits is scored once, with its highest similarity.
+    and an exact name match scores semantic 1.0. ``lexical`` gives, per (node id,
+    capability name), the normalised BM25 score of the query against that capability
+    (absent: 0), weighted by ``lexical_weight`` in the relevance. A (node, capability)
+    that appears in several hits is scored once, with its highest relevance.
     """
     _check_top_k(top_k)
     if not isinstance(weights, RoutingWeights):
@@ -336,24 +440,30 @@ def rank(
         raise ValueError(f"max_latency_ms must be a finite number >= 0, got {max_latency_ms!r}")
     if not -1.0 <= min_similarity <= 1.0:
         raise ValueError(f"min_similarity must be in [-1, 1], got {min_similarity!r}")
+    if not 0.0 <= lexical_weight <= 1.0:
+        raise ValueError(f"lexical_weight must be in [0, 1], got {lexical_weight!r}")
     if name_only and not capability_name:
         raise ValueError("a name-only query needs a capability_name")
     if isinstance(tags, str):
         raise TypeError("tags must be a collection of strings, not one string")
     required_tags = frozenset(tags)
 
-    best: dict[tuple[str, str], tuple[RoutableEntry, float]] = {}
+    words = lexical if lexical is not None and not name_only else {}
+    best: dict[tuple[str, str], tuple[RoutableEntry, float, float, float]] = {}
     for entry, similarity in hits:
         cap = entry.capability
         if capability_name is not None and cap.name != capability_name:
             continue
         score = 1.0 if name_only else float(similarity)
-        if math.isnan(score) or score < min_similarity:
+        if math.isnan(score):
             continue
         key = (entry.node_id, cap.name)
+        word_score = _clamp01(float(words.get(key, 0.0)))
+        fused = relevance(score, word_score, lexical_weight)
         seen = best.get(key)
-        if seen is None or score > seen[1]:
-            best[key] = (entry, score)
+        if seen is None or fused > seen[3]:
+            best[key] = (entry, score, word_score, fused)
+    floor = relevance_floor((row[3] for row in best.values()), absolute_floor=min_similarity)
 
     since = member_since if member_since is not None else {}
     # Score into plain tuples, order, and build result objects for the top_k only.
@@ -372,9 +482,13 @@ def rank(
             float,
             float,
             bool,
+            float,
+            float,
         ]
     ] = []
-    for (node_id, name), (entry, similarity) in best.items():
+    for (node_id, name), (entry, similarity, word_score, fused) in best.items():
+        if fused < floor:
+            continue
         cap = entry.capability
         specific = None if capability_trust is None else capability_trust.get((node_id, name))
         if specific is None:
@@ -396,7 +510,7 @@ def rank(
         cheapness = cost_factor(cap.cost_per_call_usd, max_cost_usd)
         total = math.fsum(
             (
-                weights.semantic * _clamp01(similarity),
+                weights.semantic * fused,
                 weights.trust * node_trust,
                 weights.availability * node_availability,
                 weights.cost * cheapness,
@@ -417,6 +531,8 @@ def rank(
                 node_availability,
                 cheapness,
                 circuit_open,
+                word_score,
+                fused,
             )
         )
 
@@ -434,6 +550,8 @@ def rank(
             cost_factor=cheapness,
             total=-negative_total,
             circuit_open=circuit_open,
+            lexical=word_score,
+            relevance=fused,
         )
         for (
             _untrusted,
@@ -449,5 +567,7 @@ def rank(
             node_availability,
             cheapness,
             circuit_open,
+            word_score,
+            fused,
         ) in best_first
     ]

@@ -7,11 +7,12 @@ into subtasks, finds the specialists by describing what it needs, delegates, che
 comes back and merges it into a Markdown report.
 
 Modules: :mod:`~meshnode.demo.agents` (the specialists), :mod:`~meshnode.demo.orchestrator`,
+:mod:`~meshnode.demo.planner` (reads the question against the table's columns and values),
 :mod:`~meshnode.demo.runner` (starts and stops the processes), :mod:`~meshnode.demo.live`
 (the terminal view), :mod:`~meshnode.demo.guards` (path and URL checks),
 :mod:`~meshnode.demo.sandbox` (the code agent's limited runs), :mod:`~meshnode.demo.stats`,
 :mod:`~meshnode.demo.search` and :mod:`~meshnode.demo.writer`. ``data/`` holds the demo's
-made-up startup table and the offline search corpus.
+made-up startup table and the offline search corpus; ``--csv`` gives it any other table.
 """
 
 from __future__ import annotations

@@ -14,8 +14,9 @@ Configuration comes from the environment, so that ``meshnode run`` needs no extr
                             (see :mod:`meshnode.runtime.mcp_client`)
 ``MESHNODE_SEARCH_SERVER``  web-search agent: which server's ``search`` tool to call (default:
                             the one named ``search``, or the only one configured)
-``MESHNODE_LLM_URL``,       writer agent: an OpenAI-compatible endpoint and its key; without
-``MESHNODE_LLM_KEY``        them the writer uses its template and says so in the report
+``MESHNODE_LLM_URL``,       writer agent (and the orchestrator, to plan): an OpenAI-compatible
+``MESHNODE_LLM_KEY``        endpoint and its key (optional); without the URL the writer uses
+                            its template and says so in the report
 ``MESHNODE_CODE_CALLERS``   code agent (required): the node ids, comma-separated, allowed to
                             call ``run_python``; the demo gives it the orchestrator's id only
 ==========================  ====================================================================
@@ -75,6 +76,16 @@ ANALYZE_INPUT: dict[str, Any] = {
         "value_column": {"type": "string", "minLength": 1, "maxLength": 128},
         "group_by": {"type": "array", "items": _STR, "maxItems": 8},
         "year_column": {"type": ["string", "null"]},
+        "filters": {
+            "type": "object",
+            "maxProperties": stats.MAX_FILTER_COLUMNS,
+            "additionalProperties": {
+                "type": "array",
+                "items": {"type": "string", "maxLength": stats.MAX_CELL_CHARS},
+                "minItems": 1,
+                "maxItems": stats.MAX_FILTER_VALUES,
+            },
+        },
     },
     "additionalProperties": False,
 }
@@ -130,6 +141,8 @@ WRITE_INPUT: dict[str, Any] = {
     "properties": {
         "query": {"type": "string", "minLength": 1, "maxLength": 2_000},
         "findings": {"type": "array", "items": FINDING, "minItems": 1, "maxItems": 100},
+        "answer": {"type": "string", "maxLength": 4_000},
+        "plan": {"type": "string", "maxLength": 4_000},
     },
 }
 WRITE_OUTPUT: dict[str, Any] = {
@@ -269,7 +282,7 @@ class WriterAgent(MeshNode):
         method = "template"
         note = (
             "Written from a template: no language model is configured "
-            "(set MESHNODE_LLM_URL and MESHNODE_LLM_KEY to use one)."
+            "(set MESHNODE_LLM_URL to use one)."
         )
         settings = writer.llm_settings()
         if settings is not None:
@@ -287,7 +300,14 @@ class WriterAgent(MeshNode):
                     f"Written from a template: the language model at {host} could not be "
                     f"used ({type(exc).__name__}: {exc})."
                 )
-        markdown = writer.render_report(query, findings, key_points=key_points, note=note)
+        markdown = writer.render_report(
+            query,
+            findings,
+            key_points=key_points,
+            note=note,
+            answer=str(payload.get("answer", "")),
+            plan=str(payload.get("plan", "")),
+        )
         return {
             "markdown": markdown,
             "method": method,

@@ -5,10 +5,17 @@ Theory of operation
 -------------------
 :meth:`ResearchOrchestrator.research` runs one question through the mesh:
 
-1. **Plan.** :func:`plan_query` reads the question for the breakdowns it asks about
-   (sector, country, stage — the columns the table has); the years are always included.
-   The plan has four subtasks, each described in plain words (:data:`SUBTASKS`): statistics
-   on the table, a web search, a Python check of the trend, and the write-up.
+1. **Plan.** The table's columns get kinds (numeric, year, categorical, text), and the
+   question is read against them (:mod:`~meshnode.demo.planner`): which column to
+   measure, which rows (filters on values the question names), which breakdown, a
+   comparison, a trend or a top-N. With ``MESHNODE_LLM_URL`` set a language model is asked
+   for the plan first (:func:`llm_plan`, :data:`LLM_PLAN_TIMEOUT_S`); a plan naming a
+   column or value the table lacks, or any failure, falls back to the deterministic
+   planner, and the report says which planned. There are up to four subtasks, each
+   described in plain words (:data:`SUBTASKS`): statistics on the table, a web search, a
+   Python check of the trend, and the write-up. Those a question does not need are
+   skipped, not failed: the Python check without a trend; the search (and every breakdown)
+   for a question the table cannot answer, whose report says so and what the table covers.
 2. **Discover.** Each subtask's description goes to ``node.discover`` — this node's own
    semantic index of the manifests it learned by gossip. The best-ranked capability is the
    one used. Only if the description finds nothing (for instance with the hashing
@@ -20,8 +27,11 @@ Theory of operation
    this node's signed, gossiped opinion of the provider: the statistics are recomputed
    here with the standard library from this node's own copy of the table and must agree
    within ±10 %; a Python run must exit with status 0; the writer's report must cite every
-   finding; a search must return titled results.
-5. **Merge.** The writer's Markdown plus a section on how the report was made: who did
+   finding; a search must return titled results (finding nothing scores
+   :data:`EMPTY_SEARCH_QUALITY`, not a failure).
+5. **Merge.** The writer's Markdown — the answer first, in a sentence or two with the
+   figures (:func:`~meshnode.demo.planner.answer`), then how the question was read, the
+   key points and every finding — plus a section on how the report was made: who did
    what, how each was found, the quality each scored, and trust afterwards.
 
 Run by the demo, the orchestrator reads a job file named by ``MESHNODE_DEMO_JOB``, waits
@@ -36,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import textwrap
@@ -45,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from meshnode import (
+    SUCCESS_THRESHOLD,
     Allow,
     DelegationError,
     DelegationResult,
@@ -60,8 +72,9 @@ from meshnode import (
     short_id,
     wait_for,
 )
-from meshnode.demo import guards, stats
+from meshnode.demo import guards, planner, stats, writer
 from meshnode.demo.agents import DATA_ROOT_ENV, DEMO_DATA_DIR
+from meshnode.demo.planner import Plan, plan_query
 from meshnode.demo.writer import cited_ids
 
 __all__ = [
@@ -70,6 +83,7 @@ __all__ = [
     "Plan",
     "ResearchOrchestrator",
     "Subtask",
+    "llm_plan",
     "plan_query",
 ]
 
@@ -79,6 +93,15 @@ DELEGATION_DEADLINE_S = 15.0
 """Deadline of each delegation, in seconds."""
 TOLERANCE = 0.10
 """Relative difference allowed between the data agent's figures and the recomputed ones."""
+EMPTY_SEARCH_QUALITY = SUCCESS_THRESHOLD
+"""Quality of a well-formed search answer with no results: nothing was found, which is
+neither the provider's failure (its corpus may simply not cover a user's table, and a
+failing score would blame it for that) nor full marks (it added nothing)."""
+LLM_PLAN_TIMEOUT_S = 15.0
+"""Deadline for a language model's plan, in seconds; past it the deterministic planner
+plans instead."""
+MAX_LLM_PLAN_CHARS = 4_000
+"""Longest plan text accepted from a language model."""
 
 Event = Callable[[dict[str, Any]], None]
 
@@ -122,80 +145,72 @@ SUBTASKS = (
     ),
 )
 
-_GROUP_WORDS = {
-    "sector": ("sector", "industr", "vertical", "field"),
-    "country": ("countr", "geograph", "region", "nation", "where"),
-    "stage": ("stage", "round", "series", "seed"),
-}
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Plan:
-    """What the question asks for."""
-
-    query: str
-    group_by: tuple[str, ...]
-    by_year: bool
-    search_query: str
-
-
-def plan_query(query: str, columns: tuple[str, ...]) -> Plan:
-    """Breakdowns named in ``query`` that ``columns`` has (``sector`` if none). Change over
-    the years is always part of the plan when the table has a ``year`` column."""
-    text = query.lower()
-    groups = tuple(
-        column
-        for column, words in _GROUP_WORDS.items()
-        if column in columns and any(w in text for w in words)
-    )
-    if not groups and "sector" in columns:
-        groups = ("sector",)
-    return Plan(query.strip(), groups, "year" in columns, query.strip())
-
-
 # --------------------------------------------------------------------------- formatting
 
 
 def usd(value: float) -> str:
-    """Whole dollars with thousands separators: ``12,345,678``."""
-    return f"{round(value):,}"
+    """Whole units with thousands separators (``12,345,678``); two decimals below 1,000
+    when the value has a fraction."""
+    if abs(value) >= 1_000 or value == int(value):
+        return f"{round(value):,}"
+    return f"{value:,.2f}"
 
 
 def usd_short(value: float) -> str:
     """``$12.3M``, ``$1.20B``, ``$950K``."""
-    for size, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if abs(value) >= size:
-            return f"${value / size:.{2 if suffix == 'B' else 1}f}{suffix}"
-    return f"${value:.0f}"
+    return planner.fmt_value("usd", value)
 
 
 def pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value * 100:.1f}%"
 
 
-_COLUMN_TITLES = {"sector": "sector", "country": "country", "stage": "stage"}
+def value_title(column: str) -> str:
+    """``funding_usd`` → ``Funding``; ``revenue`` → ``Revenue``: the column's words without
+    a currency."""
+    words = [w for w in column.replace("-", "_").split("_") if w and w.lower() not in _UNITS]
+    return (" ".join(words) or column).capitalize()
 
 
-def findings_from_statistics(out: dict[str, Any], plan: Plan) -> list[dict[str, Any]]:
+_UNITS = frozenset(("usd", "eur", "gbp", "jpy", "inr", "brl", "chf"))
+
+
+def _unit(column: str) -> str:
+    units = [w.upper() for w in column.lower().replace("-", "_").split("_") if w in _UNITS]
+    return units[0] if units else column
+
+
+def findings_from_statistics(
+    out: dict[str, Any], plan: Plan, schema: planner.Schema | None = None
+) -> list[dict[str, Any]]:
     """F-findings for the overview, each breakdown and the yearly trend."""
     s = out["summary"]
-    value = out.get("value_column", "value")
+    value = out.get("value_column") or plan.value_column or "value"
+    noun = schema.noun if schema is not None else "rows"
+    singular = schema.singular if schema is not None else "row"
+    short = functools.partial(planner.fmt_value, value)
+    title = value_title(value)
+    where = ""
+    if plan.filters:
+        where = " where " + planner.filters_text(plan.filters)
     findings: list[dict[str, Any]] = [
         {
-            "title": "Dataset overview",
+            "title": "Dataset overview" if not plan.filters else "Overview of the selected rows",
             "headline": (
-                f"{s['count']} companies raised {usd_short(s['sum'])} in total; the median "
-                f"round is {usd_short(s['median'])}, the mean {usd_short(s['mean'])}"
+                f"{s['count']} {noun if s['count'] != 1 else singular}{where} have "
+                f"{short(s['sum'])} of `{value}` in total; "
+                f"the median is {short(s['median'])}, the mean {short(s['mean'])}"
             ),
             "text": (
-                f"The data agent analysed `{out['dataset']}`: {out['rows']} rows, "
-                f"{out.get('skipped_rows', 0)} skipped. For `{value}` it reports a total of "
-                f"${usd(s['sum'])}, a mean of ${usd(s['mean'])}, a median of "
-                f"${usd(s['median'])}, a sample standard deviation of ${usd(s['std'])}, and "
-                f"a range from ${usd(s['min'])} to ${usd(s['max'])}."
+                f"The data agent analysed `{out['dataset']}`: {out['rows']} rows"
+                + (f", {s['count']} of them{where}" if plan.filters else "")
+                + f", {out.get('skipped_rows', 0)} skipped. For `{value}` it reports a total "
+                f"of {usd(s['sum'])}, a mean of {usd(s['mean'])}, a median of "
+                f"{usd(s['median'])}, a sample standard deviation of {usd(s['std'])}, and "
+                f"a range from {usd(s['min'])} to {usd(s['max'])}."
             ),
             "table": {
-                "columns": ["Statistic", "Value (USD)"],
+                "columns": ["Statistic", f"Value ({_unit(value)})"],
                 "rows": [
                     ["count", str(s["count"])],
                     ["total", usd(s["sum"])],
@@ -216,14 +231,15 @@ def findings_from_statistics(out: dict[str, Any], plan: Plan) -> list[dict[str, 
         top = entries[0]
         findings.append(
             {
-                "title": f"Funding by {_COLUMN_TITLES.get(column, column)}",
+                "title": f"{title} by {column}",
                 "headline": (
-                    f"{top['key']} leads by {column} with {usd_short(top['sum'])} "
-                    f"({pct(top['share'])} of the total across {top['count']} companies)"
+                    f"{top['key']} leads by {column} with {short(top['sum'])} "
+                    f"({pct(top['share'])} of the total across {top['count']} "
+                    f"{noun if top['count'] != 1 else singular})"
                 ),
                 "text": (
-                    f"Totals, means and medians per {column}, largest total first. "
-                    f"{top['key']} accounts for {pct(top['share'])} of all funding."
+                    f"Totals, means and medians of `{value}` per {column}{where}, largest "
+                    f"total first. {top['key']} accounts for {pct(top['share'])} of the total."
                 ),
                 "table": {
                     "columns": [column, "count", "total", "mean", "median", "share"],
@@ -247,17 +263,17 @@ def findings_from_statistics(out: dict[str, Any], plan: Plan) -> list[dict[str, 
         years = out["by_year"]
         findings.append(
             {
-                "title": "Funding by year",
+                "title": f"{title} by year",
                 "headline": (
-                    f"Yearly totals went from {usd_short(years[0]['total'])} in "
-                    f"{trend['first_year']} to {usd_short(years[-1]['total'])} in "
+                    f"Yearly totals went from {short(years[0]['total'])} in "
+                    f"{trend['first_year']} to {short(years[-1]['total'])} in "
                     f"{trend['last_year']} (compound {pct(trend['cagr'])} a year), "
                     f"peaking in {trend['peak_year']}"
                 ),
                 "text": (
                     f"The least-squares trend of the yearly totals is "
-                    f"{usd_short(trend['slope_per_year'])} per year. Counts per year are "
-                    "small, so single large rounds move a year's total a lot."
+                    f"{short(trend['slope_per_year'])} per year. Counts per year are "
+                    "small, so single large values move a year's total a lot."
                 ),
                 "table": {
                     "columns": ["year", "count", "total", "mean", "median"],
@@ -272,10 +288,33 @@ def findings_from_statistics(out: dict[str, Any], plan: Plan) -> list[dict[str, 
                         for y in years
                     ],
                 },
-                "source": "data agent, analyze_csv by year",
+                "source": f"data agent, analyze_csv by {plan.year_column or 'year'}",
             }
         )
     return findings
+
+
+def finding_from_coverage(schema: planner.Schema) -> dict[str, Any]:
+    """What the table holds, for a question it cannot answer."""
+    rows = []
+    for c in schema.columns:
+        if c.kind in ("categorical", "year"):
+            shown = ", ".join(c.values[:12]) + (", …" if len(c.values) > 12 else "")
+        elif c.kind == "numeric" and c.low is not None and c.high is not None:
+            shown = f"{usd(c.low)} to {usd(c.high)}"
+        else:
+            shown = "-"
+        rows.append([c.name, c.kind, shown])
+    return {
+        "title": "What the data covers",
+        "headline": (
+            f"`{schema.dataset}` holds {schema.rows} rows in {len(schema.columns)} columns; "
+            "the question is about none of them"
+        ),
+        "text": f"{schema.coverage()} Each column and what it holds:",
+        "table": {"columns": ["column", "kind", "values"], "rows": rows},
+        "source": f"the orchestrator's own reading of {schema.dataset}",
+    }
 
 
 def check_code(by_year: list[dict[str, Any]], reported_slope: float) -> str:
@@ -365,6 +404,35 @@ def findings_from_search(out: dict[str, Any]) -> list[dict[str, Any]]:
     return findings
 
 
+async def llm_plan(
+    query: str,
+    schema: planner.Schema,
+    settings: tuple[str, str, str],
+    timeout_s: float = LLM_PLAN_TIMEOUT_S,
+) -> Plan:
+    """Ask the model at ``settings`` (``(url, key, model)``) for a plan; fall back to the
+    deterministic planner on any failure (no answer in time, an error status, no JSON, a
+    column or value the table does not have), saying so in the plan's note."""
+    url, key, model = settings
+    host = writer.llm_host(url)
+    try:
+        text = await writer.chat(
+            url, key, model, planner.llm_messages(query, schema), timeout_s=timeout_s
+        )
+        plan = planner.parse_llm_plan(query, schema, text, MAX_LLM_PLAN_CHARS)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # any model failure: the deterministic planner plans
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        fallback = plan_query(query, schema)
+        return dataclasses.replace(
+            fallback,
+            note=f"The language model at {host} could not plan ({reason[:200]}); the "
+            "deterministic planner did.",
+        )
+    return dataclasses.replace(plan, method="llm", note=f"Planned by {model} at {host}.")
+
+
 # --------------------------------------------------------------------------- evaluators
 
 
@@ -388,12 +456,13 @@ def check_citations(task_input: Any, output: Any) -> float:
 
 
 def check_search(task_input: Any, output: Any) -> float:
-    """A search scores the share of its results with a title and a snippet or link."""
+    """A search scores the share of its results with a title and a snippet or link; a
+    well-formed answer with no results scores :data:`EMPTY_SEARCH_QUALITY`."""
     if not isinstance(output, dict) or not isinstance(output.get("results"), list):
         return 0.0
     results = output["results"]
     if not results:
-        return 0.0
+        return EMPTY_SEARCH_QUALITY
     good = sum(
         1
         for r in results
@@ -413,6 +482,11 @@ class _TaskRecord:
     result: DelegationResult | None = None
     error: str | None = None
     check: str = ""
+    skipped: bool = False
+    """Not needed for this question: never delegated, and no failure."""
+
+    def skip(self, why: str) -> None:
+        self.skipped, self.error = True, f"not needed: {why}"
 
     def to_json(self, names: dict[str, str | None]) -> dict[str, Any]:
         r, c = self.result, self.candidate
@@ -431,6 +505,7 @@ class _TaskRecord:
             "attempts": 0 if r is None else len(r.attempts),
             "check": self.check,
             "error": self.error,
+            "skipped": self.skipped,
         }
 
 
@@ -541,6 +616,15 @@ class ResearchOrchestrator(MeshNode):
 
     # ------------------------------------------------------------------ research
 
+    async def _plan(self, query: str, schema: planner.Schema) -> Plan:
+        """A language model's plan when ``MESHNODE_LLM_URL`` is set and it answers with a
+        valid one within :data:`LLM_PLAN_TIMEOUT_S`; the deterministic plan otherwise, with
+        a note saying why."""
+        settings = writer.llm_settings()
+        if settings is None:
+            return plan_query(query, schema)
+        return await llm_plan(query, schema, settings)
+
     async def _find(self, sub: Subtask, record: _TaskRecord) -> str:
         hits = await self.discover(sub.description, top_k=3)
         if hits:
@@ -611,32 +695,53 @@ class ResearchOrchestrator(MeshNode):
             csv_path = "startups.csv"
         started = time.monotonic()
         table = await self._reference_table(csv_path, csv_url)
-        plan = plan_query(query, table.columns)
+        dataset = Path(str(csv_path)).name if csv_path is not None else str(csv_url)
+        schema = planner.infer_schema(table, dataset)
+        plan = planner.check_rows(await self._plan(query, schema), table)
         emit(
             {
                 "event": "plan",
+                "kind": plan.kind,
+                "describe": plan.describe(),
+                "method": plan.method,
                 "group_by": list(plan.group_by),
                 "by_year": plan.by_year,
                 "subtasks": [{"key": s.key, "description": s.description} for s in SUBTASKS],
             }
         )
         records = {s.key: _TaskRecord(s) for s in SUBTASKS}
+        answerable = plan.kind != "unanswerable" and plan.value_column is not None
         data_input: dict[str, Any] = {
-            "value_column": "funding_usd",
-            "group_by": list(plan.group_by),
-            "year_column": "year" if plan.by_year else None,
+            "value_column": plan.value_column,
+            "group_by": list(plan.group_by) if answerable else [],
+            "year_column": plan.year_column if answerable else None,
         }
+        if answerable and plan.filters:
+            data_input["filters"] = plan.filter_dict()
         data_input["csv_path" if csv_path is not None else "csv_url"] = csv_path or csv_url
+        if plan.value_column is None:
+            records["data"].skip("the table has no numeric column")
+        if not answerable:
+            records["web"].skip("the question is not about this data")
         data, web = await asyncio.gather(
-            self._run(records["data"], data_input, emit),
-            self._run(records["web"], {"query": plan.search_query, "limit": 3}, emit),
+            self._run(records["data"], data_input, emit)
+            if plan.value_column is not None
+            else _none(),
+            self._run(records["web"], {"query": plan.search_query, "limit": 3}, emit)
+            if answerable
+            else _none(),
         )
-        if data is None:
+        if data is None and not records["data"].skipped:
             raise DelegationError(f"statistics failed: {records['data'].error}")
-        matched, checked = self._checks.pop(id(data_input), (0, 0))
-        records["data"].check = f"{matched}/{checked} figures within ±{TOLERANCE:.0%}"
-        statistics_out: dict[str, Any] = data.output
-        findings = findings_from_statistics(statistics_out, plan)
+        findings: list[dict[str, Any]] = []
+        statistics_out: dict[str, Any] = {}
+        if data is not None:
+            matched, checked = self._checks.pop(id(data_input), (0, 0))
+            records["data"].check = f"{matched}/{checked} figures within ±{TOLERANCE:.0%}"
+            statistics_out = data.output
+            findings = findings_from_statistics(statistics_out, plan, schema)
+        if not answerable:
+            findings.append(finding_from_coverage(schema))
         if plan.by_year and statistics_out.get("by_year") and statistics_out.get("trend"):
             code = check_code(statistics_out["by_year"], statistics_out["trend"]["slope_per_year"])
             run = await self._run(records["code"], {"code": code, "timeout_s": 5}, emit)
@@ -644,7 +749,7 @@ class ResearchOrchestrator(MeshNode):
                 records["code"].check = f"exit status {run.output.get('exit_code')}"
                 findings.append(finding_from_code(run.output))
         else:
-            records["code"].error = "not needed: the question is not about change over time"
+            records["code"].skip("the question is not about change over time")
         if web is not None:
             records["web"].check = f"{len(web.output.get('results', []))} results" + (
                 ", offline corpus" if web.output.get("offline") else ""
@@ -652,7 +757,24 @@ class ResearchOrchestrator(MeshNode):
             findings += findings_from_search(web.output)
         for i, finding in enumerate(findings, 1):
             finding["id"] = f"F{i}"
-        written = await self._run(records["writer"], {"query": query, "findings": findings}, emit)
+            _clip(finding)
+        answer = _cut(planner.answer(plan, statistics_out, schema), MAX_WRITER_TEXT_CHARS)
+        how = (
+            f"How the question was read ({plan.method} planner): {plan.describe()}."
+            + (f" Matched: {'; '.join(plan.matched)}." if plan.matched else "")
+            + f" Columns of `{schema.dataset}`: {schema.describe()}."
+            + (f" {plan.note}" if plan.note else "")
+        )
+        written = await self._run(
+            records["writer"],
+            {
+                "query": query,
+                "findings": findings,
+                "answer": answer,
+                "plan": _cut(how, MAX_WRITER_TEXT_CHARS),
+            },
+            emit,
+        )
         if written is None:
             raise DelegationError(f"the write-up failed: {records['writer'].error}")
         cited = len({f["id"] for f in findings} & cited_ids(written.output["markdown"]))
@@ -663,6 +785,9 @@ class ResearchOrchestrator(MeshNode):
         report = written.output["markdown"].rstrip() + "\n\n" + self._provenance(records, names)
         return {
             "query": query,
+            "answer": answer,
+            "plan": plan.to_json(),
+            "schema": schema.to_json(),
             "report": report,
             "statistics": statistics_out,
             "findings": findings,
@@ -826,6 +951,28 @@ class ResearchOrchestrator(MeshNode):
         except Exception as exc:  # the job's failure is reported, the node keeps serving
             with contextlib.suppress(Exception):
                 emit({"event": "job_failed", "error": f"{type(exc).__name__}: {exc}"})
+
+
+FINDING_LIMITS = {"title": 300, "headline": 500, "text": 20_000, "source": 500}
+"""Longest text per finding field the writer accepts (its input schema's limits)."""
+MAX_WRITER_TEXT_CHARS = 4_000
+"""Longest answer and plan text the writer accepts."""
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _clip(finding: dict[str, Any]) -> None:
+    """Cut a finding's texts to what the writer accepts: a table's long cell values must
+    not make the write-up fail."""
+    for key, limit in FINDING_LIMITS.items():
+        if isinstance(finding.get(key), str):
+            finding[key] = _cut(finding[key], limit)
+
+
+async def _none() -> None:
+    return None
 
 
 def _write(path: Path, text: str) -> None:

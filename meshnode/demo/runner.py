@@ -2,14 +2,21 @@
 
 Theory of operation
 -------------------
-1. A temporary directory holds one data directory per agent (its identity key and SQLite
-   state) and the agents' logs. The data agent gets its own copy of the table (the
-   package's ``startups.csv`` or ``--csv``) and may read nothing else; the orchestrator
-   gets another copy to check the data agent's figures against, and a job file.
+1. The table (the package's ``startups.csv`` or ``--csv``, any CSV with a header row) is
+   read and checked first (:func:`load_table`: :data:`MAX_CSV_BYTES`, and the parser's
+   row, column and cell limits, and a numeric column to measure); a refused file ends the
+   run with a clear message and exit status :data:`EXIT_BAD_INPUT` before anything starts.
+   A temporary directory holds one data directory per agent (its identity key and SQLite
+   state) and the agents' logs. The data agent gets its own copy of the table, under the
+   user's own file name (:func:`dataset_name`), and may read nothing else; the
+   orchestrator gets another copy to check the data agent's figures against, and a job
+   file.
 2. Five ``meshnode run --agent ...`` processes start on 127.0.0.1, port 0, with the
    ``local`` timing profile, each in its own session. The data agent starts first; the
    address it prints is the seed, and the only address the other four are given. Each
-   process prints its ``listening`` line; the orchestrator then prints one JSON line per
+   process prints its ``listening`` line (the orchestrator only once its semantic model is
+   loaded: if that takes over :data:`MODEL_NOTICE_AFTER_S`, as on a first run that exports
+   MiniLM, the view says so once); the orchestrator then prints one JSON line per
    step of its job. Before anything starts, the orchestrator's identity is created
    (in its data directory) and its node id given to the code agent
    (``MESHNODE_CODE_CALLERS``): ``run_python`` runs code for the orchestrator only, and
@@ -28,7 +35,8 @@ Theory of operation
    failure, timeout or Ctrl-C.
 
 Only loopback is used, unless the user configures an MCP server (``--mcp-config``) or a
-language model (``MESHNODE_LLM_URL`` and ``MESHNODE_LLM_KEY``, passed to the writer only).
+language model (``MESHNODE_LLM_URL``, and ``MESHNODE_LLM_KEY`` if it needs one, passed to
+the orchestrator, which plans with it, and the writer only).
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -47,6 +56,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from meshnode import MCP_CONFIG_ENV, SUCCESS_THRESHOLD
+from meshnode.demo import guards, planner, stats
 from meshnode.demo.agents import CODE_CALLERS_ENV, DATA_ROOT_ENV, DEMO_DATA_DIR
 from meshnode.demo.live import DemoState, NodeView, TaskView, View, make_view
 from meshnode.demo.orchestrator import JOB_ENV
@@ -68,9 +78,28 @@ DEMO_LABEL = "meshnode-demo"
 """The demo keyring's cluster label: its sealed traffic never mixes with another mesh's."""
 POLL_INTERVAL_S = 0.5
 """How often the view asks the nodes' HTTP APIs for their state."""
+MODEL_NOTICE_AFTER_S = 3.0
+"""Seconds the orchestrator may take to listen before the demo says it is preparing its
+semantic model (with MiniLM cached it listens in about a second)."""
+MODEL_NOTICE = (
+    "orchestrator: preparing its semantic model (MiniLM) for discovery; the first run "
+    "exports and caches it, about 15 s, later runs take a second"
+)
+"""What the demo says, once, while the orchestrator prepares its model."""
+MODEL_GRAPH_GLOB = "all-MiniLM-L6-v2-*.onnx"
+"""File names of exported MiniLM graphs in the model cache."""
 SPREAD_TIMEOUT_S = 5.0
 """Longest wait, after the report, for every node to hold the orchestrator's opinions."""
 DATASET_NAME = "startups.csv"
+"""The bundled table's file name."""
+MAX_CSV_BYTES = guards.MAX_FETCH_BYTES
+"""Largest ``--csv`` file accepted (bytes): what the data agent will read. Rows, columns
+and cell length are bounded by :data:`~meshnode.demo.stats.MAX_ROWS`,
+:data:`~meshnode.demo.stats.MAX_COLUMNS` and :data:`~meshnode.demo.stats.MAX_CELL_CHARS`."""
+MAX_NAME_CHARS = 100
+"""Longest file name kept for the agents' copy of ``--csv`` (longer names are cut)."""
+EXIT_BAD_INPUT = 2
+"""Exit status when the CSV is refused before anything starts."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -97,7 +126,8 @@ AGENTS = (
 class DemoOptions:
     query: str = DEFAULT_QUERY
     csv: Path | None = None
-    """A CSV with the demo's columns (default: the package's ``startups.csv``)."""
+    """Any CSV with a header row and a numeric column (default: the package's
+    ``startups.csv``)."""
     out: Path = Path("meshnode-demo-report.md")
     live: bool | None = None
     """True: rich view; False: plain lines; None: rich when stdout is a terminal."""
@@ -111,6 +141,68 @@ class DemoOptions:
 
 class DemoError(Exception):
     """The demo could not complete."""
+
+
+class DemoInputError(DemoError):
+    """The CSV was refused before anything started."""
+
+
+def model_cache_dir() -> Path:
+    """Where nodes keep the exported MiniLM graph: ``$MESHNODE_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/meshnode``, else ``~/.cache/meshnode`` (the rule of the discovery
+    layer's graph cache, which the demo may not import)."""
+    explicit = os.environ.get("MESHNODE_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "meshnode"
+
+
+def model_cached() -> bool:
+    """True when the model cache holds an exported MiniLM graph (a node then loads it in
+    about a second instead of exporting it, about 15 s)."""
+    try:
+        return any(model_cache_dir().glob(MODEL_GRAPH_GLOB))
+    except OSError:
+        return False
+
+
+def dataset_name(path: Path) -> str:
+    """The name the agents' copy of ``path`` gets: its own file name, with anything but
+    letters, digits, ``.``, ``_`` and ``-`` replaced, at most :data:`MAX_NAME_CHARS`."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", path.name)[:MAX_NAME_CHARS].lstrip(".")
+    return name or "data.csv"
+
+
+def load_table(path: Path) -> tuple[stats.Table, planner.Schema]:
+    """Read and check a CSV before any process starts: at most :data:`MAX_CSV_BYTES`,
+    within the parser's row, column and cell limits, and with a numeric column to measure.
+    :class:`DemoInputError` says what is wrong."""
+    try:
+        size = path.stat().st_size
+        if not path.is_file():
+            raise DemoInputError(f"{path} is not a file")
+        if size > MAX_CSV_BYTES:
+            raise DemoInputError(
+                f"{path} is {size} bytes; the demo reads CSV files up to {MAX_CSV_BYTES} bytes"
+            )
+        data = path.read_bytes()[: MAX_CSV_BYTES + 1]
+    except OSError as exc:
+        raise DemoInputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_CSV_BYTES:
+        raise DemoInputError(f"{path} grew over {MAX_CSV_BYTES} bytes while being read")
+    try:
+        table = stats.parse_csv(data)
+    except ValueError as exc:
+        raise DemoInputError(f"{path}: {exc}") from None
+    if not table.rows:
+        raise DemoInputError(f"{path} has a header but no rows")
+    schema = planner.infer_schema(table, dataset_name(path))
+    if not schema.of_kind("numeric"):
+        raise DemoInputError(
+            f"{path} has no numeric column to measure (columns: {schema.describe()})"
+        )
+    return table, schema
 
 
 # --------------------------------------------------------------------------- processes
@@ -271,6 +363,9 @@ class _Demo:
         """The throw-away mesh authority's public key (node-id form)."""
         self._keyring_path = self.base / "keyring.json"
         self._admission: dict[str, dict[str, int]] = {}
+        self.schema: planner.Schema | None = None
+        self.dataset = DATASET_NAME
+        """The file name the agents' copy of the table has (the user's own)."""
         """Per agent, at the end: sealed inputs opened, plaintext accepted, certificates held."""
 
     # ------------------------------------------------------------------ events
@@ -293,10 +388,7 @@ class _Demo:
         elif kind == "plan":
             for sub in e["subtasks"]:
                 tasks[sub["key"]] = TaskView(sub["key"])
-            self.view.event(
-                f"plan: statistics by {', '.join(e['group_by'])}"
-                f"{' and year' if e['by_year'] else ''}, web search, Python check, write-up"
-            )
+            self.view.event(f"plan ({e.get('method', 'deterministic')}): {e.get('describe', '')}")
         elif kind == "discovered":
             t = tasks.setdefault(e["subtask"], TaskView(e["subtask"]))
             t.state, t.provider_name = "found", e["provider_name"]
@@ -353,9 +445,17 @@ class _Demo:
     # ------------------------------------------------------------------ phases
 
     def _prepare(self) -> Path:
+        if not self.options.query.strip():
+            raise DemoInputError("the question is empty")
+        if len(self.options.query) > planner.MAX_QUESTION_CHARS:
+            raise DemoInputError(
+                f"the question is {len(self.options.query)} characters; the demo plans "
+                f"questions up to {planner.MAX_QUESTION_CHARS}"
+            )
         source = self.options.csv or DEMO_DATA_DIR / DATASET_NAME
-        if not source.is_file():
-            raise DemoError(f"no CSV at {source}")
+        _, self.schema = load_table(source)
+        self.dataset = dataset_name(source)
+        self.view.event(f"table {source}: {self.schema.rows} rows; {self.schema.describe()}")
         for spec in AGENTS:
             view = NodeView(spec.name, spec.role)
             self.state.nodes.append(view)
@@ -364,7 +464,7 @@ class _Demo:
             agent = self._agent(role)
             assert agent is not None
             (agent.dir / "datasets").mkdir()
-            shutil.copyfile(source, agent.dir / "datasets" / DATASET_NAME)
+            shutil.copyfile(source, agent.dir / "datasets" / self.dataset)
         return source
 
     def _credentials(self) -> str:
@@ -410,7 +510,10 @@ class _Demo:
         if role == "data agent":
             return _env({DATA_ROOT_ENV: str(agent.dir / "datasets")})
         if role == "orchestrator":
-            return _env({JOB_ENV: str(agent.dir / "job.json")})
+            return _env(
+                {JOB_ENV: str(agent.dir / "job.json")},
+                keep=("MESHNODE_LLM_URL", "MESHNODE_LLM_KEY", "MESHNODE_LLM_MODEL"),
+            )
         if role == "web-search agent" and self.options.mcp_config is not None:
             return _env({MCP_CONFIG_ENV: str(self.options.mcp_config.resolve())})
         if role == "writer agent":
@@ -431,7 +534,7 @@ class _Demo:
         }
         job = {
             "query": self.options.query,
-            "csv_path": DATASET_NAME,
+            "csv_path": self.dataset,
             "reference_root": str(orchestrator.dir / "datasets"),
             "report_path": str(paths["report"]),
             "result_path": str(paths["result"]),
@@ -458,11 +561,36 @@ class _Demo:
             await agent.start(
                 [seed], self._agent_env(agent), self._embedder(agent), self._on_line, fut
             )
-        await asyncio.wait_for(asyncio.gather(*futures), START_TIMEOUT_S)
+        notice = asyncio.create_task(self._model_notice(futures))
+        try:
+            await asyncio.wait_for(asyncio.gather(*futures), START_TIMEOUT_S)
+        finally:
+            notice.cancel()
+            await asyncio.gather(notice, return_exceptions=True)
         for agent in others:
             self.view.event(f"{agent.spec.name} is up at {agent.address}, given only the seed")
         self.state.phase = "waiting for gossip to form the mesh"
         return seed
+
+    async def _model_notice(self, futures: list[asyncio.Future[None]]) -> None:
+        """Say once, if no MiniLM graph is cached (:func:`model_cached`) and the orchestrator
+        is not listening after :data:`MODEL_NOTICE_AFTER_S`, that it is preparing its
+        semantic model: on the first run MiniLM is exported and cached, which takes about
+        15 s, and nothing else would be shown meanwhile."""
+        orchestrator = self._agent("orchestrator")
+        if orchestrator is None or self._embedder(orchestrator) == "hashing":
+            return
+        if await asyncio.to_thread(model_cached):
+            return  # a slow start on a busy machine, not a model being prepared
+        index = self.agents.index(orchestrator) - 1
+        try:
+            await asyncio.wait_for(asyncio.shield(futures[index]), MODEL_NOTICE_AFTER_S)
+        except TimeoutError:
+            orchestrator.view.status = "preparing model"
+            self.state.phase = "the orchestrator is preparing its semantic model"
+            self.view.event(MODEL_NOTICE)
+        except Exception:  # it exited: _start_all reports that
+            return
 
     async def _wait_report(self) -> dict[str, Any]:
         while True:
@@ -473,16 +601,28 @@ class _Demo:
                 raise DemoError(f"the orchestrator failed: {event['error']}")
 
     async def _spread(self, http: Any, opinions: int) -> dict[str, int]:
-        """Wait (bounded) until every node holds ``opinions`` ledger records."""
+        """Wait (bounded) until every node holds ``opinions`` ledger records and knows every
+        other agent by name (names arrive with manifests, after membership)."""
         deadline = time.monotonic() + SPREAD_TIMEOUT_S
         counts: dict[str, int] = {}
+        named: dict[str, int] = {}
         while True:
             for agent in self.agents:
                 with contextlib.suppress(Exception):
                     health = await self._get(http, agent, "/v1/health")
                     agent.view.health = health
                     counts[agent.spec.name] = int(health["ledger_records"])
-            if len(counts) == len(self.agents) and min(counts.values()) >= opinions:
+                    members = (await self._get(http, agent, "/v1/members"))["members"]
+                    named[agent.spec.name] = sum(
+                        1
+                        for m in members
+                        if m["state"] == "alive" and m["name"] and m["node_id"] != agent.node_id
+                    )
+            if (
+                len(counts) == len(named) == len(self.agents)
+                and min(counts.values()) >= opinions
+                and min(named.values()) >= len(self.agents) - 1
+            ):
                 return counts
             if time.monotonic() >= deadline:
                 return counts
@@ -529,6 +669,7 @@ class _Demo:
             source = self._prepare()
             paths = self._write_job()
             summary["dataset"] = str(source)
+            summary["dataset_name"] = self.dataset
             timeout = aiohttp.ClientTimeout(total=2.0)
             async with aiohttp.ClientSession(timeout=timeout) as http:
                 try:
@@ -553,6 +694,7 @@ class _Demo:
             summary.update(self._summarize(result, paths["report"]))
         except DemoError as exc:
             summary["error"] = str(exc)
+            summary["bad_input"] = isinstance(exc, DemoInputError)
             self.view.event(f"error: {exc}")
             summary["logs"] = {a.spec.name: a.log_tail() for a in self.agents if a.proc}
         finally:
@@ -604,13 +746,14 @@ class _Demo:
                     },
                 }
             )
-        failed = [t["subtask"] for t in result["tasks"] if t["error"] and t["quality"] is None]
+        done = [t for t in result["tasks"] if not t.get("skipped")]
+        failed = [t["subtask"] for t in done if t["error"] and t["quality"] is None]
         return {
             "ok": not failed
-            and all(
-                t["quality"] is not None and t["quality"] >= SUCCESS_THRESHOLD
-                for t in result["tasks"]
-            ),
+            and all(t["quality"] is not None and t["quality"] >= SUCCESS_THRESHOLD for t in done),
+            "answer": result.get("answer"),
+            "plan": result.get("plan"),
+            "schema": result.get("schema"),
             "failed_subtasks": failed,
             "report_path": str(report_path),
             "report": result["report"],
@@ -637,6 +780,18 @@ async def run_demo(options: DemoOptions, *, stdout: TextIO | None = None) -> int
         if "report" in summary:
             print("\n" + summary["report"], file=out)
             print(f"Report written to {summary['report_path']}", file=out)
+            if not summary.get("ok"):
+                short = [
+                    f"{t['subtask']} ({t['error'] or 'quality ' + str(t['quality'])})"
+                    for t in summary.get("tasks", [])
+                    if not t.get("skipped")
+                    and (t["quality"] is None or t["quality"] < SUCCESS_THRESHOLD)
+                ]
+                print(
+                    "meshnode demo: exit status 1: these subtasks failed or scored below "
+                    f"{SUCCESS_THRESHOLD}: {', '.join(short) or 'none'}",
+                    file=out,
+                )
         else:
             print(f"meshnode demo: {summary.get('error', 'failed')}", file=out)
             for name, tail in (summary.get("logs") or {}).items():
@@ -653,4 +808,6 @@ async def run_demo(options: DemoOptions, *, stdout: TextIO | None = None) -> int
             file=out,
             flush=True,
         )
+    if summary.get("bad_input"):
+        return EXIT_BAD_INPUT
     return 0 if summary.get("ok") else 1

@@ -48,6 +48,7 @@ __all__ = [
     "analyze",
     "parse_csv",
     "recompute",
+    "records",
 ]
 
 MAX_ROWS = 100_000
@@ -56,6 +57,10 @@ MAX_COLUMNS = 64
 """Most columns :func:`parse_csv` accepts."""
 MAX_CELL_CHARS = 1_000
 """Longest cell :func:`parse_csv` accepts."""
+MAX_FILTER_COLUMNS = 8
+"""Most columns an analysis may filter on."""
+MAX_FILTER_VALUES = 50
+"""Most values one filter may list."""
 MAX_GROUPS = 200
 """Most distinct keys reported per group-by column (the largest by total are kept)."""
 ROUNDING_SLACK = 0.005
@@ -84,6 +89,9 @@ class AnalysisSpec:
     value_column: str = "funding_usd"
     group_by: tuple[str, ...] = ("sector",)
     year_column: str | None = "year"
+    filters: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """``((column, (value, ...)), ...)``: only rows whose cell in each column is one of
+    its values are analysed (exact match)."""
 
     @classmethod
     def from_input(cls, payload: dict[str, Any]) -> AnalysisSpec:
@@ -96,7 +104,21 @@ class AnalysisSpec:
             raise ValueError("group_by must be a list of column names")
         if year is not None and not isinstance(year, str):
             raise ValueError("year_column must be a column name or null")
-        return cls(value, tuple(dict.fromkeys(groups)), year or None)
+        raw = payload.get("filters") or {}
+        if not isinstance(raw, dict) or len(raw) > MAX_FILTER_COLUMNS:
+            raise ValueError(f"filters must map at most {MAX_FILTER_COLUMNS} columns to values")
+        filters = []
+        for column, values in raw.items():
+            if (
+                not isinstance(values, list)
+                or not 1 <= len(values) <= MAX_FILTER_VALUES
+                or not all(isinstance(v, str) and len(v) <= MAX_CELL_CHARS for v in values)
+            ):
+                raise ValueError(
+                    f"filter {str(column)[:64]!r} needs 1..{MAX_FILTER_VALUES} string values"
+                )
+            filters.append((str(column), tuple(dict.fromkeys(values))))
+        return cls(value, tuple(dict.fromkeys(groups)), year or None, tuple(filters))
 
 
 def parse_csv(data: bytes) -> Table:
@@ -147,16 +169,20 @@ def _year(text: str) -> int | None:
     return int(value)
 
 
-def _records(
+def records(
     table: Table, spec: AnalysisSpec
 ) -> tuple[list[tuple[float, tuple[str, ...], int | None]], int]:
-    """Usable rows as ``(value, group keys, year)`` and the number skipped."""
+    """Usable rows that pass the filters, as ``(value, group keys, year)``, and the number
+    of rows that pass the filters but are skipped (no number, or no year when asked)."""
     value_i = table.column(spec.value_column)
     group_i = [table.column(g) for g in spec.group_by]
     year_i = table.column(spec.year_column) if spec.year_column else None
+    wanted = [(table.column(c), frozenset(vs)) for c, vs in spec.filters]
     out: list[tuple[float, tuple[str, ...], int | None]] = []
     skipped = 0
     for row in table.rows:
+        if any(row[i] not in values for i, values in wanted):
+            continue
         value = _number(row[value_i])
         year = _year(row[year_i]) if year_i is not None else None
         if value is None or (year_i is not None and year is None):
@@ -187,14 +213,14 @@ def _np_figures(values: np.ndarray[Any, np.dtype[np.float64]]) -> dict[str, floa
 
 def analyze(table: Table, spec: AnalysisSpec) -> dict[str, Any]:
     """The statistics described in the module docstring, computed with numpy."""
-    records, skipped = _records(table, spec)
-    if not records:
-        raise ValueError(f"no row has a numeric {spec.value_column!r}")
-    values = np.array([v for v, _, _ in records], dtype=np.float64)
+    recs, skipped = records(table, spec)
+    if not recs:
+        raise ValueError(f"no row (that passes the filters) has a numeric {spec.value_column!r}")
+    values = np.array([v for v, _, _ in recs], dtype=np.float64)
     total = float(values.sum())
     groups: dict[str, list[dict[str, Any]]] = {}
     for gi, column in enumerate(spec.group_by):
-        keys = np.array([g[gi] for _, g, _ in records], dtype=object)
+        keys = np.array([g[gi] for _, g, _ in recs], dtype=object)
         entries: list[dict[str, Any]] = []
         for key in sorted(set(keys.tolist())):
             sel = values[keys == key]
@@ -207,7 +233,7 @@ def analyze(table: Table, spec: AnalysisSpec) -> dict[str, Any]:
     by_year: list[dict[str, Any]] = []
     trend: dict[str, Any] | None = None
     if spec.year_column:
-        years = np.array([y for _, _, y in records], dtype=np.int64)
+        years = np.array([y for _, _, y in recs], dtype=np.int64)
         for year in sorted(set(years.tolist())):
             sel = values[years == year]
             by_year.append(
@@ -269,15 +295,15 @@ def _py_figures(values: Sequence[float]) -> dict[str, float]:
 
 def recompute(table: Table, spec: AnalysisSpec) -> dict[str, Any]:
     """The same figures as :func:`analyze`, from :mod:`statistics` (no numpy)."""
-    records, skipped = _records(table, spec)
-    if not records:
-        raise ValueError(f"no row has a numeric {spec.value_column!r}")
-    values = [v for v, _, _ in records]
+    recs, skipped = records(table, spec)
+    if not recs:
+        raise ValueError(f"no row (that passes the filters) has a numeric {spec.value_column!r}")
+    values = [v for v, _, _ in recs]
     total = math.fsum(values)
     groups: dict[str, dict[str, dict[str, float]]] = {}
     for gi, column in enumerate(spec.group_by):
         buckets: dict[str, list[float]] = {}
-        for value, keys, _ in records:
+        for value, keys, _ in recs:
             buckets.setdefault(keys[gi], []).append(value)
         groups[column] = {}
         for key, bucket in buckets.items():
@@ -288,7 +314,7 @@ def recompute(table: Table, spec: AnalysisSpec) -> dict[str, Any]:
     by_year: dict[int, dict[str, float]] = {}
     if spec.year_column:
         year_buckets: dict[int, list[float]] = {}
-        for value, _, year in records:
+        for value, _, year in recs:
             assert year is not None
             year_buckets.setdefault(year, []).append(value)
         for year in sorted(year_buckets):

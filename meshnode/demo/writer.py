@@ -7,8 +7,9 @@ the same Markdown for the same findings: a title, the question, a note saying ho
 report was written, the key points (each finding's headline with its citation ``[F1]``),
 then every finding with its text, table and source. Every finding is cited.
 
-With ``MESHNODE_LLM_URL`` (the API base, e.g. ``https://api.example.com/v1``, or the full
-``.../chat/completions`` URL) and ``MESHNODE_LLM_KEY`` set, :func:`llm_key_points` asks the
+With ``MESHNODE_LLM_URL`` set (the API base, e.g. ``https://api.example.com/v1``, or the
+full ``.../chat/completions`` URL; ``MESHNODE_LLM_KEY`` is sent as a bearer token when
+set), :func:`llm_key_points` asks the
 model (``MESHNODE_LLM_MODEL``, default :data:`DEFAULT_MODEL`) for the key points instead;
 the findings and tables are still rendered from the template, so the numbers in the report
 are the agents' own. Any failure falls back to the template, and the note says so.
@@ -16,6 +17,7 @@ are the agents' own. Any failure falls back to the template, and the note says s
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Sequence
@@ -25,6 +27,7 @@ from urllib.parse import urlsplit
 __all__ = [
     "DEFAULT_MODEL",
     "LLM_TIMEOUT_S",
+    "chat",
     "cited_ids",
     "llm_key_points",
     "llm_settings",
@@ -38,6 +41,8 @@ LLM_TIMEOUT_S = 30.0
 """Deadline for the language model's answer, in seconds."""
 MAX_LLM_CHARS = 4_000
 """Longest key-points text accepted from the model."""
+MAX_LLM_BODY_BYTES = 1024 * 1024
+"""Largest response body read from the model's endpoint (bytes); a larger one is refused."""
 
 _CITATION = re.compile(r"\[(F\d+)\]")
 
@@ -69,10 +74,20 @@ def cited_ids(markdown: str) -> set[str]:
 
 
 def render_report(
-    query: str, findings: Sequence[dict[str, Any]], *, key_points: str, note: str
+    query: str,
+    findings: Sequence[dict[str, Any]],
+    *,
+    key_points: str,
+    note: str,
+    answer: str = "",
+    plan: str = "",
 ) -> str:
-    """The report's Markdown (see the module docstring)."""
+    """The report's Markdown (see the module docstring): the answer first, when given."""
     out = [f"# Research report: {query.strip().rstrip('?')}", "", f"> **Question:** {query}"]
+    if answer.strip():
+        out += ["", "## Answer", "", answer.strip()]
+    if plan.strip():
+        out += ["", f"*{plan.strip()}*"]
     out += ["", f"*{note}*", "", "## Key points", "", key_points.strip(), "", "## Findings"]
     for f in findings:
         out += ["", f"### [{f['id']}] {f.get('title', '')}".rstrip(), "", str(f.get("text", ""))]
@@ -87,10 +102,11 @@ def render_report(
 
 
 def llm_settings() -> tuple[str, str, str] | None:
-    """``(url, key, model)`` from the environment, or None when not configured."""
+    """``(url, key, model)`` from the environment, or None when ``MESHNODE_LLM_URL`` is not
+    set. The key may be empty (a local server that needs none)."""
     url = os.environ.get("MESHNODE_LLM_URL", "").strip()
     key = os.environ.get("MESHNODE_LLM_KEY", "").strip()
-    if not url or not key:
+    if not url:
         return None
     if not url.rstrip("/").endswith("/chat/completions"):
         url = url.rstrip("/") + "/chat/completions"
@@ -106,8 +122,6 @@ async def llm_key_points(
 ) -> str:
     """Ask the model for Markdown key points citing every finding; raises on any failure
     (no answer, an error status, no text, or a finding left uncited)."""
-    import aiohttp
-
     lines = [f"[{f['id']}] {f.get('title', '')}: {f.get('text', '')}" for f in findings]
     prompt = (
         f"Question: {query}\n\nFindings:\n" + "\n".join(lines) + "\n\nWrite 3 to 6 Markdown "
@@ -115,24 +129,44 @@ async def llm_key_points(
         "with the citations it relies on, like [F1]. Cite every finding at least once. "
         "Do not invent numbers."
     )
-    body = {
-        "model": model,
-        "messages": [
-            {"role": "system", "content": "You write concise, factual research summaries."},
-            {"role": "user", "content": prompt},
-        ],
-        "temperature": 0,
-    }
-    timeout = aiohttp.ClientTimeout(total=LLM_TIMEOUT_S)
-    async with (
-        aiohttp.ClientSession(timeout=timeout) as http,
-        http.post(url, json=body, headers={"Authorization": f"Bearer {key}"}) as resp,
-    ):
-        if resp.status != 200:
-            raise RuntimeError(f"HTTP {resp.status}")
-        data = await resp.json(content_type=None)
-    text = str(data["choices"][0]["message"]["content"]).strip()[:MAX_LLM_CHARS]
+    messages = [
+        {"role": "system", "content": "You write concise, factual research summaries."},
+        {"role": "user", "content": prompt},
+    ]
+    text = (await chat(url, key, model, messages)).strip()[:MAX_LLM_CHARS]
     missing = {f["id"] for f in findings} - cited_ids(text)
     if not text or missing:
         raise RuntimeError(f"the answer does not cite {', '.join(sorted(missing)) or 'anything'}")
+    return text
+
+
+async def chat(
+    url: str,
+    key: str,
+    model: str,
+    messages: list[dict[str, str]],
+    *,
+    timeout_s: float = LLM_TIMEOUT_S,
+) -> str:
+    """One chat completion from an OpenAI-compatible endpoint: the first choice's text.
+    Raises on any failure: no answer within ``timeout_s``, a status other than 200, a body
+    over :data:`MAX_LLM_BODY_BYTES`, or no text where the API puts it."""
+    import aiohttp
+
+    body = {"model": model, "messages": messages, "temperature": 0}
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as http,
+        http.post(url, json=body, headers=headers, allow_redirects=False) as resp,
+    ):
+        if resp.status != 200:
+            raise RuntimeError(f"HTTP {resp.status}")
+        raw = await resp.content.read(MAX_LLM_BODY_BYTES + 1)
+    if len(raw) > MAX_LLM_BODY_BYTES:
+        raise RuntimeError(f"the answer is over {MAX_LLM_BODY_BYTES} bytes")
+    data = json.loads(raw)
+    text = data["choices"][0]["message"]["content"]
+    if not isinstance(text, str) or not text.strip():
+        raise RuntimeError("the answer has no text")
     return text

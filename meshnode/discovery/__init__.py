@@ -11,7 +11,8 @@ default) with :mod:`~meshnode.discovery.model` (the model's facts),
 runs), :mod:`~meshnode.discovery.onnx_export` and :mod:`~meshnode.discovery.quantize` (the
 graphs it runs), :mod:`~meshnode.discovery.graph_cache` (where they are kept, and the lock
 that makes one process export them), :mod:`~meshnode.discovery.cached` (the query cache)
-and :mod:`~meshnode.discovery.index` (the capability index).
+and :mod:`~meshnode.discovery.index` (the capability index) with
+:mod:`~meshnode.discovery.lexical` (BM25 over its words).
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from meshnode.discovery.embedder import Embedder
 from meshnode.discovery.hashing import HASHING_DIM, HashingEmbedder
 from meshnode.discovery.index import (
     CapabilityIndex,
+    HybridHit,
     IndexEntry,
     IndexFullError,
     ModelMismatchError,
     capability_text,
     entries_from_manifest,
 )
+from meshnode.discovery.lexical import LexicalIndex
 from meshnode.discovery.minilm import (
     MINILM_BATCH_SIZE,
     MINILM_PRECISION,
@@ -49,8 +52,10 @@ __all__ = [
     "CapabilityIndex",
     "Embedder",
     "HashingEmbedder",
+    "HybridHit",
     "IndexEntry",
     "IndexFullError",
+    "LexicalIndex",
     "MiniLMEmbedder",
     "ModelMismatchError",
     "capability_text",

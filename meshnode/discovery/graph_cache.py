@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import filelock
-import structlog
 
 from meshnode.discovery.onnx_export import ONNX_EXPORT_VERSION, open_session
 from meshnode.discovery.quantize import INT8_QUANTIZE_VERSION
 from meshnode.errors import ExportLockTimeout
+from meshnode.logs import get_logger
 
 __all__ = [
     "EXPORT_LOCK_FILE",
@@ -55,7 +55,7 @@ processes busy: exporting the float graph takes 10-40 s and quantising it about 
 so ten minutes is only reached by a holder that is stuck (a dead one releases the lock at
 once). Shorter would fail slow machines; longer would hide a hung holder."""
 
-_log = structlog.get_logger("meshnode.discovery")
+_log = get_logger("meshnode.discovery")
 
 
 def default_cache_dir() -> Path:

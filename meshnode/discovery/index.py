@@ -21,6 +21,15 @@ fill ``k`` results (a graph left sparse by heavy deletion can do that), the same
 answered exactly by a scan, so a caller never gets fewer results than exist. A query
 restricted to one capability name is always exact: it only scores that name's providers.
 
+Words. Beside the graph, a :class:`~meshnode.discovery.lexical.LexicalIndex` holds every
+entry's name, description, tags and examples for BM25, updated in the same locked step as
+the graph (an upsert replaces both, a removal drops both), so it never holds an entry the
+graph does not, and it is bounded by the same ``max_entries``.
+:meth:`CapabilityIndex.hybrid_search` answers a query from both: the ``k`` nearest by
+embedding and the ``k`` best by BM25, each with its cosine similarity and its normalised
+BM25 score (a hit found only by words gets its exact cosine; one found only by meaning
+scores 0 on words).
+
 Vector spaces. The index is built for one embedder (``model_id``, ``dim``); every upsert
 and search states the ``model_id`` of its vectors and a different one is refused with
 :class:`ModelMismatchError`, never compared.
@@ -52,6 +61,7 @@ from typing import Any
 import hnswlib
 import numpy as np
 
+from meshnode.discovery.lexical import LexicalIndex, capability_terms
 from meshnode.errors import IndexFullError, ModelMismatchError
 from protocol.manifest import MAX_CAPABILITIES, Capability, Manifest
 
@@ -63,6 +73,7 @@ __all__ = [
     "HNSW_SEED",
     "MAX_INDEX_ENTRIES",
     "CapabilityIndex",
+    "HybridHit",
     "IndexEntry",
     "IndexFullError",
     "ModelMismatchError",
@@ -99,10 +110,16 @@ MAX_INDEX_ENTRIES = 1_000_000
 
 
 def capability_text(capability: Capability) -> str:
-    """The text embedded for ``capability``: its name as words, its description and tags.
+    """The text embedded for ``capability``: its name as words, its description, its tags
+    and its examples.
 
     ``translate_text`` + "Translate text between languages" + tags (nlp,) gives
-    ``"translate text: Translate text between languages (nlp)"``.
+    ``"translate text: Translate text between languages (nlp)"``; with examples ("say
+    hello in French",) it ends ``" Examples: say hello in French"``. The examples are
+    fused into the one text rather than embedded one vector each: a capability keeps one
+    vector (index memory and manifests that carry vectors stay one per capability), mean
+    pooling pulls it towards the way users phrase requests, and BM25 matches the
+    examples' words exactly.
     """
     name = capability.name
     for separator in "_.:-":
@@ -114,6 +131,9 @@ def capability_text(capability: Capability) -> str:
         text = f"{text}: {description}"
     if capability.tags:
         text = f"{text} ({', '.join(capability.tags)})"
+    examples = [" ".join(example.split()) for example in capability.examples]
+    if examples:
+        text = f"{text} Examples: {'; '.join(examples)}"
     return text
 
 
@@ -140,6 +160,18 @@ class IndexEntry:
     def key(self) -> tuple[str, str]:
         """``(node_id, capability name)``: the entry's identity."""
         return (self.node_id, self.capability.name)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HybridHit:
+    """One entry found for a query by meaning, by words, or both."""
+
+    entry: IndexEntry
+    similarity: float
+    """Cosine similarity of the query's and the entry's embeddings, in [-1, 1]."""
+    lexical: float
+    """BM25 of the query against the entry's words, normalised to [0, 1] (0: no shared
+    term); see :mod:`meshnode.discovery.lexical`."""
 
 
 def entries_from_manifest(manifest: Manifest) -> list[IndexEntry]:
@@ -204,6 +236,7 @@ class CapabilityIndex:
         self._by_name: dict[str, dict[str, IndexEntry]] = {}
         self._next_label = 0
         self._deleted_slots = 0
+        self._lexical = LexicalIndex(max_documents=max_entries)
 
     # ------------------------------------------------------------------ introspection
 
@@ -305,6 +338,11 @@ class CapabilityIndex:
             nodes.add(node_id)
             matrices.append(self._check_vectors(vectors, rows=len(entries)))
             self._check_entries(node_id, entries)
+        # Each entry's BM25 words, tokenised before the lock is taken: the lexical index
+        # takes every inserted entry in the same locked step as the graph.
+        words = [
+            [capability_terms(entry.capability) for entry in entries] for _, entries, _ in items
+        ]
 
         with self._lock:
             removed = sum(len(self._labels_by_node.get(node_id, ())) for node_id in nodes)
@@ -334,16 +372,17 @@ class CapabilityIndex:
                 raise
             self._deleted_slots -= min(self._deleted_slots, len(labels))
             start = 0
-            for node_id, entries, _ in items:
+            for (node_id, entries, _), terms in zip(items, words, strict=True):
                 if not entries:
                     continue
                 mine = labels[start : start + len(entries)]
                 start += len(entries)
                 self._labels_by_node[node_id] = mine
-                for label, entry in zip(mine, entries, strict=True):
+                for label, entry, document in zip(mine, entries, terms, strict=True):
                     self._by_label[label] = entry
                     self._label_by_key[entry.key] = label
                     self._by_name.setdefault(entry.name, {})[node_id] = entry
+                    self._lexical.add(entry.key, document)
 
     def _check_entries(self, node_id: str, entries: Sequence[IndexEntry]) -> None:
         if len(entries) > MAX_CAPABILITIES:
@@ -395,6 +434,7 @@ class CapabilityIndex:
         for label in labels:
             entry = self._by_label.pop(label)
             del self._label_by_key[entry.key]
+            self._lexical.remove(entry.key)
             providers = self._by_name[entry.name]
             del providers[node_id]
             if not providers:
@@ -461,6 +501,48 @@ class CapabilityIndex:
                 (self._by_label[int(label)], _similarity(float(distance)))
                 for label, distance in zip(found[0], distances[0], strict=True)
             ]
+
+    def hybrid_search(
+        self,
+        vector: np.ndarray,
+        text: str,
+        k: int,
+        model_id: str,
+        *,
+        name: str | None = None,
+    ) -> list[HybridHit]:
+        """The union of the ``k`` entries nearest to ``vector`` (:meth:`search`) and the
+        ``k`` best by BM25 for ``text``, each with both scores; nearest first, then the
+        entries found by words only (best BM25 first). ``name`` restricts both to that
+        capability's providers."""
+        dense = self.search(vector, k, model_id, name=name)
+        query = self._check_vectors(vector, rows=1)[0]
+        norm = float(np.linalg.norm(query))
+        if norm > 0.0:
+            query = query / norm
+        with self._lock:
+            keys = None
+            if name is not None:
+                keys = [(node_id, name) for node_id in self._by_name.get(name, {})]
+            words = self._lexical.search(text, k, keys=keys)
+            by_key = {key: normalised for key, _, normalised in words}
+            hits = [
+                HybridHit(entry, similarity, by_key.pop(entry.key, 0.0))
+                for entry, similarity in dense
+            ]
+            extra = [
+                (self._label_by_key[key], normalised)
+                for key, normalised in by_key.items()
+                if key in self._label_by_key
+            ]
+            if extra:
+                stored = np.asarray(
+                    self._index.get_items([label for label, _ in extra]), dtype=np.float32
+                )
+                for (label, normalised), similarity in zip(extra, stored @ query, strict=True):
+                    cosine = max(-1.0, min(1.0, float(similarity)))
+                    hits.append(HybridHit(self._by_label[label], cosine, normalised))
+        return hits
 
     def _exact_locked(
         self, query: np.ndarray, k: int, labels: list[int]

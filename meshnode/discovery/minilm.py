@@ -29,7 +29,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import structlog
 
 from meshnode.discovery.embedder import Embedder, check_texts, empty_rows
 from meshnode.discovery.hashing import HashingEmbedder
@@ -43,6 +42,7 @@ from meshnode.discovery.model import (
 from meshnode.discovery.onnx_backend import OnnxBackend
 from meshnode.discovery.quantize import int8_dot_product_cpu
 from meshnode.discovery.torch_backend import TorchBackend
+from meshnode.logs import get_logger
 
 __all__ = [
     "MINILM_BACKEND",
@@ -55,7 +55,7 @@ __all__ = [
     "load_default_embedder",
 ]
 
-_log = structlog.get_logger("meshnode.discovery")
+_log = get_logger("meshnode.discovery")
 
 MINILM_PRECISIONS = ("auto", "fp32", "int8")
 """Accepted values of ``precision`` (:class:`MiniLMEmbedder`, ``NodeConfig``)."""

@@ -43,8 +43,9 @@ signature cannot be trusted to mean anything). An unsigned card is accepted unle
 
 Skills become capabilities (:func:`skill_capability`): the name is
 ``<agent>.<skill id>`` sanitised to the capability name rules
-(:func:`sanitize_capability_name`); the description is the skill's, followed by its
-examples (the discovery index embeds it, so searching by description finds the skill);
+(:func:`sanitize_capability_name`); the description is the skill's, and its examples
+become the capability's ``examples`` (the first ``MAX_EXAMPLES``, each clipped to
+``MAX_EXAMPLE_CHARS``; discovery embeds and matches them with the description);
 the skill's tags are kept and two are added: :data:`PROXY_TAG` and
 ``a2a:<url>`` (:func:`proxy_tags`), which mark the capability, in the node's signed manifest, as a
 proxy for that agent. A2A 1.0 skills carry no JSON schemas, only media types
@@ -78,6 +79,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import random
 import re
 import time
 import uuid
@@ -89,18 +91,30 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
-import structlog
 from aiohttp import web
 
 from meshnode.capability import make_capability
+from meshnode.core.a2a import SIGNATURE_SCHEME
+from meshnode.core.request_auth import sign_request
+from meshnode.core.tracing import SpanKind, format_traceparent
 from meshnode.errors import InvalidInput
+from meshnode.runtime.logging import get_logger
 from meshnode.runtime.transport import BodyTooLarge, read_capped
 from protocol import LocalProtocolError, MeshError
+from protocol.jws import verify_card
 from protocol.limits import MAX_VALUE_BYTES
-from protocol.manifest import MAX_CAPABILITIES, MAX_DESCRIPTION_CHARS, MAX_TAG_CHARS, MAX_TAGS
+from protocol.manifest import (
+    MAX_CAPABILITIES,
+    MAX_DESCRIPTION_CHARS,
+    MAX_EXAMPLE_CHARS,
+    MAX_EXAMPLES,
+    MAX_TAG_CHARS,
+    MAX_TAGS,
+)
 
 if TYPE_CHECKING:
     from meshnode.runtime.node import MeshNode
+    from protocol.identity import Identity
 
 __all__ = [
     "CALL_TIMEOUT_S",
@@ -125,6 +139,7 @@ __all__ = [
     "import_routes",
     "importer_for",
     "load_verification_keys",
+    "node_key_auth",
     "parse_card_body",
     "proxy_tags",
     "rpc_interface",
@@ -176,7 +191,7 @@ CARD_PATH = "/.well-known/agent-card.json"
 TEXT_MODE = "text/plain"
 JSON_MODE = "application/json"
 
-log = structlog.get_logger("meshnode.a2a_import")
+log = get_logger("meshnode.a2a_import")
 
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.:-]+")
 _NAME_MAX = 128
@@ -358,10 +373,16 @@ class SkillCapability:
     output_schema: dict[str, Any]
     accepts_text: bool
     accepts_data: bool
+    examples: tuple[str, ...] = ()
 
     def key(self) -> tuple[Any, ...]:
         """What a refresh compares to tell a changed skill."""
-        return (self.description, self.tags, json.dumps(self.input_schema, sort_keys=True))
+        return (
+            self.description,
+            self.tags,
+            json.dumps(self.input_schema, sort_keys=True),
+            self.examples,
+        )
 
 
 OUTPUT_SCHEMA: dict[str, Any] = {
@@ -407,10 +428,14 @@ def skill_capability(
         raise CardRefused("a skill has no id")
     title = str(skill.get("name") or skill_id)
     description = str(skill.get("description") or title)
-    examples = [str(e) for e in skill.get("examples") or [] if isinstance(e, str) and e]
+    raw_examples = skill.get("examples")
+    examples: list[str] = []
+    for example in raw_examples if isinstance(raw_examples, list) else []:
+        if len(examples) == MAX_EXAMPLES:
+            break
+        if isinstance(example, str) and example.strip():
+            examples.append(_clip(" ".join(example.split()), MAX_EXAMPLE_CHARS))
     text = description if title.lower() in description.lower() else f"{title}: {description}"
-    if examples:
-        text += " Examples: " + "; ".join(examples)
     modes = [str(m).lower() for m in (skill.get("inputModes") or default_input_modes or [])]
     accepts_text = not modes or TEXT_MODE in modes or "text/*" in modes or "*/*" in modes
     accepts_data = JSON_MODE in modes or "*/*" in modes
@@ -437,6 +462,7 @@ def skill_capability(
         output_schema=OUTPUT_SCHEMA,
         accepts_text=accepts_text,
         accepts_data=accepts_data,
+        examples=tuple(examples),
     )
     try:
         make_capability(
@@ -445,6 +471,7 @@ def skill_capability(
             input_schema=mapped.input_schema,
             output_schema=mapped.output_schema,
             tags=mapped.tags,
+            examples=mapped.examples,
         )
     except LocalProtocolError as exc:
         raise CardRefused(f"skill {skill_id!r} cannot be a capability: {exc}") from None
@@ -534,6 +561,10 @@ class ImportedAgent:
     skipped: list[str] = field(default_factory=list)
     client: Any = None  # a2a.client.Client, built on first call
     fetched_at: float = 0.0
+    audience: str | None = None
+    """The agent is a meshnode node (:func:`signing_audience`): its node id. Calls are
+    signed with this node's key for it, so a node of the same mesh grants them WORK
+    access without its API token."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -616,6 +647,60 @@ def message_outcome(message: Any) -> dict[str, Any]:
 _IMPORTERS: weakref.WeakKeyDictionary[Any, A2AImporter] = weakref.WeakKeyDictionary()
 
 
+def signed_headers(
+    identity: Identity, audience: str, request: Any, rng: random.Random
+) -> dict[str, str]:
+    """The request-signature headers (:mod:`meshnode.core.request_auth`) for an httpx
+    ``request`` whose body has been read, signed with ``identity``'s node key for the
+    node ``audience``."""
+    return sign_request(
+        identity,
+        identity.node_id,
+        audience,
+        request.method,
+        request.url.raw_path.decode(),
+        request.content,
+        time.time(),
+        rng,
+    )
+
+
+def node_key_auth(identity: Identity, audience: str, rng: random.Random | None = None) -> Any:
+    """An ``httpx.Auth`` that signs every request with ``identity``'s node key for the node
+    ``audience`` (its node id, e.g. the ``kid`` of its card, checked with
+    :func:`protocol.jws.verify_card`), the way a meshnode node accepts from an admitted
+    member of its mesh instead of its API token (:mod:`meshnode.core.request_auth`):
+    ``httpx.AsyncClient(auth=node_key_auth(me, node_id))``."""
+    import httpx
+
+    chosen = rng or random.SystemRandom()
+
+    class NodeKeyAuth(httpx.Auth):
+        requires_request_body = True
+
+        def auth_flow(self, request: httpx.Request) -> Any:
+            request.headers.update(signed_headers(identity, audience, request, chosen))
+            yield request
+
+    return NodeKeyAuth()
+
+
+def declares_signed_requests(card: Mapping[str, Any]) -> bool:
+    """Does an agent card (JSON) accept meshnode request signatures?"""
+    schemes = card.get("securitySchemes")
+    return isinstance(schemes, Mapping) and SIGNATURE_SCHEME in schemes
+
+
+def signing_audience(card: Mapping[str, Any]) -> str | None:
+    """The node id to sign calls to this agent for, or None not to sign them: the card
+    must declare meshnode request signatures and carry a JWS made with the very key its
+    ``kid`` names (:func:`protocol.jws.verify_card`). A card that merely claims a node id
+    gets no signature, so an endpoint cannot collect requests signed for another node."""
+    if not declares_signed_requests(card):
+        return None
+    return verify_card(card)
+
+
 def importer_for(node: MeshNode) -> A2AImporter | None:
     """The importer serving ``node``'s ``/v1/a2a/*`` routes, if one was started."""
     return _IMPORTERS.get(node)
@@ -657,6 +742,7 @@ class A2AImporter:
         self._closed = False
         self._closing: set[asyncio.Task[Any]] = set()
         self.counts: dict[str, int] = {}
+        self._rng = random.SystemRandom()
         _IMPORTERS[node] = self
 
     # -------------------------------------------------------------- lifecycle
@@ -715,13 +801,16 @@ class A2AImporter:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         location = card_location(url)
+        # The card is fetched unsigned: which node answers is not known before it is
+        # read, and a request signature is only ever made for a known node.
+        headers = {"Accept": JSON_MODE}
         try:
             async with (
                 asyncio.timeout(self.card_timeout_s),
                 self._session.get(
                     location,
                     max_redirects=MAX_REDIRECTS,
-                    headers={"Accept": JSON_MODE},
+                    headers=headers,
                 ) as resp,
             ):
                 if resp.status != 200:
@@ -799,7 +888,15 @@ class A2AImporter:
                 skipped.append(f"{mapped.name}: the manifest is full ({MAX_CAPABILITIES})")
                 continue
             wanted[mapped.skill_id] = mapped
-        agent = ImportedAgent(url, agent_name, signed, rpc_url, card, fetched_at=time.time())
+        agent = ImportedAgent(
+            url,
+            agent_name,
+            signed,
+            rpc_url,
+            card,
+            fetched_at=time.time(),
+            audience=signing_audience(data),
+        )
         if old is not None:
             agent.client = old.client if old.rpc_url == rpc_url else None
             if old.client is not None and agent.client is None:
@@ -821,6 +918,7 @@ class A2AImporter:
                     input_schema=cap.input_schema,
                     output_schema=cap.output_schema,
                     tags=cap.tags,
+                    examples=cap.examples,
                 )
         return agent
 
@@ -910,13 +1008,59 @@ class A2AImporter:
             if self._httpx is None:
                 # No redirects: the card's interface was checked, where it sends us is not.
                 self._httpx = httpx.AsyncClient(
-                    follow_redirects=False, timeout=None, transport=capped_transport()
+                    follow_redirects=False,
+                    timeout=None,
+                    transport=capped_transport(),
+                    event_hooks={"request": [self._on_request]},
                 )
             factory = ClientFactory(ClientConfig(streaming=False, httpx_client=self._httpx))
             agent.client = factory.create(agent.card)
         return agent.client
 
+    async def _on_request(self, request: Any) -> None:
+        """Every request to an agent: the current trace context in ``traceparent`` and,
+        for an agent whose card accepts them, this node's request signature (over the
+        final body, so it is added last)."""
+        from meshnode.runtime.tracing import TRACEPARENT, current_context
+
+        context = current_context()
+        if context is not None and TRACEPARENT not in request.headers:
+            request.headers[TRACEPARENT] = format_traceparent(context)
+        target = _origin(str(request.url))
+        for agent in self.agents.values():
+            if agent.audience is not None and _origin(agent.rpc_url) == target:
+                await request.aread()
+                headers = signed_headers(self.node.identity, agent.audience, request, self._rng)
+                request.headers.update(headers)
+                return
+
     async def call(self, url: str, skill_id: str, task_input: Any) -> dict[str, Any]:
+        """Forward one task to the agent at ``url`` inside a client span
+        (``invoke_agent {capability}``, GenAI conventions): the request carries its
+        ``traceparent``, so an agent that traces continues the trace."""
+        tracer = self.node.tracer
+        if tracer is None:
+            return await self._call(url, skill_id, task_input)
+        agent = self.agents.get(url)
+        cap = agent.skills.get(skill_id) if agent is not None else None
+        name = cap.name if cap is not None else skill_id
+        target = urlsplit(agent.rpc_url if agent is not None else url)
+        with tracer.span(
+            f"invoke_agent {name}",
+            SpanKind.CLIENT,
+            attributes={
+                "gen_ai.operation.name": "invoke_agent",
+                "gen_ai.agent.name": skill_id,
+                "gen_ai.agent.id": agent.name if agent is not None else url,
+                "a2a.method": "SendMessage",
+                "server.address": target.hostname or "",
+                "server.port": target.port or (443 if target.scheme == "https" else 80),
+                "meshnode.a2a.signed": bool(agent is not None and agent.audience),
+            },
+        ):
+            return await self._call(url, skill_id, task_input)
+
+    async def _call(self, url: str, skill_id: str, task_input: Any) -> dict[str, Any]:
         """Forward one task to the agent at ``url``; the result, or an exception that
         fails the task (:class:`~meshnode.errors.InvalidInput` for a refused input)."""
         from a2a.client import ClientCallContext
@@ -948,7 +1092,9 @@ class A2AImporter:
             message_id=str(uuid.uuid4()),
             parts=parts,
         )
-        message.metadata.update({"meshnode_skill": skill_id})
+        # "skill" is how a meshnode node's A2A endpoint names the capability asked for
+        # (without it, a node would route the text by discovery instead).
+        message.metadata.update({"meshnode_skill": skill_id, "skill": skill_id})
         deadline = current_task_deadline()
         budget = self.call_timeout_s
         if deadline is not None:

@@ -21,6 +21,23 @@ Routes (registered by :func:`add_a2a_routes` from ``api.build_app``):
   (413), JSON nested at most ``api.MAX_JSON_DEPTH`` deep; every other cap is in
   :mod:`meshnode.core.a2a`.
 
+Signed requests (:mod:`meshnode.core.request_auth`): a caller may instead sign the
+request with a node key. Form, freshness and the signer's admission (under a mesh
+authority: certified; with a keyring: a current member) are checked before the body is
+read; then the body is read, the signature verified and the nonce checked against
+:attr:`A2AService.replays`. An admitted signer gets WORK access and sees only the tasks it
+started (:attr:`A2AService.owners`); a signer that is not admitted is judged as unsigned;
+a malformed, stale, replayed or non-verifying signature is refused (401). The card route
+takes signatures too, and the card declares the scheme when a signature can be a
+credential (:attr:`A2AService.signatures_admit`).
+
+Tracing: each ``SendMessage``/``SendStreamingMessage`` opens a server span
+(``invoke_agent {skill}``, GenAI and a2a attributes, :meth:`A2AService.open_span`) under
+the caller's ``traceparent``; the response carries its traceparent; the local provider's
+run (through the request's ``trace_id``) and the gateway's discovery and delegation (run
+with the span as the current context) are its children; it ends when the task ends or
+needs input.
+
 Who sees which task: tasks carry task inputs and outputs, which are what the WORK access
 protects, so only a caller with WORK access (the API token, or loopback while
 ``api_trust_loopback``) sees any task; every such caller is the node's operator and sees
@@ -72,7 +89,6 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-import structlog
 from aiohttp import web
 
 from meshnode.core import a2a
@@ -81,6 +97,23 @@ from meshnode.core.channel import RateLimiter
 from meshnode.core.delegation import rank_candidates
 from meshnode.core.effects import AttemptOutcome
 from meshnode.core.node import DELEGATION_TOP_K
+from meshnode.core.request_auth import (
+    ReplayCache,
+    RequestSignatureError,
+    SignedRequest,
+    check_signed,
+    freshness_problem,
+    parse_headers,
+    signer_admitted,
+)
+from meshnode.core.tracing import (
+    MAX_SPAN_NAME_CHARS,
+    Span,
+    SpanKind,
+    SpanStatus,
+    bounded_attributes,
+    format_traceparent,
+)
 from meshnode.errors import DelegationError, InvalidRequest, NodeNotRunning
 from meshnode.runtime.api import (
     RETRY_AFTER_S,
@@ -89,6 +122,8 @@ from meshnode.runtime.api import (
     _read_body,
     authorize,
 )
+from meshnode.runtime.logging import get_logger
+from meshnode.runtime.tracing import TRACEPARENT, current_context, traced_delegation, use_context
 from protocol import LocalProtocolError, Message, short_id
 from protocol.codec import message_to_wire
 from protocol.jws import sign_card
@@ -120,7 +155,7 @@ DURABLE_STATES = a2a.TERMINAL_STATES | {State.INPUT_REQUIRED}
 found unfinished after a restart is FAILED whatever it last said, and each write is a
 synchronous commit (about 0.4 ms)."""
 
-log = structlog.get_logger("meshnode.a2a")
+log = get_logger("meshnode.a2a")
 
 A2A_SERVICE: web.AppKey[A2AService] = web.AppKey("a2a_service")
 """The application's :class:`A2AService` (set at startup), for tools and benchmarks."""
@@ -141,6 +176,11 @@ class _Live:
     :meth:`A2AService.reveal`)."""
     lapse: asyncio.TimerHandle | None = None
     """Fires when a counter-offer left unconfirmed has lapsed at the provider."""
+    skill: str = a2a.GATEWAY_SKILL
+    """The capability the task asked for (the gateway skill when routed by its text)."""
+    span: Span | None = None
+    """The server span of the message being served (``invoke_agent {skill}``): open
+    until the task ends or needs input (see :meth:`A2AService.open_span`)."""
 
 
 class _TaskBook:
@@ -246,7 +286,12 @@ class A2AService:
         self.live: dict[str, _Live] = {}
         self.streams = 0
         self.limiter = RateLimiter(node.config.api_rate_per_s, node.config.api_rate_burst)
-        self._card: tuple[tuple[int, str, bool], bytes, str] | None = None
+        self._card: tuple[tuple[int, str, bool, bool], bytes, str] | None = None
+        self.replays = ReplayCache()
+        """Nonces of signed requests seen within the freshness window."""
+        self.owners: OrderedDict[str, str] = OrderedDict()
+        """Task id → the node that signed the request that started it (only tasks
+        started by a signed request; at most ``a2a_max_tasks``, the oldest forgotten)."""
         self.recovered = self.book.recover(time.time())
         if self.recovered:
             log.warning("a2a_tasks_failed_on_restart", count=self.recovered)
@@ -261,13 +306,34 @@ class A2AService:
         if manifest is None:
             raise web.HTTPServiceUnavailable(text="the node has not published its manifest yet")
         url = node.url + a2a.JSONRPC_PATH
-        key = (manifest.version, url, node.config.api_token is not None)
+        key = (manifest.version, url, node.config.api_token is not None, self.signatures_admit)
         if self._card is None or self._card[0] != key:
-            card = a2a.build_card(manifest, url, bearer=key[2])
+            card = a2a.build_card(manifest, url, bearer=key[2], signed_requests=key[3])
             body = json.dumps(sign_card(card, node.identity), separators=(",", ":")).encode()
             etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
             self._card = (key, body, etag)
         return self._card[1], self._card[2]
+
+    # ------------------------------------------------------------------ signed requests
+
+    @property
+    def signatures_admit(self) -> bool:
+        """Can a request signature be a credential here? Only with admission: a mesh
+        authority, or a keyring with sealed input required (see
+        :func:`meshnode.core.request_auth.signer_admitted`)."""
+        node = self.node
+        sealed = node.seal.keyring is not None and node.seal.encrypt_incoming
+        return node.config.authority is not None or sealed
+
+    def admitted(self, signed: SignedRequest, now: float) -> bool:
+        node = self.node
+        sealed = node.seal.keyring is not None and node.seal.encrypt_incoming
+        return signer_admitted(node.core, signed.node_id, now, sealed=sealed)
+
+    def own(self, task_id: str, signer: str) -> None:
+        self.owners[task_id] = signer
+        while len(self.owners) > self.config.a2a_max_tasks:
+            self.owners.popitem(last=False)
 
     # ------------------------------------------------------------------ state changes
 
@@ -322,6 +388,8 @@ class A2AService:
             }
         )
         ends = state in a2a.TERMINAL_STATES
+        if ends or state is State.INPUT_REQUIRED:
+            self._end_span(live, state)
         for queue in list(live.streams):
             for event in events:
                 self._offer(live, queue, event)
@@ -345,6 +413,54 @@ class A2AService:
                 queue.get_nowait()
             queue.put_nowait(None)
 
+    # ------------------------------------------------------------------ spans
+
+    def open_span(self, live: _Live, method: str, skill: str) -> None:
+        """Open ``live``'s server span for one ``SendMessage``/``SendStreamingMessage``:
+        named and attributed after the OpenTelemetry GenAI conventions, under the
+        caller's ``traceparent`` (the current context, set by the API middleware) or in a
+        new trace. The local provider's run and the gateway's delegation hang from it;
+        it ends when the task ends or needs input (:meth:`_end_span`)."""
+        tracer = self.node.tracer
+        if tracer is None or not tracer.enabled:
+            return
+        parent = current_context()
+        trace_id, span_id = tracer.new_context(parent)
+        task = live.task
+        live.span = Span(
+            trace_id,
+            span_id,
+            parent.span_id if parent is not None else None,
+            f"invoke_agent {skill}"[:MAX_SPAN_NAME_CHARS],  # the skill is the caller's
+            SpanKind.SERVER,
+            tracer.node_id,
+            time.time(),
+            attributes=bounded_attributes(
+                {
+                    "gen_ai.operation.name": "invoke_agent",
+                    "gen_ai.agent.name": skill,
+                    "gen_ai.agent.id": tracer.node_id,
+                    "gen_ai.conversation.id": task["contextId"],
+                    "a2a.method": method,
+                    "a2a.task.id": task["id"],
+                    "a2a.context.id": task["contextId"],
+                    "meshnode.a2a.route": "local" if live.local else "gateway",
+                    "meshnode.context": "continued" if parent is not None else "new",
+                }
+            ),
+        )
+
+    def _end_span(self, live: _Live, state: State) -> None:
+        span, live.span = live.span, None
+        tracer = self.node.tracer
+        if span is None or tracer is None:
+            return
+        span.end = time.time()
+        ok = state in (State.COMPLETED, State.INPUT_REQUIRED)
+        span.status = SpanStatus.OK if ok else SpanStatus.ERROR
+        span.attributes["a2a.task.state"] = state.value
+        tracer.record(span)
+
     def reveal(self, live: _Live) -> None:
         """The caller is about to learn this running task's id: make sure it is stored,
         so that after a crash the id still answers (FAILED). A task whose id nobody has
@@ -356,13 +472,19 @@ class A2AService:
 
     # ------------------------------------------------------------------ SendMessage
 
-    async def send(self, req: SendRequest) -> _Live:
-        """Start a task for ``req`` (or continue the one its ``taskId`` names)."""
+    async def send(
+        self, req: SendRequest, method: str = "SendMessage", signer: str | None = None
+    ) -> _Live:
+        """Start a task for ``req`` (or continue the one its ``taskId`` names), inside a
+        server span for ``method`` (:meth:`open_span`). ``signer``: the admitted node
+        that signed the request (None: the operator), who alone may continue it."""
         node = self.node
         if not node.running:
             raise A2AError(ErrorCode.INTERNAL_ERROR, "the node is not running")
         if req.task_id is not None:
-            return self._continue(req)
+            if signer is not None and self.owners.get(req.task_id) != signer:
+                raise A2AError(ErrorCode.TASK_NOT_FOUND, f"no task {req.task_id}")
+            return self._continue(req, method)
         if len(self.live) >= self.config.a2a_max_live_tasks:
             raise A2AError(
                 ErrorCode.INTERNAL_ERROR,
@@ -373,13 +495,17 @@ class A2AService:
             self._check_input(req)
         task_id = uuid.uuid4().hex
         task = a2a.new_task(task_id, req.context_id or uuid.uuid4().hex, req.message, time.time())
-        live = _Live(task, local)
+        live = _Live(task, local, skill=req.capability or a2a.GATEWAY_SKILL)
         self.live[task_id] = live
+        if signer is not None:
+            self.own(task_id, signer)
         self.book.put(task, time.time(), durable=False)
+        self.open_span(live, method, live.skill)
         if local:
             self._start_local(live, req)
         else:
-            live.runner = asyncio.create_task(self._gateway(live, req))
+            with use_context(live.span.context if live.span is not None else current_context()):
+                live.runner = asyncio.create_task(self._gateway(live, req))
         return live
 
     def _check_input(self, req: SendRequest) -> None:
@@ -388,7 +514,9 @@ class A2AService:
         except LocalProtocolError as exc:
             raise A2AError(ErrorCode.INVALID_PARAMS, f"input cannot be sent: {exc}") from None
 
-    def _request(self, task_id: str, req: SendRequest) -> TaskRequest:
+    def _request(self, task_id: str, req: SendRequest, span: Span | None = None) -> TaskRequest:
+        """The request this node's own provider gets; its ``trace_id`` carries ``span``'s
+        traceparent, so the provider's run hangs from the A2A server span."""
         deadline_s = req.deadline_s or self.config.default_deadline_s
         return TaskRequest(
             task_id=task_id,
@@ -396,10 +524,10 @@ class A2AService:
             input=req.task_input,
             deadline_ms=max(1, min(int(deadline_s * 1000), 86_400_000)),
             budget_usd=req.max_cost_usd,
-            trace_id=task_id[:16],
+            trace_id=format_traceparent(span.context) if span is not None else task_id[:16],
         )
 
-    def _continue(self, req: SendRequest) -> _Live:
+    def _continue(self, req: SendRequest, method: str) -> _Live:
         assert req.task_id is not None
         live = self.live.get(req.task_id)
         if live is None:
@@ -412,6 +540,7 @@ class A2AService:
                 "the task is not waiting for input (only a counter-offer is)",
             )
         a2a.add_history(live.task, req.message)
+        self.open_span(live, method, live.skill)
         live.countered = False
         if live.lapse is not None:
             live.lapse.cancel()
@@ -434,7 +563,7 @@ class A2AService:
 
     def _start_local(self, live: _Live, req: SendRequest) -> None:
         self._hook()
-        self._feed(self._request(live.task["id"], req))
+        self._feed(self._request(live.task["id"], req, live.span))
 
     def _lapse(self, live: _Live) -> None:
         """A counter-offer nobody confirmed in time: the task is REJECTED (and the
@@ -483,12 +612,17 @@ class A2AService:
         try:
             self._update(live, State.WORKING, "discovering providers in the mesh")
             description = req.text.strip() or None
-            candidates = await node.discover(
-                description if req.capability is None else None,
-                capability_name=req.capability,
-                max_cost_usd=req.max_cost_usd,
-                top_k=DELEGATION_TOP_K,
-            )
+            tracer = node.tracer
+            if tracer is None:
+                raise NodeNotRunning("the node is not started")
+            with tracer.span("discover", SpanKind.INTERNAL) as found:
+                candidates = await node.discover(
+                    description if req.capability is None else None,
+                    capability_name=req.capability,
+                    max_cost_usd=req.max_cost_usd,
+                    top_k=DELEGATION_TOP_K,
+                )
+                found.attributes["meshnode.candidates"] = len(candidates)
             candidates = [c for c in candidates if c.node_id != node.node_id]
             ranked = rank_candidates(candidates, req.capability)
             if ranked is None:
@@ -505,13 +639,20 @@ class A2AService:
             )
             delegation_id = uuid.uuid4().hex
             job = asyncio.create_task(
-                node.tasks.delegate(
+                traced_delegation(
+                    node,
+                    tracer,
                     capability,
-                    req.task_input,
-                    ordered,
-                    deadline_s=req.deadline_s,
-                    max_cost_usd=req.max_cost_usd,
-                    task_id=delegation_id,
+                    "",  # under the current context: this task's server span
+                    lambda traceparent: node.tasks.delegate(
+                        capability,
+                        req.task_input,
+                        ordered,
+                        deadline_s=req.deadline_s,
+                        max_cost_usd=req.max_cost_usd,
+                        trace_id=traceparent,
+                        task_id=delegation_id,
+                    ),
                 )
             )
             peer: str | None = None
@@ -661,8 +802,11 @@ def add_a2a_routes(app: web.Application, node: MeshNode) -> None:
         return True
 
     async def agent_card(request: web.Request) -> web.Response:
-        allowed(request, Access.READ)
-        body, etag = get_service().card()
+        svc = get_service()
+        signer, _ = await signed_by(request, svc)
+        if signer is None:
+            allowed(request, Access.READ)
+        body, etag = svc.card()
         headers = {
             "ETag": etag,
             "Cache-Control": f"private, max-age={a2a.CARD_MAX_AGE_S}",
@@ -671,10 +815,56 @@ def add_a2a_routes(app: web.Application, node: MeshNode) -> None:
             return web.Response(status=304, headers=headers)
         return web.Response(body=body, content_type="application/json", headers=headers)
 
-    async def jsonrpc(request: web.Request) -> web.StreamResponse:
-        allowed(request, Access.READ)
-        svc = get_service()
+    def rate_limit(request: web.Request, svc: A2AService) -> None:
+        if not _is_loopback(request.remote) and not svc.limiter.allow(
+            request.remote or "?", time.monotonic()
+        ):
+            node.count_drop("api_rate_limited")
+            raise web.HTTPTooManyRequests(
+                text="too many requests from this address; slow down",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+
+    def refuse_signature(why: str) -> web.HTTPUnauthorized:
+        node.count_drop("a2a_signature_refused")
+        return web.HTTPUnauthorized(
+            text=f"{a2a.JSONRPC_PATH}: {why}",
+            headers={"WWW-Authenticate": 'Meshnode-Ed25519 realm="meshnode"'},
+        )
+
+    async def signed_by(request: web.Request, svc: A2AService) -> tuple[str | None, bytes | None]:
+        """The admitted node that signed ``request`` and the body it signed, or (None,
+        None) for a request that is not signed by an admitted member (judged by the
+        usual rule). Form, freshness and admission are checked before the body is read;
+        a bad signature, a replay or a malformed header is refused (401)."""
+        try:
+            signed = parse_headers(request.headers)
+        except RequestSignatureError as exc:
+            raise refuse_signature(str(exc)) from None
+        if signed is None:
+            return None, None
+        now = time.time()
+        stale = freshness_problem(signed.timestamp, now)
+        if stale is not None:
+            raise refuse_signature(stale)
+        if not svc.admitted(signed, now):
+            return None, None
+        rate_limit(request, svc)
         raw = await _read_body(request, node, MAX_A2A_BODY_BYTES)
+        problem = check_signed(
+            signed, node.node_id, request.method, request.raw_path, raw, now, svc.replays
+        )
+        if problem is not None:
+            raise refuse_signature(problem)
+        return signed.node_id, raw
+
+    async def jsonrpc(request: web.Request) -> web.StreamResponse:
+        svc = get_service()
+        signer, raw = await signed_by(request, svc)
+        if signer is None:
+            allowed(request, Access.READ)
+            raw = await _read_body(request, node, MAX_A2A_BODY_BYTES)
+        assert raw is not None
         request_id: Any = None
         try:
             call = a2a.parse_request(raw)
@@ -682,17 +872,11 @@ def add_a2a_routes(app: web.Application, node: MeshNode) -> None:
             problem = a2a.version_problem(request.headers.get("A2A-Version"))
             if problem is not None:
                 raise A2AError(ErrorCode.VERSION_NOT_SUPPORTED, problem)
-            if call.method in a2a.WORK_METHODS:
+            if call.method in a2a.WORK_METHODS and signer is None:
                 allowed(request, Access.WORK)
-                if not _is_loopback(request.remote) and not svc.limiter.allow(
-                    request.remote or "?", time.monotonic()
-                ):
-                    node.count_drop("api_rate_limited")
-                    raise web.HTTPTooManyRequests(
-                        text="too many requests from this address; slow down",
-                        headers={"Retry-After": str(RETRY_AFTER_S)},
-                    )
-            return await _dispatch(request, svc, call, sees_tasks(request))
+                rate_limit(request, svc)
+            sees = signer is not None or sees_tasks(request)
+            return await _dispatch(request, svc, call, sees, signer)
         except A2AError as exc:
             return web.json_response(exc.to_json(request_id))
 
@@ -705,8 +889,14 @@ async def _ensure(get: Any) -> None:
 
 
 async def _dispatch(
-    request: web.Request, svc: A2AService, call: a2a.RpcCall, sees: bool
+    request: web.Request,
+    svc: A2AService,
+    call: a2a.RpcCall,
+    sees: bool,
+    signer: str | None = None,
 ) -> web.StreamResponse:
+    """Run one call. ``sees``: the caller may see tasks; ``signer``: an admitted node
+    that signed the call, who sees only the tasks it started."""
     method, params, rid = call.method, call.params, call.id
     if method in a2a.PUSH_METHODS:
         raise A2AError(ErrorCode.PUSH_NOT_SUPPORTED, "push notifications are not supported")
@@ -715,13 +905,15 @@ async def _dispatch(
     if method in ("SendMessage", "SendStreamingMessage"):
         req = a2a.parse_send(params)
         if method == "SendStreamingMessage":
-            return await _stream_send(request, svc, req, rid)
-        started = await svc.send(req)
+            return await _stream_send(request, svc, req, rid, signer)
+        started = await svc.send(req, method, signer)
+        headers = _traceparent_header(started)
         if not req.return_immediately:
             await svc.wait_settled(started, svc.config.a2a_blocking_wait_s)
         svc.reveal(started)
         return web.json_response(
-            _rpc_result(rid, {"task": a2a.view(started.task, req.history_length)})
+            _rpc_result(rid, {"task": a2a.view(started.task, req.history_length)}),
+            headers=headers,
         )
     if method == "ListTasks":
         query = a2a.parse_list(params)
@@ -730,13 +922,16 @@ async def _dispatch(
             key=lambda t: str(t["status"].get("timestamp", "")),
             reverse=True,
         )
-        tasks, total = svc.book.page(query, running) if sees else ([], 0)
+        # A signer sees its own tasks by id (GetTask); listing them is the operator's.
+        tasks, total = svc.book.page(query, running) if sees and signer is None else ([], 0)
         for listed in tasks:
             shown = svc.live.get(listed["id"])
             if shown is not None:
                 svc.reveal(shown)
         return web.json_response(_rpc_result(rid, a2a.page(tasks, query, total)))
     task_id, history_length = a2a.parse_id_params(params)
+    if signer is not None and svc.owners.get(task_id) != signer:
+        sees = False  # another caller's task: as if it did not exist
     live = svc.live.get(task_id) if sees else None
     if live is not None:
         svc.reveal(live)
@@ -754,18 +949,29 @@ async def _dispatch(
 
 
 async def _stream_send(
-    request: web.Request, svc: A2AService, req: SendRequest, rid: Any
+    request: web.Request, svc: A2AService, req: SendRequest, rid: Any, signer: str | None
 ) -> web.StreamResponse:
     if svc.streams >= svc.config.a2a_max_streams:
         raise web.HTTPServiceUnavailable(
             text="too many A2A streams open", headers={"Retry-After": str(RETRY_AFTER_S)}
         )
-    live = await svc.send(req)
-    return await _stream(request, svc, live, rid)
+    live = await svc.send(req, "SendStreamingMessage", signer)
+    return await _stream(request, svc, live, rid, _traceparent_header(live))
+
+
+def _traceparent_header(live: _Live) -> dict[str, str]:
+    """The ``traceparent`` of ``live``'s server span, for the response (none untraced)."""
+    if live.span is None:
+        return {}
+    return {TRACEPARENT: format_traceparent(live.span.context)}
 
 
 async def _stream(
-    request: web.Request, svc: A2AService, live: _Live, rid: Any
+    request: web.Request,
+    svc: A2AService,
+    live: _Live,
+    rid: Any,
+    headers: dict[str, str] | None = None,
 ) -> web.StreamResponse:
     """SSE: the task as it stands, then each update until it ends or needs input."""
     if svc.streams >= svc.config.a2a_max_streams:
@@ -776,7 +982,11 @@ async def _stream(
     queue = svc.follow(live)
     svc.streams += 1
     response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            **(headers or {}),
+        }
     )
     try:
         await response.prepare(request)

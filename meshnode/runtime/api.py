@@ -5,12 +5,14 @@ Routes for operators and tools (JSON):
 ====================  =====================================================================
 ``GET /v1/health``    ``status`` (``ok``, or ``degraded`` with ``reasons``: a driver
                       restart or failing effects within a minute, failing writes, own
-                      records not yet durable, an identity conflict; always HTTP 200),
-                      node id, incarnation, member counts, local health, drops, effect
-                      failures, inbound connection counts and limits, fetches and
-                      push-pulls running and waiting (``exchanges``), and the counters
-                      of membership (probes, failed probes, suspicions raised,
-                      refutations, rumors dropped…), the mesh core and the task service
+                      records not yet durable, an identity conflict, every seed
+                      unreachable with no other member known; always HTTP 200),
+                      ``isolated`` (that last case), node id, incarnation, member
+                      counts, local health, drops, effect failures, inbound
+                      connection counts and limits, fetches and push-pulls running
+                      and waiting (``exchanges``), and the counters of membership
+                      (probes, failed probes, suspicions raised, refutations, rumors
+                      dropped…), the mesh core and the task service
 ``GET /v1/members``   every known member: id, name, address, state, incarnation
 ``GET /v1/manifests`` every known manifest, decoded
 ====================  =====================================================================

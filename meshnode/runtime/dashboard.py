@@ -12,6 +12,9 @@ Routes
 ``POST /v1/events/ticket``     a stream ticket: ``{"ticket", "expires_in"}``
 ``GET /v1/events``             Server-Sent Events: one ``snapshot``, then ``delta`` events
                                on change, a comment line as heartbeat
+``GET /v1/dashboard/trace/     one trace assembled across the mesh (:func:`assemble_trace`)
+{trace_id}``                   for the page's swimlane: ``trace_id``, ``node_id``,
+                               ``spans``, ``missing`` (nodes that could not be asked)
 =============================  ===========================================================
 
 Access. Everything that shows mesh data is :attr:`~meshnode.runtime.api.Access.READ`, by
@@ -46,6 +49,21 @@ without bound. A stream sends a heartbeat comment after :data:`EVENT_HEARTBEAT_S
 silence and ends after :data:`EVENT_STREAM_MAX_S` (the page asks for a new ticket and
 reconnects, so access is checked again). Drops are counted in ``/v1/health``'s ``drops``.
 
+Trace assembly. A delegation's spans are on every node it touched; the page asks its node
+for the whole trace, and the node asks the members the spans name (as their node or their
+peer), then the members those spans name, like ``meshnode trace``: at most
+:data:`TRACE_ASSEMBLY_MAX_NODES` nodes, :data:`TRACE_ASSEMBLY_FANOUT` at a time, each
+within :data:`TRACE_ASSEMBLY_TIMEOUT_S`, each answer read up to
+:data:`TRACE_ASSEMBLY_MAX_BODY_BYTES`. Only members this node holds alive or suspect are
+asked, at the address their signed ``Alive`` gives; a peer's answer counts only for the
+spans it records itself (``node_id`` = the peer asked, the trace asked for, well-formed
+ids), so no node can put words in another's mouth. Asking peers is work done on the
+caller's behalf, so the route is :attr:`~meshnode.runtime.api.Access.WORK`, and at most
+:data:`TRACE_ASSEMBLIES` run at once (HTTP 503 beyond). A caller with READ only gets 401,
+and the page then shows this node's own spans (``/v1/traces/{id}``). Peers are asked
+without this node's token (it is not theirs to see); a peer that refuses is listed in
+``missing``.
+
 Routes other parts of the node add (``/v1/traces/{id}``, ``/v1/trust/{id}/history``) are
 used by the page when they answer, and their absence (HTTP 404) is shown as such.
 """
@@ -63,9 +81,11 @@ from collections.abc import Mapping
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 from aiohttp import web
 
 from meshnode.core.member import MemberState
+from meshnode.core.tracing import bounded_attributes, is_span_id, is_trace_id
 
 if TYPE_CHECKING:
     from meshnode.runtime.node import MeshNode
@@ -82,12 +102,31 @@ __all__ = [
     "MAX_EVENT_STREAMS_PER_ADDRESS",
     "MAX_USED_TICKETS",
     "TICKET_TTL_S",
+    "TRACE_ASSEMBLIES",
+    "TRACE_ASSEMBLY_FANOUT",
+    "TRACE_ASSEMBLY_MAX_BODY_BYTES",
+    "TRACE_ASSEMBLY_MAX_NODES",
+    "TRACE_ASSEMBLY_TIMEOUT_S",
     "EventHub",
     "TicketBook",
     "add_routes",
+    "assemble_trace",
     "diff",
     "state",
 ]
+
+TRACE_ASSEMBLY_MAX_NODES = 16
+"""Most nodes asked for one trace's spans from the page (``meshnode trace`` asks up to
+64): a click in a browser should not fan out across a whole mesh."""
+TRACE_ASSEMBLY_FANOUT = 4
+"""Nodes asked at once while assembling a trace."""
+TRACE_ASSEMBLY_TIMEOUT_S = 3.0
+"""Seconds to wait for one node's spans; a node slower than that is listed as missing."""
+TRACE_ASSEMBLY_MAX_BODY_BYTES = 1 << 20
+"""Largest answer read from one node (``/v1/traces/{id}`` serves at most 1,000 spans of
+about 600 bytes): a hostile peer cannot make the node buffer more."""
+TRACE_ASSEMBLIES = 2
+"""Trace assemblies running at once on one node (HTTP 503 beyond)."""
 
 MAX_EVENT_STREAMS = 8
 """Event streams (open dashboard pages) a node serves at once; more get HTTP 503. Each
@@ -517,7 +556,29 @@ def add_routes(app: web.Application, node: MeshNode) -> None:
     app.router.add_get("/", index)
     app.router.add_get("/ui", index)
     app.router.add_get("/ui/{name}", asset)
+    assembling = asyncio.Semaphore(TRACE_ASSEMBLIES)
+
+    async def trace(request: web.Request) -> web.Response:
+        try:
+            authorize(request, node.config, Access.WORK)  # it asks other nodes
+        except web.HTTPUnauthorized:
+            node.count_drop("api_unauthorized")
+            raise
+        trace_id = request.match_info["trace_id"]
+        if not is_trace_id(trace_id):
+            raise web.HTTPBadRequest(text="trace_id must be 32 lowercase hex digits, not all zero")
+        if assembling.locked():
+            raise web.HTTPServiceUnavailable(
+                text=f"at most {TRACE_ASSEMBLIES} traces are assembled at once",
+                headers={"Retry-After": "1"},
+            )
+        async with assembling:
+            spans, missing = await assemble_trace(node, trace_id)
+        body = {"trace_id": trace_id, "node_id": node.node_id, "spans": spans, "missing": missing}
+        return web.json_response(body, headers=SECURITY_HEADERS)
+
     app.router.add_get("/v1/dashboard", view)
+    app.router.add_get("/v1/dashboard/trace/{trace_id}", trace)
     app.router.add_post("/v1/events/ticket", ticket)
     app.router.add_get("/v1/events", events)
     app.on_shutdown.append(lambda _app: hub.aclose())
@@ -559,3 +620,106 @@ async def _stream(request: web.Request, hub: EventHub) -> web.StreamResponse:
     finally:
         hub.close(stream)
     return response
+
+
+_SPAN_TEXT_FIELDS = ("name", "kind", "status")
+
+
+def _peer_span(span: Any, node_id: str, trace_id: str) -> dict[str, Any] | None:
+    """``span`` as a peer sent it, if it is one of its own spans of ``trace_id`` with
+    well-formed fields (else None)."""
+    if not isinstance(span, dict) or span.get("node_id") != node_id:
+        return None
+    if span.get("trace_id") != trace_id or not is_span_id(span.get("span_id")):
+        return None
+    parent = span.get("parent_span_id")
+    if parent is not None and not is_span_id(parent):
+        return None
+    start, end = span.get("start"), span.get("end")
+    if not isinstance(start, int | float) or not (end is None or isinstance(end, int | float)):
+        return None
+    if not all(isinstance(span.get(k), str) for k in _SPAN_TEXT_FIELDS):
+        return None
+    peer = span.get("peer_id")
+    attributes = span.get("attributes")
+    return {
+        "trace_id": trace_id,
+        "span_id": span["span_id"],
+        "parent_span_id": parent,
+        "name": span["name"][:128],
+        "kind": span["kind"][:16],
+        "node_id": node_id,
+        "peer_id": peer if isinstance(peer, str) and len(peer) <= 64 else None,
+        "start": float(start),
+        "end": None if end is None else float(end),
+        "status": span["status"][:16],
+        "attributes": bounded_attributes(attributes if isinstance(attributes, dict) else {}),
+    }
+
+
+async def assemble_trace(node: MeshNode, trace_id: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every span of ``trace_id`` this node and the members its spans name hold (see the
+    module docstring): (spans by start time, node ids that could not be asked)."""
+    from meshnode.runtime.transport import BodyTooLarge, read_capped
+
+    tracer = node.tracer
+    own = tracer.trace(trace_id) if tracer is not None else []
+    spans: dict[tuple[str, str], dict[str, Any]] = {(s["node_id"], s["span_id"]): s for s in own}
+    address = {
+        m.node_id: (m.host, m.port)
+        for m in node.core.membership.members()
+        if m.state in (MemberState.ALIVE, MemberState.SUSPECT) and m.node_id != node.node_id
+    }
+    asked = {node.node_id}
+    missing: list[str] = []
+    slots = asyncio.Semaphore(TRACE_ASSEMBLY_FANOUT)
+    timeout = aiohttp.ClientTimeout(total=TRACE_ASSEMBLY_TIMEOUT_S)
+
+    async def ask(session: aiohttp.ClientSession, peer: str) -> list[dict[str, Any]]:
+        host, port = address[peer]
+        url = f"http://{host}:{port}/v1/traces/{trace_id}"
+        if ":" in host:
+            url = f"http://[{host}]:{port}/v1/traces/{trace_id}"
+        async with slots:
+            try:
+                async with session.get(url) as resp:
+                    if resp.status != 200:
+                        raise ValueError(f"HTTP {resp.status}")
+                    raw = await read_capped(
+                        resp.content, TRACE_ASSEMBLY_MAX_BODY_BYTES, resp.content_length
+                    )
+                found = json.loads(raw).get("spans", [])
+            except (
+                aiohttp.ClientError,
+                TimeoutError,
+                ValueError,
+                RecursionError,  # a hostile peer's deeply nested answer
+                BodyTooLarge,
+                AttributeError,
+            ):
+                missing.append(peer)
+                return []
+        if not isinstance(found, list):
+            missing.append(peer)
+            return []
+        kept = (_peer_span(s, peer, trace_id) for s in found)
+        return [s for s in kept if s is not None]
+
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        while len(asked) < TRACE_ASSEMBLY_MAX_NODES:
+            named = {s["node_id"] for s in spans.values()} | {
+                s["peer_id"] for s in spans.values() if s.get("peer_id")
+            }
+            todo = sorted(n for n in named - asked if n in address)
+            todo = todo[: TRACE_ASSEMBLY_MAX_NODES - len(asked)]
+            for gone in sorted(n for n in named - asked if n not in address):
+                asked.add(gone)
+                missing.append(gone)
+            if not todo:
+                break
+            asked.update(todo)
+            for found in await asyncio.gather(*(ask(session, n) for n in todo)):
+                for span in found:
+                    spans[(span["node_id"], span["span_id"])] = span
+    ordered = sorted(spans.values(), key=lambda s: (s["start"], s["end"] or 0.0))
+    return ordered, sorted(missing)

@@ -10,11 +10,13 @@ takes the whole queue, embeds the texts in a single batch on a dedicated thread 
 there too. Probes and acks keep flowing while a 1,000-manifest mesh is being indexed.
 A manifest that disappears (its node left or died) is removed at once.
 
-A query embeds its description on the same thread, asks the index for a candidate pool,
-keeps only members SWIM currently holds alive, and ranks the pool with
-:func:`meshnode.core.router.rank` using the node's blended trust view, the load each peer
-advertises in its acks (with its manifest's ``max_concurrent_tasks``), and the breakers
-that are open. This node itself is never a candidate.
+A query embeds its description on the same thread, asks the index for a candidate pool
+by meaning and by words (:meth:`~meshnode.discovery.CapabilityIndex.hybrid_search`: the
+nearest embeddings and the best BM25 matches, each with both scores), keeps only members
+SWIM currently holds alive, and ranks the pool with :func:`meshnode.core.router.rank`
+using the node's blended trust view, the load each peer advertises in its acks (with its
+manifest's ``max_concurrent_tasks``), and the breakers that are open. This node itself is
+never a candidate.
 
 The embedder is chosen by ``NodeConfig.embedder``: ``"auto"`` (MiniLM from the
 ``semantic`` extra when installed, else the hashing embedder, with one warning),
@@ -28,13 +30,16 @@ indexes them in seconds. A claimed vector is untrusted input: it may get its cap
 into a query's candidate pool, but before the pool is ranked its best claimed vectors
 (:data:`RERANK_CLAIMS`) are replaced by local embeddings of the same texts (cached, and
 written back to the index) and the other claims are left out of that answer, so nothing is
-ranked by a claim. A claim whose cosine with the local embedding is below
-``NodeConfig.forged_vector_min_cosine`` is counted against its owner
-(:attr:`DiscoveryService.forged_vectors`, in ``/v1/health`` and in each candidate's score
-breakdown); that owner's claims are ignored from then on and its manifest is re-indexed
-from local embeddings. Once no manifest has changed for :data:`VERIFY_IDLE_S`,
-:data:`VERIFY_BATCH_TEXTS` claimed vectors every :data:`VERIFY_INTERVAL_S` are checked the
-same way, so the index converges to local embeddings.
+ranked by a claim. This holds for every hit of the hybrid search: a hit found only by its
+words is scored on its stored vector too, so its claim is verified (or dropped) the same
+way; its BM25 score comes from the signed text this node reads, and is kept. A claim
+whose cosine with the local embedding is below ``NodeConfig.forged_vector_min_cosine`` is
+counted against its owner (:attr:`DiscoveryService.forged_vectors`, in ``/v1/health`` and
+in each candidate's score breakdown); that owner's claims are ignored from then on and
+its manifest is re-indexed from local embeddings. Once no manifest has changed for
+:data:`VERIFY_IDLE_S`, :data:`VERIFY_BATCH_TEXTS` claimed vectors every
+:data:`VERIFY_INTERVAL_S` are checked the same way, so the index converges to local
+embeddings.
 
 What stays here, and why: the query's size limits validate API input at the boundary; the
 pool size comes from :func:`meshnode.core.router.candidate_pool` and the ranking from
@@ -50,10 +55,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from meshnode.core.router import ScoredCandidate, candidate_pool
 from meshnode.errors import InvalidRequest, NodeNotRunning
+from meshnode.runtime.logging import get_logger
 from protocol import Manifest
 from protocol.manifest import MAX_NAME_CHARS, MAX_TAG_CHARS
 
@@ -61,7 +65,7 @@ if TYPE_CHECKING:
     from meshnode.core.config import NodeConfig
     from meshnode.core.node import NodeCore
     from meshnode.discovery import CachedEmbedder, Embedder
-    from meshnode.discovery.index import CapabilityIndex, IndexEntry
+    from meshnode.discovery.index import CapabilityIndex, HybridHit, IndexEntry
 
 EMBEDDERS = ("auto", "minilm", "hashing")
 """Accepted values of ``NodeConfig.embedder``."""
@@ -103,7 +107,7 @@ full capability lists), so a changed manifest embeds only its new texts."""
 
 _shared: dict[tuple[str, str], CachedEmbedder] = {}
 _shared_lock = threading.Lock()
-log = structlog.get_logger("meshnode.discovery")
+log = get_logger("meshnode.discovery")
 
 
 def shared_embedder(kind: str, precision: str = "auto") -> CachedEmbedder:
@@ -389,31 +393,49 @@ class DiscoveryService:
 
     def search(
         self, description: str, pool: int, capability_name: str | None = None
-    ) -> list[tuple[IndexEntry, float]]:
-        """Runs on the embedding thread: the ``pool`` entries nearest ``description``
-        (restricted to ``capability_name`` when given), every claimed vector among them
-        replaced by a local embedding first (:meth:`rerank`)."""
+    ) -> list[HybridHit]:
+        """Runs on the embedding thread: the index's hybrid answer for ``description``
+        (:meth:`~meshnode.discovery.CapabilityIndex.hybrid_search`: the ``pool`` nearest
+        by meaning and the ``pool`` best by words, restricted to ``capability_name`` when
+        given), every claimed vector among them replaced by a local embedding first
+        (:meth:`rerank`)."""
         assert self.embedder is not None and self.index is not None
         vector = self.embedder.embed([description])
-        found = self.index.search(vector, pool, self.embedder.model_id, name=capability_name)
+        found = self.index.hybrid_search(
+            vector, description, pool, self.embedder.model_id, name=capability_name
+        )
         return self.rerank(vector[0], found)
 
-    def rerank(
-        self, query: Any, hits: Sequence[tuple[IndexEntry, float]]
-    ) -> list[tuple[IndexEntry, float]]:
-        """Runs on the embedding thread: ``hits`` rescored against the unit ``query``
-        vector with claimed vectors replaced by local embeddings, best first.
+    def rerank(self, query: Any, hits: Sequence[HybridHit]) -> list[HybridHit]:
+        """Runs on the embedding thread: ``hits`` with the similarity of every claimed
+        vector recomputed against the unit ``query`` vector from a local embedding, best
+        similarity first. Lexical scores are kept: they come from the signed text itself,
+        which this node reads, not from a claim.
 
-        Claimed hits are verified in the order the index found them, at most
+        Claimed hits are verified best first, by the better of their two ranks (by
+        similarity, and by BM25 for hits that share words with the query), so the best
+        hits found by words get verified as early as the nearest ones. At most
         :data:`RERANK_CLAIMS` per query, and one more such chunk after every chunk that
         held a forgery (so forgeries cannot crowd honest claims out). Claimed hits left
-        unverified are dropped from this answer: a claim is never ranked. Hits whose
-        vectors are local keep their similarity."""
+        unverified are dropped from this answer, whichever search found them: a claim is
+        never ranked. Hits whose vectors are local keep their similarity."""
+        import dataclasses
+
         import numpy as np
 
-        claimed = [entry for entry, _ in hits if entry.name in self._claimed.get(entry.node_id, ())]
+        claimed = [h.entry for h in hits if h.entry.name in self._claimed.get(h.entry.node_id, ())]
         if not claimed:
             return list(hits)
+        by_meaning = {
+            h.entry.key: rank for rank, h in enumerate(sorted(hits, key=lambda h: -h.similarity))
+        }
+        by_words = {
+            h.entry.key: rank
+            for rank, h in enumerate(
+                sorted((h for h in hits if h.lexical > 0.0), key=lambda h: -h.lexical)
+            )
+        }
+        claimed.sort(key=lambda e: min(by_meaning[e.key], by_words.get(e.key, len(hits))))
         local: dict[tuple[str, str], Any] = {}
         start = 0
         while start < len(claimed):
@@ -424,16 +446,16 @@ class DiscoveryService:
                 break
         unverified = {entry.key for entry in claimed[start:]}
         rescored = [
-            (
-                entry,
-                max(-1.0, min(1.0, float(np.dot(query, local[entry.key]))))
-                if entry.key in local
-                else similarity,
+            dataclasses.replace(
+                hit,
+                similarity=max(-1.0, min(1.0, float(np.dot(query, local[hit.entry.key])))),
             )
-            for entry, similarity in hits
-            if entry.key not in unverified
+            if hit.entry.key in local
+            else hit
+            for hit in hits
+            if hit.entry.key not in unverified
         ]
-        rescored.sort(key=lambda hit: -hit[1])
+        rescored.sort(key=lambda hit: -hit.similarity)
         return rescored
 
     def own_vectors(self, capabilities: Sequence[Any]) -> Any:
@@ -486,12 +508,15 @@ class DiscoveryService:
             await loop.run_in_executor(self._executor, self._materialize)
         assert self.embedder is not None and self.index is not None
         index = self.index
+        lexical: dict[tuple[str, str], float] | None = None
         if description:
             # Off the loop: the search waits for the index lock while a bulk update holds
             # it, and takes about 1 ms at 100,000 capabilities.
-            hits: Sequence[tuple[IndexEntry, float]] = await loop.run_in_executor(
+            found = await loop.run_in_executor(
                 self._executor, self.search, description, pool, capability_name
             )
+            hits: Sequence[tuple[IndexEntry, float]] = [(h.entry, h.similarity) for h in found]
+            lexical = {h.entry.key: h.lexical for h in found if h.lexical > 0.0}
         else:
             assert capability_name is not None
             hits = [(entry, 1.0) for entry in index.by_name(capability_name)]
@@ -505,12 +530,16 @@ class DiscoveryService:
             capability_name=capability_name,
             name_only=not description,
             top_k=top_k,
+            lexical=lexical,
         )
 
 
 def candidate_json(c: ScoredCandidate, forged_vectors: int = 0) -> dict[str, Any]:
-    """A ranked candidate for the API; ``forged_vectors`` is how many of its owner's
-    claimed vectors this node found forged (:attr:`DiscoveryService.forged_vectors`)."""
+    """A candidate for ``/v1/discover``: who, what, and its score broken down: ``total``
+    blends ``relevance`` (fused from ``semantic`` and ``lexical``), ``trust``,
+    ``availability`` and ``cost_factor``; ``similarity`` is the raw cosine;
+    ``forged_vectors`` is how many of its owner's claimed vectors this node found forged
+    (:attr:`DiscoveryService.forged_vectors`)."""
     return {
         "node_id": c.node_id,
         "name": c.node_name,
@@ -522,7 +551,9 @@ def candidate_json(c: ScoredCandidate, forged_vectors: int = 0) -> dict[str, Any
         "circuit_open": c.circuit_open,
         "score": {
             "total": round(c.total, 6),
+            "relevance": round(c.relevance, 6),
             "semantic": round(c.semantic, 6),
+            "lexical": round(c.lexical, 6),
             "trust": round(c.trust, 6),
             "availability": round(c.availability, 6),
             "cost_factor": round(c.cost_factor, 6),

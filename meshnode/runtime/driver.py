@@ -53,7 +53,6 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import structlog
 from nacl.utils import random as nacl_random
 
 from meshnode.core.config import format_address
@@ -73,6 +72,7 @@ from meshnode.core.effects import (
     StartPushPull,
     StopHandler,
 )
+from meshnode.core.health import SeedReachability, SeedTransition
 from meshnode.core.keys import (
     KEY_OP_FANOUT,
     Action,
@@ -86,6 +86,7 @@ from meshnode.core.keys import (
 from meshnode.core.membership import IDENTITY_CONFLICT_WINDOW
 from meshnode.core.node import NodeCore
 from meshnode.runtime.api import WIRE_CONTENT_TYPE
+from meshnode.runtime.logging import get_logger
 from meshnode.runtime.transport import BodyTooLarge, UdpEndpoint, WireSeal, read_capped
 from protocol import (
     Envelope,
@@ -178,7 +179,7 @@ in one signed envelope: under 2 KiB), bytes."""
 READ_CHUNK_BYTES = 64 * 1024
 """Bytes read at a time from a peer's HTTP body when its size is capped."""
 
-log = structlog.get_logger("meshnode")
+log = get_logger("meshnode")
 
 _EVENT_NAMES = {
     MemberEvent.JOINED: "member_joined",
@@ -253,6 +254,16 @@ class Driver:
         self.error = ""
         self.identity_conflict: tuple[float, tuple[str, int]] | None = None
         """When (monotonic) the core last reported our id at another address, and where."""
+        self.seeds = SeedReachability()
+        """Whether every seed failed while no other member is known (on the monotonic
+        clock); checked after each exchange and each tick, reported by ``/v1/health``."""
+        self.change_events: set[asyncio.Event] = set()
+        """Set (not cleared) whenever a manifest or a member changed: what discovery
+        finds. ``MeshNode.wait_for`` waits on one of these."""
+        self.record_events: set[asyncio.Event] = set()
+        """Set (not cleared) whenever ledger records were applied: what trust, and so a
+        ``min_trust`` filter, follows. Kept apart so a flood of records wakes only the
+        waits that filter by trust."""
 
     # ------------------------------------------------------------------ the loop
 
@@ -287,11 +298,37 @@ class Driver:
         while True:
             self.tick(time.time())
             self.dispatch()
+            self.check_seeds()
             delay = core.next_deadline() - time.time()
             if delay > 0:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)
+
+    def check_seeds(self) -> None:
+        """Re-evaluate whether the node is cut off from all its seeds; log the warning when
+        it becomes so (and every ``SEEDS_UNREACHABLE_WARN_INTERVAL_S`` while it stays so),
+        and once when a seed or a member is heard again."""
+        membership = self.core.membership
+        seeds = self.seeds
+        transition = seeds.update(
+            membership.join_seeds, membership.cluster_size() <= 1, time.monotonic()
+        )
+        if transition is SeedTransition.ISOLATED:
+            self._log.warning(
+                "seeds_unreachable",
+                seeds=len(membership.join_seeds),
+                errors=seeds.errors(),  # the first few, each bounded
+                isolated_s=round(seeds.isolated_for(time.monotonic())),
+                hint="no seed answered and no other member is known: check the --seed "
+                "addresses and that a node listens there; retrying",
+            )
+        elif transition is SeedTransition.RECONNECTED:
+            self._log.info("seeds_reachable", members=membership.cluster_size())
+
+    def _changed(self, events: set[asyncio.Event] | None = None) -> None:
+        for event in self.change_events if events is None else events:
+            event.set()
 
     def poke(self) -> None:
         """An input reached the core: carry out its effects and re-arm the timer."""
@@ -345,10 +382,13 @@ class Driver:
                     listener(effect.node, effect.manifest)
                 except Exception as exc:
                     self.effect_failed("manifest_listener", exc)
+            self._changed()
         elif isinstance(effect, PersistRecords):
+            self._changed(self.record_events)
             if self.persistence is not None:
                 self.persistence.carry_out(effect)
         elif isinstance(effect, MemberChanged):
+            self._changed()
             self._member_changed(effect)
         elif isinstance(effect, IdentityConflict):
             self.identity_conflict = (time.monotonic(), effect.other_address)
@@ -486,7 +526,10 @@ class Driver:
                     MAX_RECORDS_REPLY_BYTES,
                 )
             core.metrics.push_pull.observe(time.perf_counter() - started)
+            self.seeds.exchange_succeeded(addr)
         except (aiohttp.ClientError, TimeoutError, OSError, RemoteProtocolError) as exc:
+            if addr in core.membership.join_seeds:
+                self.seeds.exchange_failed(addr, f"{type(exc).__name__}: {exc}")
             self.drops[f"push_pull_{type(exc).__name__}"] += 1
             self._log.debug("push_pull_failed", peer=format_address(addr), error=str(exc))
             if self._keyring_may_be_stale(exc):
@@ -495,6 +538,7 @@ class Driver:
             core.push_pull_done(time.time())
             self._wake.set()
         self.dispatch()
+        self.check_seeds()
 
     # ------------------------------------------------------------------ rejoin
 

@@ -1,4 +1,25 @@
-"""structlog set-up: console rendering on a terminal, JSON lines otherwise.
+"""Where meshnode's log lines go: the standard ``logging`` tree, silent unless asked.
+
+Theory of operation
+-------------------
+A node embedded in an application writes nothing to that application's stdout or stderr
+on its own. Every meshnode logger (:func:`get_logger`) sends its events, in this order of
+preference:
+
+1. through structlog's global configuration, when the process configured structlog
+   (``structlog.configure`` was called: the application uses structlog itself, or the
+   CLI called :func:`configure_logging`);
+2. otherwise to the standard library logger of the same name under ``meshnode``
+   (``meshnode``, ``meshnode.tasks``, ...). The ``meshnode`` logger carries only a
+   ``logging.NullHandler``, so nothing is printed until the application configures
+   logging (``logging.basicConfig(level=logging.INFO)``, a handler on ``meshnode``, ...).
+   Each record's message is ``event key=value ...``; the event name and its fields are
+   also on the record as ``meshnode_event`` and ``meshnode_fields`` for structured
+   handlers.
+
+``meshnode run`` calls :func:`configure_logging`: console rendering when stderr is a
+terminal, JSON lines otherwise. :func:`print_event` prints a line for the operator (the
+``listening`` line) in the same format on stdout, so a terminal shows one format only.
 
 Event names are snake_case past tense (``member_suspected``); every line of a node carries
 its ``node_id`` (short form) through a bound logger. A log line is for an operator: one per
@@ -7,18 +28,27 @@ membership change or task outcome, never one per packet.
 
 from __future__ import annotations
 
+import json as json_module
 import logging
 import sys
 from typing import Any
 
 import structlog
 
+from meshnode.logs import ROOT_LOGGER, MeshLogger, get_logger
+
+__all__ = ["ROOT_LOGGER", "MeshLogger", "configure_logging", "get_logger", "print_event"]
+
 _configured = False
+_json = True
 
 
 def configure_logging(*, level: str = "INFO", json: bool | None = None) -> None:
-    """Configure structlog once per process. ``json=None`` picks JSON unless stderr is a TTY."""
-    global _configured
+    """Render meshnode's events on stderr, for a command-line program (``meshnode run``
+    calls it). ``json=None`` picks JSON lines unless stderr is a terminal, where lines are
+    rendered for reading. This configures structlog for the whole process; an application
+    that embeds a node and has its own logging set-up does not need it."""
+    global _configured, _json
     if json is None:
         json = not sys.stderr.isatty()
     renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
@@ -37,3 +67,19 @@ def configure_logging(*, level: str = "INFO", json: bool | None = None) -> None:
         cache_logger_on_first_use=False,
     )
     _configured = True
+    _json = json
+
+
+def print_event(event: str, **fields: Any) -> None:
+    """Print one line for the operator on stdout: a JSON object (``{"event": ...,
+    **fields}``, what scripts parse) unless both the log lines are rendered for reading
+    (:func:`configure_logging` found a terminal) and stdout is a terminal too; then the same
+    rendering as the log lines."""
+    if not _configured or _json or not sys.stdout.isatty():
+        print(json_module.dumps({"event": event, **fields}), flush=True)
+        return
+    renderer = structlog.dev.ConsoleRenderer()
+    line = structlog.processors.TimeStamper(fmt="iso", utc=True)(
+        None, "info", {"event": event, **fields, "level": "info"}
+    )
+    print(renderer(None, "info", line), flush=True)

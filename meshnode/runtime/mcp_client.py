@@ -50,8 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import structlog
-
+from meshnode.runtime.logging import get_logger
 from protocol import MeshError
 
 __all__ = [
@@ -80,7 +79,7 @@ MAX_CONFIG_BYTES = 1024 * 1024
 MAX_TOOL_PAGES = 16
 """Pages of ``tools/list`` read from one server (a server that pages forever is cut off)."""
 
-log = structlog.get_logger("meshnode.mcp")
+log = get_logger("meshnode.mcp")
 
 
 class McpError(MeshError):

@@ -63,8 +63,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from meshnode.capability import make_capability
 from meshnode.core.json_schema import (
     ANNOTATION_KEYWORDS,
@@ -74,6 +72,7 @@ from meshnode.core.json_schema import (
     check_schema,
 )
 from meshnode.runtime.a2a_import import sanitize_capability_name
+from meshnode.runtime.logging import get_logger
 from meshnode.runtime.mcp_client import McpClientPool, McpError, McpToolSpec
 from protocol import LocalProtocolError, MeshError
 from protocol.manifest import MAX_CAPABILITIES, MAX_DESCRIPTION_CHARS, MAX_TAG_CHARS
@@ -101,7 +100,7 @@ MIN_REFRESH_S = 0.2
 MCP_TAG = "mcp"
 """Tag on every capability served by an MCP tool through this node."""
 
-log = structlog.get_logger("meshnode.mcp_expose")
+log = get_logger("meshnode.mcp_expose")
 
 _DEF_PREFIXES = ("#/$defs/", "#/definitions/")
 

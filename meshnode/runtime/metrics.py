@@ -35,7 +35,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import structlog
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -54,12 +53,13 @@ from meshnode.core.metrics import (
     TRUST_EXPORT_PEERS,
     Histogram,
 )
+from meshnode.runtime.logging import get_logger
 from meshnode.runtime.store import ObservabilityStore
 
 if TYPE_CHECKING:
     from meshnode.runtime.node import MeshNode
 
-log = structlog.get_logger("meshnode.metrics")
+log = get_logger("meshnode.metrics")
 
 __all__ = [
     "MAX_TRUST_HISTORY_PEERS",

@@ -47,7 +47,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import structlog
 from aiohttp import web
 
 from meshnode.capability import (
@@ -65,11 +64,12 @@ from meshnode.core.effects import MemberChanged
 from meshnode.core.evaluator import EvaluatorFn, Expectation
 from meshnode.core.member import MemberState
 from meshnode.core.node import DELEGATION_TOP_K, NodeCore, deadline_problem
-from meshnode.core.router import ScoredCandidate
-from meshnode.errors import BindError, ConfigError, InvalidRequest, NodeNotRunning
+from meshnode.core.router import ScoredCandidate, candidate_pool
+from meshnode.errors import BindError, ConfigError, InvalidRequest, NodeNotRunning, WaitTimeout
 from meshnode.runtime.api import build_app
 from meshnode.runtime.discovery import DiscoveryService
 from meshnode.runtime.driver import DECODE_INLINE_MAX_BYTES, Driver
+from meshnode.runtime.logging import get_logger
 from meshnode.runtime.mcp_client import McpClientPool, McpToolResult
 from meshnode.runtime.metrics import Observability
 from meshnode.runtime.persistence import Persistence
@@ -100,14 +100,28 @@ from protocol.keyring import Keyring
 from protocol.manifest import ManifestVectors
 from protocol.messages import SignedCertificate, SignedRevocation
 
-__all__ = ["DECODE_INLINE_MAX_BYTES", "Lifecycle", "MeshNode", "wait_for"]
+__all__ = [
+    "DECODE_INLINE_MAX_BYTES",
+    "WAIT_DEFAULT_TIMEOUT_S",
+    "WAIT_MAX_TIMEOUT_S",
+    "Lifecycle",
+    "MeshNode",
+    "wait_for",
+]
 
 BIND_ATTEMPTS = 8
 """With ``port=0``: tries to find a port free for both UDP and TCP."""
 SEED_RESOLVE_TIMEOUT = 5.0
 """Seconds allowed to resolve one seed's host name when a node starts."""
+WAIT_DEFAULT_TIMEOUT_S = 30.0
+"""Seconds :meth:`MeshNode.wait_for` waits by default (``within``): a join, a manifest fetch and the
+embedding of a few capabilities take well under a second on one machine, and a few
+seconds across a WAN mesh being formed; 30 s leaves room for the first MiniLM export."""
+WAIT_MAX_TIMEOUT_S = 24 * 3600.0
+"""Longest ``within`` :meth:`MeshNode.wait_for` accepts, seconds (one day): longer is a
+mistake in units rather than a wait."""
 
-log = structlog.get_logger("meshnode")
+log = get_logger("meshnode")
 
 
 class Lifecycle(enum.Enum):
@@ -292,8 +306,10 @@ class MeshNode:
         tags: tuple[str, ...] | list[str] = (),
         allow: Allow | None = None,
         quota: Quota | None = None,
+        examples: tuple[str, ...] | list[str] = (),
     ) -> None:
-        """Register a plain coroutine as a capability. After ``start()`` the manifest is
+        """Register a plain coroutine as a capability. ``examples``: a few requests it
+        answers, in a user's words (discovery matches them). After ``start()`` the manifest is
         re-signed with a higher version and announced. ``allow`` says who may call it
         (default: current members only; ``Allow.anyone()`` for a public one), ``quota``
         how much one requester may use it (see :mod:`meshnode.core.authorization`); both
@@ -306,6 +322,7 @@ class MeshNode:
             avg_latency_ms=avg_latency_ms,
             cost_per_call_usd=cost_per_call_usd,
             tags=tags,
+            examples=examples,
         )
         self._capabilities[name] = CapabilitySpec(cap, func, make_policy(allow, quota))
         if self.running:
@@ -765,6 +782,134 @@ class MeshNode:
             if self._core is not None:
                 self._core.metrics.discovery.observe(time.perf_counter() - started)
 
+    async def wait_for(
+        self,
+        description: str | None = None,
+        *,
+        capability_name: str | None = None,
+        count: int = 1,
+        within: float = WAIT_DEFAULT_TIMEOUT_S,
+        min_trust: float = 0.0,
+        max_cost_usd: float | None = None,
+        max_latency_ms: float | None = None,
+        tags: list[str] | tuple[str, ...] | None = None,
+        top_k: int = 5,
+    ) -> list[ScoredCandidate]:
+        """Wait until :meth:`discover` with the same arguments finds at least ``count``
+        candidates, and return them (ranked, at least ``max(count, top_k)`` asked for).
+
+        A node knows only what gossip has brought it: right after ``start()`` its index is
+        empty, and a peer's manifest arrives within a gossip round or a push-pull. This
+        waits for that without polling: the query is asked again only when a manifest or
+        a member changed (and the index has taken the change in), or, with ``min_trust``
+        above 0, when ledger records arrived (trust follows them).
+        Raises :class:`~meshnode.errors.WaitTimeout` (a ``TimeoutError``) after
+        ``within`` seconds, saying what was awaited and what the node knew;
+        :class:`~meshnode.errors.InvalidRequest` for arguments ``discover`` refuses, a
+        ``count`` below 1 or a ``within`` that is not a positive number (and ``ValueError`` for
+        a ``top_k`` or ``count`` above ``discover``'s ceiling)."""
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise InvalidRequest(f"count must be a positive integer, got {count!r}")
+        if (
+            isinstance(within, bool)
+            or not isinstance(within, int | float)
+            or not (0 < within <= WAIT_MAX_TIMEOUT_S)
+        ):
+            raise InvalidRequest(
+                f"within must be a number of seconds in (0, {WAIT_MAX_TIMEOUT_S:g}], got {within!r}"
+            )
+        candidate_pool(top_k)  # refuses a top_k that discover would refuse
+        candidate_pool(max(count, top_k))  # and a count above its ceiling
+        driver = self._driver
+        if driver is None or not self.running:
+            raise NodeNotRunning("wait_for needs a running node")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        changed = asyncio.Event()
+        driver.change_events.add(changed)
+        if min_trust > 0:  # trust moves with ledger records
+            driver.record_events.add(changed)
+        found: list[ScoredCandidate] = []
+        try:
+            while True:
+                changed.clear()  # a change from here on triggers another look
+                if not await _before(deadline, self.discovery.settled()):
+                    break
+                found = await self.discover(
+                    description,
+                    capability_name=capability_name,
+                    min_trust=min_trust,
+                    max_cost_usd=max_cost_usd,
+                    max_latency_ms=max_latency_ms,
+                    tags=tags,
+                    top_k=max(count, top_k),
+                )
+                if len(found) >= count:
+                    return found
+                if not await _before(deadline, changed.wait()):
+                    break
+        finally:
+            driver.change_events.discard(changed)
+            driver.record_events.discard(changed)
+        raise WaitTimeout(
+            self._wait_summary(
+                description,
+                capability_name,
+                count,
+                within,
+                len(found),
+                min_trust=min_trust,
+                max_cost_usd=max_cost_usd,
+                max_latency_ms=max_latency_ms,
+                tags=tags,
+            ),
+            found,
+        )
+
+    def _wait_summary(
+        self,
+        description: str | None,
+        capability_name: str | None,
+        count: int,
+        within: float,
+        found: int,
+        **filters: Any,
+    ) -> str:
+        """What :meth:`wait_for` awaited and what this node knew when it gave up."""
+        what = " ".join(
+            part
+            for part in (
+                f"of capability {capability_name!r}" if capability_name else "",
+                f"matching {description!r}" if description else "",
+            )
+            if part
+        )
+        shown = [
+            f"{key} {value!r}" for key, value in filters.items() if value not in (None, 0.0, (), [])
+        ]
+        core = self.core
+        alive = max(0, core.membership.count(MemberState.ALIVE) - 1)  # ourselves
+        manifests = [m for m in core.manifests.manifests() if m.node_id != self.node_id]
+        capabilities = sum(len(m.capabilities) for m in manifests)
+        text = (
+            f"waited {within:g} s for {count} provider(s) {what}"
+            f"{' (' + ', '.join(shown) + ')' if shown else ''} and found {found}; "
+            f"this node knows {alive} other alive member(s) and {len(manifests)} peer "
+            f"manifest(s) with {capabilities} capabilities"
+        )
+        if capability_name:
+            offering = sum(
+                1 for m in manifests if any(c.name == capability_name for c in m.capabilities)
+            )
+            text += f", {offering} of them offering {capability_name!r}"
+        driver = self._driver
+        isolation = (
+            driver.seeds.reason(time.monotonic(), detail=True) if driver is not None else None
+        )
+        if isolation is not None:
+            text += f"; {isolation}"
+        return text
+
     async def delegate(
         self,
         capability_name: str | None,
@@ -964,6 +1109,17 @@ async def wait_for(
         if loop.time() >= deadline:
             raise TimeoutError(f"condition not met within {within} s")
         await asyncio.sleep(interval)
+
+
+async def _before(deadline: float, awaitable: Awaitable[Any]) -> bool:
+    """Await ``awaitable`` until the loop time ``deadline``; False if the deadline came
+    first."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            await awaitable
+    except TimeoutError:
+        return False
+    return True
 
 
 def _expectation(

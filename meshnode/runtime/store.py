@@ -47,9 +47,9 @@ from pathlib import Path
 from typing import TypeVar
 
 import filelock
-import structlog
 
 from meshnode.errors import DataDirInUse, KeyFileError, KeyringFileError
+from meshnode.runtime.logging import get_logger
 from protocol import (
     Alive,
     Dead,
@@ -102,7 +102,7 @@ CREATE TABLE IF NOT EXISTS a2a_tasks (
 CREATE INDEX IF NOT EXISTS a2a_tasks_by_time ON a2a_tasks (terminal, updated);
 """
 
-log = structlog.get_logger("meshnode.store")
+log = get_logger("meshnode.store")
 M = TypeVar("M", bound=Message)
 MemberRumor = Alive | Suspect | Dead | Leave
 

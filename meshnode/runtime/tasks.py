@@ -92,7 +92,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
-import structlog
 from aiohttp import web
 
 from meshnode.capability import CapabilitySpec
@@ -122,6 +121,7 @@ from meshnode.core.provider import ProviderCore
 from meshnode.core.tracing import SpanStatus
 from meshnode.errors import DelegationError as DelegationError  # public home: meshnode
 from meshnode.errors import InvalidInput
+from meshnode.runtime.logging import get_logger
 from meshnode.runtime.tracing import Tracer, provider_span
 from meshnode.runtime.transport import WireSeal
 from protocol import (
@@ -153,7 +153,7 @@ _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "meshnode_task_deadline", default=None
 )
 
-log = structlog.get_logger("meshnode.tasks")
+log = get_logger("meshnode.tasks")
 
 Wire = list[Any]
 """One message in wire form (``protocol.codec.message_to_wire``)."""

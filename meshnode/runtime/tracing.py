@@ -40,7 +40,6 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import structlog
 
 from meshnode.core.effects import AttemptOutcome
 from meshnode.core.tracing import (
@@ -57,6 +56,7 @@ from meshnode.core.tracing import (
     new_trace_id,
     parse_traceparent,
 )
+from meshnode.runtime.logging import get_logger
 from meshnode.runtime.store import ObservabilityStore, SpanRow
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ _current: contextvars.ContextVar[TraceContext | None] = contextvars.ContextVar(
     "meshnode_trace_context", default=None
 )
 
-log = structlog.get_logger("meshnode.tracing")
+log = get_logger("meshnode.tracing")
 
 
 def current_context() -> TraceContext | None:

@@ -6,8 +6,10 @@ Pure reads of the node's core and shell state, shaped as JSON-ready dictionaries
 here changes state. :func:`degraded_reasons` is the one place that says why a running node
 is ``degraded`` (HTTP 200 still): a driver restart or a failed effect within
 :data:`~meshnode.runtime.driver.DEGRADED_WINDOW_S`, failing writes to the data dir, own
-records not yet durable, or an identity conflict the core reported within
-:data:`~meshnode.runtime.driver.IDENTITY_CONFLICT_REPORT_S`.
+records not yet durable, an identity conflict the core reported within
+:data:`~meshnode.runtime.driver.IDENTITY_CONFLICT_REPORT_S`, or every seed unreachable
+while no other member is known (``isolated``, see
+:class:`~meshnode.core.health.SeedReachability`).
 
 What stays here, and why: the degraded rule judges the shell's own health (its driver
 task, its effects, its disk), which no core sees; every protocol state shown is read from
@@ -73,6 +75,9 @@ def degraded_reasons(node: MeshNode) -> list[str]:
             f"identity conflict: another process announces this node's id at "
             f"{format_address(conflict[1])} ({now - conflict[0]:.0f} s ago)"
         )
+    isolation = driver.seeds.reason(now) if driver is not None else None
+    if isolation is not None:
+        reasons.append(isolation)
     return reasons
 
 
@@ -115,6 +120,7 @@ def health(node: MeshNode) -> dict[str, Any]:
         },
         "admission": _admission_json(core.admission),
         "manifest_vectors": (node._discovery.vectors_json() if node._discovery is not None else {}),
+        "isolated": node.driver.seeds.isolated if node.driver is not None else False,
     }
 
 

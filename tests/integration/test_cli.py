@@ -65,6 +65,12 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
         )
         assert hits[0]["capability"] == "uppercase_text"
         assert hits[0]["node_id"] == b.node_id
+        score = hits[0]["score"]
+        assert {"total", "relevance", "semantic", "lexical", "trust", "availability"} <= set(score)
+        table = meshnode("discover", "upper case", "--node", a.address).stdout
+        header, row = table.splitlines()[:2]
+        assert header.split()[3:9] == ["SCORE", "SEM", "LEX", "TRUST", "AVAIL", "COST"]
+        assert "uppercase_text" in row
         assert (
             json.loads(
                 meshnode(

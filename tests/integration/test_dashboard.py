@@ -267,6 +267,62 @@ async def test_with_a_token_the_data_needs_it_and_a_ticket_stands_in_for_it_once
             assert resp.status == 401 and "already used" in await resp.text()
 
 
+async def test_trace_assembly_is_a_work_route_and_keeps_only_a_peers_own_spans() -> None:
+    """``/v1/dashboard/trace/{id}`` asks other nodes, so READ access (open reads) is not
+    enough: 401 without the token, 400 for a malformed id, the node's own spans with it.
+    A peer's answer counts only for spans it records itself, of the trace asked for."""
+    from meshnode.runtime.dashboard import _peer_span
+
+    cfg = _config(name="a", api_token=TOKEN, api_trust_loopback=False, api_open_reads=True)
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    async with _nodes(cfg) as (a,), aiohttp.ClientSession() as s:
+        path = f"/v1/dashboard/trace/{trace_id}"
+        async with s.get(a.url + path) as resp:
+            assert resp.status == 401
+        async with s.get(a.url + "/v1/dashboard/trace/not-a-trace", headers=bearer) as resp:
+            assert resp.status == 400
+        async with s.post(
+            a.url + "/v1/discover",
+            json={"capability_name": "nothing"},
+            headers={**bearer, "traceparent": f"00-{trace_id}-b7ad6b7169203331-01"},
+        ) as resp:
+            assert resp.status == 200
+        async with s.get(a.url + path, headers=bearer) as resp:
+            assert resp.status == 200
+            body = await resp.json()
+        assert [x["name"] for x in body["spans"]] == ["POST /v1/discover"]
+        assert body["missing"] == []
+
+    peer = "p" * 52
+    good = {
+        "trace_id": trace_id,
+        "span_id": "00f067aa0ba902b7",
+        "parent_span_id": None,
+        "name": "invoke_agent x",
+        "kind": "server",
+        "node_id": peer,
+        "peer_id": None,
+        "start": 1.0,
+        "end": 2.0,
+        "status": "ok",
+        "attributes": {},
+    }
+    assert _peer_span(good, peer, trace_id) == good
+    for bad in (
+        {"node_id": "q" * 52},  # a span of another node, claimed by this one
+        {"trace_id": "1" * 32},
+        {"span_id": "xyz"},
+        {"parent_span_id": 7},
+        {"start": "soon"},
+        {"name": None},
+    ):
+        assert _peer_span({**good, **bad}, peer, trace_id) is None, bad
+    assert _peer_span(["not", "a", "span"], peer, trace_id) is None
+    nested = _peer_span({**good, "attributes": {"k": {"deep": [1]}, "n": 1}}, peer, trace_id)
+    assert nested is not None and nested["attributes"] == {"n": 1}
+
+
 async def test_status_document_without_members_is_small() -> None:
     """``/v1/dashboard?members=0`` (what ``meshnode status`` reads) leaves out the
     per-member lists but keeps the counts."""
@@ -366,9 +422,13 @@ def _mesh(base: Path) -> Iterator[list[NodeProcess]]:
 @needs_chromium
 def test_the_dashboard_of_a_live_mesh_in_headless_chromium(tmp_path: Path) -> None:
     """Open n0's dashboard: every member shows; typing a query lists the providers; a
-    delegation appears with its trace link; a task in flight shows its provider; that
+    delegation appears with its trace link, which opens a swimlane timeline holding the
+    spans of both nodes it touched; a task in flight shows its provider; that
     provider SIGKILLed turns suspect, then dead, and the task failed; a
     hostile description shows as text and runs nothing. A screenshot is kept.
+
+    With the page reading only its own node's spans (``/v1/traces/{id}``, as it did),
+    the timeline held one lane: the wait for two lanes timed out (checked).
 
     With the description written as HTML instead of text, the assertion on the shown text
     fails (the markup is parsed away; checked), whatever the CSP then blocks."""
@@ -409,7 +469,8 @@ def test_the_dashboard_of_a_live_mesh_in_headless_chromium(tmp_path: Path) -> No
             headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=15) as resp:
-            task_id = json.loads(resp.read())["task_id"]
+            delegated = json.loads(resp.read())
+        task_id, provider = delegated["task_id"], delegated["provider"]
         link = _wait_js(
             page,
             f"(() => {{ const r = document.querySelector('#tasks tr[data-task-id=\"{task_id}\"]');"
@@ -427,6 +488,24 @@ def test_the_dashboard_of_a_live_mesh_in_headless_chromium(tmp_path: Path) -> No
             10,
             "the trace panel answered",
         )
+        # The swimlane timeline holds the trace from both nodes: n0's lane (the HTTP
+        # request, the delegation, the negotiation) and the provider's (its run).
+        lanes = _wait_js(
+            page,
+            "(() => { const l = Array.from(document.querySelectorAll('#trace text.lane'))"
+            ".map(t => t.dataset.nodeId); return l.length >= 2 ? l : null; })()",
+            10,
+            "two lanes in the trace timeline",
+        )
+        assert set(lanes) == {n0.node_id, provider}, lanes
+        bars = page.eval_on_selector_all(
+            "#trace rect",
+            "rs => rs.map(r => [r.dataset.nodeId, r.querySelector('title').textContent])",
+        )
+        assert [n0.node_id, "POST /v1/delegate"] in bars, bars
+        assert [n0.node_id, "invoke_agent translate_text"] in bars, bars
+        assert [provider, "invoke_agent translate_text"] in bars, bars
+        assert "on 2 node(s)" in page.inner_text("#trace-note")
 
         # The hostile manifest: its markup is text, nothing ran.
         caps = page.inner_text("#capabilities")

@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from meshnode import MeshNode, NodeConfig, capability
+from meshnode.core.router import LEXICAL_WEIGHT
 from meshnode.runtime.node import wait_for
 
 pytestmark = [pytest.mark.semantic]
@@ -101,8 +102,11 @@ async def test_discover_by_description_and_name(mesh: list[MeshNode]) -> None:
         assert hits[0].node_id == provider.node_id
         assert hits[0].address == f"127.0.0.1:{provider.address[1]}"
         assert 0.0 < hits[0].semantic <= 1.0
+        assert hits[0].relevance == pytest.approx(
+            min(1.0, hits[0].semantic + LEXICAL_WEIGHT * hits[0].lexical)
+        )
         assert hits[0].total == pytest.approx(
-            0.35 * hits[0].semantic
+            0.35 * hits[0].relevance
             + 0.35 * hits[0].trust
             + 0.15 * hits[0].availability
             + 0.15 * hits[0].cost_factor
@@ -165,7 +169,9 @@ async def test_http_discover_matches_python(mesh: list[MeshNode]) -> None:
     assert [c["node_id"] for c in body["candidates"]] == [c.node_id for c in expected]
     assert body["candidates"][0]["capability"] == "translate_text"
     assert set(body["candidates"][0]["score"]) >= {
+        "relevance",
         "semantic",
+        "lexical",
         "trust",
         "availability",
         "cost_factor",

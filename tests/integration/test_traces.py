@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httpx
 import pytest
 from aiohttp import web
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanProto
@@ -280,5 +281,192 @@ async def test_http_trace_context_is_taken_strictly_and_refused_callers_make_no_
         (other,) = node.tracer.trace(fresh.split("-")[1])
         assert other["parent_span_id"] is None
         assert node.tracer.stored == 2
+    finally:
+        await node.aclose()
+
+
+A2A_AGENTS = str(HERE / "a2a_agents.py")
+CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER_SPAN = "00f067aa0ba902b7"
+
+
+def _a2a_send(address: str, message: dict[str, Any], traceparent: str) -> tuple[int, Any, str]:
+    """POST one blocking ``SendMessage`` with ``traceparent``; (status, body, the
+    response's traceparent)."""
+    body = {"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {"message": message}}
+    headers = {"A2A-Version": "1.0", "traceparent": traceparent}
+    reply = httpx.post(f"http://{address}/a2a", json=body, headers=headers, timeout=30)
+    return reply.status_code, reply.json(), reply.headers.get("traceparent", "")
+
+
+@pytest.mark.slow
+def test_a2a_send_through_the_gateway_is_one_trace_with_the_callers_id(tmp_path: Path) -> None:
+    """Invariant: an A2A ``SendMessage`` carrying a ``traceparent`` continues the caller's
+    trace: the gateway's server span (``invoke_agent meshnode.gateway``, GenAI and a2a
+    attributes) hangs from the caller's span, its discovery and delegation hang from it,
+    the provider's run on the other node hangs from the delegation's negotiation, and
+    ``meshnode trace`` with the caller's trace id assembles all of it from both nodes.
+    A message naming a capability of the node itself gets a server span whose provider
+    run is its child.
+
+    On the unfixed code: the A2A call made no span, so the response carried no
+    traceparent (the first assertion saw ``''``)."""
+    hashing = ["--embedder", "hashing"]
+    gateway = NodeProcess(
+        "g", tmp_path / "g", [], extra=[*hashing, "--agent", f"{A2A_AGENTS}:A2AWorker"]
+    )
+    nodes = [gateway.start()]
+    try:
+        summarizer = NodeProcess(
+            "s",
+            tmp_path / "s",
+            [gateway.address],
+            extra=[*hashing, "--agent", f"{A2A_AGENTS}:Summarizer"],
+        )
+        nodes.append(summarizer.start())
+
+        def offered() -> bool:
+            status, hits = http_json(
+                gateway.address, "/v1/discover", {"capability_name": "summarize_text"}
+            )
+            return status == 200 and any(
+                c["node_id"] == summarizer.node_id for c in hits["candidates"]
+            )
+
+        wait_until(offered, 30, "the gateway's discovery offers summarize_text")
+        message = {
+            "messageId": "m-trace-1",
+            "role": "ROLE_USER",
+            "parts": [{"text": "summarize this fairly long text for the trace test"}],
+            "metadata": {"skill": "summarize_text"},
+        }
+        status, done, echoed = _a2a_send(
+            gateway.address, message, f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
+        )
+        assert status == 200, done
+        task = done["result"]["task"]
+        assert task["status"]["state"] == "TASK_STATE_COMPLETED", task["status"]
+        assert echoed.startswith(f"00-{CALLER_TRACE}-"), echoed
+
+        out = meshnode("trace", CALLER_TRACE, "--node", gateway.address, "--json")
+        assert out.returncode == 0, out.stderr
+        assembled = json.loads(out.stdout)
+        spans = assembled["spans"]
+        assert assembled["missing"] == []
+        assert {s["trace_id"] for s in spans} == {CALLER_TRACE}
+        assert {s["node_id"] for s in spans} == {gateway.node_id, summarizer.node_id}
+
+        g, s = gateway.node_id, summarizer.node_id
+        (server,) = [x for x in spans if x["node_id"] == g and x["kind"] == "server"]
+        assert server["name"] == "invoke_agent summarize_text"
+        assert server["parent_span_id"] == CALLER_SPAN
+        assert echoed == f"00-{CALLER_TRACE}-{server['span_id']}-01"
+        attrs = server["attributes"]
+        assert attrs["gen_ai.operation.name"] == "invoke_agent"
+        assert attrs["gen_ai.agent.name"] == "summarize_text"
+        assert attrs["gen_ai.agent.id"] == g
+        assert attrs["a2a.method"] == "SendMessage"
+        assert attrs["a2a.task.id"] == task["id"]
+        assert attrs["a2a.context.id"] == task["contextId"]
+        assert attrs["a2a.task.state"] == "TASK_STATE_COMPLETED"
+        discover = _one(spans, g, "discover")
+        delegate = _one(spans, g, "delegate summarize_text")
+        ask = [x for x in spans if x["node_id"] == g and x["kind"] == "client"]
+        assert len(ask) == 1 and ask[0]["peer_id"] == s
+        serve = _one(spans, s, "invoke_agent summarize_text")
+        assert discover["parent_span_id"] == server["span_id"]
+        assert delegate["parent_span_id"] == server["span_id"]
+        assert ask[0]["parent_span_id"] == delegate["span_id"]
+        assert serve["parent_span_id"] == ask[0]["span_id"]
+        assert serve["kind"] == "server" and serve["peer_id"] == g
+        assert server["start"] <= ask[0]["start"] <= serve["start"] <= serve["end"] <= server["end"]
+
+        text = meshnode("trace", CALLER_TRACE, "--node", gateway.address)
+        assert text.returncode == 0, text.stderr
+        assert text.stdout.splitlines()[0].startswith(f"trace {CALLER_TRACE}: ")
+        assert "invoke_agent summarize_text [server] @s" in text.stdout
+
+        # Streaming: the same span, named after the method.
+        stream_trace = "6cf92f3577b34da6a3ce929d0e0e4736"
+        call = {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "SendStreamingMessage",
+            "params": {"message": {**message, "messageId": "m-trace-3"}},
+        }
+        headers = {"A2A-Version": "1.0", "traceparent": f"00-{stream_trace}-{CALLER_SPAN}-01"}
+        with httpx.stream(
+            "POST", f"http://{gateway.address}/a2a", json=call, headers=headers, timeout=30
+        ) as streamed:
+            assert streamed.status_code == 200
+            assert streamed.headers["traceparent"].startswith(f"00-{stream_trace}-")
+            events = [line for line in streamed.iter_lines() if line.startswith("data: ")]
+        assert '"TASK_STATE_COMPLETED"' in events[-1]
+        status, streamed_spans = http_json(gateway.address, f"/v1/traces/{stream_trace}")
+        (stream_server,) = [x for x in streamed_spans["spans"] if x["kind"] == "server"]
+        assert stream_server["parent_span_id"] == CALLER_SPAN
+        assert stream_server["attributes"]["a2a.method"] == "SendStreamingMessage"
+        assert stream_server["name"] == "invoke_agent summarize_text"
+
+        # A capability of the gateway itself: its own provider's run is the span's child.
+        local_trace = "5cf92f3577b34da6a3ce929d0e0e4736"
+        local = {
+            "messageId": "m-trace-2",
+            "role": "ROLE_USER",
+            "parts": [{"data": {"text": "hi"}}],
+            "metadata": {"skill": "slow_echo"},
+        }
+        status, done, _ = _a2a_send(gateway.address, local, f"00-{local_trace}-{CALLER_SPAN}-01")
+        assert status == 200 and done["result"]["task"]["status"]["state"] == "TASK_STATE_COMPLETED"
+        status, mine = http_json(gateway.address, f"/v1/traces/{local_trace}")
+        assert status == 200
+        servers = [x for x in mine["spans"] if x["name"] == "invoke_agent slow_echo"]
+        assert len(servers) == 2, mine["spans"]
+        outer = next(x for x in servers if x["parent_span_id"] == CALLER_SPAN)
+        inner = next(x for x in servers if x is not outer)
+        assert outer["attributes"]["a2a.method"] == "SendMessage"
+        assert inner["parent_span_id"] == outer["span_id"]
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+async def test_an_a2a_span_is_bounded_whatever_skill_the_caller_names() -> None:
+    """Invariant: the A2A server span's name and attributes stay within the span bounds
+    when the caller names a 3,000-character skill (routed by the gateway, which finds no
+    peer: the task fails and the span says so).
+
+    On the unfixed code: the span's name was 3,013 characters long."""
+    from meshnode.core.tracing import MAX_ATTRIBUTE_VALUE_CHARS, MAX_SPAN_NAME_CHARS
+
+    node = MeshNode(NodeConfig.local(name="t", port=0, embedder="hashing"))
+    await node.start()
+    try:
+        assert node.tracer is not None
+        skill = "s" * 3_000
+        message = {
+            "messageId": "m-long",
+            "role": "ROLE_USER",
+            "parts": [{"text": "anything"}],
+            "metadata": {"skill": skill},
+        }
+        call = {"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {"message": message}}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"http://127.0.0.1:{node.address[1]}/a2a",
+                json=call,
+                headers={"A2A-Version": "1.0"},
+            ) as resp,
+        ):
+            assert resp.status == 200
+            body = await resp.json()
+            traceparent = resp.headers["traceparent"]
+        assert body["result"]["task"]["status"]["state"] == "TASK_STATE_FAILED"
+        (span,) = [s for s in node.tracer.trace(traceparent.split("-")[1]) if s["kind"] == "server"]
+        assert span["name"].startswith("invoke_agent sss")
+        assert len(span["name"]) <= MAX_SPAN_NAME_CHARS
+        assert span["status"] == "error"
+        assert len(span["attributes"]["gen_ai.agent.name"]) <= MAX_ATTRIBUTE_VALUE_CHARS
     finally:
         await node.aclose()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -12,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from simulations import cli
-from simulations.scenarios import Outcome
+from simulations.progress import WIDTH, Progress, format_duration, time_left
+from simulations.scenarios import Outcome, Spec, run_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -105,3 +108,138 @@ def test_a_converged_join_is_refused() -> None:
     result = _cli("--scenario", "join", "--start", "converged", "--nodes", "5")
     assert result.returncode == 64
     assert "cannot start converged" in result.stderr
+
+
+def test_summary_gives_rounds_with_two_decimals_and_the_round_length() -> None:
+    """The rumor summary prints its round counts with 2 decimals and says how long a round
+    is. On the unfixed code: ``rumor: rounds p50/p99/max 0.271514/0.797009/0.797009
+    (heard: 0.700441 max; analytic 3.16)``, with no round length."""
+    result = _cli(
+        "--scenario", "rumor", "--nodes", "20", "--seed", "1", "--duration", "5",
+        "--profile", "local",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    line = next(x for x in result.stdout.splitlines() if x.strip().startswith("rumor:"))
+    assert re.search(
+        r"applied after \d+\.\d\d/\d+\.\d\d/\d+\.\d\d gossip rounds p50/p99/max "
+        r"\(1 round = gossip_interval 0\.05 s\), heard after \d+\.\d\d max; "
+        r"analytic bound \d+\.\d\d rounds$",
+        line,
+    ), line
+
+
+def phase_lines(text: str) -> dict[str, list[str]]:
+    """The progress lines of each phase, in order, by phase label."""
+    phases: dict[str, list[str]] = {}
+    for line in text.replace("\r", "\n").splitlines():
+        if "[" in line and "%" in line:
+            phases.setdefault(line.split("[", 1)[0].strip(), []).append(line)
+    return phases
+
+
+def test_every_phase_bar_ends_at_100_percent() -> None:
+    """Each phase's last progress line is at 100 % and says how long the phase took, also
+    for phases that end on a condition before their time limit. On the unfixed code: the
+    bootstrap's last line was at 0.0 % and the rumor's at 0.8 %."""
+    stream = io.StringIO()
+    spec = Spec("rumor", nodes=20, seed=1, duration=5.0, profile="local")
+    outcome = run_scenario(spec, Progress(stream=stream))
+    assert not outcome.failed
+    phases = phase_lines(stream.getvalue())
+    assert list(phases) == ["start", "bootstrap", "settle", "rumor"]
+    for label, lines in phases.items():
+        assert "100.0%" in lines[-1], (label, lines[-1])
+        assert "done in" in lines[-1], (label, lines[-1])
+        assert "#" * WIDTH in lines[-1]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_bar_estimates_the_time_left() -> None:
+    """While a phase runs the bar shows an estimate of the wall time left (here with a
+    wall clock that advances 2 s per reading, so the estimate is seconds, not "<1 s"); on
+    a terminal the bar is redrawn in place and its last drawing is at 100 %."""
+    readings = iter(range(0, 10**6, 2))
+    stream = _Terminal()
+    spec = Spec("steady", nodes=30, seed=1, duration=20.0, profile="local")
+    outcome = run_scenario(spec, Progress(stream=stream, wall=lambda: float(next(readings))))
+    assert not outcome.failed
+    text = stream.getvalue()
+    steady = phase_lines(text)["steady"]
+    running = [line for line in steady if "100.0%" not in line]
+    assert running, steady  # the phase was drawn while it ran
+    assert all(re.search(r"left (~\d+ (s|min)|<1 s)", line) for line in running), running
+    assert re.search(r"left ~\d+ s", running[0]), running[0]
+    assert "done in" in steady[-1] and "100.0%" in steady[-1]
+    assert text.count("\n") == len(phase_lines(text))  # one line per phase, redrawn in place
+
+
+@pytest.mark.parametrize(
+    ("fraction", "elapsed", "left"),
+    [(0.0, 10.0, None), (0.5, 10.0, 10.0), (0.25, 30.0, 90.0), (1.0, 5.0, 0.0), (0.9, 9.0, 1.0)],
+)
+def test_time_left_runs_the_rest_at_the_pace_so_far(
+    fraction: float, elapsed: float, left: float | None
+) -> None:
+    assert (
+        time_left(fraction, elapsed) == pytest.approx(left)
+        if left is not None
+        else (time_left(fraction, elapsed) is None)
+    )
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0.4, "<1 s"), (42.3, "42 s"), (185.0, "3 min 05 s"), (7440.0, "2 h 04 min")],
+)
+def test_durations_read_plainly(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+
+
+def test_rumor_plot_x_axis_is_in_rounds() -> None:
+    """The rumor plot's bound and goal lines are counted in rounds, and so is its x axis:
+    the goal line sits at goal_factor × bound rounds, the simulated curves end at their
+    last time / gossip_interval, and the label states the round length. On the unfixed
+    code: x in seconds ("seconds after publication"), the goal line at 0.258 (5.16 rounds
+    × 0.05 s)."""
+    from simulations.plot import dissemination_figure
+
+    spec = Spec("rumor", nodes=50, seed=1, duration=5.0, profile="local")
+    outcome = run_scenario(spec)
+    curve = outcome.curve
+    assert curve is not None
+    fig = dissemination_figure(curve)
+    try:
+        ax = fig.axes[0]
+        assert (
+            ax.get_xlabel() == "gossip rounds after publication (1 round = gossip_interval 0.05 s)"
+        )
+        goal = float(curve["goal_factor"]) * float(curve["bound_rounds"])
+        vertical = [line.get_xdata()[0] for line in ax.lines if len(set(line.get_xdata())) == 1]
+        assert goal == pytest.approx(max(vertical))
+        heard = next(line for line in ax.lines if line.get_label().startswith("heard"))
+        assert heard.get_xdata()[-1] == pytest.approx(curve["heard"][-1] / curve["gossip_interval"])
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+
+
+@pytest.mark.parametrize("flag", ["--json", "--plot"])
+def test_an_output_into_a_missing_folder_is_refused_before_the_run(
+    flag: str, tmp_path: Path
+) -> None:
+    """``--json``/``--plot`` into a folder that does not exist: refused at once (status
+    64), before the seed is drawn and anything runs. On the unfixed code: the whole run,
+    then ``FileNotFoundError`` (a traceback, status 1) when writing the JSON report, and
+    for ``--plot`` the same from matplotlib's savefig."""
+    target = tmp_path / "missing" / "out.file"
+    result = _cli("--scenario", "rumor", "--nodes", "5", "--seed", "1", flag, str(target))
+    assert result.returncode == 64, result.stdout + result.stderr
+    assert result.stderr.strip() == (
+        f"error: {flag} {target}: the folder {target.parent} does not exist"
+    )
+    assert result.stdout == ""

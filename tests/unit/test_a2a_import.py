@@ -39,6 +39,7 @@ from meshnode.runtime.a2a_import import (
     verify_card_signature,
 )
 from protocol import Capability
+from protocol.manifest import MAX_EXAMPLE_CHARS, MAX_EXAMPLES
 
 # ---------------------------------------------------------------------------- names
 
@@ -245,9 +246,8 @@ def test_skill_maps_to_a_proxy_capability() -> None:
         URL,
     )
     assert cap.name == "Shouter_Agent.shout"
-    assert cap.description == (
-        "Backwards: Reverses a sentence and shouts it Examples: shout hello; shout good night"
-    )
+    assert cap.description == "Backwards: Reverses a sentence and shouts it"
+    assert cap.examples == ("shout hello", "shout good night")
     assert cap.tags == ("text", "reverse", PROXY_TAG, "a2a:http://127.0.0.1:8123")
     assert cap.input_schema == {
         "type": "object",
@@ -263,7 +263,26 @@ def test_skill_maps_to_a_proxy_capability() -> None:
         input_schema=cap.input_schema,
         output_schema=cap.output_schema,
         tags=cap.tags,
+        examples=cap.examples,
     )
+
+
+def test_skill_examples_are_bounded() -> None:
+    """A skill's examples go to the capability's examples field: blank ones and
+    non-strings skipped, whitespace collapsed, the first MAX_EXAMPLES kept, each clipped
+    to MAX_EXAMPLE_CHARS, so a card with many or huge examples still maps."""
+    skill = {
+        "id": "shout",
+        "description": "Shouts",
+        "examples": ["  ", 7, "say\n  hi", "x" * 5_000, *[f"ex {i}" for i in range(20)]],
+    }
+    cap = skill_capability("A", skill, URL)
+    assert len(cap.examples) == MAX_EXAMPLES
+    assert cap.examples[0] == "say hi"
+    assert len(cap.examples[1]) == MAX_EXAMPLE_CHARS
+    assert cap.examples[2:] == ("ex 0", "ex 1", "ex 2")
+    Capability(name=cap.name, description=cap.description, examples=cap.examples)
+    assert skill_capability("A", {"id": "s", "examples": "not a list"}, URL).examples == ()
 
 
 @pytest.mark.parametrize(

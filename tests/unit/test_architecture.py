@@ -132,9 +132,11 @@ LAYERS: tuple[Layer, ...] = (
         SANS_IO,
         file_io=False,
     ),
+    # The loggers: logging and structlog only, so every layer that logs may use them.
+    Layer("meshnode/logs.py", _set(), SANS_IO, file_io=False),
     Layer(
         "meshnode/discovery",
-        _set("protocol", "meshnode.discovery", "meshnode.errors"),
+        _set("protocol", "meshnode.discovery", "meshnode.errors", "meshnode.logs"),
         # Thread-safe and file-backed (the model's graph cache), but never async or
         # networked: the runtime calls it through an executor.
         _set("asyncio", "aiohttp", "uvloop", "selectors", "socket", "sqlite3"),
@@ -155,6 +157,7 @@ LAYERS: tuple[Layer, ...] = (
             "meshnode.errors",
             "meshnode.capability",
             "meshnode.runtime",
+            "meshnode.logs",
         ),
     ),
     Layer(

@@ -5,9 +5,10 @@ index, with the hashing embedder wrapped to count the texts it embeds. Invariant
 1. a receiver running the manifest's embedder indexes its vectors without embedding;
    another model, another dimension, a text whose hash differs, or ``manifest_vectors``
    off: the texts are embedded as before;
-2. before a query's pool is ranked, every claimed vector in it is replaced by a local
-   embedding: a forged vector gets its capability into the pool but never ranks it, and is
-   counted against its owner, whose later claims are ignored;
+2. before a query's pool (the hybrid search's hits, by meaning and by words) is ranked,
+   every claimed vector in it is replaced by a local embedding: a forged vector gets its
+   capability into the pool but never ranks it, and is counted against its owner, whose
+   later claims are ignored;
 3. an honest claim is replaced too, with no blame;
 4. background verification converges the index to local embeddings, a bounded number of
    texts per step.
@@ -226,8 +227,8 @@ def test_forged_vector_is_considered_but_never_ranked_by_its_lie(
 
     counting.texts.clear()
     hits = service.search(QUERY, 10)
-    by_node = {entry.node_id: similarity for entry, similarity in hits}
-    assert hits[0][0].node_id == HONEST.node_id
+    by_node = {hit.entry.node_id: hit.similarity for hit in hits}
+    assert hits[0].entry.node_id == HONEST.node_id
     assert by_node[FORGER.node_id] < 0.2 < by_node[HONEST.node_id]
     # only the pool's claimed texts were embedded (the query was cached above)
     assert sorted(counting.texts) == sorted([capability_text(CRYPTO), capability_text(TRANSLATE)])
@@ -317,9 +318,9 @@ def test_a_query_verifies_a_bounded_number_of_claims_and_ranks_no_other(
     assert len(counting.texts) == RERANK_CLAIMS + 1  # the claims and the query
     assert len(hits) == RERANK_CLAIMS  # the unverified claims are left out
     assert service.index is not None
-    for entry, _ in hits:  # every ranked hit now holds its local vector
-        stored = service.index.vector(entry.key)
-        local = model.embed([entry.text])[0]
+    for hit in hits:  # every ranked hit now holds its local vector
+        stored = service.index.vector(hit.entry.key)
+        local = model.embed([hit.entry.text])[0]
         assert stored is not None and np.allclose(stored, local, atol=1e-6)
 
 
@@ -345,7 +346,7 @@ def test_forgeries_cannot_crowd_honest_claims_out(service: DiscoveryService) -> 
     )
     service._apply_batch(manifests)
     hits = service.search(QUERY, 64)
-    assert hits[0][0].node_id == HONEST.node_id
+    assert hits[0].entry.node_id == HONEST.node_id
     assert sorted(service.forged_vectors) == sorted(forgers)
 
 
@@ -390,3 +391,113 @@ def test_index_upserts_a_batch_of_nodes_all_or_nothing() -> None:
     assert index.node_ids() == ["a"] and len(index) == 1
     hits = index.search(model.embed([capability_text(many_capabilities(1)[0])]), 1, model.model_id)
     assert hits[0][0].key == ("a", "cap_0")
+
+
+def test_a_claim_found_only_by_words_is_verified_before_it_ranks(
+    service: DiscoveryService,
+) -> None:
+    """The re-rank covers every hit of the hybrid search, not only the nearest ones. With
+    a pool of one, the forger's lie fills the search by meaning and the translator is
+    found only by its words: both claims are verified, the forger is counted, and the
+    translator ranks first on its local vector, its BM25 score kept.
+
+    On the search without the words (the index's nearest only, then the re-rank) the
+    answer held the forger alone; on the hybrid search without the re-rank the forger
+    came first with its claimed similarity 1.0."""
+    forged_setup(service)
+    assert service.index is not None and service.embedder is not None
+    model_id = service.embedder.model_id
+    raw = service.index.hybrid_search(service.embedder.embed([QUERY]), QUERY, 1, model_id)
+    assert [hit.entry.node_id for hit in raw] == [FORGER.node_id, HONEST.node_id]
+    assert raw[0].similarity > 0.99 and raw[0].lexical == 0.0 < raw[1].lexical
+
+    hits = service.search(QUERY, 1)
+    assert [hit.entry.node_id for hit in hits] == [HONEST.node_id, FORGER.node_id]
+    local = HashingEmbedder().embed([capability_text(TRANSLATE)])[0]
+    query = HashingEmbedder().embed([QUERY])[0]
+    assert hits[0].similarity == pytest.approx(float(np.dot(query, local)), abs=1e-5)
+    assert hits[0].lexical == raw[1].lexical
+    assert hits[1].similarity < 0.2
+    assert service.counters["vectors_verified"] == 2
+    assert service.forged_vectors == {FORGER.node_id: 1}
+
+
+def test_upsert_many_keeps_the_words_in_step_as_upsert_does() -> None:
+    """A batch insert, replacement and removal leave the lexical index exactly as the
+    same changes made one node at a time with ``upsert``.
+
+    On the merge without the lexical step in ``upsert_many``, the batch-inserted entries
+    had no words (lexical 0.0 for every hit, none found by words)."""
+    model = HashingEmbedder()
+    weather = Capability(name="weather", description="Forecast the weather for a city")
+
+    def item(node: str, caps: Sequence[Capability]) -> tuple[str, list[IndexEntry], np.ndarray]:
+        entries = [IndexEntry(node_id=node, capability=c, text=capability_text(c)) for c in caps]
+        vectors = (
+            model.embed([e.text for e in entries])
+            if entries
+            else np.zeros((0, model.dim), dtype=np.float32)
+        )
+        return node, entries, vectors
+
+    batched = CapabilityIndex(model.model_id, model.dim)
+    single = CapabilityIndex(model.model_id, model.dim)
+
+    def apply(items: list[tuple[str, list[IndexEntry], np.ndarray]]) -> None:
+        batched.upsert_many(items, model.model_id)
+        for node, entries, vectors in items:
+            single.upsert(node, entries, vectors, model.model_id)
+
+    def words(index: CapabilityIndex, query: str) -> dict[tuple[str, str], float]:
+        found = index.hybrid_search(model.embed([query]), query, 3, model.model_id)
+        return {hit.entry.key: hit.lexical for hit in found if hit.lexical > 0.0}
+
+    queries = ("cryptocurrency credit card", "human languages", "weather forecast")
+    apply([item("a", [TRANSLATE]), item("b", [CRYPTO])])
+    assert set(words(batched, queries[0])) == {("b", "buy_crypto")}
+    assert set(words(batched, queries[1])) == {("a", "translate_text")}
+    assert words(batched, queries[2]) == {}
+    assert all(words(batched, q) == words(single, q) for q in queries)
+
+    apply([item("b", [weather]), item("a", [])])  # b replaced, a removed
+    assert words(batched, queries[0]) == {} and words(batched, queries[1]) == {}
+    assert set(words(batched, queries[2])) == {("b", "weather")}
+    assert all(words(batched, q) == words(single, q) for q in queries)
+    assert len(batched) == len(single) == 1
+
+
+def test_a_vector_names_the_one_text_with_examples_that_is_embedded(
+    service: DiscoveryService, counting: CountingEmbedder
+) -> None:
+    """A capability's examples are part of its one embedded text (``capability_text``):
+    a vector of that text is indexed without embedding, and a vector of the text without
+    its examples names another text, so it is not used and the full text is embedded."""
+    model = HashingEmbedder()
+    with_examples = Capability(
+        name="translate_text",
+        description="Translate text between human languages",
+        examples=("say hello in French", "put this letter into English"),
+    )
+    assert "Examples: say hello in French" in capability_text(with_examples)
+    stale = ManifestVectors(
+        model.model_id,
+        model.dim,
+        (
+            encode_vector(
+                with_examples.name,
+                capability_text(Capability(with_examples.name, with_examples.description)),
+                model.embed([capability_text(with_examples)])[0],
+            ),
+        ),
+    )
+    service._apply_batch(
+        {
+            HONEST.node_id: own_manifest(
+                HONEST, [with_examples], honest_vectors([with_examples], model)
+            ),
+            FORGER.node_id: own_manifest(FORGER, [with_examples], stale),
+        }
+    )
+    assert counting.texts == [capability_text(with_examples)]  # the stale one only
+    assert service.counters["vectors_accepted"] == 1
+    assert service.vectors_json()["claims_unchecked"] == 1

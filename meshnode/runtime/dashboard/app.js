@@ -456,7 +456,12 @@ async function showTrace(traceId) {
   $("trace-note").textContent = "loading…";
   let resp;
   try {
-    resp = await api("/v1/traces/" + encodeURIComponent(traceId));
+    // The whole trace, assembled by this node from the members it touched (a work
+    // route); with read access only, this node's own spans.
+    resp = await api("/v1/dashboard/trace/" + encodeURIComponent(traceId));
+    if (resp.status === 401 || resp.status === 404 || resp.status === 503) {
+      resp = await api("/v1/traces/" + encodeURIComponent(traceId));
+    }
   } catch (err) {
     $("trace-note").textContent = "could not load the trace: " + err;
     return;
@@ -468,6 +473,10 @@ async function showTrace(traceId) {
   if (!resp.ok) { $("trace-note").textContent = "could not load the trace: HTTP " + resp.status; return; }
   const body = await resp.json();
   drawTrace(chart, window.layoutTrace(body.spans, 800));
+  const missing = Array.isArray(body.missing) ? body.missing : [];
+  if (missing.length) {
+    $("trace-note").textContent += "; not reached: " + missing.map(nameOf).join(", ");
+  }
 }
 
 function drawTrace(chart, layout) {
@@ -477,12 +486,15 @@ function drawTrace(chart, layout) {
   chart.setAttribute("viewBox", "0 0 800 " + Math.max(40, y));
   layout.lanes.forEach((node, i) => {
     const label = svg("text", { x: 2, y: offsets[i] + 10 });
+    label.setAttribute("class", "lane");
+    label.dataset.nodeId = node;
     label.textContent = nameOf(node);
     chart.append(label);
   });
   for (const b of layout.bars) {
     const r = svg("rect", { x: b.x.toFixed(1), y: offsets[b.lane] + 12 + b.row * laneH, width: b.w.toFixed(1), height: laneH - 4 });
     r.setAttribute("class", b.status);
+    r.dataset.nodeId = b.node_id;
     const title = svg("title");
     title.textContent = b.name;
     r.append(title);
