@@ -971,7 +971,7 @@ async def join_once(manifests: Sequence[Any], *, vectors: bool, seed: int) -> di
                 service._executor, service.search, capability.description, candidate_pool(TOP_K)
             )
             query_ms.append((time.perf_counter() - t) * 1000.0)
-            found += any(e.key == (manifest.node_id, capability.name) for e, _ in hits)
+            found += any(h.entry.key == (manifest.node_id, capability.name) for h in hits)
     finally:
         stop.set()
         await asyncio.gather(lagger, return_exceptions=True)
