@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from meshnode.core.config import NodeConfig, parse_address
+from meshnode.core.coordinates import Coordinate, coordinate_problem
 from meshnode.errors import MeshError
 
 PROFILES: dict[str, Callable[..., NodeConfig]] = {
@@ -346,6 +347,11 @@ async def _cmd_members(args: argparse.Namespace) -> int:
     return 0
 
 
+def _optional(value: object, fmt: str) -> str:
+    """``value`` formatted, or ``-`` when it is unknown (None)."""
+    return "-" if value is None else fmt.format(value)
+
+
 async def _cmd_discover(args: argparse.Namespace) -> int:
     body = {
         "description": args.description,
@@ -354,6 +360,7 @@ async def _cmd_discover(args: argparse.Namespace) -> int:
         "max_cost_usd": args.max_cost,
         "tags": args.tag or [],
         "top_k": args.top_k,
+        "max_rtt_ms": args.max_rtt_ms,
     }
     data = await _request_json("POST", args.node, "/v1/discover", body, token=api_token(args))
     candidates = data["candidates"]
@@ -371,11 +378,16 @@ async def _cmd_discover(args: argparse.Namespace) -> int:
             f"{c['score']['trust']:.2f}",
             f"{c['score']['availability']:.2f}",
             f"{c['score']['cost_factor']:.2f}",
+            f"{c['score'].get('latency', 1.0):.2f}",
+            _optional(c["score"].get("rtt_ms"), "{:.1f}"),
+            f"{c['score'].get('task_availability', 1.0):.2f}",
+            _optional(c["score"].get("machine_pressure"), "{:.2f}"),
             c["address"],
         )
         for c in candidates
     ]
-    header = ("NAME", "ID", "CAPABILITY", "SCORE", "SEM", "LEX", "TRUST", "AVAIL", "COST")
+    header: tuple[str, ...] = ("NAME", "ID", "CAPABILITY", "SCORE", "SEM", "LEX", "TRUST")
+    header += ("AVAIL", "COST", "LAT", "RTT_MS", "TASKS", "PRESS")
     print(_table(rows, (*header, "ADDRESS")) if rows else "no candidates")
     return 0
 
@@ -736,6 +748,12 @@ COMMAND_HELP: dict[tuple[str, ...], tuple[str, str]] = {
         "node's members) and print them as a timeline, children under their parents.",
         "meshnode trace 4bf92f3577b34da6a3ce929d0e0e4736",
     ),
+    ("rtt",): (
+        "Round trip between the asked node and NODE (or between NODE and NODE2) estimated "
+        "from the network coordinates the asked node holds, and the last measured one when "
+        "the asked node probed NODE itself. NODE: a node id prefix or a name.",
+        "meshnode rtt b\n  meshnode rtt 3f9a b --node 127.0.0.1:7947 --json",
+    ),
     ("status",): (
         "A one-screen summary of a running node: health, members by state, tasks in "
         "flight and recent, and the capabilities on offer.",
@@ -872,6 +890,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_observability_run_flags(run)
     _add_keys_parser(sub)
     _add_trace_parser(sub)
+    _add_rtt_parser(sub)
 
     members = sub.add_parser("members", help="list the members a node knows")
     members.add_argument("--node", default=DEFAULT_NODE, metavar="HOST:PORT")
@@ -889,6 +908,13 @@ def build_parser() -> argparse.ArgumentParser:
     discover.add_argument("--max-cost", type=float, help="most USD per call (default: no limit)")
     discover.add_argument("--tag", action="append", help="required tag (repeatable; default: none)")
     discover.add_argument("--top-k", type=int, default=5, help="1..20 (default 5)")
+    discover.add_argument(
+        "--max-rtt-ms",
+        type=float,
+        metavar="MS",
+        help="only providers whose round trip from the node is known and at most MS "
+        "milliseconds (network-coordinate estimate, else the last probe; default: no limit)",
+    )
     discover.add_argument("--json", action="store_true")
 
     delegate = sub.add_parser("delegate", help="run a task through a node (loopback)")
@@ -1375,6 +1401,94 @@ def _add_trace_parser(sub: Any) -> None:
     )
 
 
+# ---------------------------------------------------------------------- meshnode rtt
+
+
+def _add_rtt_parser(sub: Any) -> None:
+    rtt = sub.add_parser("rtt", help="estimated round trip to a node, from network coordinates")
+    rtt.add_argument("target", metavar="NODE", help="a node id prefix or a node name")
+    rtt.add_argument(
+        "other",
+        metavar="NODE2",
+        nargs="?",
+        help="a second node: the estimate is between NODE and NODE2 (default: the asked node)",
+    )
+    rtt.add_argument("--node", default=DEFAULT_NODE, metavar="HOST:PORT")
+    rtt.add_argument("--json", action="store_true", help="print the figures as JSON")
+    rtt.add_argument(
+        "--api-token", metavar="TOKEN", help=f"the node's API token (default ${API_TOKEN_ENV})"
+    )
+
+
+def _find_member(members: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The one member whose name is ``key``, else whose id starts with it."""
+    named = [m for m in members if m.get("name") == key]
+    found = named or [m for m in members if str(m.get("node_id", "")).startswith(key)]
+    if not key or not found:
+        raise CommandError(f"no member named {key!r} or with an id starting with it")
+    if len(found) > 1:
+        raise CommandError(f"{key!r} matches {len(found)} members: give more of the id")
+    return found[0]
+
+
+def _coordinate_of(member: dict[str, Any]) -> Coordinate | None:
+    """A member's coordinate from the API's JSON, checked like one off the wire (None:
+    none held, or an unusable one)."""
+    raw = member.get("coordinate")
+    if not isinstance(raw, dict):
+        return None
+    try:
+        coord = Coordinate(
+            tuple(float(x) for x in raw["vec"]),
+            float(raw["error"]),
+            float(raw["adjustment"]),
+            float(raw["height"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+    return None if coordinate_problem(coord) is not None else coord
+
+
+async def _cmd_rtt(args: argparse.Namespace) -> int:
+    data = await _get_json(args.node, "/v1/members", api_token(args))
+    members = data.get("members", [])
+    target = _find_member(members, args.target)
+    if args.other is None:
+        origin = next((m for m in members if m.get("node_id") == data.get("node_id")), None)
+        if origin is None:
+            raise CommandError("the node did not say which member it is")
+        measured = target.get("measured_rtt_ms")
+    else:
+        origin = _find_member(members, args.other)
+        measured = None  # the asked node measures only its own round trips
+    if origin.get("node_id") == target.get("node_id"):
+        estimated: float | None = 0.0
+    else:
+        a, b = _coordinate_of(origin), _coordinate_of(target)
+        estimated = None if a is None or b is None else round(a.distance_s(b) * 1000.0, 3)
+    out = {
+        "from": origin.get("node_id"),
+        "from_name": origin.get("name"),
+        "to": target.get("node_id"),
+        "to_name": target.get("name"),
+        "estimated_rtt_ms": estimated,
+        "measured_rtt_ms": measured,
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+
+    def label(m: dict[str, Any]) -> str:
+        return str(m.get("name") or str(m.get("node_id", ""))[:10])
+
+    shown = "unknown (no coordinate yet)" if estimated is None else f"{estimated:.3f} ms"
+    line = f"{label(origin)} -> {label(target)}: estimated {shown}"
+    if measured is not None:
+        line += f", measured {measured:.3f} ms"
+    print(line)
+    return 0
+
+
 async def _collect_trace(
     node: str, trace_id: str, token: str | None
 ) -> tuple[list[dict[str, Any]], dict[str, str], list[str]]:
@@ -1653,6 +1767,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_bridge(args)
         if args.command == "trace":
             return _run_async(_cmd_trace(args))
+        if args.command == "rtt":
+            return _run_async(_cmd_rtt(args))
     except ValueError as exc:
         print(f"meshnode: error: {one_line(exc)}", file=sys.stderr)
         return 2

@@ -22,6 +22,7 @@ import enum
 from typing import Annotated, ClassVar
 
 from protocol.schema import (
+    Appended,
     Digest,
     FixedLen,
     JsonValue,
@@ -77,6 +78,7 @@ class MessageType(enum.IntEnum):
     SIGNED_REVOCATION = 29
     REJOIN_REQUEST = 30
     REJOIN_REPLY = 31
+    PRESSURE = 32
 
 
 class Message:
@@ -109,6 +111,23 @@ class PingReq(Message):
     port: Port
 
 
+MAX_COORDINATE_DIMENSIONS = 16
+"""Most vector components a coordinate may carry on the wire (the core uses 8; the rest is
+room for a later change, and a cap on what a datagram can make us decode)."""
+
+
+@wire_struct
+class NetworkCoordinate:
+    """A Vivaldi coordinate on the wire: ``vec`` and ``adjustment``/``height`` in seconds,
+    ``error`` relative. The codec only checks the types and that floats are finite; the
+    core checks dimension and bounds."""
+
+    vec: Annotated[tuple[float, ...], MaxItems(MAX_COORDINATE_DIMENSIONS)]
+    error: float
+    adjustment: float
+    height: float
+
+
 @wire_struct
 class Ack(Message):
     """Answer to a ping; ``load`` is the sender's tasks in flight (0 when it runs none);
@@ -119,6 +138,10 @@ class Ack(Message):
     seq: UInt
     load: Annotated[int, Range(0, 1_000_000)] = 0
     members: Annotated[int, Range(0, 4_294_967_295)] = 0
+    coordinate: Annotated[NetworkCoordinate | None, Appended()] = None
+    """The sender's Vivaldi coordinate (None: not reported). Appended: an ack without it
+    encodes exactly as before, and older decoders ignore it. Its bounds are checked by the
+    receiving core (meshnode.core.coordinates), which ignores an unusable one."""
 
 
 @wire_struct
@@ -515,3 +538,25 @@ for _cls in (
     RejoinReply,
 ):
     register(_cls)
+
+
+# ---------------------------------------------------------------------------- machine load
+
+
+PRESSURE_MAX = 100
+"""Largest value of either part of a :class:`Pressure` (percent)."""
+
+
+@wire_struct
+class Pressure(Message):
+    """The sender's machine pressure, sent beside its ``Ack`` to a direct ping: ``cpu``
+    is its one-minute load average per CPU and ``memory`` the share of its memory in use
+    (``1 − MemAvailable / MemTotal``), each in percent, clamped to 0..100 by the sender.
+    Speaks only for the envelope's signer (a relay never forwards one)."""
+
+    TAG: ClassVar[MessageType] = MessageType.PRESSURE
+    cpu: Annotated[int, Range(0, PRESSURE_MAX)] = 0
+    memory: Annotated[int, Range(0, PRESSURE_MAX)] = 0
+
+
+register(Pressure)

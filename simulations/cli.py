@@ -34,7 +34,14 @@ from simulations.byzantine import ATTACKS
 from simulations.economy import BAD_KINDS
 from simulations.progress import Progress
 from simulations.report import build_report, command_line, dumps
-from simulations.scenarios import SCENARIOS, STARTS, Spec, make_config, run_scenario
+from simulations.scenarios import (
+    SCENARIOS,
+    STARTS,
+    TOPOLOGIES,
+    Spec,
+    make_config,
+    run_scenario,
+)
 
 __all__ = ["build_parser", "main", "parse_args", "spec_from_args"]
 
@@ -98,6 +105,8 @@ SCENARIO_HELP: dict[str, str] = {
     "member and record bounds, reconvergence",
     "economy": "requesters delegate to honest and bad providers (--delegations, --bad-share, "
     "--sybil); trust and routing convergence by round",
+    "coordinates": "network coordinates learn the links (best with --topology two-regions); "
+    "median relative round-trip error every 10 s, at most 0.2 by the end",
 }
 """One line per scenario for ``--help`` (the full story: :mod:`simulations.scenarios`)."""
 
@@ -179,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="local health scaling of probe and suspicion timing (default on)",
     )
     p.add_argument("--wire", action="store_true", help="encode and decode every packet")
+    p.add_argument(
+        "--topology",
+        choices=TOPOLOGIES,
+        default="flat",
+        help="link model: flat (every link --latency-ms; the default) or two-regions (two "
+        "halves, about 1 ms round trip inside one and 40 ms between)",
+    )
     p.add_argument(
         "--start",
         choices=STARTS,
@@ -387,6 +403,7 @@ def spec_from_args(args: argparse.Namespace) -> Spec:
         slow_mode=args.slow_mode,
         overrides=tuple(args.set),
         start=args.start,
+        topology=args.topology,
         byzantine=args.byzantine,
         attacks=args.attacks,
         fake_members=args.fake_members,

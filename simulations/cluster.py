@@ -84,6 +84,7 @@ from meshnode.core.effects import (
     PersistRecords,
     SendPacket,
     StartPushPull,
+    StartTcpPing,
 )
 from meshnode.core.member import Member
 from meshnode.core.mesh import MAX_CONCURRENT_FETCHES, MAX_CONCURRENT_PUSH_PULLS
@@ -608,6 +609,9 @@ class Cluster:
             elif kind is StartPushPull:
                 assert isinstance(effect, StartPushPull)
                 self._push_pull_begin(node, effect)
+            elif kind is StartTcpPing:
+                assert isinstance(effect, StartTcpPing)
+                self._tcp_ping_begin(node, effect)
             elif kind is ManifestChanged:
                 assert isinstance(effect, ManifestChanged)
                 tracker.manifest_changed(node, effect)
@@ -837,6 +841,58 @@ class Cluster:
             core.push_pull_done(self.engine.now)
         except Exception as exc:
             self.core_failed(node, "push_pull_done", exc)
+        self._dispatch(node)
+
+    # ------------------------------------------------------------------ TCP: fallback ping
+
+    def _tcp_ping_begin(self, node: SimNode, effect: StartTcpPing) -> None:
+        """The TCP fallback probe: connect, the target's core answers the ``Ping``, the
+        ``Ack`` comes back on the TCP path; past ``effect.timeout`` it counts as failed."""
+        now = self.engine.now
+        deadline = now + effect.timeout
+        dst, elapsed = self._connect(node, effect.addr, effect.timeout)
+        if dst is None:
+            self.engine.at(now + elapsed, self._tcp_ping_done, node, node.life, effect, None)
+            return
+        self.engine.at(now + elapsed, self._tcp_ping_serve, node, node.life, dst, effect, deadline)
+
+    def _tcp_ping_serve(
+        self, node: SimNode, life: int, dst: int, effect: StartTcpPing, deadline: float
+    ) -> None:
+        remote = self.nodes[dst]
+        now = self.engine.now
+        if (
+            remote.core is None
+            or remote.status is not Status.RUNNING
+            or not self.network.reachable(dst, node.slot)
+        ):  # a paused process answers after the caller gave up: the same as no answer
+            self.engine.at(max(now, deadline), self._tcp_ping_done, node, life, effect, None)
+            return
+        try:
+            ack = remote.core.answer_tcp_ping(node.node_id, Ping(effect.seq, effect.node), now)
+        except Exception as exc:
+            self.core_failed(remote, "answer_tcp_ping", exc)
+            ack = None
+        self._dispatch(remote)
+        arrival = now + self.network.tcp_leg(dst, node.slot)
+        if ack is None or arrival > deadline:
+            self.engine.at(max(now, deadline), self._tcp_ping_done, node, life, effect, None)
+            return
+        self.engine.at(arrival, self._tcp_ping_done, node, life, effect, ack)
+
+    def _tcp_ping_done(
+        self, node: SimNode, life: int, effect: StartTcpPing, ack: Ack | None
+    ) -> None:
+        core = node.core
+        if node.life != life or core is None:
+            return
+        if node.status is Status.PAUSED:
+            node.backlog.append((self._tcp_ping_done, (node, life, effect, ack)))
+            return
+        try:
+            core.tcp_ping_done(effect.node, effect.seq, ack, self.engine.now)
+        except Exception as exc:
+            self.core_failed(node, "tcp_ping_done", exc)
         self._dispatch(node)
 
     # ------------------------------------------------------------------ TCP: manifest fetch

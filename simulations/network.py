@@ -13,6 +13,12 @@ tail alone reorders packets now and then; ``reorder`` adds, with that probabilit
 ``U(0, reorder_delay)`` to a datagram so it overtakes nothing and is overtaken by the
 packets sent after it.
 
+**Regions.** With ``regions > 1`` host ``slot`` sits in region ``slot % regions`` and a
+datagram between two regions takes an extra ``region_latency`` each way: each host has a
+position (its region and its access delay), which network coordinates should learn.
+:meth:`Network.expected_rtt` is the mean round trip of a link, the truth they are measured
+against.
+
 **Loss and duplication.** Each datagram is lost with probability ``loss`` (plus the
 sender's and receiver's own extra loss, for a flaky host); a datagram that survives is
 delivered twice with probability ``duplicate``, each copy with its own delay.
@@ -69,6 +75,10 @@ class LinkModel:
     """First TCP retransmission timeout for data, doubling per loss (Linux's minimum)."""
     syn_rto: float = 1.0
     """TCP handshake retransmission timeout (Linux's initial RTO)."""
+    regions: int = 1
+    """Regions the hosts are dealt into (``slot % regions``), default 1 (a flat network)."""
+    region_latency: float = 0.0
+    """Extra one-way delay between two different regions, seconds, default 0."""
 
     def __post_init__(self) -> None:
         for name in ("loss", "duplicate", "reorder"):
@@ -79,7 +89,9 @@ class LinkModel:
             raise ValueError(
                 f"latency needs 0 <= min ({self.min_latency}) <= mean ({self.mean_latency})"
             )
-        for name in ("reorder_delay", "spread", "rto", "syn_rto"):
+        if type(self.regions) is not int or self.regions < 1:
+            raise ValueError(f"regions must be a positive integer, got {self.regions!r}")
+        for name in ("reorder_delay", "spread", "rto", "syn_rto", "region_latency"):
             if getattr(self, name) < 0 or not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite non-negative number of seconds")
 
@@ -95,6 +107,8 @@ class LinkModel:
             "access_spread_ms": self.spread * 1e3,
             "tcp_rto_ms": self.rto * 1e3,
             "tcp_syn_rto_ms": self.syn_rto * 1e3,
+            "regions": self.regions,
+            "region_latency_ms": self.region_latency * 1e3,
         }
 
 
@@ -197,10 +211,25 @@ class Network:
 
     # ------------------------------------------------------------------ fates
 
+    def region(self, slot: int) -> int:
+        """The region of host ``slot``."""
+        return slot % self.model.regions
+
+    def _base_delay(self, src: int, dst: int) -> float:
+        model = self.model
+        d = model.min_latency + self._access[src] + self._access[dst]
+        if model.regions > 1 and src % model.regions != dst % model.regions:
+            d += model.region_latency
+        return d
+
+    def expected_rtt(self, src: int, dst: int) -> float:
+        """Mean round trip between ``src`` and ``dst``, seconds (no loss, lag or reorder)."""
+        return 2.0 * (self._base_delay(src, dst) + self._tail)
+
     def delay(self, src: int, dst: int) -> float:
         """One one-way delay sample on the link ``src → dst``."""
         rng = self._rng
-        d = self.model.min_latency + self._access[src] + self._access[dst]
+        d = self._base_delay(src, dst)
         if self._tail > 0:
             d += rng.expovariate(1.0 / self._tail)
         if self._inbound_lag:

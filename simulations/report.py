@@ -35,8 +35,7 @@ import shlex
 from typing import Any
 
 from meshnode.core.config import NodeConfig
-from simulations.network import LinkModel
-from simulations.scenarios import Outcome, Spec
+from simulations.scenarios import Outcome, Spec, link_model
 
 __all__ = ["build_report", "command_line", "dumps"]
 
@@ -93,6 +92,8 @@ def command_line(spec: Spec) -> str:
         parts.append(f"--run-s {_num(spec.run_s[0])}:{_num(spec.run_s[1])}")
     if spec.start != default.start:
         parts.append(f"--start {spec.start}")
+    if spec.topology != default.topology:
+        parts.append(f"--topology {spec.topology}")
     if spec.attacks != default.attacks:
         parts.append(f"--attacks {','.join(spec.attacks) or 'none'}")
     if spec.bad_kinds != default.bad_kinds:
@@ -179,13 +180,7 @@ def build_report(
     wall_s: float | None,
 ) -> dict[str, Any]:
     """The report dict; ``wall_s`` None leaves the timing section out."""
-    link = LinkModel(
-        min_latency=spec.latency_min_ms / 1e3,
-        mean_latency=spec.latency_mean_ms / 1e3,
-        loss=spec.loss,
-        duplicate=spec.duplicate,
-        reorder=spec.reorder,
-    )
+    link = link_model(spec)
     spec_dict = dataclasses.asdict(spec)
     spec_dict["overrides"] = {k: v for k, v in spec.overrides}
     spec_dict["pause_s"] = list(spec.pause_s)

@@ -74,8 +74,9 @@ from __future__ import annotations
 import dataclasses
 import gc
 import math
+import random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from meshnode.core import timing
 from meshnode.core.config import NodeConfig
@@ -107,8 +108,29 @@ SCENARIOS = (
     "steady",
     "byzantine",
     "economy",
+    "coordinates",
 )
 STARTS = ("join", "converged")
+TOPOLOGIES = ("flat", "two-regions")
+"""Link models: ``flat`` (every link alike, ``--latency-ms``) or ``two-regions`` (hosts
+dealt into two regions: about 1 ms round trip inside one, 40 ms between; see
+:func:`link_model`)."""
+TWO_REGIONS_MIN_MS: Final = 0.25
+"""two-regions: smallest one-way delay inside a region, ms."""
+TWO_REGIONS_MEAN_MS: Final = 0.5
+"""two-regions: mean one-way delay inside a region, ms (round trip about 1 ms; the
+exponential tail above the minimum is the jitter)."""
+TWO_REGIONS_SPREAD_MS: Final = 0.1
+"""two-regions: range of each host's access delay, ms (hosts of a region differ a little)."""
+TWO_REGIONS_BETWEEN_MS: Final = 19.5
+"""two-regions: extra one-way delay between the regions, ms (round trip about 40 ms)."""
+COORDINATE_SAMPLE_EVERY_S: Final = 10.0
+"""coordinates: seconds between two measurements of the coordinates' error."""
+COORDINATE_MAX_PAIRS: Final = 20_000
+"""coordinates: most node pairs measured (all of them up to 200 nodes; a seeded sample
+above, so a 10,000-node run does not compute 50 million distances)."""
+COORDINATE_ERROR_GOAL: Final = 0.2
+"""coordinates: the median relative round-trip error the run must reach by its end."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -133,6 +155,8 @@ class Spec:
     join_spread: float = 1.0
     bootstrap_limit: float = 600.0
     settle: float = 5.0
+    topology: str = "flat"
+    """The link model, one of :data:`TOPOLOGIES`."""
     crash_fraction: float = 0.1
     partition_s: float = 30.0
     churn_rate: float = 1.0
@@ -186,6 +210,8 @@ class Spec:
             raise ValueError(f"profile must be lan, wan or local, got {self.profile!r}")
         if self.slow_mode not in ("pause", "lag"):
             raise ValueError(f"slow_mode must be pause or lag, got {self.slow_mode!r}")
+        if self.topology not in TOPOLOGIES:
+            raise ValueError(f"topology must be one of {TOPOLOGIES}, got {self.topology!r}")
         if self.start not in STARTS:
             raise ValueError(f"start must be join or converged, got {self.start!r}")
         if not 0.0 <= self.byzantine < 1.0:
@@ -269,19 +295,69 @@ def stats(values: list[float]) -> dict[str, float | int | None]:
     }
 
 
+def link_model(spec: Spec) -> LinkModel:
+    """The network of a run: ``--latency-ms`` on every link (``flat``), or two regions."""
+    if spec.topology == "two-regions":
+        return LinkModel(
+            min_latency=TWO_REGIONS_MIN_MS / 1e3,
+            mean_latency=TWO_REGIONS_MEAN_MS / 1e3,
+            spread=TWO_REGIONS_SPREAD_MS / 1e3,
+            regions=2,
+            region_latency=TWO_REGIONS_BETWEEN_MS / 1e3,
+            loss=spec.loss,
+            duplicate=spec.duplicate,
+            reorder=spec.reorder,
+        )
+    return LinkModel(
+        min_latency=spec.latency_min_ms / 1e3,
+        mean_latency=spec.latency_mean_ms / 1e3,
+        loss=spec.loss,
+        duplicate=spec.duplicate,
+        reorder=spec.reorder,
+    )
+
+
+def coordinate_error(cluster: Cluster, rng: random.Random) -> dict[str, Any]:
+    """How well the live nodes' coordinates predict the network's mean round trips: the
+    relative error ``|estimated - expected| / expected`` over every pair of live nodes (a
+    sample of ``COORDINATE_MAX_PAIRS`` when there are more), as median and p90, and the
+    median within and between regions."""
+    nodes = [n for n in cluster.live_nodes() if n.core is not None]
+    pairs: list[tuple[SimNode, SimNode]]
+    if len(nodes) * (len(nodes) - 1) // 2 <= COORDINATE_MAX_PAIRS:
+        pairs = [(a, b) for i, a in enumerate(nodes) for b in nodes[i + 1 :]]
+    else:
+        pairs = []
+        for _ in range(COORDINATE_MAX_PAIRS):
+            a, b = rng.sample(nodes, 2)
+            pairs.append((a, b))
+    network = cluster.network
+    errors: list[float] = []
+    inside: list[float] = []
+    between: list[float] = []
+    for a, b in pairs:
+        assert a.core is not None and b.core is not None
+        expected = network.expected_rtt(a.slot, b.slot)
+        estimated = a.core.coordinate().distance_s(b.core.coordinate())
+        error = abs(estimated - expected) / expected
+        errors.append(error)
+        (inside if network.region(a.slot) == network.region(b.slot) else between).append(error)
+    return {
+        "pairs": len(errors),
+        "median_relative_error": _r(percentile(errors, 50), 4),
+        "p90_relative_error": _r(percentile(errors, 90), 4),
+        "median_inside_region": _r(percentile(inside, 50), 4),
+        "median_between_regions": _r(percentile(between, 50), 4),
+    }
+
+
 class _Run:
     """Shared machinery of one scenario run on one cluster."""
 
     def __init__(self, spec: Spec, config: NodeConfig, progress: Progress | None) -> None:
         self.spec = spec
         self.config = config
-        link = LinkModel(
-            min_latency=spec.latency_min_ms / 1e3,
-            mean_latency=spec.latency_mean_ms / 1e3,
-            loss=spec.loss,
-            duplicate=spec.duplicate,
-            reorder=spec.reorder,
-        )
+        link = link_model(spec)
         self.cluster = Cluster(
             seed=spec.seed,
             config=config,
@@ -971,6 +1047,56 @@ def run_steady(spec: Spec, progress: Progress | None) -> Outcome:
     return run.finish(results)
 
 
+def run_coordinates(spec: Spec, progress: Progress | None) -> Outcome:
+    """Vivaldi coordinates learn the network: the nodes join (or start converged), then
+    the coordinates' error against the link model's mean round trips is measured every
+    ``COORDINATE_SAMPLE_EVERY_S`` seconds from time 0 until ``duration``; the run passes
+    when the last median relative error is at most ``COORDINATE_ERROR_GOAL``."""
+    run = _Run(spec, make_config(spec), progress)
+    cluster = run.cluster
+    rng = derive_rng(spec.seed, "coordinate pairs")
+    samples: list[dict[str, Any]] = []
+
+    def measure() -> None:
+        samples.append({"t_s": _r(cluster.now, 3), **coordinate_error(cluster, rng)})
+
+    t = COORDINATE_SAMPLE_EVERY_S
+    while t < spec.duration:
+        cluster.engine.at(t, measure)
+        t += COORDINATE_SAMPLE_EVERY_S
+    boot = run.bootstrap()
+    run.run_until(max(spec.duration, cluster.now), "coordinates")
+    measure()
+    final = samples[-1]
+    error = final["median_relative_error"]
+    passed = error is not None and error <= COORDINATE_ERROR_GOAL
+    run.check(
+        "coordinates_converged",
+        passed,
+        f"median relative round-trip error {error} at t={final['t_s']}s "
+        f"(goal: at most {COORDINATE_ERROR_GOAL})",
+    )
+    updates = sum(
+        n.core.membership.counters["coordinate_updates"]
+        for n in cluster.live_nodes()
+        if n.core is not None
+    )
+    rejected = sum(
+        n.core.membership.counters["coordinates_rejected"]
+        for n in cluster.live_nodes()
+        if n.core is not None
+    )
+    results = {
+        "bootstrap": boot,
+        "topology": spec.topology,
+        "coordinates": final,
+        "over_time": samples,
+        "coordinate_updates": updates,
+        "coordinates_rejected": rejected,
+    }
+    return run.finish(results)
+
+
 def run_byzantine(spec: Spec, progress: Progress | None) -> Outcome:
     run = _Run(spec, make_config(spec), progress)
     cluster = run.cluster
@@ -1056,6 +1182,7 @@ RUNNERS: dict[str, Callable[[Spec, Progress | None], Outcome]] = {
     "steady": run_steady,
     "byzantine": run_byzantine,
     "economy": lambda spec, progress: _run_economy(spec, progress),
+    "coordinates": run_coordinates,
 }
 
 

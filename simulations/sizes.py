@@ -99,7 +99,15 @@ class SizeModel:
             key: Hashable = (1, message.seq.bit_length())
         elif cls is Ack:
             assert isinstance(message, Ack)
-            key = (3, message.seq.bit_length(), message.load.bit_length())
+            coordinate = message.coordinate
+            key = (
+                3,
+                message.seq.bit_length(),
+                message.load.bit_length(),
+                message.members.bit_length(),
+                # Floats are always float64 (9 bytes): only the vector's length matters.
+                -1 if coordinate is None else len(coordinate.vec),
+            )
         elif cls is Nack:
             assert isinstance(message, Nack)
             key = (4, message.seq.bit_length())

@@ -35,6 +35,7 @@ from protocol.messages import (
     ChannelPong,
     KeyOp,
     KeyOpReply,
+    Pressure,
     RejoinReply,
     RejoinRequest,
 )
@@ -114,6 +115,7 @@ def one_of_each() -> list[Message]:
         revocation.signed,
         RejoinRequest(cert.signed, 1.7e9, b"\x06" * 16),
         RejoinReply(cert.signed, b"\x07" * 80),
+        Pressure(42, 87),
         KeyOp(b"\x04" * 16, 1, b"\x05" * 32, 1_700_000_000.0),
         KeyOpReply(b"\x04" * 16, True, "", ("0123456789abcdef",)),
     ]

@@ -14,6 +14,7 @@ from meshnode.core.effects import (
     MemberEvent,
     SendPacket,
     StartPushPull,
+    StartTcpPing,
 )
 from meshnode.core.membership import Member, Membership, MemberState
 from meshnode.core.node import NodeCore
@@ -30,4 +31,5 @@ __all__ = [
     "NodeCore",
     "SendPacket",
     "StartPushPull",
+    "StartTcpPing",
 ]

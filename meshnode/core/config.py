@@ -624,6 +624,37 @@ class NodeConfig:
     Needs the ``ops`` extra; spans are batched on the exporter's own thread, so a slow
     collector costs memory up to the SDK's queue (2,048 spans), never latency."""
 
+    # ---------------------------------------------- routing: TCP fallback, distance, load
+
+    tcp_fallback_max_concurrent: int = 2
+    """TCP fallback pings in flight at once, default 2; 0 turns the fallback off. When a
+    direct UDP probe gets no ack within :attr:`probe_timeout`, one TCP ping
+    (``POST /v1/wire/ping``, sealed and signed like every ``/v1/wire`` body) goes to the
+    target beside the indirect probes, with the probe timeout; an ack over it counts as
+    alive, so a member behind a UDP-dropping path is not suspected. One probe runs at a
+    time and its TCP ping ends within the probe timeout, so 1 is enough on a healthy
+    node; 2 leaves room for a ping still closing while the next probe starts. A higher
+    cap buys nothing but sockets: this bounds the outbound connections a failing mesh
+    (or a peer that stops answering UDP on purpose) can make a node open."""
+    routing_latency_weight: float = 0.10
+    """Share of a candidate's total given to latency, in [0, 1], default 0.10: ``total =
+    (1 − w) × (the four weighted factors of routing_weights) + w × latency``, with
+    ``latency = 1 / (1 + (rtt_ms + advertised_ms) / routing_latency_reference_ms)``. Among
+    equally trusted, equally loaded providers the nearest wins; 0.10 keeps distance below
+    availability (0.15 × 0.9 of the total), so a far idle provider still beats a near
+    saturated one (see docs/routing.md for the worked numbers). 0 ignores distance."""
+    routing_latency_reference_ms: float = 100.0
+    """Milliseconds, default 100: the expected wait (round trip plus the capability's
+    advertised latency) that scores latency 0.5. About a continental round trip: 1 ms
+    scores 0.99, 30 ms 0.77, 300 ms 0.25. Smaller sharpens the preference for near
+    providers; larger flattens it (for capabilities that take seconds anyway)."""
+    routing_pressure_weight: float = 0.8
+    """How much machine pressure (``max(cpu, memory)`` in [0, 1], advertised by each
+    node beside its acks) takes off availability, default 0.8: ``availability =
+    (1 − in_flight / max_concurrent) × (1 − w × pressure)``. At 0.8 a node whose machine
+    is saturated keeps a fifth of its availability (it may still be the only provider);
+    1 would make it score like a node with every task slot taken; 0 ignores pressure."""
+
     # ------------------------------------------------------------------ vectors in manifests
 
     manifest_vectors: bool = True
@@ -818,6 +849,26 @@ class NodeConfig:
         if self.embedding_precision not in ("auto", "fp32", "int8"):
             raise ValueError(
                 f"embedding_precision must be auto, fp32 or int8, got {self.embedding_precision!r}"
+            )
+        for name in ("routing_latency_weight", "routing_pressure_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+        reference = self.routing_latency_reference_ms
+        if (
+            isinstance(reference, bool)
+            or not isinstance(reference, int | float)
+            or not 0.0 < reference <= 60_000.0
+        ):
+            raise ValueError(
+                f"routing_latency_reference_ms must be in (0, 60000], got {reference!r}"
+            )
+        fallback = self.tcp_fallback_max_concurrent
+        if isinstance(fallback, bool) or not isinstance(fallback, int) or not 0 <= fallback <= 64:
+            raise ValueError(
+                f"tcp_fallback_max_concurrent must be an integer in 0..64, got {fallback!r}"
             )
         if not isinstance(self.routing_weights, RoutingWeights):
             raise ValueError("routing_weights must be a RoutingWeights")

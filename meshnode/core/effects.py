@@ -105,6 +105,7 @@ __all__ = [
     "SendTask",
     "StartPushPull",
     "StartTask",
+    "StartTcpPing",
     "StopHandler",
 ]
 
@@ -131,6 +132,20 @@ class StartPushPull:
 
     addr: Address
     join: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StartTcpPing:
+    """Ping ``node`` at ``addr`` over TCP (the TCP fallback probe, beside the indirect
+    probes): send one signed ``Ping(seq, node)`` and expect one ``Ack(seq)`` signed by
+    ``node`` within ``timeout`` seconds. However it ends, the shell must call
+    ``tcp_ping_done(node, seq, ack_or_None, now)`` exactly once: the core counts the
+    pings in flight against ``NodeConfig.tcp_fallback_max_concurrent``."""
+
+    addr: Address
+    node: str
+    seq: int
+    timeout: float
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -166,7 +181,7 @@ class IdentityConflict:
     other_address: Address
 
 
-Effect = SendPacket | StartPushPull | MemberChanged | Deliver | IdentityConflict
+Effect = SendPacket | StartPushPull | StartTcpPing | MemberChanged | Deliver | IdentityConflict
 """Everything ``Membership.take_effects()`` can return."""
 
 # ============================================================================ mesh

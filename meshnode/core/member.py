@@ -86,6 +86,9 @@ class Member:
     """Tasks in flight it advertised in its last ack to us; None until one arrives."""
     rtt: float | None = None
     """Round-trip time of our last direct probe it answered, in seconds."""
+    pressure: tuple[int, int] | None = None
+    """Its machine pressure ``(cpu, memory)`` in percent (0..100 each), from the last
+    signed ``Pressure`` it sent us beside an ack; None until one arrives."""
 
     @property
     def address(self) -> Address:

@@ -151,7 +151,7 @@ from collections import OrderedDict
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Final, Literal, TypeVar
 
-from meshnode.core import timing
+from meshnode.core import coordinates, timing
 from meshnode.core.broadcast import LANE_APP, LANE_MEMBERS, LANE_OWN, BroadcastQueue
 from meshnode.core.config import NodeConfig
 from meshnode.core.effects import (
@@ -163,6 +163,7 @@ from meshnode.core.effects import (
     MemberEvent,
     SendPacket,
     StartPushPull,
+    StartTcpPing,
 )
 from meshnode.core.health import LocalHealth
 from meshnode.core.member import Member, MemberRumor, MemberState
@@ -180,6 +181,7 @@ from protocol import (
     Nack,
     Ping,
     PingReq,
+    Pressure,
     Signer,
     Suspect,
     Verifier,
@@ -189,6 +191,7 @@ from protocol import (
     verify,
     wire_size,
 )
+from protocol.messages import PRESSURE_MAX, NetworkCoordinate
 
 __all__ = [
     "MAX_INCARNATION",
@@ -250,7 +253,11 @@ _INF: Final = math.inf
 # port (3).
 _PING_BYTES: Final = 1 + 1 + 9 + 34
 _ACK_BYTES: Final = 1 + 1 + 9 + 5 + 5
+# An ack's coordinate: fixarray header, the vector (fixarray header + 8 float64 of 9 bytes)
+# and error, adjustment, height (9 bytes each).
+_ACK_COORDINATE_BYTES: Final = 1 + 1 + 9 * coordinates.DIMENSIONS + 3 * 9
 _NACK_BYTES: Final = 1 + 1 + 9
+_PRESSURE_BYTES: Final = 1 + 1 + 2 + 2
 _PING_REQ_FIXED_BYTES: Final = 1 + 1 + 9 + 34 + 2 + 3
 
 
@@ -315,6 +322,8 @@ class _Probe:
     nacks: set[str] = dataclasses.field(default_factory=set)
     acked: bool = False
     indirect_sent: bool = False
+    tcp_sent: bool = False
+    """A TCP fallback ping went out for this probe (at most one per probe)."""
     repinged: bool = False
     """A second direct ping went out: an ack no longer tells which one it answers, so it
     gives no round-trip time (Karn's rule)."""
@@ -358,6 +367,14 @@ _COUNTERS: Final = (
     "probes_failed",
     "indirect_probes",
     "direct_reprobes",
+    "tcp_fallback_ok",
+    "tcp_fallback_redundant",
+    "tcp_fallback_late",
+    "tcp_fallback_failed",
+    "tcp_fallback_skipped",
+    "tcp_pings_answered",
+    "tcp_pings_refused",
+    "pressure_ignored",
     "ping_reqs_served",
     "ping_reqs_dropped",
     "acks_relayed",
@@ -401,6 +418,9 @@ _COUNTERS: Final = (
     "refutation_wars",
     "address_flaps",
     "dead_downgraded",
+    "coordinate_updates",
+    "coordinates_rejected",
+    "rtts_rejected",
 )
 
 
@@ -465,8 +485,10 @@ class Membership:
         self._probe_pass = ProbePass()
         self._probe: _Probe | None = None
         self._relays: dict[int, _Relay] = {}
+        self._tcp_pings: dict[int, str] = {}  # TCP fallback pings in flight: seq -> node
         self._seq = rng.getrandbits(32)
         self._load = 0
+        self._pressure: Pressure | None = None
         self._left = False
         self._detect_stalls = detect_stalls
         self._ip_version = ip_version
@@ -484,6 +506,10 @@ class Membership:
         self._conflicts_reported: dict[Address, float] = {}
         self._forced_refutations: list[float] = []
         self._previous_address: dict[str, tuple[Address, float]] = {}
+        # Vivaldi: our coordinate, and each member's from its last direct ack. Its own
+        # random stream (seeded by our id) so coordinates draw nothing from ``rng``.
+        self._vivaldi = coordinates.VivaldiClient(random.Random(f"vivaldi:{self._node_id}"))
+        self._coordinates: dict[str, coordinates.Coordinate] = {}
 
         self._join_seeds: tuple[Address, ...] = ()
         self._join_attempt = 0
@@ -549,6 +575,24 @@ class Membership:
         """The load we advertise in acks."""
         return self._load
 
+    def coordinate(self) -> coordinates.Coordinate:
+        """Our Vivaldi coordinate."""
+        return self._vivaldi.coordinate
+
+    def peer_coordinate(self, node_id: str) -> coordinates.Coordinate | None:
+        """``node_id``'s coordinate from its last direct ack to us (ours for our id)."""
+        if node_id == self._node_id:
+            return self._vivaldi.coordinate
+        return self._coordinates.get(node_id)
+
+    def estimated_rtt(self, node_id: str) -> float | None:
+        """Round trip to ``node_id`` estimated from the coordinates, seconds; None when
+        we hold no coordinate for it (0.0 for ourselves)."""
+        if node_id == self._node_id:
+            return 0.0
+        theirs = self._coordinates.get(node_id)
+        return None if theirs is None else self._vivaldi.coordinate.distance_s(theirs)
+
     def members(self) -> list[Member]:
         """Every known member, ourselves included, sorted by node id."""
         return sorted(self._members.values(), key=lambda m: m.node_id)
@@ -602,6 +646,22 @@ class Membership:
         if in_flight < 0:
             raise ValueError(f"load must not be negative, got {in_flight}")
         self._load = min(LOAD_MAX, int(in_flight))
+
+    def set_pressure(self, cpu: int, memory: int) -> None:
+        """Set the machine pressure (percent of CPU and of memory, 0..100 each) sent
+        beside our acks to direct pings; a ValueError for anything else."""
+        for name, value in (("cpu", cpu), ("memory", memory)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} pressure must be an integer, got {value!r}")
+            if not 0 <= value <= PRESSURE_MAX:
+                raise ValueError(f"{name} pressure must be in 0..{PRESSURE_MAX}, got {value}")
+        self._pressure = Pressure(cpu, memory)
+
+    @property
+    def pressure(self) -> tuple[int, int] | None:
+        """Our own machine pressure as last set, ``(cpu, memory)`` percent."""
+        p = self._pressure
+        return None if p is None else (p.cpu, p.memory)
 
     def join(self, seeds: Sequence[Address], now: float) -> int:
         """Start a push-pull with every seed (our own address skipped); return how many.
@@ -834,6 +894,8 @@ class Membership:
                 self._on_ping_req(sender, message, addr, now)
             elif isinstance(message, Nack):
                 self._on_nack(sender, message)
+            elif isinstance(message, Pressure):
+                self._on_pressure(sender, message)
             elif type(message) not in _RUMOR_TYPES:
                 self._effects.append(Deliver(sender, addr, message))
 
@@ -1129,6 +1191,7 @@ class Membership:
                 alive,
                 current.load,
                 current.rtt,
+                current.pressure,
             )
         suspicion = self._suspicions.pop(node, None)
         if isinstance(rumor, Suspect):
@@ -1305,6 +1368,8 @@ class Membership:
         self._graveyard.pop(node, None)
         self._queue.discard(("member", node))
         self._previous_address.pop(node, None)
+        self._coordinates.pop(node, None)
+        self._vivaldi.forget(node)
         self.counters["members_forgotten"] += 1
         self._effects.append(MemberChanged(MemberEvent.FORGOTTEN, node, member.state, None, member))
 
@@ -1451,12 +1516,13 @@ class Membership:
         if target is None or target.state not in _LIVE:
             return
         for _ in range(self._config.direct_reprobes):
-            # Another direct try beside the relays (memberlist adds a TCP ping here): on a
+            # Another direct try beside the relays (and the TCP ping below): on a
             # lossy network the first ping or its ack is the likeliest loss, and the
             # relays' paths are twice as long. An ack to either counts; it gives no RTT.
             probe.repinged = True
             self.counters["direct_reprobes"] += 1
             self._send_ping(probe.seq, target.node_id, target.address)
+        self._tcp_fallback(probe, target)
         k = self._config.indirect_checks
         if k == 0:
             return
@@ -1468,6 +1534,71 @@ class Membership:
             helper = self._members[node]
             self._send(helper.address, [request], size)
         self.counters["indirect_probes"] += len(helpers)
+
+    def _tcp_fallback(self, probe: _Probe, target: Member) -> None:
+        """One TCP ping beside the relays (memberlist's fallback probe): a member behind a
+        path that drops UDP still answers over TCP, and that answer counts as an ack. At
+        most one per probe, with the probe's timeout (cut to the rest of the probe
+        period), and at most ``tcp_fallback_max_concurrent`` in flight, so nothing a peer
+        sends can make us open more connections than that."""
+        cap = self._config.tcp_fallback_max_concurrent
+        if cap == 0 or probe.tcp_sent:
+            return
+        if len(self._tcp_pings) >= cap:
+            self.counters["tcp_fallback_skipped"] += 1
+            return
+        if not self._sendable(target.address):
+            return
+        probe.tcp_sent = True
+        self._tcp_pings[probe.seq] = target.node_id
+        # The probe timeout, but no later than the probe's end: an ack after it is no use
+        # (on the WAN profile, 3 s of timeout leave 2 s of a 5 s period).
+        timeout = min(
+            self._health.scale(self._config.probe_timeout), probe.end_at - probe.timeout_at
+        )
+        self._effects.append(StartTcpPing(target.address, target.node_id, probe.seq, timeout))
+
+    @property
+    def tcp_pings_in_flight(self) -> int:
+        """TCP fallback pings started and not yet reported done."""
+        return len(self._tcp_pings)
+
+    def tcp_ping_done(self, node: str, seq: int, ack: Ack | None, now: float) -> str:
+        """The TCP ping of a :class:`StartTcpPing` ended: ``ack`` is the verified ``Ack``
+        signed by ``node`` (None: refused, timed out, unreachable or not an ack). Returns
+        the result counted: ``ok`` (it saved the probe: no suspicion), ``redundant`` (a
+        UDP or relayed ack came first), ``late`` (the probe was over), ``failed``, or
+        ``unexpected`` (no such ping in flight; nothing changes)."""
+        if self._tcp_pings.get(seq) != node:
+            self.counters["acks_unexpected"] += 1
+            return "unexpected"
+        del self._tcp_pings[seq]
+        if ack is None or ack.seq != seq:
+            self.counters["tcp_fallback_failed"] += 1
+            return "failed"
+        probe = self._probe
+        if probe is None or probe.seq != seq or probe.target != node:
+            self.counters["tcp_fallback_late"] += 1
+            return "late"
+        if probe.acked:
+            self.counters["tcp_fallback_redundant"] += 1
+            return "redundant"
+        probe.acked = True
+        self.counters["tcp_fallback_ok"] += 1
+        self.probe_seconds.observe(now - probe.sent_at)
+        member = self._members.get(node)
+        if member is not None:  # the load is news; the round trip is not a UDP one
+            self._members[node] = dataclasses.replace(member, load=ack.load)
+        return "ok"
+
+    def answer_tcp_ping(self, ping: Ping) -> Ack | None:
+        """Our ``Ack`` to a ``Ping`` that came over TCP, or None when it is not for us
+        (another node's id, or we left)."""
+        if ping.target != self._node_id or self._left:
+            self.counters["tcp_pings_refused"] += 1
+            return None
+        self.counters["tcp_pings_answered"] += 1
+        return self._ack(ping.seq)
 
     def _finish_probe(self, probe: _Probe, now: float) -> None:
         self._probe = None
@@ -1496,10 +1627,27 @@ class Membership:
         if ping.target != self._node_id:
             self.counters["pings_wrong_target"] += 1
             return
-        self._send(addr, [self._ack(ping.seq)], _ACK_BYTES)
+        ack_bytes = _ACK_BYTES + _ACK_COORDINATE_BYTES
+        if self._pressure is None:
+            self._send(addr, [self._ack(ping.seq)], ack_bytes)
+        else:
+            self._send(addr, [self._ack(ping.seq), self._pressure], ack_bytes + _PRESSURE_BYTES)
+
+    def _on_pressure(self, sender: str, pressure: Pressure) -> None:
+        """A member's own pressure (the envelope is signed by ``sender``; the decoder
+        checked both parts are in 0..100). From a non-member: ignored."""
+        member = self._members.get(sender)
+        if sender == self._node_id or member is None or member.state not in _LIVE:
+            self.counters["pressure_ignored"] += 1
+            return
+        self._members[sender] = dataclasses.replace(
+            member, pressure=(pressure.cpu, pressure.memory)
+        )
 
     def _ack(self, seq: int) -> Ack:
-        return Ack(seq, self._load, self.cluster_size())
+        c = self._vivaldi.coordinate
+        wire = NetworkCoordinate(c.vec, c.error, c.adjustment, c.height)
+        return Ack(seq, self._load, self.cluster_size(), wire)
 
     def _on_ping_req(self, sender: str, request: PingReq, addr: Address, now: float) -> None:
         """Relay only for members, to members, at the target address we know."""
@@ -1512,7 +1660,9 @@ class Membership:
             counters["ping_reqs_refused"] += 1
             return
         if request.target == self._node_id:
-            self._send(requester.address, [self._ack(request.seq)], _ACK_BYTES)
+            self._send(
+                requester.address, [self._ack(request.seq)], _ACK_BYTES + _ACK_COORDINATE_BYTES
+            )
             return
         target = self._members.get(request.target)
         if target is None or target.state not in _LIVE:
@@ -1540,6 +1690,8 @@ class Membership:
         relay = self._relays.get(ack.seq)
         if relay is not None and sender == relay.target:
             del self._relays[ack.seq]
+            # The target's coordinate is not relayed: the requester could not use it (the
+            # round trip through us is not a direct one) and could not tell it from ours.
             self._send(relay.requester, [Ack(relay.seq, ack.load, ack.members)], _ACK_BYTES)
             self.counters["acks_relayed"] += 1
             return
@@ -1559,7 +1711,26 @@ class Membership:
             direct = sender == probe.target and not probe.repinged
             rtt = now - probe.sent_at if direct else member.rtt
             self._members[member.node_id] = dataclasses.replace(member, load=ack.load, rtt=rtt)
+            if sender == probe.target and ack.coordinate is not None:
+                self._on_coordinate(sender, ack.coordinate, now - probe.sent_at if direct else None)
             self._catch_up(ack.members, member, now)
+
+    def _on_coordinate(self, node: str, wire: NetworkCoordinate, rtt: float | None) -> None:
+        """Keep ``node``'s coordinate from its own ack; with a direct round trip ``rtt``
+        (seconds), move ours. Acks through helpers carry none; after a re-ping it is not
+        known which ping an ack answers, so ``rtt`` is None and only theirs is kept."""
+        coord = coordinates.Coordinate(wire.vec, wire.error, wire.adjustment, wire.height)
+        if coordinates.coordinate_problem(coord) is not None:
+            self.counters["coordinates_rejected"] += 1
+            return
+        self._coordinates[node] = coord
+        if rtt is None:
+            return
+        if coordinates.rtt_problem(rtt) is not None:
+            self.counters["rtts_rejected"] += 1
+            return
+        self._vivaldi.update(node, coord, rtt)
+        self.counters["coordinate_updates"] += 1
 
     def _catch_up(self, theirs: int, member: Member, now: float) -> None:
         """Push-pull with ``member`` when its view and the previous probed member's were

@@ -39,6 +39,7 @@ __all__ = [
     "PROBE_BUCKETS_S",
     "PUSH_PULL_BUCKETS_S",
     "TASK_OUTCOMES",
+    "TCP_FALLBACK_RESULTS",
     "TRUST_EXPORT_PEERS",
     "CoreMetrics",
     "Histogram",
@@ -77,6 +78,10 @@ trusted (so at most twice this many ``peer`` label values, whatever the mesh siz
 
 _REJECT_REASONS: tuple[str, ...] = tuple(code.value for code in RejectCode)
 
+TCP_FALLBACK_RESULTS: tuple[str, ...] = ("ok", "redundant", "late", "failed", "skipped")
+"""Results of the TCP fallback probe (``meshnode_tcp_fallback_total{result}``), as
+:meth:`meshnode.core.membership.Membership.tcp_ping_done` counts them."""
+
 LABEL_BOUNDS: dict[str, int] = {
     "state": 4,  # alive, suspect, dead, left
     "outcome": len(TASK_OUTCOMES),
@@ -87,6 +92,7 @@ LABEL_BOUNDS: dict[str, int] = {
     "transport": 2,  # udp, tcp
     "counter": 256,  # the names of the cores' fixed counter tables
     "drop": 257,  # the first 256 drop reasons seen, then "other"
+    "result": len(TCP_FALLBACK_RESULTS),
 }
 """Every label an exported metric carries, with the most values it can take. ``counter``
 values are the keys of the cores' counter tables (fixed at import, about 120); ``drop``

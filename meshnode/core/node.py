@@ -91,6 +91,7 @@ from meshnode.core.admission import Admission
 from meshnode.core.authorization import CapabilityPolicy
 from meshnode.core.breaker import BreakerBoard, TaskVerdict
 from meshnode.core.config import NodeConfig
+from meshnode.core.coordinates import Coordinate
 from meshnode.core.delegation import (
     COUNTER_RATIO,
     attempt_consequence,
@@ -155,10 +156,13 @@ from protocol import verify as ed25519_verify
 from protocol.codec import message_to_wire
 from protocol.identity import public_key_from_node_id
 from protocol.messages import (
+    PRESSURE_MAX,
+    Ack,
     Alive,
     Dead,
     Leave,
     ManifestRumor,
+    Ping,
     PingReq,
     RejoinRequest,
     SignedCertificate,
@@ -393,6 +397,17 @@ class NodeCore:
     def members(self) -> list[Member]:
         return self.mesh.members()
 
+    def coordinate(self) -> Coordinate:
+        """This node's Vivaldi network coordinate (see meshnode.core.coordinates)."""
+        return self.mesh.membership.coordinate()
+
+    def estimated_rtt_ms(self, node_id: str) -> float | None:
+        """Round trip to ``node_id`` estimated from the network coordinates, in
+        milliseconds; None while we hold no coordinate for it (it has not answered one of
+        our direct probes yet, or it is not a member); 0.0 for ourselves."""
+        rtt = self.mesh.membership.estimated_rtt(node_id)
+        return None if rtt is None else rtt * 1000.0
+
     def waiting_on(self, peer: str) -> bool:
         """Is one of our delegations negotiating with ``peer`` or waiting for its result?"""
         return any(d.core.current_node == peer for d in self._delegations.values())
@@ -571,6 +586,24 @@ class NodeCore:
         applied = self.mesh.apply_records(records, now)
         self._collect(now)
         return applied
+
+    def tcp_ping_done(self, node: str, seq: int, ack: Ack | None, now: float) -> str:
+        """The TCP fallback ping of a ``StartTcpPing`` ended (``ack``: the ``Ack`` from
+        an envelope signed by ``node``, else None); returns the result counted (see
+        :meth:`Membership.tcp_ping_done`)."""
+        self._advance_clock(now)
+        result = self.mesh.membership.tcp_ping_done(node, seq, ack, now)
+        self._collect(now)
+        return result
+
+    def answer_tcp_ping(self, sender: str, ping: Ping, now: float) -> Ack | None:
+        """Our ``Ack`` to ``sender``'s ``Ping`` over TCP, or None: with a mesh authority
+        the sender must be admitted, and the ping must name us."""
+        self._advance_clock(now)
+        if not self.admits(sender, now):
+            self.mesh.membership.counters["tcp_pings_refused"] += 1
+            return None
+        return self.mesh.membership.answer_tcp_ping(ping)
 
     def push_pull_request(self, join: bool) -> PushPull:
         """Our first leg; with a mesh authority it carries every certificate we hold (ours
@@ -1217,14 +1250,19 @@ class NodeCore:
         name_only: bool = False,
         top_k: int = DEFAULT_TOP_K,
         lexical: Mapping[tuple[str, str], float] | None = None,
+        max_rtt_ms: float | None = None,
     ) -> list[ScoredCandidate]:
         """Rank the index's ``hits`` for a query: only members membership holds ALIVE (not
         ourselves), with the load they advertised, our trust view and our open circuits
         (see :func:`meshnode.core.router.rank`); ``lexical`` is each hit's normalised BM25
-        score by (node id, capability name)."""
+        score by (node id, capability name). Distance is :meth:`rtt_ms` per node;
+        machine pressure the one each member advertised; ``max_rtt_ms`` drops nodes
+        farther (or of unknown distance)."""
         membership = self.mesh.membership
         alive: list[tuple[RoutableEntry, float]] = []
         load: dict[str, LoadInfo] = {}
+        rtts: dict[str, float] = {}
+        pressure: dict[str, float] = {}
         ages = self.member_ages
         for entry, similarity in hits:
             node = entry.node_id
@@ -1236,6 +1274,12 @@ class NodeCore:
             manifest = self.mesh.manifests.get(node)
             if manifest is not None and member.load is not None:
                 load[node] = LoadInfo(member.load, manifest.max_concurrent_tasks)
+            rtt = self.rtt_ms(node)
+            if rtt is not None:
+                rtts[node] = rtt
+            if member.pressure is not None:
+                pressure[node] = max(member.pressure) / PRESSURE_MAX
+        config = self.config
         return rank(
             alive,
             trust=self.trust.view(now),
@@ -1253,7 +1297,30 @@ class NodeCore:
             tie_secret=self.tie_secret,
             capability_trust=self._capability_trust(alive, now),
             lexical=lexical,
+            rtt_ms=rtts,
+            max_rtt_ms=max_rtt_ms,
+            pressure=pressure,
+            latency_weight=config.routing_latency_weight,
+            latency_reference_ms=config.routing_latency_reference_ms,
+            pressure_weight=config.routing_pressure_weight,
         )
+
+    def rtt_ms(self, node_id: str) -> float | None:
+        """The round trip to ``node_id`` routing uses, in ms: the coordinate estimate
+        (:meth:`estimated_rtt_ms`) when there is one, else the last direct probe's, else
+        None."""
+        estimate = self.estimated_rtt_ms(node_id)
+        if estimate is not None:
+            return estimate
+        member = self.mesh.membership.member(node_id)
+        if member is None or member.rtt is None:
+            return None
+        return member.rtt * 1000.0
+
+    def set_pressure(self, cpu: int, memory: int) -> None:
+        """This machine's pressure (percent of CPU and of memory in use, 0..100 each),
+        measured by the shell; sent beside our acks. A ValueError for anything else."""
+        self.mesh.membership.set_pressure(cpu, memory)
 
     def _capability_trust(
         self, hits: Sequence[tuple[RoutableEntry, float]], now: float

@@ -46,6 +46,19 @@ always give the same list in the same order.
      :data:`OPEN_CIRCUIT_AVAILABILITY`;
    * cost_factor — cheaper scores higher: ``1 − cost / max_cost_usd`` within a budget, or
      ``1 / (1 + cost / REFERENCE_COST_USD)`` without one.
+
+   Distance and machine load (``NodeCore.route`` passes them, with the weights of
+   ``NodeConfig``; ``rank`` alone defaults both weights to 0, the four-factor score):
+
+   * latency — ``1 / (1 + (rtt_ms + avg_latency_ms) / latency_reference_ms)``
+     (:func:`latency_factor`): the round trip to the node (coordinate estimate, else the
+     last probe, else :data:`UNKNOWN_RTT_MS`) plus the capability's advertised latency;
+     ``total = (1 − latency_weight) × (the four weighted factors) + latency_weight ×
+     latency``;
+   * availability's second part — the node's machine pressure ``p`` in [0, 1]
+     (``max(cpu, memory)`` it advertised): ``availability × (1 − pressure_weight × p)``
+     (:func:`machine_availability`); ``max_rtt_ms`` drops nodes farther away or of
+     unknown distance. See docs/routing.md for the defaults and their rationale.
 4. Order by total (highest first); break ties by evidence, never by node id: first the
    caller's trust in the node (higher first), then how long the node has been a member
    as the caller saw it (``member_since``: the time it first saw the node alive, earlier
@@ -87,6 +100,7 @@ __all__ = [
     "DEFAULT_TOP_K",
     "DEFAULT_TRUST",
     "DEFAULT_WEIGHTS",
+    "LATENCY_REFERENCE_MS",
     "LEXICAL_WEIGHT",
     "MAX_TIE_SECRET_BYTES",
     "MAX_TOP_K",
@@ -99,6 +113,7 @@ __all__ = [
     "RELEVANCE_NOISE_Z",
     "TIE_KEY_BYTES",
     "UNKNOWN_LOAD_AVAILABILITY",
+    "UNKNOWN_RTT_MS",
     "LoadInfo",
     "RoutableEntry",
     "RoutingWeights",
@@ -107,6 +122,8 @@ __all__ = [
     "candidate_pool",
     "cost_factor",
     "has_tags",
+    "latency_factor",
+    "machine_availability",
     "rank",
     "relevance",
     "relevance_floor",
@@ -192,6 +209,14 @@ CANDIDATE_POOL_FACTOR = 8
 """:func:`candidate_pool` asks the index for ``max(CANDIDATE_POOL_MIN, CANDIDATE_POOL_FACTOR
 × top_k)`` hits: enough that filters and the non-semantic factors pick from a wide set,
 small enough that an HNSW search stays well under a millisecond."""
+
+LATENCY_REFERENCE_MS = 100.0
+"""Expected milliseconds (network round trip plus the capability's advertised latency)
+that score latency 0.5 (see :func:`latency_factor`): 1 ms scores 0.99, 300 ms 0.25."""
+
+UNKNOWN_RTT_MS = 100.0
+"""Round trip assumed for a node with neither an estimate nor a measured probe yet: a
+typical wide-area figure, so a stranger ranks between near and far measured peers."""
 
 _WEIGHT_SUM_TOLERANCE = 1e-9
 
@@ -283,6 +308,16 @@ class ScoredCandidate:
     """The normalised BM25 score of the query against the capability's words, in [0, 1]."""
     relevance: float = 0.0
     """:func:`relevance` of ``semantic`` and ``lexical``: the factor ``total`` weighs."""
+    latency: float = 1.0
+    """:func:`latency_factor` of the round trip and the advertised latency, in [0, 1]."""
+    rtt_ms: float | None = None
+    """The round trip to the node the factor used (estimate, else last probe), ms; None
+    when neither was known (then :data:`UNKNOWN_RTT_MS` was assumed)."""
+    task_availability: float = 1.0
+    """Availability's first part: ``1 − in_flight / max_concurrent`` (advertised load)."""
+    machine_pressure: float | None = None
+    """Availability's second part: the node's machine pressure, ``max(cpu, memory)`` in
+    [0, 1], None when it has not advertised one (counted as 0)."""
 
     @property
     def capability_name(self) -> str:
@@ -334,6 +369,30 @@ def availability(in_flight: int, max_concurrent: int) -> float:
     if max_concurrent < 1:
         return 0.0
     return _clamp01(1.0 - in_flight / max_concurrent)
+
+
+def machine_availability(task: float, pressure: float | None, weight: float) -> float:
+    """Availability with machine load folded in: ``task × (1 − weight × pressure)``,
+    ``pressure`` in [0, 1] (None: 0)."""
+    if pressure is None:
+        return _clamp01(task)
+    return _clamp01(task * (1.0 - _clamp01(weight) * _clamp01(pressure)))
+
+
+def latency_factor(
+    rtt_ms: float | None,
+    advertised_ms: float,
+    reference_ms: float = LATENCY_REFERENCE_MS,
+) -> float:
+    """How soon an answer can come back, in (0, 1]; higher is sooner::
+
+        latency = 1 / (1 + (rtt_ms + advertised_ms) / reference_ms)
+
+    ``rtt_ms`` None counts as :data:`UNKNOWN_RTT_MS`; negative or NaN parts count as 0."""
+    rtt = UNKNOWN_RTT_MS if rtt_ms is None else rtt_ms
+    rtt = 0.0 if math.isnan(rtt) else max(0.0, rtt)
+    advertised = 0.0 if math.isnan(advertised_ms) else max(0.0, advertised_ms)
+    return 1.0 / (1.0 + (rtt + advertised) / reference_ms)
 
 
 def cost_factor(cost_usd: float, max_cost_usd: float | None) -> float:
@@ -414,6 +473,12 @@ def rank(
     capability_trust: Mapping[tuple[str, str], float] | None = None,
     lexical: Mapping[tuple[str, str], float] | None = None,
     lexical_weight: float = LEXICAL_WEIGHT,
+    rtt_ms: Mapping[str, float] | None = None,
+    max_rtt_ms: float | None = None,
+    pressure: Mapping[str, float] | None = None,
+    latency_weight: float = 0.0,
+    latency_reference_ms: float = LATENCY_REFERENCE_MS,
+    pressure_weight: float = 0.0,
 ) -> list[ScoredCandidate]:
     """Filter, score and order ``hits``; return the best ``top_k`` (see the module doc).
 
@@ -428,6 +493,14 @@ def rank(
     capability name), the normalised BM25 score of the query against that capability
     (absent: 0), weighted by ``lexical_weight`` in the relevance. A (node, capability)
     that appears in several hits is scored once, with its highest relevance.
+
+    Distance and machine load: ``rtt_ms`` gives the round trip to each node in
+    milliseconds (absent: unknown); ``max_rtt_ms`` drops nodes farther than that (and
+    those whose round trip is unknown); ``pressure`` gives each node's machine pressure
+    in [0, 1]. The total becomes ``(1 − latency_weight) × (the four weighted factors) +
+    latency_weight × latency`` (:func:`latency_factor` with ``latency_reference_ms``),
+    and availability becomes :func:`machine_availability` with ``pressure_weight``.
+    Both weights default to 0: the four-factor score, unchanged.
     """
     _check_top_k(top_k)
     if not isinstance(weights, RoutingWeights):
@@ -442,8 +515,20 @@ def rank(
         raise ValueError(f"min_similarity must be in [-1, 1], got {min_similarity!r}")
     if not 0.0 <= lexical_weight <= 1.0:
         raise ValueError(f"lexical_weight must be in [0, 1], got {lexical_weight!r}")
+    if max_rtt_ms is not None and not 0.0 <= max_rtt_ms < math.inf:
+        raise ValueError(f"max_rtt_ms must be a finite number >= 0, got {max_rtt_ms!r}")
+    if not 0.0 <= latency_weight <= 1.0:
+        raise ValueError(f"latency_weight must be in [0, 1], got {latency_weight!r}")
+    if not 0.0 <= pressure_weight <= 1.0:
+        raise ValueError(f"pressure_weight must be in [0, 1], got {pressure_weight!r}")
+    if not 0.0 < latency_reference_ms < math.inf:
+        raise ValueError(
+            f"latency_reference_ms must be a finite number > 0, got {latency_reference_ms!r}"
+        )
     if name_only and not capability_name:
         raise ValueError("a name-only query needs a capability_name")
+    rtts = rtt_ms if rtt_ms is not None else {}
+    pressures = pressure if pressure is not None else {}
     if isinstance(tags, str):
         raise TypeError("tags must be a collection of strings, not one string")
     required_tags = frozenset(tags)
@@ -484,6 +569,10 @@ def rank(
             bool,
             float,
             float,
+            float,
+            float | None,
+            float,
+            float | None,
         ]
     ] = []
     for (node_id, name), (entry, similarity, word_score, fused) in best.items():
@@ -502,19 +591,34 @@ def rank(
             continue
         if not has_tags(required_tags, cap.tags, entry.node_tags):
             continue
+        node_rtt = rtts.get(node_id)
+        if node_rtt is not None and (math.isnan(node_rtt) or node_rtt < 0):
+            node_rtt = None
+        if max_rtt_ms is not None and (node_rtt is None or node_rtt > max_rtt_ms):
+            continue
         circuit_open = node_id in open_circuits
+        task_part = _load_availability(load.get(node_id))
+        node_pressure = pressures.get(node_id)
+        if node_pressure is not None:
+            node_pressure = _clamp01(float(node_pressure))
         if circuit_open:
             node_availability = OPEN_CIRCUIT_AVAILABILITY
         else:
-            node_availability = _load_availability(load.get(node_id))
+            node_availability = machine_availability(task_part, node_pressure, pressure_weight)
         cheapness = cost_factor(cap.cost_per_call_usd, max_cost_usd)
-        total = math.fsum(
+        soon = latency_factor(node_rtt, cap.avg_latency_ms, latency_reference_ms)
+        base = math.fsum(
             (
                 weights.semantic * fused,
                 weights.trust * node_trust,
                 weights.availability * node_availability,
                 weights.cost * cheapness,
             )
+        )
+        total = (
+            base
+            if latency_weight == 0.0
+            else ((1.0 - latency_weight) * base + latency_weight * soon)
         )
         scored.append(
             (
@@ -533,6 +637,10 @@ def rank(
                 circuit_open,
                 word_score,
                 fused,
+                soon,
+                node_rtt,
+                task_part,
+                node_pressure,
             )
         )
 
@@ -552,6 +660,10 @@ def rank(
             circuit_open=circuit_open,
             lexical=word_score,
             relevance=fused,
+            latency=soon,
+            rtt_ms=node_rtt,
+            task_availability=task_part,
+            machine_pressure=node_pressure,
         )
         for (
             _untrusted,
@@ -569,5 +681,9 @@ def rank(
             circuit_open,
             word_score,
             fused,
+            soon,
+            node_rtt,
+            task_part,
+            node_pressure,
         ) in best_first
     ]

@@ -18,7 +18,7 @@ Routes for operators and tools (JSON):
 ====================  =====================================================================
 
 ``POST /v1/discover``  rank providers: ``{"description", "capability_name", "min_trust",
-                      "max_cost_usd", "tags", "top_k"}`` → ``{"candidates": [...]}``
+                      "max_cost_usd", "tags", "top_k", "max_rtt_ms"}`` → ``{"candidates": [...]}``
 ``GET /v1/trust``     this node's trust view per peer, its own opinions, breaker states
 ``POST /v1/delegate`` run a task through the mesh (loopback callers, or a bearer token):
                       ``{"capability", "input", "description", "deadline_s",
@@ -35,6 +35,7 @@ Routes between peers (signed msgpack envelopes, ``application/x-meshnode``):
 ``POST /v1/wire/pushpull``                  anti-entropy: state in, state and deltas out
 ``GET /v1/wire/manifests/{node_id}``        one signed manifest, bare msgpack
 ``POST /v1/wire/records``                   third push-pull leg: records the peer lacks
+``POST /v1/wire/ping``                      TCP fallback probe: one ``Ping`` in, one ``Ack``
 ``POST /v1/wire/keys``                      a member's key operation in, our answer out
 ``GET /v1/ws/tasks``                        WebSocket carrying task negotiation frames
 ==========================================  =================================================
@@ -106,6 +107,7 @@ from protocol import (
     Envelope,
     LedgerRecord,
     Manifest,
+    Ping,
     PushPull,
     RemoteProtocolError,
     decode,
@@ -149,6 +151,10 @@ otherwise take."""
 MAX_RECORDS_REQUEST_BYTES = 1024 * 1024
 """Largest ``POST /v1/wire/records`` body, 1 MiB: at most
 ``protocol.limits.MAX_MESSAGES_PER_ENVELOPE`` ledger records of a few hundred bytes."""
+MAX_TCP_PING_REQUEST_BYTES = 1024
+"""Largest ``POST /v1/wire/ping`` body (one signed ``Ping`` envelope: about 150 bytes,
+plus the seal): the TCP fallback probe costs a listener one small read and a signature
+check before it knows the body is garbage."""
 MAX_KEY_OP_REQUEST_BYTES = 4 * 1024
 """Largest ``POST /v1/wire/keys`` body (one signed, sealed ``KeyOp``: about 250 bytes)
 and ``POST /v1/keys`` JSON body."""
@@ -260,7 +266,7 @@ def build_app(node: MeshNode) -> web.Application:
     @routes.get("/v1/members")
     async def members(request: web.Request) -> web.Response:
         allow(request, Access.READ)
-        return web.json_response({"members": node.members_json()})
+        return web.json_response({"node_id": node.node_id, "members": node.members_json()})
 
     @routes.get("/v1/manifests")
     async def manifests(request: web.Request) -> web.Response:
@@ -283,6 +289,17 @@ def build_app(node: MeshNode) -> web.Application:
             raise web.HTTPBadRequest(text="expected exactly one PushPull message")
         reply = node.handle_push_pull(envelope.sender, envelope.messages[0])
         return wire_response(encode([reply], node.identity))
+
+    @routes.post("/v1/wire/ping")
+    async def wire_ping(request: web.Request) -> web.Response:
+        envelope = await signed_envelope(request, MAX_TCP_PING_REQUEST_BYTES)
+        if len(envelope.messages) != 1 or not isinstance(envelope.messages[0], Ping):
+            raise web.HTTPBadRequest(text="expected exactly one Ping message")
+        ack = node.core.answer_tcp_ping(envelope.sender, envelope.messages[0], time.time())
+        if ack is None:
+            node.count_drop("tcp_ping_refused")
+            raise web.HTTPForbidden(text="not admitted, or the ping names another node")
+        return wire_response(encode([ack], node.identity))
 
     @routes.post("/v1/wire/records")
     async def wire_records(request: web.Request) -> web.Response:
@@ -365,6 +382,7 @@ def build_app(node: MeshNode) -> web.Application:
                 max_latency_ms=_opt_number(body, "max_latency_ms"),
                 tags=_str_list(body, "tags"),
                 top_k=int(_number(body, "top_k", 5)),
+                max_rtt_ms=_opt_number(body, "max_rtt_ms"),
             )
         except (ValueError, TypeError) as exc:
             raise web.HTTPBadRequest(text=str(exc)) from None

@@ -493,6 +493,7 @@ class DiscoveryService:
         max_latency_ms: float | None = None,
         tags: Iterable[str] = (),
         top_k: int = 5,
+        max_rtt_ms: float | None = None,
     ) -> list[ScoredCandidate]:
         """Rank the known providers for a description and/or an exact capability name."""
         if not description and not capability_name:
@@ -531,15 +532,17 @@ class DiscoveryService:
             name_only=not description,
             top_k=top_k,
             lexical=lexical,
+            max_rtt_ms=max_rtt_ms,
         )
 
 
 def candidate_json(c: ScoredCandidate, forged_vectors: int = 0) -> dict[str, Any]:
     """A candidate for ``/v1/discover``: who, what, and its score broken down: ``total``
     blends ``relevance`` (fused from ``semantic`` and ``lexical``), ``trust``,
-    ``availability`` and ``cost_factor``; ``similarity`` is the raw cosine;
-    ``forged_vectors`` is how many of its owner's claimed vectors this node found forged
-    (:attr:`DiscoveryService.forged_vectors`)."""
+    ``availability`` (from ``task_availability`` and ``machine_pressure``),
+    ``cost_factor`` and ``latency`` (from ``rtt_ms`` and ``avg_latency_ms``);
+    ``similarity`` is the raw cosine; ``forged_vectors`` is how many of its owner's claimed
+    vectors this node found forged (:attr:`DiscoveryService.forged_vectors`)."""
     return {
         "node_id": c.node_id,
         "name": c.node_name,
@@ -558,6 +561,12 @@ def candidate_json(c: ScoredCandidate, forged_vectors: int = 0) -> dict[str, Any
             "availability": round(c.availability, 6),
             "cost_factor": round(c.cost_factor, 6),
             "similarity": round(c.similarity, 6),
+            "latency": round(c.latency, 6),
+            "rtt_ms": None if c.rtt_ms is None else round(c.rtt_ms, 3),
+            "task_availability": round(c.task_availability, 6),
+            "machine_pressure": (
+                None if c.machine_pressure is None else round(c.machine_pressure, 6)
+            ),
             "forged_vectors": forged_vectors,
         },
     }

@@ -70,6 +70,7 @@ from meshnode.core.effects import (
     SendPacket,
     SendTask,
     StartPushPull,
+    StartTcpPing,
     StopHandler,
 )
 from meshnode.core.health import SeedReachability, SeedTransition
@@ -87,11 +88,14 @@ from meshnode.core.membership import IDENTITY_CONFLICT_WINDOW
 from meshnode.core.node import NodeCore
 from meshnode.runtime.api import WIRE_CONTENT_TYPE
 from meshnode.runtime.logging import get_logger
+from meshnode.runtime.pressure import PRESSURE_SAMPLE_S, read_pressure
 from meshnode.runtime.transport import BodyTooLarge, UdpEndpoint, WireSeal, read_capped
 from protocol import (
+    Ack,
     Envelope,
     Manifest,
     Message,
+    Ping,
     PushPull,
     RemoteProtocolError,
     Signer,
@@ -128,6 +132,7 @@ __all__ = [
     "MAX_PUSH_PULL_REPLY_BYTES",
     "MAX_RECORDS_REPLY_BYTES",
     "MAX_REJOIN_REPLY_BYTES",
+    "MAX_TCP_PING_REPLY_BYTES",
     "READ_CHUNK_BYTES",
     "REJOIN_RETRY_S",
     "Driver",
@@ -178,6 +183,9 @@ authority finds its keyring stale."""
 in one signed envelope: under 2 KiB), bytes."""
 READ_CHUNK_BYTES = 64 * 1024
 """Bytes read at a time from a peer's HTTP body when its size is capped."""
+MAX_TCP_PING_REPLY_BYTES = 1024 + SEAL_OVERHEAD_BYTES
+"""Longest answer read to a ``/v1/wire/ping`` post, bytes: one signed ``Ack`` envelope is
+about 150 bytes; anything longer is not an ack and the connection is aborted."""
 
 log = get_logger("meshnode")
 
@@ -218,6 +226,7 @@ class Driver:
         self.seal = seal or WireSeal()
         """Seals what goes to peers and opens what comes back."""
         self._next_rejoin_at = 0.0  # monotonic time before which no rejoin is tried
+        self._pressure_due = 0.0  # monotonic time of the next machine pressure reading
         self.keyring_stale: float | None = None
         """Monotonic time a member last refused our sealed push-pull while we run without
         a mesh authority (our keyring is likely stale; ``/v1/health`` says how to fix it)."""
@@ -293,9 +302,22 @@ class Driver:
                 await asyncio.sleep(delay)
                 delay = min(DRIVER_RESTART_MAX, delay * 2)
 
+    def sample_pressure(self) -> None:
+        """Read this machine's pressure into the core every :data:`PRESSURE_SAMPLE_S`."""
+        now = time.monotonic()
+        if now < self._pressure_due:
+            return
+        self._pressure_due = now + PRESSURE_SAMPLE_S
+        cpu, memory = read_pressure()
+        self.core.set_pressure(cpu, memory)
+
     async def _drive(self) -> None:
         core = self.core
         while True:
+            try:
+                self.sample_pressure()
+            except Exception as exc:  # one effect's failure never stops the loop
+                self.effect_failed("sample_pressure", exc)
             self.tick(time.time())
             self.dispatch()
             self.check_seeds()
@@ -369,6 +391,11 @@ class Driver:
                 self.spawn(self.push_pull(effect.addr, effect.join))
             else:  # closing: the exchange will not run, its slot goes back
                 self.core.push_pull_done(time.time())
+        elif isinstance(effect, StartTcpPing):
+            if self._accepting():
+                self.spawn(self.tcp_ping(effect))
+            else:  # closing: the ping will not run, its slot goes back
+                self.core.tcp_ping_done(effect.node, effect.seq, None, time.time())
         elif isinstance(effect, FetchManifest):
             if self._accepting():
                 self.spawn(self.fetch_manifest(effect))
@@ -539,6 +566,37 @@ class Driver:
             self._wake.set()
         self.dispatch()
         self.check_seeds()
+
+    async def tcp_ping(self, effect: StartTcpPing) -> None:
+        """The TCP fallback probe: one signed ``Ping`` posted to ``/v1/wire/ping``, one
+        ``Ack`` signed by the target expected back within ``effect.timeout``; however it
+        ends, the core hears of it once (``tcp_ping_done``)."""
+        ack: Ack | None = None
+        try:
+            async with asyncio.timeout(effect.timeout):
+                data = await self._post_envelope(
+                    effect.addr,
+                    "/v1/wire/ping",
+                    encode([Ping(effect.seq, effect.node)], self._signer),
+                    MAX_TCP_PING_REPLY_BYTES,
+                )
+                envelope = await self.decode_frame(data)
+            messages = envelope.messages
+            if (
+                envelope.sender == effect.node
+                and len(messages) == 1
+                and isinstance(messages[0], Ack)
+                and messages[0].seq == effect.seq
+            ):
+                ack = messages[0]
+            else:
+                self.drops["tcp_ping_not_an_ack"] += 1
+        except (aiohttp.ClientError, TimeoutError, OSError, RemoteProtocolError) as exc:
+            self.drops[f"tcp_ping_{type(exc).__name__}"] += 1
+        finally:
+            self.core.tcp_ping_done(effect.node, effect.seq, ack, time.time())
+            self._wake.set()
+        self.dispatch()
 
     # ------------------------------------------------------------------ rejoin
 

@@ -50,6 +50,7 @@ from meshnode.core.member import MemberState
 from meshnode.core.metrics import (
     LABEL_BOUNDS,
     OTHER_LABEL,
+    TCP_FALLBACK_RESULTS,
     TRUST_EXPORT_PEERS,
     Histogram,
 )
@@ -83,6 +84,7 @@ METRIC_NAMES: dict[str, tuple[str, ...]] = {
     "meshnode_health_score": (),
     "meshnode_members": ("state",),
     "meshnode_probe_duration_seconds": (),
+    "meshnode_tcp_fallback_total": ("result",),
     "meshnode_push_pull_duration_seconds": (),
     "meshnode_packets_total": ("transport", "direction"),
     "meshnode_bytes_total": ("transport", "direction"),
@@ -168,6 +170,16 @@ class NodeCollector(Collector):
             "Round trip of acked probes (memberlist.probeNode)",
             membership.probe_seconds,
         )
+        fallback = CounterMetricFamily(
+            "meshnode_tcp_fallback",
+            "TCP fallback pings run beside indirect probes, by result: ok (the only ack: "
+            "no suspicion), redundant (a UDP or relayed ack came first), late, failed, "
+            "skipped (the concurrency cap was reached)",
+            labels=["result"],
+        )
+        for result in TCP_FALLBACK_RESULTS:
+            fallback.add_metric([result], float(mc.get(f"tcp_fallback_{result}", 0)))
+        yield fallback
         metrics = core.metrics
         yield _histogram(
             "meshnode_push_pull_duration_seconds",

@@ -764,9 +764,12 @@ class MeshNode:
         max_latency_ms: float | None = None,
         tags: list[str] | tuple[str, ...] | None = None,
         top_k: int = 5,
+        max_rtt_ms: float | None = None,
     ) -> list[ScoredCandidate]:
         """Rank the peers that can do what ``description`` says (or offer
-        ``capability_name`` exactly), from this node's own index: no network round trip."""
+        ``capability_name`` exactly), from this node's own index: no network round trip.
+        ``max_rtt_ms`` keeps only providers whose round trip (coordinate estimate, else
+        last probe) is known and at most that many milliseconds (default: no limit)."""
         started = time.perf_counter()
         try:
             return await self.discovery.discover(
@@ -777,6 +780,7 @@ class MeshNode:
                 max_latency_ms=max_latency_ms,
                 tags=tuple(tags or ()),
                 top_k=top_k,
+                max_rtt_ms=max_rtt_ms,
             )
         finally:
             if self._core is not None:

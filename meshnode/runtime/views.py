@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from meshnode.core.admission import Admission
 from meshnode.core.config import format_address
-from meshnode.core.member import MemberState
+from meshnode.core.member import Member, MemberState
 from meshnode.runtime.driver import (
     DEGRADED_WINDOW_S,
     IDENTITY_CONFLICT_REPORT_S,
@@ -32,6 +32,7 @@ from meshnode.runtime.driver import (
 )
 
 if TYPE_CHECKING:
+    from meshnode.core.node import NodeCore
     from meshnode.runtime.node import MeshNode
 
 __all__ = ["degraded_reasons", "health", "members_json", "trust_json"]
@@ -151,9 +152,30 @@ def members_json(node: MeshNode) -> list[dict[str, Any]]:
                 "address": format_address(member.address),
                 "state": member.state.name.lower(),
                 "incarnation": member.incarnation,
+                **_rtt_json(core, member),
             }
         )
     return out
+
+
+def _rtt_json(core: NodeCore, member: Member) -> dict[str, Any]:
+    """A member's network coordinate as we hold it (ours for ourselves; None until it
+    answers one of our direct probes), the round trip estimated from the coordinates and
+    the last measured direct round trip, in milliseconds (None when unknown)."""
+    coord = core.membership.peer_coordinate(member.node_id)
+    estimated = core.estimated_rtt_ms(member.node_id)
+    return {
+        "coordinate": None
+        if coord is None
+        else {
+            "vec": list(coord.vec),
+            "error": coord.error,
+            "adjustment": coord.adjustment,
+            "height": coord.height,
+        },
+        "estimated_rtt_ms": None if estimated is None else round(estimated, 3),
+        "measured_rtt_ms": None if member.rtt is None else round(member.rtt * 1000.0, 3),
+    }
 
 
 def trust_json(node: MeshNode) -> list[dict[str, Any]]:

@@ -36,6 +36,7 @@ from meshnode.core import (
     StartPushPull,
     timing,
 )
+from meshnode.core.coordinates import Coordinate
 from protocol import (
     ENVELOPE_OVERHEAD,
     Ack,
@@ -60,6 +61,7 @@ from protocol import (
     verify,
     wire_size,
 )
+from protocol.messages import NetworkCoordinate
 
 Address = tuple[str, int]
 LAN = NodeConfig.lan()
@@ -515,7 +517,8 @@ def test_ping_for_another_node_is_not_answered() -> None:
     m.receive(peer(1).node_id, [Ping(6, m.node_id)], ("10.1.1.1", 7946), 0.0)
     (packet,) = [e for e in m.take_effects() if isinstance(e, SendPacket)]
     assert packet.addr == ("10.1.1.1", 7946)
-    assert packet.messages[0] == Ack(6, 0, 1)  # a lonely node's view: itself
+    # A lonely node's view: itself; its ack carries its (fresh) coordinate.
+    assert packet.messages[0] == Ack(6, 0, 1, _wire_coordinate(m.coordinate()))
 
 
 # --------------------------------------------------------------------------- suspicion
@@ -1327,6 +1330,10 @@ def test_runs_are_reproducible_from_the_seed() -> None:
     assert first != trace(5)
 
 
+def _wire_coordinate(c: Coordinate) -> NetworkCoordinate:
+    return NetworkCoordinate(c.vec, c.error, c.adjustment, c.height)
+
+
 def test_probe_message_size_bounds() -> None:
     """The sizes assumed for probe messages bound their real encoding at the extremes."""
     from meshnode.core import membership as core
@@ -1335,6 +1342,9 @@ def test_probe_message_size_bounds() -> None:
     biggest = 2**64 - 1
     assert wire_size(Ping(biggest, node)) <= core._PING_BYTES
     assert wire_size(Ack(biggest, 1_000_000, 2**32 - 1)) <= core._ACK_BYTES
+    coord = NetworkCoordinate((-1e300,) * 8, 1e300, -1e300, 1e300)
+    with_coordinate = Ack(biggest, 1_000_000, 2**32 - 1, coord)
+    assert wire_size(with_coordinate) <= core._ACK_BYTES + core._ACK_COORDINATE_BYTES
     assert wire_size(Nack(biggest)) <= core._NACK_BYTES
     for host in ("h", "10.0.0.1", "x" * 31, "y" * 32, "z" * 253):
         request = PingReq(biggest, node, host, 65_535)
@@ -1351,7 +1361,7 @@ def test_ping_req_naming_us_and_non_rumors_in_push_pull() -> None:
     m.receive(peer(1).node_id, [PingReq(9, m.node_id, "10.9.9.9", 7946)], src, 0.0)
     (packet,) = [e for e in m.take_effects() if isinstance(e, SendPacket)]
     assert packet.addr == src
-    assert packet.messages[0] == Ack(9, 0, 2)
+    assert packet.messages[0] == Ack(9, 0, 2, _wire_coordinate(m.coordinate()))
     rumors = [Ping(1, m.node_id), alive_of(peer(2))]
     assert m.merge_state(rumors, 0.0, source=peer(2).node_id) == 1  # type: ignore[arg-type]
     assert m.counters["rumors_invalid"] == 1
