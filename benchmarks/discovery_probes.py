@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/discovery_probes.py [--out discovery-probes.json] [--quick]
-                                          [--nodes 125] [--caps 8]
+                                          [--nodes 125] [--caps 8] [--vectors]
 
 The requirement: embedding never blocks the event loop, so a node that joins a mesh of
 1,000 capabilities keeps answering and timing probes within the LAN probe timeout
@@ -16,7 +16,9 @@ node under test and the protocol's own delivery path:
   distinct capabilities each (125 × 8 = 1,000 by default; texts from the corpus of
   ``discovery.py``). They form their own mesh and exchange every manifest before anything
   is timed. They use the hashing embedder and do not index (they only deliver manifests),
-  so their process stays light.
+  so their process stays light. With ``--vectors`` they run MiniLM instead, only to ship
+  its vectors of their own texts in their manifests; A then indexes those without
+  embedding them (docs/discovery.md, "Vectors in manifests").
 * **A**: the node under test, in this process: LAN profile, MiniLM.
 * **small**: a second child process with four LAN peers of A (one capability each) and an
   external prober that sends A a signed ``Ping`` every 50 ms from its own socket and times
@@ -192,18 +194,22 @@ async def read_command() -> str:
 # --------------------------------------------------------------------------- children
 
 
-async def bulk_main(n_nodes: int, per_node: int) -> None:
+async def bulk_main(n_nodes: int, per_node: int, vectors: bool = False) -> None:
     caps = synth_capabilities(n_nodes * per_node, seed=CORPUS_SEED)
+    # With ``vectors`` the bulk nodes run MiniLM (one model for the process) only to ship
+    # its vectors of their own texts in their manifests, as real agents would; they still
+    # index nothing.
+    embedder = "minilm" if vectors else "hashing"
     suspects: list[dict[str, Any]] = []
     record = suspect_recorder(suspects)
     started = time.perf_counter()
     first = await start_nodes(
-        [NodeConfig.lan(name="bulk-0", port=0, embedder="hashing")], [caps[:per_node]]
+        [NodeConfig.lan(name="bulk-0", port=0, embedder=embedder)], [caps[:per_node]]
     )
     seed = f"127.0.0.1:{first[0].address[1]}"
     rest = await start_nodes(
         [
-            NodeConfig.lan(name=f"bulk-{i}", port=0, embedder="hashing", seeds=(seed,))
+            NodeConfig.lan(name=f"bulk-{i}", port=0, embedder=embedder, seeds=(seed,))
             for i in range(1, n_nodes)
         ],
         [caps[i * per_node : (i + 1) * per_node] for i in range(1, n_nodes)],
@@ -544,6 +550,7 @@ async def parent_main(args: argparse.Namespace) -> dict[str, Any]:
             "external_ping_interval_ms": PING_INTERVAL_S * 1e3,
             "lag_sleep_ms": LAG_INTERVAL_S * 1e3,
             "embedder_under_test": "minilm",
+            "bulk_manifests_carry_vectors": bool(args.vectors),
         },
     }
     children: list[Child] = []
@@ -551,7 +558,14 @@ async def parent_main(args: argparse.Namespace) -> dict[str, Any]:
     monitor_task: asyncio.Task[None] | None = None
     try:
         log(f"starting the bulk mesh: {n_nodes} nodes x {per_node} capabilities")
-        bulk = await Child.start("bulk", "--nodes", str(n_nodes), "--caps", str(per_node))
+        bulk = await Child.start(
+            "bulk",
+            "--nodes",
+            str(n_nodes),
+            "--caps",
+            str(per_node),
+            *(["--vectors"] if args.vectors else []),
+        )
         children.append(bulk)
         bulk_ready = await bulk.expect("ready", SETUP_TIMEOUT_S)
         report["bulk_setup_s"] = bulk_ready["setup_s"]
@@ -705,6 +719,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="40 bulk nodes x 8 capabilities")
     parser.add_argument("--nodes", type=int, default=125, help="bulk nodes")
     parser.add_argument("--caps", type=int, default=8, help="capabilities per bulk node")
+    parser.add_argument(
+        "--vectors",
+        action="store_true",
+        help="bulk manifests carry their MiniLM vectors (A indexes them without embedding)",
+    )
     parser.add_argument("--child", choices=("bulk", "small"), help=argparse.SUPPRESS)
     parser.add_argument("--seed", help=argparse.SUPPRESS)
     parser.add_argument("--target", help=argparse.SUPPRESS)
@@ -714,7 +733,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(level="WARNING", json=True)
 
     if args.child == "bulk":
-        asyncio.run(bulk_main(args.nodes, args.caps))
+        asyncio.run(bulk_main(args.nodes, args.caps, args.vectors))
         return 0
     if args.child == "small":
         asyncio.run(small_main(args.seed, args.target))

@@ -16,7 +16,18 @@ max_concurrent_tasks    1 .. 10,000
 input/output schema     free-form JSON (a JSON Schema), at most 32 KiB each (msgpack)
 examples                optional: at most 5 per capability, 1..256 characters each
 whole signed manifest   at most :data:`protocol.limits.MAX_MANIFEST_BYTES` (256 KiB, msgpack)
+vectors (optional)      one embedder's ``model_id`` (1..128 characters), ``dim`` 1..
+                        :data:`MAX_VECTOR_DIM`, at most :data:`MAX_MANIFEST_VECTORS`
+                        int8 vectors of exactly ``dim`` bytes with a finite positive scale,
+                        each naming a capability of this manifest and the 16-byte BLAKE2b
+                        hash of the text it embeds, at most one per (name, hash)
 ======================  ==================================================
+
+Vectors (see :class:`ManifestVectors`) are appended after the signature field and left
+off the wire when absent, so a manifest without them encodes and signs exactly as before
+they existed. They are covered by the signature like every other field. A manifest whose
+vectors break a limit is refused whole, like any other field over its limit: its owner
+signed it, so it is the owner's error, never a peer's.
 
 The schema limit is checked on construction (a decoded manifest with a larger schema is
 refused by the decoder). The whole-manifest limit needs the signed encoding, so it is
@@ -42,6 +53,7 @@ from protocol.limits import MAX_MANIFEST_BYTES
 from protocol.messages import Message, MessageType, register
 from protocol.schema import (
     Appended,
+    FixedLen,
     JsonValue,
     MaxItems,
     MaxLen,
@@ -73,6 +85,116 @@ use, which discovery matches as well as the description. An A2A skill lists two 
 MAX_EXAMPLE_CHARS = 256
 """Longest example, in characters: one sentence of request, like a discovery query
 (which is embedded whole, as an example is)."""
+
+# --- vectors in manifests ---------------------------------------------------------------
+
+MAX_VECTOR_DIM = 1_024
+"""Largest embedding dimension a manifest may carry. Sentence embedders used for
+discovery have 384 (MiniLM) to 1,024 dimensions; at int8 one vector of this size is 1 KiB
+of the manifest's 256 KiB."""
+
+MAX_MANIFEST_VECTORS = 4 * MAX_CAPABILITIES
+"""Most vectors in one manifest: 128. Today one per capability (at most 32): a
+capability's examples are folded into its one embedded text
+(``meshnode.discovery.capability_text``); the rest is room for more texts per capability,
+all keyed by capability name and text hash. At 384 dimensions, int8, that is 49 KiB; the
+whole-manifest limit still bounds the sum."""
+
+MAX_MODEL_ID_CHARS = 128
+"""Longest embedder ``model_id`` a manifest may name."""
+
+TEXT_HASH_BYTES = 16
+"""Length of the BLAKE2b hash of the text a vector embeds (:func:`text_hash`)."""
+
+MAX_VECTOR_SCALE = 1.0
+"""Largest per-vector int8 scale. Vectors are unit length, so no component exceeds 1 and
+the scale (largest absolute component / 127) is at most 1/127; 1.0 leaves room for any
+unit vector and refuses absurd values."""
+
+
+def text_hash(text: str) -> bytes:
+    """The :data:`TEXT_HASH_BYTES`-byte BLAKE2b hash naming the text a vector embeds."""
+    return hashlib.blake2b(
+        text.encode("utf-8", "surrogatepass"), digest_size=TEXT_HASH_BYTES
+    ).digest()
+
+
+@wire_struct
+class CapabilityVector:
+    """The embedding of one text of one capability, int8-quantised: component ``i`` is
+    ``int8(values[i]) * scale``. ``text_hash`` names the text (:func:`text_hash`), so a
+    receiver that builds a different text for the capability does not use it."""
+
+    capability: Annotated[str, MaxLen(MAX_NAME_CHARS, 1)]
+    text_hash: Annotated[bytes, FixedLen(TEXT_HASH_BYTES)]
+    scale: Annotated[float, Range(0.0, MAX_VECTOR_SCALE)]
+    values: Annotated[bytes, MaxLen(MAX_VECTOR_DIM)]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.capability, str) or not _CAPABILITY_NAME.match(self.capability):
+            raise LocalProtocolError(f"vector for an invalid capability name {self.capability!r}")
+        if not isinstance(self.text_hash, bytes) or len(self.text_hash) != TEXT_HASH_BYTES:
+            raise LocalProtocolError(f"text_hash must be {TEXT_HASH_BYTES} bytes")
+        if isinstance(self.scale, bool) or not isinstance(self.scale, int | float):
+            raise LocalProtocolError("vector scale must be a number")
+        if not 0.0 < self.scale <= MAX_VECTOR_SCALE:  # also refuses NaN and infinities
+            raise LocalProtocolError(
+                f"vector scale must be in (0, {MAX_VECTOR_SCALE:g}], got {self.scale}"
+            )
+        object.__setattr__(self, "scale", float(self.scale))
+        if not isinstance(self.values, bytes) or not 1 <= len(self.values) <= MAX_VECTOR_DIM:
+            raise LocalProtocolError(f"vector values must be 1..{MAX_VECTOR_DIM} bytes")
+
+    def floats(self) -> list[float]:
+        """The dequantised components (not normalised)."""
+        return [(byte - 256 if byte > 127 else byte) * self.scale for byte in self.values]
+
+
+@wire_struct
+class ManifestVectors:
+    """The embeddings of a manifest's capability texts by one embedder, so that a
+    receiver running the same embedder (same ``model_id``) need not embed them. Claims
+    only: a receiver checks them against its own embeddings before trusting a ranking."""
+
+    model_id: Annotated[str, MaxLen(4 * MAX_MODEL_ID_CHARS, 1)]
+    dim: Annotated[int, Range(1, MAX_VECTOR_DIM)]
+    vectors: Annotated[tuple[CapabilityVector, ...], MaxItems(MAX_MANIFEST_VECTORS)]
+
+    def __post_init__(self) -> None:
+        _check_text("vectors model_id", self.model_id, MAX_MODEL_ID_CHARS)
+        if isinstance(self.dim, bool) or not isinstance(self.dim, int):
+            raise LocalProtocolError("vectors dim must be an integer")
+        if not 1 <= self.dim <= MAX_VECTOR_DIM:
+            raise LocalProtocolError(f"vectors dim is {self.dim}; the limit is {MAX_VECTOR_DIM}")
+        if not isinstance(self.vectors, tuple):
+            raise LocalProtocolError("vectors must be a tuple")
+        if len(self.vectors) > MAX_MANIFEST_VECTORS:
+            raise LocalProtocolError(
+                f"{len(self.vectors)} vectors; the limit is {MAX_MANIFEST_VECTORS}"
+            )
+        keys = set()
+        for vector in self.vectors:
+            if not isinstance(vector, CapabilityVector):
+                raise LocalProtocolError("vectors must be CapabilityVector entries")
+            if len(vector.values) != self.dim:
+                raise LocalProtocolError(
+                    f"vector for {vector.capability!r} has {len(vector.values)} values; "
+                    f"dim is {self.dim}"
+                )
+            key = (vector.capability, vector.text_hash)
+            if key in keys:
+                raise LocalProtocolError(
+                    f"two vectors for the same text of capability {vector.capability!r}"
+                )
+            keys.add(key)
+
+    def lookup(self, capability: str, hashed: bytes) -> CapabilityVector | None:
+        """The vector claimed for ``capability``'s text with hash ``hashed``, if any."""
+        return next(
+            (v for v in self.vectors if v.capability == capability and v.text_hash == hashed),
+            None,
+        )
+
 
 _CAPABILITY_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _UNSIGNED = b"\x00" * 64
@@ -177,6 +299,8 @@ class Manifest(Message):
     tags: Tags
     version: UInt
     signature: Signature = _UNSIGNED
+    vectors: Annotated[ManifestVectors | None, Appended()] = None
+    """Optional embeddings of the capability texts (appended; see :class:`ManifestVectors`)."""
 
     def __post_init__(self) -> None:
         public_key_from_node_id(self.node_id)
@@ -199,6 +323,15 @@ class Manifest(Message):
         _check_tags("manifest", self.tags)
         if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 0:
             raise LocalProtocolError("version must be a non-negative integer")
+        if self.vectors is not None:
+            if not isinstance(self.vectors, ManifestVectors):
+                raise LocalProtocolError("vectors must be ManifestVectors or None")
+            for vector in self.vectors.vectors:
+                if vector.capability not in names:
+                    raise LocalProtocolError(
+                        f"a vector names capability {vector.capability!r}, "
+                        "which this manifest does not offer"
+                    )
 
     @classmethod
     def create(
@@ -211,6 +344,7 @@ class Manifest(Message):
         tags: tuple[str, ...] | list[str] = (),
         max_concurrent_tasks: int = 3,
         version: int = 1,
+        vectors: ManifestVectors | None = None,
     ) -> Manifest:
         """Build and sign a manifest for ``signer``'s node.
 
@@ -225,6 +359,7 @@ class Manifest(Message):
             capabilities=tuple(capabilities),
             tags=tuple(tags),
             version=version,
+            vectors=vectors,
         )
         return unsigned.signed(signer)
 

@@ -318,8 +318,73 @@ class CapabilityIndex:
         """Make ``entries`` (row ``i`` of ``vectors`` embeds ``entries[i]``) the whole of
         ``node_id``'s capabilities, replacing whatever it had. Empty ``entries`` removes
         the node. Everything is validated before anything changes."""
+        self.upsert_many([(node_id, entries, vectors)], model_id)
+
+    def upsert_many(
+        self,
+        items: Sequence[tuple[str, Sequence[IndexEntry], np.ndarray]],
+        model_id: str,
+    ) -> None:
+        """:meth:`upsert` for several nodes at once, ``(node_id, entries, vectors)`` each
+        (each node at most once), in one hnswlib insert: with ``build_threads`` > 1 a
+        batch of manifests is inserted in parallel. All or nothing: everything is
+        validated before anything changes."""
         self._check_model(model_id)
-        matrix = self._check_vectors(vectors, rows=len(entries))
+        matrices: list[np.ndarray] = []
+        nodes: set[str] = set()
+        for node_id, entries, vectors in items:
+            if node_id in nodes:
+                raise ValueError(f"node {node_id!r} appears twice in one upsert")
+            nodes.add(node_id)
+            matrices.append(self._check_vectors(vectors, rows=len(entries)))
+            self._check_entries(node_id, entries)
+        # Each entry's BM25 words, tokenised before the lock is taken: the lexical index
+        # takes every inserted entry in the same locked step as the graph.
+        words = [
+            [capability_terms(entry.capability) for entry in entries] for _, entries, _ in items
+        ]
+
+        with self._lock:
+            removed = sum(len(self._labels_by_node.get(node_id, ())) for node_id in nodes)
+            added = sum(len(entries) for _, entries, _ in items)
+            live_after = len(self._by_label) - removed + added
+            if live_after > self._max_entries:
+                raise IndexFullError(
+                    f"upsert would hold {live_after} entries; the limit is {self._max_entries}"
+                )
+            for node_id in nodes:
+                self._remove_locked(node_id)
+            if not added:
+                return
+            self._grow_locked(live_after)
+            labels = tuple(range(self._next_label, self._next_label + added))
+            self._next_label += added
+            matrix = np.ascontiguousarray(np.concatenate([m for m in matrices if len(m)], axis=0))
+            try:
+                self._index.add_items(
+                    matrix,
+                    np.asarray(labels, dtype=np.uint64),
+                    num_threads=self._build_threads,
+                    replace_deleted=True,
+                )
+            except BaseException:
+                self._forget_partial_insert_locked(labels)
+                raise
+            self._deleted_slots -= min(self._deleted_slots, len(labels))
+            start = 0
+            for (node_id, entries, _), terms in zip(items, words, strict=True):
+                if not entries:
+                    continue
+                mine = labels[start : start + len(entries)]
+                start += len(entries)
+                self._labels_by_node[node_id] = mine
+                for label, entry, document in zip(mine, entries, terms, strict=True):
+                    self._by_label[label] = entry
+                    self._label_by_key[entry.key] = label
+                    self._by_name.setdefault(entry.name, {})[node_id] = entry
+                    self._lexical.add(entry.key, document)
+
+    def _check_entries(self, node_id: str, entries: Sequence[IndexEntry]) -> None:
         if len(entries) > MAX_CAPABILITIES:
             raise ValueError(
                 f"{len(entries)} entries for one node; the limit is {MAX_CAPABILITIES}"
@@ -334,36 +399,30 @@ class CapabilityIndex:
                 raise ValueError(f"capability {entry.name!r} appears twice for one node")
             names.add(entry.name)
 
+    def vector(self, key: tuple[str, str]) -> np.ndarray | None:
+        """The unit vector stored for entry ``key`` (``(node_id, capability name)``), or
+        None when there is no such entry."""
         with self._lock:
-            old = self._labels_by_node.get(node_id, ())
-            live_after = len(self._by_label) - len(old) + len(entries)
-            if live_after > self._max_entries:
-                raise IndexFullError(
-                    f"upsert would hold {live_after} entries; the limit is {self._max_entries}"
-                )
-            self._remove_locked(node_id)
-            if not entries:
-                return
-            self._grow_locked(live_after)
-            labels = tuple(range(self._next_label, self._next_label + len(entries)))
-            self._next_label += len(entries)
-            try:
-                self._index.add_items(
-                    matrix,
-                    np.asarray(labels, dtype=np.uint64),
-                    num_threads=self._build_threads,
-                    replace_deleted=True,
-                )
-            except BaseException:
-                self._forget_partial_insert_locked(labels)
-                raise
-            self._deleted_slots -= min(self._deleted_slots, len(labels))
-            self._labels_by_node[node_id] = labels
-            for label, entry in zip(labels, entries, strict=True):
-                self._by_label[label] = entry
-                self._label_by_key[entry.key] = label
-                self._by_name.setdefault(entry.name, {})[node_id] = entry
-                self._lexical.add(entry.key, capability_terms(entry.capability))
+            label = self._label_by_key.get(key)
+            if label is None:
+                return None
+            row: np.ndarray = np.asarray(self._index.get_items([label]), dtype=np.float32)[0]
+            return row
+
+    def replace_vector(self, key: tuple[str, str], vector: np.ndarray, model_id: str) -> bool:
+        """Store ``vector`` for the live entry ``key`` in place of the one it has (a claimed
+        vector replaced by a local embedding). False when the entry is gone (its node was
+        removed or re-upserted meanwhile): nothing changes."""
+        self._check_model(model_id)
+        matrix = self._check_vectors(vector, rows=1)
+        with self._lock:
+            label = self._label_by_key.get(key)
+            if label is None:
+                return False
+            self._index.add_items(
+                matrix, np.asarray([label], dtype=np.uint64), num_threads=1, replace_deleted=False
+            )
+            return True
 
     def remove_node(self, node_id: str) -> int:
         """Drop every entry of ``node_id``; returns how many there were."""

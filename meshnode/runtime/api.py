@@ -386,7 +386,10 @@ def build_app(node: MeshNode) -> web.Application:
             )
         except (ValueError, TypeError) as exc:
             raise web.HTTPBadRequest(text=str(exc)) from None
-        return web.json_response({"candidates": [candidate_json(c) for c in candidates]})
+        forged = node.discovery.forged_vectors
+        return web.json_response(
+            {"candidates": [candidate_json(c, forged.get(c.node_id, 0)) for c in candidates]}
+        )
 
     @routes.get("/v1/trust")
     async def trust(request: web.Request) -> web.Response:

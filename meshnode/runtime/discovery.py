@@ -22,6 +22,25 @@ The embedder is chosen by ``NodeConfig.embedder``: ``"auto"`` (MiniLM from the
 ``semantic`` extra when installed, else the hashing embedder, with one warning),
 ``"minilm"`` or ``"hashing"``. Loaded models are shared by every node in a process.
 
+Vectors in manifests. A manifest may carry its owner's embeddings of its capability texts
+(:mod:`meshnode.discovery.vectors`). When they were made by this node's embedder (same
+``model_id`` and dimension) and their text hashes match the texts this node builds, they
+are inserted as they are, and only the rest is embedded: a node joining 10,000 agents
+indexes them in seconds. A claimed vector is untrusted input: it may get its capability
+into a query's candidate pool, but before the pool is ranked its best claimed vectors
+(:data:`RERANK_CLAIMS`) are replaced by local embeddings of the same texts (cached, and
+written back to the index) and the other claims are left out of that answer, so nothing is
+ranked by a claim. This holds for every hit of the hybrid search: a hit found only by its
+words is scored on its stored vector too, so its claim is verified (or dropped) the same
+way; its BM25 score comes from the signed text this node reads, and is kept. A claim
+whose cosine with the local embedding is below ``NodeConfig.forged_vector_min_cosine`` is
+counted against its owner (:attr:`DiscoveryService.forged_vectors`, in ``/v1/health`` and
+in each candidate's score breakdown); that owner's claims are ignored from then on and
+its manifest is re-indexed from local embeddings. Once no manifest has changed for
+:data:`VERIFY_IDLE_S`, :data:`VERIFY_BATCH_TEXTS` claimed vectors every
+:data:`VERIFY_INTERVAL_S` are checked the same way, so the index converges to local
+embeddings.
+
 What stays here, and why: the query's size limits validate API input at the boundary; the
 pool size comes from :func:`meshnode.core.router.candidate_pool` and the ranking from
 ``NodeCore.route``; which embedder runs, and on which thread, is a resource choice.
@@ -54,6 +73,37 @@ EMBEDDERS = ("auto", "minilm", "hashing")
 MAX_QUERY_TAGS = 16
 """Most tags a query may filter on (a manifest carries at most
 ``protocol.manifest.MAX_TAGS``, so more can never match better)."""
+
+VERIFY_BATCH_TEXTS = 32
+"""Claimed vectors checked against local embeddings per background step while the queue
+is empty: 32 texts, about 0.1 s of MiniLM on one core."""
+
+VERIFY_INTERVAL_S = 1.0
+"""Seconds between background verification steps, default 1: with
+:data:`VERIFY_BATCH_TEXTS` at most 32 texts/s, about a tenth of one core. 80,000 claimed
+vectors (10,000 agents × 8) converge in about 42 minutes; queries re-rank their own pool
+at once meanwhile."""
+
+INDEX_BUILD_THREADS = 2
+"""Threads hnswlib inserts one batch of manifests on (hnswlib releases the GIL while it
+inserts). Inserting is what a join costs once vectors arrive with the manifests: 80,000
+MiniLM vectors took 55 s on one thread and 25 s on two, on a loaded 2-core machine."""
+
+RERANK_CLAIMS = 16
+"""Claimed vectors a query verifies before ranking (one chunk; another after each chunk
+that held a forgery): about 50 ms of MiniLM on a cold cache, nothing once verified.
+Claimed hits beyond them are left out of that answer. A query's pool is 64
+(``meshnode.core.router.candidate_pool``), so at most 16 of its claims are ranked while
+a join is fresh; measured by ``benchmarks/discovery.py --join``."""
+
+VERIFY_IDLE_S = 30.0
+"""Seconds, default 30, without any manifest change before background verification
+starts: a node joining a large mesh spends its time indexing first; queries re-rank
+their own pool meanwhile."""
+
+OWN_VECTOR_CACHE = 256
+"""Own capability texts whose vectors are kept for republishing (8 manifests' worth of
+full capability lists), so a changed manifest embeds only its new texts."""
 
 _shared: dict[tuple[str, str], CachedEmbedder] = {}
 _shared_lock = threading.Lock()
@@ -105,6 +155,24 @@ class DiscoveryService:
         self._worker: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._loaded = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._claimed: dict[str, set[str]] = {}
+        """Per node, the capabilities whose indexed vector is its owner's claim, not yet
+        checked (touched on the embedding thread only)."""
+        self.forged_vectors: dict[str, int] = {}
+        """Per owner, claimed vectors found far from the local embedding of their text."""
+        self.counters: dict[str, int] = {
+            "texts_embedded": 0,
+            "vectors_accepted": 0,
+            "vectors_verified": 0,
+            "vectors_forged": 0,
+        }
+        """``texts_embedded``: capability texts embedded while indexing manifests;
+        ``vectors_accepted``: claimed vectors indexed without embedding;
+        ``vectors_verified``: claims replaced by a local embedding (at query time or in
+        the background); ``vectors_forged``: of those, claims below the threshold."""
+        self._own_vectors: dict[str, Any] = {}
+        self._last_change = time.monotonic()
 
     async def load(self) -> None:
         """Load (or reuse) the embedder off the loop. The node does this before it binds
@@ -129,7 +197,9 @@ class DiscoveryService:
 
         config = self.config
         embedder = shared_embedder(config.embedder, config.embedding_precision)
-        self.index = CapabilityIndex(embedder.model_id, embedder.dim)
+        self.index = CapabilityIndex(
+            embedder.model_id, embedder.dim, build_threads=INDEX_BUILD_THREADS
+        )
         self.embedder = embedder  # last: ``embedder is not None`` means both are ready
 
     def start(self) -> None:
@@ -137,6 +207,7 @@ class DiscoveryService:
         if not self._loaded:
             raise NodeNotRunning("load() the embedder first")
         self._ready.set()
+        self._loop = asyncio.get_running_loop()
         self._worker = asyncio.create_task(self._work(), name="meshnode-discovery")
         for manifest in self._core().manifests.manifests():
             self.manifest_changed(manifest.node_id, manifest)
@@ -154,8 +225,17 @@ class DiscoveryService:
         if node_id == self._core().node_id:
             return
         self._pending[node_id] = manifest
+        self._last_change = time.monotonic()
         self._idle.clear()
         self._changed.set()
+
+    def vectors_json(self) -> dict[str, Any]:
+        """Counters of vectors in manifests and forgeries per owner (for ``/v1/health``)."""
+        return {
+            **self.counters,
+            "claims_unchecked": sum(len(names) for names in list(self._claimed.values())),
+            "forged_by_node": dict(sorted(self.forged_vectors.items())),
+        }
 
     @property
     def queue_depth(self) -> int:
@@ -169,7 +249,20 @@ class DiscoveryService:
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await self._changed.wait()
+            if self._claimed and not self._pending:
+                quiet = self._last_change + VERIFY_IDLE_S - time.monotonic()
+                try:
+                    await asyncio.wait_for(self._changed.wait(), max(VERIFY_INTERVAL_S, quiet))
+                except TimeoutError:
+                    try:
+                        await loop.run_in_executor(
+                            self._executor, self._verify_some, VERIFY_BATCH_TEXTS
+                        )
+                    except Exception as exc:  # a failed check must not stop indexing
+                        log.error("vector_check_failed", error=f"{type(exc).__name__}: {exc}")
+                    continue
+            else:
+                await self._changed.wait()
             self._changed.clear()
             batch, self._pending = self._pending, {}
             try:
@@ -180,38 +273,213 @@ class DiscoveryService:
                 self._idle.set()
 
     def _apply_batch(self, batch: dict[str, Manifest | None]) -> None:
-        """Runs on the embedding thread: one embedding call for the whole batch."""
+        """Runs on the embedding thread: one embedding call for the whole batch, for the
+        texts whose vectors the manifests do not already carry (see the module doc)."""
         if self.embedder is None:
             if not any(m is not None and m.capabilities for m in batch.values()):
                 return  # nothing indexed yet and nothing to index
             self._materialize()
         assert self.embedder is not None and self.index is not None
-        from meshnode.discovery.index import entries_from_manifest
+        import numpy as np
 
-        index = self.index
-        plans: list[tuple[str, list[IndexEntry]]] = []
+        from meshnode.discovery.index import entries_from_manifest
+        from meshnode.discovery.vectors import claimed_vector, claims
+
+        index, embedder = self.index, self.embedder
+        plans: list[tuple[str, list[IndexEntry], np.ndarray, set[str]]] = []
         texts: list[str] = []
+        slots: list[tuple[int, int]] = []  # (plan, row) of each text to embed
         for node_id, manifest in batch.items():
+            self._claimed.pop(node_id, None)
             if manifest is None:
                 index.remove_node(node_id)
                 continue
             entries = entries_from_manifest(manifest)
-            plans.append((node_id, entries))
-            texts.extend(e.text for e in entries)
-        started = time.perf_counter()
-        vectors = self.embedder.embed(texts) if texts else None
-        if texts:
-            self._core().metrics.embedding.observe(time.perf_counter() - started)
-        row = 0
-        for node_id, entries in plans:
-            if not entries:
-                index.remove_node(node_id)
-                continue
-            assert vectors is not None
-            index.upsert(
-                node_id, entries, vectors[row : row + len(entries)], self.embedder.model_id
+            rows = np.zeros((len(entries), embedder.dim), dtype=np.float32)
+            found = (
+                claims(manifest.vectors, embedder.model_id, embedder.dim)
+                if self.config.manifest_vectors and node_id not in self.forged_vectors
+                else {}
             )
-            row += len(entries)
+            claimed: set[str] = set()
+            for row, entry in enumerate(entries):
+                vector = claimed_vector(found, entry.name, entry.text) if found else None
+                if vector is None:
+                    slots.append((len(plans), row))
+                    texts.append(entry.text)
+                else:
+                    rows[row] = vector
+                    claimed.add(entry.name)
+            plans.append((node_id, entries, rows, claimed))
+        if texts:
+            started = time.perf_counter()
+            embedded = embedder.embed(texts)
+            self._core().metrics.embedding.observe(time.perf_counter() - started)
+            self.counters["texts_embedded"] += len(texts)
+            for (plan, row), vector in zip(slots, embedded, strict=True):
+                plans[plan][2][row] = vector
+        # One insert for the whole batch, on INDEX_BUILD_THREADS threads.
+        index.upsert_many(
+            [(node_id, entries, rows) for node_id, entries, rows, _ in plans], embedder.model_id
+        )
+        for node_id, _, _, claimed in plans:
+            if claimed:
+                self._claimed[node_id] = claimed
+                self.counters["vectors_accepted"] += len(claimed)
+
+    def _verify(self, entries: Sequence[IndexEntry]) -> dict[tuple[str, str], Any]:
+        """Runs on the embedding thread: replace the claimed vectors of ``entries`` by
+        local embeddings (cached), count forgeries against their owners, and return the
+        local vectors by entry key. Entries holding no claim are left alone."""
+        assert self.embedder is not None and self.index is not None
+        import numpy as np
+
+        todo = [e for e in entries if e.name in self._claimed.get(e.node_id, ())]
+        if not todo:
+            return {}
+        embedder, index = self.embedder, self.index
+        local = embedder.embed([e.text for e in todo])
+        out: dict[tuple[str, str], Any] = {}
+        forgers: set[str] = set()
+        for entry, vector in zip(todo, local, strict=True):
+            claimed = index.vector(entry.key)
+            names = self._claimed.get(entry.node_id)
+            if names is not None:
+                names.discard(entry.name)
+                if not names:
+                    del self._claimed[entry.node_id]
+            if claimed is None or not index.replace_vector(entry.key, vector, embedder.model_id):
+                continue  # the entry went away meanwhile
+            out[entry.key] = vector
+            self.counters["vectors_verified"] += 1
+            if float(np.dot(claimed, vector)) < self.config.forged_vector_min_cosine:
+                self.counters["vectors_forged"] += 1
+                self.forged_vectors[entry.node_id] = self.forged_vectors.get(entry.node_id, 0) + 1
+                forgers.add(entry.node_id)
+        for node_id in forgers:
+            log.warning(
+                "forged_vector",
+                node=node_id[:12],
+                count=self.forged_vectors[node_id],
+            )
+            self._claimed.pop(node_id, None)
+            if self._loop is not None:
+                # Re-index its whole manifest from local embeddings (its claims are now
+                # ignored); the queue lives on the event loop.
+                self._loop.call_soon_threadsafe(self._reindex, node_id)
+        return out
+
+    def _reindex(self, node_id: str) -> None:
+        manifest = self._core().manifests.get(node_id)
+        if manifest is not None:
+            self.manifest_changed(node_id, manifest)
+
+    def _verify_some(self, limit: int) -> int:
+        """Runs on the embedding thread: check up to ``limit`` claimed vectors, oldest
+        node first. Returns how many were checked."""
+        if self.index is None or not self._claimed:
+            return 0
+        entries: list[IndexEntry] = []
+        for node_id in list(self._claimed):
+            names = self._claimed[node_id]
+            live = [e for e in self.index.entries(node_id) if e.name in names]
+            if not live:
+                del self._claimed[node_id]  # its claims went with its old manifest
+                continue
+            entries.extend(live[: limit - len(entries)])
+            if len(entries) >= limit:
+                break
+        return len(self._verify(entries))
+
+    def search(
+        self, description: str, pool: int, capability_name: str | None = None
+    ) -> list[HybridHit]:
+        """Runs on the embedding thread: the index's hybrid answer for ``description``
+        (:meth:`~meshnode.discovery.CapabilityIndex.hybrid_search`: the ``pool`` nearest
+        by meaning and the ``pool`` best by words, restricted to ``capability_name`` when
+        given), every claimed vector among them replaced by a local embedding first
+        (:meth:`rerank`)."""
+        assert self.embedder is not None and self.index is not None
+        vector = self.embedder.embed([description])
+        found = self.index.hybrid_search(
+            vector, description, pool, self.embedder.model_id, name=capability_name
+        )
+        return self.rerank(vector[0], found)
+
+    def rerank(self, query: Any, hits: Sequence[HybridHit]) -> list[HybridHit]:
+        """Runs on the embedding thread: ``hits`` with the similarity of every claimed
+        vector recomputed against the unit ``query`` vector from a local embedding, best
+        similarity first. Lexical scores are kept: they come from the signed text itself,
+        which this node reads, not from a claim.
+
+        Claimed hits are verified best first, by the better of their two ranks (by
+        similarity, and by BM25 for hits that share words with the query), so the best
+        hits found by words get verified as early as the nearest ones. At most
+        :data:`RERANK_CLAIMS` per query, and one more such chunk after every chunk that
+        held a forgery (so forgeries cannot crowd honest claims out). Claimed hits left
+        unverified are dropped from this answer, whichever search found them: a claim is
+        never ranked. Hits whose vectors are local keep their similarity."""
+        import dataclasses
+
+        import numpy as np
+
+        claimed = [h.entry for h in hits if h.entry.name in self._claimed.get(h.entry.node_id, ())]
+        if not claimed:
+            return list(hits)
+        by_meaning = {
+            h.entry.key: rank for rank, h in enumerate(sorted(hits, key=lambda h: -h.similarity))
+        }
+        by_words = {
+            h.entry.key: rank
+            for rank, h in enumerate(
+                sorted((h for h in hits if h.lexical > 0.0), key=lambda h: -h.lexical)
+            )
+        }
+        claimed.sort(key=lambda e: min(by_meaning[e.key], by_words.get(e.key, len(hits))))
+        local: dict[tuple[str, str], Any] = {}
+        start = 0
+        while start < len(claimed):
+            forged_before = self.counters["vectors_forged"]
+            local.update(self._verify(claimed[start : start + RERANK_CLAIMS]))
+            start += RERANK_CLAIMS
+            if self.counters["vectors_forged"] == forged_before:
+                break
+        unverified = {entry.key for entry in claimed[start:]}
+        rescored = [
+            dataclasses.replace(
+                hit,
+                similarity=max(-1.0, min(1.0, float(np.dot(query, local[hit.entry.key])))),
+            )
+            if hit.entry.key in local
+            else hit
+            for hit in hits
+            if hit.entry.key not in unverified
+        ]
+        rescored.sort(key=lambda hit: -hit.similarity)
+        return rescored
+
+    def own_vectors(self, capabilities: Sequence[Any]) -> Any:
+        """The vectors block for this node's own ``capabilities`` (blocking: embeds the
+        texts not embedded before, about 3 ms each with MiniLM), or None when
+        ``NodeConfig.manifest_vectors`` is off or there is nothing to ship."""
+        if not self.config.manifest_vectors or not capabilities:
+            return None
+        from meshnode.discovery.index import capability_text
+        from meshnode.discovery.vectors import manifest_vectors
+
+        embedder = shared_embedder(self.config.embedder, self.config.embedding_precision)
+        texts = [capability_text(c) for c in capabilities]
+        missing = [t for t in dict.fromkeys(texts) if t not in self._own_vectors]
+        if missing:
+            for text, vector in zip(missing, embedder.embed(missing), strict=True):
+                self._own_vectors[text] = vector
+            while len(self._own_vectors) > OWN_VECTOR_CACHE:
+                del self._own_vectors[next(iter(self._own_vectors))]
+        return manifest_vectors(
+            embedder.model_id,
+            embedder.dim,
+            [(c.name, t, self._own_vectors[t]) for c, t in zip(capabilities, texts, strict=True)],
+        )
 
     # ------------------------------------------------------------------ queries
 
@@ -240,20 +508,14 @@ class DiscoveryService:
         if self.embedder is None:
             await loop.run_in_executor(self._executor, self._materialize)
         assert self.embedder is not None and self.index is not None
-        embedder, index = self.embedder, self.index
+        index = self.index
         lexical: dict[tuple[str, str], float] | None = None
         if description:
-            text = description
-
-            def embed_and_search() -> list[HybridHit]:
-                # Off the loop: the search waits for the index lock while a bulk update
-                # holds it, and takes about 1 ms at 100,000 capabilities.
-                vector = embedder.embed([text])
-                return index.hybrid_search(
-                    vector, text, pool, embedder.model_id, name=capability_name
-                )
-
-            found = await loop.run_in_executor(self._executor, embed_and_search)
+            # Off the loop: the search waits for the index lock while a bulk update holds
+            # it, and takes about 1 ms at 100,000 capabilities.
+            found = await loop.run_in_executor(
+                self._executor, self.search, description, pool, capability_name
+            )
             hits: Sequence[tuple[IndexEntry, float]] = [(h.entry, h.similarity) for h in found]
             lexical = {h.entry.key: h.lexical for h in found if h.lexical > 0.0}
         else:
@@ -274,12 +536,13 @@ class DiscoveryService:
         )
 
 
-def candidate_json(c: ScoredCandidate) -> dict[str, Any]:
+def candidate_json(c: ScoredCandidate, forged_vectors: int = 0) -> dict[str, Any]:
     """A candidate for ``/v1/discover``: who, what, and its score broken down: ``total``
     blends ``relevance`` (fused from ``semantic`` and ``lexical``), ``trust``,
     ``availability`` (from ``task_availability`` and ``machine_pressure``),
     ``cost_factor`` and ``latency`` (from ``rtt_ms`` and ``avg_latency_ms``);
-    ``similarity`` is the raw cosine."""
+    ``similarity`` is the raw cosine; ``forged_vectors`` is how many of its owner's claimed
+    vectors this node found forged (:attr:`DiscoveryService.forged_vectors`)."""
     return {
         "node_id": c.node_id,
         "name": c.node_name,
@@ -304,6 +567,7 @@ def candidate_json(c: ScoredCandidate) -> dict[str, Any]:
             "machine_pressure": (
                 None if c.machine_pressure is None else round(c.machine_pressure, 6)
             ),
+            "forged_vectors": forged_vectors,
         },
     }
 

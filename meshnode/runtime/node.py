@@ -97,6 +97,7 @@ from protocol import (
 from protocol import verify as ed25519_verify
 from protocol.identity import public_key_from_node_id
 from protocol.keyring import Keyring
+from protocol.manifest import ManifestVectors
 from protocol.messages import SignedCertificate, SignedRevocation
 
 __all__ = [
@@ -721,6 +722,20 @@ class MeshNode:
 
     # ------------------------------------------------------------------ manifest
 
+    def _own_vectors(self) -> ManifestVectors | None:
+        """Our capability texts' vectors by the embedder we run, for our manifest (None
+        when ``NodeConfig.manifest_vectors`` is off or embedding fails: peers then embed
+        the texts themselves, so a failure here never stops publishing)."""
+        capabilities = [spec.capability for spec in self._capabilities.values()]
+        if self._discovery is None or not capabilities:
+            return None
+        try:
+            vectors: ManifestVectors | None = self._discovery.own_vectors(capabilities)
+        except Exception as exc:
+            self._log.warning("own_vectors_failed", error=f"{type(exc).__name__}: {exc}")
+            return None
+        return vectors
+
     def _publish_manifest(self) -> None:
         self._manifest_version += 1
         if self._store is not None:
@@ -732,6 +747,7 @@ class MeshNode:
             capabilities=[spec.capability for spec in self._capabilities.values()],
             max_concurrent_tasks=self.config.max_concurrent_tasks,
             version=self._manifest_version,
+            vectors=self._own_vectors(),
         )
         self.core.publish_manifest(manifest, time.time())
         self._dispatch()

@@ -120,6 +120,7 @@ def health(node: MeshNode) -> dict[str, Any]:
             "tasks": dict(sorted(tasks.counters.items() if tasks is not None else ())),
         },
         "admission": _admission_json(core.admission),
+        "manifest_vectors": (node._discovery.vectors_json() if node._discovery is not None else {}),
         "isolated": node.driver.seeds.isolated if node.driver is not None else False,
     }
 
