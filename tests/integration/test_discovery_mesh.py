@@ -105,11 +105,16 @@ async def test_discover_by_description_and_name(mesh: list[MeshNode]) -> None:
         assert hits[0].relevance == pytest.approx(
             min(1.0, hits[0].semantic + LEXICAL_WEIGHT * hits[0].lexical)
         )
+        latency_weight = NodeConfig().routing_latency_weight
         assert hits[0].total == pytest.approx(
-            0.35 * hits[0].relevance
-            + 0.35 * hits[0].trust
-            + 0.15 * hits[0].availability
-            + 0.15 * hits[0].cost_factor
+            (1 - latency_weight)
+            * (
+                0.35 * hits[0].relevance
+                + 0.35 * hits[0].trust
+                + 0.15 * hits[0].availability
+                + 0.15 * hits[0].cost_factor
+            )
+            + latency_weight * hits[0].latency
         )
     by_name = await client.discover(capability_name="air_quality")
     assert [(h.node_id, h.capability.name) for h in by_name] == [(weather.node_id, "air_quality")]
