@@ -98,6 +98,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from meshnode.core.a2a import json_depth as bounded_json_depth
 from meshnode.core.channel import MAX_RATE_BUCKETS as MAX_RATE_BUCKETS  # its old home
 from meshnode.core.channel import RateLimiter as RateLimiter  # its old home
 from meshnode.core.keys import MAX_CONCURRENT_KEY_OPS, Action
@@ -715,25 +716,9 @@ async def _json_body(request: web.Request, node: MeshNode, cap: int) -> dict[str
 
 
 def json_depth(value: Any) -> int:
-    """Nesting depth of a decoded JSON value (a scalar is 0, ``[]`` is 1), computed
-    without recursion so that any depth is measured safely."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        depth += 1
-        if depth > deepest:
-            deepest = depth
-            if deepest > MAX_JSON_DEPTH:
-                return deepest
-        stack.extend((child, depth) for child in children)
-    return deepest
+    """Nesting depth of a decoded JSON value (a scalar is 0, ``[]`` is 1), measured without
+    recursion and given up as soon as it passes :data:`MAX_JSON_DEPTH`."""
+    return bounded_json_depth(value, MAX_JSON_DEPTH)
 
 
 def _opt_str(body: dict[str, Any], key: str) -> str | None:

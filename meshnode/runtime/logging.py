@@ -3,19 +3,9 @@
 Theory of operation
 -------------------
 A node embedded in an application writes nothing to that application's stdout or stderr
-on its own. Every meshnode logger (:func:`get_logger`) sends its events, in this order of
-preference:
-
-1. through structlog's global configuration, when the process configured structlog
-   (``structlog.configure`` was called: the application uses structlog itself, or the
-   CLI called :func:`configure_logging`);
-2. otherwise to the standard library logger of the same name under ``meshnode``
-   (``meshnode``, ``meshnode.tasks``, ...). The ``meshnode`` logger carries only a
-   ``logging.NullHandler``, so nothing is printed until the application configures
-   logging (``logging.basicConfig(level=logging.INFO)``, a handler on ``meshnode``, ...).
-   Each record's message is ``event key=value ...``; the event name and its fields are
-   also on the record as ``meshnode_event`` and ``meshnode_fields`` for structured
-   handlers.
+on its own: every meshnode logger (:func:`get_logger`, from :mod:`meshnode.logs`) goes
+through structlog when the process configured it, else to the standard ``logging`` tree
+under ``meshnode``, which carries only a ``NullHandler`` (:mod:`meshnode.logs` says how).
 
 ``meshnode run`` calls :func:`configure_logging`: console rendering when stderr is a
 terminal, JSON lines otherwise. :func:`print_event` prints a line for the operator (the
