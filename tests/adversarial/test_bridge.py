@@ -167,7 +167,6 @@ def _import(address: str, url: str, token: str | None = None) -> tuple[int, Any]
 
 def test_hostile_cards_are_refused_and_publish_nothing(node: NodeProcess) -> None:
     assert node.proc is not None
-    before_mb = rss_mb(node.proc.pid)
     with hostile_server() as base:
         cases = [
             ("big", 422, "larger than 262144 bytes"),
@@ -176,6 +175,12 @@ def test_hostile_cards_are_refused_and_publish_nothing(node: NodeProcess) -> Non
             ("ssrf", 422, "another origin"),
             ("html", 422, "content type 'text/html'"),
         ]
+        # Neither timed nor in the memory baseline: the node's first import loads the a2a
+        # SDK (seconds and about 45 MB in a fresh virtual environment, seen in CI); the
+        # bounds below are about refusing hostile cards, not about that.
+        got, body = _import(node.address, f"{base}/no-such-card")
+        assert got in (422, 502), body
+        before_mb = rss_mb(node.proc.pid)
         for kind, status, message in cases:
             started = time.monotonic()
             got, body = _import(node.address, f"{base}/{kind}")
