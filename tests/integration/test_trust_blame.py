@@ -197,8 +197,11 @@ async def test_a_squatter_neither_wins_ties_nor_earns_trust(mesh: LocalMesh) -> 
 
     description = "grade a piece of work"
     real_cap = Cap(GRADE, good_grade, GRADE_INPUT, GRADE_OUTPUT, description=description)
-    a = await mesh.node("requester")
-    checker = await mesh.node("checker")
+    # Distance and machine load are measured and differ between processes: neither
+    # requester weighs them, so the two providers tie in every other factor.
+    even = {"routing_latency_weight": 0.0, "routing_pressure_weight": 0.0}
+    a = await mesh.node("requester", **even)
+    checker = await mesh.node("checker", **even)
     real = await mesh.node("real", [real_cap])
     await mesh.ready()
     await wait_for(lambda: a.core.member_ages.since(real.node_id) is not None, 5)
@@ -245,11 +248,14 @@ async def test_a_tie_between_equal_providers_goes_to_the_longer_member(
 ) -> None:
     """Two honest providers, identical in every routing factor; the younger one's id is
     ground to sort first (as text and under the requester's key). Every requester that saw
-    both join ranks the older one first, and the first delegation goes to it.
+    both join ranks the older one first, and the first delegation goes to it. Distance and
+    machine load are measured, and differ between two processes however alike, so this
+    requester weighs neither (``routing_latency_weight`` and ``routing_pressure_weight``
+    0): the tie is in every other factor.
 
     On the unfixed code: the younger one won the tie on its smaller node id."""
     caps = [Cap(GRADE, good_grade, GRADE_INPUT, GRADE_OUTPUT, description="grade it")]
-    a = await mesh.node("requester")
+    a = await mesh.node("requester", routing_latency_weight=0.0, routing_pressure_weight=0.0)
     old = await mesh.node("old", caps)
     await mesh.ready()
     await wait_for(lambda: a.core.member_ages.since(old.node_id) is not None, 5)
