@@ -744,8 +744,9 @@ COMMAND_HELP: dict[tuple[str, ...], tuple[str, str]] = {
         "meshnode keys list --json",
     ),
     ("trace",): (
-        "Collect one delegation's spans from every node it touched (found through the "
-        "node's members) and print them as a timeline, children under their parents.",
+        "Ask the node to collect one delegation's spans from every node it touched (its "
+        "members that the spans name, up to 64 nodes) and print them as a timeline, "
+        "children under their parents. The API token goes to that node only.",
         "meshnode trace 4bf92f3577b34da6a3ce929d0e0e4736",
     ),
     ("rtt",): (
@@ -1362,15 +1363,6 @@ async def _cmd_a2a(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- observability
 
-TRACE_MAX_NODES = 64
-"""Most nodes ``meshnode trace`` asks for one trace's spans (a delegation touches one node
-per hop and per candidate asked, so 64 covers deep and wide traces alike)."""
-TRACE_FANOUT = 8
-"""Nodes ``meshnode trace`` asks at once."""
-TRACE_TIMEOUT_S = 5.0
-"""Seconds ``meshnode trace`` waits for one node's answer (a node that does not answer in
-time is named in the output, and its spans are missing)."""
-
 
 def _add_observability_run_flags(run: argparse.ArgumentParser) -> None:
     run.add_argument("--no-metrics", action="store_true", help="do not serve GET /metrics")
@@ -1397,7 +1389,11 @@ def _add_trace_parser(sub: Any) -> None:
     trace.add_argument("--node", default=DEFAULT_NODE, metavar="HOST:PORT")
     trace.add_argument("--json", action="store_true", help="print the spans as JSON")
     trace.add_argument(
-        "--api-token", metavar="TOKEN", help=f"the nodes' API token (default ${API_TOKEN_ENV})"
+        "--token",
+        "--api-token",
+        dest="api_token",
+        metavar="TOKEN",
+        help=f"the node's API token (default ${API_TOKEN_ENV})",
     )
 
 
@@ -1492,52 +1488,20 @@ async def _cmd_rtt(args: argparse.Namespace) -> int:
 async def _collect_trace(
     node: str, trace_id: str, token: str | None
 ) -> tuple[list[dict[str, Any]], dict[str, str], list[str]]:
-    """Every span of ``trace_id`` on the nodes it names, starting at ``node``: (spans, node
-    names by id, nodes that could not be asked). Peers are found through ``node``'s
-    members; at most :data:`TRACE_MAX_NODES` nodes, :data:`TRACE_FANOUT` at a time."""
-    first = await _request_json("GET", node, f"/v1/traces/{trace_id}", token=token)
+    """Every span of ``trace_id`` on the nodes it names, as ``node`` assembles them
+    (``GET /v1/dashboard/trace/{id}?nodes=64``): (spans, node names by id, members that
+    could not be asked). The token goes to ``node`` only: the node asks its peers itself,
+    without it, and keeps from each peer only the spans that peer recorded."""
+    from meshnode.runtime.dashboard import TRACE_ASSEMBLY_MAX_NODES_CAP
+
+    path = f"/v1/dashboard/trace/{trace_id}?nodes={TRACE_ASSEMBLY_MAX_NODES_CAP}"
+    assembled = await _request_json("GET", node, path, token=token)
+    if "spans" not in assembled:
+        raise ValueError(f"{node} did not assemble the trace: {assembled.get('error', assembled)}")
     members = await _get_json(node, "/v1/members", token)
-    address = {m["node_id"]: m["address"] for m in members.get("members", [])}
     names = {m["node_id"]: m["name"] or m["node_id"][:10] for m in members.get("members", [])}
-    spans: dict[tuple[str, str], dict[str, Any]] = {}
-    asked = {first["node_id"]}
-    unreachable: list[str] = []
-    slots = asyncio.Semaphore(TRACE_FANOUT)
-
-    def take(found: list[dict[str, Any]]) -> None:
-        for span in found:
-            spans[(span["node_id"], span["span_id"])] = span
-
-    async def ask(node_id: str) -> list[dict[str, Any]]:
-        async with slots:
-            try:
-                data = await _request_json(
-                    "GET",
-                    address[node_id],
-                    f"/v1/traces/{trace_id}",
-                    wait_s=TRACE_TIMEOUT_S,
-                    token=token,
-                )
-                return list(data.get("spans", []))
-            except Exception as exc:  # one node's failure leaves a gap, not an error
-                unreachable.append(f"{names.get(node_id, node_id[:10])}: {exc}")
-                return []
-
-    take(first.get("spans", []))
-    while True:
-        named = {s["node_id"] for s in spans.values()} | {
-            s["peer_id"] for s in spans.values() if s.get("peer_id")
-        }
-        todo = sorted(n for n in named - asked if n in address)[: TRACE_MAX_NODES - len(asked)]
-        for missing in sorted(n for n in named - asked if n not in address):
-            asked.add(missing)
-            unreachable.append(f"{missing[:10]}: not a member {node} knows")
-        if not todo:
-            break
-        asked.update(todo)
-        for found in await asyncio.gather(*(ask(n) for n in todo)):
-            take(found)
-    return sorted(spans.values(), key=lambda s: (s["start"], s["end"] or 0)), names, unreachable
+    missing = [f"{names.get(n, n[:10])}: not reached" for n in assembled.get("missing", [])]
+    return list(assembled["spans"]), names, missing
 
 
 def trace_timeline(spans: list[dict[str, Any]], names: dict[str, str]) -> list[str]:

@@ -51,8 +51,9 @@ reconnects, so access is checked again). Drops are counted in ``/v1/health``'s `
 
 Trace assembly. A delegation's spans are on every node it touched; the page asks its node
 for the whole trace, and the node asks the members the spans name (as their node or their
-peer), then the members those spans name, like ``meshnode trace``: at most
-:data:`TRACE_ASSEMBLY_MAX_NODES` nodes, :data:`TRACE_ASSEMBLY_FANOUT` at a time, each
+peer), then the members those spans name (``meshnode trace`` asks its node for the same
+assembly): at most :data:`TRACE_ASSEMBLY_MAX_NODES` nodes (``?nodes=N`` up to
+:data:`TRACE_ASSEMBLY_MAX_NODES_CAP`), :data:`TRACE_ASSEMBLY_FANOUT` at a time, each
 within :data:`TRACE_ASSEMBLY_TIMEOUT_S`, each answer read up to
 :data:`TRACE_ASSEMBLY_MAX_BODY_BYTES`. Only members this node holds alive or suspect are
 asked, at the address their signed ``Alive`` gives; a peer's answer counts only for the
@@ -106,6 +107,7 @@ __all__ = [
     "TRACE_ASSEMBLY_FANOUT",
     "TRACE_ASSEMBLY_MAX_BODY_BYTES",
     "TRACE_ASSEMBLY_MAX_NODES",
+    "TRACE_ASSEMBLY_MAX_NODES_CAP",
     "TRACE_ASSEMBLY_TIMEOUT_S",
     "EventHub",
     "TicketBook",
@@ -116,8 +118,12 @@ __all__ = [
 ]
 
 TRACE_ASSEMBLY_MAX_NODES = 16
-"""Most nodes asked for one trace's spans from the page (``meshnode trace`` asks up to
-64): a click in a browser should not fan out across a whole mesh."""
+"""Most nodes asked for one trace's spans by default (the page's request): a click in a
+browser should not fan out across a whole mesh."""
+TRACE_ASSEMBLY_MAX_NODES_CAP = 64
+"""Most nodes a caller may ask for with ``?nodes=N`` (``meshnode trace`` asks for this
+many: a delegation touches one node per hop and per candidate asked, so 64 covers deep and
+wide traces alike)."""
 TRACE_ASSEMBLY_FANOUT = 4
 """Nodes asked at once while assembling a trace."""
 TRACE_ASSEMBLY_TIMEOUT_S = 3.0
@@ -567,13 +573,19 @@ def add_routes(app: web.Application, node: MeshNode) -> None:
         trace_id = request.match_info["trace_id"]
         if not is_trace_id(trace_id):
             raise web.HTTPBadRequest(text="trace_id must be 32 lowercase hex digits, not all zero")
+        reach = request.query.get("nodes", str(TRACE_ASSEMBLY_MAX_NODES))
+        well_formed = len(reach) <= 3 and reach.isascii() and reach.isdigit()
+        if not well_formed or not 1 <= int(reach) <= TRACE_ASSEMBLY_MAX_NODES_CAP:
+            raise web.HTTPBadRequest(
+                text=f"nodes must be an integer from 1 to {TRACE_ASSEMBLY_MAX_NODES_CAP}"
+            )
         if assembling.locked():
             raise web.HTTPServiceUnavailable(
                 text=f"at most {TRACE_ASSEMBLIES} traces are assembled at once",
                 headers={"Retry-After": "1"},
             )
         async with assembling:
-            spans, missing = await assemble_trace(node, trace_id)
+            spans, missing = await assemble_trace(node, trace_id, int(reach))
         body = {"trace_id": trace_id, "node_id": node.node_id, "spans": spans, "missing": missing}
         return web.json_response(body, headers=SECURITY_HEADERS)
 
@@ -657,9 +669,12 @@ def _peer_span(span: Any, node_id: str, trace_id: str) -> dict[str, Any] | None:
     }
 
 
-async def assemble_trace(node: MeshNode, trace_id: str) -> tuple[list[dict[str, Any]], list[str]]:
+async def assemble_trace(
+    node: MeshNode, trace_id: str, max_nodes: int = TRACE_ASSEMBLY_MAX_NODES
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Every span of ``trace_id`` this node and the members its spans name hold (see the
-    module docstring): (spans by start time, node ids that could not be asked)."""
+    module docstring), asking at most ``max_nodes`` nodes (this one included): (spans by
+    start time, node ids that could not be asked)."""
     from meshnode.runtime.transport import BodyTooLarge, read_capped
 
     tracer = node.tracer
@@ -706,12 +721,12 @@ async def assemble_trace(node: MeshNode, trace_id: str) -> tuple[list[dict[str, 
         return [s for s in kept if s is not None]
 
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        while len(asked) < TRACE_ASSEMBLY_MAX_NODES:
+        while len(asked) < max_nodes:
             named = {s["node_id"] for s in spans.values()} | {
                 s["peer_id"] for s in spans.values() if s.get("peer_id")
             }
             todo = sorted(n for n in named - asked if n in address)
-            todo = todo[: TRACE_ASSEMBLY_MAX_NODES - len(asked)]
+            todo = todo[: max_nodes - len(asked)]
             for gone in sorted(n for n in named - asked if n not in address):
                 asked.add(gone)
                 missing.append(gone)

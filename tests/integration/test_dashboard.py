@@ -269,7 +269,8 @@ async def test_with_a_token_the_data_needs_it_and_a_ticket_stands_in_for_it_once
 
 async def test_trace_assembly_is_a_work_route_and_keeps_only_a_peers_own_spans() -> None:
     """``/v1/dashboard/trace/{id}`` asks other nodes, so READ access (open reads) is not
-    enough: 401 without the token, 400 for a malformed id, the node's own spans with it.
+    enough: 401 without the token, 400 for a malformed id or a reach outside 1 … 64, the
+    node's own spans with it.
     A peer's answer counts only for spans it records itself, of the trace asked for."""
     from meshnode.runtime.dashboard import _peer_span
 
@@ -282,13 +283,16 @@ async def test_trace_assembly_is_a_work_route_and_keeps_only_a_peers_own_spans()
             assert resp.status == 401
         async with s.get(a.url + "/v1/dashboard/trace/not-a-trace", headers=bearer) as resp:
             assert resp.status == 400
+        for reach in ("0", "65", "-1", "x", "²", "1" * 40):
+            async with s.get(a.url + path, params={"nodes": reach}, headers=bearer) as resp:
+                assert resp.status == 400, reach
         async with s.post(
             a.url + "/v1/discover",
             json={"capability_name": "nothing"},
             headers={**bearer, "traceparent": f"00-{trace_id}-b7ad6b7169203331-01"},
         ) as resp:
             assert resp.status == 200
-        async with s.get(a.url + path, headers=bearer) as resp:
+        async with s.get(a.url + path, params={"nodes": "64"}, headers=bearer) as resp:
             assert resp.status == 200
             body = await resp.json()
         assert [x["name"] for x in body["spans"]] == ["POST /v1/discover"]
