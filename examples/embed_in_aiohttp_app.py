@@ -75,7 +75,7 @@ class Shouter(MeshNode):
 
 
 async def check() -> int:
-    from meshnode import configure_logging, wait_for
+    from meshnode import configure_logging
 
     configure_logging(level="WARNING")
     async with Shouter(NodeConfig.local(name="shouter", port=0)) as peer:
@@ -87,7 +87,7 @@ async def check() -> int:
             port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
             base = f"http://127.0.0.1:{port}"
             node = runner.app[NODE]
-            await wait_for(lambda: node.discover("make text upper case"), within=60)
+            await node.wait_for("make text upper case", within=60)
             async with aiohttp.ClientSession() as http:
                 async with http.get(f"{base}/discover", params={"q": "make text upper case"}) as r:
                     found = (await r.json())["candidates"]

@@ -50,7 +50,7 @@ async def serve(port: int, seeds: list[str]) -> None:
 
 
 async def check() -> int:
-    from meshnode import configure_logging, wait_for
+    from meshnode import configure_logging
 
     configure_logging(level="WARNING")
     # Loopback timings, any free port, and the hashing embedder: this check looks the
@@ -59,7 +59,7 @@ async def check() -> int:
     async with HelloAgent(NodeConfig.local(name="hello", **local)) as hello:
         seed = f"127.0.0.1:{hello.address[1]}"
         async with MeshNode(NodeConfig.local(name="caller", seeds=(seed,), **local)) as caller:
-            await wait_for(lambda: caller.discover(capability_name="greet"), within=15)
+            await caller.wait_for(capability_name="greet", within=15)
             # The caller judges the answer itself: the agent's own schema is its promise,
             # not a grade.
             result = await caller.delegate(

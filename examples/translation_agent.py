@@ -88,15 +88,14 @@ class Translator(MeshNode):
 
 
 async def main() -> int:
-    from meshnode import configure_logging, wait_for
+    from meshnode import configure_logging
 
     configure_logging(level="WARNING")
     async with Translator(NodeConfig.local(name="translator", port=0)) as translator:
         seed = f"127.0.0.1:{translator.address[1]}"
         async with MeshNode(NodeConfig.local(name="client", port=0, seeds=(seed,))) as client:
             query = "translate text to spanish"
-            await wait_for(lambda: client.discover(query, max_cost_usd=0.005), within=60)
-            hits = await client.discover(query, max_cost_usd=0.005, top_k=3)
+            hits = await client.wait_for(query, max_cost_usd=0.005, top_k=3, within=60)
             best = hits[0]
             print(f"found {best.capability.name} on {best.node_name} (score {best.total:.2f})")
             result = await client.delegate(

@@ -81,14 +81,14 @@ TEXT = (
 
 
 async def main() -> int:
-    from meshnode import configure_logging, wait_for
+    from meshnode import configure_logging
 
     configure_logging(level="WARNING")
     async with WordCounter(NodeConfig.local(name="counter", port=0)) as counter:
         seed = f"127.0.0.1:{counter.address[1]}"
         async with Reporter(NodeConfig.local(name="reporter", port=0, seeds=(seed,))) as reporter:
-            await wait_for(lambda: counter.discover("write a report on a text"), within=60)
-            await wait_for(lambda: reporter.discover("count the words in a text"), within=60)
+            await counter.wait_for("write a report on a text", within=60)
+            await reporter.wait_for("count the words in a text", within=60)
             result = await counter.delegate(
                 None, {"text": TEXT}, description="write a report on a text", deadline_s=20
             )

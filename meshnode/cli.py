@@ -55,6 +55,12 @@ PROFILES: dict[str, Callable[..., NodeConfig]] = {
 }
 HTTP_TIMEOUT = 10.0
 """Seconds the client subcommands wait for a node's answer."""
+DISCOVER_WAIT_MAX_S = 600.0
+"""Longest ``meshnode discover --wait`` accepted (seconds)."""
+DISCOVER_WAIT_POLL_S = 0.25
+"""Seconds between two asks of ``meshnode discover --wait`` while the node finds nothing
+(a peer's manifest arrives within a gossip round or a push-pull; four asks a second cost
+the node four index lookups)."""
 API_TOKEN_ENV = "MESHNODE_API_TOKEN"
 """Environment variable holding the HTTP API's token, for ``run`` and the client commands
 (``--api-token`` wins over it)."""
@@ -362,11 +368,23 @@ async def _cmd_discover(args: argparse.Namespace) -> int:
         "top_k": args.top_k,
         "max_rtt_ms": args.max_rtt_ms,
     }
-    data = await _request_json("POST", args.node, "/v1/discover", body, token=api_token(args))
-    candidates = data["candidates"]
+    wait_s = args.wait
+    if wait_s is not None and not 0 < wait_s <= DISCOVER_WAIT_MAX_S:
+        raise ValueError(f"--wait must be in (0, {DISCOVER_WAIT_MAX_S:g}] seconds, got {wait_s:g}")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + (wait_s or 0.0)
+    while True:
+        data = await _request_json("POST", args.node, "/v1/discover", body, token=api_token(args))
+        candidates = data["candidates"]
+        if candidates or wait_s is None or loop.time() >= deadline:
+            break
+        await asyncio.sleep(min(DISCOVER_WAIT_POLL_S, max(0.0, deadline - loop.time())))
     if args.json:
         print(json.dumps(candidates, indent=2))
-        return 0
+        return 0 if candidates or wait_s is None else 1
+    if not candidates and wait_s is not None:
+        print(f"no candidates within {wait_s:g} s", file=sys.stderr)
+        return 1
     rows = [
         (
             c["name"] or "-",
@@ -665,7 +683,8 @@ COMMAND_HELP: dict[tuple[str, ...], tuple[str, str]] = {
         "words or named by its exact capability. Score columns: total, semantic match, "
         "trust, availability, cost factor.",
         "meshnode discover 'say hello to someone'\n"
-        "  meshnode discover --capability greet --max-cost 0.01 --json",
+        "  meshnode discover --capability greet --max-cost 0.01 --json\n"
+        "  meshnode discover --capability greet --wait 30   # a node that just started",
     ),
     ("delegate",): (
         "Run a task through a running node: it picks a provider (by capability name, or by "
@@ -916,7 +935,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="only providers whose round trip from the node is known and at most MS "
         "milliseconds (network-coordinate estimate, else the last probe; default: no limit)",
     )
-    discover.add_argument("--json", action="store_true")
+    discover.add_argument(
+        "--wait",
+        type=float,
+        metavar="SECONDS",
+        help="ask again until at least one candidate is found or SECONDS pass (exit 1 "
+        f"then; at most {DISCOVER_WAIT_MAX_S:g}; default: ask once, an empty answer is exit 0)",
+    )
+    discover.add_argument("--json", action="store_true", help="print the candidates as JSON")
 
     delegate = sub.add_parser("delegate", help="run a task through a node (loopback)")
     delegate.add_argument("capability", nargs="?", help="capability name")

@@ -120,3 +120,36 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
     unreachable = meshnode("members", "--node", "127.0.0.1:1")
     assert unreachable.returncode == 1
     assert "error" in unreachable.stderr
+
+
+def test_discover_waits_for_a_manifest_then_gives_up_plainly(tmp_path: Path) -> None:
+    """``discover --wait`` asks again until a candidate is found: run right after two nodes
+    start, it finds the peer's capability (exit 0); for a capability no one offers it
+    gives up after the wait with one line on stderr (exit 1, empty JSON list on stdout
+    with ``--json``); a wait out of range is refused before anything is asked."""
+    a = NodeProcess("a", tmp_path / "a", [], extra=["--embedder", "hashing"]).start()
+    b = NodeProcess(
+        "b", tmp_path / "b", [a.address], extra=["--embedder", "hashing", "--agent", AGENT]
+    )
+    try:
+        b.start()
+        out = meshnode(
+            "discover", "--capability", "uppercase_text", "--wait", "30", "--node", a.address,
+            "--json",
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert [c["node_id"] for c in json.loads(out.stdout)] == [b.node_id]
+
+        none = meshnode("discover", "--capability", "nobody_has_this", "--wait", "1",
+                        "--node", a.address)  # fmt: skip
+        assert none.returncode == 1
+        assert none.stderr.strip() == "no candidates within 1 s"
+        none_json = meshnode("discover", "--capability", "nobody_has_this", "--wait", "0.5",
+                             "--node", a.address, "--json")  # fmt: skip
+        assert none_json.returncode == 1 and json.loads(none_json.stdout) == []
+
+        bad = meshnode("discover", "--capability", "x", "--wait", "0", "--node", a.address)
+        assert bad.returncode != 0 and "--wait must be in (0, 600] seconds" in bad.stderr
+    finally:
+        b.stop()
+        a.stop()
