@@ -1339,7 +1339,22 @@ def _cmd_bridge(args: argparse.Namespace) -> int:
     return _run_async(_cmd_a2a(args))
 
 
+MCP_NODE_CHECK_S = 2.0
+"""Seconds ``meshnode mcp`` waits for its node's ``/v1/health`` at start. A node that does
+not answer gets a warning on stderr (the MCP host's log), not a refusal: hosts start their
+servers on their own schedule, and the tools work as soon as the node does."""
+
+
 async def _mcp_main(args: argparse.Namespace, run_server: Any) -> int:
+    try:
+        await _request_json("GET", args.node, "/v1/health", wait_s=MCP_NODE_CHECK_S)
+    except Exception as exc:  # any failure is reported the same way; serving goes on
+        print(
+            f"meshnode mcp: warning: {one_line(str(exc), ERROR_TEXT_MAX)} (the tools answer "
+            "with an error until the node is up)",
+            file=sys.stderr,
+            flush=True,
+        )
     await run_server(
         args.node,
         api_token(args),

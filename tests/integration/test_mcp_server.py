@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -255,3 +256,37 @@ async def test_docs_mcp_host_snippets_run(mesh: LocalMesh, tmp_path: Path) -> No
     assert proc.returncode == 0, err.decode()
     assert "['delegate', 'discover', 'members', 'trust']" in out.decode()
     assert "3 members" in out.decode()
+
+
+def _start_then_eof(node: str) -> tuple[int, str]:
+    """Run ``meshnode mcp --node NODE`` on stdio, close its input at once (an MCP host
+    that goes away), and return its exit code and stderr."""
+    params = _params("--node", node)
+    proc = subprocess.run(
+        [params.command, *params.args],
+        input="",
+        capture_output=True,
+        text=True,
+        env=params.env,
+        cwd=params.cwd,
+        timeout=60,
+    )
+    return proc.returncode, proc.stderr
+
+
+async def test_a_missing_node_is_reported_at_start(mesh: LocalMesh) -> None:
+    """``meshnode mcp`` checks its node once at start: with nothing listening there it says
+    so on stderr (the host's log) in one line, and still serves (exit 0 at the end of
+    input); with the node up it says nothing. On the code before the check: no line."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    code, err = await asyncio.to_thread(_start_then_eof, f"127.0.0.1:{free}")
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert warnings == [
+        f"meshnode mcp: warning: no node answering at 127.0.0.1:{free} — is `meshnode run` "
+        "running there? (the tools answer with an error until the node is up)"
+    ]
+    code, err = await asyncio.to_thread(_start_then_eof, f"127.0.0.1:{mesh.nodes[0].address[1]}")
+    assert code == 0 and "warning" not in err, err
