@@ -30,7 +30,10 @@ subcommand's ``--help`` has a description and an example (:data:`COMMAND_HELP`).
 from __future__ import annotations
 
 import argparse
+import ast
 import asyncio
+import dataclasses
+import difflib
 import errno
 import importlib
 import importlib.util
@@ -40,7 +43,7 @@ import signal
 import socket
 import sys
 import textwrap
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -263,7 +266,51 @@ def _config_from_args(args: argparse.Namespace) -> NodeConfig:
     overrides.update(_keyring_overrides(args))
     overrides["open"] = args.open
     overrides.update(_observability_overrides(args))
+    base = PROFILES[args.profile]()
+    for key, value in getattr(args, "set", None) or ():
+        overrides[key] = config_setting(base, key, value, flagged=overrides)
     return PROFILES[args.profile](**overrides)
+
+
+def parse_setting(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` of ``run --set``: VALUE as a Python literal (``3``, ``0.5``, ``True``,
+    ``('a', 'b')``), else the text itself."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value: Any = ast.literal_eval(raw)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        value = raw
+    return key.strip(), value
+
+
+def config_setting(base: NodeConfig, key: str, value: Any, flagged: Mapping[str, Any]) -> Any:
+    """``value`` for the ``NodeConfig`` field ``key`` as ``run --set`` gives it, or
+    ValueError: an unknown field, a field one of ``run``'s own flags sets (``flagged``: one
+    source for each setting), or a value of another kind than the field's (an integer
+    where a number of seconds is expected is fine). Ranges are checked by ``NodeConfig``."""
+    fields = {f.name for f in dataclasses.fields(NodeConfig)}
+    if key not in fields:
+        close = difflib.get_close_matches(key, sorted(fields), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ValueError(f"--set {key}: NodeConfig has no field {key!r}{hint}")
+    if key in flagged:
+        raise ValueError(f"--set {key}: {key} is set by its own flag of meshnode run; use that")
+    default = getattr(base, key)
+    if default is None or isinstance(value, type(default)):
+        kind_ok = not (isinstance(value, bool) and not isinstance(default, bool))
+    else:
+        kind_ok = (
+            isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)
+        )
+    if isinstance(default, tuple) and isinstance(value, list):
+        value, kind_ok = tuple(value), True
+    if not kind_ok:
+        raise ValueError(
+            f"--set {key}={value!r}: expected {type(default).__name__} like the default {default!r}"
+        )
+    return value
 
 
 async def _cmd_run(args: argparse.Namespace) -> int:
@@ -883,6 +930,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--max-concurrent-tasks", type=int, help="tasks this node runs at once (default 3)"
+    )
+    run.add_argument(
+        "--set",
+        type=parse_setting,
+        action="append",
+        metavar="KEY=VALUE",
+        help="set any other NodeConfig field (repeatable; VALUE a Python literal; every field, "
+        "its unit and default: docs/configuration.md; default: none)",
     )
     run.add_argument(
         "--authority",

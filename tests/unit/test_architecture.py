@@ -28,7 +28,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PROJECT = frozenset({"protocol", "crdt", "meshnode", "simulations", "benchmarks", "tests"})
+PROJECT = frozenset(
+    {"protocol", "crdt", "meshnode", "simulations", "benchmarks", "scripts", "tests"}
+)
 """Top-level packages of this repository: imports of these are checked against
 ``may_import``; anything else is the standard library or a third-party package."""
 
@@ -179,6 +181,7 @@ LAYERS: tuple[Layer, ...] = (
     Layer("meshnode/demo", _set("meshnode.demo"), public_only=True),
     Layer("examples", _set(), public_only=True),
     Layer("benchmarks", PROJECT),
+    Layer("scripts", PROJECT),
     Layer("tests", PROJECT),
 )
 
