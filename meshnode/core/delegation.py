@@ -33,6 +33,8 @@ delegation, each tested against a table of cases:
   outcome                          breaker   opinion  next candidate
   ===============================  ========  =======  ===============
   REJECTED ``invalid_input``       —¹        none     no: fails
+  the same, of an input that its   FAILURE   0        yes
+  manifest's schema accepts⁴
   result ``invalid_input``         —¹        none     no: fails
   REJECTED (other; ``forbidden``,  —¹        none     yes
   quota, busy, …)
@@ -47,7 +49,8 @@ delegation, each tested against a table of cases:
 
   ¹ ABANDONED: no verdict (a half-open probe is handed back). ² unless the caller turned
   retries of failed results off. ³ SUCCESS at or above ``SUCCESS_THRESHOLD``, else
-  FAILURE.
+  FAILURE. ⁴ a false claim (PROTOCOL_ERROR): the requester checks the input against the
+  schema of the provider's signed manifest it holds (see :mod:`meshnode.core.requester`).
 """
 
 from __future__ import annotations

@@ -127,7 +127,7 @@ from meshnode.core.membership import Membership
 from meshnode.core.mesh import FetchStep, MeshCore
 from meshnode.core.metrics import CoreMetrics
 from meshnode.core.provider import CancelOutcome, ProviderCore
-from meshnode.core.requester import RequesterCore
+from meshnode.core.requester import RequesterCore, false_input_claim
 from meshnode.core.router import (
     DEFAULT_TOP_K,
     DEFAULT_TRUST,
@@ -1124,6 +1124,9 @@ class NodeCore:
                 capability,
                 result.output,
                 expectation,
+            ),
+            input_claim=lambda node: false_input_claim(
+                self.provider_capability(node, capability), task_input
             ),
         )
         delegation = _Delegation(core, capability, task_input, expectation)

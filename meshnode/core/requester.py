@@ -39,9 +39,15 @@ handler raised ``InvalidInput``) end the attempt as INVALID_INPUT (ABANDONED: no
 and the whole delegation at once as :class:`Failed` with ``invalid_input=True`` and the
 reason ``"invalid input: <why>"``: the input is the problem, so no other candidate is
 asked (it would refuse it too, or, worse, run a handler that fails on it), whatever
-``retry_failed_results`` says. A peer can claim this about any input to escape blame for
-that one task; it earns nothing by it (no positive opinion either), and the caller sees
-the claim.
+``retry_failed_results`` says. A refusal is checked first: the provider's check is the
+input schema its signed manifest declares, which the requester holds too
+(``input_claim``), so a refusal ``invalid_input`` of an input that matches that schema
+is a false claim: the attempt ends as PROTOCOL_ERROR (FAILURE: breaker and opinion 0)
+and the next candidate is asked. Without this a provider ranked first could refuse every
+input as invalid, end every delegation at once and never be blamed. A failed result
+marked ``invalid_input`` comes from the handler, after the schema passed; no one else can
+check it, so it stands: the peer escapes blame for that one task, earns nothing by it (no
+positive opinion either), and the caller sees the claim.
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ from meshnode.core.effects import (
     SendConfirm,
     SendRequest,
 )
+from meshnode.core.json_schema import validate
 from meshnode.core.task_wire import (
     MAX_DEADLINE_MS,
     RejectCode,
@@ -82,6 +89,7 @@ from protocol import (
     public_key_from_node_id,
     signing_bytes,
 )
+from protocol.manifest import Capability
 
 __all__ = [
     "COUNTER_ACCEPT_RATIO",
@@ -89,8 +97,10 @@ __all__ = [
     "MIN_ATTEMPT_MS",
     "RESPONSE_TIMEOUT_S",
     "AllowFn",
+    "InputClaimCheck",
     "OutputCheck",
     "RequesterCore",
+    "false_input_claim",
 ]
 
 DEFAULT_DEADLINE_S = 30.0
@@ -111,6 +121,10 @@ AllowFn = Callable[[str, float], bool]
 OutputCheck = Callable[[TaskResult], str | None]
 """``check_output(result)`` for a verified ``ok`` result: None to take it, or why not (the
 attempt then ends as FAILED_RESULT)."""
+InputClaimCheck = Callable[[str], str | None]
+"""``input_claim(node)`` when ``node`` refused the input as ``invalid_input``: None if the
+claim may stand, or why it is false (the input matches the input schema ``node``'s
+manifest declares); the attempt then ends as PROTOCOL_ERROR."""
 
 
 class _Phase(enum.Enum):
@@ -130,6 +144,19 @@ class _Live:
     result_deadline: float | None = None
     responded_at: float | None = None
     counter_ms: int | None = None
+
+
+def false_input_claim(capability: Capability | None, task_input: Any) -> str | None:
+    """Why a refusal ``invalid_input`` of ``task_input`` by the provider of ``capability``
+    is false, or None if it may stand. A provider refuses an input before running it only
+    when the input fails the ``input_schema`` of its capability; the requester holds that
+    capability from the provider's signed manifest and runs the same check. Without the
+    manifest (``capability`` None) nothing can be checked and the claim stands. (A provider
+    that tightened its schema is judged by the manifest the requester holds until its new
+    one arrives, within a gossip round or a push-pull.)"""
+    if capability is None or validate(task_input, capability.input_schema, max_violations=1):
+        return None
+    return "the input matches the input schema of its signed manifest"
 
 
 class RequesterCore:
@@ -162,6 +189,7 @@ class RequesterCore:
         counter_ratio: float = COUNTER_ACCEPT_RATIO,
         retry_failed_results: bool = True,
         check_output: OutputCheck | None = None,
+        input_claim: InputClaimCheck | None = None,
     ) -> None:
         if not deadline_s > 0:
             raise ValueError("deadline_s must be positive")
@@ -181,6 +209,7 @@ class RequesterCore:
         self.counter_ratio = counter_ratio
         self.retry_failed_results = retry_failed_results
         self._check_output = check_output
+        self._input_claim = input_claim
         self._verifier = verifier
         self._allow = allow
         seen: set[str] = set()
@@ -276,7 +305,16 @@ class RequesterCore:
     def _rejected(self, reason: str, now: float, effects: list[RequesterEffect]) -> None:
         """The peer said no: move on, unless it refused the input itself."""
         if reject_code(reason) is RejectCode.INVALID_INPUT:
-            self._invalid_input(reason, now, effects)
+            live = self._live
+            false = None
+            if live is not None and self._input_claim is not None:
+                false = self._input_claim(live.node)
+            if false is None:
+                self._invalid_input(reason, now, effects)
+                return
+            detail = clip_reason(f"false invalid_input refusal: {false}")
+            self._end(AttemptOutcome.PROTOCOL_ERROR, detail, now, effects)
+            self._advance(now, effects)
             return
         self._end(AttemptOutcome.REJECTED, reason, now, effects)
         self._advance(now, effects)

@@ -22,13 +22,14 @@ from meshnode.core.delegation import attempt_consequence
 from meshnode.core.effects import AttemptOutcome, Done, Failed
 from meshnode.core.evaluator import Expectation
 from meshnode.core.member import Member, MemberState
-from meshnode.core.requester import RequesterCore
+from meshnode.core.requester import RequesterCore, false_input_claim
 from meshnode.core.router import RoutingWeights, rank, tie_key
 from meshnode.core.trust import MemberAges
 from protocol import (
     Alive,
     Capability,
     Identity,
+    Manifest,
     TaskResponse,
     TaskResult,
     TaskStatus,
@@ -468,3 +469,78 @@ def test_capability_opinions_are_bounded() -> None:
     assert kept == {("peer2", "cap0"), ("peer4", "cap0"), ("peer5", "cap1"), ("peer6", "cap1")}
     policy.record_capability_outcome(a.node_id, "cap0", 1.0)  # never about ourselves
     assert policy.capability_opinion(a.node_id, "cap0") is None
+
+
+# ============================================================================ false refusals
+
+NEEDS_Y = dataclasses.replace(STRICT, input_schema={"type": "object", "required": ["y"]})
+
+
+@pytest.mark.parametrize(
+    ("capability", "task_input", "false"),
+    [
+        (None, {"x": 1}, False),  # no manifest held: nothing to check, the claim stands
+        (STRICT, {}, False),  # the input fails the declared schema: a true claim
+        (STRICT, {"x": 1}, True),  # it matches: a false claim
+        (PLAIN, {"anything": [1, 2]}, True),  # no schema declared: nothing can fail it
+    ],
+)
+def test_false_input_claim_table(
+    capability: Capability | None, task_input: Any, false: bool
+) -> None:
+    reason = false_input_claim(capability, task_input)
+    assert (reason is not None) is false
+    if false:
+        assert reason == "the input matches the input schema of its signed manifest"
+
+
+def test_a_refusal_of_input_its_manifest_accepts_is_blamed_and_the_next_one_asked() -> None:
+    """A provider whose signed manifest declares ``strict`` with ``x`` required, but whose
+    core refuses anything without ``y``: it refuses ``{"x": 1}`` as ``invalid_input``.
+    The requester holds that manifest, checks the claim, finds it false: the attempt is a
+    PROTOCOL_ERROR (breaker failure, opinion 0) and the honest second provider serves.
+    On the code before the check: INVALID_INPUT, no blame, the delegation failed at once
+    (a liar ranked first could fail every delegation without losing trust)."""
+    world = World()
+    requester = world.add(0)
+    liar = world.add(1, (NEEDS_Y,))
+    honest = world.add(2, (STRICT,))
+    liar.handlers["strict"] = good
+    honest.handlers["strict"] = good
+    promise = Manifest.create(
+        identity(1), name="n1", endpoint="127.0.0.1:7001", capabilities=[STRICT], version=2
+    )
+    requester.core.manifests.apply(promise, world.now)
+    assert requester.core.provider_capability(liar.node_id, "strict") == STRICT
+    task_id = requester.core.start_delegation(
+        "strict", {"x": 1}, [liar.node_id, honest.node_id], world.now, deadline_s=3
+    )
+    world.drain(requester)
+    world.settle()
+    finished = requester.finished[task_id].outcome
+    first, second = finished.attempts
+    assert (first.node, first.outcome) == (liar.node_id, AttemptOutcome.PROTOCOL_ERROR)
+    assert "false invalid_input refusal" in first.detail
+    assert (second.node, second.outcome) == (honest.node_id, AttemptOutcome.DELIVERED)
+    assert isinstance(finished, Done)
+    held = requester.core.breakers.snapshot(world.now)[liar.node_id]
+    assert held.consecutive_failures == 1
+    assert requester.core.opinion(liar.node_id) == (pytest.approx(DOWN), 1)
+
+
+def test_a_true_refusal_through_the_core_still_stops_without_blame() -> None:
+    """The same pair with the manifest the liar really publishes (``y`` required): its
+    refusal of ``{"x": 1}`` is true, so the delegation ends as invalid input, no blame."""
+    world = World()
+    requester = world.add(0)
+    strict_y = world.add(1, (NEEDS_Y,))
+    honest = world.add(2, (NEEDS_Y,))
+    task_id = requester.core.start_delegation(
+        "strict", {"x": 1}, [strict_y.node_id, honest.node_id], world.now, deadline_s=3
+    )
+    world.drain(requester)
+    world.settle()
+    finished = requester.finished[task_id].outcome
+    assert isinstance(finished, Failed) and finished.invalid_input
+    assert [a.outcome for a in finished.attempts] == [AttemptOutcome.INVALID_INPUT]
+    assert requester.core.opinion(strict_y.node_id) == (INITIAL_TRUST, 0)
