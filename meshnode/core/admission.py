@@ -150,6 +150,15 @@ class Admission:
     def certificate(self, node_id: str) -> Certificate | None:
         return self._certs.get(node_id)
 
+    def own_problem(self, now: float) -> str | None:
+        """Why peers no longer admit this node's own certificate (revoked by the
+        authority, or expired), or None while it is good. The node keeps running, so that
+        its operator sees this in its health and can give it a new certificate."""
+        if self._revoked(self.own):
+            return "this node's certificate is revoked by the mesh authority"
+        problem = self.own.problem_at(now, self._skew)
+        return None if problem is None else f"this node's {problem}"
+
     def is_revoked(self, node_id: str) -> bool:
         """Is every certificate of ``node_id`` revoked (a revocation by node id is held)?"""
         return (None, node_id) in self._revocations

@@ -7,7 +7,8 @@ here changes state. :func:`degraded_reasons` is the one place that says why a ru
 is ``degraded`` (HTTP 200 still): a driver restart or a failed effect within
 :data:`~meshnode.runtime.driver.DEGRADED_WINDOW_S`, failing writes to the data dir, own
 records not yet durable, an identity conflict the core reported within
-:data:`~meshnode.runtime.driver.IDENTITY_CONFLICT_REPORT_S`, or every seed unreachable
+:data:`~meshnode.runtime.driver.IDENTITY_CONFLICT_REPORT_S`, its own certificate revoked or
+expired (with a mesh authority), or every seed unreachable
 while no other member is known (``isolated``, see
 :class:`~meshnode.core.health.SeedReachability`).
 
@@ -76,6 +77,13 @@ def degraded_reasons(node: MeshNode) -> list[str]:
             f"identity conflict: another process announces this node's id at "
             f"{format_address(conflict[1])} ({now - conflict[0]:.0f} s ago)"
         )
+    admission = node.core.admission
+    own = admission.own_problem(time.time()) if admission is not None else None
+    if own is not None:
+        reasons.append(
+            f"{own}: peers expel it; issue it a new certificate (meshnode authority issue) "
+            "and restart it with --cert"
+        )
     isolation = driver.seeds.reason(now) if driver is not None else None
     if isolation is not None:
         reasons.append(isolation)
@@ -135,6 +143,7 @@ def _admission_json(admission: Admission | None) -> dict[str, Any] | None:
         "revocations": admission.revocation_count,
         "own_serial": admission.own.serial,
         "own_expires_at": admission.own.expires_at,
+        "own_problem": admission.own_problem(time.time()),
         "counters": dict(sorted(admission.counters.items())),
     }
 

@@ -209,6 +209,24 @@ def test_outsiders_are_kept_out_and_a_revoked_node_is_cut_off(tmp_path: Path) ->
             "the revoked node is no longer answered",
         )
         assert doomed.node_id not in provider.members()
+        # The revoked node runs on, and says why in its health once it holds the
+        # revocation (handed to it here; peers that expelled it may not gossip it there).
+        again = json.loads(
+            cli(
+                "authority", "revoke", "--dir", str(authority_dir), "--node-id",
+                doomed.node_id, "--node", doomed.address, "--json",
+            )
+        )  # fmt: skip
+        assert again["accepted"] is True
+        health = doomed.get("/v1/health")
+        assert health["status"] == "degraded"
+        assert any(
+            r.startswith("this node's certificate is revoked by the mesh authority")
+            for r in health["reasons"]
+        ), health["reasons"]
+        assert health["admission"]["own_problem"] == (
+            "this node's certificate is revoked by the mesh authority"
+        )
     finally:
         for node in running:
             node.stop()

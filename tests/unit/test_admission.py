@@ -732,3 +732,22 @@ def test_the_next_expiry_follows_replacements_and_prunes() -> None:
     assert store.next_expiry() == T0 + 20
     assert store.prune(T0 + 20) == [PEER.node_id]
     assert store.next_expiry() is None
+
+
+def test_own_problem_names_a_revoked_or_expired_own_certificate() -> None:
+    """The node's own certificate is good until the authority revokes it (by node id or
+    by serial) or it expires; each is named, so the node's health can say so."""
+    store = _store()
+    assert store.own_problem(T0) is None
+    assert store.own_problem(store.own.expires_at) == "this node's certificate has expired"
+    by_serial = issue_revocation(
+        AUTHORITY, serial=store.own.serial, revoked_at=T0 + 1, keep_until=store.own.expires_at
+    )
+    store.revoke(by_serial.signed, T0 + 2)
+    assert store.own_problem(T0 + 2) == "this node's certificate is revoked by the mesh authority"
+    other = _store()
+    by_node = issue_revocation(
+        AUTHORITY, node_id=NODE.node_id, revoked_at=T0 + 1, keep_until=other.own.expires_at
+    )
+    other.revoke(by_node.signed, T0 + 2)
+    assert other.own_problem(T0 + 2) == "this node's certificate is revoked by the mesh authority"
