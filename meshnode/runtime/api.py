@@ -427,7 +427,9 @@ def build_app(node: MeshNode) -> web.Application:
                     "invalid_input": exc.invalid_input,
                     "attempts": [attempt_json(a) for a in exc.attempts],
                 },
-                status=502,
+                # The caller's input is the problem (a provider refused it): a client
+                # error, not a failure of the mesh.
+                status=422 if exc.invalid_input else 502,
             )
         return web.json_response(result.to_json())
 

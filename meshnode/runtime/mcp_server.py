@@ -66,6 +66,9 @@ MAX_QUERY_CHARS = 2_000
 lower limit says so in the tool error)."""
 MAX_ERROR_CHARS = 2_000
 """Longest node answer quoted in a tool error."""
+DELEGATION_FAILED = (422, 502)
+"""HTTP statuses of ``POST /v1/delegate`` for a delegation that failed, with its attempts
+in the body: 422 when a provider refused the caller's input, 502 otherwise."""
 SERVER_NAME = "meshnode"
 
 
@@ -166,14 +169,14 @@ class MeshApi:
                 timeout=aiohttp.ClientTimeout(total=timeout_s),
             ) as resp:
                 text = await resp.text()
-                if resp.status >= 400 and resp.status != 502:
+                if resp.status >= 400 and resp.status not in DELEGATION_FAILED:
                     said = text.strip()[:MAX_ERROR_CHARS]
                     raise NodeApiError(f"node at {self.node} answered {resp.status}: {said}")
                 try:
                     data = await resp.json(content_type=None)
                 except ValueError:
                     raise NodeApiError(f"node at {self.node} sent no JSON") from None
-                if resp.status == 502:  # a delegation that failed: the node says why
+                if resp.status in DELEGATION_FAILED:  # a failed delegation: the node says why
                     raise NodeApiError(_delegation_failure(data))
                 return data
         except TimeoutError:

@@ -215,7 +215,7 @@ def test_failing_agent_lowers_trust_in_the_proxy(tmp_path: Path) -> None:
             {"capability": "Curious_Agent.shout", "input": {"text": "translate this"}},
             timeout=30,
         )
-        assert status == 502 and body["invalid_input"] is True, body
+        assert status == 422 and body["invalid_input"] is True, body
         assert "which language do you mean?" in body["error"]
         assert _direct(caller, proxy) is None, "asking for input is not the proxy's failure"
 

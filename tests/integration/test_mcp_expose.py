@@ -124,7 +124,7 @@ def test_bad_input_is_refused_and_tool_errors_lower_trust(
     the exposing node drops."""
     exposer, caller = pair
     status, body = _delegate(caller, "tools.word_count", {"text": "x", "top": 99})
-    assert status == 502 and body["invalid_input"] is True, body
+    assert status == 422 and body["invalid_input"] is True, body
     assert _trust(caller, exposer) is None, "a caller's bad input is not the provider's failure"
 
     status, body = _delegate(caller, "tools.word_count", {"text": "warm up"})

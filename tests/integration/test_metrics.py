@@ -113,7 +113,7 @@ def test_counters_move_with_probes_suspicion_and_delegations(tmp_path: Path) -> 
             {"capability": "uppercase_text", "input": {"wrong": 1}},
             timeout=30,
         )
-        assert status == 502, refused
+        assert status == 422, refused  # the input is the problem
 
         mine = scrape(asker.address)
         assert value(mine, "meshnode_delegations_total", outcome="ok") == 3

@@ -611,8 +611,9 @@ async def test_nested_delegation_inherits_the_remaining_deadline(mesh: LocalMesh
 
 
 async def test_http_delegate_from_loopback(mesh: LocalMesh) -> None:
-    """POST /v1/delegate from 127.0.0.1 runs a delegation and returns its JSON; a task no
-    candidate takes answers 502 with every attempt and its reason."""
+    """POST /v1/delegate from 127.0.0.1 runs a delegation and returns its JSON; input the
+    provider refuses answers 422 (the caller's error, not the mesh's) with every attempt
+    and its reason."""
     a = await mesh.node("requester")
     p = await mesh.node("provider", [Cap("echo", echo, TEXT_SCHEMA, TEXT_SCHEMA)])
     await mesh.ready()
@@ -624,7 +625,7 @@ async def test_http_delegate_from_loopback(mesh: LocalMesh) -> None:
             ok = await resp.json()
         bad = {"capability": "echo", "input": {"text": 1}, "deadline_s": 5}
         async with session.post(a.url + "/v1/delegate", json=bad) as resp:
-            assert resp.status == 502
+            assert resp.status == 422
             failed = await resp.json()
         async with session.post(a.url + "/v1/delegate", json={"input": {}}) as resp:
             assert resp.status == 400
