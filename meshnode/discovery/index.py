@@ -175,7 +175,8 @@ def combine_vectors(rows: np.ndarray) -> np.ndarray:
     if matrix.ndim != 2 or matrix.shape[0] < 1:
         raise ValueError(f"expected a matrix of one or more rows, got shape {matrix.shape}")
     if matrix.shape[0] == 1:
-        return matrix[0].copy()
+        only: np.ndarray = matrix[0].copy()
+        return only
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     units = np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0.0)
     total = EXAMPLE_HEAD_WEIGHT * units[0] + units[1:].sum(axis=0)
