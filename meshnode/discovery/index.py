@@ -30,6 +30,12 @@ embedding and the ``k`` best by BM25, each with its cosine similarity and its no
 BM25 score (a hit found only by words gets its exact cosine; one found only by meaning
 scores 0 on words).
 
+Vectors. The index holds one vector per entry, whatever made it: a node makes it with
+:func:`capability_vectors` (a capability's whole text, and for one with examples each
+example embedded alone, summed; :data:`EXAMPLE_HEAD_WEIGHT`), or takes it from the
+owner's manifest (:mod:`meshnode.discovery.vectors`). One vector keeps the graph, its
+limits and the manifest vectors one per capability.
+
 Vector spaces. The index is built for one embedder (``model_id``, ``dim``); every upsert
 and search states the ``model_id`` of its vectors and a different one is refused with
 :class:`ModelMismatchError`, never compared.
@@ -122,13 +128,15 @@ examples, embedded on their own, in its one vector (:func:`combine_vectors`)::
 
 Chosen on the ``dev`` split of ``tests/data/retrieval_large.json`` with its capabilities
 given three author examples each (``python -m benchmarks.retrieval``, condition "with
-author examples"): recall@1 / recall@3 with all-MiniLM-L6-v2 fp32 0.889 / 0.970 at 0.5,
-0.889 / 0.956 at 1.0, 0.881 / 0.956 at 2.0, against 0.837 / 0.941 with the examples only
-folded into the one text (int8: 0.881 / 0.978 at 0.5, 0.874 / 0.970 at 1.0). A sentence
-embedding mean-pools its tokens, so one long text of description and examples sits
-between them; an example embedded alone keeps the phrasing of a request, and the sum
-points at every such phrasing at once. A capability without examples is its text's
-vector, unchanged."""
+author examples"): dev recall@1 / recall@3 with all-MiniLM-L6-v2 fp32, through the
+router, 0.889 / 0.970, against 0.837 / 0.941 with the examples only folded into the one
+text; by exact scores 0.889 / 0.970 at 0.5, 0.889 / 0.956 at 1.0, 0.881 / 0.956 at 2.0
+(int8: 0.881 / 0.978, 0.874 / 0.970, 0.881 / 0.963). Without author examples (the set's
+10 capabilities with one example each) the weights from 0.5 to 2.0 are within two dev
+queries of one another. A sentence embedding mean-pools its tokens, so one long text of
+description and examples sits between them; an example embedded alone keeps the
+phrasing of a request, and the sum points at every such phrasing at once. A capability
+without examples is its text's vector, unchanged."""
 
 
 def capability_text(capability: Capability) -> str:

@@ -282,7 +282,11 @@ class DiscoveryService:
         assert self.embedder is not None and self.index is not None
         import numpy as np
 
-        from meshnode.discovery.index import capability_vectors, entries_from_manifest
+        from meshnode.discovery.index import (
+            capability_texts,
+            capability_vectors,
+            entries_from_manifest,
+        )
         from meshnode.discovery.vectors import claimed_vector, claims, vector_text
 
         index, embedder = self.index, self.embedder
@@ -319,7 +323,7 @@ class DiscoveryService:
             started = time.perf_counter()
             embedded = capability_vectors(embedder, texts)
             self._core().metrics.embedding.observe(time.perf_counter() - started)
-            self.counters["texts_embedded"] += len(texts)
+            self.counters["texts_embedded"] += sum(len(capability_texts(c)) for c in texts)
             for (plan, row), vector in zip(slots, embedded, strict=True):
                 plans[plan][2][row] = vector
         # One insert for the whole batch, on INDEX_BUILD_THREADS threads.

@@ -512,6 +512,7 @@ def test_a_vector_names_how_a_capability_with_examples_is_embedded(
     # The stale and the bare claims only: the capability's three texts, embedded once
     # for both (the service's embedder caches texts).
     assert counting.texts == capability_texts(with_examples)
+    assert service.counters["texts_embedded"] == 2 * len(capability_texts(with_examples))
     assert service.counters["vectors_accepted"] == 1
     assert service.vectors_json()["claims_unchecked"] == 1
     index = service.index
