@@ -35,7 +35,7 @@ router's constants were chosen from: the expected capability's relevance (lowest
 percentile), the other capabilities' relevance (median and 95th percentile), how far the
 expected capability fell below the best when it was not first, and recall@1 for a sweep
 of ``LEXICAL_WEIGHT``. An ``ideas`` section gives dev recall for cheap query-time ideas
-that were measured and not kept (exact scores over the whole set, MiniLM fp32).
+that were measured and not kept (exact scores over the whole set, MiniLM fp32 and int8).
 """
 
 from __future__ import annotations
@@ -291,6 +291,10 @@ def ideas(
         dtype=np.float64,
     )
     out["name_vector_blend_0.1"] = figures(0.9 * base + 0.1 * (queries_v @ name_v.T))
+    # The description alone and the name alone summed into the capability's vector.
+    desc_v = np.asarray(embedder.embed([c.description for c in caps]), dtype=np.float64)
+    summed = unit(caps_v + 0.5 * unit(desc_v) + 0.25 * unit(name_v))
+    out["description_and_name_summed_0.5_0.25"] = figures(queries_v @ summed.T)
     # A query prefix that says it is a request.
     prefixed = np.asarray(
         embedder.embed([f"request: {q['query']}" for q in queries]), dtype=np.float64
@@ -370,8 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
             if set_name != "old":
                 entry["results"][model_name]["calibration"] = calibration(found["hybrid"], queries)
-            if set_name != "old" and model_name == "minilm_fp32":
-                entry["ideas"] = ideas(embedder, caps, queries)
+            if set_name != "old" and model_name != "hashing":
+                entry.setdefault("ideas", {})[model_name] = ideas(embedder, caps, queries)
         report["sets"][set_name] = entry
     report["seconds"] = round(time.perf_counter() - started, 1)
     text = json.dumps(report, indent=2, ensure_ascii=False)
