@@ -95,8 +95,8 @@ of the manifest's 256 KiB."""
 
 MAX_MANIFEST_VECTORS = 4 * MAX_CAPABILITIES
 """Most vectors in one manifest: 128. Today one per capability (at most 32): a
-capability's examples are folded into its one embedded text
-(``meshnode.discovery.capability_text``); the rest is room for more texts per capability,
+capability's examples are summed into its one vector
+(``meshnode.discovery.index.capability_vectors``); the rest is room for more texts per capability,
 all keyed by capability name and text hash. At 384 dimensions, int8, that is 49 KiB; the
 whole-manifest limit still bounds the sum."""
 

@@ -14,6 +14,17 @@ of at least :data:`MIN_ROUND_TRIP_COSINE` with the original (rounding moves each
 by at most ``scale / 2``); the recall cost measured by ``benchmarks/discovery.py`` is in
 ``docs/discovery.md``.
 
+Which text a vector embeds. A capability's vector is
+:func:`~meshnode.discovery.index.capability_vectors`: the embedding of its whole text
+(:func:`~meshnode.discovery.index.capability_text`) for a capability without examples,
+and for one with examples the sum of that and of each example embedded alone
+(:data:`~meshnode.discovery.index.EXAMPLE_HEAD_WEIGHT`). A vector is keyed by the hash of
+:func:`vector_text`: the whole text, followed for a capability with examples by
+:data:`VECTOR_RECIPE`. So a vector made the earlier way (the whole text embedded once)
+never matches the key a receiver looks up for a capability with examples, and the other
+way round: either side embeds such a capability itself rather than take a vector made
+another way for a forgery.
+
 A shipped vector is a claim by its owner, never trusted for ranking: see
 :class:`meshnode.runtime.discovery.DiscoveryService`.
 """
@@ -24,9 +35,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from meshnode.discovery.index import EXAMPLE_HEAD_WEIGHT, capability_text
 from protocol.manifest import (
     MAX_MANIFEST_VECTORS,
     MAX_VECTOR_DIM,
+    Capability,
     CapabilityVector,
     ManifestVectors,
     text_hash,
@@ -35,11 +48,13 @@ from protocol.manifest import (
 __all__ = [
     "INT8_LEVELS",
     "MIN_ROUND_TRIP_COSINE",
+    "VECTOR_RECIPE",
     "claimed_vector",
     "claims",
     "decode_vector",
     "encode_vector",
     "manifest_vectors",
+    "vector_text",
 ]
 
 INT8_LEVELS = 127
@@ -49,6 +64,22 @@ MIN_ROUND_TRIP_COSINE = 0.999
 """Least cosine between a unit vector of :data:`~protocol.manifest.MAX_VECTOR_DIM` or
 fewer dimensions and its int8 round trip that the unit tests accept; measured on MiniLM
 vectors the worst is above 0.9999."""
+
+
+VECTOR_RECIPE = f"\n[vector: the whole text × {EXAMPLE_HEAD_WEIGHT:g} + each example]"
+"""Appended to the whole text of a capability with examples in :func:`vector_text`: it
+names how that capability's vector is made, so its key differs from the key of the whole
+text embedded once (the earlier rule)."""
+
+
+def vector_text(capability: Capability) -> str:
+    """The text whose hash keys ``capability``'s vector in a manifest: its whole text
+    (:func:`~meshnode.discovery.index.capability_text`), plus :data:`VECTOR_RECIPE` when
+    it has examples (then its vector sums several embeddings)."""
+    text = capability_text(capability)
+    if capability.examples:
+        text += VECTOR_RECIPE
+    return text
 
 
 def encode_vector(capability: str, text: str, vector: np.ndarray) -> CapabilityVector:

@@ -282,13 +282,17 @@ class DiscoveryService:
         assert self.embedder is not None and self.index is not None
         import numpy as np
 
-        from meshnode.discovery.index import entries_from_manifest
-        from meshnode.discovery.vectors import claimed_vector, claims
+        from meshnode.discovery.index import (
+            capability_texts,
+            capability_vectors,
+            entries_from_manifest,
+        )
+        from meshnode.discovery.vectors import claimed_vector, claims, vector_text
 
         index, embedder = self.index, self.embedder
         plans: list[tuple[str, list[IndexEntry], np.ndarray, set[str]]] = []
-        texts: list[str] = []
-        slots: list[tuple[int, int]] = []  # (plan, row) of each text to embed
+        texts: list[Any] = []  # the capabilities to embed
+        slots: list[tuple[int, int]] = []  # (plan, row) of each capability to embed
         for node_id, manifest in batch.items():
             self._claimed.pop(node_id, None)
             if manifest is None:
@@ -303,19 +307,23 @@ class DiscoveryService:
             )
             claimed: set[str] = set()
             for row, entry in enumerate(entries):
-                vector = claimed_vector(found, entry.name, entry.text) if found else None
+                vector = (
+                    claimed_vector(found, entry.name, vector_text(entry.capability))
+                    if found
+                    else None
+                )
                 if vector is None:
                     slots.append((len(plans), row))
-                    texts.append(entry.text)
+                    texts.append(entry.capability)
                 else:
                     rows[row] = vector
                     claimed.add(entry.name)
             plans.append((node_id, entries, rows, claimed))
         if texts:
             started = time.perf_counter()
-            embedded = embedder.embed(texts)
+            embedded = capability_vectors(embedder, texts)
             self._core().metrics.embedding.observe(time.perf_counter() - started)
-            self.counters["texts_embedded"] += len(texts)
+            self.counters["texts_embedded"] += sum(len(capability_texts(c)) for c in texts)
             for (plan, row), vector in zip(slots, embedded, strict=True):
                 plans[plan][2][row] = vector
         # One insert for the whole batch, on INDEX_BUILD_THREADS threads.
@@ -338,7 +346,9 @@ class DiscoveryService:
         if not todo:
             return {}
         embedder, index = self.embedder, self.index
-        local = embedder.embed([e.text for e in todo])
+        from meshnode.discovery.index import capability_vectors
+
+        local = capability_vectors(embedder, [e.capability for e in todo])
         out: dict[tuple[str, str], Any] = {}
         forgers: set[str] = set()
         for entry, vector in zip(todo, local, strict=True):
@@ -464,14 +474,16 @@ class DiscoveryService:
         ``NodeConfig.manifest_vectors`` is off or there is nothing to ship."""
         if not self.config.manifest_vectors or not capabilities:
             return None
-        from meshnode.discovery.index import capability_text
-        from meshnode.discovery.vectors import manifest_vectors
+        from meshnode.discovery.index import capability_vectors
+        from meshnode.discovery.vectors import manifest_vectors, vector_text
 
         embedder = shared_embedder(self.config.embedder, self.config.embedding_precision)
-        texts = [capability_text(c) for c in capabilities]
-        missing = [t for t in dict.fromkeys(texts) if t not in self._own_vectors]
+        texts = [vector_text(c) for c in capabilities]
+        missing = {t: c for t, c in zip(texts, capabilities, strict=True)}
+        missing = {t: c for t, c in missing.items() if t not in self._own_vectors}
         if missing:
-            for text, vector in zip(missing, embedder.embed(missing), strict=True):
+            vectors = capability_vectors(embedder, list(missing.values()))
+            for text, vector in zip(missing, vectors, strict=True):
                 self._own_vectors[text] = vector
             while len(self._own_vectors) > OWN_VECTOR_CACHE:
                 del self._own_vectors[next(iter(self._own_vectors))]

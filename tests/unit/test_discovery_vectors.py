@@ -25,8 +25,8 @@ import pytest
 from meshnode.core import NodeConfig
 from meshnode.core.node import NodeCore
 from meshnode.discovery import CachedEmbedder, CapabilityIndex, HashingEmbedder, IndexEntry
-from meshnode.discovery.index import capability_text
-from meshnode.discovery.vectors import encode_vector, manifest_vectors
+from meshnode.discovery.index import capability_text, capability_texts, capability_vectors
+from meshnode.discovery.vectors import encode_vector, manifest_vectors, vector_text
 from meshnode.runtime.discovery import RERANK_CLAIMS, VERIFY_BATCH_TEXTS, DiscoveryService
 from protocol import Capability, Identity, Manifest
 from protocol.manifest import ManifestVectors
@@ -96,11 +96,12 @@ def own_manifest(
 
 
 def honest_vectors(capabilities: Sequence[Capability], model: HashingEmbedder) -> ManifestVectors:
-    texts = [capability_text(c) for c in capabilities]
+    texts = [vector_text(c) for c in capabilities]
+    vectors = capability_vectors(model, capabilities)
     built = manifest_vectors(
         model.model_id,
         model.dim,
-        [(c.name, t, v) for c, t, v in zip(capabilities, texts, model.embed(texts), strict=True)],
+        [(c.name, t, v) for c, t, v in zip(capabilities, texts, vectors, strict=True)],
     )
     assert built is not None
     return built
@@ -466,12 +467,15 @@ def test_upsert_many_keeps_the_words_in_step_as_upsert_does() -> None:
     assert len(batched) == len(single) == 1
 
 
-def test_a_vector_names_the_one_text_with_examples_that_is_embedded(
+def test_a_vector_names_how_a_capability_with_examples_is_embedded(
     service: DiscoveryService, counting: CountingEmbedder
 ) -> None:
-    """A capability's examples are part of its one embedded text (``capability_text``):
-    a vector of that text is indexed without embedding, and a vector of the text without
-    its examples names another text, so it is not used and the full text is embedded."""
+    """A capability with examples has one vector that sums its whole text's embedding and
+    each example's (``capability_vectors``), keyed by ``vector_text`` (the whole text and
+    the rule). A vector under that key is indexed without embedding; one keyed by the
+    whole text alone (how such a vector was made before: the whole text embedded once)
+    or by the text without examples names another key, so it is not used and the
+    capability is embedded here: its whole text and each example."""
     model = HashingEmbedder()
     with_examples = Capability(
         name="translate_text",
@@ -479,25 +483,42 @@ def test_a_vector_names_the_one_text_with_examples_that_is_embedded(
         examples=("say hello in French", "put this letter into English"),
     )
     assert "Examples: say hello in French" in capability_text(with_examples)
+    assert vector_text(with_examples) != capability_text(with_examples)
+    assert capability_texts(with_examples) == [
+        capability_text(with_examples),
+        "say hello in French",
+        "put this letter into English",
+    ]
+    whole = model.embed([capability_text(with_examples)])[0]
     stale = ManifestVectors(
         model.model_id,
         model.dim,
-        (
-            encode_vector(
-                with_examples.name,
-                capability_text(Capability(with_examples.name, with_examples.description)),
-                model.embed([capability_text(with_examples)])[0],
-            ),
-        ),
+        (encode_vector(with_examples.name, capability_text(with_examples), whole),),
     )
+    bare_text = capability_text(Capability(with_examples.name, with_examples.description))
+    bare = ManifestVectors(
+        model.model_id, model.dim, (encode_vector(with_examples.name, bare_text, whole),)
+    )
+    third = Identity.from_seed(b"\x07" * 32)
     service._apply_batch(
         {
             HONEST.node_id: own_manifest(
                 HONEST, [with_examples], honest_vectors([with_examples], model)
             ),
             FORGER.node_id: own_manifest(FORGER, [with_examples], stale),
+            third.node_id: own_manifest(third, [with_examples], bare),
         }
     )
-    assert counting.texts == [capability_text(with_examples)]  # the stale one only
+    # The stale and the bare claims only: the capability's three texts, embedded once
+    # for both (the service's embedder caches texts).
+    assert counting.texts == capability_texts(with_examples)
+    assert service.counters["texts_embedded"] == 2 * len(capability_texts(with_examples))
     assert service.counters["vectors_accepted"] == 1
     assert service.vectors_json()["claims_unchecked"] == 1
+    index = service.index
+    assert index is not None
+    local = capability_vectors(model, [with_examples])[0]
+    assert float(np.dot(local, whole)) < 0.99  # the two rules give different vectors
+    for node_id in (FORGER.node_id, third.node_id):
+        stored = index.vector((node_id, with_examples.name))
+        assert stored is not None and float(np.dot(stored, local)) > 0.999

@@ -5,10 +5,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import numpy as np
 import pytest
 
 from meshnode.capability import make_capability
-from meshnode.discovery.index import capability_text
+from meshnode.discovery import HashingEmbedder
+from meshnode.discovery.index import (
+    EXAMPLE_HEAD_WEIGHT,
+    capability_text,
+    capability_texts,
+    capability_vectors,
+    combine_vectors,
+)
 from meshnode.discovery.lexical import capability_terms
 from protocol import LocalProtocolError
 from protocol.codec import pack, unpack
@@ -138,3 +146,63 @@ def test_appended_fields_must_have_defaults_and_come_last() -> None:
     for cls in (NoDefault, NotLast):
         with pytest.raises(TypeError, match="Appended"):
             to_wire(cls(1))
+
+
+def _unit(*values: float) -> list[float]:
+    row = np.asarray(values, dtype=np.float64)
+    return list(row / np.linalg.norm(row))
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        # One row (no examples): the text's vector as it is, not even re-normalised.
+        ([[0.6, 0.8]], [0.6, 0.8]),
+        ([[3.0, 4.0]], [3.0, 4.0]),
+        # Text and one example: EXAMPLE_HEAD_WEIGHT × text + example, normalised.
+        ([[1.0, 0.0], [0.0, 1.0]], _unit(EXAMPLE_HEAD_WEIGHT, 1.0)),
+        # Rows are normalised first: a longer row does not weigh more.
+        ([[2.0, 0.0], [0.0, 5.0]], _unit(EXAMPLE_HEAD_WEIGHT, 1.0)),
+        # Three examples outweigh the text: they point where requests are phrased.
+        ([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0]], _unit(EXAMPLE_HEAD_WEIGHT, 3.0)),
+        # A zero row (a text that embeds to nothing) adds nothing.
+        ([[1.0, 0.0], [0.0, 0.0]], [1.0, 0.0]),
+        # A sum of zero stays zero (never NaN).
+        ([[0.0, 0.0], [0.0, 0.0]], [0.0, 0.0]),
+    ],
+)
+def test_combine_vectors(rows: list[list[float]], expected: list[float]) -> None:
+    """A capability's one vector from its texts' rows: the rule of EXAMPLE_HEAD_WEIGHT."""
+    combined = combine_vectors(np.asarray(rows, dtype=np.float32))
+    assert combined.dtype == np.float32 and combined.shape == (2,)
+    assert np.allclose(combined, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(0, 4), (4,), (1, 2, 2)])
+def test_combine_vectors_refuses_what_is_not_rows(shape: tuple[int, ...]) -> None:
+    """No rows, or not a matrix: a clear error."""
+    with pytest.raises(ValueError, match="one or more rows"):
+        combine_vectors(np.zeros(shape, dtype=np.float32))
+
+
+def test_capability_vectors_embed_each_example_alone_and_change_nothing_without() -> None:
+    """A capability without examples gets its whole text's embedding, bit for bit (so a
+    node's vectors and the manifests carrying them are what they were); one with examples
+    gets the sum of its whole text's and each example's, which is closer to a request
+    phrased like an example than the whole text embedded once."""
+    model = HashingEmbedder()
+    plain = Capability(name="convert_units", description="Convert between units")
+    rich = Capability(
+        name="translate_text",
+        description="Translate text between human languages",
+        examples=("say good morning in Italian", "what is the German word for cheese"),
+    )
+    vectors = capability_vectors(model, [plain, rich])
+    assert vectors.shape == (2, model.dim)
+    assert np.array_equal(vectors[0], model.embed([capability_text(plain)])[0])
+    rows = model.embed(capability_texts(rich))
+    assert np.allclose(vectors[1], combine_vectors(rows), atol=1e-6)
+    query = model.embed(["what is the German word for cheese"])[0]
+    one_text = model.embed([capability_text(rich)])[0]
+    assert float(query @ vectors[1]) > float(query @ one_text)
+    assert capability_vectors(model, []).shape == (0, model.dim)
