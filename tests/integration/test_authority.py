@@ -214,7 +214,8 @@ def test_outsiders_are_kept_out_and_a_revoked_node_is_cut_off(tmp_path: Path) ->
         again = json.loads(
             cli(
                 "authority", "revoke", "--dir", str(authority_dir), "--node-id",
-                doomed.node_id, "--node", doomed.address, "--json",
+                doomed.node_id, "--node", doomed.address, "--out",
+                str(tmp_path / "doomed-again.rev"), "--json",
             )
         )  # fmt: skip
         assert again["accepted"] is True
