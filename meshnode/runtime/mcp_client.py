@@ -283,6 +283,8 @@ async def capped_stdio(
         stderr=sys.stderr,
         start_new_session=True,
     )
+    stdout, stdin = process.stdout, process.stdin
+    assert stdout is not None and stdin is not None  # both are pipes
     read_writer, read_stream = anyio.create_memory_object_stream[Any](0)
     write_stream, write_reader = anyio.create_memory_object_stream[Any](0)
 
@@ -298,7 +300,7 @@ async def capped_stdio(
         scanned = 0  # bytes of ``buffer`` known to hold no newline
         try:
             async with read_writer:
-                async for chunk in process.stdout:
+                async for chunk in stdout:
                     buffer += chunk
                     while (end := buffer.find(b"\n", scanned)) >= 0:
                         if end > cap:
@@ -323,7 +325,7 @@ async def capped_stdio(
             async with write_reader:
                 async for message in write_reader:
                     text = message.message.model_dump_json(by_alias=True, exclude_unset=True)
-                    await process.stdin.send((text + "\n").encode())
+                    await stdin.send((text + "\n").encode())
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
             await read_writer.aclose()
 
