@@ -1012,9 +1012,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-host",
         action="append",
         metavar="NAME",
-        help="a host name the HTTP API answers to without the token, besides IP addresses, "
-        "localhost and --host/--advertise-host (repeatable; other names get HTTP 403, "
-        "which stops DNS-rebinding pages)",
+        help="a host name the HTTP API answers to without the token (repeatable; default: "
+        "only IP addresses, localhost and --host/--advertise-host; other names get HTTP "
+        "403, which stops DNS-rebinding pages)",
     )
     for client in (members, discover, delegate, trust):
         client.add_argument(
