@@ -259,6 +259,8 @@ def _config_from_args(args: argparse.Namespace) -> NodeConfig:
     overrides["api_token"] = api_token(args)
     overrides["api_trust_loopback"] = not args.no_trust_loopback
     overrides["api_open_reads"] = args.open_reads
+    if args.api_host:
+        overrides["api_allowed_hosts"] = tuple(args.api_host)
     if args.authority:
         overrides["authority"] = args.authority
     if args.cert:
@@ -1087,6 +1089,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--open-reads",
         action="store_true",
         help="members, manifests and trust answer anyone (default: loopback or the token)",
+    )
+    run.add_argument(
+        "--api-host",
+        action="append",
+        metavar="NAME",
+        help="a host name the HTTP API answers to without the token (repeatable; default: "
+        "only IP addresses, localhost and --host/--advertise-host; other names get HTTP "
+        "403, which stops DNS-rebinding pages)",
     )
     for client in (members, discover, delegate, trust):
         client.add_argument(

@@ -673,6 +673,28 @@ class NodeConfig:
     forgives more forgery; higher risks blaming an honest peer for numerics. Below it the
     owner is counted as a forger and its later claims are ignored."""
 
+    # ------------------------------------------------------------------ API: browser origins
+
+    api_allowed_hosts: tuple[str, ...] = ()
+    """Host names (no port) the HTTP API answers to besides IP literals, ``localhost``,
+    :attr:`host` and :attr:`advertise_host`, default none (CLI ``run --api-host NAME``,
+    repeatable). A request that the API lets through without a token (a loopback caller
+    while :attr:`api_trust_loopback`, or anyone on a read route with
+    :attr:`api_open_reads`), and every request a browser sends, must name the node in its
+    ``Host`` header: a web page that points its own domain at 127.0.0.1 (DNS rebinding)
+    sends that domain and is refused with HTTP 403. Add the names operators and scrapers
+    use to reach the node without a token (``node1.internal``); a name here is trusted
+    not to resolve to a page an attacker controls. At most :data:`MAX_API_NAMES` names."""
+    api_allowed_origins: tuple[str, ...] = ()
+    """Web origins (``scheme://host[:port]``) allowed to call the HTTP API from a browser
+    besides the node's own, default none. A request with an ``Origin`` header naming
+    another origin, or with ``Sec-Fetch-Site: cross-site`` and no allowed origin, is
+    refused with HTTP 403 before any work: a page the operator visits cannot make the
+    node delegate, discover or read through the operator's loopback trust. Add the origin
+    of a web console you run yourself (it still needs the token unless it is served from
+    loopback). Stored normalised (lower case, explicit port). At most
+    :data:`MAX_API_NAMES` origins."""
+
     # ------------------------------------------------------------------ presets
 
     @classmethod
@@ -740,6 +762,21 @@ class NodeConfig:
         self._validate_authorization()
         self._validate_observability()
         self._validate_manifest_vectors()
+        self._validate_api_origins()
+
+    def _validate_api_origins(self) -> None:
+        hosts = self.api_allowed_hosts
+        if isinstance(hosts, str) or not isinstance(hosts, tuple | list):
+            raise ValueError("api_allowed_hosts must be a sequence of host names")
+        if len(hosts) > MAX_API_NAMES:
+            raise ValueError(f"api_allowed_hosts holds at most {MAX_API_NAMES} names")
+        object.__setattr__(self, "api_allowed_hosts", tuple(normalize_host(h) for h in hosts))
+        origins = self.api_allowed_origins
+        if isinstance(origins, str) or not isinstance(origins, tuple | list):
+            raise ValueError("api_allowed_origins must be a sequence of origins")
+        if len(origins) > MAX_API_NAMES:
+            raise ValueError(f"api_allowed_origins holds at most {MAX_API_NAMES} origins")
+        object.__setattr__(self, "api_allowed_origins", tuple(normalize_origin(o) for o in origins))
 
     def _validate_manifest_vectors(self) -> None:
         if not isinstance(self.manifest_vectors, bool):
@@ -1001,6 +1038,75 @@ _LOCAL: dict[str, Any] = {
     "tcp_timeout": 1.0,
 }
 """Overrides of the LAN base for the fast local/test profile."""
+
+
+MAX_API_NAMES = 64
+"""Most entries in :attr:`NodeConfig.api_allowed_hosts` and
+:attr:`NodeConfig.api_allowed_origins` each (they are matched by a set lookup; the cap
+only keeps a typo-driven config readable)."""
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def normalize_host(name: object) -> str:
+    """A host name for :attr:`NodeConfig.api_allowed_hosts`: lower case, no trailing dot;
+    a port, a scheme, a wildcard or an empty name is refused (``ValueError``)."""
+    if not isinstance(name, str):
+        raise ValueError(f"api_allowed_hosts: {name!r} is not a host name")
+    text = name.strip().lower().rstrip(".")
+    if not text or len(text) > 253 or any(c in text for c in "/:*@ []"):
+        raise ValueError(
+            f"api_allowed_hosts: {name!r} is not a bare host name (no port, scheme or wildcard)"
+        )
+    return text
+
+
+def normalize_origin(origin: object) -> str:
+    """A web origin as ``scheme://host:port`` (lower case, the port always written, IPv6
+    hosts in brackets); ``ValueError`` for anything else (a path, ``null``, another
+    scheme than http or https)."""
+    if not isinstance(origin, str):
+        raise ValueError(f"api_allowed_origins: {origin!r} is not an origin")
+    text = origin.strip().lower()
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme not in _DEFAULT_PORTS or not rest or any(c in rest for c in "/?#@"):
+        raise ValueError(
+            f"{origin!r} is not an origin (scheme://host[:port], http or https, no path)"
+        )
+    try:
+        host, port = split_host_port(rest)
+    except ValueError as exc:
+        raise ValueError(f"{origin!r} is not an origin: {exc}") from None
+    if not host or (port is None and rest.endswith(":")):
+        raise ValueError(f"{origin!r} is not an origin (scheme://host[:port])")
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{port if port is not None else _DEFAULT_PORTS[scheme]}"
+
+
+def split_host_port(authority: str) -> tuple[str, int | None]:
+    """``"Host"`` header text (``name``, ``name:port``, ``[v6]``, ``[v6]:port``) as
+    ``(host, port)``: the host lower case without brackets or trailing dot, the port
+    None when absent. ``ValueError`` when the port is not a number in 0..65535 or a
+    bracket is unclosed."""
+    text = authority.strip().lower()
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError(f"unclosed bracket in {authority!r}")
+        host, tail = text[1:end], text[end + 1 :]
+        if tail and not tail.startswith(":"):
+            raise ValueError(f"junk after the address in {authority!r}")
+        port_text = tail[1:] if tail else None
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, None  # a name, or a bare IPv6 literal
+    port: int | None = None
+    if port_text:
+        if not port_text.isdigit() or int(port_text) > 65_535:
+            raise ValueError(f"bad port in {authority!r}")
+        port = int(port_text)
+    return host.rstrip("."), port
 
 
 def is_loopback_host(host: str) -> bool:

@@ -78,6 +78,35 @@ same rule unless ``NodeConfig.api_open_reads``. ``GET /v1/health`` is open. Toke
 compared in constant time (as SHA-256 digests, so not even their length leaks) and never
 logged.
 
+Browser origins (:func:`origin_problem`, a middleware ahead of every route, and
+:func:`authorize`). A web page the operator visits can send requests to the node on
+loopback: a form post or a "simple" ``fetch`` to ``/v1/delegate`` needs no CORS approval
+to be *sent*, and a page on a domain that resolves to 127.0.0.1 (DNS rebinding) can also
+*read* the answer. So:
+
+* a request carrying an ``Origin`` header is refused with HTTP 403 (JSON ``{"error"}``)
+  unless the origin is the node's own (the scheme and ``Host`` the request was addressed
+  to, with a host the node answers to, see below) or listed in
+  ``NodeConfig.api_allowed_origins``; a request with ``Sec-Fetch-Site: cross-site`` and
+  no ``Origin`` is refused the same way, except a plain navigation to the static
+  dashboard page (:data:`BROWSER_OPEN_PATHS`: it holds no data); this happens before
+  any route runs, token or not (a page cannot know the token, and a console on another
+  origin is allowed by listing it);
+* the ``Host`` header must name the node: an IP literal, ``localhost``, the node's
+  ``host`` or ``advertise_host``, or a name in ``NodeConfig.api_allowed_hosts``
+  (``meshnode run --api-host``). Every request a browser marks as its own
+  (``Sec-Fetch-Site`` present) is held to it in the middleware; :func:`authorize` holds
+  to it every request it lets through without a token (loopback trust, open reads),
+  whatever the client. A request with the right bearer token passes whatever its
+  ``Host``: a page cannot attach a token it does not know, and proxies or scrapers that
+  reach the node by another name keep working with the token. Peer routes
+  (``/v1/wire/*``, the task WebSocket) are signed, not trusted by address, and peers
+  send neither ``Origin`` nor ``Sec-Fetch-Site``, so they are untouched; a request with
+  no ``Host`` header at all (no browser sends one) is not refused for it.
+
+Refusals are counted in ``/v1/health``'s drops (``api_cross_origin``,
+``api_host_refused``).
+
 What stays here, and why: the body caps, the JSON depth, the peer body slots and the
 loopback exemption bound raw HTTP input at the boundary, before anything is decoded or
 reaches the core; the token bucket itself is the core's
@@ -101,6 +130,7 @@ from aiohttp import web
 from meshnode.core.a2a import json_depth as bounded_json_depth
 from meshnode.core.channel import MAX_RATE_BUCKETS as MAX_RATE_BUCKETS  # its old home
 from meshnode.core.channel import RateLimiter as RateLimiter  # its old home
+from meshnode.core.config import normalize_origin, split_host_port
 from meshnode.core.keys import MAX_CONCURRENT_KEY_OPS, Action
 from meshnode.runtime.dashboard import add_routes as add_dashboard_routes
 from meshnode.runtime.transport import BodyTooLarge, read_capped
@@ -172,6 +202,12 @@ PEER_BODY_SLOTS = 4
 """Peer requests with a body over ``node.DECODE_INLINE_MAX_BYTES`` (or of unknown length)
 being read and decoded at once; more get HTTP 503 at once. Bounds the memory and thread
 time a burst of large frames can take (honest push-pulls arrive a few per minute)."""
+BROWSER_OPEN_PATHS = frozenset({"/", "/ui"})
+"""Paths (with ``/ui/`` assets) a cross-site browser navigation may ``GET``: the static
+dashboard page, which holds no mesh data (following a link to one's own dashboard from
+another site is not an attack). Everything it then fetches is same-origin."""
+MAX_ORIGIN_ECHO_CHARS = 100
+"""Characters of a refused ``Origin`` or ``Host`` quoted back in the 403 body."""
 RETRY_AFTER_S = 1
 """``Retry-After`` seconds sent with HTTP 429 and 503."""
 
@@ -210,7 +246,7 @@ def build_app(node: MeshNode) -> web.Application:
             MAX_DISCOVER_BODY_BYTES,
             MAX_DELEGATE_BODY_BYTES,
         ),
-        middlewares=[_observe_middleware(node)],
+        middlewares=[_origin_middleware(node), _observe_middleware(node)],
     )
     routes = web.RouteTableDef()
     limiter = RateLimiter(node.config.api_rate_per_s, node.config.api_rate_burst)
@@ -675,17 +711,22 @@ def bearer_token(request: web.Request) -> str | None:
 
 
 def authorize(request: web.Request, config: NodeConfig, access: Access) -> None:
-    """The API's access rule (see the module docstring); raises HTTP 401 to refuse.
+    """The API's access rule (see the module docstring); raises HTTP 401 to refuse, and
+    HTTP 403 (:class:`HostRefused`) when the caller would pass without a token but its
+    ``Host`` header does not name the node (:func:`host_allowed`).
 
-    A read route passes when ``config.api_open_reads``. Otherwise the caller passes with
-    the right bearer token, or from loopback while ``config.api_trust_loopback``. Every
+    The caller passes with the right bearer token. Without one, a read route passes when
+    ``config.api_open_reads``, and any route from loopback while
+    ``config.api_trust_loopback``; both only for a ``Host`` the node answers to. Every
     route that triggers work or changes state calls this with :attr:`Access.WORK`."""
-    if access is Access.READ and config.api_open_reads:
-        return
     given = bearer_token(request)
     if given is not None and token_matches(given, config.api_token):
         return
-    if config.api_trust_loopback and _is_loopback(request.remote):
+    if (access is Access.READ and config.api_open_reads) or (
+        config.api_trust_loopback and _is_loopback(request.remote)
+    ):
+        if not host_allowed(request, config):
+            raise HostRefused(request)
         return
     if config.api_token is None:
         needs = "loopback callers only" if config.api_trust_loopback else "closed: no api token"
@@ -696,6 +737,128 @@ def authorize(request: web.Request, config: NodeConfig, access: Access) -> None:
     raise web.HTTPUnauthorized(
         text=f"{request.path}: {needs}", headers={"WWW-Authenticate": 'Bearer realm="meshnode"'}
     )
+
+
+class HostRefused(web.HTTPForbidden):
+    """HTTP 403 for a request whose ``Host`` header names something other than the node
+    (a DNS-rebinding page's domain): plain JSON ``{"error": ...}``."""
+
+    def __init__(self, request: web.Request) -> None:
+        host = (request.headers.get("Host") or "")[:MAX_ORIGIN_ECHO_CHARS]
+        super().__init__(
+            text=json.dumps(
+                {
+                    "error": f"Host {host!r} does not name this node: use its address, "
+                    "localhost, or a name given with --api-host (or send the api token)"
+                }
+            ),
+            content_type="application/json",
+        )
+
+
+def _node_names(config: NodeConfig) -> set[str]:
+    names = set(config.api_allowed_hosts)
+    for configured in (config.host, config.advertise_host):
+        if configured:
+            names.add(configured.strip().lower().strip("[]").rstrip("."))
+    return names
+
+
+def host_allowed(request: web.Request, config: NodeConfig) -> bool:
+    """Whether the request's ``Host`` header names this node: an IP literal, ``localhost``,
+    ``NodeConfig.host`` or ``advertise_host``, or a name in
+    ``NodeConfig.api_allowed_hosts`` (any port). No ``Host`` header at all passes (no
+    browser omits it; see the module docstring); a malformed one does not."""
+    raw = request.headers.get("Host")
+    if raw is None:
+        return True
+    try:
+        host, _ = split_host_port(raw)
+    except ValueError:
+        return False
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return host in _node_names(config)
+    return True
+
+
+def _own_origin(request: web.Request) -> str | None:
+    """The origin the request was addressed to (its scheme and ``Host``), normalised."""
+    raw = request.headers.get("Host")
+    if raw is None:
+        return None
+    try:
+        return normalize_origin(f"{request.scheme}://{raw.strip()}")
+    except ValueError:
+        return None
+
+
+def origin_problem(request: web.Request, config: NodeConfig) -> str | None:
+    """Why a browser must not make this request (None: it may); see the module docstring.
+
+    With an ``Origin`` header: it must be in ``NodeConfig.api_allowed_origins``, or be the
+    node's own origin with a ``Host`` the node answers to. Without one, a request that
+    says ``Sec-Fetch-Site: cross-site`` is refused (except a ``GET`` of
+    :data:`BROWSER_OPEN_PATHS`), and any request with a ``Sec-Fetch-Site`` header (only
+    browsers send it) must have an allowed ``Host``."""
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        try:
+            normalized = normalize_origin(origin)
+        except ValueError:
+            normalized = None
+        if normalized is not None and normalized in config.api_allowed_origins:
+            return None
+        if (
+            normalized is not None
+            and normalized == _own_origin(request)
+            and host_allowed(request, config)
+        ):
+            return None
+        return (
+            f"cross-origin request from {origin[:MAX_ORIGIN_ECHO_CHARS]!r} refused: the "
+            "API answers its own origin and the origins in api_allowed_origins"
+        )
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is None:
+        return None
+    if site.strip().lower() == "cross-site":
+        path = request.path
+        if request.method in ("GET", "HEAD") and (
+            path in BROWSER_OPEN_PATHS or path.startswith("/ui/")
+        ):
+            return None
+        return "cross-site request refused (Sec-Fetch-Site: cross-site)"
+    if not host_allowed(request, config):
+        host = (request.headers.get("Host") or "")[:MAX_ORIGIN_ECHO_CHARS]
+        return f"Host {host!r} does not name this node (DNS rebinding?)"
+    return None
+
+
+def _origin_middleware(node: MeshNode) -> Any:
+    """Refuses, before any route runs, what a browser must not send (:func:`origin_problem`)
+    with HTTP 403 and a JSON error, and counts it; counts :class:`HostRefused` raised by
+    :func:`authorize` on the way out."""
+
+    @web.middleware
+    async def origins(request: web.Request, handler: Any) -> web.StreamResponse:
+        problem = origin_problem(request, node.config)
+        if problem is not None:
+            node.count_drop("api_cross_origin")
+            return web.json_response({"error": problem}, status=403)
+        try:
+            response: web.StreamResponse = await handler(request)
+        except HostRefused:
+            node.count_drop("api_host_refused")
+            raise
+        return response
+
+    return origins
 
 
 async def _json_body(request: web.Request, node: MeshNode, cap: int) -> dict[str, Any]:

@@ -96,6 +96,14 @@ Claimed hits beyond them are left out of that answer. A query's pool is 64
 (``meshnode.core.router.candidate_pool``), so at most 16 of its claims are ranked while
 a join is fresh; measured by ``benchmarks/discovery.py --join``."""
 
+MAX_FORGERS_TRACKED = 4_096
+"""Owners whose forged vectors :attr:`DiscoveryService.forged_vectors` counts, default
+4,096. A forger with fresh keys adds one owner per key; beyond the cap the owner with the
+fewest forgeries goes, the longest-counted first among equals (see
+:func:`count_forgery`), so repeat forgers stay known. Forgetting an owner only means its
+next claims are checked again before they rank anything, as any stranger's are. 4,096
+entries are about 0.5 MiB."""
+
 VERIFY_IDLE_S = 30.0
 """Seconds, default 30, without any manifest change before background verification
 starts: a node joining a large mesh spends its time indexing first; queries re-rank
@@ -136,6 +144,19 @@ def shared_embedder(kind: str, precision: str = "auto") -> CachedEmbedder:
         return cached
 
 
+def count_forgery(counts: dict[str, int], node_id: str, cap: int = MAX_FORGERS_TRACKED) -> None:
+    """Count one forged vector against ``node_id`` in ``counts``, keeping at most ``cap``
+    owners: a new owner beyond it evicts the owner with the fewest forgeries, the one
+    counted longest ago among equals (the dict's insertion order)."""
+    if node_id in counts:
+        counts[node_id] += 1
+        return
+    while len(counts) >= cap:
+        victim = min(counts, key=counts.__getitem__)  # first of the smallest counts
+        del counts[victim]
+    counts[node_id] = 1
+
+
 class DiscoveryService:
     """The local semantic index of one node and the queries against it."""
 
@@ -160,7 +181,10 @@ class DiscoveryService:
         """Per node, the capabilities whose indexed vector is its owner's claim, not yet
         checked (touched on the embedding thread only)."""
         self.forged_vectors: dict[str, int] = {}
-        """Per owner, claimed vectors found far from the local embedding of their text."""
+        """Per owner, claimed vectors found far from the local embedding of their text (at
+        most :attr:`max_forgers_tracked` owners, see :func:`count_forgery`)."""
+        self.max_forgers_tracked = MAX_FORGERS_TRACKED
+        """Cap on the owners :attr:`forged_vectors` holds (:data:`MAX_FORGERS_TRACKED`)."""
         self.counters: dict[str, int] = {
             "texts_embedded": 0,
             "vectors_accepted": 0,
@@ -234,7 +258,8 @@ class DiscoveryService:
         return {
             **self.counters,
             "claims_unchecked": sum(len(names) for names in list(self._claimed.values())),
-            "forged_by_node": dict(sorted(self.forged_vectors.items())),
+            # dict() copies in one step: the embedding thread may count meanwhile
+            "forged_by_node": dict(sorted(dict(self.forged_vectors).items())),
         }
 
     @property
@@ -364,13 +389,13 @@ class DiscoveryService:
             self.counters["vectors_verified"] += 1
             if float(np.dot(claimed, vector)) < self.config.forged_vector_min_cosine:
                 self.counters["vectors_forged"] += 1
-                self.forged_vectors[entry.node_id] = self.forged_vectors.get(entry.node_id, 0) + 1
+                count_forgery(self.forged_vectors, entry.node_id, self.max_forgers_tracked)
                 forgers.add(entry.node_id)
         for node_id in forgers:
             log.warning(
                 "forged_vector",
                 node=node_id[:12],
-                count=self.forged_vectors[node_id],
+                count=self.forged_vectors.get(node_id, 0),
             )
             self._claimed.pop(node_id, None)
             if self._loop is not None:

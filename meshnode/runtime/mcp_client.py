@@ -35,6 +35,14 @@ schemas (every page, at most :data:`MAX_TOOL_PAGES`), and a server's
 :meth:`McpClientPool.aclose` closes every session and stops every server (the library
 closes stdin, waits, then terminates the process tree); it is safe to call twice.
 
+Reading a server. The node reads each server's stdout itself (:func:`capped_stdio`, the
+same newline-delimited JSON-RPC as ``mcp.client.stdio``): a message (an answer, a
+notification, a tool result) longer than :data:`MAX_MCP_MESSAGE_BYTES` is never buffered
+whole. As soon as a line passes the cap the server is killed, the session ends, and the
+call waiting on it fails with :class:`McpCallError` naming the cap (the exposed task fails
+with that error); the next call starts the server again. So a server that answers with
+gigabytes, or never ends a line, costs the node at most the cap plus one read.
+
 The ``mcp`` package is optional (``pip install 'meshnode[mcp]'``); it is imported on first
 use, and its absence raises :class:`McpUnavailable` with that instruction.
 """
@@ -45,17 +53,21 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import Callable, Mapping
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from meshnode.runtime.logging import get_logger
 from protocol import MeshError
+from protocol.limits import MAX_VALUE_BYTES
 
 __all__ = [
     "CALL_TIMEOUT_S",
     "CONFIG_ENV",
+    "MAX_MCP_MESSAGE_BYTES",
     "START_TIMEOUT_S",
     "McpCallError",
     "McpClientPool",
@@ -78,6 +90,15 @@ MAX_CONFIG_BYTES = 1024 * 1024
 """Largest configuration file read."""
 MAX_TOOL_PAGES = 16
 """Pages of ``tools/list`` read from one server (a server that pages forever is cut off)."""
+MAX_MCP_MESSAGE_BYTES = 2 * MAX_VALUE_BYTES
+"""Longest JSON-RPC message (one line) read from an MCP server, bytes: 8 MiB. A tool
+result becomes a task output, which travels packed in at most
+``protocol.limits.MAX_VALUE_BYTES`` (4 MiB); its JSON form, with the text blocks and the
+structured content often carrying the same data twice, fits in twice that. A longer line
+kills the server and fails the call (see the module docstring)."""
+STOP_GRACE_S = 2.0
+"""Seconds a server gets to exit after its stdin closes, then again after SIGTERM, before
+SIGKILL (the MCP shutdown sequence)."""
 
 log = get_logger("meshnode.mcp")
 
@@ -215,6 +236,114 @@ def _result(raw: Any) -> McpToolResult:
     return McpToolResult(tuple(blocks), structured, bool(is_error))
 
 
+async def _stop_process(process: Any) -> None:
+    """Close stdin, then SIGTERM, then SIGKILL the server's process group, waiting
+    :data:`STOP_GRACE_S` between steps."""
+    import anyio
+
+    with contextlib.suppress(Exception):
+        await process.stdin.aclose()
+    for sig in (None, signal.SIGTERM, signal.SIGKILL):
+        if sig is not None:
+            _signal_group(process, sig)
+        with anyio.move_on_after(STOP_GRACE_S):
+            await process.wait()
+            return
+
+
+def _signal_group(process: Any, sig: int) -> None:
+    """Send ``sig`` to the server's process group (it was started in a session of its
+    own), or to the process where groups do not exist."""
+    with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
+        if hasattr(os, "killpg"):
+            os.killpg(process.pid, sig)
+        else:  # pragma: no cover - not POSIX
+            process.kill()
+
+
+@contextlib.asynccontextmanager
+async def capped_stdio(
+    spec: McpServerSpec,
+    on_oversized: Callable[[str], None],
+    cap: int = MAX_MCP_MESSAGE_BYTES,
+) -> AsyncIterator[tuple[Any, Any]]:
+    """Start ``spec``'s server and yield ``(read, write)`` streams for ``mcp.ClientSession``
+    (newline-delimited JSON-RPC over its stdin and stdout), reading at most ``cap`` bytes
+    per message: a longer line calls ``on_oversized`` with the reason, kills the server
+    and ends the read stream (the session then fails its waiting calls)."""
+    import anyio
+    import mcp_types
+    from mcp.client.stdio import get_default_environment
+    from mcp.shared.message import SessionMessage
+
+    process = await anyio.open_process(
+        [spec.command, *spec.args],
+        env={**get_default_environment(), **spec.env},
+        cwd=spec.cwd,
+        stderr=sys.stderr,
+        start_new_session=True,
+    )
+    stdout, stdin = process.stdout, process.stdin
+    assert stdout is not None and stdin is not None  # both are pipes
+    read_writer, read_stream = anyio.create_memory_object_stream[Any](0)
+    write_stream, write_reader = anyio.create_memory_object_stream[Any](0)
+
+    def parse(line: bytes) -> Any:
+        try:
+            message = mcp_types.jsonrpc_message_adapter.validate_json(line, by_name=False)
+        except ValueError as exc:
+            return exc
+        return SessionMessage(message)
+
+    async def stdout_reader() -> None:
+        buffer = bytearray()
+        scanned = 0  # bytes of ``buffer`` known to hold no newline
+        try:
+            async with read_writer:
+                async for chunk in stdout:
+                    buffer += chunk
+                    while (end := buffer.find(b"\n", scanned)) >= 0:
+                        if end > cap:
+                            break
+                        line = bytes(buffer[:end])
+                        del buffer[: end + 1]
+                        scanned = 0
+                        if line.strip():
+                            await read_writer.send(parse(line))
+                    else:
+                        scanned = len(buffer)
+                        if scanned <= cap:
+                            continue
+                    on_oversized(f"the server sent a message over {cap} bytes")
+                    _signal_group(process, signal.SIGKILL)
+                    return  # closes the read stream: the session's calls fail
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream):
+            pass
+
+    async def stdin_writer() -> None:
+        try:
+            async with write_reader:
+                async for message in write_reader:
+                    text = message.message.model_dump_json(by_alias=True, exclude_unset=True)
+                    await stdin.send((text + "\n").encode())
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+            await read_writer.aclose()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(stdout_reader)
+        group.start_soon(stdin_writer)
+        try:
+            yield read_stream, write_stream
+        finally:
+            with anyio.CancelScope(shield=True):
+                write_stream.close()
+                read_stream.close()
+                await _stop_process(process)
+                with contextlib.suppress(Exception):
+                    await process.aclose()
+            group.cancel_scope.cancel()
+
+
 class _Server:
     """One running server: the owner task and its session."""
 
@@ -228,20 +357,19 @@ class _Server:
         self.stop = asyncio.Event()
         self.task = asyncio.create_task(self._own(), name=f"mcp-server-{spec.name}")
         self.broken = False
+        self.failure: str | None = None
+        """Why the connection was cut by this side (an oversized message), if it was."""
+
+    def _oversized(self, reason: str) -> None:
+        self.failure = reason
+        self.broken = True
+        log.warning("mcp_message_too_large", server=self.spec.name, error=reason)
 
     async def _own(self) -> None:
         mcp = _require_mcp()
-        from mcp.client.stdio import stdio_client
-
-        params = mcp.StdioServerParameters(
-            command=self.spec.command,
-            args=list(self.spec.args),
-            env=dict(self.spec.env) or None,
-            cwd=self.spec.cwd,
-        )
         try:
             async with (
-                stdio_client(params) as (read, write),
+                capped_stdio(self.spec, self._oversized) as (read, write),
                 mcp.ClientSession(read, write, message_handler=self._message) as session,
             ):
                 await session.initialize()
@@ -376,6 +504,8 @@ class McpClientPool:
             running = self._servers.get(server)
             if running is not None:
                 running.broken = True
+                if running.failure is not None:
+                    raise McpCallError(f"{server}.{tool} failed: {running.failure}") from exc
             raise McpCallError(f"{server}.{tool} failed: {type(exc).__name__}: {exc}") from exc
         return _result(raw)
 

@@ -21,7 +21,10 @@ Caps (``NodeConfig``): ``task_max_connections`` open sockets in all,
 the upgrade), and ``task_max_connections_per_peer`` authenticated channels per peer id (a
 channel beyond it is closed once the handshake names its peer). Each refusal is counted.
 Before its handshake completes a socket gets one chance: a first envelope that does not
-decode, or is not a valid handshake step, closes it.
+decode, or is not a valid handshake step, closes it; and it may send only two small
+messages (:mod:`meshnode.runtime.handshake_gate`: at most
+``MAX_HANDSHAKE_MESSAGE_BYTES`` each, checked on frame headers before a payload is
+buffered; nothing more is read until the handshake opens the channel).
 
 With a keyring, every frame is sealed by the node's
 :class:`~meshnode.runtime.transport.WireSeal` and opened before it is decoded; a frame
@@ -121,6 +124,7 @@ from meshnode.core.provider import ProviderCore
 from meshnode.core.tracing import SpanStatus
 from meshnode.errors import DelegationError as DelegationError  # public home: meshnode
 from meshnode.errors import InvalidInput
+from meshnode.runtime.handshake_gate import GatedWebSocketResponse
 from meshnode.runtime.logging import get_logger
 from meshnode.runtime.tracing import Tracer, provider_span
 from meshnode.runtime.transport import WireSeal
@@ -300,6 +304,7 @@ class TaskService:
             "channels_opened": 0,
             "channel_violations": 0,
             "handshake_timeouts": 0,
+            "handshake_too_large": 0,
             "connections_refused": 0,
         }
 
@@ -394,7 +399,9 @@ class TaskService:
         if why is not None or self._closed:
             self._refuse(why or "closing")
             return web.Response(status=503, text=f"task connection refused: {why or 'closing'}")
-        ws = web.WebSocketResponse(max_msg_size=MAX_SEALED_FRAME_BYTES, heartbeat=WS_HEARTBEAT_S)
+        ws = GatedWebSocketResponse(
+            self._handshake_refused, max_msg_size=MAX_SEALED_FRAME_BYTES, heartbeat=WS_HEARTBEAT_S
+        )
         channel = self._adopt(ws, None, address)
         try:
             await ws.prepare(request)
@@ -403,6 +410,12 @@ class TaskService:
             self._channel_lost(channel, "connection closed")
             await _close_ws(ws)
         return ws
+
+    def _handshake_refused(self, reason: str) -> None:
+        """A socket broke the pre-handshake budget (:mod:`.handshake_gate`)."""
+        self._counters["handshake_too_large"] += 1
+        self._count_drop("task_handshake_too_large")
+        log.info("task_handshake_too_large", error=reason)
 
     def _adopt(self, ws: WebSocket, peer: str | None, address: str) -> _Channel:
         """Track a new socket: a channel in its handshake, with its sender and timer."""
@@ -538,6 +551,8 @@ class TaskService:
             self._refuse("per_peer")
             return False
         channel.peer = peer
+        if isinstance(channel.ws, GatedWebSocketResponse) and channel.ws.gate is not None:
+            channel.ws.gate.open()  # full-size frames from now on
         self._counters["channels_opened"] += 1
         if self._live_channel(peer) is None:
             self._channels[peer] = channel
