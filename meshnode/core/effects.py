@@ -179,9 +179,9 @@ class Deliver:
         _set_deliver_message(self, message)
 
 
-_set_deliver_sender = Deliver.sender.__set__  # type: ignore[attr-defined]
-_set_deliver_addr = Deliver.addr.__set__  # type: ignore[attr-defined]
-_set_deliver_message = Deliver.message.__set__  # type: ignore[attr-defined]
+_set_deliver_sender = Deliver.__dict__["sender"].__set__
+_set_deliver_addr = Deliver.__dict__["addr"].__set__
+_set_deliver_message = Deliver.__dict__["message"].__set__
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
