@@ -160,7 +160,7 @@ class MemberChanged:
     member: Member
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, init=False)
 class Deliver:
     """A non-membership message received from ``sender`` (verified envelope sender) at
     ``addr``. The layer above validates it and, if it is news, re-broadcasts it with
@@ -169,6 +169,19 @@ class Deliver:
     sender: str
     addr: Address
     message: Message
+
+    def __init__(self, sender: str, addr: Address, message: Message) -> None:
+        # One is made for every copy of every ledger record gossip brings: the slots are
+        # set through their descriptors, about half the cost of the generated frozen
+        # __init__ (which goes through object.__setattr__ once per field).
+        _set_deliver_sender(self, sender)
+        _set_deliver_addr(self, addr)
+        _set_deliver_message(self, message)
+
+
+_set_deliver_sender = Deliver.__dict__["sender"].__set__
+_set_deliver_addr = Deliver.__dict__["addr"].__set__
+_set_deliver_message = Deliver.__dict__["message"].__set__
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -361,7 +361,12 @@ class MeshCore:
         return effects
 
     def next_deadline(self) -> float:
-        return min(self.membership.next_deadline(), self._next_prune_at, self._next_retry_at)
+        deadline = self.membership.next_deadline()
+        if self._next_prune_at < deadline:
+            deadline = self._next_prune_at
+        if self._next_retry_at < deadline:
+            deadline = self._next_retry_at
+        return deadline
 
     def join(self, seeds: Sequence[Address], now: float) -> int:
         """Join through ``seeds``; they are remembered, and contacted again whenever this
@@ -911,9 +916,13 @@ class MeshCore:
 
     def _pump(self, now: float) -> None:
         """Move membership's effects to ours, handling what belongs to this layer."""
-        self._now = max(self._now, now)
+        if now > self._now:
+            self._now = now
+        effects = self.membership.take_effects()
+        if not effects:
+            return  # the common case: called on every input and every take_effects
         delivered: list[LedgerRecord] = []
-        for effect in self.membership.take_effects():
+        for effect in effects:
             if isinstance(effect, Deliver) and isinstance(effect.message, LedgerRecord):
                 delivered.append(effect.message)  # applied together, in order (one persist)
                 continue

@@ -1267,19 +1267,28 @@ class NodeCore:
         rtts: dict[str, float] = {}
         pressure: dict[str, float] = {}
         ages = self.member_ages
+        me = self.node_id
+        member_of = membership.member
+        estimated_rtt = membership.estimated_rtt
+        manifests = self.mesh.manifests
         for entry, similarity in hits:
             node = entry.node_id
-            member = membership.member(node)
-            if node == self.node_id or member is None or member.state is not MemberState.ALIVE:
+            member = member_of(node)
+            if node == me or member is None or member.state is not MemberState.ALIVE:
                 continue
             ages.seen_alive(node, now)  # a member adopted without an event counts from now
             alive.append((entry, similarity))
-            manifest = self.mesh.manifests.get(node)
-            if manifest is not None and member.load is not None:
-                load[node] = LoadInfo(member.load, manifest.max_concurrent_tasks)
-            rtt = self.rtt_ms(node)
-            if rtt is not None:
-                rtts[node] = rtt
+            if member.load is not None:
+                manifest = manifests.get(node)
+                if manifest is not None:
+                    load[node] = LoadInfo(member.load, manifest.max_concurrent_tasks)
+            # rtt_ms, inlined (this loop runs over every hit of every query): the
+            # coordinate estimate, else the last direct probe's.
+            estimate = estimated_rtt(node)
+            if estimate is not None:
+                rtts[node] = estimate * 1000.0
+            elif member.rtt is not None:
+                rtts[node] = member.rtt * 1000.0
             if member.pressure is not None:
                 pressure[node] = max(member.pressure) / PRESSURE_MAX
         config = self.config
