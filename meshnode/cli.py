@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import ast
 import asyncio
+import contextlib
 import dataclasses
 import difflib
 import errno
@@ -1714,18 +1715,31 @@ async def _status(args: argparse.Namespace) -> int:
             raise CommandError(f"{args.node} sent no status document")
         return doc
 
-    if args.json:
-        while True:
-            print(json.dumps(await fetch(), indent=None if args.watch else 2), flush=True)
-            if args.watch is None:
-                return 0
-            await asyncio.sleep(args.watch)
     if args.watch is None:
-        console.print(status_view(await fetch()))
+        if args.json:
+            print(json.dumps(await fetch(), indent=2), flush=True)
+        else:
+            console.print(status_view(await fetch()))
+        return 0
+    # Ctrl-C (SIGINT) or SIGTERM ends the watch between two refreshes, exit 0.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+
+    async def stopped_within(seconds: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+        return stop.is_set()
+
+    if args.json:
+        while not stop.is_set():
+            print(json.dumps(await fetch()), flush=True)
+            if await stopped_within(args.watch):
+                break
         return 0
     with Live(status_view(await fetch()), console=console, auto_refresh=False) as live:
-        while True:
-            await asyncio.sleep(args.watch)
+        while not await stopped_within(args.watch):
             try:
                 view: Any = status_view(await fetch())
             except Exception as exc:  # keep watching through a node restart
@@ -1734,6 +1748,7 @@ async def _status(args: argparse.Namespace) -> int:
                 said = str(exc) if isinstance(exc, CommandError) else f"{type(exc).__name__}: {exc}"
                 view = Text(one_line(said), style="red")
             live.update(view, refresh=True)
+    return 0
 
 
 def status_view(doc: dict[str, Any]) -> Any:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,9 +134,18 @@ def test_status_watch_refreshes_until_interrupted(mesh: list[NodeProcess]) -> No
         stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip
-    try:
+    # Read every line as it comes (a pipe nobody reads fills up and blocks the writer).
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
         assert proc.stdout is not None
-        docs = [json.loads(proc.stdout.readline()) for _ in range(3)]
+        for line in proc.stdout:
+            lines.put(line)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        docs = [json.loads(lines.get(timeout=COMMAND_TIMEOUT_S)) for _ in range(3)]
         assert all(d["node"]["node_id"] == mesh[0].node_id for d in docs)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(COMMAND_TIMEOUT_S) == 0
@@ -142,6 +153,7 @@ def test_status_watch_refreshes_until_interrupted(mesh: list[NodeProcess]) -> No
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        reader.join(COMMAND_TIMEOUT_S)  # it ends at the exited process's end of output
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
