@@ -765,18 +765,16 @@ class NodeConfig:
         self._validate_api_origins()
 
     def _validate_api_origins(self) -> None:
-        hosts = self.api_allowed_hosts
-        if isinstance(hosts, str) or not isinstance(hosts, tuple | list):
-            raise ValueError("api_allowed_hosts must be a sequence of host names")
-        if len(hosts) > MAX_API_NAMES:
-            raise ValueError(f"api_allowed_hosts holds at most {MAX_API_NAMES} names")
-        object.__setattr__(self, "api_allowed_hosts", tuple(normalize_host(h) for h in hosts))
-        origins = self.api_allowed_origins
-        if isinstance(origins, str) or not isinstance(origins, tuple | list):
-            raise ValueError("api_allowed_origins must be a sequence of origins")
-        if len(origins) > MAX_API_NAMES:
-            raise ValueError(f"api_allowed_origins holds at most {MAX_API_NAMES} origins")
-        object.__setattr__(self, "api_allowed_origins", tuple(normalize_origin(o) for o in origins))
+        for field, what, normalize in (
+            ("api_allowed_hosts", "names", normalize_host),
+            ("api_allowed_origins", "origins", normalize_origin),
+        ):
+            given = getattr(self, field)
+            if isinstance(given, str) or not isinstance(given, tuple | list):
+                raise ValueError(f"{field} must be a sequence of {what}")
+            if len(given) > MAX_API_NAMES:
+                raise ValueError(f"{field} holds at most {MAX_API_NAMES} {what}")
+            object.__setattr__(self, field, tuple(normalize(x) for x in given))
 
     def _validate_manifest_vectors(self) -> None:
         if not isinstance(self.manifest_vectors, bool):

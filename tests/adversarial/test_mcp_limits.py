@@ -10,7 +10,6 @@ serving: the server is started again and its ``echo`` tool answers the next call
 from __future__ import annotations
 
 import json
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -20,20 +19,15 @@ import pytest
 pytest.importorskip("mcp")
 
 from meshnode.runtime.mcp_client import MAX_MCP_MESSAGE_BYTES
-from tests.adversarial.attack import NodeProcess, http_json, rss_mb, wait_until
+from tests.adversarial.attack import NodeProcess, http_json, rss_mb
+from tests.integration.mcp_pair import exposed_pair
 
 pytestmark = pytest.mark.slow
 
 SERVER = Path(__file__).resolve().parents[1] / "integration" / "mcp_hostile_server.py"
 FLOOD_MIB = 128
 RSS_GROWTH_LIMIT_MIB = 32
-
-
-def _capabilities(node: NodeProcess, of: NodeProcess) -> set[str]:
-    for manifest in node.get("/v1/manifests")["manifests"]:
-        if manifest["node_id"] == of.node_id:
-            return {c["name"] for c in manifest["capabilities"]}
-    return set()
+READY_S = 30.0
 
 
 def _delegate(caller: NodeProcess, capability: str, payload: Any) -> tuple[int, Any]:
@@ -52,28 +46,10 @@ def test_an_oversized_mcp_answer_fails_the_task_and_costs_bounded_memory(
     it buffered the line, and the task ran out its deadline (``execution_timeout`` after
     13.3 s) instead of failing with the cap. With the cap: no growth measured (sampled
     every 50 ms), HTTP 502 naming the cap within a second."""
-    config = tmp_path / "mcp.json"
-    config.write_text(
-        json.dumps({"mcpServers": {"hostile": {"command": sys.executable, "args": [str(SERVER)]}}})
-    )
-    nodes: list[NodeProcess] = []
-    try:
-        exposer = NodeProcess(
-            "exposer",
-            tmp_path / "exposer",
-            [],
-            extra=["--embedder", "hashing", "--mcp-expose", str(config)],
-        ).start()
-        nodes.append(exposer)
-        caller = NodeProcess(
-            "caller", tmp_path / "caller", [exposer.address], extra=["--embedder", "hashing"]
-        ).start()
-        nodes.append(caller)
-        wait_until(
-            lambda: {"hostile.flood", "hostile.echo"} <= _capabilities(caller, exposer),
-            30,
-            "the caller sees the hostile server's tools",
-        )
+    with exposed_pair(tmp_path, "hostile", SERVER, ["hostile.flood", "hostile.echo"], READY_S) as (
+        exposer,
+        caller,
+    ):
         status, body = _delegate(caller, "hostile.echo", {"text": "warm"})
         assert status == 200, body
         assert exposer.proc is not None
@@ -105,6 +81,3 @@ def test_an_oversized_mcp_answer_fails_the_task_and_costs_bounded_memory(
         status, body = _delegate(caller, "hostile.echo", {"text": "after"})
         assert status == 200, body
         assert "after" in json.dumps(body["output"])
-    finally:
-        for node in nodes:
-            node.stop()

@@ -26,6 +26,7 @@ pytest.importorskip("mcp")
 
 from tests.adversarial.attack import http_json
 from tests.integration.cluster import NodeProcess, wait_until
+from tests.integration.mcp_pair import capabilities, exposed_pair
 
 pytestmark = pytest.mark.slow
 
@@ -33,41 +34,10 @@ SERVER = Path(__file__).with_name("mcp_tools_server.py")
 READY_S = 30.0
 
 
-def _capabilities(node: NodeProcess, of: NodeProcess) -> dict[str, dict[str, Any]]:
-    for manifest in node.get("/v1/manifests")["manifests"]:
-        if manifest["node_id"] == of.node_id:
-            return {c["name"]: c for c in manifest["capabilities"]}
-    return {}
-
-
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[tuple[NodeProcess, NodeProcess]]:
-    config = tmp_path / "mcp.json"
-    config.write_text(
-        json.dumps({"mcpServers": {"tools": {"command": sys.executable, "args": [str(SERVER)]}}})
-    )
-    nodes: list[NodeProcess] = []
-    try:
-        exposer = NodeProcess(
-            "exposer",
-            tmp_path / "exposer",
-            [],
-            extra=["--embedder", "hashing", "--mcp-expose", str(config)],
-        ).start()
-        nodes.append(exposer)
-        caller = NodeProcess(
-            "caller", tmp_path / "caller", [exposer.address], extra=["--embedder", "hashing"]
-        ).start()
-        nodes.append(caller)
-        wait_until(
-            lambda: "tools.word_count" in _capabilities(caller, exposer),
-            READY_S,
-            "the caller sees the exposed tools",
-        )
-        yield exposer, caller
-    finally:
-        for node in nodes:
-            node.stop()
+    with exposed_pair(tmp_path, "tools", SERVER, ["tools.word_count"], READY_S) as nodes:
+        yield nodes
 
 
 def _delegate(caller: NodeProcess, capability: str, payload: Any) -> tuple[int, Any]:
@@ -89,7 +59,7 @@ def _trust(caller: NodeProcess, of: NodeProcess) -> float | None:
 
 def test_tools_are_capabilities_another_node_calls(pair: tuple[NodeProcess, NodeProcess]) -> None:
     exposer, caller = pair
-    caps = _capabilities(caller, exposer)
+    caps = capabilities(caller, exposer)
     assert set(caps) == {
         "tools.word_count",
         "tools.unit_price",
@@ -143,11 +113,11 @@ def test_bad_input_is_refused_and_tool_errors_lower_trust(
 
 def test_a_tool_added_upstream_is_published(pair: tuple[NodeProcess, NodeProcess]) -> None:
     exposer, caller = pair
-    assert "tools.reverse" not in _capabilities(caller, exposer)
+    assert "tools.reverse" not in capabilities(caller, exposer)
     status, body = _delegate(caller, "tools.learn_reverse", {})
     assert status == 200, body
     wait_until(
-        lambda: "tools.reverse" in _capabilities(caller, exposer),
+        lambda: "tools.reverse" in capabilities(caller, exposer),
         READY_S,
         "tools/list_changed publishes the new tool",
     )
