@@ -18,6 +18,25 @@ pytestmark = pytest.mark.slow
 TOKEN = "docs-token-0123456789"
 
 
+def _run_in_main(tmp_path: Path, body: str) -> subprocess.CompletedProcess[str]:
+    """Run ``body`` (a documented snippet, with ``await``) as the body of an ``async def
+    main()`` in a fresh interpreter, with this checkout on the path."""
+    script = tmp_path / "card.py"
+    script.write_text(
+        "import asyncio\n\n\nasync def main() -> None:\n"
+        + textwrap.indent(body, "    ")
+        + "\n\nasyncio.run(main())\n"
+    )
+    return subprocess.run(
+        [sys.executable, str(script)],
+        env=doc_snippets.env(),
+        cwd=str(doc_snippets.ROOT),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_the_card_snippet_resolves_and_verifies_a_live_card(tmp_path: Path) -> None:
     code = doc_snippets.snippet("a2a-card-python")
     assert "http://127.0.0.1:7946" in code and "Bearer <token>" in code
@@ -29,21 +48,8 @@ def test_the_card_snippet_resolves_and_verifies_a_live_card(tmp_path: Path) -> N
         body = code.replace("http://127.0.0.1:7946", f"http://{address}").replace(
             "Bearer <token>", f"Bearer {TOKEN}"
         )
-        script = tmp_path / "card.py"
-        script.write_text(
-            "import asyncio\n\n\nasync def main() -> None:\n"
-            + textwrap.indent(body, "    ")
-            + "    print(card.name, [s.id for s in card.skills], len(card.signatures))\n"
-            + "    await client.close()\n\n\nasyncio.run(main())\n"
-        )
-        proc = subprocess.run(
-            [sys.executable, str(script)],
-            env=doc_snippets.env(),
-            cwd=str(doc_snippets.ROOT),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        tail = "print(card.name, [s.id for s in card.skills], len(card.signatures))\n"
+        proc = _run_in_main(tmp_path, body + tail + "await client.close()\n")
     assert proc.returncode == 0, proc.stderr
     name, _, rest = proc.stdout.strip().partition(" ")
     assert name == "docs-node", proc.stdout
@@ -62,19 +68,6 @@ def test_the_card_snippet_refuses_a_wrong_token(tmp_path: Path) -> None:
     ]  # fmt: skip
     with doc_snippets.running(argv, tmp_path, tmp_path / "node.log") as address:
         body = code.replace("http://127.0.0.1:7946", f"http://{address}")
-        script = tmp_path / "card.py"
-        script.write_text(
-            "import asyncio\n\n\nasync def main() -> None:\n"
-            + textwrap.indent(body, "    ")
-            + "\n\nasyncio.run(main())\n"
-        )
-        proc = subprocess.run(
-            [sys.executable, str(script)],
-            env=doc_snippets.env(),
-            cwd=str(doc_snippets.ROOT),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        proc = _run_in_main(tmp_path, body)
     assert proc.returncode != 0
     assert "401" in proc.stderr, proc.stderr[-2000:]
