@@ -380,8 +380,9 @@ class ReputationLedger:
         self._version = 0
         self._graph: OpinionGraph | None = None
         self._graph_version = -1
-        self._touched: set[tuple[str, str]] | None = set()
-        """Keys whose held record changed since :attr:`_graph` was made (None: too many
+        self._touched: dict[tuple[str, str], tuple[float, float] | None] | None = {}
+        """Keys whose held record changed since :attr:`_graph` was made, with the edge each
+        gives now: ``(score, expires_at)``, or None when it holds no record (None: too many
         to patch, rebuild it)."""
 
     # ------------------------------------------------------------------ properties
@@ -715,15 +716,9 @@ class ReputationLedger:
                 for subject, held in sorted(subjects.items())
             ]
             self._graph = OpinionGraph.build(edges, excluded=self._proofs.keys())
-        else:
-            changed: dict[tuple[str, str], tuple[float, float] | None] = {}
-            for observer, subject in touched:  # the patch does not depend on the order
-                held = self._subjects.get(observer, {}).get(subject)
-                changed[(observer, subject)] = (
-                    None if held is None else (held.record.score, held.record.expires_at)
-                )
-            self._graph = self._graph.patch(changed, self._proofs.keys())
-        self._touched = set()
+        else:  # the change log holds each key's edge as it is now
+            self._graph = self._graph.patch(touched, self._proofs.keys())
+        self._touched = {}
         self._graph_version = self._version
         return self._graph
 
@@ -882,18 +877,21 @@ class ReputationLedger:
 
     def _put(self, held: _Held) -> bool:
         """The per-key register with top-K eviction; True if the held records changed."""
-        observer, subject = held.record.observer, held.record.subject
+        record = held.record
+        observer, subject = record.observer, record.subject
         subjects = self._subjects.get(observer)
         if subjects is None:
             subjects = self._subjects[observer] = {}
             self._observer_added(observer)
         current = subjects.get(subject)
-        if current is not None and current.rank >= held.rank:
+        if current is not None and (  # rank order; seq first, without building the tuples
+            current.seq > held.seq or (current.seq == held.seq and current.rank >= held.rank)
+        ):
             return False
         subjects[subject] = held
         touched = self._touched
         if touched is not None:  # _touch, inlined: this runs for every record applied
-            touched.add((observer, subject))
+            touched[(observer, subject)] = (record.score, record.expires_at)
             if len(touched) > GRAPH_PATCH_MIN:
                 self._touch_overflow()
         if current is not None:
@@ -908,10 +906,11 @@ class ReputationLedger:
         return True
 
     def _touch(self, observer: str, subject: str) -> None:
-        """Note that the held record of a key changed, for the next :meth:`graph`."""
+        """Note that the held record of a key went, for the next :meth:`graph` (every
+        caller has just removed it; :meth:`_put` notes the records it holds)."""
         touched = self._touched
         if touched is not None:
-            touched.add((observer, subject))
+            touched[(observer, subject)] = None
             if len(touched) > GRAPH_PATCH_MIN:
                 self._touch_overflow()
 

@@ -131,7 +131,6 @@ from meshnode.core.requester import RequesterCore, false_input_claim
 from meshnode.core.router import (
     DEFAULT_TOP_K,
     DEFAULT_TRUST,
-    LoadInfo,
     RoutableEntry,
     ScoredCandidate,
     rank,
@@ -200,6 +199,11 @@ def deadline_problem(deadline_s: object) -> str | None:
 TIE_SECRET_LABEL = b"meshnode router tie-break secret v1"
 """What a node signs (and never sends) to get the secret keying routing's final
 tie-break: a label no envelope, record or result body can equal."""
+
+MAX_TIE_KEYS = 65_536
+"""Most routing tie-break keys (:func:`~meshnode.core.router.tie_key`, one keyed hash per
+node id) a node remembers between queries (about 150 bytes each, some 10 MB at the cap);
+past it they are forgotten all at once and made again as queries need them."""
 
 MAX_DELEGATIONS_IN_FLIGHT = 4_096
 """Default for the delegations one node runs at once as a requester (``NodeCore``'s
@@ -315,6 +319,9 @@ class NodeCore:
         self.member_ages = MemberAges()
         """When this node first saw each member alive (routing's tie-break evidence)."""
         self._tie_secret: bytes | None = None
+        self._tie_keys: dict[str, bytes] = {}
+        """Routing tie-break keys made with :attr:`tie_secret`, by node id (bounded by
+        :data:`MAX_TIE_KEYS`)."""
         self._delegations: dict[str, _Delegation] = {}
         self.task_log = TaskLog()
         """This node's delegations in flight and the last few finished (a view for the
@@ -1263,7 +1270,7 @@ class NodeCore:
         farther (or of unknown distance)."""
         membership = self.mesh.membership
         alive: list[tuple[RoutableEntry, float]] = []
-        load: dict[str, LoadInfo] = {}
+        load: dict[str, tuple[int, int]] = {}
         rtts: dict[str, float] = {}
         pressure: dict[str, float] = {}
         ages = self.member_ages
@@ -1271,17 +1278,19 @@ class NodeCore:
         member_of = membership.member
         estimated_rtt = membership.estimated_rtt
         manifests = self.mesh.manifests
+        seen_alive = ages.seen_alive
+        alive_state = MemberState.ALIVE
         for entry, similarity in hits:
             node = entry.node_id
             member = member_of(node)
-            if node == me or member is None or member.state is not MemberState.ALIVE:
+            if node == me or member is None or member.state is not alive_state:
                 continue
-            ages.seen_alive(node, now)  # a member adopted without an event counts from now
+            seen_alive(node, now)  # a member adopted without an event counts from now
             alive.append((entry, similarity))
             if member.load is not None:
                 manifest = manifests.get(node)
-                if manifest is not None:
-                    load[node] = LoadInfo(member.load, manifest.max_concurrent_tasks)
+                if manifest is not None:  # (in flight, most at once): LoadInfo's fields
+                    load[node] = (member.load, manifest.max_concurrent_tasks)
             # rtt_ms, inlined (this loop runs over every hit of every query): the
             # coordinate estimate, else the last direct probe's.
             estimate = estimated_rtt(node)
@@ -1292,6 +1301,8 @@ class NodeCore:
             if member.pressure is not None:
                 pressure[node] = max(member.pressure) / PRESSURE_MAX
         config = self.config
+        if len(self._tie_keys) > MAX_TIE_KEYS:
+            self._tie_keys.clear()
         return rank(
             alive,
             trust=self.trust.view(now),
@@ -1307,6 +1318,7 @@ class NodeCore:
             weights=self.config.routing_weights,
             member_since=ages.known,
             tie_secret=self.tie_secret,
+            tie_keys=self._tie_keys,
             capability_trust=self._capability_trust(alive, now),
             lexical=lexical,
             rtt_ms=rtts,

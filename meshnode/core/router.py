@@ -88,7 +88,7 @@ import dataclasses
 import hashlib
 import heapq
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from collections.abc import Set as AbstractSet
 from typing import Protocol
 
@@ -329,9 +329,10 @@ class ScoredCandidate:
 
 
 def _clamp01(value: float) -> float:
-    if math.isnan(value):
-        return 0.0
-    return max(0.0, min(1.0, value))
+    """``value`` bounded to [0, 1]; NaN (and −0.0) give 0.0."""
+    if 0.0 < value <= 1.0:
+        return value
+    return 1.0 if value > 1.0 else 0.0
 
 
 def relevance(similarity: float, lexical: float = 0.0, weight: float = LEXICAL_WEIGHT) -> float:
@@ -471,6 +472,7 @@ def rank(
     default_trust: float = DEFAULT_TRUST,
     member_since: Mapping[str, float] | None = None,
     tie_secret: bytes = b"",
+    tie_keys: MutableMapping[str, bytes] | None = None,
     capability_trust: Mapping[tuple[str, str], float] | None = None,
     lexical: Mapping[tuple[str, str], float] | None = None,
     lexical_weight: float = LEXICAL_WEIGHT,
@@ -486,7 +488,9 @@ def rank(
     ``trust`` and ``load`` are keyed by node id; ``open_circuits`` holds the node ids whose
     breaker is open. ``member_since`` gives, per node id, when the caller first saw it
     alive (its membership age breaks ties after trust); ``tie_secret`` keys the final
-    tie-break hash (:func:`tie_key`). ``capability_trust`` gives, per (node id, capability
+    tie-break hash (:func:`tie_key`); ``tie_keys``, when given, remembers the keys made with
+    that one secret by node id (the caller keeps it across calls and bounds it).
+    ``capability_trust`` gives, per (node id, capability
     name), the caller's trust in the node *for that capability* (its own experience of
     it); where present it replaces ``trust`` for that choice. ``name_only`` says the query
     had no description, only ``capability_name``: the hits' similarities are then ignored
@@ -576,44 +580,68 @@ def rank(
             float | None,
         ]
     ] = []
+    # The loop below runs for every hit of every query: the factor functions are inlined
+    # where that is a plain bound (same values, fewer calls).
+    trust_get = trust.get
+    specific_get = None if capability_trust is None else capability_trust.get
+    load_get = load.get
+    rtt_get = rtts.get
+    pressure_get = pressures.get
+    since_get = since.get
+    memo: MutableMapping[str, bytes] = tie_keys if tie_keys is not None else {}
+    cheapness_of: dict[float, float] = {}
+    clamped_pressure_weight = _clamp01(pressure_weight)
+    w_semantic, w_trust = weights.semantic, weights.trust
+    w_availability, w_cost = weights.availability, weights.cost
+    fsum = math.fsum
+    inf = math.inf
     for (node_id, name), (entry, similarity, word_score, fused) in best.items():
         if fused < floor:
             continue
         cap = entry.capability
-        specific = None if capability_trust is None else capability_trust.get((node_id, name))
+        specific = None if specific_get is None else specific_get((node_id, name))
         if specific is None:
-            specific = trust.get(node_id, default_trust)
-        node_trust = _clamp01(float(specific))
+            specific = trust_get(node_id, default_trust)
+        node_trust = float(specific)
+        if not 0.0 < node_trust <= 1.0:
+            node_trust = 1.0 if node_trust > 1.0 else 0.0
         if node_trust < min_trust:
             continue
         if max_cost_usd is not None and cap.cost_per_call_usd > max_cost_usd:
             continue
         if max_latency_ms is not None and cap.avg_latency_ms > max_latency_ms:
             continue
-        if not has_tags(required_tags, cap.tags, entry.node_tags):
+        if required_tags and not has_tags(required_tags, cap.tags, entry.node_tags):
             continue
-        node_rtt = rtts.get(node_id)
+        node_rtt = rtt_get(node_id)
         if node_rtt is not None and (math.isnan(node_rtt) or node_rtt < 0):
             node_rtt = None
         if max_rtt_ms is not None and (node_rtt is None or node_rtt > max_rtt_ms):
             continue
         circuit_open = node_id in open_circuits
-        task_part = _load_availability(load.get(node_id))
-        node_pressure = pressures.get(node_id)
+        task_part = _load_availability(load_get(node_id))
+        node_pressure = pressure_get(node_id)
         if node_pressure is not None:
             node_pressure = _clamp01(float(node_pressure))
         if circuit_open:
             node_availability = OPEN_CIRCUIT_AVAILABILITY
-        else:
-            node_availability = machine_availability(task_part, node_pressure, pressure_weight)
-        cheapness = cost_factor(cap.cost_per_call_usd, max_cost_usd)
+        elif node_pressure is None:
+            node_availability = _clamp01(task_part)
+        else:  # machine_availability, with the weight clamped once
+            node_availability = _clamp01(
+                task_part * (1.0 - clamped_pressure_weight * node_pressure)
+            )
+        price = cap.cost_per_call_usd
+        cheapness = cheapness_of.get(price)
+        if cheapness is None:
+            cheapness = cheapness_of[price] = cost_factor(price, max_cost_usd)
         soon = latency_factor(node_rtt, cap.avg_latency_ms, latency_reference_ms)
-        base = math.fsum(
+        base = fsum(
             (
-                weights.semantic * fused,
-                weights.trust * node_trust,
-                weights.availability * node_availability,
-                weights.cost * cheapness,
+                w_semantic * fused,
+                w_trust * node_trust,
+                w_availability * node_availability,
+                w_cost * cheapness,
             )
         )
         total = (
@@ -621,13 +649,16 @@ def rank(
             if latency_weight == 0.0
             else ((1.0 - latency_weight) * base + latency_weight * soon)
         )
+        tie = memo.get(node_id)
+        if tie is None:
+            tie = memo[node_id] = tie_key(tie_secret, node_id)
         scored.append(
             (
                 node_trust <= 0.0,
                 -total,
                 -node_trust,
-                since.get(node_id, math.inf),
-                tie_key(tie_secret, node_id),
+                since_get(node_id, inf),
+                tie,
                 name,
                 node_id,
                 entry,

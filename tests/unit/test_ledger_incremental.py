@@ -191,8 +191,10 @@ def test_a_large_change_rebuilds_and_a_small_one_patches() -> None:
     ledger = ReputationLedger(verifier=fast_verify)
     ledger.apply(record(0, 1, 0.9, 1), NOW)
     first = ledger.graph()
-    ledger.apply(record(0, 2, 0.8, 2), NOW)
-    assert ledger._touched == {(IDS[0], IDS[2])}
+    added = record(0, 2, 0.8, 2)
+    ledger.apply(added, NOW)
+    # The change log holds the changed key with the edge it gives now.
+    assert ledger._touched == {(IDS[0], IDS[2]): (added.score, added.expires_at)}
     patched = ledger.graph()
     assert patched is not first
     assert_same_graph(patched, fresh_graph(ledger))
@@ -205,7 +207,7 @@ def test_a_large_change_rebuilds_and_a_small_one_patches() -> None:
     finally:
         reputation.GRAPH_PATCH_MIN = limit
     assert_same_graph(ledger.graph(), fresh_graph(ledger))
-    assert ledger._touched == set()
+    assert ledger._touched == {}
 
 
 def test_opinions_of_is_the_observers_part_of_the_records() -> None:
