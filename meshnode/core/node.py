@@ -1262,8 +1262,10 @@ class NodeCore:
         lexical: Mapping[tuple[str, str], float] | None = None,
         max_rtt_ms: float | None = None,
     ) -> list[ScoredCandidate]:
-        """Rank the index's ``hits`` for a query: only members membership holds ALIVE (not
-        ourselves), with the load they advertised, our trust view and our open circuits
+        """Rank the index's ``hits`` for a query: only members membership holds alive or
+        suspect (not ourselves; a suspect one, which may be down, ranks after every alive
+        one rather than vanishing from the answer while its suspicion runs), with the load
+        they advertised, our trust view and our open circuits
         (see :func:`meshnode.core.router.rank`); ``lexical`` is each hit's normalised BM25
         score by (node id, capability name). Distance is :meth:`rtt_ms` per node;
         machine pressure the one each member advertised; ``max_rtt_ms`` drops nodes
@@ -1278,13 +1280,19 @@ class NodeCore:
         member_of = membership.member
         estimated_rtt = membership.estimated_rtt
         manifests = self.mesh.manifests
+        suspect: set[str] = set()
         seen_alive = ages.seen_alive
-        alive_state = MemberState.ALIVE
+        alive_state, suspect_state = MemberState.ALIVE, MemberState.SUSPECT
         for entry, similarity in hits:
             node = entry.node_id
             member = member_of(node)
-            if node == me or member is None or member.state is not alive_state:
+            if node == me or member is None:
                 continue
+            state = member.state
+            if state is not alive_state:
+                if state is not suspect_state:
+                    continue
+                suspect.add(node)  # maybe down: ranked after every alive member
             seen_alive(node, now)  # a member adopted without an event counts from now
             alive.append((entry, similarity))
             if member.load is not None:
@@ -1308,6 +1316,7 @@ class NodeCore:
             trust=self.trust.view(now),
             load=load,
             open_circuits=self.breakers.open_nodes(now),
+            suspect=suspect,
             min_trust=min_trust,
             max_cost_usd=max_cost_usd,
             max_latency_ms=max_latency_ms,

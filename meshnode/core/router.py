@@ -66,7 +66,9 @@ always give the same list in the same order.
    be aimed at: a keyed hash of the node id (:func:`tie_key`, BLAKE2b keyed with a
    secret of the caller's, so an id ground to sort first for one requester sorts
    anywhere for it and differently for every other); then the capability name. Keep
-   ``top_k`` — except that a node with no trust at all (exactly 0: someone rated it, and nobody
+   ``top_k`` — except that a node the caller's membership holds *suspect* (it missed its
+   probes: maybe down, maybe slow) comes after every node that is not, and a node with no
+   trust at all (exactly 0: someone rated it, and nobody
    trusted vouches for it above the prior — a provider seen failing, a Sybil ring) comes
    after every node with some trust, whatever its other factors. Such a node is idle
    *because* nobody trusts it, so its availability must not lift it above a busy, trusted
@@ -319,6 +321,9 @@ class ScoredCandidate:
     machine_pressure: float | None = None
     """Availability's second part: the node's machine pressure, ``max(cpu, memory)`` in
     [0, 1], None when it has not advertised one (counted as 0)."""
+    suspect: bool = False
+    """The caller's membership holds the node suspect (it missed its probes and may be
+    down): it is ranked after every candidate that is not."""
 
     @property
     def capability_name(self) -> str:
@@ -460,6 +465,7 @@ def rank(
     trust: Mapping[str, float],
     load: Mapping[str, LoadInfo | tuple[int, int]],
     open_circuits: AbstractSet[str] = frozenset(),
+    suspect: AbstractSet[str] = frozenset(),
     min_trust: float = 0.0,
     max_cost_usd: float | None = None,
     max_latency_ms: float | None = None,
@@ -486,10 +492,12 @@ def rank(
     """Filter, score and order ``hits``; return the best ``top_k`` (see the module doc).
 
     ``trust`` and ``load`` are keyed by node id; ``open_circuits`` holds the node ids whose
-    breaker is open. ``member_since`` gives, per node id, when the caller first saw it
-    alive (its membership age breaks ties after trust); ``tie_secret`` keys the final
-    tie-break hash (:func:`tie_key`); ``tie_keys``, when given, remembers the keys made with
-    that one secret by node id (the caller keeps it across calls and bounds it).
+    breaker is open; ``suspect`` the node ids the caller's membership holds suspect (they
+    rank after every other candidate). ``member_since`` gives, per node id, when the
+    caller first saw it alive (its membership age breaks ties after trust); ``tie_secret``
+    keys the final tie-break hash (:func:`tie_key`); ``tie_keys``, when given, remembers
+    the keys made with that one secret by node id (the caller keeps it across calls and
+    bounds it).
     ``capability_trust`` gives, per (node id, capability
     name), the caller's trust in the node *for that capability* (its own experience of
     it); where present it replaces ``trust`` for that choice. ``name_only`` says the query
@@ -559,6 +567,7 @@ def rank(
     # Score into plain tuples, order, and build result objects for the top_k only.
     scored: list[
         tuple[
+            bool,
             bool,
             float,
             float,
@@ -654,6 +663,7 @@ def rank(
             tie = memo[node_id] = tie_key(tie_secret, node_id)
         scored.append(
             (
+                node_id in suspect,
                 node_trust <= 0.0,
                 -total,
                 -node_trust,
@@ -676,7 +686,7 @@ def rank(
             )
         )
 
-    best_first = heapq.nsmallest(top_k, scored, key=lambda row: row[:6])
+    best_first = heapq.nsmallest(top_k, scored, key=lambda row: row[:7])
     return [
         ScoredCandidate(
             node_id=node_id,
@@ -696,8 +706,10 @@ def rank(
             rtt_ms=node_rtt,
             task_availability=task_part,
             machine_pressure=node_pressure,
+            suspect=is_suspect,
         )
         for (
+            is_suspect,
             _untrusted,
             negative_total,
             _negative_trust,

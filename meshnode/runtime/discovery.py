@@ -589,6 +589,7 @@ def candidate_json(c: ScoredCandidate, forged_vectors: int = 0) -> dict[str, Any
         "cost_per_call_usd": c.capability.cost_per_call_usd,
         "avg_latency_ms": c.capability.avg_latency_ms,
         "circuit_open": c.circuit_open,
+        "suspect": c.suspect,
         "score": {
             "total": round(c.total, 6),
             "relevance": round(c.relevance, 6),

@@ -5,6 +5,7 @@ The cores are driven with a virtual clock and real Ed25519 signers
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +49,15 @@ from meshnode.core.trust import (
     global_is_stale,
     pretrusted_set,
 )
-from protocol import Alive, Capability, LocalProtocolError, TaskRequest, TaskResult
+from protocol import (
+    Alive,
+    Capability,
+    LocalProtocolError,
+    Suspect,
+    TaskRequest,
+    TaskResult,
+)
+from protocol.schema import signing_bytes
 from tests.unit.nodecore_harness import SILENT, Host, World, identity
 
 ECHO = Capability(
@@ -822,6 +831,48 @@ def test_route_ranks_only_alive_members_with_their_load_and_breakers() -> None:
     ranked = a.core.route(hits, world.now, capability_name="echo", top_k=10)
     assert [c.node_id for c in ranked] == [idle.node_id, busy.node_id, tripped.node_id]
     assert ranked[-1].circuit_open and ranked[1].availability == pytest.approx(1 / 3)
+
+
+def test_route_ranks_a_suspect_member_last_and_leaves_out_a_dead_one() -> None:
+    """A member held suspect (an accuser says it missed probes: maybe down) stays a
+    candidate, ranked after every alive one, so a capability whose every provider is
+    suspect for a moment is still found; once its suspicion ends in death it is no
+    candidate. On the unfixed code the suspect member was left out like a dead one: the
+    query naming it alone answered nothing."""
+    world, a, (fine, doubted) = _world(lambda x: x, lambda x: x)
+    members = {}
+    for host in (fine, doubted):
+        alive = Alive(host.node_id, 0, "127.0.0.1", 7100, b"\0" * 64)
+        members[host.node_id] = Member(
+            host.node_id, "127.0.0.1", 7100, 0, MemberState.ALIVE, 0.0, alive, alive, load=0
+        )
+    membership = a.core.mesh.membership
+    membership.adopt_converged(members, world.now)
+    accusation = Suspect(doubted.node_id, 0, fine.node_id, bytes(64))
+    accusation = dataclasses.replace(
+        accusation, signature=identity(1).sign(signing_bytes(accusation))
+    )
+    membership.receive(fine.node_id, [accusation], ("127.0.0.1", 7001), world.now)
+    assert membership.member(doubted.node_id).state is MemberState.SUSPECT
+    hits = [(_Entry(node.node_id, ECHO), 0.9) for node in (doubted, fine)]
+    ranked = a.core.route(hits, world.now, capability_name="echo", top_k=10)
+    assert [(c.node_id, c.suspect) for c in ranked] == [
+        (fine.node_id, False),
+        (doubted.node_id, True),
+    ]
+    alone = a.core.route(hits[:1], world.now, capability_name="echo", top_k=10)
+    assert [c.node_id for c in alone] == [doubted.node_id]
+    suspicion = membership.suspicion(doubted.node_id)
+    assert suspicion is not None
+    now = world.now
+    while now <= suspicion.deadline + 1.0 and (
+        membership.member(doubted.node_id).state is MemberState.SUSPECT
+    ):
+        now = max(now + 0.01, min(membership.next_deadline(), suspicion.deadline + 0.01))
+        membership.tick(now)
+    assert membership.member(doubted.node_id).state is MemberState.DEAD
+    later = a.core.route(hits, now, capability_name="echo", top_k=10)
+    assert doubted.node_id not in [c.node_id for c in later]
 
 
 def test_a_request_held_up_while_connecting_is_sent_only_if_still_due() -> None:

@@ -214,6 +214,32 @@ def test_open_circuit_lowers_rank_but_keeps_the_peer() -> None:
     assert results[1].availability == OPEN_CIRCUIT_AVAILABILITY
 
 
+def test_a_suspect_node_comes_after_every_other_but_stays_listed() -> None:
+    """A suspect node ranks after every node that is not, however good its factors (more
+    trust, idle, more similar) and even after a node with no trust at all; among suspects
+    the usual order holds. It is listed, marked ``suspect``, not dropped."""
+    hits = [
+        (entry("suspect-good"), 0.95),
+        (entry("suspect-worse"), 0.9),
+        (entry("alive"), 0.9),
+        (entry("alive-untrusted"), 0.9),
+    ]
+    results = rank(
+        hits,
+        trust={"suspect-good": 1.0, "suspect-worse": 0.6, "alive": 0.2, "alive-untrusted": 0.0},
+        load={"alive": (3, 4)},
+        suspect={"suspect-good", "suspect-worse"},
+    )
+    assert [r.node_id for r in results] == [
+        "alive",
+        "alive-untrusted",
+        "suspect-good",
+        "suspect-worse",
+    ]
+    assert [r.suspect for r in results] == [False, False, True, True]
+    assert results[2].total > results[0].total  # its factors alone would put it first
+
+
 # --------------------------------------------------------------------------- filters
 
 
