@@ -437,7 +437,7 @@ async def _cmd_discover(args: argparse.Namespace) -> int:
         return 1
     rows = [
         (
-            c["name"] or "-",
+            (c["name"] or "-") + (" (suspect)" if c.get("suspect") else ""),
             c["node_id"][:10],
             c["capability"],
             f"{c['score']['total']:.3f}",
