@@ -785,6 +785,8 @@ class Membership:
         A suspect member's ``Alive`` comes first, so a peer that does not know it yet
         learns its address before applying the suspicion.
         """
+        if not self._state_counts[MemberState.SUSPECT]:
+            return tuple([member.rumor for member in self._members.values()])
         out: list[MemberRumor] = []
         for member in self._members.values():
             if member.state is MemberState.SUSPECT:
@@ -813,19 +815,45 @@ class Membership:
                     first.add(id(rumor))
                     applied += self._apply(rumor, now, source=origin, direct=True)
             self._verify_by_contact(source, now)
-        for rumor in rumors:
-            if first and id(rumor) in first:
-                continue
-            if isinstance(rumor, Dead) and self._dead_as_suspicion(rumor, now):
-                applied += 1
-            elif type(rumor) in _RUMOR_TYPES:
-                direct = source is not None and rumor.node == source  # type: ignore[attr-defined]
-                applied += self._apply(rumor, now, source=origin, direct=direct)  # type: ignore[arg-type]
-            else:
-                self.counters["rumors_invalid"] += 1
+        # A snapshot of a converged peer repeats what we hold: an ``Alive`` about a
+        # member we know at the same or a later incarnation is stale whatever its source
+        # (``_apply``'s rule, taken here without the call; every other rumor goes through
+        # ``_apply``). Counted once at the end.
+        members = self._members
+        me = self._node_id
+        ip_version = self._ip_version
+        stale = 0
+        try:
+            for rumor in rumors:
+                if first and id(rumor) in first:
+                    continue
+                if type(rumor) is Alive:
+                    node = rumor.node
+                    if node != me:
+                        current = members.get(node)
+                        if (
+                            current is not None
+                            and rumor.incarnation <= current.incarnation
+                            and address_problem(rumor.host, rumor.port, ip_version) is None
+                        ):
+                            stale += 1
+                            continue
+                applied += self._merge_one(rumor, now, source, origin)
+        finally:
+            self.counters["rumors_stale"] += stale
         if source is not None:
             self._verify_by_contact(source, now)
         return applied
+
+    def _merge_one(self, rumor: Message, now: float, source: str | None, origin: str) -> int:
+        """One rumor of a snapshot (see :meth:`merge_state`); 1 if it changed something."""
+        if isinstance(rumor, Dead) and self._dead_as_suspicion(rumor, now):
+            return 1
+        if type(rumor) in _RUMOR_TYPES:
+            direct = source is not None and rumor.node == source  # type: ignore[attr-defined]
+            return int(self._apply(rumor, now, source=origin, direct=direct))  # type: ignore[arg-type]
+        self.counters["rumors_invalid"] += 1
+        return 0
 
     def _dead_as_suspicion(self, rumor: Dead, now: float) -> bool:
         """A ``Dead`` signed by someone else about a member we hold alive becomes our own
