@@ -933,13 +933,32 @@ class Membership:
                 self._on_pressure(sender, message)  # type: ignore[arg-type]
 
     def next_deadline(self) -> float:
-        """When :meth:`tick` must next be called (``math.inf`` if never)."""
-        deadline = self._failure_deadline()
+        """When :meth:`tick` must next be called (``math.inf`` if never).
+
+        Asked after every input a core handles, so the cheap tests come first and the
+        failure deadline is :meth:`_failure_deadline` written out."""
+        deadline = self._next_probe_at
+        if self._suspicion_heap:
+            due = self._suspicion_deadline()
+            if due < deadline:
+                deadline = due
+        probe = self._probe
+        if (
+            probe is not None
+            and probe.timeout_at < deadline
+            and not probe.acked
+            and not probe.indirect_sent
+        ):
+            deadline = probe.timeout_at
+        if self._relays:
+            due = next(iter(self._relays.values())).deadline
+            if due < deadline:
+                deadline = due
         if (
             self._next_gossip_at < deadline
-            and self._queue
             and self._config.gossip_nodes > 0
-            and self._has_gossip_targets()
+            and (self._alive.size or self._suspect.size or self._recently_dead.size)
+            and self._queue
         ):
             deadline = self._next_gossip_at
         if self._next_push_pull_at < deadline:
@@ -1851,17 +1870,24 @@ class Membership:
             return
         budget = config.max_packet_bytes - ENVELOPE_OVERHEAD
         limit = self.retransmit_limit()
+        members = self._members
+        take = self._queue.take
+        effects = self._effects
+        ip_version = self._ip_version
+        counters = self.counters
         for node in self._gossip_targets(config.gossip_nodes):
-            addr = self._members[node].address
-            if not self._sendable(addr):
+            member = members[node]
+            addr = (member.host, member.port)
+            if address_problem(member.host, member.port, ip_version) is not None:
+                counters["sends_refused"] += 1  # as _sendable does
                 continue
-            rumors = self._queue.take(budget, limit)
+            rumors = take(budget, limit)
             if not rumors:
                 break
-            self.counters["gossip_packets"] += 1
-            self.counters["packets_sent"] += 1
-            self.counters["rumors_sent"] += len(rumors)
-            self._effects.append(SendPacket(addr, tuple(rumors)))
+            counters["gossip_packets"] += 1
+            counters["packets_sent"] += 1
+            counters["rumors_sent"] += len(rumors)
+            effects.append(SendPacket(addr, tuple(rumors)))
 
     def _gossip_targets(self, k: int) -> list[str]:
         """Up to ``k`` distinct random members that are alive, suspect or recently dead."""
