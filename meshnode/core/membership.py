@@ -1762,7 +1762,7 @@ class Membership:
         if member is not None:
             direct = sender == probe.target and not probe.repinged
             rtt = now - probe.sent_at if direct else member.rtt
-            self._members[member.node_id] = dataclasses.replace(member, load=ack.load, rtt=rtt)
+            self._members[member.node_id] = member.with_ack(ack.load, rtt)
             if sender == probe.target and ack.coordinate is not None:
                 self._on_coordinate(sender, ack.coordinate, now - probe.sent_at if direct else None)
             self._catch_up(ack.members, member, now)
