@@ -37,7 +37,6 @@ messages.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Hashable, Sequence
 from typing import Final
 
@@ -65,10 +64,6 @@ MAX_CACHED: Final = 1 << 17
 identity cache holds a reference to every message in it, so it is kept small."""
 
 
-_BULK_SUM: Final = 64
-"""Sequences longer than this are summed through the identity cache in one pass in C."""
-
-
 def array_header_bytes(length: int) -> int:
     """Bytes of the msgpack header of an array of ``length`` items."""
     if length < 16:
@@ -87,21 +82,10 @@ def envelope_size(message_count: int, payload: int) -> int:
 class SizeModel:
     """Caches of exact encoded sizes. One per simulation (not thread-safe)."""
 
-    __slots__ = (
-        "_by_id",
-        "_by_shape",
-        "_by_value",
-        "_manifests",
-        "_push_pull_base",
-        "_size_by_id",
-    )
+    __slots__ = ("_by_id", "_by_shape", "_by_value", "_manifests", "_push_pull_base")
 
     def __init__(self) -> None:
-        self._by_id: dict[int, Message] = {}
-        """Identity cache: the message measured under each id (the reference keeps the
-        id from being reused while it is cached)..."""
-        self._size_by_id: dict[int, int] = {}
-        """... and its size: always the same keys as ``_by_id``."""
+        self._by_id: dict[int, tuple[Message, int]] = {}
         self._by_shape: dict[Hashable, int] = {}
         self._by_value: dict[Message, int] = {}
         self._manifests: dict[bytes, int] = {}
@@ -136,8 +120,9 @@ class SizeModel:
                 message.port.bit_length(),
             )
         else:
-            if self._by_id.get(id(message)) is message:
-                return self._size_by_id[id(message)]
+            entry = self._by_id.get(id(message))
+            if entry is not None and entry[0] is message:
+                return entry[1]
             cached = self._by_value.get(message)
             if cached is None:
                 if len(self._by_value) >= MAX_CACHED:
@@ -145,9 +130,7 @@ class SizeModel:
                 cached = self._by_value[message] = wire_size(message)
             if len(self._by_id) >= MAX_CACHED:
                 self._by_id.clear()
-                self._size_by_id.clear()
-            self._by_id[id(message)] = message
-            self._size_by_id[id(message)] = cached
+            self._by_id[id(message)] = (message, cached)
             return cached
         size = self._by_shape.get(key)
         if size is None:
@@ -189,20 +172,15 @@ class SizeModel:
 
     def _sum(self, messages: Sequence[Message]) -> int:
         """The sizes of ``messages`` added up (each as a top-level message)."""
-        by_id = self._by_id
-        if len(messages) > _BULK_SUM:
-            # A push-pull table: when every item is in the identity cache (the usual case:
-            # the same rumor objects travel in every snapshot), the sum runs in C.
-            ids = list(map(id, messages))
-            if all(map(operator.is_, map(by_id.get, ids), messages)):
-                return sum(map(self._size_by_id.__getitem__, ids))
-        get = by_id.get
-        sizes = self._size_by_id
+        get = self._by_id.get
         size = self.message
         total = 0
         for m in messages:
-            key = id(m)
-            total += sizes[key] if get(key) is m else size(m)
+            entry = get(id(m))
+            if entry is not None and entry[0] is m:
+                total += entry[1]
+            else:
+                total += size(m)
         return total
 
     def records(self, records: Sequence[LedgerRecord]) -> int:

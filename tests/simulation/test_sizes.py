@@ -113,9 +113,8 @@ def test_push_pull_size_is_exact(
     st.integers(0, 200),
 )
 def test_long_tables_are_exact_cached_or_not(members: list, cached: int) -> None:  # type: ignore[type-arg]
-    """Tables longer than ``_BULK_SUM`` are summed in one pass when every rumor is in the
-    identity cache: exact with none, some (the first ``cached``) or all of them cached,
-    and with the same rumor object several times."""
+    """A long table is exact with none, some (the first ``cached``) or all of its rumors
+    in the identity cache, and with the same rumor object several times."""
     members = members + members[:3]
     message = PushPull(False, tuple(members), (), (), ())
     model = SizeModel()
