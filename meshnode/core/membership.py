@@ -243,6 +243,11 @@ walks the whole table in one order, and an LRU cache smaller than what it walks 
 every entry (at 4,096 entries, parsing IP literals was a third of a 10,000-node run).
 About 200 bytes an entry."""
 
+_GOOD_HOSTS: Final[dict[int, set[str]]] = {4: set(), 6: set()}
+"""Hosts that passed :func:`_host_problem` for each IP version, process-wide: a push-pull
+merge asks about every member of the table, and a set lookup costs less than the LRU
+cache's call. Emptied when it reaches ``_HOST_CHECK_CACHE`` hosts."""
+
 _NO_SIGNATURE: Final = bytes(64)
 _SEQ_MOD: Final = 2**64
 _INF: Final = math.inf
@@ -825,6 +830,7 @@ class Membership:
         me = self._node_id
         ip_version = self._ip_version
         host_problem = _host_problem
+        good_hosts = _GOOD_HOSTS.setdefault(ip_version, set())
         stale = 0
         try:
             for rumor in rumors:
@@ -841,10 +847,16 @@ class Membership:
                                 and host
                                 and type(port) is int
                                 and 1 <= port <= 65_535
-                                and host_problem(host, ip_version) is None
                             ):
-                                stale += 1
-                                continue
+                                if host in good_hosts:
+                                    stale += 1
+                                    continue
+                                if host_problem(host, ip_version) is None:
+                                    if len(good_hosts) >= _HOST_CHECK_CACHE:
+                                        good_hosts.clear()
+                                    good_hosts.add(host)
+                                    stale += 1
+                                    continue
                 applied += self._merge_one(rumor, now, source, origin)
         finally:
             self.counters["rumors_stale"] += stale
