@@ -240,10 +240,25 @@ class Network:
 
     def datagram(self, src: int, dst: int) -> tuple[float, ...]:
         """Delays of the copies of one datagram that arrive (empty: lost)."""
-        if not self.reachable(src, dst):
+        if (self._blocked or self._cut) and not self.reachable(src, dst):
             return ()
         model = self.model
         rng = self._rng
+        if not (
+            model.loss
+            or model.reorder
+            or model.duplicate
+            or self._extra_loss
+            or self._inbound_lag
+            or model.regions > 1
+        ):
+            # The common case (a clean network) written out: the same draws as below.
+            access = self._access
+            d = model.min_latency + access[src] + access[dst]
+            tail = self._tail
+            if tail > 0:
+                d += rng.expovariate(1.0 / tail)
+            return (d,)
         loss = model.loss
         if self._extra_loss:
             loss = 1.0 - (1.0 - loss) * (1.0 - self._extra_loss.get(src, 0.0)) * (

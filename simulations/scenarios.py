@@ -1192,11 +1192,16 @@ def _run_economy(spec: Spec, progress: Progress | None) -> Outcome:
     return run_economy(spec, progress)
 
 
-GC_THRESHOLD_YOUNG = 50_000
+GC_THRESHOLD_YOUNG = 500_000
 """Allocations between two collections of the youngest generation during a run (Python's
 default is 700). Almost everything a simulation allocates (events, messages, effects)
 dies young by reference counting; collecting less often leaves the cyclic collector
-fewer survivors to walk and promote, about a tenth of the run time at large N."""
+fewer survivors to walk and promote, about a tenth of the run time at large N. The count
+is of container objects allocated and not yet freed, so it grows only with what
+survives: a steady run of 5,000 nodes for 5 s found almost no cyclic garbage (a few
+hundred objects in all), and spent 0.78 s in 26 collections at 50,000 (each walking
+the push-pull snapshots alive at that moment, 10,000 rumors apiece) against 0.38 s in 4
+at 500,000, with the same report."""
 
 
 def run_scenario(spec: Spec, progress: Progress | None = None) -> Outcome:

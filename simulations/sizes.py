@@ -172,12 +172,15 @@ class SizeModel:
 
     def _sum(self, messages: Sequence[Message]) -> int:
         """The sizes of ``messages`` added up (each as a top-level message)."""
-        by_id = self._by_id
+        get = self._by_id.get
         size = self.message
         total = 0
         for m in messages:
-            entry = by_id.get(id(m))
-            total += entry[1] if entry is not None and entry[0] is m else size(m)
+            entry = get(id(m))
+            if entry is not None and entry[0] is m:
+                total += entry[1]
+            else:
+                total += size(m)
         return total
 
     def records(self, records: Sequence[LedgerRecord]) -> int:

@@ -204,7 +204,8 @@ class BroadcastQueue:
         for buckets in self._lanes:
             if not buckets:
                 continue
-            self._expire(buckets, limit)
+            if len(buckets) > (limit if limit > 0 else 0):
+                self._expire(buckets, limit)
             lane_start = len(selected)
             for bucket in buckets:
                 if not bucket:

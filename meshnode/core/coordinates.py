@@ -95,11 +95,14 @@ def coordinate_problem(coord: Coordinate) -> str | None:
     """Why ``coord`` (read off the wire) must not be used, or None when it is sound."""
     if len(coord.vec) != DIMENSIONS:
         return f"dimension {len(coord.vec)}, expected {DIMENSIONS}"
-    values = (*coord.vec, coord.error, coord.adjustment, coord.height)
-    if not all(type(v) is float and math.isfinite(v) for v in values):
-        return "a component is not a finite float"
-    if any(abs(v) > MAX_COMPONENT_S for v in coord.vec):
-        return f"a component is beyond ±{MAX_COMPONENT_S} s"
+    # Plain loops rather than all()/any() over generators: checked twice per ack.
+    isfinite = math.isfinite
+    for v in (*coord.vec, coord.error, coord.adjustment, coord.height):
+        if type(v) is not float or not isfinite(v):
+            return "a component is not a finite float"
+    for v in coord.vec:
+        if abs(v) > MAX_COMPONENT_S:
+            return f"a component is beyond ±{MAX_COMPONENT_S} s"
     if not 0.0 <= coord.error <= VIVALDI_ERROR_MAX:
         return f"error {coord.error} outside [0, {VIVALDI_ERROR_MAX}]"
     if not 0.0 <= coord.height <= MAX_HEIGHT_S:
@@ -123,7 +126,7 @@ def _diff(a: Sequence[float], b: Sequence[float]) -> list[float]:
 
 
 def _magnitude(v: Sequence[float]) -> float:
-    return math.sqrt(sum(x * x for x in v))
+    return math.sqrt(sum([x * x for x in v]))  # a list: same sum, no generator
 
 
 def _unit_vector_at(
@@ -148,7 +151,7 @@ def apply_force(
     """Move ``coord`` by ``force`` seconds away from ``other`` (toward it when negative);
     the height takes its share of the move, never below ``HEIGHT_MIN``."""
     unit, mag = _unit_vector_at(coord.vec, other.vec, rng)
-    vec = tuple(x + u * force for x, u in zip(coord.vec, unit, strict=True))
+    vec = tuple([x + u * force for x, u in zip(coord.vec, unit, strict=True)])
     height = coord.height
     if mag > ZERO_THRESHOLD:
         height = max((coord.height + other.height) * force / mag + coord.height, HEIGHT_MIN)

@@ -112,12 +112,21 @@ __all__ = [
 # ============================================================================ membership
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, init=False)
 class SendPacket:
     """Send ``messages`` to ``addr`` in one signed envelope (one UDP datagram)."""
 
     addr: Address
     messages: tuple[Message, ...]
+
+    def __init__(self, addr: Address, messages: tuple[Message, ...]) -> None:
+        # One per datagram: set through the slot descriptors, as ``Deliver`` does.
+        _set_send_addr(self, addr)
+        _set_send_messages(self, messages)
+
+
+_set_send_addr = SendPacket.__dict__["addr"].__set__
+_set_send_messages = SendPacket.__dict__["messages"].__set__
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -95,6 +95,24 @@ class Member:
         """``(host, port)``."""
         return self.host, self.port
 
+    def with_ack(self, load: int | None, rtt: float | None) -> Member:
+        """This member with the ``load`` and ``rtt`` of a probe it answered, as
+        ``dataclasses.replace(self, load=load, rtt=rtt)`` gives but without its field
+        introspection (a copy per acknowledged probe)."""
+        return Member(
+            self.node_id,
+            self.host,
+            self.port,
+            self.incarnation,
+            self.state,
+            self.state_change,
+            self.rumor,
+            self.alive,
+            load,
+            rtt,
+            self.pressure,
+        )
+
     def __repr__(self) -> str:
         return (
             f"<Member {short_id(self.node_id)} {self.state.label}@{self.incarnation} "

@@ -243,6 +243,11 @@ walks the whole table in one order, and an LRU cache smaller than what it walks 
 every entry (at 4,096 entries, parsing IP literals was a third of a 10,000-node run).
 About 200 bytes an entry."""
 
+_GOOD_HOSTS: Final[dict[int, set[str]]] = {4: set(), 6: set()}
+"""Hosts that passed :func:`_host_problem` for each IP version, process-wide: a push-pull
+merge asks about every member of the table, and a set lookup costs less than the LRU
+cache's call. Emptied when it reaches ``_HOST_CHECK_CACHE`` hosts."""
+
 _NO_SIGNATURE: Final = bytes(64)
 _SEQ_MOD: Final = 2**64
 _INF: Final = math.inf
@@ -785,6 +790,8 @@ class Membership:
         A suspect member's ``Alive`` comes first, so a peer that does not know it yet
         learns its address before applying the suspicion.
         """
+        if not self._state_counts[MemberState.SUSPECT]:
+            return tuple([member.rumor for member in self._members.values()])
         out: list[MemberRumor] = []
         for member in self._members.values():
             if member.state is MemberState.SUSPECT:
@@ -813,19 +820,59 @@ class Membership:
                     first.add(id(rumor))
                     applied += self._apply(rumor, now, source=origin, direct=True)
             self._verify_by_contact(source, now)
-        for rumor in rumors:
-            if first and id(rumor) in first:
-                continue
-            if isinstance(rumor, Dead) and self._dead_as_suspicion(rumor, now):
-                applied += 1
-            elif type(rumor) in _RUMOR_TYPES:
-                direct = source is not None and rumor.node == source  # type: ignore[attr-defined]
-                applied += self._apply(rumor, now, source=origin, direct=direct)  # type: ignore[arg-type]
-            else:
-                self.counters["rumors_invalid"] += 1
+        # A snapshot of a converged peer repeats what we hold: an ``Alive`` about a
+        # member we know at the same or a later incarnation is stale whatever its source
+        # (``_apply``'s rule, taken here without the call; every other rumor goes through
+        # ``_apply``). Counted once at the end.
+        # The address check is ``address_problem``'s, written out (one call fewer per
+        # rumor of a table of 10,000).
+        members = self._members
+        me = self._node_id
+        ip_version = self._ip_version
+        host_problem = _host_problem
+        good_hosts = _GOOD_HOSTS.setdefault(ip_version, set())
+        stale = 0
+        try:
+            for rumor in rumors:
+                if first and id(rumor) in first:
+                    continue
+                if type(rumor) is Alive:
+                    node = rumor.node
+                    if node != me:
+                        current = members.get(node)
+                        if current is not None and rumor.incarnation <= current.incarnation:
+                            host, port = rumor.host, rumor.port
+                            if (
+                                type(host) is str
+                                and host
+                                and type(port) is int
+                                and 1 <= port <= 65_535
+                            ):
+                                if host in good_hosts:
+                                    stale += 1
+                                    continue
+                                if host_problem(host, ip_version) is None:
+                                    if len(good_hosts) >= _HOST_CHECK_CACHE:
+                                        good_hosts.clear()
+                                    good_hosts.add(host)
+                                    stale += 1
+                                    continue
+                applied += self._merge_one(rumor, now, source, origin)
+        finally:
+            self.counters["rumors_stale"] += stale
         if source is not None:
             self._verify_by_contact(source, now)
         return applied
+
+    def _merge_one(self, rumor: Message, now: float, source: str | None, origin: str) -> int:
+        """One rumor of a snapshot (see :meth:`merge_state`); 1 if it changed something."""
+        if isinstance(rumor, Dead) and self._dead_as_suspicion(rumor, now):
+            return 1
+        if type(rumor) in _RUMOR_TYPES:
+            direct = source is not None and rumor.node == source  # type: ignore[attr-defined]
+            return int(self._apply(rumor, now, source=origin, direct=direct))  # type: ignore[arg-type]
+        self.counters["rumors_invalid"] += 1
+        return 0
 
     def _dead_as_suspicion(self, rumor: Dead, now: float) -> bool:
         """A ``Dead`` signed by someone else about a member we hold alive becomes our own
@@ -905,13 +952,32 @@ class Membership:
                 self._on_pressure(sender, message)  # type: ignore[arg-type]
 
     def next_deadline(self) -> float:
-        """When :meth:`tick` must next be called (``math.inf`` if never)."""
-        deadline = self._failure_deadline()
+        """When :meth:`tick` must next be called (``math.inf`` if never).
+
+        Asked after every input a core handles, so the cheap tests come first and the
+        failure deadline is :meth:`_failure_deadline` written out."""
+        deadline = self._next_probe_at
+        if self._suspicion_heap:
+            due = self._suspicion_deadline()
+            if due < deadline:
+                deadline = due
+        probe = self._probe
+        if (
+            probe is not None
+            and probe.timeout_at < deadline
+            and not probe.acked
+            and not probe.indirect_sent
+        ):
+            deadline = probe.timeout_at
+        if self._relays:
+            due = next(iter(self._relays.values())).deadline
+            if due < deadline:
+                deadline = due
         if (
             self._next_gossip_at < deadline
-            and self._queue
             and self._config.gossip_nodes > 0
-            and self._has_gossip_targets()
+            and (self._alive.size or self._suspect.size or self._recently_dead.size)
+            and self._queue
         ):
             deadline = self._next_gossip_at
         if self._next_push_pull_at < deadline:
@@ -1715,7 +1781,7 @@ class Membership:
         if member is not None:
             direct = sender == probe.target and not probe.repinged
             rtt = now - probe.sent_at if direct else member.rtt
-            self._members[member.node_id] = dataclasses.replace(member, load=ack.load, rtt=rtt)
+            self._members[member.node_id] = member.with_ack(ack.load, rtt)
             if sender == probe.target and ack.coordinate is not None:
                 self._on_coordinate(sender, ack.coordinate, now - probe.sent_at if direct else None)
             self._catch_up(ack.members, member, now)
@@ -1823,17 +1889,24 @@ class Membership:
             return
         budget = config.max_packet_bytes - ENVELOPE_OVERHEAD
         limit = self.retransmit_limit()
+        members = self._members
+        take = self._queue.take
+        effects = self._effects
+        ip_version = self._ip_version
+        counters = self.counters
         for node in self._gossip_targets(config.gossip_nodes):
-            addr = self._members[node].address
-            if not self._sendable(addr):
+            member = members[node]
+            addr = (member.host, member.port)
+            if address_problem(member.host, member.port, ip_version) is not None:
+                counters["sends_refused"] += 1  # as _sendable does
                 continue
-            rumors = self._queue.take(budget, limit)
+            rumors = take(budget, limit)
             if not rumors:
                 break
-            self.counters["gossip_packets"] += 1
-            self.counters["packets_sent"] += 1
-            self.counters["rumors_sent"] += len(rumors)
-            self._effects.append(SendPacket(addr, tuple(rumors)))
+            counters["gossip_packets"] += 1
+            counters["packets_sent"] += 1
+            counters["rumors_sent"] += len(rumors)
+            effects.append(SendPacket(addr, tuple(rumors)))
 
     def _gossip_targets(self, k: int) -> list[str]:
         """Up to ``k`` distinct random members that are alive, suspect or recently dead."""

@@ -100,6 +100,30 @@ def test_push_pull_size_is_exact(
     assert model.frame([message]) == len(encode([message], SIGNERS[1]))
 
 
+@settings(max_examples=50)
+@given(
+    st.lists(
+        st.one_of(
+            st.builds(Alive, node_id, uint, host, port, st.just(SIG)),
+            st.builds(Suspect, node_id, uint, node_id, st.just(SIG)),
+        ),
+        min_size=65,
+        max_size=200,
+    ),
+    st.integers(0, 200),
+)
+def test_long_tables_are_exact_cached_or_not(members: list, cached: int) -> None:  # type: ignore[type-arg]
+    """A long table is exact with none, some (the first ``cached``) or all of its rumors
+    in the identity cache, and with the same rumor object several times."""
+    members = members + members[:3]
+    message = PushPull(False, tuple(members), (), (), ())
+    model = SizeModel()
+    for m in members[:cached]:
+        model.message(m)
+    assert model.push_pull(message) == wire_size(message)
+    assert model.push_pull(message) == wire_size(message)  # now all cached
+
+
 def test_large_push_pull_array_headers() -> None:
     """Arrays past 15 and 65,535 items change their header size; the model follows."""
     assert [array_header_bytes(n) for n in (0, 15, 16, 65_535, 65_536)] == [1, 1, 3, 3, 5]

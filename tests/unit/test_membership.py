@@ -1164,6 +1164,80 @@ def test_merge_state_refutes_suspicion_about_ourselves() -> None:
     assert m.counters["refutations"] == 1
 
 
+def _merge_fixture() -> tuple[Membership, list[Message], FastSigner, FastSigner]:
+    """A membership that knows three peers (incarnations 2, 2, 1), a snapshot mixing
+    every kind of rumor a merge meets (stale, older, newer, about ourselves, unknown
+    subjects, a bad address at a stale incarnation, a forged newer ``Alive``, an
+    accusation, a non-rumor), its own signer and the snapshot's source."""
+    m, me = lonely(name="merge")
+    y, z, w, stranger = peer(1), peer(2), peer(3), peer(4)
+    introduce(m, [alive_of(y, 2), alive_of(z, 2), alive_of(w, 1)], 0.0)
+    forged = dataclasses.replace(alive_of(w, 5), signature=alive_of(z, 5).signature)
+    snapshot: list[Message] = [
+        alive_of(y, 2),  # stale: the same incarnation
+        alive_of(z, 1),  # stale: an older incarnation
+        alive_of(w, 3),  # newer: applied
+        dataclasses.replace(alive_of(y, 1), host="0.0.0.0"),  # bad address, stale
+        alive_of(me, 0),  # about ourselves
+        alive_of(stranger, 0),  # unknown subject: held unverified
+        forged,  # newer but forged
+        signed(Suspect(z.node_id, 2, y.node_id, NO_SIG), y),
+        signed(Dead(stranger.node_id, 0, y.node_id, NO_SIG), y),  # unknown subject
+        Nack(3),  # not a rumor
+    ]
+    return m, snapshot, me, y
+
+
+@pytest.mark.parametrize("with_source", [False, True])
+def test_merge_state_takes_stale_alives_as_the_full_rule_does(with_source: bool) -> None:
+    """A merge takes a stale ``Alive`` about a known member without the full rule (the
+    10,000-node push-pull is nearly all of those): the outcome, the return value, every
+    counter and the table are those of the full rule applied to every rumor in order."""
+    fast, snapshot, _, source = _merge_fixture()
+    slow, _, _, _ = _merge_fixture()
+    src = source.node_id if with_source else None
+    applied = fast.merge_state(snapshot, 1.0, source=src)
+    # The reference: the source's own Alive first (as merge_state does), then every other
+    # rumor through the full rule, one by one.
+    slow.counters["push_pull_merges"] += 1
+    expected = 0
+    firsts = [r for r in snapshot if src is not None and type(r) is Alive and r.node == src]
+    for rumor in firsts:
+        expected += slow._apply(rumor, 1.0, source=src or "", direct=True)  # type: ignore[arg-type]
+    if src is not None:
+        slow._verify_by_contact(src, 1.0)
+    for rumor in snapshot:
+        if any(rumor is f for f in firsts):
+            continue
+        expected += slow._merge_one(rumor, 1.0, src, src or "")
+    if src is not None:
+        slow._verify_by_contact(src, 1.0)
+    assert fast.counters["rumors_stale"] >= 2  # the fast path was taken
+    assert fast.counters["addresses_invalid"] == 1  # and left the bad address to the rule
+    assert applied == expected
+    assert fast.counters == slow.counters
+    for node in [*(r.node for r in snapshot if isinstance(r, Alive))]:
+        assert fast.member(node) == slow.member(node)
+    assert {a.node for a in fast.unverified()} == {a.node for a in slow.unverified()}
+
+
+def test_member_with_ack_is_replace_of_load_and_rtt() -> None:
+    """``Member.with_ack`` copies every other field: the same member as
+    ``dataclasses.replace`` gives, for the field list it was written for."""
+    signer = peer(1)
+    alive = alive_of(signer, 3)
+    member = Member(
+        signer.node_id, "10.1.0.7", 7946, 3, MemberState.SUSPECT, 12.5, alive, alive,
+        load=4, rtt=0.002, pressure=(10, 20),
+    )  # fmt: skip
+    assert [f.name for f in dataclasses.fields(Member)] == [
+        "node_id", "host", "port", "incarnation", "state", "state_change", "rumor", "alive",
+        "load", "rtt", "pressure",
+    ]  # fmt: skip
+    assert member.with_ack(7, 0.004) == dataclasses.replace(member, load=7, rtt=0.004)
+    assert member.with_ack(None, None) == dataclasses.replace(member, load=None, rtt=None)
+
+
 # --------------------------------------------------------------------------- clusters
 
 

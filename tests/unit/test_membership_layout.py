@@ -7,8 +7,15 @@ before the next merge asks for it again.
 
 from __future__ import annotations
 
+import dataclasses
+import random
+
+import pytest
+
+from meshnode.core import membership
 from meshnode.core.config import NodeConfig
-from meshnode.core.membership import _host_problem, address_problem
+from meshnode.core.membership import Membership, _host_problem, address_problem
+from protocol import Alive, FastSigner, fast_verify, signing_bytes
 
 
 def test_address_checks_of_a_full_table_stay_cached_between_merges() -> None:
@@ -25,3 +32,41 @@ def test_address_checks_of_a_full_table_stay_cached_between_merges() -> None:
     for host in hosts:
         assert address_problem(host, 7946, 4) is None
     assert _host_problem.cache_info().hits - before == members
+
+
+def test_hosts_known_good_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A merge remembers the hosts that passed the check (a set, cheaper than the LRU
+    call), never more than ``_HOST_CHECK_CACHE`` of them, and answers as the check does
+    with the set full, emptied or holding the host already."""
+    monkeypatch.setattr(membership, "_HOST_CHECK_CACHE", 4)
+    membership._GOOD_HOSTS[4].clear()
+    m = Membership(
+        NodeConfig(),
+        FastSigner.from_seed(b"layout"),
+        host="10.9.9.9",
+        port=7946,
+        rng=random.Random(1),
+        verifier=fast_verify,
+        detect_stalls=False,
+    )
+    peers = [FastSigner.from_seed(f"host-{i}".encode()) for i in range(10)]
+    alives = [
+        dataclasses.replace(
+            Alive(p.node_id, 0, f"10.3.0.{i + 1}", 7946, bytes(64)),
+            signature=p.sign(
+                signing_bytes(Alive(p.node_id, 0, f"10.3.0.{i + 1}", 7946, bytes(64)))
+            ),
+        )
+        for i, p in enumerate(peers)
+    ]
+    for alive in alives:
+        m.receive(alive.node, [alive], (alive.host, alive.port), 0.0)
+    assert all(m.member(a.node) is not None for a in alives)
+    for rounds in range(1, 4):
+        assert m.merge_state(alives, float(rounds)) == 0
+        assert m.counters["rumors_stale"] == 10 * rounds
+        assert 0 < len(membership._GOOD_HOSTS[4]) <= 4
+    bad = dataclasses.replace(alives[0], host="0.0.0.0")
+    assert m.merge_state([bad], 5.0) == 0
+    assert m.counters["addresses_invalid"] == 1
+    assert "0.0.0.0" not in membership._GOOD_HOSTS[4]
