@@ -209,6 +209,18 @@ def test_failing_agent_lowers_trust_in_the_proxy(tmp_path: Path) -> None:
             READY_S,
             "the caller sees both agents' skills",
         )
+        # Holding the manifest is not enough: its skills are indexed in the background, and
+        # a delegation before that finds no provider (seen once on a loaded machine).
+        wait_until(
+            lambda: all(
+                http_json(caller.address, "/v1/discover", {"capability_name": name})[1].get(
+                    "candidates"
+                )
+                for name in ("Flaky_Agent.shout", "Curious_Agent.shout")
+            ),
+            READY_S,
+            "the caller's discovery finds both agents' skills",
+        )
         status, body = http_json(
             caller.address,
             "/v1/delegate",
