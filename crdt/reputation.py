@@ -95,7 +95,7 @@ import dataclasses
 import functools
 import hashlib
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from typing import NamedTuple
 
 from crdt.trust import (
@@ -468,6 +468,34 @@ class ReputationLedger:
     def get(self, observer: str, subject: str) -> LedgerRecord | None:
         held = self._subjects.get(observer, {}).get(subject)
         return held.record if held is not None else None
+
+    def copies_held(
+        self,
+        messages: Iterable[object],
+        observers: Container[str],
+        stop: Container[type] = (),
+    ) -> int:
+        """How many of ``messages`` are copies of held records: each equal to (or that very
+        object) the record held for its key, with its observer in ``observers``. Counted
+        only when every ledger record among ``messages`` is such a copy and no message is
+        of a class in ``stop``; otherwise 0. :meth:`apply` would refuse each copy at once,
+        changing nothing: the mesh asks this for every packet before anything else."""
+        subjects_of = self._subjects
+        count = 0
+        for message in messages:
+            cls = type(message)
+            if cls is LedgerRecord:
+                observer = message.observer  # type: ignore[attr-defined]
+                subjects = subjects_of.get(observer)
+                if subjects is None or observer not in observers:
+                    return 0
+                held = subjects.get(message.subject)  # type: ignore[attr-defined]
+                if held is None or (held.record is not message and held.record != message):
+                    return 0
+                count += 1
+            elif cls in stop:
+                return 0
+        return count
 
     def opinions_of(self, observer: str) -> dict[str, float]:
         """``{subject: score}`` of every record ``observer`` holds here, sorted by subject:

@@ -689,7 +689,8 @@ class Cluster:
         core = node.core
         assert core is not None
         try:
-            core.receive(sender, messages, src, self.engine.now)
+            if not core.receive(sender, messages, src, self.engine.now):
+                return  # copies of held records only: no effects, the deadline stands
         except Exception as exc:
             self.core_failed(node, "receive", exc)
         self._dispatch(node)

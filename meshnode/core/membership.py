@@ -148,7 +148,7 @@ import ipaddress
 import math
 import random
 from collections import OrderedDict
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, KeysView, Mapping, Sequence
 from typing import Final, Literal, TypeVar
 
 from meshnode.core import coordinates, timing
@@ -195,6 +195,7 @@ from protocol.messages import PRESSURE_MAX, NetworkCoordinate
 
 __all__ = [
     "MAX_INCARNATION",
+    "RUMOR_TYPES",
     "Member",
     "MemberRumor",
     "MemberState",
@@ -296,6 +297,9 @@ def address_problem(host: object, port: object, ip_version: int) -> str | None:
 
 
 _RUMOR_TYPES: Final = frozenset((Alive, Suspect, Dead, Leave))
+RUMOR_TYPES: Final = _RUMOR_TYPES
+"""The classes of membership rumors: :meth:`Membership.receive` applies them before anything
+else in a packet, and they alone can change the member table while it does."""
 _RUMOR_STATE: Final[dict[type[Message], MemberState]] = {
     Alive: MemberState.ALIVE,
     Suspect: MemberState.SUSPECT,
@@ -605,6 +609,10 @@ class Membership:
     def member(self, node_id: str) -> Member | None:
         """The member with ``node_id`` (ourselves included), or None."""
         return self._members.get(node_id)
+
+    def member_ids(self) -> KeysView[str]:
+        """The node ids of every member (ourselves included), as a live view."""
+        return self._members.keys()
 
     def alive_count(self) -> int:
         """Members in state alive, ourselves included (unless we left)."""
@@ -950,6 +958,20 @@ class Membership:
                 self._on_nack(sender, message)  # type: ignore[arg-type]
             elif handling == _ON_PRESSURE:
                 self._on_pressure(sender, message)  # type: ignore[arg-type]
+
+    def count_received(self, cls: type[Message], count: int, *, packets: int = 0) -> None:
+        """Count ``count`` messages of ``cls`` that arrived in a packet but that the layer
+        above took out before :meth:`receive` (copies of records it holds already), as
+        :meth:`receive` would have counted them; and ``packets`` packets that held nothing
+        else, from a sender that is not unverified, which the layer above did not pass on
+        at all (:meth:`receive` would only have counted them)."""
+        key = _RECEIVED.get(cls)
+        if key is None:
+            key = _RECEIVED[cls] = f"recv_{cls.__name__.lower()}"
+        counters = self.counters
+        if packets:
+            counters["packets_received"] += packets
+        counters[key] = counters.get(key, 0) + count
 
     def next_deadline(self) -> float:
         """When :meth:`tick` must next be called (``math.inf`` if never).

@@ -104,7 +104,7 @@ from meshnode.core.effects import (
     SendPacket,
     StartPushPull,
 )
-from meshnode.core.membership import Member, Membership, MemberState
+from meshnode.core.membership import RUMOR_TYPES, Member, Membership, MemberState
 from protocol import (
     LedgerRecord,
     Manifest,
@@ -421,10 +421,44 @@ class MeshCore:
         self.membership.leave(now)
         self._pump(now)
 
-    def receive(self, sender: str, messages: Sequence[object], addr: Address, now: float) -> None:
-        """One verified envelope from ``sender`` arrived from ``addr``."""
-        self.membership.receive(sender, messages, addr, now)  # type: ignore[arg-type]
+    def receive(self, sender: str, messages: Sequence[object], addr: Address, now: float) -> bool:
+        """One verified envelope from ``sender`` arrived from ``addr``. Returns False when
+        it changed nothing but counters (see below), so the shell need not look for effects
+        or a new deadline; True otherwise.
+
+        Copies of ledger records held here already are taken out first when that is what
+        every record of the packet is (see :meth:`_held_copies`): most packets of a busy
+        mesh carry only such copies, and each would be refused at once anyway. A packet of
+        nothing else, from a sender that is not waiting to be verified (whose packet would
+        verify it), changes nothing but counters."""
+        copies = self._held_copies(messages)
+        membership = self.membership
+        if copies:
+            if copies == len(messages) and not membership.is_unverified(sender):
+                membership.count_received(LedgerRecord, copies, packets=1)
+                self._counters["records_rejected"] += copies
+                if now > self._now:
+                    self._now = now
+                return False
+            messages = [m for m in messages if type(m) is not LedgerRecord]
+        membership.receive(sender, messages, addr, now)  # type: ignore[arg-type]
+        if copies:
+            membership.count_received(LedgerRecord, copies)
+            self._counters["records_rejected"] += copies
         self._pump(now)
+        return True
+
+    def _held_copies(self, messages: Sequence[object]) -> int:
+        """How many of ``messages`` are ledger records this node holds already (equal to
+        the held record of their key, by observers it may keep records of: members, itself
+        among them), when all the packet's ledger records are and it carries no membership
+        rumor; else 0.
+
+        Such records change nothing wherever they stand in the packet: no rumor can remove
+        a member while it is handled, and no other record of it can displace a held one.
+        So leaving them out of membership's dispatch and the effect pump, and only counting
+        them as both would have, gives the same state, effects and counters."""
+        return self.ledger.copies_held(messages, self.membership.member_ids(), RUMOR_TYPES)
 
     def tick(self, now: float) -> None:
         self.membership.tick(now)

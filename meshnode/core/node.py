@@ -491,18 +491,24 @@ class NodeCore:
 
     # ------------------------------------------------------------------ mesh pass-through
 
-    def receive(self, sender: str, messages: Sequence[object], addr: Address, now: float) -> None:
+    def receive(self, sender: str, messages: Sequence[object], addr: Address, now: float) -> bool:
         """One verified envelope from ``sender`` arrived from ``addr`` (UDP). With a mesh
         authority, it is dropped unless ``sender`` is admitted (a certificate in the same
-        envelope counts), and news by or about nodes that are not admitted is dropped."""
+        envelope counts), and news by or about nodes that are not admitted is dropped.
+
+        Returns False when the envelope changed nothing but counters (it held only copies
+        of ledger records this node holds, see :meth:`MeshCore.receive`): then there are
+        no effects to take and :meth:`next_deadline` has not moved. True otherwise."""
         self._advance_clock(now)
         if self.admission is not None:
             admitted = self._admit_envelope(sender, messages, addr, now)
             if admitted is None:
-                return
+                return True
             messages = admitted
-        self.mesh.receive(sender, messages, addr, now)
+        if not self.mesh.receive(sender, messages, addr, now):
+            return False
         self._collect(now)
+        return True
 
     def join(self, seeds: Sequence[Address], now: float) -> int:
         self._advance_clock(now)
