@@ -469,16 +469,11 @@ class ReputationLedger:
         held = self._subjects.get(observer, {}).get(subject)
         return held.record if held is not None else None
 
-    def copies_held(
-        self,
-        messages: Iterable[object],
-        observers: Container[str],
-        stop: Container[type] = (),
-    ) -> int:
+    def copies_held(self, messages: Iterable[object], observers: Container[str]) -> int:
         """How many of ``messages`` are copies of held records: each equal to (or that very
         object) the record held for its key, with its observer in ``observers``. Counted
-        only when every ledger record among ``messages`` is such a copy and no message is
-        of a class in ``stop``; otherwise 0. :meth:`apply` would refuse each copy at once,
+        only when every ledger record among ``messages`` is such a copy (other messages
+        are passed over); otherwise 0. :meth:`apply` would refuse each copy at once,
         changing nothing: the mesh asks this for every packet before anything else."""
         subjects_of = self._subjects
         count = 0
@@ -493,8 +488,6 @@ class ReputationLedger:
                 if held is None or (held.record is not message and held.record != message):
                     return 0
                 count += 1
-            elif cls in stop:
-                return 0
         return count
 
     def opinions_of(self, observer: str) -> dict[str, float]:

@@ -195,7 +195,6 @@ from protocol.messages import PRESSURE_MAX, NetworkCoordinate
 
 __all__ = [
     "MAX_INCARNATION",
-    "RUMOR_TYPES",
     "Member",
     "MemberRumor",
     "MemberState",
@@ -297,9 +296,6 @@ def address_problem(host: object, port: object, ip_version: int) -> str | None:
 
 
 _RUMOR_TYPES: Final = frozenset((Alive, Suspect, Dead, Leave))
-RUMOR_TYPES: Final = _RUMOR_TYPES
-"""The classes of membership rumors: :meth:`Membership.receive` applies them before anything
-else in a packet, and they alone can change the member table while it does."""
 _RUMOR_STATE: Final[dict[type[Message], MemberState]] = {
     Alive: MemberState.ALIVE,
     Suspect: MemberState.SUSPECT,

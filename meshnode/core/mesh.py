@@ -104,7 +104,7 @@ from meshnode.core.effects import (
     SendPacket,
     StartPushPull,
 )
-from meshnode.core.membership import RUMOR_TYPES, Member, Membership, MemberState
+from meshnode.core.membership import Member, Membership, MemberState
 from protocol import (
     LedgerRecord,
     Manifest,
@@ -451,14 +451,14 @@ class MeshCore:
     def _held_copies(self, messages: Sequence[object]) -> int:
         """How many of ``messages`` are ledger records this node holds already (equal to
         the held record of their key, by observers it may keep records of: members, itself
-        among them), when all the packet's ledger records are and it carries no membership
-        rumor; else 0.
+        among them), when all the packet's ledger records are; else 0.
 
-        Such records change nothing wherever they stand in the packet: no rumor can remove
-        a member while it is handled, and no other record of it can displace a held one.
-        So leaving them out of membership's dispatch and the effect pump, and only counting
-        them as both would have, gives the same state, effects and counters."""
-        return self.ledger.copies_held(messages, self.membership.member_ids(), RUMOR_TYPES)
+        Such records change nothing wherever they stand in the packet: handling a packet
+        never removes a member (members are forgotten only by ``tick``), and no other
+        record of the packet can displace a held one, since there is none. So leaving
+        them out of membership's dispatch and the effect pump, and only counting them as
+        both would have, gives the same state, effects and counters."""
+        return self.ledger.copies_held(messages, self.membership.member_ids())
 
     def tick(self, now: float) -> None:
         self.membership.tick(now)
