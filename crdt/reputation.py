@@ -469,26 +469,49 @@ class ReputationLedger:
         held = self._subjects.get(observer, {}).get(subject)
         return held.record if held is not None else None
 
-    def copies_held(self, messages: Iterable[object], observers: Container[str]) -> int:
-        """How many of ``messages`` are copies of held records: each equal to (or that very
-        object) the record held for its key, with its observer in ``observers``. Counted
-        only when every ledger record among ``messages`` is such a copy (other messages
-        are passed over); otherwise 0. :meth:`apply` would refuse each copy at once,
-        changing nothing: the mesh asks this for every packet before anything else."""
+    def split_copies(
+        self, messages: Iterable[object], observers: Container[str]
+    ) -> tuple[int, list[object] | None]:
+        """``(n, rest)``: how many of ``messages`` are copies of held records, and the
+        other messages in order; ``(0, None)`` when there are none, or when taking them out
+        could change what applying the packet does.
+
+        A copy is equal to (or that very object) the record held for its key, by an
+        observer in ``observers``: :meth:`apply` refuses it at once, changing nothing. It
+        may be taken out of a packet wherever it stands unless another record of the packet
+        could displace its held record before it comes; that takes a cap, so copies are
+        taken out only while the packet's other records fit under every cap (records,
+        observers, and records per observer) without evicting anything. The mesh asks
+        this for every packet before anything else is done with it."""
         subjects_of = self._subjects
         count = 0
+        rest: list[object] = []
+        fresh: list[str] = []  # observers of the records that are not copies
         for message in messages:
-            cls = type(message)
-            if cls is LedgerRecord:
-                observer = message.observer  # type: ignore[attr-defined]
+            if type(message) is LedgerRecord:
+                observer = message.observer
                 subjects = subjects_of.get(observer)
-                if subjects is None or observer not in observers:
-                    return 0
-                held = subjects.get(message.subject)  # type: ignore[attr-defined]
-                if held is None or (held.record is not message and held.record != message):
-                    return 0
-                count += 1
-        return count
+                if subjects is not None and observer in observers:
+                    held = subjects.get(message.subject)
+                    if held is not None and (held.record is message or held.record == message):
+                        count += 1
+                        continue
+                fresh.append(observer)
+            elif isinstance(message, LedgerRecord):
+                fresh.append(message.observer)
+            rest.append(message)
+        if not count:
+            return 0, None
+        if fresh:
+            k = len(fresh)
+            if self._count + k > self._max_records or len(subjects_of) + k > self._max_observers:
+                return 0, None
+            limit = self._max_subjects - k
+            for observer in fresh:
+                subjects = subjects_of.get(observer)
+                if subjects is not None and len(subjects) > limit:
+                    return 0, None
+        return count, rest
 
     def opinions_of(self, observer: str) -> dict[str, float]:
         """``{subject: score}`` of every record ``observer`` holds here, sorted by subject:

@@ -426,39 +426,29 @@ class MeshCore:
         it changed nothing but counters (see below), so the shell need not look for effects
         or a new deadline; True otherwise.
 
-        Copies of ledger records held here already are taken out first when that is what
-        every record of the packet is (see :meth:`_held_copies`): most packets of a busy
-        mesh carry only such copies, and each would be refused at once anyway. A packet of
-        nothing else, from a sender that is not waiting to be verified (whose packet would
-        verify it), changes nothing but counters."""
-        copies = self._held_copies(messages)
+        Copies of ledger records held here already are taken out first and only counted
+        (see :meth:`ReputationLedger.split_copies`, which leaves them in when taking them
+        out could change anything): most records of a busy mesh's packets are such
+        copies, each refused at once anyway. A packet of nothing else, from a sender that
+        is not waiting to be verified (whose packet would verify it), changes nothing but
+        counters. Handling a packet never forgets a member (only ``tick`` does), so the
+        observers that may write stay the same throughout."""
+        copies, rest = self.ledger.split_copies(messages, self.membership.member_ids())
         membership = self.membership
         if copies:
-            if copies == len(messages) and not membership.is_unverified(sender):
+            if not rest and not membership.is_unverified(sender):
                 membership.count_received(LedgerRecord, copies, packets=1)
                 self._counters["records_rejected"] += copies
                 if now > self._now:
                     self._now = now
                 return False
-            messages = [m for m in messages if type(m) is not LedgerRecord]
+            messages = rest  # type: ignore[assignment]
         membership.receive(sender, messages, addr, now)  # type: ignore[arg-type]
         if copies:
             membership.count_received(LedgerRecord, copies)
             self._counters["records_rejected"] += copies
         self._pump(now)
         return True
-
-    def _held_copies(self, messages: Sequence[object]) -> int:
-        """How many of ``messages`` are ledger records this node holds already (equal to
-        the held record of their key, by observers it may keep records of: members, itself
-        among them), when all the packet's ledger records are; else 0.
-
-        Such records change nothing wherever they stand in the packet: handling a packet
-        never removes a member (members are forgotten only by ``tick``), and no other
-        record of the packet can displace a held one, since there is none. So leaving
-        them out of membership's dispatch and the effect pump, and only counting them as
-        both would have, gives the same state, effects and counters."""
-        return self.ledger.copies_held(messages, self.membership.member_ids())
 
     def tick(self, now: float) -> None:
         self.membership.tick(now)

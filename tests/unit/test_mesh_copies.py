@@ -1,20 +1,24 @@
-"""Packets of copies of held ledger records (``MeshCore.receive`` and ``_held_copies``).
+"""Copies of held ledger records in a packet (``MeshCore.receive``,
+``ReputationLedger.split_copies``).
 
-Most packets of a busy mesh carry nothing but records every node already holds. The mesh
-takes them out before membership's dispatch and, when nothing else is in the packet,
-reports that the packet changed nothing but counters, so the shells skip their effect and
-deadline pass. These tests hold the shortcut to what the full path does: the same ledger,
-counters and effects for any packet, and False only when that is all there is.
+Most records in the packets of a busy mesh are records every node already holds. The mesh
+takes them out before membership's dispatch and only counts them; when nothing else is in
+the packet it reports that the packet changed nothing but counters, so the shells skip
+their effect and deadline pass. These tests hold the shortcut to what the whole path does:
+the same ledger, counters and effects for any packet, with or without full caps, and False
+only when copies are all there is.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Container, Iterable, Sequence
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from crdt import ReputationLedger
+from meshnode.core import NodeConfig
 from meshnode.core.mesh import MeshCore
 from protocol import Alive, LedgerRecord, signing_bytes
 from tests.unit.test_mesh_caps import ADDR, IDS, NOW, SIGNERS, core, record
@@ -32,14 +36,25 @@ def state(mesh: MeshCore) -> tuple[object, ...]:
     )
 
 
+class _WholeWay(ReputationLedger):
+    """A ledger that never takes copies out: every packet goes the whole way."""
+
+    __slots__ = ()
+
+    def split_copies(
+        self, messages: Iterable[object], observers: Container[str]
+    ) -> tuple[int, list[object] | None]:
+        return 0, None
+
+
 def full_path(mesh: MeshCore) -> MeshCore:
-    """``mesh`` with the shortcut turned off: every packet goes the whole way."""
-    mesh._held_copies = lambda messages: 0  # type: ignore[method-assign]
+    """``mesh`` with the shortcut turned off."""
+    mesh.ledger.__class__ = _WholeWay
     return mesh
 
 
-def seeded(records: Sequence[LedgerRecord]) -> MeshCore:
-    mesh = core(members=5)
+def seeded(records: Sequence[LedgerRecord], config: NodeConfig | None = None) -> MeshCore:
+    mesh = core(config, members=5)
     assert mesh.apply_records(records, NOW) == len(records)
     mesh.take_effects()
     return mesh
@@ -106,7 +121,7 @@ POOL: list[object] = [
 ]
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
     packets=st.lists(
         st.tuples(
@@ -115,14 +130,24 @@ POOL: list[object] = [
         ),
         min_size=1,
         max_size=5,
-    )
+    ),
+    caps=st.sampled_from(
+        [
+            {},
+            {"max_ledger_records": 5},  # one more key fits; a second evicts
+            {"max_ledger_records": 4},  # full: every new key evicts
+            {"max_ledger_observers": 4},  # every observer of HELD: no room for a fifth
+        ]
+    ),
 )
 def test_the_shortcut_ends_where_the_whole_way_ends(
-    packets: list[tuple[list[object], int]],
+    packets: list[tuple[list[object], int]], caps: dict[str, int]
 ) -> None:
     """For any sequence of packets, the mesh with the shortcut and the mesh without it end
-    with the same ledger, counters, member table and deadline, and emit the same effects."""
-    fast, slow = seeded(HELD), full_path(seeded(HELD))
+    with the same ledger, counters, member table and deadline, and emit the same effects,
+    also when the packet's new records meet a cap and evict held ones."""
+    fast = seeded(HELD, NodeConfig.lan(**caps))  # type: ignore[arg-type]
+    slow = full_path(seeded(HELD, NodeConfig.lan(**caps)))  # type: ignore[arg-type]
     for step, (messages, sender) in enumerate(packets):
         now = NOW + 1 + step
         changed = fast.receive(IDS[sender], messages, ADDR, now)
