@@ -82,10 +82,13 @@ def envelope_size(message_count: int, payload: int) -> int:
 class SizeModel:
     """Caches of exact encoded sizes. One per simulation (not thread-safe)."""
 
-    __slots__ = ("_by_id", "_by_shape", "_by_value", "_manifests", "_push_pull_base")
+    __slots__ = ("_by_id", "_by_shape", "_by_value", "_held", "_manifests", "_push_pull_base")
 
     def __init__(self) -> None:
-        self._by_id: dict[int, tuple[Message, int]] = {}
+        self._by_id: dict[int, int] = {}
+        """Size by ``id()`` of a message in :attr:`_held` (so the id cannot be reused while
+        it is here): one lookup per item, no identity check, for push-pull's long tuples."""
+        self._held: dict[int, Message] = {}
         self._by_shape: dict[Hashable, int] = {}
         self._by_value: dict[Message, int] = {}
         self._manifests: dict[bytes, int] = {}
@@ -120,9 +123,10 @@ class SizeModel:
                 message.port.bit_length(),
             )
         else:
-            entry = self._by_id.get(id(message))
-            if entry is not None and entry[0] is message:
-                return entry[1]
+            ident = id(message)
+            known = self._by_id.get(ident)
+            if known is not None:
+                return known
             cached = self._by_value.get(message)
             if cached is None:
                 if len(self._by_value) >= MAX_CACHED:
@@ -130,7 +134,9 @@ class SizeModel:
                 cached = self._by_value[message] = wire_size(message)
             if len(self._by_id) >= MAX_CACHED:
                 self._by_id.clear()
-            self._by_id[id(message)] = (message, cached)
+                self._held.clear()
+            self._by_id[ident] = cached
+            self._held[ident] = message
             return cached
         size = self._by_shape.get(key)
         if size is None:
@@ -172,16 +178,14 @@ class SizeModel:
 
     def _sum(self, messages: Sequence[Message]) -> int:
         """The sizes of ``messages`` added up (each as a top-level message)."""
-        get = self._by_id.get
+        sizes = list(map(self._by_id.get, map(id, messages)))
+        if None not in sizes:
+            return sum(sizes)  # type: ignore[arg-type]
         size = self.message
-        total = 0
-        for m in messages:
-            entry = get(id(m))
-            if entry is not None and entry[0] is m:
-                total += entry[1]
-            else:
-                total += size(m)
-        return total
+        return sum(
+            known if known is not None else size(m)
+            for m, known in zip(messages, sizes, strict=True)
+        )
 
     def records(self, records: Sequence[LedgerRecord]) -> int:
         """Exact bytes of one envelope of ledger records (the third push-pull leg)."""
