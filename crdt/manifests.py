@@ -280,11 +280,16 @@ class ManifestStore:
         """The announced manifests that would win here — what to fetch. One per node (the
         best announced), sorted by node. With ``now``, expired tombstones block nothing."""
         best: dict[str, ManifestRumor] = {}
-        entries = self._entries
+        get = self._entries.get
         for rumor in rumors:
-            if not isinstance(rumor, ManifestRumor):
+            if type(rumor) is ManifestRumor:
+                entry = get(rumor.node)
+                if type(entry) is _Live and entry.rumor is rumor:
+                    continue  # the held rumor itself: most of a push-pull in a quiet mesh
+            elif isinstance(rumor, ManifestRumor):
+                entry = get(rumor.node)
+            else:
                 continue
-            entry = entries.get(rumor.node)
             if isinstance(entry, _Live):
                 held = entry.rumor
                 if rumor is held or (rumor.version, rumor.digest) <= (held.version, held.digest):
