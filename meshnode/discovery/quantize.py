@@ -170,8 +170,10 @@ def smooth_activations(
             weights[node.input[1]].CopyFrom(
                 numpy_helper.from_array((matrix * scale[:, None]).astype(np.float32), node.input[1])
             )
-    # Each Mul goes right after the node making its input, so the graph stays sorted.
-    ordered = []
+    # Each Mul goes right after the node making its input (first if a graph input), so
+    # the graph stays sorted.
+    made = {output for node in smoothed.graph.node for output in node.output}
+    ordered = [mul for name, mul in muls.items() if name not in made]
     for node in smoothed.graph.node:
         ordered.append(node)
         ordered.extend(muls[output] for output in node.output if output in muls)
