@@ -51,7 +51,7 @@ EXPORT_LOCK_FILE = ".export.lock"
 EXPORT_LOCK_TIMEOUT_S = 600.0
 """Seconds a process waits for another one's export before it gives up with
 :class:`~meshnode.errors.ExportLockTimeout`. Measured on a 2-core machine with other
-processes busy: exporting the float graph takes 10-40 s and quantising it about 3 s more,
+processes busy: exporting the float graph takes 10-40 s and quantising it about 4 s more,
 so ten minutes is only reached by a holder that is stuck (a dead one releases the lock at
 once). Shorter would fail slow machines; longer would hide a hung holder."""
 

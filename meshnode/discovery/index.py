@@ -131,7 +131,8 @@ given three author examples each (``python -m benchmarks.retrieval``, condition 
 author examples"): dev recall@1 / recall@3 with all-MiniLM-L6-v2 fp32, through the
 router, 0.889 / 0.970, against 0.837 / 0.941 with the examples only folded into the one
 text; by exact scores 0.889 / 0.970 at 0.5, 0.889 / 0.956 at 1.0, 0.881 / 0.956 at 2.0
-(int8: 0.881 / 0.978, 0.874 / 0.970, 0.881 / 0.963). Without author examples (the set's
+(int8 before its activations were smoothed: 0.881 / 0.978, 0.874 / 0.970, 0.881 /
+0.963; smoothed, at 0.5: 0.889 / 0.963). Without author examples (the set's
 10 capabilities with one example each) the weights from 0.5 to 2.0 are within two dev
 queries of one another. A sentence embedding mean-pools its tokens, so one long text of
 description and examples sits between them; an example embedded alone keeps the

@@ -75,12 +75,14 @@ takes about 5 ms back to back takes 6.7-8.7 ms once they have been evicted, the 
 spent reading weights from memory. The int8 copy reads a quarter of the bytes and
 multiplies with VNNI: 2.0 ms back to back and 3.3-4.5 ms after eviction (Xeon, one
 thread), and bulk embedding runs at 370 texts/s against 165. What it costs: each vector
-moves a little (cosine with the float vector 0.986-0.996 over the retrieval test set,
-mean 0.994; 0.980 for an empty text), and recall on that set is unchanged (recall@1
-0.956, recall@3 1.0 with either). On CPUs without those instructions (x86 before Cascade
-Lake, AMD before Zen 4) the 8-bit kernels gain little and the x86 fallback can saturate,
-so auto stays with fp32 there. Arm's dot-product extension is not picked by auto because
-it was not measured; pass ``precision="int8"`` to use it."""
+moves a little (its activations smoothed before quantising, cosine with the float vector
+at least 0.9935 over the small retrieval test set, mean 0.997; 0.9945 for an empty text),
+and recall on that set is unchanged (recall@1 0.956, recall@3 1.0 with either); on the
+larger set it moves by single queries (``python -m benchmarks.retrieval``). On CPUs
+without those instructions (x86 before Cascade Lake, AMD before Zen 4) the 8-bit kernels
+gain little and the x86 fallback can saturate, so auto stays with fp32 there. Arm's
+dot-product extension is not picked by auto because it was not measured; pass
+``precision="int8"`` to use it."""
 
 MINILM_BATCH_SIZE = 32
 """Texts per forward pass when embedding many texts (a manifest, a bulk rebuild). Texts

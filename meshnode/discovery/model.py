@@ -28,8 +28,8 @@ space."""
 MINILM_INT8_MODEL_ID = MINILM_MODEL_ID + ":int8"
 """``model_id`` of :class:`~meshnode.discovery.MiniLMEmbedder` with ``precision="int8"``:
 the same model with 8-bit weights gives vectors close to, but not equal to, the float ones
-(cosine 0.98-0.996), so they are a vector space of their own and never compared with float
-vectors."""
+(cosine 0.99 or more, mean 0.997), so they are a vector space of their own and never
+compared with float vectors."""
 
 MINILM_DIM = 384
 """Output dimension of all-MiniLM-L6-v2."""

@@ -257,17 +257,54 @@ def test_onnx_and_torch_give_the_same_vectors(
 def test_int8_vectors_stay_close_to_fp32_and_do_not_depend_on_the_batch(
     minilm_fp32: MiniLMEmbedder, minilm_int8: MiniLMEmbedder
 ) -> None:
-    """The 8-bit graph moves each vector only a little (measured: 0.98 at worst, 0.994 on
-    average), and a text's vector is the same whether it is embedded alone or in a batch
-    of texts of other lengths (each text gets its own activation scale)."""
+    """The 8-bit graph moves each vector only a little (measured: 0.9935 at worst, 0.997 on
+    average; 0.98 and 0.994 before its activations were smoothed), and a text's vector is
+    the same whether it is embedded alone or in a batch of texts of other lengths (each
+    text gets its own activation scale)."""
     texts = every_text()
     int8_vectors = minilm_int8.embed(texts)
     cosines = np.sum(int8_vectors * minilm_fp32.embed(texts), axis=1)
-    assert cosines.min() >= INT8_MATCH_MIN_COSINE
-    assert cosines.mean() >= 0.99
+    assert cosines.min() >= max(INT8_MATCH_MIN_COSINE, 0.99)
+    assert cosines.mean() >= 0.996
     alone = np.stack([minilm_int8.embed([text])[0] for text in texts[::9]])
     assert np.array_equal(alone, int8_vectors[::9])
     assert minilm_int8.model_id == MINILM_INT8_MODEL_ID != minilm_fp32.model_id
+
+
+@pytest.mark.semantic
+def test_int8_graph_smooths_its_activations_and_tracks_fp32_on_the_check_texts(
+    minilm_fp32: MiniLMEmbedder, minilm_int8: MiniLMEmbedder
+) -> None:
+    """Before quantising, the int8 recipe divides the inputs of the weight matrices by
+    per-channel factors folded into the weights (the float function is unchanged), which
+    brings every check text to cosine 0.99 or more with fp32 (measured: 0.9945 for the
+    empty text, 0.998 and above for the others; without smoothing 0.980 and 0.992)."""
+    import onnx
+    from tokenizers import Tokenizer
+
+    from meshnode.discovery.graph_cache import default_cache_dir, graph_file_name
+    from meshnode.discovery.model import CHECK_TEXTS, minilm_path
+    from meshnode.discovery.onnx_export import feeds, open_session
+    from meshnode.discovery.quantize import smooth_activations
+
+    texts = list(CHECK_TEXTS)
+    cosines = np.sum(minilm_int8.embed(texts) * minilm_fp32.embed(texts), axis=1)
+    assert cosines.min() >= 0.99
+    # One Mul per smoothed input, kept in the int8 graph: the inputs of the
+    # query/key/value, FFN up and FFN down products of each of the six layers.
+    cache = default_cache_dir()
+    int8_graph = onnx.load(str(cache / graph_file_name(minilm_path(), "int8")))
+    smoothing = [node for node in int8_graph.graph.node if node.name.endswith("_Smooth")]
+    assert len(smoothing) == 18 and {node.op_type for node in smoothing} == {"Mul"}
+    # The smoothed float graph computes what the float graph computes.
+    float_graph = onnx.load(str(cache / graph_file_name(minilm_path())))
+    tokenizer = Tokenizer.from_file(str(minilm_path() / "tokenizer.json"))
+    tokenizer.no_padding()
+    smoothed = open_session(smooth_activations(float_graph, tokenizer).SerializeToString(), 1)
+    for text in texts:
+        inputs = feeds([tokenizer.encode(text).ids])
+        ours = smoothed.run(None, inputs)[0][0]
+        assert float(np.dot(ours, minilm_fp32.embed([text])[0])) > 0.99999
 
 
 @pytest.mark.semantic
