@@ -844,6 +844,12 @@ class Membership:
                     node = rumor.node
                     if node != me:
                         current = members.get(node)
+                        if current is not None and current.rumor is rumor:
+                            # The very rumor we hold (shared by a converged start, or
+                            # passed on unchanged): stale, and its address was checked
+                            # when it was applied.
+                            stale += 1
+                            continue
                         if current is not None and rumor.incarnation <= current.incarnation:
                             host, port = rumor.host, rumor.port
                             if (

@@ -499,7 +499,8 @@ class NodeCore:
         Returns False when the envelope changed nothing but counters (it held only copies
         of ledger records this node holds, see :meth:`MeshCore.receive`): then there are
         no effects to take and :meth:`next_deadline` has not moved. True otherwise."""
-        self._advance_clock(now)
+        if now > self._now:  # _advance_clock, inlined: this runs for every datagram
+            self._now = now
         if self.admission is not None:
             admitted = self._admit_envelope(sender, messages, addr, now)
             if admitted is None:
