@@ -178,7 +178,14 @@ class SizeModel:
 
     def _sum(self, messages: Sequence[Message]) -> int:
         """The sizes of ``messages`` added up (each as a top-level message)."""
-        sizes = list(map(self._by_id.get, map(id, messages)))
+        get = self._by_id.get
+        if len(messages) <= 4:  # a datagram's few messages: no lists
+            total = 0
+            for m in messages:
+                known = get(id(m))
+                total += known if known is not None else self.message(m)
+            return total
+        sizes = list(map(get, map(id, messages)))
         if None not in sizes:
             return sum(sizes)  # type: ignore[arg-type]
         size = self.message
