@@ -238,8 +238,7 @@ class ManifestStore:
         twin._shared = self._shared = True
         twin._live = self._live
         twin._bytes = self._bytes
-        if self._rumors is not None and self._rumors[0] == self._version:
-            twin._rumors = (twin._version, self._rumors[1])  # immutable: shared
+        twin._rumors = (twin._version, self.rumor_tuple())  # immutable: shared
         return twin
 
     # ------------------------------------------------------------------ reading
@@ -263,22 +262,30 @@ class ManifestStore:
         return entry.rumor if isinstance(entry, _Live) else None
 
     def rumors(self) -> list[ManifestRumor]:
-        """One ``ManifestRumor(node, version, digest)`` per live manifest, sorted by node.
+        """One ``ManifestRumor(node, version, digest)`` per live manifest, sorted by node."""
+        return list(self.rumor_tuple())
 
-        Built once per state change (every push-pull sends them all)."""
+    def rumor_tuple(self) -> tuple[ManifestRumor, ...]:
+        """:meth:`rumors` as one immutable tuple, built once per state change (every
+        push-pull sends them all) and shared by the replicas :meth:`copy` makes until
+        they change: a push-pull between two such replicas carries the receiver's own
+        tuple, which :meth:`missing` recognises at once."""
         cached = self._rumors
         if cached is None or cached[0] != self._version:
             rumors = tuple(
                 e.rumor for _, e in sorted(self._entries.items()) if isinstance(e, _Live)
             )
             cached = self._rumors = (self._version, rumors)
-        return list(cached[1])
+        return cached[1]
 
     def missing(
         self, rumors: Iterable[ManifestRumor], now: float | None = None
     ) -> list[ManifestRumor]:
         """The announced manifests that would win here — what to fetch. One per node (the
         best announced), sorted by node. With ``now``, expired tombstones block nothing."""
+        cached = self._rumors
+        if cached is not None and rumors is cached[1] and cached[0] == self._version:
+            return []  # our own current rumors: every one is held
         best: dict[str, ManifestRumor] = {}
         get = self._entries.get
         for rumor in rumors:

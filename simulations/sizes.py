@@ -27,7 +27,9 @@ of encoding is what this module saves, without approximating anything:
   the same message with empty tuples, plus, per tuple, the growth of its msgpack array
   header and the sizes of its items: a union-typed item (a member rumor) is encoded with
   its tag, exactly as a top-level message; a struct-typed item (manifest rumor, ledger
-  digest, ledger record) without it, one byte less.
+  digest, ledger record) without it, one byte less. A long tuple's sum is remembered by
+  the tuple's identity: replicas that share a table (the manifest store's rumors) send
+  the very same tuple.
 * A fetched **manifest** is served as ``protocol.pack(manifest)``; its length is cached by
   signature.
 
@@ -64,6 +66,14 @@ MAX_CACHED: Final = 1 << 17
 identity cache holds a reference to every message in it, so it is kept small."""
 
 
+MIN_TABLE_CACHED: Final = 64
+"""Push-pull tuples at least this long have their size sum remembered by identity."""
+
+MAX_TABLES_CACHED: Final = 256
+"""Push-pull tuples remembered at once (each kept alive while remembered); the cache is
+cleared when full."""
+
+
 def array_header_bytes(length: int) -> int:
     """Bytes of the msgpack header of an array of ``length`` items."""
     if length < 16:
@@ -82,13 +92,25 @@ def envelope_size(message_count: int, payload: int) -> int:
 class SizeModel:
     """Caches of exact encoded sizes. One per simulation (not thread-safe)."""
 
-    __slots__ = ("_by_id", "_by_shape", "_by_value", "_held", "_manifests", "_push_pull_base")
+    __slots__ = (
+        "_by_id",
+        "_by_shape",
+        "_by_value",
+        "_held",
+        "_manifests",
+        "_push_pull_base",
+        "_tuples",
+    )
 
     def __init__(self) -> None:
         self._by_id: dict[int, int] = {}
         """Size by ``id()`` of a message in :attr:`_held` (so the id cannot be reused while
         it is here): one lookup per item, no identity check, for push-pull's long tuples."""
         self._held: dict[int, Message] = {}
+        self._tuples: dict[int, tuple[tuple[Message, ...], int]] = {}
+        """The item sizes summed of a push-pull tuple, by ``id()``, with the tuple itself
+        (so the id cannot be reused while it is here): replicas share their tables, so
+        many exchanges carry the very same tuple."""
         self._by_shape: dict[Hashable, int] = {}
         self._by_value: dict[Message, int] = {}
         self._manifests: dict[bytes, int] = {}
@@ -164,7 +186,7 @@ class SizeModel:
             )
         total = base
         members = message.members
-        total += array_header_bytes(len(members)) - 1 + self._sum(members)
+        total += array_header_bytes(len(members)) - 1 + self._sum_table(members)
         for items in (
             message.manifests,
             message.ledger,
@@ -173,7 +195,21 @@ class SizeModel:
             message.revocations,
         ):
             # Struct-typed items are encoded without their type tag: one byte less each.
-            total += array_header_bytes(len(items)) - 1 + self._sum(items) - len(items)
+            total += array_header_bytes(len(items)) - 1 + self._sum_table(items) - len(items)
+        return total
+
+    def _sum_table(self, items: Sequence[Message]) -> int:
+        """:meth:`_sum` of one of a push-pull's tuples, remembered by the tuple's identity
+        when it is long (tuples and their items are immutable, so the sum cannot change)."""
+        if type(items) is not tuple or len(items) < MIN_TABLE_CACHED:
+            return self._sum(items)
+        known = self._tuples.get(id(items))
+        if known is not None:
+            return known[1]
+        total = self._sum(items)
+        if len(self._tuples) >= MAX_TABLES_CACHED:
+            self._tuples.clear()
+        self._tuples[id(items)] = (items, total)
         return total
 
     def _sum(self, messages: Sequence[Message]) -> int:

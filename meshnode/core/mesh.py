@@ -908,7 +908,7 @@ class MeshCore:
         return PushPull(
             join=join,
             members=self.membership.state_snapshot(),
-            manifests=tuple(self.manifests.rumors()),
+            manifests=self.manifests.rumor_tuple(),
             ledger=tuple(self.ledger.digests()),
         )
 
@@ -922,7 +922,7 @@ class MeshCore:
         reply = PushPull(
             join=False,
             members=self.membership.state_snapshot(),
-            manifests=tuple(self.manifests.rumors()),
+            manifests=self.manifests.rumor_tuple(),
             ledger=tuple(self.ledger.digests()),
             records=tuple(self.ledger.delta_since(request.ledger, MAX_RECORDS_PER_EXCHANGE)),
         )
