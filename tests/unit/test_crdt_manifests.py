@@ -235,6 +235,25 @@ def test_fetching_what_is_missing_catches_up() -> None:
     assert target.get(B.node_id) == manifest(B, 5)
 
 
+def test_replicas_share_one_rumor_tuple_until_one_changes() -> None:
+    """A copy sends the very tuple of its source; a store that receives its own current
+    tuple needs nothing, and once it changes the same tuple is read rumor by rumor."""
+    b1 = manifest(B, 1)
+    source = store_of(V1, b1)
+    replica = source.copy()
+    shared = source.rumor_tuple()
+    assert replica.rumor_tuple() is shared
+    assert replica.rumors() == list(shared)
+    assert replica.missing(shared) == []
+    assert replica.apply(V2, NOW)  # the replica moves on; the source's tuple is old news
+    assert replica.rumor_tuple() is not shared
+    assert source.rumor_tuple() is shared
+    assert replica.missing(shared) == []
+    assert replica.remove(B.node_id, NOW, ttl=60)
+    assert replica.missing(shared, now=NOW + 61) == [rumor(b1)]  # its tombstone expired
+    assert source.missing(replica.rumor_tuple()) == [rumor(V2)]
+
+
 # --------------------------------------------------------------------------- merge
 
 
