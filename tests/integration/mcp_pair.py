@@ -1,6 +1,8 @@
 """Two ``meshnode run`` processes for the ``--mcp-expose`` tests: an exposer running one
 MCP server (a Python script over stdio) and a caller seeded from it, ready once the caller
-holds the exposer's manifest with the tools it waits for."""
+holds the exposer's manifest with the tools it waits for and its discovery offers each of
+them (indexing runs in the background after the manifest arrives: on a loaded machine a
+delegation sent on the manifest alone found no provider)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from tests.adversarial.attack import http_json
 from tests.integration.cluster import NodeProcess, wait_until
 
 
@@ -20,6 +23,14 @@ def capabilities(node: NodeProcess, of: NodeProcess) -> dict[str, dict[str, Any]
         if manifest["node_id"] == of.node_id:
             return {c["name"]: c for c in manifest["capabilities"]}
     return {}
+
+
+def offered(node: NodeProcess, of: NodeProcess, capability: str) -> bool:
+    """Whether ``node``'s discovery offers ``capability`` on ``of``."""
+    status, body = http_json(
+        node.address, "/v1/discover", {"capability_name": capability, "top_k": 5}
+    )
+    return status == 200 and any(c["node_id"] == of.node_id for c in body["candidates"])
 
 
 @contextlib.contextmanager
@@ -48,9 +59,12 @@ def exposed_pair(
         ).start()
         nodes.append(caller)
         wait_until(
-            lambda: wanted <= set(capabilities(caller, exposer)),
+            lambda: (
+                wanted <= set(capabilities(caller, exposer))
+                and all(offered(caller, exposer, tool) for tool in sorted(wanted))
+            ),
             ready_s,
-            f"the caller sees the exposed tools {sorted(wanted)}",
+            f"the caller's discovery offers the exposed tools {sorted(wanted)}",
         )
         yield exposer, caller
     finally:
